@@ -1,0 +1,127 @@
+// nines/core/environment.hpp: the one seam through which nines reaches time, randomness,
+// threads and the event loop.
+//
+// Code outside the environment never reads a real clock, calls rand/std::random_device or
+// starts a std::thread (scripts/check_env_seam.sh enforces this in the test command). Two
+// implementations exist:
+//  - RealEnvironment: the monotonic clock, a seeded per-thread generator, real threads and an
+//    epoll event loop on a thread of its own.
+//  - SimEnvironment: one thread, a virtual clock that moves only when told, one seeded
+//    generator; timers fire and file descriptors are polled only when the owner drives it.
+//    The same seed always gives the same sequence.
+//
+// Thread-safety: every member of Environment may be called from any thread. Event-loop
+// callbacks run on the loop thread (real) or inside the driving call (sim); they must be
+// short and must not block.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "nines/core/result.hpp"
+#include "nines/core/time.hpp"
+
+namespace nines {
+
+using TimerId = std::uint64_t;  // 0 is never a valid id
+using WatchId = std::uint64_t;  // 0 is never a valid id
+
+// Readiness bits for watch_fd.
+inline constexpr unsigned kFdReadable = 1;
+inline constexpr unsigned kFdWritable = 2;
+inline constexpr unsigned kFdError = 4;  // error or hang-up; always reported
+
+class Thread {
+ public:
+  virtual ~Thread() = default;
+  virtual void join() = 0;
+};
+
+class Environment {
+ public:
+  virtual ~Environment() = default;
+
+  // True for SimEnvironment: one thread, virtual time, driven by its owner.
+  virtual bool deterministic() const = 0;
+
+  // Monotonic time. Never goes backwards.
+  virtual TimePoint now() const = 0;
+  // Wall-clock time as nanoseconds since the Unix epoch, for timestamps shown to people.
+  // In the sim it is a fixed epoch plus the virtual monotonic time.
+  virtual std::int64_t unix_time_ns() const = 0;
+
+  // Uniformly distributed 64 random bits.
+  virtual std::uint64_t random_u64() = 0;
+  // Uniform in [0, 1).
+  double random_double() { return static_cast<double>(random_u64() >> 11) * 0x1.0p-53; }
+  // Uniform in [0, n); n > 0.
+  std::uint64_t random_below(std::uint64_t n) { return n == 0 ? 0 : random_u64() % n; }
+
+  // Number of worker threads a runtime uses by default (real: one per core; sim: 1).
+  virtual unsigned default_workers() const = 0;
+
+  // Starts a thread running body. The sim refuses (it has exactly one thread): error
+  // kInvalidArgument.
+  virtual Result<std::unique_ptr<Thread>> start_thread(std::string name, std::function<void()> body) = 0;
+
+  // Event loop: runs fn once at or after deadline. Returns a non-zero id.
+  virtual TimerId add_timer(TimePoint deadline, std::function<void()> fn) = 0;
+  // True if the timer was cancelled before it fired (its callback will not run).
+  virtual bool cancel_timer(TimerId id) = 0;
+
+  // One-shot readiness watch: fn(ready_bits) runs once when fd is ready for one of `events`
+  // (kFdReadable and/or kFdWritable) or has an error. Fails with kInvalidArgument for a bad
+  // fd or events == 0.
+  virtual Result<WatchId> watch_fd(int fd, unsigned events, std::function<void(unsigned)> fn) = 0;
+  // True if the watch was removed before its callback ran.
+  virtual bool cancel_watch(WatchId id) = 0;
+};
+
+struct RealEnvironmentOptions {
+  unsigned workers = 0;        // 0: one per online core
+  std::uint64_t seed = 0;      // 0: seeded from std::random_device
+};
+
+// Creates the production environment and starts its event-loop thread.
+std::unique_ptr<Environment> make_real_environment(const RealEnvironmentOptions& options = {});
+
+// The deterministic environment. Single-threaded: every member must be called from the
+// thread that owns it.
+class SimEnvironment final : public Environment {
+ public:
+  explicit SimEnvironment(std::uint64_t seed);
+  ~SimEnvironment() override;
+
+  std::uint64_t seed() const { return seed_; }
+
+  bool deterministic() const override { return true; }
+  TimePoint now() const override;
+  std::int64_t unix_time_ns() const override;
+  std::uint64_t random_u64() override;
+  unsigned default_workers() const override { return 1; }
+  Result<std::unique_ptr<Thread>> start_thread(std::string name, std::function<void()> body) override;
+  TimerId add_timer(TimePoint deadline, std::function<void()> fn) override;
+  bool cancel_timer(TimerId id) override;
+  Result<WatchId> watch_fd(int fd, unsigned events, std::function<void(unsigned)> fn) override;
+  bool cancel_watch(WatchId id) override;
+
+  // Deadline of the earliest pending timer, or TimePoint::max() if none.
+  TimePoint next_timer_deadline() const;
+  // Moves the virtual clock forward to t (never backwards). Fires nothing.
+  void set_now(TimePoint t);
+  // Runs the callbacks of all timers due at now(), in deadline order (ties: creation order).
+  // Returns how many ran.
+  std::size_t fire_due_timers();
+  // Polls every watched fd without blocking and runs the callbacks of the ready ones.
+  std::size_t poll_fds();
+  std::size_t pending_watches() const;
+
+ private:
+  struct State;
+  std::uint64_t seed_;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace nines

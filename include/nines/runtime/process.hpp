@@ -1,0 +1,258 @@
+// nines/runtime/process.hpp: lightweight processes and what they can do.
+//
+// A process is a coroutine (Task<>) with its own bounded mailbox and state, run by the
+// runtime's M:N scheduler on a fixed pool of worker threads; it is not an OS thread. While it
+// waits (for a message, a reply, a timer, a file descriptor, outside work, or room in a full
+// mailbox) it is suspended and costs memory only; no worker thread blocks.
+//
+// Context is the process's handle on the runtime, valid for the life of the process. It is
+// not thread-safe: use it only from the process's own coroutines.
+//
+// Signals between two processes arrive in the order they were sent (per sender -> receiver
+// pair), as in Erlang.
+#pragma once
+
+#include <any>
+#include <coroutine>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "nines/core/environment.hpp"
+#include "nines/core/result.hpp"
+#include "nines/core/time.hpp"
+#include "nines/runtime/exit_reason.hpp"
+#include "nines/runtime/message.hpp"
+#include "nines/runtime/pid.hpp"
+#include "nines/runtime/task.hpp"
+
+namespace nines {
+
+class Context;
+class Runtime;
+
+namespace internal {
+class Process;
+class RuntimeCore;
+struct CompletionState;
+}  // namespace internal
+
+// A process body. It is stored in the process, so a lambda's captures live as long as the
+// process does.
+using Behavior = std::function<Task<>(Context&)>;
+
+// What a send does when the target's mailbox is full.
+enum class OverflowPolicy : std::uint8_t {
+  kReject,         // the send fails at once with kMailboxFull (the default)
+  kDropOldest,     // the oldest queued message is dropped to make room
+  kSuspendSender,  // a sending process is suspended until there is room; senders outside
+                   // the runtime (no process to suspend) get kMailboxFull
+};
+
+inline constexpr Duration kDefaultCallTimeout = std::chrono::milliseconds(5000);
+
+struct SpawnOptions {
+  std::string name;                  // registered name; empty: none. Taken -> kAlreadyExists
+  std::size_t mailbox_capacity = 0;  // messages; 0: the runtime's default
+  OverflowPolicy overflow = OverflowPolicy::kReject;
+  bool trap_exit = false;  // exit signals become Exit messages (kill is never trapped)
+};
+
+// Lets outside work (a network reply, a child OS process, a thread pool) wake a process
+// waiting in Context::await_external. Copyable, thread-safe; the first complete() wins, later
+// ones are ignored; completing after the process gave up or exited is harmless.
+class Completion {
+ public:
+  void complete(Result<std::any> result) const;
+
+ private:
+  friend class WaitAwaiter;
+  explicit Completion(std::shared_ptr<internal::CompletionState> s) : s_(std::move(s)) {}
+  std::shared_ptr<internal::CompletionState> s_;
+};
+
+// ---- awaitables (returned by Context; co_await them at once) ----
+
+class ReceiveAwaiter {
+ public:
+  bool await_ready();
+  void await_suspend(std::coroutine_handle<> h);
+  std::optional<Message> await_resume();
+
+ private:
+  friend class Context;
+  ReceiveAwaiter(internal::Process* p, Duration timeout, std::function<bool(const Message&)> pred)
+      : p_(p), timeout_(timeout), pred_(std::move(pred)) {}
+  internal::Process* p_;
+  Duration timeout_;
+  std::function<bool(const Message&)> pred_;
+  std::optional<Message> got_;
+};
+
+// co_await ctx.receive() -> Message (waits as long as it takes).
+class ReceiveAnyAwaiter : public ReceiveAwaiter {
+ public:
+  Message await_resume() { return *ReceiveAwaiter::await_resume(); }
+
+ private:
+  friend class Context;
+  using ReceiveAwaiter::ReceiveAwaiter;
+};
+
+class SendAwaiter {
+ public:
+  bool await_ready();
+  void await_suspend(std::coroutine_handle<> h);
+  Result<void> await_resume();
+
+ private:
+  friend class Context;
+  SendAwaiter(internal::Process* p, Pid to, std::any v) : p_(p), to_(to), value_(std::move(v)) {}
+  internal::Process* p_;
+  Pid to_;
+  std::any value_;
+  Result<void> result_;
+};
+
+class CallAwaiter {
+ public:
+  bool await_ready();
+  void await_suspend(std::coroutine_handle<> h);
+  Result<Message> await_resume();
+
+ private:
+  friend class Context;
+  CallAwaiter(internal::Process* p, Pid to, std::any v, Duration timeout)
+      : p_(p), to_(to), value_(std::move(v)), timeout_(timeout) {}
+  internal::Process* p_;
+  Pid to_;
+  std::any value_;
+  Duration timeout_;
+  std::optional<Result<Message>> result_;
+};
+
+// Sleep, yield, fd readiness and outside work share one shape: suspend until a token fires.
+class WaitAwaiter {
+ public:
+  enum class Op : std::uint8_t { kSleep, kYield, kFd, kExternal };
+  bool await_ready();
+  void await_suspend(std::coroutine_handle<> h);
+  Result<std::any> await_resume();
+
+ private:
+  friend class Context;
+  WaitAwaiter(internal::Process* p, Op op, Duration timeout) : p_(p), op_(op), timeout_(timeout) {}
+  internal::Process* p_;
+  Op op_;
+  Duration timeout_;
+  int fd_ = -1;
+  unsigned events_ = 0;
+  std::function<void(Completion)> start_;
+  std::optional<Result<std::any>> result_;
+};
+
+class Context {
+ public:
+  Pid self() const;
+  Runtime& runtime() const;
+  Environment& env() const;
+  TimePoint now() const;
+
+  // ---- receiving ----
+  // The next message, in arrival order.
+  ReceiveAnyAwaiter receive();
+  // The next message, or nullopt after `timeout`.
+  ReceiveAwaiter receive_for(Duration timeout);
+  // Selective receive: the first queued message for which pred is true (others stay queued,
+  // in order), or nullopt after `timeout`. pred must be a pure function of the message.
+  ReceiveAwaiter receive_if(std::function<bool(const Message&)> pred, Duration timeout = kInfinite);
+
+  // ---- sending ----
+  // Fire and forget. Fails with kNoProc if `to` does not exist, kMailboxFull if its mailbox is
+  // full and its policy is kReject; under kSuspendSender this process waits for room.
+  template <class T>
+  SendAwaiter send(Pid to, T&& value) {
+    return SendAwaiter(p_, to, std::any(std::forward<T>(value)));
+  }
+  // Never suspends: under kSuspendSender a full mailbox gives kMailboxFull.
+  template <class T>
+  Result<void> try_send(Pid to, T&& value) {
+    return try_send_any(to, std::any(std::forward<T>(value)));
+  }
+  Result<void> try_send_any(Pid to, std::any value);
+
+  // Request and reply: the result is the reply message, or kTimeout after `timeout`, kNoProc
+  // if `to` does not exist or exits before replying (the error names its exit reason),
+  // kMailboxFull if the request could not be queued. Never hangs. A late reply is dropped.
+  template <class T>
+  CallAwaiter call(Pid to, T&& request, Duration timeout = kDefaultCallTimeout) {
+    return CallAwaiter(p_, to, std::any(std::forward<T>(request)), timeout);
+  }
+  // Answers a request received with is_call(). Replying twice or to a non-call is ignored.
+  template <class T>
+  void reply(const Message& request, T&& value) {
+    reply_any(request, std::any(std::forward<T>(value)));
+  }
+  void reply_any(const Message& request, std::any value);
+
+  // ---- time ----
+  // Sends `value` to `to` (from this process) after `delay`.
+  template <class T>
+  TimerRef send_after(Pid to, Duration delay, T&& value) {
+    return send_after_any(to, delay, std::any(std::forward<T>(value)));
+  }
+  TimerRef send_after_any(Pid to, Duration delay, std::any value);
+  // True if the timer was cancelled before it fired.
+  bool cancel_timer(TimerRef ref);
+  WaitAwaiter sleep(Duration d);
+  // Lets other processes run; this one is queued again at once.
+  WaitAwaiter yield();
+
+  // ---- outside work ----
+  // Waits until fd is ready for `events` (kFdReadable / kFdWritable): the ready bits, or
+  // kTimeout, or kInvalidArgument for a bad fd.
+  WaitAwaiter wait_fd(int fd, unsigned events, Duration timeout = kInfinite);
+  // Calls start(completion) and waits until the completion is completed (its result) or
+  // `timeout` passes (kTimeout). The mechanism for network replies and child OS processes.
+  WaitAwaiter await_external(std::function<void(Completion)> start, Duration timeout = kInfinite);
+
+  // ---- processes ----
+  Result<Pid> spawn(Behavior behavior, SpawnOptions options = {});
+  // Spawns and links atomically (the child cannot exit unlinked).
+  Result<Pid> spawn_link(Behavior behavior, SpawnOptions options = {});
+  // Bidirectional, at most one per pair. Linking a process that does not exist delivers an
+  // exit signal with reason noproc to this process.
+  void link(Pid other);
+  void unlink(Pid other);
+  // One-way and stackable. A Down message arrives when `target` exits, at once (reason
+  // noproc) if it does not exist.
+  MonitorRef monitor(Pid target);
+  // True if the monitor was active; a Down for it will not be delivered afterwards.
+  bool demonitor(MonitorRef ref);
+  // Sends an exit signal (Erlang's exit/2). kill cannot be trapped; normal is ignored by a
+  // target that does not trap exits.
+  void send_exit(Pid target, ExitReason reason);
+  // Ends this process now with `reason` (normal, shutdown, ...), unwinding its coroutines.
+  [[noreturn]] void exit(ExitReason reason);
+  void set_trap_exit(bool on);
+  bool trap_exit() const;
+  Result<void> register_name(std::string name);
+  std::optional<Pid> whereis(const std::string& name) const;
+
+  // Messages queued in this process's mailbox.
+  std::size_t mailbox_size() const;
+
+ private:
+  friend class internal::Process;
+  explicit Context(internal::Process* p) : p_(p) {}
+  internal::Process* p_;
+};
+
+// Thrown by Context::exit to unwind the process; caught by the runtime. Never catch it.
+struct ProcessExitRequest {
+  ExitReason reason;
+};
+
+}  // namespace nines

@@ -1,0 +1,230 @@
+// The production environment. This file is the only place in nines allowed to read real
+// clocks, use std::random_device and start std::threads (see scripts/check_env_seam.sh).
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <unordered_map>
+
+#include "core/xoshiro.hpp"
+#include "nines/core/environment.hpp"
+
+namespace nines {
+namespace {
+
+class RealThread final : public Thread {
+ public:
+  explicit RealThread(std::function<void()> body) : t_(std::move(body)) {}
+  ~RealThread() override {
+    if (t_.joinable()) t_.join();
+  }
+  void join() override {
+    if (t_.joinable()) t_.join();
+  }
+
+ private:
+  std::thread t_;
+};
+
+class RealEnvironment final : public Environment {
+ public:
+  explicit RealEnvironment(const RealEnvironmentOptions& options) {
+    workers_ = options.workers != 0 ? options.workers : std::max(1u, std::thread::hardware_concurrency());
+    base_seed_ = options.seed != 0 ? options.seed : (static_cast<std::uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}();
+    epfd_ = epoll_create1(EPOLL_CLOEXEC);
+    wakefd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    timerfd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (epfd_ < 0 || wakefd_ < 0 || timerfd_ < 0) {
+      throw std::runtime_error(std::string("cannot create the event loop: ") + std::strerror(errno));
+    }
+    add_internal(wakefd_, kWakeTag);
+    add_internal(timerfd_, kTimerTag);
+    loop_ = std::thread([this] { run_loop(); });
+  }
+
+  ~RealEnvironment() override {
+    stop_.store(true);
+    std::uint64_t one = 1;
+    [[maybe_unused]] auto n = ::write(wakefd_, &one, sizeof one);
+    loop_.join();
+    ::close(epfd_);
+    ::close(wakefd_);
+    ::close(timerfd_);
+  }
+
+  bool deterministic() const override { return false; }
+
+  TimePoint now() const override {
+    return TimePoint(std::chrono::duration_cast<Duration>(std::chrono::steady_clock::now().time_since_epoch()));
+  }
+
+  std::int64_t unix_time_ns() const override {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  }
+
+  std::uint64_t random_u64() override {
+    thread_local internal::Xoshiro256 rng(0);
+    thread_local const RealEnvironment* owner = nullptr;
+    if (owner != this) {
+      owner = this;
+      rng.reseed(base_seed_ ^ (0x9e3779b97f4a7c15ULL * (1 + thread_counter_.fetch_add(1))));
+    }
+    return rng.next();
+  }
+
+  unsigned default_workers() const override { return workers_; }
+
+  Result<std::unique_ptr<Thread>> start_thread(std::string /*name*/, std::function<void()> body) override {
+    return std::unique_ptr<Thread>(new RealThread(std::move(body)));
+  }
+
+  TimerId add_timer(TimePoint deadline, std::function<void()> fn) override {
+    std::lock_guard lock(mu_);
+    TimerId id = next_id_++;
+    timers_.emplace(std::make_pair(deadline, id), std::move(fn));
+    timer_index_.emplace(id, deadline);
+    if (deadline < armed_) arm(deadline);
+    return id;
+  }
+
+  bool cancel_timer(TimerId id) override {
+    std::lock_guard lock(mu_);
+    auto it = timer_index_.find(id);
+    if (it == timer_index_.end()) return false;
+    timers_.erase(std::make_pair(it->second, id));
+    timer_index_.erase(it);
+    return true;
+  }
+
+  Result<WatchId> watch_fd(int fd, unsigned events, std::function<void(unsigned)> fn) override {
+    if (fd < 0) return Error(ErrorKind::kInvalidArgument, "watch_fd: negative fd " + std::to_string(fd));
+    if ((events & (kFdReadable | kFdWritable)) == 0) {
+      return Error(ErrorKind::kInvalidArgument, "watch_fd: no readable/writable event requested");
+    }
+    std::lock_guard lock(mu_);
+    WatchId id = next_id_++;
+    epoll_event ev{};
+    ev.events = EPOLLONESHOT | ((events & kFdReadable) ? EPOLLIN | EPOLLRDHUP : 0u) | ((events & kFdWritable) ? EPOLLOUT : 0u);
+    ev.data.u64 = id;
+    if (epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev) != 0) {
+      return Error(ErrorKind::kInvalidArgument,
+                   "watch_fd(" + std::to_string(fd) + "): " + std::strerror(errno));
+    }
+    watches_.emplace(id, Watch{fd, std::move(fn)});
+    return id;
+  }
+
+  bool cancel_watch(WatchId id) override {
+    std::lock_guard lock(mu_);
+    auto it = watches_.find(id);
+    if (it == watches_.end()) return false;
+    epoll_ctl(epfd_, EPOLL_CTL_DEL, it->second.fd, nullptr);
+    watches_.erase(it);
+    return true;
+  }
+
+ private:
+  static constexpr std::uint64_t kWakeTag = ~0ULL;
+  static constexpr std::uint64_t kTimerTag = ~0ULL - 1;
+
+  struct Watch {
+    int fd;
+    std::function<void(unsigned)> fn;
+  };
+
+  void add_internal(int fd, std::uint64_t tag) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = tag;
+    epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev);
+  }
+
+  // Requires mu_.
+  void arm(TimePoint deadline) {
+    armed_ = deadline;
+    itimerspec spec{};
+    auto ns = deadline.time_since_epoch().count();
+    if (ns <= 0) ns = 1;
+    spec.it_value.tv_sec = ns / 1'000'000'000;
+    spec.it_value.tv_nsec = ns % 1'000'000'000;
+    timerfd_settime(timerfd_, TFD_TIMER_ABSTIME, &spec, nullptr);
+  }
+
+  void run_loop() {
+    epoll_event events[64];
+    std::vector<std::function<void()>> due;
+    std::vector<std::pair<std::function<void(unsigned)>, unsigned>> ready;
+    while (!stop_.load()) {
+      int n = epoll_wait(epfd_, events, 64, -1);
+      if (n < 0) continue;  // EINTR
+      for (int i = 0; i < n; ++i) {
+        std::uint64_t tag = events[i].data.u64;
+        if (tag == kWakeTag) {
+          std::uint64_t v;
+          [[maybe_unused]] auto r = ::read(wakefd_, &v, sizeof v);
+        } else if (tag == kTimerTag) {
+          std::uint64_t v;
+          [[maybe_unused]] auto r = ::read(timerfd_, &v, sizeof v);
+        } else {
+          std::lock_guard lock(mu_);
+          auto it = watches_.find(tag);
+          if (it == watches_.end()) continue;
+          unsigned bits = 0;
+          if (events[i].events & (EPOLLIN | EPOLLRDHUP)) bits |= kFdReadable;
+          if (events[i].events & EPOLLOUT) bits |= kFdWritable;
+          if (events[i].events & (EPOLLERR | EPOLLHUP)) bits |= kFdError;
+          epoll_ctl(epfd_, EPOLL_CTL_DEL, it->second.fd, nullptr);
+          ready.emplace_back(std::move(it->second.fn), bits);
+          watches_.erase(it);
+        }
+      }
+      {
+        std::lock_guard lock(mu_);
+        TimePoint t = now();
+        while (!timers_.empty() && timers_.begin()->first.first <= t) {
+          auto it = timers_.begin();
+          timer_index_.erase(it->first.second);
+          due.push_back(std::move(it->second));
+          timers_.erase(it);
+        }
+        armed_ = TimePoint::max();
+        if (!timers_.empty()) arm(timers_.begin()->first.first);
+      }
+      for (auto& [fn, bits] : ready) fn(bits);
+      ready.clear();
+      for (auto& fn : due) fn();
+      due.clear();
+    }
+  }
+
+  unsigned workers_;
+  std::uint64_t base_seed_;
+  std::atomic<std::uint64_t> thread_counter_{0};
+  int epfd_ = -1, wakefd_ = -1, timerfd_ = -1;
+  std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  TimerId next_id_ = 1;
+  TimePoint armed_ = TimePoint::max();
+  std::map<std::pair<TimePoint, TimerId>, std::function<void()>> timers_;
+  std::unordered_map<TimerId, TimePoint> timer_index_;
+  std::unordered_map<WatchId, Watch> watches_;
+  std::thread loop_;
+};
+
+}  // namespace
+
+std::unique_ptr<Environment> make_real_environment(const RealEnvironmentOptions& options) {
+  return std::make_unique<RealEnvironment>(options);
+}
+
+}  // namespace nines

@@ -1,0 +1,657 @@
+// The runtime core: process table, signal delivery, the run loop of one process, exits.
+#include <cxxabi.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <typeinfo>
+
+#include "nines/core/check.hpp"
+#include "runtime/process_internal.hpp"
+#include "runtime/scheduler.hpp"
+
+namespace nines::internal {
+
+Process*& current_process() {
+  thread_local Process* p = nullptr;
+  return p;
+}
+
+// ---------------------------------------------------------------- Process
+
+Process::Process(RuntimeCore* rt_, Pid pid_, Behavior behavior_, const SpawnOptions& options, std::size_t cap)
+    : rt(rt_),
+      pid(pid_),
+      capacity(static_cast<std::uint32_t>(std::min<std::size_t>(cap, UINT32_MAX))),
+      overflow(options.overflow),
+      ctx(this),
+      behavior(std::move(behavior_)),
+      trap_exit(options.trap_exit) {}
+
+Process::~Process() {
+  inbox.clear();
+  mailbox.clear();
+  if (root) root.destroy();
+}
+
+// ---------------------------------------------------------------- ExitWatch
+
+bool ExitWatchImpl::done() const {
+  std::lock_guard lock(mu_);
+  return done_;
+}
+
+ExitReason ExitWatchImpl::wait() {
+  std::unique_lock lock(mu_);
+  if (deterministic_) {
+    NINES_CHECK_MSG(done_, "ExitWatch::wait() would block the only thread of a deterministic runtime");
+    return reason_;
+  }
+  cv_.wait(lock, [&] { return done_; });
+  return reason_;
+}
+
+ExitReason ExitWatchImpl::reason() const {
+  std::lock_guard lock(mu_);
+  return reason_;
+}
+
+void ExitWatchImpl::set(ExitReason r) {
+  {
+    std::lock_guard lock(mu_);
+    if (done_) return;
+    done_ = true;
+    reason_ = std::move(r);
+  }
+  cv_.notify_all();
+}
+
+// ---------------------------------------------------------------- RuntimeCore
+
+RuntimeCore::RuntimeCore(Environment& env_, const RuntimeOptions& options_) : env(env_), options(options_) {}
+
+RuntimeCore::~RuntimeCore() { stop(); }
+
+Result<void> RuntimeCore::start() {
+  if (env.deterministic()) {
+    if (options.workers > 1) {
+      return Error(ErrorKind::kInvalidArgument,
+                   "RuntimeOptions.workers = " + std::to_string(options.workers) +
+                       ": a deterministic environment runs exactly one worker");
+    }
+    scheduler_ = make_deterministic_scheduler(*this);
+  } else {
+    unsigned n = options.workers != 0 ? options.workers : env.default_workers();
+    if (n > 1024) return Error(ErrorKind::kInvalidArgument, "RuntimeOptions.workers > 1024");
+    scheduler_ = make_threaded_scheduler(*this, n);
+  }
+  if (options.default_mailbox_capacity == 0) {
+    return Error(ErrorKind::kInvalidArgument, "RuntimeOptions.default_mailbox_capacity must be > 0");
+  }
+  if (options.reductions == 0) return Error(ErrorKind::kInvalidArgument, "RuntimeOptions.reductions must be > 0");
+  return scheduler_->start();
+}
+
+void RuntimeCore::stop() {
+  if (stopped_ || !scheduler_) return;
+  stopped_ = true;
+  scheduler_->stop();
+  for (Process* p : scheduler_->drain_queued()) p->release();
+  // Destroy every live process's coroutine (unwinding its locals), then drop the table's refs.
+  std::vector<Process*> all;
+  for (auto& s : shards_) {
+    std::lock_guard lock(s.mu);
+    for (auto& [id, p] : s.map) all.push_back(p);
+    s.map.clear();
+  }
+  for (Process* p : all) {
+    if (p->root) {
+      auto r = std::exchange(p->root, {});
+      r.destroy();
+    }
+    std::vector<std::shared_ptr<ExitWatchImpl>> watches;
+    {
+      std::lock_guard lock(p->mu);
+      p->dead = true;
+      watches.swap(p->exit_watches);
+    }
+    for (auto& w : watches) w->set(ExitReason::shutdown("runtime stopped"));
+  }
+  for (Process* p : all) p->release();
+  live_.store(0);
+}
+
+Result<ProcessRef> RuntimeCore::spawn(Behavior behavior, const SpawnOptions& so, Pid link_to, bool held) {
+  if (!behavior) return Error(ErrorKind::kInvalidArgument, "spawn: empty behavior");
+  if (stopped_) return Error(ErrorKind::kCancelled, "spawn: the runtime is stopped");
+  std::size_t cap = so.mailbox_capacity != 0 ? so.mailbox_capacity : options.default_mailbox_capacity;
+  Pid pid{next_pid_.fetch_add(1, std::memory_order_relaxed)};
+  auto* p = new Process(this, pid, std::move(behavior), so, cap);
+  ProcessRef ref(p, /*adopt=*/true);
+  if (!so.name.empty()) {
+    if (auto r = register_name(so.name, pid); !r.ok()) return std::move(r).error();
+    p->name = so.name;
+  }
+  if (link_to.valid()) p->links.push_back(link_to);
+  {
+    Shard& s = shard(pid);
+    std::lock_guard lock(s.mu);
+    p->retain();  // the table's reference
+    s.map.emplace(pid.id, p);
+  }
+  live_.fetch_add(1, std::memory_order_relaxed);
+  p->scheduled = true;  // queued now, or held until release()
+  if (!held) schedule(p);
+  return ref;
+}
+
+void RuntimeCore::release(Process* p) { schedule(p); }
+
+ProcessRef RuntimeCore::lookup(Pid pid) const {
+  Shard& s = shard(pid);
+  std::lock_guard lock(s.mu);
+  auto it = s.map.find(pid.id);
+  if (it == s.map.end()) return {};
+  return ProcessRef(it->second);
+}
+
+void RuntimeCore::table_remove(Pid pid) {
+  Process* p = nullptr;
+  {
+    Shard& s = shard(pid);
+    std::lock_guard lock(s.mu);
+    auto it = s.map.find(pid.id);
+    if (it == s.map.end()) return;
+    p = it->second;
+    s.map.erase(it);
+  }
+  live_.fetch_sub(1, std::memory_order_relaxed);
+  p->release();
+}
+
+void RuntimeCore::schedule(Process* p) {
+  p->retain();
+  scheduler_->push(p);
+}
+
+Delivery RuntimeCore::deliver(Pid to, Envelope* e, Pid blocked_sender) {
+  ProcessRef t = lookup(to);
+  if (!t) {
+    delete e;
+    return Delivery::kNoProc;
+  }
+  Envelope* dropped = nullptr;
+  bool need_schedule = false;
+  {
+    std::lock_guard lock(t->mu);
+    if (t->dead) {
+      delete e;
+      return Delivery::kNoProc;
+    }
+    if (e->is_user()) {
+      if (t->user_count >= t->capacity) {
+        switch (t->overflow) {
+          case OverflowPolicy::kReject:
+            delete e;
+            return Delivery::kFull;
+          case OverflowPolicy::kSuspendSender:
+            delete e;
+            if (!blocked_sender.valid()) return Delivery::kFull;
+            t->blocked_senders.push_back(blocked_sender);
+            return Delivery::kBlocked;
+          case OverflowPolicy::kDropOldest: {
+            // The oldest user message: in the mailbox if it has one, else in the inbox.
+            for (EnvelopeQueue* q : {&t->mailbox, &t->inbox}) {
+              Envelope* prev = nullptr;
+              for (Envelope* x = q->head; x; prev = x, x = x->next) {
+                if (x->is_user() && !x->system) {
+                  q->unlink(prev, x);
+                  dropped = x;
+                  break;
+                }
+              }
+              if (dropped) break;
+            }
+            if (dropped) --t->user_count;
+            break;
+          }
+        }
+      }
+      ++t->user_count;
+    }
+    t->inbox.push(e);
+    if (!t->scheduled) {
+      t->scheduled = true;
+      need_schedule = true;
+    }
+  }
+  delete dropped;
+  if (need_schedule) schedule(t.get());
+  return Delivery::kOk;
+}
+
+Delivery RuntimeCore::signal(Pid to, SignalKind kind, Pid from, std::uint64_t ref, std::any payload) {
+  auto* e = new Envelope;
+  e->kind = kind;
+  e->from = from;
+  e->ref = ref;
+  e->payload = std::move(payload);
+  return deliver(to, e);
+}
+
+namespace {
+
+template <class T>
+bool erase_first(std::vector<T>& v, const T& x) {
+  auto it = std::find(v.begin(), v.end(), x);
+  if (it == v.end()) return false;
+  *it = v.back();
+  v.pop_back();
+  return true;
+}
+
+ExitReason reason_of(const Envelope& e) {
+  if (auto* r = std::any_cast<ExitReason>(&e.payload)) return *r;
+  return ExitReason::noproc();
+}
+
+std::string current_exception_type() {
+  std::type_info* t = abi::__cxa_current_exception_type();
+  if (t == nullptr) return "unknown";
+  int status = 0;
+  char* d = abi::__cxa_demangle(t->name(), nullptr, nullptr, &status);
+  std::string s = (status == 0 && d) ? d : t->name();
+  std::free(d);
+  return s;
+}
+
+ExitReason exit_reason_from(std::exception_ptr ep) {
+  try {
+    std::rethrow_exception(ep);
+  } catch (const ProcessExitRequest& r) {
+    if (r.reason.kind == ExitReason::Kind::kKill) return ExitReason::killed();
+    return r.reason;
+  } catch (const std::exception& ex) {
+    return ExitReason::crash(current_exception_type(), ex.what());
+  } catch (...) {
+    return ExitReason::crash(current_exception_type(), "");
+  }
+}
+
+}  // namespace
+
+// Processes every signal waiting in the inbox, in order. Messages move to the mailbox.
+void RuntimeCore::drain(Process* p) {
+  EnvelopeQueue batch;
+  {
+    std::lock_guard lock(p->mu);
+    if (p->inbox.empty()) return;
+    batch = p->inbox.take();
+  }
+  EnvelopeQueue to_mailbox;
+  while (Envelope* e = batch.pop()) {
+    switch (e->kind) {
+      case SignalKind::kMessage:
+      case SignalKind::kCall:
+        to_mailbox.push(e);
+        continue;
+      case SignalKind::kReply:
+        if (p->wait == WaitKind::kCall && e->ref == p->wait_token && !p->wait_done) {
+          p->call_result.emplace(Message(e->from, std::move(e->payload)));
+          p->wait_done = true;
+        }
+        break;
+      case SignalKind::kExit:
+      case SignalKind::kLinkExit: {
+        if (e->kind == SignalKind::kLinkExit && !erase_first(p->links, e->from)) break;  // unlinked meanwhile
+        ExitReason r = reason_of(*e);
+        if (r.kind == ExitReason::Kind::kKill && e->kind == SignalKind::kExit) {
+          if (!p->pending_exit) p->pending_exit = ExitReason::killed();
+        } else if (p->trap_exit) {
+          e->system = true;
+          e->payload = Exit{e->from, std::move(r)};
+          e->kind = SignalKind::kMessage;
+          to_mailbox.push(e);
+          continue;
+        } else if (!r.is_normal()) {
+          if (!p->pending_exit) p->pending_exit = std::move(r);
+        }
+        break;
+      }
+      case SignalKind::kLink:
+        if (std::find(p->links.begin(), p->links.end(), e->from) == p->links.end()) p->links.push_back(e->from);
+        break;
+      case SignalKind::kUnlink:
+        erase_first(p->links, e->from);
+        break;
+      case SignalKind::kMonitor:
+        p->watchers.emplace_back(e->ref, e->from);
+        break;
+      case SignalKind::kDemonitor: {
+        auto& w = p->watchers;
+        auto it = std::find_if(w.begin(), w.end(), [&](auto& x) { return x.first == e->ref; });
+        if (it != w.end()) w.erase(it);
+        break;
+      }
+      case SignalKind::kDown: {
+        auto& m = p->monitoring;
+        auto it = std::find_if(m.begin(), m.end(), [&](auto& x) { return x.first == e->ref; });
+        if (it == m.end()) break;  // demonitored meanwhile
+        m.erase(it);
+        ExitReason r = reason_of(*e);
+        if (p->wait == WaitKind::kCall && p->call_monitor == e->ref) {
+          if (!p->wait_done) {
+            p->call_result.emplace(Error(ErrorKind::kNoProc, "call to " + e->from.to_string() +
+                                                                 ": the process exited (" + r.to_string() + ")"));
+            p->wait_done = true;
+            p->call_monitor = 0;
+          }
+          break;
+        }
+        e->system = true;
+        e->payload = Down{MonitorRef{e->ref}, e->from, std::move(r)};
+        e->kind = SignalKind::kMessage;
+        to_mailbox.push(e);
+        continue;
+      }
+      case SignalKind::kWake:
+        if (p->wait_token == e->ref && !p->wait_done) {
+          if (p->wait == WaitKind::kToken) {
+            if (auto* r = std::any_cast<Result<std::any>>(&e->payload)) p->wake_result.emplace(std::move(*r));
+            else p->wake_result.emplace(std::any{});
+            p->wait_done = true;
+          } else if (p->wait == WaitKind::kCall) {
+            p->call_result.emplace(Error(ErrorKind::kTimeout, "call to " + p->send_to.to_string() + " timed out"));
+            p->wait_done = true;
+          } else if (p->wait == WaitKind::kReceive) {
+            p->wait_timed_out = true;
+          }
+        }
+        break;
+      case SignalKind::kRoom:
+        if (p->wait == WaitKind::kSend) p->room_signalled = true;
+        break;
+    }
+    delete e;
+  }
+  if (!to_mailbox.empty()) {
+    std::lock_guard lock(p->mu);
+    p->mailbox.append(to_mailbox);
+  }
+}
+
+std::optional<Message> RuntimeCore::pop_message(Process* p, const std::function<bool(const Message&)>* pred) {
+  Envelope* got = nullptr;
+  Pid wake_sender;
+  {
+    std::lock_guard lock(p->mu);
+    Envelope* prev = nullptr;
+    for (Envelope* e = p->mailbox.head; e; prev = e, e = e->next) {
+      if (pred != nullptr) {
+        // The predicate sees a Message view of the envelope without copying the payload.
+        Message view(e->from, {}, e->kind == SignalKind::kCall ? e->ref : 0);
+        std::swap(view.payload(), e->payload);
+        bool match = (*pred)(view);
+        std::swap(view.payload(), e->payload);
+        if (!match) continue;
+      }
+      p->mailbox.unlink(prev, e);
+      got = e;
+      break;
+    }
+    if (got && !got->system) {
+      --p->user_count;
+      if (!p->blocked_senders.empty() && p->user_count < p->capacity) {
+        wake_sender = p->blocked_senders.front();
+        p->blocked_senders.erase(p->blocked_senders.begin());
+      }
+    }
+  }
+  if (wake_sender.valid()) signal(wake_sender, SignalKind::kRoom, p->pid);
+  if (!got) return std::nullopt;
+  Message m(got->from, std::move(got->payload), got->kind == SignalKind::kCall ? got->ref : 0);
+  delete got;
+  return m;
+}
+
+void RuntimeCore::clear_wait(Process* p) {
+  if (p->wait_timer != 0) {
+    env.cancel_timer(p->wait_timer);
+    p->wait_timer = 0;
+  }
+  if (p->wait_watch != 0) {
+    env.cancel_watch(p->wait_watch);
+    p->wait_watch = 0;
+  }
+  if (p->call_monitor != 0) {
+    auto& m = p->monitoring;
+    auto it = std::find_if(m.begin(), m.end(), [&](auto& x) { return x.first == p->call_monitor; });
+    if (it != m.end()) {
+      signal(it->second, SignalKind::kDemonitor, p->pid, p->call_monitor);
+      m.erase(it);
+    }
+    p->call_monitor = 0;
+  }
+  p->wait = WaitKind::kNone;
+  p->wait_token = 0;
+  p->wait_done = false;
+  p->wait_timed_out = false;
+  p->wait_pred = nullptr;
+}
+
+bool RuntimeCore::wait_satisfied(Process* p) {
+  switch (p->wait) {
+    case WaitKind::kNone:
+      return true;
+    case WaitKind::kReceive: {
+      if (auto m = pop_message(p, p->wait_pred)) {
+        p->wait_msg = std::move(m);
+        return true;
+      }
+      return p->wait_timed_out;
+    }
+    case WaitKind::kCall:
+    case WaitKind::kToken:
+      return p->wait_done;
+    case WaitKind::kSend: {
+      if (!p->room_signalled) return false;
+      p->room_signalled = false;
+      auto* e = new Envelope;
+      e->kind = SignalKind::kMessage;
+      e->from = p->pid;
+      e->payload = *p->send_value;
+      Delivery d = deliver(p->send_to, e, p->pid);
+      if (d == Delivery::kBlocked) return false;  // registered again as a blocked sender
+      p->send_result = d == Delivery::kOk ? Result<void>{}
+                                          : Result<void>(Error(ErrorKind::kNoProc,
+                                                               "send to " + p->send_to.to_string() +
+                                                                   ": no such process"));
+      return true;
+    }
+  }
+  return false;
+}
+
+void RuntimeCore::run(Process* p) {
+  Process*& cur = current_process();
+  Process* saved = cur;
+  cur = p;
+  drain(p);
+  p->reductions_left = options.reductions;
+  while (!p->pending_exit) {
+    if (!p->started) {
+      p->started = true;
+      try {
+        Task<> t = p->behavior(p->ctx);
+        p->root = t.release();
+      } catch (...) {
+        finalize(p, exit_reason_from(std::current_exception()));
+        cur = saved;
+        return;
+      }
+      p->root.resume();
+    } else if (p->yield_requested) {
+      p->yield_requested = false;
+      if (p->wait == WaitKind::kReceive && !wait_satisfied(p)) break;
+      p->resume_point.resume();
+    } else if (wait_satisfied(p)) {
+      p->resume_point.resume();
+    } else {
+      break;
+    }
+    if (p->root.done()) {
+      auto ep = p->root.promise().exception;
+      finalize(p, ep ? exit_reason_from(ep) : ExitReason::normal());
+      cur = saved;
+      return;
+    }
+    if (p->yield_requested) break;
+    // Signals that arrived while it ran may satisfy the new wait at once.
+    drain(p);
+    if (--p->reductions_left == 0) {
+      p->yield_requested = true;
+      break;
+    }
+  }
+  if (p->pending_exit) {
+    ExitReason r = std::move(*p->pending_exit);
+    p->pending_exit.reset();
+    finalize(p, std::move(r));
+    cur = saved;
+    return;
+  }
+  bool again;
+  {
+    std::lock_guard lock(p->mu);
+    again = p->yield_requested || !p->inbox.empty();
+    if (!again) p->scheduled = false;
+  }
+  if (again) schedule(p);
+  cur = saved;
+}
+
+void RuntimeCore::finalize(Process* p, ExitReason reason) {
+  if (p->wait != WaitKind::kNone) clear_wait(p);
+  if (p->root) {
+    // Unwinds the process's coroutines (their destructors may still send).
+    auto r = std::exchange(p->root, {});
+    r.destroy();
+  }
+  p->behavior = nullptr;
+  EnvelopeQueue inbox, mailbox;
+  std::vector<Pid> blocked;
+  std::vector<std::shared_ptr<ExitWatchImpl>> watches;
+  {
+    std::lock_guard lock(p->mu);
+    p->dead = true;
+    inbox = p->inbox.take();
+    mailbox = p->mailbox.take();
+    blocked.swap(p->blocked_senders);
+    watches.swap(p->exit_watches);
+    p->user_count = 0;
+  }
+  // Links and monitors that arrived before death still see the real reason.
+  while (Envelope* e = inbox.pop()) {
+    if (e->kind == SignalKind::kLink) {
+      if (std::find(p->links.begin(), p->links.end(), e->from) == p->links.end()) p->links.push_back(e->from);
+    } else if (e->kind == SignalKind::kMonitor) {
+      p->watchers.emplace_back(e->ref, e->from);
+    } else if (e->kind == SignalKind::kUnlink) {
+      erase_first(p->links, e->from);
+    } else if (e->kind == SignalKind::kDemonitor) {
+      auto& w = p->watchers;
+      auto it = std::find_if(w.begin(), w.end(), [&](auto& x) { return x.first == e->ref; });
+      if (it != w.end()) w.erase(it);
+    }
+    delete e;
+  }
+  mailbox.clear();
+  if (!p->name.empty()) unregister_name(p->name, p->pid);
+  table_remove(p->pid);  // from here on, signals to p find no process
+  for (Pid l : p->links) signal(l, SignalKind::kLinkExit, p->pid, 0, reason);
+  p->links.clear();
+  for (auto& [ref, w] : p->watchers) signal(w, SignalKind::kDown, p->pid, ref, reason);
+  p->watchers.clear();
+  for (auto& [ref, t] : p->monitoring) signal(t, SignalKind::kDemonitor, p->pid, ref);
+  p->monitoring.clear();
+  for (Pid b : blocked) signal(b, SignalKind::kRoom, p->pid);
+  for (auto& w : watches) w->set(reason);
+}
+
+Result<void> RuntimeCore::register_name(const std::string& name, Pid pid) {
+  std::lock_guard lock(names_mu_);
+  auto [it, inserted] = names_.emplace(name, pid);
+  if (!inserted) {
+    return Error(ErrorKind::kAlreadyExists,
+                 "name '" + name + "' is already registered to " + it->second.to_string());
+  }
+  return {};
+}
+
+void RuntimeCore::unregister_name(const std::string& name, Pid pid) {
+  std::lock_guard lock(names_mu_);
+  auto it = names_.find(name);
+  if (it != names_.end() && it->second == pid) names_.erase(it);
+}
+
+std::optional<Pid> RuntimeCore::whereis(const std::string& name) const {
+  std::lock_guard lock(names_mu_);
+  auto it = names_.find(name);
+  if (it == names_.end()) return std::nullopt;
+  return it->second;
+}
+
+std::shared_ptr<ExitWatch> RuntimeCore::watch_exit(Pid pid) {
+  auto w = std::make_shared<ExitWatchImpl>(env.deterministic());
+  ProcessRef p = lookup(pid);
+  if (!p) {
+    w->set(ExitReason::noproc());
+    return w;
+  }
+  {
+    std::lock_guard lock(p->mu);
+    if (!p->dead) {
+      p->exit_watches.push_back(w);
+      return w;
+    }
+  }
+  w->set(ExitReason::noproc());
+  return w;
+}
+
+TimerId RuntimeCore::add_timer(Duration delay, std::function<void(RuntimeCore&)> fn) {
+  std::weak_ptr<RuntimeCore> weak = weak_from_this();
+  return env.add_timer(add_saturating(env.now(), delay), [weak, fn = std::move(fn)] {
+    if (auto core = weak.lock()) fn(*core);
+  });
+}
+
+std::size_t RuntimeCore::run_until_idle() {
+  NINES_CHECK_MSG(env.deterministic(), "run_until_idle() drives a deterministic runtime only");
+  auto& sim = static_cast<SimEnvironment&>(env);
+  std::size_t runs = 0;
+  for (;;) {
+    std::size_t n = scheduler_->run_ready();
+    runs += n;
+    std::size_t fired = sim.fire_due_timers();
+    std::size_t ready = sim.poll_fds();
+    if (n == 0 && fired == 0 && ready == 0) break;
+  }
+  return runs;
+}
+
+void RuntimeCore::advance(Duration d) {
+  NINES_CHECK_MSG(env.deterministic(), "advance() drives a deterministic runtime only");
+  auto& sim = static_cast<SimEnvironment&>(env);
+  TimePoint target = add_saturating(sim.now(), d);
+  run_until_idle();
+  for (;;) {
+    TimePoint next = sim.next_timer_deadline();
+    if (next > target) break;
+    sim.set_now(next);
+    run_until_idle();
+  }
+  sim.set_now(target);
+  run_until_idle();
+}
+
+}  // namespace nines::internal

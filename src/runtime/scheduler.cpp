@@ -1,0 +1,223 @@
+#include "runtime/scheduler.hpp"
+
+#include <atomic>
+
+#include "runtime/process_internal.hpp"
+
+namespace nines::internal {
+namespace {
+
+class ThreadedScheduler;
+
+struct Worker {
+  ThreadedScheduler* owner = nullptr;
+  unsigned index = 0;
+  Process* lifo = nullptr;  // touched only by this worker's thread
+  unsigned lifo_streak = 0;
+  std::mutex mu;
+  std::deque<Process*> local;
+  std::unique_ptr<Thread> thread;
+};
+
+thread_local Worker* tls_worker = nullptr;
+
+class ThreadedScheduler final : public Scheduler {
+ public:
+  ThreadedScheduler(RuntimeCore& core, unsigned n) : core_(core), workers_(n) {
+    for (unsigned i = 0; i < n; ++i) {
+      workers_[i] = std::make_unique<Worker>();
+      workers_[i]->owner = this;
+      workers_[i]->index = i;
+    }
+  }
+
+  ~ThreadedScheduler() override { stop(); }
+
+  Result<void> start() override {
+    for (auto& w : workers_) {
+      Worker* wp = w.get();
+      auto t = core_.env.start_thread("nines-worker-" + std::to_string(wp->index), [this, wp] { loop(wp); });
+      if (!t.ok()) {
+        stop();
+        return std::move(t).error();
+      }
+      w->thread = std::move(*t);
+    }
+    return {};
+  }
+
+  void stop() override {
+    {
+      std::lock_guard lock(idle_mu_);
+      stop_.store(true);
+      ++epoch_;
+    }
+    idle_cv_.notify_all();
+    for (auto& w : workers_) {
+      if (w->thread) {
+        w->thread->join();
+        w->thread.reset();
+      }
+    }
+  }
+
+  void push(Process* p) override {
+    Worker* w = tls_worker;
+    if (w && w->owner == this) {
+      if (w->lifo == nullptr) {
+        w->lifo = p;
+        return;
+      }
+      Process* old = w->lifo;
+      w->lifo = p;
+      {
+        std::lock_guard lock(w->mu);
+        w->local.push_back(old);
+      }
+    } else {
+      std::lock_guard lock(global_mu_);
+      global_.push_back(p);
+    }
+    wake_one();
+  }
+
+  std::vector<Process*> drain_queued() override {
+    std::vector<Process*> out;
+    for (auto& w : workers_) {
+      if (w->lifo) out.push_back(std::exchange(w->lifo, nullptr));
+      std::lock_guard lock(w->mu);
+      out.insert(out.end(), w->local.begin(), w->local.end());
+      w->local.clear();
+    }
+    std::lock_guard lock(global_mu_);
+    out.insert(out.end(), global_.begin(), global_.end());
+    global_.clear();
+    return out;
+  }
+
+ private:
+  static constexpr unsigned kMaxLifoStreak = 32;
+
+  void wake_one() {
+    if (sleepers_.load(std::memory_order_seq_cst) == 0) return;
+    {
+      std::lock_guard lock(idle_mu_);
+      ++epoch_;
+    }
+    idle_cv_.notify_one();
+  }
+
+  Process* pop_local(Worker* w) {
+    std::lock_guard lock(w->mu);
+    if (w->local.empty()) return nullptr;
+    Process* p = w->local.front();
+    w->local.pop_front();
+    return p;
+  }
+
+  Process* find_work(Worker* w) {
+    if (w->lifo) {
+      if (w->lifo_streak < kMaxLifoStreak) {
+        ++w->lifo_streak;
+        return std::exchange(w->lifo, nullptr);
+      }
+      // Let the others in the local queue run: the LIFO slot goes to the back.
+      w->lifo_streak = 0;
+      std::lock_guard lock(w->mu);
+      w->local.push_back(std::exchange(w->lifo, nullptr));
+    }
+    w->lifo_streak = 0;
+    if (Process* p = pop_local(w)) return p;
+    {
+      std::lock_guard lock(global_mu_);
+      if (!global_.empty()) {
+        Process* p = global_.front();
+        global_.pop_front();
+        return p;
+      }
+    }
+    for (std::size_t i = 1; i < workers_.size(); ++i) {
+      Worker* v = workers_[(w->index + i) % workers_.size()].get();
+      std::lock_guard lock(v->mu);
+      if (!v->local.empty()) {
+        Process* p = v->local.back();
+        v->local.pop_back();
+        return p;
+      }
+    }
+    return nullptr;
+  }
+
+  void loop(Worker* w) {
+    tls_worker = w;
+    while (!stop_.load(std::memory_order_relaxed)) {
+      Process* p = find_work(w);
+      if (p == nullptr) {
+        std::unique_lock lock(idle_mu_);
+        std::uint64_t seen = epoch_;
+        sleepers_.fetch_add(1, std::memory_order_seq_cst);
+        lock.unlock();
+        p = find_work(w);
+        lock.lock();
+        if (p == nullptr) {
+          idle_cv_.wait(lock, [&] { return epoch_ != seen || stop_.load(); });
+        }
+        sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+        if (p == nullptr) continue;
+      }
+      core_.run(p);
+      p->release();  // the queue's reference
+    }
+    tls_worker = nullptr;
+  }
+
+  RuntimeCore& core_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::mutex global_mu_;
+  std::deque<Process*> global_;
+  std::mutex idle_mu_;
+  std::condition_variable idle_cv_;
+  std::uint64_t epoch_ = 0;
+  std::atomic<int> sleepers_{0};
+  std::atomic<bool> stop_{false};
+};
+
+class DeterministicScheduler final : public Scheduler {
+ public:
+  explicit DeterministicScheduler(RuntimeCore& core) : core_(core) {}
+  Result<void> start() override { return {}; }
+  void stop() override {}
+  void push(Process* p) override { ready_.push_back(p); }
+
+  std::size_t run_ready() override {
+    std::size_t runs = 0;
+    while (!ready_.empty()) {
+      std::size_t i = core_.env.random_below(ready_.size());
+      Process* p = ready_[i];
+      ready_[i] = ready_.back();
+      ready_.pop_back();
+      core_.run(p);
+      p->release();
+      ++runs;
+    }
+    return runs;
+  }
+
+  std::vector<Process*> drain_queued() override { return std::exchange(ready_, {}); }
+
+ private:
+  RuntimeCore& core_;
+  std::vector<Process*> ready_;
+};
+
+}  // namespace
+
+std::unique_ptr<Scheduler> make_threaded_scheduler(RuntimeCore& core, unsigned workers) {
+  return std::make_unique<ThreadedScheduler>(core, workers);
+}
+
+std::unique_ptr<Scheduler> make_deterministic_scheduler(RuntimeCore& core) {
+  return std::make_unique<DeterministicScheduler>(core);
+}
+
+}  // namespace nines::internal

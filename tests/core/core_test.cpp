@@ -1,0 +1,123 @@
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include "nines/core/check.hpp"
+#include "nines/core/environment.hpp"
+#include "nines/core/result.hpp"
+
+namespace nines {
+namespace {
+
+TEST(Result, CarriesValueOrError) {
+  Result<int> ok = 7;
+  EXPECT_TRUE(ok.ok());
+  EXPECT_EQ(*ok, 7);
+  Result<int> bad = Error(ErrorKind::kTimeout, "slow");
+  EXPECT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error().kind(), ErrorKind::kTimeout);
+  EXPECT_EQ(bad.error().to_string(), "timeout: slow");
+  EXPECT_THROW((void)bad.value(), CheckFailure);
+  EXPECT_EQ(bad.value_or(3), 3);
+}
+
+TEST(Error, ContextIsPrepended) {
+  Error e = Error(ErrorKind::kNoProc, "gone").with_context("calling 'db'");
+  EXPECT_EQ(e.message(), "calling 'db': gone");
+  EXPECT_EQ(e.kind(), ErrorKind::kNoProc);
+}
+
+TEST(Check, AlwaysOnCheckThrowsWithLocation) {
+  try {
+    NINES_CHECK(1 + 1 == 3);
+    FAIL();
+  } catch (const CheckFailure& f) {
+    EXPECT_NE(std::string(f.what()).find("1 + 1 == 3"), std::string::npos);
+    EXPECT_NE(std::string(f.what()).find("core_test.cpp"), std::string::npos);
+  }
+}
+
+TEST(SimEnvironment, SameSeedSameSequence) {
+  SimEnvironment a(42), b(42), c(43);
+  for (int i = 0; i < 100; ++i) {
+    auto x = a.random_u64();
+    EXPECT_EQ(x, b.random_u64());
+  }
+  EXPECT_NE(a.random_u64(), c.random_u64());
+  for (int i = 0; i < 1000; ++i) {
+    double d = a.random_double();
+    EXPECT_GE(d, 0.0);
+    EXPECT_LT(d, 1.0);
+  }
+}
+
+TEST(SimEnvironment, TimersFireInDeadlineOrderOnlyWhenDue) {
+  SimEnvironment env(1);
+  std::vector<int> order;
+  TimePoint t0 = env.now();
+  env.add_timer(t0 + 30ms, [&] { order.push_back(3); });
+  env.add_timer(t0 + 10ms, [&] { order.push_back(1); });
+  TimerId cancelled = env.add_timer(t0 + 20ms, [&] { order.push_back(2); });
+  EXPECT_TRUE(env.cancel_timer(cancelled));
+  EXPECT_FALSE(env.cancel_timer(cancelled));
+  EXPECT_EQ(env.fire_due_timers(), 0u);
+  env.set_now(t0 + 10ms);
+  EXPECT_EQ(env.fire_due_timers(), 1u);
+  env.set_now(t0 + 60s);
+  EXPECT_EQ(env.fire_due_timers(), 1u);
+  EXPECT_EQ(order, (std::vector<int>{1, 3}));
+  env.set_now(t0);  // never backwards
+  EXPECT_EQ(env.now(), t0 + 60s);
+}
+
+TEST(SimEnvironment, RefusesThreadsAndBadWatches) {
+  SimEnvironment env(1);
+  auto t = env.start_thread("x", [] {});
+  ASSERT_FALSE(t.ok());
+  EXPECT_EQ(t.error().kind(), ErrorKind::kInvalidArgument);
+  EXPECT_FALSE(env.watch_fd(-1, kFdReadable, [](unsigned) {}).ok());
+  EXPECT_FALSE(env.watch_fd(0, 0, [](unsigned) {}).ok());
+}
+
+TEST(SimEnvironment, PollsPipeReadiness) {
+  SimEnvironment env(1);
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  unsigned seen = 0;
+  ASSERT_TRUE(env.watch_fd(fds[0], kFdReadable, [&](unsigned bits) { seen = bits; }).ok());
+  EXPECT_EQ(env.poll_fds(), 0u);
+  ASSERT_EQ(write(fds[1], "x", 1), 1);
+  EXPECT_EQ(env.poll_fds(), 1u);
+  EXPECT_TRUE(seen & kFdReadable);
+  EXPECT_EQ(env.pending_watches(), 0u);
+  close(fds[0]);
+  close(fds[1]);
+}
+
+TEST(RealEnvironment, TimersAndWatchesFire) {
+  auto env = make_real_environment({.workers = 2, .seed = 5});
+  EXPECT_EQ(env->default_workers(), 2u);
+  std::mutex mu;
+  std::condition_variable cv;
+  int fired = 0;
+  env->add_timer(env->now() + 1ms, [&] {
+    std::lock_guard l(mu);
+    ++fired;
+    cv.notify_all();
+  });
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  ASSERT_TRUE(env->watch_fd(fds[0], kFdReadable, [&](unsigned) {
+                   std::lock_guard l(mu);
+                   ++fired;
+                   cv.notify_all();
+                 }).ok());
+  ASSERT_EQ(write(fds[1], "x", 1), 1);
+  std::unique_lock l(mu);
+  cv.wait(l, [&] { return fired == 2; });
+  close(fds[0]);
+  close(fds[1]);
+}
+
+}  // namespace
+}  // namespace nines
