@@ -1,11 +1,34 @@
+// Processes: messaging, calls, timers, links, monitors, exits, mailboxes, outside waits.
+// All on the deterministic runtime: virtual time, seeded scheduling, no sleeps.
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
+#include <stdexcept>
+
+#include "nines/core/check.hpp"
 #include "runtime/test_util.hpp"
 
 namespace nines {
 namespace {
 using testing::Log;
 using testing::SimRuntime;
+
+struct Crash {};
+struct Stop {};
+
+// A process that waits forever; crashes on Crash, exits normally on Stop.
+Behavior idle_worker(Log* log = nullptr, std::string name = {}) {
+  return [log, name](Context& ctx) -> Task<> {
+    for (;;) {
+      Message m = co_await ctx.receive();
+      if (m.is<Crash>()) throw std::runtime_error("boom");
+      if (m.is<Stop>()) co_return;
+      if (auto* e = m.get<Exit>(); e && log) log->add(name + " got EXIT " + e->reason.to_string());
+    }
+  };
+}
 
 TEST(Process, PingPong) {
   SimRuntime s;
@@ -33,6 +56,492 @@ TEST(Process, PingPong) {
   s.rt->run_until_idle();
   EXPECT_EQ(log.get(), (std::vector<std::string>{"pong 0", "ping 1", "pong 2", "ping 3", "pong 4", "ping 5"}));
   EXPECT_EQ(s.rt->process_count(), 0u);
+}
+
+TEST(Process, OrderIsPreservedPerSenderReceiverPair) {
+  for (std::uint64_t seed = 1; seed <= 20; ++seed) {
+    SimRuntime s(seed);
+    std::vector<std::pair<std::uint64_t, int>> got;
+    Pid sink = s.spawn([&](Context& ctx) -> Task<> {
+      for (int i = 0; i < 300; ++i) {
+        Message m = co_await ctx.receive();
+        got.emplace_back(m.from().id, *m.get<int>());
+      }
+    });
+    for (int k = 0; k < 3; ++k) {
+      s.spawn([sink](Context& ctx) -> Task<> {
+        for (int i = 0; i < 100; ++i) {
+          (void)co_await ctx.send(sink, i);
+          if (i % 7 == 0) co_await ctx.yield();
+        }
+      });
+    }
+    s.rt->run_until_idle();
+    ASSERT_EQ(got.size(), 300u);
+    std::map<std::uint64_t, int> last;
+    for (auto& [from, n] : got) {
+      auto it = last.find(from);
+      if (it != last.end()) {
+        EXPECT_EQ(n, it->second + 1) << "seed " << seed;
+      }
+      last[from] = n;
+    }
+  }
+}
+
+// The same seed gives the same interleaving; another seed may give another.
+TEST(Process, SameSeedSameInterleaving) {
+  auto run = [](std::uint64_t seed) {
+    SimRuntime s(seed);
+    auto log = std::make_shared<Log>();
+    Pid sink = s.spawn([log](Context& ctx) -> Task<> {
+      for (;;) {
+        Message m = co_await ctx.receive();
+        log->add(std::to_string(m.from().id) + ":" + std::to_string(*m.get<int>()));
+      }
+    });
+    for (int k = 0; k < 4; ++k) {
+      s.spawn([sink](Context& ctx) -> Task<> {
+        for (int i = 0; i < 5; ++i) {
+          (void)co_await ctx.send(sink, i);
+          co_await ctx.yield();
+        }
+      });
+    }
+    s.rt->run_until_idle();
+    return log->get();
+  };
+  EXPECT_EQ(run(7), run(7));
+  bool some_differ = false;
+  for (std::uint64_t seed = 8; seed < 20 && !some_differ; ++seed) some_differ = run(seed) != run(7);
+  EXPECT_TRUE(some_differ);
+}
+
+TEST(Process, CallRepliesAndTimesOutWithoutHanging) {
+  SimRuntime s;
+  Log log;
+  // Answers the first request after 1 s, the second never.
+  Pid server = s.spawn([&](Context& ctx) -> Task<> {
+    Message first = co_await ctx.receive();
+    co_await ctx.sleep(1s);
+    ctx.reply(first, std::string("pong"));
+    (void)co_await ctx.receive();
+    for (;;) (void)co_await ctx.receive();
+  });
+  s.spawn([&, server](Context& ctx) -> Task<> {
+    TimePoint t0 = ctx.now();
+    auto r = co_await ctx.call(server, std::string("ping"));
+    log.add(r.ok() ? "reply " + *r->get<std::string>() + " after " + std::to_string(to_millis(ctx.now() - t0))
+                   : "error " + r.error().to_string());
+    t0 = ctx.now();
+    auto r2 = co_await ctx.call(server, std::string("ping"));  // default timeout: 5 s
+    log.add(r2.ok() ? "reply" : std::string(to_string(r2.error().kind())) + " after " +
+                                    std::to_string(to_millis(ctx.now() - t0)));
+    auto r3 = co_await ctx.call(server, 1, 250ms);
+    log.add(r3.ok() ? "reply" : r3.error().message());
+  });
+  s.rt->advance(60s);
+  EXPECT_EQ(log.get(), (std::vector<std::string>{"reply pong after 1000", "timeout after 5000",
+                                                 "call to " + server.to_string() + " timed out after 250 ms"}));
+}
+
+TEST(Process, CallToDeadOrDyingProcessFailsWithNoProc) {
+  SimRuntime s;
+  Log log;
+  Pid dies = s.spawn([](Context& ctx) -> Task<> {
+    (void)co_await ctx.receive();
+    throw std::runtime_error("died while serving");
+  });
+  s.spawn([&, dies](Context& ctx) -> Task<> {
+    auto r = co_await ctx.call(dies, 1);
+    log.add(std::string(to_string(r.error().kind())) + ": " + r.error().message());
+    auto r2 = co_await ctx.call(Pid{999999}, 1);
+    log.add(std::string(to_string(r2.error().kind())));
+  });
+  s.rt->run_until_idle();
+  auto l = log.get();
+  ASSERT_EQ(l.size(), 2u);
+  EXPECT_NE(l[0].find("noproc"), std::string::npos);
+  EXPECT_NE(l[0].find("died while serving"), std::string::npos);
+  EXPECT_EQ(l[1], "noproc");
+}
+
+TEST(Process, LateReplyIsDropped) {
+  SimRuntime s;
+  Log log;
+  Pid server = s.spawn([&](Context& ctx) -> Task<> {
+    Message m = co_await ctx.receive();
+    co_await ctx.sleep(2s);
+    ctx.reply(m, 1);  // after the caller gave up
+  });
+  s.spawn([&, server](Context& ctx) -> Task<> {
+    auto r = co_await ctx.call(server, 0, 1s);
+    log.add(r.ok() ? "reply" : "timeout");
+    auto m = co_await ctx.receive_for(5s);
+    log.add(m ? "stray message" : "nothing");
+  });
+  s.rt->advance(10s);
+  EXPECT_EQ(log.get(), (std::vector<std::string>{"timeout", "nothing"}));
+}
+
+TEST(Process, TimersSendAfterAndCancel) {
+  SimRuntime s;
+  Log log;
+  s.spawn([&](Context& ctx) -> Task<> {
+    ctx.send_after(ctx.self(), 3s, std::string("three"));
+    TimerRef t = ctx.send_after(ctx.self(), 2s, std::string("two"));
+    ctx.send_after(ctx.self(), 1s, std::string("one"));
+    EXPECT_TRUE(ctx.cancel_timer(t));
+    TimePoint t0 = ctx.now();
+    for (int i = 0; i < 2; ++i) {
+      Message m = co_await ctx.receive();
+      log.add(*m.get<std::string>() + "@" + std::to_string(to_millis(ctx.now() - t0)));
+    }
+    auto none = co_await ctx.receive_for(10s);
+    log.add(none ? "unexpected" : "timeout@" + std::to_string(to_millis(ctx.now() - t0)));
+  });
+  s.rt->advance(60s);
+  EXPECT_EQ(log.get(), (std::vector<std::string>{"one@1000", "three@3000", "timeout@13000"}));
+}
+
+TEST(Process, SelectiveReceiveLeavesOthersInOrder) {
+  SimRuntime s;
+  Log log;
+  Pid p = s.spawn([&](Context& ctx) -> Task<> {
+    auto m = co_await ctx.receive_if([](const Message& x) { return x.is<std::string>(); });
+    log.add(*m->get<std::string>());
+    for (int i = 0; i < 3; ++i) log.add(std::to_string(*(co_await ctx.receive()).get<int>()));
+  });
+  ASSERT_TRUE(s.rt->send(p, 1).ok());
+  ASSERT_TRUE(s.rt->send(p, 2).ok());
+  ASSERT_TRUE(s.rt->send(p, std::string("s")).ok());
+  ASSERT_TRUE(s.rt->send(p, 3).ok());
+  s.rt->run_until_idle();
+  EXPECT_EQ(log.get(), (std::vector<std::string>{"s", "1", "2", "3"}));
+}
+
+TEST(Process, ExceptionOrFailedCheckCrashesOnlyThatProcess) {
+  SimRuntime s;
+  Log log;
+  Pid bystander = s.spawn(idle_worker());
+  Pid thrower = s.spawn([](Context&) -> Task<> {
+    throw std::invalid_argument("bad input");
+    co_return;
+  });
+  Pid checker = s.spawn([](Context&) -> Task<> {
+    NINES_CHECK(1 == 2);
+    co_return;
+  });
+  auto w1 = s.rt->watch_exit(thrower);
+  auto w2 = s.rt->watch_exit(checker);
+  s.rt->run_until_idle();
+  ASSERT_TRUE(w1->done());
+  EXPECT_EQ(w1->reason().kind, ExitReason::Kind::kCrash);
+  EXPECT_EQ(w1->reason().type, "std::invalid_argument");
+  EXPECT_EQ(w1->reason().detail, "bad input");
+  EXPECT_EQ(w2->reason().type, "nines::CheckFailure");
+  EXPECT_NE(w2->reason().detail.find("1 == 2"), std::string::npos);
+  EXPECT_TRUE(s.rt->alive(bystander));
+}
+
+// ---- links and exit signals: table of (reason, trap_exit) -> what the linked process sees
+
+struct LinkCase {
+  const char* name;
+  ExitReason reason;  // how the first process exits
+  bool trap;          // the linked process traps exits
+  bool linked_dies;
+  std::string linked_reason_or_message;
+};
+
+class LinkTest : public ::testing::TestWithParam<LinkCase> {};
+
+TEST_P(LinkTest, ExitPropagatesAlongLinksAsOtpSays) {
+  const LinkCase& c = GetParam();
+  SimRuntime s;
+  Log log;
+  Pid b = s.spawn(idle_worker(&log, "b"), {.trap_exit = c.trap});
+  Pid a = s.spawn([b, reason = c.reason](Context& ctx) -> Task<> {
+    ctx.link(b);
+    (void)co_await ctx.receive();
+    ctx.exit(reason);
+  });
+  auto wb = s.rt->watch_exit(b);
+  s.rt->run_until_idle();
+  ASSERT_TRUE(s.rt->send(a, 0).ok());
+  s.rt->run_until_idle();
+  EXPECT_EQ(wb->done(), c.linked_dies);
+  if (c.linked_dies) {
+    EXPECT_EQ(wb->reason().to_string(), c.linked_reason_or_message);
+  } else if (!c.linked_reason_or_message.empty()) {
+    EXPECT_EQ(log.get(), std::vector<std::string>{c.linked_reason_or_message});
+  } else {
+    EXPECT_TRUE(log.get().empty());
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Table, LinkTest,
+    ::testing::Values(
+        LinkCase{"normal_ignored", ExitReason::normal(), false, false, ""},
+        LinkCase{"normal_trapped", ExitReason::normal(), true, false, "b got EXIT normal"},
+        LinkCase{"shutdown_kills", ExitReason::shutdown(), false, true, "shutdown"},
+        LinkCase{"shutdown_detail_kills", ExitReason::shutdown("bye"), false, true, "{shutdown, bye}"},
+        LinkCase{"shutdown_trapped", ExitReason::shutdown("bye"), true, false, "b got EXIT {shutdown, bye}"},
+        LinkCase{"crash_kills", ExitReason::crash("E", "m"), false, true, "crash: E: m"},
+        LinkCase{"crash_trapped", ExitReason::crash("E", "m"), true, false, "b got EXIT crash: E: m"},
+        // A process that exits with kill sends killed along its links, which can be trapped.
+        LinkCase{"killed_trapped", ExitReason::kill(), true, false, "b got EXIT killed"},
+        LinkCase{"killed_kills", ExitReason::kill(), false, true, "killed"}),
+    [](const auto& param_info) { return std::string(param_info.param.name); });
+
+TEST(Process, KillCannotBeTrapped) {
+  SimRuntime s;
+  Log log;
+  Pid b = s.spawn(idle_worker(&log, "b"), {.trap_exit = true});
+  auto wb = s.rt->watch_exit(b);
+  s.rt->run_until_idle();
+  s.rt->send_exit(b, ExitReason::shutdown("please"));
+  s.rt->run_until_idle();
+  EXPECT_FALSE(wb->done());
+  EXPECT_EQ(log.get(), std::vector<std::string>{"b got EXIT {shutdown, please}"});
+  s.rt->send_exit(b, ExitReason::kill());
+  s.rt->run_until_idle();
+  ASSERT_TRUE(wb->done());
+  EXPECT_EQ(wb->reason().kind, ExitReason::Kind::kKilled);
+}
+
+TEST(Process, ExitSignalNormalIsIgnoredByNonTrappingTarget) {
+  SimRuntime s;
+  Pid b = s.spawn(idle_worker());
+  s.rt->run_until_idle();
+  s.rt->send_exit(b, ExitReason::normal());
+  s.rt->run_until_idle();
+  EXPECT_TRUE(s.rt->alive(b));
+  s.rt->send_exit(b, ExitReason::shutdown());
+  s.rt->run_until_idle();
+  EXPECT_FALSE(s.rt->alive(b));
+}
+
+TEST(Process, LinkToDeadProcessGivesNoProcExit) {
+  SimRuntime s;
+  Log log;
+  s.spawn([&](Context& ctx) -> Task<> {
+    ctx.set_trap_exit(true);
+    ctx.link(Pid{424242});
+    Message m = co_await ctx.receive();
+    log.add(m.get<Exit>()->reason.to_string());
+  });
+  s.rt->run_until_idle();
+  EXPECT_EQ(log.get(), std::vector<std::string>{"noproc"});
+}
+
+TEST(Process, UnlinkStopsPropagation) {
+  SimRuntime s;
+  Pid b = s.spawn(idle_worker());
+  Pid a = s.spawn([b](Context& ctx) -> Task<> {
+    ctx.link(b);
+    co_await ctx.yield();
+    ctx.unlink(b);
+    (void)co_await ctx.receive();
+    throw std::runtime_error("x");
+  });
+  s.rt->run_until_idle();
+  ASSERT_TRUE(s.rt->send(a, 0).ok());
+  s.rt->run_until_idle();
+  EXPECT_FALSE(s.rt->alive(a));
+  EXPECT_TRUE(s.rt->alive(b));
+}
+
+TEST(Process, MonitorsStackAndReportReasonOrNoProc) {
+  SimRuntime s;
+  Log log;
+  Pid target = s.spawn(idle_worker());
+  s.spawn([&, target](Context& ctx) -> Task<> {
+    MonitorRef m1 = ctx.monitor(target);
+    MonitorRef m2 = ctx.monitor(target);
+    MonitorRef m3 = ctx.monitor(target);
+    EXPECT_NE(m1, m2);
+    EXPECT_TRUE(ctx.demonitor(m3));
+    EXPECT_FALSE(ctx.demonitor(m3));
+    (void)co_await ctx.send(target, Crash{});
+    for (int i = 0; i < 2; ++i) {
+      Message m = co_await ctx.receive();
+      auto* d = m.get<Down>();
+      log.add(std::string(d->ref == m1 ? "m1 " : d->ref == m2 ? "m2 " : "?? ") + d->reason.to_string());
+    }
+    MonitorRef dead = ctx.monitor(target);
+    Message m = co_await ctx.receive();
+    log.add(std::string(m.get<Down>()->ref == dead ? "dead " : "?? ") + m.get<Down>()->reason.to_string());
+    auto extra = co_await ctx.receive_for(1s);
+    log.add(extra ? "extra message" : "no more");
+  });
+  s.rt->advance(5s);
+  EXPECT_EQ(log.get(), (std::vector<std::string>{"m1 crash: std::runtime_error: boom",
+                                                 "m2 crash: std::runtime_error: boom", "dead noproc",
+                                                 "no more"}));
+}
+
+TEST(Process, NamedRegistration) {
+  SimRuntime s;
+  Pid a = s.spawn(idle_worker(), {.name = "db"});
+  auto dup = s.rt->spawn(idle_worker(), {.name = "db"});
+  ASSERT_FALSE(dup.ok());
+  EXPECT_EQ(dup.error().kind(), ErrorKind::kAlreadyExists);
+  EXPECT_EQ(s.rt->whereis("db"), a);
+  ASSERT_TRUE(s.rt->send(a, Crash{}).ok());
+  s.rt->run_until_idle();
+  EXPECT_FALSE(s.rt->whereis("db").has_value());
+  EXPECT_TRUE(s.rt->spawn(idle_worker(), {.name = "db"}).ok());
+}
+
+// ---- mailbox overflow policies
+
+TEST(Mailbox, RejectFailsTheSender) {
+  SimRuntime s;
+  Pid p = s.spawn(idle_worker(), {.mailbox_capacity = 2, .overflow = OverflowPolicy::kReject});
+  // Not run yet: the mailbox fills.
+  EXPECT_TRUE(s.rt->send(p, 1).ok());
+  EXPECT_TRUE(s.rt->send(p, 2).ok());
+  auto r = s.rt->send(p, 3);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind(), ErrorKind::kMailboxFull);
+  s.rt->run_until_idle();
+  EXPECT_TRUE(s.rt->send(p, 4).ok());
+}
+
+TEST(Mailbox, DropOldestKeepsTheNewest) {
+  SimRuntime s;
+  Log log;
+  Pid p = s.spawn(
+      [&](Context& ctx) -> Task<> {
+        (void)co_await ctx.receive_if([](const Message& m) { return m.is<std::string>(); });
+        for (;;) log.add(std::to_string(*(co_await ctx.receive()).get<int>()));
+      },
+      {.mailbox_capacity = 3, .overflow = OverflowPolicy::kDropOldest});
+  for (int i = 1; i <= 6; ++i) ASSERT_TRUE(s.rt->send(p, i).ok());
+  s.rt->run_until_idle();
+  ASSERT_TRUE(s.rt->send(p, std::string("go")).ok());  // drops 4, keeps 5 6 go
+  s.rt->run_until_idle();
+  EXPECT_EQ(log.get(), (std::vector<std::string>{"5", "6"}));
+}
+
+TEST(Mailbox, SuspendSenderSuspendsOnlyTheSender) {
+  SimRuntime s;
+  Log log;
+  Pid slow = s.spawn(
+      [&](Context& ctx) -> Task<> {
+        for (;;) {
+          co_await ctx.sleep(1s);
+          Message m = co_await ctx.receive();
+          log.add("got " + std::to_string(*m.get<int>()));
+        }
+      },
+      {.mailbox_capacity = 2, .overflow = OverflowPolicy::kSuspendSender});
+  s.spawn([&, slow](Context& ctx) -> Task<> {
+    for (int i = 0; i < 5; ++i) {
+      auto r = co_await ctx.send(slow, i);
+      log.add("sent " + std::to_string(i) + (r.ok() ? "" : " failed"));
+    }
+  });
+  s.spawn([&](Context& ctx) -> Task<> {
+    co_await ctx.sleep(500ms);
+    log.add("bystander runs");
+  });
+  s.rt->advance(10s);
+  EXPECT_EQ(log.get(), (std::vector<std::string>{"sent 0", "sent 1", "bystander runs", "got 0", "sent 2",
+                                                 "got 1", "sent 3", "got 2", "sent 4", "got 3", "got 4"}));
+  // From outside there is no process to suspend: a full mailbox is an error.
+  for (int i = 0; i < 2; ++i) ASSERT_TRUE(s.rt->send(slow, i).ok());
+  EXPECT_EQ(s.rt->send(slow, 9).error().kind(), ErrorKind::kMailboxFull);
+}
+
+TEST(Mailbox, BlockedSenderIsReleasedWhenTargetDies) {
+  SimRuntime s;
+  Log log;
+  Pid target = s.spawn([](Context& ctx) -> Task<> { co_await ctx.sleep(1s); },
+                       {.mailbox_capacity = 1, .overflow = OverflowPolicy::kSuspendSender});
+  s.spawn([&, target](Context& ctx) -> Task<> {
+    (void)co_await ctx.send(target, 1);
+    auto r = co_await ctx.send(target, 2);
+    log.add(r.ok() ? "ok" : std::string(to_string(r.error().kind())));
+  });
+  s.rt->advance(5s);
+  EXPECT_EQ(log.get(), std::vector<std::string>{"noproc"});
+}
+
+// ---- waiting on outside work without blocking a worker
+
+TEST(OutsideWork, WaitFdWakesOnPipeAndTimesOut) {
+  SimRuntime s;
+  Log log;
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  s.spawn([&](Context& ctx) -> Task<> {
+    auto r = co_await ctx.wait_fd(fds[0], kFdReadable, 2s);
+    log.add(r.ok() ? "readable" : std::string(to_string(r.error().kind())));
+    char c;
+    EXPECT_EQ(read(fds[0], &c, 1), 1);
+    r = co_await ctx.wait_fd(fds[0], kFdReadable, 2s);
+    log.add(r.ok() ? "readable" : std::string(to_string(r.error().kind())));
+    auto bad = co_await ctx.wait_fd(-1, kFdReadable);
+    log.add(bad.ok() ? "?" : std::string(to_string(bad.error().kind())));
+  });
+  s.spawn(idle_worker());  // another process keeps running meanwhile
+  s.rt->advance(1s);
+  EXPECT_TRUE(log.get().empty());
+  ASSERT_EQ(write(fds[1], "x", 1), 1);
+  s.rt->run_until_idle();
+  EXPECT_EQ(log.get(), std::vector<std::string>{"readable"});
+  s.rt->advance(3s);
+  EXPECT_EQ(log.get(), (std::vector<std::string>{"readable", "timeout", "invalid_argument"}));
+  close(fds[0]);
+  close(fds[1]);
+}
+
+TEST(OutsideWork, CompletionWakesTheProcessOnce) {
+  SimRuntime s;
+  Log log;
+  std::optional<Completion> pending;
+  s.spawn([&](Context& ctx) -> Task<> {
+    auto r = co_await ctx.await_external([&](Completion c) { pending = c; }, 10s);
+    log.add(r.ok() ? std::to_string(std::any_cast<int>(*r)) : "error");
+    auto r2 = co_await ctx.await_external([](Completion) {}, 1s);
+    log.add(r2.ok() ? "?" : r2.error().message());
+  });
+  s.rt->run_until_idle();
+  ASSERT_TRUE(pending.has_value());
+  pending->complete(std::any(42));
+  pending->complete(std::any(43));  // ignored
+  s.rt->advance(5s);
+  EXPECT_EQ(log.get(), (std::vector<std::string>{"42", "await_external timed out after 1000 ms"}));
+}
+
+TEST(Runtime, RejectsBadOptions) {
+  SimEnvironment env(1);
+  auto r = Runtime::create(env, {.workers = 4});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind(), ErrorKind::kInvalidArgument);
+  EXPECT_FALSE(Runtime::create(env, {.default_mailbox_capacity = 0}).ok());
+}
+
+TEST(Runtime, DestroyingTheRuntimeUnwindsLiveProcesses) {
+  auto destroyed = std::make_shared<int>(0);
+  {
+    SimRuntime s;
+    for (int i = 0; i < 10; ++i) {
+      s.spawn([destroyed](Context& ctx) -> Task<> {
+        struct Guard {
+          std::shared_ptr<int> d;
+          ~Guard() { ++*d; }
+        } g{destroyed};
+        (void)co_await ctx.receive();
+      });
+    }
+    s.rt->run_until_idle();
+    EXPECT_EQ(s.rt->process_count(), 10u);
+  }
+  EXPECT_EQ(*destroyed, 10);
 }
 
 }  // namespace
