@@ -104,7 +104,7 @@ std::optional<Message> ReceiveAwaiter::await_resume() {
 
 bool SendAwaiter::await_ready() {
   RuntimeCore* rt = p_->rt;
-  Delivery d = rt->deliver(to_, make_message(p_->pid, value_), p_->pid);
+  Delivery d = rt->deliver_from(p_, to_, make_message(p_->pid, value_), p_->pid);
   if (d != Delivery::kBlocked) {
     result_ = to_result(d, "send to", to_);
     return true;
@@ -122,8 +122,8 @@ void SendAwaiter::await_suspend(std::coroutine_handle<> h) { p_->resume_point = 
 
 Result<void> SendAwaiter::await_resume() {
   if (p_->wait == WaitKind::kSend) {
-    result_ = std::move(p_->send_result);
-    p_->send_result = {};
+    result_ = std::move(std::get<Result<void>>(p_->wait_result));
+    p_->wait_result = {};
     p_->send_value = nullptr;
     p_->rt->clear_wait(p_);
   }
@@ -154,7 +154,7 @@ bool CallAwaiter::await_ready() {
   p_->wait_token = token;
   p_->call_monitor = mref;
   p_->send_to = to_;
-  p_->call_result.reset();
+  p_->wait_result = {};
   arm_timeout(p_, timeout_);
   return false;
 }
@@ -163,8 +163,8 @@ void CallAwaiter::await_suspend(std::coroutine_handle<> h) { p_->resume_point = 
 
 Result<Message> CallAwaiter::await_resume() {
   if (p_->wait == WaitKind::kCall) {
-    result_ = std::move(p_->call_result);
-    p_->call_result.reset();
+    result_ = std::move(std::get<Result<Message>>(p_->wait_result));
+    p_->wait_result = {};
     if (result_ && !result_->ok() && result_->error().kind() == ErrorKind::kTimeout) {
       result_.emplace(Error(ErrorKind::kTimeout, "call to " + to_.to_string() + " timed out after " +
                                                      std::to_string(to_millis(timeout_)) + " ms"));
@@ -185,7 +185,7 @@ bool WaitAwaiter::await_ready() {
   }
   p_->wait = WaitKind::kToken;
   p_->wait_token = rt->new_ref();
-  p_->wake_result.reset();
+  p_->wait_result = {};
   Pid pid = p_->pid;
   std::uint64_t token = p_->wait_token;
   switch (op_) {
@@ -230,8 +230,8 @@ void WaitAwaiter::await_suspend(std::coroutine_handle<> h) { p_->resume_point = 
 Result<std::any> WaitAwaiter::await_resume() {
   if (op_ == Op::kYield) return std::any{};
   if (p_->wait == WaitKind::kToken) {
-    result_ = std::move(p_->wake_result);
-    p_->wake_result.reset();
+    result_ = std::move(std::get<Result<std::any>>(p_->wait_result));
+    p_->wait_result = {};
     p_->rt->clear_wait(p_);
   }
   if (!result_) return std::any{};
@@ -264,7 +264,7 @@ ReceiveAwaiter Context::receive_if(std::function<bool(const Message&)> pred, Dur
 }
 
 Result<void> Context::try_send_any(Pid to, std::any value) {
-  return to_result(p_->rt->deliver(to, make_message(p_->pid, std::move(value))), "send to", to);
+  return to_result(p_->rt->deliver_from(p_, to, make_message(p_->pid, std::move(value))), "send to", to);
 }
 
 void Context::reply_any(const Message& request, std::any value) {

@@ -21,6 +21,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <variant>
 #include <vector>
 
 #include "nines/runtime/process.hpp"
@@ -119,12 +120,32 @@ class Process {
   EnvelopeQueue inbox;    // every signal, in arrival order
   EnvelopeQueue mailbox;  // messages ready for receive, in arrival order
   std::uint32_t user_count = 0;  // user messages in inbox + mailbox
+  // Counts pushes into the mailbox: a receiver compares it with what it last scanned to know
+  // whether a message arrived while it was running.
+  std::uint64_t mailbox_pushes = 0;
   bool scheduled = false;        // queued, running or held: a sender must not queue it again
+  bool draining = false;         // drain() holds a batch taken from the inbox
   bool dead = false;
-  std::vector<Pid> blocked_senders;
-  std::vector<std::shared_ptr<ExitWatchImpl>> exit_watches;
+  // Rarely used, so allocated on first use: processes waiting for room in this mailbox
+  // (kSuspendSender) and outside watchers of this process's exit.
+  struct Waiters {
+    std::vector<Pid> blocked_senders;
+    std::vector<std::shared_ptr<ExitWatchImpl>> exit_watches;
+  };
+  std::unique_ptr<Waiters> waiters;
+  Waiters& waiters_locked() {
+    if (!waiters) waiters = std::make_unique<Waiters>();
+    return *waiters;
+  }
+
+  // Set (under mu) when the inbox holds signals; lets drain() skip the lock when it is empty.
+  std::atomic<bool> has_signals{false};
 
   // ---- owned by the running worker ----
+  std::uint64_t scanned_pushes = 0;  // mailbox_pushes at the last mailbox scan
+  // The last process this one sent to, kept referenced so repeated sends skip the process
+  // table (see RuntimeCore::deliver_from). Cleared at exit and when the runtime stops.
+  Process* last_target = nullptr;
   Context ctx;
   Behavior behavior;
   std::coroutine_handle<Task<>::promise_type> root;
@@ -136,7 +157,7 @@ class Process {
   std::vector<Pid> links;
   std::vector<std::pair<std::uint64_t, Pid>> watchers;    // monitors others hold on us
   std::vector<std::pair<std::uint64_t, Pid>> monitoring;  // monitors we hold on others
-  std::optional<ExitReason> pending_exit;
+  std::unique_ptr<ExitReason> pending_exit;  // set when a signal killed it; acted on after the slice
   unsigned reductions_left = 0;
 
   // The one thing the process is suspended on.
@@ -147,14 +168,13 @@ class Process {
   bool wait_done = false;
   bool wait_timed_out = false;
   const std::function<bool(const Message&)>* wait_pred = nullptr;
-  std::optional<Message> wait_msg;           // receive / call
-  std::optional<Result<Message>> call_result;
+  std::optional<Message> wait_msg;  // receive
+  // call: Result<Message>; sleep/fd/external: Result<std::any>; send: Result<void>.
+  std::variant<std::monostate, Result<Message>, Result<std::any>, Result<void>> wait_result;
   std::uint64_t call_monitor = 0;
-  std::optional<Result<std::any>> wake_result;
   Pid send_to;
   std::any* send_value = nullptr;
   bool room_signalled = false;
-  Result<void> send_result;
 
  private:
   std::atomic<std::uint32_t> refs_{1};
@@ -233,6 +253,10 @@ class RuntimeCore : public std::enable_shared_from_this<RuntimeCore> {
   Delivery deliver(Pid to, Envelope* e, Pid blocked_sender = {});
   // Convenience for control signals.
   Delivery signal(Pid to, SignalKind kind, Pid from, std::uint64_t ref = 0, std::any payload = {});
+  // deliver() from a process, through its last_target cache.
+  Delivery deliver_from(Process* sender, Pid to, Envelope* e, Pid blocked_sender = {});
+  Delivery deliver_to(Process* t, Envelope* e, Pid blocked_sender);
+  static void clear_last_target(Process* p);
 
   void schedule(Process* p);  // p->scheduled is already true; takes a new reference
   void run(Process* p);       // runs one slice of p on this thread

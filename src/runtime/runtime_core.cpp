@@ -112,10 +112,11 @@ void RuntimeCore::stop() {
     {
       std::lock_guard lock(p->mu);
       p->dead = true;
-      watches.swap(p->exit_watches);
+      if (p->waiters) watches.swap(p->waiters->exit_watches);
     }
     for (auto& w : watches) w->set(ExitReason::shutdown("runtime stopped"));
   }
+  for (Process* p : all) clear_last_target(p);
   for (Process* p : all) p->release();
   live_.store(0);
 }
@@ -179,6 +180,27 @@ Delivery RuntimeCore::deliver(Pid to, Envelope* e, Pid blocked_sender) {
     delete e;
     return Delivery::kNoProc;
   }
+  return deliver_to(t.get(), e, blocked_sender);
+}
+
+Delivery RuntimeCore::deliver_from(Process* sender, Pid to, Envelope* e, Pid blocked_sender) {
+  if (sender->last_target == nullptr || sender->last_target->pid != to) {
+    ProcessRef t = lookup(to);
+    if (!t) {
+      delete e;
+      return Delivery::kNoProc;
+    }
+    clear_last_target(sender);
+    sender->last_target = t.detach();
+  }
+  return deliver_to(sender->last_target, e, blocked_sender);
+}
+
+void RuntimeCore::clear_last_target(Process* p) {
+  if (p->last_target) std::exchange(p->last_target, nullptr)->release();
+}
+
+Delivery RuntimeCore::deliver_to(Process* t, Envelope* e, Pid blocked_sender) {
   Envelope* dropped = nullptr;
   bool need_schedule = false;
   {
@@ -196,7 +218,7 @@ Delivery RuntimeCore::deliver(Pid to, Envelope* e, Pid blocked_sender) {
           case OverflowPolicy::kSuspendSender:
             delete e;
             if (!blocked_sender.valid()) return Delivery::kFull;
-            t->blocked_senders.push_back(blocked_sender);
+            t->waiters_locked().blocked_senders.push_back(blocked_sender);
             return Delivery::kBlocked;
           case OverflowPolicy::kDropOldest: {
             // The oldest user message: in the mailbox if it has one, else in the inbox.
@@ -218,14 +240,21 @@ Delivery RuntimeCore::deliver(Pid to, Envelope* e, Pid blocked_sender) {
       }
       ++t->user_count;
     }
-    t->inbox.push(e);
+    if (e->is_user() && t->inbox.empty() && !t->draining) {
+      // Nothing unprocessed ahead of it: straight to the mailbox (order is kept).
+      t->mailbox.push(e);
+      ++t->mailbox_pushes;
+    } else {
+      t->inbox.push(e);
+      t->has_signals.store(true, std::memory_order_release);
+    }
     if (!t->scheduled) {
       t->scheduled = true;
       need_schedule = true;
     }
   }
   delete dropped;
-  if (need_schedule) schedule(t.get());
+  if (need_schedule) schedule(t);
   return Delivery::kOk;
 }
 
@@ -281,11 +310,14 @@ ExitReason exit_reason_from(std::exception_ptr ep) {
 
 // Processes every signal waiting in the inbox, in order. Messages move to the mailbox.
 void RuntimeCore::drain(Process* p) {
+  if (!p->has_signals.load(std::memory_order_acquire)) return;
   EnvelopeQueue batch;
   {
     std::lock_guard lock(p->mu);
+    p->has_signals.store(false, std::memory_order_relaxed);
     if (p->inbox.empty()) return;
     batch = p->inbox.take();
+    p->draining = true;  // later messages queue behind this batch
   }
   EnvelopeQueue to_mailbox;
   while (Envelope* e = batch.pop()) {
@@ -296,7 +328,7 @@ void RuntimeCore::drain(Process* p) {
         continue;
       case SignalKind::kReply:
         if (p->wait == WaitKind::kCall && e->ref == p->wait_token && !p->wait_done) {
-          p->call_result.emplace(Message(e->from, std::move(e->payload)));
+          p->wait_result = Result<Message>(Message(e->from, std::move(e->payload)));
           p->wait_done = true;
         }
         break;
@@ -305,7 +337,7 @@ void RuntimeCore::drain(Process* p) {
         if (e->kind == SignalKind::kLinkExit && !erase_first(p->links, e->from)) break;  // unlinked meanwhile
         ExitReason r = reason_of(*e);
         if (r.kind == ExitReason::Kind::kKill && e->kind == SignalKind::kExit) {
-          if (!p->pending_exit) p->pending_exit = ExitReason::killed();
+          if (!p->pending_exit) p->pending_exit = std::make_unique<ExitReason>(ExitReason::killed());
         } else if (p->trap_exit) {
           e->system = true;
           e->payload = Exit{e->from, std::move(r)};
@@ -313,7 +345,7 @@ void RuntimeCore::drain(Process* p) {
           to_mailbox.push(e);
           continue;
         } else if (!r.is_normal()) {
-          if (!p->pending_exit) p->pending_exit = std::move(r);
+          if (!p->pending_exit) p->pending_exit = std::make_unique<ExitReason>(std::move(r));
         }
         break;
       }
@@ -340,8 +372,8 @@ void RuntimeCore::drain(Process* p) {
         ExitReason r = reason_of(*e);
         if (p->wait == WaitKind::kCall && p->call_monitor == e->ref) {
           if (!p->wait_done) {
-            p->call_result.emplace(Error(ErrorKind::kNoProc, "call to " + e->from.to_string() +
-                                                                 ": the process exited (" + r.to_string() + ")"));
+            p->wait_result = Result<Message>(Error(ErrorKind::kNoProc, "call to " + e->from.to_string() +
+                                                                          ": the process exited (" + r.to_string() + ")"));
             p->wait_done = true;
             p->call_monitor = 0;
           }
@@ -356,11 +388,11 @@ void RuntimeCore::drain(Process* p) {
       case SignalKind::kWake:
         if (p->wait_token == e->ref && !p->wait_done) {
           if (p->wait == WaitKind::kToken) {
-            if (auto* r = std::any_cast<Result<std::any>>(&e->payload)) p->wake_result.emplace(std::move(*r));
-            else p->wake_result.emplace(std::any{});
+            if (auto* r = std::any_cast<Result<std::any>>(&e->payload)) p->wait_result = std::move(*r);
+            else p->wait_result = Result<std::any>(std::any{});
             p->wait_done = true;
           } else if (p->wait == WaitKind::kCall) {
-            p->call_result.emplace(Error(ErrorKind::kTimeout, "call to " + p->send_to.to_string() + " timed out"));
+            p->wait_result = Result<Message>(Error(ErrorKind::kTimeout, "call to " + p->send_to.to_string() + " timed out"));
             p->wait_done = true;
           } else if (p->wait == WaitKind::kReceive) {
             p->wait_timed_out = true;
@@ -373,9 +405,11 @@ void RuntimeCore::drain(Process* p) {
     }
     delete e;
   }
+  std::lock_guard lock(p->mu);
+  p->draining = false;
   if (!to_mailbox.empty()) {
-    std::lock_guard lock(p->mu);
     p->mailbox.append(to_mailbox);
+    ++p->mailbox_pushes;
   }
 }
 
@@ -384,6 +418,7 @@ std::optional<Message> RuntimeCore::pop_message(Process* p, const std::function<
   Pid wake_sender;
   {
     std::lock_guard lock(p->mu);
+    p->scanned_pushes = p->mailbox_pushes;
     Envelope* prev = nullptr;
     for (Envelope* e = p->mailbox.head; e; prev = e, e = e->next) {
       if (pred != nullptr) {
@@ -400,9 +435,10 @@ std::optional<Message> RuntimeCore::pop_message(Process* p, const std::function<
     }
     if (got && !got->system) {
       --p->user_count;
-      if (!p->blocked_senders.empty() && p->user_count < p->capacity) {
-        wake_sender = p->blocked_senders.front();
-        p->blocked_senders.erase(p->blocked_senders.begin());
+      if (p->waiters && !p->waiters->blocked_senders.empty() && p->user_count < p->capacity) {
+        auto& b = p->waiters->blocked_senders;
+        wake_sender = b.front();
+        b.erase(b.begin());
       }
     }
   }
@@ -459,9 +495,9 @@ bool RuntimeCore::wait_satisfied(Process* p) {
       e->kind = SignalKind::kMessage;
       e->from = p->pid;
       e->payload = *p->send_value;
-      Delivery d = deliver(p->send_to, e, p->pid);
+      Delivery d = deliver_from(p, p->send_to, e, p->pid);
       if (d == Delivery::kBlocked) return false;  // registered again as a blocked sender
-      p->send_result = d == Delivery::kOk ? Result<void>{}
+      p->wait_result = d == Delivery::kOk ? Result<void>{}
                                           : Result<void>(Error(ErrorKind::kNoProc,
                                                                "send to " + p->send_to.to_string() +
                                                                    ": no such process"));
@@ -522,7 +558,8 @@ void RuntimeCore::run(Process* p) {
   bool again;
   {
     std::lock_guard lock(p->mu);
-    again = p->yield_requested || !p->inbox.empty();
+    again = p->yield_requested || !p->inbox.empty() ||
+            (p->wait == WaitKind::kReceive && p->mailbox_pushes != p->scanned_pushes);
     if (!again) p->scheduled = false;
   }
   if (again) schedule(p);
@@ -537,6 +574,7 @@ void RuntimeCore::finalize(Process* p, ExitReason reason) {
     r.destroy();
   }
   p->behavior = nullptr;
+  clear_last_target(p);
   EnvelopeQueue inbox, mailbox;
   std::vector<Pid> blocked;
   std::vector<std::shared_ptr<ExitWatchImpl>> watches;
@@ -545,8 +583,10 @@ void RuntimeCore::finalize(Process* p, ExitReason reason) {
     p->dead = true;
     inbox = p->inbox.take();
     mailbox = p->mailbox.take();
-    blocked.swap(p->blocked_senders);
-    watches.swap(p->exit_watches);
+    if (p->waiters) {
+      blocked.swap(p->waiters->blocked_senders);
+      watches.swap(p->waiters->exit_watches);
+    }
     p->user_count = 0;
   }
   // Links and monitors that arrived before death still see the real reason.
@@ -610,7 +650,7 @@ std::shared_ptr<ExitWatch> RuntimeCore::watch_exit(Pid pid) {
   {
     std::lock_guard lock(p->mu);
     if (!p->dead) {
-      p->exit_watches.push_back(w);
+      p->waiters_locked().exit_watches.push_back(w);
       return w;
     }
   }
