@@ -175,6 +175,46 @@ Result<Message> CallAwaiter::await_resume() {
   return std::move(*result_);
 }
 
+// ---------------------------------------------------------------- wait_down
+
+bool DownAwaiter::await_ready() {
+  // Still in `monitoring` means its Down has not reached the mailbox: wait for it directly.
+  // Otherwise it is in the mailbox already (one scan) or the ref is not ours.
+  auto& m = p_->monitoring;
+  if (std::find_if(m.begin(), m.end(), [&](auto& x) { return x.first == ref_.id; }) == m.end()) {
+    MonitorRef ref = ref_;
+    std::function<bool(const Message&)> pred = [ref](const Message& msg) {
+      auto* d = msg.get<Down>();
+      return d && d->ref == ref;
+    };
+    if (auto msg = p_->rt->pop_message(p_, &pred)) got_ = *msg->get<Down>();
+    return true;
+  }
+  p_->wait = WaitKind::kDown;
+  p_->wait_token = ref_.id;
+  p_->wait_result = {};
+  // The timeout uses a token of its own: wait_token is the monitor ref.
+  if (timeout_ != kInfinite) {
+    Pid pid = p_->pid;
+    std::uint64_t token = ref_.id;
+    p_->wait_timer = p_->rt->add_timer(timeout_, [pid, token](RuntimeCore& rt) {
+      rt.signal(pid, SignalKind::kWake, Pid{}, token, Result<std::any>(Error(ErrorKind::kTimeout, "timed out")));
+    });
+  }
+  return false;
+}
+
+void DownAwaiter::await_suspend(std::coroutine_handle<> h) { p_->resume_point = h; }
+
+std::optional<Down> DownAwaiter::await_resume() {
+  if (p_->wait == WaitKind::kDown) {
+    if (auto* d = std::get_if<Down>(&p_->wait_result)) got_ = std::move(*d);
+    p_->wait_result = {};
+    p_->rt->clear_wait(p_);
+  }
+  return std::move(got_);
+}
+
 // ---------------------------------------------------------------- sleep, yield, fd, external
 
 bool WaitAwaiter::await_ready() {
@@ -337,6 +377,8 @@ MonitorRef Context::monitor(Pid target) {
   }
   return MonitorRef{ref};
 }
+
+DownAwaiter Context::wait_down(MonitorRef ref, Duration timeout) { return DownAwaiter(p_, ref, timeout); }
 
 bool Context::demonitor(MonitorRef ref) {
   auto& m = p_->monitoring;

@@ -96,7 +96,7 @@ struct EnvelopeQueue {
   }
 };
 
-enum class WaitKind : std::uint8_t { kNone, kReceive, kCall, kToken, kSend };
+enum class WaitKind : std::uint8_t { kNone, kReceive, kCall, kToken, kSend, kDown };
 
 class ExitWatchImpl;
 
@@ -169,8 +169,8 @@ class Process {
   bool wait_timed_out = false;
   const std::function<bool(const Message&)>* wait_pred = nullptr;
   std::optional<Message> wait_msg;  // receive
-  // call: Result<Message>; sleep/fd/external: Result<std::any>; send: Result<void>.
-  std::variant<std::monostate, Result<Message>, Result<std::any>, Result<void>> wait_result;
+  // call: Result<Message>; sleep/fd/external: Result<std::any>; send: Result<void>; Down.
+  std::variant<std::monostate, Result<Message>, Result<std::any>, Result<void>, Down> wait_result;
   std::uint64_t call_monitor = 0;
   Pid send_to;
   std::any* send_value = nullptr;

@@ -379,6 +379,11 @@ void RuntimeCore::drain(Process* p) {
           }
           break;
         }
+        if (p->wait == WaitKind::kDown && p->wait_token == e->ref) {
+          p->wait_result = Down{MonitorRef{e->ref}, e->from, std::move(r)};
+          p->wait_done = true;
+          break;
+        }
         e->system = true;
         e->payload = Down{MonitorRef{e->ref}, e->from, std::move(r)};
         e->kind = SignalKind::kMessage;
@@ -394,7 +399,7 @@ void RuntimeCore::drain(Process* p) {
           } else if (p->wait == WaitKind::kCall) {
             p->wait_result = Result<Message>(Error(ErrorKind::kTimeout, "call to " + p->send_to.to_string() + " timed out"));
             p->wait_done = true;
-          } else if (p->wait == WaitKind::kReceive) {
+          } else if (p->wait == WaitKind::kReceive || p->wait == WaitKind::kDown) {
             p->wait_timed_out = true;
           }
         }
@@ -488,6 +493,8 @@ bool RuntimeCore::wait_satisfied(Process* p) {
     case WaitKind::kCall:
     case WaitKind::kToken:
       return p->wait_done;
+    case WaitKind::kDown:
+      return p->wait_done || p->wait_timed_out;
     case WaitKind::kSend: {
       if (!p->room_signalled) return false;
       p->room_signalled = false;

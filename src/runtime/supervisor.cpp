@@ -190,34 +190,31 @@ class Sup {
 
 using SupPtr = std::shared_ptr<Sup>;
 
-bool is_down_for(const Message& m, MonitorRef ref) {
-  auto* d = m.get<Down>();
-  return d && d->ref == ref;
-}
-
 // Stops one running child by its shutdown spec and waits until it is gone.
 Task<> terminate(Context& ctx, Sup& s, Child& c) {
   if (!c.pid) co_return;
   Pid pid = c.pid;
-  // A monitor, not the link: the Down always comes, even if the child unlinked itself.
+  // As OTP does: monitor, then unlink, so the Down always comes (even if the child unlinked
+  // itself) and no EXIT piles up in the mailbox. An EXIT already queued is ignored later.
   MonitorRef ref = ctx.monitor(pid);
+  ctx.unlink(pid);
   ShutdownSpec sd = effective_shutdown(c.spec);
-  auto match = [ref](const Message& m) { return is_down_for(m, ref); };
-  std::optional<Message> m;
+  std::optional<Down> down;
   if (sd.kind == ShutdownSpec::Kind::kBrutalKill) {
     ctx.send_exit(pid, ExitReason::kill());
-    m = co_await ctx.receive_if(match);
+    down = co_await ctx.wait_down(ref);
   } else {
     ctx.send_exit(pid, ExitReason::shutdown());
-    m = co_await ctx.receive_if(match, sd.kind == ShutdownSpec::Kind::kTimeout ? sd.timeout : kInfinite);
-    if (!m) {
+    down = co_await ctx.wait_down(ref, sd.kind == ShutdownSpec::Kind::kTimeout ? sd.timeout : kInfinite);
+    if (!down) {
       ctx.send_exit(pid, ExitReason::kill());
-      m = co_await ctx.receive_if(match);
+      down = co_await ctx.wait_down(ref);
     }
   }
   s.by_pid_.erase(pid.id);
   c.pid = {};
-  s.emit(SupervisionEventType::kChildExited, &c, pid, m->get<Down>()->reason, Duration::zero(), true);
+  s.emit(SupervisionEventType::kChildExited, &c, pid, down ? down->reason : ExitReason::noproc(), Duration::zero(),
+         true);
 }
 
 // Stops every child: static ones one by one in reverse start order; dynamic ones all at once.
@@ -231,25 +228,29 @@ Task<> terminate_all(Context& ctx, Sup& s) {
   for (auto it = s.children_.begin(); it != s.children_.end(); ++it) {
     if (!it->pid) continue;
     MonitorRef ref = ctx.monitor(it->pid);
+    ctx.unlink(it->pid);
     pending.emplace(ref.id, it);
     ctx.send_exit(it->pid, sd.kind == ShutdownSpec::Kind::kBrutalKill ? ExitReason::kill() : ExitReason::shutdown());
   }
-  auto match = [&pending](const Message& m) {
-    auto* d = m.get<Down>();
-    return d && pending.count(d->ref.id) != 0;
-  };
   Duration budget = sd.kind == ShutdownSpec::Kind::kTimeout ? sd.timeout : kInfinite;
   TimePoint deadline = add_saturating(ctx.now(), budget);
   bool killed = false;
   while (!pending.empty()) {
     Duration left = deadline == TimePoint::max() ? kInfinite : std::max(Duration::zero(), deadline - ctx.now());
-    auto m = co_await ctx.receive_if(match, killed ? kInfinite : left);
+    // A plain receive: the supervisor is going away, so it consumes everything. Selective
+    // receive would rescan a mailbox that may hold many stale EXITs for every Down.
+    auto m = co_await ctx.receive_for(killed ? kInfinite : left);
     if (!m) {
       for (auto& [ref, it] : pending) ctx.send_exit(it->pid, ExitReason::kill());
       killed = true;
       continue;
     }
+    if (m->is_call()) {
+      ctx.reply(*m, Error(ErrorKind::kCancelled, "supervisor '" + s.label_ + "' is shutting down"));
+      continue;
+    }
     auto* d = m->get<Down>();
+    if (d == nullptr || pending.count(d->ref.id) == 0) continue;
     auto it = pending.at(d->ref.id);
     pending.erase(d->ref.id);
     s.by_pid_.erase(it->pid.id);
@@ -506,6 +507,7 @@ template <class T>
 Result<T> unwrap(Result<Message> r) {
   if (!r.ok()) return std::move(r).error();
   if (auto* v = r->get<Result<T>>()) return std::move(*v);
+  if (auto* e = r->get<Error>()) return *e;  // e.g. "shutting down"
   return Error(ErrorKind::kInternal, "supervisor replied with an unexpected type");
 }
 

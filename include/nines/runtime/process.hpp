@@ -133,6 +133,21 @@ class CallAwaiter {
   std::optional<Result<Message>> result_;
 };
 
+class DownAwaiter {
+ public:
+  bool await_ready();
+  void await_suspend(std::coroutine_handle<> h);
+  std::optional<Down> await_resume();
+
+ private:
+  friend class Context;
+  DownAwaiter(internal::Process* p, MonitorRef ref, Duration timeout) : p_(p), ref_(ref), timeout_(timeout) {}
+  internal::Process* p_;
+  MonitorRef ref_;
+  Duration timeout_;
+  std::optional<Down> got_;
+};
+
 // Sleep, yield, fd readiness and outside work share one shape: suspend until a token fires.
 class WaitAwaiter {
  public:
@@ -231,6 +246,10 @@ class Context {
   MonitorRef monitor(Pid target);
   // True if the monitor was active; a Down for it will not be delivered afterwards.
   bool demonitor(MonitorRef ref);
+  // Waits for the Down of monitor `ref` without scanning the mailbox for it (other messages
+  // stay queued): the Down, or nullopt after `timeout` (the monitor stays active) or if `ref`
+  // is not an active monitor of this process.
+  DownAwaiter wait_down(MonitorRef ref, Duration timeout = kInfinite);
   // Sends an exit signal (Erlang's exit/2). kill cannot be trapped; normal is ignored by a
   // target that does not trap exits.
   void send_exit(Pid target, ExitReason reason);
