@@ -462,6 +462,12 @@ Task<> supervisor_main(Context& ctx, SupPtr sp) {
       if (f == s.by_pid_.end()) continue;  // a child already stopped and forgotten
       co_await on_child_exit(ctx, s, f->second, e->reason);
     } else if (auto* due = m.get<RestartDue>()) {
+      // Only children still waiting: terminate_child cancels a pending restart (as in OTP, the
+      // child stays stopped until restart_child), and restart_child may have started it already.
+      std::erase_if(due->keys, [&s](std::uint64_t k) {
+        auto it = s.by_key_.find(k);
+        return it == s.by_key_.end() || !it->second->restarting;
+      });
       co_await restart_group(ctx, s, std::move(due->keys));
     } else if (m.is_call()) {
       co_await handle_call(ctx, s, m);
@@ -555,36 +561,47 @@ Result<Pid> start_supervisor_link(Context& ctx, const SupervisorSpec& spec) {
   return start_supervisor_impl(ctx.runtime().core(), spec, internal::current_process());
 }
 
+// The requests are built in named locals, not as braced temporaries inside the co_await
+// operand: GCC 12 relocates such a temporary bitwise, so a short (SSO) std::string in it
+// ends up pointing into the coroutine frame and is freed as heap memory.
 Task<Result<Pid>> start_child(Context& ctx, Pid sup, ChildSpec spec, Duration timeout) {
-  co_return unwrap<Pid>(co_await ctx.call(sup, StartChildReq{std::move(spec)}, timeout));
+  StartChildReq req{std::move(spec)};
+  co_return unwrap<Pid>(co_await ctx.call(sup, std::move(req), timeout));
 }
 
 Task<Result<Pid>> start_dynamic_child(Context& ctx, Pid sup, std::any arg, Duration timeout) {
-  co_return unwrap<Pid>(co_await ctx.call(sup, StartDynamicReq{std::move(arg)}, timeout));
+  StartDynamicReq req{std::move(arg)};
+  co_return unwrap<Pid>(co_await ctx.call(sup, std::move(req), timeout));
 }
 
 Task<Result<void>> terminate_child(Context& ctx, Pid sup, std::string id, Duration timeout) {
-  co_return unwrap<void>(co_await ctx.call(sup, TerminateByIdReq{std::move(id)}, timeout));
+  TerminateByIdReq req{std::move(id)};
+  co_return unwrap<void>(co_await ctx.call(sup, std::move(req), timeout));
 }
 
 Task<Result<void>> terminate_child(Context& ctx, Pid sup, Pid child, Duration timeout) {
-  co_return unwrap<void>(co_await ctx.call(sup, TerminateByPidReq{child}, timeout));
+  TerminateByPidReq req{child};
+  co_return unwrap<void>(co_await ctx.call(sup, std::move(req), timeout));
 }
 
 Task<Result<Pid>> restart_child(Context& ctx, Pid sup, std::string id, Duration timeout) {
-  co_return unwrap<Pid>(co_await ctx.call(sup, RestartChildReq{std::move(id)}, timeout));
+  RestartChildReq req{std::move(id)};
+  co_return unwrap<Pid>(co_await ctx.call(sup, std::move(req), timeout));
 }
 
 Task<Result<void>> delete_child(Context& ctx, Pid sup, std::string id, Duration timeout) {
-  co_return unwrap<void>(co_await ctx.call(sup, DeleteChildReq{std::move(id)}, timeout));
+  DeleteChildReq req{std::move(id)};
+  co_return unwrap<void>(co_await ctx.call(sup, std::move(req), timeout));
 }
 
 Task<Result<std::vector<ChildInfo>>> which_children(Context& ctx, Pid sup, Duration timeout) {
-  co_return unwrap<std::vector<ChildInfo>>(co_await ctx.call(sup, WhichChildrenReq{}, timeout));
+  WhichChildrenReq req{};
+  co_return unwrap<std::vector<ChildInfo>>(co_await ctx.call(sup, std::move(req), timeout));
 }
 
 Task<Result<ChildCounts>> count_children(Context& ctx, Pid sup, Duration timeout) {
-  co_return unwrap<ChildCounts>(co_await ctx.call(sup, CountChildrenReq{}, timeout));
+  CountChildrenReq req{};
+  co_return unwrap<ChildCounts>(co_await ctx.call(sup, std::move(req), timeout));
 }
 
 }  // namespace nines

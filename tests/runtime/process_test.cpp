@@ -546,3 +546,35 @@ TEST(Runtime, DestroyingTheRuntimeUnwindsLiveProcesses) {
 
 }  // namespace
 }  // namespace nines
+
+namespace nines {
+namespace {
+
+struct NamedRequest {
+  std::string id;  // short: lives in the string's inline (SSO) buffer
+  std::vector<int> values;
+};
+
+// g++ 12 copies an aggregate temporary written inside a co_await expression bitwise (see
+// task.hpp). The documented pattern, naming it first, must carry it intact through a call.
+TEST(Process, NamedAggregateRequestSurvivesCallUnderGcc12) {
+  testing::SimRuntime s;
+  std::string seen;
+  Pid server = s.spawn([&](Context& ctx) -> Task<> {
+    Message m = co_await ctx.receive();
+    auto* r = m.get<NamedRequest>();
+    seen = r->id + ":" + std::to_string(r->values.size());
+    ctx.reply(m, r->id);
+  });
+  s.spawn([&, server](Context& ctx) -> Task<> {
+    std::string id = "w1";
+    NamedRequest req{std::move(id), {1, 2, 3}};
+    auto r = co_await ctx.call(server, std::move(req));
+    EXPECT_EQ(*r->get<std::string>(), "w1");
+  });
+  s.rt->run_until_idle();
+  EXPECT_EQ(seen, "w1:3");
+}
+
+}  // namespace
+}  // namespace nines

@@ -6,6 +6,14 @@
 // awaiter; escaping a process's root task it crashes that process (and only that process).
 // Tasks are not thread-safe: a process's tasks run on whichever worker runs the process, one
 // at a time.
+//
+// g++ 12 bug (fixed in later releases): an aggregate temporary with non-trivial members
+// written inside a co_await expression, as in `co_await ctx.call(pid, Req{std::move(s)})`, is
+// copied bitwise into the coroutine frame and later destroyed twice. Name it first:
+//   Req req{std::move(s)};
+//   auto r = co_await ctx.call(pid, std::move(req));
+// Temporaries of non-aggregate types (std::string("x")) and trivially copyable aggregates
+// (Ping{}, Pos{1, 2}) are not affected. tests/runtime/process_test.cpp pins this down.
 #pragma once
 
 #include <coroutine>

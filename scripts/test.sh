@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: setup, the environment-seam check, then every
+# test under ASan+UBSan (debug preset) and under TSan (tsan preset). Warnings are errors.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$SECONDS
+
+bash scripts/setup.sh
+bash scripts/check_env_seam.sh
+
+echo "== debug build (ASan + UBSan)"
+cmake --preset debug >/dev/null
+cmake --build --preset debug
+ctest --preset debug
+
+echo "== tsan build (ThreadSanitizer)"
+cmake --preset tsan >/dev/null
+cmake --build --preset tsan
+ctest --preset tsan
+
+echo "== all tests passed in $((SECONDS - start)) s"
