@@ -578,3 +578,47 @@ TEST(Process, NamedAggregateRequestSurvivesCallUnderGcc12) {
 
 }  // namespace
 }  // namespace nines
+
+#include <spawn.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+extern char** environ;
+
+namespace nines {
+namespace {
+
+// The mechanism later issues use for child OS processes (tools, MCP servers): a pidfd becomes
+// readable when the child exits; the waiting process is suspended meanwhile, no worker blocks.
+TEST(OutsideWork, ChildOsProcessExitWakesTheProcessOnRealScheduler) {
+  auto env = make_real_environment({.workers = 2, .seed = 3});
+  auto rt = Runtime::create(*env).value();
+  int exit_code = -1;
+  std::string error;
+  Pid waiter = rt->spawn([&](Context& ctx) -> Task<> {
+                   pid_t child = 0;
+                   char sh[] = "/bin/sh", c[] = "-c", cmd[] = "exit 3";
+                   char* argv[] = {sh, c, cmd, nullptr};
+                   if (posix_spawn(&child, "/bin/sh", nullptr, nullptr, argv, environ) != 0) {
+                     error = "posix_spawn failed";
+                     co_return;
+                   }
+                   int pidfd = static_cast<int>(syscall(SYS_pidfd_open, child, 0));
+                   if (pidfd < 0) {
+                     error = "pidfd_open failed";
+                     co_return;
+                   }
+                   auto r = co_await ctx.wait_fd(pidfd, kFdReadable, 30s);
+                   if (!r.ok()) error = r.error().to_string();
+                   int status = 0;
+                   waitpid(child, &status, 0);
+                   close(pidfd);
+                   exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -2;
+                 }).value();
+  EXPECT_TRUE(rt->watch_exit(waiter)->wait().is_normal());
+  EXPECT_EQ(error, "");
+  EXPECT_EQ(exit_code, 3);
+}
+
+}  // namespace
+}  // namespace nines
