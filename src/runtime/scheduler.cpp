@@ -97,6 +97,13 @@ class ThreadedScheduler final : public Scheduler {
 
  private:
   static constexpr unsigned kMaxLifoStreak = 32;
+  static constexpr int kSpinsBeforeSleep = 64;
+
+  static void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
 
   void wake_one() {
     if (sleepers_.load(std::memory_order_seq_cst) == 0) return;
@@ -152,6 +159,12 @@ class ThreadedScheduler final : public Scheduler {
     tls_worker = w;
     while (!stop_.load(std::memory_order_relaxed)) {
       Process* p = find_work(w);
+      // Spin a little before sleeping: waking a sleeping worker costs a futex call on the
+      // producer's side, which dominates when work arrives in quick bursts.
+      for (int spin = 0; p == nullptr && spin < kSpinsBeforeSleep; ++spin) {
+        cpu_relax();
+        p = find_work(w);
+      }
       if (p == nullptr) {
         std::unique_lock lock(idle_mu_);
         std::uint64_t seen = epoch_;

@@ -190,10 +190,30 @@ class Sup {
 
 using SupPtr = std::shared_ptr<Sup>;
 
+// If the child already exited by itself, takes its EXIT (still queued: we are still linked, so
+// it was not dropped) and reports that exit with the child's own reason, as OTP's
+// monitor_child does, rather than as a noproc stop by the supervisor. True if it did.
+Task<bool> took_own_exit(Context& ctx, Sup& s, Child& c) {
+  Pid pid = c.pid;
+  if (ctx.runtime().alive(pid)) co_return false;
+  std::function<bool(const Message&)> is_its_exit = [pid](const Message& m) {
+    auto* e = m.get<Exit>();
+    return e && e->from == pid;
+  };
+  std::optional<Message> queued = co_await ctx.receive_if(is_its_exit, Duration::zero());
+  if (!queued) co_return false;
+  s.by_pid_.erase(pid.id);
+  c.pid = {};
+  s.emit(SupervisionEventType::kChildExited, &c, pid, queued->get<Exit>()->reason);
+  co_return true;
+}
+
 // Stops one running child by its shutdown spec and waits until it is gone.
 Task<> terminate(Context& ctx, Sup& s, Child& c) {
   if (!c.pid) co_return;
   Pid pid = c.pid;
+  bool gone = co_await took_own_exit(ctx, s, c);
+  if (gone) co_return;
   // As OTP does: monitor, then unlink, so the Down always comes (even if the child unlinked
   // itself) and no EXIT piles up in the mailbox. An EXIT already queued is ignored later.
   MonitorRef ref = ctx.monitor(pid);
@@ -227,6 +247,8 @@ Task<> terminate_all(Context& ctx, Sup& s) {
   std::unordered_map<std::uint64_t, std::list<Child>::iterator> pending;  // monitor ref -> child
   for (auto it = s.children_.begin(); it != s.children_.end(); ++it) {
     if (!it->pid) continue;
+    bool gone = co_await took_own_exit(ctx, s, *it);
+    if (gone) continue;
     MonitorRef ref = ctx.monitor(it->pid);
     ctx.unlink(it->pid);
     pending.emplace(ref.id, it);
@@ -496,7 +518,10 @@ Result<Pid> start_supervisor_impl(RuntimeCore& core, const SupervisorSpec& spec,
       if (r.ok()) continue;
       // Undo: kill what started (reverse order), then drop the supervisor unlinked.
       for (auto c = sp->children_.rbegin(); c != sp->children_.rend(); ++c) {
-        if (c->pid) core.signal(c->pid, internal::SignalKind::kExit, p->pid, 0, ExitReason::kill());
+        if (!c->pid) continue;
+        core.signal(c->pid, internal::SignalKind::kExit, p->pid, 0, ExitReason::kill());
+        // Its start was reported, so its exit is too (kill is untrappable: the reason is sure).
+        sp->emit(SupervisionEventType::kChildExited, &*c, c->pid, ExitReason::killed(), Duration::zero(), true);
       }
       p->links.clear();
       core.finalize(p, ExitReason::shutdown("start failed"));

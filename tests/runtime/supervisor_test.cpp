@@ -1095,6 +1095,27 @@ TEST(SupervisorDynamic, InstancesShareOneShutdownTimeout) {
   EXPECT_EQ(w.rt().process_count(), 0u);
 }
 
+// An instance that exited by itself just before the supervisor stopped keeps its own reason.
+TEST(SupervisorDynamic, InstanceThatExitedByItselfKeepsItsReason) {
+  World w;
+  ChildSpec tmpl = w.dynamic_worker(RestartType::kPermanent, OnShutdown::kTrapAndIgnore);
+  tmpl.shutdown = ShutdownSpec::after(1s);
+  Pid sup = w.start(make_spec("dyn", Strategy::kSimpleOneForOne, {tmpl}));
+  w.drive([&](Context& ctx) -> Task<> {
+    for (int n = 1; n <= 2; ++n) (void)co_await start_dynamic_child(ctx, sup, n);
+  });
+  std::size_t from = w.mark();
+  // terminate_child(w1) keeps the supervisor busy for 1 s; meanwhile it is asked to stop, and
+  // then w2 crashes: its EXIT is queued behind the stop request.
+  w.sim.spawn([&](Context& ctx) -> Task<> { (void)co_await terminate_child(ctx, sup, w.pids.at("w1")); });
+  w.rt().run_until_idle();
+  w.rt().send_exit(sup, ExitReason::shutdown());
+  w.crash("w2");
+  w.rt().advance(1s);
+  EXPECT_EQ(w.lines(from), (Lines{"exited w killed by_sup", "exited w crash", "stopped shutdown"}));
+  EXPECT_EQ(w.rt().process_count(), 0u);
+}
+
 // ---------------------------------------------------------------- 9. backoff
 
 BackoffOptions test_backoff() {
