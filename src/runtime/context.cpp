@@ -66,16 +66,16 @@ void arm_timeout(Process* p, Duration timeout) {
 
 // ---------------------------------------------------------------- receive
 
-bool ReceiveAwaiter::await_ready() {
+bool ReceiveAwaiter::ready(const std::function<bool(const Message&)>* pred) {
   RuntimeCore* rt = p_->rt;
+  p_->wait_msg.reset();
   if (p_->reductions_left > 1) {
-    auto* pred = pred_ ? &pred_ : nullptr;
-    got_ = rt->pop_message(p_, pred);
-    if (!got_) {
+    p_->wait_msg = rt->pop_message(p_, pred);
+    if (!p_->wait_msg) {
       rt->drain(p_);
-      if (!p_->pending_exit) got_ = rt->pop_message(p_, pred);
+      if (!p_->pending_exit) p_->wait_msg = rt->pop_message(p_, pred);
     }
-    if (got_) {
+    if (p_->wait_msg) {
       --p_->reductions_left;
       return true;
     }
@@ -83,7 +83,7 @@ bool ReceiveAwaiter::await_ready() {
   }
   p_->wait = WaitKind::kReceive;
   p_->wait_token = rt->new_ref();
-  p_->wait_pred = pred_ ? &pred_ : nullptr;
+  p_->wait_pred = pred;
   if (p_->reductions_left <= 1) p_->yield_requested = true;
   arm_timeout(p_, timeout_);
   return false;
@@ -92,12 +92,10 @@ bool ReceiveAwaiter::await_ready() {
 void ReceiveAwaiter::await_suspend(std::coroutine_handle<> h) { p_->resume_point = h; }
 
 std::optional<Message> ReceiveAwaiter::await_resume() {
-  if (p_->wait == WaitKind::kReceive) {
-    got_ = std::move(p_->wait_msg);
-    p_->wait_msg.reset();
-    p_->rt->clear_wait(p_);
-  }
-  return std::move(got_);
+  if (p_->wait == WaitKind::kReceive) p_->rt->clear_wait(p_);
+  std::optional<Message> m = std::move(p_->wait_msg);
+  p_->wait_msg.reset();
+  return m;
 }
 
 // ---------------------------------------------------------------- send
@@ -297,10 +295,10 @@ Runtime& Context::runtime() const { return *p_->rt->facade; }
 Environment& Context::env() const { return p_->rt->env; }
 TimePoint Context::now() const { return p_->rt->env.now(); }
 
-ReceiveAnyAwaiter Context::receive() { return ReceiveAnyAwaiter(p_, kInfinite, {}); }
-ReceiveAwaiter Context::receive_for(Duration timeout) { return ReceiveAwaiter(p_, timeout, {}); }
-ReceiveAwaiter Context::receive_if(std::function<bool(const Message&)> pred, Duration timeout) {
-  return ReceiveAwaiter(p_, timeout, std::move(pred));
+ReceiveAnyAwaiter Context::receive() { return ReceiveAnyAwaiter(p_, kInfinite); }
+ReceiveAwaiter Context::receive_for(Duration timeout) { return ReceiveAwaiter(p_, timeout); }
+ReceiveIfAwaiter Context::receive_if(std::function<bool(const Message&)> pred, Duration timeout) {
+  return ReceiveIfAwaiter(p_, timeout, std::move(pred));
 }
 
 Result<void> Context::try_send_any(Pid to, std::any value) {

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "nines/runtime/process.hpp"
+#include "runtime/spin_lock.hpp"
 #include "nines/runtime/runtime.hpp"
 
 namespace nines::internal {
@@ -116,7 +117,7 @@ class Process {
   const OverflowPolicy overflow;
 
   // ---- guarded by mu ----
-  std::mutex mu;
+  SpinLock mu;
   EnvelopeQueue inbox;    // every signal, in arrival order
   EnvelopeQueue mailbox;  // messages ready for receive, in arrival order
   std::uint32_t user_count = 0;  // user messages in inbox + mailbox

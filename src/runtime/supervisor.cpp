@@ -245,10 +245,9 @@ Task<> terminate_all(Context& ctx, Sup& s) {
   }
   ShutdownSpec sd = effective_shutdown(s.spec_.children.front());
   std::unordered_map<std::uint64_t, std::list<Child>::iterator> pending;  // monitor ref -> child
+  std::unordered_map<std::uint64_t, ExitReason> own_exit;  // pid -> reason of an EXIT received
   for (auto it = s.children_.begin(); it != s.children_.end(); ++it) {
     if (!it->pid) continue;
-    bool gone = co_await took_own_exit(ctx, s, *it);
-    if (gone) continue;
     MonitorRef ref = ctx.monitor(it->pid);
     ctx.unlink(it->pid);
     pending.emplace(ref.id, it);
@@ -271,6 +270,12 @@ Task<> terminate_all(Context& ctx, Sup& s) {
       ctx.reply(*m, Error(ErrorKind::kCancelled, "supervisor '" + s.label_ + "' is shutting down"));
       continue;
     }
+    if (auto* e = m->get<Exit>()) {
+      // A child that exited by itself before it was asked: its Down will say noproc, so keep
+      // its own reason for it (as OTP's monitor_child does), without a selective receive.
+      if (s.by_pid_.count(e->from.id) != 0) own_exit.emplace(e->from.id, e->reason);
+      continue;
+    }
     auto* d = m->get<Down>();
     if (d == nullptr || pending.count(d->ref.id) == 0) continue;
     auto it = pending.at(d->ref.id);
@@ -278,7 +283,12 @@ Task<> terminate_all(Context& ctx, Sup& s) {
     s.by_pid_.erase(it->pid.id);
     Pid pid = it->pid;
     it->pid = {};
-    s.emit(SupervisionEventType::kChildExited, &*it, pid, d->reason, Duration::zero(), true);
+    auto own = own_exit.find(pid.id);
+    if (d->reason.kind == ExitReason::Kind::kNoProc && own != own_exit.end()) {
+      s.emit(SupervisionEventType::kChildExited, &*it, pid, own->second);
+    } else {
+      s.emit(SupervisionEventType::kChildExited, &*it, pid, d->reason, Duration::zero(), true);
+    }
   }
 }
 

@@ -178,7 +178,9 @@ class World {
   // The same, prefixed with the supervisor's name (several supervisors).
   Lines tagged(std::size_t from = 0) const {
     Lines out;
-    for (std::size_t i = from; i < events.size(); ++i) out.push_back(events[i].supervisor_name + ": " + describe(events[i]));
+    for (std::size_t i = from; i < events.size(); ++i) {
+      out.push_back(events[i].supervisor_name + ": " + describe(events[i]));
+    }
     return out;
   }
   int count(Type type, const std::string& sup = {}, const std::string& child = {}) const {
@@ -382,17 +384,20 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(
         RestartCase{"permanent_normal", RestartType::kPermanent, How::kNormal, "normal", true},
         RestartCase{"permanent_shutdown", RestartType::kPermanent, How::kShutdown, "shutdown", true},
-        RestartCase{"permanent_shutdown_detail", RestartType::kPermanent, How::kShutdownDetail, "{shutdown, detail}", true},
+        RestartCase{"permanent_shutdown_detail", RestartType::kPermanent, How::kShutdownDetail, "{shutdown, detail}",
+                    true},
         RestartCase{"permanent_crash", RestartType::kPermanent, How::kCrash, "crash", true},
         RestartCase{"permanent_killed", RestartType::kPermanent, How::kKilled, "killed", true},
         RestartCase{"transient_normal", RestartType::kTransient, How::kNormal, "normal", false},
         RestartCase{"transient_shutdown", RestartType::kTransient, How::kShutdown, "shutdown", false},
-        RestartCase{"transient_shutdown_detail", RestartType::kTransient, How::kShutdownDetail, "{shutdown, detail}", false},
+        RestartCase{"transient_shutdown_detail", RestartType::kTransient, How::kShutdownDetail, "{shutdown, detail}",
+                    false},
         RestartCase{"transient_crash", RestartType::kTransient, How::kCrash, "crash", true},
         RestartCase{"transient_killed", RestartType::kTransient, How::kKilled, "killed", true},
         RestartCase{"temporary_normal", RestartType::kTemporary, How::kNormal, "normal", false},
         RestartCase{"temporary_shutdown", RestartType::kTemporary, How::kShutdown, "shutdown", false},
-        RestartCase{"temporary_shutdown_detail", RestartType::kTemporary, How::kShutdownDetail, "{shutdown, detail}", false},
+        RestartCase{"temporary_shutdown_detail", RestartType::kTemporary, How::kShutdownDetail, "{shutdown, detail}",
+                    false},
         RestartCase{"temporary_crash", RestartType::kTemporary, How::kCrash, "crash", false},
         RestartCase{"temporary_killed", RestartType::kTemporary, How::kKilled, "killed", false}),
     param_name<RestartCase>);
@@ -710,8 +715,8 @@ TEST(SupervisorShutdownOrder, TimeoutsRunOneAfterAnother) {
 TEST(SupervisorShutdownOrder, NestedSupervisorStopsDepthFirst) {
   World w;
   SupervisorSpec mid = make_spec("mid", Strategy::kOneForOne, {w.worker("m1"), w.worker("m2")});
-  Pid root =
-      w.start(make_spec("root", Strategy::kOneForOne, {w.worker("x"), w.supervisor("mid", std::move(mid)), w.worker("y")}));
+  Pid root = w.start(
+      make_spec("root", Strategy::kOneForOne, {w.worker("x"), w.supervisor("mid", std::move(mid)), w.worker("y")}));
   std::size_t from = w.mark();
   w.log.clear();
   w.rt().send_exit(root, ExitReason::shutdown());
@@ -728,7 +733,8 @@ TEST(SupervisorShutdownOrder, NestedSupervisorStopsDepthFirst) {
 
 TEST(SupervisorStart, ChildrenStartInOrderBeforeStartReturns) {
   World w;
-  auto r = start_supervisor(w.rt(), make_spec("s", Strategy::kOneForOne, {w.worker("a"), w.worker("b"), w.worker("c")}));
+  auto r =
+      start_supervisor(w.rt(), make_spec("s", Strategy::kOneForOne, {w.worker("a"), w.worker("b"), w.worker("c")}));
   ASSERT_TRUE(r.ok()) << r.error().to_string();
   // Synchronous: every start function ran, in order, before start_supervisor returned.
   EXPECT_EQ(w.log.get(), (Lines{"start a", "start b", "start c"}));
@@ -755,7 +761,8 @@ TEST_P(SupervisorStartFailure, FailsNamingTheChildAndLeavesNothingRunning) {
     if (throws) throw std::runtime_error("no database");
     return Error(ErrorKind::kTransient, "no database");
   };
-  auto r = start_supervisor(w.rt(), make_spec("s", Strategy::kOneForOne, {w.worker("a"), w.worker("b"), bad, w.worker("d")}));
+  auto r = start_supervisor(w.rt(),
+                            make_spec("s", Strategy::kOneForOne, {w.worker("a"), w.worker("b"), bad, w.worker("d")}));
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(error_kind(r), kind(ErrorKind::kStartFailed));
   EXPECT_NE(r.error().message().find("'c'"), std::string::npos) << r.error().message();

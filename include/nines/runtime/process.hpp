@@ -75,20 +75,20 @@ class Completion {
 
 // ---- awaitables (returned by Context; co_await them at once) ----
 
+// Kept small: it lives in the frame of every process waiting for a message. The message
+// itself waits in the process, not here.
 class ReceiveAwaiter {
  public:
-  bool await_ready();
+  bool await_ready() { return ready(nullptr); }
   void await_suspend(std::coroutine_handle<> h);
   std::optional<Message> await_resume();
 
- private:
+ protected:
   friend class Context;
-  ReceiveAwaiter(internal::Process* p, Duration timeout, std::function<bool(const Message&)> pred)
-      : p_(p), timeout_(timeout), pred_(std::move(pred)) {}
+  ReceiveAwaiter(internal::Process* p, Duration timeout) : p_(p), timeout_(timeout) {}
+  bool ready(const std::function<bool(const Message&)>* pred);
   internal::Process* p_;
   Duration timeout_;
-  std::function<bool(const Message&)> pred_;
-  std::optional<Message> got_;
 };
 
 // co_await ctx.receive() -> Message (waits as long as it takes).
@@ -99,6 +99,18 @@ class ReceiveAnyAwaiter : public ReceiveAwaiter {
  private:
   friend class Context;
   using ReceiveAwaiter::ReceiveAwaiter;
+};
+
+// co_await ctx.receive_if(pred, timeout) -> std::optional<Message>.
+class ReceiveIfAwaiter : public ReceiveAwaiter {
+ public:
+  bool await_ready() { return ready(&pred_); }
+
+ private:
+  friend class Context;
+  ReceiveIfAwaiter(internal::Process* p, Duration timeout, std::function<bool(const Message&)> pred)
+      : ReceiveAwaiter(p, timeout), pred_(std::move(pred)) {}
+  std::function<bool(const Message&)> pred_;
 };
 
 class SendAwaiter {
@@ -182,7 +194,7 @@ class Context {
   ReceiveAwaiter receive_for(Duration timeout);
   // Selective receive: the first queued message for which pred is true (others stay queued,
   // in order), or nullopt after `timeout`. pred must be a pure function of the message.
-  ReceiveAwaiter receive_if(std::function<bool(const Message&)> pred, Duration timeout = kInfinite);
+  ReceiveIfAwaiter receive_if(std::function<bool(const Message&)> pred, Duration timeout = kInfinite);
 
   // ---- sending ----
   // Fire and forget. Fails with kNoProc if `to` does not exist, kMailboxFull if its mailbox is
