@@ -71,10 +71,7 @@ bool ReceiveAwaiter::ready(const std::function<bool(const Message&)>* pred) {
   p_->wait_msg.reset();
   if (p_->reductions_left > 1) {
     p_->wait_msg = rt->pop_message(p_, pred);
-    if (!p_->wait_msg) {
-      rt->drain(p_);
-      if (!p_->pending_exit) p_->wait_msg = rt->pop_message(p_, pred);
-    }
+    if (!p_->wait_msg && rt->drain(p_) && !p_->pending_exit) p_->wait_msg = rt->pop_message(p_, pred);
     if (p_->wait_msg) {
       --p_->reductions_left;
       return true;
@@ -82,7 +79,7 @@ bool ReceiveAwaiter::ready(const std::function<bool(const Message&)>* pred) {
     if (timeout_ <= Duration::zero()) return true;  // poll: nothing there
   }
   p_->wait = WaitKind::kReceive;
-  p_->wait_token = rt->new_ref();
+  p_->wait_token = timeout_ == kInfinite ? 0 : rt->new_ref();  // only a timeout needs a token
   p_->wait_pred = pred;
   if (p_->reductions_left <= 1) p_->yield_requested = true;
   arm_timeout(p_, timeout_);

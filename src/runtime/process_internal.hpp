@@ -123,7 +123,8 @@ class Process {
   std::uint32_t user_count = 0;  // user messages in inbox + mailbox
   // Counts pushes into the mailbox: a receiver compares it with what it last scanned to know
   // whether a message arrived while it was running.
-  std::uint64_t mailbox_pushes = 0;
+  // Written under mu; atomic so the owner can see "nothing new" without taking the lock.
+  std::atomic<std::uint64_t> mailbox_pushes{0};
   bool scheduled = false;        // queued, running or held: a sender must not queue it again
   bool draining = false;         // drain() holds a batch taken from the inbox
   bool dead = false;
@@ -143,7 +144,8 @@ class Process {
   std::atomic<bool> has_signals{false};
 
   // ---- owned by the running worker ----
-  std::uint64_t scanned_pushes = 0;  // mailbox_pushes at the last mailbox scan
+  static constexpr std::uint64_t kNotScanned = ~0ULL;
+  std::uint64_t scanned_pushes = kNotScanned;  // mailbox_pushes at the last scan that found nothing
   // The last process this one sent to, kept referenced so repeated sends skip the process
   // table (see RuntimeCore::deliver_from). Cleared at exit and when the runtime stops.
   Process* last_target = nullptr;
@@ -263,7 +265,8 @@ class RuntimeCore : public std::enable_shared_from_this<RuntimeCore> {
   void run(Process* p);       // runs one slice of p on this thread
 
   // Signals processing and waits (used by Context and the awaiters).
-  void drain(Process* p);
+  // Returns true if it moved anything into the mailbox.
+  bool drain(Process* p);
   bool wait_satisfied(Process* p);
   void clear_wait(Process* p);
   std::optional<Message> pop_message(Process* p, const std::function<bool(const Message&)>* pred);

@@ -243,7 +243,7 @@ Delivery RuntimeCore::deliver_to(Process* t, Envelope* e, Pid blocked_sender) {
     if (e->is_user() && t->inbox.empty() && !t->draining) {
       // Nothing unprocessed ahead of it: straight to the mailbox (order is kept).
       t->mailbox.push(e);
-      ++t->mailbox_pushes;
+      t->mailbox_pushes.fetch_add(1, std::memory_order_release);
     } else {
       t->inbox.push(e);
       t->has_signals.store(true, std::memory_order_release);
@@ -309,13 +309,13 @@ ExitReason exit_reason_from(std::exception_ptr ep) {
 }  // namespace
 
 // Processes every signal waiting in the inbox, in order. Messages move to the mailbox.
-void RuntimeCore::drain(Process* p) {
-  if (!p->has_signals.load(std::memory_order_acquire)) return;
+bool RuntimeCore::drain(Process* p) {
+  if (!p->has_signals.load(std::memory_order_acquire)) return false;
   EnvelopeQueue batch;
   {
     std::lock_guard lock(p->mu);
     p->has_signals.store(false, std::memory_order_relaxed);
-    if (p->inbox.empty()) return;
+    if (p->inbox.empty()) return false;
     batch = p->inbox.take();
     p->draining = true;  // later messages queue behind this batch
   }
@@ -412,10 +412,10 @@ void RuntimeCore::drain(Process* p) {
   }
   std::lock_guard lock(p->mu);
   p->draining = false;
-  if (!to_mailbox.empty()) {
-    p->mailbox.append(to_mailbox);
-    ++p->mailbox_pushes;
-  }
+  if (to_mailbox.empty()) return false;
+  p->mailbox.append(to_mailbox);
+  p->mailbox_pushes.fetch_add(1, std::memory_order_release);
+  return true;
 }
 
 std::optional<Message> RuntimeCore::pop_message(Process* p, const std::function<bool(const Message&)>* pred) {
@@ -423,7 +423,7 @@ std::optional<Message> RuntimeCore::pop_message(Process* p, const std::function<
   Pid wake_sender;
   {
     std::lock_guard lock(p->mu);
-    p->scanned_pushes = p->mailbox_pushes;
+    const std::uint64_t pushes = p->mailbox_pushes.load(std::memory_order_relaxed);
     Envelope* prev = nullptr;
     for (Envelope* e = p->mailbox.head; e; prev = e, e = e->next) {
       if (pred != nullptr) {
@@ -438,6 +438,8 @@ std::optional<Message> RuntimeCore::pop_message(Process* p, const std::function<
       got = e;
       break;
     }
+    // Only a scan that found nothing proves that nothing waits until the next push.
+    p->scanned_pushes = got ? Process::kNotScanned : pushes;
     if (got && !got->system) {
       --p->user_count;
       if (p->waiters && !p->waiters->blocked_senders.empty() && p->user_count < p->capacity) {
@@ -484,6 +486,8 @@ bool RuntimeCore::wait_satisfied(Process* p) {
     case WaitKind::kNone:
       return true;
     case WaitKind::kReceive: {
+      // Nothing pushed since the last scan: no need to lock and look.
+      if (p->mailbox_pushes.load(std::memory_order_acquire) == p->scanned_pushes) return p->wait_timed_out;
       if (auto m = pop_message(p, p->wait_pred)) {
         p->wait_msg = std::move(m);
         return true;
@@ -566,7 +570,7 @@ void RuntimeCore::run(Process* p) {
   {
     std::lock_guard lock(p->mu);
     again = p->yield_requested || !p->inbox.empty() ||
-            (p->wait == WaitKind::kReceive && p->mailbox_pushes != p->scanned_pushes);
+            (p->wait == WaitKind::kReceive && p->mailbox_pushes.load(std::memory_order_relaxed) != p->scanned_pushes);
     if (!again) p->scheduled = false;
   }
   if (again) schedule(p);

@@ -1,5 +1,6 @@
 #include "runtime/scheduler.hpp"
 
+#include <algorithm>
 #include <atomic>
 
 #include "runtime/process_internal.hpp"
@@ -98,6 +99,7 @@ class ThreadedScheduler final : public Scheduler {
  private:
   static constexpr unsigned kMaxLifoStreak = 32;
   static constexpr int kSpinsBeforeSleep = 64;
+  static constexpr std::size_t kMaxSteal = 64;
 
   static void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -107,6 +109,9 @@ class ThreadedScheduler final : public Scheduler {
 
   void wake_one() {
     if (sleepers_.load(std::memory_order_seq_cst) == 0) return;
+    // One wake in flight is enough: the woken worker looks for all queued work. Without this
+    // a producer pays a futex call per push while the sleeper is still waking up.
+    if (waking_.exchange(true, std::memory_order_acq_rel)) return;
     {
       std::lock_guard lock(idle_mu_);
       ++epoch_;
@@ -128,9 +133,11 @@ class ThreadedScheduler final : public Scheduler {
         ++w->lifo_streak;
         return std::exchange(w->lifo, nullptr);
       }
-      // Let the others in the local queue run: the LIFO slot goes to the back.
+      // Let the others in the local queue run: the LIFO slot goes to the back. With nobody
+      // else queued it keeps running here (demoting it would only invite a thief).
       w->lifo_streak = 0;
       std::lock_guard lock(w->mu);
+      if (w->local.empty()) return std::exchange(w->lifo, nullptr);
       w->local.push_back(std::exchange(w->lifo, nullptr));
     }
     w->lifo_streak = 0;
@@ -143,14 +150,28 @@ class ThreadedScheduler final : public Scheduler {
         return p;
       }
     }
+    // Steal half of a victim's queue (at most kMaxSteal), oldest first, so a busy producer
+    // and a thief do not meet on the victim's lock for every single process.
     for (std::size_t i = 1; i < workers_.size(); ++i) {
       Worker* v = workers_[(w->index + i) % workers_.size()].get();
-      std::lock_guard lock(v->mu);
-      if (!v->local.empty()) {
-        Process* p = v->local.back();
-        v->local.pop_back();
-        return p;
+      Process* first = nullptr;
+      std::vector<Process*> rest;
+      {
+        std::lock_guard lock(v->mu);
+        std::size_t n = std::min<std::size_t>((v->local.size() + 1) / 2, kMaxSteal);
+        if (n == 0) continue;
+        first = v->local.front();
+        v->local.pop_front();
+        for (std::size_t k = 1; k < n; ++k) {
+          rest.push_back(v->local.front());
+          v->local.pop_front();
+        }
       }
+      if (!rest.empty()) {
+        std::lock_guard lock(w->mu);
+        w->local.insert(w->local.end(), rest.begin(), rest.end());
+      }
+      return first;
     }
     return nullptr;
   }
@@ -170,13 +191,22 @@ class ThreadedScheduler final : public Scheduler {
         std::uint64_t seen = epoch_;
         sleepers_.fetch_add(1, std::memory_order_seq_cst);
         lock.unlock();
+        // Re-arm wakes before the last look. The exchange reads the flag written by any
+        // producer that skipped its wake because one was in flight, so that producer's push
+        // is visible to the find_work below: no push is left with every worker asleep.
+        waking_.exchange(false, std::memory_order_acq_rel);
         p = find_work(w);
         lock.lock();
         if (p == nullptr) {
           idle_cv_.wait(lock, [&] { return epoch_ != seen || stop_.load(); });
         }
         sleepers_.fetch_sub(1, std::memory_order_seq_cst);
-        if (p == nullptr) continue;
+        lock.unlock();
+        if (p == nullptr) {
+          // Woken: let the next push wake another sleeper while this one looks for work.
+          waking_.exchange(false, std::memory_order_acq_rel);
+          continue;
+        }
       }
       core_.run(p);
       p->release();  // the queue's reference
@@ -192,6 +222,7 @@ class ThreadedScheduler final : public Scheduler {
   std::condition_variable idle_cv_;
   std::uint64_t epoch_ = 0;
   std::atomic<int> sleepers_{0};
+  std::atomic<bool> waking_{false};
   std::atomic<bool> stop_{false};
 };
 
