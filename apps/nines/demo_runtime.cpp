@@ -75,11 +75,20 @@ int run_runtime_demo(const RuntimeDemoOptions& o) {
   auto slots = std::make_shared<std::vector<std::atomic<std::uint64_t>>>(total);
   std::atomic<std::uint64_t> crashes{0};
   std::atomic<std::uint64_t> escalations{0};
+  std::atomic<std::uint64_t> crash_exits{0};      // workers that crashed (seen by their supervisor)
+  std::atomic<std::uint64_t> stopped_by_sup{0};   // workers stopped by their supervisor
+  std::atomic<std::uint64_t> subtree_restarts{0};  // shard supervisors restarted whole by the root
   RecoveryClock recovery;
   std::mutex print_mu;
   std::vector<std::string> notes;
   rt.events().subscribe([&](const SupervisionEvent& ev) {
     recovery.on_event(ev);
+    if (ev.type == SupervisionEventType::kChildExited && ev.child_id.rfind("shard-", 0) != 0) {
+      (ev.by_supervisor ? stopped_by_sup : crash_exits).fetch_add(1);
+    }
+    if (ev.type == SupervisionEventType::kChildRestarted && ev.child_id.rfind("shard-", 0) == 0) {
+      subtree_restarts.fetch_add(1);
+    }
     if (ev.type == SupervisionEventType::kEscalated) {
       escalations.fetch_add(1);
       std::lock_guard l(print_mu);
@@ -225,13 +234,15 @@ int run_runtime_demo(const RuntimeDemoOptions& o) {
   };
   const auto& ev = rt.events();
   std::printf("\nsummary after %.1f s\n", to_seconds(env->now() - t_start));
-  std::printf("  crashes injected          %llu\n", static_cast<unsigned long long>(crashes.load()));
-  std::printf("  child exits seen          %llu\n",
-              static_cast<unsigned long long>(ev.count(SupervisionEventType::kChildExited)));
-  std::printf("  restarts                  %llu\n",
-              static_cast<unsigned long long>(ev.count(SupervisionEventType::kChildRestarted)));
+  auto u = [](std::uint64_t v) { return static_cast<unsigned long long>(v); };
+  std::printf("  crashes injected          %llu (%llu reached a live worker and were seen by its supervisor)\n",
+              u(crashes.load()), u(crash_exits.load()));
+  std::printf("  workers restarted         %llu one by one by their shard supervisor\n",
+              u(ev.count(SupervisionEventType::kChildRestarted) - subtree_restarts.load()));
   std::printf("  supervisors that gave up  %llu (escalated to their parent)\n",
-              static_cast<unsigned long long>(ev.count(SupervisionEventType::kIntensityExceeded)));
+              u(ev.count(SupervisionEventType::kIntensityExceeded)));
+  std::printf("  subtrees restarted whole  %llu by the root (%llu workers stopped by their supervisor first)\n",
+              u(subtree_restarts.load()), u(stopped_by_sup.load()));
   std::printf("  time to recover (MTTR)    p50 %.1f us, p99 %.1f us, max %.1f us over %zu recoveries\n", pct(50),
               pct(99), rec.empty() ? 0.0 : rec.back(), rec.size());
   std::printf("  workers alive at the end  %zu of %zu (%zu of %zu shards up)\n", alive_workers, total, shards_alive,
