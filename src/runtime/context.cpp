@@ -51,6 +51,20 @@ Result<void> to_result(Delivery d, const char* what, Pid to) {
   return {};
 }
 
+// The process deadline clamps a wait's timeout; `by_deadline` says it is the binding one.
+Duration clamp_to_deadline(Process* p, Duration timeout, bool& by_deadline) {
+  by_deadline = false;
+  if (p->deadline == TimePoint::max()) return timeout;
+  Duration left = std::max(Duration::zero(), p->deadline - p->rt->env.now());
+  if (left < timeout) {
+    by_deadline = true;
+    return left;
+  }
+  return timeout;
+}
+
+Error deadline_error(const std::string& what) { return Error(ErrorKind::kDeadlineExceeded, what + ": deadline exceeded"); }
+
 // Arms the wait's timeout: a kWake with the wait token and a timeout error.
 void arm_timeout(Process* p, Duration timeout) {
   if (timeout == kInfinite) return;
@@ -78,11 +92,14 @@ bool ReceiveAwaiter::ready(const std::function<bool(const Message&)>* pred) {
     }
     if (timeout_ <= Duration::zero()) return true;  // poll: nothing there
   }
+  bool by_deadline = false;
+  Duration timeout = clamp_to_deadline(p_, timeout_, by_deadline);
+  if (timeout <= Duration::zero() && !p_->wait_msg) return true;  // deadline already passed
   p_->wait = WaitKind::kReceive;
-  p_->wait_token = timeout_ == kInfinite ? 0 : rt->new_ref();  // only a timeout needs a token
+  p_->wait_token = timeout == kInfinite ? 0 : rt->new_ref();  // only a timeout needs a token
   p_->wait_pred = pred;
   if (p_->reductions_left <= 1) p_->yield_requested = true;
-  arm_timeout(p_, timeout_);
+  arm_timeout(p_, timeout);
   return false;
 }
 
@@ -104,12 +121,27 @@ bool SendAwaiter::await_ready() {
     result_ = to_result(d, "send to", to_);
     return true;
   }
-  // The target's policy is kSuspendSender and it recorded us: wait for kRoom.
+  // The target's policy is kSuspendSender and it recorded us: wait for kRoom, at most until
+  // the process deadline.
+  bool by_deadline = false;
+  Duration timeout = clamp_to_deadline(p_, kInfinite, by_deadline);
+  if (by_deadline && timeout <= Duration::zero()) {
+    result_ = deadline_error("send to " + to_.to_string());
+    return true;
+  }
   p_->wait = WaitKind::kSend;
   p_->wait_token = rt->new_ref();
   p_->send_to = to_;
   p_->send_value = &value_;
   p_->room_signalled = false;
+  if (by_deadline) {
+    Pid pid = p_->pid;
+    std::uint64_t token = p_->wait_token;
+    std::string what = "send to " + to_.to_string();
+    p_->wait_timer = rt->add_timer(timeout, [pid, token, what](RuntimeCore& core) {
+      core.signal(pid, SignalKind::kWake, Pid{}, token, Result<std::any>(deadline_error(what)));
+    });
+  }
   return false;
 }
 
@@ -129,6 +161,11 @@ Result<void> SendAwaiter::await_resume() {
 
 bool CallAwaiter::await_ready() {
   RuntimeCore* rt = p_->rt;
+  Duration timeout = clamp_to_deadline(p_, timeout_, by_deadline_);
+  if (by_deadline_ && timeout <= Duration::zero()) {
+    result_.emplace(deadline_error("call to " + to_.to_string()));
+    return true;
+  }
   std::uint64_t mref = rt->new_ref();
   p_->monitoring.emplace_back(mref, to_);
   if (rt->signal(to_, SignalKind::kMonitor, p_->pid, mref) != Delivery::kOk) {
@@ -150,7 +187,7 @@ bool CallAwaiter::await_ready() {
   p_->call_monitor = mref;
   p_->send_to = to_;
   p_->wait_result = {};
-  arm_timeout(p_, timeout_);
+  arm_timeout(p_, timeout);
   return false;
 }
 
@@ -161,8 +198,9 @@ Result<Message> CallAwaiter::await_resume() {
     result_ = std::move(std::get<Result<Message>>(p_->wait_result));
     p_->wait_result = {};
     if (result_ && !result_->ok() && result_->error().kind() == ErrorKind::kTimeout) {
-      result_.emplace(Error(ErrorKind::kTimeout, "call to " + to_.to_string() + " timed out after " +
-                                                     std::to_string(to_millis(timeout_)) + " ms"));
+      result_.emplace(by_deadline_ ? deadline_error("call to " + to_.to_string())
+                                   : Error(ErrorKind::kTimeout, "call to " + to_.to_string() + " timed out after " +
+                                                                    std::to_string(to_millis(timeout_)) + " ms"));
     }
     p_->rt->clear_wait(p_);
   }
@@ -185,14 +223,17 @@ bool DownAwaiter::await_ready() {
     if (auto msg = p_->rt->pop_message(p_, &pred)) got_ = *msg->get<Down>();
     return true;
   }
+  bool by_deadline = false;
+  Duration timeout = clamp_to_deadline(p_, timeout_, by_deadline);
+  if (timeout <= Duration::zero()) return true;
   p_->wait = WaitKind::kDown;
   p_->wait_token = ref_.id;
   p_->wait_result = {};
-  // The timeout uses a token of its own: wait_token is the monitor ref.
-  if (timeout_ != kInfinite) {
+  // The timeout's kWake carries the monitor ref, which is this wait's token.
+  if (timeout != kInfinite) {
     Pid pid = p_->pid;
     std::uint64_t token = ref_.id;
-    p_->wait_timer = p_->rt->add_timer(timeout_, [pid, token](RuntimeCore& rt) {
+    p_->wait_timer = p_->rt->add_timer(timeout, [pid, token](RuntimeCore& rt) {
       rt.signal(pid, SignalKind::kWake, Pid{}, token, Result<std::any>(Error(ErrorKind::kTimeout, "timed out")));
     });
   }
@@ -218,17 +259,25 @@ bool WaitAwaiter::await_ready() {
     p_->yield_requested = true;
     return false;
   }
+  Duration timeout = clamp_to_deadline(p_, timeout_, by_deadline_);
+  if (by_deadline_ && timeout <= Duration::zero()) {
+    result_.emplace(deadline_error(op_ == Op::kSleep ? "sleep" : op_ == Op::kFd ? "wait_fd" : "await_external"));
+    return true;
+  }
   p_->wait = WaitKind::kToken;
   p_->wait_token = rt->new_ref();
   p_->wait_result = {};
   Pid pid = p_->pid;
   std::uint64_t token = p_->wait_token;
   switch (op_) {
-    case Op::kSleep:
-      p_->wait_timer = rt->add_timer(timeout_, [pid, token](RuntimeCore& core) {
-        core.signal(pid, SignalKind::kWake, Pid{}, token, Result<std::any>(std::any{}));
+    case Op::kSleep: {
+      // Cut short by the deadline, a sleep ends at the deadline with kDeadlineExceeded.
+      Result<std::any> outcome = by_deadline_ ? Result<std::any>(deadline_error("sleep")) : Result<std::any>(std::any{});
+      p_->wait_timer = rt->add_timer(timeout, [pid, token, outcome](RuntimeCore& core) {
+        core.signal(pid, SignalKind::kWake, Pid{}, token, outcome);
       });
       return false;
+    }
     case Op::kFd: {
       std::weak_ptr<RuntimeCore> weak = rt->weak_from_this();
       auto w = rt->env.watch_fd(fd_, events_, [weak, pid, token](unsigned bits) {
@@ -242,7 +291,7 @@ bool WaitAwaiter::await_ready() {
         return true;
       }
       p_->wait_watch = *w;
-      arm_timeout(p_, timeout_);
+      arm_timeout(p_, timeout);
       return false;
     }
     case Op::kExternal: {
@@ -250,7 +299,7 @@ bool WaitAwaiter::await_ready() {
       s->core = rt->weak_from_this();
       s->pid = pid;
       s->token = token;
-      arm_timeout(p_, timeout_);
+      arm_timeout(p_, timeout);
       start_(Completion(s));
       return false;
     }
@@ -270,6 +319,9 @@ Result<std::any> WaitAwaiter::await_resume() {
     p_->rt->clear_wait(p_);
   }
   if (!result_) return std::any{};
+  if (!result_->ok() && result_->error().kind() == ErrorKind::kTimeout && by_deadline_) {
+    return deadline_error(op_ == Op::kFd ? "wait_fd" : "await_external");
+  }
   if (!result_->ok() && result_->error().kind() == ErrorKind::kTimeout && op_ != Op::kSleep) {
     return Error(ErrorKind::kTimeout, std::string(op_ == Op::kFd ? "wait_fd(" + std::to_string(fd_) + ")"
                                                                   : std::string("await_external")) +
@@ -374,6 +426,16 @@ MonitorRef Context::monitor(Pid target) {
 }
 
 DownAwaiter Context::wait_down(MonitorRef ref, Duration timeout) { return DownAwaiter(p_, ref, timeout); }
+
+TimePoint Context::deadline() const { return p_->deadline; }
+
+DeadlineScope Context::with_deadline(TimePoint t) {
+  TimePoint previous = p_->deadline;
+  p_->deadline = std::min(previous, t);
+  return DeadlineScope(p_, previous);
+}
+
+DeadlineScope::~DeadlineScope() { p_->deadline = previous_; }
 
 bool Context::demonitor(MonitorRef ref) {
   auto& m = p_->monitoring;

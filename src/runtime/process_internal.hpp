@@ -160,7 +160,8 @@ class Process {
   std::vector<Pid> links;
   std::vector<std::pair<std::uint64_t, Pid>> watchers;    // monitors others hold on us
   std::vector<std::pair<std::uint64_t, Pid>> monitoring;  // monitors we hold on others
-  std::unique_ptr<ExitReason> pending_exit;  // set when a signal killed it; acted on after the slice
+  std::unique_ptr<ExitReason> pending_exit;
+  TimePoint deadline = TimePoint::max();  // see Context::deadline  // set when a signal killed it; acted on after the slice
   unsigned reductions_left = 0;
 
   // The one thing the process is suspended on.

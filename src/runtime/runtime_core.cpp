@@ -67,7 +67,10 @@ void ExitWatchImpl::set(ExitReason r) {
 
 // ---------------------------------------------------------------- RuntimeCore
 
-RuntimeCore::RuntimeCore(Environment& env_, const RuntimeOptions& options_) : env(env_), options(options_) {}
+RuntimeCore::RuntimeCore(Environment& env_, const RuntimeOptions& options_) : env(env_), options(options_) {
+  // Start each shard with room for a few thousand processes: growing a map rehashes all of it.
+  for (auto& s : shards_) s.map.reserve(4096);
+}
 
 RuntimeCore::~RuntimeCore() { stop(); }
 
@@ -401,6 +404,10 @@ bool RuntimeCore::drain(Process* p) {
             p->wait_done = true;
           } else if (p->wait == WaitKind::kReceive || p->wait == WaitKind::kDown) {
             p->wait_timed_out = true;
+          } else if (p->wait == WaitKind::kSend) {
+            auto* r = std::any_cast<Result<std::any>>(&e->payload);
+            p->wait_result = r && !r->ok() ? Result<void>(r->error()) : Result<void>();
+            p->wait_done = true;
           }
         }
         break;
@@ -500,6 +507,7 @@ bool RuntimeCore::wait_satisfied(Process* p) {
     case WaitKind::kDown:
       return p->wait_done || p->wait_timed_out;
     case WaitKind::kSend: {
+      if (p->wait_done) return true;  // the deadline passed first
       if (!p->room_signalled) return false;
       p->room_signalled = false;
       auto* e = new Envelope;

@@ -622,3 +622,73 @@ TEST(OutsideWork, ChildOsProcessExitWakesTheProcessOnRealScheduler) {
 
 }  // namespace
 }  // namespace nines
+
+namespace nines {
+namespace {
+
+// A deadline set in a process bounds every wait nested inside it, and scopes only shorten it.
+TEST(Deadline, PropagatesIntoNestedWaitsAndOnlyShortens) {
+  testing::SimRuntime s;
+  testing::Log log;
+  int requests_seen = 0;
+  Pid slow = s.spawn([&](Context& ctx) -> Task<> {
+    for (;;) {
+      Message m = co_await ctx.receive();
+      ++requests_seen;
+      co_await ctx.sleep(3s);
+      ctx.reply(m, 1);
+    }
+  });
+  // A nested helper that knows nothing about deadlines.
+  auto nested_call = [slow](Context& ctx) -> Task<Result<Message>> { co_return co_await ctx.call(slow, 0, 30s); };
+  s.spawn([&](Context& ctx) -> Task<> {
+    TimePoint t0 = ctx.now();
+    auto ms = [&] { return std::to_string(to_millis(ctx.now() - t0)); };
+    EXPECT_EQ(ctx.deadline(), TimePoint::max());
+    {
+      auto outer = ctx.with_timeout(1s);
+      auto inner = ctx.with_timeout(10s);  // cannot extend the outer one
+      EXPECT_EQ(ctx.deadline(), t0 + 1s);
+      auto r = co_await nested_call(ctx);
+      log.add(std::string(to_string(r.error().kind())) + "@" + ms());
+      // Already late: not sent at all.
+      auto late = co_await ctx.call(slow, 0);
+      log.add(std::string(to_string(late.error().kind())) + "@" + ms());
+    }
+    EXPECT_EQ(ctx.deadline(), TimePoint::max());
+    {
+      auto d = ctx.with_deadline(ctx.now() + 2s);
+      auto slept = co_await ctx.sleep(5s);
+      log.add("sleep " + std::string(slept.ok() ? "ok" : to_string(slept.error().kind())) + "@" + ms());
+      auto d2 = ctx.with_deadline(ctx.now() + 500ms);  // min(3000 ms, 3500 ms): already due
+      auto m = co_await ctx.receive_for(10s);
+      log.add(std::string(m ? "message" : "nothing") + "@" + ms());
+    }
+    auto slept = co_await ctx.sleep(1s);
+    log.add("sleep " + std::string(slept.ok() ? "ok" : "error") + "@" + ms());
+  });
+  s.rt->advance(60s);
+  EXPECT_EQ(log.get(), (std::vector<std::string>{"deadline_exceeded@1000", "deadline_exceeded@1000",
+                                                 "sleep deadline_exceeded@3000", "nothing@3000", "sleep ok@4000"}));
+  EXPECT_EQ(requests_seen, 1);
+}
+
+TEST(Deadline, BoundsASuspendedSend) {
+  testing::SimRuntime s;
+  testing::Log log;
+  Pid full = s.spawn([](Context& ctx) -> Task<> { co_await ctx.sleep(1h); },
+                     {.mailbox_capacity = 1, .overflow = OverflowPolicy::kSuspendSender});
+  s.spawn([&, full](Context& ctx) -> Task<> {
+    TimePoint t0 = ctx.now();
+    (void)co_await ctx.send(full, 1);
+    auto d = ctx.with_timeout(250ms);
+    auto r = co_await ctx.send(full, 2);
+    log.add(std::string(r.ok() ? "sent" : to_string(r.error().kind())) + "@" +
+            std::to_string(to_millis(ctx.now() - t0)));
+  });
+  s.rt->advance(10s);
+  EXPECT_EQ(log.get(), std::vector<std::string>{"deadline_exceeded@250"});
+}
+
+}  // namespace
+}  // namespace nines

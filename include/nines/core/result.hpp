@@ -8,11 +8,14 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
 #include <utility>
 #include <variant>
+
+#include "nines/core/time.hpp"
 
 namespace nines {
 
@@ -50,7 +53,15 @@ class Error {
   Error with_context(std::string_view context) const&;
   Error with_context(std::string_view context) &&;
 
-  // "<kind>: <message>", e.g. "no_proc: process <0.42> does not exist".
+  // rate_limited: the earliest time (environment clock) at which a retry may succeed, when
+  // the other side said so (Retry-After). Retry policies never retry earlier.
+  const std::optional<TimePoint>& retry_at() const { return retry_at_; }
+  Error with_retry_at(TimePoint t) && {
+    retry_at_ = t;
+    return std::move(*this);
+  }
+
+  // "<kind>: <message>", e.g. "noproc: process <0.42> does not exist".
   std::string to_string() const;
 
   friend bool operator==(const Error&, const Error&) = default;
@@ -58,6 +69,7 @@ class Error {
  private:
   ErrorKind kind_;
   std::string message_;
+  std::optional<TimePoint> retry_at_;
 };
 
 template <class T>

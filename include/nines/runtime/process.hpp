@@ -142,6 +142,7 @@ class CallAwaiter {
   Pid to_;
   std::any value_;
   Duration timeout_;
+  bool by_deadline_ = false;  // the process deadline, not `timeout_`, bounds this wait
   std::optional<Result<Message>> result_;
 };
 
@@ -174,10 +175,27 @@ class WaitAwaiter {
   internal::Process* p_;
   Op op_;
   Duration timeout_;
+  bool by_deadline_ = false;
   int fd_ = -1;
   unsigned events_ = 0;
   std::function<void(Completion)> start_;
   std::optional<Result<std::any>> result_;
+};
+
+class Context;
+
+// Restores the previous deadline of its process when it goes out of scope.
+class DeadlineScope {
+ public:
+  DeadlineScope(const DeadlineScope&) = delete;
+  DeadlineScope& operator=(const DeadlineScope&) = delete;
+  ~DeadlineScope();
+
+ private:
+  friend class Context;
+  DeadlineScope(internal::Process* p, TimePoint previous) : p_(p), previous_(previous) {}
+  internal::Process* p_;
+  TimePoint previous_;
 };
 
 class Context {
@@ -244,6 +262,18 @@ class Context {
   // Calls start(completion) and waits until the completion is completed (its result) or
   // `timeout` passes (kTimeout). The mechanism for network replies and child OS processes.
   WaitAwaiter await_external(std::function<void(Completion)> start, Duration timeout = kInfinite);
+
+  // ---- deadlines ----
+  // The deadline this process's waits honour: TimePoint::max() when there is none. When it
+  // passes first, call, sleep, wait_fd, await_external, wait_down and a suspended send end
+  // with kDeadlineExceeded (a call that is already late is not sent at all), and
+  // receive_for/receive_if return nullopt. This is how a deadline propagates into nested
+  // calls: whatever they await inside this process cannot outlive it.
+  TimePoint deadline() const;
+  // Until the scope ends, the deadline is min(current deadline, t): nested scopes can only
+  // shorten it.
+  [[nodiscard]] DeadlineScope with_deadline(TimePoint t);
+  [[nodiscard]] DeadlineScope with_timeout(Duration d) { return with_deadline(add_saturating(now(), d)); }
 
   // ---- processes ----
   Result<Pid> spawn(Behavior behavior, SpawnOptions options = {});
