@@ -147,7 +147,7 @@ int run_runtime_demo(const RuntimeDemoOptions& o) {
   std::atomic<bool> chaos_done{false};
 
   // Chaos: ~4,000 crashes per second at random, and at mid-run a storm on one shard.
-  Pid chaos = rt.spawn([&](Context& ctx) -> Task<> {
+  auto chaos = rt.spawn_watched([&](Context& ctx) -> Task<> {
                   TimePoint end = ctx.now() + run_for;
                   TimePoint storm_at = ctx.now() + run_for / 2;
                   bool stormed = false;
@@ -176,7 +176,7 @@ int run_runtime_demo(const RuntimeDemoOptions& o) {
                 }).value();
 
   // Reporter: a line every 250 ms.
-  Pid reporter = rt.spawn([&](Context& ctx) -> Task<> {
+  auto reporter = rt.spawn_watched([&](Context& ctx) -> Task<> {
                      std::uint64_t last_crashes = 0, last_restarts = 0;
                      TimePoint last = ctx.now();
                      while (!chaos_done.load()) {
@@ -197,14 +197,14 @@ int run_runtime_demo(const RuntimeDemoOptions& o) {
                        last = now;
                      }
                    }).value();
-  rt.watch_exit(chaos)->wait();
-  rt.watch_exit(reporter)->wait();
+  chaos.exit->wait();
+  reporter.exit->wait();
 
   // Let the last restarts land, then count what is alive.
   std::size_t alive_workers = 0;
   std::size_t shards_alive = 0;
   std::string check_error;
-  Pid checker = rt.spawn([&](Context& ctx) -> Task<> {
+  auto checker = rt.spawn_watched([&](Context& ctx) -> Task<> {
                     for (int attempt = 0; attempt < 200; ++attempt) {
                       auto kids = co_await which_children(ctx, *root_pid, 10s);
                       if (!kids.ok()) {
@@ -223,7 +223,7 @@ int run_runtime_demo(const RuntimeDemoOptions& o) {
                       co_await ctx.sleep(10ms);
                     }
                   }).value();
-  rt.watch_exit(checker)->wait();
+  checker.exit->wait();
 
   auto rec = recovery.take();
   std::sort(rec.begin(), rec.end());

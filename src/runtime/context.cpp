@@ -516,6 +516,14 @@ bool Runtime::alive(Pid pid) const {
 std::size_t Runtime::process_count() const { return core_->live(); }
 SupervisionEvents& Runtime::events() { return core_->events; }
 std::shared_ptr<ExitWatch> Runtime::watch_exit(Pid pid) { return core_->watch_exit(pid); }
+
+Result<Runtime::Watched> Runtime::spawn_watched(Behavior behavior, SpawnOptions options) {
+  auto r = core_->spawn(std::move(behavior), options, Pid{}, /*held=*/true);
+  if (!r.ok()) return std::move(r).error();
+  Watched w{(*r)->pid, core_->watch_exit((*r)->pid)};
+  core_->release(r->get());
+  return w;
+}
 std::size_t Runtime::run_until_idle() { return core_->run_until_idle(); }
 void Runtime::advance(Duration d) { core_->advance(d); }
 

@@ -595,7 +595,7 @@ TEST(OutsideWork, ChildOsProcessExitWakesTheProcessOnRealScheduler) {
   auto rt = Runtime::create(*env).value();
   int exit_code = -1;
   std::string error;
-  Pid waiter = rt->spawn([&](Context& ctx) -> Task<> {
+  auto waiter = rt->spawn_watched([&](Context& ctx) -> Task<> {
                    pid_t child = 0;
                    char sh[] = "/bin/sh", c[] = "-c", cmd[] = "exit 3";
                    char* argv[] = {sh, c, cmd, nullptr};
@@ -615,7 +615,7 @@ TEST(OutsideWork, ChildOsProcessExitWakesTheProcessOnRealScheduler) {
                    close(pidfd);
                    exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -2;
                  }).value();
-  EXPECT_TRUE(rt->watch_exit(waiter)->wait().is_normal());
+  EXPECT_TRUE(waiter.exit->wait().is_normal());
   EXPECT_EQ(error, "");
   EXPECT_EQ(exit_code, 3);
 }

@@ -19,6 +19,8 @@ struct Ping {};
 TEST(Stress, HundredThousandChildrenRandomCrashesAllRestartedNoneLost) {
   constexpr std::size_t kChildren = 100'000;
   constexpr std::size_t kCrashes = 20'000;
+  // Generous call timeouts: CI runs this under sanitizers on a loaded 2-core machine; the test
+  // is about counts, not speed.
   auto env = make_real_environment({.workers = 2, .seed = 12345});
   auto rt = Runtime::create(*env).value();
 
@@ -47,12 +49,12 @@ TEST(Stress, HundredThousandChildrenRandomCrashesAllRestartedNoneLost) {
   spec.children.push_back(tmpl);
 
   std::string failure;
-  Pid driver = rt->spawn([&](Context& ctx) -> Task<> {
+  auto driver = rt->spawn_watched([&](Context& ctx) -> Task<> {
                    auto fail = [&](std::string why) { failure = std::move(why); };
                    auto sup = start_supervisor_link(ctx, spec);
                    if (!sup.ok()) co_return fail(sup.error().to_string());
                    for (std::size_t i = 0; i < kChildren; ++i) {
-                     auto r = co_await start_dynamic_child(ctx, *sup, std::any(i));
+                     auto r = co_await start_dynamic_child(ctx, *sup, std::any(i), 60s);
                      if (!r.ok()) co_return fail(r.error().to_string());
                    }
                    auto kids = co_await which_children(ctx, *sup, 60s);
@@ -64,7 +66,7 @@ TEST(Stress, HundredThousandChildrenRandomCrashesAllRestartedNoneLost) {
                      std::size_t j = i + ctx.env().random_below(kChildren - i);
                      std::swap(order[i], order[j]);
                      Pid victim = (*kids)[order[i]].pid;
-                     auto index = co_await ctx.call(victim, Ping{});
+                     auto index = co_await ctx.call(victim, Ping{}, 60s);
                      if (!index.ok()) co_return fail("ping before crash: " + index.error().to_string());
                      ++crashes[*index->get<std::size_t>()];
                      (void)co_await ctx.send(victim, Crash{});
@@ -97,7 +99,7 @@ TEST(Stress, HundredThousandChildrenRandomCrashesAllRestartedNoneLost) {
                    ctx.unlink(*sup);
                    ctx.send_exit(*sup, ExitReason::shutdown());
                  }).value();
-  ExitReason r = rt->watch_exit(driver)->wait();
+  ExitReason r = driver.exit->wait();
   ASSERT_TRUE(failure.empty()) << failure;
   EXPECT_TRUE(r.is_normal()) << r.to_string();
   for (std::size_t i = 0; i < kChildren; ++i) {
@@ -119,7 +121,7 @@ TEST(Stress, ConcurrentLinksAndMessagesOnTwoWorkers) {
   std::atomic<int> partner_exits{0};
   std::vector<std::shared_ptr<ExitWatch>> watches;
   for (int i = 0; i < kPairs; ++i) {
-    Pid echo = rt->spawn([](Context& ctx) -> Task<> {
+    auto echo = rt->spawn_watched([](Context& ctx) -> Task<> {
                    ctx.set_trap_exit(true);
                    for (;;) {
                      Message m = co_await ctx.receive();
@@ -127,7 +129,8 @@ TEST(Stress, ConcurrentLinksAndMessagesOnTwoWorkers) {
                      (void)co_await ctx.send(m.from(), *m.get<int>());
                    }
                  }).value();
-    Pid client = rt->spawn([&, echo](Context& ctx) -> Task<> {
+    watches.push_back(echo.exit);
+    ASSERT_TRUE(rt->spawn([&, echo = echo.pid](Context& ctx) -> Task<> {
                      ctx.link(echo);
                      for (int k = 0; k < kRounds; ++k) {
                        (void)co_await ctx.send(echo, k);
@@ -135,9 +138,7 @@ TEST(Stress, ConcurrentLinksAndMessagesOnTwoWorkers) {
                        if (*m.get<int>() == k) round_trips.fetch_add(1);
                      }
                      throw std::runtime_error("done: crash on purpose");
-                   }).value();
-    watches.push_back(rt->watch_exit(echo));
-    watches.push_back(rt->watch_exit(client));
+                   }).ok());
   }
   for (auto& w : watches) {
     ExitReason r = w->wait();

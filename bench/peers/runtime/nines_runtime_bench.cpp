@@ -63,7 +63,7 @@ void bench_spawn_idle(Environment& env, std::uint64_t n) {
   double secs = 0;
   long rss_before = rss_bytes();
   long rss_after = 0;
-  Pid driver = rt->spawn([&](Context& ctx) -> Task<> {
+  auto driver = rt->spawn_watched([&](Context& ctx) -> Task<> {
                    Pid self = ctx.self();
                    TimePoint t0 = ctx.now();
                    for (std::uint64_t i = 0; i < n; ++i) {
@@ -77,7 +77,7 @@ void bench_spawn_idle(Environment& env, std::uint64_t n) {
                    secs = to_seconds(ctx.now() - t0);
                    rss_after = rss_bytes();
                  }).value();
-  rt->watch_exit(driver)->wait();
+  driver.exit->wait();
   emit("spawn_idle", "seconds", secs, "s");
   emit("spawn_idle", "spawn_rate", static_cast<double>(n) / secs, "procs/s");
   emit("spawn_idle", "bytes_per_process", static_cast<double>(rss_after - rss_before) / static_cast<double>(n), "B");
@@ -93,7 +93,7 @@ void bench_ping_pong(Environment& env, std::uint64_t rounds) {
                    (void)co_await ctx.send(m.from(), *m.get<std::uint64_t>());
                  }
                }).value();
-  Pid ping = rt->spawn([&, pong](Context& ctx) -> Task<> {
+  auto ping = rt->spawn_watched([&, pong](Context& ctx) -> Task<> {
                  TimePoint t0 = ctx.now();
                  for (std::uint64_t i = 0; i < rounds; ++i) {
                    (void)co_await ctx.send(pong, i);
@@ -102,7 +102,7 @@ void bench_ping_pong(Environment& env, std::uint64_t rounds) {
                  secs = to_seconds(ctx.now() - t0);
                  (void)co_await ctx.send(pong, Done{});
                }).value();
-  rt->watch_exit(ping)->wait();
+  ping.exit->wait();
   emit("ping_pong", "round_trips_per_s", static_cast<double>(rounds) / secs, "1/s");
 }
 
@@ -121,7 +121,7 @@ void bench_fan_out(Environment& env, std::uint64_t requests, std::uint64_t worke
                      }
                    }).value());
   }
-  Pid sender = rt->spawn(
+  auto sender = rt->spawn_watched(
                      [&](Context& ctx) -> Task<> {
                        TimePoint t0 = ctx.now();
                        for (std::uint64_t i = 0; i < requests; ++i) {
@@ -134,7 +134,7 @@ void bench_fan_out(Environment& env, std::uint64_t requests, std::uint64_t worke
                      },
                      {.mailbox_capacity = requests + 16})
                    .value();
-  rt->watch_exit(sender)->wait();
+  sender.exit->wait();
   emit("fan_out", "requests_per_s", static_cast<double>(requests) / secs, "1/s");
 }
 
@@ -148,7 +148,7 @@ void bench_restart_latency(Environment& env, std::uint64_t crashes) {
   auto rt = make_runtime(env);
   std::vector<double> lat_us;
   lat_us.reserve(crashes);
-  Pid driver = rt->spawn([&](Context& ctx) -> Task<> {
+  auto driver = rt->spawn_watched([&](Context& ctx) -> Task<> {
                    Pid self = ctx.self();
                    SupervisorSpec spec{.name = "bench_sup",
                                        .strategy = Strategy::kOneForOne,
@@ -182,7 +182,7 @@ void bench_restart_latency(Environment& env, std::uint64_t crashes) {
                    ctx.unlink(*sup);
                    ctx.send_exit(*sup, ExitReason::shutdown());
                  }).value();
-  rt->watch_exit(driver)->wait();
+  driver.exit->wait();
   std::sort(lat_us.begin(), lat_us.end());
   auto pct = [&](double p) {
     std::size_t rank = static_cast<std::size_t>(std::ceil(p / 100.0 * static_cast<double>(lat_us.size())));

@@ -69,8 +69,17 @@ class Runtime {
 
   SupervisionEvents& events();
 
-  // Watch a process from outside. If it does not exist, the watch is done with noproc.
+  // Watch a process from outside. If it does not exist (or already exited), the watch is
+  // done with noproc.
   std::shared_ptr<ExitWatch> watch_exit(Pid pid);
+
+  // Spawns and watches atomically: the watch is in place before the process first runs, so
+  // it always sees the real exit reason, however quickly the process ends.
+  struct Watched {
+    Pid pid;
+    std::shared_ptr<ExitWatch> exit;
+  };
+  Result<Watched> spawn_watched(Behavior behavior, SpawnOptions options = {});
 
   // ---- deterministic driving (SimEnvironment only) ----
   // Runs runnable processes (in an order drawn from the environment's seed), due timers and
