@@ -12,8 +12,10 @@
 // copied bitwise into the coroutine frame and later destroyed twice. Name it first:
 //   Req req{std::move(s)};
 //   auto r = co_await ctx.call(pid, std::move(req));
-// Temporaries of non-aggregate types (std::string("x")) and trivially copyable aggregates
-// (Ping{}, Pos{1, 2}) are not affected. tests/runtime/process_test.cpp pins this down.
+// The same holds for a lambda with non-trivial captures (`[text = s] { ... }`) written inside
+// the co_await expression: name the lambda first. Temporaries of class types that are not
+// aggregates or closures (std::string("x")) and trivially copyable ones (Ping{}, Pos{1, 2}) are
+// not affected. tests/runtime/process_test.cpp pins the named pattern down.
 #pragma once
 
 #include <coroutine>
