@@ -18,8 +18,9 @@
 //    half-open (state() keeps reporting kOpen until then). The open duration is fixed or
 //    grows with each consecutive reopening (multiplier, maximum, jitter).
 //  - half-open: admits `half_open_trials` trial calls; others are rejected while they run.
-//    Once all trials have reported it closes, unless their failure rate (or slow-call rate)
-//    reached its threshold, in which case it reopens as soon as that is certain.
+//    Their rates are taken over all `half_open_trials`: it reopens as soon as the failures
+//    (or slow calls) among them make a rate reach its threshold (any failed trial, when no
+//    failure_rate_threshold is set), and closes once all trials have reported below them.
 //  - forced open (isolate()): rejects everything and never leaves by itself.
 //  - disabled (disable()): admits everything and records nothing.
 //  reset() / close() return it to closed with an empty window from any state.
@@ -32,7 +33,11 @@
 //
 // Ownership: CircuitBreaker::create returns a shared_ptr; each Permit holds a reference to
 // its breaker, so a breaker lives as long as its last permit. The Environment must outlive
-// every breaker (and registry) created on it. A registry owns its breakers.
+// every breaker (and registry) created on it. A registry keeps every breaker it created;
+// callers may hold them longer.
+//
+// Metrics: counters() is a cumulative snapshot (state, permits, outcomes, slow calls,
+// rejections by reason, transitions) for a scraper to read; subscribe() pushes transitions.
 //
 // Thread-safety: CircuitBreaker and CircuitBreakerRegistry are thread-safe (one mutex per
 // breaker; the registry has its own). A Permit is a value owned by one caller and is not
