@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs everything nines needs to build, test and benchmark on a fresh Debian 12 machine.
 # Idempotent: installs only what is missing. Needs root (or sudo) for apt-get. Only the
-# Debian (and, later, npm) registries are used.
+# Debian and npm registries are used.
 set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 # Every dependency, with what it is for. Nothing is downloaded from anywhere else.
 packages=(
@@ -18,6 +20,14 @@ packages=(
   mawk           # the benchmark table (bench/peers/runtime/run)
   procps         # ps/top for people watching the demo and benchmarks
 )
+# Node.js and npm: run the cockatiel peer in bench/peers/resilience (npm packages below).
+# From Debian (nodejs 18, npm 9) only when there is no node at all: a newer Node already on
+# the machine (with its own npm) is kept.
+if ! command -v node >/dev/null; then
+  packages+=(nodejs npm)
+elif ! command -v npm >/dev/null; then
+  packages+=(npm)
+fi
 
 missing=()
 for p in "${packages[@]}"; do
@@ -26,16 +36,32 @@ done
 
 if ((${#missing[@]} == 0)); then
   echo "setup: all ${#packages[@]} packages present"
-  exit 0
+else
+  sudo=""
+  if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null || { echo "setup: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+    sudo="sudo"
+  fi
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  echo "setup: done"
 fi
 
-sudo=""
-if [[ $(id -u) -ne 0 ]]; then
-  command -v sudo >/dev/null || { echo "setup: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
-  sudo="sudo"
+# npm packages: cockatiel (the Node resilience library), the peer that
+# bench/peers/resilience/run compares the nines pipeline with. Pinned in that folder's
+# package.json and package-lock.json; installed into its node_modules/ (not committed), only
+# when missing, and from npm's local cache when it has them. Nothing else uses them: builds
+# and tests do not, so a failed install is reported and setup goes on (the benchmark then
+# skips cockatiel, or tries `npm ci` again itself).
+npm_dir="$repo/bench/peers/resilience/node"
+if [[ -d "$npm_dir/node_modules/cockatiel" ]]; then
+  echo "setup: npm packages for bench/peers/resilience present"
+elif (cd "$npm_dir" && npm ci --no-audit --no-fund --prefer-offline); then
+  echo "setup: npm packages for bench/peers/resilience installed"
+else
+  echo "setup: WARNING: 'npm ci' in $npm_dir failed, so cockatiel is not installed." >&2
+  echo "setup: only bench/peers/resilience/run needs it (builds and tests do not); rerun" >&2
+  echo "setup: scripts/setup.sh with the npm registry reachable to install it." >&2
 fi
-echo "setup: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
-echo "setup: done"
