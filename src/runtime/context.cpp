@@ -83,7 +83,8 @@ void arm_timeout(Process* p, Duration timeout) {
 bool ReceiveAwaiter::ready(const std::function<bool(const Message&)>* pred) {
   RuntimeCore* rt = p_->rt;
   p_->wait_msg.reset();
-  if (p_->reductions_left > 1) {
+  // A poll (timeout 0) always looks, whatever the reductions: it never suspends anyway.
+  if (p_->reductions_left > 1 || timeout_ <= Duration::zero()) {
     p_->wait_msg = rt->pop_message(p_, pred);
     if (!p_->wait_msg && rt->drain(p_) && !p_->pending_exit) p_->wait_msg = rt->pop_message(p_, pred);
     if (p_->wait_msg) {

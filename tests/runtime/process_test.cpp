@@ -692,3 +692,25 @@ TEST(Deadline, BoundsASuspendedSend) {
 
 }  // namespace
 }  // namespace nines
+
+namespace nines {
+namespace {
+
+// A poll (receive_for(0)) sees a queued message even when the process has used up its
+// reductions in this slice (found by the hedging policy's tests).
+TEST(Process, PollSeesQueuedMessageWhateverTheReductions) {
+  testing::SimRuntime s(1, {.reductions = 2});
+  testing::Log log;
+  Pid p = s.spawn([&](Context& ctx) -> Task<> {
+    for (int i = 0; i < 5; ++i) {
+      auto m = co_await ctx.receive_for(Duration::zero());
+      log.add(m ? std::to_string(*m->get<int>()) : "none");
+    }
+  });
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(s.rt->send(p, i).ok());
+  s.rt->run_until_idle();
+  EXPECT_EQ(log.get(), (std::vector<std::string>{"0", "1", "2", "3", "4"}));
+}
+
+}  // namespace
+}  // namespace nines

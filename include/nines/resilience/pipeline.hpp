@@ -120,14 +120,16 @@ class Pipeline {
       Status s = co_await p->limiter->acquire(ctx, p->limiter_units);
       if (!s.ok()) co_return std::move(s).error();
     }
+    // Clock reads cost tens of nanoseconds on a VM: read it only when something needs it.
+    const bool timed = p->attempt_timeout != kInfinite || permit.has_value();
     const TimePoint caller_deadline = ctx.deadline();
-    const TimePoint start = ctx.now();
+    const TimePoint start = timed ? ctx.now() : TimePoint{};
     Result<T> result = Error(ErrorKind::kInternal, "pipeline: call did not run");
     {
-      DeadlineScope scope = ctx.with_timeout(p->attempt_timeout);
+      DeadlineScope scope = ctx.with_deadline(add_saturating(start, p->attempt_timeout));
       result = co_await call(ctx);
     }
-    const TimePoint end = ctx.now();
+    const TimePoint end = timed ? ctx.now() : TimePoint{};
     if (!result.ok() && result.error().kind() == ErrorKind::kDeadlineExceeded) {
       result = internal::attempt_deadline_to_timeout(std::move(result).error(), caller_deadline, end,
                                                      p->attempt_timeout);
