@@ -30,10 +30,22 @@ class Task;
 
 namespace internal {
 
+// How a task was started, so that one that finishes without ever suspending returns to its
+// awaiter by a plain return instead of a symmetric transfer. Symmetric transfer is a tail
+// call only when the compiler optimises it; at -O0 (the sanitizer builds) a loop awaiting
+// tasks that complete at once would grow the stack by a frame per iteration until it
+// overflows. A process's tasks run on one worker at a time, so no synchronisation is needed.
+enum class TaskStart : unsigned char {
+  kDetached,         // resumed by the runtime (a process's root task) or after a suspension
+  kRunningInline,    // being run from its awaiter's await_suspend
+  kCompletedInline,  // finished during that run: the awaiter continues without suspending
+};
+
 template <class T>
 struct TaskPromiseBase {
   std::coroutine_handle<> continuation;
   std::exception_ptr exception;
+  TaskStart start = TaskStart::kDetached;
 
   std::suspend_always initial_suspend() noexcept { return {}; }
 
@@ -41,7 +53,12 @@ struct TaskPromiseBase {
     bool await_ready() noexcept { return false; }
     template <class P>
     std::coroutine_handle<> await_suspend(std::coroutine_handle<P> h) noexcept {
-      auto c = h.promise().continuation;
+      auto& promise = h.promise();
+      if (promise.start == TaskStart::kRunningInline) {
+        promise.start = TaskStart::kCompletedInline;
+        return std::noop_coroutine();  // back into the awaiter's await_suspend
+      }
+      auto c = promise.continuation;
       return c ? c : std::noop_coroutine();
     }
     void await_resume() noexcept {}
@@ -77,9 +94,16 @@ class [[nodiscard]] Task {
   }
 
   bool await_ready() const noexcept { return false; }
-  std::coroutine_handle<> await_suspend(std::coroutine_handle<> awaiter) noexcept {
-    h_.promise().continuation = awaiter;
-    return h_;
+  // Runs the task now; if it finishes without suspending, the awaiter goes on without
+  // suspending either (see TaskStart).
+  bool await_suspend(std::coroutine_handle<> awaiter) {
+    auto& promise = h_.promise();
+    promise.continuation = awaiter;
+    promise.start = internal::TaskStart::kRunningInline;
+    h_.resume();
+    if (promise.start == internal::TaskStart::kCompletedInline) return false;
+    promise.start = internal::TaskStart::kDetached;  // suspended: it resumes the awaiter when done
+    return true;
   }
   T await_resume() {
     if (h_.promise().exception) std::rethrow_exception(h_.promise().exception);
@@ -112,9 +136,16 @@ class [[nodiscard]] Task<void> {
   }
 
   bool await_ready() const noexcept { return false; }
-  std::coroutine_handle<> await_suspend(std::coroutine_handle<> awaiter) noexcept {
-    h_.promise().continuation = awaiter;
-    return h_;
+  // Runs the task now; if it finishes without suspending, the awaiter goes on without
+  // suspending either (see TaskStart).
+  bool await_suspend(std::coroutine_handle<> awaiter) {
+    auto& promise = h_.promise();
+    promise.continuation = awaiter;
+    promise.start = internal::TaskStart::kRunningInline;
+    h_.resume();
+    if (promise.start == internal::TaskStart::kCompletedInline) return false;
+    promise.start = internal::TaskStart::kDetached;  // suspended: it resumes the awaiter when done
+    return true;
   }
   void await_resume() {
     if (h_.promise().exception) std::rethrow_exception(h_.promise().exception);
