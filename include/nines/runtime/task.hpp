@@ -67,6 +67,20 @@ struct TaskPromiseBase {
   void unhandled_exception() noexcept { exception = std::current_exception(); }
 };
 
+// Runs task `h` from its awaiter's await_suspend. Returns false (the awaiter goes on without
+// suspending) if the task finished without suspending, true if it suspended: then it resumes
+// the awaiter when it finishes (see TaskStart).
+template <class P>
+bool start_inline(std::coroutine_handle<P> h, std::coroutine_handle<> awaiter) {
+  auto& promise = h.promise();
+  promise.continuation = awaiter;
+  promise.start = TaskStart::kRunningInline;
+  h.resume();
+  if (promise.start == TaskStart::kCompletedInline) return false;
+  promise.start = TaskStart::kDetached;
+  return true;
+}
+
 }  // namespace internal
 
 template <class T>
@@ -94,17 +108,7 @@ class [[nodiscard]] Task {
   }
 
   bool await_ready() const noexcept { return false; }
-  // Runs the task now; if it finishes without suspending, the awaiter goes on without
-  // suspending either (see TaskStart).
-  bool await_suspend(std::coroutine_handle<> awaiter) {
-    auto& promise = h_.promise();
-    promise.continuation = awaiter;
-    promise.start = internal::TaskStart::kRunningInline;
-    h_.resume();
-    if (promise.start == internal::TaskStart::kCompletedInline) return false;
-    promise.start = internal::TaskStart::kDetached;  // suspended: it resumes the awaiter when done
-    return true;
-  }
+  bool await_suspend(std::coroutine_handle<> awaiter) { return internal::start_inline(h_, awaiter); }
   T await_resume() {
     if (h_.promise().exception) std::rethrow_exception(h_.promise().exception);
     return std::move(std::get<1>(h_.promise().value));
@@ -136,17 +140,7 @@ class [[nodiscard]] Task<void> {
   }
 
   bool await_ready() const noexcept { return false; }
-  // Runs the task now; if it finishes without suspending, the awaiter goes on without
-  // suspending either (see TaskStart).
-  bool await_suspend(std::coroutine_handle<> awaiter) {
-    auto& promise = h_.promise();
-    promise.continuation = awaiter;
-    promise.start = internal::TaskStart::kRunningInline;
-    h_.resume();
-    if (promise.start == internal::TaskStart::kCompletedInline) return false;
-    promise.start = internal::TaskStart::kDetached;  // suspended: it resumes the awaiter when done
-    return true;
-  }
+  bool await_suspend(std::coroutine_handle<> awaiter) { return internal::start_inline(h_, awaiter); }
   void await_resume() {
     if (h_.promise().exception) std::rethrow_exception(h_.promise().exception);
   }
