@@ -17,16 +17,13 @@
 
 #include "nines/resilience/pipeline.hpp"
 #include "nines/runtime/runtime.hpp"
+#include "peers/bench_json.hpp"
 
 using namespace nines;
 
 namespace {
 
-void emit(const char* bench, const char* metric, double value, const char* unit) {
-  std::printf("{\"bench\":\"%s\",\"system\":\"nines\",\"metric\":\"%s\",\"value\":%.6g,\"unit\":\"%s\"}\n", bench,
-              metric, value, unit);
-  std::fflush(stdout);
-}
+using nines::bench::emit;
 
 template <class T>
 T must(Result<T> r, const char* what) {

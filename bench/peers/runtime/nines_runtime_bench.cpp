@@ -25,17 +25,14 @@
 #include <vector>
 
 #include "nines/runtime/runtime.hpp"
+#include "peers/bench_json.hpp"
 #include "nines/runtime/supervisor.hpp"
 
 using namespace nines;
 
 namespace {
 
-void emit(const char* bench, const char* metric, double value, const char* unit) {
-  std::printf("{\"bench\":\"%s\",\"system\":\"nines\",\"metric\":\"%s\",\"value\":%.6g,\"unit\":\"%s\"}\n", bench,
-              metric, value, unit);
-  std::fflush(stdout);
-}
+using nines::bench::emit;
 
 long rss_bytes() {
   std::ifstream f("/proc/self/status");
