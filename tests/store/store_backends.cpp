@@ -19,7 +19,12 @@
 namespace nines::testing {
 namespace {
 
-constexpr const char* kPgBin = "/usr/lib/postgresql/15/bin";
+// Debian 12's server binaries; NINES_PG_BIN overrides (another version or a broken path, to
+// check that an unavailable server fails the tests).
+std::string pg_bin() {
+  const char* v = std::getenv("NINES_PG_BIN");
+  return v && *v ? v : "/usr/lib/postgresql/15/bin";
+}
 constexpr uid_t kNobody = 65534;
 
 std::string read_file(const std::string& path) {
@@ -55,7 +60,7 @@ class PostgresServer {
   void stop() {
     std::lock_guard lock(mu_);
     if (dir_.empty()) return;
-    if (running_) run_as_server_user(std::string(kPgBin) + "/pg_ctl -D " + dir_ + "/data -m immediate -w stop > /dev/null 2>&1");
+    if (running_) run_as_server_user(pg_bin() + "/pg_ctl -D " + dir_ + "/data -m immediate -w stop > /dev/null 2>&1");
     running_ = false;
     remove_tree(dir_);
     dir_.clear();
@@ -77,7 +82,7 @@ class PostgresServer {
       error_ = "cannot chown " + dir_ + " to nobody";
       return;
     }
-    std::string pg = kPgBin;
+    std::string pg = pg_bin();
     if (run_as_server_user(pg + "/initdb -D " + dir_ + "/data -U nines -A trust -E UTF8 --no-sync > " + dir_ +
                            "/initdb.log 2>&1") != 0) {
       error_ = "initdb failed (" + dir_ + "/initdb.log): " + read_file(dir_ + "/initdb.log");
