@@ -4,6 +4,7 @@
 #include "nines/store/group_commit.hpp"
 
 #include <algorithm>
+#include <exception>
 #include <vector>
 
 namespace nines {
@@ -18,6 +19,26 @@ struct GroupCommitter::Writer {
 
 GroupCommitter::GroupCommitter(Store& store, GroupCommitOptions options) : store_(store), options_(options) {
   options_.max_batches_per_group = std::max<std::size_t>(1, options_.max_batches_per_group);
+}
+
+std::uint64_t GroupCommitter::commit_group(const std::vector<Writer*>& group, std::vector<Status>& results) {
+  if (group.size() == 1) {
+    results[0] = store_.commit(group[0]->batch);
+  } else {
+    WriteBatch merged;
+    for (Writer* w : group) merged.append(w->batch);
+    Status s = store_.commit(merged);
+    const bool content_error =
+        !s.ok() && (s.error().kind() == ErrorKind::kNotFound || s.error().kind() == ErrorKind::kInvalidArgument);
+    if (content_error) {
+      // Nothing was applied, and the error is about some batch's content: find which by
+      // committing each alone, so one caller's bad batch does not fail the others.
+      for (std::size_t i = 0; i < group.size(); ++i) results[i] = store_.commit(group[i]->batch);
+      return 1 + group.size();
+    }
+    std::fill(results.begin(), results.end(), s);
+  }
+  return 1;
 }
 
 Status GroupCommitter::commit(const WriteBatch& batch) {
@@ -41,22 +62,14 @@ Status GroupCommitter::commit(const WriteBatch& batch) {
 
   std::vector<Status> results(group.size());
   std::uint64_t backend_commits = 1;
-  if (group.size() == 1) {
-    results[0] = store_.commit(batch);
-  } else {
-    WriteBatch merged;
-    for (Writer* w : group) merged.append(w->batch);
-    Status s = store_.commit(merged);
-    const bool content_error =
-        !s.ok() && (s.error().kind() == ErrorKind::kNotFound || s.error().kind() == ErrorKind::kInvalidArgument);
-    if (content_error) {
-      // Nothing was applied, and the error is about some batch's content: find which by
-      // committing each alone, so one caller's bad batch does not fail the others.
-      for (std::size_t i = 0; i < group.size(); ++i) results[i] = store_.commit(group[i]->batch);
-      backend_commits += group.size();
-    } else {
-      std::fill(results.begin(), results.end(), s);
-    }
+  std::exception_ptr thrown;
+  try {
+    backend_commits = commit_group(group, results);
+  } catch (...) {
+    // A throwing store is a bug; the followers must still be released (their batches'
+    // fate is unknown), then the exception goes on to crash the leader's process.
+    thrown = std::current_exception();
+    std::fill(results.begin(), results.end(), Status(Error(ErrorKind::kInternal, "store commit threw")));
   }
 
   lock.lock();
@@ -72,6 +85,10 @@ Status GroupCommitter::commit(const WriteBatch& batch) {
     group[i]->cv.notify_one();
   }
   if (!queue_.empty()) queue_.front()->cv.notify_one();
+  if (thrown) {
+    lock.unlock();
+    std::rethrow_exception(thrown);
+  }
   return std::move(results[0]);
 }
 

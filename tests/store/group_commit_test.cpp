@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -29,6 +30,7 @@ class GatedStore final : public Store {
   explicit GatedStore(MemoryStore& inner) : inner_(inner) {}
   std::string_view backend() const override { return "gated"; }
   Status commit(const WriteBatch& b) override {
+    if (throw_next.exchange(false)) throw std::runtime_error("store bug");
     Status s = inner_.commit(b);
     std::unique_lock lock(mu_);
     ++commits_;
@@ -54,6 +56,8 @@ class GatedStore final : public Store {
     gate_closed_ = false;
     cv_.notify_all();
   }
+  std::atomic<bool> throw_next{false};
+
   std::size_t commits() const {
     std::lock_guard lock(mu_);
     return commits_;
@@ -89,7 +93,7 @@ class GatedStore final : public Store {
   std::size_t ops_ = 0;
 };
 
-struct Fixture : ::testing::Test {
+struct GroupCommitTest : ::testing::Test {
   std::unique_ptr<Environment> env = make_real_environment({.workers = 2, .seed = 11});
   std::unique_ptr<MemoryStore> mem = make_memory_store().value();
   GatedStore gated{*mem};
@@ -120,13 +124,13 @@ WriteBatch batch_for(const std::string& id) {
   return b;
 }
 
-TEST_F(Fixture, EmptyBatchReturnsAtOnce) {
+TEST_F(GroupCommitTest, EmptyBatchReturnsAtOnce) {
   GroupCommitter c(gated);
   EXPECT_TRUE(c.commit(WriteBatch{}).ok());
   EXPECT_EQ(gated.commits(), 0u);
 }
 
-TEST_F(Fixture, QueuedCallersShareOneBackendCommit) {
+TEST_F(GroupCommitTest, QueuedCallersShareOneBackendCommit) {
   GroupCommitter c(gated);
   gated.close_gate();
   std::vector<WriteBatch> leader = {batch_for("leader")};
@@ -150,7 +154,7 @@ TEST_F(Fixture, QueuedCallersShareOneBackendCommit) {
   for (int i = 0; i < 10; ++i) EXPECT_EQ(mem->load_steps("f" + std::to_string(i))->size(), 1u);
 }
 
-TEST_F(Fixture, AFailedGroupFailsEveryCallerAndAppliesNone) {
+TEST_F(GroupCommitTest, AFailedGroupFailsEveryCallerAndAppliesNone) {
   GroupCommitter c(gated);
   gated.close_gate();
   std::vector<Status> leader_status;
@@ -178,7 +182,7 @@ TEST_F(Fixture, AFailedGroupFailsEveryCallerAndAppliesNone) {
   EXPECT_EQ(c.stats().batches, 1u);
 }
 
-TEST_F(Fixture, ABadBatchFailsAloneNotItsGroup) {
+TEST_F(GroupCommitTest, ABadBatchFailsAloneNotItsGroup) {
   GroupCommitter c(gated);
   gated.close_gate();
   std::vector<Status> leader_status;
@@ -201,7 +205,44 @@ TEST_F(Fixture, ABadBatchFailsAloneNotItsGroup) {
   EXPECT_TRUE(mem->get_workflow("c").ok());
 }
 
-TEST_F(Fixture, GroupsRespectTheirBounds) {
+TEST_F(GroupCommitTest, AThrowingStoreReleasesTheFollowersAndRethrowsInTheLeader) {
+  GroupCommitter c(gated);
+  gated.close_gate();
+  std::vector<Status> leader_status;
+  auto lt = start(c, {batch_for("leader")}, leader_status);
+  gated.wait_holding();
+  // Each follower catches what its commit throws (only the next leader's will).
+  std::atomic<int> threw{0};
+  std::vector<Status> statuses(4);
+  std::vector<std::unique_ptr<Thread>> ft;
+  for (std::size_t i = 0; i < statuses.size(); ++i) {
+    ft.push_back(env->start_thread("caller", [&, i] {
+                      WriteBatch b = batch_for("f" + std::to_string(i));
+                      try {
+                        statuses[i] = c.commit(b);
+                      } catch (const std::runtime_error&) {
+                        ++threw;
+                        statuses[i] = Error(ErrorKind::kInternal, "threw");
+                      }
+                    }).value());
+  }
+  wait_queued(c, 5);
+  gated.throw_next = true;
+  gated.open_gate();
+  for (auto& t : lt) t->join();
+  for (auto& t : ft) t->join();
+  EXPECT_TRUE(leader_status[0].ok());
+  EXPECT_EQ(threw.load(), 1);
+  for (auto& s : statuses) {
+    ASSERT_FALSE(s.ok());
+    EXPECT_EQ(s.error().kind(), ErrorKind::kInternal);
+  }
+  // The committer still works.
+  EXPECT_TRUE(c.commit(batch_for("after")).ok());
+  EXPECT_EQ(c.waiting(), 0u);
+}
+
+TEST_F(GroupCommitTest, GroupsRespectTheirBounds) {
   GroupCommitter c(gated, {.max_batches_per_group = 3});
   gated.close_gate();
   std::vector<Status> leader_status;
@@ -220,7 +261,7 @@ TEST_F(Fixture, GroupsRespectTheirBounds) {
   EXPECT_EQ(gated.commits(), 1u + 3u);  // 8 followers in groups of at most 3
 }
 
-TEST_F(Fixture, ByteBoundKeepsLargeBatchesApart) {
+TEST_F(GroupCommitTest, ByteBoundKeepsLargeBatchesApart) {
   GroupCommitter c(gated, {.max_bytes_per_group = 1000});
   gated.close_gate();
   std::vector<Status> leader_status;
@@ -243,7 +284,7 @@ TEST_F(Fixture, ByteBoundKeepsLargeBatchesApart) {
   EXPECT_EQ(gated.commits(), 4u);
 }
 
-TEST_F(Fixture, ManyThreadsEveryBatchDurableExactlyOnce) {
+TEST_F(GroupCommitTest, ManyThreadsEveryBatchDurableExactlyOnce) {
   GroupCommitter c(gated, {.max_batches_per_group = 16});
   constexpr int kThreads = 8;
   constexpr int kPerThread = 150;

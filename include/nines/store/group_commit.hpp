@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <deque>
 #include <mutex>
+#include <vector>
 
 #include "nines/store/store.hpp"
 
@@ -57,6 +58,10 @@ class GroupCommitter {
 
  private:
   struct Writer;
+  // Commits a group (merged, or each alone after a content error); returns the number of
+  // backend commits made.
+  std::uint64_t commit_group(const std::vector<Writer*>& group, std::vector<Status>& results);
+
   Store& store_;
   GroupCommitOptions options_;
   mutable std::mutex mu_;
