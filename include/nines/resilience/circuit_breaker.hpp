@@ -274,7 +274,8 @@ class CircuitBreaker : public std::enable_shared_from_this<CircuitBreaker> {
   // the next call request).
   BreakerState state() const;
   // The current window's figures (closed: the sliding window at now(); half-open: the
-  // trials; otherwise the figures that opened it).
+  // trials; otherwise the figures that opened it). A breaker with no rate threshold (only
+  // consecutive_failures) keeps no window: its closed figures are the streak alone.
   BreakerFigures figures() const;
   BreakerCounters counters() const;
   // When an open breaker may admit a trial; nullopt unless kOpen.
