@@ -19,6 +19,9 @@ packages=(
   libcaf-dev     # peer in bench/peers/runtime: the C++ Actor Framework
   mawk           # the benchmark table (bench/peers/runtime/run)
   procps         # ps/top for people watching the demo and benchmarks
+  libsqlite3-dev # the embedded store backend (src/store/sqlite_store.cpp, SQLite C API)
+  libpq-dev      # the PostgreSQL store backend (src/store/postgres_store.cpp, libpq)
+  postgresql     # the server the store tests start in a temporary directory (initdb, pg_ctl)
 )
 # Node.js and npm: run the cockatiel peer in bench/peers/resilience (npm packages below).
 # From Debian (nodejs 18, npm 9) only when there is no node at all: a newer Node already on

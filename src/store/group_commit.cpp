@@ -1,0 +1,88 @@
+// Group commit: LevelDB's writer queue. The writer at the front of the queue is the leader;
+// it commits the batches queued behind it (up to the limits) as one, with the mutex released,
+// then hands each its status and wakes the next leader.
+#include "nines/store/group_commit.hpp"
+
+#include <algorithm>
+#include <vector>
+
+namespace nines {
+
+struct GroupCommitter::Writer {
+  explicit Writer(const WriteBatch& b) : batch(b) {}
+  const WriteBatch& batch;
+  std::condition_variable cv;
+  bool done = false;
+  Status status;
+};
+
+GroupCommitter::GroupCommitter(Store& store, GroupCommitOptions options) : store_(store), options_(options) {
+  options_.max_batches_per_group = std::max<std::size_t>(1, options_.max_batches_per_group);
+}
+
+Status GroupCommitter::commit(const WriteBatch& batch) {
+  if (batch.empty()) return ok_status();
+  Writer self(batch);
+  std::unique_lock lock(mu_);
+  queue_.push_back(&self);
+  self.cv.wait(lock, [&] { return self.done || queue_.front() == &self; });
+  if (self.done) return std::move(self.status);
+
+  // Leader: take a group from the front of the queue.
+  std::vector<Writer*> group{&self};
+  std::size_t bytes = batch.approximate_bytes();
+  for (std::size_t i = 1; i < queue_.size() && group.size() < options_.max_batches_per_group; ++i) {
+    std::size_t b = queue_[i]->batch.approximate_bytes();
+    if (bytes + b > options_.max_bytes_per_group) break;
+    bytes += b;
+    group.push_back(queue_[i]);
+  }
+  lock.unlock();
+
+  std::vector<Status> results(group.size());
+  std::uint64_t backend_commits = 1;
+  if (group.size() == 1) {
+    results[0] = store_.commit(batch);
+  } else {
+    WriteBatch merged;
+    for (Writer* w : group) merged.append(w->batch);
+    Status s = store_.commit(merged);
+    const bool content_error =
+        !s.ok() && (s.error().kind() == ErrorKind::kNotFound || s.error().kind() == ErrorKind::kInvalidArgument);
+    if (content_error) {
+      // Nothing was applied, and the error is about some batch's content: find which by
+      // committing each alone, so one caller's bad batch does not fail the others.
+      for (std::size_t i = 0; i < group.size(); ++i) results[i] = store_.commit(group[i]->batch);
+      backend_commits += group.size();
+    } else {
+      std::fill(results.begin(), results.end(), s);
+    }
+  }
+
+  lock.lock();
+  stats_.groups += backend_commits;
+  stats_.largest_group = std::max<std::uint64_t>(stats_.largest_group, group.size());
+  for (std::size_t i = 0; i < group.size(); ++i) {
+    if (results[i].ok()) ++stats_.batches;
+    else ++stats_.failed_batches;
+    queue_.pop_front();
+    if (group[i] == &self) continue;
+    group[i]->status = std::move(results[i]);
+    group[i]->done = true;
+    group[i]->cv.notify_one();
+  }
+  if (!queue_.empty()) queue_.front()->cv.notify_one();
+  return std::move(results[0]);
+}
+
+std::size_t GroupCommitter::waiting() const {
+  std::lock_guard lock(mu_);
+  return queue_.size();
+}
+
+GroupCommitStats GroupCommitter::stats() const {
+  std::lock_guard lock(mu_);
+  return stats_;
+}
+
+}  // namespace nines
