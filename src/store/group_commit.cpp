@@ -20,6 +20,31 @@ GroupCommitter::GroupCommitter(Store& store, GroupCommitOptions options) : store
   options_.max_batches_per_group = std::max<std::size_t>(1, options_.max_batches_per_group);
 }
 
+std::vector<Status> commit_merged(Store& store, const std::vector<const WriteBatch*>& batches,
+                                  std::uint64_t* backend_commits) {
+  std::vector<Status> results(batches.size());
+  std::uint64_t commits = 1;
+  if (batches.size() == 1) {
+    results[0] = store.commit(*batches[0]);
+  } else if (!batches.empty()) {
+    WriteBatch merged;
+    for (const WriteBatch* b : batches) merged.append(*b);
+    Status s = store.commit(merged);
+    const bool content_error =
+        !s.ok() && (s.error().kind() == ErrorKind::kNotFound || s.error().kind() == ErrorKind::kInvalidArgument);
+    if (content_error) {
+      // Nothing was applied, and the error is about some batch's content: find which by
+      // committing each alone, so one caller's bad batch does not fail the others.
+      for (std::size_t i = 0; i < batches.size(); ++i) results[i] = store.commit(*batches[i]);
+      commits += batches.size();
+    } else {
+      std::fill(results.begin(), results.end(), s);
+    }
+  }
+  if (backend_commits != nullptr) *backend_commits = batches.empty() ? 0 : commits;
+  return results;
+}
+
 Status GroupCommitter::commit(const WriteBatch& batch) {
   if (batch.empty()) return ok_status();
   Writer self(batch);
@@ -39,25 +64,11 @@ Status GroupCommitter::commit(const WriteBatch& batch) {
   }
   lock.unlock();
 
-  std::vector<Status> results(group.size());
-  std::uint64_t backend_commits = 1;
-  if (group.size() == 1) {
-    results[0] = store_.commit(batch);
-  } else {
-    WriteBatch merged;
-    for (Writer* w : group) merged.append(w->batch);
-    Status s = store_.commit(merged);
-    const bool content_error =
-        !s.ok() && (s.error().kind() == ErrorKind::kNotFound || s.error().kind() == ErrorKind::kInvalidArgument);
-    if (content_error) {
-      // Nothing was applied, and the error is about some batch's content: find which by
-      // committing each alone, so one caller's bad batch does not fail the others.
-      for (std::size_t i = 0; i < group.size(); ++i) results[i] = store_.commit(group[i]->batch);
-      backend_commits += group.size();
-    } else {
-      std::fill(results.begin(), results.end(), s);
-    }
-  }
+  std::vector<const WriteBatch*> batches;
+  batches.reserve(group.size());
+  for (Writer* w : group) batches.push_back(&w->batch);
+  std::uint64_t backend_commits = 0;
+  std::vector<Status> results = commit_merged(store_, batches, &backend_commits);
 
   lock.lock();
   stats_.groups += backend_commits;

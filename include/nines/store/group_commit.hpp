@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <deque>
 #include <mutex>
+#include <vector>
 
 #include "nines/store/store.hpp"
 
@@ -40,6 +41,14 @@ struct GroupCommitStats {
   std::uint64_t failed_batches = 0;
   std::uint64_t largest_group = 0;  // most batches in one group
 };
+
+// The merging step on its own, for committers with their own queue (the workflow engine's
+// committer thread): commits the batches as one merged batch and returns each one's status,
+// in order, by the rules above (one failure fails all, except a content error, after which
+// each is committed alone). `backend_commits`, if given, receives how many Store::commit
+// calls it made.
+std::vector<Status> commit_merged(Store& store, const std::vector<const WriteBatch*>& batches,
+                                  std::uint64_t* backend_commits = nullptr);
 
 class GroupCommitter {
  public:
