@@ -60,4 +60,52 @@ void check_failed(const char* expr, const char* file, int line, const std::strin
 }
 
 }  // namespace internal
+std::optional<ErrorKind> error_kind_from_string(std::string_view name) {
+  for (int k = 0; k <= static_cast<int>(ErrorKind::kInternal); ++k) {
+    if (to_string(static_cast<ErrorKind>(k)) == name) return static_cast<ErrorKind>(k);
+  }
+  return std::nullopt;
+}
+
+namespace {
+constexpr std::string_view kErrorMagic = "nines-error/1\n";
+}  // namespace
+
+// nines-error/1 \n <kind> \n <retry_at ns, or empty> \n <message>
+std::string encode_error(const Error& error) {
+  std::string out(kErrorMagic);
+  out += to_string(error.kind());
+  out += '\n';
+  if (error.retry_at()) out += std::to_string(error.retry_at()->time_since_epoch().count());
+  out += '\n';
+  out += error.message();
+  return out;
+}
+
+std::optional<Error> decode_error(std::string_view bytes) {
+  if (bytes.substr(0, kErrorMagic.size()) != kErrorMagic) return std::nullopt;
+  std::string_view rest = bytes.substr(kErrorMagic.size());
+  std::size_t nl = rest.find('\n');
+  if (nl == std::string_view::npos) return std::nullopt;
+  std::optional<ErrorKind> kind = error_kind_from_string(rest.substr(0, nl));
+  if (!kind) return std::nullopt;
+  rest = rest.substr(nl + 1);
+  nl = rest.find('\n');
+  if (nl == std::string_view::npos) return std::nullopt;
+  std::string_view retry = rest.substr(0, nl);
+  Error e(*kind, std::string(rest.substr(nl + 1)));
+  if (!retry.empty()) {
+    const bool negative = retry[0] == '-';
+    std::string_view digits = retry.substr(negative ? 1 : 0);
+    if (digits.empty() || digits.size() > 18) return std::nullopt;
+    std::int64_t ns = 0;
+    for (char c : digits) {
+      if (c < '0' || c > '9') return std::nullopt;
+      ns = ns * 10 + (c - '0');
+    }
+    e = std::move(e).with_retry_at(TimePoint(Duration(negative ? -ns : ns)));
+  }
+  return e;
+}
+
 }  // namespace nines

@@ -1,11 +1,17 @@
 // Bulkhead: a bounded number of slots, a bounded FIFO queue of suspended waiters, and a
 // hand-off of each released slot to the oldest waiter. See bulkhead.hpp for the contract.
 //
-// Invariants (under mu_):
-//  - in_flight_ counts slots held by callers plus slots handed to a waiter that has not yet
+// State: one atomic word, state_ = in_flight | queued << 32 (see bulkhead.hpp).
+// Invariants:
+//  - in_flight counts slots held by callers plus slots handed to a waiter that has not yet
 //    taken (or returned) it; it never exceeds max_concurrent.
-//  - The queue is non-empty only while in_flight_ == max_concurrent (a release hands its
-//    slot on instead of freeing it, so nobody can overtake the queue).
+//  - queued == queue_.size() whenever mu_ is free: both change together under mu_.
+//  - queued > 0 only while in_flight == max_concurrent: a waiter is added only by a CAS
+//    from a state with every slot held; a slot is freed (in_flight - 1) only by a CAS from a
+//    state with queued == 0, otherwise it is handed to the oldest waiter under mu_ (in_flight
+//    unchanged), so nobody can overtake the queue. Taking a free slot needs queued == 0.
+//  So the common case, a free slot and nobody waiting, is one CAS to take and one to give
+//  back, without the mutex; everything about waiters happens under mu_.
 //  - A Waiter lives in the frame of its acquire coroutine. It is in queue_ exactly while its
 //    state is kQueued; a releaser moves it to kGranted (taking it out of the queue) and the
 //    waiter itself moves it to kDone, taking the slot or passing it on. If the frame is
@@ -16,7 +22,18 @@
 #include <algorithm>
 #include <any>
 
+#include "nines/core/check.hpp"
+
 namespace nines {
+
+namespace {
+
+constexpr std::uint64_t kOneQueued = std::uint64_t{1} << 32;
+constexpr std::uint64_t kMaxSide = std::uint64_t{1} << 31;
+std::uint64_t in_flight_of(std::uint64_t s) { return s & 0xffffffffu; }
+std::uint64_t queued_of(std::uint64_t s) { return s >> 32; }
+
+}  // namespace
 
 struct Bulkhead::Waiter {
   enum class State : std::uint8_t { kQueued, kGranted, kDone };
@@ -55,15 +72,20 @@ std::string_view to_string(BulkheadRejection reason) {
 }
 
 void BulkheadSlot::release() {
-  if (auto owner = std::move(owner_)) owner->release_slot();
+  if (Bulkhead* owner = std::exchange(owner_, nullptr)) owner->release_slot();
 }
 
 Result<std::shared_ptr<Bulkhead>> Bulkhead::create(std::string name, Environment& env,
                                                    const BulkheadOptions& options) {
   if (name.empty()) return Error(ErrorKind::kInvalidArgument, "bulkhead: name must not be empty");
   std::string where = "bulkhead '" + name + "': ";
-  if (options.max_concurrent == 0) {
-    return Error(ErrorKind::kInvalidArgument, where + "max_concurrent must be at least 1 (got 0)");
+  if (options.max_concurrent == 0 || options.max_concurrent > kMaxSide) {
+    return Error(ErrorKind::kInvalidArgument,
+                 where + "max_concurrent must be between 1 and 2^31 (got " + std::to_string(options.max_concurrent) + ")");
+  }
+  if (options.max_queue > kMaxSide) {
+    return Error(ErrorKind::kInvalidArgument,
+                 where + "max_queue must be at most 2^31 (got " + std::to_string(options.max_queue) + ")");
   }
   if (options.queue_timeout < Duration::zero()) {
     return Error(ErrorKind::kInvalidArgument,
@@ -81,19 +103,44 @@ Bulkhead::~Bulkhead() = default;
 BulkheadCounters Bulkhead::counters() const {
   std::lock_guard lock(mu_);
   BulkheadCounters c = counters_;
-  c.in_flight = in_flight_;
-  c.queued = queue_.size();
+  const std::uint64_t st = state_.load(std::memory_order_acquire);
+  c.in_flight = in_flight_of(st);
+  c.queued = queued_of(st);
+  c.acquired += hot_.get(0);
+  c.released = hot_.get(1);
+  c.peak_in_flight = peak_in_flight_.load(std::memory_order_relaxed);
   return c;
 }
 
-std::size_t Bulkhead::in_flight() const {
-  std::lock_guard lock(mu_);
-  return in_flight_;
+std::size_t Bulkhead::in_flight() const { return in_flight_of(state_.load(std::memory_order_acquire)); }
+
+std::size_t Bulkhead::queued() const { return queued_of(state_.load(std::memory_order_acquire)); }
+
+bool Bulkhead::take_free() {
+  std::uint64_t st = state_.load(std::memory_order_relaxed);
+  do {
+    if (queued_of(st) != 0 || in_flight_of(st) >= options_.max_concurrent) return false;
+  } while (!state_.compare_exchange_weak(st, st + 1, std::memory_order_acquire, std::memory_order_relaxed));
+  note_acquired(in_flight_of(st) + 1);
+  return true;
 }
 
-std::size_t Bulkhead::queued() const {
-  std::lock_guard lock(mu_);
-  return queue_.size();
+void Bulkhead::note_acquired(std::uint64_t in_flight_now) {
+  hot_.add(0);
+  // A racy maximum: read (shared, cheap) first, write only a new peak.
+  std::uint64_t peak = peak_in_flight_.load(std::memory_order_relaxed);
+  while (in_flight_now > peak &&
+         !peak_in_flight_.compare_exchange_weak(peak, in_flight_now, std::memory_order_relaxed)) {
+  }
+}
+
+bool Bulkhead::give_back_free() {
+  std::uint64_t st = state_.load(std::memory_order_relaxed);
+  do {
+    if (queued_of(st) != 0) return false;
+    NINES_DCHECK(in_flight_of(st) > 0);
+  } while (!state_.compare_exchange_weak(st, st - 1, std::memory_order_release, std::memory_order_relaxed));
+  return true;
 }
 
 void Bulkhead::notify(const BulkheadEvent& e) const {
@@ -103,8 +150,9 @@ void Bulkhead::notify(const BulkheadEvent& e) const {
 BulkheadEvent Bulkhead::event_locked(BulkheadEventType type) const {
   BulkheadEvent e;
   e.type = type;
-  e.in_flight = in_flight_;
-  e.queued = queue_.size();
+  const std::uint64_t st = state_.load(std::memory_order_acquire);
+  e.in_flight = in_flight_of(st);
+  e.queued = queued_of(st);
   return e;
 }
 
@@ -119,22 +167,36 @@ void Bulkhead::count_rejection_locked(BulkheadRejection reason, Duration waited)
 
 std::optional<Completion> Bulkhead::release_locked() {
   if (queue_.empty()) {
-    --in_flight_;
+    // Nobody queued, and nobody can queue without mu_: a plain give-back.
+    bool freed = give_back_free();
+    NINES_CHECK_MSG(freed, "bulkhead: waiters counted with an empty queue");
     return std::nullopt;
   }
-  // Hand the slot to the oldest waiter; in_flight_ stays the same.
+  // Hand the slot to the oldest waiter; in_flight stays the same.
   Waiter* w = queue_.front();
   queue_.pop_front();
+  state_.fetch_sub(kOneQueued, std::memory_order_acq_rel);
   w->state = Waiter::State::kGranted;
   return w->completion;  // empty if it is not suspended yet: start_wait completes it then
 }
 
 void Bulkhead::release_slot() {
+  hot_.add(1);
+  if (give_back_free()) {
+    if (options_.observer) {
+      BulkheadEvent e;
+      e.type = BulkheadEventType::kReleased;
+      const std::uint64_t st = state_.load(std::memory_order_relaxed);
+      e.in_flight = in_flight_of(st);
+      e.queued = queued_of(st);
+      notify(e);
+    }
+    return;
+  }
   std::optional<Completion> next;
   BulkheadEvent e;
   {
     std::lock_guard lock(mu_);
-    ++counters_.released;
     next = release_locked();
     e = event_locked(BulkheadEventType::kReleased);
   }
@@ -161,6 +223,7 @@ void Bulkhead::abandon(Waiter& w) {
     std::lock_guard lock(mu_);
     if (w.state == Waiter::State::kQueued) {
       queue_.erase(w.pos);
+      state_.fetch_sub(kOneQueued, std::memory_order_acq_rel);
     } else if (w.state == Waiter::State::kGranted) {
       next = release_locked();
     } else {
@@ -174,53 +237,62 @@ void Bulkhead::abandon(Waiter& w) {
   notify(e);
 }
 
+BulkheadSlot Bulkhead::try_enter() {
+  if (!take_free()) return BulkheadSlot();
+  if (options_.observer) notify(event_locked(BulkheadEventType::kAcquired));
+  return BulkheadSlot(this);
+}
+
 Result<BulkheadSlot> Bulkhead::try_acquire() {
+  if (BulkheadSlot slot = try_enter(); slot.held()) return slot;
   BulkheadEvent e;
   std::size_t in_flight = 0;
   {
     std::lock_guard lock(mu_);
-    if (in_flight_ < options_.max_concurrent) {
-      ++in_flight_;
-      ++counters_.acquired;
-      counters_.peak_in_flight = std::max(counters_.peak_in_flight, in_flight_);
-      e = event_locked(BulkheadEventType::kAcquired);
-    } else {
-      count_rejection_locked(BulkheadRejection::kQueueFull, Duration::zero());
-      e = event_locked(BulkheadEventType::kRejected);
-      e.reason = BulkheadRejection::kQueueFull;
-      in_flight = in_flight_;
-    }
+    count_rejection_locked(BulkheadRejection::kQueueFull, Duration::zero());
+    e = event_locked(BulkheadEventType::kRejected);
+    e.reason = BulkheadRejection::kQueueFull;
+    in_flight = e.in_flight;
   }
   notify(e);
-  if (e.type == BulkheadEventType::kAcquired) return BulkheadSlot(shared_from_this());
   return Error(ErrorKind::kBulkheadFull, "bulkhead '" + name_ + "': full (" + std::to_string(in_flight) + " of " +
                                              std::to_string(options_.max_concurrent) +
                                              " calls in flight; try_acquire does not wait)");
 }
 
 Task<Result<BulkheadSlot>> Bulkhead::acquire(Context& ctx) {
-  std::shared_ptr<Bulkhead> self = shared_from_this();
   const TimePoint start = env_->now();
+  if (ctx.deadline() > start) {
+    if (BulkheadSlot slot = try_enter(); slot.held()) co_return slot;
+  }
 
-  // Fast paths: already late, a free slot, or no room to wait.
+  // Slow paths: already late, no room to wait, or queue (a slot may also have come free).
   std::optional<Error> rejected;
   BulkheadEvent e;
   Waiter w;
   bool queued = false;
+  bool acquired = false;
   {
     std::lock_guard lock(mu_);
-    if (ctx.deadline() <= start) {
-      count_rejection_locked(BulkheadRejection::kDeadline, Duration::zero());
-      e = event_locked(BulkheadEventType::kRejected);
-      e.reason = BulkheadRejection::kDeadline;
-      rejected.emplace(ErrorKind::kDeadlineExceeded, prefix() + "the deadline passed before acquiring a slot");
-    } else if (in_flight_ < options_.max_concurrent) {
-      ++in_flight_;
-      ++counters_.acquired;
-      counters_.peak_in_flight = std::max(counters_.peak_in_flight, in_flight_);
-      e = event_locked(BulkheadEventType::kAcquired);
-    } else if (options_.max_queue == 0 || options_.queue_timeout <= Duration::zero() ||
-               queue_.size() >= options_.max_queue) {
+    std::uint64_t st = state_.load(std::memory_order_relaxed);
+    for (;;) {
+      if (ctx.deadline() <= start) {
+        count_rejection_locked(BulkheadRejection::kDeadline, Duration::zero());
+        e = event_locked(BulkheadEventType::kRejected);
+        e.reason = BulkheadRejection::kDeadline;
+        rejected.emplace(ErrorKind::kDeadlineExceeded, prefix() + "the deadline passed before acquiring a slot");
+        break;
+      }
+      if (queued_of(st) == 0 && in_flight_of(st) < options_.max_concurrent) {
+        // Freed since the first look (queued is 0 and stays 0: it changes only under mu_).
+        if (!state_.compare_exchange_weak(st, st + 1, std::memory_order_acquire, std::memory_order_relaxed)) continue;
+        note_acquired(in_flight_of(st) + 1);
+        acquired = true;
+        e = event_locked(BulkheadEventType::kAcquired);
+        break;
+      }
+      if (options_.max_queue == 0 || options_.queue_timeout <= Duration::zero() ||
+          queue_.size() >= options_.max_queue) {
       count_rejection_locked(BulkheadRejection::kQueueFull, Duration::zero());
       e = event_locked(BulkheadEventType::kRejected);
       e.reason = BulkheadRejection::kQueueFull;
@@ -228,20 +300,30 @@ Task<Result<BulkheadSlot>> Bulkhead::acquire(Context& ctx) {
                               ? std::string("no queue")
                               : "queue full: " + std::to_string(queue_.size()) + " of " +
                                     std::to_string(options_.max_queue) + " waiting";
-      rejected.emplace(ErrorKind::kBulkheadFull, prefix() + "full (" + std::to_string(in_flight_) + " of " +
+      rejected.emplace(ErrorKind::kBulkheadFull, prefix() + "full (" + std::to_string(in_flight_of(st)) + " of " +
                                                      std::to_string(options_.max_concurrent) +
                                                      " calls in flight, " + queue + ")");
-    } else {
+        break;
+      }
+      // Every slot held (or others queued already): join the queue. The CAS fails if a slot
+      // was freed meanwhile; then look again.
+      if (!state_.compare_exchange_weak(st, st + kOneQueued, std::memory_order_acq_rel, std::memory_order_relaxed)) {
+        continue;
+      }
       w.pos = queue_.insert(queue_.end(), &w);
       counters_.peak_queued = std::max(counters_.peak_queued, queue_.size());
       queued = true;
+      break;
     }
   }
   if (!queued) {
     notify(e);
     if (rejected) co_return std::move(*rejected);
-    co_return BulkheadSlot(std::move(self));
+    NINES_DCHECK(acquired);
+    (void)acquired;
+    co_return BulkheadSlot(this);
   }
+  std::shared_ptr<Bulkhead> self = shared_from_this();  // a waiter keeps its bulkhead alive
 
   // Wait for a hand-off, suspended. The guard cleans up if this frame is destroyed while
   // waiting (the process was killed or the runtime stopped).
@@ -260,7 +342,7 @@ Task<Result<BulkheadSlot>> Bulkhead::acquire(Context& ctx) {
       w.state = Waiter::State::kDone;
       if (r.ok()) {
         granted = true;
-        ++counters_.acquired;
+        hot_.add(0);
         ++counters_.acquired_after_wait;
         counters_.total_wait += waited;
         e = event_locked(BulkheadEventType::kAcquired);
@@ -272,6 +354,7 @@ Task<Result<BulkheadSlot>> Bulkhead::acquire(Context& ctx) {
       }
     } else {
       queue_.erase(w.pos);
+      state_.fetch_sub(kOneQueued, std::memory_order_acq_rel);
       w.state = Waiter::State::kDone;
     }
     if (!granted) {
@@ -284,7 +367,7 @@ Task<Result<BulkheadSlot>> Bulkhead::acquire(Context& ctx) {
   }
   if (next) next->complete(std::any{});
   notify(e);
-  if (granted) co_return BulkheadSlot(std::move(self));
+  if (granted) co_return BulkheadSlot(this);
   if (reason == BulkheadRejection::kDeadline) {
     co_return Error(ErrorKind::kDeadlineExceeded, prefix() + "the deadline passed after " +
                                                       std::to_string(to_millis(waited)) +

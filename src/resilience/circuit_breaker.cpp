@@ -1,17 +1,28 @@
 // Circuit breaker state machine, sliding windows and the keyed registry
 // (nines/resilience/circuit_breaker.hpp).
 //
-// Everything a breaker knows is guarded by its one mutex (Impl::mu). Transition events are
-// queued under that mutex and delivered outside it by whichever caller finds no delivery in
-// progress, so subscribers see them in order and may call back into the breaker.
+// Everything a breaker knows is guarded by its one mutex (Impl::mu), except what the hot path
+// of a closed breaker touches: the state and epoch are mirrored in one atomic word (`gate`,
+// written only under the mutex, at each transition), the streak of consecutive failures is
+// an atomic, and the per-call counters are striped (core/striped_counters.hpp). So admitting
+// a call to a closed breaker, and reporting its success or a non-counted error, take no lock
+// and write no shared cache line; a counted failure, a half-open trial and every transition
+// take the mutex. A permit issued from a stale reading of `gate` behaves exactly like one
+// issued just before the transition: its report is counted but not judged (epochs differ).
+//
+// Transition events are queued under the mutex and delivered outside it by whichever caller
+// finds no delivery in progress, so subscribers see them in order and may call back into the
+// breaker.
 #include "nines/resilience/circuit_breaker.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <atomic>
 #include <limits>
 
 #include "nines/core/check.hpp"
+#include "nines/core/striped_counters.hpp"
 
 namespace nines {
 
@@ -244,7 +255,19 @@ struct CircuitBreaker::Impl {
   using List = std::vector<std::pair<SubscriptionId, Subscriber>>;
 
   Impl(const std::string& breaker_name, Environment& environment, const CircuitBreakerOptions& options, TimePoint now)
-      : name(breaker_name), env(environment), o(options), window(options, now) {}
+      : name(breaker_name),
+        env(environment),
+        o(options),
+        window_kept(options.failure_rate_threshold.has_value() || options.slow_call_rate_threshold.has_value()),
+        window(options, now) {}
+
+  // `gate`: epoch << 3 | state.
+  static std::uint64_t gate_word(std::uint64_t epoch, BreakerState state) {
+    return epoch << 3 | static_cast<std::uint64_t>(state);
+  }
+  static BreakerState gate_state(std::uint64_t g) { return static_cast<BreakerState>(g & 7); }
+  static std::uint64_t gate_epoch(std::uint64_t g) { return g >> 3; }
+  enum Counter : std::size_t { kPermitted, kSuccesses, kFailures, kIgnored, kSlowCalls, kCounterCount };
 
   // The state machine; every member below needs `mu` held.
   BreakerFigures trial_figures() const;
@@ -260,6 +283,13 @@ struct CircuitBreaker::Impl {
   const std::string& name;  // the breaker's; it outlives its Impl
   Environment& env;
   const CircuitBreakerOptions& o;
+  // A rate threshold is set, so the closed state records every outcome in `window` (under
+  // the mutex). Without one only the streak is judged and no window is kept.
+  const bool window_kept;
+
+  // Read without the lock (the hot path); written under it, with `state` and `epoch`.
+  std::atomic<std::uint64_t> gate{gate_word(1, BreakerState::kClosed)};
+  StripedCounters<kCounterCount> hot;  // permitted, outcomes, slow calls
 
   std::mutex mu;
   BreakerState state = BreakerState::kClosed;
@@ -267,7 +297,7 @@ struct CircuitBreaker::Impl {
 
   // closed
   SlidingWindow window;
-  std::uint32_t streak = 0;  // consecutive failures
+  std::atomic<std::uint32_t> streak{0};  // consecutive failures; reset without the lock
 
   // open
   TimePoint open_until{};
@@ -317,12 +347,12 @@ void CircuitBreaker::Impl::deliver_events(std::unique_lock<std::mutex>& lock) {
 // ---- Permit ----
 
 CircuitBreaker::Permit::Permit(Permit&& o) noexcept
-    : breaker_(std::move(o.breaker_)), epoch_(o.epoch_), trial_(o.trial_) {}
+    : breaker_(std::exchange(o.breaker_, nullptr)), epoch_(o.epoch_), trial_(o.trial_) {}
 
 CircuitBreaker::Permit& CircuitBreaker::Permit::operator=(Permit&& o) noexcept {
   if (this != &o) {
     if (breaker_) ignore();
-    breaker_ = std::move(o.breaker_);
+    breaker_ = std::exchange(o.breaker_, nullptr);
     epoch_ = o.epoch_;
     trial_ = o.trial_;
   }
@@ -335,19 +365,19 @@ CircuitBreaker::Permit::~Permit() {
 
 void CircuitBreaker::Permit::success(Duration elapsed) {
   if (!breaker_) return;
-  auto b = std::move(breaker_);
+  CircuitBreaker* b = std::exchange(breaker_, nullptr);
   b->report(epoch_, trial_, Outcome::kSuccess, elapsed);
 }
 
 void CircuitBreaker::Permit::failure(const Error& error, Duration elapsed) {
   if (!breaker_) return;
-  auto b = std::move(breaker_);
+  CircuitBreaker* b = std::exchange(breaker_, nullptr);
   b->report_failure(epoch_, trial_, error, elapsed);
 }
 
 void CircuitBreaker::Permit::ignore() {
   if (!breaker_) return;
-  auto b = std::move(breaker_);
+  CircuitBreaker* b = std::exchange(breaker_, nullptr);
   b->report(epoch_, trial_, Outcome::kIgnored, Duration::zero());
 }
 
@@ -370,7 +400,7 @@ BreakerFigures CircuitBreaker::Impl::trial_figures() const {
 
 BreakerFigures CircuitBreaker::Impl::current_figures(TimePoint now) {
   switch (state) {
-    case BreakerState::kClosed: return window.figures(now, streak);
+    case BreakerState::kClosed: return window.figures(now, streak.load(std::memory_order_relaxed));
     case BreakerState::kHalfOpen: return trial_figures();
     default: return frozen;
   }
@@ -394,6 +424,7 @@ void CircuitBreaker::Impl::transition(BreakerState to, BreakerReason reason, con
   BreakerState from = state;
   state = to;
   ++epoch;
+  gate.store(gate_word(epoch, to), std::memory_order_release);
   ++counters.transitions;
   Duration open_for{0};
   switch (to) {
@@ -410,7 +441,7 @@ void CircuitBreaker::Impl::transition(BreakerState to, BreakerReason reason, con
       break;
     case BreakerState::kClosed:
       window.clear(now);
-      streak = 0;
+      streak.store(0, std::memory_order_relaxed);
       reopenings = 0;
       frozen = BreakerFigures{};
       break;
@@ -434,8 +465,9 @@ void CircuitBreaker::Impl::transition(BreakerState to, BreakerReason reason, con
 
 // After a counted outcome in closed: trips if a condition holds.
 void CircuitBreaker::Impl::check_closed(TimePoint now) {
-  BreakerFigures f = window.figures(now, streak);
-  if (o.consecutive_failures > 0 && streak >= o.consecutive_failures) {
+  const std::uint32_t run = streak.load(std::memory_order_relaxed);
+  BreakerFigures f = window.figures(now, run);
+  if (o.consecutive_failures > 0 && run >= o.consecutive_failures) {
     transition(BreakerState::kOpen, BreakerReason::kConsecutiveFailures, f, now);
     return;
   }
@@ -465,13 +497,20 @@ void CircuitBreaker::Impl::check_half_open(TimePoint now) {
 }
 
 Result<CircuitBreaker::Permit> CircuitBreaker::try_acquire() {
+  // Closed or disabled: no lock (see the top of this file).
+  const std::uint64_t g = impl_->gate.load(std::memory_order_acquire);
+  if (Impl::gate_state(g) == BreakerState::kClosed) {
+    impl_->hot.add(Impl::kPermitted);
+    return Permit(this, Impl::gate_epoch(g), false);
+  }
+  if (Impl::gate_state(g) == BreakerState::kDisabled) return Permit(nullptr, Impl::gate_epoch(g), false);
+
   std::unique_lock lock(impl_->mu);
-  TimePoint now = env_.now();
   std::optional<Result<Permit>> out;
   switch (impl_->state) {
     case BreakerState::kClosed:
-      ++impl_->counters.permitted;
-      out.emplace(Permit(shared_from_this(), impl_->epoch, false));
+      impl_->hot.add(Impl::kPermitted);
+      out.emplace(Permit(this, impl_->epoch, false));
       break;
     case BreakerState::kDisabled:
       out.emplace(Permit(nullptr, impl_->epoch, false));
@@ -482,7 +521,8 @@ Result<CircuitBreaker::Permit> CircuitBreaker::try_acquire() {
       out.emplace(Error(ErrorKind::kCircuitOpen,
                         "circuit breaker '" + name_ + "' is isolated (forced open): calls are refused until it is reset"));
       break;
-    case BreakerState::kOpen:
+    case BreakerState::kOpen: {
+      const TimePoint now = env_.now();
       if (now < impl_->open_until) {
         ++impl_->counters.rejections;
         ++impl_->counters.rejected_open;
@@ -493,12 +533,13 @@ Result<CircuitBreaker::Permit> CircuitBreaker::try_acquire() {
         break;
       }
       impl_->transition(BreakerState::kHalfOpen, BreakerReason::kOpenDurationElapsed, impl_->frozen, now);
+    }
       [[fallthrough]];
     case BreakerState::kHalfOpen:
       if (impl_->trials_in_flight + impl_->trial_successes + impl_->trial_failures < options_.half_open_trials) {
         ++impl_->trials_in_flight;
-        ++impl_->counters.permitted;
-        out.emplace(Permit(shared_from_this(), impl_->epoch, true));
+        impl_->hot.add(Impl::kPermitted);
+        out.emplace(Permit(this, impl_->epoch, true));
       } else {
         ++impl_->counters.rejections;
         ++impl_->counters.rejected_half_open;
@@ -519,22 +560,45 @@ void CircuitBreaker::report_failure(std::uint64_t epoch, bool trial, const Error
 }
 
 void CircuitBreaker::report(std::uint64_t epoch, bool trial, Outcome outcome, Duration elapsed) {
-  std::unique_lock lock(impl_->mu);
-  bool slow = outcome != Outcome::kIgnored && elapsed >= options_.slow_call_duration;
+  const bool slow = outcome != Outcome::kIgnored && elapsed >= options_.slow_call_duration;
   switch (outcome) {
-    case Outcome::kSuccess: ++impl_->counters.successes; break;
-    case Outcome::kFailure: ++impl_->counters.failures; break;
-    case Outcome::kIgnored: ++impl_->counters.ignored; break;
+    case Outcome::kSuccess: impl_->hot.add(Impl::kSuccesses); break;
+    case Outcome::kFailure: impl_->hot.add(Impl::kFailures); break;
+    case Outcome::kIgnored: impl_->hot.add(Impl::kIgnored); break;
   }
-  impl_->counters.slow_calls += slow;
+  if (slow) impl_->hot.add(Impl::kSlowCalls);
+  if (!trial) {
+    // Closed-state permits. Without the lock: a stale permit, an ignored outcome, and a
+    // success when only the streak is judged (a stray reset of the streak after a
+    // transition is harmless: only the closed state reads it, and entering it clears it).
+    const std::uint64_t g = impl_->gate.load(std::memory_order_acquire);
+    if (Impl::gate_epoch(g) != epoch || outcome == Outcome::kIgnored) return;
+    if (outcome == Outcome::kSuccess && !impl_->window_kept) {
+      if (impl_->streak.load(std::memory_order_relaxed) != 0) impl_->streak.store(0, std::memory_order_relaxed);
+      return;
+    }
+  }
+  std::unique_lock lock(impl_->mu);
   if (epoch != impl_->epoch) return;  // issued before a transition: counted, not judged
-  TimePoint now = env_.now();
   if (impl_->state == BreakerState::kClosed && !trial) {
-    if (outcome == Outcome::kIgnored) return;
-    bool failure = outcome == Outcome::kFailure;
-    impl_->window.record(now, failure, slow);
-    impl_->streak = failure ? impl_->streak + 1 : 0;
-    impl_->check_closed(now);
+    const bool failure = outcome == Outcome::kFailure;
+    if (impl_->window_kept) {
+      const TimePoint now = env_.now();
+      impl_->window.record(now, failure, slow);
+      if (failure) {
+        impl_->streak.fetch_add(1, std::memory_order_relaxed);
+      } else {
+        impl_->streak.store(0, std::memory_order_relaxed);
+      }
+      impl_->check_closed(now);
+    } else {
+      // A counted failure, judged by the streak alone (successes reset it without the lock).
+      NINES_DCHECK(failure);
+      const std::uint32_t run = impl_->streak.fetch_add(1, std::memory_order_relaxed) + 1;
+      if (options_.consecutive_failures > 0 && run >= options_.consecutive_failures) {
+        impl_->check_closed(env_.now());
+      }
+    }
   } else if (impl_->state == BreakerState::kHalfOpen && trial) {
     NINES_DCHECK(impl_->trials_in_flight > 0);
     --impl_->trials_in_flight;
@@ -545,7 +609,7 @@ void CircuitBreaker::report(std::uint64_t epoch, bool trial, Outcome outcome, Du
       ++impl_->trial_successes;
     }
     impl_->trial_slow += slow;
-    impl_->check_half_open(now);
+    impl_->check_half_open(env_.now());
   }
   impl_->deliver_events(lock);
 }
@@ -585,8 +649,7 @@ void CircuitBreaker::close() {
 }
 
 BreakerState CircuitBreaker::state() const {
-  std::lock_guard lock(impl_->mu);
-  return impl_->state;
+  return Impl::gate_state(impl_->gate.load(std::memory_order_acquire));
 }
 
 BreakerFigures CircuitBreaker::figures() const {
@@ -598,6 +661,11 @@ BreakerCounters CircuitBreaker::counters() const {
   std::lock_guard lock(impl_->mu);
   BreakerCounters c = impl_->counters;
   c.state = impl_->state;
+  c.permitted = impl_->hot.get(Impl::kPermitted);
+  c.successes = impl_->hot.get(Impl::kSuccesses);
+  c.failures = impl_->hot.get(Impl::kFailures);
+  c.ignored = impl_->hot.get(Impl::kIgnored);
+  c.slow_calls = impl_->hot.get(Impl::kSlowCalls);
   return c;
 }
 

@@ -196,6 +196,26 @@ void RateLimiter::abandon(std::uint64_t units) {
   notify(e);
 }
 
+bool RateLimiter::try_take(std::uint64_t units, TimePoint now) {
+  if (units > options_.capacity) return false;
+  {
+    State& s = *state_;
+    std::lock_guard lock(s.mu);
+    s.refill(now, options_.refill_units);
+    const Int128 need = s.scaled(units);
+    if (s.balance < need) return false;
+    s.balance -= need;
+    ++s.counters.acquired;
+    s.counters.acquired_units += units;
+  }
+  if (options_.observer) {
+    RateLimiterEvent e;
+    e.units = units;
+    notify(e);
+  }
+  return true;
+}
+
 Status RateLimiter::try_acquire(std::uint64_t units) {
   RateLimiterEvent e;
   e.units = units;

@@ -7,6 +7,8 @@
 #include <cstdlib>
 #include <string>
 
+#include "nines/core/striped_counters.hpp"
+
 namespace nines {
 
 namespace internal {
@@ -15,12 +17,9 @@ namespace internal {
 struct RetryCore {
   explicit RetryCore(const RetryOptions& o) : options(o) {}
   const RetryOptions options;
-  std::atomic<std::uint64_t> calls{0};
-  std::atomic<std::uint64_t> attempts{0};
-  std::atomic<std::uint64_t> retries{0};
-  std::atomic<std::uint64_t> successes{0};
-  std::atomic<std::uint64_t> failures{0};
-  std::array<std::atomic<std::uint64_t>, kRetryRejectionCount> rejections{};
+  // Striped: every call of every process sharing the policy bumps them.
+  enum Counter : std::size_t { kCalls, kAttempts, kRetries, kSuccesses, kFailures, kRejections };
+  StripedCounters<kRejections + kRetryRejectionCount> counters;
 };
 
 }  // namespace internal
@@ -95,14 +94,13 @@ const RetryOptions& RetryPolicy::options() const { return core_->options; }
 
 RetryStats RetryPolicy::stats() const {
   RetryStats s;
-  s.calls = core_->calls.load(std::memory_order_relaxed);
-  s.attempts = core_->attempts.load(std::memory_order_relaxed);
-  s.retries = core_->retries.load(std::memory_order_relaxed);
-  s.successes = core_->successes.load(std::memory_order_relaxed);
-  s.failures = core_->failures.load(std::memory_order_relaxed);
-  for (std::size_t i = 0; i < kRetryRejectionCount; ++i) {
-    s.rejections[i] = core_->rejections[i].load(std::memory_order_relaxed);
-  }
+  const auto& c = core_->counters;
+  s.calls = c.get(RetryCore::kCalls);
+  s.attempts = c.get(RetryCore::kAttempts);
+  s.retries = c.get(RetryCore::kRetries);
+  s.successes = c.get(RetryCore::kSuccesses);
+  s.failures = c.get(RetryCore::kFailures);
+  for (std::size_t i = 0; i < kRetryRejectionCount; ++i) s.rejections[i] = c.get(RetryCore::kRejections + i);
   return s;
 }
 
@@ -110,14 +108,17 @@ RetryStats RetryPolicy::stats() const {
 
 namespace internal {
 
-RetryCall::RetryCall(std::shared_ptr<RetryCore> core, Context& ctx) : core_(std::move(core)), start_(ctx.now()) {
-  core_->calls.fetch_add(1, std::memory_order_relaxed);
+RetryCore* retry_core(const RetryPolicy& policy) { return policy.core_.get(); }
+
+RetryCall::RetryCall(RetryCore* core, Context& ctx)
+    : core_(core), start_(core->options.max_total_time != kInfinite ? ctx.now() : TimePoint{}) {
+  core_->counters.add(RetryCore::kCalls);
   if (core_->options.budget != nullptr) core_->options.budget->record_call();
 }
 
 Error RetryCall::give_up(RetryRejection why, Error error) {
-  core_->failures.fetch_add(1, std::memory_order_relaxed);
-  core_->rejections[static_cast<std::size_t>(why)].fetch_add(1, std::memory_order_relaxed);
+  core_->counters.add(RetryCore::kFailures);
+  core_->counters.add(RetryCore::kRejections + static_cast<std::size_t>(why));
   if (core_->options.observer) {
     core_->options.observer(RetryEvent{RetryEvent::Type::kGiveUp, attempts_, Duration::zero(), error, why});
   }
@@ -134,11 +135,11 @@ std::optional<Error> RetryCall::before_attempt(Context& ctx) {
     return give_up(RetryRejection::kDeadline, Error(ErrorKind::kDeadlineExceeded, std::move(what)));
   }
   ++attempts_;
-  core_->attempts.fetch_add(1, std::memory_order_relaxed);
+  core_->counters.add(RetryCore::kAttempts);
   return std::nullopt;
 }
 
-void RetryCall::on_success() { core_->successes.fetch_add(1, std::memory_order_relaxed); }
+void RetryCall::on_success() { core_->counters.add(RetryCore::kSuccesses); }
 
 std::optional<Error> RetryCall::on_failure(Context& ctx, Error error, Duration& delay) {
   const RetryOptions& o = core_->options;
@@ -193,7 +194,7 @@ std::optional<Error> RetryCall::on_failure(Context& ctx, Error error, Duration& 
   }
 
   previous_backoff_ = backoff;
-  core_->retries.fetch_add(1, std::memory_order_relaxed);
+  core_->counters.add(RetryCore::kRetries);
   if (o.observer) {
     o.observer(RetryEvent{RetryEvent::Type::kRetry, attempts_, wait, error, RetryRejection::kNotRetryable});
   }

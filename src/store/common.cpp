@@ -57,8 +57,8 @@ Crc32& Crc32::field(std::string_view s) {
   return bytes(s);
 }
 
-std::uint32_t workflow_input_crc(std::string_view id, std::string_view input) {
-  return Crc32().field(id).field(input).value();
+std::uint32_t workflow_input_crc(std::string_view id, std::string_view kind, std::string_view input) {
+  return Crc32().field(id).field(kind).field(input).value();
 }
 std::uint32_t workflow_state_crc(std::string_view id, std::int64_t status, std::string_view result) {
   return Crc32().field(id).integer(status).field(result).value();
@@ -111,11 +111,14 @@ Result<WorkflowRecord> check(WorkflowRow row) {
   const std::string rec = name_workflow(row.id);
   if (!in_range(row.status, static_cast<std::int64_t>(WorkflowStatus::kCancelled)))
     return bad_enum(rec, "status", row.status);
-  if (auto c = workflow_input_crc(row.id, row.input); c != row.input_crc) return bad_crc(rec, "input", row.input_crc, c);
+  if (auto c = workflow_input_crc(row.id, row.kind, row.input); c != row.input_crc) {
+    return bad_crc(rec, "kind/input", row.input_crc, c);
+  }
   if (auto c = workflow_state_crc(row.id, row.status, row.result); c != row.state_crc)
     return bad_crc(rec, "status/result", row.state_crc, c);
   return WorkflowRecord{.id = std::move(row.id),
                         .status = static_cast<WorkflowStatus>(row.status),
+                        .kind = std::move(row.kind),
                         .input = std::move(row.input),
                         .result = std::move(row.result),
                         .created_at = from_ns(row.created_ns),

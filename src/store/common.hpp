@@ -25,7 +25,7 @@ class Crc32 {
   std::uint32_t crc_ = 0xFFFFFFFFu;
 };
 
-std::uint32_t workflow_input_crc(std::string_view id, std::string_view input);
+std::uint32_t workflow_input_crc(std::string_view id, std::string_view kind, std::string_view input);
 std::uint32_t workflow_state_crc(std::string_view id, std::int64_t status, std::string_view result);
 std::uint32_t step_crc(std::string_view workflow_id, std::int64_t seq, std::string_view name, std::int64_t status,
                        std::string_view result);
@@ -59,6 +59,7 @@ struct WorkflowRow {
   std::int64_t updated_ns = 0;
   std::int64_t attempt = 0;
   std::int64_t version = 0;
+  std::string kind;
 };
 struct StepRow {
   std::string workflow_id;

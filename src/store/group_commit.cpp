@@ -21,24 +21,29 @@ GroupCommitter::GroupCommitter(Store& store, GroupCommitOptions options) : store
   options_.max_batches_per_group = std::max<std::size_t>(1, options_.max_batches_per_group);
 }
 
-std::uint64_t GroupCommitter::commit_group(const std::vector<Writer*>& group, std::vector<Status>& results) {
-  if (group.size() == 1) {
-    results[0] = store_.commit(group[0]->batch);
-  } else {
+std::vector<Status> commit_merged(Store& store, const std::vector<const WriteBatch*>& batches,
+                                  std::uint64_t* backend_commits) {
+  std::vector<Status> results(batches.size());
+  std::uint64_t commits = 1;
+  if (batches.size() == 1) {
+    results[0] = store.commit(*batches[0]);
+  } else if (!batches.empty()) {
     WriteBatch merged;
-    for (Writer* w : group) merged.append(w->batch);
-    Status s = store_.commit(merged);
+    for (const WriteBatch* b : batches) merged.append(*b);
+    Status s = store.commit(merged);
     const bool content_error =
         !s.ok() && (s.error().kind() == ErrorKind::kNotFound || s.error().kind() == ErrorKind::kInvalidArgument);
     if (content_error) {
       // Nothing was applied, and the error is about some batch's content: find which by
       // committing each alone, so one caller's bad batch does not fail the others.
-      for (std::size_t i = 0; i < group.size(); ++i) results[i] = store_.commit(group[i]->batch);
-      return 1 + group.size();
+      for (std::size_t i = 0; i < batches.size(); ++i) results[i] = store.commit(*batches[i]);
+      commits += batches.size();
+    } else {
+      std::fill(results.begin(), results.end(), s);
     }
-    std::fill(results.begin(), results.end(), s);
   }
-  return 1;
+  if (backend_commits != nullptr) *backend_commits = batches.empty() ? 0 : commits;
+  return results;
 }
 
 Status GroupCommitter::commit(const WriteBatch& batch) {
@@ -60,16 +65,20 @@ Status GroupCommitter::commit(const WriteBatch& batch) {
   }
   lock.unlock();
 
-  std::vector<Status> results(group.size());
-  std::uint64_t backend_commits = 1;
+  std::vector<const WriteBatch*> batches;
+  batches.reserve(group.size());
+  for (Writer* w : group) batches.push_back(&w->batch);
+  std::uint64_t backend_commits = 0;
+  std::vector<Status> results;
   std::exception_ptr thrown;
   try {
-    backend_commits = commit_group(group, results);
+    results = commit_merged(store_, batches, &backend_commits);
   } catch (...) {
     // A throwing store is a bug; the followers must still be released (their batches'
     // fate is unknown), then the exception goes on to crash the leader's process.
     thrown = std::current_exception();
-    std::fill(results.begin(), results.end(), Status(Error(ErrorKind::kInternal, "store commit threw")));
+    backend_commits = 1;
+    results.assign(group.size(), Status(Error(ErrorKind::kInternal, "store commit threw")));
   }
 
   lock.lock();

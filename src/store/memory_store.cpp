@@ -26,7 +26,9 @@ using internal::WorkflowRow;
 
 constexpr std::int64_t kMinSeq = std::numeric_limits<std::int64_t>::min();
 
-std::size_t row_bytes(const WorkflowRow& r) { return r.id.size() + r.input.size() + r.result.size() + 56; }
+std::size_t row_bytes(const WorkflowRow& r) {
+  return r.id.size() + r.kind.size() + r.input.size() + r.result.size() + 56;
+}
 std::size_t row_bytes(const StepRow& r) { return r.workflow_id.size() + r.name.size() + r.result.size() + 32; }
 std::size_t row_bytes(const EffectRow& r) {
   return r.workflow_id.size() + r.effect_id.size() + r.idempotency_key.size() + r.arguments.size() +
@@ -89,13 +91,14 @@ class Applier {
     WorkflowRow r{.id = o.id,
                   .status = 0,
                   .input = o.input,
-                  .input_crc = internal::workflow_input_crc(o.id, o.input),
+                  .input_crc = internal::workflow_input_crc(o.id, o.kind, o.input),
                   .result = {},
                   .state_crc = internal::workflow_state_crc(o.id, 0, {}),
                   .created_ns = to_ns(o.now),
                   .updated_ns = to_ns(o.now),
                   .attempt = 0,
-                  .version = 1};
+                  .version = 1,
+                  .kind = o.kind};
     put(t_.workflows, o.id, std::optional(std::move(r)));
     return ok_status();
   }

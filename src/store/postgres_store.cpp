@@ -26,7 +26,7 @@ constexpr std::array<const char*, kStoreSchemaVersion> kMigrations = {
     "CREATE TABLE nines_meta(key TEXT PRIMARY KEY, value BIGINT NOT NULL);"
     "CREATE TABLE workflows(id BYTEA PRIMARY KEY, status BIGINT NOT NULL, input BYTEA NOT NULL,"
     " input_crc BIGINT NOT NULL, result BYTEA NOT NULL, state_crc BIGINT NOT NULL, created_ns BIGINT NOT NULL,"
-    " updated_ns BIGINT NOT NULL, attempt BIGINT NOT NULL, version BIGINT NOT NULL);"
+    " updated_ns BIGINT NOT NULL, attempt BIGINT NOT NULL, version BIGINT NOT NULL, kind BYTEA NOT NULL);"
     "CREATE INDEX workflows_by_status ON workflows(status, id);"
     "CREATE TABLE steps(workflow_id BYTEA NOT NULL, seq BIGINT NOT NULL, name BYTEA NOT NULL,"
     " status BIGINT NOT NULL, result BYTEA NOT NULL, crc BIGINT NOT NULL, recorded_ns BIGINT NOT NULL,"
@@ -44,7 +44,7 @@ constexpr std::array<const char*, kStoreSchemaVersion> kMigrations = {
 };
 
 constexpr const char* kWorkflowCols =
-    "id, status, input, input_crc, result, state_crc, created_ns, updated_ns, attempt, version";
+    "id, status, input, input_crc, result, state_crc, created_ns, updated_ns, attempt, version, kind";
 constexpr const char* kStepCols = "workflow_id, seq, name, status, result, crc, recorded_ns";
 constexpr const char* kEffectCols =
     "workflow_id, effect_id, idempotency_key, nature, arguments, intent_crc, state, outcome, outcome_crc, intent_ns,"
@@ -63,8 +63,9 @@ std::vector<StmtDef> statements() {
       {"begin", "", "BEGIN"},
       {"commit", "", "COMMIT"},
       {"rollback", "", "ROLLBACK"},
-      {"create_wf", "bbiii",
-       "INSERT INTO workflows(" + wf + ") VALUES($1, 0, $2, $3, ''::bytea, $4, $5, $5, 0, 1) ON CONFLICT (id) DO NOTHING"},
+      {"create_wf", "bbiiib",
+       "INSERT INTO workflows(" + wf +
+           ") VALUES($1, 0, $2, $3, ''::bytea, $4, $5, $5, 0, 1, $6) ON CONFLICT (id) DO NOTHING"},
       {"set_status", "bibii",
        "UPDATE workflows SET status = $2, result = $3, state_crc = $4, updated_ns = $5, version = version + 1"
        " WHERE id = $1"},
@@ -189,7 +190,8 @@ internal::WorkflowRow read_workflow(const PgResult& r, int i) {
           .created_ns = r.i64(i, 6),
           .updated_ns = r.i64(i, 7),
           .attempt = r.i64(i, 8),
-          .version = r.i64(i, 9)};
+          .version = r.i64(i, 9),
+          .kind = r.bytes(i, 10)};
 }
 
 internal::StepRow read_step(const PgResult& r, int i) {
@@ -525,8 +527,8 @@ class PostgresStore final : public Store {
   }
 
   Status apply(const WriteBatch::CreateWorkflow& o) {
-    return exec("create_wf", Params(o.id, o.input, internal::workflow_input_crc(o.id, o.input),
-                                    internal::workflow_state_crc(o.id, 0, {}), to_ns(o.now)));
+    return exec("create_wf", Params(o.id, o.input, internal::workflow_input_crc(o.id, o.kind, o.input),
+                                    internal::workflow_state_crc(o.id, 0, {}), to_ns(o.now), o.kind));
   }
   Status apply(const WriteBatch::SetWorkflowStatus& o) {
     auto status = static_cast<std::int64_t>(o.status);

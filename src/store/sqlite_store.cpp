@@ -24,7 +24,8 @@ constexpr std::array<const char*, kStoreSchemaVersion> kMigrations = {
     "CREATE TABLE nines_meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;"
     "CREATE TABLE workflows(id TEXT PRIMARY KEY, status INTEGER NOT NULL, input BLOB NOT NULL,"
     " input_crc INTEGER NOT NULL, result BLOB NOT NULL, state_crc INTEGER NOT NULL, created_ns INTEGER NOT NULL,"
-    " updated_ns INTEGER NOT NULL, attempt INTEGER NOT NULL, version INTEGER NOT NULL) WITHOUT ROWID;"
+    " updated_ns INTEGER NOT NULL, attempt INTEGER NOT NULL, version INTEGER NOT NULL, kind TEXT NOT NULL)"
+    " WITHOUT ROWID;"
     "CREATE INDEX workflows_by_status ON workflows(status, id);"
     "CREATE TABLE steps(workflow_id TEXT NOT NULL, seq INTEGER NOT NULL, name TEXT NOT NULL,"
     " status INTEGER NOT NULL, result BLOB NOT NULL, crc INTEGER NOT NULL, recorded_ns INTEGER NOT NULL,"
@@ -44,7 +45,7 @@ constexpr std::array<const char*, kStoreSchemaVersion> kMigrations = {
 };
 
 constexpr const char* kWorkflowCols =
-    "id, status, input, input_crc, result, state_crc, created_ns, updated_ns, attempt, version";
+    "id, status, input, input_crc, result, state_crc, created_ns, updated_ns, attempt, version, kind";
 constexpr const char* kStepCols = "workflow_id, seq, name, status, result, crc, recorded_ns";
 constexpr const char* kEffectCols =
     "workflow_id, effect_id, idempotency_key, nature, arguments, intent_crc, state, outcome, outcome_crc, intent_ns,"
@@ -156,7 +157,8 @@ internal::WorkflowRow read_workflow(const Stmt& s) {
           .created_ns = s.i64(6),
           .updated_ns = s.i64(7),
           .attempt = s.i64(8),
-          .version = s.i64(9)};
+          .version = s.i64(9),
+          .kind = s.bytes(10)};
 }
 
 internal::StepRow read_step(const Stmt& s) {
@@ -416,7 +418,7 @@ class SqliteStore final : public Store {
         {&commit_, "COMMIT"},
         {&rollback_, "ROLLBACK"},
         {&create_wf_, "INSERT INTO workflows(" + wf +
-                          ") VALUES(?1, 0, ?2, ?3, x'', ?4, ?5, ?5, 0, 1) ON CONFLICT(id) DO NOTHING"},
+                          ") VALUES(?1, 0, ?2, ?3, x'', ?4, ?5, ?5, 0, 1, ?6) ON CONFLICT(id) DO NOTHING"},
         {&set_status_, "UPDATE workflows SET status = ?2, result = ?3, state_crc = ?4, updated_ns = ?5,"
                        " version = version + 1 WHERE id = ?1"},
         {&start_attempt_,
@@ -485,8 +487,8 @@ class SqliteStore final : public Store {
 
   Status apply(const WriteBatch::CreateWorkflow& o) {
     return create_wf_
-        ->bind(o.id, o.input, internal::workflow_input_crc(o.id, o.input), internal::workflow_state_crc(o.id, 0, {}),
-               to_ns(o.now))
+        ->bind(o.id, o.input, internal::workflow_input_crc(o.id, o.kind, o.input),
+               internal::workflow_state_crc(o.id, 0, {}), to_ns(o.now), o.kind)
         .run();
   }
   Status apply(const WriteBatch::SetWorkflowStatus& o) {

@@ -72,9 +72,9 @@ std::string_view to_string(Durability d) {
   return "unknown";
 }
 
-WriteBatch& WriteBatch::create_workflow(std::string id, std::string input, TimePoint now) {
-  bytes_ += id.size() + input.size();
-  ops_.emplace_back(CreateWorkflow{std::move(id), std::move(input), now});
+WriteBatch& WriteBatch::create_workflow(std::string id, std::string kind, std::string input, TimePoint now) {
+  bytes_ += id.size() + kind.size() + input.size();
+  ops_.emplace_back(CreateWorkflow{std::move(id), std::move(kind), std::move(input), now});
   return *this;
 }
 

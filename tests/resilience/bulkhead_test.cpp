@@ -95,6 +95,35 @@ TEST(Bulkhead, LimitIsExactAndRejectionWithoutQueueIsImmediate) {
   EXPECT_EQ(s.rt->process_count(), 0u);
 }
 
+TEST(Bulkhead, TryEnterTakesOnlyAFreeSlotNobodyWaitsForAndCountsNoRejection) {
+  Sim s;
+  auto bh = make(s.env, {.max_concurrent = 1, .max_queue = 4, .queue_timeout = kInfinite});
+  BulkheadSlot first = bh->try_enter();
+  ASSERT_TRUE(first.held());
+  EXPECT_FALSE(bh->try_enter().held());  // full
+  Log log;
+  s.spawn([&](Context& ctx) -> Task<> {
+    auto slot = co_await bh->acquire(ctx);
+    log.add(slot.ok() ? "waiter got it" : slot.error().message());
+  });
+  s.rt->run_until_idle();
+  EXPECT_EQ(bh->queued(), 1u);
+  first.release();  // handed to the waiter, not freed: try_enter cannot overtake it
+  EXPECT_EQ(bh->in_flight(), 1u);
+  EXPECT_FALSE(bh->try_enter().held());
+  s.rt->run_until_idle();
+  EXPECT_EQ(log.get(), std::vector<std::string>{"waiter got it"});
+  EXPECT_EQ(bh->in_flight(), 0u);  // the waiter's slot was released when its process ended
+  BulkheadSlot again = bh->try_enter();
+  EXPECT_TRUE(again.held());
+  again.release();
+  auto c = bh->counters();
+  EXPECT_EQ(c.acquired, 3u);
+  EXPECT_EQ(c.released, 3u);
+  EXPECT_EQ(c.rejected_queue_full, 0u);
+  EXPECT_EQ(c.peak_in_flight, 1u);
+}
+
 TEST(Bulkhead, QueueIsFifoAndEachReleaseHandsTheSlotToTheOldestWaiter) {
   Sim s;
   auto bh = make(s.env, {.max_concurrent = 1, .max_queue = 10, .queue_timeout = kInfinite});

@@ -89,6 +89,22 @@ TEST(RateLimiter, RefillIsExactOverVirtualTime) {
   EXPECT_EQ(rl->available(), 10);
 }
 
+TEST(RateLimiter, TryTakeUsesTheGivenTimeAndCountsOnlySuccess) {
+  Sim s;
+  auto rl = make(s.env, {.capacity = 2, .refill_units = 1, .refill_period = 1s});
+  const TimePoint t = s.env.now();
+  EXPECT_TRUE(rl->try_take(2, t));
+  EXPECT_FALSE(rl->try_take(1, t));   // empty
+  EXPECT_FALSE(rl->try_take(3, t));   // more than the capacity: never
+  s.rt->advance(1s);
+  EXPECT_FALSE(rl->try_take(1, t));   // an old reading refills nothing
+  EXPECT_TRUE(rl->try_take(1, s.env.now()));
+  auto c = rl->counters();
+  EXPECT_EQ(c.acquired, 2u);
+  EXPECT_EQ(c.acquired_units, 3u);
+  EXPECT_EQ(c.rejected_no_tokens + c.rejected_too_large + c.rejected_max_wait, 0u);
+}
+
 TEST(RateLimiter, RefillRatesThatDoNotDivideTimeRoundWaitsUpToTheNanosecond) {
   SimEnvironment env(1);
   auto rl = make(env, {.capacity = 7, .refill_units = 7, .refill_period = 1s, .initial_units = 0});

@@ -45,7 +45,7 @@ class StoreConformance : public ::testing::TestWithParam<std::string> {
 
   void create(const std::string& id, const std::string& input = "in", TimePoint now = at(1)) {
     WriteBatch b;
-    b.create_workflow(id, input, now);
+    b.create_workflow(id, "k", input, now);
     commit_ok(b);
   }
 
@@ -80,6 +80,7 @@ TEST_P(StoreConformance, CreatesAWorkflowAndReadsItBack) {
   EXPECT_EQ(w.id, "wf-1");
   EXPECT_EQ(w.status, WorkflowStatus::kRunning);
   EXPECT_EQ(w.input, input);
+  EXPECT_EQ(w.kind, "k");
   EXPECT_EQ(w.result, "");
   EXPECT_EQ(w.created_at, at(10));
   EXPECT_EQ(w.updated_at, at(10));
@@ -120,7 +121,7 @@ TEST_P(StoreConformance, StatusAndAttemptChangesBumpTheVersion) {
 TEST_P(StoreConformance, AFailedBatchAppliesNothing) {
   create("exists");
   WriteBatch b;
-  b.create_workflow("new", "x", at(1))
+  b.create_workflow("new", "k", "x", at(1))
       .put_step("exists", 0, "s", StepStatus::kOk, "r", at(1))
       .set_workflow_status("missing", WorkflowStatus::kFailed, "e", at(1));
   auto s = store_->commit(b);
@@ -136,7 +137,7 @@ TEST_P(StoreConformance, AFailedBatchAppliesNothing) {
 
 TEST_P(StoreConformance, InvalidBatchIsRejectedNamingTheOperation) {
   WriteBatch b;
-  b.create_workflow("ok", "", at(1)).create_workflow("", "", at(1));
+  b.create_workflow("ok", "k", "", at(1)).create_workflow("", "k", "", at(1));
   auto s = store_->commit(b);
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.error().kind(), ErrorKind::kInvalidArgument);
@@ -148,7 +149,7 @@ TEST_P(StoreConformance, EmptyBatchCommits) { EXPECT_TRUE(store_->commit(WriteBa
 
 TEST_P(StoreConformance, StepsComeBackInSeqOrderAndPutReplaces) {
   WriteBatch b;
-  b.create_workflow("wf", "", at(1));
+  b.create_workflow("wf", "k", "", at(1));
   for (std::int64_t seq : {3, 0, 2, 1}) b.put_step("wf", seq, "s" + std::to_string(seq), StepStatus::kOk, "r" + std::to_string(seq), at(seq));
   b.put_step("wf", 2, "s2", StepStatus::kError, bytes("boom\0"), at(9));
   commit_ok(b);
@@ -226,7 +227,7 @@ TEST_P(StoreConformance, EffectOutcomeNeedsAnIntent) {
 TEST_P(StoreConformance, PendingEffectsSpanWorkflowsInKeyOrderAndAreBounded) {
   WriteBatch b;
   for (std::string wf : {"b", "a", "c"}) {
-    b.create_workflow(wf, "", at(1));
+    b.create_workflow(wf, "k", "", at(1));
     for (std::string e : {"2", "1"})
       b.put_effect_intent({.workflow_id = wf, .effect_id = e, .idempotency_key = wf + e, .nature = EffectNature::kCheckable});
   }
@@ -248,7 +249,7 @@ TEST_P(StoreConformance, PendingEffectsSpanWorkflowsInKeyOrderAndAreBounded) {
 
 TEST_P(StoreConformance, ListsWorkflowsByStatusInPages) {
   WriteBatch b;
-  for (int i = 0; i < 7; ++i) b.create_workflow("w" + std::to_string(i), "", at(1));
+  for (int i = 0; i < 7; ++i) b.create_workflow("w" + std::to_string(i), "k", "", at(1));
   b.set_workflow_status("w3", WorkflowStatus::kCompleted, "", at(2));
   b.set_workflow_status("w5", WorkflowStatus::kNeedsAttention, "evidence", at(2));
   commit_ok(b);
@@ -319,7 +320,7 @@ TEST_P(StoreConformance, HistoryLoadsNewestSummaryAndTail) {
 TEST_P(StoreConformance, DeleteWorkflowTakesItsStepsAndEffects) {
   WriteBatch b;
   for (std::string wf : {"a", "b"}) {
-    b.create_workflow(wf, "", at(1)).put_step(wf, 0, "s", StepStatus::kOk, "", at(1));
+    b.create_workflow(wf, "k", "", at(1)).put_step(wf, 0, "s", StepStatus::kOk, "", at(1));
     b.put_effect_intent({.workflow_id = wf, .effect_id = "e", .idempotency_key = "k"});
   }
   commit_ok(b);
@@ -336,7 +337,7 @@ TEST_P(StoreConformance, DeleteWorkflowTakesItsStepsAndEffects) {
 TEST_P(StoreConformance, PruneDeletesOnlyOldFinishedWorkflowsOldestFirst) {
   WriteBatch b;
   auto add = [&](const std::string& id, WorkflowStatus status, std::int64_t t) {
-    b.create_workflow(id, "", at(1)).put_step(id, 0, "s", StepStatus::kOk, "", at(1));
+    b.create_workflow(id, "k", "", at(1)).put_step(id, 0, "s", StepStatus::kOk, "", at(1));
     b.put_effect_intent({.workflow_id = id, .effect_id = "e", .idempotency_key = id});
     if (status != WorkflowStatus::kRunning) b.set_workflow_status(id, status, "", at(t));
   };
@@ -370,7 +371,7 @@ TEST_P(StoreConformance, PruneDeletesOnlyOldFinishedWorkflowsOldestFirst) {
 
 TEST_P(StoreConformance, CorruptStepIsAnErrorNamingWorkflowAndStep) {
   WriteBatch b;
-  b.create_workflow("wf-7", "", at(1)).put_step("wf-7", 0, "plan", StepStatus::kOk, "good", at(1));
+  b.create_workflow("wf-7", "k", "", at(1)).put_step("wf-7", 0, "plan", StepStatus::kOk, "good", at(1));
   b.put_step("wf-7", 3, "send_email", StepStatus::kOk, "sent", at(1));
   commit_ok(b);
   harness_->corrupt_step(*store_, "wf-7", 3);
@@ -388,7 +389,7 @@ TEST_P(StoreConformance, CorruptStepIsAnErrorNamingWorkflowAndStep) {
 
 TEST_P(StoreConformance, CorruptWorkflowEffectAndHistoryAreErrorsNamingThem) {
   WriteBatch b;
-  b.create_workflow("wf", "", at(1)).set_workflow_status("wf", WorkflowStatus::kCompleted, "result", at(2));
+  b.create_workflow("wf", "k", "", at(1)).set_workflow_status("wf", WorkflowStatus::kCompleted, "result", at(2));
   b.put_effect_intent({.workflow_id = "wf", .effect_id = "charge", .idempotency_key = "k", .arguments = "$10"});
   b.append_history("t", 1, "hello");
   commit_ok(b);
@@ -415,7 +416,7 @@ TEST_P(StoreConformance, LargeValuesRoundTrip) {
   std::string big(1 << 20, '\0');
   for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>(i * 131);
   WriteBatch b;
-  b.create_workflow("wf", big, at(1)).put_step("wf", 0, "s", StepStatus::kOk, big, at(1));
+  b.create_workflow("wf", "k", big, at(1)).put_step("wf", 0, "s", StepStatus::kOk, big, at(1));
   commit_ok(b);
   EXPECT_EQ(workflow("wf").input, big);
   EXPECT_EQ(store_->load_steps("wf")->front().result, big);
@@ -424,7 +425,7 @@ TEST_P(StoreConformance, LargeValuesRoundTrip) {
 TEST_P(StoreConformance, ReopeningKeepsEverythingCommitted) {
   if (!harness_->persistent()) GTEST_SKIP() << "memory store: see MemoryStore crash tests";
   WriteBatch b;
-  b.create_workflow("wf", "in", at(1)).put_step("wf", 0, "s", StepStatus::kOk, "r", at(2));
+  b.create_workflow("wf", "k", "in", at(1)).put_step("wf", 0, "s", StepStatus::kOk, "r", at(2));
   b.put_effect_intent({.workflow_id = "wf", .effect_id = "e", .idempotency_key = "k"});
   b.append_history("t", 1, "m").put_summary("t", 1, "s");
   commit_ok(b);
@@ -466,7 +467,7 @@ TEST_P(StoreConformance, GroupCommitFromManyThreads) {
       for (int i = 0; i < kBatches; ++i) {
         std::string id = "t" + std::to_string(t) + "-" + std::to_string(i);
         WriteBatch b;
-        b.create_workflow(id, "", at(1)).put_step(id, 0, "s", StepStatus::kOk, id, at(1));
+        b.create_workflow(id, "k", "", at(1)).put_step(id, 0, "s", StepStatus::kOk, id, at(1));
         b.append_history("shared", t * 1000 + i, id);
         if (!committer.commit(b).ok()) ++failures;
       }

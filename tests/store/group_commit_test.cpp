@@ -120,7 +120,7 @@ struct GroupCommitTest : ::testing::Test {
 
 WriteBatch batch_for(const std::string& id) {
   WriteBatch b;
-  b.create_workflow(id, "", at(1)).put_step(id, 0, "s", StepStatus::kOk, id, at(1));
+  b.create_workflow(id, "k", "", at(1)).put_step(id, 0, "s", StepStatus::kOk, id, at(1));
   return b;
 }
 
@@ -270,7 +270,7 @@ TEST_F(GroupCommitTest, ByteBoundKeepsLargeBatchesApart) {
   std::vector<WriteBatch> followers;
   for (int i = 0; i < 3; ++i) {
     WriteBatch b;
-    b.create_workflow("big" + std::to_string(i), std::string(800, 'x'), at(1));
+    b.create_workflow("big" + std::to_string(i), "k", std::string(800, 'x'), at(1));
     followers.push_back(b);
   }
   std::vector<Status> statuses;

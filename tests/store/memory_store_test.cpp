@@ -19,7 +19,7 @@ std::unique_ptr<MemoryStore> make(MemoryStoreOptions o = {}) {
 
 WriteBatch step_batch(const std::string& wf, std::int64_t seq) {
   WriteBatch b;
-  b.create_workflow(wf, "in", at(1)).put_step(wf, seq, "s", StepStatus::kOk, "r", at(1));
+  b.create_workflow(wf, "k", "in", at(1)).put_step(wf, seq, "s", StepStatus::kOk, "r", at(1));
   return b;
 }
 

@@ -41,14 +41,14 @@ TEST_F(PostgresStoreTest, ConnectionDroppedMidTransactionCommitsNothingAndReconn
   ASSERT_TRUE(s.ok()) << s.error().to_string();
   Store& store = **s;
   WriteBatch first;
-  first.create_workflow("wf", "", at(1)).put_step("wf", 0, "s", StepStatus::kOk, "r", at(1));
+  first.create_workflow("wf", "k", "", at(1)).put_step("wf", 0, "s", StepStatus::kOk, "r", at(1));
   ASSERT_TRUE(store.commit(first).ok());
 
   drop = true;
   WriteBatch doomed;
   doomed.put_step("wf", 1, "s", StepStatus::kOk, "r", at(2))
       .set_workflow_status("wf", WorkflowStatus::kCompleted, "done", at(2))
-      .create_workflow("other", "", at(2));
+      .create_workflow("other", "k", "", at(2));
   auto c = store.commit(doomed);
   ASSERT_FALSE(c.ok());
   EXPECT_EQ(c.error().kind(), ErrorKind::kTransient);
@@ -70,7 +70,7 @@ TEST_F(PostgresStoreTest, ConnectionDroppedWhileIdleIsReconnectedOnTheNextCall) 
   ASSERT_TRUE(s.ok()) << s.error().to_string();
   Store& store = **s;
   WriteBatch b;
-  b.create_workflow("wf", "in", at(1));
+  b.create_workflow("wf", "k", "in", at(1));
   ASSERT_TRUE(store.commit(b).ok());
   ASSERT_TRUE(testing::postgres_admin_exec(kKillVictim).ok());
   auto w = store.get_workflow("wf");
@@ -95,7 +95,7 @@ TEST_F(PostgresStoreTest, BatchedDurabilityWorks) {
   auto s = open_postgres_store(conninfo_, {.durability = Durability::kBatched});
   ASSERT_TRUE(s.ok()) << s.error().to_string();
   WriteBatch b;
-  b.create_workflow("wf", "", at(1));
+  b.create_workflow("wf", "k", "", at(1));
   ASSERT_TRUE((*s)->commit(b).ok());
   EXPECT_TRUE((*s)->get_workflow("wf").ok());
 }

@@ -53,7 +53,7 @@ TEST_F(SqliteStoreTest, MigratesAVersionOneStoreKeepingItsData) {
     auto v1 = internal::open_sqlite_store_at_version(path_, {}, 1);
     ASSERT_TRUE(v1.ok()) << v1.error().to_string();
     WriteBatch b;
-    b.create_workflow("old", "data", at(1)).put_step("old", 0, "s", StepStatus::kOk, "r", at(1));
+    b.create_workflow("old", "k", "data", at(1)).put_step("old", 0, "s", StepStatus::kOk, "r", at(1));
     ASSERT_TRUE((*v1)->commit(b).ok());
     EXPECT_EQ(*(*v1)->schema_version(), 1);
   }
@@ -97,7 +97,7 @@ TEST_F(SqliteStoreTest, DiskFullFailsTheCommitAndAppliesNothing) {
   ASSERT_TRUE(s.ok()) << s.error().to_string();
   Store& store = **s;
   WriteBatch small;
-  small.create_workflow("wf", "", at(1)).put_step("wf", 0, "s", StepStatus::kOk, "r", at(1));
+  small.create_workflow("wf", "k", "", at(1)).put_step("wf", 0, "s", StepStatus::kOk, "r", at(1));
   ASSERT_TRUE(store.commit(small).ok());
 
   WriteBatch big;
@@ -121,7 +121,7 @@ TEST_F(SqliteStoreTest, BatchedDurabilityCommitsAndReopens) {
     auto s = open_sqlite_store(path_, {.durability = Durability::kBatched});
     ASSERT_TRUE(s.ok()) << s.error().to_string();
     WriteBatch b;
-    b.create_workflow("wf", "", at(1));
+    b.create_workflow("wf", "k", "", at(1));
     ASSERT_TRUE((*s)->commit(b).ok());
   }
   auto s = open_sqlite_store(path_);
@@ -134,7 +134,7 @@ TEST_F(SqliteStoreTest, TwoConnectionsToOneFileSeeEachOthersCommits) {
   auto b = open_sqlite_store(path_);
   ASSERT_TRUE(a.ok() && b.ok());
   WriteBatch w;
-  w.create_workflow("wf", "x", at(1));
+  w.create_workflow("wf", "k", "x", at(1));
   ASSERT_TRUE((*a)->commit(w).ok());
   EXPECT_EQ((*b)->get_workflow("wf")->input, "x");
 }

@@ -134,4 +134,12 @@ void Result<T>::check_ok() const {
   if (!ok()) internal::throw_bad_result_access(std::get<1>(v_));
 }
 
+// Errors cross process boundaries and land in the store, so they serialize: a versioned
+// text form carrying the kind (by name), the retry time and the message. decode_error gives
+// back an equal Error, or nullopt if the bytes are not an encoded error.
+std::string encode_error(const Error& error);
+std::optional<Error> decode_error(std::string_view bytes);
+// The kind named `name` (as to_string(ErrorKind) spells it), if any.
+std::optional<ErrorKind> error_kind_from_string(std::string_view name);
+
 }  // namespace nines

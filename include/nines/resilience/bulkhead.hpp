@@ -29,11 +29,16 @@
 // counted twice. A waiter whose process ends while queued (killed, runtime stopped) leaves
 // the queue, or returns a slot handed to it, when its coroutine frame is destroyed.
 //
-// Ownership: Bulkhead objects are shared (std::shared_ptr); a BulkheadSlot keeps its bulkhead
-// alive until it is released, and so does a process waiting in acquire().
+// Ownership: Bulkhead objects are shared (std::shared_ptr). A BulkheadSlot refers to its
+// bulkhead without owning it (one shared reference per call would put a contended reference
+// count on every call's path): the bulkhead must outlive its slots, as it does when the
+// caller holds it (or a Pipeline holding it) across the call. A process waiting in acquire()
+// keeps its bulkhead alive.
 //
 // Thread-safety: a Bulkhead may be shared by any number of processes on any workers; every
-// member is thread-safe. A BulkheadSlot is a value owned by one process (not thread-safe
+// member is thread-safe. Taking a free slot and releasing one nobody waits for are one
+// compare-and-swap each on a word holding both the slots held and the waiters (no lock);
+// queueing, hand-offs and timeouts take the bulkhead's mutex. A BulkheadSlot is a value owned by one process (not thread-safe
 // itself). The observer is called on the thread of the process whose call caused the event,
 // outside the bulkhead's lock; it must be thread-safe, short, and must not block. Events
 // from different processes may reach it slightly out of order.
@@ -42,6 +47,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <atomic>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -52,6 +58,7 @@
 
 #include "nines/core/environment.hpp"
 #include "nines/core/result.hpp"
+#include "nines/core/striped_counters.hpp"
 #include "nines/core/time.hpp"
 #include "nines/runtime/process.hpp"
 #include "nines/runtime/task.hpp"
@@ -85,9 +92,10 @@ struct BulkheadEvent {
 using BulkheadObserver = std::function<void(const BulkheadEvent&)>;
 
 struct BulkheadOptions {
-  // Calls holding a slot at once. At least 1.
+  // Calls holding a slot at once. At least 1, at most 2^31.
   std::size_t max_concurrent = 10;
-  // Processes that may wait for a slot at once. 0: no queue (reject at once when full).
+  // Processes that may wait for a slot at once. 0: no queue (reject at once when full). At
+  // most 2^31.
   std::size_t max_queue = 100;
   // Longest time a process waits in the queue; the process deadline may cut it shorter.
   // kInfinite: wait as long as the deadline allows. 0: never wait (like max_queue = 0).
@@ -122,11 +130,11 @@ class Bulkhead;
 class BulkheadSlot {
  public:
   BulkheadSlot() = default;
-  BulkheadSlot(BulkheadSlot&& o) noexcept : owner_(std::move(o.owner_)) {}
+  BulkheadSlot(BulkheadSlot&& o) noexcept : owner_(std::exchange(o.owner_, nullptr)) {}
   BulkheadSlot& operator=(BulkheadSlot&& o) noexcept {
     if (this != &o) {
       release();
-      owner_ = std::move(o.owner_);
+      owner_ = std::exchange(o.owner_, nullptr);
     }
     return *this;
   }
@@ -140,8 +148,8 @@ class BulkheadSlot {
 
  private:
   friend class Bulkhead;
-  explicit BulkheadSlot(std::shared_ptr<Bulkhead> owner) : owner_(std::move(owner)) {}
-  std::shared_ptr<Bulkhead> owner_;
+  explicit BulkheadSlot(Bulkhead* owner) : owner_(owner) {}
+  Bulkhead* owner_ = nullptr;  // not owned; null: empty
 };
 
 class Bulkhead : public std::enable_shared_from_this<Bulkhead> {
@@ -164,6 +172,12 @@ class Bulkhead : public std::enable_shared_from_this<Bulkhead> {
   // Never waits: a free slot or kBulkheadFull (counted as rejected_queue_full). Usable from
   // any thread, inside a process or not.
   Result<BulkheadSlot> try_acquire();
+
+  // The lock-free first step of acquire(), for composers (the Pipeline) that want to avoid a
+  // coroutine when a slot is free: a slot if one is free and nobody is queued, else an empty
+  // slot (held() false) and nothing counted: then call acquire(). It does not look at the
+  // process deadline (acquire() refuses a passed one): the caller checks that.
+  BulkheadSlot try_enter();
 
   // Runs fn while holding a slot. fn is called as fn(ctx) (or fn() if it takes no Context)
   // and returns something co_await-able whose result converts to Result<T>, typically a
@@ -204,16 +218,32 @@ class Bulkhead : public std::enable_shared_from_this<Bulkhead> {
   Environment* const env_;
   const BulkheadOptions options_;
 
+  // Takes a slot if one is free and nobody is queued (CAS on state_); false otherwise.
+  bool take_free();
+  // Gives a slot back if nobody is queued (CAS); false: someone is, hand it off under mu_.
+  bool give_back_free();
+  void note_acquired(std::uint64_t in_flight_now);
+
+  // Slots held (low 32 bits; including slots handed to a waiter that has not taken them yet)
+  // and waiters queued (high 32 bits). Queued waiters exist only while every slot is held:
+  // the waiter count grows only by a CAS from a state with every slot held, and slots are
+  // freed (not handed off) only when it is zero. The waiter count changes only under mu_,
+  // together with queue_.
+  std::atomic<std::uint64_t> state_{0};
+  std::atomic<std::uint64_t> peak_in_flight_{0};
+  StripedCounters<2> hot_;  // acquired at once, released
+
   mutable std::mutex mu_;
-  std::size_t in_flight_ = 0;       // slots held, including those handed to a waiter
   std::list<Waiter*> queue_;        // oldest first; each Waiter lives in its acquire frame
-  BulkheadCounters counters_;       // in_flight/queued are filled in by counters()
+  BulkheadCounters counters_;       // the rest, under mu_; counters() fills in the others
 };
 
 // ---- template implementation ----
 
 template <class T, class F>
 Task<Result<T>> Bulkhead::call(Context& ctx, F fn) {
+  // The frame keeps the bulkhead alive while its slot is held (the slot does not).
+  std::shared_ptr<Bulkhead> self = shared_from_this();
   Result<BulkheadSlot> slot = co_await acquire(ctx);
   if (!slot.ok()) co_return std::move(slot).error();
   if constexpr (std::is_invocable_v<F&, Context&>) {

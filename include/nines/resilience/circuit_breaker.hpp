@@ -31,16 +31,19 @@
 // success nor a failure, and it frees its half-open trial slot. A Permit destroyed without a
 // report counts as ignored.
 //
-// Ownership: CircuitBreaker::create returns a shared_ptr; each Permit holds a reference to
-// its breaker, so a breaker lives as long as its last permit. The Environment must outlive
-// every breaker (and registry) created on it. A registry keeps every breaker it created;
-// callers may hold them longer.
+// Ownership: CircuitBreaker::create returns a shared_ptr. A Permit refers to its breaker
+// without owning it (a shared reference per call would put one contended reference count on
+// every call's path): the breaker must outlive its permits, as it naturally does when the
+// caller holds the breaker (or a Pipeline holding it) across the call. The Environment must
+// outlive every breaker (and registry) created on it. A registry keeps every breaker it
+// created; callers may hold them longer.
 //
 // Metrics: counters() is a cumulative snapshot (state, permits, outcomes, slow calls,
 // rejections by reason, transitions) for a scraper to read; subscribe() pushes transitions.
 //
 // Thread-safety: CircuitBreaker and CircuitBreakerRegistry are thread-safe (one mutex per
-// breaker; the registry has its own). A Permit is a value owned by one caller and is not
+// breaker, which a closed breaker's hot path does not take: see circuit_breaker.cpp; the
+// registry has its own). A Permit is a value owned by one caller and is not
 // thread-safe. Transition subscribers are called without any breaker lock held, in the order
 // the transitions happened, on the thread of some caller of the breaker (not necessarily the
 // one whose call caused the transition); they may call into the breaker, and must be quick.
@@ -227,9 +230,8 @@ class CircuitBreaker : public std::enable_shared_from_this<CircuitBreaker> {
 
    private:
     friend class CircuitBreaker;
-    Permit(std::shared_ptr<CircuitBreaker> breaker, std::uint64_t epoch, bool trial)
-        : breaker_(std::move(breaker)), epoch_(epoch), trial_(trial) {}
-    std::shared_ptr<CircuitBreaker> breaker_;  // null: reported, or inert (disabled)
+    Permit(CircuitBreaker* breaker, std::uint64_t epoch, bool trial) : breaker_(breaker), epoch_(epoch), trial_(trial) {}
+    CircuitBreaker* breaker_;  // not owned; null: reported, or inert (disabled)
     std::uint64_t epoch_ = 0;
     bool trial_ = false;
   };
@@ -250,7 +252,7 @@ class CircuitBreaker : public std::enable_shared_from_this<CircuitBreaker> {
   Result<Permit> try_acquire();
 
   // Acquires, runs `co_await fn()` (which must give a Result<T>), times it with ctx.now()
-  // and reports the outcome. When rejected, fn is not run and the kCircuitOpen error is
+  // and reports the outcome; the task keeps the breaker alive until it ends. When rejected, fn is not run and the kCircuitOpen error is
   // returned. If fn throws (or the process is stopped), the call counts as ignored. fn is
   // referenced, not copied: co_await the returned task at once.
   template <class T, class F>
@@ -272,7 +274,8 @@ class CircuitBreaker : public std::enable_shared_from_this<CircuitBreaker> {
   // the next call request).
   BreakerState state() const;
   // The current window's figures (closed: the sliding window at now(); half-open: the
-  // trials; otherwise the figures that opened it).
+  // trials; otherwise the figures that opened it). A breaker with no rate threshold (only
+  // consecutive_failures) keeps no window: its closed figures are the streak alone.
   BreakerFigures figures() const;
   BreakerCounters counters() const;
   // When an open breaker may admit a trial; nullopt unless kOpen.
@@ -297,6 +300,8 @@ class CircuitBreaker : public std::enable_shared_from_this<CircuitBreaker> {
 
 template <class T, class F>
 Task<Result<T>> CircuitBreaker::call(Context& ctx, F&& fn) {
+  // The frame keeps the breaker alive while its permit is out (the permit does not).
+  std::shared_ptr<CircuitBreaker> self = shared_from_this();
   Result<Permit> permit = try_acquire();
   if (!permit.ok()) co_return std::move(permit).error();
   TimePoint start = ctx.now();

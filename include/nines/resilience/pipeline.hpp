@@ -25,6 +25,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <type_traits>
 
 #include "nines/core/result.hpp"
 #include "nines/resilience/bulkhead.hpp"
@@ -52,6 +53,7 @@ Error attempt_deadline_to_timeout(Error e, TimePoint caller_deadline, TimePoint 
 
 class Pipeline {
  public:
+  // A type-erased call, when one is needed (run() takes any callable).
   template <class T>
   using Call = std::function<Task<Result<T>>(Context&)>;
 
@@ -88,60 +90,113 @@ class Pipeline {
     internal::PipelineParts parts_;
   };
 
-  // Runs `call` through the policies. Inside a nines process only; co_await it at once.
-  // The call object is copied into the returned task, so a temporary is fine.
-  template <class T>
-  Task<Result<T>> run(Context& ctx, Call<T> call) const {
-    if (!parts_->retry) return attempt<T>(parts_, ctx, std::move(call));
-    auto once = [parts = parts_, &ctx, call = std::move(call)]() { return attempt<T>(parts, ctx, call); };
-    return parts_->retry->run<T>(ctx, std::move(once));
+  // Runs `call` through the policies. `call(ctx)` must return Task<Result<T>>. Inside a nines
+  // process only; co_await it at once. The call object is moved into the returned task, so a
+  // temporary is fine, and the task holds a reference to the policies: it may outlive the
+  // Pipeline it came from (a process still suspended in a call when the program tears down
+  // its pipelines is safe).
+  //
+  // Cost: one coroutine frame (plus the call's own); no lock on the common path (a closed
+  // breaker, a free bulkhead slot, tokens in the bucket; see each policy), where the shared
+  // writes are the task's reference count, the bulkhead's two compare-and-swaps and the
+  // limiter's short critical section; at most one clock reading before the call (when a
+  // limiter, an attempt timeout, a finite process deadline or a breaker's slow-call threshold
+  // needs the time) plus one after it when the breaker has a slow-call threshold. The
+  // breaker is told a call's duration only then: its slow-call counter counts only for such
+  // breakers.
+  template <class T, class F>
+  Task<Result<T>> run(Context& ctx, F call) const {
+    static_assert(std::is_same_v<std::invoke_result_t<F&, Context&>, Task<Result<T>>>,
+                  "Pipeline::run<T>: the call must be callable as call(ctx) and return Task<Result<T>>");
+    return run_impl<T, F>(parts_, ctx, std::move(call));
   }
 
  private:
   explicit Pipeline(std::shared_ptr<const internal::PipelineParts> parts) : parts_(std::move(parts)) {}
 
-  // One attempt: breaker -> bulkhead -> limiter -> timeout -> call. A static coroutine holding
-  // its own reference to the parts.
-  template <class T>
-  static Task<Result<T>> attempt(std::shared_ptr<const internal::PipelineParts> p, Context& ctx, Call<T> call) {
-    std::optional<CircuitBreaker::Permit> permit;
-    if (p->breaker) {
-      Result<CircuitBreaker::Permit> r = p->breaker->try_acquire();
-      if (!r.ok()) co_return std::move(r).error();
-      permit.emplace(std::move(*r));
-    }
-    BulkheadSlot slot;
-    if (p->bulkhead) {
-      Result<BulkheadSlot> s = co_await p->bulkhead->acquire(ctx);
-      if (!s.ok()) co_return std::move(s).error();  // the unreported permit counts as ignored
-      slot = std::move(*s);
-    }
-    if (p->limiter) {
-      Status s = co_await p->limiter->acquire(ctx, p->limiter_units);
-      if (!s.ok()) co_return std::move(s).error();
-    }
-    // Clock reads cost tens of nanoseconds on a VM: read it only when something needs it.
-    const bool timed = p->attempt_timeout != kInfinite || permit.has_value();
-    const TimePoint caller_deadline = ctx.deadline();
-    const TimePoint start = timed ? ctx.now() : TimePoint{};
-    Result<T> result = Error(ErrorKind::kInternal, "pipeline: call did not run");
-    {
-      DeadlineScope scope = ctx.with_deadline(add_saturating(start, p->attempt_timeout));
-      result = co_await call(ctx);
-    }
-    const TimePoint end = timed ? ctx.now() : TimePoint{};
-    if (!result.ok() && result.error().kind() == ErrorKind::kDeadlineExceeded) {
-      result = internal::attempt_deadline_to_timeout(std::move(result).error(), caller_deadline, end,
-                                                     p->attempt_timeout);
-    }
-    if (permit) {
-      if (result.ok()) {
-        permit->success(end - start);
-      } else {
-        permit->failure(result.error(), end - start);
+  template <class T, class F>
+  static Task<Result<T>> run_impl(std::shared_ptr<const internal::PipelineParts> parts, Context& ctx, F call) {
+    const internal::PipelineParts* p = parts.get();
+    std::optional<internal::RetryCall> retry;
+    if (p->retry) retry.emplace(internal::retry_core(*p->retry), ctx);
+    const bool times_calls = p->breaker != nullptr && p->breaker->options().slow_call_rate_threshold.has_value();
+    for (;;) {
+      if (retry) {
+        if (std::optional<Error> refused = retry->before_attempt(ctx)) co_return std::move(*refused);
       }
+      // One clock reading serves the deadline check, the limiter and the attempt timeout.
+      const TimePoint caller_deadline = ctx.deadline();
+      const bool need_now = p->limiter != nullptr || p->attempt_timeout != kInfinite ||
+                            caller_deadline != TimePoint::max() || times_calls;
+      TimePoint now = need_now ? ctx.now() : TimePoint{};
+      std::optional<Result<T>> out;
+      if (!retry && now >= caller_deadline) {
+        out.emplace(Error(ErrorKind::kDeadlineExceeded, "pipeline: the deadline had passed before the call"));
+      }
+      std::optional<CircuitBreaker::Permit> permit;
+      if (!out && p->breaker) {
+        Result<CircuitBreaker::Permit> r = p->breaker->try_acquire();
+        if (r.ok()) {
+          permit.emplace(std::move(*r));
+        } else {
+          out.emplace(std::move(r).error());  // the unreported permit counts as ignored
+        }
+      }
+      BulkheadSlot slot;
+      if (!out && p->bulkhead) {
+        slot = p->bulkhead->try_enter();
+        if (!slot.held()) {
+          Result<BulkheadSlot> s = co_await p->bulkhead->acquire(ctx);
+          if (s.ok()) {
+            slot = std::move(*s);
+            if (need_now) now = ctx.now();  // it may have waited
+          } else {
+            out.emplace(std::move(s).error());
+          }
+        }
+      }
+      if (!out && p->limiter && !p->limiter->try_take(p->limiter_units, now)) {
+        Status s = co_await p->limiter->acquire(ctx, p->limiter_units);
+        if (s.ok()) {
+          now = ctx.now();  // it may have waited
+        } else {
+          out.emplace(std::move(s).error());
+        }
+      }
+      if (!out) {
+        {
+          DeadlineScope scope = ctx.with_deadline(add_saturating(now, p->attempt_timeout));
+          out.emplace(co_await call(ctx));
+        }
+        if (!out->ok() && out->error().kind() == ErrorKind::kDeadlineExceeded) {
+          *out = internal::attempt_deadline_to_timeout(std::move(*out).error(), caller_deadline, ctx.now(),
+                                                       p->attempt_timeout);
+        }
+        if (permit) {
+          const Duration elapsed = times_calls ? ctx.now() - now : Duration::zero();
+          if (out->ok()) {
+            permit->success(elapsed);
+          } else {
+            permit->failure(out->error(), elapsed);
+          }
+        }
+      }
+      // Done with the slot and the permit before any wait: a breaker's half-open trial slot
+      // must not be held through a backoff (an unreported permit counts as ignored).
+      slot.release();
+      if (permit) permit->ignore();
+      if (!retry) co_return std::move(*out);
+      if (out->ok()) {
+        retry->on_success();
+        co_return std::move(*out);
+      }
+      Duration delay{};
+      if (std::optional<Error> final_error = retry->on_failure(ctx, std::move(*out).error(), delay)) {
+        co_return std::move(*final_error);
+      }
+      Result<std::any> slept = co_await ctx.sleep(delay);
+      if (std::optional<Error> failed = retry->after_sleep(slept)) co_return std::move(*failed);
     }
-    co_return result;
   }
 
   std::shared_ptr<const internal::PipelineParts> parts_;

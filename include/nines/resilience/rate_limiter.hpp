@@ -147,6 +147,14 @@ class RateLimiter : public std::enable_shared_from_this<RateLimiter> {
   // (kInvalidArgument over capacity). Usable from any thread, inside a process or not.
   Status try_acquire(std::uint64_t units = 1);
 
+  // The first step of acquire(), for composers (the Pipeline) that want to avoid a coroutine
+  // and share one clock reading: takes `units` if the bucket holds them at `now` and returns
+  // true (counted and observed as an acquire); otherwise false and nothing is counted: then
+  // call acquire(). `now` must be a reading of this limiter's environment clock; an older
+  // reading only means less refill, never more units. units must be <= capacity. It does not
+  // look at the process deadline: the caller checks that.
+  bool try_take(std::uint64_t units, TimePoint now);
+
   // Settles an estimate after the fact (tokens per minute: the actual usage is known only
   // when the reply arrives). delta > 0 takes more units, even into debt (later acquires then
   // wait longer); delta < 0 gives units back, up to capacity.

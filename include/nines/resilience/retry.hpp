@@ -134,8 +134,9 @@ struct RetryCore;
 // Defined in retry.cpp.
 class RetryCall {
  public:
-  // Counts the call, deposits in the budget, notes the start time.
-  RetryCall(std::shared_ptr<RetryCore> core, Context& ctx);
+  // Counts the call, deposits in the budget, notes the start time (when max_total_time is
+  // set). `core` is not owned: it must outlive the call.
+  RetryCall(RetryCore* core, Context& ctx);
   // Before each attempt: an error if it must not start (the deadline has passed); otherwise
   // counts the attempt.
   std::optional<Error> before_attempt(Context& ctx);
@@ -148,7 +149,7 @@ class RetryCall {
  private:
   Error give_up(RetryRejection why, Error error);
 
-  std::shared_ptr<RetryCore> core_;
+  RetryCore* core_;
   TimePoint start_;
   int attempts_ = 0;
   Duration previous_backoff_{0};     // the backoff's last delay (decorrelated jitter reads it)
@@ -162,6 +163,12 @@ struct RetryValueOf<Task<Result<T>>> {
   using type = T;
 };
 
+}  // namespace internal
+
+class RetryPolicy;
+namespace internal {
+// The policy's shared core, for composers (the Pipeline) that run RetryCall themselves.
+RetryCore* retry_core(const RetryPolicy& policy);
 }  // namespace internal
 
 class RetryPolicy {
@@ -188,12 +195,13 @@ class RetryPolicy {
   }
 
  private:
+  friend internal::RetryCore* internal::retry_core(const RetryPolicy& policy);
   explicit RetryPolicy(std::shared_ptr<internal::RetryCore> core) : core_(std::move(core)) {}
 
   // A static coroutine: its frame holds its own reference to the core (and the function).
   template <class T, class F>
   static Task<Result<T>> run_impl(std::shared_ptr<internal::RetryCore> core, Context& ctx, F attempt_fn) {
-    internal::RetryCall call(std::move(core), ctx);
+    internal::RetryCall call(core.get(), ctx);  // `core` in this frame keeps it alive
     for (;;) {
       if (std::optional<Error> refused = call.before_attempt(ctx)) co_return std::move(*refused);
       Result<T> result = co_await attempt_fn();

@@ -42,6 +42,14 @@ struct GroupCommitStats {
   std::uint64_t largest_group = 0;  // most batches in one group
 };
 
+// The merging step on its own, for committers with their own queue (the workflow engine's
+// committer thread): commits the batches as one merged batch and returns each one's status,
+// in order, by the rules above (one failure fails all, except a content error, after which
+// each is committed alone). `backend_commits`, if given, receives how many Store::commit
+// calls it made.
+std::vector<Status> commit_merged(Store& store, const std::vector<const WriteBatch*>& batches,
+                                  std::uint64_t* backend_commits = nullptr);
+
 class GroupCommitter {
  public:
   explicit GroupCommitter(Store& store, GroupCommitOptions options = {});
@@ -58,10 +66,6 @@ class GroupCommitter {
 
  private:
   struct Writer;
-  // Commits a group (merged, or each alone after a content error); returns the number of
-  // backend commits made.
-  std::uint64_t commit_group(const std::vector<Writer*>& group, std::vector<Status>& results);
-
   Store& store_;
   GroupCommitOptions options_;
   mutable std::mutex mu_;

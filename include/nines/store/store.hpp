@@ -85,6 +85,7 @@ std::string_view to_string(Durability d);
 struct WorkflowRecord {
   std::string id;
   WorkflowStatus status = WorkflowStatus::kRunning;
+  std::string kind;  // what code runs it (the workflow engine's registered kind); fixed at creation
   std::string input;
   std::string result;  // the result (completed) or error (failed, needs_attention) bytes
   TimePoint created_at{};
@@ -149,6 +150,7 @@ class WriteBatch {
  public:
   struct CreateWorkflow {  // if absent: status running, attempt 0, version 1; else no-op
     std::string id;
+    std::string kind;
     std::string input;
     TimePoint now;
   };
@@ -199,7 +201,7 @@ class WriteBatch {
   using Op = std::variant<CreateWorkflow, SetWorkflowStatus, StartAttempt, PutStep, PutEffectIntent,
                           PutEffectOutcome, AppendHistory, PutSummary, DeleteWorkflow, DeleteHistory>;
 
-  WriteBatch& create_workflow(std::string id, std::string input, TimePoint now);
+  WriteBatch& create_workflow(std::string id, std::string kind, std::string input, TimePoint now);
   WriteBatch& set_workflow_status(std::string id, WorkflowStatus status, std::string result, TimePoint now);
   WriteBatch& start_attempt(std::string id, TimePoint now);
   WriteBatch& put_step(std::string workflow_id, std::int64_t seq, std::string name, StepStatus status,

@@ -1,0 +1,301 @@
+// nines/workflow/workflow.hpp: durable workflows on a Store: steps recorded as they complete,
+// side effects through an effect journal, and resume after a crash (kill -9 included) from
+// the last completed step, with no effect silently applied twice.
+//
+//   auto engine = WorkflowEngine::create(env, store).value();
+//   engine->register_kind("refund", [](WorkflowContext& wf) -> Task<Result<std::string>> {
+//     auto order = co_await wf.step<std::string>("load order", [&](Context& ctx) {
+//       return orders.get(ctx, wf.input());
+//     });
+//     if (!order.ok()) co_return order.error();
+//     // Named first: an aggregate temporary inside co_await is miscompiled by g++ 12 (task.hpp).
+//     EffectOptions refund{.name = "refund", .nature = EffectNature::kIdempotent, .arguments = *order};
+//     auto paid = co_await wf.effect(std::move(refund), [&](Context& ctx, const std::string& key) {
+//       return payments.refund(ctx, *order, key);  // passes the key on: applied once
+//     });
+//     if (!paid.ok()) co_return paid.error();
+//     co_return *paid;
+//   });
+//   // in a process:
+//   Result<std::string> r = co_await engine->run(ctx, "refund", "refund-order-42", "order-42");
+//   // after a restart, in a process:
+//   co_await engine->resume_all(ctx);
+//
+// A workflow has a stable id chosen by the caller, a kind (the name its code is registered
+// under), an input, numbered steps with recorded results, and a final result or error.
+// run() with an id that exists resumes it (a finished workflow returns its recorded result
+// without running anything).
+//
+// Steps. The workflow's code must be deterministic in the sequence of steps and effects it
+// makes: the n-th step() or effect() call is step n. A step whose result is recorded
+// returns that result on resume without running again (model calls included: a resumed
+// agent does not pay twice). A step's result is recorded when it completes with a value or
+// with a permanent error (kPermanent, kInvalidArgument: it would fail the same way again);
+// other errors (transient, timeout, deadline, cancelled, ...) are not recorded, so the step
+// runs again on resume. A recorded step whose name differs from the code's is an error
+// naming both ("the workflow's code changed"). StepOptions::persist = false declares a step
+// whose result is not essential (a cache, a temporary file): it runs every time and is
+// never recorded.
+//
+// Effects (the journal). effect() commits the intent (effect id, idempotency key derived
+// from the workflow id and the step, the arguments, the nature) durably before the effect
+// function runs, and the outcome after. An effect found on resume with an intent and no
+// outcome was interrupted: its outcome is unknown, and its declared nature decides:
+//  - kReadOnly, kIdempotent: run again, with the same idempotency key (which the effect
+//    passes on, e.g. as an Idempotency-Key header, so the target applies it once);
+//  - kCheckable: ask the target with EffectOptions::check whether the key was applied: if so
+//    its answer is recorded as the outcome, if not the effect runs (again with the key);
+//  - kUnsafe: never run again automatically: the effect and the workflow go to
+//    needs_attention with the evidence (arguments, key, when the intent was recorded), and
+//    run() fails with kPermanent saying so. An operator decides with resolve_effect().
+// An effect function that returns a permanent error records it as the outcome (the target
+// refused; it was not applied). Any other error leaves the intent without an outcome: the
+// next run treats it as interrupted, by the rules above.
+//
+// Durability: every step record and effect intent/outcome is committed before the code
+// after it runs; with Durability::kSynced (the store's default) a committed record survives
+// kill -9 and power loss. Commits of concurrent workflows are grouped: with a committer
+// thread (the default in the real environment) a process waiting for its commit is
+// suspended, and the batches waiting together share one transaction and one sync; no
+// process sees its record as durable before it is. In the deterministic environment
+// commits run inline (the memory store does not block).
+//
+// Errors: a corrupt record is the store's kPermanent error naming the workflow and step; the
+// workflow is left as it is (not marked failed: the data, not the workflow, is bad).
+//
+// Limits: one engine runs a given workflow id at most once at a time (a second run() of a
+// running id fails with kAlreadyExists). Several engines on one store (many nodes) would
+// need leases: not done (the scale-out issue).
+//
+// Ownership: the engine borrows the Environment and the Store (both must outlive it); a
+// WorkflowContext lives in the frame of run() and is valid only inside the workflow's code.
+// Thread-safety: every WorkflowEngine member may be called from any process or thread;
+// a WorkflowContext belongs to the one process running the workflow.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+
+#include "nines/core/environment.hpp"
+#include "nines/core/result.hpp"
+#include "nines/runtime/process.hpp"
+#include "nines/runtime/task.hpp"
+#include "nines/store/store.hpp"
+#include "nines/workflow/codec.hpp"
+
+namespace nines {
+
+class WorkflowContext;
+class WorkflowEngine;
+
+namespace internal {
+class Committer;
+struct WorkflowRun;
+}  // namespace internal
+
+struct WorkflowEngineOptions {
+  enum class Commit : std::uint8_t {
+    kAuto,    // kThread in the real environment, kInline in the deterministic one
+    kInline,  // commit on the calling worker thread (blocks it for the commit)
+    kThread,  // a committer thread groups concurrent commits; committing processes suspend
+  };
+  Commit commit = Commit::kAuto;
+  // kThread: most batches and bytes merged into one backend commit (>= 1).
+  std::size_t max_group_batches = 256;
+  std::size_t max_group_bytes = std::size_t{8} << 20;
+  // kThread: commits queued at once; beyond, commit fails at once with kTransient (>= 1).
+  std::size_t max_queued_commits = 100'000;
+  // Largest step result or effect outcome recorded, in bytes; larger is kInvalidArgument.
+  std::size_t max_record_bytes = std::size_t{16} << 20;
+  // Largest number of steps (and effects) one workflow may make (bounds a looping
+  // workflow's records); beyond, the step fails with kBudgetExceeded.
+  std::int64_t max_steps = 100'000;
+};
+
+struct StepOptions {
+  // false: the result is not essential (a cache, a temporary file): the step runs every time
+  // and nothing is recorded. It still takes its place in the numbering.
+  bool persist = true;
+};
+
+struct EffectOptions {
+  std::string name;  // names the effect in the journal and in errors; not empty
+  EffectNature nature = EffectNature::kUnsafe;
+  std::string arguments;  // recorded with the intent (the evidence an operator sees)
+  // kCheckable only: asks the target whether the effect with this idempotency key was
+  // applied: its outcome if so, nullopt if not, an error if it cannot tell (the run fails
+  // with that error and the question is asked again next time).
+  std::function<Task<Result<std::optional<std::string>>>(Context&, const std::string& idempotency_key)> check;
+};
+
+// What an operator decided about an effect in needs_attention.
+struct EffectResolution {
+  bool applied = false;  // true: it was applied, with `outcome`; false: it was not (it will run)
+  std::string outcome;
+};
+
+struct WorkflowEngineStats {
+  std::uint64_t runs = 0;             // run() calls that ran workflow code
+  std::uint64_t steps_executed = 0;   // step functions run
+  std::uint64_t steps_replayed = 0;   // steps answered from their record
+  std::uint64_t effects_executed = 0; // effect functions run (first time or again)
+  std::uint64_t effects_replayed = 0; // effects answered from their recorded outcome
+  std::uint64_t effects_checked = 0;  // interrupted checkable effects asked about
+  std::uint64_t needs_attention = 0;  // effects stopped for an operator
+  std::uint64_t commits = 0;          // batches committed
+  std::uint64_t commit_groups = 0;    // backend commits they took (kThread groups them)
+};
+
+class WorkflowContext {
+ public:
+  WorkflowContext(const WorkflowContext&) = delete;
+  WorkflowContext& operator=(const WorkflowContext&) = delete;
+
+  const std::string& id() const { return id_; }
+  const std::string& kind() const { return kind_; }
+  const std::string& input() const { return input_; }
+  // 1 on the first run, 2 on the first resume, ...
+  std::int64_t attempt() const { return attempt_; }
+  Context& ctx() { return ctx_; }
+
+  // Step n (see the top of this file). fn(ctx) must return Task<Result<T>>; T must have a
+  // Codec (codec.hpp). Co_await at once.
+  template <class T, class F>
+  Task<Result<T>> step(std::string name, F fn, StepOptions options = {}) {
+    static_assert(std::is_same_v<std::invoke_result_t<F&, Context&>, Task<Result<T>>>,
+                  "WorkflowContext::step<T>: fn(ctx) must return Task<Result<T>>");
+    std::optional<Result<std::string>> recorded;
+    auto seq = begin_step(name, options, recorded);
+    if (!seq.ok()) co_return std::move(seq).error();
+    if (recorded) {
+      if (!recorded->ok()) co_return std::move(*recorded).error();
+      Result<T> v = Codec<T>::decode(**recorded);
+      if (!v.ok()) co_return std::move(v).error().with_context(step_context(*seq, name) + ": its recorded result");
+      co_return v;
+    }
+    Result<T> r = co_await fn(ctx_);
+    if (!options.persist) co_return r;
+    Result<std::string> bytes = r.ok() ? Result<std::string>(Codec<T>::encode(*r)) : Result<std::string>(r.error());
+    Status s = co_await record_step(*seq, std::move(name), bytes);
+    if (!s.ok()) co_return std::move(s).error();
+    co_return r;
+  }
+
+  // Effect n: journaled (see the top of this file). fn(ctx, idempotency_key) must return
+  // Task<Result<std::string>> (the outcome). Co_await at once.
+  template <class F>
+  Task<Result<std::string>> effect(EffectOptions options, F fn) {
+    static_assert(std::is_same_v<std::invoke_result_t<F&, Context&, const std::string&>, Task<Result<std::string>>>,
+                  "WorkflowContext::effect: fn(ctx, key) must return Task<Result<std::string>>");
+    EffectPlan plan = co_await plan_effect(options);
+    if (plan.done) co_return std::move(*plan.done);
+    Result<std::string> r = co_await fn(ctx_, plan.idempotency_key);
+    co_return co_await finish_effect(plan, std::move(r));
+  }
+
+ private:
+  friend class WorkflowEngine;
+  friend struct internal::WorkflowRun;
+
+  struct EffectPlan {
+    std::int64_t seq = 0;
+    std::string effect_id;
+    std::string idempotency_key;
+    std::optional<Result<std::string>> done;  // the effect's result without running it
+  };
+
+  WorkflowContext(WorkflowEngine& engine, internal::WorkflowRun& run, Context& ctx, std::string id, std::string kind,
+                  std::string input, std::int64_t attempt)
+      : engine_(engine), run_(run), ctx_(ctx), id_(std::move(id)), kind_(std::move(kind)), input_(std::move(input)),
+        attempt_(attempt) {}
+
+  // Takes the next step number; sets `recorded` when the step has a record.
+  Result<std::int64_t> begin_step(const std::string& name, const StepOptions& options,
+                                  std::optional<Result<std::string>>& recorded);
+  Task<Status> record_step(std::int64_t seq, std::string name, const Result<std::string>& result);
+  Task<EffectPlan> plan_effect(const EffectOptions& options);
+  Task<Result<std::string>> finish_effect(const EffectPlan& plan, Result<std::string> result);
+  std::string step_context(std::int64_t seq, const std::string& name) const;
+
+  WorkflowEngine& engine_;
+  internal::WorkflowRun& run_;
+  Context& ctx_;
+  std::string id_;
+  std::string kind_;
+  std::string input_;
+  std::int64_t attempt_;
+};
+
+class WorkflowEngine {
+ public:
+  using Body = std::function<Task<Result<std::string>>(WorkflowContext&)>;
+
+  // kInvalidArgument for bad options; kInvalidArgument for Commit::kThread on the
+  // deterministic environment (it has no threads).
+  static Result<std::unique_ptr<WorkflowEngine>> create(Environment& env, Store& store,
+                                                        WorkflowEngineOptions options = {});
+  // Waits for queued commits, then stops the committer thread. No run() may be in progress.
+  ~WorkflowEngine();
+  WorkflowEngine(const WorkflowEngine&) = delete;
+  WorkflowEngine& operator=(const WorkflowEngine&) = delete;
+
+  // The code of a kind of workflow. kAlreadyExists if the kind is registered; kInvalidArgument
+  // for an empty kind or body. Register every kind before running or resuming workflows.
+  Status register_kind(std::string kind, Body body);
+
+  // Starts workflow `id` of `kind` with `input`, or resumes it if it exists, and runs it to
+  // its end in the calling process. Returns its result, or:
+  //  - the recorded result or error of a finished workflow (nothing runs);
+  //  - kPermanent "needs attention" for a workflow stopped for an operator;
+  //  - kNotFound for an unregistered kind; kInvalidArgument if the id exists with another kind;
+  //  - kAlreadyExists if this engine is running the id already;
+  //  - a non-permanent error of the code (the workflow stays running: run() again resumes);
+  //  - the store's error (a failed commit, a corrupt record): the workflow is left as it was.
+  // A permanent error of the code (kPermanent, kInvalidArgument) finishes it as failed.
+  Task<Result<std::string>> run(Context& ctx, std::string kind, std::string id, std::string input);
+
+  // Resumes every workflow left running (after a restart), at most `concurrency` at once,
+  // each in a process of its own, and returns when all have ended. Returns how many ran, or
+  // the first store error met while listing them. Errors of the workflows themselves are in
+  // their records.
+  Task<Result<std::size_t>> resume_all(Context& ctx, std::size_t concurrency = 64);
+
+  // An operator's decision about effect `effect_id` of a workflow in needs_attention: the
+  // effect gets the outcome (applied) or is cleared to run again (not applied), and the
+  // workflow goes back to running (run() resumes it). kNotFound, or kInvalidArgument if the
+  // effect is not in needs_attention.
+  Status resolve_effect(std::string_view workflow_id, std::string_view effect_id, const EffectResolution& resolution);
+
+  Store& store() { return store_; }
+  Environment& env() { return env_; }
+  const WorkflowEngineOptions& options() const { return options_; }
+  WorkflowEngineStats stats() const;
+
+  // Commits a batch through the engine's committer (grouped with concurrent ones). For
+  // writes outside workflows (history, summaries). Inside a process; co_await at once.
+  Task<Status> commit(Context& ctx, WriteBatch batch);
+
+  // Wall time as the store keeps it (env.unix_time_ns()).
+  TimePoint store_now() const;
+
+ private:
+  friend class WorkflowContext;
+  friend struct internal::WorkflowRun;
+  struct Impl;
+  WorkflowEngine(Environment& env, Store& store, WorkflowEngineOptions options);
+
+  Environment& env_;
+  Store& store_;
+  WorkflowEngineOptions options_;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace nines

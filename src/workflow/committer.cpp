@@ -1,0 +1,98 @@
+#include "workflow/committer.hpp"
+
+#include <any>
+#include <utility>
+#include <vector>
+
+#include "nines/store/group_commit.hpp"
+
+namespace nines::internal {
+
+Task<Status> InlineCommitter::commit(Context&, WriteBatch batch) {
+  Status s = store_.commit(batch);
+  groups_.fetch_add(1, std::memory_order_relaxed);
+  if (s.ok()) batches_.fetch_add(1, std::memory_order_relaxed);
+  co_return s;
+}
+
+Result<std::unique_ptr<ThreadCommitter>> ThreadCommitter::create(Environment& env, Store& store,
+                                                                 ThreadCommitterOptions options) {
+  std::unique_ptr<ThreadCommitter> c(new ThreadCommitter(store, options));
+  ThreadCommitter* self = c.get();
+  auto thread = env.start_thread("nines-commit", [self] { self->loop(); });
+  if (!thread.ok()) return std::move(thread).error().with_context("workflow engine: starting the committer thread");
+  c->thread_ = std::move(*thread);
+  return c;
+}
+
+ThreadCommitter::~ThreadCommitter() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_) thread_->join();
+}
+
+Task<Status> ThreadCommitter::commit(Context& ctx, WriteBatch batch) {
+  if (batch.empty()) co_return ok_status();
+  bool full = false;
+  // The batch moves into the queue when the process is suspended; if the process is killed
+  // while it waits, the batch is still committed (or failed) and the completion is dropped.
+  std::function<void(Completion)> start = [this, &batch, &full](Completion c) {
+    {
+      std::lock_guard lock(mu_);
+      if (queue_.size() >= options_.max_queued || stopping_) {
+        full = true;
+      } else {
+        queue_.push_back(Item{std::move(batch), c});
+      }
+    }
+    if (full) {
+      c.complete(Error(ErrorKind::kTransient, "workflow engine: the commit queue is full or stopping"));
+    } else {
+      cv_.notify_one();
+    }
+  };
+  Result<std::any> r = co_await ctx.await_external(std::move(start));
+  if (!r.ok()) co_return std::move(r).error();
+  co_return ok_status();
+}
+
+void ThreadCommitter::loop() {
+  std::unique_lock lock(mu_);
+  for (;;) {
+    cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+    if (queue_.empty()) return;  // stopping, and everything is committed
+    std::deque<Item> group;
+    std::size_t bytes = 0;
+    while (!queue_.empty() && group.size() < options_.max_group_batches &&
+           (group.empty() || bytes + queue_.front().batch.approximate_bytes() <= options_.max_group_bytes)) {
+      bytes += queue_.front().batch.approximate_bytes();
+      group.push_back(std::move(queue_.front()));
+      queue_.pop_front();
+    }
+    lock.unlock();
+    commit_group(group);
+    lock.lock();
+  }
+}
+
+void ThreadCommitter::commit_group(std::deque<Item>& group) {
+  std::vector<const WriteBatch*> batches;
+  batches.reserve(group.size());
+  for (const Item& item : group) batches.push_back(&item.batch);
+  std::uint64_t backend_commits = 0;
+  std::vector<Status> results = commit_merged(store_, batches, &backend_commits);
+  groups_.fetch_add(backend_commits, std::memory_order_relaxed);
+  for (std::size_t i = 0; i < group.size(); ++i) {
+    if (results[i].ok()) {
+      batches_.fetch_add(1, std::memory_order_relaxed);
+      group[i].done.complete(std::any{});
+    } else {
+      group[i].done.complete(std::move(results[i]).error());
+    }
+  }
+}
+
+}  // namespace nines::internal

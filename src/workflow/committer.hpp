@@ -1,0 +1,83 @@
+// Internal: how the workflow engine's batches reach the store.
+//
+// InlineCommitter commits on the calling worker thread (the deterministic environment, where
+// the memory store does not block, and callers that ask for it). ThreadCommitter runs one
+// committer thread: a committing process hands its batch over and is suspended
+// (Context::await_external); the thread takes every batch queued meanwhile (bounded), commits
+// them as one merged batch (one transaction, one sync), and completes each waiter with the
+// outcome only after the commit returned: group commit without blocking a worker.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+
+#include "nines/core/environment.hpp"
+#include "nines/core/result.hpp"
+#include "nines/runtime/process.hpp"
+#include "nines/runtime/task.hpp"
+#include "nines/store/store.hpp"
+
+namespace nines::internal {
+
+class Committer {
+ public:
+  virtual ~Committer() = default;
+  // Commits `batch` (grouped with others' if the committer groups); ok once durable.
+  virtual Task<Status> commit(Context& ctx, WriteBatch batch) = 0;
+  std::uint64_t batches() const { return batches_.load(std::memory_order_relaxed); }
+  std::uint64_t groups() const { return groups_.load(std::memory_order_relaxed); }
+
+ protected:
+  std::atomic<std::uint64_t> batches_{0};
+  std::atomic<std::uint64_t> groups_{0};
+};
+
+class InlineCommitter final : public Committer {
+ public:
+  explicit InlineCommitter(Store& store) : store_(store) {}
+  Task<Status> commit(Context& ctx, WriteBatch batch) override;
+
+ private:
+  Store& store_;
+};
+
+struct ThreadCommitterOptions {
+  std::size_t max_group_batches = 256;
+  std::size_t max_group_bytes = std::size_t{8} << 20;
+  std::size_t max_queued = 100'000;
+};
+
+class ThreadCommitter final : public Committer {
+ public:
+  // Starts the committer thread on `env`.
+  static Result<std::unique_ptr<ThreadCommitter>> create(Environment& env, Store& store,
+                                                         ThreadCommitterOptions options);
+  // Commits everything queued, then stops the thread.
+  ~ThreadCommitter() override;
+  Task<Status> commit(Context& ctx, WriteBatch batch) override;
+
+ private:
+  struct Item {
+    WriteBatch batch;
+    Completion done;
+  };
+  ThreadCommitter(Store& store, ThreadCommitterOptions options) : store_(store), options_(options) {}
+  void loop();
+  // Commits a group; each item's status in `out`, same order.
+  void commit_group(std::deque<Item>& group);
+
+  Store& store_;
+  const ThreadCommitterOptions options_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Item> queue_;
+  bool stopping_ = false;
+  std::unique_ptr<Thread> thread_;
+};
+
+}  // namespace nines::internal

@@ -1,0 +1,500 @@
+// Durable workflows: the engine, step records and the effect journal. See workflow.hpp.
+#include "nines/workflow/workflow.hpp"
+
+#include <atomic>
+#include <cstdio>
+#include <map>
+#include <mutex>
+#include <set>
+#include <vector>
+
+#include "nines/runtime/runtime.hpp"
+#include "workflow/committer.hpp"
+
+namespace nines {
+
+namespace internal {
+
+// One run of one workflow: what its records say, and the next step number.
+struct WorkflowRun {
+  std::string id;
+  std::map<std::int64_t, StepRecord> steps;
+  std::map<std::string, EffectRecord, std::less<>> effects;
+  std::int64_t next_seq = 1;
+  bool needs_attention = false;  // an effect stopped it for an operator during this run
+};
+
+}  // namespace internal
+
+namespace {
+
+// Errors a step or effect would meet again if run again: recorded as its result.
+bool is_final_error(ErrorKind k) { return k == ErrorKind::kPermanent || k == ErrorKind::kInvalidArgument; }
+
+std::string seq_text(std::int64_t seq) {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "%06lld", static_cast<long long>(seq));
+  return buf;
+}
+
+std::string effect_id_for(std::int64_t seq, const std::string& name) { return seq_text(seq) + ":" + name; }
+
+std::string quoted(std::string_view s) { return "'" + std::string(s) + "'"; }
+
+// The outcome resolve_effect records for an effect an operator says was not applied: the
+// next run runs it (with its idempotency key).
+constexpr std::string_view kClearedToRun = "nines:not-applied-cleared-by-operator";
+
+}  // namespace
+
+// ---- engine ----
+
+struct WorkflowEngine::Impl {
+  std::unique_ptr<internal::Committer> committer;
+  std::mutex mu;
+  std::map<std::string, Body, std::less<>> kinds;
+  std::set<std::string, std::less<>> running;
+
+  std::atomic<std::uint64_t> runs{0};
+  std::atomic<std::uint64_t> steps_executed{0};
+  std::atomic<std::uint64_t> steps_replayed{0};
+  std::atomic<std::uint64_t> effects_executed{0};
+  std::atomic<std::uint64_t> effects_replayed{0};
+  std::atomic<std::uint64_t> effects_checked{0};
+  std::atomic<std::uint64_t> needs_attention{0};
+};
+
+Result<std::unique_ptr<WorkflowEngine>> WorkflowEngine::create(Environment& env, Store& store,
+                                                               WorkflowEngineOptions options) {
+  auto invalid = [](std::string what) { return Error(ErrorKind::kInvalidArgument, "workflow engine: " + what); };
+  if (options.max_group_batches == 0) return invalid("max_group_batches must be >= 1");
+  if (options.max_group_bytes == 0) return invalid("max_group_bytes must be >= 1");
+  if (options.max_queued_commits == 0) return invalid("max_queued_commits must be >= 1");
+  if (options.max_record_bytes == 0) return invalid("max_record_bytes must be >= 1");
+  if (options.max_steps < 1) return invalid("max_steps must be >= 1");
+  WorkflowEngineOptions::Commit mode = options.commit;
+  if (mode == WorkflowEngineOptions::Commit::kAuto) {
+    mode = env.deterministic() ? WorkflowEngineOptions::Commit::kInline : WorkflowEngineOptions::Commit::kThread;
+  }
+  if (mode == WorkflowEngineOptions::Commit::kThread && env.deterministic()) {
+    return invalid("Commit::kThread needs threads; the deterministic environment has one (use kInline or kAuto)");
+  }
+  std::unique_ptr<WorkflowEngine> engine(new WorkflowEngine(env, store, options));
+  if (mode == WorkflowEngineOptions::Commit::kInline) {
+    engine->impl_->committer = std::make_unique<internal::InlineCommitter>(store);
+  } else {
+    auto c = internal::ThreadCommitter::create(env, store,
+                                               {.max_group_batches = options.max_group_batches,
+                                                .max_group_bytes = options.max_group_bytes,
+                                                .max_queued = options.max_queued_commits});
+    if (!c.ok()) return std::move(c).error();
+    engine->impl_->committer = std::move(*c);
+  }
+  return engine;
+}
+
+WorkflowEngine::WorkflowEngine(Environment& env, Store& store, WorkflowEngineOptions options)
+    : env_(env), store_(store), options_(options), impl_(std::make_unique<Impl>()) {}
+
+WorkflowEngine::~WorkflowEngine() = default;
+
+Status WorkflowEngine::register_kind(std::string kind, Body body) {
+  if (kind.empty()) return Error(ErrorKind::kInvalidArgument, "workflow engine: a kind must have a name");
+  if (!body) return Error(ErrorKind::kInvalidArgument, "workflow engine: kind " + quoted(kind) + " has no code");
+  std::lock_guard lock(impl_->mu);
+  if (impl_->kinds.contains(kind)) {
+    return Error(ErrorKind::kAlreadyExists, "workflow engine: kind " + quoted(kind) + " is registered already");
+  }
+  impl_->kinds.emplace(std::move(kind), std::move(body));
+  return ok_status();
+}
+
+WorkflowEngineStats WorkflowEngine::stats() const {
+  WorkflowEngineStats s;
+  s.runs = impl_->runs.load();
+  s.steps_executed = impl_->steps_executed.load();
+  s.steps_replayed = impl_->steps_replayed.load();
+  s.effects_executed = impl_->effects_executed.load();
+  s.effects_replayed = impl_->effects_replayed.load();
+  s.effects_checked = impl_->effects_checked.load();
+  s.needs_attention = impl_->needs_attention.load();
+  s.commits = impl_->committer->batches();
+  s.commit_groups = impl_->committer->groups();
+  return s;
+}
+
+TimePoint WorkflowEngine::store_now() const { return TimePoint(Duration(env_.unix_time_ns())); }
+
+Task<Status> WorkflowEngine::commit(Context& ctx, WriteBatch batch) {
+  return impl_->committer->commit(ctx, std::move(batch));
+}
+
+Task<Result<std::string>> WorkflowEngine::run(Context& ctx, std::string kind, std::string id, std::string input) {
+  if (id.empty()) co_return Error(ErrorKind::kInvalidArgument, "workflow engine: a workflow id must not be empty");
+  Body body;
+  {
+    std::lock_guard lock(impl_->mu);
+    auto it = impl_->kinds.find(kind);
+    if (it == impl_->kinds.end()) {
+      co_return Error(ErrorKind::kNotFound, "workflow engine: no code registered for kind " + quoted(kind) +
+                                                " (workflow " + quoted(id) + ")");
+    }
+    body = it->second;
+    if (!impl_->running.insert(id).second) {
+      co_return Error(ErrorKind::kAlreadyExists, "workflow " + quoted(id) + " is running already");
+    }
+  }
+  struct Running {
+    Impl& impl;
+    const std::string& id;
+    ~Running() {
+      std::lock_guard lock(impl.mu);
+      impl.running.erase(id);
+    }
+  } running_guard{*impl_, id};
+
+  // Start or resume.
+  WorkflowRecord record;
+  Result<WorkflowRecord> existing = store_.get_workflow(id);
+  if (existing.ok()) {
+    record = std::move(*existing);
+  } else if (existing.error().kind() != ErrorKind::kNotFound) {
+    co_return std::move(existing).error();
+  }
+  const bool fresh = !existing.ok();
+  if (!fresh) {
+    if (record.kind != kind) {
+      co_return Error(ErrorKind::kInvalidArgument, "workflow " + quoted(id) + " exists with kind " +
+                                                       quoted(record.kind) + ", not " + quoted(kind));
+    }
+    switch (record.status) {
+      case WorkflowStatus::kCompleted: co_return record.result;
+      case WorkflowStatus::kFailed:
+      case WorkflowStatus::kCancelled: {
+        std::optional<Error> e = decode_error(record.result);
+        if (!e) co_return Error(ErrorKind::kPermanent, "workflow " + quoted(id) + " " +
+                                                           std::string(to_string(record.status)) + ": " + record.result);
+        co_return std::move(*e);
+      }
+      case WorkflowStatus::kNeedsAttention:
+        co_return Error(ErrorKind::kPermanent, "workflow " + quoted(id) + " needs attention: " + record.result);
+      case WorkflowStatus::kRunning: break;
+    }
+  }
+  {
+    WriteBatch b;
+    if (fresh) b.create_workflow(id, kind, input, store_now());
+    b.start_attempt(id, store_now());
+    Status s = co_await commit(ctx, std::move(b));
+    if (!s.ok()) co_return std::move(s).error().with_context("workflow " + quoted(id));
+  }
+  if (fresh) {
+    record.input = std::move(input);
+    record.attempt = 0;
+  }
+
+  internal::WorkflowRun run;
+  run.id = id;
+  if (!fresh) {
+    Result<std::vector<StepRecord>> steps = store_.load_steps(id);
+    if (!steps.ok()) co_return std::move(steps).error();
+    for (StepRecord& s : *steps) run.steps.emplace(s.seq, std::move(s));
+    Result<std::vector<EffectRecord>> effects = store_.load_effects(id);
+    if (!effects.ok()) co_return std::move(effects).error();
+    for (EffectRecord& e : *effects) run.effects.emplace(e.effect_id, std::move(e));
+  }
+
+  impl_->runs.fetch_add(1, std::memory_order_relaxed);
+  WorkflowContext wf(*this, run, ctx, id, kind, record.input, record.attempt + 1);
+  Result<std::string> r = co_await body(wf);
+  if (run.needs_attention) co_return r;  // its status is recorded already
+
+  WriteBatch b;
+  if (r.ok()) {
+    if (r->size() > options_.max_record_bytes) {
+      co_return Error(ErrorKind::kInvalidArgument, "workflow " + quoted(id) + ": its result is " +
+                                                       std::to_string(r->size()) + " bytes, more than max_record_bytes");
+    }
+    b.set_workflow_status(id, WorkflowStatus::kCompleted, *r, store_now());
+  } else if (is_final_error(r.error().kind())) {
+    b.set_workflow_status(id, WorkflowStatus::kFailed, encode_error(r.error()), store_now());
+  } else {
+    co_return r;  // stays running: resumable
+  }
+  Status s = co_await commit(ctx, std::move(b));
+  if (!s.ok()) co_return std::move(s).error().with_context("workflow " + quoted(id) + ": recording its end");
+  co_return r;
+}
+
+Task<Result<std::size_t>> WorkflowEngine::resume_all(Context& ctx, std::size_t concurrency) {
+  if (concurrency == 0) concurrency = 1;
+  std::size_t started = 0;
+  std::set<MonitorRef> children;  // monitors of the workflows running now
+  std::function<bool(const Message&)> is_child_down = [&children](const Message& m) {
+    const Down* d = m.get<Down>();
+    return d != nullptr && children.contains(d->ref);
+  };
+  auto too_late = [&] {
+    return Error(ErrorKind::kDeadlineExceeded, "resume_all: the deadline passed with " +
+                                                   std::to_string(children.size()) + " workflows still running");
+  };
+  std::string after;
+  for (;;) {
+    Result<std::vector<WorkflowRecord>> page = store_.list_workflows(WorkflowStatus::kRunning, after, 256);
+    if (!page.ok()) co_return std::move(page).error();
+    if (page->empty()) break;
+    after = page->back().id;
+    for (WorkflowRecord& w : *page) {
+      while (children.size() >= concurrency) {
+        std::optional<Message> m = co_await ctx.receive_if(is_child_down);
+        if (!m) co_return too_late();
+        children.erase(m->get<Down>()->ref);
+      }
+      Behavior child = [this, kind = std::move(w.kind), wid = std::move(w.id)](Context& c) -> Task<> {
+        (void)co_await run(c, kind, wid, std::string());
+      };
+      Result<Pid> pid = ctx.spawn(std::move(child));
+      if (!pid.ok()) co_return std::move(pid).error().with_context("resume_all");
+      children.insert(ctx.monitor(*pid));
+      ++started;
+    }
+  }
+  while (!children.empty()) {
+    std::optional<Message> m = co_await ctx.receive_if(is_child_down);
+    if (!m) co_return too_late();
+    children.erase(m->get<Down>()->ref);
+  }
+  co_return started;
+}
+
+Status WorkflowEngine::resolve_effect(std::string_view workflow_id, std::string_view effect_id,
+                                      const EffectResolution& resolution) {
+  Result<WorkflowRecord> w = store_.get_workflow(workflow_id);
+  if (!w.ok()) return std::move(w).error();
+  Result<std::vector<EffectRecord>> effects = store_.load_effects(workflow_id);
+  if (!effects.ok()) return std::move(effects).error();
+  const EffectRecord* found = nullptr;
+  for (const EffectRecord& e : *effects) {
+    if (e.effect_id == effect_id) found = &e;
+  }
+  if (found == nullptr) {
+    return Error(ErrorKind::kNotFound, "workflow " + quoted(workflow_id) + " has no effect " + quoted(effect_id));
+  }
+  if (found->state != EffectState::kNeedsAttention) {
+    return Error(ErrorKind::kInvalidArgument, "effect " + quoted(effect_id) + " of workflow " + quoted(workflow_id) +
+                                                  " is " + std::string(to_string(found->state)) +
+                                                  ", not needs_attention");
+  }
+  WriteBatch b;
+  if (resolution.applied) {
+    b.put_effect_outcome(std::string(workflow_id), std::string(effect_id), EffectState::kDone, resolution.outcome,
+                         store_now());
+  } else {
+    // Back to an intent the operator has cleared: the next run runs it (see plan_effect).
+    b.put_effect_outcome(std::string(workflow_id), std::string(effect_id), EffectState::kFailed,
+                         std::string(kClearedToRun), store_now());
+  }
+  b.set_workflow_status(std::string(workflow_id), WorkflowStatus::kRunning, "", store_now());
+  return store_.commit(b);
+}
+
+// ---- steps ----
+
+std::string WorkflowContext::step_context(std::int64_t seq, const std::string& name) const {
+  return "workflow " + quoted(id_) + " step " + std::to_string(seq) + " (" + quoted(name) + ")";
+}
+
+Result<std::int64_t> WorkflowContext::begin_step(const std::string& name, const StepOptions& options,
+                                                 std::optional<Result<std::string>>& recorded) {
+  const std::int64_t seq = run_.next_seq++;
+  if (seq > engine_.options().max_steps) {
+    return Error(ErrorKind::kBudgetExceeded, step_context(seq, name) + ": more than max_steps (" +
+                                                 std::to_string(engine_.options().max_steps) + ") steps");
+  }
+  if (!options.persist) return seq;
+  auto it = run_.steps.find(seq);
+  if (it == run_.steps.end()) {
+    if (run_.effects.contains(effect_id_for(seq, name))) {
+      return Error(ErrorKind::kInvalidArgument,
+                   step_context(seq, name) + ": recorded as an effect; the workflow's code changed");
+    }
+    return seq;
+  }
+  const StepRecord& rec = it->second;
+  if (rec.name != name) {
+    return Error(ErrorKind::kInvalidArgument, step_context(seq, name) + ": recorded as step " + quoted(rec.name) +
+                                                  "; the workflow's code changed (steps must come in the same order)");
+  }
+  engine_.impl_->steps_replayed.fetch_add(1, std::memory_order_relaxed);
+  if (rec.status == StepStatus::kOk) {
+    recorded.emplace(rec.result);
+  } else {
+    std::optional<Error> e = decode_error(rec.result);
+    if (!e) return Error(ErrorKind::kPermanent, step_context(seq, name) + ": its recorded error is malformed");
+    recorded.emplace(std::move(*e));
+  }
+  return seq;
+}
+
+Task<Status> WorkflowContext::record_step(std::int64_t seq, std::string name, const Result<std::string>& result) {
+  engine_.impl_->steps_executed.fetch_add(1, std::memory_order_relaxed);
+  if (!result.ok() && !is_final_error(result.error().kind())) co_return ok_status();  // runs again on resume
+  const std::string& bytes = result.ok() ? *result : std::string();
+  std::string encoded = result.ok() ? std::string() : encode_error(result.error());
+  const std::string& value = result.ok() ? bytes : encoded;
+  if (value.size() > engine_.options().max_record_bytes) {
+    co_return Error(ErrorKind::kInvalidArgument, step_context(seq, name) + ": its result is " +
+                                                     std::to_string(value.size()) +
+                                                     " bytes, more than max_record_bytes (" +
+                                                     std::to_string(engine_.options().max_record_bytes) + ")");
+  }
+  WriteBatch b;
+  b.put_step(id_, seq, name, result.ok() ? StepStatus::kOk : StepStatus::kError, value, engine_.store_now());
+  Status s = co_await engine_.commit(ctx_, std::move(b));
+  if (!s.ok()) co_return std::move(s).error().with_context(step_context(seq, name) + ": recording its result");
+  co_return ok_status();
+}
+
+// ---- effects ----
+
+Task<WorkflowContext::EffectPlan> WorkflowContext::plan_effect(const EffectOptions& options) {
+  EffectPlan plan;
+  plan.seq = run_.next_seq++;
+  const std::string where = "workflow " + quoted(id_) + " effect " + std::to_string(plan.seq) + " (" +
+                            quoted(options.name) + ")";
+  if (options.name.empty()) {
+    plan.done.emplace(Error(ErrorKind::kInvalidArgument, "workflow " + quoted(id_) + " effect " +
+                                                             std::to_string(plan.seq) + ": an effect needs a name"));
+    co_return plan;
+  }
+  if (plan.seq > engine_.options().max_steps) {
+    plan.done.emplace(Error(ErrorKind::kBudgetExceeded, where + ": more than max_steps steps"));
+    co_return plan;
+  }
+  if (options.arguments.size() > engine_.options().max_record_bytes) {
+    plan.done.emplace(Error(ErrorKind::kInvalidArgument, where + ": its arguments are more than max_record_bytes"));
+    co_return plan;
+  }
+  if (run_.steps.contains(plan.seq)) {
+    plan.done.emplace(Error(ErrorKind::kInvalidArgument, where + ": recorded as a step; the workflow's code changed"));
+    co_return plan;
+  }
+  plan.effect_id = effect_id_for(plan.seq, options.name);
+  plan.idempotency_key = id_ + "/" + std::to_string(plan.seq) + "/" + options.name;
+  auto& stats = *engine_.impl_;
+
+  auto it = run_.effects.find(plan.effect_id);
+  if (it == run_.effects.end()) {
+    // First time: the intent is durable before the effect may run.
+    EffectIntent intent;
+    intent.workflow_id = id_;
+    intent.effect_id = plan.effect_id;
+    intent.idempotency_key = plan.idempotency_key;
+    intent.nature = options.nature;
+    intent.arguments = options.arguments;
+    intent.recorded_at = engine_.store_now();
+    WriteBatch b;
+    b.put_effect_intent(std::move(intent));
+    Status s = co_await engine_.commit(ctx_, std::move(b));
+    if (!s.ok()) plan.done.emplace(std::move(s).error().with_context(where + ": recording its intent"));
+    if (s.ok()) stats.effects_executed.fetch_add(1, std::memory_order_relaxed);
+    co_return plan;
+  }
+
+  const EffectRecord& rec = it->second;
+  switch (rec.state) {
+    case EffectState::kDone:
+      stats.effects_replayed.fetch_add(1, std::memory_order_relaxed);
+      plan.done.emplace(rec.outcome.value_or(std::string()));
+      co_return plan;
+    case EffectState::kFailed: {
+      if (rec.outcome && *rec.outcome == kClearedToRun) break;  // an operator said: not applied
+      stats.effects_replayed.fetch_add(1, std::memory_order_relaxed);
+      std::optional<Error> e = decode_error(rec.outcome.value_or(std::string()));
+      plan.done.emplace(e ? std::move(*e) : Error(ErrorKind::kPermanent, where + ": failed"));
+      co_return plan;
+    }
+    case EffectState::kNeedsAttention:
+      run_.needs_attention = true;
+      plan.done.emplace(Error(ErrorKind::kPermanent, where + " needs attention (resolve it with resolve_effect)"));
+      co_return plan;
+    case EffectState::kIntent:
+      break;
+  }
+
+  // Interrupted (an intent without an outcome), or cleared by an operator: by its nature.
+  const bool cleared = rec.state == EffectState::kFailed;
+  if (!cleared) {
+    switch (rec.nature) {
+      case EffectNature::kReadOnly:
+      case EffectNature::kIdempotent:
+        break;  // run again with the same key
+      case EffectNature::kCheckable: {
+        if (!options.check) {
+          plan.done.emplace(Error(ErrorKind::kInvalidArgument, where + ": checkable, but no check function given"));
+          co_return plan;
+        }
+        stats.effects_checked.fetch_add(1, std::memory_order_relaxed);
+        Result<std::optional<std::string>> applied = co_await options.check(ctx_, plan.idempotency_key);
+        if (!applied.ok()) {
+          plan.done.emplace(std::move(applied).error().with_context(where + ": asking whether it was applied"));
+          co_return plan;
+        }
+        if (*applied) {
+          WriteBatch b;
+          b.put_effect_outcome(id_, plan.effect_id, EffectState::kDone, **applied, engine_.store_now());
+          Status s = co_await engine_.commit(ctx_, std::move(b));
+          if (!s.ok()) {
+            plan.done.emplace(std::move(s).error().with_context(where + ": recording its checked outcome"));
+          } else {
+            plan.done.emplace(std::move(**applied));
+          }
+          co_return plan;
+        }
+        break;  // not applied: run it
+      }
+      case EffectNature::kUnsafe: {
+        std::string evidence = "unsafe effect " + quoted(rec.effect_id) + " (idempotency key " +
+                               quoted(rec.idempotency_key) + ", arguments " + quoted(rec.arguments.substr(0, 256)) +
+                               ") was interrupted after its intent was recorded; whether it was applied is "
+                               "unknown, so it is not run again";
+        WriteBatch b;
+        b.put_effect_outcome(id_, plan.effect_id, EffectState::kNeedsAttention, std::nullopt, engine_.store_now());
+        b.set_workflow_status(id_, WorkflowStatus::kNeedsAttention, evidence, engine_.store_now());
+        Status s = co_await engine_.commit(ctx_, std::move(b));
+        if (!s.ok()) {
+          plan.done.emplace(std::move(s).error().with_context(where + ": recording needs_attention"));
+          co_return plan;
+        }
+        run_.needs_attention = true;
+        stats.needs_attention.fetch_add(1, std::memory_order_relaxed);
+        plan.done.emplace(Error(ErrorKind::kPermanent, "workflow " + quoted(id_) + " needs attention: " + evidence));
+        co_return plan;
+      }
+    }
+  }
+  stats.effects_executed.fetch_add(1, std::memory_order_relaxed);
+  co_return plan;
+}
+
+Task<Result<std::string>> WorkflowContext::finish_effect(const EffectPlan& plan, Result<std::string> result) {
+  const std::string where = "workflow " + quoted(id_) + " effect " + quoted(plan.effect_id);
+  if (!result.ok() && !is_final_error(result.error().kind())) {
+    co_return std::move(result).error();  // outcome unknown: the intent stays
+  }
+  if (result.ok() && result->size() > engine_.options().max_record_bytes) {
+    co_return Error(ErrorKind::kInvalidArgument, where + ": its outcome is more than max_record_bytes");
+  }
+  WriteBatch b;
+  if (result.ok()) {
+    b.put_effect_outcome(id_, plan.effect_id, EffectState::kDone, *result, engine_.store_now());
+  } else {
+    b.put_effect_outcome(id_, plan.effect_id, EffectState::kFailed, encode_error(result.error()),
+                         engine_.store_now());
+  }
+  Status s = co_await engine_.commit(ctx_, std::move(b));
+  if (!s.ok()) co_return std::move(s).error().with_context(where + ": recording its outcome");
+  co_return result;
+}
+
+}  // namespace nines

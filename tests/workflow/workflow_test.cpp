@@ -1,0 +1,434 @@
+// Durable workflows on the memory store and the virtual clock: steps recorded and replayed,
+// the effect journal by nature, needs_attention and its resolution, bad records, limits;
+// and group commit with the committer thread on the real scheduler.
+#include "nines/workflow/workflow.hpp"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "nines/store/memory_store.hpp"
+#include "runtime/test_util.hpp"
+#include "workflow/fake_ledger.hpp"
+#include "workflow/world.hpp"
+
+namespace nines {
+namespace {
+
+using testing::FakeLedger;
+using testing::World;
+
+TEST(Workflow, StepsAreRecordedAndAFinishedWorkflowReturnsItsResultWithoutRunning) {
+  World w;
+  int runs_of_a = 0, runs_of_b = 0;
+  w.add_kind("sum", [&](WorkflowContext& wf) -> Task<Result<std::string>> {
+    auto a = co_await wf.step<std::int64_t>("a", [&](Context&) -> Task<Result<std::int64_t>> {
+      ++runs_of_a;
+      co_return 40;
+    });
+    if (!a.ok()) co_return a.error();
+    auto b = co_await wf.step<std::int64_t>("b", [&](Context&) -> Task<Result<std::int64_t>> {
+      ++runs_of_b;
+      co_return 2;
+    });
+    if (!b.ok()) co_return b.error();
+    co_return wf.input() + "=" + std::to_string(*a + *b);
+  });
+  auto r = w.run("sum", "w1", "answer");
+  ASSERT_TRUE(r && r->ok()) << (r ? r->error().to_string() : "did not end");
+  EXPECT_EQ(**r, "answer=42");
+  WorkflowRecord rec = w.record("w1");
+  EXPECT_EQ(rec.status, WorkflowStatus::kCompleted);
+  EXPECT_EQ(rec.kind, "sum");
+  EXPECT_EQ(rec.result, "answer=42");
+  auto steps = w.store->load_steps("w1").value();
+  ASSERT_EQ(steps.size(), 2u);
+  EXPECT_EQ(steps[0].name, "a");
+  EXPECT_EQ(steps[0].result, "40");
+  EXPECT_EQ(steps[1].seq, 2);
+
+  auto again = w.run("sum", "w1", "ignored");
+  ASSERT_TRUE(again && again->ok());
+  EXPECT_EQ(**again, "answer=42");
+  EXPECT_EQ(runs_of_a, 1);
+  EXPECT_EQ(runs_of_b, 1);
+}
+
+TEST(Workflow, AResumedWorkflowReplaysCompletedStepsAndRunsTheRest) {
+  World w;
+  std::map<std::string, int> ran;
+  bool fail_b = true;
+  w.add_kind("k", [&](WorkflowContext& wf) -> Task<Result<std::string>> {
+    std::string out;
+    for (std::string name : {"a", "b", "c"}) {
+      // Named first: g++ 12 miscompiles a lambda with a string capture inside co_await.
+      auto fn = [&, name](Context&) -> Task<Result<std::string>> {
+        ++ran[name];
+        if (name == "b" && fail_b) co_return Error(ErrorKind::kTransient, "upstream 503");
+        co_return name + name;
+      };
+      auto r = co_await wf.step<std::string>(name, std::move(fn));
+      if (!r.ok()) co_return r.error();
+      out += *r;
+    }
+    co_return out;
+  });
+  auto first = w.run("k", "w");
+  ASSERT_TRUE(first && !first->ok());
+  EXPECT_EQ(first->error().kind(), ErrorKind::kTransient);
+  EXPECT_EQ(w.record("w").status, WorkflowStatus::kRunning);  // transient: resumable
+  fail_b = false;
+  auto second = w.run("k", "w");
+  ASSERT_TRUE(second && second->ok()) << second->error().to_string();
+  EXPECT_EQ(**second, "aabbcc");
+  EXPECT_EQ(ran["a"], 1);  // replayed from its record
+  EXPECT_EQ(ran["b"], 2);  // its transient failure was not recorded
+  EXPECT_EQ(ran["c"], 1);
+  EXPECT_EQ(w.record("w").attempt, 2);
+  EXPECT_EQ(w.engine->stats().steps_replayed, 1u);
+}
+
+TEST(Workflow, AKilledWorkflowResumesFromItsLastCommittedStep) {
+  World w;
+  std::map<std::string, int> ran;
+  w.add_kind("slow", [&](WorkflowContext& wf) -> Task<Result<std::string>> {
+    for (int i = 0; i < 5; ++i) {
+      std::string name = "s" + std::to_string(i);
+      auto fn = [&, name, i](Context& ctx) -> Task<Result<int>> {
+        ++ran[name];
+        auto slept = co_await ctx.sleep(std::chrono::seconds(1));
+        if (!slept.ok()) co_return slept.error();
+        co_return i;
+      };
+      auto r = co_await wf.step<int>(name, std::move(fn));
+      if (!r.ok()) co_return r.error();
+    }
+    co_return std::string("done");
+  });
+  auto r = w.run("slow", "w", "", std::chrono::milliseconds(2500));  // inside step 3
+  EXPECT_FALSE(r.has_value());
+  w.restart();
+  std::optional<Result<std::size_t>> resumed;
+  w.sim->spawn([&](Context& ctx) -> Task<> { resumed.emplace(co_await w.engine->resume_all(ctx)); });
+  w.sim->rt->advance(std::chrono::hours(1));
+  ASSERT_TRUE(resumed && resumed->ok());
+  EXPECT_EQ(**resumed, 1u);
+  EXPECT_EQ(w.record("w").status, WorkflowStatus::kCompleted);
+  EXPECT_EQ(ran["s0"], 1);
+  EXPECT_EQ(ran["s1"], 1);
+  EXPECT_EQ(ran["s2"], 2);  // interrupted: ran again
+  EXPECT_EQ(ran["s3"], 1);
+  EXPECT_EQ(ran["s4"], 1);
+}
+
+// An effect whose outcome could not be recorded (the commit after it failed), by nature.
+struct EffectCase {
+  EffectNature nature;
+  const char* name;
+};
+
+class InterruptedEffect : public ::testing::TestWithParam<EffectCase> {};
+
+TEST_P(InterruptedEffect, IsResolvedByItsDeclaredNature) {
+  const EffectNature nature = GetParam().nature;
+  World w;
+  FakeLedger ledger;
+  bool fail_outcome_commit = true;
+  int effect_runs = 0;
+  w.add_kind("pay", [&](WorkflowContext& wf) -> Task<Result<std::string>> {
+    EffectOptions o{.name = "charge", .nature = nature, .arguments = "card=4242 amount=10"};
+    o.check = [&](Context&, const std::string& key) -> Task<Result<std::optional<std::string>>> {
+      co_return ledger.check(key);
+    };
+    auto r = co_await wf.effect(std::move(o), [&](Context&, const std::string& key) -> Task<Result<std::string>> {
+      ++effect_runs;
+      std::string out = nature == EffectNature::kUnsafe ? ledger.apply_unsafe(key) : ledger.apply_idempotent(key);
+      // The process dies (here: its commit fails) after the effect, before its outcome is recorded.
+      if (fail_outcome_commit) w.store->fail_next_commits(1, Error(ErrorKind::kTransient, "disk went away"));
+      co_return out;
+    });
+    if (!r.ok()) co_return r.error();
+    co_return *r;
+  });
+  auto first = w.run("pay", "order-1");
+  ASSERT_TRUE(first && !first->ok());
+  EXPECT_EQ(first->error().kind(), ErrorKind::kTransient);
+  fail_outcome_commit = false;
+  w.restart();
+  auto second = w.run("pay", "order-1");
+  ASSERT_TRUE(second.has_value());
+  const std::string key = "order-1/1/charge";
+  switch (nature) {
+    case EffectNature::kReadOnly:
+    case EffectNature::kIdempotent:
+      ASSERT_TRUE(second->ok()) << second->error().to_string();
+      EXPECT_EQ(effect_runs, 2);       // ran again ...
+      EXPECT_EQ(ledger.raw(key), 2);   // ... with the same key ...
+      EXPECT_EQ(ledger.applied(key), 1);  // ... so applied once
+      break;
+    case EffectNature::kCheckable:
+      ASSERT_TRUE(second->ok()) << second->error().to_string();
+      EXPECT_EQ(effect_runs, 1);  // the target said it was applied: not run again
+      EXPECT_EQ(ledger.applied(key), 1);
+      EXPECT_EQ(**second, "applied:" + key);
+      EXPECT_EQ(w.engine->stats().effects_checked, 1u);
+      break;
+    case EffectNature::kUnsafe: {
+      ASSERT_FALSE(second->ok());
+      EXPECT_EQ(second->error().kind(), ErrorKind::kPermanent);
+      EXPECT_NE(second->error().message().find("needs attention"), std::string::npos) << second->error().message();
+      EXPECT_EQ(effect_runs, 1);  // never run again automatically
+      EXPECT_EQ(ledger.applied(key), 1);
+      WorkflowRecord rec = w.record("order-1");
+      EXPECT_EQ(rec.status, WorkflowStatus::kNeedsAttention);
+      EXPECT_NE(rec.result.find("card=4242 amount=10"), std::string::npos) << rec.result;  // the evidence
+      EXPECT_NE(rec.result.find(key), std::string::npos);
+      auto effects = w.store->load_effects("order-1").value();
+      ASSERT_EQ(effects.size(), 1u);
+      EXPECT_EQ(effects[0].state, EffectState::kNeedsAttention);
+      // Still stopped on the next run; then an operator says it was applied.
+      auto third = w.run("pay", "order-1");
+      ASSERT_TRUE(third && !third->ok());
+      EXPECT_EQ(effect_runs, 1);
+      ASSERT_TRUE(w.engine->resolve_effect("order-1", effects[0].effect_id, {.applied = true, .outcome = "ok-by-hand"}).ok());
+      auto fourth = w.run("pay", "order-1");
+      ASSERT_TRUE(fourth && fourth->ok()) << fourth->error().to_string();
+      EXPECT_EQ(**fourth, "ok-by-hand");
+      EXPECT_EQ(effect_runs, 1);
+      EXPECT_EQ(ledger.applied(key), 1);
+      break;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Natures, InterruptedEffect,
+                         ::testing::Values(EffectCase{EffectNature::kReadOnly, "read_only"},
+                                           EffectCase{EffectNature::kIdempotent, "idempotent"},
+                                           EffectCase{EffectNature::kCheckable, "checkable"},
+                                           EffectCase{EffectNature::kUnsafe, "unsafe"}),
+                         [](const auto& p) { return std::string(p.param.name); });
+
+TEST(Workflow, AnOperatorMayClearAnUnsafeEffectToRunOnce) {
+  World w;
+  FakeLedger ledger;
+  bool interrupt = true;
+  int runs = 0;
+  w.add_kind("mail", [&](WorkflowContext& wf) -> Task<Result<std::string>> {
+    EffectOptions o{.name = "send", .nature = EffectNature::kUnsafe, .arguments = "to=a@b"};
+    auto r = co_await wf.effect(std::move(o), [&](Context&, const std::string& key) -> Task<Result<std::string>> {
+      ++runs;
+      if (interrupt) co_return Error(ErrorKind::kTimeout, "no answer from the mail server");  // unknown outcome
+      co_return ledger.apply_unsafe(key);
+    });
+    if (!r.ok()) co_return r.error();
+    co_return *r;
+  });
+  auto first = w.run("mail", "m");
+  ASSERT_TRUE(first && !first->ok());
+  EXPECT_EQ(first->error().kind(), ErrorKind::kTimeout);
+  interrupt = false;
+  auto second = w.run("mail", "m");
+  ASSERT_TRUE(second && !second->ok());
+  EXPECT_EQ(w.record("m").status, WorkflowStatus::kNeedsAttention);
+  auto effects = w.store->load_effects("m").value();
+  ASSERT_EQ(effects.size(), 1u);
+  ASSERT_TRUE(w.engine->resolve_effect("m", effects[0].effect_id, {.applied = false}).ok());
+  auto third = w.run("mail", "m");
+  ASSERT_TRUE(third && third->ok()) << third->error().to_string();
+  EXPECT_EQ(runs, 2);
+  EXPECT_EQ(ledger.applied("m/1/send"), 1);
+  // Resolving what is not waiting for an operator is refused.
+  EXPECT_EQ(w.engine->resolve_effect("m", effects[0].effect_id, {.applied = true}).error().kind(),
+            ErrorKind::kInvalidArgument);
+}
+
+TEST(Workflow, APermanentStepErrorIsRecordedAndFailsTheWorkflow) {
+  World w;
+  int runs = 0;
+  w.add_kind("k", [&](WorkflowContext& wf) -> Task<Result<std::string>> {
+    auto r = co_await wf.step<std::string>("validate", [&](Context&) -> Task<Result<std::string>> {
+      ++runs;
+      co_return Error(ErrorKind::kPermanent, "the order has no lines");
+    });
+    if (!r.ok()) co_return r.error();
+    co_return *r;
+  });
+  auto first = w.run("k", "w");
+  ASSERT_TRUE(first && !first->ok());
+  EXPECT_EQ(w.record("w").status, WorkflowStatus::kFailed);
+  auto second = w.run("k", "w");
+  ASSERT_TRUE(second && !second->ok());
+  EXPECT_EQ(second->error().kind(), ErrorKind::kPermanent);
+  EXPECT_EQ(second->error().message(), "the order has no lines");
+  EXPECT_EQ(runs, 1);
+}
+
+TEST(Workflow, ChangedCodeIsAClearErrorNotADifferentResult) {
+  World w;
+  bool changed = false;
+  bool stop_after_first = true;
+  w.add_kind("k", [&](WorkflowContext& wf) -> Task<Result<std::string>> {
+    auto a = co_await wf.step<int>(changed ? "fetch" : "load", [](Context&) -> Task<Result<int>> { co_return 1; });
+    if (!a.ok()) co_return a.error();
+    if (stop_after_first) co_return Error(ErrorKind::kTransient, "stop here");
+    co_return std::string("ok");
+  });
+  ASSERT_FALSE(w.run("k", "w")->ok());
+  changed = true;
+  stop_after_first = false;
+  auto r = w.run("k", "w");
+  ASSERT_TRUE(r && !r->ok());
+  EXPECT_EQ(r->error().kind(), ErrorKind::kInvalidArgument);
+  EXPECT_NE(r->error().message().find("recorded as step 'load'"), std::string::npos) << r->error().message();
+  EXPECT_NE(r->error().message().find("workflow 'w' step 1"), std::string::npos) << r->error().message();
+}
+
+TEST(Workflow, ACorruptStepRecordIsAnErrorNamingWorkflowAndStep) {
+  World w;
+  bool stop = true;
+  w.add_kind("k", [&](WorkflowContext& wf) -> Task<Result<std::string>> {
+    auto a = co_await wf.step<int>("a", [](Context&) -> Task<Result<int>> { co_return 1; });
+    if (!a.ok()) co_return a.error();
+    if (stop) co_return Error(ErrorKind::kTransient, "stop here");
+    co_return std::string("ok");
+  });
+  ASSERT_FALSE(w.run("k", "w")->ok());
+  ASSERT_TRUE(w.store->corrupt_step("w", 1));
+  stop = false;
+  auto r = w.run("k", "w");
+  ASSERT_TRUE(r && !r->ok());
+  EXPECT_EQ(r->error().kind(), ErrorKind::kPermanent);
+  EXPECT_NE(r->error().message().find("step 1"), std::string::npos) << r->error().message();
+  EXPECT_NE(r->error().message().find("'w'"), std::string::npos) << r->error().message();
+  EXPECT_EQ(w.record("w").status, WorkflowStatus::kRunning);  // the data is bad, not the workflow
+}
+
+TEST(Workflow, BadCallsAreRefusedClearly) {
+  World w;
+  w.add_kind("k", [](WorkflowContext&) -> Task<Result<std::string>> { co_return std::string("x"); });
+  EXPECT_EQ(w.engine->register_kind("k", [](WorkflowContext&) -> Task<Result<std::string>> { co_return std::string(); })
+                .error()
+                .kind(),
+            ErrorKind::kAlreadyExists);
+  EXPECT_EQ(w.run("nope", "w")->error().kind(), ErrorKind::kNotFound);
+  EXPECT_EQ(w.run("k", "")->error().kind(), ErrorKind::kInvalidArgument);
+  w.add_kind("other", [](WorkflowContext&) -> Task<Result<std::string>> { co_return std::string("y"); });
+  ASSERT_TRUE(w.run("k", "w")->ok());
+  auto wrong = w.run("other", "w");
+  EXPECT_EQ(wrong->error().kind(), ErrorKind::kInvalidArgument);
+  EXPECT_NE(wrong->error().message().find("exists with kind 'k'"), std::string::npos);
+}
+
+TEST(Workflow, TheSameIdRunsAtMostOnceAtATime) {
+  World w;
+  w.add_kind("k", [](WorkflowContext& wf) -> Task<Result<std::string>> {
+    auto r = co_await wf.step<int>("wait", [](Context& ctx) -> Task<Result<int>> {
+      auto s = co_await ctx.sleep(std::chrono::seconds(10));
+      if (!s.ok()) co_return s.error();
+      co_return 1;
+    });
+    if (!r.ok()) co_return r.error();
+    co_return std::string("ok");
+  });
+  std::optional<Result<std::string>> a, b;
+  w.sim->spawn([&](Context& ctx) -> Task<> { a.emplace(co_await w.engine->run(ctx, "k", "same", "")); });
+  w.sim->spawn([&](Context& ctx) -> Task<> { b.emplace(co_await w.engine->run(ctx, "k", "same", "")); });
+  w.sim->rt->advance(std::chrono::minutes(1));
+  ASSERT_TRUE(a && b);
+  EXPECT_TRUE(a->ok() != b->ok());
+  const Result<std::string>& refused = a->ok() ? *b : *a;
+  EXPECT_EQ(refused.error().kind(), ErrorKind::kAlreadyExists);
+}
+
+TEST(Workflow, MaxStepsBoundsALoopingWorkflow) {
+  World w;
+  w.engine.reset();
+  w.engine = WorkflowEngine::create(w.sim->env, *w.store, {.max_steps = 10}).value();
+  w.kinds.clear();
+  w.add_kind("loop", [](WorkflowContext& wf) -> Task<Result<std::string>> {
+    for (;;) {
+      auto r = co_await wf.step<int>("again", [](Context&) -> Task<Result<int>> { co_return 1; });
+      if (!r.ok()) co_return r.error();
+    }
+  });
+  auto r = w.run("loop", "w");
+  ASSERT_TRUE(r && !r->ok());
+  EXPECT_EQ(r->error().kind(), ErrorKind::kBudgetExceeded);
+  EXPECT_EQ(w.store->load_steps("w").value().size(), 10u);
+}
+
+TEST(Workflow, NonEssentialStepsRunEveryTimeAndAreNotRecorded) {
+  World w;
+  int cache_runs = 0;
+  bool stop = true;
+  w.add_kind("k", [&](WorkflowContext& wf) -> Task<Result<std::string>> {
+    auto c = co_await wf.step<std::string>(
+        "warm cache", [&](Context&) -> Task<Result<std::string>> {
+          ++cache_runs;
+          co_return std::string("cache");
+        },
+        {.persist = false});
+    if (!c.ok()) co_return c.error();
+    auto a = co_await wf.step<int>("a", [](Context&) -> Task<Result<int>> { co_return 1; });
+    if (!a.ok()) co_return a.error();
+    if (stop) co_return Error(ErrorKind::kTransient, "stop");
+    co_return std::string("ok");
+  });
+  ASSERT_FALSE(w.run("k", "w")->ok());
+  stop = false;
+  ASSERT_TRUE(w.run("k", "w")->ok());
+  EXPECT_EQ(cache_runs, 2);
+  auto steps = w.store->load_steps("w").value();
+  ASSERT_EQ(steps.size(), 1u);
+  EXPECT_EQ(steps[0].seq, 2);
+  EXPECT_EQ(steps[0].name, "a");
+}
+
+// Group commit on the real scheduler: 256 workflows of 8 steps at once through the committer
+// thread; every workflow completes, and their commits share backend commits.
+TEST(WorkflowGroupCommit, ConcurrentWorkflowsShareCommits) {
+  constexpr int kWorkflows = 256;
+  constexpr int kSteps = 8;
+  auto env = make_real_environment({.workers = 2, .seed = 3});
+  auto rt = Runtime::create(*env).value();
+  auto store = make_memory_store().value();
+  auto engine = WorkflowEngine::create(*env, *store).value();
+  ASSERT_TRUE(engine
+                  ->register_kind("steps",
+                                  [](WorkflowContext& wf) -> Task<Result<std::string>> {
+                                    std::int64_t sum = 0;
+                                    for (int i = 0; i < kSteps; ++i) {
+                                      auto r = co_await wf.step<std::int64_t>(
+                                          "s" + std::to_string(i),
+                                          [i](Context&) -> Task<Result<std::int64_t>> { co_return i; });
+                                      if (!r.ok()) co_return r.error();
+                                      sum += *r;
+                                    }
+                                    co_return std::to_string(sum);
+                                  })
+                  .ok());
+  std::atomic<int> ok{0};
+  std::vector<std::shared_ptr<ExitWatch>> watches;
+  for (int i = 0; i < kWorkflows; ++i) {
+    Behavior body = [&, i](Context& ctx) -> Task<> {
+      auto r = co_await engine->run(ctx, "steps", "wf-" + std::to_string(i), "");
+      if (r.ok() && *r == "28") ok.fetch_add(1);
+    };
+    watches.push_back(rt->spawn_watched(std::move(body)).value().exit);
+  }
+  for (auto& w : watches) EXPECT_TRUE(w->wait().is_normal());
+  EXPECT_EQ(ok.load(), kWorkflows);
+  WorkflowEngineStats s = engine->stats();
+  // Each workflow: create+attempt, 8 steps, its end.
+  EXPECT_EQ(s.commits, static_cast<std::uint64_t>(kWorkflows * (kSteps + 2)));
+  EXPECT_LT(s.commit_groups, s.commits);  // grouped
+  for (int i = 0; i < kWorkflows; ++i) {
+    EXPECT_EQ(store->get_workflow("wf-" + std::to_string(i)).value().status, WorkflowStatus::kCompleted);
+  }
+}
+
+}  // namespace
+}  // namespace nines
