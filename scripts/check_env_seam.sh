@@ -29,7 +29,7 @@ if [[ -n "$files" ]]; then
 fi
 
 # Public headers never include internals (CAF's forbidden-includes check).
-internal=$(grep -nE '#include[[:space:]]+"(core|runtime|resilience|store|net|llm|agent|service)/' \
+internal=$(grep -nE '#include[[:space:]]+"(core|runtime|resilience|store|workflow|net|llm|agent|service)/' \
              $(git ls-files 'include/*.hpp') || true)
 if [[ -n "$internal" ]]; then
   echo "public headers include internal headers:" >&2
