@@ -298,6 +298,13 @@ Status WorkflowEngine::resolve_effect(std::string_view workflow_id, std::string_
   return store_.commit(b);
 }
 
+Result<std::size_t> WorkflowEngine::prune_finished(Duration retention, std::size_t limit) {
+  if (retention < Duration::zero()) {
+    return Error(ErrorKind::kInvalidArgument, "workflow engine: retention must not be negative");
+  }
+  return store_.prune_finished(store_now() - retention, limit);
+}
+
 // ---- steps ----
 
 std::string WorkflowContext::step_context(std::int64_t seq, const std::string& name) const {

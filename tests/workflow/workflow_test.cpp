@@ -387,6 +387,61 @@ TEST(Workflow, NonEssentialStepsRunEveryTimeAndAreNotRecorded) {
   EXPECT_EQ(steps[0].name, "a");
 }
 
+TEST(Workflow, AFullDiskFailsTheRunCleanlyAndTheWorkflowResumesLater) {
+  World w;
+  int runs = 0;
+  w.add_kind("k", [&](WorkflowContext& wf) -> Task<Result<std::string>> {
+    std::string out;
+    for (int i = 0; i < 4; ++i) {
+      auto r = co_await wf.step<std::string>("big", [&](Context&) -> Task<Result<std::string>> {
+        ++runs;
+        co_return std::string(1000, 'x');
+      });
+      if (!r.ok()) co_return r.error();
+      out += "+";
+    }
+    co_return out;
+  });
+  w.store->set_capacity_bytes(2500);  // room for the workflow and about two steps
+  auto first = w.run("k", "w");
+  ASSERT_TRUE(first && !first->ok());
+  EXPECT_EQ(first->error().kind(), ErrorKind::kTransient);
+  EXPECT_NE(first->error().message().find("disk full"), std::string::npos) << first->error().message();
+  const std::size_t kept = w.store->load_steps("w").value().size();
+  EXPECT_GE(kept, 1u);
+  EXPECT_LT(kept, 4u);
+  EXPECT_EQ(w.record("w").status, WorkflowStatus::kRunning);
+  w.store->set_capacity_bytes(0);
+  auto second = w.run("k", "w");
+  ASSERT_TRUE(second && second->ok()) << second->error().to_string();
+  EXPECT_EQ(**second, "++++");
+  EXPECT_EQ(runs, 5);  // the step refused by the full disk ran again; the kept ones did not
+}
+
+TEST(Workflow, RetentionPrunesOldFinishedWorkflowsAndKeepsTheRest) {
+  World w;
+  bool stop = false;
+  w.add_kind("k", [&](WorkflowContext& wf) -> Task<Result<std::string>> {
+    auto r = co_await wf.step<int>("a", [](Context&) -> Task<Result<int>> { co_return 1; });
+    if (!r.ok()) co_return r.error();
+    if (stop) co_return Error(ErrorKind::kTransient, "stop");
+    co_return std::string("ok");
+  });
+  ASSERT_TRUE(w.run("k", "old")->ok());
+  w.sim->rt->advance(std::chrono::hours(48));
+  stop = true;
+  ASSERT_FALSE(w.run("k", "running")->ok());
+  stop = false;
+  ASSERT_TRUE(w.run("k", "new")->ok());
+  auto pruned = w.engine->prune_finished(std::chrono::hours(24));
+  ASSERT_TRUE(pruned.ok()) << pruned.error().to_string();
+  EXPECT_EQ(*pruned, 1u);
+  EXPECT_EQ(w.store->get_workflow("old").error().kind(), ErrorKind::kNotFound);
+  EXPECT_TRUE(w.store->load_steps("old").value().empty());
+  EXPECT_TRUE(w.store->get_workflow("running").ok());
+  EXPECT_TRUE(w.store->get_workflow("new").ok());
+}
+
 // Group commit on the real scheduler: 256 workflows of 8 steps at once through the committer
 // thread; every workflow completes, and their commits share backend commits.
 TEST(WorkflowGroupCommit, ConcurrentWorkflowsShareCommits) {

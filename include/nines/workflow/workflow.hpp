@@ -274,6 +274,11 @@ class WorkflowEngine {
   // effect is not in needs_attention.
   Status resolve_effect(std::string_view workflow_id, std::string_view effect_id, const EffectResolution& resolution);
 
+  // Retention: deletes finished workflows (completed, failed, cancelled) last updated more
+  // than `retention` ago, with their steps and effects, at most `limit` per call (call again
+  // while it returns limit). Workflows in needs_attention are kept. Returns how many went.
+  Result<std::size_t> prune_finished(Duration retention, std::size_t limit = 1000);
+
   Store& store() { return store_; }
   Environment& env() { return env_; }
   const WorkflowEngineOptions& options() const { return options_; }
