@@ -33,6 +33,7 @@
 //   backend_commits_per_step backend transactions (WorkflowEngineStats::commit_groups) during
 //                            the timed part / steps (start and end commits included above)
 //   cpu_us_per_step          process CPU time (user + system, all threads) / steps
+// Profiling: NINES_DURABLE_ONLY=C (1, 16 or 256) runs only that concurrency.
 // Exit status 1 on any failure (a workflow that does not complete, a store that cannot open).
 // Prints one JSON line per metric: {"bench","system":"nines","metric","value","unit"}.
 #include <fcntl.h>
@@ -198,6 +199,12 @@ void run_config(const std::string& bench, const std::function<std::unique_ptr<St
   engine.reset();  // waits for queued commits; nothing is running
 }
 
+// NINES_DURABLE_ONLY=C: skip the other concurrencies (for perf/strace of one configuration).
+bool selected(unsigned c) {
+  const char* only = std::getenv("NINES_DURABLE_ONLY");
+  return only == nullptr || *only == '\0' || std::strtoul(only, nullptr, 10) == c;
+}
+
 struct Sizes {
   std::int64_t steps = 0;
   std::int64_t reps[3] = {0, 0, 0};
@@ -217,6 +224,7 @@ int run_sqlite(const std::string& dir, const Sizes& sizes, Durability durability
   options.durability = durability;
   for (int i = 0; i < 3; ++i) {
     unsigned c = kConcurrency[i];
+    if (!selected(c)) continue;
     std::string path = dir + "/nines_" + name + "_c" + std::to_string(c) + ".db";
     for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path + suffix);
     run_config(name + "_c" + std::to_string(c),
@@ -232,6 +240,7 @@ int run_postgres(const std::string& conninfo, const Sizes& sizes) {
   std::string run_tag = std::to_string(std::chrono::system_clock::now().time_since_epoch().count());
   for (int i = 0; i < 3; ++i) {
     unsigned c = kConcurrency[i];
+    if (!selected(c)) continue;
     run_config("postgres_c" + std::to_string(c),
                [&] { return must(open_postgres_store(conninfo), "open_postgres_store"); }, c, sizes.steps,
                sizes.reps[i], run_tag + "-c" + std::to_string(c));
