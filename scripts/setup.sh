@@ -22,8 +22,11 @@ packages=(
   libsqlite3-dev # the embedded store backend (src/store/sqlite_store.cpp, SQLite C API)
   libpq-dev      # the PostgreSQL store backend (src/store/postgres_store.cpp, libpq)
   postgresql     # the server the store tests start in a temporary directory (initdb, pg_ctl)
+  make           # node-gyp builds better-sqlite3's native addon (bench/peers/durable/node)
+  python3        # node-gyp (the same)
 )
-# Node.js and npm: run the cockatiel peer in bench/peers/resilience (npm packages below).
+# Node.js and npm: run the cockatiel peer in bench/peers/resilience and the LangGraph.js peer
+# in bench/peers/durable (npm packages below).
 # From Debian (nodejs 18, npm 9) only when there is no node at all: a newer Node already on
 # the machine (with its own npm) is kept.
 if ! command -v node >/dev/null; then
@@ -67,4 +70,29 @@ else
   echo "setup: WARNING: 'npm ci' in $npm_dir failed, so cockatiel is not installed." >&2
   echo "setup: only bench/peers/resilience/run needs it (builds and tests do not); rerun" >&2
   echo "setup: scripts/setup.sh with the npm registry reachable to install it." >&2
+fi
+
+# npm packages: LangGraph.js (@langchain/langgraph, @langchain/core) with its SQLite
+# checkpointer (@langchain/langgraph-checkpoint-sqlite on better-sqlite3 12: 13 crashes on
+# Node 20), the peer that bench/peers/durable/run compares nines' durable workflows with.
+# Pinned in bench/peers/durable/node/package.json and package-lock.json. better-sqlite3
+# builds its native addon with node-gyp (make, g++, python3); it needs Node's headers, which
+# it would download from nodejs.org unless npm_config_nodedir points at installed ones (the
+# nodejs package ships them in /usr/include/node). As above: warn-only, nothing but that
+# benchmark needs them.
+npm_dir="$repo/bench/peers/durable/node"
+if [[ -f "$npm_dir/node_modules/better-sqlite3/build/Release/better_sqlite3.node" &&
+      -d "$npm_dir/node_modules/@langchain/langgraph-checkpoint-sqlite" ]]; then
+  echo "setup: npm packages for bench/peers/durable present"
+else
+  if [[ -z "${npm_config_nodedir:-}" && -f /usr/include/node/node.h ]]; then
+    export npm_config_nodedir=/usr
+  fi
+  if (cd "$npm_dir" && npm ci --no-audit --no-fund --prefer-offline); then
+    echo "setup: npm packages for bench/peers/durable installed"
+  else
+    echo "setup: WARNING: 'npm ci' in $npm_dir failed, so LangGraph.js is not installed." >&2
+    echo "setup: only bench/peers/durable/run needs it (builds and tests do not); rerun" >&2
+    echo "setup: scripts/setup.sh with the npm registry reachable to install it." >&2
+  fi
 fi
