@@ -247,6 +247,7 @@ class MemoryStoreImpl final : public MemoryStore {
   explicit MemoryStoreImpl(const MemoryStoreOptions& o) : options_(o) {}
 
   std::string_view backend() const override { return "memory"; }
+  bool fast_commits() const override { return true; }
 
   Status commit(const WriteBatch& batch) override {
     if (auto v = batch.validate(); !v.ok()) return v;

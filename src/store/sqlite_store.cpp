@@ -202,8 +202,19 @@ class SqliteStore final : public Store {
     std::string mode;
     if (auto s = query_text("PRAGMA journal_mode=WAL", &mode); !s.ok()) return s;
     if (mode != "wal") return Error(ErrorKind::kPermanent, "'" + path + "' cannot use WAL (journal mode " + mode + ")");
-    const char* sync = options.durability == Durability::kSynced ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL";
+    synced_ = options.durability == Durability::kSynced;
+    const char* sync = synced_ ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL";
     if (auto s = exec(sync); !s.ok()) return s;
+    if (options.cache_bytes > 0) {
+      if (auto s = exec("PRAGMA cache_size=-" + std::to_string(std::max<std::int64_t>(1, options.cache_bytes >> 10)));
+          !s.ok()) {
+        return s;
+      }
+    }
+    if (auto s = exec("PRAGMA wal_autocheckpoint=" + std::to_string(options.wal_autocheckpoint_pages));
+        !s.ok()) {
+      return s;
+    }
     if (options.max_size_bytes > 0) {
       std::string page;
       if (auto s = query_text("PRAGMA page_size", &page); !s.ok()) return s;
@@ -216,6 +227,7 @@ class SqliteStore final : public Store {
   }
 
   std::string_view backend() const override { return "sqlite"; }
+  bool fast_commits() const override { return !synced_; }
 
   Status commit(const WriteBatch& batch) override {
     if (auto v = batch.validate(); !v.ok()) return v;
@@ -584,6 +596,7 @@ class SqliteStore final : public Store {
   }
 
   std::mutex mu_;
+  bool synced_ = true;
   sqlite3* db_ = nullptr;
   std::unique_ptr<Stmt> begin_, commit_, rollback_, create_wf_, set_status_, start_attempt_, wf_exists_, put_step_,
       put_intent_, put_outcome_, append_history_, put_summary_, del_steps_, del_effects_, del_wf_, del_history_,
@@ -600,6 +613,10 @@ Result<std::unique_ptr<Store>> open_sqlite_store_at_version(const std::string& p
   if (target_version < 1 || target_version > kStoreSchemaVersion)
     return Error(ErrorKind::kInvalidArgument, "target schema version out of range");
   if (options.busy_timeout_ms < 0) return Error(ErrorKind::kInvalidArgument, "sqlite store: busy_timeout_ms < 0");
+  if (options.cache_bytes < 0) return Error(ErrorKind::kInvalidArgument, "sqlite store: cache_bytes < 0");
+  if (options.wal_autocheckpoint_pages < 1) {
+    return Error(ErrorKind::kInvalidArgument, "sqlite store: wal_autocheckpoint_pages must be >= 1");
+  }
   auto store = std::make_unique<SqliteStore>();
   if (auto s = store->open(path, options, target_version); !s.ok()) return std::move(s).error();
   return std::unique_ptr<Store>(std::move(store));

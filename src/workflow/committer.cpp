@@ -36,6 +36,23 @@ ThreadCommitter::~ThreadCommitter() {
 
 Task<Status> ThreadCommitter::commit(Context& ctx, WriteBatch batch) {
   if (batch.empty()) co_return ok_status();
+  // Commits in progress (inline or waited for), this one included.
+  struct InFlight {
+    std::atomic<int>& n;
+    int before;
+    explicit InFlight(std::atomic<int>& count) : n(count), before(count.fetch_add(1, std::memory_order_acq_rel)) {}
+    ~InFlight() { n.fetch_sub(1, std::memory_order_acq_rel); }
+  } in_flight(in_flight_);
+  // Alone (nobody else committing or queued) with a fast store: inline. Under load the
+  // commits go to the thread and group.
+  if (store_.fast_commits() && in_flight.before == 0 && queued_.load(std::memory_order_acquire) == 0 &&
+      committing_.try_lock()) {
+    Status s = store_.commit(batch);
+    committing_.unlock();
+    groups_.fetch_add(1, std::memory_order_relaxed);
+    if (s.ok()) batches_.fetch_add(1, std::memory_order_relaxed);
+    co_return s;
+  }
   bool full = false;
   // The batch moves into the queue when the process is suspended; if the process is killed
   // while it waits, the batch is still committed (or failed) and the completion is dropped.
@@ -46,6 +63,7 @@ Task<Status> ThreadCommitter::commit(Context& ctx, WriteBatch batch) {
         full = true;
       } else {
         queue_.push_back(Item{std::move(batch), c});
+        queued_.store(queue_.size(), std::memory_order_release);
       }
     }
     if (full) {
@@ -72,6 +90,7 @@ void ThreadCommitter::loop() {
       group.push_back(std::move(queue_.front()));
       queue_.pop_front();
     }
+    queued_.store(queue_.size(), std::memory_order_release);
     lock.unlock();
     commit_group(group);
     lock.lock();
@@ -83,7 +102,12 @@ void ThreadCommitter::commit_group(std::deque<Item>& group) {
   batches.reserve(group.size());
   for (const Item& item : group) batches.push_back(&item.batch);
   std::uint64_t backend_commits = 0;
-  std::vector<Status> results = commit_merged(store_, batches, &backend_commits);
+  std::vector<Status> results;
+  {
+    std::lock_guard committing(committing_);
+    results = commit_merged(store_, batches, &backend_commits);
+  }
+  // Completed after committing_ is released: a woken workflow's next commit may go inline.
   groups_.fetch_add(backend_commits, std::memory_order_relaxed);
   for (std::size_t i = 0; i < group.size(); ++i) {
     if (results[i].ok()) {

@@ -5,7 +5,10 @@
 // committer thread: a committing process hands its batch over and is suspended
 // (Context::await_external); the thread takes every batch queued meanwhile (bounded), commits
 // them as one merged batch (one transaction, one sync), and completes each waiter with the
-// outcome only after the commit returned: group commit without blocking a worker.
+// outcome only after the commit returned: group commit without blocking a worker. With a
+// store whose commits are fast (no sync: Store::fast_commits), a caller that finds nothing
+// queued and nobody committing commits inline instead: a lone workflow then pays no thread
+// hand-off, and under load the commits still group on the thread.
 #pragma once
 
 #include <atomic>
@@ -77,6 +80,11 @@ class ThreadCommitter final : public Committer {
   std::condition_variable cv_;
   std::deque<Item> queue_;
   bool stopping_ = false;
+  // Held by whoever is committing: the thread (a group) or, for a store with fast commits,
+  // a caller that found nothing queued and nobody committing (it commits inline).
+  std::mutex committing_;
+  std::atomic<std::size_t> queued_{0};  // queue_.size(), readable without mu_
+  std::atomic<int> in_flight_{0};       // callers inside commit()
   std::unique_ptr<Thread> thread_;
 };
 

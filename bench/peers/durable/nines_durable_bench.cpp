@@ -62,7 +62,15 @@ using namespace nines;
 namespace {
 
 using nines::bench::emit;
-using Clock = std::chrono::steady_clock;
+// Time comes from the environment seam, like everywhere in nines (scripts/check_env_seam.sh):
+// the real environment's monotonic clock and wall time.
+Environment& clock_env() {
+  static std::unique_ptr<Environment> env = make_real_environment({.workers = 1});
+  return *env;
+}
+struct Clock {
+  static TimePoint now() { return clock_env().now(); }
+};
 
 constexpr unsigned kConcurrency[] = {1, 16, 256};
 constexpr std::size_t kPayloadBytes = 100;
@@ -106,7 +114,7 @@ int run_sync(const std::string& dir, double seconds) {
     if (::write(fd, block.data(), block.size()) != static_cast<ssize_t>(block.size())) die("write " + path);
     if (::fdatasync(fd) != 0) die("fdatasync " + path);
     ++n;
-    elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
+    elapsed = to_seconds(Clock::now() - t0);
   } while (elapsed < seconds);
   ::close(fd);
   std::filesystem::remove(path);
@@ -180,7 +188,7 @@ void run_config(const std::string& bench, const std::function<std::unique_ptr<St
   done.reserve(c);
   for (unsigned p = 0; p < c; ++p) done.push_back(spawn_runner(p, reps, "run"));
   for (auto& w : done) w->wait();
-  double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
+  double elapsed = to_seconds(Clock::now() - t0);
   double cpu = cpu_seconds() - cpu0;
   WorkflowEngineStats after = engine->stats();
   if (failures.load() != 0) die(bench + ": " + std::to_string(failures.load()) + " workflows failed");
@@ -237,7 +245,7 @@ int run_sqlite(const std::string& dir, const Sizes& sizes, Durability durability
 
 int run_postgres(const std::string& conninfo, const Sizes& sizes) {
   // Ids unique per run of this program too, so a reused database does not resume old ones.
-  std::string run_tag = std::to_string(std::chrono::system_clock::now().time_since_epoch().count());
+  std::string run_tag = std::to_string(clock_env().unix_time_ns());
   for (int i = 0; i < 3; ++i) {
     unsigned c = kConcurrency[i];
     if (!selected(c)) continue;

@@ -240,6 +240,11 @@ class Store {
   // "memory", "sqlite" or "postgres".
   virtual std::string_view backend() const = 0;
 
+  // True when a commit completes in microseconds on the calling thread without waiting for a
+  // device or a network (the memory store; SQLite with Durability::kBatched): a committer may
+  // then run an uncontended commit on its caller's thread instead of handing it to another.
+  virtual bool fast_commits() const { return false; }
+
   // Applies every operation of the batch in order, atomically: on any error nothing of the
   // batch is visible, now or after a restart. With Durability::kSynced the batch is on
   // stable storage when this returns ok. Errors: kInvalidArgument (validate()), kNotFound (an
