@@ -1,5 +1,6 @@
 // The production environment. This file is the only place in nines allowed to read real
 // clocks, use std::random_device and start std::threads (see scripts/check_env_seam.sh).
+#include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/timerfd.h>
@@ -84,8 +85,14 @@ class RealEnvironment final : public Environment {
 
   unsigned default_workers() const override { return workers_; }
 
-  Result<std::unique_ptr<Thread>> start_thread(std::string /*name*/, std::function<void()> body) override {
-    return std::unique_ptr<Thread>(new RealThread(std::move(body)));
+  // The thread carries `name` (its first 15 bytes: the kernel's limit), so top -H, perf and
+  // debuggers show what it is.
+  Result<std::unique_ptr<Thread>> start_thread(std::string name, std::function<void()> body) override {
+    auto named = [name = name.substr(0, 15), body = std::move(body)] {
+      pthread_setname_np(pthread_self(), name.c_str());
+      body();
+    };
+    return std::unique_ptr<Thread>(new RealThread(std::move(named)));
   }
 
   TimerId add_timer(TimePoint deadline, std::function<void()> fn) override {

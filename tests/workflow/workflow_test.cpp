@@ -443,13 +443,16 @@ TEST(Workflow, RetentionPrunesOldFinishedWorkflowsAndKeepsTheRest) {
 }
 
 // Group commit on the real scheduler: 256 workflows of 8 steps at once through the committer
-// thread; every workflow completes, and their commits share backend commits.
+// thread (a store whose commits are slow, so none runs inline); every workflow completes, and
+// their commits share backend commits.
 TEST(WorkflowGroupCommit, ConcurrentWorkflowsShareCommits) {
   constexpr int kWorkflows = 256;
   constexpr int kSteps = 8;
   auto env = make_real_environment({.workers = 2, .seed = 3});
   auto rt = Runtime::create(*env).value();
-  auto store = make_memory_store().value();
+  auto memory = make_memory_store().value();
+  testing::ForwardingStore store_impl(*memory, /*fast=*/false);
+  Store* store = &store_impl;
   auto engine = WorkflowEngine::create(*env, *store).value();
   ASSERT_TRUE(engine
                   ->register_kind("steps",
@@ -482,6 +485,40 @@ TEST(WorkflowGroupCommit, ConcurrentWorkflowsShareCommits) {
   EXPECT_LT(s.commit_groups, s.commits);  // grouped
   for (int i = 0; i < kWorkflows; ++i) {
     EXPECT_EQ(store->get_workflow("wf-" + std::to_string(i)).value().status, WorkflowStatus::kCompleted);
+  }
+  EXPECT_EQ(store_impl.on_committer_thread.load(), static_cast<int>(s.commit_groups));  // none inline
+}
+
+// With a store whose commits are fast, a lone workflow's commits run inline on its worker
+// (no hand-off to the committer thread); with a slow one they all go through the thread.
+TEST(WorkflowGroupCommit, ALoneWorkflowCommitsInlineOnlyOnAFastStore) {
+  for (bool fast : {true, false}) {
+    auto env = make_real_environment({.workers = 2, .seed = 4});
+    auto rt = Runtime::create(*env).value();
+    auto memory = make_memory_store().value();
+    testing::ForwardingStore store(*memory, fast);
+    auto engine = WorkflowEngine::create(*env, store).value();
+    ASSERT_TRUE(engine
+                    ->register_kind("k",
+                                    [](WorkflowContext& wf) -> Task<Result<std::string>> {
+                                      for (int i = 0; i < 20; ++i) {
+                                        auto r = co_await wf.step<int>(
+                                            "s", [i](Context&) -> Task<Result<int>> { co_return i; });
+                                        if (!r.ok()) co_return r.error();
+                                      }
+                                      co_return std::string("ok");
+                                    })
+                    .ok());
+    std::optional<Result<std::string>> out;
+    auto w = rt->spawn_watched([&](Context& ctx) -> Task<> { out.emplace(co_await engine->run(ctx, "k", "w", "")); })
+                 .value();
+    EXPECT_TRUE(w.exit->wait().is_normal());
+    ASSERT_TRUE(out && out->ok()) << (out ? out->error().to_string() : "no result");
+    WorkflowEngineStats s = engine->stats();
+    EXPECT_EQ(s.commits, 22u) << (fast ? "fast" : "slow");  // start, 20 steps, end
+    EXPECT_EQ(s.commit_groups, 22u) << (fast ? "fast" : "slow");  // one backend commit each, either way
+    EXPECT_EQ(memory->commits(), 22u);
+    EXPECT_EQ(store.on_committer_thread.load(), fast ? 0 : 22);
   }
 }
 
