@@ -91,22 +91,29 @@ void ThreadCommitter::loop() {
       queue_.pop_front();
     }
     queued_.store(queue_.size(), std::memory_order_release);
+    // Taken before mu_ is let go: an inline commit (which needs nothing queued and this
+    // lock) cannot overtake the group just taken from the queue.
+    std::unique_lock committing(committing_);
     lock.unlock();
-    commit_group(group);
+    commit_group(group, committing);
     lock.lock();
   }
 }
 
-void ThreadCommitter::commit_group(std::deque<Item>& group) {
+void ThreadCommitter::commit_group(std::deque<Item>& group, std::unique_lock<std::mutex>& committing) {
   std::vector<const WriteBatch*> batches;
   batches.reserve(group.size());
   for (const Item& item : group) batches.push_back(&item.batch);
   std::uint64_t backend_commits = 0;
   std::vector<Status> results;
-  {
-    std::lock_guard committing(committing_);
+  try {
     results = commit_merged(store_, batches, &backend_commits);
+  } catch (const std::exception& e) {
+    // A store that throws is a bug; its batches fail (nothing is known to be applied) and
+    // the thread lives on, instead of terminating the program.
+    results.assign(group.size(), Error(ErrorKind::kInternal, std::string("workflow engine: the store threw: ") + e.what()));
   }
+  committing.unlock();
   // Completed after committing_ is released: a woken workflow's next commit may go inline.
   groups_.fetch_add(backend_commits, std::memory_order_relaxed);
   for (std::size_t i = 0; i < group.size(); ++i) {

@@ -72,7 +72,7 @@ class ThreadCommitter final : public Committer {
   ThreadCommitter(Store& store, ThreadCommitterOptions options) : store_(store), options_(options) {}
   void loop();
   // Commits a group; each item's status in `out`, same order.
-  void commit_group(std::deque<Item>& group);
+  void commit_group(std::deque<Item>& group, std::unique_lock<std::mutex>& committing);
 
   Store& store_;
   const ThreadCommitterOptions options_;

@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <ctime>
 #include <map>
 #include <mutex>
 #include <set>
@@ -18,10 +19,15 @@ namespace internal {
 // One run of one workflow: what its records say, and the next step number.
 struct WorkflowRun {
   std::string id;
+  std::string key_prefix;  // of its idempotency keys: unique per incarnation of the id
   std::map<std::int64_t, StepRecord> steps;
-  std::map<std::string, EffectRecord, std::less<>> effects;
+  std::map<std::int64_t, EffectRecord> effects;  // by step number
   std::int64_t next_seq = 1;
-  bool needs_attention = false;  // an effect stopped it for an operator during this run
+  // An effect stopped it for an operator during this run (the error run() returns).
+  std::optional<Error> needs_attention;
+  // The records and the code disagree (changed code, a malformed record): the run ends with
+  // this error and the workflow is left as it is, for a fixed deployment to resume.
+  std::optional<Error> stopped;
 };
 
 }  // namespace internal
@@ -39,6 +45,43 @@ std::string seq_text(std::int64_t seq) {
 
 std::string effect_id_for(std::int64_t seq, const std::string& name) { return seq_text(seq) + ":" + name; }
 
+// The step number and name an effect id was made from ("000012:charge"); nullopt if malformed.
+std::optional<std::pair<std::int64_t, std::string>> parse_effect_id(const std::string& effect_id) {
+  std::size_t colon = effect_id.find(':');
+  if (colon == std::string::npos || colon == 0) return std::nullopt;
+  std::int64_t seq = 0;
+  for (std::size_t i = 0; i < colon; ++i) {
+    if (effect_id[i] < '0' || effect_id[i] > '9') return std::nullopt;
+    seq = seq * 10 + (effect_id[i] - '0');
+  }
+  return std::make_pair(seq, effect_id.substr(colon + 1));
+}
+
+// '%', '/' and '#' percent-encoded, so the parts of an idempotency key cannot run together.
+std::string escape_key_part(std::string_view s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '%' || c == '/' || c == '#') {
+      char buf[4];
+      std::snprintf(buf, sizeof buf, "%%%02X", static_cast<unsigned char>(c));
+      out += buf;
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+std::string utc_text(TimePoint unix_time) {
+  const std::int64_t ns = unix_time.time_since_epoch().count();
+  std::time_t secs = static_cast<std::time_t>(ns / 1'000'000'000);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[40];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
 std::string quoted(std::string_view s) { return "'" + std::string(s) + "'"; }
 
 // The outcome resolve_effect records for an effect an operator says was not applied: the
@@ -50,7 +93,7 @@ constexpr std::string_view kClearedToRun = "nines:not-applied-cleared-by-operato
 // ---- engine ----
 
 struct WorkflowEngine::Impl {
-  std::unique_ptr<internal::Committer> committer;
+  std::mutex resolve_mu;  // one operator decision at a time
   std::mutex mu;
   std::map<std::string, Body, std::less<>> kinds;
   std::set<std::string, std::less<>> running;
@@ -62,6 +105,8 @@ struct WorkflowEngine::Impl {
   std::atomic<std::uint64_t> effects_replayed{0};
   std::atomic<std::uint64_t> effects_checked{0};
   std::atomic<std::uint64_t> needs_attention{0};
+  // Last, so it is destroyed first: it finishes its queue while the rest still exists.
+  std::unique_ptr<internal::Committer> committer;
 };
 
 Result<std::unique_ptr<WorkflowEngine>> WorkflowEngine::create(Environment& env, Store& store,
@@ -96,7 +141,7 @@ Result<std::unique_ptr<WorkflowEngine>> WorkflowEngine::create(Environment& env,
 WorkflowEngine::WorkflowEngine(Environment& env, Store& store, WorkflowEngineOptions options)
     : env_(env), store_(store), options_(options), impl_(std::make_unique<Impl>()) {}
 
-WorkflowEngine::~WorkflowEngine() = default;
+WorkflowEngine::~WorkflowEngine() { impl_->committer.reset(); }
 
 Status WorkflowEngine::register_kind(std::string kind, Body body) {
   if (kind.empty()) return Error(ErrorKind::kInvalidArgument, "workflow engine: a kind must have a name");
@@ -130,6 +175,11 @@ Task<Status> WorkflowEngine::commit(Context& ctx, WriteBatch batch) {
 }
 
 Task<Result<std::string>> WorkflowEngine::run(Context& ctx, std::string kind, std::string id, std::string input) {
+  return run_impl(ctx, std::move(kind), std::move(id), std::move(input), /*create=*/true);
+}
+
+Task<Result<std::string>> WorkflowEngine::run_impl(Context& ctx, std::string kind, std::string id, std::string input,
+                                                   bool create) {
   if (id.empty()) co_return Error(ErrorKind::kInvalidArgument, "workflow engine: a workflow id must not be empty");
   Body body;
   {
@@ -160,6 +210,8 @@ Task<Result<std::string>> WorkflowEngine::run(Context& ctx, std::string kind, st
     record = std::move(*existing);
   } else if (existing.error().kind() != ErrorKind::kNotFound) {
     co_return std::move(existing).error();
+  } else if (!create) {
+    co_return std::move(existing).error();  // resume only: gone meanwhile (pruned, deleted)
   }
   const bool fresh = !existing.ok();
   if (!fresh) {
@@ -183,38 +235,53 @@ Task<Result<std::string>> WorkflowEngine::run(Context& ctx, std::string kind, st
   }
   {
     WriteBatch b;
-    if (fresh) b.create_workflow(id, kind, input, store_now());
-    b.start_attempt(id, store_now());
+    const TimePoint now = store_now();
+    if (fresh) {
+      b.create_workflow(id, kind, input, now);
+      record.created_at = now;
+      record.input = std::move(input);
+      record.attempt = 0;
+    }
+    b.start_attempt(id, now);
     Status s = co_await commit(ctx, std::move(b));
     if (!s.ok()) co_return std::move(s).error().with_context("workflow " + quoted(id));
-  }
-  if (fresh) {
-    record.input = std::move(input);
-    record.attempt = 0;
   }
 
   internal::WorkflowRun run;
   run.id = id;
+  // The creation time makes the keys of a later workflow with the same id (after this one
+  // was pruned) different: a target that remembers keys must not take its effects for ours.
+  run.key_prefix = escape_key_part(id) + "#" + std::to_string(record.created_at.time_since_epoch().count());
   if (!fresh) {
     Result<std::vector<StepRecord>> steps = store_.load_steps(id);
     if (!steps.ok()) co_return std::move(steps).error();
     for (StepRecord& s : *steps) run.steps.emplace(s.seq, std::move(s));
     Result<std::vector<EffectRecord>> effects = store_.load_effects(id);
     if (!effects.ok()) co_return std::move(effects).error();
-    for (EffectRecord& e : *effects) run.effects.emplace(e.effect_id, std::move(e));
+    for (EffectRecord& e : *effects) {
+      auto parsed = parse_effect_id(e.effect_id);
+      if (!parsed) {
+        co_return Error(ErrorKind::kPermanent, "workflow " + quoted(id) + ": malformed effect id " +
+                                                   quoted(e.effect_id) + " in the journal");
+      }
+      run.effects.emplace(parsed->first, std::move(e));
+    }
   }
 
   impl_->runs.fetch_add(1, std::memory_order_relaxed);
   WorkflowContext wf(*this, run, ctx, id, kind, record.input, record.attempt + 1);
   Result<std::string> r = co_await body(wf);
-  if (run.needs_attention) co_return r;  // its status is recorded already
+  // These win over whatever the code returned (it may have ignored the error it was given).
+  if (run.needs_attention) co_return *run.needs_attention;  // recorded already
+  if (run.stopped) co_return *run.stopped;                  // the workflow is left as it is
 
   WriteBatch b;
+  if (r.ok() && r->size() > options_.max_record_bytes) {
+    r = Error(ErrorKind::kInvalidArgument, "workflow " + quoted(id) + ": its result is " + std::to_string(r->size()) +
+                                               " bytes, more than max_record_bytes (" +
+                                               std::to_string(options_.max_record_bytes) + ")");
+  }
   if (r.ok()) {
-    if (r->size() > options_.max_record_bytes) {
-      co_return Error(ErrorKind::kInvalidArgument, "workflow " + quoted(id) + ": its result is " +
-                                                       std::to_string(r->size()) + " bytes, more than max_record_bytes");
-    }
     b.set_workflow_status(id, WorkflowStatus::kCompleted, *r, store_now());
   } else if (is_final_error(r.error().kind())) {
     b.set_workflow_status(id, WorkflowStatus::kFailed, encode_error(r.error()), store_now());
@@ -234,6 +301,15 @@ Task<Result<std::size_t>> WorkflowEngine::resume_all(Context& ctx, std::size_t c
     const Down* d = m.get<Down>();
     return d != nullptr && children.contains(d->ref);
   };
+  // On an early return the children run on; their monitors are dropped so no Down is left
+  // in this process's mailbox.
+  struct Demonitor {
+    Context& ctx;
+    std::set<MonitorRef>& refs;
+    ~Demonitor() {
+      for (MonitorRef r : refs) ctx.demonitor(r);
+    }
+  } demonitor{ctx, children};
   auto too_late = [&] {
     return Error(ErrorKind::kDeadlineExceeded, "resume_all: the deadline passed with " +
                                                    std::to_string(children.size()) + " workflows still running");
@@ -251,7 +327,7 @@ Task<Result<std::size_t>> WorkflowEngine::resume_all(Context& ctx, std::size_t c
         children.erase(m->get<Down>()->ref);
       }
       Behavior child = [this, kind = std::move(w.kind), wid = std::move(w.id)](Context& c) -> Task<> {
-        (void)co_await run(c, kind, wid, std::string());
+        (void)co_await run_impl(c, kind, wid, std::string(), /*create=*/false);
       };
       Result<Pid> pid = ctx.spawn(std::move(child));
       if (!pid.ok()) co_return std::move(pid).error().with_context("resume_all");
@@ -269,32 +345,54 @@ Task<Result<std::size_t>> WorkflowEngine::resume_all(Context& ctx, std::size_t c
 
 Status WorkflowEngine::resolve_effect(std::string_view workflow_id, std::string_view effect_id,
                                       const EffectResolution& resolution) {
+  const std::string where = "resolving effect " + quoted(effect_id) + " of workflow " + quoted(workflow_id);
+  if (resolution.applied && resolution.outcome.size() > options_.max_record_bytes) {
+    return Error(ErrorKind::kInvalidArgument, where + ": the outcome is more than max_record_bytes");
+  }
+  // One decision at a time, and never while the workflow runs here: the checks below and the
+  // write cannot be overtaken by another resolution or by the workflow itself.
+  std::lock_guard lock(impl_->resolve_mu);
+  {
+    std::lock_guard running_lock(impl_->mu);
+    if (impl_->running.contains(workflow_id)) {
+      return Error(ErrorKind::kAlreadyExists, where + ": the workflow is running");
+    }
+  }
   Result<WorkflowRecord> w = store_.get_workflow(workflow_id);
   if (!w.ok()) return std::move(w).error();
+  if (w->status != WorkflowStatus::kNeedsAttention) {
+    return Error(ErrorKind::kInvalidArgument,
+                 where + ": the workflow is " + std::string(to_string(w->status)) + ", not needs_attention");
+  }
   Result<std::vector<EffectRecord>> effects = store_.load_effects(workflow_id);
   if (!effects.ok()) return std::move(effects).error();
   const EffectRecord* found = nullptr;
+  int others_waiting = 0;
   for (const EffectRecord& e : *effects) {
-    if (e.effect_id == effect_id) found = &e;
+    if (e.effect_id == effect_id) {
+      found = &e;
+    } else if (e.state == EffectState::kNeedsAttention) {
+      ++others_waiting;
+    }
   }
-  if (found == nullptr) {
-    return Error(ErrorKind::kNotFound, "workflow " + quoted(workflow_id) + " has no effect " + quoted(effect_id));
-  }
+  if (found == nullptr) return Error(ErrorKind::kNotFound, where + ": no such effect");
   if (found->state != EffectState::kNeedsAttention) {
-    return Error(ErrorKind::kInvalidArgument, "effect " + quoted(effect_id) + " of workflow " + quoted(workflow_id) +
-                                                  " is " + std::string(to_string(found->state)) +
-                                                  ", not needs_attention");
+    return Error(ErrorKind::kInvalidArgument,
+                 where + ": it is " + std::string(to_string(found->state)) + ", not needs_attention");
   }
   WriteBatch b;
   if (resolution.applied) {
     b.put_effect_outcome(std::string(workflow_id), std::string(effect_id), EffectState::kDone, resolution.outcome,
                          store_now());
   } else {
-    // Back to an intent the operator has cleared: the next run runs it (see plan_effect).
+    // Cleared by the operator: the next run turns this back into a plain intent (durably)
+    // and runs the effect once more, with its key (see plan_effect).
     b.put_effect_outcome(std::string(workflow_id), std::string(effect_id), EffectState::kFailed,
                          std::string(kClearedToRun), store_now());
   }
-  b.set_workflow_status(std::string(workflow_id), WorkflowStatus::kRunning, "", store_now());
+  if (others_waiting == 0) {
+    b.set_workflow_status(std::string(workflow_id), WorkflowStatus::kRunning, "", store_now());
+  }
   return store_.commit(b);
 }
 
@@ -311,33 +409,45 @@ std::string WorkflowContext::step_context(std::int64_t seq, const std::string& n
   return "workflow " + quoted(id_) + " step " + std::to_string(seq) + " (" + quoted(name) + ")";
 }
 
+Error WorkflowContext::stop_run(Error error) {
+  if (!run_.stopped) run_.stopped = error;
+  return error;
+}
+
+std::optional<Error> WorkflowContext::ended() const {
+  if (run_.needs_attention) return run_.needs_attention;
+  if (run_.stopped) return run_.stopped;
+  return std::nullopt;
+}
+
 Result<std::int64_t> WorkflowContext::begin_step(const std::string& name, const StepOptions& options,
                                                  std::optional<Result<std::string>>& recorded) {
+  if (std::optional<Error> e = ended()) return std::move(*e);
   const std::int64_t seq = run_.next_seq++;
   if (seq > engine_.options().max_steps) {
     return Error(ErrorKind::kBudgetExceeded, step_context(seq, name) + ": more than max_steps (" +
                                                  std::to_string(engine_.options().max_steps) + ") steps");
   }
-  if (!options.persist) return seq;
-  auto it = run_.steps.find(seq);
-  if (it == run_.steps.end()) {
-    if (run_.effects.contains(effect_id_for(seq, name))) {
-      return Error(ErrorKind::kInvalidArgument,
-                   step_context(seq, name) + ": recorded as an effect; the workflow's code changed");
-    }
-    return seq;
+  if (auto e = run_.effects.find(seq); e != run_.effects.end()) {
+    return stop_run(Error(ErrorKind::kInvalidArgument,
+                          step_context(seq, name) + ": recorded as effect " + quoted(e->second.effect_id) +
+                              "; the workflow's code changed (steps and effects must come in the same order)"));
   }
+  auto it = run_.steps.find(seq);
+  if (it == run_.steps.end()) return seq;
   const StepRecord& rec = it->second;
   if (rec.name != name) {
-    return Error(ErrorKind::kInvalidArgument, step_context(seq, name) + ": recorded as step " + quoted(rec.name) +
-                                                  "; the workflow's code changed (steps must come in the same order)");
+    return stop_run(Error(ErrorKind::kInvalidArgument,
+                          step_context(seq, name) + ": recorded as step " + quoted(rec.name) +
+                              "; the workflow's code changed (steps and effects must come in the same order)"));
   }
+  if (!options.persist) return seq;
   engine_.impl_->steps_replayed.fetch_add(1, std::memory_order_relaxed);
   if (rec.status == StepStatus::kOk) {
     recorded.emplace(rec.result);
   } else {
     std::optional<Error> e = decode_error(rec.result);
-    if (!e) return Error(ErrorKind::kPermanent, step_context(seq, name) + ": its recorded error is malformed");
+    if (!e) return stop_run(Error(ErrorKind::kPermanent, step_context(seq, name) + ": its recorded error is malformed"));
     recorded.emplace(std::move(*e));
   }
   return seq;
@@ -346,9 +456,8 @@ Result<std::int64_t> WorkflowContext::begin_step(const std::string& name, const 
 Task<Status> WorkflowContext::record_step(std::int64_t seq, std::string name, const Result<std::string>& result) {
   engine_.impl_->steps_executed.fetch_add(1, std::memory_order_relaxed);
   if (!result.ok() && !is_final_error(result.error().kind())) co_return ok_status();  // runs again on resume
-  const std::string& bytes = result.ok() ? *result : std::string();
   std::string encoded = result.ok() ? std::string() : encode_error(result.error());
-  const std::string& value = result.ok() ? bytes : encoded;
+  const std::string& value = result.ok() ? *result : encoded;
   if (value.size() > engine_.options().max_record_bytes) {
     co_return Error(ErrorKind::kInvalidArgument, step_context(seq, name) + ": its result is " +
                                                      std::to_string(value.size()) +
@@ -364,8 +473,30 @@ Task<Status> WorkflowContext::record_step(std::int64_t seq, std::string name, co
 
 // ---- effects ----
 
+Task<Error> WorkflowContext::to_needs_attention(const EffectRecord& rec, std::string why) {
+  std::string evidence = std::string(to_string(rec.nature)) + " effect " + quoted(rec.effect_id) +
+                         " (idempotency key " + quoted(rec.idempotency_key) + ", arguments " +
+                         quoted(rec.arguments.substr(0, 256)) + ", intent recorded " + utc_text(rec.intent_at) +
+                         "): " + why;
+  WriteBatch b;
+  if (rec.state != EffectState::kNeedsAttention) {
+    b.put_effect_outcome(id_, rec.effect_id, EffectState::kNeedsAttention, std::nullopt, engine_.store_now());
+  }
+  b.set_workflow_status(id_, WorkflowStatus::kNeedsAttention, evidence, engine_.store_now());
+  Status s = co_await engine_.commit(ctx_, std::move(b));
+  if (!s.ok()) co_return std::move(s).error().with_context("workflow " + quoted(id_) + ": recording needs_attention");
+  engine_.impl_->needs_attention.fetch_add(1, std::memory_order_relaxed);
+  Error e(ErrorKind::kPermanent, "workflow " + quoted(id_) + " needs attention: " + evidence);
+  run_.needs_attention = e;
+  co_return e;
+}
+
 Task<WorkflowContext::EffectPlan> WorkflowContext::plan_effect(const EffectOptions& options) {
   EffectPlan plan;
+  if (std::optional<Error> e = ended()) {
+    plan.done.emplace(std::move(*e));
+    co_return plan;
+  }
   plan.seq = run_.next_seq++;
   const std::string where = "workflow " + quoted(id_) + " effect " + std::to_string(plan.seq) + " (" +
                             quoted(options.name) + ")";
@@ -382,17 +513,20 @@ Task<WorkflowContext::EffectPlan> WorkflowContext::plan_effect(const EffectOptio
     plan.done.emplace(Error(ErrorKind::kInvalidArgument, where + ": its arguments are more than max_record_bytes"));
     co_return plan;
   }
-  if (run_.steps.contains(plan.seq)) {
-    plan.done.emplace(Error(ErrorKind::kInvalidArgument, where + ": recorded as a step; the workflow's code changed"));
+  if (auto st = run_.steps.find(plan.seq); st != run_.steps.end()) {
+    plan.done.emplace(stop_run(Error(ErrorKind::kInvalidArgument,
+                                     where + ": recorded as step " + quoted(st->second.name) +
+                                         "; the workflow's code changed (steps and effects must come in the same "
+                                         "order)")));
     co_return plan;
   }
   plan.effect_id = effect_id_for(plan.seq, options.name);
-  plan.idempotency_key = id_ + "/" + std::to_string(plan.seq) + "/" + options.name;
   auto& stats = *engine_.impl_;
 
-  auto it = run_.effects.find(plan.effect_id);
+  auto it = run_.effects.find(plan.seq);
   if (it == run_.effects.end()) {
     // First time: the intent is durable before the effect may run.
+    plan.idempotency_key = run_.key_prefix + "/" + std::to_string(plan.seq) + "/" + escape_key_part(options.name);
     EffectIntent intent;
     intent.workflow_id = id_;
     intent.effect_id = plan.effect_id;
@@ -403,81 +537,101 @@ Task<WorkflowContext::EffectPlan> WorkflowContext::plan_effect(const EffectOptio
     WriteBatch b;
     b.put_effect_intent(std::move(intent));
     Status s = co_await engine_.commit(ctx_, std::move(b));
-    if (!s.ok()) plan.done.emplace(std::move(s).error().with_context(where + ": recording its intent"));
-    if (s.ok()) stats.effects_executed.fetch_add(1, std::memory_order_relaxed);
+    if (!s.ok()) {
+      plan.done.emplace(stop_run(std::move(s).error().with_context(where + ": recording its intent")));
+    } else {
+      stats.effects_executed.fetch_add(1, std::memory_order_relaxed);
+    }
     co_return plan;
   }
 
   const EffectRecord& rec = it->second;
+  if (rec.effect_id != plan.effect_id) {
+    // Another effect (a renamed or moved one) holds this step: running this one under a new
+    // key would apply it again.
+    plan.done.emplace(stop_run(Error(ErrorKind::kInvalidArgument,
+                                     where + ": recorded as effect " + quoted(rec.effect_id) +
+                                         "; the workflow's code changed (steps and effects must come in the same "
+                                         "order)")));
+    co_return plan;
+  }
+  plan.idempotency_key = rec.idempotency_key;  // the key it was started with, always
   switch (rec.state) {
     case EffectState::kDone:
       stats.effects_replayed.fetch_add(1, std::memory_order_relaxed);
       plan.done.emplace(rec.outcome.value_or(std::string()));
       co_return plan;
     case EffectState::kFailed: {
-      if (rec.outcome && *rec.outcome == kClearedToRun) break;  // an operator said: not applied
+      if (rec.outcome && *rec.outcome == kClearedToRun) {
+        // An operator said it was not applied. Back to a plain intent, durably, before it runs:
+        // if this run is interrupted too, the next one applies the nature rule again.
+        WriteBatch b;
+        b.put_effect_outcome(id_, plan.effect_id, EffectState::kIntent, std::nullopt, engine_.store_now());
+        Status s = co_await engine_.commit(ctx_, std::move(b));
+        if (!s.ok()) {
+          plan.done.emplace(std::move(s).error().with_context(where + ": clearing it to run"));
+        } else {
+          stats.effects_executed.fetch_add(1, std::memory_order_relaxed);
+        }
+        co_return plan;
+      }
       stats.effects_replayed.fetch_add(1, std::memory_order_relaxed);
       std::optional<Error> e = decode_error(rec.outcome.value_or(std::string()));
       plan.done.emplace(e ? std::move(*e) : Error(ErrorKind::kPermanent, where + ": failed"));
       co_return plan;
     }
-    case EffectState::kNeedsAttention:
-      run_.needs_attention = true;
-      plan.done.emplace(Error(ErrorKind::kPermanent, where + " needs attention (resolve it with resolve_effect)"));
+    case EffectState::kNeedsAttention: {
+      // Still waiting for an operator (another effect of it was resolved first).
+      Error e = co_await to_needs_attention(rec, "still waiting for an operator's decision (resolve_effect)");
+      plan.done.emplace(std::move(e));
       co_return plan;
+    }
     case EffectState::kIntent:
       break;
   }
 
-  // Interrupted (an intent without an outcome), or cleared by an operator: by its nature.
-  const bool cleared = rec.state == EffectState::kFailed;
-  if (!cleared) {
-    switch (rec.nature) {
-      case EffectNature::kReadOnly:
-      case EffectNature::kIdempotent:
-        break;  // run again with the same key
-      case EffectNature::kCheckable: {
-        if (!options.check) {
-          plan.done.emplace(Error(ErrorKind::kInvalidArgument, where + ": checkable, but no check function given"));
-          co_return plan;
-        }
-        stats.effects_checked.fetch_add(1, std::memory_order_relaxed);
-        Result<std::optional<std::string>> applied = co_await options.check(ctx_, plan.idempotency_key);
-        if (!applied.ok()) {
-          plan.done.emplace(std::move(applied).error().with_context(where + ": asking whether it was applied"));
-          co_return plan;
-        }
-        if (*applied) {
-          WriteBatch b;
-          b.put_effect_outcome(id_, plan.effect_id, EffectState::kDone, **applied, engine_.store_now());
-          Status s = co_await engine_.commit(ctx_, std::move(b));
-          if (!s.ok()) {
-            plan.done.emplace(std::move(s).error().with_context(where + ": recording its checked outcome"));
-          } else {
-            plan.done.emplace(std::move(**applied));
-          }
-          co_return plan;
-        }
-        break;  // not applied: run it
-      }
-      case EffectNature::kUnsafe: {
-        std::string evidence = "unsafe effect " + quoted(rec.effect_id) + " (idempotency key " +
-                               quoted(rec.idempotency_key) + ", arguments " + quoted(rec.arguments.substr(0, 256)) +
-                               ") was interrupted after its intent was recorded; whether it was applied is "
-                               "unknown, so it is not run again";
-        WriteBatch b;
-        b.put_effect_outcome(id_, plan.effect_id, EffectState::kNeedsAttention, std::nullopt, engine_.store_now());
-        b.set_workflow_status(id_, WorkflowStatus::kNeedsAttention, evidence, engine_.store_now());
-        Status s = co_await engine_.commit(ctx_, std::move(b));
-        if (!s.ok()) {
-          plan.done.emplace(std::move(s).error().with_context(where + ": recording needs_attention"));
-          co_return plan;
-        }
-        run_.needs_attention = true;
-        stats.needs_attention.fetch_add(1, std::memory_order_relaxed);
-        plan.done.emplace(Error(ErrorKind::kPermanent, "workflow " + quoted(id_) + " needs attention: " + evidence));
+  // Interrupted: an intent without an outcome. By its declared nature (as recorded).
+  switch (rec.nature) {
+    case EffectNature::kReadOnly:
+    case EffectNature::kIdempotent:
+      break;  // run again with the same key
+    case EffectNature::kCheckable: {
+      if (!options.check) {
+        Error e = co_await to_needs_attention(
+            rec, "checkable and interrupted, but the code gives no check function to ask whether it was applied");
+        plan.done.emplace(std::move(e));
         co_return plan;
       }
+      stats.effects_checked.fetch_add(1, std::memory_order_relaxed);
+      Result<std::optional<std::string>> applied = co_await options.check(ctx_, plan.idempotency_key);
+      if (!applied.ok()) {
+        if (is_final_error(applied.error().kind())) {
+          Error e = co_await to_needs_attention(rec, "interrupted, and asking whether it was applied failed for good (" +
+                                                         applied.error().to_string() + ")");
+          plan.done.emplace(std::move(e));
+        } else {
+          plan.done.emplace(std::move(applied).error().with_context(where + ": asking whether it was applied"));
+        }
+        co_return plan;
+      }
+      if (*applied) {
+        WriteBatch b;
+        b.put_effect_outcome(id_, plan.effect_id, EffectState::kDone, **applied, engine_.store_now());
+        Status s = co_await engine_.commit(ctx_, std::move(b));
+        if (!s.ok()) {
+          plan.done.emplace(std::move(s).error().with_context(where + ": recording its checked outcome"));
+        } else {
+          plan.done.emplace(std::move(**applied));
+        }
+        co_return plan;
+      }
+      break;  // not applied: run it
+    }
+    case EffectNature::kUnsafe: {
+      Error e = co_await to_needs_attention(
+          rec, "interrupted after its intent was recorded; whether it was applied is unknown, so it is not run again");
+      plan.done.emplace(std::move(e));
+      co_return plan;
     }
   }
   stats.effects_executed.fetch_add(1, std::memory_order_relaxed);
@@ -487,20 +641,27 @@ Task<WorkflowContext::EffectPlan> WorkflowContext::plan_effect(const EffectOptio
 Task<Result<std::string>> WorkflowContext::finish_effect(const EffectPlan& plan, Result<std::string> result) {
   const std::string where = "workflow " + quoted(id_) + " effect " + quoted(plan.effect_id);
   if (!result.ok() && !is_final_error(result.error().kind())) {
-    co_return std::move(result).error();  // outcome unknown: the intent stays
-  }
-  if (result.ok() && result->size() > engine_.options().max_record_bytes) {
-    co_return Error(ErrorKind::kInvalidArgument, where + ": its outcome is more than max_record_bytes");
+    // Outcome unknown: the intent stays, and this run ends here (even if the code would go
+    // on), so the next run resolves the effect by its nature before anything after it runs.
+    co_return stop_run(std::move(result).error().with_context(where + ": outcome unknown"));
   }
   WriteBatch b;
-  if (result.ok()) {
+  if (result.ok() && result->size() > engine_.options().max_record_bytes) {
+    // Applied, but its outcome cannot be kept: recorded as done (never run again) without
+    // it, and the run fails for good (a replay could not give the same answer).
+    b.put_effect_outcome(id_, plan.effect_id, EffectState::kDone,
+                         "nines: outcome of " + std::to_string(result->size()) + " bytes not kept (max_record_bytes)",
+                         engine_.store_now());
+    result = Error(ErrorKind::kInvalidArgument, where + ": applied, but its outcome (" + std::to_string(result->size()) +
+                                                    " bytes) is more than max_record_bytes");
+  } else if (result.ok()) {
     b.put_effect_outcome(id_, plan.effect_id, EffectState::kDone, *result, engine_.store_now());
   } else {
     b.put_effect_outcome(id_, plan.effect_id, EffectState::kFailed, encode_error(result.error()),
                          engine_.store_now());
   }
   Status s = co_await engine_.commit(ctx_, std::move(b));
-  if (!s.ok()) co_return std::move(s).error().with_context(where + ": recording its outcome");
+  if (!s.ok()) co_return stop_run(std::move(s).error().with_context(where + ": recording its outcome"));
   co_return result;
 }
 

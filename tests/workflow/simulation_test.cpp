@@ -15,6 +15,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -54,15 +55,22 @@ EffectNature nature_of(char type) {
   }
 }
 
-std::string key_of(const std::string& id, std::size_t index, char type) {
-  return id + "/" + std::to_string(index + 1) + "/" + std::string(1, type);
+// The idempotency key of each effect the workflow started, by 0-based op index (the engine
+// derives keys from the workflow's creation time, so they come from its records).
+std::map<std::size_t, std::string> keys_of(Store& store, const std::string& id) {
+  std::map<std::size_t, std::string> keys;
+  const std::vector<EffectRecord> effects = store.load_effects(id).value();
+  for (const EffectRecord& e : effects) {
+    keys[std::stoul(e.effect_id.substr(0, e.effect_id.find(':'))) - 1] = e.idempotency_key;
+  }
+  return keys;
 }
 
 // What an uninterrupted run returns.
-std::string expected_result(const std::string& id, const std::vector<Op>& ops) {
+std::string expected_result(const std::vector<Op>& ops, std::map<std::size_t, std::string>& keys) {
   std::string out;
   for (std::size_t i = 0; i < ops.size(); ++i) {
-    out += ops[i].type == 'S' ? "s" + std::to_string(i + 1) : "applied:" + key_of(id, i, ops[i].type);
+    out += ops[i].type == 'S' ? "s" + std::to_string(i + 1) : "applied:" + keys[i];
     out += ";";
   }
   return out;
@@ -91,11 +99,13 @@ WorkflowEngine::Body sim_body(FakeLedger& ledger) {
         o.check = [&ledger](Context&, const std::string& key) -> Task<Result<std::optional<std::string>>> {
           co_return ledger.check(key);
         };
-        const bool unsafe = op.type == 'U';
-        auto fn = [&ledger, half, unsafe](Context& ctx, const std::string& key) -> Task<Result<std::string>> {
+        // Checkable effects go to a target without key deduplication, like unsafe ones: only the
+        // check keeps them from applying twice.
+        const bool dedup = op.type == 'R' || op.type == 'I';
+        auto fn = [&ledger, half, dedup](Context& ctx, const std::string& key) -> Task<Result<std::string>> {
           auto s = co_await ctx.sleep(half);  // a crash here: not applied yet
           if (!s.ok()) co_return s.error();
-          std::string outcome = unsafe ? ledger.apply_unsafe(key) : ledger.apply_idempotent(key);
+          std::string outcome = dedup ? ledger.apply_idempotent(key) : ledger.apply_unsafe(key);
           auto t = co_await ctx.sleep(half);  // a crash here: applied, outcome not recorded
           if (!t.ok()) co_return t.error();
           co_return outcome;
@@ -181,25 +191,38 @@ std::vector<std::string> run_seed(std::uint64_t seed, Tally& tally) {
       continue;
     }
     auto steps = w.store->load_steps(id).value();
+    std::size_t step_records = 0;
     for (const StepRecord& s : steps) {
+      ++step_records;
       if (s.status != StepStatus::kOk || s.result != "s" + std::to_string(s.seq)) {
         fail(id + " step " + std::to_string(s.seq) + " recorded '" + s.result + "'");
       }
     }
     auto effects = w.store->load_effects(id).value();
+    auto keys = keys_of(*w.store, id);
     int attention = 0;
     for (const EffectRecord& e : effects) attention += e.state == EffectState::kNeedsAttention;
+    std::size_t effect_ops = 0;
     for (std::size_t i = 0; i < ops.size(); ++i) {
       if (ops[i].type == 'S') continue;
-      const std::string key = key_of(id, i, ops[i].type);
-      if (ops[i].type == 'U' && ledger.applied(key) > 1) fail("unsafe effect " + key + " applied twice");
+      ++effect_ops;
+      if (!keys.contains(i)) continue;  // never started
+      const std::string& key = keys[i];
+      if ((ops[i].type == 'U' || ops[i].type == 'C') && ledger.applied(key) > 1) {
+        fail(std::string(1, ops[i].type) + " effect " + key + " applied twice");
+      }
       tally.effects_rerun += ledger.raw(key) > 1;
     }
+    // Nothing of this workflow reached the target under any other key.
+    std::size_t applied_keys = 0;
+    for (const auto& [key, n] : ledger.all_applied()) applied_keys += key.rfind(id + "#", 0) == 0 && n > 0;
+    if (applied_keys > keys.size()) fail(id + ": the target saw keys the journal does not have");
     if (rec->status == WorkflowStatus::kCompleted) {
-      if (rec->result != expected_result(id, ops)) fail(id + " completed with '" + rec->result + "'");
+      if (rec->result != expected_result(ops, keys)) fail(id + " completed with '" + rec->result + "'");
+      if (step_records != ops.size() - effect_ops) fail(id + " completed with step records missing");
       for (std::size_t i = 0; i < ops.size(); ++i) {
         if (ops[i].type == 'S') continue;
-        const std::string key = key_of(id, i, ops[i].type);
+        const std::string& key = keys[i];
         if (ledger.applied(key) != 1) {
           fail(id + " effect " + key + " applied " + std::to_string(ledger.applied(key)) + " times");
         }

@@ -145,7 +145,10 @@ TEST_P(InterruptedEffect, IsResolvedByItsDeclaredNature) {
     };
     auto r = co_await wf.effect(std::move(o), [&](Context&, const std::string& key) -> Task<Result<std::string>> {
       ++effect_runs;
-      std::string out = nature == EffectNature::kUnsafe ? ledger.apply_unsafe(key) : ledger.apply_idempotent(key);
+      // Checkable and unsafe effects go to a target without key deduplication: only the
+      // check (or not running again) keeps them from applying twice.
+      const bool dedup = nature == EffectNature::kReadOnly || nature == EffectNature::kIdempotent;
+      std::string out = dedup ? ledger.apply_idempotent(key) : ledger.apply_unsafe(key);
       // The process dies (here: its commit fails) after the effect, before its outcome is recorded.
       if (fail_outcome_commit) w.store->fail_next_commits(1, Error(ErrorKind::kTransient, "disk went away"));
       co_return out;
@@ -160,7 +163,9 @@ TEST_P(InterruptedEffect, IsResolvedByItsDeclaredNature) {
   w.restart();
   auto second = w.run("pay", "order-1");
   ASSERT_TRUE(second.has_value());
-  const std::string key = "order-1/1/charge";
+  const std::string key = w.store->load_effects("order-1").value().at(0).idempotency_key;
+  EXPECT_EQ(key.rfind("order-1#", 0), 0u) << key;  // <id>#<created ns>/<step>/<name>
+  EXPECT_TRUE(key.ends_with("/1/charge")) << key;
   switch (nature) {
     case EffectNature::kReadOnly:
     case EffectNature::kIdempotent:
@@ -239,7 +244,7 @@ TEST(Workflow, AnOperatorMayClearAnUnsafeEffectToRunOnce) {
   auto third = w.run("mail", "m");
   ASSERT_TRUE(third && third->ok()) << third->error().to_string();
   EXPECT_EQ(runs, 2);
-  EXPECT_EQ(ledger.applied("m/1/send"), 1);
+  EXPECT_EQ(ledger.applied(w.store->load_effects("m").value().at(0).idempotency_key), 1);
   // Resolving what is not waiting for an operator is refused.
   EXPECT_EQ(w.engine->resolve_effect("m", effects[0].effect_id, {.applied = true}).error().kind(),
             ErrorKind::kInvalidArgument);
@@ -284,6 +289,152 @@ TEST(Workflow, ChangedCodeIsAClearErrorNotADifferentResult) {
   EXPECT_EQ(r->error().kind(), ErrorKind::kInvalidArgument);
   EXPECT_NE(r->error().message().find("recorded as step 'load'"), std::string::npos) << r->error().message();
   EXPECT_NE(r->error().message().find("workflow 'w' step 1"), std::string::npos) << r->error().message();
+  EXPECT_EQ(w.record("w").status, WorkflowStatus::kRunning);  // left for a fixed deployment
+  changed = false;  // the fix (a rollback) resumes it
+  auto fixed = w.run("k", "w");
+  ASSERT_TRUE(fixed && fixed->ok()) << fixed->error().to_string();
+}
+
+// Review finding: a cleared effect whose re-run is interrupted again must stop for the
+// operator again, not run a third time.
+TEST(Workflow, AClearedUnsafeEffectInterruptedAgainStopsAgain) {
+  World w;
+  FakeLedger ledger;
+  int runs = 0;
+  bool fail_outcome_commit = true;
+  w.add_kind("mail", [&](WorkflowContext& wf) -> Task<Result<std::string>> {
+    EffectOptions o{.name = "send", .nature = EffectNature::kUnsafe, .arguments = "to=a@b"};
+    auto r = co_await wf.effect(std::move(o), [&](Context&, const std::string& key) -> Task<Result<std::string>> {
+      ++runs;
+      std::string out = ledger.apply_unsafe(key);
+      if (fail_outcome_commit) w.store->fail_next_commits(1, Error(ErrorKind::kTransient, "killed"));
+      co_return out;
+    });
+    if (!r.ok()) co_return r.error();
+    co_return *r;
+  });
+  ASSERT_FALSE(w.run("mail", "m")->ok());  // applied, outcome lost
+  ASSERT_FALSE(w.run("mail", "m")->ok());  // needs_attention
+  EXPECT_EQ(w.record("m").status, WorkflowStatus::kNeedsAttention);
+  const std::string effect_id = w.store->load_effects("m").value().at(0).effect_id;
+  // The operator (wrongly, as it happens) says it was not applied; the re-run is interrupted too.
+  ASSERT_TRUE(w.engine->resolve_effect("m", effect_id, {.applied = false}).ok());
+  w.restart();
+  ASSERT_FALSE(w.run("mail", "m")->ok());
+  EXPECT_EQ(runs, 2);
+  fail_outcome_commit = false;
+  w.restart();
+  auto again = w.run("mail", "m");
+  ASSERT_TRUE(again && !again->ok());
+  EXPECT_NE(again->error().message().find("needs attention"), std::string::npos) << again->error().message();
+  EXPECT_EQ(runs, 2);  // not a third time
+  EXPECT_EQ(w.record("m").status, WorkflowStatus::kNeedsAttention);
+}
+
+// Review finding: an effect renamed (or moved) by a deployment must not run again under a
+// new key.
+TEST(Workflow, ARenamedEffectIsACodeChangeNotANewEffect) {
+  World w;
+  FakeLedger ledger;
+  std::string name = "send email";
+  bool stop = true;
+  int runs = 0;
+  w.add_kind("k", [&](WorkflowContext& wf) -> Task<Result<std::string>> {
+    EffectOptions o{.name = name, .nature = EffectNature::kIdempotent};
+    auto r = co_await wf.effect(std::move(o), [&](Context&, const std::string& key) -> Task<Result<std::string>> {
+      ++runs;
+      co_return ledger.apply_idempotent(key);
+    });
+    if (!r.ok()) co_return r.error();
+    if (stop) co_return Error(ErrorKind::kTransient, "stop here");
+    co_return *r;
+  });
+  ASSERT_FALSE(w.run("k", "w")->ok());
+  name = "send_email";
+  stop = false;
+  auto r = w.run("k", "w");
+  ASSERT_TRUE(r && !r->ok());
+  EXPECT_NE(r->error().message().find("recorded as effect"), std::string::npos) << r->error().message();
+  EXPECT_EQ(runs, 1);
+  EXPECT_EQ(w.record("w").status, WorkflowStatus::kRunning);
+  EXPECT_EQ(ledger.all_applied().size(), 1u);
+}
+
+// Review finding: run() reports needs_attention even when the code swallows the error, and
+// nothing after it runs.
+TEST(Workflow, NeedsAttentionWinsOverCodeThatIgnoresIt) {
+  World w;
+  int after = 0;
+  bool fail_outcome_commit = true;
+  w.add_kind("k", [&](WorkflowContext& wf) -> Task<Result<std::string>> {
+    EffectOptions o{.name = "pay", .nature = EffectNature::kUnsafe};
+    auto r = co_await wf.effect(std::move(o), [&](Context&, const std::string&) -> Task<Result<std::string>> {
+      if (fail_outcome_commit) w.store->fail_next_commits(1, Error(ErrorKind::kTransient, "killed"));
+      co_return std::string("paid");
+    });
+    (void)r;  // ignored on purpose
+    auto s = co_await wf.step<int>("after", [&](Context&) -> Task<Result<int>> {
+      ++after;
+      co_return 1;
+    });
+    (void)s;
+    co_return std::string("done anyway");
+  });
+  (void)w.run("k", "w");
+  fail_outcome_commit = false;
+  const int after_first = after;
+  auto r = w.run("k", "w");
+  ASSERT_TRUE(r && !r->ok());
+  EXPECT_NE(r->error().message().find("needs attention"), std::string::npos);
+  EXPECT_EQ(after, after_first);  // the step after it did not run
+  EXPECT_EQ(w.record("w").status, WorkflowStatus::kNeedsAttention);
+}
+
+// Review finding: an interrupted checkable effect without a check function cannot be
+// resolved automatically: needs_attention, not a failed workflow.
+TEST(Workflow, ACheckableEffectWithoutCheckStopsForTheOperator) {
+  World w;
+  bool fail_outcome_commit = true;
+  w.add_kind("k", [&](WorkflowContext& wf) -> Task<Result<std::string>> {
+    EffectOptions o{.name = "book", .nature = EffectNature::kCheckable};
+    auto r = co_await wf.effect(std::move(o), [&](Context&, const std::string&) -> Task<Result<std::string>> {
+      if (fail_outcome_commit) w.store->fail_next_commits(1, Error(ErrorKind::kTransient, "killed"));
+      co_return std::string("booked");
+    });
+    if (!r.ok()) co_return r.error();
+    co_return *r;
+  });
+  (void)w.run("k", "w");
+  fail_outcome_commit = false;
+  auto r = w.run("k", "w");
+  ASSERT_TRUE(r && !r->ok());
+  EXPECT_EQ(w.record("w").status, WorkflowStatus::kNeedsAttention);
+  EXPECT_NE(w.record("w").result.find("no check function"), std::string::npos) << w.record("w").result;
+}
+
+// Review finding: a workflow pruned and started again under the same id gets new keys, so a
+// target that remembers keys does not take its effects for the old ones.
+TEST(Workflow, AReusedIdGetsNewIdempotencyKeys) {
+  World w;
+  FakeLedger ledger;
+  std::vector<std::string> keys;
+  w.add_kind("k", [&](WorkflowContext& wf) -> Task<Result<std::string>> {
+    EffectOptions o{.name = "charge", .nature = EffectNature::kIdempotent};
+    auto r = co_await wf.effect(std::move(o), [&](Context&, const std::string& key) -> Task<Result<std::string>> {
+      keys.push_back(key);
+      co_return ledger.apply_idempotent(key);
+    });
+    if (!r.ok()) co_return r.error();
+    co_return *r;
+  });
+  ASSERT_TRUE(w.run("k", "order/7")->ok());
+  w.sim->rt->advance(std::chrono::hours(48));
+  ASSERT_EQ(*w.engine->prune_finished(std::chrono::hours(24)), 1u);
+  ASSERT_TRUE(w.run("k", "order/7")->ok());
+  ASSERT_EQ(keys.size(), 2u);
+  EXPECT_NE(keys[0], keys[1]);
+  EXPECT_EQ(keys[0].rfind("order%2F7#", 0), 0u) << keys[0];  // '/' in the id is escaped
+  EXPECT_EQ(ledger.applied(keys[1]), 1);
 }
 
 TEST(Workflow, ACorruptStepRecordIsAnErrorNamingWorkflowAndStep) {

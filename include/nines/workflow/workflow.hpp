@@ -32,8 +32,11 @@
 // agent does not pay twice). A step's result is recorded when it completes with a value or
 // with a permanent error (kPermanent, kInvalidArgument: it would fail the same way again);
 // other errors (transient, timeout, deadline, cancelled, ...) are not recorded, so the step
-// runs again on resume. A recorded step whose name differs from the code's is an error
-// naming both ("the workflow's code changed"). StepOptions::persist = false declares a step
+// runs again on resume. A record at step n that is not what the code now does there (a
+// step of another name, an effect where a step is, or the reverse) is an error naming both
+// ("the workflow's code changed"): the run ends with it and the workflow is left running, so
+// a fixed deployment can resume it; the same holds for a record that cannot be decoded.
+// StepOptions::persist = false declares a step
 // whose result is not essential (a cache, a temporary file): it runs every time and is
 // never recorded.
 //
@@ -44,13 +47,30 @@
 //  - kReadOnly, kIdempotent: run again, with the same idempotency key (which the effect
 //    passes on, e.g. as an Idempotency-Key header, so the target applies it once);
 //  - kCheckable: ask the target with EffectOptions::check whether the key was applied: if so
-//    its answer is recorded as the outcome, if not the effect runs (again with the key);
+//    its answer is recorded as the outcome, if not the effect runs (again with the key); a
+//    check that fails transiently is asked again next run; one that fails for good (or a
+//    missing check function) sends the effect to needs_attention, like an unsafe one;
 //  - kUnsafe: never run again automatically: the effect and the workflow go to
 //    needs_attention with the evidence (arguments, key, when the intent was recorded), and
 //    run() fails with kPermanent saying so. An operator decides with resolve_effect().
 // An effect function that returns a permanent error records it as the outcome (the target
-// refused; it was not applied). Any other error leaves the intent without an outcome: the
-// next run treats it as interrupted, by the rules above.
+// refused; it was not applied). Any other error (or a failed commit of the outcome) leaves
+// the intent without an outcome and ends the run there, whatever the code does with the
+// error: the next run treats the effect as interrupted, by the rules above. Retries of an effect belong inside
+// its function (a resilience Pipeline, with the same key): calling effect() again from the
+// workflow's code is another effect, with another key. Once an effect has stopped the run
+// for an operator, further step() and effect() calls fail with that error, and run() returns
+// it whatever the code does with it.
+//
+// Idempotency keys are "<workflow id>#<its creation time in ns>/<step>/<effect name>", with
+// '%', '/' and '#' in the id and name percent-encoded: unique per workflow, per step, and per
+// incarnation of an id (a workflow pruned and started again under the same id gets new keys).
+// A resumed effect always uses the key recorded with its intent.
+//
+// Operator decisions (resolve_effect): "applied" records the given outcome; "not applied"
+// clears the effect, and the next run turns it back into a plain intent (committed) before
+// running it once more with its key, so an interruption of that run is again resolved by
+// its nature (an unsafe effect stops for the operator again, it is not run a third time).
 //
 // Durability: every step record and effect intent/outcome is committed before the code
 // after it runs; with Durability::kSynced (the store's default) a committed record survives
@@ -178,7 +198,7 @@ class WorkflowContext {
     if (recorded) {
       if (!recorded->ok()) co_return std::move(*recorded).error();
       Result<T> v = Codec<T>::decode(**recorded);
-      if (!v.ok()) co_return std::move(v).error().with_context(step_context(*seq, name) + ": its recorded result");
+      if (!v.ok()) co_return stop_run(std::move(v).error().with_context(step_context(*seq, name) + ": its recorded result"));
       co_return v;
     }
     Result<T> r = co_await fn(ctx_);
@@ -217,6 +237,12 @@ class WorkflowContext {
       : engine_(engine), run_(run), ctx_(ctx), id_(std::move(id)), kind_(std::move(kind)), input_(std::move(input)),
         attempt_(attempt) {}
 
+  // Ends the run with `error` (records and code disagree) and leaves the workflow as it is.
+  Error stop_run(Error error);
+  // The error that ended this run already (needs_attention, or stop_run), if any.
+  std::optional<Error> ended() const;
+  // Puts the effect and the workflow in needs_attention with the evidence; the run's error.
+  Task<Error> to_needs_attention(const EffectRecord& rec, std::string why);
   // Takes the next step number; sets `recorded` when the step has a record.
   Result<std::int64_t> begin_step(const std::string& name, const StepOptions& options,
                                   std::optional<Result<std::string>>& recorded);
@@ -296,6 +322,9 @@ class WorkflowEngine {
   friend struct internal::WorkflowRun;
   struct Impl;
   WorkflowEngine(Environment& env, Store& store, WorkflowEngineOptions options);
+  // run(); with create == false an absent workflow is kNotFound (resume_all never recreates
+  // a workflow pruned or deleted after it was listed).
+  Task<Result<std::string>> run_impl(Context& ctx, std::string kind, std::string id, std::string input, bool create);
 
   Environment& env_;
   Store& store_;

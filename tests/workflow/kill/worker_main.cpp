@@ -94,9 +94,11 @@ Task<Result<std::string>> workflow_body(WorkflowContext& wf) {
         if (reply->rfind("YES ", 0) == 0) co_return std::optional<std::string>(reply->substr(4));
         co_return std::optional<std::string>();
       };
-      const bool unsafe = type == 'U';
-      auto fn = [unsafe](Context& ctx, const std::string& key) -> Task<Result<std::string>> {
-        Result<std::string> reply = co_await ledger_request(ctx, (unsafe ? "APPLY_UNSAFE " : "APPLY_IDEM ") + key);
+      // Only idempotent effects are sent with deduplication by key; checkable ones are not,
+      // so only the check keeps them from applying twice.
+      const bool dedup = type == 'I';
+      auto fn = [dedup](Context& ctx, const std::string& key) -> Task<Result<std::string>> {
+        Result<std::string> reply = co_await ledger_request(ctx, (dedup ? "APPLY_IDEM " : "APPLY_UNSAFE ") + key);
         if (!reply.ok()) co_return std::move(reply).error();
         if (reply->rfind("OK ", 0) != 0) co_return Error(ErrorKind::kPermanent, "ledger refused: " + *reply);
         co_return reply->substr(3);
