@@ -282,7 +282,8 @@ ErrorBody read_error_body(std::string_view body) {
 // The HTTP status an error type stands for, when no status came with it (an error object
 // in a 2xx body or inside a stream).
 int status_for_type(std::string_view type, std::string_view code) {
-  if (code == "context_length_exceeded" || code == "invalid_api_key") return code == "invalid_api_key" ? 401 : 400;
+  if (code == "invalid_api_key") return 401;
+  if (code == "context_length_exceeded") return 400;
   if (type == "insufficient_quota" || code == "insufficient_quota") return 429;
   if (type == "rate_limit_error" || type == "rate_limit_exceeded" || code == "rate_limit_exceeded" ||
       type == "requests" || type == "tokens") {
@@ -592,7 +593,7 @@ ApiFailure map_api_error(Provider provider, int status, const Headers& headers, 
   }
 
   std::string m(to_string(provider));
-  m.append(": http ").append(std::to_string(status));
+  m.append(status > 0 ? ": http " + std::to_string(status) : std::string(": error event"));
   if (!tag.empty()) m.append(" ").append(tag);
   m.append(":");
   if (!f.error_type.empty()) m.append(" ").append(f.error_type);

@@ -13,8 +13,34 @@ namespace nines::llm::internal {
 
 using Json = nlohmann::json;
 
-// The parsed document, or nullopt if `text` is not JSON. Never throws.
+// Deeper documents are refused: serializing one recurses once per level, and no model API
+// nests anywhere near this deep.
+inline constexpr int kMaxJsonDepth = 256;
+
+// Whether the brackets of `text` (outside strings) nest at most max_depth deep.
+inline bool nesting_within(std::string_view text, int max_depth) {
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped) escaped = false;
+      else if (c == '\\') escaped = true;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > max_depth) return false;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return true;
+}
+
+// The parsed document, or nullopt if `text` is not JSON or nests deeper than kMaxJsonDepth.
+// Never throws.
 inline std::optional<Json> parse_json(std::string_view text) {
+  if (!nesting_within(text, kMaxJsonDepth)) return std::nullopt;
   Json j = Json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return std::nullopt;
   return j;

@@ -159,6 +159,17 @@ TEST(AnthropicResponse, MalformedBodiesAreTransientAndCounted) {
   }
 }
 
+TEST(AnthropicResponse, AbsurdlyDeepJsonIsMalformedNotAStackOverflow) {
+  std::string input = std::string(100000, '[') + std::string(100000, ']');
+  std::string body = R"({"type":"message","content":[{"type":"tool_use","id":"t","name":"f","input":)" + input + "}]}";
+  Result<ChatResponse> r = codec()->parse_response(body);
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(is_malformed(r.error()));
+  // Brackets inside strings do not count.
+  std::string text = R"({"type":"message","content":[{"type":"text","text":")" + std::string(1000, '[') + "\"}]}";
+  EXPECT_EQ(codec()->parse_response(text).value().message.text(), std::string(1000, '['));
+}
+
 TEST(AnthropicResponse, ErrorBodyIsMapped) {
   EXPECT_EQ(codec()->parse_response(fixture("anthropic/error_overloaded.json")).error().kind(), ErrorKind::kTransient);
 }

@@ -38,7 +38,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   nines::Result<nines::llm::ChatResponse> r = c.parse_response(body);
   if (!r.ok()) {
     check(r.error().message().find(kKey) == std::string::npos);
-    check(nines::llm::is_malformed(r.error()) || r.error().message().find("http 0") != std::string::npos);
+    check(nines::llm::is_malformed(r.error()) || r.error().message().find(": error event") != std::string::npos);
   }
 
   nines::llm::Headers headers = {{"retry-after", std::string(body.substr(0, 40))},
