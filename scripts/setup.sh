@@ -24,6 +24,8 @@ packages=(
   postgresql     # the server the store tests start in a temporary directory (initdb, pg_ctl)
   make           # node-gyp builds better-sqlite3's native addon (bench/peers/durable/node)
   python3        # node-gyp (the same)
+  nlohmann-json3-dev  # JSON of the model APIs (src/llm: request bodies, responses, stream events)
+  clang-14       # libFuzzer targets of the llm parsers (scripts/fuzz.sh); the build itself uses g++
 )
 # Node.js and npm: run the cockatiel peer in bench/peers/resilience and the LangGraph.js peer
 # in bench/peers/durable (npm packages below).

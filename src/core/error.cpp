@@ -24,6 +24,7 @@ std::string_view to_string(ErrorKind kind) {
     case ErrorKind::kNotFound: return "not_found";
     case ErrorKind::kStartFailed: return "start_failed";
     case ErrorKind::kInternal: return "internal";
+    case ErrorKind::kContextOverflow: return "context_overflow";
   }
   return "unknown";
 }
@@ -61,7 +62,7 @@ void check_failed(const char* expr, const char* file, int line, const std::strin
 
 }  // namespace internal
 std::optional<ErrorKind> error_kind_from_string(std::string_view name) {
-  for (int k = 0; k <= static_cast<int>(ErrorKind::kInternal); ++k) {
+  for (int k = 0; k <= static_cast<int>(ErrorKind::kContextOverflow); ++k) {
     if (to_string(static_cast<ErrorKind>(k)) == name) return static_cast<ErrorKind>(k);
   }
   return std::nullopt;

@@ -27,6 +27,22 @@ TEST(Error, ContextIsPrepended) {
   EXPECT_EQ(e.kind(), ErrorKind::kNoProc);
 }
 
+TEST(Error, KindNumberingIsStableAndEveryKindRoundTrips) {
+  // Kinds are stored by name, but their numbers must not move either: new kinds go last.
+  EXPECT_EQ(static_cast<int>(ErrorKind::kTransient), 0);
+  EXPECT_EQ(static_cast<int>(ErrorKind::kInternal), 15);
+  EXPECT_EQ(static_cast<int>(ErrorKind::kContextOverflow), 16);
+  EXPECT_EQ(to_string(ErrorKind::kContextOverflow), "context_overflow");
+  for (int k = 0; k <= static_cast<int>(ErrorKind::kContextOverflow); ++k) {
+    auto kind = static_cast<ErrorKind>(k);
+    EXPECT_NE(to_string(kind), "unknown") << k;
+    EXPECT_EQ(error_kind_from_string(to_string(kind)), kind) << k;
+    Error e = Error(kind, "m").with_retry_at(TimePoint(5ms));
+    EXPECT_EQ(decode_error(encode_error(e)), e) << k;
+  }
+  EXPECT_EQ(error_kind_from_string("unknown"), std::nullopt);
+}
+
 TEST(Check, AlwaysOnCheckThrowsWithLocation) {
   try {
     NINES_CHECK(1 + 1 == 3);

@@ -38,6 +38,10 @@ enum class ErrorKind : std::uint8_t {
   kNotFound,          // a named thing does not exist
   kStartFailed,       // a process or child could not be started
   kInternal,          // a bug or an invariant broken at run time (log-and-count tier)
+  kContextOverflow,   // a model's context window cannot hold the prompt (plus the reserved
+                      // output): not retryable as is; the caller compacts the prompt or
+                      // falls back to a model with a larger window
+  // New kinds go last: the numbering of earlier kinds never changes.
 };
 
 std::string_view to_string(ErrorKind kind);

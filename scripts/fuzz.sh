@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Builds the llm libFuzzer targets with clang-14 (ASan + UBSan) in build/fuzz and runs each
+# for N seconds (default 10), seeded from the test fixtures. Not part of scripts/test.sh.
+#   bash scripts/fuzz.sh          # 10 s per target
+#   bash scripts/fuzz.sh 600      # longer runs; see docs/llm.md
+# Findings (crash-*, leak-*, timeout-*) land in build/fuzz/findings/; the corpus grows in
+# build/fuzz/corpus/<target>/ and is reused by the next run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds="${1:-10}"
+command -v clang++-14 >/dev/null || { echo "fuzz: clang++-14 missing (scripts/setup.sh installs it)" >&2; exit 1; }
+
+build=build/fuzz
+cmake -S . -B "$build" -G Ninja -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DNINES_SANITIZE=address,undefined -DNINES_LLM_FUZZ=ON -DNINES_BUILD_TESTS=OFF -DNINES_BUILD_BENCH=OFF >/dev/null
+cmake --build "$build" -j2 --target nines_llm_response_fuzz nines_llm_stream_fuzz
+
+# Seeds: byte 0 picks the provider (0 OpenAI, 1 Anthropic); then a body, or one event per line.
+seed() {  # seed <target> <provider byte> <name> <content>
+  local dir="$build/corpus/$1"
+  mkdir -p "$dir"
+  { printf "\\x$2"; printf '%s' "$4"; } >"$dir/seed-$3"
+}
+fixtures=tests/llm/fixtures
+for provider in openai anthropic; do
+  byte=00; [[ $provider == anthropic ]] && byte=01
+  for f in "$fixtures/$provider"/*.json; do
+    seed response "$byte" "$provider-$(basename "$f")" "$(cat "$f")"
+  done
+  for f in "$fixtures/$provider"/*.sse; do
+    seed stream "$byte" "$provider-$(basename "$f")" "$(sed -n 's/^data: //p' "$f")"
+  done
+done
+
+mkdir -p "$build/findings"
+status=0
+for target in response stream; do
+  echo "fuzz: nines_llm_${target}_fuzz for ${seconds}s"
+  log="$build/findings/$target.log"
+  if ! "$build/src/llm/nines_llm_${target}_fuzz" "$build/corpus/$target" -max_total_time="$seconds" \
+         -max_len=65536 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+         -artifact_prefix="$build/findings/$target-" >"$log" 2>&1; then
+    tail -40 "$log" >&2
+    echo "fuzz: nines_llm_${target}_fuzz FAILED (log $log, input in $build/findings/)" >&2
+    status=1
+    continue
+  fi
+  grep -E '^#[0-9]+.*DONE|^stat::(number_of_executed_units|peak_rss_mb)' "$log" || true
+done
+exit $status

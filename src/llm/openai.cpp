@@ -1,0 +1,374 @@
+#include "nines/llm/openai.hpp"
+
+#include <algorithm>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "llm/codec_common.hpp"
+#include "llm/json_util.hpp"
+
+namespace nines::llm {
+
+using internal::CodecCounters;
+using internal::count;
+using internal::invalid_argument;
+using internal::Json;
+using internal::member;
+using internal::str;
+
+namespace {
+
+constexpr std::int64_t kMaxToolCalls = 256;  // per response; an index beyond is malformed
+
+FinishReason finish_from(std::string_view raw) {
+  if (raw == "stop") return FinishReason::kStop;
+  if (raw == "length") return FinishReason::kLength;
+  if (raw == "tool_calls" || raw == "function_call") return FinishReason::kToolCalls;
+  if (raw == "content_filter") return FinishReason::kContentFilter;
+  return FinishReason::kOther;
+}
+
+bool text_only(const Message& m) {
+  return std::all_of(m.content.begin(), m.content.end(),
+                     [](const ContentPart& p) { return p.type == ContentPart::Type::kText; });
+}
+
+Json content_json(const Message& m, std::string_view prefix = {}) {
+  if (text_only(m)) return std::string(prefix) + m.text();
+  Json parts = Json::array();
+  if (!prefix.empty()) parts.push_back({{"type", "text"}, {"text", prefix}});
+  for (const ContentPart& p : m.content) {
+    if (p.type == ContentPart::Type::kText) {
+      parts.push_back({{"type", "text"}, {"text", p.text}});
+    } else {
+      parts.push_back({{"type", "image_url"}, {"image_url", {{"url", p.image_url}}}});
+    }
+  }
+  return parts;
+}
+
+Result<Json> message_json(const Message& m, std::size_t index) {
+  Json j = {{"role", to_string(m.role)}};
+  switch (m.role) {
+    case Role::kSystem:
+    case Role::kUser:
+      j["content"] = content_json(m);
+      break;
+    case Role::kAssistant: {
+      const std::string text = m.text();
+      if (m.tool_calls.empty() || !text.empty()) {
+        j["content"] = content_json(m);
+      } else {
+        j["content"] = nullptr;
+      }
+      if (!m.tool_calls.empty()) {
+        Json calls = Json::array();
+        for (const ToolCall& c : m.tool_calls) {
+          calls.push_back({{"id", c.id},
+                           {"type", "function"},
+                           {"function", {{"name", c.name}, {"arguments", c.arguments_json}}}});
+        }
+        j["tool_calls"] = std::move(calls);
+      }
+      break;
+    }
+    case Role::kTool:
+      if (m.tool_call_id.empty()) {
+        return invalid_argument("message " + std::to_string(index) + ": a tool result without tool_call_id");
+      }
+      j["tool_call_id"] = m.tool_call_id;
+      j["content"] = content_json(m, m.is_error ? "[tool error] " : "");
+      break;
+  }
+  return j;
+}
+
+// A tool call from a non-streaming message.
+ToolCall tool_call_from(const Json& c, std::size_t index) {
+  ToolCall call;
+  call.id = std::string(str(member(c, "id")));
+  if (call.id.empty()) call.id = "call_" + std::to_string(index);
+  const Json* fn = member(c, "function");
+  call.name = std::string(str(member(fn, "name")));
+  const Json* args = member(fn, "arguments");
+  if (args && args->is_string()) {
+    call.arguments_json = args->get<std::string>();
+  } else if (args && args->is_object()) {  // some servers send the object itself
+    call.arguments_json = internal::dump_json(*args);
+  }
+  if (call.arguments_json.empty()) call.arguments_json = "{}";
+  return call;
+}
+
+// Text of a "content" that is a string, null, or an array of text parts.
+std::string text_of(const Json* content) {
+  if (!content) return {};
+  if (content->is_string()) return content->get<std::string>();
+  std::string out;
+  if (content->is_array()) {
+    for (const Json& part : *content) out += str(member(part, "text"));
+  }
+  return out;
+}
+
+bool is_error_object(const Json& doc) {
+  const Json* e = member(doc, "error");
+  return (e && (e->is_object() || e->is_string())) || str(member(doc, "object")) == "error";
+}
+
+class OpenAiStream final : public StreamAccumulator {
+ public:
+  OpenAiStream(std::shared_ptr<CodecCounters> counters, std::string api_key, std::size_t max_bytes)
+      : counters_(std::move(counters)), api_key_(std::move(api_key)), max_bytes_(max_bytes) {}
+
+  Result<StreamDelta> on_event(std::string_view event, std::string_view data) override {
+    if (error_) return *error_;
+    if (done_) return StreamDelta{};
+    ++events_;
+    data = internal::trim_space(data);
+    if (data.empty()) return StreamDelta{};  // a keep-alive
+    if (data == "[DONE]") {
+      done_ = true;
+      return StreamDelta{.done = true};
+    }
+    std::optional<Json> doc = internal::parse_json(data);
+    if (!doc || !doc->is_object()) return fail_malformed("a stream event is not a JSON object");
+    if (event == "error" || is_error_object(*doc)) {
+      return fail(map_api_error(Provider::kOpenAi, 0, {}, data, Now{}, api_key_).error);
+    }
+    return apply_chunk(*doc);
+  }
+
+  Result<ChatResponse> finish() override {
+    if (error_) return *error_;
+    if (!done_) {
+      Error e = internal::truncated_error(Provider::kOpenAi, "data: [DONE]", events_, text_.size());
+      counters_->truncated.fetch_add(1, std::memory_order_relaxed);
+      error_ = e;
+      return e;
+    }
+    ChatResponse r = response_;
+    r.message = Message{.role = Role::kAssistant};
+    if (!text_.empty()) r.message.content.push_back(ContentPart::from_text(text_));
+    for (auto& [index, call] : calls_) {
+      ToolCall c = call;
+      if (c.id.empty()) c.id = "call_" + std::to_string(index);
+      if (c.arguments_json.empty()) c.arguments_json = "{}";
+      r.message.tool_calls.push_back(std::move(c));
+    }
+    r.finish_reason = finish_from(r.raw_finish_reason);
+    return r;
+  }
+
+  bool done() const override { return done_; }
+
+ private:
+  Result<StreamDelta> apply_chunk(const Json& chunk) {
+    if (response_.id.empty()) response_.id = std::string(str(member(chunk, "id")));
+    if (response_.model.empty()) response_.model = std::string(str(member(chunk, "model")));
+    if (const Json* usage = member(chunk, "usage"); usage && usage->is_object()) {
+      response_.usage.input_tokens = count(member(usage, "prompt_tokens"));
+      response_.usage.output_tokens = count(member(usage, "completion_tokens"));
+    }
+    StreamDelta out;
+    const Json* choices = member(chunk, "choices");
+    if (choices && !choices->is_array() && !choices->is_null()) return fail_malformed("\"choices\" is not an array");
+    if (!choices || !choices->is_array()) return out;
+    for (const Json& choice : *choices) {
+      if (!choice.is_object()) return fail_malformed("a choice is not an object");
+      if (internal::integer(member(choice, "index")).value_or(0) != 0) continue;  // n > 1 is never asked
+      if (const Json* delta = member(choice, "delta"); delta && delta->is_object()) {
+        if (std::string_view t = str(member(delta, "content")); !t.empty()) {
+          text_.append(t);
+          out.text.append(t);
+          bytes_ += t.size();
+        }
+        if (const Json* calls = member(delta, "tool_calls"); calls && calls->is_array()) {
+          for (const Json& piece : *calls) {
+            if (auto s = apply_tool_call_piece(piece); !s.ok()) return fail(std::move(s).error());
+          }
+        }
+      }
+      if (std::string_view f = str(member(choice, "finish_reason")); !f.empty()) response_.raw_finish_reason = f;
+    }
+    if (bytes_ > max_bytes_) return fail_malformed("the response exceeds max_response_bytes");
+    return out;
+  }
+
+  // One piece of a tool call: the first names it (index, id, name), the following ones add
+  // pieces of its arguments. Servers that send a whole call at once fit the same path.
+  Status apply_tool_call_piece(const Json& piece) {
+    if (!piece.is_object()) return malformed("a tool call piece is not an object");
+    std::optional<std::int64_t> index = internal::integer(member(piece, "index"));
+    std::string_view id = str(member(piece, "id"));
+    if (!index) {  // no index (some servers): the call with this id, a new one, or the last
+      index = calls_.empty() ? 0 : calls_.rbegin()->first;
+      if (!id.empty()) {
+        auto same = std::find_if(calls_.begin(), calls_.end(), [&](const auto& kv) { return kv.second.id == id; });
+        index = same != calls_.end() ? same->first : (calls_.empty() ? 0 : calls_.rbegin()->first + 1);
+      }
+    }
+    if (*index < 0 || *index >= kMaxToolCalls) return malformed("a tool call index is out of range");
+    auto [it, inserted] = calls_.try_emplace(*index);
+    ToolCall& call = it->second;
+    if (inserted) call.arguments_json.clear();  // filled from the pieces
+    if (call.id.empty() && !id.empty()) call.id = id;
+    const Json* fn = member(piece, "function");
+    if (std::string_view name = str(member(fn, "name")); !name.empty() && call.name.empty()) call.name = name;
+    const Json* args = member(fn, "arguments");
+    if (args && args->is_string()) {
+      const auto& a = args->get_ref<const std::string&>();
+      call.arguments_json.append(a);
+      bytes_ += a.size();
+    } else if (args && args->is_object()) {
+      std::string a = internal::dump_json(*args);
+      call.arguments_json.append(a);
+      bytes_ += a.size();
+    }
+    return ok_status();
+  }
+
+  Error malformed(std::string_view what) {
+    counters_->malformed.fetch_add(1, std::memory_order_relaxed);
+    return malformed_error(Provider::kOpenAi, what, api_key_);
+  }
+  Result<StreamDelta> fail_malformed(std::string_view what) { return fail(malformed(what)); }
+  Result<StreamDelta> fail(Error e) {
+    error_ = e;
+    return e;
+  }
+
+  std::shared_ptr<CodecCounters> counters_;
+  std::string api_key_;
+  std::size_t max_bytes_;
+  ChatResponse response_;
+  std::string text_;
+  std::map<std::int64_t, ToolCall> calls_;  // by the stream's index
+  std::size_t bytes_ = 0;
+  std::size_t events_ = 0;
+  bool done_ = false;
+  std::optional<Error> error_;
+};
+
+class OpenAiCodec final : public Codec {
+ public:
+  explicit OpenAiCodec(OpenAiOptions o) : options_(std::move(o)) {
+    options_.base_url = internal::trim_slashes(std::move(options_.base_url));
+  }
+
+  Provider provider() const override { return Provider::kOpenAi; }
+
+  Result<HttpCall> build_call(const ChatRequest& request) const override {
+    if (request.model.empty()) return invalid_argument("openai: the request names no model");
+    if (request.messages.empty()) return invalid_argument("openai: the request has no messages");
+    Json body = {{"model", request.model}};
+    Json messages = Json::array();
+    for (std::size_t i = 0; i < request.messages.size(); ++i) {
+      Result<Json> m = message_json(request.messages[i], i);
+      if (!m.ok()) return std::move(m).error();
+      messages.push_back(std::move(*m));
+    }
+    body["messages"] = std::move(messages);
+    if (!request.tools.empty()) {
+      Json tools = Json::array();
+      for (const ToolDefinition& t : request.tools) {
+        std::optional<Json> schema = internal::parse_json(t.parameters_schema_json);
+        if (t.name.empty()) return invalid_argument("openai: a tool has no name");
+        if (!schema || !schema->is_object()) {
+          return invalid_argument("openai: tool '" + t.name + "': parameters_schema_json is not a JSON object");
+        }
+        Json fn = {{"name", t.name}, {"parameters", std::move(*schema)}};
+        if (!t.description.empty()) fn["description"] = t.description;
+        tools.push_back({{"type", "function"}, {"function", std::move(fn)}});
+      }
+      body["tools"] = std::move(tools);
+    }
+    if (request.max_output_tokens) {
+      body[options_.use_max_completion_tokens ? "max_completion_tokens" : "max_tokens"] = *request.max_output_tokens;
+    }
+    if (request.temperature) body["temperature"] = *request.temperature;
+    if (request.stream) {
+      body["stream"] = true;
+      if (options_.stream_include_usage) body["stream_options"] = {{"include_usage", true}};
+    }
+
+    HttpCall call{.url = options_.base_url + "/chat/completions", .stream = request.stream};
+    call.headers.push_back({"content-type", "application/json"});
+    call.headers.push_back({"accept", request.stream ? "text/event-stream" : "application/json"});
+    if (!options_.api_key.empty()) call.headers.push_back({"authorization", "Bearer " + options_.api_key});
+    call.headers.insert(call.headers.end(), options_.extra_headers.begin(), options_.extra_headers.end());
+    call.body = internal::dump_json(body);
+    return call;
+  }
+
+  Result<ChatResponse> parse_response(std::string_view body) const override {
+    std::optional<Json> doc = internal::parse_json(body);
+    if (!doc || !doc->is_object()) return malformed("the response body is not a JSON object");
+    const Json* choices = member(*doc, "choices");
+    if (!choices && is_error_object(*doc)) {
+      return map_api_error(Provider::kOpenAi, 0, {}, body, Now{}, options_.api_key).error;
+    }
+    if (!choices || !choices->is_array() || choices->empty()) return malformed("the response has no choices");
+    const Json& choice = (*choices)[0];
+    const Json* message = member(choice, "message");
+    if (!message || !message->is_object()) return malformed("choices[0] has no message object");
+    const Json* content = member(message, "content");
+    if (content && !content->is_string() && !content->is_null() && !content->is_array()) {
+      return malformed("choices[0].message.content is not a string");
+    }
+
+    ChatResponse r;
+    r.id = std::string(str(member(*doc, "id")));
+    r.model = std::string(str(member(*doc, "model")));
+    r.message.role = Role::kAssistant;
+    std::string text = text_of(content);
+    if (text.empty()) text = std::string(str(member(message, "refusal")));
+    if (!text.empty()) r.message.content.push_back(ContentPart::from_text(std::move(text)));
+    if (const Json* calls = member(message, "tool_calls"); calls && calls->is_array()) {
+      for (std::size_t i = 0; i < calls->size(); ++i) {
+        if (!(*calls)[i].is_object()) return malformed("a tool call is not an object");
+        r.message.tool_calls.push_back(tool_call_from((*calls)[i], i));
+      }
+    } else if (calls && !calls->is_null()) {
+      return malformed("choices[0].message.tool_calls is not an array");
+    }
+    r.raw_finish_reason = std::string(str(member(choice, "finish_reason")));
+    r.finish_reason = finish_from(r.raw_finish_reason);
+    const Json* usage = member(*doc, "usage");
+    r.usage.input_tokens = count(member(usage, "prompt_tokens"));
+    r.usage.output_tokens = count(member(usage, "completion_tokens"));
+    return r;
+  }
+
+  std::unique_ptr<StreamAccumulator> start_stream() const override {
+    return std::make_unique<OpenAiStream>(counters_, options_.api_key, options_.max_response_bytes);
+  }
+
+  ApiFailure map_error(int status, const Headers& headers, std::string_view body, const Now& now) const override {
+    return map_api_error(Provider::kOpenAi, status, headers, body, now, options_.api_key);
+  }
+
+  std::uint64_t malformed_count() const override { return counters_->malformed.load(std::memory_order_relaxed); }
+  std::uint64_t truncated_count() const override { return counters_->truncated.load(std::memory_order_relaxed); }
+
+ private:
+  Error malformed(std::string_view what) const {
+    counters_->malformed.fetch_add(1, std::memory_order_relaxed);
+    return malformed_error(Provider::kOpenAi, what, options_.api_key);
+  }
+
+  OpenAiOptions options_;
+  std::shared_ptr<CodecCounters> counters_ = std::make_shared<CodecCounters>();
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Codec>> make_openai_codec(OpenAiOptions options) {
+  if (internal::trim_slashes(options.base_url).empty()) return invalid_argument("openai: base_url is empty");
+  return std::unique_ptr<Codec>(std::make_unique<OpenAiCodec>(std::move(options)));
+}
+
+}  // namespace nines::llm
