@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: setup, the environment-seam check, then every
-# test under ASan+UBSan (debug preset) and under TSan (tsan preset). Warnings are errors.
+# test under ASan+UBSan (debug preset) and under TSan (tsan preset), then a short libFuzzer
+# run of the model-API parsers (clang). Warnings are errors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
@@ -17,5 +18,8 @@ echo "== tsan build (ThreadSanitizer)"
 cmake --preset tsan >/dev/null
 cmake --build --preset tsan
 ctest --preset tsan
+
+echo "== fuzz: the llm parsers, a short run (scripts/fuzz.sh; longer runs: docs/llm.md)"
+bash scripts/fuzz.sh 5
 
 echo "== all tests passed in $((SECONDS - start)) s"
