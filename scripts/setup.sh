@@ -24,6 +24,7 @@ packages=(
   postgresql     # the server the store tests start in a temporary directory (initdb, pg_ctl)
   make           # node-gyp builds better-sqlite3's native addon (bench/peers/durable/node)
   python3        # node-gyp (the same)
+  libcurl4-openssl-dev  # the net layer's HTTP(S) client (src/net/http_client.cpp: libcurl multi + OpenSSL)
 )
 # Node.js and npm: run the cockatiel peer in bench/peers/resilience and the LangGraph.js peer
 # in bench/peers/durable (npm packages below).
