@@ -25,6 +25,7 @@ packages=(
   make           # node-gyp builds better-sqlite3's native addon (bench/peers/durable/node)
   python3        # node-gyp (the same)
   libcurl4-openssl-dev  # the net layer's HTTP(S) client (src/net/http_client.cpp: libcurl multi + OpenSSL)
+  openssl        # the TLS server (openssl s_server) and certificate the net tests make for HTTPS
 )
 # Node.js and npm: run the cockatiel peer in bench/peers/resilience and the LangGraph.js peer
 # in bench/peers/durable (npm packages below).

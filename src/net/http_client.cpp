@@ -530,7 +530,7 @@ void HttpCore::finish(Transfer* t, std::optional<Error> error) {
   }
   if (t->headers_list != nullptr) curl_slist_free_all(std::exchange(t->headers_list, nullptr));
   if (t->timer != 0) env_.cancel_timer(std::exchange(t->timer, 0));
-  ++t->timer_gen;
+  t->timer_gen = 0;
   in_flight_.fetch_sub(1);
   std::optional<Completion> c;
   {
@@ -608,7 +608,10 @@ void HttpCore::arm_transfer_timer(Transfer* t) {
     if (t->timer_at <= at) return;  // fires earlier anyway and re-arms
     env_.cancel_timer(std::exchange(t->timer, 0));
   }
-  std::uint64_t gen = ++t->timer_gen;
+  // Generations are unique per client, so a stale timer of a freed transfer never matches
+  // a new transfer that reuses its address.
+  std::uint64_t gen = next_gen_++;
+  t->timer_gen = gen;
   t->timer_at = at;
   std::weak_ptr<HttpCore> weak = weak_from_this();
   t->timer = env_.add_timer(at, [weak, t, gen] {

@@ -1,6 +1,13 @@
 // The HTTP client against a local HTTP/1.1 server (tests/net/test_server.hpp) on loopback,
 // on the real environment and scheduler (2 workers), plus one run on the sim environment.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
 
 #include <atomic>
 #include <functional>
@@ -9,6 +16,8 @@
 #include "nines/net/http_client.hpp"
 #include "nines/net/sse.hpp"
 #include "nines/runtime/runtime.hpp"
+
+extern char** environ;
 
 namespace nines::net {
 namespace {
@@ -437,6 +446,61 @@ TEST(HttpClient, AThousandConcurrentRequestsFromAThousandProcesses) {
   EXPECT_EQ(f.client->in_flight(), 0u);
   EXPECT_LE(f.server.connections_accepted(), 64u);
   EXPECT_EQ(f.server.requests_seen(), static_cast<std::size_t>(kProcesses));
+}
+
+// TLS through libcurl-openssl, against `openssl s_server` with a self-signed certificate for
+// 127.0.0.1 made by the test.
+TEST(HttpClient, HttpsVerifiesThePeer) {
+  namespace fs = std::filesystem;
+  fs::path dir = fs::temp_directory_path() / ("nines-net-tls-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  std::string cert = (dir / "cert.pem").string(), key = (dir / "key.pem").string();
+  std::string gen = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=127.0.0.1"
+                    " -addext subjectAltName=IP:127.0.0.1 -keyout " + key + " -out " + cert + " >/dev/null 2>&1";
+  ASSERT_EQ(std::system(gen.c_str()), 0) << "openssl could not make a certificate";
+  int port = testing::closed_port();
+  std::string accept = "127.0.0.1:" + std::to_string(port);
+  std::vector<std::string> args = {"openssl", "s_server", "-quiet", "-www", "-accept", accept, "-cert", cert, "-key", key};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t server = 0;
+  ASSERT_EQ(posix_spawnp(&server, "openssl", nullptr, nullptr, argv.data(), environ), 0);
+
+  auto run_with = [&](HttpClientOptions options) {
+    Fixture f(std::move(options));
+    std::optional<Result<HttpResponse>> got;
+    // s_server needs a moment to listen: refused connections are retried for up to 5 s.
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      f.run([&](Context& ctx) -> Task<> {
+        auto r = co_await f.client->request(ctx, get("https://" + accept + "/"));
+        got.emplace(std::move(r));
+      });
+      if (got->ok() || got->error().kind() != ErrorKind::kTransient ||
+          !contains(got->error().message(), "onnect")) {
+        break;
+      }
+      pause_ms(50);
+    }
+    return std::move(*got);
+  };
+  auto trusted = run_with({.ca_file = cert});
+  EXPECT_TRUE(trusted.ok()) << trusted.error().to_string();
+  if (trusted.ok()) {
+    EXPECT_EQ(trusted->status, 200);
+  }
+  auto untrusted = run_with({});
+  EXPECT_FALSE(untrusted.ok());
+  if (!untrusted.ok()) {
+    EXPECT_EQ(untrusted.error().kind(), ErrorKind::kPermanent) << untrusted.error().to_string();
+  }
+  auto unverified = run_with({.verify_tls = false});
+  EXPECT_TRUE(unverified.ok());
+
+  ::kill(server, SIGTERM);
+  int status = 0;
+  ::waitpid(server, &status, 0);
+  fs::remove_all(dir);
 }
 
 // The sim environment polls watched fds when driven, so the client works there too, with
