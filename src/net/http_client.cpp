@@ -140,7 +140,8 @@ struct Transfer {
   bool got_first_byte = false;
   bool headers_done = false;
   bool finished = false;
-  bool paused = false;  // a stream's buffer is full; curl holds the data
+  bool paused = false;          // a stream's buffer is full; curl holds the data
+  bool resume_pending = false;  // the reader made room; the loop has yet to resume
   int status = 0;
   HttpHeaders headers;
   std::string body;  // whole body, or a stream's unread bytes
@@ -450,8 +451,16 @@ void HttpCore::resume(const std::shared_ptr<Transfer>& t) {
   post([weak, t] {
     auto core = weak.lock();
     if (!core || core->active_.count(t.get()) == 0) return;
+    {
+      std::lock_guard lock(t->mu);
+      t->paused = false;
+      t->resume_pending = false;
+    }
     t->last_activity = core->env_.now();  // the pause was the reader's, not the server's
     curl_easy_pause(t->easy, CURLPAUSE_CONT);
+    // While paused the timer may have been re-armed for the total timeout only: the idle
+    // timeout applies again from now.
+    if (core->active_.count(t.get()) != 0) core->arm_transfer_timer(t.get());
     core->check_done();
   });
 }
@@ -930,7 +939,7 @@ Task<Result<std::optional<std::string>>> HttpStream::next(Context& ctx) {
   {
     std::lock_guard lock(t->mu);
     chunk.swap(t->body);
-    resume = std::exchange(t->paused, false);
+    resume = t->paused && !std::exchange(t->resume_pending, true);
     if (chunk.empty() && t->finished && t->error) error = std::exchange(t->error, std::nullopt);
   }
   if (resume) core_->resume(t);
