@@ -1,0 +1,546 @@
+// The HTTP client against a local HTTP/1.1 server (tests/net/test_server.hpp) on loopback,
+// on the real environment and scheduler (2 workers), plus one run on the sim environment.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+
+#include <atomic>
+#include <functional>
+
+#include "net/test_server.hpp"
+#include "nines/net/http_client.hpp"
+#include "nines/net/sse.hpp"
+#include "nines/runtime/runtime.hpp"
+
+extern char** environ;
+
+namespace nines::net {
+namespace {
+
+using testing::pause_ms;
+using testing::TestServer;
+
+// Waits (polling, about 5 ms a step) until pred holds or `ms` pass; returns pred().
+bool eventually(const std::function<bool()>& pred, int ms = 5000) {
+  for (int waited = 0; waited < ms && !pred(); waited += 5) pause_ms(5);
+  return pred();
+}
+
+bool contains(const std::string& s, std::string_view part) { return s.find(part) != std::string::npos; }
+
+struct Fixture {
+  explicit Fixture(HttpClientOptions options = {}) {
+    // Loopback only: a proxy from the environment must not take these requests.
+    if (!options.proxy) options.proxy = "";
+    client = HttpClient::create(*env, std::move(options)).value();
+  }
+  ~Fixture() {
+    client.reset();  // before the environment; requests still in flight end as cancelled
+  }
+
+  // Runs body in a process and waits until it exits.
+  void run(std::function<Task<>(Context&)> body) {
+    auto w = rt->spawn_watched(std::move(body)).value();
+    ExitReason r = w.exit->wait();
+    EXPECT_TRUE(r.is_normal()) << r.to_string();
+  }
+
+  std::unique_ptr<Environment> env = make_real_environment({.workers = 2, .seed = 5});
+  TestServer server{*env};
+  std::unique_ptr<Runtime> rt = Runtime::create(*env).value();
+  std::unique_ptr<HttpClient> client;
+};
+
+HttpRequest get(std::string url) {
+  HttpRequest r;
+  r.url = std::move(url);
+  return r;
+}
+
+TEST(HttpHeaders, LookupIsCaseInsensitive) {
+  HttpHeaders h{{"Content-Type", "text/plain"}, {"Set-Cookie", "a"}, {"set-cookie", "b"}};
+  EXPECT_EQ(h.get("content-type"), "text/plain");
+  EXPECT_EQ(h.get("CONTENT-TYPE"), "text/plain");
+  EXPECT_FALSE(h.get("content-length").has_value());
+  EXPECT_EQ(h.get_all("SET-COOKIE").size(), 2u);
+  h.set("SET-cookie", "c");
+  EXPECT_EQ(h.get_all("set-cookie"), (std::vector<std::string_view>{"c"}));
+}
+
+TEST(HttpUrl, RedactionDropsUserInfoQueryAndFragment) {
+  EXPECT_EQ(redact_url("https://user:pw@api.example.com:8443/v1/chat?key=sk-123#frag"),
+            "https://api.example.com:8443/v1/chat");
+  EXPECT_EQ(redact_url("http://h/p"), "http://h/p");
+  EXPECT_EQ(redact_url("http://h?x=1"), "http://h");
+}
+
+TEST(HttpClient, GetReturnsStatusHeadersAndBody) {
+  Fixture f;
+  f.run([&](Context& ctx) -> Task<> {
+    auto r = co_await f.client->request(ctx, get(f.server.url("/hello")));
+    EXPECT_TRUE(r.ok()) << r.error().to_string();
+    if (!r.ok()) co_return;
+    EXPECT_EQ(r->status, 200);
+    EXPECT_EQ(r->headers.get("x-TEST"), "yes");
+    EXPECT_EQ(r->headers.get("content-length"), "5");
+    EXPECT_EQ(r->body, "hello");
+  });
+  EXPECT_EQ(f.client->in_flight(), 0u);
+}
+
+TEST(HttpClient, PostAndPutSendBodyAndHeaders) {
+  Fixture f;
+  f.run([&](Context& ctx) -> Task<> {
+    HttpRequest post = get(f.server.url("/echo"));
+    post.method = "POST";
+    post.body = "payload";
+    post.headers.add("X-Custom", "42");
+    post.headers.add("Content-Type", "text/plain");
+    auto r = co_await f.client->request(ctx, std::move(post));
+    EXPECT_TRUE(r.ok());
+    if (!r.ok()) co_return;
+    EXPECT_EQ(r->body, "POST payload");
+    EXPECT_EQ(r->headers.get("X-Got-Custom"), "42");
+    HttpRequest put = get(f.server.url("/echo"));
+    put.method = "PUT";
+    put.body = std::string(100'000, 'p');  // larger than curl's Expect: 100-continue threshold
+    auto r2 = co_await f.client->request(ctx, std::move(put));
+    EXPECT_TRUE(r2.ok());
+    if (r2.ok()) {
+      EXPECT_EQ(r2->body, "PUT " + std::string(100'000, 'p'));
+    }
+    HttpRequest del = get(f.server.url("/echo"));
+    del.method = "DELETE";
+    auto r3 = co_await f.client->request(ctx, std::move(del));
+    EXPECT_TRUE(r3.ok());
+    if (r3.ok()) {
+      EXPECT_EQ(r3->body, "DELETE ");
+    }
+  });
+}
+
+TEST(HttpClient, ErrorStatusesAreResponsesNotErrors) {
+  Fixture f;
+  f.run([&](Context& ctx) -> Task<> {
+    auto r500 = co_await f.client->request(ctx, get(f.server.url("/status/500")));
+    EXPECT_TRUE(r500.ok());
+    if (r500.ok()) {
+      EXPECT_EQ(r500->status, 500);
+      EXPECT_EQ(r500->body, "status 500");
+    }
+    auto r429 = co_await f.client->request(ctx, get(f.server.url("/ratelimited")));
+    EXPECT_TRUE(r429.ok());
+    if (r429.ok()) {
+      EXPECT_EQ(r429->status, 429);
+      EXPECT_EQ(r429->headers.get("retry-after"), "7");
+    }
+    auto r404 = co_await f.client->request(ctx, get(f.server.url("/nothing-here")));
+    EXPECT_TRUE(r404.ok());
+    if (r404.ok()) {
+      EXPECT_EQ(r404->status, 404);
+    }
+  });
+}
+
+TEST(HttpClient, KeepAliveReusesOneConnection) {
+  Fixture f;
+  f.run([&](Context& ctx) -> Task<> {
+    for (int i = 0; i < 20; ++i) {
+      auto r = co_await f.client->request(ctx, get(f.server.url(i % 2 ? "/hello" : "/status/503")));
+      EXPECT_TRUE(r.ok());
+    }
+  });
+  EXPECT_EQ(f.server.requests_seen(), 20u);
+  EXPECT_EQ(f.server.connections_accepted(), 1u);
+  EXPECT_EQ(f.client->connections_opened(), 1u);
+}
+
+TEST(HttpClient, StreamDeliversServerSentEventsAsTheyArrive) {
+  Fixture f;
+  f.run([&](Context& ctx) -> Task<> {
+    auto s = co_await f.client->stream(ctx, get(f.server.url("/sse")));
+    EXPECT_TRUE(s.ok()) << s.error().to_string();
+    if (!s.ok()) co_return;
+    EXPECT_EQ(s->status(), 200);
+    EXPECT_EQ(s->headers().get("content-type"), "text/event-stream");
+    SseParser parser;
+    std::vector<SseEvent> events;
+    // The server holds the rest of the stream until release(): the first event must come
+    // through on its own.
+    while (events.empty()) {
+      auto chunk = co_await s->next(ctx);
+      EXPECT_TRUE(chunk.ok());
+      if (!chunk.ok() || !*chunk) co_return;
+      EXPECT_TRUE(parser.feed(**chunk, events).ok());
+    }
+    EXPECT_EQ(events.size(), 1u);
+    EXPECT_EQ(events[0].data, "one");
+    f.server.release();
+    for (;;) {
+      auto chunk = co_await s->next(ctx);
+      EXPECT_TRUE(chunk.ok());
+      if (!chunk.ok() || !*chunk) break;
+      EXPECT_TRUE(parser.feed(**chunk, events).ok());
+    }
+    EXPECT_EQ(events.size(), 2u);
+    if (events.size() == 2) {
+      EXPECT_EQ(events[1].type, "done");
+      EXPECT_EQ(events[1].data, "two\nthree");
+    }
+    auto after = co_await s->next(ctx);  // the end stays the end
+    EXPECT_TRUE(after.ok() && !*after);
+  });
+  EXPECT_EQ(f.client->in_flight(), 0u);
+}
+
+TEST(HttpClient, SlowStreamReaderPausesTheTransferWithoutLosingBytes) {
+  Fixture f({.stream_buffer_bytes = 4096});
+  f.run([&](Context& ctx) -> Task<> {
+    auto s = co_await f.client->stream(ctx, get(f.server.url("/big/1000000")));
+    EXPECT_TRUE(s.ok());
+    if (!s.ok()) co_return;
+    std::size_t total = 0, chunks = 0;
+    for (;;) {
+      co_await ctx.sleep(std::chrono::microseconds(200));  // a slow reader
+      auto chunk = co_await s->next(ctx);
+      EXPECT_TRUE(chunk.ok());
+      if (!chunk.ok() || !*chunk) break;
+      EXPECT_LE((*chunk)->size(), 4096u + 16384u);  // one buffer plus at most one curl write
+      total += (*chunk)->size();
+      ++chunks;
+    }
+    EXPECT_EQ(total, 1'000'000u);
+    EXPECT_GT(chunks, 10u);
+  });
+}
+
+TEST(HttpClient, ConnectionRefusedIsTransientAndNamesTheUrl) {
+  Fixture f;
+  int port = testing::closed_port();
+  f.run([&](Context& ctx) -> Task<> {
+    auto r = co_await f.client->request(ctx, get("http://127.0.0.1:" + std::to_string(port) + "/x?token=abc"));
+    EXPECT_FALSE(r.ok());
+    if (r.ok()) co_return;
+    EXPECT_EQ(r.error().kind(), ErrorKind::kTransient) << r.error().to_string();
+    EXPECT_TRUE(contains(r.error().message(), "GET http://127.0.0.1:" + std::to_string(port) + "/x"));
+    EXPECT_FALSE(contains(r.error().message(), "token=abc")) << r.error().message();
+  });
+}
+
+TEST(HttpClient, SecretsNeverAppearInErrors) {
+  Fixture f;
+  int port = testing::closed_port();
+  f.run([&](Context& ctx) -> Task<> {
+    HttpRequest req = get("http://user:hunter2@127.0.0.1:" + std::to_string(port) + "/v1?api_key=sk-query-secret");
+    req.headers.add("Authorization", "Bearer sk-header-secret");
+    req.headers.add("x-api-key", "sk-other-secret");
+    auto r = co_await f.client->request(ctx, std::move(req));
+    EXPECT_FALSE(r.ok());
+    if (r.ok()) co_return;
+    std::string text = r.error().to_string();
+    for (const char* secret : {"hunter2", "sk-query-secret", "sk-header-secret", "sk-other-secret"}) {
+      EXPECT_FALSE(contains(text, secret)) << text;
+    }
+    HttpRequest bad = get(f.server.url("/hello"));
+    bad.headers.add("Authorization", "Bearer sk-injected\r\nX-Evil: 1");
+    auto r2 = co_await f.client->request(ctx, std::move(bad));
+    EXPECT_FALSE(r2.ok());
+    if (r2.ok()) co_return;
+    EXPECT_EQ(r2.error().kind(), ErrorKind::kInvalidArgument);
+    EXPECT_FALSE(contains(r2.error().to_string(), "sk-injected")) << r2.error().to_string();
+  });
+}
+
+TEST(HttpClient, BadUrlsAreInvalidArguments) {
+  Fixture f;
+  f.run([&](Context& ctx) -> Task<> {
+    auto r = co_await f.client->request(ctx, get("ftp://127.0.0.1/file"));
+    EXPECT_TRUE(!r.ok() && r.error().kind() == ErrorKind::kInvalidArgument);
+    HttpRequest bad_method = get(f.server.url("/hello"));
+    bad_method.method = "GE T";
+    auto r2 = co_await f.client->request(ctx, std::move(bad_method));
+    EXPECT_TRUE(!r2.ok() && r2.error().kind() == ErrorKind::kInvalidArgument);
+  });
+}
+
+TEST(HttpClient, ConnectTimeout) {
+  Fixture f;
+  testing::BlackholePort hole;
+  f.run([&](Context& ctx) -> Task<> {
+    HttpRequest req = get("http://127.0.0.1:" + std::to_string(hole.port()) + "/");
+    req.timeouts = HttpTimeouts{.connect = std::chrono::milliseconds(200)};
+    auto r = co_await f.client->request(ctx, std::move(req));
+    EXPECT_FALSE(r.ok());
+    if (r.ok()) co_return;
+    EXPECT_EQ(r.error().kind(), ErrorKind::kTimeout);
+    EXPECT_TRUE(contains(r.error().message(), "connect timeout (200 ms)")) << r.error().message();
+  });
+  EXPECT_EQ(f.client->in_flight(), 0u);
+}
+
+TEST(HttpClient, FirstByteTimeoutWhenTheServerNeverAnswers) {
+  Fixture f;
+  f.run([&](Context& ctx) -> Task<> {
+    HttpRequest req = get(f.server.url("/never"));
+    req.timeouts = HttpTimeouts{.first_byte = std::chrono::milliseconds(200)};
+    TimePoint t0 = ctx.now();
+    auto r = co_await f.client->request(ctx, std::move(req));
+    Duration took = ctx.now() - t0;
+    EXPECT_FALSE(r.ok());
+    if (r.ok()) co_return;
+    EXPECT_EQ(r.error().kind(), ErrorKind::kTimeout);
+    EXPECT_TRUE(contains(r.error().message(), "first-byte timeout (200 ms)")) << r.error().message();
+    EXPECT_GE(took, std::chrono::milliseconds(200));
+    EXPECT_LT(took, std::chrono::milliseconds(2000));
+  });
+  EXPECT_TRUE(eventually([&] { return f.server.connections_closed() == 1; }));
+}
+
+TEST(HttpClient, IdleTimeoutWhenAStreamStalls) {
+  Fixture f;
+  f.run([&](Context& ctx) -> Task<> {
+    HttpRequest req = get(f.server.url("/stall"));
+    req.timeouts = HttpTimeouts{.idle = std::chrono::milliseconds(200)};
+    auto s = co_await f.client->stream(ctx, std::move(req));
+    EXPECT_TRUE(s.ok());
+    if (!s.ok()) co_return;
+    auto first = co_await s->next(ctx);
+    EXPECT_TRUE(first.ok() && *first && **first == "data: first\n\n");
+    auto second = co_await s->next(ctx);
+    EXPECT_FALSE(second.ok());
+    if (second.ok()) co_return;
+    EXPECT_EQ(second.error().kind(), ErrorKind::kTimeout);
+    EXPECT_TRUE(contains(second.error().message(), "idle timeout (200 ms")) << second.error().message();
+    // The same stall without streaming.
+    HttpRequest again = get(f.server.url("/stall"));
+    again.timeouts = HttpTimeouts{.idle = std::chrono::milliseconds(200)};
+    auto r = co_await f.client->request(ctx, std::move(again));
+    EXPECT_TRUE(!r.ok() && r.error().kind() == ErrorKind::kTimeout && contains(r.error().message(), "idle timeout"));
+  });
+}
+
+TEST(HttpClient, TotalTimeoutWhileDataKeepsComing) {
+  Fixture f;
+  f.run([&](Context& ctx) -> Task<> {
+    HttpRequest req = get(f.server.url("/trickle"));
+    req.timeouts = HttpTimeouts{.idle = std::chrono::seconds(1), .total = std::chrono::milliseconds(300)};
+    auto r = co_await f.client->request(ctx, std::move(req));
+    EXPECT_FALSE(r.ok());
+    if (r.ok()) co_return;
+    EXPECT_EQ(r.error().kind(), ErrorKind::kTimeout);
+    EXPECT_TRUE(contains(r.error().message(), "total timeout (300 ms)")) << r.error().message();
+  });
+}
+
+TEST(HttpClient, ProcessDeadlineBoundsTheRequest) {
+  Fixture f;
+  f.run([&](Context& ctx) -> Task<> {
+    auto scope = ctx.with_timeout(std::chrono::milliseconds(200));
+    auto r = co_await f.client->request(ctx, get(f.server.url("/never")));
+    EXPECT_FALSE(r.ok());
+    if (r.ok()) co_return;
+    EXPECT_EQ(r.error().kind(), ErrorKind::kDeadlineExceeded);
+    EXPECT_TRUE(contains(r.error().message(), "GET " + f.server.url("/never"))) << r.error().message();
+    // Already past: nothing is sent.
+    std::size_t seen = f.server.requests_seen();
+    co_await ctx.sleep(std::chrono::milliseconds(10));
+    auto late = co_await f.client->request(ctx, get(f.server.url("/hello")));
+    EXPECT_TRUE(!late.ok() && late.error().kind() == ErrorKind::kDeadlineExceeded);
+    EXPECT_EQ(f.server.requests_seen(), seen);
+  });
+  EXPECT_TRUE(eventually([&] { return f.client->in_flight() == 0; }));
+}
+
+TEST(HttpClient, KilledProcessCancelsItsTransfer) {
+  Fixture f;
+  std::atomic<bool> returned{false};
+  auto w = f.rt->spawn_watched([&](Context& ctx) -> Task<> {
+                 auto r = co_await f.client->request(ctx, get(f.server.url("/never")));
+                 returned = true;
+               }).value();
+  auto streamer = f.rt->spawn_watched([&](Context& ctx) -> Task<> {
+                        auto s = co_await f.client->stream(ctx, get(f.server.url("/stall")));
+                        if (!s.ok()) co_return;
+                        (void)co_await s->next(ctx);
+                        (void)co_await s->next(ctx);  // stalls here until killed
+                        returned = true;
+                      }).value();
+  ASSERT_TRUE(eventually([&] { return f.server.requests_seen() == 2 && f.client->in_flight() == 2; }));
+  pause_ms(20);  // the streamer reaches its second read
+  f.rt->send_exit(w.pid, ExitReason::kill());
+  f.rt->send_exit(streamer.pid, ExitReason::kill());
+  EXPECT_FALSE(w.exit->wait().is_normal());
+  EXPECT_FALSE(streamer.exit->wait().is_normal());
+  EXPECT_FALSE(returned.load());
+  // The transfers are removed and freed (ASan checks the freeing), and the connections closed.
+  EXPECT_TRUE(eventually([&] { return f.client->in_flight() == 0; }));
+  EXPECT_TRUE(eventually([&] { return f.server.connections_closed() == 2; }));
+}
+
+TEST(HttpClient, BodyLargerThanTheBoundIsAnError) {
+  Fixture f({.max_body_bytes = 10'000});
+  f.run([&](Context& ctx) -> Task<> {
+    auto ok = co_await f.client->request(ctx, get(f.server.url("/big/10000")));
+    EXPECT_TRUE(ok.ok() && ok->body.size() == 10'000u);
+    auto r = co_await f.client->request(ctx, get(f.server.url("/big/50000")));
+    EXPECT_FALSE(r.ok());
+    if (r.ok()) co_return;
+    EXPECT_EQ(r.error().kind(), ErrorKind::kPermanent);
+    EXPECT_TRUE(contains(r.error().message(), "max_body_bytes")) << r.error().message();
+  });
+}
+
+TEST(HttpClient, HeadersLargerThanTheBoundAreAnError) {
+  Fixture f({.max_header_bytes = 40});
+  f.run([&](Context& ctx) -> Task<> {
+    auto r = co_await f.client->request(ctx, get(f.server.url("/hello")));
+    EXPECT_TRUE(!r.ok() && r.error().kind() == ErrorKind::kPermanent &&
+                contains(r.error().message(), "max_header_bytes"));
+  });
+}
+
+TEST(HttpClient, RequestsBeyondMaxInFlightAreRefused) {
+  Fixture f({.max_in_flight = 2});
+  f.run([&](Context& ctx) -> Task<> {
+    auto a = co_await f.client->stream(ctx, get(f.server.url("/stall")));
+    auto b = co_await f.client->stream(ctx, get(f.server.url("/stall")));
+    EXPECT_TRUE(a.ok() && b.ok());
+    auto c = co_await f.client->request(ctx, get(f.server.url("/hello")));
+    EXPECT_FALSE(c.ok());
+    if (c.ok()) co_return;
+    EXPECT_EQ(c.error().kind(), ErrorKind::kBulkheadFull);
+    EXPECT_TRUE(contains(c.error().message(), "max_in_flight"));
+  });
+  // The streams died with the process: the slots are free again.
+  EXPECT_TRUE(eventually([&] { return f.client->in_flight() == 0; }));
+  f.run([&](Context& ctx) -> Task<> {
+    auto r = co_await f.client->request(ctx, get(f.server.url("/hello")));
+    EXPECT_TRUE(r.ok());
+  });
+}
+
+TEST(HttpClient, AThousandConcurrentRequestsFromAThousandProcesses) {
+  Fixture f({.max_connections = 64});
+  constexpr int kProcesses = 1000;
+  std::atomic<int> ok{0};
+  std::atomic<int> peak{0};
+  std::vector<std::shared_ptr<ExitWatch>> watches;
+  for (int i = 0; i < kProcesses; ++i) {
+    watches.push_back(f.rt->spawn_watched([&](Context& ctx) -> Task<> {
+                            int now = static_cast<int>(f.client->in_flight());
+                            for (int p = peak.load(); now > p && !peak.compare_exchange_weak(p, now);) {
+                            }
+                            auto r = co_await f.client->request(ctx, get(f.server.url("/hello")));
+                            if (r.ok() && r->status == 200 && r->body == "hello") ++ok;
+                          })
+                          .value()
+                          .exit);
+  }
+  for (auto& w : watches) EXPECT_TRUE(w->wait().is_normal());
+  EXPECT_EQ(ok.load(), kProcesses);
+  EXPECT_EQ(f.client->in_flight(), 0u);
+  EXPECT_LE(f.server.connections_accepted(), 64u);
+  EXPECT_EQ(f.server.requests_seen(), static_cast<std::size_t>(kProcesses));
+}
+
+// TLS through libcurl-openssl, against `openssl s_server` with a self-signed certificate for
+// 127.0.0.1 made by the test.
+TEST(HttpClient, HttpsVerifiesThePeer) {
+  namespace fs = std::filesystem;
+  fs::path dir = fs::temp_directory_path() / ("nines-net-tls-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  std::string cert = (dir / "cert.pem").string(), key = (dir / "key.pem").string();
+  std::string gen = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=127.0.0.1"
+                    " -addext subjectAltName=IP:127.0.0.1 -keyout " + key + " -out " + cert + " >/dev/null 2>&1";
+  ASSERT_EQ(std::system(gen.c_str()), 0) << "openssl could not make a certificate";
+  int port = testing::closed_port();
+  std::string accept = "127.0.0.1:" + std::to_string(port);
+  std::vector<std::string> args = {"openssl", "s_server", "-quiet", "-www", "-accept", accept, "-cert", cert, "-key", key};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t server = 0;
+  ASSERT_EQ(posix_spawnp(&server, "openssl", nullptr, nullptr, argv.data(), environ), 0);
+
+  auto run_with = [&](HttpClientOptions options) {
+    Fixture f(std::move(options));
+    std::optional<Result<HttpResponse>> got;
+    // s_server needs a moment to listen: refused connections are retried for up to 5 s.
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      f.run([&](Context& ctx) -> Task<> {
+        auto r = co_await f.client->request(ctx, get("https://" + accept + "/"));
+        got.emplace(std::move(r));
+      });
+      if (got->ok() || got->error().kind() != ErrorKind::kTransient ||
+          !contains(got->error().message(), "onnect")) {
+        break;
+      }
+      pause_ms(50);
+    }
+    return std::move(*got);
+  };
+  auto trusted = run_with({.ca_file = cert});
+  EXPECT_TRUE(trusted.ok()) << trusted.error().to_string();
+  if (trusted.ok()) {
+    EXPECT_EQ(trusted->status, 200);
+  }
+  auto untrusted = run_with({});
+  EXPECT_FALSE(untrusted.ok());
+  if (!untrusted.ok()) {
+    EXPECT_EQ(untrusted.error().kind(), ErrorKind::kPermanent) << untrusted.error().to_string();
+  }
+  auto unverified = run_with({.verify_tls = false});
+  EXPECT_TRUE(unverified.ok());
+
+  ::kill(server, SIGTERM);
+  int status = 0;
+  ::waitpid(server, &status, 0);
+  fs::remove_all(dir);
+}
+
+// The sim environment polls watched fds when driven, so the client works there too, with
+// virtual time for nines' own timers (the server still runs on a real thread).
+TEST(HttpClient, WorksOnTheSimEnvironmentWhenDriven) {
+  auto real = make_real_environment({.workers = 1, .seed = 9});
+  TestServer server(*real);
+  SimEnvironment sim(42);
+  auto rt = Runtime::create(sim).value();
+  auto client = HttpClient::create(sim, {.proxy = ""}).value();
+  std::optional<Result<HttpResponse>> got;
+  rt->spawn([&](Context& ctx) -> Task<> {
+      auto r = co_await client->request(ctx, get(server.url("/hello")));
+      got.emplace(std::move(r));
+    }).value();
+  for (int i = 0; i < 2000 && !got; ++i) {
+    rt->run_until_idle();
+    if (!got) pause_ms(1);
+  }
+  ASSERT_TRUE(got.has_value());
+  ASSERT_TRUE(got->ok()) << got->error().to_string();
+  EXPECT_EQ((*got)->body, "hello");
+  // A first-byte timeout fires on virtual time: no real waiting.
+  std::optional<Result<HttpResponse>> timed_out;
+  rt->spawn([&](Context& ctx) -> Task<> {
+      HttpRequest req = get(server.url("/never"));
+      req.timeouts = HttpTimeouts{.first_byte = std::chrono::seconds(30)};
+      auto r = co_await client->request(ctx, std::move(req));
+      timed_out.emplace(std::move(r));
+    }).value();
+  for (int i = 0; i < 200 && server.requests_seen() < 2; ++i) {
+    rt->run_until_idle();
+    pause_ms(1);
+  }
+  rt->advance(std::chrono::seconds(31));
+  ASSERT_TRUE(timed_out.has_value());
+  EXPECT_EQ(timed_out->error().kind(), ErrorKind::kTimeout);
+  client.reset();
+  rt.reset();
+}
+
+}  // namespace
+}  // namespace nines::net
