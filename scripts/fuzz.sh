@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the llm libFuzzer targets with clang-14 (ASan + UBSan) in build/fuzz and runs each
+# Builds the libFuzzer targets (the llm parsers, the SSE parser) with clang-14 (ASan + UBSan) in build/fuzz and runs each
 # for N seconds (default 10), seeded from the test fixtures. Not part of scripts/test.sh.
 #   bash scripts/fuzz.sh          # 10 s per target
 #   bash scripts/fuzz.sh 600      # longer runs; see docs/llm.md
@@ -13,7 +13,7 @@ command -v clang++-14 >/dev/null || { echo "fuzz: clang++-14 missing (scripts/se
 build=build/fuzz
 cmake -S . -B "$build" -G Ninja -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DNINES_SANITIZE=address,undefined -DNINES_LLM_FUZZ=ON -DNINES_BUILD_TESTS=OFF -DNINES_BUILD_BENCH=OFF >/dev/null
-cmake --build "$build" -j2 --target nines_llm_response_fuzz nines_llm_stream_fuzz
+cmake --build "$build" -j2 --target nines_llm_response_fuzz nines_llm_stream_fuzz nines_net_sse_fuzz
 
 # Seeds: byte 0 picks the provider (0 OpenAI, 1 Anthropic); then a body, or one event per line.
 seed() {  # seed <target> <provider byte> <name> <content>
@@ -31,17 +31,22 @@ for provider in openai anthropic; do
     seed stream "$byte" "$provider-$(basename "$f")" "$(sed -n 's/^data: //p' "$f")"
   done
 done
+# The SSE parser: byte 0 picks where the stream is cut in two; then raw SSE text.
+for f in "$fixtures"/*/*.sse; do
+  seed sse 07 "$(basename "$(dirname "$f")")-$(basename "$f")" "$(cat "$f")"
+done
 
 mkdir -p "$build/findings"
 status=0
-for target in response stream; do
-  echo "fuzz: nines_llm_${target}_fuzz for ${seconds}s"
+for target in llm/response llm/stream net/sse; do
+  layer="${target%%/*}"; target="${target#*/}"
+  echo "fuzz: nines_${layer}_${target}_fuzz for ${seconds}s"
   log="$build/findings/$target.log"
-  if ! "$build/src/llm/nines_llm_${target}_fuzz" "$build/corpus/$target" -max_total_time="$seconds" \
+  if ! "$build/src/$layer/nines_${layer}_${target}_fuzz" "$build/corpus/$target" -max_total_time="$seconds" \
          -max_len=65536 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
          -artifact_prefix="$build/findings/$target-" >"$log" 2>&1; then
     tail -40 "$log" >&2
-    echo "fuzz: nines_llm_${target}_fuzz FAILED (log $log, input in $build/findings/)" >&2
+    echo "fuzz: nines_${layer}_${target}_fuzz FAILED (log $log, input in $build/findings/)" >&2
     status=1
     continue
   fi
