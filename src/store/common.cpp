@@ -174,4 +174,10 @@ Result<SummaryRecord> check(SummaryRow row) {
       .task_id = std::move(row.task_id), .covers_through_seq = row.covers_through_seq, .summary = std::move(row.summary)};
 }
 
+void set_history_tail(HistoryView& view, std::vector<HistoryRecord> rows, std::size_t max_messages) {
+  view.more = rows.size() > max_messages;
+  if (view.more) rows.resize(max_messages);
+  view.tail = std::move(rows);
+}
+
 }  // namespace nines::internal

@@ -109,4 +109,8 @@ inline TimePoint from_ns(std::int64_t ns) { return TimePoint(Duration(ns)); }
 // written once for both SQL backends: BYTEA/BLOB and $n/?n are substituted by each.
 inline constexpr int kMigrationCount = kStoreSchemaVersion;
 
+// Fills view.tail from up to max_messages + 1 rows read after the summary: the first
+// max_messages, with view.more set when there was one more.
+void set_history_tail(HistoryView& view, std::vector<HistoryRecord> rows, std::size_t max_messages);
+
 }  // namespace nines::internal

@@ -301,11 +301,7 @@ class PostgresStore final : public Store {
     auto tail = collect<HistoryRecord>("read_history", Params(task_id, from, max_messages + 1), read_history_row,
                                        "reading history");
     if (!tail.ok()) return std::move(tail).error();
-    view.tail = std::move(*tail);
-    if (view.tail.size() > max_messages) {
-      view.tail.pop_back();
-      view.more = true;
-    }
+    internal::set_history_tail(view, std::move(*tail), max_messages);
     return view;
   }
 

@@ -303,11 +303,7 @@ class SqliteStore final : public Store {
     }
     auto tail = read_locked(task_id, from, max_messages + 1);
     if (!tail.ok()) return std::move(tail).error();
-    view.tail = std::move(*tail);
-    if (view.tail.size() > max_messages) {
-      view.tail.pop_back();
-      view.more = true;
-    }
+    internal::set_history_tail(view, std::move(*tail), max_messages);
     return view;
   }
 
