@@ -274,7 +274,8 @@ struct CircuitBreaker::Impl {
   BreakerFigures current_figures(TimePoint now);
   Duration next_open_duration();
   void transition(BreakerState to, BreakerReason reason, const BreakerFigures& figures, TimePoint now);
-  void check_closed(TimePoint now);
+  // `run`: the streak as the failure just reported made it.
+  void check_closed(TimePoint now, std::uint32_t run);
   void check_half_open(TimePoint now);
   // Delivers queued events outside the lock, in order, unless another caller is doing so
   // (it will deliver these too). Called with the lock held; returns with it held.
@@ -297,7 +298,32 @@ struct CircuitBreaker::Impl {
 
   // closed
   SlidingWindow window;
-  std::atomic<std::uint32_t> streak{0};  // consecutive failures; reset without the lock
+  // Consecutive failures (low 32 bits) and the epoch they belong to (its low 32 bits, high
+  // half): a success resets the streak without the lock, by a compare-and-swap that fails
+  // if the breaker has moved to another period since the success's permit was issued.
+  std::atomic<std::uint64_t> streak_word{std::uint64_t{1} << 32};  // epoch 1, no streak
+  static std::uint64_t streak_of(std::uint64_t w) { return w & 0xffffffffu; }
+  static std::uint64_t streak_epoch_of(std::uint64_t w) { return w >> 32; }
+  std::uint32_t streak() const { return static_cast<std::uint32_t>(streak_of(streak_word.load(std::memory_order_relaxed))); }
+  // Under mu: a new period starts with no streak.
+  void reset_streak(std::uint64_t for_epoch) {
+    streak_word.store((for_epoch & 0xffffffffu) << 32, std::memory_order_relaxed);
+  }
+  // Under mu: one more failure; the new streak (saturating).
+  std::uint32_t add_failure() {
+    std::uint64_t w = streak_word.load(std::memory_order_relaxed);
+    for (;;) {
+      if (streak_of(w) == 0xffffffffu) return 0xffffffffu;
+      if (streak_word.compare_exchange_weak(w, w + 1, std::memory_order_relaxed)) return static_cast<std::uint32_t>(streak_of(w) + 1);
+    }
+  }
+  // Without the lock: a success of period `epoch` ends the streak, if that is still the period.
+  void success_resets_streak(std::uint64_t of_epoch) {
+    std::uint64_t w = streak_word.load(std::memory_order_relaxed);
+    while (streak_of(w) != 0 && streak_epoch_of(w) == (of_epoch & 0xffffffffu)) {
+      if (streak_word.compare_exchange_weak(w, w & ~std::uint64_t{0xffffffffu}, std::memory_order_relaxed)) return;
+    }
+  }
 
   // open
   TimePoint open_until{};
@@ -400,7 +426,7 @@ BreakerFigures CircuitBreaker::Impl::trial_figures() const {
 
 BreakerFigures CircuitBreaker::Impl::current_figures(TimePoint now) {
   switch (state) {
-    case BreakerState::kClosed: return window.figures(now, streak.load(std::memory_order_relaxed));
+    case BreakerState::kClosed: return window.figures(now, streak());
     case BreakerState::kHalfOpen: return trial_figures();
     default: return frozen;
   }
@@ -441,7 +467,7 @@ void CircuitBreaker::Impl::transition(BreakerState to, BreakerReason reason, con
       break;
     case BreakerState::kClosed:
       window.clear(now);
-      streak.store(0, std::memory_order_relaxed);
+      reset_streak(epoch);
       reopenings = 0;
       frozen = BreakerFigures{};
       break;
@@ -464,8 +490,7 @@ void CircuitBreaker::Impl::transition(BreakerState to, BreakerReason reason, con
 }
 
 // After a counted outcome in closed: trips if a condition holds.
-void CircuitBreaker::Impl::check_closed(TimePoint now) {
-  const std::uint32_t run = streak.load(std::memory_order_relaxed);
+void CircuitBreaker::Impl::check_closed(TimePoint now, std::uint32_t run) {
   BreakerFigures f = window.figures(now, run);
   if (o.consecutive_failures > 0 && run >= o.consecutive_failures) {
     transition(BreakerState::kOpen, BreakerReason::kConsecutiveFailures, f, now);
@@ -574,7 +599,7 @@ void CircuitBreaker::report(std::uint64_t epoch, bool trial, Outcome outcome, Du
     const std::uint64_t g = impl_->gate.load(std::memory_order_acquire);
     if (Impl::gate_epoch(g) != epoch || outcome == Outcome::kIgnored) return;
     if (outcome == Outcome::kSuccess && !impl_->window_kept) {
-      if (impl_->streak.load(std::memory_order_relaxed) != 0) impl_->streak.store(0, std::memory_order_relaxed);
+      impl_->success_resets_streak(epoch);
       return;
     }
   }
@@ -585,18 +610,19 @@ void CircuitBreaker::report(std::uint64_t epoch, bool trial, Outcome outcome, Du
     if (impl_->window_kept) {
       const TimePoint now = env_.now();
       impl_->window.record(now, failure, slow);
+      std::uint32_t run = 0;
       if (failure) {
-        impl_->streak.fetch_add(1, std::memory_order_relaxed);
+        run = impl_->add_failure();
       } else {
-        impl_->streak.store(0, std::memory_order_relaxed);
+        impl_->reset_streak(impl_->epoch);
       }
-      impl_->check_closed(now);
+      impl_->check_closed(now, run);
     } else {
       // A counted failure, judged by the streak alone (successes reset it without the lock).
       NINES_DCHECK(failure);
-      const std::uint32_t run = impl_->streak.fetch_add(1, std::memory_order_relaxed) + 1;
+      const std::uint32_t run = impl_->add_failure();
       if (options_.consecutive_failures > 0 && run >= options_.consecutive_failures) {
-        impl_->check_closed(env_.now());
+        impl_->check_closed(env_.now(), run);  // judged on this run, not a re-read
       }
     }
   } else if (impl_->state == BreakerState::kHalfOpen && trial) {

@@ -16,8 +16,9 @@ Result<Pipeline> Pipeline::Builder::build() const {
 
 namespace internal {
 
-Error attempt_deadline_to_timeout(Error e, TimePoint caller_deadline, TimePoint now, Duration attempt_timeout) {
-  if (attempt_timeout == kInfinite || now >= caller_deadline) return e;  // the caller's deadline: keep it
+Error attempt_deadline_to_timeout(Error e, TimePoint caller_deadline, TimePoint attempt_deadline, TimePoint now,
+                                  Duration attempt_timeout) {
+  if (attempt_timeout == kInfinite || now >= caller_deadline || now < attempt_deadline) return e;
   return Error(ErrorKind::kTimeout, "attempt timed out after " + std::to_string(to_millis(attempt_timeout)) +
                                         " ms (" + e.message() + ")");
 }

@@ -146,7 +146,11 @@ std::optional<Error> RetryCall::on_failure(Context& ctx, Error error, Duration& 
 
   // 1. Nothing that cannot succeed again is retried; the error is returned as it is.
   ErrorKind kind = o.classifier ? o.classifier(error) : error.kind();
-  if (!is_retryable(kind)) return give_up(RetryRejection::kNotRetryable, std::move(error));
+  if (!is_retryable(kind)) {
+    // A deadline that ended the attempt is counted as such (the error is returned as it is).
+    return give_up(kind == ErrorKind::kDeadlineExceeded ? RetryRejection::kDeadline : RetryRejection::kNotRetryable,
+                   std::move(error));
+  }
 
   // 2. Attempts.
   if (attempts_ >= o.max_attempts) {

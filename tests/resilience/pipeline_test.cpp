@@ -103,6 +103,23 @@ TEST(Pipeline, AttemptTimeoutIsARetryableTimeout) {
   EXPECT_EQ(took, 3 * 500ms + 2 * 50ms);
 }
 
+TEST(Pipeline, AShorterDeadlineInsideTheCallIsNotMistakenForTheAttemptTimeout) {
+  Harness h;
+  auto p = Pipeline::Builder().retry(retry3(50ms)).attempt_timeout(10s).build().value();
+  Call inner = [&h](Context& ctx) -> Task<Result<int>> {
+    ++h.calls;
+    auto scope = ctx.with_timeout(100ms);  // the call's own sub-deadline
+    auto slept = co_await ctx.sleep(1s);
+    if (!slept.ok()) co_return slept.error();
+    co_return 1;
+  };
+  auto [r, took] = h.run(p, inner);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind(), ErrorKind::kDeadlineExceeded);  // not "attempt timed out after 10000 ms"
+  EXPECT_EQ(h.calls, 1);                                       // and not retried
+  EXPECT_EQ(took, 100ms);
+}
+
 TEST(Pipeline, CallerDeadlineEndsEverythingWithoutRetry) {
   Harness h;
   auto p = Pipeline::Builder().retry(retry3()).attempt_timeout(5s).build().value();
@@ -309,7 +326,7 @@ TEST(PipelineConcurrency, TenThousandCallsThroughOnePipelineOnTwoWorkers) {
   auto rt = Runtime::create(*env).value();
   CircuitBreakerOptions bo;
   bo.failure_rate_threshold.reset();
-  bo.consecutive_failures = 5;
+  bo.consecutive_failures = 2;
   bo.open_duration = std::chrono::microseconds(200);
   auto breaker = CircuitBreaker::create("b", *env, bo).value();
   auto bulkhead = Bulkhead::create("bh", *env, {.max_concurrent = kSlots, .max_queue = kProcesses, .queue_timeout = kInfinite}).value();
@@ -330,7 +347,7 @@ TEST(PipelineConcurrency, TenThousandCallsThroughOnePipelineOnTwoWorkers) {
         calls.fetch_add(1);
         co_await c.yield();
         running.fetch_sub(1);
-        if (i % 7 == 0) co_return Error(ErrorKind::kTransient, "flaky");
+        if (i % 3 == 0) co_return Error(ErrorKind::kTransient, "flaky");
         co_return i;
       };
       Result<int> r = co_await p.run<int>(ctx, call);
@@ -348,6 +365,7 @@ TEST(PipelineConcurrency, TenThousandCallsThroughOnePipelineOnTwoWorkers) {
   EXPECT_LE(bc.peak_in_flight, kSlots);
   EXPECT_EQ(bc.acquired, static_cast<std::uint64_t>(calls.load()));  // each call held a slot
   BreakerCounters c = breaker->counters();
+  EXPECT_GT(c.opened, 0u);  // one call in three fails: two in a row happen, so it tripped
   EXPECT_EQ(c.successes + c.failures + c.ignored, c.permitted);
   EXPECT_EQ(c.successes, static_cast<std::uint64_t>(ok.load()));
   RetryStats rs = retry.stats();

@@ -32,8 +32,9 @@
 // Ownership: Bulkhead objects are shared (std::shared_ptr). A BulkheadSlot refers to its
 // bulkhead without owning it (one shared reference per call would put a contended reference
 // count on every call's path): the bulkhead must outlive its slots, as it does when the
-// caller holds it (or a Pipeline holding it) across the call. A process waiting in acquire()
-// keeps its bulkhead alive.
+// caller holds it (or a Pipeline holding it) across the call; call() holds it itself. A
+// process waiting in acquire() keeps its bulkhead alive while it waits, not afterwards: the
+// slot it then gets needs the bulkhead held by someone, like any other.
 //
 // Thread-safety: a Bulkhead may be shared by any number of processes on any workers; every
 // member is thread-safe. Taking a free slot and releasing one nobody waits for are one
@@ -105,7 +106,9 @@ struct BulkheadOptions {
   BulkheadObserver observer;
 };
 
-// A snapshot; the fields are read together under the bulkhead's lock.
+// A snapshot. The counters every call bumps are read without a lock while calls run, so a
+// snapshot taken under traffic may mix moments (acquired - released may differ from
+// in_flight by the calls in between); after the traffic it is exact.
 struct BulkheadCounters {
   std::uint64_t acquired = 0;                // slots granted, at once or after waiting
   std::uint64_t acquired_after_wait = 0;     // of those, granted after waiting in the queue

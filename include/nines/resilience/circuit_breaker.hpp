@@ -277,6 +277,9 @@ class CircuitBreaker : public std::enable_shared_from_this<CircuitBreaker> {
   // trials; otherwise the figures that opened it). A breaker with no rate threshold (only
   // consecutive_failures) keeps no window: its closed figures are the streak alone.
   BreakerFigures figures() const;
+  // Cumulative. The per-call counters are read without the lock while calls run, so a
+  // snapshot under traffic may mix moments (outcomes may briefly exceed permits); after the
+  // traffic it is exact.
   BreakerCounters counters() const;
   // When an open breaker may admit a trial; nullopt unless kOpen.
   std::optional<TimePoint> open_until() const;

@@ -46,9 +46,11 @@ struct PipelineParts {
   Duration attempt_timeout = kInfinite;
 };
 
-// After an attempt ended with kDeadlineExceeded: was it the attempt timeout (not the caller's
-// deadline)? Then it is an ordinary, retryable timeout.
-Error attempt_deadline_to_timeout(Error e, TimePoint caller_deadline, TimePoint now, Duration attempt_timeout);
+// After an attempt ended with kDeadlineExceeded: was it the attempt timeout (its deadline
+// passed, the caller's did not)? Then it is an ordinary, retryable timeout. A deadline error
+// from a shorter deadline inside the call, or one a server reported, is kept as it is.
+Error attempt_deadline_to_timeout(Error e, TimePoint caller_deadline, TimePoint attempt_deadline, TimePoint now,
+                                  Duration attempt_timeout);
 }  // namespace internal
 
 class Pipeline {
@@ -99,9 +101,10 @@ class Pipeline {
   // Cost: one coroutine frame (plus the call's own); no lock on the common path (a closed
   // breaker, a free bulkhead slot, tokens in the bucket; see each policy), where the shared
   // writes are the task's reference count, the bulkhead's two compare-and-swaps and the
-  // limiter's short critical section; at most one clock reading before the call (when a
-  // limiter, an attempt timeout, a finite process deadline or a breaker's slow-call threshold
-  // needs the time) plus one after it when the breaker has a slow-call threshold. The
+  // limiter's short critical section; one clock reading before the call when a limiter, an
+  // attempt timeout, a finite process deadline or a breaker's slow-call threshold needs the
+  // time (the retry policy reads it too when the deadline is finite or max_total_time is
+  // set), plus one after it when the breaker has a slow-call threshold. The
   // breaker is told a call's duration only then: its slow-call counter counts only for such
   // breakers.
   template <class T, class F>
@@ -164,13 +167,14 @@ class Pipeline {
         }
       }
       if (!out) {
+        const TimePoint attempt_deadline = add_saturating(now, p->attempt_timeout);
         {
-          DeadlineScope scope = ctx.with_deadline(add_saturating(now, p->attempt_timeout));
+          DeadlineScope scope = ctx.with_deadline(attempt_deadline);
           out.emplace(co_await call(ctx));
         }
         if (!out->ok() && out->error().kind() == ErrorKind::kDeadlineExceeded) {
-          *out = internal::attempt_deadline_to_timeout(std::move(*out).error(), caller_deadline, ctx.now(),
-                                                       p->attempt_timeout);
+          *out = internal::attempt_deadline_to_timeout(std::move(*out).error(), caller_deadline, attempt_deadline,
+                                                       ctx.now(), p->attempt_timeout);
         }
         if (permit) {
           const Duration elapsed = times_calls ? ctx.now() - now : Duration::zero();

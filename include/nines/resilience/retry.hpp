@@ -74,7 +74,8 @@ enum class RetryRejection : std::uint8_t {
   kAttemptsExhausted,   // max_attempts attempts made
   kTotalTimeExhausted,  // the next attempt would start after max_total_time
   kRetryAfterTooLong,   // the server's retry time is further away than max_retry_after
-  kDeadline,            // the next (or first) attempt would start at/after ctx.deadline()
+  kDeadline,            // the next (or first) attempt would start at/after ctx.deadline(), or
+                        // an attempt ended with kDeadlineExceeded
   kBudget,              // the retry budget refused
 };
 inline constexpr std::size_t kRetryRejectionCount = 6;
