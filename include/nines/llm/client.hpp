@@ -53,11 +53,11 @@ struct ModelClientOptions {
   std::size_t max_error_body_bytes = 64u << 10;
 };
 
-// What a chat call gives besides the Error when it fails: the mapped failure of a non-2xx
-// response (or of an error object/event in a 2xx one), when there was one.
+// A chat call's result plus, for a non-2xx response, the whole mapped failure (an error object
+// in a 2xx body or an error event in a stream gives only the Error).
 struct ChatOutcome {
   Result<ChatResponse> result;
-  std::optional<ApiFailure> failure;  // set when the provider answered with an error
+  std::optional<ApiFailure> failure;  // set for a non-2xx response (mapped by Codec::map_error)
 };
 
 class ModelClient {
