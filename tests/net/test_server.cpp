@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <stdexcept>
 
 namespace nines::net::testing {
@@ -68,8 +69,11 @@ std::string find_header(const std::string& head, const std::string& name) {
 }  // namespace
 
 struct TestServer::Conn {
-  enum class Mode { kIdle, kNever, kSseGate, kStall, kTrickle };
+  enum class Mode { kIdle, kNever, kSseGate, kStall, kTrickle, kCannedGate };
   int fd = -1;
+  std::vector<std::string> pending;  // canned chunks waiting for release()
+  bool canned_end = true;
+  bool close_after = false;  // close once `out` is sent
   std::string in, out;
   Mode mode = Mode::kIdle;
   TimePoint next_at{};
@@ -135,7 +139,34 @@ void TestServer::run() {
         requests_.fetch_add(1);
         std::size_t sp1 = head.find(' '), sp2 = head.find(' ', sp1 + 1);
         std::string method = head.substr(0, sp1), path = head.substr(sp1 + 1, sp2 - sp1 - 1);
-        if (path == "/hello") {
+        std::optional<CannedResponse> canned;
+        {
+          std::lock_guard lock(mu_);
+          seen_.push_back(SeenRequest{method, path, head, body});
+          if (auto it = canned_.find(path); it != canned_.end()) canned = it->second;
+        }
+        if (canned) {
+          const CannedResponse& cr = *canned;
+          if (cr.chunks.empty()) {
+            c.out += response(cr.status, "Canned", cr.headers, cr.body);
+            if (!cr.end) c.close_after = true;
+          } else {
+            c.out += "HTTP/1.1 " + std::to_string(cr.status) +
+                     " Canned\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n" + cr.headers +
+                     "\r\n";
+            std::size_t now_count = cr.gated ? 1 : cr.chunks.size();
+            for (std::size_t k = 0; k < now_count; ++k) c.out += chunk(cr.chunks[k]);
+            c.canned_end = cr.end;
+            if (now_count < cr.chunks.size()) {
+              c.pending.assign(cr.chunks.begin() + static_cast<std::ptrdiff_t>(now_count), cr.chunks.end());
+              c.mode = Conn::Mode::kCannedGate;
+            } else if (cr.end) {
+              c.out += "0\r\n\r\n";
+            } else {
+              c.close_after = true;
+            }
+          }
+        } else if (path == "/hello") {
           c.out += response(200, "OK", "X-Test: yes\r\n", "hello");
         } else if (path.starts_with("/echo")) {
           c.out += response(200, "OK", "X-Got-Custom: " + find_header(head, "x-custom") + "\r\n", method + " " + body);
@@ -169,6 +200,16 @@ void TestServer::run() {
         c.out += "0\r\n\r\n";
         c.mode = Conn::Mode::kIdle;
       }
+      if (!dead && c.mode == Conn::Mode::kCannedGate && gate_.load()) {
+        for (const auto& p : c.pending) c.out += chunk(p);
+        c.pending.clear();
+        if (c.canned_end) {
+          c.out += "0\r\n\r\n";
+        } else {
+          c.close_after = true;
+        }
+        c.mode = Conn::Mode::kIdle;
+      }
       if (!dead && c.mode == Conn::Mode::kTrickle && now >= c.next_at) {
         c.out += chunk("data: " + std::to_string(c.trickled++) + "\n\n");
         c.next_at = now + std::chrono::milliseconds(30);
@@ -181,6 +222,7 @@ void TestServer::run() {
           dead = true;
         }
       }
+      if (!dead && c.close_after && c.out.empty()) dead = true;
       if (dead) {
         ::close(c.fd);
         c.fd = -1;

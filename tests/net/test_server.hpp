@@ -11,16 +11,37 @@
 //   /never              reads the request, never answers
 //   /stall              headers and one chunk, then silence
 //   /trickle            a chunk every 30 ms, never ending
+// plus canned responses set by the test (set_canned), which take precedence. Every request is
+// recorded (requests()).
 #pragma once
 
 #include <atomic>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "nines/core/environment.hpp"
 
 namespace nines::net::testing {
+
+// A scripted response for one path.
+struct CannedResponse {
+  int status = 200;
+  std::string headers;              // extra header lines, each ending in "\r\n"
+  std::string body;                 // sent with Content-Length (when chunks is empty)
+  std::vector<std::string> chunks;  // non-empty: chunked transfer (text/event-stream), a chunk each
+  bool gated = false;               // chunks after the first wait for release()
+  bool end = true;                  // false: after the chunks the connection closes, without the
+                                    // last chunk (a stream cut mid-answer)
+};
+
+struct SeenRequest {
+  std::string method, path;
+  std::string head;  // the request line and header lines
+  std::string body;
+};
 
 class TestServer {
  public:
@@ -38,6 +59,15 @@ class TestServer {
   // Lets every /sse stream send its remaining events and end.
   void release() { gate_.store(true); }
 
+  void set_canned(const std::string& path, CannedResponse response) {
+    std::lock_guard lock(mu_);
+    canned_[path] = std::move(response);
+  }
+  std::vector<SeenRequest> requests() const {
+    std::lock_guard lock(mu_);
+    return seen_;
+  }
+
  private:
   struct Conn;
   void run();
@@ -49,6 +79,9 @@ class TestServer {
   std::atomic<bool> gate_{false};
   std::atomic<std::size_t> accepted_{0}, closed_{0}, requests_{0};
   std::unique_ptr<Thread> thread_;
+  mutable std::mutex mu_;
+  std::map<std::string, CannedResponse> canned_;
+  std::vector<SeenRequest> seen_;
 };
 
 // A loopback port whose listen backlog is full, so a connect to it hangs (SYNs are dropped):

@@ -1,0 +1,375 @@
+// The model client (llm/client.hpp) through the real HTTP client against the net tests'
+// loopback server (tests/net/test_server.hpp) serving canned OpenAI and Anthropic responses
+// (the fixtures of tests/llm/fixtures), on the real environment with 2 workers.
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "llm/fixtures.hpp"
+#include "net/test_server.hpp"
+#include "nines/llm/anthropic.hpp"
+#include "nines/llm/client.hpp"
+#include "nines/llm/openai.hpp"
+#include "nines/runtime/runtime.hpp"
+
+namespace nines::llm {
+namespace {
+
+using net::testing::CannedResponse;
+using net::testing::TestServer;
+using testing::fixture;
+
+constexpr const char* kOpenAiKey = "sk-proj-TESTKEYabcdefghijklmnop0123456789";
+constexpr const char* kAnthropicKey = "sk-ant-api03-TESTKEYabcdefghijklmnop0123456789";
+
+bool contains(std::string_view s, std::string_view part) { return s.find(part) != std::string_view::npos; }
+
+// A .sse fixture split into its events ("...\n\n" each), to be sent as one chunk each.
+std::vector<std::string> sse_chunks(std::string_view name) {
+  std::string all = fixture(name);
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  for (std::size_t p; (p = all.find("\n\n", start)) != std::string::npos; start = p + 2) {
+    out.push_back(all.substr(start, p + 2 - start));
+  }
+  if (start < all.size()) out.push_back(all.substr(start));
+  return out;
+}
+
+ChatRequest hello_request() {
+  ChatRequest req;
+  req.model = "test-model";
+  req.messages = {Message::user("Hello")};
+  return req;
+}
+
+struct Fixture {
+  Fixture() {
+    net::HttpClientOptions options;
+    options.proxy = "";  // loopback only
+    options.timeouts.total = std::chrono::seconds(5);
+    http = net::HttpClient::create(*env, std::move(options)).value();
+    openai = std::make_unique<ModelClient>(
+        make_openai_codec({.base_url = server.url("/oa/v1"), .api_key = kOpenAiKey}).value(), *http);
+    anthropic = std::make_unique<ModelClient>(
+        make_anthropic_codec({.base_url = server.url("/an"), .api_key = kAnthropicKey}).value(), *http);
+  }
+  ~Fixture() {
+    openai.reset();
+    anthropic.reset();
+    http.reset();  // before the environment
+  }
+
+  void run(std::function<Task<>(Context&)> body) {
+    auto w = rt->spawn_watched(std::move(body)).value();
+    ExitReason r = w.exit->wait();
+    EXPECT_TRUE(r.is_normal()) << r.to_string();
+  }
+
+  // One chat (or chat_stream) call of `client` in a process; the outcome.
+  ChatOutcome call(ModelClient& client, bool stream, std::vector<std::string>* texts = nullptr,
+                   std::function<void()> on_first_text = {}) {
+    std::optional<ChatOutcome> out;
+    run([&](Context& ctx) -> Task<> {
+      auto scope = ctx.with_timeout(std::chrono::seconds(5));
+      ChatRequest req = hello_request();
+      if (stream) {
+        std::function<void(std::string_view)> on_text = [&](std::string_view t) {
+          if (texts) {
+            if (texts->empty() && on_first_text) on_first_text();
+            texts->emplace_back(t);
+          }
+        };
+        ChatOutcome o = co_await client.chat_stream_detailed(ctx, req, std::move(on_text));
+        out.emplace(std::move(o));
+      } else {
+        ChatOutcome o = co_await client.chat_detailed(ctx, req);
+        out.emplace(std::move(o));
+      }
+    });
+    if (!out) return ChatOutcome{Error(ErrorKind::kInternal, "the process did not finish"), std::nullopt};
+    return std::move(*out);
+  }
+
+  std::unique_ptr<Environment> env = make_real_environment({.workers = 2, .seed = 7});
+  TestServer server{*env};
+  std::unique_ptr<Runtime> rt = Runtime::create(*env).value();
+  std::unique_ptr<net::HttpClient> http;
+  std::unique_ptr<ModelClient> openai, anthropic;
+};
+
+constexpr const char* kOpenAiPath = "/oa/v1/chat/completions";
+constexpr const char* kAnthropicPath = "/an/v1/messages";
+
+void expect_no_key(const Error& e) {
+  EXPECT_FALSE(contains(e.message(), "TESTKEY")) << e.to_string();
+  EXPECT_FALSE(contains(e.to_string(), kOpenAiKey));
+  EXPECT_FALSE(contains(e.to_string(), kAnthropicKey));
+}
+
+TEST(ModelClient, OpenAiCompletionAndTheKeyReachesTheServer) {
+  Fixture f;
+  f.server.set_canned(kOpenAiPath, {.headers = "Content-Type: application/json\r\n",
+                                    .body = fixture("openai/response_text.json")});
+  ChatOutcome o = f.call(*f.openai, false);
+  ASSERT_TRUE(o.result.ok()) << o.result.error().to_string();
+  EXPECT_EQ(o.result->message.text(), "Hello! How can I assist you today?");
+  EXPECT_EQ(o.result->finish_reason, FinishReason::kStop);
+  EXPECT_EQ(o.result->model, "gpt-4o-2024-08-06");
+  EXPECT_EQ(o.result->usage.input_tokens, 19);
+  auto seen = f.server.requests();
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].method, "POST");
+  EXPECT_EQ(seen[0].path, kOpenAiPath);
+  EXPECT_TRUE(contains(seen[0].head, std::string("Bearer ") + kOpenAiKey)) << seen[0].head;
+  EXPECT_TRUE(contains(seen[0].body, "\"test-model\""));
+  EXPECT_FALSE(contains(seen[0].body, "\"stream\":true"));
+}
+
+TEST(ModelClient, AnthropicCompletionAndTheKeyReachesTheServer) {
+  Fixture f;
+  f.server.set_canned(kAnthropicPath, {.body = fixture("anthropic/response_text.json")});
+  ChatOutcome o = f.call(*f.anthropic, false);
+  ASSERT_TRUE(o.result.ok()) << o.result.error().to_string();
+  EXPECT_EQ(o.result->message.text(), "Hi! My name is Claude.");
+  EXPECT_EQ(o.result->finish_reason, FinishReason::kStop);
+  auto seen = f.server.requests();
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_TRUE(contains(seen[0].head, std::string("x-api-key: ") + kAnthropicKey)) << seen[0].head;
+  EXPECT_TRUE(contains(seen[0].head, "anthropic-version: 2023-06-01"));
+}
+
+TEST(ModelClient, ToolCallsOfBothProviders) {
+  Fixture f;
+  f.server.set_canned(kOpenAiPath, {.body = fixture("openai/response_tool_calls.json")});
+  f.server.set_canned(kAnthropicPath, {.body = fixture("anthropic/response_tool_use.json")});
+  ChatOutcome o = f.call(*f.openai, false);
+  ASSERT_TRUE(o.result.ok()) << o.result.error().to_string();
+  ASSERT_FALSE(o.result->message.tool_calls.empty());
+  EXPECT_EQ(o.result->message.tool_calls[0].name, "get_current_weather");
+  EXPECT_EQ(o.result->finish_reason, FinishReason::kToolCalls);
+  ChatOutcome a = f.call(*f.anthropic, false);
+  ASSERT_TRUE(a.result.ok()) << a.result.error().to_string();
+  ASSERT_FALSE(a.result->message.tool_calls.empty());
+  EXPECT_EQ(a.result->message.tool_calls[0].name, "get_weather");
+  EXPECT_EQ(a.result->finish_reason, FinishReason::kToolCalls);
+}
+
+TEST(ModelClient, StreamedToolCall) {
+  Fixture f;
+  f.server.set_canned(kAnthropicPath, {.chunks = sse_chunks("anthropic/stream_tool_use.sse")});
+  ChatOutcome a = f.call(*f.anthropic, true);
+  ASSERT_TRUE(a.result.ok()) << a.result.error().to_string();
+  ASSERT_FALSE(a.result->message.tool_calls.empty());
+  EXPECT_EQ(a.result->finish_reason, FinishReason::kToolCalls);
+}
+
+// The first event comes at once, the rest only once on_text saw the first piece: the text
+// is delivered as it arrives, not at the end.
+TEST(ModelClient, OpenAiStreamDeliversTextIncrementally) {
+  Fixture f;
+  // The first chunk (role, empty content) gives no text: gate on the second too.
+  auto chunks = sse_chunks("openai/stream_text.sse");
+  CannedResponse cr;
+  cr.chunks = {chunks[0] + chunks[1]};
+  cr.chunks.insert(cr.chunks.end(), chunks.begin() + 2, chunks.end());
+  cr.gated = true;
+  f.server.set_canned(kOpenAiPath, cr);
+  std::vector<std::string> texts;
+  ChatOutcome o = f.call(*f.openai, true, &texts, [&] { f.server.release(); });
+  ASSERT_TRUE(o.result.ok()) << o.result.error().to_string();
+  EXPECT_EQ(texts, (std::vector<std::string>{"Hello", " there", "!"}));
+  EXPECT_EQ(o.result->message.text(), "Hello there!");
+  EXPECT_EQ(o.result->usage.output_tokens, 3);
+  auto seen = f.server.requests();
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_TRUE(contains(seen[0].body, "\"stream\":true")) << seen[0].body;
+}
+
+TEST(ModelClient, AnthropicStreamDeliversTextIncrementally) {
+  Fixture f;
+  auto chunks = sse_chunks("anthropic/stream_text.sse");
+  // Up to and including the first text delta at once, the rest after release().
+  std::size_t first_text = 0;
+  while (first_text < chunks.size() && !contains(chunks[first_text], "text_delta")) ++first_text;
+  ASSERT_LT(first_text, chunks.size());
+  CannedResponse cr;
+  std::string head;
+  for (std::size_t i = 0; i <= first_text; ++i) head += chunks[i];
+  cr.chunks = {head};
+  cr.chunks.insert(cr.chunks.end(), chunks.begin() + static_cast<std::ptrdiff_t>(first_text) + 1, chunks.end());
+  cr.gated = true;
+  f.server.set_canned(kAnthropicPath, cr);
+  std::vector<std::string> texts;
+  ChatOutcome o = f.call(*f.anthropic, true, &texts, [&] { f.server.release(); });
+  ASSERT_TRUE(o.result.ok()) << o.result.error().to_string();
+  ASSERT_GE(texts.size(), 2u);
+  std::string joined;
+  for (auto& t : texts) joined += t;
+  EXPECT_EQ(joined, o.result->message.text());
+}
+
+TEST(ModelClient, StreamEndingWithoutDoneIsTruncated) {
+  Fixture f;
+  auto chunks = sse_chunks("openai/stream_text.sse");
+  chunks.resize(3);  // "Hello", " there", then a clean end of the body without [DONE]
+  f.server.set_canned(kOpenAiPath, {.chunks = chunks});
+  std::vector<std::string> texts;
+  ChatOutcome o = f.call(*f.openai, true, &texts);
+  ASSERT_FALSE(o.result.ok());
+  EXPECT_EQ(o.result.error().kind(), ErrorKind::kTransient) << o.result.error().to_string();
+  EXPECT_TRUE(is_truncated_stream(o.result.error())) << o.result.error().to_string();
+  EXPECT_EQ(texts.size(), 2u);
+  EXPECT_EQ(f.openai->codec().truncated_count(), 1u);
+  expect_no_key(o.result.error());
+}
+
+TEST(ModelClient, StreamCutMidAnswerIsTruncated) {
+  Fixture f;
+  auto chunks = sse_chunks("anthropic/stream_text.sse");
+  chunks.resize(chunks.size() - 2);  // no message_delta / message_stop; the connection closes
+  f.server.set_canned(kAnthropicPath, {.chunks = chunks, .end = false});
+  ChatOutcome o = f.call(*f.anthropic, true);
+  ASSERT_FALSE(o.result.ok());
+  EXPECT_EQ(o.result.error().kind(), ErrorKind::kTransient) << o.result.error().to_string();
+  EXPECT_TRUE(is_truncated_stream(o.result.error())) << o.result.error().to_string();
+  expect_no_key(o.result.error());
+}
+
+TEST(ModelClient, StreamErrorEventIsMapped) {
+  Fixture f;
+  f.server.set_canned(kAnthropicPath, {.chunks = sse_chunks("anthropic/stream_error_overloaded.sse")});
+  ChatOutcome o = f.call(*f.anthropic, true);
+  ASSERT_FALSE(o.result.ok());
+  EXPECT_EQ(o.result.error().kind(), ErrorKind::kTransient) << o.result.error().to_string();
+  EXPECT_FALSE(is_truncated_stream(o.result.error()));
+}
+
+TEST(ModelClient, RateLimitedWithRetryAfterMs) {
+  Fixture f;
+  f.server.set_canned(kOpenAiPath, {.status = 429,
+                                    .headers = "retry-after-ms: 1500\r\n",
+                                    .body = fixture("openai/error_rate_limit.json")});
+  TimePoint before = f.env->now();
+  ChatOutcome o = f.call(*f.openai, false);
+  ASSERT_FALSE(o.result.ok());
+  const Error& e = o.result.error();
+  EXPECT_EQ(e.kind(), ErrorKind::kRateLimited) << e.to_string();
+  ASSERT_TRUE(e.retry_at().has_value());
+  EXPECT_GE(*e.retry_at(), before + std::chrono::milliseconds(1500));
+  EXPECT_LE(*e.retry_at(), f.env->now() + std::chrono::milliseconds(1500));
+  ASSERT_TRUE(o.failure.has_value());
+  EXPECT_EQ(o.failure->status, 429);
+  expect_no_key(e);
+}
+
+TEST(ModelClient, RateLimitedStreamIsMappedFromItsBody) {
+  Fixture f;
+  f.server.set_canned(kAnthropicPath, {.status = 429,
+                                       .headers = "retry-after: 3\r\n",
+                                       .body = fixture("anthropic/error_rate_limit.json")});
+  ChatOutcome o = f.call(*f.anthropic, true);
+  ASSERT_FALSE(o.result.ok());
+  EXPECT_EQ(o.result.error().kind(), ErrorKind::kRateLimited) << o.result.error().to_string();
+  EXPECT_TRUE(o.result.error().retry_at().has_value());
+}
+
+TEST(ModelClient, OverloadedAndUnavailableAreTransient) {
+  Fixture f;
+  f.server.set_canned(kAnthropicPath, {.status = 529, .body = fixture("anthropic/error_overloaded.json")});
+  f.server.set_canned(kOpenAiPath, {.status = 503, .body = "<html>Service Unavailable</html>"});
+  ChatOutcome a = f.call(*f.anthropic, false);
+  ASSERT_FALSE(a.result.ok());
+  EXPECT_EQ(a.result.error().kind(), ErrorKind::kTransient) << a.result.error().to_string();
+  ChatOutcome o = f.call(*f.openai, false);
+  ASSERT_FALSE(o.result.ok());
+  EXPECT_EQ(o.result.error().kind(), ErrorKind::kTransient) << o.result.error().to_string();
+  ChatOutcome s = f.call(*f.openai, true);  // the same through a stream
+  ASSERT_FALSE(s.result.ok());
+  EXPECT_EQ(s.result.error().kind(), ErrorKind::kTransient) << s.result.error().to_string();
+  EXPECT_FALSE(is_truncated_stream(s.result.error()));
+}
+
+TEST(ModelClient, ContextLengthIsContextOverflow) {
+  Fixture f;
+  f.server.set_canned(kOpenAiPath, {.status = 400, .body = fixture("openai/error_context_length.json")});
+  f.server.set_canned(kAnthropicPath, {.status = 400, .body = fixture("anthropic/error_prompt_too_long.json")});
+  ChatOutcome o = f.call(*f.openai, false);
+  ASSERT_FALSE(o.result.ok());
+  EXPECT_EQ(o.result.error().kind(), ErrorKind::kContextOverflow) << o.result.error().to_string();
+  ChatOutcome a = f.call(*f.anthropic, true);
+  ASSERT_FALSE(a.result.ok());
+  EXPECT_EQ(a.result.error().kind(), ErrorKind::kContextOverflow) << a.result.error().to_string();
+}
+
+TEST(ModelClient, UnauthorizedIsPermanentAuthAndNeverQuotesTheKey) {
+  Fixture f;
+  // A server that echoes the key it got (as some proxies do) must not leak it either.
+  std::string body = R"({"error":{"message":"Incorrect API key provided: )" + std::string(kOpenAiKey) +
+                     R"(","type":"invalid_request_error","code":"invalid_api_key"}})";
+  f.server.set_canned(kOpenAiPath, {.status = 401, .body = body});
+  f.server.set_canned(kAnthropicPath, {.status = 401, .body = fixture("anthropic/error_authentication.json")});
+  for (bool stream : {false, true}) {
+    ChatOutcome o = f.call(*f.openai, stream);
+    ASSERT_FALSE(o.result.ok());
+    EXPECT_EQ(o.result.error().kind(), ErrorKind::kPermanent) << o.result.error().to_string();
+    EXPECT_TRUE(is_auth_failure(o.result.error()));
+    ASSERT_TRUE(o.failure.has_value());
+    EXPECT_TRUE(o.failure->auth);
+    expect_no_key(o.result.error());
+    ChatOutcome a = f.call(*f.anthropic, stream);
+    ASSERT_FALSE(a.result.ok());
+    EXPECT_EQ(a.result.error().kind(), ErrorKind::kPermanent) << a.result.error().to_string();
+    EXPECT_TRUE(is_auth_failure(a.result.error()));
+    expect_no_key(a.result.error());
+  }
+}
+
+TEST(ModelClient, MalformedBodyIsTransientMalformed) {
+  Fixture f;
+  f.server.set_canned(kOpenAiPath, {.body = R"({"id": "x", "choices": [ {"mess)"});
+  f.server.set_canned(kAnthropicPath, {.body = "<html>gateway</html>"});
+  ChatOutcome o = f.call(*f.openai, false);
+  ASSERT_FALSE(o.result.ok());
+  EXPECT_EQ(o.result.error().kind(), ErrorKind::kTransient);
+  EXPECT_TRUE(is_malformed(o.result.error())) << o.result.error().to_string();
+  EXPECT_EQ(f.openai->codec().malformed_count(), 1u);
+  ChatOutcome a = f.call(*f.anthropic, false);
+  ASSERT_FALSE(a.result.ok());
+  EXPECT_TRUE(is_malformed(a.result.error())) << a.result.error().to_string();
+}
+
+TEST(ModelClient, NetworkErrorsAreTheHttpClients) {
+  Fixture f;
+  int port = net::testing::closed_port();
+  ModelClient refused(
+      make_openai_codec({.base_url = "http://127.0.0.1:" + std::to_string(port) + "/v1", .api_key = kOpenAiKey})
+          .value(),
+      *f.http);
+  ChatOutcome o = f.call(refused, false);
+  ASSERT_FALSE(o.result.ok());
+  EXPECT_EQ(o.result.error().kind(), ErrorKind::kTransient) << o.result.error().to_string();
+  expect_no_key(o.result.error());
+  ChatOutcome s = f.call(refused, true);
+  ASSERT_FALSE(s.result.ok());
+  EXPECT_EQ(s.result.error().kind(), ErrorKind::kTransient) << s.result.error().to_string();
+}
+
+TEST(ModelClient, InvalidRequestFailsBeforeAnyIo) {
+  Fixture f;
+  std::optional<Result<ChatResponse>> out;
+  f.run([&](Context& ctx) -> Task<> {
+    ChatRequest req;  // no model, no messages
+    Result<ChatResponse> r = co_await f.openai->chat(ctx, req);
+    out.emplace(std::move(r));
+  });
+  ASSERT_TRUE(out.has_value());
+  ASSERT_FALSE(out->ok());
+  EXPECT_EQ(out->error().kind(), ErrorKind::kInvalidArgument);
+  EXPECT_TRUE(f.server.requests().empty());
+}
+
+}  // namespace
+}  // namespace nines::llm
