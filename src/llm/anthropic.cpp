@@ -287,13 +287,9 @@ class AnthropicStream final : public StreamAccumulator {
   std::optional<Error> error_;
 };
 
-class AnthropicCodec final : public Codec {
+class AnthropicCodec final : public internal::CodecBase<AnthropicOptions, AnthropicStream, Provider::kAnthropic> {
  public:
-  explicit AnthropicCodec(AnthropicOptions o) : options_(std::move(o)) {
-    options_.base_url = internal::trim_slashes(std::move(options_.base_url));
-  }
-
-  Provider provider() const override { return Provider::kAnthropic; }
+  using CodecBase::CodecBase;
 
   Result<HttpCall> build_call(const ChatRequest& request) const override {
     if (request.model.empty()) return invalid_argument("anthropic: the request names no model");
@@ -390,25 +386,6 @@ class AnthropicCodec final : public Codec {
     return r;
   }
 
-  std::unique_ptr<StreamAccumulator> start_stream() const override {
-    return std::make_unique<AnthropicStream>(counters_, options_.api_key, options_.max_response_bytes);
-  }
-
-  ApiFailure map_error(int status, const Headers& headers, std::string_view body, const Now& now) const override {
-    return map_api_error(Provider::kAnthropic, status, headers, body, now, options_.api_key);
-  }
-
-  std::uint64_t malformed_count() const override { return counters_->malformed.load(std::memory_order_relaxed); }
-  std::uint64_t truncated_count() const override { return counters_->truncated.load(std::memory_order_relaxed); }
-
- private:
-  Error malformed(std::string_view what) const {
-    counters_->malformed.fetch_add(1, std::memory_order_relaxed);
-    return malformed_error(Provider::kAnthropic, what, options_.api_key);
-  }
-
-  AnthropicOptions options_;
-  std::shared_ptr<CodecCounters> counters_ = std::make_shared<CodecCounters>();
 };
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "nines/core/result.hpp"
+#include "nines/llm/codec.hpp"
 #include "nines/llm/errors.hpp"
 
 namespace nines::llm::internal {
@@ -43,5 +44,38 @@ inline Error truncated_error(Provider provider, std::string_view terminal, std::
 }
 
 inline Error invalid_argument(std::string message) { return Error(ErrorKind::kInvalidArgument, std::move(message)); }
+
+// What every codec does the same way around its provider's wire format: the options (the
+// base URL without trailing slashes), the malformed/truncated counters it shares with its
+// streams, starting a stream, mapping an HTTP failure, counting a malformed body.
+// Options needs base_url, api_key and max_response_bytes; Stream is constructed from
+// (counters, api key, max bytes).
+template <class Options, class Stream, Provider kProvider>
+class CodecBase : public Codec {
+ public:
+  explicit CodecBase(Options o) : options_(std::move(o)) { options_.base_url = trim_slashes(std::move(options_.base_url)); }
+
+  Provider provider() const override { return kProvider; }
+
+  std::unique_ptr<StreamAccumulator> start_stream() const override {
+    return std::make_unique<Stream>(counters_, options_.api_key, options_.max_response_bytes);
+  }
+
+  ApiFailure map_error(int status, const Headers& headers, std::string_view body, const Now& now) const override {
+    return map_api_error(kProvider, status, headers, body, now, options_.api_key);
+  }
+
+  std::uint64_t malformed_count() const override { return counters_->malformed.load(std::memory_order_relaxed); }
+  std::uint64_t truncated_count() const override { return counters_->truncated.load(std::memory_order_relaxed); }
+
+ protected:
+  Error malformed(std::string_view what) const {
+    counters_->malformed.fetch_add(1, std::memory_order_relaxed);
+    return malformed_error(kProvider, what, options_.api_key);
+  }
+
+  Options options_;
+  std::shared_ptr<CodecCounters> counters_ = std::make_shared<CodecCounters>();
+};
 
 }  // namespace nines::llm::internal

@@ -180,4 +180,10 @@ void set_history_tail(HistoryView& view, std::vector<HistoryRecord> rows, std::s
   view.tail = std::move(rows);
 }
 
+Error newer_schema_error(int version) {
+  return Error(ErrorKind::kPermanent, "schema version " + std::to_string(version) +
+                                          " is newer than this binary supports (" +
+                                          std::to_string(kStoreSchemaVersion) + "); upgrade nines to open it");
+}
+
 }  // namespace nines::internal

@@ -113,4 +113,7 @@ inline constexpr int kMigrationCount = kStoreSchemaVersion;
 // max_messages, with view.more set when there was one more.
 void set_history_tail(HistoryView& view, std::vector<HistoryRecord> rows, std::size_t max_messages);
 
+// A store whose schema is newer than this binary knows: refused, naming both versions.
+Error newer_schema_error(int version);
+
 }  // namespace nines::internal

@@ -426,9 +426,7 @@ class PostgresStore final : public Store {
     auto version = read_version();
     if (!version.ok()) return fail(std::move(version).error());
     if (*version > kStoreSchemaVersion) {
-      return fail(Error(ErrorKind::kPermanent,
-                        "schema version " + std::to_string(*version) + " is newer than this binary supports (" +
-                            std::to_string(kStoreSchemaVersion) + "); upgrade nines to open it"));
+      return fail(internal::newer_schema_error(*version));
     }
     for (int v = *version + 1; v <= kStoreSchemaVersion; ++v) {
       if (auto s = exec_text(kMigrations[static_cast<std::size_t>(v - 1)]); !s.ok())
