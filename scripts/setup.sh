@@ -26,6 +26,8 @@ packages=(
   python3        # node-gyp (the same)
   nlohmann-json3-dev  # JSON of the model APIs (src/llm: request bodies, responses, stream events)
   clang-14       # libFuzzer targets of the llm parsers (scripts/fuzz.sh); the build itself uses g++
+  libclang-rt-14-dev  # clang's libFuzzer and sanitizer runtimes (only "recommended" by clang-14,
+                      # and setup installs without recommends)
   libcurl4-openssl-dev  # the net layer's HTTP(S) client (src/net/http_client.cpp: libcurl multi + OpenSSL)
   openssl        # the TLS server (openssl s_server) and certificate the net tests make for HTTPS
 )
