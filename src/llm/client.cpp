@@ -64,6 +64,11 @@ Task<ChatOutcome> ModelClient::chat_stream_detailed(Context& ctx, const ChatRequ
   return run_stream(ctx, codec_->build_call(copy), std::move(on_text));
 }
 
+Task<ChatOutcome> ModelClient::complete(Context& ctx, const ChatRequest& req, TextSink on_text) {
+  if (req.stream) return run_stream(ctx, codec_->build_call(req), std::move(on_text));
+  return run_call(ctx, codec_->build_call(req));
+}
+
 Task<ChatOutcome> ModelClient::run_call(Context& ctx, Result<HttpCall> call) {
   if (!call.ok()) co_return ChatOutcome{std::move(call).error(), std::nullopt};
   net::HttpRequest hreq = to_http_request(std::move(call).value(), options_.timeouts);

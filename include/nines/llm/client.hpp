@@ -40,6 +40,7 @@
 #include "nines/core/result.hpp"
 #include "nines/llm/codec.hpp"
 #include "nines/llm/message.hpp"
+#include "nines/llm/model.hpp"
 #include "nines/net/http_client.hpp"
 #include "nines/runtime/process.hpp"
 #include "nines/runtime/task.hpp"
@@ -53,14 +54,9 @@ struct ModelClientOptions {
   std::size_t max_error_body_bytes = 64u << 10;
 };
 
-// A chat call's result plus, for a non-2xx response, the whole mapped failure (an error object
-// in a 2xx body or an error event in a stream gives only the Error).
-struct ChatOutcome {
-  Result<ChatResponse> result;
-  std::optional<ApiFailure> failure;  // set for a non-2xx response (mapped by Codec::map_error)
-};
-
-class ModelClient {
+// ChatOutcome (model.hpp): failure is set for a non-2xx response (mapped by Codec::map_error);
+// an error object in a 2xx body or an error event in a stream gives only the Error.
+class ModelClient final : public ChatModel {
  public:
   ModelClient(std::unique_ptr<Codec> codec, net::HttpClient& http, ModelClientOptions options = {});
 
@@ -80,6 +76,9 @@ class ModelClient {
   Task<ChatOutcome> chat_detailed(Context& ctx, const ChatRequest& req);
   Task<ChatOutcome> chat_stream_detailed(Context& ctx, const ChatRequest& req,
                                          std::function<void(std::string_view text)> on_text);
+
+  // ChatModel: chat_stream_detailed when req.stream, chat_detailed otherwise.
+  Task<ChatOutcome> complete(Context& ctx, const ChatRequest& req, TextSink on_text) override;
 
  private:
   Task<ChatOutcome> run_call(Context& ctx, Result<HttpCall> call);
