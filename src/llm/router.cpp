@@ -1,0 +1,388 @@
+// The model router: see include/nines/llm/router.hpp.
+#include "nines/llm/router.hpp"
+
+#include <algorithm>
+#include <array>
+#include <set>
+#include <utility>
+
+#include "nines/llm/errors.hpp"
+#include "nines/resilience/bulkhead.hpp"
+#include "nines/resilience/pipeline.hpp"
+#include "nines/resilience/rate_limiter.hpp"
+
+namespace nines::llm {
+
+namespace {
+
+constexpr std::size_t kReasons = 7;
+
+class ByteSizer final : public PromptSizer {
+ public:
+  std::int64_t estimate(const ChatRequest& r) const override {
+    std::int64_t bytes = 0;
+    std::int64_t overhead = 0;
+    for (const Message& m : r.messages) {
+      overhead += 8;
+      for (const ContentPart& p : m.content) bytes += static_cast<std::int64_t>(p.text.size());
+      for (const ToolCall& c : m.tool_calls) {
+        bytes += static_cast<std::int64_t>(c.name.size() + c.arguments_json.size());
+        overhead += 8;
+      }
+    }
+    for (const ToolDefinition& t : r.tools) {
+      bytes += static_cast<std::int64_t>(t.name.size() + t.description.size() + t.parameters_schema_json.size());
+      overhead += 16;
+    }
+    return (bytes + 2) / 3 + overhead;
+  }
+};
+
+Error with_route(const Error& e, const std::string& route) { return e.with_context("route '" + route + "'"); }
+
+}  // namespace
+
+std::shared_ptr<PromptSizer> make_byte_sizer() { return std::make_shared<ByteSizer>(); }
+
+std::string_view to_string(FallbackReason reason) {
+  switch (reason) {
+    case FallbackReason::kWindowTooSmall: return "window_too_small";
+    case FallbackReason::kCircuitOpen: return "circuit_open";
+    case FallbackReason::kRetriesExhausted: return "retries_exhausted";
+    case FallbackReason::kRateLimited: return "rate_limited";
+    case FallbackReason::kContextOverflow: return "context_overflow";
+    case FallbackReason::kAuthFailure: return "auth_failure";
+    case FallbackReason::kPermanentError: return "permanent_error";
+  }
+  return "unknown";
+}
+
+RetryOptions ModelRouteOptions::default_retry() {
+  RetryOptions o;
+  o.max_attempts = 3;
+  o.backoff = Backoff::full_jitter(std::chrono::milliseconds(250), std::chrono::seconds(8));
+  o.max_retry_after = std::chrono::seconds(60);
+  return o;
+}
+
+struct Router::Impl {
+  struct Route {
+    ModelRouteOptions options;
+    std::shared_ptr<CircuitBreaker> breaker;
+    std::shared_ptr<RateLimiter> requests;  // null: no requests-per-minute limit
+    std::shared_ptr<RateLimiter> tokens;    // null: no tokens-per-minute limit
+    std::optional<Pipeline> pipeline;
+    std::atomic<std::uint64_t> calls{0};
+    std::atomic<std::uint64_t> served{0};
+    std::array<std::atomic<std::uint64_t>, kReasons> left{};
+    std::atomic<std::uint64_t> compactions{0};
+  };
+
+  // One route() call's state, shared by the attempts (the call lambda captures a pointer).
+  struct Call {
+    const StreamHooks* hooks = nullptr;
+    bool delivered = false;  // text reached the sink since the last (re)start
+    bool auth = false;       // the last attempt's failure was an auth failure
+    std::optional<Error> local_limit;  // the last attempt was refused by a local limiter
+  };
+
+  Environment& env;
+  std::string name;
+  std::vector<std::unique_ptr<Route>> routes;
+  std::shared_ptr<PromptSizer> sizer;
+  Compactor compactor;
+
+  Impl(Environment& e, std::string n) : env(e), name(std::move(n)) {}
+
+  std::int64_t reserve_for(const Route& r, const ChatRequest& req) const {
+    return req.max_output_tokens.value_or(r.options.max_output_tokens);
+  }
+
+  ChatRequest request_for(const Route& r, const ChatRequest& req) const {
+    ChatRequest out = req;
+    if (!r.options.model.empty()) out.model = r.options.model;
+    if (!out.max_output_tokens) out.max_output_tokens = r.options.max_output_tokens;
+    return out;
+  }
+
+  void leave(Route& r, FallbackReason reason, Error e, std::vector<RouteFailure>& fallbacks) {
+    r.left[static_cast<std::size_t>(reason)].fetch_add(1, std::memory_order_relaxed);
+    fallbacks.push_back(RouteFailure{r.options.name, reason, std::move(e)});
+  }
+
+  // One call on one route through its pipeline. The request must outlive the task.
+  Task<Result<ChatResponse>> call_route(Context& ctx, Route& r, const ChatRequest& req, std::int64_t estimate,
+                                        Call& call) {
+    r.calls.fetch_add(1, std::memory_order_relaxed);
+    const std::uint64_t units = static_cast<std::uint64_t>(std::max<std::int64_t>(1, estimate + reserve_for(r, req)));
+    auto attempt = [&r, &req, &call, units, this](Context& c) -> Task<Result<ChatResponse>> {
+      // The local limits, per attempt (each attempt is a request the provider counts). A
+      // limiter that would make the call wait longer than max_limiter_wait refuses; that is
+      // reported as a non-retryable kBudgetExceeded, which neither the retry policy retries
+      // nor the breaker counts, and the route is left with the limiter's own error.
+      call.local_limit.reset();
+      for (auto [limiter, n] : {std::pair{r.requests.get(), std::uint64_t{1}}, std::pair{r.tokens.get(), units}}) {
+        if (limiter == nullptr) continue;
+        Status s = co_await limiter->acquire(c, n);
+        if (s.ok()) continue;
+        if (s.error().kind() != ErrorKind::kRateLimited) co_return std::move(s).error();
+        call.local_limit = s.error();
+        co_return Error(ErrorKind::kBudgetExceeded, "local rate limit: " + s.error().message());
+      }
+      if (call.delivered) {
+        call.delivered = false;
+        if (call.hooks->on_restart) call.hooks->on_restart();
+      }
+      TextSink sink;
+      if (req.stream && call.hooks->on_text) {
+        sink = [&call](std::string_view text) {
+          if (text.empty()) return;
+          call.delivered = true;
+          call.hooks->on_text(text);
+        };
+      }
+      ChatOutcome out = co_await r.options.client->complete(c, req, std::move(sink));
+      call.auth = !out.result.ok() && out.failure && out.failure->auth;
+      if (out.result.ok()) {
+        const std::int64_t input = out.result->usage.input_tokens;
+        const std::int64_t output = out.result->usage.output_tokens;
+        if (r.tokens && (input > 0 || output > 0)) {
+          r.tokens->adjust(input + output - static_cast<std::int64_t>(units));
+        }
+        if (input > 0) sizer->observe(req.model, static_cast<std::int64_t>(units) - reserve_for(r, req), input);
+      }
+      co_return std::move(out.result);
+    };
+    Result<ChatResponse> result = co_await r.pipeline->run<ChatResponse>(ctx, std::move(attempt));
+    co_return result;
+  }
+
+  static bool stops_chain(ErrorKind k) {
+    return k == ErrorKind::kInvalidArgument || k == ErrorKind::kCancelled || k == ErrorKind::kDeadlineExceeded;
+  }
+
+  static FallbackReason reason_for(const Error& e, bool auth) {
+    if (auth) return FallbackReason::kAuthFailure;
+    switch (e.kind()) {
+      case ErrorKind::kCircuitOpen: return FallbackReason::kCircuitOpen;
+      case ErrorKind::kContextOverflow: return FallbackReason::kContextOverflow;
+      case ErrorKind::kRateLimited: return FallbackReason::kRateLimited;
+      case ErrorKind::kTransient:
+      case ErrorKind::kTimeout:
+      case ErrorKind::kBulkheadFull:
+      case ErrorKind::kBudgetExceeded:
+      case ErrorKind::kMailboxFull: return FallbackReason::kRetriesExhausted;
+      default: return FallbackReason::kPermanentError;
+    }
+  }
+
+  Error all_failed(const std::vector<RouteFailure>& fallbacks, ErrorKind kind) const {
+    std::string msg = "router '" + name + "': no model could answer:";
+    for (const RouteFailure& f : fallbacks) {
+      msg += " [" + f.route + ": " + std::string(to_string(f.reason)) + ": " + f.error.message() + "]";
+    }
+    Error e(kind, std::move(msg));
+    // The earliest time any rate-limited route said it may be tried again.
+    std::optional<TimePoint> retry_at;
+    for (const RouteFailure& f : fallbacks) {
+      if (f.error.retry_at() && (!retry_at || *f.error.retry_at() < *retry_at)) retry_at = f.error.retry_at();
+    }
+    if (kind == ErrorKind::kRateLimited && retry_at) e = std::move(e).with_retry_at(*retry_at);
+    return e;
+  }
+
+  Task<Result<RoutedResponse>> route(Context& ctx, const ChatRequest& original, const StreamHooks& hooks) {
+    Call call{.hooks = &hooks};
+    std::vector<RouteFailure> fallbacks;
+    std::optional<ChatRequest> compacted;  // the whole-chain compaction, once
+    std::int64_t refused_window = 0;       // a route with this window refused the prompt
+    for (int pass = 0; pass < 2; ++pass) {
+      bool any_tried = false;
+      const ChatRequest& base = compacted ? *compacted : original;
+      for (std::size_t i = 0; i < routes.size(); ++i) {
+        Route& r = *routes[i];
+        ChatRequest req = request_for(r, base);
+        const std::int64_t reserve = reserve_for(r, req);
+        const std::int64_t window = r.options.context_window_tokens;
+        if (window <= refused_window) {
+          leave(r, FallbackReason::kWindowTooSmall,
+                Error(ErrorKind::kContextOverflow, "a route with a window of " + std::to_string(refused_window) +
+                                                       " tokens already refused the prompt; this one has " +
+                                                       std::to_string(window)),
+                fallbacks);
+          continue;
+        }
+        std::int64_t estimate = sizer->estimate(req);
+        if (estimate + reserve > window) {
+          leave(r, FallbackReason::kWindowTooSmall,
+                Error(ErrorKind::kContextOverflow, "the prompt needs about " + std::to_string(estimate) +
+                                                       " tokens plus " + std::to_string(reserve) +
+                                                       " reserved for output; the window is " +
+                                                       std::to_string(window)),
+                fallbacks);
+          continue;
+        }
+        any_tried = true;
+        Result<ChatResponse> result = co_await call_route(ctx, r, req, estimate, call);
+        bool route_compacted = false;
+        if (!result.ok() && result.error().kind() == ErrorKind::kContextOverflow && compactor) {
+          // The provider counted more than we estimated: compact for this route and try once more.
+          Result<ChatRequest> smaller = co_await compactor(ctx, req, window - reserve, true);
+          if (smaller.ok()) {
+            r.compactions.fetch_add(1, std::memory_order_relaxed);
+            ChatRequest retry_req = request_for(r, *smaller);
+            std::int64_t retry_estimate = sizer->estimate(retry_req);
+            route_compacted = true;
+            result = co_await call_route(ctx, r, retry_req, retry_estimate, call);
+          }
+        }
+        if (result.ok()) {
+          r.served.fetch_add(1, std::memory_order_relaxed);
+          RoutedResponse out;
+          out.response = std::move(result).value();
+          out.served_by = r.options.name;
+          out.compacted = compacted.has_value() || route_compacted;
+          out.degraded = i != 0 || out.compacted;
+          out.fallbacks = std::move(fallbacks);
+          co_return out;
+        }
+        Error e = with_route(call.local_limit ? *call.local_limit : result.error(), r.options.name);
+        if (stops_chain(e.kind())) co_return e;
+        const FallbackReason reason = reason_for(e, call.auth);
+        if (reason == FallbackReason::kAuthFailure) r.breaker->isolate();
+        if (reason == FallbackReason::kContextOverflow) refused_window = std::max(refused_window, window);
+        leave(r, reason, std::move(e), fallbacks);
+      }
+      // Every route was skipped for size: compact once for the largest usable window.
+      if (any_tried || compacted || !compactor) break;
+      std::int64_t best_budget = 0;
+      for (const auto& r : routes) {
+        if (r->options.context_window_tokens <= refused_window) continue;
+        if (r->breaker->state() == BreakerState::kOpen || r->breaker->state() == BreakerState::kForcedOpen) continue;
+        best_budget = std::max(best_budget, r->options.context_window_tokens - reserve_for(*r, request_for(*r, original)));
+      }
+      if (best_budget <= 0) break;
+      Result<ChatRequest> smaller = co_await compactor(ctx, original, best_budget, false);
+      if (!smaller.ok()) {
+        Error e = smaller.error().with_context("router '" + name + "': compacting the prompt");
+        co_return e;
+      }
+      compacted = std::move(smaller).value();
+    }
+    bool all_size = std::all_of(fallbacks.begin(), fallbacks.end(), [](const RouteFailure& f) {
+      return f.reason == FallbackReason::kWindowTooSmall || f.reason == FallbackReason::kContextOverflow;
+    });
+    const ErrorKind kind =
+        fallbacks.empty() ? ErrorKind::kPermanent
+                          : (all_size ? ErrorKind::kContextOverflow : fallbacks.back().error.kind());
+    co_return all_failed(fallbacks, kind);
+  }
+};
+
+Result<std::unique_ptr<Router>> Router::create(Environment& env, RouterOptions options) {
+  if (options.name.empty()) return Error(ErrorKind::kInvalidArgument, "router: name is empty");
+  const std::string where = "router '" + options.name + "'";
+  if (options.chain.empty()) return Error(ErrorKind::kInvalidArgument, where + ": chain is empty");
+  auto impl = std::make_unique<Impl>(env, options.name);
+  impl->sizer = options.sizer ? std::move(options.sizer) : make_byte_sizer();
+  impl->compactor = std::move(options.compactor);
+  std::set<std::string> names;
+  for (std::size_t i = 0; i < options.chain.size(); ++i) {
+    ModelRouteOptions& o = options.chain[i];
+    const std::string at = where + ": chain[" + std::to_string(i) + "]";
+    auto bad = [&](const std::string& what) { return Error(ErrorKind::kInvalidArgument, at + ": " + what); };
+    if (o.name.empty()) return bad("name is empty");
+    if (!names.insert(o.name).second) return bad("name '" + o.name + "' is used twice");
+    if (!o.client) return bad("'" + o.name + "' has no client");
+    if (o.context_window_tokens <= 0) return bad("context_window_tokens must be > 0");
+    if (o.max_output_tokens <= 0 || o.max_output_tokens >= o.context_window_tokens) {
+      return bad("max_output_tokens must be > 0 and < context_window_tokens (" +
+                 std::to_string(o.context_window_tokens) + "), got " + std::to_string(o.max_output_tokens));
+    }
+    if (o.max_limiter_wait < Duration::zero()) return bad("max_limiter_wait must be >= 0");
+    auto route = std::make_unique<Impl::Route>();
+    const std::string key = options.name + "/" + o.name;
+    Result<std::shared_ptr<CircuitBreaker>> breaker =
+        CircuitBreaker::create(key, env, o.breaker.value_or(CircuitBreakerOptions{}));
+    if (!breaker.ok()) return breaker.error().with_context(at + ": breaker");
+    route->breaker = std::move(breaker).value();
+    Pipeline::Builder builder;
+    Result<RetryPolicy> retry = RetryPolicy::create(o.retry);
+    if (!retry.ok()) return retry.error().with_context(at + ": retry");
+    builder.retry(std::move(retry).value()).circuit_breaker(route->breaker);
+    if (o.max_concurrent_calls > 0) {
+      Result<std::shared_ptr<Bulkhead>> bulkhead =
+          Bulkhead::create(key, env,
+                           BulkheadOptions{.max_concurrent = o.max_concurrent_calls,
+                                           .max_queue = o.max_concurrent_calls * 4,
+                                           .queue_timeout = kInfinite});
+      if (!bulkhead.ok()) return bulkhead.error().with_context(at + ": max_concurrent_calls");
+      builder.bulkhead(std::move(bulkhead).value());
+    }
+    auto per_minute = [&](std::uint64_t n, const char* what) -> Result<std::shared_ptr<RateLimiter>> {
+      Result<std::shared_ptr<RateLimiter>> l =
+          RateLimiter::create(key + "/" + what, env,
+                              RateLimiterOptions{.capacity = n,
+                                                 .refill_units = n,
+                                                 .refill_period = std::chrono::minutes(1),
+                                                 .mode = RateLimitMode::kWait,
+                                                 .max_wait = o.max_limiter_wait});
+      if (!l.ok()) return l.error().with_context(at + ": " + what);
+      return l;
+    };
+    if (o.requests_per_minute > 0) {
+      Result<std::shared_ptr<RateLimiter>> l = per_minute(o.requests_per_minute, "requests_per_minute");
+      if (!l.ok()) return l.error();
+      route->requests = std::move(l).value();
+    }
+    if (o.tokens_per_minute > 0) {
+      Result<std::shared_ptr<RateLimiter>> l = per_minute(o.tokens_per_minute, "tokens_per_minute");
+      if (!l.ok()) return l.error();
+      route->tokens = std::move(l).value();
+    }
+    if (o.attempt_timeout != kInfinite) builder.attempt_timeout(o.attempt_timeout);
+    Result<Pipeline> pipeline = builder.build();
+    if (!pipeline.ok()) return pipeline.error().with_context(at);
+    route->pipeline.emplace(std::move(pipeline).value());
+    route->options = std::move(o);
+    impl->routes.push_back(std::move(route));
+  }
+  return std::unique_ptr<Router>(new Router(std::move(impl)));
+}
+
+Router::Router(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Router::~Router() = default;
+
+Task<Result<RoutedResponse>> Router::route(Context& ctx, const ChatRequest& req) {
+  static const StreamHooks kNoHooks;
+  return impl_->route(ctx, req, kNoHooks);
+}
+
+Task<Result<RoutedResponse>> Router::route(Context& ctx, const ChatRequest& req, const StreamHooks& hooks) {
+  return impl_->route(ctx, req, hooks);
+}
+
+Task<ChatOutcome> Router::complete(Context& ctx, const ChatRequest& req, TextSink on_text) {
+  StreamHooks hooks{.on_text = std::move(on_text)};
+  Result<RoutedResponse> r = co_await impl_->route(ctx, req, hooks);
+  if (!r.ok()) co_return ChatOutcome{std::move(r).error(), std::nullopt};
+  co_return ChatOutcome{std::move(r->response), std::nullopt};
+}
+
+const std::string& Router::name() const { return impl_->name; }
+std::size_t Router::size() const { return impl_->routes.size(); }
+const std::string& Router::route_name(std::size_t i) const { return impl_->routes.at(i)->options.name; }
+
+RouteCounters Router::counters(std::size_t i) const {
+  const Impl::Route& r = *impl_->routes.at(i);
+  RouteCounters c;
+  c.calls = r.calls.load(std::memory_order_relaxed);
+  c.served = r.served.load(std::memory_order_relaxed);
+  for (std::size_t k = 0; k < kReasons; ++k) c.left[k] = r.left[k].load(std::memory_order_relaxed);
+  c.compactions = r.compactions.load(std::memory_order_relaxed);
+  return c;
+}
+
+std::shared_ptr<CircuitBreaker> Router::breaker(std::size_t i) const { return impl_->routes.at(i)->breaker; }
+
+}  // namespace nines::llm

@@ -1,0 +1,472 @@
+// The router (llm/router.hpp): fallback down the chain, size checks, compaction, limits and
+// streaming restarts, with scripted models on the virtual clock.
+#include "nines/llm/router.hpp"
+
+#include <gtest/gtest.h>
+
+#include <deque>
+#include <string>
+#include <vector>
+
+#include "runtime/test_util.hpp"
+
+namespace nines::llm {
+namespace {
+
+using namespace std::chrono_literals;
+
+// One scripted answer of a fake model.
+struct Step {
+  std::optional<ErrorKind> error;  // nullopt: answer
+  bool auth = false;               // a 401-like failure (ApiFailure::auth)
+  std::optional<Duration> retry_after;
+  std::vector<std::string> pieces = {"ok"};  // streamed text (the answer is their concatenation)
+  bool cut_after_pieces = false;             // stream the pieces, then fail with `error`
+  Duration takes = 10ms;
+  std::int64_t input_tokens = 100;
+};
+
+// A ChatModel that plays a script (then answers "ok" forever) and records what it was asked.
+class ScriptedModel final : public ChatModel {
+ public:
+  explicit ScriptedModel(std::string name, std::vector<Step> script = {})
+      : name_(std::move(name)), script_(script.begin(), script.end()) {}
+
+  Task<ChatOutcome> complete(Context& ctx, const ChatRequest& req, TextSink on_text) override {
+    requests.push_back(req);
+    Step s = script_.empty() ? Step{} : script_.front();
+    if (!script_.empty()) script_.pop_front();
+    auto slept = co_await ctx.sleep(s.takes);
+    if (!slept.ok()) co_return ChatOutcome{slept.error(), std::nullopt};
+    if (s.error && !s.cut_after_pieces) co_return failure(ctx, s);
+    std::string text;
+    for (const std::string& p : s.pieces) {
+      text += p;
+      if (req.stream && on_text) on_text(p);
+    }
+    if (s.error) co_return failure(ctx, s);
+    ChatResponse r;
+    r.model = req.model;
+    r.message = Message::assistant(text);
+    r.finish_reason = FinishReason::kStop;
+    r.usage = {.input_tokens = s.input_tokens, .output_tokens = 5};
+    co_return ChatOutcome{std::move(r), std::nullopt};
+  }
+
+  std::vector<ChatRequest> requests;
+
+ private:
+  ChatOutcome failure(Context& ctx, const Step& s) {
+    Error e(*s.error, name_ + " scripted failure");
+    if (s.retry_after) e = std::move(e).with_retry_at(ctx.now() + *s.retry_after);
+    std::optional<ApiFailure> f;
+    if (s.auth) f = ApiFailure{.error = e, .status = 401, .auth = true};
+    return ChatOutcome{std::move(e), std::move(f)};
+  }
+
+  std::string name_;
+  std::deque<Step> script_;
+};
+
+// A sizer that counts each byte of text as a token, and records observations.
+class ByteCountSizer final : public PromptSizer {
+ public:
+  std::int64_t estimate(const ChatRequest& r) const override {
+    std::int64_t n = 0;
+    for (const Message& m : r.messages) n += static_cast<std::int64_t>(m.text().size());
+    return n;
+  }
+  void observe(std::string_view model, std::int64_t estimated, std::int64_t reported) override {
+    observed.push_back(std::string(model) + ":" + std::to_string(estimated) + "->" + std::to_string(reported));
+  }
+  std::vector<std::string> observed;
+};
+
+RetryOptions retries(int attempts) {
+  RetryOptions o;
+  o.max_attempts = attempts;
+  o.backoff = Backoff::constant(100ms);
+  o.max_retry_after = 5s;
+  return o;
+}
+
+ModelRouteOptions route(std::string name, std::shared_ptr<ChatModel> model, std::int64_t window = 1000) {
+  ModelRouteOptions o;
+  o.name = name;
+  o.model = "model-" + name;
+  o.client = std::move(model);
+  o.context_window_tokens = window;
+  o.max_output_tokens = 100;
+  o.retry = retries(3);
+  return o;
+}
+
+ChatRequest prompt(std::string text = "hello", bool stream = false) {
+  ChatRequest r;
+  r.messages = {Message::system("sys"), Message::user(std::move(text))};
+  r.stream = stream;
+  return r;
+}
+
+struct Harness {
+  testing::SimRuntime s;
+  std::shared_ptr<ByteCountSizer> sizer = std::make_shared<ByteCountSizer>();
+
+  std::unique_ptr<Router> make(std::vector<ModelRouteOptions> chain, Compactor compactor = {}) {
+    RouterOptions o{.name = "r", .chain = std::move(chain), .sizer = sizer, .compactor = std::move(compactor)};
+    auto r = Router::create(s.env, std::move(o));
+    EXPECT_TRUE(r.ok()) << (r.ok() ? "" : r.error().to_string());
+    return std::move(r).value();
+  }
+
+  Result<RoutedResponse> run(Router& router, const ChatRequest& req, const Router::StreamHooks* hooks = nullptr,
+                             Duration* took = nullptr) {
+    std::optional<Result<RoutedResponse>> out;
+    s.spawn([&](Context& ctx) -> Task<> {
+      TimePoint t0 = ctx.now();
+      if (hooks) {
+        out.emplace(co_await router.route(ctx, req, *hooks));
+      } else {
+        out.emplace(co_await router.route(ctx, req));
+      }
+      if (took) *took = ctx.now() - t0;
+    });
+    s.rt->advance(1h);
+    EXPECT_TRUE(out.has_value());
+    return std::move(*out);
+  }
+};
+
+// Runs `n` calls one after another in one process (no virtual time between them); their
+// results and how long each took.
+std::vector<std::pair<Result<RoutedResponse>, Duration>> run_in_a_row(Harness& h, Router& router, int n) {
+  std::vector<std::pair<Result<RoutedResponse>, Duration>> out;
+  h.s.spawn([&](Context& ctx) -> Task<> {
+    for (int i = 0; i < n; ++i) {
+      ChatRequest req = prompt();
+      TimePoint t0 = ctx.now();
+      Result<RoutedResponse> r = co_await router.route(ctx, req);
+      out.emplace_back(std::move(r), ctx.now() - t0);
+    }
+  });
+  h.s.rt->advance(1h);
+  return out;
+}
+
+std::size_t reason_index(FallbackReason r) { return static_cast<std::size_t>(r); }
+
+TEST(Router, PrimaryAnswersUndegraded) {
+  Harness h;
+  auto a = std::make_shared<ScriptedModel>("a");
+  auto b = std::make_shared<ScriptedModel>("b");
+  auto router = h.make({route("a", a), route("b", b)});
+  auto r = h.run(*router, prompt());
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(r->served_by, "a");
+  EXPECT_FALSE(r->degraded);
+  EXPECT_TRUE(r->fallbacks.empty());
+  ASSERT_EQ(a->requests.size(), 1u);
+  EXPECT_EQ(a->requests[0].model, "model-a");            // the route's model is sent
+  EXPECT_EQ(a->requests[0].max_output_tokens, 100);     // and its output reserve
+  EXPECT_TRUE(b->requests.empty());
+  EXPECT_EQ(router->counters(0).served, 1u);
+}
+
+TEST(Router, TransientFailuresAreRetriedOnTheSameRoute) {
+  Harness h;
+  auto a = std::make_shared<ScriptedModel>(
+      "a", std::vector<Step>{{.error = ErrorKind::kTransient}, {.error = ErrorKind::kTimeout}});
+  auto router = h.make({route("a", a), route("b", std::make_shared<ScriptedModel>("b"))});
+  Duration took{};
+  auto r = h.run(*router, prompt(), nullptr, &took);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->served_by, "a");
+  EXPECT_EQ(a->requests.size(), 3u);
+  EXPECT_EQ(took, 230ms);  // three 10 ms calls, two 100 ms backoffs
+}
+
+TEST(Router, FallsBackWhenRetriesAreExhaustedAndSaysWhy) {
+  Harness h;
+  auto a = std::make_shared<ScriptedModel>("a", std::vector<Step>(3, Step{.error = ErrorKind::kTransient}));
+  auto b = std::make_shared<ScriptedModel>("b");
+  auto router = h.make({route("a", a), route("b", b)});
+  auto r = h.run(*router, prompt());
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->served_by, "b");
+  EXPECT_TRUE(r->degraded);
+  ASSERT_EQ(r->fallbacks.size(), 1u);
+  EXPECT_EQ(r->fallbacks[0].route, "a");
+  EXPECT_EQ(r->fallbacks[0].reason, FallbackReason::kRetriesExhausted);
+  EXPECT_NE(r->fallbacks[0].error.message().find("route 'a'"), std::string::npos);
+  EXPECT_EQ(b->requests.at(0).model, "model-b");
+  EXPECT_EQ(router->counters(0).left[reason_index(FallbackReason::kRetriesExhausted)], 1u);
+  EXPECT_EQ(router->counters(1).served, 1u);
+}
+
+TEST(Router, AnOpenBreakerIsSkippedWithoutCallingTheModel) {
+  Harness h;
+  auto a = std::make_shared<ScriptedModel>("a", std::vector<Step>(100, Step{.error = ErrorKind::kTransient}));
+  auto b = std::make_shared<ScriptedModel>("b");
+  auto ra = route("a", a);
+  ra.retry = retries(1);
+  ra.breaker = CircuitBreakerOptions{.consecutive_failures = 2, .open_duration = 4min};
+  auto router = h.make({ra, route("b", b)});
+  auto calls = run_in_a_row(h, *router, 3);  // no virtual time between them: it stays open
+  ASSERT_EQ(calls.size(), 3u);
+  for (auto& c : calls) ASSERT_TRUE(c.first.ok());
+  EXPECT_EQ(a->requests.size(), 2u);  // the third call did not reach it
+  EXPECT_EQ(calls[0].first->fallbacks.at(0).reason, FallbackReason::kRetriesExhausted);
+  EXPECT_EQ(calls[2].first->served_by, "b");
+  EXPECT_EQ(calls[2].first->fallbacks.at(0).reason, FallbackReason::kCircuitOpen);
+}
+
+TEST(Router, AuthFailureForcesTheBreakerOpenAndFallsBack) {
+  Harness h;
+  auto a = std::make_shared<ScriptedModel>("a", std::vector<Step>{{.error = ErrorKind::kPermanent, .auth = true}});
+  auto b = std::make_shared<ScriptedModel>("b");
+  auto router = h.make({route("a", a), route("b", b)});
+  auto r = h.run(*router, prompt());
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->served_by, "b");
+  EXPECT_EQ(r->fallbacks.at(0).reason, FallbackReason::kAuthFailure);
+  EXPECT_EQ(a->requests.size(), 1u);  // permanent: not retried
+  EXPECT_EQ(router->breaker(0)->state(), BreakerState::kForcedOpen);
+  ASSERT_TRUE(h.run(*router, prompt()).ok());
+  EXPECT_EQ(a->requests.size(), 1u);  // stays out until reset
+  router->breaker(0)->reset();
+  auto again = h.run(*router, prompt());
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->served_by, "a");
+}
+
+TEST(Router, ARouteWhoseWindowCannotHoldThePromptIsSkippedBeforeTheCall) {
+  Harness h;
+  auto small = std::make_shared<ScriptedModel>("small");
+  auto big = std::make_shared<ScriptedModel>("big");
+  auto router = h.make({route("small", small, 300), route("big", big, 5000)});
+  auto r = h.run(*router, prompt(std::string(250, 'x')));  // 253 + 100 reserved > 300
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(small->requests.empty());
+  EXPECT_EQ(r->served_by, "big");
+  ASSERT_EQ(r->fallbacks.size(), 1u);
+  EXPECT_EQ(r->fallbacks[0].reason, FallbackReason::kWindowTooSmall);
+  EXPECT_NE(r->fallbacks[0].error.message().find("the window is 300"), std::string::npos);
+}
+
+TEST(Router, ContextOverflowFallsBackOnlyToALargerWindow) {
+  Harness h;
+  auto a = std::make_shared<ScriptedModel>("a", std::vector<Step>{{.error = ErrorKind::kContextOverflow}});
+  auto same = std::make_shared<ScriptedModel>("same");
+  auto bigger = std::make_shared<ScriptedModel>("bigger");
+  auto router = h.make({route("a", a, 1000), route("same", same, 1000), route("bigger", bigger, 2000)});
+  auto r = h.run(*router, prompt());
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->served_by, "bigger");
+  EXPECT_EQ(a->requests.size(), 1u);  // context overflow is not retried as is
+  EXPECT_TRUE(same->requests.empty());
+  ASSERT_EQ(r->fallbacks.size(), 2u);
+  EXPECT_EQ(r->fallbacks[0].reason, FallbackReason::kContextOverflow);
+  EXPECT_EQ(r->fallbacks[1].reason, FallbackReason::kWindowTooSmall);
+}
+
+TEST(Router, ContextOverflowIsCompactedAndRetriedOnce) {
+  Harness h;
+  auto a = std::make_shared<ScriptedModel>(
+      "a", std::vector<Step>{{.error = ErrorKind::kContextOverflow}, {.error = ErrorKind::kContextOverflow}});
+  auto b = std::make_shared<ScriptedModel>("b");
+  std::vector<std::string> compactions;
+  Compactor compact = [&](Context&, const ChatRequest& req, std::int64_t budget,
+                          bool after_overflow) -> Task<Result<ChatRequest>> {
+    compactions.push_back(std::to_string(budget) + (after_overflow ? " after overflow" : ""));
+    ChatRequest smaller = req;
+    smaller.messages.back() = Message::user("short");
+    co_return smaller;
+  };
+  // First call: overflow, compaction, the retry answers.
+  auto router = h.make({route("a", a, 1000), route("b", b, 4000)}, compact);
+  ScriptedModel* pa = a.get();
+  auto r1 = h.run(*router, prompt());
+  ASSERT_TRUE(r1.ok()) << r1.error().to_string();
+  EXPECT_EQ(r1->served_by, "b");  // the compacted retry overflowed too (second scripted step)
+  EXPECT_EQ(pa->requests.size(), 2u);
+  EXPECT_EQ(pa->requests[1].messages.back().text(), "short");
+  ASSERT_EQ(compactions.size(), 1u);  // once, not in a loop
+  EXPECT_EQ(compactions[0], "900 after overflow");
+  EXPECT_EQ(b->requests.at(0).messages.back().text(), "hello");  // the larger window gets the whole prompt
+  // Second call: a succeeds after compaction.
+  auto a2 = std::make_shared<ScriptedModel>("a2", std::vector<Step>{{.error = ErrorKind::kContextOverflow}});
+  auto router2 = h.make({route("a2", a2, 1000)}, compact);
+  auto r2 = h.run(*router2, prompt());
+  ASSERT_TRUE(r2.ok());
+  EXPECT_EQ(r2->served_by, "a2");
+  EXPECT_TRUE(r2->compacted);
+  EXPECT_TRUE(r2->degraded);
+  EXPECT_EQ(router2->counters(0).compactions, 1u);
+}
+
+TEST(Router, WhenNoWindowFitsThePromptIsCompactedForTheLargest) {
+  Harness h;
+  auto a = std::make_shared<ScriptedModel>("a");
+  auto b = std::make_shared<ScriptedModel>("b");
+  std::int64_t seen_budget = 0;
+  Compactor compact = [&](Context&, const ChatRequest& req, std::int64_t budget, bool) -> Task<Result<ChatRequest>> {
+    seen_budget = budget;
+    ChatRequest smaller = req;
+    smaller.messages.back() = Message::user(std::string(static_cast<std::size_t>(budget - 10), 'y'));
+    co_return smaller;
+  };
+  auto router = h.make({route("a", a, 500), route("b", b, 800)}, compact);
+  auto r = h.run(*router, prompt(std::string(5000, 'x')));
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(seen_budget, 700);
+  EXPECT_EQ(r->served_by, "b");
+  EXPECT_TRUE(r->compacted);
+  EXPECT_TRUE(a->requests.empty());
+}
+
+TEST(Router, WithoutACompactorAPromptTooBigForEveryWindowIsAContextOverflow) {
+  Harness h;
+  auto router = h.make({route("a", std::make_shared<ScriptedModel>("a"), 500)});
+  auto r = h.run(*router, prompt(std::string(5000, 'x')));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind(), ErrorKind::kContextOverflow);
+  EXPECT_NE(r.error().message().find("a: window_too_small"), std::string::npos) << r.error().message();
+}
+
+TEST(Router, WhenEveryRouteFailsTheErrorNamesEachAndWhy) {
+  Harness h;
+  auto a = std::make_shared<ScriptedModel>("a", std::vector<Step>(3, Step{.error = ErrorKind::kTransient}));
+  auto b = std::make_shared<ScriptedModel>("b", std::vector<Step>{{.error = ErrorKind::kPermanent}});
+  auto router = h.make({route("a", a), route("b", b)});
+  auto r = h.run(*router, prompt());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind(), ErrorKind::kPermanent);
+  const std::string& m = r.error().message();
+  EXPECT_NE(m.find("router 'r'"), std::string::npos) << m;
+  EXPECT_NE(m.find("a: retries_exhausted"), std::string::npos) << m;
+  EXPECT_NE(m.find("b: permanent_error"), std::string::npos) << m;
+}
+
+TEST(Router, AMalformedRequestStopsTheChain) {
+  Harness h;
+  auto a = std::make_shared<ScriptedModel>("a", std::vector<Step>{{.error = ErrorKind::kInvalidArgument}});
+  auto b = std::make_shared<ScriptedModel>("b");
+  auto router = h.make({route("a", a), route("b", b)});
+  auto r = h.run(*router, prompt());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind(), ErrorKind::kInvalidArgument);
+  EXPECT_TRUE(b->requests.empty());
+}
+
+TEST(Router, ARetryTimeBeyondThePolicysLimitFallsBackAtOnce) {
+  Harness h;
+  auto a = std::make_shared<ScriptedModel>(
+      "a", std::vector<Step>{{.error = ErrorKind::kRateLimited, .retry_after = 2s},
+                             {.error = ErrorKind::kRateLimited, .retry_after = 10min}});
+  auto b = std::make_shared<ScriptedModel>("b");
+  auto router = h.make({route("a", a), route("b", b)});
+  Duration took{};
+  auto r = h.run(*router, prompt(), nullptr, &took);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->served_by, "b");
+  EXPECT_EQ(r->fallbacks.at(0).reason, FallbackReason::kRateLimited);
+  EXPECT_EQ(a->requests.size(), 2u);  // the 2 s wait was honoured, the 10 min one was not
+  EXPECT_GE(took, 2s);
+  EXPECT_LT(took, 3s);
+}
+
+TEST(Router, RequestsPerMinuteAreEnforcedLocally) {
+  Harness h;
+  auto a = std::make_shared<ScriptedModel>("a");
+  auto ra = route("a", a);
+  ra.requests_per_minute = 2;
+  auto router = h.make({ra});
+  auto calls = run_in_a_row(h, *router, 3);
+  ASSERT_EQ(calls.size(), 3u);
+  for (auto& c : calls) ASSERT_TRUE(c.first.ok());
+  EXPECT_EQ(calls[0].second, 10ms);
+  EXPECT_EQ(calls[1].second, 10ms);
+  EXPECT_GE(calls[2].second, 29s);  // the third waits for the bucket (2 per minute: one every 30 s)
+  EXPECT_LE(calls[2].second, 31s);
+}
+
+TEST(Router, TokensPerMinuteTakeTheEstimateAndSettleWithUsage) {
+  Harness h;
+  auto a = std::make_shared<ScriptedModel>("a", std::vector<Step>{{.input_tokens = 400}});
+  auto b = std::make_shared<ScriptedModel>("b");
+  auto ra = route("a", a);
+  ra.tokens_per_minute = 600;
+  ra.max_limiter_wait = 1s;
+  auto router = h.make({ra, route("b", b)});
+  // Estimate 8 + 100 reserved = 108; reported 400 + 5: the bucket is charged 405 and keeps
+  // 195. The second call (108, settled at 105) leaves 90; a third would wait ~2 s for 108,
+  // more than max_limiter_wait: the route is left for b.
+  auto calls = run_in_a_row(h, *router, 3);
+  ASSERT_EQ(calls.size(), 3u);
+  EXPECT_EQ(h.sizer->observed.at(0), "model-a:8->400");
+  ASSERT_TRUE(calls[1].first.ok());
+  EXPECT_EQ(calls[1].first->served_by, "a");
+  auto& r = calls[2].first;
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->served_by, "b");
+  EXPECT_EQ(r->fallbacks.at(0).reason, FallbackReason::kRateLimited);
+}
+
+TEST(Router, AStreamRestartedByARetryTellsTheSinkFirst) {
+  Harness h;
+  auto a = std::make_shared<ScriptedModel>(
+      "a", std::vector<Step>{{.error = ErrorKind::kTransient, .pieces = {"Hel"}, .cut_after_pieces = true},
+                             {.pieces = {"Hel", "lo"}}});
+  auto router = h.make({route("a", a)});
+  std::vector<std::string> seen;
+  Router::StreamHooks hooks{.on_text = [&](std::string_view t) { seen.emplace_back(t); },
+                            .on_restart = [&] { seen.emplace_back("<restart>"); }};
+  ChatRequest req = prompt("hi", true);
+  auto r = h.run(*router, req, &hooks);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(seen, (std::vector<std::string>{"Hel", "<restart>", "Hel", "lo"}));
+  EXPECT_EQ(r->response.message.text(), "Hello");
+}
+
+TEST(Router, RouterIsAChatModel) {
+  Harness h;
+  auto a = std::make_shared<ScriptedModel>("a", std::vector<Step>(3, Step{.error = ErrorKind::kTransient}));
+  auto router = h.make({route("a", a), route("b", std::make_shared<ScriptedModel>("b"))});
+  ChatModel& model = *router;
+  std::optional<ChatOutcome> out;
+  h.s.spawn([&](Context& ctx) -> Task<> {
+    ChatRequest req = prompt();
+    TextSink none;
+    out.emplace(co_await model.complete(ctx, req, none));
+  });
+  h.s.rt->advance(1h);
+  ASSERT_TRUE(out && out->result.ok());
+  EXPECT_EQ(out->result->model, "model-b");
+}
+
+TEST(Router, CreateRejectsBadOptionsNamingTheField) {
+  Harness h;
+  auto m = std::make_shared<ScriptedModel>("m");
+  auto err = [&](std::vector<ModelRouteOptions> chain) {
+    auto r = Router::create(h.s.env, RouterOptions{.name = "r", .chain = std::move(chain)});
+    EXPECT_FALSE(r.ok());
+    return r.ok() ? std::string() : r.error().message();
+  };
+  EXPECT_NE(err({}).find("chain is empty"), std::string::npos);
+  EXPECT_NE(err({route("a", m), route("a", m)}).find("chain[1]: name 'a' is used twice"), std::string::npos);
+  EXPECT_NE(err({route("a", nullptr)}).find("'a' has no client"), std::string::npos);
+  auto tight = route("a", m, 100);
+  EXPECT_NE(err({tight}).find("max_output_tokens must be > 0 and < context_window_tokens (100)"), std::string::npos);
+  auto bad_retry = route("a", m);
+  bad_retry.retry.max_attempts = 0;
+  EXPECT_NE(err({bad_retry}).find("chain[0]: retry"), std::string::npos);
+}
+
+TEST(Router, ByteSizerOverEstimatesEnglish) {
+  auto sizer = make_byte_sizer();
+  ChatRequest r = prompt(std::string(400, 'a'));
+  EXPECT_GE(sizer->estimate(r), 400 / 4);
+}
+
+}  // namespace
+}  // namespace nines::llm
