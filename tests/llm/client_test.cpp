@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,7 @@
 #include "nines/llm/anthropic.hpp"
 #include "nines/llm/client.hpp"
 #include "nines/llm/openai.hpp"
+#include "nines/llm/provider.hpp"
 #include "nines/runtime/runtime.hpp"
 
 namespace nines::llm {
@@ -369,6 +371,66 @@ TEST(ModelClient, InvalidRequestFailsBeforeAnyIo) {
   ASSERT_FALSE(out->ok());
   EXPECT_EQ(out->error().kind(), ErrorKind::kInvalidArgument);
   EXPECT_TRUE(f.server.requests().empty());
+}
+
+// ---- providers from configuration (provider.hpp) ----
+
+EnvLookup fake_env(std::map<std::string, std::string> vars) {
+  return [vars = std::move(vars)](std::string_view name) -> std::optional<std::string> {
+    auto it = vars.find(std::string(name));
+    if (it == vars.end()) return std::nullopt;
+    return it->second;
+  };
+}
+
+TEST(Provider, TheKeyComesFromTheNamedVariableAndReachesTheServer) {
+  Fixture f;
+  f.server.set_canned(kOpenAiPath, {.body = fixture("openai/response_text.json")});
+  ProviderConfig cfg{.name = "oa", .api = Provider::kOpenAi, .base_url = f.server.url("/oa/v1"),
+                     .api_key_env = "NINES_TEST_KEY"};
+  auto model = make_provider(cfg, *f.http, fake_env({{"NINES_TEST_KEY", kOpenAiKey}}));
+  ASSERT_TRUE(model.ok()) << model.error().to_string();
+  std::optional<ChatOutcome> out;
+  std::shared_ptr<ChatModel> m = *model;
+  f.run([&](Context& ctx) -> Task<> {
+    ChatRequest req = hello_request();
+    TextSink none;
+    out.emplace(co_await m->complete(ctx, req, none));
+  });
+  ASSERT_TRUE(out && out->result.ok());
+  auto seen = f.server.requests();
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_TRUE(contains(seen[0].head, std::string("Bearer ") + kOpenAiKey));
+}
+
+TEST(Provider, ConfigErrorsNameTheVariableNeverAKey) {
+  Fixture f;
+  auto err = [&](ProviderConfig cfg, EnvLookup env) {
+    auto r = make_provider(cfg, *f.http, env);
+    EXPECT_FALSE(r.ok());
+    if (r.ok()) return std::string();
+    EXPECT_EQ(r.error().kind(), ErrorKind::kInvalidArgument);
+    expect_no_key(r.error());
+    return r.error().message();
+  };
+  auto none = fake_env({});
+  ProviderConfig base{.name = "oa", .api = Provider::kOpenAi, .base_url = "https://api.openai.com/v1"};
+  EXPECT_TRUE(contains(err(base, none), "needs an API key")) << err(base, none);
+  ProviderConfig unset = base;
+  unset.api_key_env = "OPENAI_API_KEY";
+  EXPECT_EQ(err(unset, none), "provider 'oa': the environment variable OPENAI_API_KEY (api_key_env) is not set");
+  EXPECT_TRUE(contains(err(unset, fake_env({{"OPENAI_API_KEY", ""}})), "is empty"));
+  ProviderConfig both = unset;
+  both.api_key = kOpenAiKey;
+  EXPECT_TRUE(contains(err(both, none), "not both"));
+  ProviderConfig bad_url = base;
+  bad_url.base_url = "ftp://x";
+  EXPECT_TRUE(contains(err(bad_url, none), "must start with http:// or https://"));
+  ProviderConfig local{.name = "vllm", .api = Provider::kOpenAi, .base_url = "http://127.0.0.1:8000/v1"};
+  EXPECT_TRUE(make_provider(local, *f.http, none).ok());  // a local server needs no key
+  ProviderConfig anthropic{.name = "an", .api = Provider::kAnthropic, .base_url = "https://api.anthropic.com",
+                           .api_key_env = "ANTHROPIC_API_KEY"};
+  EXPECT_TRUE(make_provider(anthropic, *f.http, fake_env({{"ANTHROPIC_API_KEY", kAnthropicKey}})).ok());
 }
 
 }  // namespace
