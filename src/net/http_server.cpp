@@ -350,6 +350,7 @@ void ServerCore::on_listen_ready(std::uint64_t gen) {
       refuse_at_limit(fd);
     } else {
       add_connection(fd);
+      if (stopped_) return;  // by the handler
     }
   }
   watch_listener();
@@ -585,7 +586,8 @@ int ServerCore::on_url(http_parser* p, const char* at, std::size_t len) {
 
 int ServerCore::on_header_field(http_parser* p, const char* at, std::size_t len) {
   ServerConn& c = conn_of(p);
-  if (head_grew(c, len) != 0) return 1;
+  if (head_grew(c, len) != 0) return 1;  // trailers count towards the bound too
+  if (c.phase_ == Phase::kBody) return 0;  // a trailer field: dropped
   if (c.last_was_value_ && !c.commit_field()) return 1;
   c.last_was_value_ = false;
   c.field_.append(at, len);
@@ -595,6 +597,7 @@ int ServerCore::on_header_field(http_parser* p, const char* at, std::size_t len)
 int ServerCore::on_header_value(http_parser* p, const char* at, std::size_t len) {
   ServerConn& c = conn_of(p);
   if (head_grew(c, len) != 0) return 1;
+  if (c.phase_ == Phase::kBody) return 0;
   c.value_.append(at, len);  // also called, with nothing, for an empty value
   c.last_was_value_ = true;
   return 0;

@@ -362,10 +362,15 @@ TEST(HttpServer, PipelinedRequestsAreAnsweredInOrder) {
 
 TEST(HttpServer, ChunkedRequestBodyArrivingInPieces) {
   SimRig rig;
-  rig.on_request = echo;
+  std::size_t header_count = 0;
+  rig.on_request = [&](HttpServerRequest& req, HttpResponder& r) {
+    header_count = req.headers.size();  // the trailer fields are not among them
+    echo(req, r);
+  };
   RawClient c(rig.server->port());
   std::string request =
-      "POST /upload HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-Custom: 7\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+      "POST /upload HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-Custom: 7\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n"
+      "X-Trailer: dropped\r\nX-Trailer-2: dropped\r\n\r\n";
   // Byte-sized pieces with the server driven in between.
   for (char ch : request) {
     c.send(std::string_view(&ch, 1));
@@ -378,6 +383,7 @@ TEST(HttpServer, ChunkedRequestBodyArrivingInPieces) {
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(r.body, "POST /upload hello world");
   EXPECT_EQ(r.headers.get("x-got-custom"), "7");
+  EXPECT_EQ(header_count, 2u);
 }
 
 TEST(HttpServer, RequestFieldsAsReceived) {
@@ -487,7 +493,10 @@ TEST(HttpServer, MalformedRequestGets400AndClose) {
   rig.on_request = echo;
   for (std::string bad : {"GARBAGE\r\n\r\n", "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
                           "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc",
-                          "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"}) {
+                          "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                          "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n",
+                          "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\nabc",
+                          "POST / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"}) {
     RawClient c(rig.server->port());
     c.send(bad);
     ASSERT_TRUE(rig.drive_until([&] { return c.eof(); }, {&c})) << bad;
@@ -502,7 +511,7 @@ TEST(HttpServer, MalformedRequestGets400AndClose) {
   ASSERT_TRUE(rig.drive_until([&] { return v.eof(); }, {&v}));
   EXPECT_EQ(parse_responses(v.received())[0].status, 505);
   EXPECT_TRUE(rig.seen.empty());
-  EXPECT_EQ(rig.server->stats().rejected_malformed, 5u);
+  EXPECT_EQ(rig.server->stats().rejected_malformed, 8u);
   // The server discards what a rejected client still sends until the client closes too.
   EXPECT_EQ(rig.server->stats().connections_open, 1u);
   v.close();
