@@ -758,6 +758,25 @@ TEST(HttpServer, ResponderUsedAfterTheClientWentAway) {
   rig.parked.clear();
 }
 
+TEST(HttpServer, UnansweredRequestHoldsItsConnectionUntilTheClientLeaves) {
+  SimRig rig({.header_timeout = std::chrono::seconds(1), .idle_timeout = std::chrono::seconds(1),
+              .io_timeout = std::chrono::seconds(1)});
+  rig.on_request = [](HttpServerRequest&, HttpResponder&) {};  // drops the responder
+  {
+    RawClient c(rig.server->port());
+    c.send("GET /void HTTP/1.1\r\n\r\n");
+    ASSERT_TRUE(rig.drive_until([&] { return rig.seen.size() == 1; }, {&c}));
+    // No server timeout applies while the handler has the request.
+    rig.advance(std::chrono::hours(1));
+    rig.settle({&c});
+    EXPECT_FALSE(c.eof());
+    EXPECT_EQ(rig.server->stats().connections_open, 1u);
+  }
+  ASSERT_TRUE(rig.drive_until([&] { return rig.server->stats().connections_open == 0; }));
+  EXPECT_EQ(rig.server->stats().closed_by_client, 1u);
+  EXPECT_EQ(rig.env.pending_watches(), 1u);  // the listener's only
+}
+
 TEST(HttpServer, HandlerThatThrowsGets500AndTheConnectionLives) {
   SimRig rig;
   rig.on_request = [](HttpServerRequest& req, HttpResponder& r) {
