@@ -30,6 +30,9 @@ packages=(
                       # and setup installs without recommends)
   libcurl4-openssl-dev  # the net layer's HTTP(S) client (src/net/http_client.cpp: libcurl multi + OpenSSL)
   openssl        # the TLS server (openssl s_server) and certificate the net tests make for HTTPS
+  libhttp-parser-dev  # the net layer's HTTP server parses requests with it (nodejs http-parser, C API); not Boost.Beast,
+                      # which brings Asio's event loop (the server runs on the Environment's, which the sim drives) and
+                      # Boost, not otherwise a dependency
 )
 # Node.js and npm: run the cockatiel peer in bench/peers/resilience and the LangGraph.js peer
 # in bench/peers/durable (npm packages below).

@@ -28,66 +28,15 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "net/http_util.hpp"
+
 namespace nines::net {
 
+using internal::iequals;
+using internal::is_token;
+using internal::trim;
+
 // ---------------------------------------------------------------- headers, URL
-
-namespace {
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    unsigned char x = static_cast<unsigned char>(a[i]), y = static_cast<unsigned char>(b[i]);
-    if (x >= 'A' && x <= 'Z') x = static_cast<unsigned char>(x - 'A' + 'a');
-    if (y >= 'A' && y <= 'Z') y = static_cast<unsigned char>(y - 'A' + 'a');
-    if (x != y) return false;
-  }
-  return true;
-}
-
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' || s.back() == '\n')) {
-    s.remove_suffix(1);
-  }
-  return s;
-}
-
-bool is_token(std::string_view s) {
-  if (s.empty()) return false;
-  for (char c : s) {
-    if (c <= 32 || c >= 127 || std::strchr("\"(),/:;<=>?@[\\]{}", c) != nullptr) return false;
-  }
-  return true;
-}
-
-}  // namespace
-
-HttpHeaders::HttpHeaders(std::initializer_list<std::pair<std::string, std::string>> fields) {
-  for (const auto& [n, v] : fields) fields_.push_back({n, v});
-}
-
-void HttpHeaders::add(std::string name, std::string value) { fields_.push_back({std::move(name), std::move(value)}); }
-
-void HttpHeaders::set(std::string name, std::string value) {
-  std::erase_if(fields_, [&](const Field& f) { return iequals(f.name, name); });
-  add(std::move(name), std::move(value));
-}
-
-std::optional<std::string_view> HttpHeaders::get(std::string_view name) const {
-  for (const auto& f : fields_) {
-    if (iequals(f.name, name)) return std::string_view(f.value);
-  }
-  return std::nullopt;
-}
-
-std::vector<std::string_view> HttpHeaders::get_all(std::string_view name) const {
-  std::vector<std::string_view> out;
-  for (const auto& f : fields_) {
-    if (iequals(f.name, name)) out.emplace_back(f.value);
-  }
-  return out;
-}
 
 std::string redact_url(std::string_view url) {
   std::size_t scheme_end = url.find("://");

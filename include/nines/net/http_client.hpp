@@ -45,6 +45,7 @@
 #include "nines/core/environment.hpp"
 #include "nines/core/result.hpp"
 #include "nines/core/time.hpp"
+#include "nines/net/http_headers.hpp"
 #include "nines/runtime/process.hpp"
 #include "nines/runtime/task.hpp"
 
@@ -54,34 +55,6 @@ namespace internal {
 class HttpCore;
 struct Transfer;
 }  // namespace internal
-
-// Header fields in the order given or received; names compare case-insensitively.
-class HttpHeaders {
- public:
-  struct Field {
-    std::string name;
-    std::string value;
-  };
-
-  HttpHeaders() = default;
-  HttpHeaders(std::initializer_list<std::pair<std::string, std::string>> fields);
-
-  void add(std::string name, std::string value);
-  // Replaces every field named `name` (case-insensitively) by one.
-  void set(std::string name, std::string value);
-  // The first value of the field `name`, compared case-insensitively; nullopt if absent.
-  std::optional<std::string_view> get(std::string_view name) const;
-  std::vector<std::string_view> get_all(std::string_view name) const;
-  bool contains(std::string_view name) const { return get(name).has_value(); }
-
-  const std::vector<Field>& fields() const { return fields_; }
-  std::size_t size() const { return fields_.size(); }
-  bool empty() const { return fields_.empty(); }
-  void clear() { fields_.clear(); }
-
- private:
-  std::vector<Field> fields_;
-};
 
 // Every timeout: kInfinite turns it off.
 struct HttpTimeouts {
