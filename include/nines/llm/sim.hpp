@@ -163,7 +163,7 @@ Status validate_sim_config(const SimConfig& config);
 // ---- decisions -----------------------------------------------------------------------------
 
 // The sim's token estimates (deterministic; the usage it reports). Every text, image URL,
-// tool name, argument text, description and schema counts ceil(bytes / 4) tokens; each
+// tool name, argument text, tool_call_id, description and schema counts ceil(bytes / 4) tokens; each
 // message adds 4, each tool call 3, each tool definition 8, and the prompt 3 for the reply
 // priming. The output counts its text and tool calls the same way, at least 1.
 std::int64_t sim_estimate_prompt_tokens(const ChatRequest& request);
