@@ -245,71 +245,81 @@ std::optional<std::string> break_schema(const std::string& tool, const std::stri
 
 // ---- the response body ------------------------------------------------------------------------
 
-Json tool_calls_json(const std::vector<ToolCall>& calls) {
-  Json out = Json::array();
-  for (const ToolCall& c : calls) {
-    out.push_back({{"id", c.id}, {"type", "function"}, {"function", {{"name", c.name}, {"arguments", c.arguments_json}}}});
-  }
-  return out;
+std::string json_string(std::string_view text) { return internal::dump_json(Json(std::string(text))); }
+
+// The bodies are written as text (nlohmann's object building costs more than the rest of a
+// call); only strings go through the JSON serializer, for their escaping.
+std::string usage_text(const Usage& u) {
+  return "{\"prompt_tokens\":" + std::to_string(u.input_tokens) + ",\"completion_tokens\":" +
+         std::to_string(u.output_tokens) + ",\"total_tokens\":" + std::to_string(u.input_tokens + u.output_tokens) + "}";
 }
 
-Json usage_json(const Usage& u) {
-  return {{"prompt_tokens", u.input_tokens},
-          {"completion_tokens", u.output_tokens},
-          {"total_tokens", u.input_tokens + u.output_tokens}};
-}
-
-Json completion_json(const ChatResponse& r) {
+std::string completion_body(const ChatResponse& r) {
   const std::string text = r.message.text();
-  Json message = {{"role", "assistant"}, {"refusal", nullptr}};
-  message["content"] = text.empty() && !r.message.tool_calls.empty() ? Json(nullptr) : Json(text);
-  if (!r.message.tool_calls.empty()) message["tool_calls"] = tool_calls_json(r.message.tool_calls);
-  return {{"id", r.id},
-          {"object", "chat.completion"},
-          {"created", kCreated},
-          {"model", r.model},
-          {"system_fingerprint", "nines-sim"},
-          {"choices", Json::array({{{"index", 0},
-                                    {"message", std::move(message)},
-                                    {"logprobs", nullptr},
-                                    {"finish_reason", r.raw_finish_reason}}})},
-          {"usage", usage_json(r.usage)}};
+  std::string s = "{\"id\":" + json_string(r.id) + ",\"object\":\"chat.completion\",\"created\":" +
+                  std::to_string(kCreated) + ",\"model\":" + json_string(r.model) +
+                  ",\"system_fingerprint\":\"nines-sim\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":";
+  s.append(text.empty() && !r.message.tool_calls.empty() ? std::string("null") : json_string(text));
+  s.append(",\"refusal\":null");
+  if (!r.message.tool_calls.empty()) {
+    s.append(",\"tool_calls\":[");
+    for (std::size_t i = 0; i < r.message.tool_calls.size(); ++i) {
+      const ToolCall& c = r.message.tool_calls[i];
+      if (i > 0) s.append(",");
+      s.append("{\"id\":").append(json_string(c.id)).append(",\"type\":\"function\",\"function\":{\"name\":");
+      s.append(json_string(c.name)).append(",\"arguments\":").append(json_string(c.arguments_json)).append("}}");
+    }
+    s.append("]");
+  }
+  s.append("},\"logprobs\":null,\"finish_reason\":").append(json_string(r.raw_finish_reason));
+  s.append("}],\"usage\":").append(usage_text(r.usage)).append("}");
+  return s;
 }
 
-std::string sse(const Json& chunk) { return "data: " + internal::dump_json(chunk) + "\n\n"; }
+// Writes "data: {chunk}\n\n" events of one response: the part before the delta is the same in
+// every chunk, so it is serialized once and only the deltas are (a stream has many chunks).
+class ChunkWriter {
+ public:
+  explicit ChunkWriter(const ChatResponse& r)
+      : prefix_("data: {\"id\":" + json_string(r.id) + ",\"object\":\"chat.completion.chunk\",\"created\":" +
+                std::to_string(kCreated) + ",\"model\":" + json_string(r.model) +
+                ",\"system_fingerprint\":\"nines-sim\",\"choices\":[{\"index\":0,\"delta\":") {}
 
-Json chunk_json(const ChatResponse& r, Json delta, std::string_view finish) {
-  Json choice = {{"index", 0}, {"delta", std::move(delta)}, {"logprobs", nullptr}};
-  choice["finish_reason"] = finish.empty() ? Json(nullptr) : Json(finish);
-  return {{"id", r.id},
-          {"object", "chat.completion.chunk"},
-          {"created", kCreated},
-          {"model", r.model},
-          {"system_fingerprint", "nines-sim"},
-          {"choices", Json::array({std::move(choice)})}};
-}
+  // delta and usage are JSON text.
+  std::string event(std::string_view delta, std::string_view finish = {}, std::string_view usage = {}) const {
+    std::string s;
+    s.reserve(prefix_.size() + delta.size() + usage.size() + 64);
+    s.append(prefix_).append(delta).append(",\"logprobs\":null,\"finish_reason\":");
+    s.append(finish.empty() ? std::string("null") : json_string(finish)).append("}]");
+    if (!usage.empty()) s.append(",\"usage\":").append(usage);
+    s.append("}\n\n");
+    return s;
+  }
+
+ private:
+  std::string prefix_;
+};
 
 // The events before data: [DONE]: the role, the content or tool-call pieces, the finish
 // reason with usage.
 std::vector<std::string> stream_events(const ChatResponse& r, std::int64_t tokens_per_chunk) {
   const std::size_t bytes = static_cast<std::size_t>(std::max<std::int64_t>(1, tokens_per_chunk)) * 4;
+  const ChunkWriter w(r);
   std::vector<std::string> out;
-  out.push_back(sse(chunk_json(r, {{"role", "assistant"}, {"content", ""}}, "")));
-  for (std::string& piece : pieces(r.message.text(), bytes)) {
-    out.push_back(sse(chunk_json(r, {{"content", std::move(piece)}}, "")));
+  out.push_back(w.event(R"({"role":"assistant","content":""})"));
+  for (const std::string& piece : pieces(r.message.text(), bytes)) {
+    out.push_back(w.event("{\"content\":" + json_string(piece) + "}"));
   }
   for (std::size_t i = 0; i < r.message.tool_calls.size(); ++i) {
     const ToolCall& c = r.message.tool_calls[i];
-    Json head = {{"index", i}, {"id", c.id}, {"type", "function"}, {"function", {{"name", c.name}, {"arguments", ""}}}};
-    out.push_back(sse(chunk_json(r, {{"tool_calls", Json::array({std::move(head)})}}, "")));
-    for (std::string& piece : pieces(c.arguments_json, bytes)) {
-      Json part = {{"index", i}, {"function", {{"arguments", std::move(piece)}}}};
-      out.push_back(sse(chunk_json(r, {{"tool_calls", Json::array({std::move(part)})}}, "")));
+    const std::string index = std::to_string(i);
+    out.push_back(w.event("{\"tool_calls\":[{\"index\":" + index + ",\"id\":" + json_string(c.id) +
+                          ",\"type\":\"function\",\"function\":{\"name\":" + json_string(c.name) + ",\"arguments\":\"\"}}]}"));
+    for (const std::string& piece : pieces(c.arguments_json, bytes)) {
+      out.push_back(w.event("{\"tool_calls\":[{\"index\":" + index + ",\"function\":{\"arguments\":" + json_string(piece) + "}}]}"));
     }
   }
-  Json last = chunk_json(r, Json::object(), r.raw_finish_reason);
-  last["usage"] = usage_json(r.usage);
-  out.push_back(sse(last));
+  out.push_back(w.event("{}", r.raw_finish_reason, usage_text(r.usage)));
   return out;
 }
 
@@ -796,7 +806,7 @@ SimHttpReply render_openai(const SimPlan& plan, bool stream) {
   r.first_byte_delay = plan.first_byte_delay;
   if (!stream) {
     r.headers.push_back({"content-type", "application/json"});
-    r.body = internal::dump_json(completion_json(plan.response));
+    r.body = completion_body(plan.response);
     // A strict prefix of a JSON object is never a JSON document.
     if (plan.outcome == SimOutcome::kMalformed) r.body.resize(r.body.size() / 2);
     return r;

@@ -196,7 +196,7 @@ Result<SimTurn> parse_turn(const Json& j, const std::string& path) {
   SimTurn turn;
   if (has_answer) {
     NINES_SIM_TRY(answer, f.string("answer"));
-    turn.answer = std::move(*answer);
+    if (answer) turn.answer = std::move(*answer);
     return turn;
   }
   NINES_SIM_TRY(calls, f.array("tool_calls"));
@@ -282,6 +282,7 @@ Status parse_schedule(const Json& j, SimConfig& config) {
     if (!f.get("call") || !f.get("fault")) return f.err("an entry needs call and fault");
     NINES_SIM_TRY(call, f.integer("call", 1, INT64_MAX, 1));
     NINES_SIM_TRY(name, f.string("fault"));
+    if (!name) return f.err("an entry needs call and fault");
     std::optional<SimFault> fault = sim_fault_from_string(*name);
     if (!fault) return f.err("fault \"" + *name + "\" is not a fault name (none, rate_limited, ...)");
     config.schedule.push_back({.call = static_cast<std::uint64_t>(call), .fault = *fault});
