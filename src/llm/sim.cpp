@@ -41,8 +41,12 @@ Duration sample_latency(const SimLatency& l, nines::internal::Xoshiro256& rng) {
   const double u1 = unit(rng.next()), u2 = unit(rng.next());
   double ms = 0;
   switch (l.distribution) {
-    case SimLatency::Distribution::kFixed: ms = l.ms; break;
-    case SimLatency::Distribution::kUniform: ms = l.min_ms + u1 * (l.max_ms - l.min_ms); break;
+    case SimLatency::Distribution::kFixed:
+      ms = l.ms;
+      break;
+    case SimLatency::Distribution::kUniform:
+      ms = l.min_ms + u1 * (l.max_ms - l.min_ms);
+      break;
     case SimLatency::Distribution::kLogNormal: {
       // Box-Muller; 1 - u1 is in (0, 1], so the log is finite.
       const double z = std::sqrt(-2.0 * std::log(1.0 - u1)) * std::cos(2.0 * std::numbers::pi * u2);
@@ -170,11 +174,16 @@ void set_error(SimPlan& p, int status, std::string body, Headers extra = {}) {
 
 std::string finish_string(FinishReason r) {
   switch (r) {
-    case FinishReason::kStop: return "stop";
-    case FinishReason::kLength: return "length";
-    case FinishReason::kToolCalls: return "tool_calls";
-    case FinishReason::kContentFilter: return "content_filter";
-    case FinishReason::kOther: break;
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kToolCalls:
+      return "tool_calls";
+    case FinishReason::kContentFilter:
+      return "content_filter";
+    case FinishReason::kOther:
+      break;
   }
   return "stop";
 }
@@ -250,15 +259,18 @@ std::string json_string(std::string_view text) { return internal::dump_json(Json
 // The bodies are written as text (nlohmann's object building costs more than the rest of a
 // call); only strings go through the JSON serializer, for their escaping.
 std::string usage_text(const Usage& u) {
-  return "{\"prompt_tokens\":" + std::to_string(u.input_tokens) + ",\"completion_tokens\":" +
-         std::to_string(u.output_tokens) + ",\"total_tokens\":" + std::to_string(u.input_tokens + u.output_tokens) + "}";
+  return "{\"prompt_tokens\":" + std::to_string(u.input_tokens) +
+         ",\"completion_tokens\":" + std::to_string(u.output_tokens) +
+         ",\"total_tokens\":" + std::to_string(u.input_tokens + u.output_tokens) + "}";
 }
 
 std::string completion_body(const ChatResponse& r) {
   const std::string text = r.message.text();
-  std::string s = "{\"id\":" + json_string(r.id) + ",\"object\":\"chat.completion\",\"created\":" +
-                  std::to_string(kCreated) + ",\"model\":" + json_string(r.model) +
-                  ",\"system_fingerprint\":\"nines-sim\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":";
+  std::string s = "{\"id\":" + json_string(r.id) +
+                  ",\"object\":\"chat.completion\",\"created\":" + std::to_string(kCreated) +
+                  ",\"model\":" + json_string(r.model) +
+                  ",\"system_fingerprint\":\"nines-sim\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
+                  "\"content\":";
   s.append(text.empty() && !r.message.tool_calls.empty() ? std::string("null") : json_string(text));
   s.append(",\"refusal\":null");
   if (!r.message.tool_calls.empty()) {
@@ -314,9 +326,11 @@ std::vector<std::string> stream_events(const ChatResponse& r, std::int64_t token
     const ToolCall& c = r.message.tool_calls[i];
     const std::string index = std::to_string(i);
     out.push_back(w.event("{\"tool_calls\":[{\"index\":" + index + ",\"id\":" + json_string(c.id) +
-                          ",\"type\":\"function\",\"function\":{\"name\":" + json_string(c.name) + ",\"arguments\":\"\"}}]}"));
+                          ",\"type\":\"function\",\"function\":{\"name\":" + json_string(c.name) +
+                          ",\"arguments\":\"\"}}]}"));
     for (const std::string& piece : pieces(c.arguments_json, bytes)) {
-      out.push_back(w.event("{\"tool_calls\":[{\"index\":" + index + ",\"function\":{\"arguments\":" + json_string(piece) + "}}]}"));
+      out.push_back(w.event("{\"tool_calls\":[{\"index\":" + index +
+                            ",\"function\":{\"arguments\":" + json_string(piece) + "}}]}"));
     }
   }
   out.push_back(w.event("{}", r.raw_finish_reason, usage_text(r.usage)));
@@ -364,8 +378,8 @@ Result<std::vector<ContentPart>> parse_content(const Json* content, const std::s
     } else if (type == "refusal") {
       parts.push_back(ContentPart::from_text(std::string(internal::str(member(part, "refusal")))));
     } else {
-      return request_error(ppath + ".type", "unsupported content part type \"" + std::string(type) +
-                                                "\" (text and image_url are)");
+      return request_error(ppath + ".type",
+                           "unsupported content part type \"" + std::string(type) + "\" (text and image_url are)");
     }
   }
   return parts;
@@ -400,14 +414,16 @@ Result<Message> parse_message(const Json& j, std::size_t index) {
   } else if (role == "tool") {
     m.role = Role::kTool;
   } else {
-    return request_error(path + ".role", "unsupported role \"" + role + "\" (system, developer, user, assistant, tool)");
+    return request_error(path + ".role",
+                         "unsupported role \"" + role + "\" (system, developer, user, assistant, tool)");
   }
   Result<std::vector<ContentPart>> content = parse_content(member(j, "content"), path + ".content", m.role);
   if (!content.ok()) return std::move(content).error();
   m.content = std::move(content).value();
 
   if (const Json* calls = member(j, "tool_calls"); calls && !calls->is_null()) {
-    if (m.role != Role::kAssistant) return request_error(path + ".tool_calls", "only an assistant message has tool calls");
+    if (m.role != Role::kAssistant)
+      return request_error(path + ".tool_calls", "only an assistant message has tool calls");
     if (!calls->is_array()) return request_error(path + ".tool_calls", "must be an array");
     for (std::size_t i = 0; i < calls->size(); ++i) {
       const Json& c = (*calls)[i];
@@ -480,7 +496,8 @@ std::int64_t sim_estimate_prompt_tokens(const ChatRequest& request) {
   std::int64_t n = 3;  // the reply priming
   for (const Message& m : request.messages) {
     n += 4;
-    for (const ContentPart& p : m.content) n += quarter(p.type == ContentPart::Type::kText ? p.text.size() : p.image_url.size());
+    for (const ContentPart& p : m.content)
+      n += quarter(p.type == ContentPart::Type::kText ? p.text.size() : p.image_url.size());
     for (const ToolCall& c : m.tool_calls) n += 3 + quarter(c.name.size()) + quarter(c.arguments_json.size());
     n += quarter(m.tool_call_id.size());
   }
@@ -492,7 +509,8 @@ std::int64_t sim_estimate_prompt_tokens(const ChatRequest& request) {
 
 std::int64_t sim_estimate_output_tokens(const Message& message) {
   std::int64_t n = 0;
-  for (const ContentPart& p : message.content) n += quarter(p.type == ContentPart::Type::kText ? p.text.size() : p.image_url.size());
+  for (const ContentPart& p : message.content)
+    n += quarter(p.type == ContentPart::Type::kText ? p.text.size() : p.image_url.size());
   for (const ToolCall& c : message.tool_calls) n += 3 + quarter(c.name.size()) + quarter(c.arguments_json.size());
   return std::max<std::int64_t>(1, n);
 }
@@ -592,7 +610,8 @@ SimPlan SimModel::decide(const ChatRequest& request) {
     return std::move(p);
   };
   auto overflow = [&](std::string message) {
-    set_error(p, 400, internal::dump_json(error_json(message, "invalid_request_error", "messages", "context_length_exceeded")));
+    set_error(p, 400,
+              internal::dump_json(error_json(message, "invalid_request_error", "messages", "context_length_exceeded")));
   };
 
   // The window, always.
@@ -602,8 +621,8 @@ SimPlan SimModel::decide(const ChatRequest& request) {
                     " tokens. However, you requested " + std::to_string(p.prompt_tokens + reserved) + " tokens (" +
                     std::to_string(p.prompt_tokens) + " in the messages, " + std::to_string(reserved) +
                     " in the completion). Please reduce the length of the messages or completion.";
-    p.fault_detail = "prompt estimate " + std::to_string(p.prompt_tokens) + " + max output " + std::to_string(reserved) +
-                     " > context window " + std::to_string(config_.context_window_tokens);
+    p.fault_detail = "prompt estimate " + std::to_string(p.prompt_tokens) + " + max output " +
+                     std::to_string(reserved) + " > context window " + std::to_string(config_.context_window_tokens);
     overflow(std::move(m));
     return finish(SimFault::kContextOverflow);
   }
@@ -630,8 +649,8 @@ SimPlan SimModel::decide(const ChatRequest& request) {
     case SimFault::kRateLimited: {
       const std::int64_t ms = config_.faults.retry_after_ms;
       const std::int64_t secs = (ms + 999) / 1000;
-      std::string m = "Rate limit reached for " + model + " (simulated) on requests per min (RPM). Please try again in " +
-                      std::to_string(ms) + "ms.";
+      std::string m = "Rate limit reached for " + model +
+                      " (simulated) on requests per min (RPM). Please try again in " + std::to_string(ms) + "ms.";
       set_error(p, 429, internal::dump_json(error_json(m, "requests", "", "rate_limit_exceeded")),
                 {{"retry-after-ms", std::to_string(ms)},
                  {"retry-after", std::to_string(secs)},
@@ -641,13 +660,16 @@ SimPlan SimModel::decide(const ChatRequest& request) {
       return finish(fault);
     }
     case SimFault::kServerError:
-      set_error(p, 500, internal::dump_json(error_json("The server had an error while processing your request. Sorry about that! (simulated)",
-                                                 "server_error", "", "")));
+      set_error(p, 500,
+                internal::dump_json(
+                    error_json("The server had an error while processing your request. Sorry about that! (simulated)",
+                               "server_error", "", "")));
       p.fault_detail = "500";
       return finish(fault);
     case SimFault::kUnavailable:
-      set_error(p, 503, internal::dump_json(error_json("The server is temporarily unavailable. (simulated)",
-                                                 "server_error", "", "service_unavailable")));
+      set_error(p, 503,
+                internal::dump_json(error_json("The server is temporarily unavailable. (simulated)", "server_error", "",
+                                               "service_unavailable")));
       p.fault_detail = "503";
       return finish(fault);
     case SimFault::kOverloaded:
@@ -666,7 +688,8 @@ SimPlan SimModel::decide(const ChatRequest& request) {
                " tokens. Please reduce the length of the messages. (simulated context_overflow fault)");
       p.fault_detail = "injected (prompt estimate " + std::to_string(p.prompt_tokens) + " tokens)";
       return finish(fault);
-    default: break;
+    default:
+      break;
   }
 
   // The scripted turn.
@@ -684,7 +707,8 @@ SimPlan SimModel::decide(const ChatRequest& request) {
     exhausted_.fetch_add(1, std::memory_order_relaxed);
     std::string m = "The simulated scenario has " + std::to_string(config_.scenario.size()) +
                     " turns; this request is at turn " + std::to_string(p.turn) + " (after_last_turn: error).";
-    set_error(p, 400, internal::dump_json(error_json(m, "invalid_request_error", "messages", "sim_scenario_exhausted")));
+    set_error(p, 400,
+              internal::dump_json(error_json(m, "invalid_request_error", "messages", "sim_scenario_exhausted")));
     p.fault_detail = "scenario exhausted";
     return finish(SimFault::kNone);
   }
@@ -747,7 +771,8 @@ SimPlan SimModel::decide(const ChatRequest& request) {
       const bool schema_mode = config_.faults.invalid_args == SimArgsBreak::kSchema ||
                                (config_.faults.invalid_args == SimArgsBreak::kEither && (mode_draw & 1) != 0);
       std::optional<std::string> broken;
-      if (schema_mode && tool) broken = break_schema(target.name, tool->parameters_schema_json, target.arguments_json, p.fault_detail);
+      if (schema_mode && tool)
+        broken = break_schema(target.name, tool->parameters_schema_json, target.arguments_json, p.fault_detail);
       if (!broken) {
         broken = break_syntax(target.arguments_json);
         p.fault_detail = "tool '" + target.name + "': the arguments are not valid JSON (" + *broken + ")";
@@ -770,7 +795,8 @@ SimPlan SimModel::decide(const ChatRequest& request) {
                        std::to_string(msg.tool_calls.size()) + " tool call(s), first " + msg.tool_calls[0].name;
       break;
     }
-    default: break;
+    default:
+      break;
   }
 
   if (!msg.tool_calls.empty()) {
@@ -801,7 +827,8 @@ SimHttpReply render_openai(const SimPlan& plan, bool stream) {
       r.headers.push_back({"content-type", "application/json"});
       r.body = plan.body;
       return r;
-    default: break;
+    default:
+      break;
   }
   r.first_byte_delay = plan.first_byte_delay;
   if (!stream) {
@@ -829,9 +856,10 @@ SimHttpReply render_openai(const SimPlan& plan, bool stream) {
     r.chunk_delays.push_back(i == 0 || i + 1 == r.chunks.size() ? Duration::zero() : d);
   }
   if (plan.outcome == SimOutcome::kCutStream) {
-    std::size_t k = plan.cut_after_chunks
-                        ? static_cast<std::size_t>(std::max<std::int64_t>(0, *plan.cut_after_chunks))
-                        : static_cast<std::size_t>(std::floor(plan.cut_after_fraction * static_cast<double>(before_done)));
+    std::size_t k =
+        plan.cut_after_chunks
+            ? static_cast<std::size_t>(std::max<std::int64_t>(0, *plan.cut_after_chunks))
+            : static_cast<std::size_t>(std::floor(plan.cut_after_fraction * static_cast<double>(before_done)));
     k = std::min(k, before_done);
     r.chunks.resize(k);
     r.chunk_delays.resize(k);
@@ -895,14 +923,18 @@ SimHttpReply SimModel::handle_http(std::string_view method, std::string_view tar
     return json_reply(status, error_json(message, "invalid_request_error", "", ""), std::move(extra));
   };
   if (path == "/v1/chat/completions" || path == "/chat/completions") {
-    if (method != "POST") return refuse(405, "Method " + std::string(method) + " is not allowed for " + path + " (POST is)", {{"allow", "POST"}});
+    if (method != "POST")
+      return refuse(405, "Method " + std::string(method) + " is not allowed for " + path + " (POST is)",
+                    {{"allow", "POST"}});
     Result<ChatRequest> req = parse_openai_chat_request(body);
     if (!req.ok()) return refuse(400, req.error().message());
     SimPlan plan = decide(*req);
     return render_openai(plan, req->stream);
   }
   if (path == "/v1/models" || path == "/models") {
-    if (method != "GET") return refuse(405, "Method " + std::string(method) + " is not allowed for " + path + " (GET is)", {{"allow", "GET"}});
+    if (method != "GET")
+      return refuse(405, "Method " + std::string(method) + " is not allowed for " + path + " (GET is)",
+                    {{"allow", "GET"}});
     Json model = {{"id", config_.model.empty() ? "sim" : config_.model},
                   {"object", "model"},
                   {"created", kCreated},
@@ -933,8 +965,8 @@ Task<ChatOutcome> SimChatModel::play(Context& ctx, Result<SimHttpReply> prepared
       Result<std::any> slept = co_await ctx.sleep(reply.hang);
       if (!slept.ok()) co_return ChatOutcome{std::move(slept).error(), std::nullopt};
     }
-    Error e(ErrorKind::kTimeout, "sim: no response within hang_ms (" + std::to_string(to_millis(reply.hang)) +
-                                     " ms; the timeout fault)");
+    Error e(ErrorKind::kTimeout,
+            "sim: no response within hang_ms (" + std::to_string(to_millis(reply.hang)) + " ms; the timeout fault)");
     co_return ChatOutcome{std::move(e), std::nullopt};
   }
   if (reply.first_byte_delay > Duration::zero()) {

@@ -16,8 +16,8 @@ using internal::Json;
 namespace {
 
 constexpr std::array<std::string_view, kSimFaultCount> kFaultNames = {
-    "none",           "rate_limited",      "server_error",      "unavailable", "overloaded", "timeout",
-    "cut_stream",     "malformed_json",    "hallucinated_tool", "invalid_tool_args", "loop", "context_overflow",
+    "none",       "rate_limited",   "server_error",      "unavailable",       "overloaded", "timeout",
+    "cut_stream", "malformed_json", "hallucinated_tool", "invalid_tool_args", "loop",       "context_overflow",
 };
 
 constexpr std::int64_t kMaxHangMs = 3'600'000;
@@ -49,7 +49,8 @@ std::string shown(const Json& v) {
 
 // Integral values without a fraction ("1", not "1.0").
 std::string fmt(double d) {
-  if (std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 1e15) return std::to_string(static_cast<std::int64_t>(d));
+  if (std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 1e15)
+    return std::to_string(static_cast<std::int64_t>(d));
   Json j = d;
   return internal::dump_json(j);
 }
@@ -137,14 +138,14 @@ class Fields {
   std::string path_;
 };
 
-#define NINES_SIM_TRY(var, expr)            \
-  auto var##_result = (expr);               \
+#define NINES_SIM_TRY(var, expr)                                  \
+  auto var##_result = (expr);                                     \
   if (!var##_result.ok()) return std::move(var##_result).error(); \
   auto var = std::move(var##_result).value()
 
-#define NINES_SIM_TRY_STATUS(expr)          \
-  do {                                      \
-    Status s_ = (expr);                     \
+#define NINES_SIM_TRY_STATUS(expr)              \
+  do {                                          \
+    Status s_ = (expr);                         \
     if (!s_.ok()) return std::move(s_).error(); \
   } while (0)
 
@@ -227,14 +228,25 @@ Status parse_faults(const Json& j, SimConfig& config) {
       return config_error(path, "unknown fault \"" + item.key() + "\" (faults: " + list + ")");
     }
     const Json& spec = item.value();
-    if (!spec.is_object()) return config_error(fpath, "must be an object such as {\"probability\": 0.1}, got " + shown(spec));
+    if (!spec.is_object())
+      return config_error(fpath, "must be an object such as {\"probability\": 0.1}, got " + shown(spec));
     Fields f(spec, fpath);
     switch (*fault) {
-      case SimFault::kRateLimited: NINES_SIM_TRY_STATUS(f.only({"probability", "retry_after_ms"})); break;
-      case SimFault::kTimeout: NINES_SIM_TRY_STATUS(f.only({"probability", "hang_ms"})); break;
-      case SimFault::kCutStream: NINES_SIM_TRY_STATUS(f.only({"probability", "after_chunks", "after_fraction"})); break;
-      case SimFault::kInvalidToolArgs: NINES_SIM_TRY_STATUS(f.only({"probability", "mode"})); break;
-      default: NINES_SIM_TRY_STATUS(f.only({"probability"})); break;
+      case SimFault::kRateLimited:
+        NINES_SIM_TRY_STATUS(f.only({"probability", "retry_after_ms"}));
+        break;
+      case SimFault::kTimeout:
+        NINES_SIM_TRY_STATUS(f.only({"probability", "hang_ms"}));
+        break;
+      case SimFault::kCutStream:
+        NINES_SIM_TRY_STATUS(f.only({"probability", "after_chunks", "after_fraction"}));
+        break;
+      case SimFault::kInvalidToolArgs:
+        NINES_SIM_TRY_STATUS(f.only({"probability", "mode"}));
+        break;
+      default:
+        NINES_SIM_TRY_STATUS(f.only({"probability"}));
+        break;
     }
     NINES_SIM_TRY(prob, f.number("probability", 0, 1, 0));
     config.faults.of(*fault) = prob;
@@ -266,7 +278,8 @@ Status parse_faults(const Json& j, SimConfig& config) {
         config.faults.invalid_args = static_cast<SimArgsBreak>(mode);
         break;
       }
-      default: break;
+      default:
+        break;
     }
   }
   return ok_status();
@@ -276,7 +289,8 @@ Status parse_schedule(const Json& j, SimConfig& config) {
   for (std::size_t i = 0; i < j.size(); ++i) {
     std::string path = indexed("schedule", i);
     const Json& e = j[i];
-    if (!e.is_object()) return config_error(path, "an entry must be an object {\"call\": n, \"fault\": name}, got " + shown(e));
+    if (!e.is_object())
+      return config_error(path, "an entry must be an object {\"call\": n, \"fault\": name}, got " + shown(e));
     Fields f(e, path);
     NINES_SIM_TRY_STATUS(f.only({"call", "fault"}));
     if (!f.get("call") || !f.get("fault")) return f.err("an entry needs call and fault");
@@ -385,7 +399,8 @@ Status validate_sim_config(const SimConfig& c) {
   if (c.max_tracked_requests < 1 || c.max_tracked_requests > kMaxTrackedRequests) {
     return config_error("", "max_tracked_requests must be in [1, " + std::to_string(kMaxTrackedRequests) + "]");
   }
-  for (const auto& [l, path] : {std::pair{&c.first_byte, "latency.first_byte"}, std::pair{&c.per_chunk, "latency.per_chunk"}}) {
+  for (const auto& [l, path] :
+       {std::pair{&c.first_byte, "latency.first_byte"}, std::pair{&c.per_chunk, "latency.per_chunk"}}) {
     auto in_range = [](double v) { return v >= 0 && v <= kMaxLatencyMs; };
     if (!in_range(l->ms) || !in_range(l->min_ms) || !in_range(l->max_ms) || !in_range(l->median_ms)) {
       return config_error(path, "every delay must be in [0, " + fmt(kMaxLatencyMs) + "] ms");
@@ -404,8 +419,8 @@ Status validate_sim_config(const SimConfig& c) {
     sum += p;
   }
   if (sum > 1 + 1e-9) {
-    return config_error("faults", "the probabilities add up to " + fmt(sum) +
-                                      ", must be at most 1 (a call gets at most one fault)");
+    return config_error(
+        "faults", "the probabilities add up to " + fmt(sum) + ", must be at most 1 (a call gets at most one fault)");
   }
   if (c.faults.retry_after_ms < 0 || c.faults.retry_after_ms > kMaxHangMs) {
     return config_error("faults.rate_limited", "retry_after_ms must be in [0, " + std::to_string(kMaxHangMs) + "]");
@@ -417,7 +432,8 @@ Status validate_sim_config(const SimConfig& c) {
     return config_error("faults.cut_stream", "after_chunks must be at least 0");
   }
   if (!(c.faults.cut_after_fraction >= 0 && c.faults.cut_after_fraction <= 1)) {
-    return config_error("faults.cut_stream", "after_fraction must be in [0, 1], got " + fmt(c.faults.cut_after_fraction));
+    return config_error("faults.cut_stream",
+                        "after_fraction must be in [0, 1], got " + fmt(c.faults.cut_after_fraction));
   }
   if (c.schedule.size() > kMaxScheduleEntries) {
     return config_error("", "schedule has more than " + std::to_string(kMaxScheduleEntries) + " entries");

@@ -5,7 +5,6 @@
 #include "nines/llm/sim.hpp"
 
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -13,6 +12,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -25,8 +25,8 @@
 namespace nines::llm {
 namespace {
 
-using nlohmann::json;
 using nines::testing::SimRuntime;
+using nlohmann::json;
 
 bool contains(std::string_view s, std::string_view part) { return s.find(part) != std::string_view::npos; }
 
@@ -46,13 +46,15 @@ ChatRequest weather_request(bool stream = false, std::string question = "Weather
   ChatRequest r{.model = "sim-test", .stream = stream};
   r.messages.push_back(Message::system("You are terse."));
   r.messages.push_back(Message::user(std::move(question)));
-  r.tools.push_back({.name = "get_weather", .description = "Current weather", .parameters_schema_json = kWeatherSchema});
+  r.tools.push_back(
+      {.name = "get_weather", .description = "Current weather", .parameters_schema_json = kWeatherSchema});
   r.tools.push_back({.name = "get_time"});
   return r;
 }
 
 ChatRequest with_history(ChatRequest r) {
-  r.messages.push_back(Message::assistant("", {{.id = "call_a", .name = "get_time", .arguments_json = R"({"tz":"CET"})"}}));
+  r.messages.push_back(
+      Message::assistant("", {{.id = "call_a", .name = "get_time", .arguments_json = R"({"tz":"CET"})"}}));
   r.messages.push_back(Message::tool_result("call_a", "12:00"));
   return r;
 }
@@ -236,10 +238,13 @@ TEST(SimConfig, EveryErrorNamesTheFieldAndWhatIsWrong) {
       {R"({"scenario": [{}]})", "scenario[0]: a turn has either tool_calls or answer"},
       {R"({"scenario": [{"answer": "a", "tool_calls": []}]})", "scenario[0]: a turn has either"},
       {R"({"scenario": [{"answer": "a"}, {"tool_calls": []}]})", "scenario[1]: tool_calls is empty"},
-      {R"({"scenario": [{"tool_calls": [{"arguments": {}}]}]})", "scenario[0].tool_calls[0]: name must be a non-empty string"},
-      {R"({"scenario": [{"tool_calls": [{"name": "x", "args": {}}]}]})", R"(scenario[0].tool_calls[0]: unknown field "args")"},
+      {R"({"scenario": [{"tool_calls": [{"arguments": {}}]}]})",
+       "scenario[0].tool_calls[0]: name must be a non-empty string"},
+      {R"({"scenario": [{"tool_calls": [{"name": "x", "args": {}}]}]})",
+       R"(scenario[0].tool_calls[0]: unknown field "args")"},
       {R"({"scenario": [{"answer": 5}]})", "scenario[0]: answer must be a string"},
-      {R"({"after_last_turn": "loop"})", "after_last_turn must be one of repeat_final, repeat_last, error, got \"loop\""},
+      {R"({"after_last_turn": "loop"})",
+       "after_last_turn must be one of repeat_final, repeat_last, error, got \"loop\""},
       {R"({"context_window_tokens": 0})", "context_window_tokens must be in [1, "},
       {R"({"context_window_tokens": 1.5})", "context_window_tokens must be an integer, got 1.5"},
       {R"({"output": {"tokens_per_chunk": 0}})", "output: tokens_per_chunk must be in [1, 65536], got 0"},
@@ -269,7 +274,8 @@ TEST(SimConfig, EveryErrorNamesTheFieldAndWhatIsWrong) {
       {R"({"faults": {"timeout": {"hang_ms": 0}}})", "faults.timeout: hang_ms must be in [1, 3600000], got 0"},
       {R"({"faults": {"cut_stream": {"after_chunks": 2, "after_fraction": 0.5}}})",
        "faults.cut_stream: after_chunks and after_fraction exclude each other"},
-      {R"({"faults": {"cut_stream": {"after_fraction": 2}}})", "faults.cut_stream: after_fraction must be in [0, 1], got 2"},
+      {R"({"faults": {"cut_stream": {"after_fraction": 2}}})",
+       "faults.cut_stream: after_fraction must be in [0, 1], got 2"},
       {R"({"faults": {"invalid_tool_args": {"mode": "random"}}})",
        "faults.invalid_tool_args: mode must be one of syntax, schema, either"},
       {R"({"schedule": [{"call": 0, "fault": "timeout"}]})", "schedule[0]: call must be in [1, "},
@@ -405,14 +411,16 @@ TEST(SimScenario, ResponseCarriesUsageModelIdsAndFinishReason) {
 }
 
 TEST(SimScenario, PastTheLastTurn) {
-  ChatRequest req{.model = "m", .messages = {Message::user("q"), Message::assistant("a1"), Message::user("q2"),
-                                              Message::assistant("a2"), Message::user("q3")}};
+  ChatRequest req{.model = "m",
+                  .messages = {Message::user("q"), Message::assistant("a1"), Message::user("q2"),
+                               Message::assistant("a2"), Message::user("q3")}};
   auto repeat_final = make_sim(R"({"scenario": [{"answer": "first"}, {"tool_calls": [{"name": "t"}]}]})");
   SimPlan p = repeat_final->decide(req);
   EXPECT_EQ(p.turn, 2u);
   EXPECT_EQ(p.response.message.text(), "first");
 
-  auto repeat_last = make_sim(R"({"after_last_turn": "repeat_last", "scenario": [{"answer": "first"}, {"tool_calls": [{"name": "t"}]}]})");
+  auto repeat_last = make_sim(
+      R"({"after_last_turn": "repeat_last", "scenario": [{"answer": "first"}, {"tool_calls": [{"name": "t"}]}]})");
   p = repeat_last->decide(req);
   ASSERT_EQ(p.response.message.tool_calls.size(), 1u);
   EXPECT_EQ(p.response.message.tool_calls[0].name, "t");
@@ -514,7 +522,8 @@ TEST(SimDeterminism, ConcurrentCallersGetTheSameDecisionsAsASequentialRun) {
     auto th = env->start_thread("sim-" + std::to_string(t), [&, t] {
       for (int i = t; i < kThreads * kPerThread; i += kThreads) {
         SimPlan p = shared->decide(weather_request(false, "question " + std::to_string(i)));
-        got[static_cast<std::size_t>(i)] = std::string(to_string(p.fault)) + "@" + std::to_string(p.first_byte_delay.count());
+        got[static_cast<std::size_t>(i)] =
+            std::string(to_string(p.fault)) + "@" + std::to_string(p.first_byte_delay.count());
       }
     });
     ASSERT_TRUE(th.ok());
@@ -570,7 +579,8 @@ void expect_transient_status(const char* fault, int status) {
   for (bool stream : {false, true}) {
     Both b = run_both(scheduled(fault), weather_request(stream));
     ASSERT_FALSE(b.in_process.outcome.result.ok()) << fault;
-    EXPECT_EQ(b.in_process.outcome.result.error().kind(), ErrorKind::kTransient) << b.in_process.outcome.result.error().to_string();
+    EXPECT_EQ(b.in_process.outcome.result.error().kind(), ErrorKind::kTransient)
+        << b.in_process.outcome.result.error().to_string();
     ASSERT_TRUE(b.in_process.outcome.failure.has_value());
     EXPECT_EQ(b.in_process.outcome.failure->status, status);
     EXPECT_EQ(b.reply.status, status);
@@ -645,7 +655,7 @@ TEST(SimFaults, MalformedJsonIsMalformed) {
     EXPECT_EQ(b.from_bytes.error(), e);
     if (stream) {
       EXPECT_EQ(b.reply.chunks.back(), "data: [DONE]\n\n");  // it is the content, not the ending
-      EXPECT_EQ(b.in_process.texts.size(), 1u);               // the text before the bad event
+      EXPECT_EQ(b.in_process.texts.size(), 1u);              // the text before the bad event
     }
   }
 }
@@ -668,7 +678,8 @@ TEST(SimFaults, HallucinatedToolCallsAToolTheRequestLacks) {
 }
 
 TEST(SimFaults, InvalidToolArgsBreakSyntaxOrSchemaAndSayWhich) {
-  const std::string scenario = R"({"scenario": [{"tool_calls": [{"name": "get_weather", "arguments": {"location": "Paris"}}]}],
+  const std::string scenario =
+      R"({"scenario": [{"tool_calls": [{"name": "get_weather", "arguments": {"location": "Paris"}}]}],
       "faults": {"invalid_tool_args": {"mode": "%MODE%"}}, "schedule": [{"call": 1, "fault": "invalid_tool_args"}]})";
   auto config = [&](const char* mode) {
     std::string c = scenario;
@@ -704,7 +715,8 @@ TEST(SimFaults, InvalidToolArgsBreakSyntaxOrSchemaAndSayWhich) {
   EXPECT_EQ(p.response.message.tool_calls.at(0).arguments_json, R"({"location":12345})");
   EXPECT_EQ(p.fault_detail, "tool 'get_weather': property 'location' has type integer where the schema says string");
   // An answer turn: the first tool of the request is called with broken arguments.
-  p = make_sim(R"({"faults": {"invalid_tool_args": {"mode": "syntax"}}, "schedule": [{"call": 1, "fault": "invalid_tool_args"}]})")
+  p = make_sim(
+          R"({"faults": {"invalid_tool_args": {"mode": "syntax"}}, "schedule": [{"call": 1, "fault": "invalid_tool_args"}]})")
           ->decide(weather_request());
   EXPECT_EQ(p.fault, SimFault::kInvalidToolArgs);
   EXPECT_EQ(p.response.message.tool_calls.at(0).name, "get_weather");
@@ -791,7 +803,8 @@ TEST(SimSchedule, Call1Is429Call2Succeeds) {
 }
 
 TEST(SimLatency, FirstByteAndPerChunkDelaysOnTheVirtualClock) {
-  const char* config = R"({"scenario": [{"answer": "0123456789abcdef0123456789abcdef"}], "output": {"tokens_per_chunk": 2},
+  const char* config =
+      R"({"scenario": [{"answer": "0123456789abcdef0123456789abcdef"}], "output": {"tokens_per_chunk": 2},
       "latency": {"first_byte": {"distribution": "fixed", "ms": 250}, "per_chunk": {"distribution": "fixed", "ms": 10}}})";
   Both plain = run_both(config, weather_request(false));
   ASSERT_TRUE(plain.in_process.outcome.result.ok());
@@ -807,7 +820,8 @@ TEST(SimLatency, FirstByteAndPerChunkDelaysOnTheVirtualClock) {
 }
 
 TEST(SimLatency, DistributionsOver10000Draws) {
-  auto lognormal = make_sim(R"({"latency": {"first_byte": {"distribution": "lognormal", "median_ms": 200, "sigma": 0.5}}})");
+  auto lognormal =
+      make_sim(R"({"latency": {"first_byte": {"distribution": "lognormal", "median_ms": 200, "sigma": 0.5}}})");
   auto uniform = make_sim(R"({"latency": {"first_byte": {"distribution": "uniform", "min_ms": 100, "max_ms": 300}}})");
   std::vector<double> ln, un;
   for (int i = 0; i < 10000; ++i) {
@@ -849,10 +863,11 @@ TEST(SimFaults, ProbabilitiesAreHonouredOver10000Calls) {
 
 TEST(SimRequest, RoundTripOfTheCodecsOwnRequest) {
   ChatRequest r = with_history(weather_request(true));
-  r.messages.push_back(Message{.role = Role::kUser,
-                               .content = {ContentPart::from_text("And this?"),
-                                           ContentPart::from_image_url("data:image/png;base64,AAAA")}});
-  r.messages.push_back(Message::assistant("Checking.", {{.id = "call_b", .name = "get_weather", .arguments_json = R"({"location":"Oslo"})"}}));
+  r.messages.push_back(Message{
+      .role = Role::kUser,
+      .content = {ContentPart::from_text("And this?"), ContentPart::from_image_url("data:image/png;base64,AAAA")}});
+  r.messages.push_back(Message::assistant(
+      "Checking.", {{.id = "call_b", .name = "get_weather", .arguments_json = R"({"location":"Oslo"})"}}));
   r.messages.push_back(Message::tool_result("call_b", "service down", /*is_error=*/true));
   r.messages.push_back(Message::assistant("Sorry."));
   r.max_output_tokens = 300;
@@ -898,7 +913,8 @@ TEST(SimRequest, AnSdkShapedBody) {
   EXPECT_EQ(r->messages[0], Message::system("Be brief."));
   EXPECT_EQ(r->messages[1].content,
             (std::vector<ContentPart>{ContentPart::from_text("Hi"), ContentPart::from_image_url("https://x/y.png")}));
-  EXPECT_EQ(r->messages[2], Message::assistant("", {{.id = "call_a", .name = "lookup", .arguments_json = R"({"q":"x"})"}}));
+  EXPECT_EQ(r->messages[2],
+            Message::assistant("", {{.id = "call_a", .name = "lookup", .arguments_json = R"({"q":"x"})"}}));
   EXPECT_EQ(r->messages[3], Message::tool_result("call_a", "result"));
   ASSERT_EQ(r->tools.size(), 1u);
   EXPECT_EQ(r->tools[0].description, "Look up");
@@ -920,11 +936,14 @@ TEST(SimRequest, ErrorsNameTheField) {
       {R"({"model": "m", "messages": []})", "messages: required, a non-empty array"},
       {R"({"model": "m", "messages": [3]})", "messages[0]: a message must be an object"},
       {R"({"model": "m", "messages": [{"content": "x"}]})", "messages[0].role: required"},
-      {R"({"model": "m", "messages": [{"role": "function", "content": "x"}]})", R"(messages[0].role: unsupported role "function")"},
-      {R"({"model": "m", "messages": [{"role": "user", "content": 5}]})", "messages[0].content: must be a string, an array of parts or null"},
+      {R"({"model": "m", "messages": [{"role": "function", "content": "x"}]})",
+       R"(messages[0].role: unsupported role "function")"},
+      {R"({"model": "m", "messages": [{"role": "user", "content": 5}]})",
+       "messages[0].content: must be a string, an array of parts or null"},
       {R"({"model": "m", "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]})",
        R"(messages[0].content[0].type: unsupported content part type "input_audio")"},
-      {R"({"model": "m", "messages": [{"role": "user", "content": [{"type": "text"}]}]})", "messages[0].content[0].text: must be a string"},
+      {R"({"model": "m", "messages": [{"role": "user", "content": [{"type": "text"}]}]})",
+       "messages[0].content[0].text: must be a string"},
       {R"({"model": "m", "messages": [{"role": "user", "content": "a"}, {"role": "tool", "content": "r"}]})",
        "messages[1].tool_call_id: required for a tool message"},
       {R"({"model": "m", "messages": [{"role": "assistant", "tool_calls": [{"id": "c"}]}]})",
@@ -938,11 +957,14 @@ TEST(SimRequest, ErrorsNameTheField) {
        R"(tools[0].type: unsupported tool type "code_interpreter")"},
       {R"({"model": "m", "messages": [{"role": "user", "content": "a"}], "tools": [{"type": "function", "function": {"name": "t", "parameters": []}}]})",
        "tools[0].function.parameters: must be a JSON Schema object"},
-      {R"({"model": "m", "messages": [{"role": "user", "content": "a"}], "stream": "yes"})", "stream: must be a boolean"},
-      {R"({"model": "m", "messages": [{"role": "user", "content": "a"}], "max_tokens": 0})", "max_tokens: must be a positive integer"},
+      {R"({"model": "m", "messages": [{"role": "user", "content": "a"}], "stream": "yes"})",
+       "stream: must be a boolean"},
+      {R"({"model": "m", "messages": [{"role": "user", "content": "a"}], "max_tokens": 0})",
+       "max_tokens: must be a positive integer"},
       {R"({"model": "m", "messages": [{"role": "user", "content": "a"}], "max_completion_tokens": "9"})",
        "max_completion_tokens: must be a positive integer"},
-      {R"({"model": "m", "messages": [{"role": "user", "content": "a"}], "temperature": "hot"})", "temperature: must be a number"},
+      {R"({"model": "m", "messages": [{"role": "user", "content": "a"}], "temperature": "hot"})",
+       "temperature: must be a number"},
       {R"({"model": "m", "messages": [{"role": "user", "content": "a"}], "n": 2})", "n: only 1 is supported"},
   };
   for (const Case& c : cases) {
@@ -998,7 +1020,8 @@ TEST(SimHttp, Routes) {
 }
 
 TEST(SimHttp, StreamChunksAreOpenAiSseWithUsageLast) {
-  auto sim = make_sim(R"({"scenario": [{"tool_calls": [{"name": "get_weather", "arguments": {"location": "Paris"}}]}]})");
+  auto sim =
+      make_sim(R"({"scenario": [{"tool_calls": [{"name": "get_weather", "arguments": {"location": "Paris"}}]}]})");
   auto codec = openai();
   ChatRequest req = weather_request(true);
   SimHttpReply r = sim->handle_http("POST", "/v1/chat/completions", codec->build_call(req).value().body);
@@ -1012,7 +1035,8 @@ TEST(SimHttp, StreamChunksAreOpenAiSseWithUsageLast) {
   EXPECT_EQ(r.chunks.back(), "data: [DONE]\n\n");
   json last = json::parse(r.chunks[r.chunks.size() - 2].substr(6));
   EXPECT_EQ(last["choices"][0]["finish_reason"], "tool_calls");
-  EXPECT_EQ(last["usage"]["prompt_tokens"], sim_estimate_prompt_tokens(parse_openai_chat_request(codec->build_call(req).value().body).value()));
+  EXPECT_EQ(last["usage"]["prompt_tokens"],
+            sim_estimate_prompt_tokens(parse_openai_chat_request(codec->build_call(req).value().body).value()));
   Result<ChatResponse> got = read_reply(r, *codec, Now{});
   ASSERT_TRUE(got.ok()) << got.error().to_string();
   ASSERT_EQ(got->message.tool_calls.size(), 1u);

@@ -116,10 +116,10 @@ struct SimFaults {
   // By SimFault; probability[kNone] is unused. Each call gets at most one fault, so the
   // probabilities add up to at most 1.
   std::array<double, kSimFaultCount> probability{};
-  std::int64_t retry_after_ms = 1000;   // rate_limited: the retry time announced
-  std::int64_t hang_ms = 120'000;       // timeout: how long no answer comes
+  std::int64_t retry_after_ms = 1000;            // rate_limited: the retry time announced
+  std::int64_t hang_ms = 120'000;                // timeout: how long no answer comes
   std::optional<std::int64_t> cut_after_chunks;  // cut_stream: SSE events sent before the cut
-  double cut_after_fraction = 0.5;      // cut_stream, when cut_after_chunks is unset
+  double cut_after_fraction = 0.5;               // cut_stream, when cut_after_chunks is unset
   SimArgsBreak invalid_args = SimArgsBreak::kEither;
 
   double& of(SimFault f) { return probability[static_cast<std::size_t>(f)]; }
@@ -249,10 +249,10 @@ SimHttpReply render_openai(const SimPlan& plan, bool stream);
 // ---- the model -----------------------------------------------------------------------------
 
 struct SimCounters {
-  std::uint64_t calls = 0;               // decide() calls
+  std::uint64_t calls = 0;                             // decide() calls
   std::array<std::uint64_t, kSimFaultCount> faults{};  // by SimFault; [kNone]: calls without
-  std::uint64_t scenario_exhausted = 0;  // after_last_turn: error replies
-  std::uint64_t bad_requests = 0;        // handle_http: 400, 404, 405
+  std::uint64_t scenario_exhausted = 0;                // after_last_turn: error replies
+  std::uint64_t bad_requests = 0;                      // handle_http: 400, 404, 405
   std::uint64_t of(SimFault f) const { return faults[static_cast<std::size_t>(f)]; }
 };
 
