@@ -1,19 +1,24 @@
 // The nines command line.
 //   nines demo runtime [--workers N] [--shards N] [--seconds S] [--threads N]
+//   nines sim-server [--config FILE] [--port N] [--bind ADDR]
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <string_view>
 
 #include "demo_runtime.hpp"
+#include "sim_server_cmd.hpp"
 
 namespace {
 
 constexpr const char* kUsage =
     "usage: nines demo runtime [--workers N] [--shards N] [--seconds S] [--threads N]\n"
+    "       nines sim-server [--config FILE] [--port N] [--bind ADDR]\n"
     "\n"
     "  demo runtime   a 3-level supervision tree with 100,000 workers under a crash storm,\n"
-    "                 shown live; exits 0 when every crash was recovered\n";
+    "                 shown live; exits 0 when every crash was recovered\n"
+    "  sim-server     the simulated model as an OpenAI-compatible API on loopback, with\n"
+    "                 seeded faults (docs/sim.md), until Ctrl-C\n";
 
 bool parse_number(std::string_view flag, const char* text, double& out) {
   char* end = nullptr;
@@ -33,6 +38,7 @@ int main(int argc, char** argv) {
     std::fputs(kUsage, argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
   }
+  if (std::string_view(argv[1]) == "sim-server") return nines::cli::run_sim_server(argc - 2, argv + 2);
   if (std::string_view(argv[1]) != "demo" || argc < 3 || std::string_view(argv[2]) != "runtime") {
     std::fprintf(stderr, "nines: unknown command '%s'\n%s", argv[1], kUsage);
     return 2;

@@ -1,0 +1,208 @@
+// The sim served over HTTP: see include/nines/llm/sim_server.hpp.
+#include "nines/llm/sim_server.hpp"
+
+#include <algorithm>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+namespace nines::llm {
+
+struct SimServer::State {
+  Environment& env;
+  std::shared_ptr<SimModel> sim;
+  std::size_t max_samples;
+  mutable std::mutex mu;
+  std::vector<Duration> samples;  // a ring of the last max_samples latencies
+  std::size_t next = 0;           // where the next sample goes once the ring is full
+  std::uint64_t requests = 0;
+
+  State(Environment& e, std::shared_ptr<SimModel> s, std::size_t max) : env(e), sim(std::move(s)), max_samples(max) {}
+
+  void record(Duration d) {
+    std::lock_guard lock(mu);
+    ++requests;
+    if (samples.size() < max_samples) {
+      samples.push_back(d);
+    } else {
+      samples[next] = d;
+      next = (next + 1) % max_samples;
+    }
+  }
+};
+
+namespace {
+
+using StatePtr = std::shared_ptr<SimServer::State>;
+
+// The reply's headers for the responder: the server frames bodies itself.
+net::HttpHeaders to_net(const Headers& headers) {
+  net::HttpHeaders out;
+  for (const Header& h : headers) {
+    std::string lower = h.name;
+    std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
+    if (lower == "content-length" || lower == "transfer-encoding" || lower == "connection") continue;
+    out.add(h.name, h.value);
+  }
+  return out;
+}
+
+// Plays one reply back; `start` is when the handler got the request.
+struct Playback : std::enable_shared_from_this<Playback> {
+  StatePtr state;
+  net::HttpResponder responder;
+  SimHttpReply reply;
+  TimePoint start;
+  std::size_t next_chunk = 0;
+
+  void after(Duration d, void (Playback::*step)()) {
+    if (d <= Duration::zero()) {
+      (this->*step)();
+      return;
+    }
+    auto self = shared_from_this();
+    state->env.add_timer(state->env.now() + d, [self, step] { (self.get()->*step)(); });
+  }
+
+  void begin() {
+    if (reply.end == SimReplyEnd::kHang) {
+      after(reply.first_byte_delay + reply.hang, &Playback::hang_up);
+      return;
+    }
+    after(reply.first_byte_delay, &Playback::send_head);
+  }
+
+  void hang_up() {
+    responder.abort();
+    done();
+  }
+
+  void send_head() {
+    if (!reply.stream) {
+      Status s = responder.respond(reply.status, to_net(reply.headers), std::move(reply.body));
+      (void)s;  // the client may be gone: nothing to do then
+      done();
+      return;
+    }
+    if (!responder.start_stream(reply.status, to_net(reply.headers)).ok()) return;
+    send_chunk();
+  }
+
+  void send_chunk() {
+    if (next_chunk < reply.chunks.size()) {
+      if (!responder.write(reply.chunks[next_chunk]).ok()) return;
+      ++next_chunk;
+      Duration delay = next_chunk < reply.chunk_delays.size() ? reply.chunk_delays[next_chunk] : Duration::zero();
+      if (next_chunk < reply.chunks.size()) {
+        after(delay, &Playback::send_chunk);
+        return;
+      }
+    }
+    if (reply.end == SimReplyEnd::kAbort) {
+      responder.abort();
+    } else {
+      (void)responder.end();
+    }
+    done();
+  }
+
+  void done() { state->record(state->env.now() - start); }
+};
+
+std::string stats_json(const SimServer& server) {
+  SimServerStats s = server.stats();
+  auto us = [](Duration d) { return std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(d).count()); };
+  std::string out = "{\"requests\": " + std::to_string(s.requests) + ", \"latency_p50_us\": " + us(s.latency_p50) +
+                    ", \"latency_p99_us\": " + us(s.latency_p99) + ", \"latency_max_us\": " + us(s.latency_max) +
+                    ", \"faults\": {";
+  SimCounters c = server.sim().counters();
+  for (std::size_t i = 0; i < kSimFaultCount; ++i) {
+    if (i > 0) out += ", ";
+    out += "\"" + std::string(to_string(static_cast<SimFault>(i))) + "\": " + std::to_string(c.faults[i]);
+  }
+  out += "}}\n";
+  return out;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<SimServer>> SimServer::start(Environment& env, std::shared_ptr<SimModel> sim,
+                                                    SimServerOptions options) {
+  if (!sim) return Error(ErrorKind::kInvalidArgument, "sim server: no sim model");
+  if (options.max_latency_samples == 0) {
+    return Error(ErrorKind::kInvalidArgument, "sim server: max_latency_samples must be >= 1");
+  }
+  auto state = std::make_shared<State>(env, std::move(sim), options.max_latency_samples);
+  // The handler needs the server for /sim/stats; it is set once the server exists.
+  auto self = std::make_shared<SimServer*>(nullptr);
+  net::HttpHandler handler = [state, self](net::HttpServerRequest&& req, net::HttpResponder responder) {
+    const std::string_view path = req.path();
+    if (path == "/sim/stats" || path == "/sim/stats/reset") {
+      net::HttpHeaders h{{"Content-Type", "application/json"}};
+      if (*self == nullptr) {
+        (void)responder.respond(503, h, "{\"error\": \"starting\"}\n");
+      } else if (path == "/sim/stats" && req.method == "GET") {
+        (void)responder.respond(200, h, stats_json(**self));
+      } else if (path == "/sim/stats/reset" && req.method == "POST") {
+        (*self)->reset_stats();
+        (void)responder.respond(200, h, "{\"reset\": true}\n");
+      } else {
+        (void)responder.respond(405, h, "{\"error\": \"method not allowed\"}\n");
+      }
+      return;
+    }
+    auto play = std::make_shared<Playback>();
+    play->state = state;
+    play->responder = std::move(responder);
+    play->start = state->env.now();
+    play->reply = state->sim->handle_http(req.method, req.target, req.body);
+    play->begin();
+  };
+  net::HttpServerOptions http_options;
+  http_options.bind_address = options.bind_address;
+  http_options.port = options.port;
+  http_options.max_connections = options.max_connections;
+  http_options.max_body_bytes = options.max_body_bytes;
+  Result<std::unique_ptr<net::HttpServer>> http = net::HttpServer::create(env, http_options, std::move(handler));
+  if (!http.ok()) return http.error().with_context("sim server");
+  auto server = std::unique_ptr<SimServer>(new SimServer(state, std::move(http).value()));
+  *self = server.get();
+  return server;
+}
+
+SimServer::SimServer(std::shared_ptr<State> state, std::unique_ptr<net::HttpServer> http)
+    : state_(std::move(state)), http_(std::move(http)) {}
+
+SimServer::~SimServer() { stop(); }
+
+std::uint16_t SimServer::port() const { return http_->port(); }
+std::string SimServer::base_url() const { return http_->base_url() + "/v1"; }
+SimModel& SimServer::sim() const { return *state_->sim; }
+net::HttpServerStats SimServer::http_stats() const { return http_->stats(); }
+void SimServer::stop() { http_->stop(); }
+
+SimServerStats SimServer::stats() const {
+  std::vector<Duration> v;
+  SimServerStats s;
+  {
+    std::lock_guard lock(state_->mu);
+    v = state_->samples;
+    s.requests = state_->requests;
+  }
+  if (v.empty()) return s;
+  std::sort(v.begin(), v.end());
+  auto at = [&](double p) { return v[std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size())))]; };
+  s.latency_p50 = at(0.50);
+  s.latency_p99 = at(0.99);
+  s.latency_max = v.back();
+  return s;
+}
+
+void SimServer::reset_stats() {
+  std::lock_guard lock(state_->mu);
+  state_->samples.clear();
+  state_->next = 0;
+  state_->requests = 0;
+}
+
+}  // namespace nines::llm
