@@ -436,6 +436,71 @@ std::int64_t TokenCounter::request(const ChatRequest& request) const {
   return round(t);
 }
 
+// ---- overflow_counts -----------------------------------------------------------------------
+
+namespace {
+
+// The number right after `text[pos]` (skipping spaces), advancing pos past it.
+std::optional<std::int64_t> read_number(std::string_view text, std::size_t& pos) {
+  while (pos < text.size() && text[pos] == ' ') ++pos;
+  std::int64_t v = 0;
+  const std::size_t start = pos;
+  while (pos < text.size() && text[pos] >= '0' && text[pos] <= '9' && pos - start < 15) {
+    v = v * 10 + (text[pos] - '0');
+    ++pos;
+  }
+  if (pos == start) return std::nullopt;
+  return v;
+}
+
+// The number after the first occurrence of `prefix`, or nullopt; pos is left after it.
+std::optional<std::int64_t> number_after(std::string_view text, std::string_view prefix, std::size_t& pos) {
+  const std::size_t at = text.find(prefix, pos);
+  if (at == std::string_view::npos) return std::nullopt;
+  pos = at + prefix.size();
+  return read_number(text, pos);
+}
+
+bool skip(std::string_view text, std::size_t& pos, std::string_view expected) {
+  while (pos < text.size() && text[pos] == ' ') ++pos;
+  if (text.substr(pos, expected.size()) != expected) return false;
+  pos += expected.size();
+  return true;
+}
+
+}  // namespace
+
+std::optional<OverflowCounts> overflow_counts(const Error& error) {
+  if (error.kind() != ErrorKind::kContextOverflow) return std::nullopt;
+  const std::string_view m = error.message();
+  std::size_t pos = 0;
+  if (auto prompt = number_after(m, "prompt is too long:", pos)) {
+    OverflowCounts c{.prompt_tokens = *prompt};
+    if (skip(m, pos, "tokens >")) c.window_tokens = read_number(m, pos).value_or(0);
+    return c;
+  }
+  pos = 0;
+  if (auto input = number_after(m, "exceed context limit:", pos)) {
+    OverflowCounts c{.prompt_tokens = *input};
+    if (skip(m, pos, "+") && read_number(m, pos) && skip(m, pos, ">")) c.window_tokens = read_number(m, pos).value_or(0);
+    return c;
+  }
+  pos = 0;
+  if (auto window = number_after(m, "maximum context length is", pos)) {
+    std::size_t p2 = pos;
+    if (auto prompt = number_after(m, "your messages resulted in", p2)) {
+      return OverflowCounts{.prompt_tokens = *prompt, .window_tokens = *window};
+    }
+    p2 = pos;
+    if (number_after(m, "you requested", p2) && skip(m, p2, "tokens (")) {
+      if (auto prompt = read_number(m, p2); prompt && skip(m, p2, "in the messages")) {
+        return OverflowCounts{.prompt_tokens = *prompt, .window_tokens = *window};
+      }
+    }
+  }
+  return std::nullopt;
+}
+
 // ---- TokenEstimator -----------------------------------------------------------------------
 
 Result<std::unique_ptr<TokenEstimator>> TokenEstimator::create(TokenEstimatorOptions options) {

@@ -10,7 +10,9 @@
 #include <string>
 #include <vector>
 
+#include "llm/fixtures.hpp"
 #include "nines/core/environment.hpp"
+#include "nines/llm/errors.hpp"
 #include "nines/llm/tokens.hpp"
 
 namespace nines::llm {
@@ -334,6 +336,41 @@ TEST(TokenEstimator, ConcurrentObserveAndEstimate) {
     EXPECT_GE(f, 0.5);
     EXPECT_LE(f, 2.0);
   }
+}
+
+TEST(OverflowCounts, ReadsWhatProvidersSayTheyCounted) {
+  const Now now{};
+  struct Row {
+    Provider provider;
+    std::string body;
+    std::optional<OverflowCounts> expected;
+  };
+  const std::vector<Row> rows = {
+      {Provider::kAnthropic, testing::fixture("anthropic/error_prompt_too_long.json"), OverflowCounts{208473, 200000}},
+      {Provider::kOpenAi, testing::fixture("openai/error_context_length.json"), OverflowCounts{130412, 128000}},
+      {Provider::kOpenAi,
+       R"({"object":"error","message":"This model's maximum context length is 4096 tokens. However, you requested 5000 tokens (4000 in the messages, 1000 in the completion).","type":"BadRequestError","param":null,"code":400})",
+       OverflowCounts{4000, 4096}},
+      {Provider::kAnthropic,
+       R"({"type":"error","error":{"type":"invalid_request_error","message":"input length and `max_tokens` exceed context limit: 198000 + 8192 > 200000, decrease input length or `max_tokens` and try again"}})",
+       OverflowCounts{198000, 200000}},
+      // llama.cpp says nothing countable in its message.
+      {Provider::kOpenAi,
+       R"({"error":{"code":400,"message":"the request exceeds the available context size, try increasing it","type":"exceed_context_size_error","n_prompt_tokens":9000,"n_ctx":8192}})",
+       std::nullopt},
+  };
+  for (const Row& r : rows) {
+    ApiFailure f = map_api_error(r.provider, 400, {}, r.body, now);
+    ASSERT_EQ(f.error.kind(), ErrorKind::kContextOverflow) << r.body;
+    auto c = overflow_counts(f.error.with_context("model m"));
+    ASSERT_EQ(c.has_value(), r.expected.has_value()) << f.error.to_string();
+    if (c) {
+      EXPECT_EQ(c->prompt_tokens, r.expected->prompt_tokens) << f.error.to_string();
+      EXPECT_EQ(c->window_tokens, r.expected->window_tokens) << f.error.to_string();
+    }
+  }
+  // Only context overflows count.
+  EXPECT_FALSE(overflow_counts(Error(ErrorKind::kPermanent, "prompt is too long: 5 tokens > 4 maximum")));
 }
 
 }  // namespace

@@ -48,6 +48,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -160,6 +161,21 @@ struct TokenEstimatorOptions {
   // the table cannot know ("my-azure-gpt4o" -> kOpenAiO200k). First match wins.
   std::vector<std::pair<std::string, TokenizerFamily>> family_overrides;
 };
+
+// What a provider's context-overflow error says it counted, when it says: the router feeds
+// prompt_tokens to TokenEstimator::observe (the estimate was too low by definition). Read
+// from the quoted provider message (errors.hpp keeps it):
+//   Anthropic  "prompt is too long: 208473 tokens > 200000 maximum"
+//              "input length and `max_tokens` exceed context limit: 198000 + 8192 > 200000"
+//   OpenAI     "maximum context length is 128000 tokens. However, your messages resulted in
+//              130412 tokens"; vLLM "... However, you requested 5000 tokens (4000 in the
+//              messages, 1000 in the completion)"
+// window_tokens is the model's limit as stated (0 if not stated).
+struct OverflowCounts {
+  std::int64_t prompt_tokens = 0;
+  std::int64_t window_tokens = 0;
+};
+std::optional<OverflowCounts> overflow_counts(const Error& error);
 
 class TokenEstimator {
  public:
