@@ -129,9 +129,7 @@ std::string render_for_summary(const Message& m, const RenderLimits& limits, con
     case Role::kSystem: out = "[system] "; break;
     case Role::kUser: out = "[user] "; break;
     case Role::kAssistant: out = "[assistant] "; break;
-    case Role::kTool:
-      out = std::string(m.is_error ? "[tool error " : "[tool result ") + m.tool_call_id + "] ";
-      break;
+    case Role::kTool: out = std::string(m.is_error ? "[tool error " : "[tool result ") + m.tool_call_id + "] "; break;
   }
   out += text;
   for (const ContentPart& p : m.content) {
@@ -222,7 +220,8 @@ Result<FitResult> fit_messages(std::vector<Message> messages, const FitOptions& 
       while (end < n && messages[end].role == Role::kTool) ++end;
       const bool any = std::any_of(keep.begin() + static_cast<std::ptrdiff_t>(i),
                                    keep.begin() + static_cast<std::ptrdiff_t>(end), [](bool b) { return b; });
-      if (any) std::fill(keep.begin() + static_cast<std::ptrdiff_t>(i), keep.begin() + static_cast<std::ptrdiff_t>(end), true);
+      if (any)
+        std::fill(keep.begin() + static_cast<std::ptrdiff_t>(i), keep.begin() + static_cast<std::ptrdiff_t>(end), true);
       i = end - 1;
     }
     // Units in age order: [begin, end) ranges.
@@ -288,8 +287,7 @@ Result<Conversation> Conversation::load(Store& store, std::string task_id, Commi
   if (task_id.empty()) return Error(ErrorKind::kInvalidArgument, "Conversation::load: empty task id");
   if (!commit) return Error(ErrorKind::kInvalidArgument, "Conversation::load: no commit function");
   if (options.page_messages < 1 || options.max_loaded_messages < 1) {
-    return Error(ErrorKind::kInvalidArgument,
-                 "Conversation::load: page_messages and max_loaded_messages must be >= 1");
+    return Error(ErrorKind::kInvalidArgument, "Conversation::load: page_messages and max_loaded_messages must be >= 1");
   }
   Conversation c(std::move(task_id), std::move(commit), options);
   auto view = store.load_history(c.task_id_, options.page_messages);
@@ -312,7 +310,8 @@ Result<Conversation> Conversation::load(Store& store, std::string task_id, Commi
     c.trim_to_bound();
     if (!more || page.empty()) break;
     auto next = store.read_history(c.task_id_, page.back().seq + 1, options.page_messages);
-    if (!next.ok()) return std::move(next).error().with_context("loading the history of task " + quote_name(c.task_id_));
+    if (!next.ok())
+      return std::move(next).error().with_context("loading the history of task " + quote_name(c.task_id_));
     more = next->size() == options.page_messages;
     page = std::move(*next);
   }
@@ -342,10 +341,10 @@ Task<Status> Conversation::append(Context& ctx, std::vector<Message> messages) {
 Task<Status> Conversation::checkpoint(Context& ctx, SummaryCheckpoint summary) {
   const std::int64_t from = summary_ ? summary_->covers_through_seq : -1;
   if (summary.covers_through_seq <= from || summary.covers_through_seq >= next_seq_) {
-    co_return Error(ErrorKind::kInvalidArgument,
-                    "summary checkpoint of task " + quote_name(task_id_) + " covers through seq " +
-                        std::to_string(summary.covers_through_seq) + ", outside (" + std::to_string(from) + ", " +
-                        std::to_string(next_seq_) + ")");
+    co_return Error(ErrorKind::kInvalidArgument, "summary checkpoint of task " + quote_name(task_id_) +
+                                                     " covers through seq " +
+                                                     std::to_string(summary.covers_through_seq) + ", outside (" +
+                                                     std::to_string(from) + ", " + std::to_string(next_seq_) + ")");
   }
   WriteBatch batch;
   batch.put_summary(task_id_, summary.covers_through_seq, encode_summary(summary));
@@ -353,8 +352,8 @@ Task<Status> Conversation::checkpoint(Context& ctx, SummaryCheckpoint summary) {
   Status s = co_await commit;
   if (!s.ok()) co_return std::move(s).error().with_context("committing a summary of task " + quote_name(task_id_));
   const std::int64_t through = summary.covers_through_seq;
-  tail_.erase(tail_.begin(), std::find_if(tail_.begin(), tail_.end(),
-                                          [through](const HistoryEntry& e) { return e.seq > through; }));
+  tail_.erase(tail_.begin(),
+              std::find_if(tail_.begin(), tail_.end(), [through](const HistoryEntry& e) { return e.seq > through; }));
   summary_ = std::move(summary);
   co_return ok_status();
 }
@@ -366,7 +365,8 @@ Result<std::unique_ptr<ContextManager>> ContextManager::create(ContextManagerOpt
                                                                std::shared_ptr<ChatModel> summarizer) {
   auto bad = [](std::string what) { return Error(ErrorKind::kInvalidArgument, "ContextManagerOptions: " + what); };
   const ContextManagerOptions& o = options;
-  if (!(o.summarize_at_fraction > 0 && o.summarize_at_fraction <= 1)) return bad("summarize_at_fraction must be in (0, 1]");
+  if (!(o.summarize_at_fraction > 0 && o.summarize_at_fraction <= 1))
+    return bad("summarize_at_fraction must be in (0, 1]");
   if (!(o.keep_recent_fraction > 0 && o.keep_recent_fraction < 1)) return bad("keep_recent_fraction must be in (0, 1)");
   if (!(o.compact_target_fraction > 0 && o.compact_target_fraction <= 1))
     return bad("compact_target_fraction must be in (0, 1]");
@@ -507,14 +507,15 @@ Task<Result<Prepared>> ContextManager::run(Context& ctx, Conversation& conv, con
   const double b = static_cast<double>(budget.budget_tokens);
   const auto target = std::max<std::int64_t>(
       1, static_cast<std::int64_t>(compacting ? std::floor(b * options_.compact_target_fraction) : b));
-  const auto trigger = compacting ? std::int64_t{0} : static_cast<std::int64_t>(std::floor(b * options_.summarize_at_fraction));
-  const auto keep_tokens = static_cast<std::int64_t>(std::floor(static_cast<double>(target) * options_.keep_recent_fraction));
+  const auto trigger =
+      compacting ? std::int64_t{0} : static_cast<std::int64_t>(std::floor(b * options_.summarize_at_fraction));
+  const auto keep_tokens =
+      static_cast<std::int64_t>(std::floor(static_cast<double>(target) * options_.keep_recent_fraction));
   const std::int64_t max_tool = compacting ? options_.max_tool_output_tokens / 2 : options_.max_tool_output_tokens;
   // What one summarizer call may read: its budget minus the prompt, the previous summary
   // (up to twice max_summary_tokens) and the answer.
-  const std::int64_t chunk_tokens =
-      std::max<std::int64_t>(500, options_.summarizer_input_tokens - 3 * options_.max_summary_tokens -
-                                      counter.text(options_.summary_prompt));
+  const std::int64_t chunk_tokens = std::max<std::int64_t>(
+      500, options_.summarizer_input_tokens - 3 * options_.max_summary_tokens - counter.text(options_.summary_prompt));
 
   const std::int64_t summary_cap = std::max<std::int64_t>(1, target / 4);
 
@@ -552,13 +553,15 @@ Task<Result<Prepared>> ContextManager::run(Context& ctx, Conversation& conv, con
 }
 
 Task<Result<Prepared>> ContextManager::prepare(Context& ctx, Conversation& conversation,
-                                               const std::vector<Message>& live_tail, const PromptBudget& budget) const {
+                                               const std::vector<Message>& live_tail,
+                                               const PromptBudget& budget) const {
   Result<Prepared> r = co_await run(ctx, conversation, live_tail, budget, false);
   co_return r;
 }
 
 Task<Result<Prepared>> ContextManager::compact(Context& ctx, Conversation& conversation,
-                                               const std::vector<Message>& live_tail, const PromptBudget& budget) const {
+                                               const std::vector<Message>& live_tail,
+                                               const PromptBudget& budget) const {
   Result<Prepared> r = co_await run(ctx, conversation, live_tail, budget, true);
   co_return r;
 }

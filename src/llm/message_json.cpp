@@ -67,8 +67,10 @@ Json message_to_json(const Message& m) {
   if (!m.content.empty()) {
     Json parts = Json::array();
     for (const ContentPart& p : m.content) {
-      if (p.type == ContentPart::Type::kText) parts.push_back({{"type", "text"}, {"text", p.text}});
-      else parts.push_back({{"type", "image_url"}, {"url", p.image_url}});
+      if (p.type == ContentPart::Type::kText)
+        parts.push_back({{"type", "text"}, {"text", p.text}});
+      else
+        parts.push_back({{"type", "image_url"}, {"url", p.image_url}});
     }
     j["content"] = std::move(parts);
   }

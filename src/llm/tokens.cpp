@@ -32,17 +32,28 @@ constexpr std::array<ByteClass, 256> make_byte_classes() {
   std::array<ByteClass, 256> t{};
   for (int b = 0; b < 256; ++b) {
     ByteClass c = kPunct;
-    if (b >= 'a' && b <= 'z') c = kLower;
-    else if (b >= 'A' && b <= 'Z') c = kUpper;
-    else if (b >= '0' && b <= '9') c = kDigit;
-    else if (b == ' ') c = kSpace;
-    else if (b == '\n' || b == '\r') c = kNewline;
-    else if (b == '\t' || b == '\v' || b == '\f') c = kTab;
-    else if (b >= 0x80 && b <= 0xBF) c = kInvalid;
-    else if (b >= 0xC0 && b <= 0xDF) c = kLead2;
-    else if (b >= 0xE0 && b <= 0xEF) c = kLead3;
-    else if (b >= 0xF0 && b <= 0xF7) c = kLead4;
-    else if (b >= 0xF8) c = kInvalid;
+    if (b >= 'a' && b <= 'z')
+      c = kLower;
+    else if (b >= 'A' && b <= 'Z')
+      c = kUpper;
+    else if (b >= '0' && b <= '9')
+      c = kDigit;
+    else if (b == ' ')
+      c = kSpace;
+    else if (b == '\n' || b == '\r')
+      c = kNewline;
+    else if (b == '\t' || b == '\v' || b == '\f')
+      c = kTab;
+    else if (b >= 0x80 && b <= 0xBF)
+      c = kInvalid;
+    else if (b >= 0xC0 && b <= 0xDF)
+      c = kLead2;
+    else if (b >= 0xE0 && b <= 0xEF)
+      c = kLead3;
+    else if (b >= 0xF0 && b <= 0xF7)
+      c = kLead4;
+    else if (b >= 0xF8)
+      c = kInvalid;
     t[static_cast<std::size_t>(b)] = c;
   }
   return t;
@@ -75,8 +86,14 @@ class Scanner {
     while (i < n) {
       const unsigned char b = p[i];
       switch (kByteClass[b]) {
-        case kLower: letter(false); ++i; break;
-        case kUpper: letter(true); ++i; break;
+        case kLower:
+          letter(false);
+          ++i;
+          break;
+        case kUpper:
+          letter(true);
+          ++i;
+          break;
         case kDigit:
           if (run_ != Run::kDigits) start(Run::kDigits);
           ++run_len_;
@@ -112,10 +129,14 @@ class Scanner {
           if (i + 2 < n && is_continuation(p[i + 1]) && is_continuation(p[i + 2])) {
             const std::uint32_t cp = ((b & 0x0Fu) << 12) | ((p[i + 1] & 0x3Fu) << 6) | (p[i + 2] & 0x3Fu);
             start(Run::kNone);
-            if (is_cjk(cp)) ++f_.cjk;
-            else if (is_kana(cp)) ++f_.kana;
-            else if ((cp >= 0x2000 && cp <= 0x206F) || (cp >= 0xFE00 && cp <= 0xFE0F)) ++f_.typography;
-            else ++f_.symbols;
+            if (is_cjk(cp))
+              ++f_.cjk;
+            else if (is_kana(cp))
+              ++f_.kana;
+            else if ((cp >= 0x2000 && cp <= 0x206F) || (cp >= 0xFE00 && cp <= 0xFE0F))
+              ++f_.typography;
+            else
+              ++f_.symbols;
             i += 3;
           } else {
             i = invalid(p, i, n, 3);
@@ -130,9 +151,7 @@ class Scanner {
             i = invalid(p, i, n, 4);
           }
           break;
-        case kInvalid:
-          i = invalid(p, i, n, 1);
-          break;
+        case kInvalid: i = invalid(p, i, n, 1); break;
       }
     }
     start(Run::kNone);
@@ -391,7 +410,8 @@ double raw_text_tokens(const TokenCoefficients& c, std::string_view text) {
          c.digit_group * static_cast<double>(f.digit_groups) + c.punct * static_cast<double>(f.punct) +
          c.punct_run * static_cast<double>(f.punct_runs) + c.space_run * static_cast<double>(f.space_runs) +
          c.cjk * static_cast<double>(f.cjk) + c.kana * static_cast<double>(f.kana) +
-         c.typography * static_cast<double>(f.typography) + c.symbol * static_cast<double>(f.symbols) + c.astral * static_cast<double>(f.astral);
+         c.typography * static_cast<double>(f.typography) + c.symbol * static_cast<double>(f.symbols) +
+         c.astral * static_cast<double>(f.astral);
 }
 
 // ---- TokenCounter -------------------------------------------------------------------------
@@ -403,8 +423,10 @@ std::int64_t TokenCounter::text(std::string_view text) const { return round(raw_
 double TokenCounter::raw_message(const Message& m) const {
   double t = c_->per_message;
   for (const ContentPart& part : m.content) {
-    if (part.type == ContentPart::Type::kText) t += raw_text_tokens(*c_, part.text);
-    else t += c_->per_image;
+    if (part.type == ContentPart::Type::kText)
+      t += raw_text_tokens(*c_, part.text);
+    else
+      t += c_->per_image;
   }
   for (const ToolCall& call : m.tool_calls) {
     t += c_->per_tool_call + raw_text_tokens(*c_, call.id) + raw_text_tokens(*c_, call.name) +
@@ -482,7 +504,8 @@ std::optional<OverflowCounts> overflow_counts(const Error& error) {
   pos = 0;
   if (auto input = number_after(m, "exceed context limit:", pos)) {
     OverflowCounts c{.prompt_tokens = *input};
-    if (skip(m, pos, "+") && read_number(m, pos) && skip(m, pos, ">")) c.window_tokens = read_number(m, pos).value_or(0);
+    if (skip(m, pos, "+") && read_number(m, pos) && skip(m, pos, ">"))
+      c.window_tokens = read_number(m, pos).value_or(0);
     return c;
   }
   pos = 0;
@@ -508,8 +531,7 @@ Result<std::unique_ptr<TokenEstimator>> TokenEstimator::create(TokenEstimatorOpt
   if (!(options.alpha_up > 0 && options.alpha_up <= 1)) return bad("alpha_up must be in (0, 1]");
   if (!(options.alpha_down > 0 && options.alpha_down <= 1)) return bad("alpha_down must be in (0, 1]");
   if (!(options.headroom >= 0 && options.headroom <= 1)) return bad("headroom must be in [0, 1]");
-  if (!(options.min_correction > 0 && options.min_correction <= 1))
-    return bad("min_correction must be in (0, 1]");
+  if (!(options.min_correction > 0 && options.min_correction <= 1)) return bad("min_correction must be in (0, 1]");
   if (!(options.max_correction >= 1 && std::isfinite(options.max_correction)))
     return bad("max_correction must be finite and >= 1");
   if (options.min_observed_tokens < 1) return bad("min_observed_tokens must be >= 1");
@@ -528,7 +550,9 @@ TokenizerFamily TokenEstimator::family(std::string_view model) const {
   return family_for_model(model);
 }
 
-TokenCounter TokenEstimator::counter(std::string_view model) const { return TokenCounter(family(model), correction(model)); }
+TokenCounter TokenEstimator::counter(std::string_view model) const {
+  return TokenCounter(family(model), correction(model));
+}
 
 double TokenEstimator::correction(std::string_view model) const {
   std::lock_guard lock(mu_);

@@ -54,9 +54,14 @@ TEST(MessageJson, RoundTripsEveryField) {
                .tool_call_id = "odd but kept",
                .is_error = true,
                .pinned = true};
-  const std::vector<Message> all = {Message::system("s"), Message::user("u"), Message::assistant("a"),
-                                    Message::assistant("", {call("c9")}), Message::tool_result("c9", "out", true),
-                                    pinned(Message::user("keep me")), Message{}, full};
+  const std::vector<Message> all = {Message::system("s"),
+                                    Message::user("u"),
+                                    Message::assistant("a"),
+                                    Message::assistant("", {call("c9")}),
+                                    Message::tool_result("c9", "out", true),
+                                    pinned(Message::user("keep me")),
+                                    Message{},
+                                    full};
   for (const Message& m : all) {
     const std::string json = encode_message(m);
     auto back = decode_message(json);
@@ -208,9 +213,9 @@ TEST(FitMessages, ShortenTextKeepsHeadAndTailAndWholeCharacters) {
 }
 
 TEST(FitMessages, DropsOldestTurnsFirst) {
-  std::vector<Message> ms = {Message::system("sys"),         Message::user(words(100, "u1")),
-                             Message::assistant(words(100, "a1")), Message::user(words(100, "u2")),
-                             Message::assistant(words(100, "a2")), Message::user(words(10, "u3"))};
+  std::vector<Message> ms = {
+      Message::system("sys"),          Message::user(words(100, "u1")),      Message::assistant(words(100, "a1")),
+      Message::user(words(100, "u2")), Message::assistant(words(100, "a2")), Message::user(words(10, "u3"))};
   auto r = fit_messages(ms, fit_options(cost(ms) - 50));
   ASSERT_TRUE(r.ok()) << r.error().to_string();
   EXPECT_EQ(texts(r->messages), (std::vector<std::string>{"sys", "u2", "a2", "u3"}));
@@ -273,9 +278,12 @@ TEST(FitMessages, AfterTheLastUserMessageCallsGoWithTheirResults) {
 
 TEST(FitMessages, LeadingMessagesBeforeTheFirstUserGoFirst) {
   // A history that starts with an orphan tool result and an assistant message.
-  std::vector<Message> ms = {Message::system("sys"), Message::tool_result("old", words(50, "orphan")),
-                             Message::assistant(words(50, "lead")), Message::user(words(50, "u1")),
-                             Message::assistant(words(50, "a1")), Message::user("u2")};
+  std::vector<Message> ms = {Message::system("sys"),
+                             Message::tool_result("old", words(50, "orphan")),
+                             Message::assistant(words(50, "lead")),
+                             Message::user(words(50, "u1")),
+                             Message::assistant(words(50, "a1")),
+                             Message::user("u2")};
   auto r = fit_messages(ms, fit_options(cost(ms) - 20));
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(texts(r->messages), (std::vector<std::string>{"sys", "u1", "a1", "u2"}));
@@ -347,8 +355,9 @@ TEST(FitMessages, InvariantsHoldAtEveryBudget) {
     bool seen_non_system = false;
     for (const Message& m : out) {
       // Order kept: out is a subsequence of ms (a shortened tool result matches by call id).
-      while (j < ms.size() && !(ms[j].role == m.role && ms[j].tool_call_id == m.tool_call_id &&
-                                ms[j].tool_calls == m.tool_calls && (ms[j].text() == m.text() || m.role == Role::kTool))) {
+      while (j < ms.size() &&
+             !(ms[j].role == m.role && ms[j].tool_call_id == m.tool_call_id && ms[j].tool_calls == m.tool_calls &&
+               (ms[j].text() == m.text() || m.role == Role::kTool))) {
         EXPECT_FALSE(ms[j].role == Role::kSystem || ms[j].pinned) << "dropped a kept message at budget " << budget;
         ++j;
       }
@@ -444,8 +453,10 @@ struct Fixture {
     std::optional<Result<Prepared>> out;
     PromptBudget b{.model = "gpt-4o", .budget_tokens = budget};
     run([&](Context& ctx) -> Task<> {
-      if (compact) out.emplace(co_await m.compact(ctx, conv, live, b));
-      else out.emplace(co_await m.prepare(ctx, conv, live, b));
+      if (compact)
+        out.emplace(co_await m.compact(ctx, conv, live, b));
+      else
+        out.emplace(co_await m.prepare(ctx, conv, live, b));
     });
     if (!out) return Error(ErrorKind::kInternal, "prepare did not finish");
     return std::move(*out);
@@ -655,8 +666,9 @@ TEST(ContextManager, CommitFailureMeansTheSummaryIsNotUsed) {
   auto r = f.prepare(*m, conv, live, 2000);
   ASSERT_TRUE(r.ok()) << r.error().to_string();
   EXPECT_EQ(f.summarizer->requests.size(), 1u);  // it ran ...
-  ASSERT_TRUE(r->summary_failure);                // ... but its checkpoint did not commit
-  EXPECT_TRUE(contains(r->summary_failure->message(), "committing a summary of task 't1'")) << r->summary_failure->message();
+  ASSERT_TRUE(r->summary_failure);               // ... but its checkpoint did not commit
+  EXPECT_TRUE(contains(r->summary_failure->message(), "committing a summary of task 't1'"))
+      << r->summary_failure->message();
   EXPECT_FALSE(has_summary_message(r->fit.messages, "SUMMARY"));
   EXPECT_FALSE(conv.summary());
   EXPECT_FALSE(f.store->load_history("t1", 100).value().summary);
@@ -699,7 +711,8 @@ TEST(ContextManager, ASummaryThatIgnoresItsLimitIsCut) {
   ASSERT_TRUE(r.ok()) << r.error().to_string();
   ASSERT_TRUE(conv.summary());
   EXPECT_LE(kCounter.text(conv.summary()->text), 600);  // stored: at most 2x max_summary_tokens
-  const auto it = std::find_if(r->fit.messages.begin(), r->fit.messages.end(), [](const Message& msg) { return msg.pinned; });
+  const auto it =
+      std::find_if(r->fit.messages.begin(), r->fit.messages.end(), [](const Message& msg) { return msg.pinned; });
   ASSERT_NE(it, r->fit.messages.end());
   EXPECT_LE(kCounter.text(it->text()), 500 + 20);  // in the prompt: a quarter of the target
   EXPECT_LE(r->fit.tokens_after, 2000);
@@ -831,8 +844,8 @@ TEST(ContextManager, LongHistoriesAreSummarizedInChunks) {
   Fixture f;
   Conversation conv = f.load();
   f.append(conv, turns(0, 40));  // ~10,000 tokens
-  auto m = f.manager({.summarizer_model = "s", .max_summary_tokens = 100, .summarizer_input_tokens = 1000,
-                      .max_summarizer_calls = 3});
+  auto m = f.manager(
+      {.summarizer_model = "s", .max_summary_tokens = 100, .summarizer_input_tokens = 1000, .max_summarizer_calls = 3});
   const std::vector<Message> live = {Message::user("next")};
   auto r = f.prepare(*m, conv, live, 2000);
   ASSERT_TRUE(r.ok()) << r.error().to_string();

@@ -24,7 +24,8 @@ constexpr const char* kEnglish =
     "known state, and durable workflows record every step before its effect is visible outside.";
 constexpr std::int64_t kEnglishO200k = 37, kEnglishCl100k = 37;
 constexpr const char* kChinese =
-    "面向人工智能代理的容错运行时。一个需要连续工作数小时的智能代理，迟早会遇到各种故障：网络连接中断，模型服务商返回错误。";
+    "面向人工智能代理的容错运行时。一个需要连续工作数小时的智能代理，迟早会遇到各种故障：网络连接中断，模型服务商返回错"
+    "误。";
 constexpr std::int64_t kChineseO200k = 41, kChineseCl100k = 60;
 constexpr const char* kCode = "Std::vector<int> v; for (auto& x : values) { if (x.ok()) total += x.value() * 2; }";
 constexpr std::int64_t kCodeO200k = 31, kCodeCl100k = 31;
@@ -116,9 +117,12 @@ TEST(TokenCounter, CloseToExactCountsAndNeverFarUnder) {
     std::int64_t exact;
   };
   const Row rows[] = {
-      {kEnglish, TokenizerFamily::kOpenAiO200k, kEnglishO200k}, {kEnglish, TokenizerFamily::kOpenAiCl100k, kEnglishCl100k},
-      {kChinese, TokenizerFamily::kOpenAiO200k, kChineseO200k}, {kChinese, TokenizerFamily::kOpenAiCl100k, kChineseCl100k},
-      {kCode, TokenizerFamily::kOpenAiO200k, kCodeO200k},       {kCode, TokenizerFamily::kOpenAiCl100k, kCodeCl100k},
+      {kEnglish, TokenizerFamily::kOpenAiO200k, kEnglishO200k},
+      {kEnglish, TokenizerFamily::kOpenAiCl100k, kEnglishCl100k},
+      {kChinese, TokenizerFamily::kOpenAiO200k, kChineseO200k},
+      {kChinese, TokenizerFamily::kOpenAiCl100k, kChineseCl100k},
+      {kCode, TokenizerFamily::kOpenAiO200k, kCodeO200k},
+      {kCode, TokenizerFamily::kOpenAiCl100k, kCodeCl100k},
   };
   for (const Row& r : rows) {
     const std::int64_t est = count(r.family, r.text);
@@ -134,7 +138,8 @@ TEST(TokenCounter, MonotoneInLength) {
   auto boundary = [](const std::string& s, std::size_t n) {
     return n == s.size() || (static_cast<unsigned char>(s[n]) & 0xC0) != 0x80;
   };
-  for (const char* text : {kEnglish, kChinese, kCode, "emoji 🎉🎉 and ✅ marks — “quoted” Größe!\n \n\n    indented {\n"}) {
+  for (const char* text :
+       {kEnglish, kChinese, kCode, "emoji 🎉🎉 and ✅ marks — “quoted” Größe!\n \n\n    indented {\n"}) {
     const std::string s = text;
     for (auto f : {TokenizerFamily::kOpenAiO200k, TokenizerFamily::kOpenAiCl100k, TokenizerFamily::kGeneric}) {
       std::int64_t prev = 0;
@@ -159,7 +164,8 @@ TEST(TokenCounter, FamiliesDiffer) {
   // exact tokenizer are above both OpenAI ones; generic is the most conservative.
   EXPECT_GT(count(TokenizerFamily::kOpenAiCl100k, kChinese), count(TokenizerFamily::kOpenAiO200k, kChinese));
   for (const char* text : {kEnglish, kChinese, kCode}) {
-    const std::int64_t openai = std::max(count(TokenizerFamily::kOpenAiO200k, text), count(TokenizerFamily::kOpenAiCl100k, text));
+    const std::int64_t openai =
+        std::max(count(TokenizerFamily::kOpenAiO200k, text), count(TokenizerFamily::kOpenAiCl100k, text));
     EXPECT_GT(count(TokenizerFamily::kClaude, text), openai) << text;
     EXPECT_GT(count(TokenizerFamily::kLlama, text), openai) << text;
     EXPECT_GE(count(TokenizerFamily::kGeneric, text), count(TokenizerFamily::kClaude, text)) << text;
@@ -178,7 +184,8 @@ TEST(TokenCounter, CjkCostsMorePerCharacterThanAsciiWords) {
 }
 
 Message tool_call_message() {
-  return Message::assistant("Let me look.", {ToolCall{.id = "call_1", .name = "search", .arguments_json = R"({"q":"fault tolerance"})"}});
+  return Message::assistant(
+      "Let me look.", {ToolCall{.id = "call_1", .name = "search", .arguments_json = R"({"q":"fault tolerance"})"}});
 }
 
 TEST(TokenCounter, MessageOverheads) {
@@ -199,8 +206,9 @@ TEST(TokenCounter, MessageOverheads) {
 }
 
 TEST(TokenCounter, RequestCountsMessagesToolsAndPriming) {
-  ChatRequest req{.model = "gpt-4o", .messages = {Message::system("Be brief."), Message::user(kEnglish), tool_call_message(),
-                                                  Message::tool_result("call_1", kCode)}};
+  ChatRequest req{.model = "gpt-4o",
+                  .messages = {Message::system("Be brief."), Message::user(kEnglish), tool_call_message(),
+                               Message::tool_result("call_1", kCode)}};
   const TokenCounter c(TokenizerFamily::kOpenAiO200k);
   std::int64_t sum = c.reply_priming();
   for (const Message& m : req.messages) sum += c.message(m);
@@ -209,9 +217,10 @@ TEST(TokenCounter, RequestCountsMessagesToolsAndPriming) {
   EXPECT_GE(no_tools, sum - 5);  // ... and nothing else
   EXPECT_EQ(c.tools({}), 0);
 
-  req.tools = {ToolDefinition{.name = "search",
-                              .description = "Searches the web.",
-                              .parameters_schema_json = R"({"type":"object","properties":{"q":{"type":"string"}},"required":["q"]})"}};
+  req.tools = {ToolDefinition{
+      .name = "search",
+      .description = "Searches the web.",
+      .parameters_schema_json = R"({"type":"object","properties":{"q":{"type":"string"}},"required":["q"]})"}};
   const std::int64_t tools = c.tools(req.tools);
   EXPECT_GE(tools, c.text(req.tools[0].parameters_schema_json));
   EXPECT_GE(c.request(req), no_tools + tools - 1);
@@ -246,7 +255,8 @@ TEST(TokenEstimator, UnknownModelIsGenericAndOverridesWin) {
 
 // Feeds `rounds` observations of a provider that counts `true_ratio` times nines' raw estimate.
 void feed(TokenEstimator& est, std::string_view model, double true_ratio, int rounds) {
-  ChatRequest req{.model = std::string(model), .messages = {Message::user(std::string(kEnglish) + kEnglish + kEnglish)}};
+  ChatRequest req{.model = std::string(model),
+                  .messages = {Message::user(std::string(kEnglish) + kEnglish + kEnglish)}};
   for (int i = 0; i < rounds; ++i) {
     const std::int64_t estimated = est.estimate_request(req);
     const std::int64_t raw = TokenCounter(est.family(model)).request(req);

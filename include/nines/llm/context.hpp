@@ -63,10 +63,10 @@ namespace nines::llm {
 // ---- fitting ------------------------------------------------------------------------------
 
 struct FitOptions {
-  std::int64_t budget_tokens = 0;  // what the messages may take: window - reserved output -
-                                   // tools (TokenCounter::tools); > 0
-  std::string model;               // selects the tokenizer family and the usage correction
-  const TokenEstimator* estimator = nullptr;  // nullptr: family_for_model(model), uncorrected
+  std::int64_t budget_tokens = 0;              // what the messages may take: window - reserved output -
+                                               // tools (TokenCounter::tools); > 0
+  std::string model;                           // selects the tokenizer family and the usage correction
+  const TokenEstimator* estimator = nullptr;   // nullptr: family_for_model(model), uncorrected
   std::int64_t max_tool_output_tokens = 4096;  // rule 1; 0: never shorten
 };
 
@@ -166,20 +166,20 @@ inline constexpr std::string_view kDefaultSummaryPrompt =
     "returned as far as it matters. Drop pleasantries and repetition. Answer with the summary only.";
 
 struct ContextManagerOptions {
-  double summarize_at_fraction = 0.8;    // prepare() summarizes when the prompt estimate is
-                                         // above this share of the budget, (0, 1]
-  double keep_recent_fraction = 0.4;     // recent history kept verbatim, share of the
-                                         // target, (0, 1)
-  double compact_target_fraction = 0.6;  // compact()'s target, share of the budget, (0, 1]
-  std::string summarizer_model;          // ChatRequest::model of summarizer calls; required
-                                         // when there is a summarizer
-  std::int64_t max_summary_tokens = 1024;        // max_output_tokens of a summarizer call, > 0
-  std::int64_t summarizer_input_tokens = 24000;  // transcript per summarizer call, >= 1000
-  int max_summarizer_calls = 4;                  // per prepare/compact, >= 1
+  double summarize_at_fraction = 0.8;                       // prepare() summarizes when the prompt estimate is
+                                                            // above this share of the budget, (0, 1]
+  double keep_recent_fraction = 0.4;                        // recent history kept verbatim, share of the
+                                                            // target, (0, 1)
+  double compact_target_fraction = 0.6;                     // compact()'s target, share of the budget, (0, 1]
+  std::string summarizer_model;                             // ChatRequest::model of summarizer calls; required
+                                                            // when there is a summarizer
+  std::int64_t max_summary_tokens = 1024;                   // max_output_tokens of a summarizer call, > 0
+  std::int64_t summarizer_input_tokens = 24000;             // transcript per summarizer call, >= 1000
+  int max_summarizer_calls = 4;                             // per prepare/compact, >= 1
   Duration summarizer_timeout = std::chrono::seconds(120);  // per call, > 0
-  std::int64_t max_tool_output_tokens = 4096;    // FitOptions::max_tool_output_tokens (halved
-                                                 // by compact); also bounds each tool result
-                                                 // in a transcript
+  std::int64_t max_tool_output_tokens = 4096;               // FitOptions::max_tool_output_tokens (halved
+                                                            // by compact); also bounds each tool result
+                                                            // in a transcript
   std::string summary_prompt = std::string(kDefaultSummaryPrompt);
   std::string summary_heading = "[Summary of the earlier conversation]";
 };
@@ -190,13 +190,13 @@ struct PromptBudget {
 };
 
 struct Prepared {
-  FitResult fit;                             // the prompt (fit.messages) and what fitting did
-  std::size_t summarized_messages = 0;       // history messages folded into a summary now
-  int summarizer_calls = 0;                  // that succeeded and were committed
+  FitResult fit;                                    // the prompt (fit.messages) and what fitting did
+  std::size_t summarized_messages = 0;              // history messages folded into a summary now
+  int summarizer_calls = 0;                         // that succeeded and were committed
   std::optional<std::int64_t> summary_through_seq;  // the checkpoint in the prompt, if any
-  std::optional<Error> summary_failure;      // summarizing was due but a summarizer call or
-                                             // the checkpoint commit failed: fell back to
-                                             // dropping (fit says how much)
+  std::optional<Error> summary_failure;             // summarizing was due but a summarizer call or
+                                                    // the checkpoint commit failed: fell back to
+                                                    // dropping (fit says how much)
 };
 
 class ContextManager {

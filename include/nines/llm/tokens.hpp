@@ -70,19 +70,19 @@ TokenizerFamily family_for_model(std::string_view model);
 // allocation. Exposed for the calibration tool (bench/peers/tokens) and tests.
 struct TextFeatures {
   std::int64_t bytes = 0;
-  std::int64_t words = 0;             // runs of letters (ASCII or 2-byte UTF-8 letters)
-  std::int64_t long_word_letters = 0; // ASCII letters beyond the 6th of each run
-  std::int64_t case_changes = 0;      // lower->upper inside a run (camelCase splits)
-  std::int64_t nonascii_letters = 0;  // 2-byte UTF-8 letters (Latin-1..., Greek, Cyrillic)
-  std::int64_t digit_groups = 0;      // runs of digits, per 3 digits (BPE splits numbers so)
-  std::int64_t punct = 0;             // ASCII punctuation characters
-  std::int64_t punct_runs = 0;        // runs of them
-  std::int64_t space_runs = 0;        // whitespace runs other than one ' ' (newlines, indent)
-  std::int64_t cjk = 0;               // Han, CJK punctuation, fullwidth forms
-  std::int64_t kana = 0;              // hiragana, katakana, Hangul syllables
-  std::int64_t typography = 0;        // U+2000..206F (quotes, dashes, ZWJ), U+FE00..FE0F
-  std::int64_t symbols = 0;           // other 3-byte characters (arrows, dingbats, scripts)
-  std::int64_t astral = 0;            // 4-byte characters (emoji) and invalid bytes
+  std::int64_t words = 0;              // runs of letters (ASCII or 2-byte UTF-8 letters)
+  std::int64_t long_word_letters = 0;  // ASCII letters beyond the 6th of each run
+  std::int64_t case_changes = 0;       // lower->upper inside a run (camelCase splits)
+  std::int64_t nonascii_letters = 0;   // 2-byte UTF-8 letters (Latin-1..., Greek, Cyrillic)
+  std::int64_t digit_groups = 0;       // runs of digits, per 3 digits (BPE splits numbers so)
+  std::int64_t punct = 0;              // ASCII punctuation characters
+  std::int64_t punct_runs = 0;         // runs of them
+  std::int64_t space_runs = 0;         // whitespace runs other than one ' ' (newlines, indent)
+  std::int64_t cjk = 0;                // Han, CJK punctuation, fullwidth forms
+  std::int64_t kana = 0;               // hiragana, katakana, Hangul syllables
+  std::int64_t typography = 0;         // U+2000..206F (quotes, dashes, ZWJ), U+FE00..FE0F
+  std::int64_t symbols = 0;            // other 3-byte characters (arrows, dingbats, scripts)
+  std::int64_t astral = 0;             // 4-byte characters (emoji) and invalid bytes
 };
 
 TextFeatures text_features(std::string_view text);
@@ -103,13 +103,13 @@ struct TokenCoefficients {
   double typography = 0;
   double symbol = 0;
   double astral = 0;
-  double per_message = 0;       // role markers around each message
-  double per_tool_call = 0;     // an assistant's tool call beyond its name and arguments
-  double per_tool_result = 0;   // a tool result's wrapping beyond its text and call id
-  double per_image = 0;         // an image part (its size is unknown here: an upper figure)
+  double per_message = 0;      // role markers around each message
+  double per_tool_call = 0;    // an assistant's tool call beyond its name and arguments
+  double per_tool_result = 0;  // a tool result's wrapping beyond its text and call id
+  double per_image = 0;        // an image part (its size is unknown here: an upper figure)
   double per_tool_definition = 0;
-  double tools_preamble = 0;    // once when a request has tools (Anthropic's tool prompt)
-  double reply_priming = 0;     // once per request (the assistant turn the reply starts)
+  double tools_preamble = 0;  // once when a request has tools (Anthropic's tool prompt)
+  double reply_priming = 0;   // once per request (the assistant turn the reply starts)
 };
 
 const TokenCoefficients& coefficients_for(TokenizerFamily family);
@@ -150,10 +150,10 @@ class TokenCounter {
 };
 
 struct TokenEstimatorOptions {
-  double alpha_up = 0.5;       // EWMA weight of an observation above the factor, (0, 1]
-  double alpha_down = 0.1;     // ... below it, (0, 1]
-  double headroom = 0.05;      // the factor aims this much above reported/raw, [0, 1]
-  double min_correction = 0.5; // clamp of the factor, 0 < min <= 1 <= max
+  double alpha_up = 0.5;        // EWMA weight of an observation above the factor, (0, 1]
+  double alpha_down = 0.1;      // ... below it, (0, 1]
+  double headroom = 0.05;       // the factor aims this much above reported/raw, [0, 1]
+  double min_correction = 0.5;  // clamp of the factor, 0 < min <= 1 <= max
   double max_correction = 2.0;
   std::int64_t min_observed_tokens = 32;  // smaller estimates are not observed
   std::size_t max_models = 256;           // models with a factor, >= 1
@@ -190,9 +190,7 @@ class TokenEstimator {
   // The model's counter with its current correction factor (1.0 if never observed).
   TokenCounter counter(std::string_view model) const;
 
-  std::int64_t estimate_text(std::string_view model, std::string_view text) const {
-    return counter(model).text(text);
-  }
+  std::int64_t estimate_text(std::string_view model, std::string_view text) const { return counter(model).text(text); }
   std::int64_t estimate_message(std::string_view model, const Message& message) const {
     return counter(model).message(message);
   }
