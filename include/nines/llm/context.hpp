@@ -119,7 +119,8 @@ struct ConversationOptions {
 
 class Conversation {
  public:
-  // Reads the task's newest summary and every message after it. Errors: the store's, and
+  // Reads the task's newest summary and every message after it (Store reads on the calling
+  // thread, page_messages at a time). Errors: the store's, and
   // kPermanent naming the record for a message or summary that does not decode;
   // kInvalidArgument for an empty task id or bad options.
   static Result<Conversation> load(Store& store, std::string task_id, CommitFn commit,
