@@ -34,8 +34,8 @@ packages=(
                       # which brings Asio's event loop (the server runs on the Environment's, which the sim drives) and
                       # Boost, not otherwise a dependency
 )
-# Node.js and npm: run the cockatiel peer in bench/peers/resilience and the LangGraph.js peer
-# in bench/peers/durable (npm packages below).
+# Node.js and npm: run the cockatiel peer in bench/peers/resilience, the LangGraph.js peer
+# in bench/peers/durable and the js-tiktoken counts in bench/peers/tokens (npm packages below).
 # From Debian (nodejs 18, npm 9) only when there is no node at all: a newer Node already on
 # the machine (with its own npm) is kept.
 if ! command -v node >/dev/null; then
@@ -119,4 +119,20 @@ else
   echo "setup: WARNING: 'npm ci' in $npm_dir failed, so mock-llm is not installed and the" >&2
   echo "setup: MockLlm integration tests will be skipped; rerun scripts/setup.sh with the npm" >&2
   echo "setup: registry reachable to install it." >&2
+fi
+
+# npm packages: js-tiktoken (pure JS BPE tokenizer shipping OpenAI's o200k_base and
+# cl100k_base ranks), the exact counts bench/peers/tokens/run calibrates nines' token
+# estimator (llm/tokens.hpp) against. Pinned in bench/peers/tokens/node/package.json and
+# package-lock.json. As above: warn-only; the C++ unit tests carry their exact counts as
+# constants and do not need node.
+npm_dir="$repo/bench/peers/tokens/node"
+if [[ -d "$npm_dir/node_modules/js-tiktoken" ]]; then
+  echo "setup: npm packages for bench/peers/tokens present"
+elif (cd "$npm_dir" && npm ci --no-audit --no-fund --prefer-offline); then
+  echo "setup: npm packages for bench/peers/tokens installed"
+else
+  echo "setup: WARNING: 'npm ci' in $npm_dir failed, so js-tiktoken is not installed." >&2
+  echo "setup: only bench/peers/tokens/run needs it (builds and tests do not); rerun" >&2
+  echo "setup: scripts/setup.sh with the npm registry reachable to install it." >&2
 fi

@@ -18,6 +18,8 @@
 #include <string_view>
 #include <vector>
 
+#include "nines/core/result.hpp"
+
 namespace nines::llm {
 
 enum class Role : std::uint8_t { kSystem, kUser, kAssistant, kTool };
@@ -64,6 +66,10 @@ struct Message {
   std::vector<ToolCall> tool_calls;  // kAssistant only: the calls it asked for, in order
   std::string tool_call_id;          // kTool only: the call this result answers
   bool is_error = false;             // kTool only: the tool failed; content says how
+  // Kept whole by context fitting and summarization (context.hpp): never dropped, shortened
+  // or folded into a summary. Not part of any provider request (the codecs ignore it);
+  // encode_message keeps it.
+  bool pinned = false;
 
   static Message system(std::string text);
   static Message user(std::string text);
@@ -75,6 +81,17 @@ struct Message {
 
   friend bool operator==(const Message&, const Message&) = default;
 };
+
+// A message as JSON text, the form the context manager stores in a task's history:
+//   {"v":1,"role":"assistant","content":[{"type":"text","text":"..."},
+//    {"type":"image_url","url":"https://..."}],"tool_calls":[{"id":"c1","name":"search",
+//    "arguments":"{\"q\":\"x\"}"}],"tool_call_id":"c1","is_error":true,"pinned":true}
+// Fields at their default are left out. Invalid UTF-8 in any text is replaced by U+FFFD.
+std::string encode_message(const Message& message);
+// The message encode_message wrote. Unknown fields are ignored (a later version may add
+// some); a newer "v" is refused. kInvalidArgument naming what is wrong and where
+// ("message JSON: content[1].type: expected \"text\" or \"image_url\", got \"audio\"").
+Result<Message> decode_message(std::string_view json);
 
 // Tokens as the provider counted them. Zero when the provider did not say.
 struct Usage {
