@@ -6,6 +6,7 @@
 #include <set>
 #include <utility>
 
+#include "nines/llm/context.hpp"
 #include "nines/llm/errors.hpp"
 #include "nines/resilience/bulkhead.hpp"
 #include "nines/resilience/pipeline.hpp"
@@ -38,11 +39,54 @@ class ByteSizer final : public PromptSizer {
   }
 };
 
+class TokenSizer final : public PromptSizer {
+ public:
+  explicit TokenSizer(std::shared_ptr<TokenEstimator> e) : estimator_(std::move(e)) {}
+  std::int64_t estimate(const ChatRequest& r) const override { return estimator_->estimate_request(r); }
+  void observe(std::string_view model, std::int64_t estimated, std::int64_t reported) override {
+    estimator_->observe(model, estimated, reported);
+  }
+
+ private:
+  std::shared_ptr<TokenEstimator> estimator_;
+};
+
 Error with_route(const Error& e, const std::string& route) { return e.with_context("route '" + route + "'"); }
 
 }  // namespace
 
 std::shared_ptr<PromptSizer> make_byte_sizer() { return std::make_shared<ByteSizer>(); }
+
+std::shared_ptr<PromptSizer> make_token_sizer(std::shared_ptr<TokenEstimator> estimator) {
+  return std::make_shared<TokenSizer>(std::move(estimator));
+}
+
+Compactor make_fit_compactor(std::shared_ptr<const TokenEstimator> estimator) {
+  return [estimator](Context&, const ChatRequest& req, std::int64_t budget,
+                     bool after_overflow) -> Task<Result<ChatRequest>> {
+    TokenCounter counter = estimator ? estimator->counter(req.model) : TokenCounter(family_for_model(req.model));
+    std::int64_t for_messages = budget - (req.tools.empty() ? 0 : counter.tools(req.tools));
+    if (after_overflow) {
+      // The provider counted more than we did: aim well below what we thought it was.
+      std::int64_t current = counter.reply_priming();
+      for (const Message& m : req.messages) current += counter.message(m);
+      for_messages = std::min(for_messages, current) * 7 / 10;
+    }
+    FitOptions options{.budget_tokens = for_messages,
+                       .model = req.model,
+                       .estimator = estimator.get(),
+                       .max_tool_output_tokens = after_overflow ? 1024 : 4096};
+    if (for_messages <= 0) {
+      co_return Error(ErrorKind::kContextOverflow, "the tools alone need " + std::to_string(budget - for_messages) +
+                                                       " tokens; the budget is " + std::to_string(budget));
+    }
+    Result<FitResult> fit = fit_messages(req.messages, options);
+    if (!fit.ok()) co_return fit.error();
+    ChatRequest out = req;
+    out.messages = std::move(fit->messages);
+    co_return out;
+  };
+}
 
 std::string_view to_string(FallbackReason reason) {
   switch (reason) {
@@ -193,6 +237,7 @@ struct Router::Impl {
 
   Task<Result<RoutedResponse>> route(Context& ctx, const ChatRequest& original, const StreamHooks& hooks) {
     Call call{.hooks = &hooks};
+    const Compactor& compact = hooks.compactor ? hooks.compactor : compactor;
     std::vector<RouteFailure> fallbacks;
     std::optional<ChatRequest> compacted;  // the whole-chain compaction, once
     std::int64_t refused_window = 0;       // a route with this window refused the prompt
@@ -225,9 +270,9 @@ struct Router::Impl {
         any_tried = true;
         Result<ChatResponse> result = co_await call_route(ctx, r, req, estimate, call);
         bool route_compacted = false;
-        if (!result.ok() && result.error().kind() == ErrorKind::kContextOverflow && compactor) {
+        if (!result.ok() && result.error().kind() == ErrorKind::kContextOverflow && compact) {
           // The provider counted more than we estimated: compact for this route and try once more.
-          Result<ChatRequest> smaller = co_await compactor(ctx, req, window - reserve, true);
+          Result<ChatRequest> smaller = co_await compact(ctx, req, window - reserve, true);
           if (smaller.ok()) {
             r.compactions.fetch_add(1, std::memory_order_relaxed);
             ChatRequest retry_req = request_for(r, *smaller);
@@ -254,7 +299,7 @@ struct Router::Impl {
         leave(r, reason, std::move(e), fallbacks);
       }
       // Every route was skipped for size: compact once for the largest usable window.
-      if (any_tried || compacted || !compactor) break;
+      if (any_tried || compacted || !compact) break;
       std::int64_t best_budget = 0;
       for (const auto& r : routes) {
         if (r->options.context_window_tokens <= refused_window) continue;
@@ -262,7 +307,7 @@ struct Router::Impl {
         best_budget = std::max(best_budget, r->options.context_window_tokens - reserve_for(*r, request_for(*r, original)));
       }
       if (best_budget <= 0) break;
-      Result<ChatRequest> smaller = co_await compactor(ctx, original, best_budget, false);
+      Result<ChatRequest> smaller = co_await compact(ctx, original, best_budget, false);
       if (!smaller.ok()) {
         Error e = smaller.error().with_context("router '" + name + "': compacting the prompt");
         co_return e;
@@ -284,7 +329,13 @@ Result<std::unique_ptr<Router>> Router::create(Environment& env, RouterOptions o
   const std::string where = "router '" + options.name + "'";
   if (options.chain.empty()) return Error(ErrorKind::kInvalidArgument, where + ": chain is empty");
   auto impl = std::make_unique<Impl>(env, options.name);
-  impl->sizer = options.sizer ? std::move(options.sizer) : make_byte_sizer();
+  if (options.sizer) {
+    impl->sizer = std::move(options.sizer);
+  } else {
+    Result<std::unique_ptr<TokenEstimator>> estimator = TokenEstimator::create();
+    if (!estimator.ok()) return estimator.error().with_context(where);
+    impl->sizer = make_token_sizer(std::shared_ptr<TokenEstimator>(std::move(estimator).value()));
+  }
   impl->compactor = std::move(options.compactor);
   std::set<std::string> names;
   for (std::size_t i = 0; i < options.chain.size(); ++i) {

@@ -8,6 +8,9 @@
 #include <string>
 #include <vector>
 
+#include "nines/llm/context.hpp"
+#include "nines/llm/sim.hpp"
+#include "nines/store/memory_store.hpp"
 #include "runtime/test_util.hpp"
 
 namespace nines::llm {
@@ -466,6 +469,101 @@ TEST(Router, ByteSizerOverEstimatesEnglish) {
   auto sizer = make_byte_sizer();
   ChatRequest r = prompt(std::string(400, 'a'));
   EXPECT_GE(sizer->estimate(r), 400 / 4);
+}
+
+TEST(Router, TheDefaultSizerIsTheCalibratedEstimator) {
+  Harness h;
+  auto a = std::make_shared<ScriptedModel>("a");
+  auto ra = route("a", a, 1000);
+  RouterOptions o{.name = "r", .chain = {ra}};  // no sizer: the token estimator
+  auto router = Router::create(h.s.env, std::move(o)).value();
+  std::string words;
+  for (int i = 0; i < 400; ++i) words += "word ";  // 2,000 bytes, about 400 tokens
+  auto r = h.run(*router, prompt(words));
+  ASSERT_TRUE(r.ok()) << r.error().to_string();  // a bytes/3 estimate (667) + 100 would still fit;
+  EXPECT_EQ(r->served_by, "a");
+  for (int i = 0; i < 600; ++i) words += "word ";  // now about 1,000 tokens: over the window
+  auto too_big = h.run(*router, prompt(words));
+  ASSERT_FALSE(too_big.ok());
+  EXPECT_EQ(too_big.error().kind(), ErrorKind::kContextOverflow);
+  EXPECT_EQ(a->requests.size(), 1u);
+}
+
+TEST(Router, TheFitCompactorDropsTheOldestTurnsAfterAnOverflow) {
+  Harness h;
+  auto a = std::make_shared<ScriptedModel>("a", std::vector<Step>{{.error = ErrorKind::kContextOverflow}});
+  auto estimator = std::shared_ptr<TokenEstimator>(TokenEstimator::create().value());
+  RouterOptions o{.name = "r", .chain = {route("a", a, 4000)}, .sizer = make_token_sizer(estimator),
+                  .compactor = make_fit_compactor(estimator)};
+  auto router = Router::create(h.s.env, std::move(o)).value();
+  ChatRequest req;
+  req.messages.push_back(Message::system("You are terse."));
+  for (int i = 0; i < 40; ++i) {
+    req.messages.push_back(Message::user("question " + std::to_string(i) + ": " + std::string(80, 'q')));
+    req.messages.push_back(Message::assistant("answer " + std::to_string(i) + ": " + std::string(80, 'a')));
+  }
+  req.messages.push_back(Message::user("the last question"));
+  auto r = h.run(*router, req);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_TRUE(r->compacted);
+  ASSERT_EQ(a->requests.size(), 2u);
+  const auto& retried = a->requests[1].messages;
+  EXPECT_LT(retried.size(), req.messages.size());
+  EXPECT_EQ(retried.front().text(), "You are terse.");  // the system prompt is kept
+  EXPECT_EQ(retried.back().text(), "the last question");  // and the newest turn
+}
+
+TEST(Router, APerCallCompactorSummarizesIntoACheckpointInTheStore) {
+  Harness h;
+  auto store = make_memory_store().value();
+  // The summarizer: the sim, in-process, answering a fixed summary.
+  auto sim = SimModel::from_json(R"({"scenario": [{"answer": "The user asked 30 questions about Paris."}]})").value();
+  auto summarizer = std::make_shared<SimChatModel>(sim);
+  auto manager = ContextManager::create({.summarizer_model = "sim-small"}, nullptr, summarizer).value();
+  auto a = std::make_shared<ScriptedModel>("a", std::vector<Step>{{.error = ErrorKind::kContextOverflow}});
+  auto router = h.make({route("a", a, 4000)});
+  std::optional<Result<RoutedResponse>> out;
+  std::optional<Conversation> conversation;
+  h.s.spawn([&](Context& ctx) -> Task<> {
+    conversation.emplace(Conversation::load(*store, "task-1", commit_to_store(*store)).value());
+    std::vector<Message> history;
+    for (int i = 0; i < 30; ++i) {
+      history.push_back(Message::user("question " + std::to_string(i) + " about Paris: " + std::string(120, 'q')));
+      history.push_back(Message::assistant("answer " + std::to_string(i) + ": " + std::string(120, 'a')));
+    }
+    Status appended = co_await conversation->append(ctx, history);
+    EXPECT_TRUE(appended.ok());
+    std::vector<Message> live = {Message::system("You are terse."), Message::user("And the weather?")};
+    ChatRequest req;
+    req.messages = live;
+    for (const auto& e : conversation->tail()) req.messages.insert(req.messages.end() - 1, e.message);
+    Router::StreamHooks hooks;
+    hooks.compactor = [&](Context& c, const ChatRequest& r, std::int64_t budget, bool) -> Task<Result<ChatRequest>> {
+      const PromptBudget prompt_budget{r.model, budget};  // named: g++ 12 (see runtime/task.hpp)
+      Result<Prepared> p = co_await manager->compact(c, *conversation, live, prompt_budget);
+      if (!p.ok()) co_return p.error();
+      ChatRequest smaller = r;
+      smaller.messages = std::move(p->fit.messages);
+      co_return smaller;
+    };
+    Result<RoutedResponse> r = co_await router->route(ctx, req, hooks);
+    out.emplace(std::move(r));
+  });
+  h.s.rt->advance(1h);
+  ASSERT_TRUE(out.has_value());
+  ASSERT_TRUE(out->ok()) << out->error().to_string();
+  EXPECT_TRUE((*out)->compacted);
+  ASSERT_EQ(a->requests.size(), 2u);
+  bool summary_in_prompt = false;
+  for (const Message& m : a->requests[1].messages) {
+    if (m.text().find("The user asked 30 questions about Paris.") != std::string::npos) summary_in_prompt = true;
+  }
+  EXPECT_TRUE(summary_in_prompt);
+  // The checkpoint is durable: a restart loads it, and the full history is still readable.
+  auto view = store->load_history("task-1", 100).value();
+  ASSERT_TRUE(view.summary.has_value());
+  EXPECT_NE(view.summary->summary.find("The user asked 30 questions about Paris."), std::string::npos);
+  EXPECT_EQ(store->read_history("task-1", 0, 1000).value().size(), 60u);
 }
 
 }  // namespace

@@ -81,6 +81,7 @@
 #include "nines/core/time.hpp"
 #include "nines/llm/message.hpp"
 #include "nines/llm/model.hpp"
+#include "nines/llm/tokens.hpp"
 #include "nines/resilience/circuit_breaker.hpp"
 #include "nines/resilience/retry.hpp"
 #include "nines/runtime/process.hpp"
@@ -103,12 +104,24 @@ class PromptSizer {
 // plus 8 per message and 16 per tool. Over-estimates English (about 4 bytes per token).
 std::shared_ptr<PromptSizer> make_byte_sizer();
 
+// The calibrated estimator of tokens.hpp (per tokenizer family, corrected per model by the
+// usage responses report). The router's default, with an estimator of its own.
+std::shared_ptr<PromptSizer> make_token_sizer(std::shared_ptr<TokenEstimator> estimator);
+
 // Makes a request's prompt fit budget_tokens (the prompt alone: the window minus the
 // reserved output). after_overflow: a provider refused the prompt although the estimate said
 // it fits, so aim lower. Returns the compacted request, or an error (e.g. kContextOverflow
 // when the system prompt and pinned messages alone are too big).
 using Compactor = std::function<Task<Result<ChatRequest>>(Context& ctx, const ChatRequest& request,
                                                           std::int64_t budget_tokens, bool after_overflow)>;
+
+// A compactor without history: fit_messages (context.hpp) on the request's own messages
+// (system and pinned kept, large tool outputs shortened, oldest turns dropped), within the
+// budget minus the tools' tokens; after an overflow (the provider counted more than the
+// estimate), to 70% of the smaller of that and the prompt's own estimate, with tool outputs
+// cut to 1,024 tokens. An agent with a stored conversation passes a per-call compactor
+// instead that calls ContextManager::compact (summarizing into a checkpoint).
+Compactor make_fit_compactor(std::shared_ptr<const TokenEstimator> estimator);
 
 struct ModelRouteOptions {
   // Unique in the chain; in answers, errors and counters (e.g. "openai/gpt-4o"). Required.
@@ -146,9 +159,10 @@ struct RouterOptions {
   std::string name;
   // Primary first. At least one route.
   std::vector<ModelRouteOptions> chain;
-  // Estimates prompts. Default: make_byte_sizer().
+  // Estimates prompts. Default: make_token_sizer() with an estimator of its own.
   std::shared_ptr<PromptSizer> sizer;
-  // Compacts prompts that do not fit. Default none: such routes are only skipped.
+  // Compacts prompts that do not fit. Default none: such routes are only skipped. A call may
+  // bring its own (StreamHooks::compactor).
   Compactor compactor;
 };
 
@@ -189,9 +203,11 @@ struct RouteCounters {
 
 class Router final : public ChatModel {
  public:
+  // Per call (the name is historical: not only streaming).
   struct StreamHooks {
     TextSink on_text;                    // text as it arrives (req.stream only)
     std::function<void()> on_restart;    // a new attempt or route starts the answer again
+    Compactor compactor;                 // set: used instead of RouterOptions::compactor
   };
 
   // kInvalidArgument naming the route and field for a bad option (empty or duplicate names,
