@@ -74,7 +74,11 @@ Task<ChatOutcome> ModelClient::run_call(Context& ctx, Result<HttpCall> call) {
   net::HttpRequest hreq = to_http_request(std::move(call).value(), options_.timeouts);
   Result<net::HttpResponse> resp = co_await http_.request(ctx, std::move(hreq));
   if (!resp.ok()) co_return ChatOutcome{std::move(resp).error(), std::nullopt};
-  if (is_2xx(resp->status)) co_return ChatOutcome{codec_->parse_response(resp->body), std::nullopt};
+  if (is_2xx(resp->status)) {
+    Result<ChatResponse> parsed = codec_->parse_response(resp->body);
+    if (parsed.ok()) parsed->headers = to_llm_headers(resp->headers);
+    co_return ChatOutcome{std::move(parsed), std::nullopt};
+  }
   ApiFailure f = codec_->map_error(resp->status, to_llm_headers(resp->headers), resp->body, now_of(ctx));
   Error e = f.error;
   co_return ChatOutcome{std::move(e), std::move(f)};
@@ -131,7 +135,9 @@ Task<ChatOutcome> ModelClient::run_stream(Context& ctx, Result<HttpCall> call,
     if (!fed.ok()) co_return ChatOutcome{fed.error().with_context("reading the event stream"), std::nullopt};
   }
   parser.finish();
-  co_return ChatOutcome{acc->finish(), std::nullopt};
+  Result<ChatResponse> done = acc->finish();
+  if (done.ok()) done->headers = to_llm_headers(stream.headers());
+  co_return ChatOutcome{std::move(done), std::nullopt};
 }
 
 }  // namespace nines::llm

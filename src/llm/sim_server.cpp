@@ -77,14 +77,22 @@ struct Playback : std::enable_shared_from_this<Playback> {
     done();
   }
 
+  // The server's own time so far, for clients that measure their added latency.
+  net::HttpHeaders head() const {
+    net::HttpHeaders h = to_net(reply.headers);
+    h.add("x-sim-server-us",
+          std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(state->env.now() - start).count()));
+    return h;
+  }
+
   void send_head() {
     if (!reply.stream) {
-      Status s = responder.respond(reply.status, to_net(reply.headers), std::move(reply.body));
+      Status s = responder.respond(reply.status, head(), std::move(reply.body));
       (void)s;  // the client may be gone: nothing to do then
       done();
       return;
     }
-    if (!responder.start_stream(reply.status, to_net(reply.headers)).ok()) return;
+    if (!responder.start_stream(reply.status, head()).ok()) return;
     send_chunk();
   }
 

@@ -170,6 +170,11 @@ TEST(SimServer, LatencyIsAddedBeforeTheFirstByte) {
   ASSERT_TRUE(c.outcome.result.ok());
   EXPECT_GE(c.took, 150ms);
   EXPECT_GE(f.server->stats().latency_p50, 150ms);  // the server's own time includes it
+  // ... and each reply says it, in a header the client's response carries.
+  auto server_us = find_header(c.outcome.result->headers, "x-sim-server-us");
+  ASSERT_TRUE(server_us.has_value());
+  EXPECT_GE(std::stoll(std::string(*server_us)), 150000);
+  EXPECT_LE(std::chrono::microseconds(std::stoll(std::string(*server_us))), c.took);
 }
 
 TEST(SimServer, ACutStreamIsTruncatedNeverASuccess) {

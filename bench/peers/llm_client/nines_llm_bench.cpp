@@ -1,22 +1,26 @@
 // nines side of bench/peers/llm_client: chat calls through the whole nines model path against
 // the sim server (an OpenAI-compatible server on loopback, `nines sim-server`).
 //
-//   nines_llm_bench BASE_URL CONCURRENCY CALLS [stream:0|1] [workers]
+//   nines_llm_bench BASE_URL CONCURRENCY WARMUP_S MEASURE_S [stream:0|1] [workers]
 //
 // The path: Router (one route: retry 3 attempts, circuit breaker, requests- and
 // tokens-per-minute limiters set high enough never to wait, an attempt timeout of 60 s, the
 // prompt-size check against the route's window) -> ModelClient (OpenAI codec) -> HttpClient
 // (libcurl multi on the environment's event loop) -> the server. A real runtime
 // (make_real_environment, `workers` worker threads, default 1, plus the event-loop thread).
-// CONCURRENCY processes each make calls one after another until CALLS have completed, after a
-// warm-up of max(200, CONCURRENCY) calls. Metrics (JSON lines, metric names end in
+// CONCURRENCY processes each make calls one after another, all the time: WARMUP_S seconds of
+// warm-up (connections, caches, and the processes' start spread out), then a window of
+// MEASURE_S seconds, then they stop. Metrics (JSON lines, metric names end in
 // _c<CONCURRENCY>[_stream] like the SDK side's):
-//   calls_per_cpu_s   completed calls / CPU seconds of this process (user + system, all
-//                     threads: getrusage)
-//   calls_per_s       completed calls / wall seconds
+//   calls_per_cpu_s   calls completed in the window / CPU seconds of this process in the window
+//                     (user + system, all threads: getrusage at both ends)
+//   calls_per_s       calls completed in the window / MEASURE_S
+//   (latencies: the calls that started and ended inside the window)
 //   e2e_p50_us, e2e_p99_us         one call as the process sees it (environment clock)
 //   server_p50_us, server_p99_us   the server's own time per request, from its /sim/stats
-//   added_p50_us, added_p99_us     e2e minus server, percentile by percentile
+//   added_p50_us, added_p99_us     per call: e2e minus the server's own time for that call (the
+//                                  x-sim-server-us header: from its handler being called to its
+//                                  response head being sent, injected delay included)
 // Exit status 1 if any call failed or the server could not be reached.
 #include <sys/resource.h>
 
@@ -26,6 +30,7 @@
 #include <cstdlib>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -67,18 +72,20 @@ struct Bench {
   net::HttpClient& http;
   llm::Router& router;
   bool stream = false;
-  std::atomic<std::int64_t> next{0};
   std::atomic<std::int64_t> failed{0};
   std::mutex mu;
   std::vector<double> latencies_us;
+  std::vector<double> added_us;  // e2e minus the server's own time (its x-sim-server-us), per call
 
-  // `concurrency` processes make calls until `calls` were started; returns when all ended.
-  void run(int concurrency, std::int64_t calls, bool record) {
-    next = 0;
+  TimePoint window_start, window_end;
+  std::atomic<std::int64_t> completed_in_window{0};
+
+  // `concurrency` processes make calls until window_end; returns when all ended.
+  void run(int concurrency) {
     std::vector<std::shared_ptr<ExitWatch>> exits;
     for (int i = 0; i < concurrency; ++i) {
-      auto w = rt.spawn_watched([this, calls, record](Context& ctx) -> Task<> {
-        std::vector<double> mine;
+      auto w = rt.spawn_watched([this](Context& ctx) -> Task<> {
+        std::vector<double> mine, mine_added;
         llm::ChatRequest req;
         req.model = "sim";
         req.messages = {llm::Message::system("You are a benchmark."),
@@ -86,9 +93,9 @@ struct Bench {
         req.max_output_tokens = 64;
         req.stream = stream;
         llm::Router::StreamHooks hooks{.on_text = [](std::string_view) {}};
-        while (next.fetch_add(1) < calls) {
-          TimePoint t0 = ctx.now();
+        for (TimePoint t0 = ctx.now(); t0 < window_end; t0 = ctx.now()) {
           Result<llm::RoutedResponse> r = co_await router.route(ctx, req, hooks);
+          const TimePoint t1 = ctx.now();
           if (!r.ok() || r->response.message.text().empty()) {
             if (failed.fetch_add(1) < 3) {
               std::fprintf(stderr, "nines: call failed: %s\n",
@@ -96,10 +103,20 @@ struct Bench {
             }
             continue;
           }
-          if (record) mine.push_back(static_cast<double>((ctx.now() - t0).count()) / 1e3);
+          if (t1 >= window_start && t1 <= window_end) completed_in_window.fetch_add(1, std::memory_order_relaxed);
+          if (t0 < window_start || t1 > window_end) continue;
+          const double e2e_us = static_cast<double>((t1 - t0).count()) / 1e3;
+          std::optional<std::string_view> server_us = llm::find_header(r->response.headers, "x-sim-server-us");
+          if (!server_us) {
+            if (failed.fetch_add(1) < 3) std::fprintf(stderr, "nines: a reply without x-sim-server-us\n");
+            continue;
+          }
+          mine.push_back(e2e_us);
+          mine_added.push_back(e2e_us - std::strtod(std::string(*server_us).c_str(), nullptr));
         }
         std::lock_guard lock(mu);
         latencies_us.insert(latencies_us.end(), mine.begin(), mine.end());
+        added_us.insert(added_us.end(), mine_added.begin(), mine_added.end());
       });
       if (!w.ok()) {
         std::fprintf(stderr, "nines: spawn failed: %s\n", w.error().to_string().c_str());
@@ -128,17 +145,18 @@ struct Bench {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 4) {
-    std::fprintf(stderr, "usage: %s BASE_URL CONCURRENCY CALLS [stream:0|1] [workers]\n", argv[0]);
+  if (argc < 5) {
+    std::fprintf(stderr, "usage: %s BASE_URL CONCURRENCY WARMUP_S MEASURE_S [stream:0|1] [workers]\n", argv[0]);
     return 2;
   }
   const std::string base_url = argv[1];
   const int concurrency = std::atoi(argv[2]);
-  const std::int64_t calls = std::atoll(argv[3]);
-  const bool stream = argc > 4 && std::string(argv[4]) == "1";
-  const unsigned workers = argc > 5 ? static_cast<unsigned>(std::atoi(argv[5])) : 1;
-  if (concurrency < 1 || calls < 1 || workers < 1) {
-    std::fprintf(stderr, "CONCURRENCY, CALLS and workers must be >= 1\n");
+  const double warmup_s = std::atof(argv[3]);
+  const double measure_s = std::atof(argv[4]);
+  const bool stream = argc > 5 && std::string(argv[5]) == "1";
+  const unsigned workers = argc > 6 ? static_cast<unsigned>(std::atoi(argv[6])) : 1;
+  if (concurrency < 1 || !(warmup_s > 0) || !(measure_s > 0) || workers < 1) {
+    std::fprintf(stderr, "CONCURRENCY and workers must be >= 1, WARMUP_S and MEASURE_S > 0\n");
     return 2;
   }
   const std::string root = base_url.substr(0, base_url.rfind("/v1"));
@@ -173,33 +191,42 @@ int main(int argc, char** argv) {
   }
 
   Bench b{.env = *env, .rt = *rt, .http = *http, .router = **router, .stream = stream};
-  b.run(concurrency, std::max<std::int64_t>(200, concurrency), false);  // warm-up
-  if (b.failed > 0) {
-    std::fprintf(stderr, "nines: the warm-up failed (is the sim server at %s?)\n", base_url.c_str());
-    return 1;
-  }
-  b.admin(root, "POST", "/sim/stats/reset");
-  const double cpu0 = cpu_seconds();
-  const TimePoint t0 = env->now();
-  b.run(concurrency, calls, true);
-  const double wall = static_cast<double>((env->now() - t0).count()) / 1e9;
-  const double cpu = cpu_seconds() - cpu0;
-  const std::string stats = b.admin(root, "GET", "/sim/stats");
+  auto seconds = [](double s) { return std::chrono::duration_cast<Duration>(std::chrono::duration<double>(s)); };
+  b.window_start = env->now() + seconds(warmup_s);
+  b.window_end = b.window_start + seconds(measure_s);
+  // The window's two ends: reset the server's stats and read the CPU clock.
+  double cpu0 = 0, cpu1 = 0;
+  std::string stats;
+  auto sampler = rt->spawn_watched([&](Context& ctx) -> Task<> {
+                   (void)co_await ctx.sleep(b.window_start - ctx.now());
+                   cpu0 = cpu_seconds();
+                   net::HttpRequest reset;
+                   reset.method = "POST";
+                   reset.url = root + "/sim/stats/reset";
+                   (void)co_await http->request(ctx, std::move(reset));
+                   (void)co_await ctx.sleep(b.window_end - ctx.now());
+                   cpu1 = cpu_seconds();
+                 }).value();
+  b.run(concurrency);
+  sampler.exit->wait();
+  const double cpu = cpu1 - cpu0;
+  stats = b.admin(root, "GET", "/sim/stats");
   std::sort(b.latencies_us.begin(), b.latencies_us.end());
-  const double ok = static_cast<double>(b.latencies_us.size());
+  std::sort(b.added_us.begin(), b.added_us.end());
+  const double ok = static_cast<double>(b.completed_in_window.load());
   const double server_p50 = json_number(stats, "latency_p50_us");
   const double server_p99 = json_number(stats, "latency_p99_us");
   auto emit = [&](const std::string& metric, double value, const char* unit) {
     bench::emit("llm_client", (metric + "_" + label).c_str(), value, unit);
   };
   emit("calls_per_cpu_s", ok / cpu, "calls/cpu-s");
-  emit("calls_per_s", ok / wall, "calls/s");
+  emit("calls_per_s", ok / measure_s, "calls/s");
   emit("e2e_p50_us", pct(b.latencies_us, 50), "us");
   emit("e2e_p99_us", pct(b.latencies_us, 99), "us");
   emit("server_p50_us", server_p50, "us");
   emit("server_p99_us", server_p99, "us");
-  emit("added_p50_us", pct(b.latencies_us, 50) - server_p50, "us");
-  emit("added_p99_us", pct(b.latencies_us, 99) - server_p99, "us");
+  emit("added_p50_us", pct(b.added_us, 50), "us");
+  emit("added_p99_us", pct(b.added_us, 99), "us");
   if (b.failed > 0) {
     emit("failed_calls", static_cast<double>(b.failed), "calls");
     return 1;

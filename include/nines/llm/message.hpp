@@ -18,6 +18,8 @@
 #include <string_view>
 #include <vector>
 
+#include "nines/llm/wire.hpp"
+
 #include "nines/core/result.hpp"
 
 namespace nines::llm {
@@ -127,6 +129,9 @@ struct ChatResponse {
   FinishReason finish_reason = FinishReason::kOther;
   std::string raw_finish_reason;  // as the provider spelled it ("end_turn", "stop", ...)
   Usage usage;
+  // The HTTP response's header fields (request id, rate-limit state, processing time), as
+  // received; empty for a model not reached over HTTP. Never holds the request's credential.
+  Headers headers;
 };
 
 }  // namespace nines::llm

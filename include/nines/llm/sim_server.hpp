@@ -11,7 +11,9 @@
 //   auto server = llm::SimServer::start(env, sim, {}).value();
 //   std::string url = server->base_url();     // "http://127.0.0.1:<port>/v1"
 //
-// Besides the API it answers, for harnesses:
+// Every reply carries `x-sim-server-us`: the server's own time from the request (the handler
+// being called) to its response head being sent, injected delay included, so a client can
+// tell its own added latency per call. Besides the API it answers, for harnesses:
 //   GET  /sim/stats        {"requests": n, "latency_p50_us": .., "latency_p99_us": ..,
 //                           "latency_max_us": .., "faults": {"rate_limited": n, ...}}
 //                          the server's own time per API request, from the handler being
