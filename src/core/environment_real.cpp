@@ -3,9 +3,9 @@
 #include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <sys/timerfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -43,12 +43,10 @@ class RealEnvironment final : public Environment {
     base_seed_ = options.seed != 0 ? options.seed : (static_cast<std::uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}();
     epfd_ = epoll_create1(EPOLL_CLOEXEC);
     wakefd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    timerfd_ = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-    if (epfd_ < 0 || wakefd_ < 0 || timerfd_ < 0) {
+    if (epfd_ < 0 || wakefd_ < 0) {
       throw std::runtime_error(std::string("cannot create the event loop: ") + std::strerror(errno));
     }
     add_internal(wakefd_, kWakeTag);
-    add_internal(timerfd_, kTimerTag);
     loop_ = std::thread([this] { run_loop(); });
   }
 
@@ -59,7 +57,6 @@ class RealEnvironment final : public Environment {
     loop_.join();
     ::close(epfd_);
     ::close(wakefd_);
-    ::close(timerfd_);
   }
 
   bool deterministic() const override { return false; }
@@ -95,12 +92,28 @@ class RealEnvironment final : public Environment {
     return std::unique_ptr<Thread>(new RealThread(std::move(named)));
   }
 
+  // The loop waits in epoll until the earliest timer's deadline (armed_). A timer added
+  // while the loop runs callbacks needs nothing more (armed_ is TimePoint::min() then: the
+  // loop looks at the timers again before it waits); one added from another thread while the
+  // loop waits wakes it (eventfd) only when it is due before what the loop waits for. So the
+  // loop thread's own timers (the HTTP client's, the runtime's) cost no system call.
   TimerId add_timer(TimePoint deadline, std::function<void()> fn) override {
-    std::lock_guard lock(mu_);
-    TimerId id = next_id_++;
-    timers_.emplace(std::make_pair(deadline, id), std::move(fn));
-    timer_index_.emplace(id, deadline);
-    if (deadline < armed_) arm(deadline);
+    bool wake = false;
+    TimerId id;
+    {
+      std::lock_guard lock(mu_);
+      id = next_id_++;
+      timers_.emplace(std::make_pair(deadline, id), std::move(fn));
+      timer_index_.emplace(id, deadline);
+      if (deadline < armed_) {
+        armed_ = deadline;
+        wake = true;
+      }
+    }
+    if (wake) {
+      std::uint64_t one = 1;
+      [[maybe_unused]] auto n = ::write(wakefd_, &one, sizeof one);
+    }
     return id;
   }
 
@@ -142,7 +155,6 @@ class RealEnvironment final : public Environment {
 
  private:
   static constexpr std::uint64_t kWakeTag = ~0ULL;
-  static constexpr std::uint64_t kTimerTag = ~0ULL - 1;
 
   struct Watch {
     int fd;
@@ -156,32 +168,34 @@ class RealEnvironment final : public Environment {
     epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev);
   }
 
-  // Requires mu_.
-  void arm(TimePoint deadline) {
-    armed_ = deadline;
-    itimerspec spec{};
-    auto ns = deadline.time_since_epoch().count();
-    if (ns <= 0) ns = 1;
-    spec.it_value.tv_sec = ns / 1'000'000'000;
-    spec.it_value.tv_nsec = ns % 1'000'000'000;
-    timerfd_settime(timerfd_, TFD_TIMER_ABSTIME, &spec, nullptr);
-  }
-
   void run_loop() {
     epoll_event events[64];
     std::vector<std::function<void()>> due;
     std::vector<std::pair<std::function<void(unsigned)>, unsigned>> ready;
     while (!stop_.load()) {
-      int n = epoll_wait(epfd_, events, 64, -1);
+      timespec timeout{};
+      timespec* wait = nullptr;  // none: no timer, wait for fds or a wake-up
+      {
+        std::lock_guard lock(mu_);
+        armed_ = timers_.empty() ? TimePoint::max() : timers_.begin()->first.first;
+        if (armed_ != TimePoint::max()) {
+          std::int64_t ns = std::max<std::int64_t>(0, (armed_ - now()).count());
+          timeout.tv_sec = ns / 1'000'000'000;
+          timeout.tv_nsec = ns % 1'000'000'000;
+          wait = &timeout;
+        }
+      }
+      int n = epoll_pwait2(epfd_, events, 64, wait, nullptr);
+      {
+        std::lock_guard lock(mu_);
+        armed_ = TimePoint::min();  // running: timers added now are seen before the next wait
+      }
       if (n < 0) continue;  // EINTR
       for (int i = 0; i < n; ++i) {
         std::uint64_t tag = events[i].data.u64;
         if (tag == kWakeTag) {
           std::uint64_t v;
           [[maybe_unused]] auto r = ::read(wakefd_, &v, sizeof v);
-        } else if (tag == kTimerTag) {
-          std::uint64_t v;
-          [[maybe_unused]] auto r = ::read(timerfd_, &v, sizeof v);
         } else {
           std::lock_guard lock(mu_);
           auto it = watches_.find(tag);
@@ -204,8 +218,6 @@ class RealEnvironment final : public Environment {
           due.push_back(std::move(it->second));
           timers_.erase(it);
         }
-        armed_ = TimePoint::max();
-        if (!timers_.empty()) arm(timers_.begin()->first.first);
       }
       for (auto& [fn, bits] : ready) fn(bits);
       ready.clear();
@@ -217,11 +229,11 @@ class RealEnvironment final : public Environment {
   unsigned workers_;
   std::uint64_t base_seed_;
   std::atomic<std::uint64_t> thread_counter_{0};
-  int epfd_ = -1, wakefd_ = -1, timerfd_ = -1;
+  int epfd_ = -1, wakefd_ = -1;
   std::atomic<bool> stop_{false};
   std::mutex mu_;
   TimerId next_id_ = 1;
-  TimePoint armed_ = TimePoint::max();
+  TimePoint armed_ = TimePoint::min();  // what the loop waits for; min(): it is not waiting
   std::map<std::pair<TimePoint, TimerId>, std::function<void()>> timers_;
   std::unordered_map<TimerId, TimePoint> timer_index_;
   std::unordered_map<WatchId, Watch> watches_;
