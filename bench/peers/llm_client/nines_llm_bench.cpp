@@ -21,6 +21,10 @@
 //   added_p50_us, added_p99_us     per call: e2e minus the server's own time for that call (the
 //                                  x-sim-server-us header: from its handler being called to its
 //                                  response head being sent, injected delay included)
+// NINES_LLM_BENCH_TRANSPORT_ONLY=1: the same calls with the HttpClient alone (a prebuilt
+// request body, no router, codec or policies; metrics suffixed _http_only), to tell the
+// transport's share of the cost from the model path's. NINES_BENCH_TAG=x suffixes every
+// metric name with _x.
 // Exit status 1 if any call failed or the server could not be reached.
 #include <sys/resource.h>
 
@@ -72,6 +76,8 @@ struct Bench {
   net::HttpClient& http;
   llm::Router& router;
   bool stream = false;
+  bool transport_only = false;  // NINES_LLM_BENCH_TRANSPORT_ONLY=1: HttpClient alone, no llm layer
+  std::string base_url;
   std::atomic<std::int64_t> failed{0};
   std::mutex mu;
   std::vector<double> latencies_us;
@@ -93,26 +99,49 @@ struct Bench {
         req.max_output_tokens = 64;
         req.stream = stream;
         llm::Router::StreamHooks hooks{.on_text = [](std::string_view) {}};
+        const std::string raw_body =
+            R"({"model":"sim","messages":[{"role":"system","content":"You are a benchmark."},)"
+            R"({"role":"user","content":"Say hello in a short sentence."}],"max_tokens":64})";
         for (TimePoint t0 = ctx.now(); t0 < window_end; t0 = ctx.now()) {
-          Result<llm::RoutedResponse> r = co_await router.route(ctx, req, hooks);
+          std::optional<std::string> server_us;
+          std::string failure;
+          if (transport_only) {
+            net::HttpRequest hreq;
+            hreq.method = "POST";
+            hreq.url = base_url + "/chat/completions";
+            hreq.headers.add("Content-Type", "application/json");
+            hreq.body = raw_body;
+            Result<net::HttpResponse> r = co_await http.request(ctx, std::move(hreq));
+            if (!r.ok()) {
+              failure = r.error().to_string();
+            } else if (r->status != 200) {
+              failure = "status " + std::to_string(r->status);
+            } else if (auto h = r->headers.get("x-sim-server-us")) {
+              server_us = std::string(*h);
+            }
+          } else {
+            Result<llm::RoutedResponse> r = co_await router.route(ctx, req, hooks);
+            if (!r.ok()) {
+              failure = r.error().to_string();
+            } else if (r->response.message.text().empty()) {
+              failure = "empty answer";
+            } else if (auto h = llm::find_header(r->response.headers, "x-sim-server-us")) {
+              server_us = std::string(*h);
+            }
+          }
           const TimePoint t1 = ctx.now();
-          if (!r.ok() || r->response.message.text().empty()) {
+          if (!failure.empty() || !server_us) {
             if (failed.fetch_add(1) < 3) {
               std::fprintf(stderr, "nines: call failed: %s\n",
-                           r.ok() ? "empty answer" : r.error().to_string().c_str());
+                           failure.empty() ? "a reply without x-sim-server-us" : failure.c_str());
             }
             continue;
           }
           if (t1 >= window_start && t1 <= window_end) completed_in_window.fetch_add(1, std::memory_order_relaxed);
           if (t0 < window_start || t1 > window_end) continue;
           const double e2e_us = static_cast<double>((t1 - t0).count()) / 1e3;
-          std::optional<std::string_view> server_us = llm::find_header(r->response.headers, "x-sim-server-us");
-          if (!server_us) {
-            if (failed.fetch_add(1) < 3) std::fprintf(stderr, "nines: a reply without x-sim-server-us\n");
-            continue;
-          }
           mine.push_back(e2e_us);
-          mine_added.push_back(e2e_us - std::strtod(std::string(*server_us).c_str(), nullptr));
+          mine_added.push_back(e2e_us - std::strtod(server_us->c_str(), nullptr));
         }
         std::lock_guard lock(mu);
         latencies_us.insert(latencies_us.end(), mine.begin(), mine.end());
@@ -160,7 +189,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string root = base_url.substr(0, base_url.rfind("/v1"));
-  const std::string label = "c" + std::to_string(concurrency) + (stream ? "_stream" : "");
+  const char* tag = std::getenv("NINES_BENCH_TAG");  // a suffix for the metric names
+  const char* transport = std::getenv("NINES_LLM_BENCH_TRANSPORT_ONLY");
+  const std::string label = "c" + std::to_string(concurrency) + (stream ? "_stream" : "") +
+                            (transport != nullptr && std::string(transport) == "1" ? "_http_only" : "") +
+                            (tag != nullptr && *tag != '\0' ? std::string("_") + tag : "");
 
   auto env = make_real_environment({.workers = workers, .seed = 1});
   auto rt = Runtime::create(*env).value();
@@ -190,7 +223,10 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  Bench b{.env = *env, .rt = *rt, .http = *http, .router = **router, .stream = stream};
+  const char* transport_env = std::getenv("NINES_LLM_BENCH_TRANSPORT_ONLY");
+  const bool transport_only = transport_env != nullptr && std::string(transport_env) == "1";
+  Bench b{.env = *env, .rt = *rt, .http = *http, .router = **router, .stream = stream,
+          .transport_only = transport_only, .base_url = base_url};
   auto seconds = [](double s) { return std::chrono::duration_cast<Duration>(std::chrono::duration<double>(s)); };
   b.window_start = env->now() + seconds(warmup_s);
   b.window_end = b.window_start + seconds(measure_s);

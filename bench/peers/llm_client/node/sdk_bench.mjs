@@ -23,7 +23,8 @@ const concurrency = Number(concArg);
 const warmupMs = Number(warmArg) * 1000;
 const measureMs = Number(measureArg) * 1000;
 const stream = streamArg === '1';
-const label = `c${concurrency}${stream ? '_stream' : ''}`;
+const tag = process.env.NINES_BENCH_TAG;  // a suffix for the metric names, as the nines side's
+const label = `c${concurrency}${stream ? '_stream' : ''}${tag ? `_${tag}` : ''}`;
 
 // The SDK's own resilience (2 retries with backoff, a timeout) is on, as in real use.
 const client = new OpenAI({ baseURL, apiKey: 'sk-bench-not-a-key', maxRetries: 2, timeout: 60_000 });
