@@ -1,11 +1,13 @@
 // The nines command line.
 //   nines demo runtime [--workers N] [--shards N] [--seconds S] [--threads N]
+//   nines demo models [--agents N] [--calls N]
 //   nines sim-server [--config FILE] [--port N] [--bind ADDR]
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <string_view>
 
+#include "demo_models.hpp"
 #include "demo_runtime.hpp"
 #include "sim_server_cmd.hpp"
 
@@ -13,10 +15,14 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: nines demo runtime [--workers N] [--shards N] [--seconds S] [--threads N]\n"
+    "       nines demo models [--agents N] [--calls N]\n"
     "       nines sim-server [--config FILE] [--port N] [--bind ADDR]\n"
     "\n"
     "  demo runtime   a 3-level supervision tree with 100,000 workers under a crash storm,\n"
     "                 shown live; exits 0 when every crash was recovered\n"
+    "  demo models    agents calling a flaky simulated model provider (429s, 5xx, hangs, cut\n"
+    "                 streams, malformed JSON, then an outage) through the router, on loopback;\n"
+    "                 exits 0 when every call got an answer\n"
     "  sim-server     the simulated model as an OpenAI-compatible API on loopback, with\n"
     "                 seeded faults (docs/sim.md), until Ctrl-C\n";
 
@@ -39,6 +45,25 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   if (std::string_view(argv[1]) == "sim-server") return nines::cli::run_sim_server(argc - 2, argv + 2);
+  if (std::string_view(argv[1]) == "demo" && argc >= 3 && std::string_view(argv[2]) == "models") {
+    nines::cli::ModelsDemoOptions m;
+    for (int i = 3; i < argc; i += 2) {
+      std::string_view flag = argv[i];
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "nines: %s needs a value\n%s", argv[i], kUsage);
+        return 2;
+      }
+      double v = 0;
+      if (!parse_number(flag, argv[i + 1], v)) return 2;
+      if (flag == "--agents") m.agents = static_cast<std::size_t>(v);
+      else if (flag == "--calls") m.calls_per_agent = static_cast<std::size_t>(v);
+      else {
+        std::fprintf(stderr, "nines: unknown option '%s'\n%s", argv[i], kUsage);
+        return 2;
+      }
+    }
+    return nines::cli::run_models_demo(m);
+  }
   if (std::string_view(argv[1]) != "demo" || argc < 3 || std::string_view(argv[2]) != "runtime") {
     std::fprintf(stderr, "nines: unknown command '%s'\n%s", argv[1], kUsage);
     return 2;

@@ -25,4 +25,8 @@ check shards_gt_workers 2 "must not exceed" -- demo runtime --workers 5 --shards
 # A small demo run: the storm makes one shard escalate; everything must come back.
 check demo_recovers 0 "OK: every crash was recovered" -- demo runtime --workers 20000 --shards 10 --seconds 2
 check demo_escalates 0 "exceeded its restart intensity" -- demo runtime --workers 20000 --shards 10 --seconds 2
+# The models demo, small: faults, an outage of the primary, every call answered.
+check models_demo 0 "OK: every call got an answer" -- demo models --agents 30 --calls 12
+check models_bad_option 2 "unknown option '--bogus'" -- demo models --bogus 1
+check sim_server_bad_config 2 "sim config" -- sim-server --config /dev/null
 exit $fail
