@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets (the llm parsers, the SSE parser) with clang-14 (ASan + UBSan) in build/fuzz and runs each
+# Builds the libFuzzer targets (the llm parsers, the sim's request parser, the SSE parser) with clang-14 (ASan + UBSan) in build/fuzz and runs each
 # for N seconds (default 10), seeded from the test fixtures. Not part of scripts/test.sh.
 #   bash scripts/fuzz.sh          # 10 s per target
 #   bash scripts/fuzz.sh 600      # longer runs; see docs/llm.md
@@ -13,7 +13,7 @@ command -v clang++-14 >/dev/null || { echo "fuzz: clang++-14 missing (scripts/se
 build=build/fuzz
 cmake -S . -B "$build" -G Ninja -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DNINES_SANITIZE=address,undefined -DNINES_LLM_FUZZ=ON -DNINES_BUILD_TESTS=OFF -DNINES_BUILD_BENCH=OFF >/dev/null
-cmake --build "$build" -j2 --target nines_llm_response_fuzz nines_llm_stream_fuzz nines_net_sse_fuzz
+cmake --build "$build" -j2 --target nines_llm_response_fuzz nines_llm_stream_fuzz nines_llm_sim_request_fuzz nines_net_sse_fuzz
 
 # Seeds: byte 0 picks the provider (0 OpenAI, 1 Anthropic); then a body, or one event per line.
 seed() {  # seed <target> <provider byte> <name> <content>
@@ -36,9 +36,14 @@ for f in "$fixtures"/*/*.sse; do
   seed sse 07 "$(basename "$(dirname "$f")")-$(basename "$f")" "$(cat "$f")"
 done
 
+# The sim's request parser: request bodies the codec builds and an SDK-shaped one.
+mkdir -p "$build/corpus/sim_request"
+printf '%s' '{"model":"m","messages":[{"role":"user","content":"hi"}]}' >"$build/corpus/sim_request/seed-min"
+printf '%s' '{"model":"m","stream":true,"max_tokens":50,"messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"q"}]},{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"search","arguments":"{\"q\":1}"}}]},{"role":"tool","tool_call_id":"c1","content":"r"}],"tools":[{"type":"function","function":{"name":"search","parameters":{"type":"object","properties":{"q":{"type":"string"}},"required":["q"]}}}]}' >"$build/corpus/sim_request/seed-tools"
+
 mkdir -p "$build/findings"
 status=0
-for target in llm/response llm/stream net/sse; do
+for target in llm/response llm/stream llm/sim_request net/sse; do
   layer="${target%%/*}"; target="${target#*/}"
   echo "fuzz: nines_${layer}_${target}_fuzz for ${seconds}s"
   log="$build/findings/$target.log"

@@ -124,7 +124,7 @@ Task<> await_down(Context& ctx, MonitorRef ref) {
   for (;;) {
     std::optional<Down> d = co_await ctx.wait_down(ref);
     if (d.has_value()) co_return;
-    co_await ctx.yield();
+    (void)co_await ctx.yield();
   }
 }
 
@@ -144,7 +144,7 @@ Task<> finish(const HedgeCore& core, Context& ctx, HedgeRun& run) {
   }
   // A fresh run of the process (yield) so the polls below are not cut short by its
   // reduction count; every reply of this run precedes its sender's Down, so all are queued.
-  co_await ctx.yield();
+  (void)co_await ctx.yield();
   const std::uint64_t ref = run.ref();
   std::function<bool(const Message&)> stale = [ref](const Message& m) {
     const auto* r = m.get<HedgeReply>();
