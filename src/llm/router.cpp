@@ -158,6 +158,10 @@ struct Router::Impl {
   Task<Result<ChatResponse>> call_route(Context& ctx, Route& r, const ChatRequest& req, std::int64_t estimate,
                                         Call& call) {
     r.calls.fetch_add(1, std::memory_order_relaxed);
+    // What an earlier route left here says nothing about this one: when no attempt runs (its
+    // breaker refuses the call), neither may be read as this route's.
+    call.auth = false;
+    call.local_limit.reset();
     const std::uint64_t units = static_cast<std::uint64_t>(std::max<std::int64_t>(1, estimate + reserve_for(r, req)));
     auto attempt = [&r, &req, &call, units, this](Context& c) -> Task<Result<ChatResponse>> {
       // The local limits, per attempt (each attempt is a request the provider counts). A

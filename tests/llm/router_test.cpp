@@ -242,6 +242,65 @@ TEST(Router, AuthFailureForcesTheBreakerOpenAndFallsBack) {
   EXPECT_EQ(again->served_by, "a");
 }
 
+// Regression: the auth flag of one route's failure was kept for the next route; a route
+// whose breaker refused the call (so no attempt ran) was then taken for an auth failure and
+// forced open for good.
+TEST(Router, AnOpenBreakerAfterAnAuthFailureIsNotTakenForOne) {
+  Harness h;
+  auto a = std::make_shared<ScriptedModel>(
+      "a", std::vector<Step>{{.error = ErrorKind::kTransient},
+                             {.error = ErrorKind::kTransient},
+                             {.error = ErrorKind::kTransient},
+                             {.error = ErrorKind::kPermanent, .auth = true}});
+  auto b = std::make_shared<ScriptedModel>("b", std::vector<Step>{{.error = ErrorKind::kTransient}});
+  auto c = std::make_shared<ScriptedModel>("c");
+  auto rb = route("b", b);
+  rb.retry = retries(1);
+  rb.breaker = CircuitBreakerOptions{.consecutive_failures = 1, .open_duration = 4min};
+  auto router = h.make({route("a", a), rb, route("c", c)});
+  // First call: a exhausts its retries, b fails once (its breaker opens), c answers. Second
+  // call at once: a's key is refused, b's breaker is still open, c answers.
+  auto calls = run_in_a_row(h, *router, 2);
+  ASSERT_EQ(calls.size(), 2u);
+  ASSERT_TRUE(calls[0].first.ok());
+  ASSERT_EQ(calls[0].first->fallbacks.size(), 2u);
+  EXPECT_EQ(calls[0].first->fallbacks[1].reason, FallbackReason::kRetriesExhausted);
+  auto& r = calls[1].first;
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(r->served_by, "c");
+  ASSERT_EQ(r->fallbacks.size(), 2u);
+  EXPECT_EQ(r->fallbacks[0].reason, FallbackReason::kAuthFailure);
+  EXPECT_EQ(r->fallbacks[1].reason, FallbackReason::kCircuitOpen);
+  EXPECT_EQ(r->fallbacks[1].error.kind(), ErrorKind::kCircuitOpen);
+  EXPECT_EQ(router->breaker(0)->state(), BreakerState::kForcedOpen);
+  EXPECT_EQ(router->breaker(1)->state(), BreakerState::kOpen);  // not isolated: it recovers by itself
+  EXPECT_EQ(b->requests.size(), 1u);
+}
+
+// Regression: the local limiter's refusal on one route was kept for the next route; a route
+// whose breaker refused the call was then reported with the previous route's limiter error.
+TEST(Router, AnOpenBreakerAfterALocalLimitIsReportedAsCircuitOpen) {
+  Harness h;
+  auto a = std::make_shared<ScriptedModel>("a");
+  auto c = std::make_shared<ScriptedModel>("c");
+  auto ra = route("a", a);
+  ra.requests_per_minute = 1;
+  ra.max_limiter_wait = 1s;
+  auto router = h.make({ra, route("b", std::make_shared<ScriptedModel>("b")), route("c", c)});
+  router->breaker(1)->isolate();
+  auto calls = run_in_a_row(h, *router, 2);  // the second finds a's bucket empty (60 s to wait)
+  ASSERT_EQ(calls.size(), 2u);
+  auto& r = calls[1].first;
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(r->served_by, "c");
+  ASSERT_EQ(r->fallbacks.size(), 2u);
+  EXPECT_EQ(r->fallbacks[0].reason, FallbackReason::kRateLimited);
+  EXPECT_EQ(r->fallbacks[1].route, "b");
+  EXPECT_EQ(r->fallbacks[1].reason, FallbackReason::kCircuitOpen);
+  EXPECT_EQ(r->fallbacks[1].error.kind(), ErrorKind::kCircuitOpen) << r->fallbacks[1].error.to_string();
+  EXPECT_EQ(r->fallbacks[1].error.message().find("local rate limit"), std::string::npos);
+}
+
 TEST(Router, ARouteWhoseWindowCannotHoldThePromptIsSkippedBeforeTheCall) {
   Harness h;
   auto small = std::make_shared<ScriptedModel>("small");
