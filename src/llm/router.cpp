@@ -163,19 +163,31 @@ struct Router::Impl {
     call.auth = false;
     call.local_limit.reset();
     const std::uint64_t units = static_cast<std::uint64_t>(std::max<std::int64_t>(1, estimate + reserve_for(r, req)));
-    auto attempt = [&r, &req, &call, units, this](Context& c) -> Task<Result<ChatResponse>> {
+    const TimePoint caller_deadline = ctx.deadline();
+    auto attempt = [&r, &req, &call, units, caller_deadline, this](Context& c) -> Task<Result<ChatResponse>> {
       // The local limits, per attempt (each attempt is a request the provider counts). A
-      // limiter that would make the call wait longer than max_limiter_wait refuses; that is
+      // limiter that would make the call wait longer than it may refuses at once: longer
+      // than max_limiter_wait (kRateLimited), past the attempt timeout (kDeadlineExceeded
+      // while the caller's own deadline has not passed: the limiters wait inside the attempt
+      // timeout), or for ever (kInvalidArgument: more tokens than tokens_per_minute). That is
       // reported as a non-retryable kBudgetExceeded, which neither the retry policy retries
-      // nor the breaker counts, and the route is left with the limiter's own error.
+      // nor the breaker counts, and the route is left with kRateLimited: the provider was
+      // never asked, and the next route may have room.
       call.local_limit.reset();
       for (auto [limiter, n] : {std::pair{r.requests.get(), std::uint64_t{1}}, std::pair{r.tokens.get(), units}}) {
         if (limiter == nullptr) continue;
         Status s = co_await limiter->acquire(c, n);
         if (s.ok()) continue;
-        if (s.error().kind() != ErrorKind::kRateLimited) co_return std::move(s).error();
-        call.local_limit = s.error();
-        co_return Error(ErrorKind::kBudgetExceeded, "local rate limit: " + s.error().message());
+        const ErrorKind kind = s.error().kind();
+        if (kind == ErrorKind::kRateLimited) {
+          call.local_limit = s.error();
+        } else if (kind == ErrorKind::kInvalidArgument ||
+                   (kind == ErrorKind::kDeadlineExceeded && c.now() < caller_deadline)) {
+          call.local_limit = Error(ErrorKind::kRateLimited, s.error().message());
+        } else {
+          co_return std::move(s).error();
+        }
+        co_return Error(ErrorKind::kBudgetExceeded, "local rate limit: " + call.local_limit->message());
       }
       if (call.delivered) {
         call.delivered = false;

@@ -301,6 +301,47 @@ TEST(Router, AnOpenBreakerAfterALocalLimitIsReportedAsCircuitOpen) {
   EXPECT_EQ(r->fallbacks[1].error.message().find("local rate limit"), std::string::npos);
 }
 
+// Regression: a call needing more tokens than the route's whole tokens_per_minute made the
+// limiter answer kInvalidArgument, which stopped the chain as if the request were malformed.
+TEST(Router, ACallLargerThanTheTokensPerMinuteLimitFallsBack) {
+  Harness h;
+  auto a = std::make_shared<ScriptedModel>("a");
+  auto b = std::make_shared<ScriptedModel>("b");
+  auto ra = route("a", a);
+  ra.tokens_per_minute = 50;  // the call needs 8 + 100 reserved
+  auto router = h.make({ra, route("b", b)});
+  auto r = h.run(*router, prompt());
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(r->served_by, "b");
+  EXPECT_TRUE(a->requests.empty());
+  ASSERT_EQ(r->fallbacks.size(), 1u);
+  EXPECT_EQ(r->fallbacks[0].reason, FallbackReason::kRateLimited);
+  EXPECT_NE(r->fallbacks[0].error.message().find("tokens_per_minute"), std::string::npos)
+      << r->fallbacks[0].error.message();
+}
+
+// Regression: the limiters wait inside the attempt timeout; a wait longer than the attempt
+// timeout (but within max_limiter_wait) made the limiter answer kDeadlineExceeded, which
+// stopped the chain as if the caller's deadline had passed.
+TEST(Router, ALimiterWaitLongerThanTheAttemptTimeoutFallsBack) {
+  Harness h;
+  auto a = std::make_shared<ScriptedModel>("a");
+  auto b = std::make_shared<ScriptedModel>("b");
+  auto ra = route("a", a);
+  ra.requests_per_minute = 2;  // the third call in a row waits about 30 s
+  ra.attempt_timeout = 5s;
+  auto router = h.make({ra, route("b", b)});
+  auto calls = run_in_a_row(h, *router, 3);
+  ASSERT_EQ(calls.size(), 3u);
+  auto& r = calls[2].first;
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(r->served_by, "b");
+  EXPECT_EQ(a->requests.size(), 2u);
+  ASSERT_EQ(r->fallbacks.size(), 1u);
+  EXPECT_EQ(r->fallbacks[0].reason, FallbackReason::kRateLimited);
+  EXPECT_LT(calls[2].second, 1s);  // left at once, not after waiting
+}
+
 TEST(Router, ARouteWhoseWindowCannotHoldThePromptIsSkippedBeforeTheCall) {
   Harness h;
   auto small = std::make_shared<ScriptedModel>("small");

@@ -8,9 +8,10 @@
 //   retry -> breaker -> bulkhead -> attempt timeout -> requests-per-minute and
 //         tokens-per-minute limiters -> the model
 //
-// (The local limiters wait at most max_limiter_wait; a limiter that would need longer makes
-// the router leave the route at once, kRateLimited, without a retry and without counting a
-// breaker failure: the provider was never asked.)
+// (The local limiters wait at most max_limiter_wait, and within the attempt timeout; a
+// limiter that would need longer, or could never admit the call (more tokens than
+// tokens_per_minute), makes the router leave the route at once, kRateLimited, without a
+// retry and without counting a breaker failure: the provider was never asked.)
 //
 //   auto router = llm::Router::create(env, {.name = "planner", .chain = {
 //       {.name = "openai/gpt-4o", .model = "gpt-4o", .client = openai, .context_window_tokens = 128000},
