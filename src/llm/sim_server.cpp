@@ -47,6 +47,11 @@ net::HttpHeaders to_net(const Headers& headers) {
   return out;
 }
 
+// A stream's bytes the client has not read (held by the server, beyond the kernel's buffer)
+// before the next chunks due at once wait for it, and how long they wait each time.
+constexpr std::size_t kMaxUnread = 64u << 10;
+constexpr Duration kDrainWait = std::chrono::milliseconds(1);
+
 // Plays one reply back; `start` is when the handler got the request.
 struct Playback : std::enable_shared_from_this<Playback> {
   StatePtr state;
@@ -60,6 +65,11 @@ struct Playback : std::enable_shared_from_this<Playback> {
       (this->*step)();
       return;
     }
+    later(d, step);
+  }
+
+  // On a timer, even for d == 0 (the loop's next turn).
+  void later(Duration d, void (Playback::*step)()) {
     auto self = shared_from_this();
     state->env.add_timer(state->env.now() + d, [self, step] { (self.get()->*step)(); });
   }
@@ -96,13 +106,22 @@ struct Playback : std::enable_shared_from_this<Playback> {
     send_chunk();
   }
 
+  // Chunks due at once are written in a loop (not a call per chunk: the stack stays flat
+  // however long the stream), until the client has kMaxUnread bytes to read; then the rest
+  // waits for it to read them (kDrainWait), as a server streaming a real model would.
   void send_chunk() {
-    if (next_chunk < reply.chunks.size()) {
+    while (next_chunk < reply.chunks.size()) {
       if (!responder.write(reply.chunks[next_chunk]).ok()) return;
       ++next_chunk;
-      Duration delay = next_chunk < reply.chunk_delays.size() ? reply.chunk_delays[next_chunk] : Duration::zero();
-      if (next_chunk < reply.chunks.size()) {
-        after(delay, &Playback::send_chunk);
+      if (next_chunk == reply.chunks.size()) break;
+      const Duration delay =
+          next_chunk < reply.chunk_delays.size() ? reply.chunk_delays[next_chunk] : Duration::zero();
+      if (delay > Duration::zero()) {
+        later(delay, &Playback::send_chunk);
+        return;
+      }
+      if (responder.buffered_bytes() > kMaxUnread) {
+        later(kDrainWait, &Playback::send_chunk);
         return;
       }
     }
