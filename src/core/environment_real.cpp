@@ -198,7 +198,8 @@ class RealEnvironment final : public Environment {
         std::lock_guard lock(mu_);
         armed_ = timers_.empty() ? TimePoint::max() : timers_.begin()->first.first;
         if (armed_ != TimePoint::max()) {
-          std::int64_t ns = std::max<std::int64_t>(0, (armed_ - now()).count());
+          const TimePoint t = now();
+          const std::int64_t ns = armed_ <= t ? 0 : (armed_ - t).count();  // no overflow for a deadline long past
           timeout.tv_sec = ns / 1'000'000'000;
           timeout.tv_nsec = ns % 1'000'000'000;
           wait = &timeout;

@@ -144,6 +144,22 @@ TEST(RealEnvironment, TimersAndWatchesFire) {
   close(fds[1]);
 }
 
+// Regression: the loop computed its wait as deadline - now, which overflows for a deadline
+// long past (TimePoint::min()): UB, in practice a wait of centuries, so the timer never fired.
+TEST(RealEnvironment, ATimerDueLongAgoFiresAtOnce) {
+  auto env = make_real_environment({.workers = 1, .seed = 4});
+  std::mutex mu;
+  std::condition_variable cv;
+  bool fired = false;
+  env->add_timer(TimePoint::min(), [&] {
+    std::lock_guard l(mu);
+    fired = true;
+    cv.notify_all();
+  });
+  std::unique_lock l(mu);
+  EXPECT_TRUE(cv.wait_for(l, std::chrono::seconds(10), [&] { return fired; }));
+}
+
 // Regression: the loop waits with epoll_pwait2 (Linux 5.11); where the kernel lacks it
 // (ENOSYS) or a container's seccomp profile refuses it, the loop spun on the error for ever
 // and no timer or watch ever fired. The child makes epoll_pwait2 fail with ENOSYS, then needs
