@@ -65,7 +65,8 @@ Compactor make_fit_compactor(std::shared_ptr<const TokenEstimator> estimator) {
   return [estimator](Context&, const ChatRequest& req, std::int64_t budget,
                      bool after_overflow) -> Task<Result<ChatRequest>> {
     TokenCounter counter = estimator ? estimator->counter(req.model) : TokenCounter(family_for_model(req.model));
-    std::int64_t for_messages = budget - (req.tools.empty() ? 0 : counter.tools(req.tools));
+    const std::int64_t for_tools = req.tools.empty() ? 0 : counter.tools(req.tools);
+    std::int64_t for_messages = budget - for_tools;
     if (after_overflow) {
       // The provider counted more than we did: aim well below what we thought it was.
       std::int64_t current = counter.reply_priming();
@@ -77,7 +78,7 @@ Compactor make_fit_compactor(std::shared_ptr<const TokenEstimator> estimator) {
                        .estimator = estimator.get(),
                        .max_tool_output_tokens = after_overflow ? 1024 : 4096};
     if (for_messages <= 0) {
-      co_return Error(ErrorKind::kContextOverflow, "the tools alone need " + std::to_string(budget - for_messages) +
+      co_return Error(ErrorKind::kContextOverflow, "the tools alone need " + std::to_string(for_tools) +
                                                        " tokens; the budget is " + std::to_string(budget));
     }
     Result<FitResult> fit = fit_messages(req.messages, options);

@@ -613,6 +613,31 @@ TEST(Router, TheFitCompactorDropsTheOldestTurnsAfterAnOverflow) {
   EXPECT_EQ(retried.back().text(), "the last question");  // and the newest turn
 }
 
+// Regression: after an overflow the budget for the messages was scaled to 70% before the
+// "tools alone" check, so the error stated a wrong number of tokens for the tools.
+TEST(Router, TheFitCompactorSaysWhatTheToolsNeed) {
+  Harness h;
+  auto estimator = std::shared_ptr<TokenEstimator>(TokenEstimator::create().value());
+  Compactor compact = make_fit_compactor(estimator);
+  ChatRequest req = prompt();
+  req.model = "gpt-4o";
+  req.tools.push_back({.name = "lookup", .description = std::string(4000, 'd')});
+  const std::int64_t tools = estimator->counter(req.model).tools(req.tools);
+  ASSERT_GT(tools, 200);
+  std::vector<std::string> messages;
+  h.s.spawn([&](Context& ctx) -> Task<> {
+    const bool modes[] = {false, true};
+    for (bool after_overflow : modes) {
+      Result<ChatRequest> r = co_await compact(ctx, req, 200, after_overflow);
+      messages.push_back(r.ok() ? std::string("ok") : r.error().message());
+    }
+  });
+  h.s.rt->advance(1h);
+  ASSERT_EQ(messages.size(), 2u);
+  const std::string expected = "the tools alone need " + std::to_string(tools) + " tokens; the budget is 200";
+  for (const std::string& m : messages) EXPECT_NE(m.find(expected), std::string::npos) << m;
+}
+
 TEST(Router, APerCallCompactorSummarizesIntoACheckpointInTheStore) {
   Harness h;
   auto store = make_memory_store().value();
