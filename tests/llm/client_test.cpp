@@ -433,5 +433,32 @@ TEST(Provider, ConfigErrorsNameTheVariableNeverAKey) {
   EXPECT_TRUE(make_provider(anthropic, *f.http, fake_env({{"ANTHROPIC_API_KEY", kAnthropicKey}})).ok());
 }
 
+// Regression: a key pasted where the variable's name or the URL goes (a common slip in a
+// config file) was echoed by the error that refused it.
+TEST(Provider, AKeyPutWhereANameOrTheURLGoesIsNotEchoed) {
+  Fixture f;
+  auto none = fake_env({});
+  auto err = [&](ProviderConfig cfg) {
+    auto r = make_provider(cfg, *f.http, none);
+    EXPECT_FALSE(r.ok());
+    if (r.ok()) return std::string();
+    EXPECT_EQ(r.error().kind(), ErrorKind::kInvalidArgument);
+    expect_no_key(r.error());
+    return r.error().message();
+  };
+  ProviderConfig key_as_name{.name = "oa", .api = Provider::kOpenAi, .base_url = "https://api.openai.com/v1",
+                             .api_key_env = kOpenAiKey};
+  EXPECT_TRUE(contains(err(key_as_name), "api_key_env must name an environment variable")) << err(key_as_name);
+  // A key that happens to be a valid variable name (letters, digits, '_') but not an
+  // upper-case one, as variable names are written.
+  ProviderConfig word_key = key_as_name;
+  word_key.api_key_env = "gsk_TESTKEYabcdefghijklmnop0123456789";
+  EXPECT_TRUE(contains(err(word_key), "(api_key_env) is not set")) << err(word_key);
+  ProviderConfig key_as_url{.name = "oa", .api = Provider::kOpenAi, .base_url = kOpenAiKey};
+  EXPECT_TRUE(contains(err(key_as_url), "must start with http:// or https://")) << err(key_as_url);
+  ProviderConfig anthropic_key_as_url{.name = "an", .api = Provider::kAnthropic, .base_url = kAnthropicKey};
+  EXPECT_TRUE(contains(err(anthropic_key_as_url), "must start with http:// or https://"));
+}
+
 }  // namespace
 }  // namespace nines::llm

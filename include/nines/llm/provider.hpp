@@ -12,7 +12,9 @@
 // API keys: from the named environment variable (api_key_env: the usual way), or given
 // inline (api_key: for keys a config loader already resolved from a secret store). A key
 // never appears in errors, logs or metrics: errors name the variable, never its value, and
-// the codecs redact the key from anything a provider echoes back.
+// the codecs redact the key from anything a provider echoes back. Nor is a key echoed that
+// was pasted in the wrong field: an api_key_env that is not an upper-case variable name, or a
+// base_url without a scheme, is refused without being shown.
 //
 // Thread-safety: make_provider is a plain function; the model it returns is thread-safe.
 #pragma once
