@@ -76,6 +76,20 @@ Result<std::shared_ptr<ChatModel>> make_provider(const ProviderConfig& config, n
     }
     key = std::move(*v);
   }
+  // A key is one printable token; a line break or a space (a secret made from a file keeps
+  // its final newline) would make every call fail as malformed, far from the cause.
+  if (auto bad = std::find_if(key.begin(), key.end(), [](unsigned char c) { return c <= ' ' || c >= 0x7f; });
+      bad != key.end()) {
+    const std::string from = config.api_key_env.empty()
+                                 ? std::string("api_key")
+                                 : "the environment variable " + (is_shown_name(config.api_key_env)
+                                                                      ? config.api_key_env
+                                                                      : std::string("named by api_key_env"));
+    const char* what = (*bad == '\n' || *bad == '\r') ? "a line break" : "a space or control character";
+    return invalid(config, "the key in " + from + " contains " + what + " at byte " +
+                               std::to_string(bad - key.begin() + 1) + " of " + std::to_string(key.size()) +
+                               " (not shown); a key is one printable token");
+  }
   if (key.empty() && is_public_endpoint(config.base_url)) {
     return invalid(config, config.base_url + " needs an API key: set api_key_env");
   }

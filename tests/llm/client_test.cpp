@@ -460,5 +460,25 @@ TEST(Provider, AKeyPutWhereANameOrTheURLGoesIsNotEchoed) {
   EXPECT_TRUE(contains(err(anthropic_key_as_url), "must start with http:// or https://"));
 }
 
+// Regression: a key with a trailing line break (a Kubernetes secret made from a file, an env
+// file with CRLF) was taken; every call then failed as a malformed request
+// (kInvalidArgument, which the router does not fall back from), far from the cause.
+TEST(Provider, AKeyWithALineBreakIsRefusedWhenTheProviderIsMade) {
+  Fixture f;
+  ProviderConfig cfg{.name = "oa", .api = Provider::kOpenAi, .base_url = "https://api.openai.com/v1",
+                     .api_key_env = "OPENAI_API_KEY"};
+  auto r = make_provider(cfg, *f.http, fake_env({{"OPENAI_API_KEY", std::string(kOpenAiKey) + "\n"}}));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind(), ErrorKind::kInvalidArgument);
+  expect_no_key(r.error());
+  EXPECT_TRUE(contains(r.error().message(), "OPENAI_API_KEY")) << r.error().message();
+  EXPECT_TRUE(contains(r.error().message(), "line break")) << r.error().message();
+  ProviderConfig inline_key{.name = "oa", .api = Provider::kOpenAi, .base_url = "https://api.openai.com/v1",
+                            .api_key = std::string(" ") + kOpenAiKey};
+  auto spaced = make_provider(inline_key, *f.http, fake_env({}));
+  ASSERT_FALSE(spaced.ok());
+  expect_no_key(spaced.error());
+}
+
 }  // namespace
 }  // namespace nines::llm

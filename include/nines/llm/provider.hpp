@@ -62,7 +62,8 @@ using EnvLookup = std::function<std::optional<std::string>(std::string_view name
 EnvLookup process_env();
 
 // kInvalidArgument naming the provider and the field: an empty name or base_url, both or an
-// unset key source, a missing key for api.openai.com / api.anthropic.com, a bad URL.
+// unset key source, a missing key for api.openai.com / api.anthropic.com, a key with a space,
+// line break or other control character (where, never the key), a bad URL.
 Result<std::shared_ptr<ChatModel>> make_provider(const ProviderConfig& config, net::HttpClient& http,
                                                  const EnvLookup& env = process_env());
 
