@@ -252,6 +252,13 @@ struct Router::Impl {
     return e;
   }
 
+  // route() with the Impl held by the call's own frame (see the header: the Router may go).
+  static Task<Result<RoutedResponse>> route_holding(std::shared_ptr<Impl> self, Context& ctx, const ChatRequest& req,
+                                                    const StreamHooks& hooks) {
+    Result<RoutedResponse> r = co_await self->route(ctx, req, hooks);
+    co_return r;
+  }
+
   Task<Result<RoutedResponse>> route(Context& ctx, const ChatRequest& original, const StreamHooks& hooks) {
     Call call{.hooks = &hooks};
     const Compactor& compact = hooks.compactor ? hooks.compactor : compactor;
@@ -345,7 +352,7 @@ Result<std::unique_ptr<Router>> Router::create(Environment& env, RouterOptions o
   if (options.name.empty()) return Error(ErrorKind::kInvalidArgument, "router: name is empty");
   const std::string where = "router '" + options.name + "'";
   if (options.chain.empty()) return Error(ErrorKind::kInvalidArgument, where + ": chain is empty");
-  auto impl = std::make_unique<Impl>(env, options.name);
+  auto impl = std::make_shared<Impl>(env, options.name);
   if (options.sizer) {
     impl->sizer = std::move(options.sizer);
   } else {
@@ -418,21 +425,21 @@ Result<std::unique_ptr<Router>> Router::create(Environment& env, RouterOptions o
   return std::unique_ptr<Router>(new Router(std::move(impl)));
 }
 
-Router::Router(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Router::Router(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Router::~Router() = default;
 
 Task<Result<RoutedResponse>> Router::route(Context& ctx, const ChatRequest& req) {
   static const StreamHooks kNoHooks;
-  return impl_->route(ctx, req, kNoHooks);
+  return Impl::route_holding(impl_, ctx, req, kNoHooks);
 }
 
 Task<Result<RoutedResponse>> Router::route(Context& ctx, const ChatRequest& req, const StreamHooks& hooks) {
-  return impl_->route(ctx, req, hooks);
+  return Impl::route_holding(impl_, ctx, req, hooks);
 }
 
 Task<ChatOutcome> Router::complete(Context& ctx, const ChatRequest& req, TextSink on_text) {
   StreamHooks hooks{.on_text = std::move(on_text)};
-  Result<RoutedResponse> r = co_await impl_->route(ctx, req, hooks);
+  Result<RoutedResponse> r = co_await Impl::route_holding(impl_, ctx, req, hooks);
   if (!r.ok()) co_return ChatOutcome{std::move(r).error(), std::nullopt};
   co_return ChatOutcome{std::move(r->response), std::nullopt};
 }

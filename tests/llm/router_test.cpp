@@ -547,6 +547,29 @@ TEST(Router, RouterIsAChatModel) {
   EXPECT_EQ(out->result->model, "model-b");
 }
 
+// Regression: a call in flight used the Router's state through a plain pointer; replacing
+// the Router (a configuration reload) while a process was suspended in route() left it to
+// resume into freed memory.
+TEST(Router, ACallInFlightOutlivesItsRouter) {
+  Harness h;
+  auto a = std::make_shared<ScriptedModel>("a", std::vector<Step>{{.error = ErrorKind::kTransient}});
+  std::unique_ptr<Router> router = h.make({route("a", a)});
+  std::optional<Result<RoutedResponse>> out;
+  h.s.spawn([&, r = router.get()](Context& ctx) -> Task<> {
+    ChatRequest req = prompt();
+    Result<RoutedResponse> res = co_await r->route(ctx, req);
+    out.emplace(std::move(res));
+  });
+  h.s.rt->advance(5ms);  // inside the first attempt
+  ASSERT_FALSE(out.has_value());
+  router.reset();
+  a.reset();  // the route's client too: the call keeps it
+  h.s.rt->advance(1h);
+  ASSERT_TRUE(out.has_value());
+  ASSERT_TRUE(out->ok()) << out->error().to_string();  // retried after the transient failure
+  EXPECT_EQ((*out)->served_by, "a");
+}
+
 TEST(Router, CreateRejectsBadOptionsNamingTheField) {
   Harness h;
   auto m = std::make_shared<ScriptedModel>("m");
