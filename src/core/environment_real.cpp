@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <random>
@@ -168,6 +169,24 @@ class RealEnvironment final : public Environment {
     epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev);
   }
 
+  // epoll_pwait2 (nanosecond timeouts) where the kernel has it (Linux 5.11); where it fails
+  // otherwise than EINTR (ENOSYS on an older kernel, EPERM or ENOSYS under a seccomp profile
+  // that does not know it), epoll_wait from then on, its timeout rounded up to a millisecond
+  // (never early: a wake-up before the deadline would only loop).
+  int wait_events(epoll_event* events, int max, const timespec* timeout) {
+    if (use_pwait2_) {
+      int n = epoll_pwait2(epfd_, events, max, timeout, nullptr);
+      if (n >= 0 || errno == EINTR) return n;
+      use_pwait2_ = false;
+    }
+    int ms = -1;
+    if (timeout != nullptr) {
+      const std::int64_t ns = static_cast<std::int64_t>(timeout->tv_sec) * 1'000'000'000 + timeout->tv_nsec;
+      ms = static_cast<int>(std::min<std::int64_t>((ns + 999'999) / 1'000'000, std::numeric_limits<int>::max()));
+    }
+    return epoll_wait(epfd_, events, max, ms);
+  }
+
   void run_loop() {
     epoll_event events[64];
     std::vector<std::function<void()>> due;
@@ -179,13 +198,14 @@ class RealEnvironment final : public Environment {
         std::lock_guard lock(mu_);
         armed_ = timers_.empty() ? TimePoint::max() : timers_.begin()->first.first;
         if (armed_ != TimePoint::max()) {
-          std::int64_t ns = std::max<std::int64_t>(0, (armed_ - now()).count());
+          const TimePoint t = now();
+          const std::int64_t ns = armed_ <= t ? 0 : (armed_ - t).count();  // no overflow for a deadline long past
           timeout.tv_sec = ns / 1'000'000'000;
           timeout.tv_nsec = ns % 1'000'000'000;
           wait = &timeout;
         }
       }
-      int n = epoll_pwait2(epfd_, events, 64, wait, nullptr);
+      int n = wait_events(events, 64, wait);
       {
         std::lock_guard lock(mu_);
         armed_ = TimePoint::min();  // running: timers added now are seen before the next wait
@@ -231,6 +251,7 @@ class RealEnvironment final : public Environment {
   std::atomic<std::uint64_t> thread_counter_{0};
   int epfd_ = -1, wakefd_ = -1;
   std::atomic<bool> stop_{false};
+  bool use_pwait2_ = true;  // the loop thread's alone
   std::mutex mu_;
   TimerId next_id_ = 1;
   TimePoint armed_ = TimePoint::min();  // what the loop waits for; min(): it is not waiting

@@ -1,6 +1,7 @@
 // Providers from configuration: see include/nines/llm/provider.hpp.
 #include "nines/llm/provider.hpp"
 
+#include <algorithm>
 #include <cstdlib>
 #include <utility>
 
@@ -14,6 +15,20 @@ namespace {
 
 Error invalid(const ProviderConfig& c, const std::string& what) {
   return Error(ErrorKind::kInvalidArgument, "provider '" + c.name + "': " + what);
+}
+
+// A POSIX environment variable name: letters, digits and '_', not starting with a digit.
+bool is_variable_name(std::string_view s) {
+  if (s.empty() || (s[0] >= '0' && s[0] <= '9')) return false;
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
+  });
+}
+
+// Names are shown in errors only when written as variable names are (OPENAI_API_KEY): a key
+// pasted in their place (a common slip) must not be echoed, and keys are mixed or lower case.
+bool is_shown_name(std::string_view s) {
+  return is_variable_name(s) && std::none_of(s.begin(), s.end(), [](char c) { return c >= 'a' && c <= 'z'; });
 }
 
 bool is_public_endpoint(std::string_view url) {
@@ -36,19 +51,44 @@ Result<std::shared_ptr<ChatModel>> make_provider(const ProviderConfig& config, n
   if (config.name.empty()) return Error(ErrorKind::kInvalidArgument, "provider: name is empty");
   if (config.base_url.empty()) return invalid(config, "base_url is empty");
   if (config.base_url.rfind("http://", 0) != 0 && config.base_url.rfind("https://", 0) != 0) {
-    return invalid(config, "base_url must start with http:// or https://, got '" + config.base_url + "'");
+    // A URL with another scheme is shown; anything else may be a key put in the wrong field.
+    if (config.base_url.find("://") == std::string::npos) {
+      return invalid(config, "base_url must start with http:// or https://; the value given has no scheme (not shown: "
+                             "it may be a key)");
+    }
+    return invalid(config, "base_url must start with http:// or https://, got '" + redact_secrets(config.base_url) + "'");
   }
   if (!config.api_key.empty() && !config.api_key_env.empty()) {
     return invalid(config, "set api_key or api_key_env, not both");
   }
   std::string key = config.api_key;
   if (!config.api_key_env.empty()) {
+    if (!is_variable_name(config.api_key_env)) {
+      return invalid(config, "api_key_env must name an environment variable (letters, digits and '_'); the value "
+                             "given is not a name (not shown: it may be the key itself)");
+    }
     std::optional<std::string> v = env(config.api_key_env);
     if (!v || v->empty()) {
-      return invalid(config, "the environment variable " + config.api_key_env + " (api_key_env) is " +
-                                 (v ? "empty" : "not set"));
+      const std::string which = is_shown_name(config.api_key_env)
+                                    ? config.api_key_env
+                                    : "named by api_key_env (not shown: not in upper case, it may be a key)";
+      return invalid(config, "the environment variable " + which + " (api_key_env) is " + (v ? "empty" : "not set"));
     }
     key = std::move(*v);
+  }
+  // A key is one printable token; a line break or a space (a secret made from a file keeps
+  // its final newline) would make every call fail as malformed, far from the cause.
+  if (auto bad = std::find_if(key.begin(), key.end(), [](unsigned char c) { return c <= ' ' || c >= 0x7f; });
+      bad != key.end()) {
+    const std::string from = config.api_key_env.empty()
+                                 ? std::string("api_key")
+                                 : "the environment variable " + (is_shown_name(config.api_key_env)
+                                                                      ? config.api_key_env
+                                                                      : std::string("named by api_key_env"));
+    const char* what = (*bad == '\n' || *bad == '\r') ? "a line break" : "a space or control character";
+    return invalid(config, "the key in " + from + " contains " + what + " at byte " +
+                               std::to_string(bad - key.begin() + 1) + " of " + std::to_string(key.size()) +
+                               " (not shown); a key is one printable token");
   }
   if (key.empty() && is_public_endpoint(config.base_url)) {
     return invalid(config, config.base_url + " needs an API key: set api_key_env");

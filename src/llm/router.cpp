@@ -65,7 +65,8 @@ Compactor make_fit_compactor(std::shared_ptr<const TokenEstimator> estimator) {
   return [estimator](Context&, const ChatRequest& req, std::int64_t budget,
                      bool after_overflow) -> Task<Result<ChatRequest>> {
     TokenCounter counter = estimator ? estimator->counter(req.model) : TokenCounter(family_for_model(req.model));
-    std::int64_t for_messages = budget - (req.tools.empty() ? 0 : counter.tools(req.tools));
+    const std::int64_t for_tools = req.tools.empty() ? 0 : counter.tools(req.tools);
+    std::int64_t for_messages = budget - for_tools;
     if (after_overflow) {
       // The provider counted more than we did: aim well below what we thought it was.
       std::int64_t current = counter.reply_priming();
@@ -77,7 +78,7 @@ Compactor make_fit_compactor(std::shared_ptr<const TokenEstimator> estimator) {
                        .estimator = estimator.get(),
                        .max_tool_output_tokens = after_overflow ? 1024 : 4096};
     if (for_messages <= 0) {
-      co_return Error(ErrorKind::kContextOverflow, "the tools alone need " + std::to_string(budget - for_messages) +
+      co_return Error(ErrorKind::kContextOverflow, "the tools alone need " + std::to_string(for_tools) +
                                                        " tokens; the budget is " + std::to_string(budget));
     }
     Result<FitResult> fit = fit_messages(req.messages, options);
@@ -158,20 +159,36 @@ struct Router::Impl {
   Task<Result<ChatResponse>> call_route(Context& ctx, Route& r, const ChatRequest& req, std::int64_t estimate,
                                         Call& call) {
     r.calls.fetch_add(1, std::memory_order_relaxed);
+    // What an earlier route left here says nothing about this one: when no attempt runs (its
+    // breaker refuses the call), neither may be read as this route's.
+    call.auth = false;
+    call.local_limit.reset();
     const std::uint64_t units = static_cast<std::uint64_t>(std::max<std::int64_t>(1, estimate + reserve_for(r, req)));
-    auto attempt = [&r, &req, &call, units, this](Context& c) -> Task<Result<ChatResponse>> {
+    const TimePoint caller_deadline = ctx.deadline();
+    auto attempt = [&r, &req, &call, units, caller_deadline, this](Context& c) -> Task<Result<ChatResponse>> {
       // The local limits, per attempt (each attempt is a request the provider counts). A
-      // limiter that would make the call wait longer than max_limiter_wait refuses; that is
+      // limiter that would make the call wait longer than it may refuses at once: longer
+      // than max_limiter_wait (kRateLimited), past the attempt timeout (kDeadlineExceeded
+      // while the caller's own deadline has not passed: the limiters wait inside the attempt
+      // timeout), or for ever (kInvalidArgument: more tokens than tokens_per_minute). That is
       // reported as a non-retryable kBudgetExceeded, which neither the retry policy retries
-      // nor the breaker counts, and the route is left with the limiter's own error.
+      // nor the breaker counts, and the route is left with kRateLimited: the provider was
+      // never asked, and the next route may have room.
       call.local_limit.reset();
       for (auto [limiter, n] : {std::pair{r.requests.get(), std::uint64_t{1}}, std::pair{r.tokens.get(), units}}) {
         if (limiter == nullptr) continue;
         Status s = co_await limiter->acquire(c, n);
         if (s.ok()) continue;
-        if (s.error().kind() != ErrorKind::kRateLimited) co_return std::move(s).error();
-        call.local_limit = s.error();
-        co_return Error(ErrorKind::kBudgetExceeded, "local rate limit: " + s.error().message());
+        const ErrorKind kind = s.error().kind();
+        if (kind == ErrorKind::kRateLimited) {
+          call.local_limit = s.error();
+        } else if (kind == ErrorKind::kInvalidArgument ||
+                   (kind == ErrorKind::kDeadlineExceeded && c.now() < caller_deadline)) {
+          call.local_limit = Error(ErrorKind::kRateLimited, s.error().message());
+        } else {
+          co_return std::move(s).error();
+        }
+        co_return Error(ErrorKind::kBudgetExceeded, "local rate limit: " + call.local_limit->message());
       }
       if (call.delivered) {
         call.delivered = false;
@@ -233,6 +250,13 @@ struct Router::Impl {
     }
     if (kind == ErrorKind::kRateLimited && retry_at) e = std::move(e).with_retry_at(*retry_at);
     return e;
+  }
+
+  // route() with the Impl held by the call's own frame (see the header: the Router may go).
+  static Task<Result<RoutedResponse>> route_holding(std::shared_ptr<Impl> self, Context& ctx, const ChatRequest& req,
+                                                    const StreamHooks& hooks) {
+    Result<RoutedResponse> r = co_await self->route(ctx, req, hooks);
+    co_return r;
   }
 
   Task<Result<RoutedResponse>> route(Context& ctx, const ChatRequest& original, const StreamHooks& hooks) {
@@ -328,7 +352,7 @@ Result<std::unique_ptr<Router>> Router::create(Environment& env, RouterOptions o
   if (options.name.empty()) return Error(ErrorKind::kInvalidArgument, "router: name is empty");
   const std::string where = "router '" + options.name + "'";
   if (options.chain.empty()) return Error(ErrorKind::kInvalidArgument, where + ": chain is empty");
-  auto impl = std::make_unique<Impl>(env, options.name);
+  auto impl = std::make_shared<Impl>(env, options.name);
   if (options.sizer) {
     impl->sizer = std::move(options.sizer);
   } else {
@@ -401,21 +425,21 @@ Result<std::unique_ptr<Router>> Router::create(Environment& env, RouterOptions o
   return std::unique_ptr<Router>(new Router(std::move(impl)));
 }
 
-Router::Router(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Router::Router(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Router::~Router() = default;
 
 Task<Result<RoutedResponse>> Router::route(Context& ctx, const ChatRequest& req) {
   static const StreamHooks kNoHooks;
-  return impl_->route(ctx, req, kNoHooks);
+  return Impl::route_holding(impl_, ctx, req, kNoHooks);
 }
 
 Task<Result<RoutedResponse>> Router::route(Context& ctx, const ChatRequest& req, const StreamHooks& hooks) {
-  return impl_->route(ctx, req, hooks);
+  return Impl::route_holding(impl_, ctx, req, hooks);
 }
 
 Task<ChatOutcome> Router::complete(Context& ctx, const ChatRequest& req, TextSink on_text) {
   StreamHooks hooks{.on_text = std::move(on_text)};
-  Result<RoutedResponse> r = co_await impl_->route(ctx, req, hooks);
+  Result<RoutedResponse> r = co_await Impl::route_holding(impl_, ctx, req, hooks);
   if (!r.ok()) co_return ChatOutcome{std::move(r).error(), std::nullopt};
   co_return ChatOutcome{std::move(r->response), std::nullopt};
 }

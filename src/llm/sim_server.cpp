@@ -19,6 +19,32 @@ struct SimServer::State {
 
   State(Environment& e, std::shared_ptr<SimModel> s, std::size_t max) : env(e), sim(std::move(s)), max_samples(max) {}
 
+  SimServerStats stats() const {
+    std::vector<Duration> v;
+    SimServerStats s;
+    {
+      std::lock_guard lock(mu);
+      v = samples;
+      s.requests = requests;
+    }
+    if (v.empty()) return s;
+    std::sort(v.begin(), v.end());
+    auto at = [&](double p) {
+      return v[std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size())))];
+    };
+    s.latency_p50 = at(0.50);
+    s.latency_p99 = at(0.99);
+    s.latency_max = v.back();
+    return s;
+  }
+
+  void reset() {
+    std::lock_guard lock(mu);
+    samples.clear();
+    next = 0;
+    requests = 0;
+  }
+
   void record(Duration d) {
     std::lock_guard lock(mu);
     ++requests;
@@ -47,6 +73,11 @@ net::HttpHeaders to_net(const Headers& headers) {
   return out;
 }
 
+// A stream's bytes the client has not read (held by the server, beyond the kernel's buffer)
+// before the next chunks due at once wait for it, and how long they wait each time.
+constexpr std::size_t kMaxUnread = 64u << 10;
+constexpr Duration kDrainWait = std::chrono::milliseconds(1);
+
 // Plays one reply back; `start` is when the handler got the request.
 struct Playback : std::enable_shared_from_this<Playback> {
   StatePtr state;
@@ -60,6 +91,11 @@ struct Playback : std::enable_shared_from_this<Playback> {
       (this->*step)();
       return;
     }
+    later(d, step);
+  }
+
+  // On a timer, even for d == 0 (the loop's next turn).
+  void later(Duration d, void (Playback::*step)()) {
     auto self = shared_from_this();
     state->env.add_timer(state->env.now() + d, [self, step] { (self.get()->*step)(); });
   }
@@ -96,13 +132,22 @@ struct Playback : std::enable_shared_from_this<Playback> {
     send_chunk();
   }
 
+  // Chunks due at once are written in a loop (not a call per chunk: the stack stays flat
+  // however long the stream), until the client has kMaxUnread bytes to read; then the rest
+  // waits for it to read them (kDrainWait), as a server streaming a real model would.
   void send_chunk() {
-    if (next_chunk < reply.chunks.size()) {
+    while (next_chunk < reply.chunks.size()) {
       if (!responder.write(reply.chunks[next_chunk]).ok()) return;
       ++next_chunk;
-      Duration delay = next_chunk < reply.chunk_delays.size() ? reply.chunk_delays[next_chunk] : Duration::zero();
-      if (next_chunk < reply.chunks.size()) {
-        after(delay, &Playback::send_chunk);
+      if (next_chunk == reply.chunks.size()) break;
+      const Duration delay =
+          next_chunk < reply.chunk_delays.size() ? reply.chunk_delays[next_chunk] : Duration::zero();
+      if (delay > Duration::zero()) {
+        later(delay, &Playback::send_chunk);
+        return;
+      }
+      if (responder.buffered_bytes() > kMaxUnread) {
+        later(kDrainWait, &Playback::send_chunk);
         return;
       }
     }
@@ -117,13 +162,13 @@ struct Playback : std::enable_shared_from_this<Playback> {
   void done() { state->record(state->env.now() - start); }
 };
 
-std::string stats_json(const SimServer& server) {
-  SimServerStats s = server.stats();
+std::string stats_json(const SimServer::State& state) {
+  SimServerStats s = state.stats();
   auto us = [](Duration d) { return std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(d).count()); };
   std::string out = "{\"requests\": " + std::to_string(s.requests) + ", \"latency_p50_us\": " + us(s.latency_p50) +
                     ", \"latency_p99_us\": " + us(s.latency_p99) + ", \"latency_max_us\": " + us(s.latency_max) +
                     ", \"faults\": {";
-  SimCounters c = server.sim().counters();
+  SimCounters c = state.sim->counters();
   for (std::size_t i = 0; i < kSimFaultCount; ++i) {
     if (i > 0) out += ", ";
     out += "\"" + std::string(to_string(static_cast<SimFault>(i))) + "\": " + std::to_string(c.faults[i]);
@@ -141,18 +186,16 @@ Result<std::unique_ptr<SimServer>> SimServer::start(Environment& env, std::share
     return Error(ErrorKind::kInvalidArgument, "sim server: max_latency_samples must be >= 1");
   }
   auto state = std::make_shared<State>(env, std::move(sim), options.max_latency_samples);
-  // The handler needs the server for /sim/stats; it is set once the server exists.
-  auto self = std::make_shared<SimServer*>(nullptr);
-  net::HttpHandler handler = [state, self](net::HttpServerRequest&& req, net::HttpResponder responder) {
+  // The handler reads the shared state only: it runs on the loop thread from the moment the
+  // server listens, before start() returns.
+  net::HttpHandler handler = [state](net::HttpServerRequest&& req, net::HttpResponder responder) {
     const std::string_view path = req.path();
     if (path == "/sim/stats" || path == "/sim/stats/reset") {
       net::HttpHeaders h{{"Content-Type", "application/json"}};
-      if (*self == nullptr) {
-        (void)responder.respond(503, h, "{\"error\": \"starting\"}\n");
-      } else if (path == "/sim/stats" && req.method == "GET") {
-        (void)responder.respond(200, h, stats_json(**self));
+      if (path == "/sim/stats" && req.method == "GET") {
+        (void)responder.respond(200, h, stats_json(*state));
       } else if (path == "/sim/stats/reset" && req.method == "POST") {
-        (*self)->reset_stats();
+        state->reset();
         (void)responder.respond(200, h, "{\"reset\": true}\n");
       } else {
         (void)responder.respond(405, h, "{\"error\": \"method not allowed\"}\n");
@@ -173,9 +216,7 @@ Result<std::unique_ptr<SimServer>> SimServer::start(Environment& env, std::share
   http_options.max_body_bytes = options.max_body_bytes;
   Result<std::unique_ptr<net::HttpServer>> http = net::HttpServer::create(env, http_options, std::move(handler));
   if (!http.ok()) return http.error().with_context("sim server");
-  auto server = std::unique_ptr<SimServer>(new SimServer(state, std::move(http).value()));
-  *self = server.get();
-  return server;
+  return std::unique_ptr<SimServer>(new SimServer(state, std::move(http).value()));
 }
 
 SimServer::SimServer(std::shared_ptr<State> state, std::unique_ptr<net::HttpServer> http)
@@ -189,28 +230,8 @@ SimModel& SimServer::sim() const { return *state_->sim; }
 net::HttpServerStats SimServer::http_stats() const { return http_->stats(); }
 void SimServer::stop() { http_->stop(); }
 
-SimServerStats SimServer::stats() const {
-  std::vector<Duration> v;
-  SimServerStats s;
-  {
-    std::lock_guard lock(state_->mu);
-    v = state_->samples;
-    s.requests = state_->requests;
-  }
-  if (v.empty()) return s;
-  std::sort(v.begin(), v.end());
-  auto at = [&](double p) { return v[std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size())))]; };
-  s.latency_p50 = at(0.50);
-  s.latency_p99 = at(0.99);
-  s.latency_max = v.back();
-  return s;
-}
+SimServerStats SimServer::stats() const { return state_->stats(); }
 
-void SimServer::reset_stats() {
-  std::lock_guard lock(state_->mu);
-  state_->samples.clear();
-  state_->next = 0;
-  state_->requests = 0;
-}
+void SimServer::reset_stats() { state_->reset(); }
 
 }  // namespace nines::llm

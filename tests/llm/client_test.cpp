@@ -433,5 +433,52 @@ TEST(Provider, ConfigErrorsNameTheVariableNeverAKey) {
   EXPECT_TRUE(make_provider(anthropic, *f.http, fake_env({{"ANTHROPIC_API_KEY", kAnthropicKey}})).ok());
 }
 
+// Regression: a key pasted where the variable's name or the URL goes (a common slip in a
+// config file) was echoed by the error that refused it.
+TEST(Provider, AKeyPutWhereANameOrTheURLGoesIsNotEchoed) {
+  Fixture f;
+  auto none = fake_env({});
+  auto err = [&](ProviderConfig cfg) {
+    auto r = make_provider(cfg, *f.http, none);
+    EXPECT_FALSE(r.ok());
+    if (r.ok()) return std::string();
+    EXPECT_EQ(r.error().kind(), ErrorKind::kInvalidArgument);
+    expect_no_key(r.error());
+    return r.error().message();
+  };
+  ProviderConfig key_as_name{.name = "oa", .api = Provider::kOpenAi, .base_url = "https://api.openai.com/v1",
+                             .api_key_env = kOpenAiKey};
+  EXPECT_TRUE(contains(err(key_as_name), "api_key_env must name an environment variable")) << err(key_as_name);
+  // A key that happens to be a valid variable name (letters, digits, '_') but not an
+  // upper-case one, as variable names are written.
+  ProviderConfig word_key = key_as_name;
+  word_key.api_key_env = "gsk_TESTKEYabcdefghijklmnop0123456789";
+  EXPECT_TRUE(contains(err(word_key), "(api_key_env) is not set")) << err(word_key);
+  ProviderConfig key_as_url{.name = "oa", .api = Provider::kOpenAi, .base_url = kOpenAiKey};
+  EXPECT_TRUE(contains(err(key_as_url), "must start with http:// or https://")) << err(key_as_url);
+  ProviderConfig anthropic_key_as_url{.name = "an", .api = Provider::kAnthropic, .base_url = kAnthropicKey};
+  EXPECT_TRUE(contains(err(anthropic_key_as_url), "must start with http:// or https://"));
+}
+
+// Regression: a key with a trailing line break (a Kubernetes secret made from a file, an env
+// file with CRLF) was taken; every call then failed as a malformed request
+// (kInvalidArgument, which the router does not fall back from), far from the cause.
+TEST(Provider, AKeyWithALineBreakIsRefusedWhenTheProviderIsMade) {
+  Fixture f;
+  ProviderConfig cfg{.name = "oa", .api = Provider::kOpenAi, .base_url = "https://api.openai.com/v1",
+                     .api_key_env = "OPENAI_API_KEY"};
+  auto r = make_provider(cfg, *f.http, fake_env({{"OPENAI_API_KEY", std::string(kOpenAiKey) + "\n"}}));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind(), ErrorKind::kInvalidArgument);
+  expect_no_key(r.error());
+  EXPECT_TRUE(contains(r.error().message(), "OPENAI_API_KEY")) << r.error().message();
+  EXPECT_TRUE(contains(r.error().message(), "line break")) << r.error().message();
+  ProviderConfig inline_key{.name = "oa", .api = Provider::kOpenAi, .base_url = "https://api.openai.com/v1",
+                            .api_key = std::string(" ") + kOpenAiKey};
+  auto spaced = make_provider(inline_key, *f.http, fake_env({}));
+  ASSERT_FALSE(spaced.ok());
+  expect_no_key(spaced.error());
+}
+
 }  // namespace
 }  // namespace nines::llm

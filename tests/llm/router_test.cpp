@@ -242,6 +242,106 @@ TEST(Router, AuthFailureForcesTheBreakerOpenAndFallsBack) {
   EXPECT_EQ(again->served_by, "a");
 }
 
+// Regression: the auth flag of one route's failure was kept for the next route; a route
+// whose breaker refused the call (so no attempt ran) was then taken for an auth failure and
+// forced open for good.
+TEST(Router, AnOpenBreakerAfterAnAuthFailureIsNotTakenForOne) {
+  Harness h;
+  auto a = std::make_shared<ScriptedModel>(
+      "a", std::vector<Step>{{.error = ErrorKind::kTransient},
+                             {.error = ErrorKind::kTransient},
+                             {.error = ErrorKind::kTransient},
+                             {.error = ErrorKind::kPermanent, .auth = true}});
+  auto b = std::make_shared<ScriptedModel>("b", std::vector<Step>{{.error = ErrorKind::kTransient}});
+  auto c = std::make_shared<ScriptedModel>("c");
+  auto rb = route("b", b);
+  rb.retry = retries(1);
+  rb.breaker = CircuitBreakerOptions{.consecutive_failures = 1, .open_duration = 4min};
+  auto router = h.make({route("a", a), rb, route("c", c)});
+  // First call: a exhausts its retries, b fails once (its breaker opens), c answers. Second
+  // call at once: a's key is refused, b's breaker is still open, c answers.
+  auto calls = run_in_a_row(h, *router, 2);
+  ASSERT_EQ(calls.size(), 2u);
+  ASSERT_TRUE(calls[0].first.ok());
+  ASSERT_EQ(calls[0].first->fallbacks.size(), 2u);
+  EXPECT_EQ(calls[0].first->fallbacks[1].reason, FallbackReason::kRetriesExhausted);
+  auto& r = calls[1].first;
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(r->served_by, "c");
+  ASSERT_EQ(r->fallbacks.size(), 2u);
+  EXPECT_EQ(r->fallbacks[0].reason, FallbackReason::kAuthFailure);
+  EXPECT_EQ(r->fallbacks[1].reason, FallbackReason::kCircuitOpen);
+  EXPECT_EQ(r->fallbacks[1].error.kind(), ErrorKind::kCircuitOpen);
+  EXPECT_EQ(router->breaker(0)->state(), BreakerState::kForcedOpen);
+  EXPECT_EQ(router->breaker(1)->state(), BreakerState::kOpen);  // not isolated: it recovers by itself
+  EXPECT_EQ(b->requests.size(), 1u);
+}
+
+// Regression: the local limiter's refusal on one route was kept for the next route; a route
+// whose breaker refused the call was then reported with the previous route's limiter error.
+TEST(Router, AnOpenBreakerAfterALocalLimitIsReportedAsCircuitOpen) {
+  Harness h;
+  auto a = std::make_shared<ScriptedModel>("a");
+  auto c = std::make_shared<ScriptedModel>("c");
+  auto ra = route("a", a);
+  ra.requests_per_minute = 1;
+  ra.max_limiter_wait = 1s;
+  auto router = h.make({ra, route("b", std::make_shared<ScriptedModel>("b")), route("c", c)});
+  router->breaker(1)->isolate();
+  auto calls = run_in_a_row(h, *router, 2);  // the second finds a's bucket empty (60 s to wait)
+  ASSERT_EQ(calls.size(), 2u);
+  auto& r = calls[1].first;
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(r->served_by, "c");
+  ASSERT_EQ(r->fallbacks.size(), 2u);
+  EXPECT_EQ(r->fallbacks[0].reason, FallbackReason::kRateLimited);
+  EXPECT_EQ(r->fallbacks[1].route, "b");
+  EXPECT_EQ(r->fallbacks[1].reason, FallbackReason::kCircuitOpen);
+  EXPECT_EQ(r->fallbacks[1].error.kind(), ErrorKind::kCircuitOpen) << r->fallbacks[1].error.to_string();
+  EXPECT_EQ(r->fallbacks[1].error.message().find("local rate limit"), std::string::npos);
+}
+
+// Regression: a call needing more tokens than the route's whole tokens_per_minute made the
+// limiter answer kInvalidArgument, which stopped the chain as if the request were malformed.
+TEST(Router, ACallLargerThanTheTokensPerMinuteLimitFallsBack) {
+  Harness h;
+  auto a = std::make_shared<ScriptedModel>("a");
+  auto b = std::make_shared<ScriptedModel>("b");
+  auto ra = route("a", a);
+  ra.tokens_per_minute = 50;  // the call needs 8 + 100 reserved
+  auto router = h.make({ra, route("b", b)});
+  auto r = h.run(*router, prompt());
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(r->served_by, "b");
+  EXPECT_TRUE(a->requests.empty());
+  ASSERT_EQ(r->fallbacks.size(), 1u);
+  EXPECT_EQ(r->fallbacks[0].reason, FallbackReason::kRateLimited);
+  EXPECT_NE(r->fallbacks[0].error.message().find("tokens_per_minute"), std::string::npos)
+      << r->fallbacks[0].error.message();
+}
+
+// Regression: the limiters wait inside the attempt timeout; a wait longer than the attempt
+// timeout (but within max_limiter_wait) made the limiter answer kDeadlineExceeded, which
+// stopped the chain as if the caller's deadline had passed.
+TEST(Router, ALimiterWaitLongerThanTheAttemptTimeoutFallsBack) {
+  Harness h;
+  auto a = std::make_shared<ScriptedModel>("a");
+  auto b = std::make_shared<ScriptedModel>("b");
+  auto ra = route("a", a);
+  ra.requests_per_minute = 2;  // the third call in a row waits about 30 s
+  ra.attempt_timeout = 5s;
+  auto router = h.make({ra, route("b", b)});
+  auto calls = run_in_a_row(h, *router, 3);
+  ASSERT_EQ(calls.size(), 3u);
+  auto& r = calls[2].first;
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(r->served_by, "b");
+  EXPECT_EQ(a->requests.size(), 2u);
+  ASSERT_EQ(r->fallbacks.size(), 1u);
+  EXPECT_EQ(r->fallbacks[0].reason, FallbackReason::kRateLimited);
+  EXPECT_LT(calls[2].second, 1s);  // left at once, not after waiting
+}
+
 TEST(Router, ARouteWhoseWindowCannotHoldThePromptIsSkippedBeforeTheCall) {
   Harness h;
   auto small = std::make_shared<ScriptedModel>("small");
@@ -447,6 +547,29 @@ TEST(Router, RouterIsAChatModel) {
   EXPECT_EQ(out->result->model, "model-b");
 }
 
+// Regression: a call in flight used the Router's state through a plain pointer; replacing
+// the Router (a configuration reload) while a process was suspended in route() left it to
+// resume into freed memory.
+TEST(Router, ACallInFlightOutlivesItsRouter) {
+  Harness h;
+  auto a = std::make_shared<ScriptedModel>("a", std::vector<Step>{{.error = ErrorKind::kTransient}});
+  std::unique_ptr<Router> router = h.make({route("a", a)});
+  std::optional<Result<RoutedResponse>> out;
+  h.s.spawn([&, r = router.get()](Context& ctx) -> Task<> {
+    ChatRequest req = prompt();
+    Result<RoutedResponse> res = co_await r->route(ctx, req);
+    out.emplace(std::move(res));
+  });
+  h.s.rt->advance(5ms);  // inside the first attempt
+  ASSERT_FALSE(out.has_value());
+  router.reset();
+  a.reset();  // the route's client too: the call keeps it
+  h.s.rt->advance(1h);
+  ASSERT_TRUE(out.has_value());
+  ASSERT_TRUE(out->ok()) << out->error().to_string();  // retried after the transient failure
+  EXPECT_EQ((*out)->served_by, "a");
+}
+
 TEST(Router, CreateRejectsBadOptionsNamingTheField) {
   Harness h;
   auto m = std::make_shared<ScriptedModel>("m");
@@ -511,6 +634,31 @@ TEST(Router, TheFitCompactorDropsTheOldestTurnsAfterAnOverflow) {
   EXPECT_LT(retried.size(), req.messages.size());
   EXPECT_EQ(retried.front().text(), "You are terse.");  // the system prompt is kept
   EXPECT_EQ(retried.back().text(), "the last question");  // and the newest turn
+}
+
+// Regression: after an overflow the budget for the messages was scaled to 70% before the
+// "tools alone" check, so the error stated a wrong number of tokens for the tools.
+TEST(Router, TheFitCompactorSaysWhatTheToolsNeed) {
+  Harness h;
+  auto estimator = std::shared_ptr<TokenEstimator>(TokenEstimator::create().value());
+  Compactor compact = make_fit_compactor(estimator);
+  ChatRequest req = prompt();
+  req.model = "gpt-4o";
+  req.tools.push_back({.name = "lookup", .description = std::string(4000, 'd')});
+  const std::int64_t tools = estimator->counter(req.model).tools(req.tools);
+  ASSERT_GT(tools, 200);
+  std::vector<std::string> messages;
+  h.s.spawn([&](Context& ctx) -> Task<> {
+    const bool modes[] = {false, true};
+    for (bool after_overflow : modes) {
+      Result<ChatRequest> r = co_await compact(ctx, req, 200, after_overflow);
+      messages.push_back(r.ok() ? std::string("ok") : r.error().message());
+    }
+  });
+  h.s.rt->advance(1h);
+  ASSERT_EQ(messages.size(), 2u);
+  const std::string expected = "the tools alone need " + std::to_string(tools) + " tokens; the budget is 200";
+  for (const std::string& m : messages) EXPECT_NE(m.find(expected), std::string::npos) << m;
 }
 
 TEST(Router, APerCallCompactorSummarizesIntoACheckpointInTheStore) {

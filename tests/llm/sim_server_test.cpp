@@ -236,6 +236,22 @@ TEST(SimServer, ContextOverflowIsItsOwnKind) {
   EXPECT_EQ(injected.outcome.result.error().kind(), ErrorKind::kContextOverflow);
 }
 
+// Regression: each chunk due at once was written from a nested call of the previous one, all
+// in one loop callback: a long stream with no per-chunk latency (here 15,000 chunks)
+// overflowed the loop thread's stack and took the process down, and the client could not
+// read before the whole stream was queued.
+TEST(SimServer, ALongStreamWithoutChunkDelaysArrivesWhole) {
+  std::string answer;
+  for (int i = 0; i < 12000; ++i) answer += "word ";
+  Fixture f(R"({"seed": 5, "scenario": [{"answer": ")" + answer + R"("}], "output": {"tokens_per_chunk": 1}})");
+  ChatRequest req = weather_request(true);
+  req.tools.clear();
+  auto c = f.call(req);
+  ASSERT_TRUE(c.outcome.result.ok()) << c.outcome.result.error().to_string();
+  EXPECT_EQ(c.outcome.result->message.text(), answer);
+  EXPECT_EQ(f.server->http_stats().closed_slow_reader, 0u);
+}
+
 TEST(SimServer, StatsAreServedAndReset) {
   Fixture f(config(""));
   ASSERT_TRUE(f.call(weather_request()).outcome.result.ok());

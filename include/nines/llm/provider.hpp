@@ -12,7 +12,9 @@
 // API keys: from the named environment variable (api_key_env: the usual way), or given
 // inline (api_key: for keys a config loader already resolved from a secret store). A key
 // never appears in errors, logs or metrics: errors name the variable, never its value, and
-// the codecs redact the key from anything a provider echoes back.
+// the codecs redact the key from anything a provider echoes back. Nor is a key echoed that
+// was pasted in the wrong field: an api_key_env that is not an upper-case variable name, or a
+// base_url without a scheme, is refused without being shown.
 //
 // Thread-safety: make_provider is a plain function; the model it returns is thread-safe.
 #pragma once
@@ -60,7 +62,8 @@ using EnvLookup = std::function<std::optional<std::string>(std::string_view name
 EnvLookup process_env();
 
 // kInvalidArgument naming the provider and the field: an empty name or base_url, both or an
-// unset key source, a missing key for api.openai.com / api.anthropic.com, a bad URL.
+// unset key source, a missing key for api.openai.com / api.anthropic.com, a key with a space,
+// line break or other control character (where, never the key), a bad URL.
 Result<std::shared_ptr<ChatModel>> make_provider(const ProviderConfig& config, net::HttpClient& http,
                                                  const EnvLookup& env = process_env());
 

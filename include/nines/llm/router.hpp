@@ -8,9 +8,10 @@
 //   retry -> breaker -> bulkhead -> attempt timeout -> requests-per-minute and
 //         tokens-per-minute limiters -> the model
 //
-// (The local limiters wait at most max_limiter_wait; a limiter that would need longer makes
-// the router leave the route at once, kRateLimited, without a retry and without counting a
-// breaker failure: the provider was never asked.)
+// (The local limiters wait at most max_limiter_wait, and within the attempt timeout; a
+// limiter that would need longer, or could never admit the call (more tokens than
+// tokens_per_minute), makes the router leave the route at once, kRateLimited, without a
+// retry and without counting a breaker failure: the provider was never asked.)
 //
 //   auto router = llm::Router::create(env, {.name = "planner", .chain = {
 //       {.name = "openai/gpt-4o", .model = "gpt-4o", .client = openai, .context_window_tokens = 128000},
@@ -63,7 +64,9 @@
 //
 // Ownership and thread-safety: a Router is immutable after create() except for its policies'
 // and counters' shared state (thread-safe); any number of processes may route through it at
-// once. It shares its routes' clients (shared_ptr). Router also implements ChatModel (the
+// once. It shares its routes' clients (shared_ptr). A call in flight holds the routes (their
+// policies and clients) itself, so the Router may be destroyed or replaced (a configuration
+// reload) while processes are suspended in route(). Router also implements ChatModel (the
 // ChatResponse's model is the model that answered), e.g. to serve as a summarizer.
 #pragma once
 
@@ -232,8 +235,8 @@ class Router final : public ChatModel {
 
  private:
   struct Impl;
-  explicit Router(std::unique_ptr<Impl> impl);
-  std::unique_ptr<Impl> impl_;
+  explicit Router(std::shared_ptr<Impl> impl);
+  std::shared_ptr<Impl> impl_;  // each call in flight holds it too
 };
 
 }  // namespace nines::llm
