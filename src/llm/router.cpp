@@ -325,13 +325,20 @@ struct Router::Impl {
       // Every route was skipped for size: compact once for the largest usable window.
       if (any_tried || compacted || !compact) break;
       std::int64_t best_budget = 0;
+      const Route* best = nullptr;
       for (const auto& r : routes) {
         if (r->options.context_window_tokens <= refused_window) continue;
         if (r->breaker->state() == BreakerState::kOpen || r->breaker->state() == BreakerState::kForcedOpen) continue;
-        best_budget = std::max(best_budget, r->options.context_window_tokens - reserve_for(*r, request_for(*r, original)));
+        const std::int64_t budget = r->options.context_window_tokens - reserve_for(*r, request_for(*r, original));
+        if (budget > best_budget) {
+          best_budget = budget;
+          best = r.get();
+        }
       }
-      if (best_budget <= 0) break;
-      Result<ChatRequest> smaller = co_await compact(ctx, original, best_budget, false);
+      if (best == nullptr || best_budget <= 0) break;
+      // Compacted as that route will see it (its model: the estimate's tokenizer family).
+      const ChatRequest for_best = request_for(*best, original);
+      Result<ChatRequest> smaller = co_await compact(ctx, for_best, best_budget, false);
       if (!smaller.ok()) {
         Error e = smaller.error().with_context("router '" + name + "': compacting the prompt");
         co_return e;

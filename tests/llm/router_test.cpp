@@ -412,8 +412,10 @@ TEST(Router, WhenNoWindowFitsThePromptIsCompactedForTheLargest) {
   auto a = std::make_shared<ScriptedModel>("a");
   auto b = std::make_shared<ScriptedModel>("b");
   std::int64_t seen_budget = 0;
+  std::string seen_model;
   Compactor compact = [&](Context&, const ChatRequest& req, std::int64_t budget, bool) -> Task<Result<ChatRequest>> {
     seen_budget = budget;
+    seen_model = req.model;
     ChatRequest smaller = req;
     smaller.messages.back() = Message::user(std::string(static_cast<std::size_t>(budget - 10), 'y'));
     co_return smaller;
@@ -422,6 +424,7 @@ TEST(Router, WhenNoWindowFitsThePromptIsCompactedForTheLargest) {
   auto r = h.run(*router, prompt(std::string(5000, 'x')));
   ASSERT_TRUE(r.ok()) << r.error().to_string();
   EXPECT_EQ(seen_budget, 700);
+  EXPECT_EQ(seen_model, "model-b");  // compacted for the route it was compacted for
   EXPECT_EQ(r->served_by, "b");
   EXPECT_TRUE(r->compacted);
   EXPECT_TRUE(a->requests.empty());
