@@ -4,6 +4,7 @@
 //   nines sim-server [--config FILE] [--port N] [--bind ADDR]
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <string>
 #include <string_view>
 
@@ -37,6 +38,25 @@ bool parse_number(std::string_view flag, const char* text, double& out) {
   return true;
 }
 
+// Reads "--flag number" pairs from argv[first..]; `apply(flag, value)` takes a known flag and
+// returns false for an unknown one. False (after saying why on stderr) on any error.
+bool parse_flags(int argc, char** argv, int first, const std::function<bool(std::string_view, double)>& apply) {
+  for (int i = first; i < argc; i += 2) {
+    std::string_view flag = argv[i];
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "nines: %s needs a value\n%s", argv[i], kUsage);
+      return false;
+    }
+    double v = 0;
+    if (!parse_number(flag, argv[i + 1], v)) return false;
+    if (!apply(flag, v)) {
+      std::fprintf(stderr, "nines: unknown option '%s'\n%s", argv[i], kUsage);
+      return false;
+    }
+  }
+  return true;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -47,21 +67,13 @@ int main(int argc, char** argv) {
   if (std::string_view(argv[1]) == "sim-server") return nines::cli::run_sim_server(argc - 2, argv + 2);
   if (std::string_view(argv[1]) == "demo" && argc >= 3 && std::string_view(argv[2]) == "models") {
     nines::cli::ModelsDemoOptions m;
-    for (int i = 3; i < argc; i += 2) {
-      std::string_view flag = argv[i];
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "nines: %s needs a value\n%s", argv[i], kUsage);
-        return 2;
-      }
-      double v = 0;
-      if (!parse_number(flag, argv[i + 1], v)) return 2;
+    bool ok = parse_flags(argc, argv, 3, [&](std::string_view flag, double v) {
       if (flag == "--agents") m.agents = static_cast<std::size_t>(v);
       else if (flag == "--calls") m.calls_per_agent = static_cast<std::size_t>(v);
-      else {
-        std::fprintf(stderr, "nines: unknown option '%s'\n%s", argv[i], kUsage);
-        return 2;
-      }
-    }
+      else return false;
+      return true;
+    });
+    if (!ok) return 2;
     return nines::cli::run_models_demo(m);
   }
   if (std::string_view(argv[1]) != "demo" || argc < 3 || std::string_view(argv[2]) != "runtime") {
@@ -69,24 +81,15 @@ int main(int argc, char** argv) {
     return 2;
   }
   nines::cli::RuntimeDemoOptions o;
-  for (int i = 3; i < argc; ++i) {
-    std::string_view flag = argv[i];
-    if (i + 1 >= argc) {
-      std::fprintf(stderr, "nines: %s needs a value\n%s", argv[i], kUsage);
-      return 2;
-    }
-    double v = 0;
-    if (!parse_number(flag, argv[i + 1], v)) return 2;
+  bool ok = parse_flags(argc, argv, 3, [&](std::string_view flag, double v) {
     if (flag == "--workers") o.workers = static_cast<std::size_t>(v);
     else if (flag == "--shards") o.shards = static_cast<std::size_t>(v);
     else if (flag == "--seconds") o.seconds = v;
     else if (flag == "--threads") o.threads = static_cast<unsigned>(v);
-    else {
-      std::fprintf(stderr, "nines: unknown option '%s'\n%s", argv[i], kUsage);
-      return 2;
-    }
-    ++i;
-  }
+    else return false;
+    return true;
+  });
+  if (!ok) return 2;
   if (o.shards > o.workers) {
     std::fprintf(stderr, "nines: --shards (%zu) must not exceed --workers (%zu)\n", o.shards, o.workers);
     return 2;

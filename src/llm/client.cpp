@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "nines/net/sse.hpp"
+#include "llm/sse_feed.hpp"
 
 namespace nines::llm {
 
@@ -124,15 +125,9 @@ Task<ChatOutcome> ModelClient::run_stream(Context& ctx, Result<HttpCall> call,
       co_return ChatOutcome{std::move(e), std::nullopt};
     }
     if (!piece->has_value()) break;  // the end of the body
-    events.clear();
-    Status fed = parser.feed(**piece, events);
-    for (const net::SseEvent& ev : events) {
-      std::string_view name = ev.type == "message" ? std::string_view{} : std::string_view{ev.type};
-      Result<StreamDelta> d = acc->on_event(name, ev.data);
-      if (!d.ok()) co_return ChatOutcome{std::move(d).error(), std::nullopt};
-      if (!d->text.empty() && on_text) on_text(d->text);
+    if (std::optional<Error> e = internal::feed_sse(parser, *acc, **piece, on_text, events)) {
+      co_return ChatOutcome{std::move(*e), std::nullopt};
     }
-    if (!fed.ok()) co_return ChatOutcome{fed.error().with_context("reading the event stream"), std::nullopt};
   }
   parser.finish();
   Result<ChatResponse> done = acc->finish();

@@ -16,6 +16,7 @@
 #include "llm/json_util.hpp"
 #include "nines/llm/openai.hpp"
 #include "nines/net/sse.hpp"
+#include "llm/sse_feed.hpp"
 
 namespace nines::llm {
 
@@ -989,15 +990,9 @@ Task<ChatOutcome> SimChatModel::play(Context& ctx, Result<SimHttpReply> prepared
       Result<std::any> slept = co_await ctx.sleep(reply.chunk_delays[i]);
       if (!slept.ok()) co_return ChatOutcome{std::move(slept).error(), std::nullopt};
     }
-    events.clear();
-    Status fed = parser.feed(reply.chunks[i], events);
-    for (const net::SseEvent& ev : events) {
-      std::string_view name = ev.type == "message" ? std::string_view{} : std::string_view{ev.type};
-      Result<StreamDelta> d = acc->on_event(name, ev.data);
-      if (!d.ok()) co_return ChatOutcome{std::move(d).error(), std::nullopt};
-      if (!d->text.empty() && on_text) on_text(d->text);
+    if (std::optional<Error> e = internal::feed_sse(parser, *acc, reply.chunks[i], on_text, events)) {
+      co_return ChatOutcome{std::move(*e), std::nullopt};
     }
-    if (!fed.ok()) co_return ChatOutcome{fed.error().with_context("reading the event stream"), std::nullopt};
   }
   parser.finish();
   // After a cut (SimReplyEnd::kAbort) the accumulator has no data: [DONE]: [truncated].
