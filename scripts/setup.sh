@@ -136,3 +136,17 @@ else
   echo "setup: only bench/peers/tokens/run needs it (builds and tests do not); rerun" >&2
   echo "setup: scripts/setup.sh with the npm registry reachable to install it." >&2
 fi
+
+# npm packages: openai (the official SDK), the peer bench/peers/llm_client/run compares the nines
+# model path with, against the same sim server. Pinned in bench/peers/llm_client/node/
+# package.json and package-lock.json. Warn-only: nothing but that benchmark needs it.
+npm_dir="$repo/bench/peers/llm_client/node"
+if [[ -d "$npm_dir/node_modules/openai" ]]; then
+  echo "setup: npm packages for bench/peers/llm_client present"
+elif (cd "$npm_dir" && npm ci --no-audit --no-fund --prefer-offline); then
+  echo "setup: npm packages for bench/peers/llm_client installed"
+else
+  echo "setup: WARNING: 'npm ci' in $npm_dir failed, so the openai SDK is not installed." >&2
+  echo "setup: only bench/peers/llm_client/run needs it (builds and tests do not); rerun" >&2
+  echo "setup: scripts/setup.sh with the npm registry reachable to install it." >&2
+fi
