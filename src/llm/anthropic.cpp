@@ -103,10 +103,9 @@ struct Block {
   bool stopped = false;
 };
 
-class AnthropicStream final : public StreamAccumulator {
+class AnthropicStream final : public internal::StreamBase<Provider::kAnthropic> {
  public:
-  AnthropicStream(std::shared_ptr<CodecCounters> counters, std::string api_key, std::size_t max_bytes)
-      : counters_(std::move(counters)), api_key_(std::move(api_key)), max_bytes_(max_bytes) {}
+  using StreamBase::StreamBase;
 
   Result<StreamDelta> on_event(std::string_view event, std::string_view data) override {
     if (error_) return *error_;
@@ -264,19 +263,6 @@ class AnthropicStream final : public StreamAccumulator {
     return out;
   }
 
-  Error malformed(std::string_view what) {
-    counters_->malformed.fetch_add(1, std::memory_order_relaxed);
-    return malformed_error(Provider::kAnthropic, what, api_key_);
-  }
-  Result<StreamDelta> fail_malformed(std::string_view what) { return fail(malformed(what)); }
-  Result<StreamDelta> fail(Error e) {
-    error_ = e;
-    return e;
-  }
-
-  std::shared_ptr<CodecCounters> counters_;
-  std::string api_key_;
-  std::size_t max_bytes_;
   ChatResponse response_;
   std::map<std::int64_t, Block> blocks_;  // by the stream's index
   std::size_t bytes_ = 0;
@@ -284,7 +270,6 @@ class AnthropicStream final : public StreamAccumulator {
   std::size_t events_ = 0;
   bool started_ = false;
   bool done_ = false;
-  std::optional<Error> error_;
 };
 
 class AnthropicCodec final : public internal::CodecBase<AnthropicOptions, AnthropicStream, Provider::kAnthropic> {

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -44,6 +45,31 @@ inline Error truncated_error(Provider provider, std::string_view terminal, std::
 }
 
 inline Error invalid_argument(std::string message) { return Error(ErrorKind::kInvalidArgument, std::move(message)); }
+
+// What both providers' stream accumulators share: the codec's counters, the key to redact,
+// the response bound, and the error that ends the stream (kept: every later call returns it).
+template <Provider kProvider>
+class StreamBase : public StreamAccumulator {
+ public:
+  StreamBase(std::shared_ptr<CodecCounters> counters, std::string api_key, std::size_t max_bytes)
+      : counters_(std::move(counters)), api_key_(std::move(api_key)), max_bytes_(max_bytes) {}
+
+ protected:
+  Error malformed(std::string_view what) {
+    counters_->malformed.fetch_add(1, std::memory_order_relaxed);
+    return malformed_error(kProvider, what, api_key_);
+  }
+  Result<StreamDelta> fail_malformed(std::string_view what) { return fail(malformed(what)); }
+  Result<StreamDelta> fail(Error e) {
+    error_ = e;
+    return e;
+  }
+
+  std::shared_ptr<CodecCounters> counters_;
+  std::string api_key_;
+  std::size_t max_bytes_;
+  std::optional<Error> error_;
+};
 
 // What every codec does the same way around its provider's wire format: the options (the
 // base URL without trailing slashes), the malformed/truncated counters it shares with its

@@ -119,10 +119,9 @@ bool is_error_object(const Json& doc) {
   return (e && (e->is_object() || e->is_string())) || str(member(doc, "object")) == "error";
 }
 
-class OpenAiStream final : public StreamAccumulator {
+class OpenAiStream final : public internal::StreamBase<Provider::kOpenAi> {
  public:
-  OpenAiStream(std::shared_ptr<CodecCounters> counters, std::string api_key, std::size_t max_bytes)
-      : counters_(std::move(counters)), api_key_(std::move(api_key)), max_bytes_(max_bytes) {}
+  using StreamBase::StreamBase;
 
   Result<StreamDelta> on_event(std::string_view event, std::string_view data) override {
     if (error_) return *error_;
@@ -231,26 +230,12 @@ class OpenAiStream final : public StreamAccumulator {
     return ok_status();
   }
 
-  Error malformed(std::string_view what) {
-    counters_->malformed.fetch_add(1, std::memory_order_relaxed);
-    return malformed_error(Provider::kOpenAi, what, api_key_);
-  }
-  Result<StreamDelta> fail_malformed(std::string_view what) { return fail(malformed(what)); }
-  Result<StreamDelta> fail(Error e) {
-    error_ = e;
-    return e;
-  }
-
-  std::shared_ptr<CodecCounters> counters_;
-  std::string api_key_;
-  std::size_t max_bytes_;
   ChatResponse response_;
   std::string text_;
   std::map<std::int64_t, ToolCall> calls_;  // by the stream's index
   std::size_t bytes_ = 0;
   std::size_t events_ = 0;
   bool done_ = false;
-  std::optional<Error> error_;
 };
 
 class OpenAiCodec final : public internal::CodecBase<OpenAiOptions, OpenAiStream, Provider::kOpenAi> {

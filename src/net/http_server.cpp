@@ -751,6 +751,16 @@ void ServerCore::response_written(ServerConn& c) {
   post_pending(c);
 }
 
+// `h` becomes "HTTP/1.1 <status> <reason>\r\n".
+static void start_status_line(std::string& h, int status) {
+  h.clear();
+  h += "HTTP/1.1 ";
+  append_number(h, static_cast<std::uint64_t>(status));
+  h += ' ';
+  h += reason_phrase(status);
+  h += "\r\n";
+}
+
 // The server's own answer to a request it will not hand over; the connection then closes,
 // after discarding (for a bounded time and amount) what the client still sends, so that a
 // close with unread bytes does not reset the connection before the client reads the answer.
@@ -758,12 +768,8 @@ void ServerCore::reject(ServerConn& c, int status, std::string_view reason, std:
   ServerCounters::inc(counter);
   counters_.response(status);
   std::string& h = scratch_;
-  h.clear();
-  h += "HTTP/1.1 ";
-  append_number(h, static_cast<std::uint64_t>(status));
-  h += ' ';
-  h += reason_phrase(status);
-  h += "\r\nContent-Type: text/plain\r\nContent-Length: ";
+  start_status_line(h, status);
+  h += "Content-Type: text/plain\r\nContent-Length: ";
   append_number(h, reason.size() + 1);
   h += "\r\nConnection: close\r\n\r\n";
   h += reason;
@@ -973,12 +979,7 @@ Status ServerCore::build_head(ServerConn& c, int status, const HttpHeaders& head
   c.chunked_out_ = stream && !c.http10_ && !c.head_method_;
 
   std::string& h = scratch_;
-  h.clear();
-  h += "HTTP/1.1 ";
-  append_number(h, static_cast<std::uint64_t>(status));
-  h += ' ';
-  h += reason_phrase(status);
-  h += "\r\n";
+  start_status_line(h, status);
   for (const auto& f : headers.fields()) {
     if (iequals(f.name, "connection")) continue;
     h += f.name;
