@@ -7,7 +7,7 @@ function(nines_layer name)
   add_library(nines_${name} STATIC ${L_SOURCES})
   add_library(nines::${name} ALIAS nines_${name})
   target_include_directories(nines_${name}
-    PUBLIC ${PROJECT_SOURCE_DIR}/include
+    PUBLIC ${PROJECT_SOURCE_DIR}/include ${PROJECT_BINARY_DIR}/include
     PRIVATE ${PROJECT_SOURCE_DIR}/src)
   target_link_libraries(nines_${name} PUBLIC ${L_DEPS})
   if(NINES_BUILD_TESTS AND L_TESTS)
