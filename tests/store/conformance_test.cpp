@@ -153,7 +153,9 @@ TEST_P(StoreConformance, EmptyBatchCommits) { EXPECT_TRUE(store_->commit(WriteBa
 TEST_P(StoreConformance, StepsComeBackInSeqOrderAndPutReplaces) {
   WriteBatch b;
   b.create_workflow("wf", "k", "", at(1));
-  for (std::int64_t seq : {3, 0, 2, 1}) b.put_step("wf", seq, numbered("s", seq), StepStatus::kOk, numbered("r", seq), at(seq));
+  for (std::int64_t seq : {3, 0, 2, 1}) {
+    b.put_step("wf", seq, numbered("s", seq), StepStatus::kOk, numbered("r", seq), at(seq));
+  }
   b.put_step("wf", 2, "s2", StepStatus::kError, bytes("boom\0"), at(9));
   commit_ok(b);
   auto steps = store_->load_steps("wf");
