@@ -14,7 +14,6 @@ packages=(
   ccache         # recompiles only what changed
   libgtest-dev   # unit tests (GoogleTest)
   libgmock-dev   # test doubles (GoogleMock)
-  libbenchmark-dev  # micro-benchmarks (Google Benchmark)
   erlang-base    # peer in bench/peers/runtime: Erlang/OTP processes and supervisors
   libcaf-dev     # peer in bench/peers/runtime: the C++ Actor Framework
   mawk           # the benchmark table (bench/peers/runtime/run)

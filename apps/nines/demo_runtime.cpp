@@ -113,7 +113,10 @@ int run_runtime_demo(const RuntimeDemoOptions& o) {
     for (std::size_t w = 0; w < per_shard; ++w) {
       std::size_t slot = s * per_shard + w;
       ChildSpec c;
-      c.id = "w" + std::to_string(w);
+      // Appended: "w" + std::to_string(w) made g++ 12.2 at -O3 report a false -Wrestrict
+      // (operator+(const char*, std::string&&) with a one-character literal).
+      c.id = "w";
+      c.id += std::to_string(w);
       c.shutdown = ShutdownSpec::brutal_kill();
       c.start = [slots, slot](StartContext& sc) {
         return sc.spawn_link([slots, slot](Context& ctx) -> Task<> {

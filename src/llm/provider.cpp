@@ -1,8 +1,11 @@
 // Providers from configuration: see include/nines/llm/provider.hpp.
 #include "nines/llm/provider.hpp"
 
+#include <curl/curl.h>
+
 #include <algorithm>
 #include <cstdlib>
+#include <memory>
 #include <utility>
 
 #include "nines/llm/anthropic.hpp"
@@ -31,10 +34,29 @@ bool is_shown_name(std::string_view s) {
   return is_variable_name(s) && std::none_of(s.begin(), s.end(), [](char c) { return c >= 'a' && c <= 'z'; });
 }
 
-bool is_public_endpoint(std::string_view url) {
-  return url.find("://api.openai.com") != std::string_view::npos ||
-         url.find("://api.anthropic.com") != std::string_view::npos;
+// The host of base_url as libcurl reads it (lower case, one trailing dot dropped: "API.OpenAI.com."
+// is api.openai.com), or curl's reason for refusing the URL. curl's parser rather than a
+// substring test: curl is what sends the requests, so the host checked is the host the key
+// goes to; a look-alike (api.openai.com.example.net) or userinfo (api.openai.com@other) is
+// judged by its real host.
+Result<std::string> url_host(const std::string& url) {
+  std::unique_ptr<CURLU, decltype(&curl_url_cleanup)> u(curl_url(), &curl_url_cleanup);
+  if (!u) return Error(ErrorKind::kInternal, "curl_url: out of memory");
+  CURLUcode rc = curl_url_set(u.get(), CURLUPART_URL, url.c_str(), 0);
+  char* raw = nullptr;
+  if (rc == CURLUE_OK) rc = curl_url_get(u.get(), CURLUPART_HOST, &raw, 0);
+  if (rc != CURLUE_OK) return Error(ErrorKind::kInvalidArgument, curl_url_strerror(rc));
+  std::unique_ptr<char, decltype(&curl_free)> host_part(raw, &curl_free);
+  std::string host(host_part.get());
+  std::transform(host.begin(), host.end(), host.begin(),
+                 [](unsigned char c) { return static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c); });
+  if (!host.empty() && host.back() == '.') host.pop_back();
+  return host;
 }
+
+// The hosts of the public provider APIs, which refuse every call without a key: starting
+// without one is a configuration error, better reported when the provider is made.
+bool is_public_host(std::string_view host) { return host == "api.openai.com" || host == "api.anthropic.com"; }
 
 }  // namespace
 
@@ -57,6 +79,12 @@ Result<std::shared_ptr<ChatModel>> make_provider(const ProviderConfig& config, n
                              "it may be a key)");
     }
     return invalid(config, "base_url must start with http:// or https://, got '" + redact_secrets(config.base_url) + "'");
+  }
+  Result<std::string> host = url_host(config.base_url);
+  if (!host.ok()) {
+    // curl's reason says which part is wrong; the URL is not shown (a key may be in it).
+    return invalid(config, "base_url is not a URL libcurl can parse: " + host.error().message() +
+                               " (the value is not shown: it may hold a key)");
   }
   if (!config.api_key.empty() && !config.api_key_env.empty()) {
     return invalid(config, "set api_key or api_key_env, not both");
@@ -90,8 +118,9 @@ Result<std::shared_ptr<ChatModel>> make_provider(const ProviderConfig& config, n
                                std::to_string(bad - key.begin() + 1) + " of " + std::to_string(key.size()) +
                                " (not shown); a key is one printable token");
   }
-  if (key.empty() && is_public_endpoint(config.base_url)) {
-    return invalid(config, config.base_url + " needs an API key: set api_key_env");
+  // Only the host is shown: the rest of the URL (userinfo, query) may hold a secret.
+  if (key.empty() && is_public_host(*host)) {
+    return invalid(config, "base_url's host " + *host + " needs an API key: set api_key_env");
   }
   Result<std::unique_ptr<Codec>> codec = Error(ErrorKind::kInternal, "no codec");
   switch (config.api) {

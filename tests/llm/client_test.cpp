@@ -460,6 +460,62 @@ TEST(Provider, AKeyPutWhereANameOrTheURLGoesIsNotEchoed) {
   EXPECT_TRUE(contains(err(anthropic_key_as_url), "must start with http:// or https://"));
 }
 
+// Regression: the public endpoints were found by a substring test on the URL, which took a
+// look-alike host (api.openai.com.example.net) for the public API and missed an upper-case
+// one. The host is now the one libcurl reads, compared exactly and without case.
+TEST(Provider, ThePublicEndpointIsKnownByItsHost) {
+  Fixture f;
+  auto none = fake_env({});
+  auto make = [&](std::string url, Provider api = Provider::kOpenAi) {
+    return make_provider({.name = "p", .api = api, .base_url = std::move(url)}, *f.http, none);
+  };
+  auto needs_key = [&](std::string url, Provider api = Provider::kOpenAi) {
+    auto r = make(url, api);
+    if (r.ok()) return false;
+    EXPECT_EQ(r.error().kind(), ErrorKind::kInvalidArgument);
+    EXPECT_TRUE(contains(r.error().message(), "needs an API key")) << url << ": " << r.error().message();
+    expect_no_key(r.error());
+    return true;
+  };
+  EXPECT_TRUE(needs_key("https://api.openai.com/v1"));
+  EXPECT_TRUE(needs_key("https://API.OpenAI.com/v1"));
+  EXPECT_TRUE(needs_key("https://api.openai.com./v1"));  // the fully qualified name is the same host
+  EXPECT_TRUE(needs_key("https://api.openai.com:443/v1"));
+  EXPECT_TRUE(needs_key("http://api.openai.com/v1"));
+  EXPECT_TRUE(needs_key("https://Api.Anthropic.Com", Provider::kAnthropic));
+  EXPECT_TRUE(needs_key("https://api.anthropic.com.:8443", Provider::kAnthropic));
+  // Userinfo before the host does not hide it, nor appears in the error (it may be a key).
+  EXPECT_TRUE(needs_key(std::string("https://user:") + kOpenAiKey + "@api.openai.com/v1"));
+  // Look-alikes are other hosts: a local or third-party server that may need no key.
+  EXPECT_TRUE(make("https://api.openai.com.example.net/v1").ok());
+  EXPECT_TRUE(make("https://api.openai.com.example.net./v1").ok());
+  EXPECT_TRUE(make("https://myapi.openai.com/v1").ok());
+  EXPECT_TRUE(make("https://api.openai.com@127.0.0.1:8000/v1").ok());  // userinfo "api.openai.com"
+  EXPECT_TRUE(make("http://api.openai.com:x@localhost:8000/v1").ok());
+  EXPECT_TRUE(make("https://api.anthropic.com.evil.example", Provider::kAnthropic).ok());
+}
+
+// A base_url libcurl cannot parse is refused when the provider is made, saying which field
+// and curl's reason, never the URL (it may hold a key).
+TEST(Provider, AURLLibcurlCannotParseIsRefusedWithoutEchoingIt) {
+  Fixture f;
+  auto none = fake_env({});
+  for (std::string url : {std::string("https://api.openai.com:99999/v1"), std::string("https://a b/v1"),
+                          std::string("https://") + kOpenAiKey + ":99999999/v1"}) {
+    auto r = make_provider({.name = "oa", .api = Provider::kOpenAi, .base_url = url}, *f.http, none);
+    ASSERT_FALSE(r.ok()) << url;
+    EXPECT_EQ(r.error().kind(), ErrorKind::kInvalidArgument);
+    const std::string& m = r.error().message();
+    EXPECT_TRUE(contains(m, "provider 'oa': base_url is not a URL libcurl can parse")) << m;
+    EXPECT_FALSE(contains(m, url)) << m;
+    EXPECT_FALSE(contains(m, "99999")) << m;
+    expect_no_key(r.error());
+  }
+  auto port = make_provider({.name = "oa", .base_url = "https://api.openai.com:99999/v1"}, *f.http, none);
+  ASSERT_FALSE(port.ok());
+  EXPECT_TRUE(contains(port.error().message(), "Port")) << port.error().message();  // curl's reason says where
+}
+
 // Regression: a key with a trailing line break (a Kubernetes secret made from a file, an env
 // file with CRLF) was taken; every call then failed as a malformed request
 // (kInvalidArgument, which the router does not fall back from), far from the cause.

@@ -18,9 +18,12 @@
 #include "nines/llm/openai.hpp"
 #include "nines/runtime/runtime.hpp"
 #include "nines/store/memory_store.hpp"
+#include "numbered.hpp"
 
 namespace nines::llm {
 namespace {
+
+using nines::testing::numbered;
 
 bool contains(std::string_view s, std::string_view part) { return s.find(part) != std::string_view::npos; }
 
@@ -260,9 +263,9 @@ TEST(FitMessages, AfterTheLastUserMessageCallsGoWithTheirResults) {
   // call-and-results groups go first.
   std::vector<Message> ms = {Message::system("sys"), Message::user(words(10, "task"))};
   for (int i = 0; i < 6; ++i) {
-    const std::string id = "c" + std::to_string(i);
+    const std::string id = numbered("c", i);
     ms.push_back(Message::assistant("", {call(id)}));
-    ms.push_back(Message::tool_result(id, words(100, "r" + std::to_string(i))));
+    ms.push_back(Message::tool_result(id, words(100, numbered("r", i))));
   }
   // A budget that three groups must go for, and two are not enough.
   std::int64_t three = 0;
@@ -474,10 +477,10 @@ std::vector<Message> turns(int first, int n) {
   std::vector<Message> out;
   for (int i = first; i < first + n; ++i) {
     const std::string id = "call_" + std::to_string(i);
-    out.push_back(Message::user(words(50, "q" + std::to_string(i))));
+    out.push_back(Message::user(words(50, numbered("q", i))));
     out.push_back(Message::assistant("", {call(id)}));
-    out.push_back(Message::tool_result(id, words(50, "r" + std::to_string(i))));
-    out.push_back(Message::assistant(words(50, "a" + std::to_string(i))));
+    out.push_back(Message::tool_result(id, words(50, numbered("r", i))));
+    out.push_back(Message::assistant(words(50, numbered("a", i))));
   }
   return out;
 }

@@ -20,12 +20,14 @@
 #include "nines/llm/openai.hpp"
 #include "nines/net/sse.hpp"
 #include "nines/runtime/runtime.hpp"
+#include "numbered.hpp"
 #include "runtime/test_util.hpp"
 
 namespace nines::llm {
 namespace {
 
 using nines::testing::SimRuntime;
+using nines::testing::numbered;
 using nlohmann::json;
 
 bool contains(std::string_view s, std::string_view part) { return s.find(part) != std::string_view::npos; }
@@ -825,7 +827,7 @@ TEST(SimLatency, DistributionsOver10000Draws) {
   auto uniform = make_sim(R"({"latency": {"first_byte": {"distribution": "uniform", "min_ms": 100, "max_ms": 300}}})");
   std::vector<double> ln, un;
   for (int i = 0; i < 10000; ++i) {
-    ChatRequest r = weather_request(false, "q" + std::to_string(i));
+    ChatRequest r = weather_request(false, numbered("q", i));
     ln.push_back(to_micros(lognormal->decide(r).first_byte_delay) / 1000);
     un.push_back(to_micros(uniform->decide(r).first_byte_delay) / 1000);
   }
@@ -849,7 +851,7 @@ TEST(SimFaults, ProbabilitiesAreHonouredOver10000Calls) {
       "malformed_json": {"probability": 0.05}, "hallucinated_tool": {"probability": 0.05},
       "invalid_tool_args": {"probability": 0.05}, "loop": {"probability": 0.05}, "context_overflow": {"probability": 0.05}}})");
   constexpr int kN = 10000;
-  for (int i = 0; i < kN; ++i) (void)sim->decide(with_history(weather_request(true, "q" + std::to_string(i))));
+  for (int i = 0; i < kN; ++i) (void)sim->decide(with_history(weather_request(true, numbered("q", i))));
   SimCounters c = sim->counters();
   EXPECT_EQ(c.calls, static_cast<std::uint64_t>(kN));
   for (std::size_t f = 0; f < kSimFaultCount; ++f) {

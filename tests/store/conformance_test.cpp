@@ -10,10 +10,13 @@
 #include "nines/core/environment.hpp"
 #include "nines/store/group_commit.hpp"
 #include "nines/store/store.hpp"
+#include "numbered.hpp"
 #include "store/store_backends.hpp"
 
 namespace nines {
 namespace {
+
+using testing::numbered;
 
 // A string literal with its embedded NUL bytes ("s" is taken by chrono in namespace nines).
 template <std::size_t N>
@@ -150,7 +153,9 @@ TEST_P(StoreConformance, EmptyBatchCommits) { EXPECT_TRUE(store_->commit(WriteBa
 TEST_P(StoreConformance, StepsComeBackInSeqOrderAndPutReplaces) {
   WriteBatch b;
   b.create_workflow("wf", "k", "", at(1));
-  for (std::int64_t seq : {3, 0, 2, 1}) b.put_step("wf", seq, "s" + std::to_string(seq), StepStatus::kOk, "r" + std::to_string(seq), at(seq));
+  for (std::int64_t seq : {3, 0, 2, 1}) {
+    b.put_step("wf", seq, numbered("s", seq), StepStatus::kOk, numbered("r", seq), at(seq));
+  }
   b.put_step("wf", 2, "s2", StepStatus::kError, bytes("boom\0"), at(9));
   commit_ok(b);
   auto steps = store_->load_steps("wf");
@@ -249,7 +254,7 @@ TEST_P(StoreConformance, PendingEffectsSpanWorkflowsInKeyOrderAndAreBounded) {
 
 TEST_P(StoreConformance, ListsWorkflowsByStatusInPages) {
   WriteBatch b;
-  for (int i = 0; i < 7; ++i) b.create_workflow("w" + std::to_string(i), "k", "", at(1));
+  for (int i = 0; i < 7; ++i) b.create_workflow(numbered("w", i), "k", "", at(1));
   b.set_workflow_status("w3", WorkflowStatus::kCompleted, "", at(2));
   b.set_workflow_status("w5", WorkflowStatus::kNeedsAttention, "evidence", at(2));
   commit_ok(b);
@@ -271,7 +276,7 @@ TEST_P(StoreConformance, ListsWorkflowsByStatusInPages) {
 
 TEST_P(StoreConformance, HistoryLoadsNewestSummaryAndTail) {
   WriteBatch b;
-  for (int i = 1; i <= 10; ++i) b.append_history("task", i, "m" + std::to_string(i));
+  for (int i = 1; i <= 10; ++i) b.append_history("task", i, numbered("m", i));
   b.append_history("other", 1, "x");
   commit_ok(b);
 
@@ -447,7 +452,8 @@ TEST_P(StoreConformance, NewerSchemaIsRefusedNamingBothVersions) {
   EXPECT_EQ(s.error().kind(), ErrorKind::kPermanent);
   const std::string& m = s.error().message();
   EXPECT_TRUE(contains(m, "schema version " + std::to_string(kStoreSchemaVersion + 5))) << m;
-  EXPECT_TRUE(contains(m, "(" + std::to_string(kStoreSchemaVersion) + ")")) << m;
+  const std::string version = std::to_string(kStoreSchemaVersion);  // an lvalue: see numbered.hpp
+  EXPECT_TRUE(contains(m, "(" + version + ")")) << m;
   // Refusing changed nothing: an older binary's version number is still there.
   harness_->set_schema_version(kStoreSchemaVersion);
   reopen();
@@ -465,7 +471,7 @@ TEST_P(StoreConformance, GroupCommitFromManyThreads) {
   for (int t = 0; t < kThreads; ++t) {
     auto th = env->start_thread("writer", [&, t] {
       for (int i = 0; i < kBatches; ++i) {
-        std::string id = "t" + std::to_string(t) + "-" + std::to_string(i);
+        std::string id = numbered("t", t) + "-" + std::to_string(i);
         WriteBatch b;
         b.create_workflow(id, "k", "", at(1)).put_step(id, 0, "s", StepStatus::kOk, id, at(1));
         b.append_history("shared", t * 1000 + i, id);

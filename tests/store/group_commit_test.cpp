@@ -16,9 +16,12 @@
 
 #include "nines/core/environment.hpp"
 #include "nines/store/memory_store.hpp"
+#include "numbered.hpp"
 
 namespace nines {
 namespace {
+
+using testing::numbered;
 
 TimePoint at(std::int64_t s) { return TimePoint(std::chrono::seconds(s)); }
 
@@ -138,7 +141,7 @@ TEST_F(GroupCommitTest, QueuedCallersShareOneBackendCommit) {
   auto lt = start(c, leader, leader_status);
   gated.wait_holding();
   std::vector<WriteBatch> followers;
-  for (int i = 0; i < 10; ++i) followers.push_back(batch_for("f" + std::to_string(i)));
+  for (int i = 0; i < 10; ++i) followers.push_back(batch_for(numbered("f", i)));
   std::vector<Status> statuses;
   auto ft = start(c, followers, statuses);
   wait_queued(c, 11);
@@ -151,7 +154,7 @@ TEST_F(GroupCommitTest, QueuedCallersShareOneBackendCommit) {
   EXPECT_EQ(gated.ops(), 22u);     // every operation applied exactly once
   EXPECT_EQ(c.stats().largest_group, 10u);
   EXPECT_EQ(c.stats().batches, 11u);
-  for (int i = 0; i < 10; ++i) EXPECT_EQ(mem->load_steps("f" + std::to_string(i))->size(), 1u);
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(mem->load_steps(numbered("f", i))->size(), 1u);
 }
 
 TEST_F(GroupCommitTest, AFailedGroupFailsEveryCallerAndAppliesNone) {
@@ -161,7 +164,7 @@ TEST_F(GroupCommitTest, AFailedGroupFailsEveryCallerAndAppliesNone) {
   auto lt = start(c, {batch_for("leader")}, leader_status);
   gated.wait_holding();
   std::vector<WriteBatch> followers;
-  for (int i = 0; i < 6; ++i) followers.push_back(batch_for("f" + std::to_string(i)));
+  for (int i = 0; i < 6; ++i) followers.push_back(batch_for(numbered("f", i)));
   std::vector<Status> statuses;
   auto ft = start(c, followers, statuses);
   wait_queued(c, 7);
@@ -175,7 +178,7 @@ TEST_F(GroupCommitTest, AFailedGroupFailsEveryCallerAndAppliesNone) {
   for (std::size_t i = 0; i < followers.size(); ++i) {
     ASSERT_FALSE(statuses[i].ok()) << i;
     EXPECT_EQ(statuses[i].error().message(), "fsync failed (injected)");
-    EXPECT_FALSE(mem->get_workflow("f" + std::to_string(i)).ok()) << i;
+    EXPECT_FALSE(mem->get_workflow(numbered("f", i)).ok()) << i;
   }
   EXPECT_EQ(gated.commits(), 2u);
   EXPECT_EQ(c.stats().failed_batches, 6u);
@@ -217,7 +220,7 @@ TEST_F(GroupCommitTest, AThrowingStoreReleasesTheFollowersAndRethrowsInTheLeader
   std::vector<std::unique_ptr<Thread>> ft;
   for (std::size_t i = 0; i < statuses.size(); ++i) {
     ft.push_back(env->start_thread("caller", [&, i] {
-                      WriteBatch b = batch_for("f" + std::to_string(i));
+                      WriteBatch b = batch_for(numbered("f", i));
                       try {
                         statuses[i] = c.commit(b);
                       } catch (const std::runtime_error&) {
@@ -249,7 +252,7 @@ TEST_F(GroupCommitTest, GroupsRespectTheirBounds) {
   auto lt = start(c, {batch_for("leader")}, leader_status);
   gated.wait_holding();
   std::vector<WriteBatch> followers;
-  for (int i = 0; i < 8; ++i) followers.push_back(batch_for("f" + std::to_string(i)));
+  for (int i = 0; i < 8; ++i) followers.push_back(batch_for(numbered("f", i)));
   std::vector<Status> statuses;
   auto ft = start(c, followers, statuses);
   wait_queued(c, 9);

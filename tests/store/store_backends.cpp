@@ -15,6 +15,7 @@
 #include "nines/store/memory_store.hpp"
 #include "nines/store/postgres_store.hpp"
 #include "nines/store/sqlite_store.hpp"
+#include "numbered.hpp"
 
 namespace nines::testing {
 namespace {
@@ -46,7 +47,7 @@ class PostgresServer {
     std::lock_guard lock(mu_);
     if (!started_) start();
     if (!error_.empty()) return Error(ErrorKind::kStartFailed, error_);
-    std::string schema = "t" + std::to_string(++schemas_);
+    std::string schema = numbered("t", ++schemas_);
     if (auto s = admin_exec_locked("CREATE SCHEMA " + schema); !s.ok()) return std::move(s).error();
     return base_ + " dbname=nines_test options='-c search_path=" + schema + "'";
   }

@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "numbered.hpp"
 #include "workflow/fake_ledger.hpp"
 #include "workflow/world.hpp"
 
@@ -70,7 +71,7 @@ std::map<std::size_t, std::string> keys_of(Store& store, const std::string& id) 
 std::string expected_result(const std::vector<Op>& ops, std::map<std::size_t, std::string>& keys) {
   std::string out;
   for (std::size_t i = 0; i < ops.size(); ++i) {
-    out += ops[i].type == 'S' ? "s" + std::to_string(i + 1) : "applied:" + keys[i];
+    out += ops[i].type == 'S' ? testing::numbered("s", i + 1) : "applied:" + keys[i];
     out += ";";
   }
   return out;
@@ -194,7 +195,7 @@ std::vector<std::string> run_seed(std::uint64_t seed, Tally& tally) {
     std::size_t step_records = 0;
     for (const StepRecord& s : steps) {
       ++step_records;
-      if (s.status != StepStatus::kOk || s.result != "s" + std::to_string(s.seq)) {
+      if (s.status != StepStatus::kOk || s.result != testing::numbered("s", s.seq)) {
         fail(id + " step " + std::to_string(s.seq) + " recorded '" + s.result + "'");
       }
     }

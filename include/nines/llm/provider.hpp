@@ -62,8 +62,10 @@ using EnvLookup = std::function<std::optional<std::string>(std::string_view name
 EnvLookup process_env();
 
 // kInvalidArgument naming the provider and the field: an empty name or base_url, both or an
-// unset key source, a missing key for api.openai.com / api.anthropic.com, a key with a space,
-// line break or other control character (where, never the key), a bad URL.
+// unset key source, a missing key for api.openai.com / api.anthropic.com (base_url's host as
+// libcurl reads it, compared exactly, in any case, with or without a trailing dot), a key with
+// a space, line break or other control character (where, never the key), a URL that is not
+// http(s) or that libcurl cannot parse (curl's reason, never the URL).
 Result<std::shared_ptr<ChatModel>> make_provider(const ProviderConfig& config, net::HttpClient& http,
                                                  const EnvLookup& env = process_env());
 

@@ -8,6 +8,11 @@
 // Run:  node cockatiel_bench.mjs [N]      (N defaults to 1,000,000)
 // Exit status 1 if any call did not return the expected value (nothing should fail here).
 //
+// cockatiel 4 (pinned in package.json) is ESM only and declares engines node >= 22, so npm
+// warns (EBADENGINE) on this machine's Node 20 (and would on Debian's Node 18) but installs
+// it; it runs on Node 20 (the newest runtime API its code uses is structuredClone, Node 17).
+// This file imports it as an ES module already; the API used here is unchanged from 3.x.
+//
 // The pipeline, outermost first, in the order of nines' Pipeline (pipeline.hpp: retry ->
 // breaker -> bulkhead -> rate limiter -> attempt timeout -> call), built with cockatiel's
 // wrap(retry, breaker, bulkhead, rate limiter, timeout):
