@@ -9,7 +9,7 @@
 //    concurrent requests.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <http_parser.h>
+#include <llhttp.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -100,54 +100,51 @@ struct ParsedResponse {
   bool complete = false;
 };
 
-// Splits bytes into HTTP responses (http-parser in response mode). The last one may be
+// Splits bytes into HTTP responses (llhttp in response mode). The last one may be
 // incomplete.
 std::vector<ParsedResponse> parse_responses(std::string_view bytes) {
   struct State {
     std::vector<ParsedResponse> out;
     std::string field, value;
-    bool in_value = false;
   } state;
-  http_parser_settings s;
-  http_parser_settings_init(&s);
-  s.on_message_begin = [](http_parser* p) {
-    static_cast<State*>(p->data)->out.emplace_back();
-    return 0;
-  };
-  s.on_header_field = [](http_parser* p, const char* at, std::size_t n) {
-    auto* st = static_cast<State*>(p->data);
-    if (st->in_value) {
+  static const llhttp_settings_t settings = [] {
+    llhttp_settings_t s;
+    llhttp_settings_init(&s);
+    s.on_message_begin = [](llhttp_t* p) {
+      static_cast<State*>(p->data)->out.emplace_back();
+      return 0;
+    };
+    s.on_header_field = [](llhttp_t* p, const char* at, std::size_t n) {
+      static_cast<State*>(p->data)->field.append(at, n);
+      return 0;
+    };
+    s.on_header_value = [](llhttp_t* p, const char* at, std::size_t n) {
+      static_cast<State*>(p->data)->value.append(at, n);
+      return 0;
+    };
+    s.on_header_value_complete = [](llhttp_t* p) {
+      auto* st = static_cast<State*>(p->data);
       st->out.back().headers.add(std::exchange(st->field, {}), std::exchange(st->value, {}));
-      st->in_value = false;
-    }
-    st->field.append(at, n);
-    return 0;
-  };
-  s.on_header_value = [](http_parser* p, const char* at, std::size_t n) {
-    auto* st = static_cast<State*>(p->data);
-    st->value.append(at, n);
-    st->in_value = true;
-    return 0;
-  };
-  s.on_headers_complete = [](http_parser* p) {
-    auto* st = static_cast<State*>(p->data);
-    if (st->in_value) st->out.back().headers.add(std::exchange(st->field, {}), std::exchange(st->value, {}));
-    st->in_value = false;
-    st->out.back().status = static_cast<int>(p->status_code);
-    return 0;
-  };
-  s.on_body = [](http_parser* p, const char* at, std::size_t n) {
-    static_cast<State*>(p->data)->out.back().body.append(at, n);
-    return 0;
-  };
-  s.on_message_complete = [](http_parser* p) {
-    static_cast<State*>(p->data)->out.back().complete = true;
-    return 0;
-  };
-  http_parser p;
-  http_parser_init(&p, HTTP_RESPONSE);
+      return 0;
+    };
+    s.on_headers_complete = [](llhttp_t* p) {
+      static_cast<State*>(p->data)->out.back().status = p->status_code;
+      return 0;
+    };
+    s.on_body = [](llhttp_t* p, const char* at, std::size_t n) {
+      static_cast<State*>(p->data)->out.back().body.append(at, n);
+      return 0;
+    };
+    s.on_message_complete = [](llhttp_t* p) {
+      static_cast<State*>(p->data)->out.back().complete = true;
+      return 0;
+    };
+    return s;
+  }();
+  llhttp_t p;
+  llhttp_init(&p, HTTP_RESPONSE, &settings);
   p.data = &state;
-  http_parser_execute(&p, &s, bytes.data(), bytes.size());
+  llhttp_execute(&p, bytes.data(), bytes.size());
   return state.out;
 }
 
