@@ -569,6 +569,103 @@ TEST(HttpServer, BodyLargerThanTheBoundGets413WithoutReadingIt) {
   EXPECT_EQ(rig.server->stats().rejected_too_large, 3u);
 }
 
+// Request smuggling: a body whose end the server and a proxy in front could see in different
+// places. Each is refused with 400 and the connection closed; the request hidden in the body
+// never reaches the handler.
+TEST(HttpServer, AmbiguousFramingGets400AndClose) {
+  SimRig rig;
+  rig.on_request = echo;
+  const std::string hidden = "GET /smuggled HTTP/1.1\r\n\r\n";
+  for (std::string bad : {
+           "POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + hidden,
+           "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n" + hidden,
+           "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n" + hidden,
+           "POST / HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n" + hidden,
+           "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + hidden,
+       }) {
+    RawClient c(rig.server->port());
+    c.send(bad);
+    ASSERT_TRUE(rig.drive_until([&] { return c.eof(); }, {&c})) << bad;
+    auto r = parse_responses(c.received());
+    ASSERT_EQ(r.size(), 1u) << bad;
+    EXPECT_EQ(r[0].status, 400) << bad;
+    EXPECT_TRUE(contains(r[0].body, "malformed request")) << r[0].body;
+    EXPECT_EQ(r[0].headers.get("connection"), "close");
+  }
+  EXPECT_TRUE(rig.seen.empty());
+  EXPECT_EQ(rig.server->stats().rejected_malformed, 5u);
+}
+
+// llhttp joins an obsolete line folding into one value and takes a bare LF in some places;
+// the server takes neither (one line ending, CRLF, everywhere in a head).
+TEST(HttpServer, ObsoleteLineFoldingAndBareLfGet400) {
+  SimRig rig;
+  rig.on_request = echo;
+  for (auto [bad, why] : {std::pair<std::string, std::string>{"GET / HTTP/1.1\r\nX-Custom: a\r\n b\r\n\r\n",
+                                                              "obsolete line folding"},
+                          {"GET / HTTP/1.1\n\n", "bare LF"},
+                          {"GET / HTTP/1.1\nHost: h\r\n\r\n", "bare LF"},
+                          {"GET / HTTP/1.1\r\nHost: h\r\n\n", "bare LF"},
+                          {"GET / HTTP/1.1\r\nHost: h\nX: y\r\n\r\n", "malformed request"}}) {
+    RawClient c(rig.server->port());
+    c.send(bad);
+    ASSERT_TRUE(rig.drive_until([&] { return c.eof(); }, {&c})) << bad;
+    auto r = parse_responses(c.received());
+    ASSERT_EQ(r.size(), 1u) << bad;
+    EXPECT_EQ(r[0].status, 400) << bad;
+    EXPECT_TRUE(contains(r[0].body, why)) << r[0].body;
+  }
+  EXPECT_TRUE(rig.seen.empty());
+}
+
+TEST(HttpServer, VersionsLlhttpDoesNotKnowGet505) {
+  SimRig rig;
+  rig.on_request = echo;
+  for (std::string bad : {"GET / HTTP/1.2\r\n\r\n", "GET / HTTP/0.9\r\n\r\n", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"}) {
+    RawClient c(rig.server->port());
+    c.send(bad);
+    ASSERT_TRUE(rig.drive_until([&] { return c.eof(); }, {&c})) << bad;
+    auto r = parse_responses(c.received());
+    ASSERT_EQ(r.size(), 1u) << bad;
+    EXPECT_EQ(r[0].status, 505) << bad;
+  }
+  EXPECT_TRUE(rig.seen.empty());
+}
+
+// No protocol switch: an Upgrade or CONNECT request is answered like any other and the
+// connection closes after the answer; the bytes after it are not read as HTTP.
+TEST(HttpServer, UpgradeAndConnectAreAnsweredThenClosed) {
+  SimRig rig;
+  rig.on_request = echo;
+  const std::string after = "GET /not-http HTTP/1.1\r\n\r\n";
+  for (std::string req : {"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n" + after,
+                          "CONNECT example.com:443 HTTP/1.1\r\n\r\n" + after}) {
+    RawClient c(rig.server->port());
+    c.send(req);
+    ASSERT_TRUE(rig.drive_until([&] { return c.eof(); }, {&c})) << req;
+    auto r = parse_responses(c.received());
+    ASSERT_EQ(r.size(), 1u) << req;
+    EXPECT_EQ(r[0].status, 200);
+    EXPECT_EQ(r[0].headers.get("connection"), "close");
+  }
+  EXPECT_EQ(rig.seen, (std::vector<std::string>{"GET /ws", "CONNECT example.com:443"}));
+}
+
+// llhttp skips whitespace without reporting it; the head as received is bounded all the same.
+TEST(HttpServer, WhitespaceInAHeadCountsTowardsItsBound) {
+  SimRig rig;
+  rig.on_request = echo;
+  RawClient c(rig.server->port());
+  c.send("GET / HTTP/1.1\r\nX-Custom:" + std::string(90u << 10, ' ') + "a\r\n\r\n");
+  ASSERT_TRUE(rig.drive_until([&] { return c.eof(); }, {&c}));
+  auto r = parse_responses(c.received());
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].status, 431);
+  EXPECT_TRUE(contains(r[0].body, "as received")) << r[0].body;
+  EXPECT_TRUE(rig.seen.empty());
+  EXPECT_EQ(rig.server->stats().rejected_too_large, 1u);
+}
+
 TEST(HttpServer, ConnectionsBeyondTheLimitGet503AndClose) {
   SimRig rig({.max_connections = 2});
   rig.on_request = echo;
