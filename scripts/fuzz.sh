@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets (the llm parsers, the sim's request parser, the SSE parser) with clang-14 (ASan + UBSan) in build/fuzz and runs each
+# Builds the libFuzzer targets (the llm parsers, the sim's request parser, the SSE parser, the HTTP server's request
+# parser) with clang-14 (ASan + UBSan) in build/fuzz and runs each
 # for N seconds (default 10), seeded from the test fixtures. Not part of scripts/test.sh.
 #   bash scripts/fuzz.sh          # 10 s per target
 #   bash scripts/fuzz.sh 600      # longer runs; see docs/llm.md
@@ -11,9 +12,12 @@ seconds="${1:-10}"
 command -v clang++-14 >/dev/null || { echo "fuzz: clang++-14 missing (scripts/setup.sh installs it)" >&2; exit 1; }
 
 build=build/fuzz
-cmake -S . -B "$build" -G Ninja -DCMAKE_CXX_COMPILER=clang++-14 -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+# clang-14 for C too: llhttp's C sources (src/net) are instrumented and sanitized with the rest.
+cmake -S . -B "$build" -G Ninja -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DNINES_SANITIZE=address,undefined -DNINES_LLM_FUZZ=ON -DNINES_BUILD_TESTS=OFF -DNINES_BUILD_BENCH=OFF >/dev/null
-cmake --build "$build" -j2 --target nines_llm_response_fuzz nines_llm_stream_fuzz nines_llm_sim_request_fuzz nines_net_sse_fuzz
+cmake --build "$build" -j2 --target nines_llm_response_fuzz nines_llm_stream_fuzz nines_llm_sim_request_fuzz nines_net_sse_fuzz \
+  nines_net_http_request_fuzz
 
 # Seeds: byte 0 picks the provider (0 OpenAI, 1 Anthropic); then a body, or one event per line.
 seed() {  # seed <target> <provider byte> <name> <content>
@@ -41,9 +45,19 @@ mkdir -p "$build/corpus/sim_request"
 printf '%s' '{"model":"m","messages":[{"role":"user","content":"hi"}]}' >"$build/corpus/sim_request/seed-min"
 printf '%s' '{"model":"m","stream":true,"max_tokens":50,"messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"q"}]},{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"search","arguments":"{\"q\":1}"}}]},{"role":"tool","tool_call_id":"c1","content":"r"}],"tools":[{"type":"function","function":{"name":"search","parameters":{"type":"object","properties":{"q":{"type":"string"}},"required":["q"]}}}]}' >"$build/corpus/sim_request/seed-tools"
 
+# The HTTP server's request parser: byte 0 seeds how the bytes are cut; then what a client sends
+# on one connection (pipelined requests, bodies, the framings a smuggler tries).
+seed http_request 00 get $'GET /v1/models?x=1 HTTP/1.1\r\nHost: h\r\n\r\n'
+seed http_request 07 pipelined $'GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 2\r\n\r\nxyGET /c HTTP/1.0\r\n\r\nrest'
+seed http_request 03 chunked $'POST /u HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;e=1\r\nhello\r\n0\r\nT: x\r\n\r\n'
+seed http_request 11 continue $'PUT /p HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc'
+seed http_request 05 smuggle $'POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /s HTTP/1.1\r\n\r\n'
+seed http_request 02 upgrade $'GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x05hello'
+seed http_request 13 fold $'GET / HTTP/1.1\r\nX: a\r\n b\r\nConnection: close\r\n\r\n'
+
 mkdir -p "$build/findings"
 status=0
-for target in llm/response llm/stream llm/sim_request net/sse; do
+for target in llm/response llm/stream llm/sim_request net/sse net/http_request; do
   layer="${target%%/*}"; target="${target#*/}"
   echo "fuzz: nines_${layer}_${target}_fuzz for ${seconds}s"
   log="$build/findings/$target.log"

@@ -29,9 +29,11 @@ packages=(
                       # and setup installs without recommends)
   libcurl4-openssl-dev  # the net layer's HTTP(S) client (src/net/http_client.cpp: libcurl multi + OpenSSL)
   openssl        # the TLS server (openssl s_server) and certificate the net tests make for HTTPS
-  libhttp-parser-dev  # the net layer's HTTP server parses requests with it (nodejs http-parser, C API); not Boost.Beast,
-                      # which brings Asio's event loop (the server runs on the Environment's, which the sim drives) and
-                      # Boost, not otherwise a dependency
+  node-llhttp    # the net layer's HTTP server parses requests with llhttp, the parser Node.js uses today (the nodejs
+                 # http-parser it replaced is archived upstream, with no more fixes). Debian ships llhttp only as C
+                 # sources (no library), so nines compiles them into the net layer (src/net/CMakeLists.txt). Not
+                 # Boost.Beast, which brings Asio's event loop (the server runs on the Environment's, which the sim
+                 # drives) and Boost, not otherwise a dependency
 )
 # Node.js and npm: run the cockatiel peer in bench/peers/resilience, the LangGraph.js peer
 # in bench/peers/durable and the js-tiktoken counts in bench/peers/tokens (npm packages below).

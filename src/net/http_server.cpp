@@ -1,5 +1,5 @@
 // The HTTP server: non-blocking sockets on the environment's event loop, requests parsed by
-// the nodejs http-parser (C API).
+// llhttp (through HttpRequestParser, net/http_request_parser.hpp).
 //
 // Locking. One recursive mutex per server (ServerCore::mu_) guards every connection and the
 // listener. The loop's callbacks (accept, readiness, the timeout timer) and the handler run
@@ -27,7 +27,6 @@
 #include "nines/net/http_server.hpp"
 
 #include <arpa/inet.h>
-#include <http_parser.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -41,9 +40,11 @@
 #include <charconv>
 #include <cstring>
 #include <mutex>
+#include <optional>
 #include <unordered_map>
 #include <vector>
 
+#include "net/http_request_parser.hpp"
 #include "net/http_util.hpp"
 
 namespace nines::net {
@@ -70,7 +71,9 @@ constexpr std::size_t kKeepOutputCapacity = 64u << 10;  // a drained output buff
 constexpr std::size_t kLingerBytes = 1u << 20;          // discarded after an error answer before closing
 constexpr Duration kLingerTimeout = std::chrono::seconds(2);
 constexpr Duration kAcceptRetry = std::chrono::milliseconds(100);  // after EMFILE and the like
-constexpr std::size_t kMaxParserHeadBytes = 80u << 10;             // http-parser's HTTP_MAX_HEADER_SIZE
+// A head (or the trailers) as received, whitespace included. llhttp has no bound of its own;
+// this is the one http-parser had (HTTP_MAX_HEADER_SIZE), and max_header_bytes stays within it.
+constexpr std::size_t kMaxHeadBytes = 80u << 10;
 
 // Where a connection is in its request/response cycle.
 enum class Phase : std::uint8_t {
@@ -90,10 +93,70 @@ enum ListKind : std::uint8_t { kListHead, kListIdle, kListIo, kListLinger, kList
 
 std::string errno_text(int e) { return std::strerror(e); }
 
+// The status line's reason phrase (llhttp has only the enum names: "NOT_FOUND").
 std::string_view reason_phrase(int status) {
-  const char* s = http_status_str(static_cast<http_status>(status));
-  if (s == nullptr || std::strcmp(s, "<unknown>") == 0) return "Unknown";
-  return s;
+  switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 102: return "Processing";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 203: return "Non-Authoritative Information";
+    case 204: return "No Content";
+    case 205: return "Reset Content";
+    case 206: return "Partial Content";
+    case 207: return "Multi-Status";
+    case 208: return "Already Reported";
+    case 226: return "IM Used";
+    case 300: return "Multiple Choices";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 305: return "Use Proxy";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 402: return "Payment Required";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 406: return "Not Acceptable";
+    case 407: return "Proxy Authentication Required";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 411: return "Length Required";
+    case 412: return "Precondition Failed";
+    case 413: return "Payload Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 416: return "Range Not Satisfiable";
+    case 417: return "Expectation Failed";
+    case 421: return "Misdirected Request";
+    case 422: return "Unprocessable Entity";
+    case 423: return "Locked";
+    case 424: return "Failed Dependency";
+    case 426: return "Upgrade Required";
+    case 428: return "Precondition Required";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 451: return "Unavailable For Legal Reasons";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    case 506: return "Variant Also Negotiates";
+    case 507: return "Insufficient Storage";
+    case 508: return "Loop Detected";
+    case 510: return "Not Extended";
+    case 511: return "Network Authentication Required";
+    default: return "Unknown";
+  }
 }
 
 void append_number(std::string& out, std::uint64_t n) {
@@ -136,7 +199,10 @@ struct ServerCounters {
 
 class ServerConn : public std::enable_shared_from_this<ServerConn> {
  public:
-  ServerConn(std::shared_ptr<ServerCore> core, int fd) : core_(std::move(core)), fd_(fd) {}
+  ServerConn(std::shared_ptr<ServerCore> core, int fd, HttpRequestParser::Limits limits)
+      : core_(std::move(core)), fd_(fd) {
+    parser_.emplace(limits);
+  }
   ~ServerConn() {
     if (fd_ >= 0) ::close(fd_);  // never reached in practice: close() runs first
   }
@@ -154,31 +220,10 @@ class ServerConn : public std::enable_shared_from_this<ServerConn> {
   bool in_dispatch_ = false;   // inside the handler call for this connection
   bool read_blocked_ = false;  // pipelined bytes wait in the socket until the response is done
   bool process_posted_ = false;  // pipelined bytes in pending_in_ are to be parsed by a posted task
-  bool message_done_ = false;    // the parser completed a request (and paused)
-  bool send_continue_ = false;   // answer Expect: 100-continue after this parse step
+  bool send_continue_ = false;   // answer Expect: 100-continue unless the body is here already
 
-  // Request parsing.
-  http_parser parser_{};
-  int reject_status_ = 0;  // set by a parser callback that stopped the parse
-  std::string reject_reason_;
-  bool last_was_value_ = false;
-  std::size_t head_bytes_ = 0;
-  HttpServerRequest req_;
-  std::string field_, value_;  // the header field being parsed (the parser hands it in pieces)
-  // Adds the parsed field to the request. False for a name that is not a token: the parser
-  // lets a space through ("Transfer-Encoding : chunked"), which must not pass as some other
-  // field.
-  bool commit_field() {
-    if (!is_token(field_)) {
-      reject_status_ = 400;
-      reject_reason_ = "malformed request: header name '" + field_.substr(0, 64) + "' is not a token";
-      return false;
-    }
-    req_.headers.add(std::move(field_), std::string(trim(value_)));
-    field_.clear();
-    value_.clear();
-    return true;
-  }
+  // Request parsing; reset (its memory freed) when the connection closes.
+  std::optional<HttpRequestParser> parser_;
   std::string pending_in_;  // bytes read past a complete request (pipelining)
   std::size_t lingered_ = 0;
 
@@ -207,15 +252,9 @@ class ServerCore : public std::enable_shared_from_this<ServerCore> {
     durations_[kListIdle] = options_.idle_timeout;
     durations_[kListIo] = options_.io_timeout;
     durations_[kListLinger] = std::min(kLingerTimeout, options_.io_timeout);
-    http_parser_settings_init(&settings_);
-    settings_.on_message_begin = &ServerCore::on_message_begin;
-    settings_.on_url = &ServerCore::on_url;
-    settings_.on_header_field = &ServerCore::on_header_field;
-    settings_.on_header_value = &ServerCore::on_header_value;
-    settings_.on_headers_complete = &ServerCore::on_headers_complete;
-    settings_.on_body = &ServerCore::on_body;
-    settings_.on_chunk_header = &ServerCore::on_chunk_header;
-    settings_.on_message_complete = &ServerCore::on_message_complete;
+    parser_limits_ = {.max_header_bytes = options_.max_header_bytes,
+                      .max_raw_head_bytes = kMaxHeadBytes,
+                      .max_body_bytes = options_.max_body_bytes};
     read_buf_.resize(kReadBufferBytes);
   }
   ~ServerCore() {
@@ -270,22 +309,10 @@ class ServerCore : public std::enable_shared_from_this<ServerCore> {
   void on_timer(std::uint64_t gen);
   void expire(ServerConn& c, ListKind kind);
 
-  // ---- http-parser callbacks (parser->data is the ServerConn)
-  static ServerConn& conn_of(http_parser* p) { return *static_cast<ServerConn*>(p->data); }
-  static int head_grew(ServerConn& c, std::size_t len);
-  static int on_message_begin(http_parser* p);
-  static int on_url(http_parser* p, const char* at, std::size_t len);
-  static int on_header_field(http_parser* p, const char* at, std::size_t len);
-  static int on_header_value(http_parser* p, const char* at, std::size_t len);
-  static int on_headers_complete(http_parser* p);
-  static int on_body(http_parser* p, const char* at, std::size_t len);
-  static int on_chunk_header(http_parser* p);
-  static int on_message_complete(http_parser* p);
-
   Environment& env_;
   const HttpServerOptions options_;
   HttpHandler handler_;
-  http_parser_settings settings_{};
+  HttpRequestParser::Limits parser_limits_;
   ServerCounters counters_;
 
   std::recursive_mutex mu_;
@@ -370,10 +397,8 @@ void ServerCore::refuse_at_limit(int fd) {
 void ServerCore::add_connection(int fd) {
   int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // responses and chunks go out at once
-  auto conn = std::make_shared<ServerConn>(shared_from_this(), fd);
+  auto conn = std::make_shared<ServerConn>(shared_from_this(), fd, parser_limits_);
   ServerConn& c = *conn;
-  http_parser_init(&c.parser_, HTTP_REQUEST);
-  c.parser_.data = &c;
   conns_.emplace(&c, conn);
   ServerCounters::inc(counters_.connections_open);
   c.phase_ = Phase::kHead;  // the header timeout runs from the accept
@@ -463,45 +488,41 @@ void ServerCore::feed(ServerConn& c, const char* data, std::size_t len) {
 // Runs the parser over data. True when a request is complete (the bytes after it are in
 // pending_in_); false when it needs more bytes, or when the request was rejected.
 bool ServerCore::parse(ServerConn& c, const char*& data, std::size_t& len) {
-  while (len > 0) {
-    if (c.phase_ == Phase::kIdle) c.phase_ = Phase::kHead;
-    std::size_t n = http_parser_execute(&c.parser_, &settings_, data, len);
-    http_errno err = HTTP_PARSER_ERRNO(&c.parser_);
-    if (c.reject_status_ != 0) {
-      std::string reason = std::move(c.reject_reason_);
-      int status = std::exchange(c.reject_status_, 0);
-      auto& counter = status == 413 || status == 431 ? counters_.rejected_too_large : counters_.rejected_malformed;
-      reject(c, status, reason, counter);
-      return false;
-    }
-    if (err == HPE_HEADER_OVERFLOW) {
-      reject(c, 431, "request head larger than the parser's bound (80 KiB)", counters_.rejected_too_large);
-      return false;
-    }
-    if (err != HPE_OK && err != HPE_PAUSED) {
-      std::string reason = std::string("malformed request: ") + http_errno_description(err);
-      reject(c, 400, reason, counters_.rejected_malformed);
-      return false;
-    }
-    data += n;
-    len -= n;
-    if (std::exchange(c.send_continue_, false) && !c.message_done_) {
-      static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
-      counters_.response(100);
-      queue_output(c, kContinue);
-      if (c.phase_ == Phase::kClosed) return false;
-    }
-    if (err == HPE_PAUSED) {
-      http_parser_pause(&c.parser_, 0);
-      if (c.message_done_) {
-        c.message_done_ = false;
+  HttpRequestParser& parser = *c.parser_;
+  for (;;) {
+    if (c.phase_ == Phase::kIdle && len > 0) c.phase_ = Phase::kHead;
+    HttpRequestParser::Step step = parser.execute(data, len);
+    data += step.consumed;
+    len -= step.consumed;
+    switch (step.event) {
+      case HttpRequestParser::Event::kHead:
+        // Checked and accepted: from here the body's silence timeout applies.
+        c.phase_ = Phase::kBody;
+        c.keep_alive_ = parser.keep_alive();
+        c.head_method_ = parser.head_method();
+        c.http10_ = parser.http10();
+        c.send_continue_ = parser.expects_continue();
+        continue;  // the body, or at once the end of a request without one
+      case HttpRequestParser::Event::kRequest:
+        c.send_continue_ = false;  // the body came with the head
         c.pending_in_.assign(data, len);
         len = 0;
         return true;
+      case HttpRequestParser::Event::kError: {
+        int status = parser.error_status();
+        auto& counter = status == 413 || status == 431 ? counters_.rejected_too_large : counters_.rejected_malformed;
+        reject(c, status, parser.error_reason(), counter);
+        return false;
       }
+      case HttpRequestParser::Event::kNeedMore:
+        if (std::exchange(c.send_continue_, false)) {
+          static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+          counters_.response(100);
+          queue_output(c, kContinue);
+        }
+        return false;
     }
   }
-  return false;
 }
 
 void ServerCore::dispatch(ServerConn& c) {
@@ -512,7 +533,7 @@ void ServerCore::dispatch(ServerConn& c) {
   list_remove(c);
   ServerCounters::inc(counters_.requests);
   std::uint64_t seq = c.seq_;
-  HttpServerRequest request = std::move(c.req_);
+  HttpServerRequest request = c.parser_->take_request();
   HttpResponder responder(c.shared_from_this(), seq);
   c.in_dispatch_ = true;
   bool threw = false;
@@ -553,125 +574,6 @@ void ServerCore::post_pending(ServerConn& c) {
     core.feed(pc, carry.data(), carry.size());
     if (pc.phase_ != Phase::kClosed) core.settle(pc);
   });
-}
-
-// ---------------------------------------------------------------- parser callbacks
-
-int ServerCore::head_grew(ServerConn& c, std::size_t len) {
-  c.head_bytes_ += len;
-  if (c.head_bytes_ <= c.core_->options_.max_header_bytes) return 0;
-  c.reject_status_ = 431;
-  c.reject_reason_ = "request head larger than " + std::to_string(c.core_->options_.max_header_bytes) +
-                     " bytes (max_header_bytes)";
-  return 1;
-}
-
-int ServerCore::on_message_begin(http_parser* p) {
-  ServerConn& c = conn_of(p);
-  c.req_ = HttpServerRequest{};
-  c.field_.clear();
-  c.value_.clear();
-  c.head_bytes_ = 0;
-  c.last_was_value_ = false;
-  c.phase_ = Phase::kHead;
-  return 0;
-}
-
-int ServerCore::on_url(http_parser* p, const char* at, std::size_t len) {
-  ServerConn& c = conn_of(p);
-  if (head_grew(c, len) != 0) return 1;
-  c.req_.target.append(at, len);
-  return 0;
-}
-
-int ServerCore::on_header_field(http_parser* p, const char* at, std::size_t len) {
-  ServerConn& c = conn_of(p);
-  if (head_grew(c, len) != 0) return 1;  // trailers count towards the bound too
-  if (c.phase_ == Phase::kBody) return 0;  // a trailer field: dropped
-  if (c.last_was_value_ && !c.commit_field()) return 1;
-  c.last_was_value_ = false;
-  c.field_.append(at, len);
-  return 0;
-}
-
-int ServerCore::on_header_value(http_parser* p, const char* at, std::size_t len) {
-  ServerConn& c = conn_of(p);
-  if (head_grew(c, len) != 0) return 1;
-  if (c.phase_ == Phase::kBody) return 0;
-  c.value_.append(at, len);  // also called, with nothing, for an empty value
-  c.last_was_value_ = true;
-  return 0;
-}
-
-int ServerCore::on_headers_complete(http_parser* p) {
-  ServerConn& c = conn_of(p);
-  const HttpServerOptions& o = c.core_->options_;
-  if (c.last_was_value_ && !c.commit_field()) return 3;
-  c.last_was_value_ = false;
-  c.req_.method = http_method_str(static_cast<http_method>(p->method));
-  c.req_.version_major = p->http_major;
-  c.req_.version_minor = p->http_minor;
-  constexpr int kStop = 3;  // any value other than 0..2 stops the parser (HPE_CB_headers_complete)
-  if (p->http_major != 1 || p->http_minor > 1) {
-    c.reject_status_ = 505;
-    c.reject_reason_ = "HTTP version " + std::to_string(p->http_major) + "." + std::to_string(p->http_minor) +
-                       " is not supported (1.0 and 1.1 are)";
-    return kStop;
-  }
-  c.http10_ = p->http_minor == 0;
-  c.head_method_ = p->method == HTTP_HEAD;
-  c.keep_alive_ = http_should_keep_alive(p) != 0;
-  bool has_length = (p->flags & F_CONTENTLENGTH) != 0;
-  bool chunked = (p->flags & F_CHUNKED) != 0;
-  if (has_length && p->content_length > o.max_body_bytes) {
-    c.reject_status_ = 413;
-    c.reject_reason_ = "request body of " + std::to_string(p->content_length) + " bytes is larger than " +
-                       std::to_string(o.max_body_bytes) + " bytes (max_body_bytes)";
-    return kStop;
-  }
-  if (auto expect = c.req_.headers.get("expect")) {
-    if (!iequals(*expect, "100-continue")) {
-      c.reject_status_ = 417;
-      c.reject_reason_ = "unsupported Expect (only 100-continue is)";
-      return kStop;
-    }
-    bool body_follows = chunked || (has_length && p->content_length > 0);
-    c.send_continue_ = !c.http10_ && body_follows;
-  }
-  c.phase_ = Phase::kBody;
-  return 0;
-}
-
-int ServerCore::on_body(http_parser* p, const char* at, std::size_t len) {
-  ServerConn& c = conn_of(p);
-  std::size_t max = c.core_->options_.max_body_bytes;
-  if (c.req_.body.size() + len > max) {
-    c.reject_status_ = 413;
-    c.reject_reason_ = "request body larger than " + std::to_string(max) + " bytes (max_body_bytes)";
-    return 1;
-  }
-  c.req_.body.append(at, len);
-  return 0;
-}
-
-int ServerCore::on_chunk_header(http_parser* p) {
-  ServerConn& c = conn_of(p);
-  std::size_t max = c.core_->options_.max_body_bytes;
-  // Refuse a chunk that cannot fit before reading it.
-  if (p->content_length > max - std::min(max, c.req_.body.size())) {
-    c.reject_status_ = 413;
-    c.reject_reason_ = "request body larger than " + std::to_string(max) + " bytes (max_body_bytes)";
-    return 1;
-  }
-  return 0;
-}
-
-int ServerCore::on_message_complete(http_parser* p) {
-  ServerConn& c = conn_of(p);
-  if (p->upgrade) c.keep_alive_ = false;  // no protocol switching: the connection ends with this
-  c.message_done_ = true;
-  http_parser_pause(p, 1);  // the bytes after this request wait until it is answered
-  return 0;
 }
 
 // ---------------------------------------------------------------- writing
@@ -796,7 +698,7 @@ void ServerCore::close(ServerConn& c) {
   std::string().swap(c.out_);
   c.out_off_ = 0;
   std::string().swap(c.pending_in_);
-  c.req_ = HttpServerRequest{};
+  c.parser_.reset();
   conns_.erase(&c);
   counters_.connections_open.fetch_sub(1, std::memory_order_relaxed);
 }
@@ -1163,9 +1065,9 @@ Status validate(const HttpServerOptions& o, const HttpHandler& handler) {
   auto bad = [](std::string what) { return Error(ErrorKind::kInvalidArgument, "HttpServerOptions: " + what); };
   if (!handler) return Error(ErrorKind::kInvalidArgument, "HttpServer: no handler");
   if (o.max_connections == 0) return bad("max_connections must be at least 1");
-  if (o.max_header_bytes == 0 || o.max_header_bytes > internal::kMaxParserHeadBytes) {
+  if (o.max_header_bytes == 0 || o.max_header_bytes > internal::kMaxHeadBytes) {
     return bad("max_header_bytes " + std::to_string(o.max_header_bytes) + " is outside 1.." +
-               std::to_string(internal::kMaxParserHeadBytes) + " (the parser's own bound)");
+               std::to_string(internal::kMaxHeadBytes) + " (the server's bound on a whole head)");
   }
   if (o.max_output_bytes == 0) return bad("max_output_bytes must be at least 1");
   if (o.backlog < 1) return bad("backlog must be at least 1");

@@ -9,7 +9,7 @@
 //    concurrent requests.
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <http_parser.h>
+#include <llhttp.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -100,54 +100,51 @@ struct ParsedResponse {
   bool complete = false;
 };
 
-// Splits bytes into HTTP responses (http-parser in response mode). The last one may be
+// Splits bytes into HTTP responses (llhttp in response mode). The last one may be
 // incomplete.
 std::vector<ParsedResponse> parse_responses(std::string_view bytes) {
   struct State {
     std::vector<ParsedResponse> out;
     std::string field, value;
-    bool in_value = false;
   } state;
-  http_parser_settings s;
-  http_parser_settings_init(&s);
-  s.on_message_begin = [](http_parser* p) {
-    static_cast<State*>(p->data)->out.emplace_back();
-    return 0;
-  };
-  s.on_header_field = [](http_parser* p, const char* at, std::size_t n) {
-    auto* st = static_cast<State*>(p->data);
-    if (st->in_value) {
+  static const llhttp_settings_t settings = [] {
+    llhttp_settings_t s;
+    llhttp_settings_init(&s);
+    s.on_message_begin = [](llhttp_t* p) {
+      static_cast<State*>(p->data)->out.emplace_back();
+      return 0;
+    };
+    s.on_header_field = [](llhttp_t* p, const char* at, std::size_t n) {
+      static_cast<State*>(p->data)->field.append(at, n);
+      return 0;
+    };
+    s.on_header_value = [](llhttp_t* p, const char* at, std::size_t n) {
+      static_cast<State*>(p->data)->value.append(at, n);
+      return 0;
+    };
+    s.on_header_value_complete = [](llhttp_t* p) {
+      auto* st = static_cast<State*>(p->data);
       st->out.back().headers.add(std::exchange(st->field, {}), std::exchange(st->value, {}));
-      st->in_value = false;
-    }
-    st->field.append(at, n);
-    return 0;
-  };
-  s.on_header_value = [](http_parser* p, const char* at, std::size_t n) {
-    auto* st = static_cast<State*>(p->data);
-    st->value.append(at, n);
-    st->in_value = true;
-    return 0;
-  };
-  s.on_headers_complete = [](http_parser* p) {
-    auto* st = static_cast<State*>(p->data);
-    if (st->in_value) st->out.back().headers.add(std::exchange(st->field, {}), std::exchange(st->value, {}));
-    st->in_value = false;
-    st->out.back().status = static_cast<int>(p->status_code);
-    return 0;
-  };
-  s.on_body = [](http_parser* p, const char* at, std::size_t n) {
-    static_cast<State*>(p->data)->out.back().body.append(at, n);
-    return 0;
-  };
-  s.on_message_complete = [](http_parser* p) {
-    static_cast<State*>(p->data)->out.back().complete = true;
-    return 0;
-  };
-  http_parser p;
-  http_parser_init(&p, HTTP_RESPONSE);
+      return 0;
+    };
+    s.on_headers_complete = [](llhttp_t* p) {
+      static_cast<State*>(p->data)->out.back().status = p->status_code;
+      return 0;
+    };
+    s.on_body = [](llhttp_t* p, const char* at, std::size_t n) {
+      static_cast<State*>(p->data)->out.back().body.append(at, n);
+      return 0;
+    };
+    s.on_message_complete = [](llhttp_t* p) {
+      static_cast<State*>(p->data)->out.back().complete = true;
+      return 0;
+    };
+    return s;
+  }();
+  llhttp_t p;
+  llhttp_init(&p, HTTP_RESPONSE, &settings);
   p.data = &state;
-  http_parser_execute(&p, &s, bytes.data(), bytes.size());
+  llhttp_execute(&p, bytes.data(), bytes.size());
   return state.out;
 }
 
@@ -570,6 +567,103 @@ TEST(HttpServer, BodyLargerThanTheBoundGets413WithoutReadingIt) {
   }
   EXPECT_TRUE(rig.seen.empty());
   EXPECT_EQ(rig.server->stats().rejected_too_large, 3u);
+}
+
+// Request smuggling: a body whose end the server and a proxy in front could see in different
+// places. Each is refused with 400 and the connection closed; the request hidden in the body
+// never reaches the handler.
+TEST(HttpServer, AmbiguousFramingGets400AndClose) {
+  SimRig rig;
+  rig.on_request = echo;
+  const std::string hidden = "GET /smuggled HTTP/1.1\r\n\r\n";
+  for (std::string bad : {
+           "POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + hidden,
+           "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n" + hidden,
+           "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n" + hidden,
+           "POST / HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n" + hidden,
+           "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + hidden,
+       }) {
+    RawClient c(rig.server->port());
+    c.send(bad);
+    ASSERT_TRUE(rig.drive_until([&] { return c.eof(); }, {&c})) << bad;
+    auto r = parse_responses(c.received());
+    ASSERT_EQ(r.size(), 1u) << bad;
+    EXPECT_EQ(r[0].status, 400) << bad;
+    EXPECT_TRUE(contains(r[0].body, "malformed request")) << r[0].body;
+    EXPECT_EQ(r[0].headers.get("connection"), "close");
+  }
+  EXPECT_TRUE(rig.seen.empty());
+  EXPECT_EQ(rig.server->stats().rejected_malformed, 5u);
+}
+
+// llhttp joins an obsolete line folding into one value and takes a bare LF in some places;
+// the server takes neither (one line ending, CRLF, everywhere in a head).
+TEST(HttpServer, ObsoleteLineFoldingAndBareLfGet400) {
+  SimRig rig;
+  rig.on_request = echo;
+  for (auto [bad, why] : {std::pair<std::string, std::string>{"GET / HTTP/1.1\r\nX-Custom: a\r\n b\r\n\r\n",
+                                                              "obsolete line folding"},
+                          {"GET / HTTP/1.1\n\n", "bare LF"},
+                          {"GET / HTTP/1.1\nHost: h\r\n\r\n", "bare LF"},
+                          {"GET / HTTP/1.1\r\nHost: h\r\n\n", "bare LF"},
+                          {"GET / HTTP/1.1\r\nHost: h\nX: y\r\n\r\n", "malformed request"}}) {
+    RawClient c(rig.server->port());
+    c.send(bad);
+    ASSERT_TRUE(rig.drive_until([&] { return c.eof(); }, {&c})) << bad;
+    auto r = parse_responses(c.received());
+    ASSERT_EQ(r.size(), 1u) << bad;
+    EXPECT_EQ(r[0].status, 400) << bad;
+    EXPECT_TRUE(contains(r[0].body, why)) << r[0].body;
+  }
+  EXPECT_TRUE(rig.seen.empty());
+}
+
+TEST(HttpServer, VersionsLlhttpDoesNotKnowGet505) {
+  SimRig rig;
+  rig.on_request = echo;
+  for (std::string bad : {"GET / HTTP/1.2\r\n\r\n", "GET / HTTP/0.9\r\n\r\n", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"}) {
+    RawClient c(rig.server->port());
+    c.send(bad);
+    ASSERT_TRUE(rig.drive_until([&] { return c.eof(); }, {&c})) << bad;
+    auto r = parse_responses(c.received());
+    ASSERT_EQ(r.size(), 1u) << bad;
+    EXPECT_EQ(r[0].status, 505) << bad;
+  }
+  EXPECT_TRUE(rig.seen.empty());
+}
+
+// No protocol switch: an Upgrade or CONNECT request is answered like any other and the
+// connection closes after the answer; the bytes after it are not read as HTTP.
+TEST(HttpServer, UpgradeAndConnectAreAnsweredThenClosed) {
+  SimRig rig;
+  rig.on_request = echo;
+  const std::string after = "GET /not-http HTTP/1.1\r\n\r\n";
+  for (std::string req : {"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n" + after,
+                          "CONNECT example.com:443 HTTP/1.1\r\n\r\n" + after}) {
+    RawClient c(rig.server->port());
+    c.send(req);
+    ASSERT_TRUE(rig.drive_until([&] { return c.eof(); }, {&c})) << req;
+    auto r = parse_responses(c.received());
+    ASSERT_EQ(r.size(), 1u) << req;
+    EXPECT_EQ(r[0].status, 200);
+    EXPECT_EQ(r[0].headers.get("connection"), "close");
+  }
+  EXPECT_EQ(rig.seen, (std::vector<std::string>{"GET /ws", "CONNECT example.com:443"}));
+}
+
+// llhttp skips whitespace without reporting it; the head as received is bounded all the same.
+TEST(HttpServer, WhitespaceInAHeadCountsTowardsItsBound) {
+  SimRig rig;
+  rig.on_request = echo;
+  RawClient c(rig.server->port());
+  c.send("GET / HTTP/1.1\r\nX-Custom:" + std::string(90u << 10, ' ') + "a\r\n\r\n");
+  ASSERT_TRUE(rig.drive_until([&] { return c.eof(); }, {&c}));
+  auto r = parse_responses(c.received());
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].status, 431);
+  EXPECT_TRUE(contains(r[0].body, "as received")) << r[0].body;
+  EXPECT_TRUE(rig.seen.empty());
+  EXPECT_EQ(rig.server->stats().rejected_too_large, 1u);
 }
 
 TEST(HttpServer, ConnectionsBeyondTheLimitGet503AndClose) {

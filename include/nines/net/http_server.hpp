@@ -1,7 +1,7 @@
 // nines/net/http_server.hpp: an HTTP/1.1 server on the environment's event loop.
 //
-// The server listens on one TCP address, parses requests with the nodejs http-parser (a C
-// library, private to the implementation) and hands each complete request to a handler. It
+// The server listens on one TCP address, parses requests with llhttp (C sources compiled into
+// the net layer, private to the implementation) and hands each complete request to a handler. It
 // starts no thread: the listening socket and every connection are non-blocking and watched
 // with Environment::watch_fd, and its timeouts run on Environment::add_timer, so it works on
 // the real environment (the loop thread) and on SimEnvironment (inside poll_fds and
@@ -11,17 +11,22 @@
 // (1.0 keeps the connection only with `Connection: keep-alive`); pipelined requests are
 // answered in order (a connection is not read while its response is pending); request bodies
 // with Content-Length or chunked encoding; `Expect: 100-continue` answered with 100 before
-// the body is read. The server answers on its own, and then closes the connection:
-//   400  a malformed request (the parser's reason is the body)
+// the body is read. No protocol switch: an Upgrade or CONNECT request is handed over as an
+// ordinary one and the connection closes after its answer. The server answers on its own,
+// and then closes the connection:
+//   400  a malformed request (the parser's reason is the body): among others an ambiguous
+//        body framing (Content-Length with Transfer-Encoding, a Transfer-Encoding whose
+//        last coding is not chunked), an obsolete line folding, a line ending in a bare LF
 //   408  the request head did not arrive within header_timeout, or a body stalled for
 //        io_timeout
 //   413  a body larger than max_body_bytes (seen from Content-Length before any of the body
 //        is read, or while a chunked body arrives)
 //   417  an Expect other than 100-continue
-//   431  a request head larger than max_header_bytes
+//   431  a request head larger than max_header_bytes, or a head (or the trailers) larger
+//        than 80 KiB as received
 //   500  the handler threw before responding
 //   503  a connection beyond max_connections (accepted, answered, closed at once)
-//   505  an HTTP version other than 1.0 and 1.1
+//   505  an HTTP version other than 1.0 and 1.1 (HTTP/2's preface included)
 // Every response carries Content-Length or chunked encoding, except 204 and 304 (no body)
 // and a stream to an HTTP/1.0 client (ended by closing the connection).
 //
@@ -65,7 +70,7 @@ struct HttpServerOptions {
   // Open connections at most; one more is answered 503 and closed at once. >= 1.
   std::size_t max_connections = 4096;
   // Request target plus header names and values, in bytes; beyond: 431. 1 .. 80 KiB (the
-  // parser's own bound on a head, whitespace included).
+  // server's bound on a whole head as received, whitespace included).
   std::size_t max_header_bytes = 64u << 10;
   // Request body in bytes (after chunked decoding); beyond: 413.
   std::size_t max_body_bytes = 16u << 20;
