@@ -15,7 +15,8 @@
 //   calls_per_cpu_s   calls completed in the window / CPU seconds of this process in the window
 //                     (user + system, all threads: getrusage at both ends)
 //   calls_per_s       calls completed in the window / MEASURE_S
-//   (latencies: the calls that started and ended inside the window)
+//   (latencies: the calls that started and ended inside the window; percentiles by nearest rank,
+//   nines/core/percentile.hpp, like the SDK side's)
 //   e2e_p50_us, e2e_p99_us         one call as the process sees it (environment clock)
 //   server_p50_us, server_p99_us   the server's own time per request, from its /sim/stats
 //   added_p50_us, added_p99_us     per call: e2e minus the server's own time for that call (the
@@ -38,6 +39,7 @@
 #include <string>
 #include <vector>
 
+#include "nines/core/percentile.hpp"
 #include "nines/llm/provider.hpp"
 #include "nines/llm/router.hpp"
 #include "nines/net/http_client.hpp"
@@ -54,12 +56,6 @@ double cpu_seconds() {
   getrusage(RUSAGE_SELF, &u);
   return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
          static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
-}
-
-double pct(const std::vector<double>& sorted, double p) {
-  if (sorted.empty()) return 0;
-  std::size_t i = std::min(sorted.size() - 1, static_cast<std::size_t>(p / 100.0 * static_cast<double>(sorted.size())));
-  return sorted[i];
 }
 
 // A number from the server's /sim/stats JSON ("name": value), without a JSON library.
@@ -257,12 +253,12 @@ int main(int argc, char** argv) {
   };
   emit("calls_per_cpu_s", ok / cpu, "calls/cpu-s");
   emit("calls_per_s", ok / measure_s, "calls/s");
-  emit("e2e_p50_us", pct(b.latencies_us, 50), "us");
-  emit("e2e_p99_us", pct(b.latencies_us, 99), "us");
+  emit("e2e_p50_us", percentile_of_sorted(b.latencies_us, 50), "us");
+  emit("e2e_p99_us", percentile_of_sorted(b.latencies_us, 99), "us");
   emit("server_p50_us", server_p50, "us");
   emit("server_p99_us", server_p99, "us");
-  emit("added_p50_us", pct(b.added_us, 50), "us");
-  emit("added_p99_us", pct(b.added_us, 99), "us");
+  emit("added_p50_us", percentile_of_sorted(b.added_us, 50), "us");
+  emit("added_p99_us", percentile_of_sorted(b.added_us, 99), "us");
   if (b.failed > 0) {
     emit("failed_calls", static_cast<double>(b.failed), "calls");
     return 1;
