@@ -39,6 +39,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "nines/core/percentile.hpp"
 #include "nines/llm/provider.hpp"
 #include "nines/llm/router.hpp"
@@ -58,12 +60,12 @@ double cpu_seconds() {
          static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
 }
 
-// A number from the server's /sim/stats JSON ("name": value), without a JSON library.
-double json_number(const std::string& body, const std::string& name) {
-  std::size_t p = body.find("\"" + name + "\"");
-  if (p == std::string::npos) return -1;
-  p = body.find(':', p);
-  return p == std::string::npos ? -1 : std::strtod(body.c_str() + p + 1, nullptr);
+// A number of the server's /sim/stats answer (a JSON object); -1 when it is not there, which the
+// metric then shows.
+double stats_number(const nlohmann::json& stats, const char* name) {
+  if (!stats.is_object()) return -1;
+  auto it = stats.find(name);
+  return it != stats.end() && it->is_number() ? it->get<double>() : -1;
 }
 
 struct Bench {
@@ -246,8 +248,12 @@ int main(int argc, char** argv) {
   std::sort(b.latencies_us.begin(), b.latencies_us.end());
   std::sort(b.added_us.begin(), b.added_us.end());
   const double ok = static_cast<double>(b.completed_in_window.load());
-  const double server_p50 = json_number(stats, "latency_p50_us");
-  const double server_p99 = json_number(stats, "latency_p99_us");
+  const nlohmann::json stats_json = nlohmann::json::parse(stats, nullptr, /*allow_exceptions=*/false);
+  if (!stats_json.is_object()) {
+    std::fprintf(stderr, "nines: /sim/stats did not answer a JSON object: '%s'\n", stats.c_str());
+  }
+  const double server_p50 = stats_number(stats_json, "latency_p50_us");
+  const double server_p99 = stats_number(stats_json, "latency_p99_us");
   auto emit = [&](const std::string& metric, double value, const char* unit) {
     bench::emit("llm_client", (metric + "_" + label).c_str(), value, unit);
   };
