@@ -24,6 +24,7 @@ packages=(
   make           # node-gyp builds better-sqlite3's native addon (bench/peers/durable/node)
   python3        # node-gyp (the same)
   nlohmann-json3-dev  # JSON of the model APIs (src/llm: request bodies, responses, stream events)
+  libcli11-dev   # the `nines` command's parser: subcommands, per-command help, validated numbers; header-only
   clang-14       # libFuzzer targets of the llm parsers (scripts/fuzz.sh); the build itself uses g++
   libclang-rt-14-dev  # clang's libFuzzer and sanitizer runtimes (only "recommended" by clang-14,
                       # and setup installs without recommends)

@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -15,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "nines/core/percentile.hpp"
 #include "nines/runtime/runtime.hpp"
 #include "nines/runtime/supervisor.hpp"
 
@@ -230,11 +230,6 @@ int run_runtime_demo(const RuntimeDemoOptions& o) {
 
   auto rec = recovery.take();
   std::sort(rec.begin(), rec.end());
-  auto pct = [&](double p) {
-    if (rec.empty()) return 0.0;
-    std::size_t rank = static_cast<std::size_t>(std::ceil(p / 100.0 * static_cast<double>(rec.size())));
-    return rec[std::max<std::size_t>(rank, 1) - 1];
-  };
   const auto& ev = rt.events();
   std::printf("\nsummary after %.1f s\n", to_seconds(env->now() - t_start));
   auto u = [](std::uint64_t v) { return static_cast<unsigned long long>(v); };
@@ -246,8 +241,8 @@ int run_runtime_demo(const RuntimeDemoOptions& o) {
               u(ev.count(SupervisionEventType::kIntensityExceeded)));
   std::printf("  subtrees restarted whole  %llu by the root (%llu workers stopped by their supervisor first)\n",
               u(subtree_restarts.load()), u(stopped_by_sup.load()));
-  std::printf("  time to recover (MTTR)    p50 %.1f us, p99 %.1f us, max %.1f us over %zu recoveries\n", pct(50),
-              pct(99), rec.empty() ? 0.0 : rec.back(), rec.size());
+  std::printf("  time to recover (MTTR)    p50 %.1f us, p99 %.1f us, max %.1f us over %zu recoveries\n",
+              percentile_of_sorted(rec, 50), percentile_of_sorted(rec, 99), percentile_of_sorted(rec, 100), rec.size());
   std::printf("  workers alive at the end  %zu of %zu (%zu of %zu shards up)\n", alive_workers, total, shards_alive,
               o.shards);
   std::printf("  resident memory           %ld MiB\n", rss_mib());

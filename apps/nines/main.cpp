@@ -1,98 +1,237 @@
-// The nines command line.
+// The nines command line, on CLI11.
+//   nines demo                                  lists the demos
 //   nines demo runtime [--workers N] [--shards N] [--seconds S] [--threads N]
 //   nines demo models [--agents N] [--calls N]
 //   nines sim-server [--config FILE] [--port N] [--bind ADDR]
+//   nines --version, nines --help, nines COMMAND --help
+//
+// Each command is one add_* function below: it declares the command and its options, bound to
+// the options struct its header exposes, and sets the action that runs it once the whole line
+// parsed. A new command is one more such function and one call in main(). This is the only file
+// that includes CLI11 (a large header): the command files stay free of it.
+//
+// Exit status: the command's own; 0 for --help, --version and `nines demo`; 2 for every usage
+// error (unknown command or option, a bad or missing value), with the message on stderr.
+#include <charconv>
+#include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <functional>
+#include <memory>
 #include <string>
-#include <string_view>
+#include <system_error>
+#include <vector>
+
+#include <CLI/CLI.hpp>
 
 #include "demo_models.hpp"
 #include "demo_runtime.hpp"
+#include "nines/version.hpp"
 #include "sim_server_cmd.hpp"
 
 namespace {
 
-constexpr const char* kUsage =
-    "usage: nines demo runtime [--workers N] [--shards N] [--seconds S] [--threads N]\n"
-    "       nines demo models [--agents N] [--calls N]\n"
-    "       nines sim-server [--config FILE] [--port N] [--bind ADDR]\n"
-    "\n"
-    "  demo runtime   a 3-level supervision tree with 100,000 workers under a crash storm,\n"
-    "                 shown live; exits 0 when every crash was recovered\n"
-    "  demo models    agents calling a flaky simulated model provider (429s, 5xx, hangs, cut\n"
-    "                 streams, malformed JSON, then an outage) through the router, on loopback;\n"
-    "                 exits 0 when every call got an answer\n"
-    "  sim-server     the simulated model as an OpenAI-compatible API on loopback, with\n"
-    "                 seeded faults (docs/sim.md), until Ctrl-C\n";
+constexpr int kUsageError = 2;
 
-bool parse_number(std::string_view flag, const char* text, double& out) {
-  char* end = nullptr;
-  out = std::strtod(text, &end);
-  if (end == text || *end != '\0' || !(out > 0)) {
-    std::fprintf(stderr, "nines: %.*s needs a positive number, got '%s'\n", static_cast<int>(flag.size()),
-                 flag.data(), text);
-    return false;
-  }
-  return true;
+// What the command line asked for: set by the chosen command's callback, run after parsing.
+using Action = std::function<int()>;
+
+// ---- values ----------------------------------------------------------------------------------
+
+// A whole number in [lo, hi], in decimal. Checked here rather than left to CLI11's conversion,
+// which reads "010" as octal and "0x10" as hex and wraps "-1" around for unsigned options, and
+// rather than with CLI::Range, whose message prints the bounds as doubles ("0.000000") and does not
+// say that a fraction is the problem. The text is rewritten in plain decimal for the conversion.
+CLI::Validator whole_number(std::uint64_t lo, std::uint64_t hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& text) -> std::string {
+        std::uint64_t v = 0;
+        const char* end = text.data() + text.size();
+        auto [ptr, ec] = std::from_chars(text.data(), end, v);
+        if (text.empty() || ec != std::errc() || ptr != end || v < lo || v > hi) {
+          return "expected a whole number from " + std::to_string(lo) + " to " + std::to_string(hi) + ", got '" +
+                 text + "'";
+        }
+        text = std::to_string(v);
+        return {};
+      },
+      "");
 }
 
-// Reads "--flag number" pairs from argv[first..]; `apply(flag, value)` takes a known flag and
-// returns false for an unknown one. False (after saying why on stderr) on any error.
-bool parse_flags(int argc, char** argv, int first, const std::function<bool(std::string_view, double)>& apply) {
-  for (int i = first; i < argc; i += 2) {
-    std::string_view flag = argv[i];
-    if (i + 1 >= argc) {
-      std::fprintf(stderr, "nines: %s needs a value\n%s", argv[i], kUsage);
-      return false;
+// A number of seconds in (0, max], fractions allowed.
+CLI::Validator positive_seconds(double max) {
+  return CLI::Validator(
+      [max](std::string& text) -> std::string {
+        double v = 0;
+        const char* end = text.data() + text.size();
+        auto [ptr, ec] = std::from_chars(text.data(), end, v);
+        if (text.empty() || ec != std::errc() || ptr != end || !(v > 0 && v <= max)) {
+          return "expected a number of seconds above 0 and at most " + std::to_string(static_cast<long>(max)) +
+                 ", got '" + text + "'";
+        }
+        return {};
+      },
+      "");
+}
+
+// `--flag N`: a count in [lo, hi]; the help line shows the range and the default.
+template <class T>
+void add_count(CLI::App& cmd, const std::string& flag, T& value, std::uint64_t lo, std::uint64_t hi,
+               const std::string& what) {
+  cmd.add_option(flag, value, what + " (" + std::to_string(lo) + ".." + std::to_string(hi) + ")")
+      ->type_name("N")
+      ->check(whole_number(lo, hi))
+      ->capture_default_str();
+}
+
+void add_seconds(CLI::App& cmd, const std::string& flag, double& value, double max, const std::string& what) {
+  cmd.add_option(flag, value, what + " (above 0, at most " + std::to_string(static_cast<long>(max)) + ")")
+      ->type_name("SECONDS")
+      ->check(positive_seconds(max))
+      ->capture_default_str();
+}
+
+// ---- commands --------------------------------------------------------------------------------
+
+// A command that only groups others (`nines demo`): alone, it lists them and exits 0.
+CLI::App& add_group(CLI::App& parent, const std::string& name, const std::string& description,
+                    const std::string& noun, Action& action) {
+  CLI::App* group = parent.add_subcommand(name, description);
+  group->require_subcommand(0, 1);
+  const std::string usage = "nines " + name + " NAME";
+  group->footer("Run '" + usage + " --help' for a " + noun + "'s options.");
+  group->callback([group, noun, usage, &action] {
+    if (!group->get_subcommands().empty()) return;
+    action = [group, noun, usage] {
+      std::printf("%ss (run one with '%s', its options: '%s --help'):\n", noun.c_str(), usage.c_str(),
+                  usage.c_str());
+      for (const CLI::App* sub : group->get_subcommands([](const CLI::App*) { return true; })) {
+        std::printf("  %-10s %s\n", sub->get_name().c_str(), sub->get_description().c_str());
+      }
+      return 0;
+    };
+  });
+  return *group;
+}
+
+void add_demo_runtime(CLI::App& demo, Action& action) {
+  auto o = std::make_shared<nines::cli::RuntimeDemoOptions>();
+  CLI::App* cmd = demo.add_subcommand(
+      "runtime", "a 3-level supervision tree of 100,000 workers under a crash storm, shown live");
+  cmd->footer(
+      "A chaos process crashes random workers all the time and, midway, so many of one shard that the\n"
+      "shard gives up and escalates; the root restarts it. Exits 0 when every crash was recovered.");
+  add_count(*cmd, "--workers", o->workers, 1, 10'000'000, "worker processes, spread over the shards");
+  add_count(*cmd, "--shards", o->shards, 1, 100'000, "shard supervisors under the root, at most --workers");
+  add_seconds(*cmd, "--seconds", o->seconds, 86'400, "how long the crash storm runs");
+  add_count(*cmd, "--threads", o->threads, 0, 1024, "scheduler threads; 0: one per core");
+  cmd->callback([o, &action] {
+    if (o->shards > o->workers) {
+      throw CLI::ValidationError("--shards", std::to_string(o->shards) + " must not exceed --workers (" +
+                                                 std::to_string(o->workers) + ")");
     }
-    double v = 0;
-    if (!parse_number(flag, argv[i + 1], v)) return false;
-    if (!apply(flag, v)) {
-      std::fprintf(stderr, "nines: unknown option '%s'\n%s", argv[i], kUsage);
-      return false;
+    action = [o] { return nines::cli::run_runtime_demo(*o); };
+  });
+}
+
+void add_demo_models(CLI::App& demo, Action& action) {
+  auto o = std::make_shared<nines::cli::ModelsDemoOptions>();
+  CLI::App* cmd = demo.add_subcommand(
+      "models", "agents calling a flaky simulated model provider through the router, on loopback");
+  cmd->footer(
+      "The primary provider sends 429s, 5xx, hangs, cut streams and malformed JSON, then goes down for\n"
+      "a while; the router retries and falls back to a backup. Exits 0 when every call got an answer.");
+  add_count(*cmd, "--agents", o->agents, 1, 100'000, "agent processes, each making calls one after another");
+  add_count(*cmd, "--calls", o->calls_per_agent, 1, 1'000'000, "calls per agent");
+  cmd->callback([o, &action] { action = [o] { return nines::cli::run_models_demo(*o); }; });
+}
+
+void add_sim_server(CLI::App& app, Action& action) {
+  auto o = std::make_shared<nines::cli::SimServerCmdOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "sim-server", "the simulated model as an OpenAI-compatible API, with seeded faults, until Ctrl-C");
+  cmd->footer(
+      "Prints 'sim server listening on http://ADDR:PORT/v1' once it listens. The config format and\n"
+      "the /sim/* endpoints: docs/sim.md.");
+  cmd->add_option("--config", o->config_path, "the sim's JSON config (scenario, latency, faults); default: no faults")
+      ->type_name("FILE")
+      ->check(CLI::Validator(CLI::ExistingFile).description(""));  // not "FILE:FILE" in the help
+  add_count(*cmd, "--port", o->port, 0, 65'535, "0: any free port, printed once listening");
+  cmd->add_option("--bind", o->bind_address, "the address to listen on")->type_name("ADDR")->capture_default_str();
+  cmd->callback([o, &action] { action = [o] { return nines::cli::run_sim_server(*o); }; });
+}
+
+// ---- errors ----------------------------------------------------------------------------------
+
+// The command the error is about: the deepest one on the line.
+const CLI::App& innermost(const CLI::App& app) {
+  const CLI::App* at = &app;
+  while (!at->get_subcommands().empty()) at = at->get_subcommands().front();
+  return *at;
+}
+
+std::string command_path(const CLI::App& cmd) {
+  std::string path = cmd.get_name();
+  for (const CLI::App* p = cmd.get_parent(); p != nullptr; p = p->get_parent()) path = p->get_name() + " " + path;
+  return path;
+}
+
+// "nines demo models: --agents: expected a whole number ..., got '0.5'" and where to read more.
+std::string failure_message(const CLI::App* app, const CLI::Error& e) {
+  const std::string path = command_path(innermost(*app));
+  std::string what = e.what();
+  // An option given last without its value: CLI11 says "--seconds: 1 required SECONDS missing".
+  if (dynamic_cast<const CLI::ArgumentMismatch*>(&e) != nullptr && what.ends_with(" missing")) {
+    if (std::size_t colon = what.find(": 1 required "); colon != std::string::npos) {
+      what = what.substr(0, colon) + " needs a value";
     }
   }
-  return true;
+  return path + ": " + what + "\nRun '" + path + " --help' for the usage.\n";
+}
+
+// Arguments no command took. CLI11 would report them all at once, last first ("The following
+// arguments were not expected: 1 --bogus"); this names the first one and what was expected instead.
+void reject_leftovers(const CLI::App& app) {
+  for (const CLI::App* at = &app;; at = at->get_subcommands().front()) {
+    const std::vector<std::string> left = at->remaining();
+    if (!left.empty()) {
+      const std::string& arg = left.front();
+      if (arg.starts_with("-")) throw CLI::ParseError("unknown option '" + arg + "'", kUsageError);
+      const auto subs = at->get_subcommands([](const CLI::App*) { return true; });
+      if (subs.empty()) throw CLI::ParseError("unexpected argument '" + arg + "'", kUsageError);
+      std::string expected;
+      for (const CLI::App* s : subs) expected += (expected.empty() ? "" : ", ") + s->get_name();
+      const std::string noun = at->get_parent() == nullptr ? "command" : at->get_name();
+      throw CLI::ParseError("unknown " + noun + " '" + arg + "' (expected one of: " + expected + ")", kUsageError);
+    }
+    if (at->get_subcommands().empty()) return;
+  }
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2 || std::string_view(argv[1]) == "--help" || std::string_view(argv[1]) == "-h") {
-    std::fputs(kUsage, argc < 2 ? stderr : stdout);
-    return argc < 2 ? 2 : 0;
+  CLI::App app("nines: a fault-tolerant runtime for AI agents", "nines");
+  app.set_version_flag("--version", std::string("nines ") + nines::kVersion, "Print the version and exit");
+  app.failure_message(failure_message);
+  app.require_subcommand(0, 1);
+  app.allow_extras();  // inherited by every command: reject_leftovers() reports them
+
+  Action action;
+  CLI::App& demo = add_group(app, "demo", "live demonstrations, on this machine only", "demo", action);
+  add_demo_runtime(demo, action);
+  add_demo_models(demo, action);
+  add_sim_server(app, action);
+  app.footer("Run 'nines COMMAND --help' for a command's options.");
+
+  try {
+    app.parse(argc, argv);
+    reject_leftovers(app);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : kUsageError;  // CLI11's own codes (100+) differ per error
   }
-  if (std::string_view(argv[1]) == "sim-server") return nines::cli::run_sim_server(argc - 2, argv + 2);
-  if (std::string_view(argv[1]) == "demo" && argc >= 3 && std::string_view(argv[2]) == "models") {
-    nines::cli::ModelsDemoOptions m;
-    bool ok = parse_flags(argc, argv, 3, [&](std::string_view flag, double v) {
-      if (flag == "--agents") m.agents = static_cast<std::size_t>(v);
-      else if (flag == "--calls") m.calls_per_agent = static_cast<std::size_t>(v);
-      else return false;
-      return true;
-    });
-    if (!ok) return 2;
-    return nines::cli::run_models_demo(m);
+  if (!action) {
+    std::fputs(app.help().c_str(), stderr);
+    return kUsageError;
   }
-  if (std::string_view(argv[1]) != "demo" || argc < 3 || std::string_view(argv[2]) != "runtime") {
-    std::fprintf(stderr, "nines: unknown command '%s'\n%s", argv[1], kUsage);
-    return 2;
-  }
-  nines::cli::RuntimeDemoOptions o;
-  bool ok = parse_flags(argc, argv, 3, [&](std::string_view flag, double v) {
-    if (flag == "--workers") o.workers = static_cast<std::size_t>(v);
-    else if (flag == "--shards") o.shards = static_cast<std::size_t>(v);
-    else if (flag == "--seconds") o.seconds = v;
-    else if (flag == "--threads") o.threads = static_cast<unsigned>(v);
-    else return false;
-    return true;
-  });
-  if (!ok) return 2;
-  if (o.shards > o.workers) {
-    std::fprintf(stderr, "nines: --shards (%zu) must not exceed --workers (%zu)\n", o.shards, o.workers);
-    return 2;
-  }
-  return nines::cli::run_runtime_demo(o);
+  return action();
 }

@@ -7,66 +7,30 @@
 #include <signal.h>
 
 #include <cstdio>
-#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
-#include <string_view>
 
 #include "nines/core/environment.hpp"
 #include "nines/llm/sim_server.hpp"
 
 namespace nines::cli {
 
-namespace {
-
-constexpr const char* kUsage =
-    "usage: nines sim-server [--config FILE] [--port N] [--bind ADDR]\n"
-    "  serves the simulated model (docs/sim.md) as an OpenAI-compatible API on loopback\n"
-    "  --config FILE  the sim's JSON config (scenario, latency, faults); default: no faults\n"
-    "  --port N       0 (default): any free port, printed once listening\n"
-    "  --bind ADDR    default 127.0.0.1\n";
-
-}  // namespace
-
-int run_sim_server(int argc, char** argv) {
+int run_sim_server(const SimServerCmdOptions& o) {
   std::string config = "{}";
-  llm::SimServerOptions options;
-  for (int i = 0; i < argc; ++i) {
-    std::string_view flag = argv[i];
-    if (flag == "--help" || flag == "-h") {
-      std::fputs(kUsage, stdout);
-      return 0;
-    }
-    if (i + 1 >= argc) {
-      std::fprintf(stderr, "nines sim-server: %s needs a value\n%s", argv[i], kUsage);
+  if (!o.config_path.empty()) {
+    std::ifstream in(o.config_path);
+    if (!in) {
+      std::fprintf(stderr, "nines sim-server: cannot read --config %s\n", o.config_path.c_str());
       return 2;
     }
-    std::string value = argv[++i];
-    if (flag == "--config") {
-      std::ifstream in(value);
-      if (!in) {
-        std::fprintf(stderr, "nines sim-server: cannot read --config %s\n", value.c_str());
-        return 2;
-      }
-      std::stringstream ss;
-      ss << in.rdbuf();
-      config = ss.str();
-    } else if (flag == "--port") {
-      char* end = nullptr;
-      long port = std::strtol(value.c_str(), &end, 10);
-      if (end == value.c_str() || *end != '\0' || port < 0 || port > 65535) {
-        std::fprintf(stderr, "nines sim-server: --port must be 0..65535, got '%s'\n", value.c_str());
-        return 2;
-      }
-      options.port = static_cast<std::uint16_t>(port);
-    } else if (flag == "--bind") {
-      options.bind_address = value;
-    } else {
-      std::fprintf(stderr, "nines sim-server: unknown option '%s'\n%s", argv[i - 1], kUsage);
-      return 2;
-    }
+    std::stringstream ss;
+    ss << in.rdbuf();
+    config = ss.str();
   }
+  llm::SimServerOptions options;
+  options.port = o.port;
+  options.bind_address = o.bind_address;
   auto sim = llm::SimModel::from_json(config);
   if (!sim.ok()) {
     std::fprintf(stderr, "nines sim-server: %s\n", sim.error().message().c_str());

@@ -6,6 +6,8 @@
 #include <utility>
 #include <vector>
 
+#include "nines/core/percentile.hpp"
+
 namespace nines::llm {
 
 struct SimServer::State {
@@ -29,11 +31,9 @@ struct SimServer::State {
     }
     if (v.empty()) return s;
     std::sort(v.begin(), v.end());
-    auto at = [&](double p) {
-      return v[std::min(v.size() - 1, static_cast<std::size_t>(p * static_cast<double>(v.size())))];
-    };
-    s.latency_p50 = at(0.50);
-    s.latency_p99 = at(0.99);
+    // The method the benchmarks use for their own side (bench/peers/llm_client compares them).
+    s.latency_p50 = percentile_of_sorted(v, 50);
+    s.latency_p99 = percentile_of_sorted(v, 99);
     s.latency_max = v.back();
     return s;
   }

@@ -7,12 +7,15 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstddef>
+#include <vector>
 
 #include <gtest/gtest.h>
 
 #include "nines/core/check.hpp"
 #include "nines/core/environment.hpp"
+#include "nines/core/percentile.hpp"
 #include "nines/core/result.hpp"
 
 namespace nines {
@@ -50,6 +53,33 @@ TEST(Error, KindNumberingIsStableAndEveryKindRoundTrips) {
     EXPECT_EQ(decode_error(encode_error(e)), e) << k;
   }
   EXPECT_EQ(error_kind_from_string("unknown"), std::nullopt);
+}
+
+TEST(Percentile, NearestRankOnASortedSample) {
+  EXPECT_EQ(percentile_of_sorted(std::vector<double>{}, 50), 0.0);  // empty: 0, not an out-of-bounds read
+  EXPECT_EQ(percentile_of_sorted(std::vector<Duration>{}, 99), Duration{0});
+  const std::vector<double> one{7};
+  for (double p : {0.0, 1.0, 50.0, 99.0, 100.0}) EXPECT_EQ(percentile_of_sorted(one, p), 7) << p;
+  const std::vector<double> four{1, 2, 3, 4};
+  EXPECT_EQ(percentile_of_sorted(four, 0), 1);    // the smallest
+  EXPECT_EQ(percentile_of_sorted(four, 100), 4);  // the largest
+  EXPECT_EQ(percentile_of_sorted(four, 50), 2);   // even count: the lower middle value, no interpolation
+  EXPECT_EQ(percentile_of_sorted(four, 50.1), 3);
+  EXPECT_EQ(percentile_of_sorted(four, 25), 1);
+  EXPECT_EQ(percentile_of_sorted(four, 75), 3);
+  EXPECT_EQ(percentile_of_sorted(four, -5), 1);  // out of [0, 100]: clamped
+  EXPECT_EQ(percentile_of_sorted(four, 250), 4);
+  EXPECT_EQ(percentile_of_sorted(four, std::nan("")), 1);
+  std::vector<int> hundred(100);
+  for (int i = 0; i < 100; ++i) hundred[static_cast<std::size_t>(i)] = i + 1;
+  EXPECT_EQ(percentile_of_sorted(hundred, 50), 50);
+  EXPECT_EQ(percentile_of_sorted(hundred, 99), 99);  // exactly rank 99, not one past it
+  EXPECT_EQ(percentile_of_sorted(hundred, 99.5), 100);
+  std::vector<int> thousand(1000);
+  for (int i = 0; i < 1000; ++i) thousand[static_cast<std::size_t>(i)] = i + 1;
+  for (int p = 1; p <= 100; ++p) EXPECT_EQ(percentile_of_sorted(thousand, p), p * 10) << p;
+  const std::vector<Duration> d{1ms, 2ms, 3ms};
+  EXPECT_EQ(percentile_of_sorted(d, 50), 2ms);
 }
 
 TEST(Check, AlwaysOnCheckThrowsWithLocation) {

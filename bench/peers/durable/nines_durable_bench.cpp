@@ -29,7 +29,8 @@
 //   commit_p50_us/_p99_us    each `co_await wf.step(...)` timed with steady_clock inside the
 //                            workflow: the step function is empty, so this is the durable
 //                            commit of its record as the workflow sees it (queueing for the
-//                            committer, the backend transaction and its sync, resumption)
+//                            committer, the backend transaction and its sync, resumption);
+//                            nearest rank (nines/core/percentile.hpp)
 //   backend_commits_per_step backend transactions (WorkflowEngineStats::commit_groups) during
 //                            the timed part / steps (start and end commits included above)
 //   cpu_us_per_step          process CPU time (user + system, all threads) / steps
@@ -51,6 +52,7 @@
 #include <string>
 #include <vector>
 
+#include "nines/core/percentile.hpp"
 #include "nines/runtime/runtime.hpp"
 #include "nines/store/postgres_store.hpp"
 #include "nines/store/sqlite_store.hpp"
@@ -91,13 +93,6 @@ double cpu_seconds() {
   getrusage(RUSAGE_SELF, &u);
   auto s = [](const timeval& t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) * 1e-6; };
   return s(u.ru_utime) + s(u.ru_stime);
-}
-
-double percentile(std::vector<double>& v, double q) {
-  if (v.empty()) return 0;
-  auto k = std::min(v.size() - 1, static_cast<std::size_t>(q * static_cast<double>(v.size())));
-  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
-  return v[k];
 }
 
 // ---- raw fdatasync ----
@@ -203,8 +198,9 @@ void run_config(const std::string& bench, const std::function<std::unique_ptr<St
   const double total = static_cast<double>(c) * static_cast<double>(reps) * static_cast<double>(steps);
   if (lat.size() != static_cast<std::size_t>(total)) die(bench + ": step count mismatch");
   emit(bench.c_str(), "steps_per_s", total / elapsed, "1/s");
-  emit(bench.c_str(), "commit_p50_us", percentile(lat, 0.50), "us");
-  emit(bench.c_str(), "commit_p99_us", percentile(lat, 0.99), "us");
+  std::sort(lat.begin(), lat.end());
+  emit(bench.c_str(), "commit_p50_us", percentile_of_sorted(lat, 50), "us");
+  emit(bench.c_str(), "commit_p99_us", percentile_of_sorted(lat, 99), "us");
   emit(bench.c_str(), "backend_commits_per_step",
        static_cast<double>(after.commit_groups - before.commit_groups) / total, "1");
   emit(bench.c_str(), "cpu_us_per_step", cpu * 1e6 / total, "us");

@@ -15,7 +15,8 @@
 //   calls_per_cpu_s   calls completed in the window / CPU seconds of this process in the window
 //                     (user + system, all threads: getrusage at both ends)
 //   calls_per_s       calls completed in the window / MEASURE_S
-//   (latencies: the calls that started and ended inside the window)
+//   (latencies: the calls that started and ended inside the window; percentiles by nearest rank,
+//   nines/core/percentile.hpp, like the SDK side's)
 //   e2e_p50_us, e2e_p99_us         one call as the process sees it (environment clock)
 //   server_p50_us, server_p99_us   the server's own time per request, from its /sim/stats
 //   added_p50_us, added_p99_us     per call: e2e minus the server's own time for that call (the
@@ -38,6 +39,9 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
+#include "nines/core/percentile.hpp"
 #include "nines/llm/provider.hpp"
 #include "nines/llm/router.hpp"
 #include "nines/net/http_client.hpp"
@@ -56,18 +60,12 @@ double cpu_seconds() {
          static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
 }
 
-double pct(const std::vector<double>& sorted, double p) {
-  if (sorted.empty()) return 0;
-  std::size_t i = std::min(sorted.size() - 1, static_cast<std::size_t>(p / 100.0 * static_cast<double>(sorted.size())));
-  return sorted[i];
-}
-
-// A number from the server's /sim/stats JSON ("name": value), without a JSON library.
-double json_number(const std::string& body, const std::string& name) {
-  std::size_t p = body.find("\"" + name + "\"");
-  if (p == std::string::npos) return -1;
-  p = body.find(':', p);
-  return p == std::string::npos ? -1 : std::strtod(body.c_str() + p + 1, nullptr);
+// A number of the server's /sim/stats answer (a JSON object); -1 when it is not there, which the
+// metric then shows.
+double stats_number(const nlohmann::json& stats, const char* name) {
+  if (!stats.is_object()) return -1;
+  auto it = stats.find(name);
+  return it != stats.end() && it->is_number() ? it->get<double>() : -1;
 }
 
 struct Bench {
@@ -250,19 +248,23 @@ int main(int argc, char** argv) {
   std::sort(b.latencies_us.begin(), b.latencies_us.end());
   std::sort(b.added_us.begin(), b.added_us.end());
   const double ok = static_cast<double>(b.completed_in_window.load());
-  const double server_p50 = json_number(stats, "latency_p50_us");
-  const double server_p99 = json_number(stats, "latency_p99_us");
+  const nlohmann::json stats_json = nlohmann::json::parse(stats, nullptr, /*allow_exceptions=*/false);
+  if (!stats_json.is_object()) {
+    std::fprintf(stderr, "nines: /sim/stats did not answer a JSON object: '%s'\n", stats.c_str());
+  }
+  const double server_p50 = stats_number(stats_json, "latency_p50_us");
+  const double server_p99 = stats_number(stats_json, "latency_p99_us");
   auto emit = [&](const std::string& metric, double value, const char* unit) {
     bench::emit("llm_client", (metric + "_" + label).c_str(), value, unit);
   };
   emit("calls_per_cpu_s", ok / cpu, "calls/cpu-s");
   emit("calls_per_s", ok / measure_s, "calls/s");
-  emit("e2e_p50_us", pct(b.latencies_us, 50), "us");
-  emit("e2e_p99_us", pct(b.latencies_us, 99), "us");
+  emit("e2e_p50_us", percentile_of_sorted(b.latencies_us, 50), "us");
+  emit("e2e_p99_us", percentile_of_sorted(b.latencies_us, 99), "us");
   emit("server_p50_us", server_p50, "us");
   emit("server_p99_us", server_p99, "us");
-  emit("added_p50_us", pct(b.added_us, 50), "us");
-  emit("added_p99_us", pct(b.added_us, 99), "us");
+  emit("added_p50_us", percentile_of_sorted(b.added_us, 50), "us");
+  emit("added_p99_us", percentile_of_sorted(b.added_us, 99), "us");
   if (b.failed > 0) {
     emit("failed_calls", static_cast<double>(b.failed), "calls");
     return 1;

@@ -11,12 +11,11 @@
 //   restart_latency  a one_for_one supervisor with one child; the child's start sends
 //                    Started{pid} to the driver. C times: t0; tell the child to crash; wait
 //                    for Started from the new instance; ping it and wait for the pong; t1.
-//                    p50/p99 of t1 - t0 (nearest rank).
+//                    p50/p99 of t1 - t0 (nearest rank: nines/core/percentile.hpp).
 // Prints one JSON line per metric to stdout:
 //   {"bench":...,"system":"nines","metric":...,"value":...,"unit":...}
 // Time comes from the real Environment (the only clock nines code may read).
 #include <algorithm>
-#include <cmath>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -24,9 +23,10 @@
 #include <string>
 #include <vector>
 
+#include "nines/core/percentile.hpp"
 #include "nines/runtime/runtime.hpp"
-#include "peers/bench_json.hpp"
 #include "nines/runtime/supervisor.hpp"
+#include "peers/bench_json.hpp"
 
 using namespace nines;
 
@@ -181,12 +181,8 @@ void bench_restart_latency(Environment& env, std::uint64_t crashes) {
                  }).value();
   driver.exit->wait();
   std::sort(lat_us.begin(), lat_us.end());
-  auto pct = [&](double p) {
-    std::size_t rank = static_cast<std::size_t>(std::ceil(p / 100.0 * static_cast<double>(lat_us.size())));
-    return lat_us[std::max<std::size_t>(rank, 1) - 1];
-  };
-  emit("restart_latency", "p50_us", pct(50), "us");
-  emit("restart_latency", "p99_us", pct(99), "us");
+  emit("restart_latency", "p50_us", percentile_of_sorted(lat_us, 50), "us");
+  emit("restart_latency", "p99_us", percentile_of_sorted(lat_us, 99), "us");
 }
 
 }  // namespace

@@ -21,6 +21,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "nines/core/environment.hpp"
 #include "nines/llm/tokens.hpp"
 #include "peers/bench_json.hpp"
@@ -29,43 +31,37 @@ namespace {
 
 using nines::llm::TokenizerFamily;
 
-std::string json_string(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(static_cast<unsigned char>(c)));
-      out += buf;
-    } else {
-      out += c;
-    }
-  }
-  return out + "\"";
-}
-
 long long estimate(TokenizerFamily family, const std::string& text) {
   return static_cast<long long>(nines::llm::TokenCounter(family).text(text));
 }
 
 void print_estimate(const std::string& path, long chunk, const std::string& t) {
   const nines::llm::TextFeatures f = nines::llm::text_features(t);
-  std::string chunk_field = chunk < 0 ? "" : ",\"chunk\":" + std::to_string(chunk);
-  std::printf(
-      "{\"file\":%s%s,\"bytes\":%zu,\"o200k\":%lld,\"cl100k\":%lld,\"claude\":%lld,\"llama\":%lld,\"generic\":%lld,"
-      "\"features\":{\"words\":%lld,\"long_word_letters\":%lld,\"case_changes\":%lld,\"nonascii_letters\":%lld,"
-      "\"digit_groups\":%lld,\"punct\":%lld,\"punct_runs\":%lld,\"space_runs\":%lld,\"cjk\":%lld,\"kana\":%lld,"
-      "\"typography\":%lld,\"symbols\":%lld,\"astral\":%lld}}\n",
-      json_string(path).c_str(), chunk_field.c_str(), t.size(), estimate(TokenizerFamily::kOpenAiO200k, t),
-      estimate(TokenizerFamily::kOpenAiCl100k, t), estimate(TokenizerFamily::kClaude, t),
-      estimate(TokenizerFamily::kLlama, t), estimate(TokenizerFamily::kGeneric, t), static_cast<long long>(f.words),
-      static_cast<long long>(f.long_word_letters), static_cast<long long>(f.case_changes),
-      static_cast<long long>(f.nonascii_letters), static_cast<long long>(f.digit_groups),
-      static_cast<long long>(f.punct), static_cast<long long>(f.punct_runs), static_cast<long long>(f.space_runs),
-      static_cast<long long>(f.cjk), static_cast<long long>(f.kana), static_cast<long long>(f.typography),
-      static_cast<long long>(f.symbols), static_cast<long long>(f.astral));
+  // ordered_json: the fields in the order they have always been printed in.
+  nlohmann::ordered_json line;
+  line["file"] = path;
+  if (chunk >= 0) line["chunk"] = chunk;
+  line["bytes"] = t.size();
+  line["o200k"] = estimate(TokenizerFamily::kOpenAiO200k, t);
+  line["cl100k"] = estimate(TokenizerFamily::kOpenAiCl100k, t);
+  line["claude"] = estimate(TokenizerFamily::kClaude, t);
+  line["llama"] = estimate(TokenizerFamily::kLlama, t);
+  line["generic"] = estimate(TokenizerFamily::kGeneric, t);
+  line["features"] = {{"words", f.words},
+                      {"long_word_letters", f.long_word_letters},
+                      {"case_changes", f.case_changes},
+                      {"nonascii_letters", f.nonascii_letters},
+                      {"digit_groups", f.digit_groups},
+                      {"punct", f.punct},
+                      {"punct_runs", f.punct_runs},
+                      {"space_runs", f.space_runs},
+                      {"cjk", f.cjk},
+                      {"kana", f.kana},
+                      {"typography", f.typography},
+                      {"symbols", f.symbols},
+                      {"astral", f.astral}};
+  // A file name that is not UTF-8 gets U+FFFD for its bad bytes rather than an exception.
+  std::printf("%s\n", line.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace).c_str());
 }
 
 }  // namespace

@@ -20,7 +20,8 @@
 //                          called to the last byte handed to the connection (injected delays
 //                          included), over the requests since the last reset
 //   POST /sim/stats/reset  forgets those latencies
-// Latencies kept: the last max_latency_samples (a ring); percentiles over them.
+// Latencies kept: the last max_latency_samples (a ring); percentiles over them (nearest rank,
+// nines/core/percentile.hpp).
 //
 // Ownership and thread-safety: start() returns the owner; stop() (or the destructor) closes
 // the port and every connection. Replies in flight when it stops are dropped. Timers it set

@@ -48,9 +48,11 @@ function emit(bench, metric, value, unit) {
   process.stdout.write(JSON.stringify({ bench, system: 'langgraph', metric, value, unit }) + '\n');
 }
 
-function percentile(sorted, q) {
+// Nearest rank (p in [0, 100]), the method of the nines side (include/nines/core/percentile.hpp).
+function percentile(sorted, p) {
   if (sorted.length === 0) return 0;
-  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+  const rank = Math.ceil((p * sorted.length) / 100);
+  return sorted[Math.min(sorted.length, Math.max(1, rank)) - 1];
 }
 
 function removeDb(file) {
@@ -125,8 +127,8 @@ async function runConfig(dir, c, steps, reps) {
   const total = c * reps * steps;
   latencies.sort((a, b) => a - b);
   emit(bench, 'steps_per_s', total / elapsed, '1/s');
-  emit(bench, 'commit_p50_us', percentile(latencies, 0.5), 'us');
-  emit(bench, 'commit_p99_us', percentile(latencies, 0.99), 'us');
+  emit(bench, 'commit_p50_us', percentile(latencies, 50), 'us');
+  emit(bench, 'commit_p99_us', percentile(latencies, 99), 'us');
   saver.db.close();
   removeDb(file);
 }

@@ -74,9 +74,11 @@ async function run(windowStart, windowEnd, latencies, added, counts) {
   await Promise.all(Array.from({ length: concurrency }, worker));
 }
 
+// Nearest rank, the method of the nines side (include/nines/core/percentile.hpp).
 function pct(sorted, p) {
   if (sorted.length === 0) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+  const rank = Math.ceil((p * sorted.length) / 100);
+  return sorted[Math.min(sorted.length, Math.max(1, rank)) - 1];
 }
 
 function emit(metric, value, unit) {

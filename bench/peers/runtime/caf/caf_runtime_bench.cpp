@@ -23,7 +23,8 @@
 //                    (started, handle) on start. C times the driver: crashes
 //                    the child, waits for the new child's `started`, sends it
 //                    a request(ping) and waits for the pong; p50/p99 of that
-//                    round in microseconds.
+//                    round in microseconds (nearest rank, the nines side's
+//                    helper: include/nines/core/percentile.hpp).
 //                    "Crash" = the child calls self->quit(sec::runtime_error):
 //                    an abnormal exit reason, seen by monitors exactly like a
 //                    failure. (Throwing would also work -- this libcaf is built
@@ -34,7 +35,9 @@
 // default is max(hardware_concurrency, 4), i.e. 4 on a 2-core box) to match
 // Erlang's one scheduler per core. Timing uses std::chrono::steady_clock.
 //
-// Build: g++ -O2 -std=c++20 caf_runtime_bench.cpp -o caf_runtime_bench -lcaf_core -lpthread
+// Build: g++ -O2 -std=c++20 -I<repo>/include caf_runtime_bench.cpp -o caf_runtime_bench -lcaf_core -lpthread
+// (include/ only for nines/core/percentile.hpp, header-only and standard-library-only, so that
+// both sides compute p50/p99 the same way; nothing else of nines is used or linked.)
 
 #include <caf/all.hpp>
 
@@ -42,7 +45,6 @@
 #include <atomic>
 #include <chrono>
 #include <cinttypes>
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -50,6 +52,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "nines/core/percentile.hpp"
 
 using namespace caf;
 using clk = std::chrono::steady_clock;
@@ -89,13 +93,6 @@ long long rss_bytes() {
     if (line.rfind("VmRSS:", 0) == 0)
       return std::atoll(line.c_str() + 6) * 1024;
   return -1;
-}
-
-// Nearest-rank percentile of a sorted vector.
-double percentile(const std::vector<double>& sorted, double p) {
-  auto n = sorted.size();
-  auto rank = static_cast<size_t>(std::ceil(p * static_cast<double>(n)));
-  return sorted[std::min(n, std::max<size_t>(1, rank)) - 1];
 }
 
 // ---------------------------------------------------------------------------
@@ -326,7 +323,7 @@ behavior restart_driver(stateful_actor<restart_state>* self, uint64_t rounds) {
         self->send(st.sup, stop_atom::value);
         auto& v = st.samples_us;
         std::sort(v.begin(), v.end());
-        st.done.deliver(percentile(v, 0.50), percentile(v, 0.99));
+        st.done.deliver(nines::percentile_of_sorted(v, 50), nines::percentile_of_sorted(v, 99));
         self->quit();
       });
     },
