@@ -737,8 +737,8 @@ void Logger::set_rate_limit(const LogRateLimit& limit) {
   for (auto& [name, b] : impl_->buckets) b.tokens = std::min(b.tokens, limit.burst);
 }
 
-void Logger::log(LogLevel level, std::string_view event, std::string_view message,
-                 std::initializer_list<LogField> fields) {
+void Logger::log_fields(LogLevel level, std::string_view event, std::string_view message,
+                        std::span<const LogField> fields) {
   if (!enabled(level)) return;
   // Scrubbed before the lock: the sink only ever sees redacted text.
   std::optional<std::string> scrubbed_message = redact_log_text(message);

@@ -238,7 +238,12 @@ class Logger {
   // Writes one record if `level` is enabled and the rate limits allow it. Prefer NINES_LOG,
   // which skips evaluating the arguments when the level is off.
   void log(LogLevel level, std::string_view event, std::string_view message,
-           std::initializer_list<LogField> fields = {});
+           std::initializer_list<LogField> fields = {}) {
+    log_fields(level, event, message, std::span<const LogField>(fields.begin(), fields.size()));
+  }
+  // The same with fields chosen at run time (a name only when there is one).
+  void log_fields(LogLevel level, std::string_view event, std::string_view message,
+                  std::span<const LogField> fields);
 
   // Writes a log_suppressed line for every event with dropped lines not reported yet,
   // whatever the limits say (at exit, or before a demo names its log file).
