@@ -99,8 +99,9 @@ struct EnvelopeQueue {
 
 enum class WaitKind : std::uint8_t { kNone, kReceive, kCall, kToken, kSend, kDown };
 
-// The `ref` of a kExit kill signal a supervisor sends on purpose (a brutal_kill shutdown, or a
-// shutdown timeout): the target's `killed` exit is expected and not reported as a crash.
+// The `ref` of a kExit kill signal sent on purpose (Context::kill_on_purpose: a supervisor's
+// brutal_kill or shutdown timeout, a hedge's cancelled attempt): the target's `killed` exit is
+// expected and not reported as a crash.
 inline constexpr std::uint64_t kExpectedKillRef = 1;
 
 class ExitWatchImpl;

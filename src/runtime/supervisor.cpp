@@ -219,12 +219,6 @@ Task<bool> took_own_exit(Context& ctx, Sup& s, Child& c) {
   co_return true;
 }
 
-// A kill the supervisor means (brutal_kill, or a shutdown timeout): the child's `killed` exit
-// is expected, so the runtime does not report it as a crash.
-void kill_on_purpose(Sup& s, Pid pid) {
-  s.core_.signal(pid, internal::SignalKind::kExit, s.self_, internal::kExpectedKillRef, ExitReason::kill());
-}
-
 // Stops one running child by its shutdown spec and waits until it is gone.
 Task<> terminate(Context& ctx, Sup& s, Child& c) {
   if (!c.pid) co_return;
@@ -237,14 +231,15 @@ Task<> terminate(Context& ctx, Sup& s, Child& c) {
   ctx.unlink(pid);
   ShutdownSpec sd = effective_shutdown(c.spec);
   std::optional<Down> down;
+  // Its kill (brutal_kill, or after the shutdown timeout) is meant: not reported as a crash.
   if (sd.kind == ShutdownSpec::Kind::kBrutalKill) {
-    kill_on_purpose(s, pid);
+    ctx.kill_on_purpose(pid);
     down = co_await ctx.wait_down(ref);
   } else {
     ctx.send_exit(pid, ExitReason::shutdown());
     down = co_await ctx.wait_down(ref, sd.kind == ShutdownSpec::Kind::kTimeout ? sd.timeout : kInfinite);
     if (!down) {
-      kill_on_purpose(s, pid);
+      ctx.kill_on_purpose(pid);
       down = co_await ctx.wait_down(ref);
     }
   }
@@ -269,7 +264,7 @@ Task<> terminate_all(Context& ctx, Sup& s) {
     ctx.unlink(it->pid);
     pending.emplace(ref.id, it);
     if (sd.kind == ShutdownSpec::Kind::kBrutalKill) {
-      kill_on_purpose(s, it->pid);
+      ctx.kill_on_purpose(it->pid);
     } else {
       ctx.send_exit(it->pid, ExitReason::shutdown());
     }
@@ -283,7 +278,7 @@ Task<> terminate_all(Context& ctx, Sup& s) {
     // receive would rescan a mailbox that may hold many stale EXITs for every Down.
     auto m = co_await ctx.receive_for(killed ? kInfinite : left);
     if (!m) {
-      for (auto& [ref, it] : pending) kill_on_purpose(s, it->pid);
+      for (auto& [ref, it] : pending) ctx.kill_on_purpose(it->pid);
       killed = true;
       continue;
     }
@@ -322,7 +317,7 @@ Task<> terminate_all(Context& ctx, Sup& s) {
 Task<> give_up(Context& ctx, Sup& s, const std::string& child, std::string why) {
   NINES_LOG(s.core_.env.logger(), LogLevel::kError, "supervisor_gave_up",
             "supervisor reached its restart intensity: stops its children and exits", {"supervisor", s.label_},
-            {"intensity", s.spec_.intensity}, {"period_ms", to_millis(s.spec_.period)}, {"child", child},
+            {"intensity", s.spec_.intensity}, {"period_s", to_seconds(s.spec_.period)}, {"child", child},
             {"reason", why});
   s.emit(SupervisionEventType::kIntensityExceeded, nullptr);
   co_await terminate_all(ctx, s);

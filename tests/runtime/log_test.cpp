@@ -157,7 +157,7 @@ TEST(Supervisor, ExceedingTheIntensityIsReportedOnce) {
   EXPECT_EQ(gave_up[0].level, LogLevel::kError);
   EXPECT_EQ(gave_up[0].field("supervisor"), "flaky");
   EXPECT_EQ(gave_up[0].field("intensity"), "2");
-  EXPECT_EQ(gave_up[0].field("period_ms"), "10000");
+  EXPECT_EQ(gave_up[0].field("period_s"), "10");
   EXPECT_EQ(gave_up[0].field("child"), "w");
   EXPECT_EQ(gave_up[0].field("reason"), "crash: std::runtime_error: boom");
   EXPECT_EQ(w.logs().count("child_restarted"), 2u);
