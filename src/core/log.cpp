@@ -267,7 +267,15 @@ bool name_char(char c) { return is_alpha(c) || is_digit(c) || c == '_' || c == '
 bool key_char(char c) { return is_alpha(c) || is_digit(c) || c == '-' || c == '_' || c == '*'; }
 // Characters of a token or a credential value (base64url, JWTs, cookies).
 bool token_char(char c) {
-  return key_char(c) || c == '.' || c == '/' || c == '+' || c == '=' || c == '~' || c == '%' || c == ':';
+  return key_char(c) || c == '.' || c == '/' || c == '+' || c == '=' || c == '~' || c == '%';
+}
+
+// A value after "<secret name>:" that is kept: a number, or an ordinary word ("invalid_api_key:
+// Incorrect API key provided" is an error code and a message, not a key and its value).
+bool is_plain_value(std::string_view v) {
+  if (std::all_of(v.begin(), v.end(), is_digit)) return true;
+  if (v.size() >= 16 || !std::all_of(v.begin(), v.end(), is_alpha)) return false;
+  return std::none_of(v.begin() + 1, v.end(), [](char c) { return c >= 'A' && c <= 'Z'; });
 }
 
 std::size_t run_of(std::string_view s, std::size_t from, bool (*pred)(char)) {
@@ -606,9 +614,7 @@ std::optional<std::string> redact_log_text(std::string_view s) {
             }
           }
           const std::size_t to = run_of(s, from, token_char);
-          const bool digits_only = std::all_of(s.begin() + static_cast<std::ptrdiff_t>(from),
-                                               s.begin() + static_cast<std::ptrdiff_t>(to), is_digit);
-          if (to > from && !digits_only) {
+          if (to > from && !is_plain_value(s.substr(from, to - from))) {
             out.redact(from, to);
             i = to;
             continue;
@@ -696,14 +702,22 @@ struct Logger::Impl {
   }
 
   // Reports every bucket whose drops are at least kReportEvery old (all of them if `all`).
-  void report_due(TimePoint now, std::int64_t unix_ns, bool all) {
-    if (with_drops == 0) return;
+  // Returns the number of lines written.
+  std::uint64_t report_due(TimePoint now, std::int64_t unix_ns, bool all) {
+    if (with_drops == 0) return 0;
+    std::uint64_t n = 0;
+    auto due = [&](const Bucket& b) { return b.dropped > 0 && (all || now - b.dropping_since >= kReportEvery); };
     for (auto& [name, b] : buckets) {
-      if (b.dropped > 0 && (all || now - b.dropping_since >= kReportEvery)) report(name, b, now, unix_ns);
+      if (due(b)) {
+        report(name, b, now, unix_ns);
+        ++n;
+      }
     }
-    if (other.dropped > 0 && (all || now - other.dropping_since >= kReportEvery)) {
+    if (due(other)) {
       report(kOtherEvents, other, now, unix_ns);
+      ++n;
     }
+    return n;
   }
 
   const Environment& clock;
@@ -779,15 +793,16 @@ void Logger::log_fields(LogLevel level, std::string_view event, std::string_view
   }
   b.take(m.limit.burst);
   m.global.take(m.limit.global_burst);
-  m.report_due(now, unix_ns, false);
+  const std::uint64_t reports = m.report_due(now, unix_ns, false);
   m.write(level, event, message, safe, unix_ns);
-  written_.fetch_add(1, std::memory_order_relaxed);
+  written_.fetch_add(reports + 1, std::memory_order_relaxed);
 }
 
 void Logger::flush_suppressed() {
   std::lock_guard lock(impl_->mu);
   if (!impl_->sink) return;
-  impl_->report_due(impl_->clock.now(), impl_->clock.unix_time_ns(), true);
+  written_.fetch_add(impl_->report_due(impl_->clock.now(), impl_->clock.unix_time_ns(), true),
+                     std::memory_order_relaxed);
 }
 
 }  // namespace nines

@@ -348,6 +348,11 @@ TEST(Redaction, TextThatLooksLikeACredentialIsScrubbed) {
   EXPECT_FALSE(redact_log_text("process crashed: crash: std::runtime_error: boom").has_value());
   EXPECT_FALSE(redact_log_text("the prompt needs 120 tokens: 4096 reserved").has_value());
   EXPECT_FALSE(redact_log_text("input_tokens=120").has_value());
+  // An error code naming a key, then a message: a word after a secret name is kept.
+  EXPECT_FALSE(redact_log_text("invalid_api_key: Incorrect API key provided").has_value());
+  EXPECT_FALSE(redact_log_text("route 'bad-key': openai: http 401").has_value());
+  EXPECT_EQ(redact("token: Zm9vYmFy"), "token: [redacted]");        // mixed case: not a word
+  EXPECT_EQ(redact("token=correcthorsebatterystaple"), "token=[redacted]");  // 16 letters or more
   EXPECT_FALSE(redact_log_text("task-sk-1234567 risk-sk-abcdefgh").has_value());
   EXPECT_FALSE(redact_log_text("").has_value());
   EXPECT_FALSE(redact_log_text("[redacted]").has_value());

@@ -212,7 +212,8 @@ bool is_secret_key(std::string_view key);
 // `text` with whatever looks like a credential replaced by "[redacted]", or nullopt if
 // nothing does (no allocation then). See docs/logging.md for the exact rules: sk-... keys,
 // "Bearer <token>", well-known token prefixes (ghp_, github_pat_, xox?-, AKIA, AIza), and
-// the value of "<name>: <value>" / "<name>=<value>" where is_secret_key(name).
+// the value of "<name>: <value>" / "<name>=<value>" where is_secret_key(name), unless it is a
+// number or an ordinary word.
 std::optional<std::string> redact_log_text(std::string_view text);
 
 class Logger {
@@ -249,7 +250,8 @@ class Logger {
   // whatever the limits say (at exit, or before a demo names its log file).
   void flush_suppressed();
 
-  // Lines dropped by the rate limits so far; lines handed to the sink so far.
+  // Lines dropped by the rate limits so far; lines handed to the sink so far (log_suppressed
+  // lines included).
   std::uint64_t suppressed() const { return suppressed_.load(std::memory_order_relaxed); }
   std::uint64_t written() const { return written_.load(std::memory_order_relaxed); }
 
