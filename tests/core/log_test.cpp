@@ -39,12 +39,17 @@ void* operator new[](std::size_t n, const std::nothrow_t&) noexcept {
   ++g_news;
   return std::malloc(n == 0 ? 1 : n);
 }
+// GCC (-O1 and up) inlines these into new-expressions and then takes free() for a mismatch
+// with `new`; it is not one: every operator new here is malloc.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 void operator delete(void* p) noexcept { std::free(p); }
 void operator delete[](void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
 void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
 void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
+#pragma GCC diagnostic pop
 
 namespace nines {
 namespace {
