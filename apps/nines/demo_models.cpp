@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "demo_log.hpp"
 #include "nines/core/environment.hpp"
 #include "nines/llm/provider.hpp"
 #include "nines/llm/router.hpp"
@@ -64,7 +65,8 @@ double seconds_since(Environment& env, TimePoint t0) {
 }  // namespace
 
 int run_models_demo(const ModelsDemoOptions& o) {
-  auto env = make_real_environment({.workers = 2, .seed = 42});
+  const DemoLog log = open_demo_log("demo-models");
+  auto env = make_real_environment({.workers = 2, .seed = 42, .log_sink = log.sink});
   auto rt = Runtime::create(*env).value();
   auto primary_sim = llm::SimModel::from_json(kPrimaryConfig).value();
   auto backup_sim = llm::SimModel::from_json(kBackupConfig).value();
@@ -248,6 +250,7 @@ int run_models_demo(const ModelsDemoOptions& o) {
   std::printf("  answers                   %llu: %llu by the primary, %llu by the backup (degraded)\n",
               static_cast<unsigned long long>(answered.load()), static_cast<unsigned long long>(p.served),
               static_cast<unsigned long long>(router->counters(1).served));
+  print_demo_log(*env, log);
   for (const std::string& f : failures) std::printf("  failed: %s\n", f.c_str());
   const bool ok = failed.load() == 0 && answered.load() == started.load() && started.load() > 0;
   std::printf("%s\n", ok ? "OK: every call got an answer, through faults and an outage of the primary"

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "demo_log.hpp"
 #include "nines/core/percentile.hpp"
 #include "nines/runtime/runtime.hpp"
 #include "nines/runtime/supervisor.hpp"
@@ -61,7 +62,8 @@ class RecoveryClock {
 }  // namespace
 
 int run_runtime_demo(const RuntimeDemoOptions& o) {
-  auto env = make_real_environment({.workers = o.threads});
+  const DemoLog log = open_demo_log("demo-runtime");
+  auto env = make_real_environment({.workers = o.threads, .log_sink = log.sink});
   auto created = Runtime::create(*env);
   if (!created.ok()) {
     std::fprintf(stderr, "nines: %s\n", created.error().to_string().c_str());
@@ -246,6 +248,7 @@ int run_runtime_demo(const RuntimeDemoOptions& o) {
   std::printf("  workers alive at the end  %zu of %zu (%zu of %zu shards up)\n", alive_workers, total, shards_alive,
               o.shards);
   std::printf("  resident memory           %ld MiB\n", rss_mib());
+  print_demo_log(*env, log);
   if (!check_error.empty()) std::printf("  check failed: %s\n", check_error.c_str());
   bool ok = alive_workers == total && check_error.empty() &&
             ev.count(SupervisionEventType::kIntensityExceeded) >= 1;

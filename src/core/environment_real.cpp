@@ -39,7 +39,12 @@ class RealThread final : public Thread {
 
 class RealEnvironment final : public Environment {
  public:
-  explicit RealEnvironment(const RealEnvironmentOptions& options) {
+  explicit RealEnvironment(const RealEnvironmentOptions& options)
+      : logger_(*this, options.log_level,
+                options.log_sink ? options.log_sink
+                                 : (options.log_format == LogFormat::kJsonLines ? make_json_lines_sink(stderr)
+                                                                                 : make_human_sink(stderr)),
+                options.log_rate_limit) {
     workers_ = options.workers != 0 ? options.workers : std::max(1u, std::thread::hardware_concurrency());
     base_seed_ = options.seed != 0 ? options.seed : (static_cast<std::uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}();
     epfd_ = epoll_create1(EPOLL_CLOEXEC);
@@ -145,6 +150,8 @@ class RealEnvironment final : public Environment {
     return id;
   }
 
+  Logger& logger() override { return logger_; }
+
   bool cancel_watch(WatchId id) override {
     std::lock_guard lock(mu_);
     auto it = watches_.find(id);
@@ -246,6 +253,7 @@ class RealEnvironment final : public Environment {
     }
   }
 
+  Logger logger_;  // first: the loop thread may log until it is joined
   unsigned workers_;
   std::uint64_t base_seed_;
   std::atomic<std::uint64_t> thread_counter_{0};

@@ -31,7 +31,11 @@ struct SimEnvironment::State {
   std::vector<Watch> watches;
 };
 
-SimEnvironment::SimEnvironment(std::uint64_t seed) : seed_(seed), state_(std::make_unique<State>(seed)) {}
+SimEnvironment::SimEnvironment(std::uint64_t seed)
+    : seed_(seed),
+      state_(std::make_unique<State>(seed)),
+      capture_(std::make_shared<CaptureSink>()),
+      logger_(*this, LogLevel::kDebug, capture_) {}
 SimEnvironment::~SimEnvironment() = default;
 
 TimePoint SimEnvironment::now() const { return state_->now; }

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <array>
+#include <iterator>
 #include <set>
 #include <utility>
 
@@ -150,9 +151,29 @@ struct Router::Impl {
     return out;
   }
 
-  void leave(Route& r, FallbackReason reason, Error e, std::vector<RouteFailure>& fallbacks) {
+  // Route i is left for `reason`; the model_fallback report names the route tried next.
+  void leave(std::size_t i, FallbackReason reason, Error e, std::vector<RouteFailure>& fallbacks) {
+    Route& r = *routes[i];
     r.left[static_cast<std::size_t>(reason)].fetch_add(1, std::memory_order_relaxed);
+    log_fallback(i, reason, e);
     fallbacks.push_back(RouteFailure{r.options.name, reason, std::move(e)});
+  }
+
+  // The error's message is the client's, already redacted (llm/errors.hpp); the logger
+  // scrubs it once more.
+  void log_fallback(std::size_t i, FallbackReason reason, const Error& e) const {
+    Logger& logger = env.logger();
+    if (!logger.enabled(LogLevel::kWarning)) return;
+    const bool last = i + 1 >= routes.size();
+    const LogField fields[] = {{"router", name},
+                               {"route", routes[i]->options.name},
+                               {"reason", to_string(reason)},
+                               {"error_kind", to_string(e.kind())},
+                               {"error", e.message()},
+                               {"next", last ? std::string_view() : std::string_view(routes[i + 1]->options.name)}};
+    logger.log_fields(LogLevel::kWarning, "model_fallback",
+                      last ? "model route failed; no route left to try" : "model route failed; trying the next",
+                      std::span<const LogField>(fields, last ? std::size(fields) - 1 : std::size(fields)));
   }
 
   // One call on one route through its pipeline. The request must outlive the task.
@@ -274,7 +295,7 @@ struct Router::Impl {
         const std::int64_t reserve = reserve_for(r, req);
         const std::int64_t window = r.options.context_window_tokens;
         if (window <= refused_window) {
-          leave(r, FallbackReason::kWindowTooSmall,
+          leave(i, FallbackReason::kWindowTooSmall,
                 Error(ErrorKind::kContextOverflow, "a route with a window of " + std::to_string(refused_window) +
                                                        " tokens already refused the prompt; this one has " +
                                                        std::to_string(window)),
@@ -283,7 +304,7 @@ struct Router::Impl {
         }
         std::int64_t estimate = sizer->estimate(req);
         if (estimate + reserve > window) {
-          leave(r, FallbackReason::kWindowTooSmall,
+          leave(i, FallbackReason::kWindowTooSmall,
                 Error(ErrorKind::kContextOverflow, "the prompt needs about " + std::to_string(estimate) +
                                                        " tokens plus " + std::to_string(reserve) +
                                                        " reserved for output; the window is " +
@@ -320,7 +341,7 @@ struct Router::Impl {
         const FallbackReason reason = reason_for(e, call.auth);
         if (reason == FallbackReason::kAuthFailure) r.breaker->isolate();
         if (reason == FallbackReason::kContextOverflow) refused_window = std::max(refused_window, window);
-        leave(r, reason, std::move(e), fallbacks);
+        leave(i, reason, std::move(e), fallbacks);
       }
       // Every route was skipped for size: compact once for the largest usable window.
       if (any_tried || compacted || !compact) break;

@@ -17,9 +17,11 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <atomic>
+#include <cstdio>
+#include <iterator>
 #include <limits>
+#include <optional>
 
 #include "nines/core/check.hpp"
 #include "nines/core/striped_counters.hpp"
@@ -280,6 +282,9 @@ struct CircuitBreaker::Impl {
   // Delivers queued events outside the lock, in order, unless another caller is doing so
   // (it will deliver these too). Called with the lock held; returns with it held.
   void deliver_events(std::unique_lock<std::mutex>& lock);
+  // The default report of a transition (docs/logging.md), where subscribers are called.
+  bool logged(BreakerState from, BreakerState to) const;
+  void log_transition(const BreakerTransition& ev) const;
 
   const std::string& name;  // the breaker's; it outlives its Impl
   Environment& env;
@@ -347,6 +352,63 @@ struct CircuitBreaker::Impl {
   bool delivering = false;
 };
 
+namespace {
+
+// The event and level a transition into `to` is reported with; nullopt: not reported (a reset
+// of a closed breaker changes no state).
+struct TransitionReport {
+  std::string_view event;
+  LogLevel level;
+  std::string_view message;
+};
+
+std::optional<TransitionReport> report_of(BreakerState from, BreakerState to) {
+  switch (to) {
+    case BreakerState::kOpen:
+      return TransitionReport{"breaker_opened", LogLevel::kWarning, "circuit breaker opened: calls are refused"};
+    case BreakerState::kHalfOpen:
+      return TransitionReport{"breaker_half_open", LogLevel::kInfo, "circuit breaker half-open: trial calls admitted"};
+    case BreakerState::kClosed:
+      if (from == BreakerState::kClosed) return std::nullopt;
+      return TransitionReport{"breaker_closed", LogLevel::kNotice, "circuit breaker closed: calls flow again"};
+    case BreakerState::kForcedOpen:
+      return TransitionReport{"breaker_forced_open", LogLevel::kWarning,
+                              "circuit breaker forced open: calls are refused until it is reset"};
+    case BreakerState::kDisabled:
+      return TransitionReport{"breaker_disabled", LogLevel::kNotice,
+                              "circuit breaker disabled: every call is admitted, none recorded"};
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+bool CircuitBreaker::Impl::logged(BreakerState from, BreakerState to) const {
+  std::optional<TransitionReport> r = report_of(from, to);
+  return r && env.logger().enabled(r->level);
+}
+
+void CircuitBreaker::Impl::log_transition(const BreakerTransition& ev) const {
+  std::optional<TransitionReport> r = report_of(ev.from, ev.to);
+  if (!r) return;
+  Logger& logger = env.logger();
+  if (!logger.enabled(r->level)) return;
+  // The figures it was judging as it left `from` (BreakerTransition::figures); how long it
+  // stays open, when it opened.
+  const BreakerFigures& f = ev.figures;
+  const LogField fields[] = {{"breaker", ev.breaker},
+                             {"from", to_string(ev.from)},
+                             {"reason", to_string(ev.reason)},
+                             {"calls", f.calls},
+                             {"failures", f.failures},
+                             {"failure_rate", f.failure_rate},
+                             {"slow_calls", f.slow_calls},
+                             {"consecutive_failures", f.consecutive_failures},
+                             {"open_for_s", to_seconds(ev.open_for)}};
+  const std::size_t n = ev.to == BreakerState::kOpen ? std::size(fields) : std::size(fields) - 1;
+  logger.log_fields(r->level, r->event, r->message, std::span<const LogField>(fields, n));
+}
+
 void CircuitBreaker::Impl::deliver_events(std::unique_lock<std::mutex>& lock) {
   if (delivering || pending.empty()) return;
   delivering = true;
@@ -364,6 +426,7 @@ void CircuitBreaker::Impl::deliver_events(std::unique_lock<std::mutex>& lock) {
     std::shared_ptr<const List> subs = subscribers;
     lock.unlock();
     for (const BreakerTransition& ev : batch) {
+      log_transition(ev);
       for (const auto& [id, fn] : *subs) fn(ev);
     }
     lock.lock();
@@ -476,7 +539,7 @@ void CircuitBreaker::Impl::transition(BreakerState to, BreakerReason reason, con
       frozen = figures;
       break;
   }
-  if (subscribers->empty()) return;
+  if (subscribers->empty() && !logged(from, to)) return;
   BreakerTransition ev;
   ev.breaker = name;
   ev.from = from;

@@ -134,7 +134,7 @@ Task<> finish(const HedgeCore& core, Context& ctx, HedgeRun& run) {
   for (Slot& s : run.slots()) {
     if (!s.running) continue;
     ctx.unlink(s.pid);  // the kill must not come back to the caller as an exit signal
-    ctx.send_exit(s.pid, ExitReason::kill());
+    ctx.kill_on_purpose(s.pid);  // a cancellation, not a crash to report
     core.cancelled.fetch_add(1, std::memory_order_relaxed);
   }
   for (Slot& s : run.slots()) {

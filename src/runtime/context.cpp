@@ -453,6 +453,10 @@ void Context::send_exit(Pid target, ExitReason reason) {
   p_->rt->signal(target, SignalKind::kExit, p_->pid, 0, std::move(reason));
 }
 
+void Context::kill_on_purpose(Pid target) {
+  p_->rt->signal(target, SignalKind::kExit, p_->pid, internal::kExpectedKillRef, ExitReason::kill());
+}
+
 void Context::exit(ExitReason reason) { throw ProcessExitRequest{std::move(reason)}; }
 
 void Context::set_trap_exit(bool on) { p_->trap_exit = on; }

@@ -99,6 +99,11 @@ struct EnvelopeQueue {
 
 enum class WaitKind : std::uint8_t { kNone, kReceive, kCall, kToken, kSend, kDown };
 
+// The `ref` of a kExit kill signal sent on purpose (Context::kill_on_purpose: a supervisor's
+// brutal_kill or shutdown timeout, a hedge's cancelled attempt): the target's `killed` exit is
+// expected and not reported as a crash.
+inline constexpr std::uint64_t kExpectedKillRef = 1;
+
 class ExitWatchImpl;
 
 class Process {
@@ -160,8 +165,10 @@ class Process {
   std::vector<Pid> links;
   std::vector<std::pair<std::uint64_t, Pid>> watchers;    // monitors others hold on us
   std::vector<std::pair<std::uint64_t, Pid>> monitoring;  // monitors we hold on others
-  std::unique_ptr<ExitReason> pending_exit;
-  TimePoint deadline = TimePoint::max();  // see Context::deadline  // set when a signal killed it; acted on after the slice
+  std::unique_ptr<ExitReason> pending_exit;  // set when a signal killed it; acted on after the slice
+  Pid exit_signal_from;  // who sent the exit signal behind pending_exit (invalid: from outside)
+  bool kill_expected = false;  // pending_exit is a kill its supervisor sent on purpose (not reported)
+  TimePoint deadline = TimePoint::max();  // see Context::deadline
   unsigned reductions_left = 0;
 
   // The one thing the process is suspended on.
@@ -271,7 +278,10 @@ class RuntimeCore : public std::enable_shared_from_this<RuntimeCore> {
   bool wait_satisfied(Process* p);
   void clear_wait(Process* p);
   std::optional<Message> pop_message(Process* p, const std::function<bool(const Message&)>* pred);
-  void finalize(Process* p, ExitReason reason);
+  // Ends p with `reason`; `by_signal`: the reason is its pending_exit (an exit signal killed it).
+  void finalize(Process* p, ExitReason reason, bool by_signal = false);
+  // The process_crashed report of an abnormal exit (core/log.hpp), from finalize.
+  void report_exit(const Process* p, const ExitReason& reason, bool by_signal);
 
   std::uint64_t new_ref() { return next_ref_.fetch_add(1, std::memory_order_relaxed); }
 

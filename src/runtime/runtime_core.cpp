@@ -340,7 +340,11 @@ bool RuntimeCore::drain(Process* p) {
         if (e->kind == SignalKind::kLinkExit && !erase_first(p->links, e->from)) break;  // unlinked meanwhile
         ExitReason r = reason_of(*e);
         if (r.kind == ExitReason::Kind::kKill && e->kind == SignalKind::kExit) {
-          if (!p->pending_exit) p->pending_exit = std::make_unique<ExitReason>(ExitReason::killed());
+          if (!p->pending_exit) {
+            p->pending_exit = std::make_unique<ExitReason>(ExitReason::killed());
+            p->exit_signal_from = e->from;
+            p->kill_expected = e->ref == kExpectedKillRef;
+          }
         } else if (p->trap_exit) {
           e->system = true;
           e->payload = Exit{e->from, std::move(r)};
@@ -348,7 +352,10 @@ bool RuntimeCore::drain(Process* p) {
           to_mailbox.push(e);
           continue;
         } else if (!r.is_normal()) {
-          if (!p->pending_exit) p->pending_exit = std::make_unique<ExitReason>(std::move(r));
+          if (!p->pending_exit) {
+            p->pending_exit = std::make_unique<ExitReason>(std::move(r));
+            p->exit_signal_from = e->from;
+          }
         }
         break;
       }
@@ -570,7 +577,7 @@ void RuntimeCore::run(Process* p) {
   if (p->pending_exit) {
     ExitReason r = std::move(*p->pending_exit);
     p->pending_exit.reset();
-    finalize(p, std::move(r));
+    finalize(p, std::move(r), /*by_signal=*/true);
     cur = saved;
     return;
   }
@@ -585,7 +592,36 @@ void RuntimeCore::run(Process* p) {
   cur = saved;
 }
 
-void RuntimeCore::finalize(Process* p, ExitReason reason) {
+// Every exit passes here. OTP reports neither normal nor shutdown exits (the process was
+// done, or was asked to stop); nor is a kill its supervisor sent on purpose reported. Every
+// other exit is: an exception, an abnormal exit(), a kill from anyone else, an exit signal
+// from a linked process (`signal_from` names the sender, so a crash spreading through links
+// reads as such).
+void RuntimeCore::report_exit(const Process* p, const ExitReason& reason, bool by_signal) {
+  switch (reason.kind) {
+    case ExitReason::Kind::kNormal:
+    case ExitReason::Kind::kShutdown:
+      return;
+    case ExitReason::Kind::kKilled:
+      if (by_signal && p->kill_expected) return;
+      break;
+    default:
+      break;
+  }
+  Logger& logger = env.logger();
+  if (!logger.enabled(LogLevel::kError)) return;
+  const std::string pid = p->pid.to_string();
+  const std::string why = reason.to_string();
+  const std::string from = p->exit_signal_from.valid() ? p->exit_signal_from.to_string() : std::string("outside");
+  LogField fields[4] = {{"pid", pid}, {"reason", why}, {"name", p->name}, {"signal_from", from}};
+  std::size_t n = 2;
+  if (!p->name.empty()) fields[n++] = fields[2];
+  if (by_signal) fields[n++] = fields[3];
+  logger.log_fields(LogLevel::kError, "process_crashed", "process crashed", std::span<const LogField>(fields, n));
+}
+
+void RuntimeCore::finalize(Process* p, ExitReason reason, bool by_signal) {
+  report_exit(p, reason, by_signal);
   if (p->wait != WaitKind::kNone) clear_wait(p);
   if (p->root) {
     // Unwinds the process's coroutines (their destructors may still send).

@@ -42,6 +42,7 @@ struct Child {
   std::any arg;
   TimePoint started_at{};
   int attempt = 0;  // restarts since the child last ran healthily (backoff)
+  ExitReason last_exit;  // of its last run (what a restart is reported with)
   bool restarting = false;
   bool dynamic = false;  // a simple_one_for_one instance
 };
@@ -119,8 +120,9 @@ class Sup {
 
   bool simple() const { return spec_.strategy == Strategy::kSimpleOneForOne; }
 
-  void emit(SupervisionEventType type, const Child* c, Pid child = {}, ExitReason reason = {},
+  void emit(SupervisionEventType type, Child* c, Pid child = {}, ExitReason reason = {},
             Duration delay = Duration::zero(), bool by_supervisor = false) {
+    if (type == SupervisionEventType::kChildExited && c != nullptr) c->last_exit = reason;
     SupervisionEvent ev{type, core_.env.now(), core_.env.unix_time_ns(), self_, label_,
                         c ? c->spec.id : std::string(), child, std::move(reason), delay, by_supervisor};
     core_.events.emit(ev);
@@ -155,6 +157,8 @@ class Sup {
       }
     }();
     if (!r.ok()) {
+      NINES_LOG(core_.env.logger(), LogLevel::kError, "child_start_failed", "supervisor could not start a child",
+                {"supervisor", label_}, {"child", c.spec.id}, {"error", r.error().to_string()});
       emit(SupervisionEventType::kChildStartFailed, &c, Pid{}, ExitReason::crash("start_failed", r.error().to_string()));
       return Error(ErrorKind::kStartFailed, "supervisor '" + label_ + "': child '" + c.spec.id +
                                                 "' failed to start: " + r.error().message());
@@ -163,6 +167,13 @@ class Sup {
     c.restarting = false;
     c.started_at = core_.env.now();
     by_pid_[c.pid.id] = by_key_.at(c.key);
+    if (is_restart) {
+      // Notice, not error: the exit itself was reported (process_crashed) if it was abnormal;
+      // this is the supervisor doing its job, which an operator still wants to see.
+      NINES_LOG(core_.env.logger(), LogLevel::kNotice, "child_restarted", "supervisor restarted a child",
+                {"supervisor", label_}, {"child", c.spec.id}, {"pid", c.pid.to_string()},
+                {"reason", c.last_exit.to_string()}, {"restarts", restarts_.size()}, {"intensity", spec_.intensity});
+    }
     emit(is_restart ? SupervisionEventType::kChildRestarted : SupervisionEventType::kChildStarted, &c, c.pid);
     return c.pid;
   }
@@ -220,14 +231,15 @@ Task<> terminate(Context& ctx, Sup& s, Child& c) {
   ctx.unlink(pid);
   ShutdownSpec sd = effective_shutdown(c.spec);
   std::optional<Down> down;
+  // Its kill (brutal_kill, or after the shutdown timeout) is meant: not reported as a crash.
   if (sd.kind == ShutdownSpec::Kind::kBrutalKill) {
-    ctx.send_exit(pid, ExitReason::kill());
+    ctx.kill_on_purpose(pid);
     down = co_await ctx.wait_down(ref);
   } else {
     ctx.send_exit(pid, ExitReason::shutdown());
     down = co_await ctx.wait_down(ref, sd.kind == ShutdownSpec::Kind::kTimeout ? sd.timeout : kInfinite);
     if (!down) {
-      ctx.send_exit(pid, ExitReason::kill());
+      ctx.kill_on_purpose(pid);
       down = co_await ctx.wait_down(ref);
     }
   }
@@ -251,7 +263,11 @@ Task<> terminate_all(Context& ctx, Sup& s) {
     MonitorRef ref = ctx.monitor(it->pid);
     ctx.unlink(it->pid);
     pending.emplace(ref.id, it);
-    ctx.send_exit(it->pid, sd.kind == ShutdownSpec::Kind::kBrutalKill ? ExitReason::kill() : ExitReason::shutdown());
+    if (sd.kind == ShutdownSpec::Kind::kBrutalKill) {
+      ctx.kill_on_purpose(it->pid);
+    } else {
+      ctx.send_exit(it->pid, ExitReason::shutdown());
+    }
   }
   Duration budget = sd.kind == ShutdownSpec::Kind::kTimeout ? sd.timeout : kInfinite;
   TimePoint deadline = add_saturating(ctx.now(), budget);
@@ -262,7 +278,7 @@ Task<> terminate_all(Context& ctx, Sup& s) {
     // receive would rescan a mailbox that may hold many stale EXITs for every Down.
     auto m = co_await ctx.receive_for(killed ? kInfinite : left);
     if (!m) {
-      for (auto& [ref, it] : pending) ctx.send_exit(it->pid, ExitReason::kill());
+      for (auto& [ref, it] : pending) ctx.kill_on_purpose(it->pid);
       killed = true;
       continue;
     }
@@ -297,7 +313,12 @@ Task<> terminate_all(Context& ctx, Sup& s) {
   ctx.exit(std::move(reason));
 }
 
-Task<> give_up(Context& ctx, Sup& s) {
+// `child` and `why`: the last exit (or failed start) that took it over its restart intensity.
+Task<> give_up(Context& ctx, Sup& s, const std::string& child, std::string why) {
+  NINES_LOG(s.core_.env.logger(), LogLevel::kError, "supervisor_gave_up",
+            "supervisor reached its restart intensity: stops its children and exits", {"supervisor", s.label_},
+            {"intensity", s.spec_.intensity}, {"period_s", to_seconds(s.spec_.period)}, {"child", child},
+            {"reason", why});
   s.emit(SupervisionEventType::kIntensityExceeded, nullptr);
   co_await terminate_all(ctx, s);
   ExitReason reason = ExitReason::shutdown("reached_max_restart_intensity");
@@ -312,8 +333,9 @@ Task<> restart_group(Context& ctx, Sup& s, std::vector<std::uint64_t> keys) {
     if (kit == s.by_key_.end()) continue;  // deleted meanwhile
     Child& c = *kit->second;
     if (c.pid) continue;  // already running (restarted by hand)
-    if (s.start_one(c, true).ok()) continue;
-    if (!s.record_restart()) co_await give_up(ctx, s);
+    Result<Pid> started = s.start_one(c, true);
+    if (started.ok()) continue;
+    if (!s.record_restart()) co_await give_up(ctx, s, c.spec.id, started.error().message());
     std::vector<std::uint64_t> rest(keys.begin() + static_cast<std::ptrdiff_t>(i), keys.end());
     for (auto k : rest) {
       if (auto it = s.by_key_.find(k); it != s.by_key_.end()) it->second->restarting = true;
@@ -349,7 +371,7 @@ Task<> on_child_exit(Context& ctx, Sup& s, std::list<Child>::iterator it, ExitRe
     }
     co_return;
   }
-  if (!s.record_restart()) co_await give_up(ctx, s);
+  if (!s.record_restart()) co_await give_up(ctx, s, c.spec.id, reason.to_string());
 
   // The group restarted together, in start order.
   std::vector<std::list<Child>::iterator> group;
@@ -529,7 +551,7 @@ Result<Pid> start_supervisor_impl(RuntimeCore& core, const SupervisorSpec& spec,
       // Undo: kill what started (reverse order), then drop the supervisor unlinked.
       for (auto c = sp->children_.rbegin(); c != sp->children_.rend(); ++c) {
         if (!c->pid) continue;
-        core.signal(c->pid, internal::SignalKind::kExit, p->pid, 0, ExitReason::kill());
+        core.signal(c->pid, internal::SignalKind::kExit, p->pid, internal::kExpectedKillRef, ExitReason::kill());
         // Its start was reported, so its exit is too (kill is untrappable: the reason is sure).
         sp->emit(SupervisionEventType::kChildExited, &*c, c->pid, ExitReason::killed(), Duration::zero(), true);
       }

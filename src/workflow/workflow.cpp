@@ -493,6 +493,11 @@ Task<Error> WorkflowContext::to_needs_attention(const EffectRecord& rec, std::st
   Status s = co_await engine_.commit(ctx_, std::move(b));
   if (!s.ok()) co_return std::move(s).error().with_context("workflow " + quoted(id_) + ": recording needs_attention");
   engine_.impl_->needs_attention.fetch_add(1, std::memory_order_relaxed);
+  // Not the arguments nor the idempotency key (they are in the record, for the operator who
+  // resolves it): a log line is no place for what an effect was called with.
+  NINES_LOG(engine_.env().logger(), LogLevel::kError, "workflow_needs_attention",
+            "workflow stopped for an operator's decision (resolve_effect)", {"workflow", id_}, {"kind", kind_},
+            {"attempt", attempt_}, {"effect", rec.effect_id}, {"nature", to_string(rec.nature)}, {"why", why});
   Error e(ErrorKind::kPermanent, "workflow " + quoted(id_) + " needs attention: " + evidence);
   run_.needs_attention = e;
   co_return e;

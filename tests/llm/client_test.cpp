@@ -3,6 +3,8 @@
 // (the fixtures of tests/llm/fixtures), on the real environment with 2 workers.
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include <functional>
 #include <map>
 #include <string>
@@ -14,6 +16,7 @@
 #include "nines/llm/client.hpp"
 #include "nines/llm/openai.hpp"
 #include "nines/llm/provider.hpp"
+#include "nines/llm/router.hpp"
 #include "nines/runtime/runtime.hpp"
 
 namespace nines::llm {
@@ -95,7 +98,10 @@ struct Fixture {
     return std::move(*out);
   }
 
-  std::unique_ptr<Environment> env = make_real_environment({.workers = 2, .seed = 7});
+  // Every report, at every level, kept (and off stderr).
+  std::shared_ptr<CaptureSink> logs = std::make_shared<CaptureSink>();
+  std::unique_ptr<Environment> env =
+      make_real_environment({.workers = 2, .seed = 7, .log_level = LogLevel::kDebug, .log_sink = logs});
   TestServer server{*env};
   std::unique_ptr<Runtime> rt = Runtime::create(*env).value();
   std::unique_ptr<net::HttpClient> http;
@@ -401,6 +407,77 @@ TEST(Provider, TheKeyComesFromTheNamedVariableAndReachesTheServer) {
   auto seen = f.server.requests();
   ASSERT_EQ(seen.size(), 1u);
   EXPECT_TRUE(contains(seen[0].head, std::string("Bearer ") + kOpenAiKey));
+}
+
+// The secrets test of the logging seam (docs/logging.md): keys taken from environment
+// variables, servers answering 401 and echoing the key they got, the router falling back and
+// forcing the breakers open. Every report is captured at debug level; no line, human or JSON,
+// shows either key, whether it looks like one (sk-...) or not.
+TEST(Provider, NoLogLineShowsTheKeyAfterAuthFailuresFallbacksAndForcedOpenBreakers) {
+  Fixture f;
+  const std::string plain_key = "plainTESTKEY0123456789abcdefXYZ";  // no known prefix: only the exact key redacts it
+  auto echo = [](const std::string& key) {
+    return CannedResponse{.status = 401,
+                          .body = R"({"error":{"message":"Incorrect API key provided: )" + key +
+                                  " (Authorization: Bearer " + key +
+                                  R"x()","type":"invalid_request_error","code":"invalid_api_key"}})x"};
+  };
+  f.server.set_canned("/first/v1/chat/completions", echo(kOpenAiKey));
+  f.server.set_canned("/second/v1/chat/completions", echo(plain_key));
+  f.server.set_canned("/backup/v1/chat/completions", {.body = fixture("openai/response_text.json")});
+  auto vars = fake_env({{"FIRST_KEY", kOpenAiKey}, {"SECOND_KEY", plain_key}});
+  auto provider = [&](const char* name, const char* path, const char* var) {
+    ProviderConfig cfg{.name = name, .api = Provider::kOpenAi, .base_url = f.server.url(path), .api_key_env = var};
+    auto m = make_provider(cfg, *f.http, vars);
+    EXPECT_TRUE(m.ok()) << m.error().to_string();
+    return std::move(m).value();
+  };
+  auto route = [](const char* name, std::shared_ptr<ChatModel> model) {
+    ModelRouteOptions o;
+    o.name = name;
+    o.model = "test-model";
+    o.client = std::move(model);
+    o.context_window_tokens = 8000;
+    o.max_output_tokens = 100;
+    return o;
+  };
+  auto router = Router::create(*f.env, RouterOptions{.name = "agents",
+                                                     .chain = {route("first", provider("first", "/first/v1", "FIRST_KEY")),
+                                                               route("second", provider("second", "/second/v1", "SECOND_KEY")),
+                                                               route("backup", provider("backup", "/backup/v1", ""))},
+                                                     .sizer = make_byte_sizer()})
+                    .value();
+  for (bool stream : {false, true}) {
+    if (stream) f.server.set_canned("/backup/v1/chat/completions", {.chunks = sse_chunks("openai/stream_text.sse")});
+    std::optional<Result<RoutedResponse>> out;
+    f.run([&](Context& ctx) -> Task<> {
+      auto scope = ctx.with_timeout(std::chrono::seconds(5));
+      ChatRequest req = hello_request();
+      req.stream = stream;
+      out.emplace(co_await router->route(ctx, req));
+    });
+    ASSERT_TRUE(out.has_value() && out->ok()) << (out && !out->ok() ? out->error().to_string() : "");
+    EXPECT_EQ((*out)->served_by, "backup");
+  }
+  EXPECT_EQ(router->breaker(0)->state(), BreakerState::kForcedOpen);
+  EXPECT_EQ(router->breaker(1)->state(), BreakerState::kForcedOpen);
+
+  // The reports happened (the test is not vacuous)...
+  const CaptureSink& logs = *f.logs;
+  auto fallbacks = logs.records("model_fallback");
+  ASSERT_GE(fallbacks.size(), 2u) << logs.dump();
+  EXPECT_EQ(fallbacks[0].field("reason"), "auth_failure");
+  EXPECT_NE(fallbacks[0].field("error").value_or("").find("Incorrect API key provided"), std::string::npos)
+      << logs.dump();
+  EXPECT_EQ(logs.count("breaker_forced_open"), 2u) << logs.dump();
+  // ...and none shows a key, in either format; every JSON line parses.
+  EXPECT_FALSE(logs.contains("TESTKEY")) << logs.dump();
+  EXPECT_FALSE(logs.contains(kOpenAiKey));
+  EXPECT_FALSE(logs.contains(plain_key));
+  for (const auto& r : logs.records()) {
+    EXPECT_TRUE(nlohmann::json::accept(r.json)) << r.json;
+    EXPECT_EQ(r.human.find('\n'), std::string::npos);
+  }
 }
 
 TEST(Provider, ConfigErrorsNameTheVariableNeverAKey) {

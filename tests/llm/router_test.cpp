@@ -206,6 +206,44 @@ TEST(Router, FallsBackWhenRetriesAreExhaustedAndSaysWhy) {
   EXPECT_EQ(router->counters(1).served, 1u);
 }
 
+TEST(Router, AFallbackIsLoggedWithTheRouteTheReasonAndTheNextRoute) {
+  Harness h;
+  auto a = std::make_shared<ScriptedModel>("a", std::vector<Step>(3, Step{.error = ErrorKind::kTransient}));
+  auto b = std::make_shared<ScriptedModel>("b", std::vector<Step>{{.error = ErrorKind::kPermanent, .auth = true}});
+  auto c = std::make_shared<ScriptedModel>("c");
+  auto router = h.make({route("a", a), route("b", b), route("c", c)});
+  auto r = h.run(*router, prompt());
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->served_by, "c");
+  CaptureSink& logs = h.s.env.captured_logs();
+  auto lines = logs.records("model_fallback");
+  ASSERT_EQ(lines.size(), 2u) << logs.dump();
+  EXPECT_EQ(lines[0].level, LogLevel::kWarning);
+  EXPECT_EQ(lines[0].field("router"), "r");
+  EXPECT_EQ(lines[0].field("route"), "a");
+  EXPECT_EQ(lines[0].field("next"), "b");
+  EXPECT_EQ(lines[0].field("reason"), "retries_exhausted");
+  EXPECT_EQ(lines[0].field("error_kind"), "transient");
+  EXPECT_EQ(lines[0].field("error"), "route 'a': retry: gave up after 3 attempts: a scripted failure");
+  EXPECT_EQ(lines[1].field("route"), "b");
+  EXPECT_EQ(lines[1].field("next"), "c");
+  EXPECT_EQ(lines[1].field("reason"), "auth_failure");
+  // The auth failure forced b's breaker open, which is reported too.
+  auto forced = logs.records("breaker_forced_open");
+  ASSERT_EQ(forced.size(), 1u) << logs.dump();
+  EXPECT_EQ(forced[0].field("breaker"), "r/b");
+
+  // The last route failing has no next route.
+  logs.clear();
+  auto only = std::make_shared<ScriptedModel>("only", std::vector<Step>(3, Step{.error = ErrorKind::kTransient}));
+  auto single = h.make({route("only", only)});
+  EXPECT_FALSE(h.run(*single, prompt()).ok());
+  lines = logs.records("model_fallback");
+  ASSERT_EQ(lines.size(), 1u) << logs.dump();
+  EXPECT_EQ(lines[0].field("next"), std::nullopt);
+  EXPECT_EQ(lines[0].message, "model route failed; no route left to try");
+}
+
 TEST(Router, AnOpenBreakerIsSkippedWithoutCallingTheModel) {
   Harness h;
   auto a = std::make_shared<ScriptedModel>("a", std::vector<Step>(100, Step{.error = ErrorKind::kTransient}));

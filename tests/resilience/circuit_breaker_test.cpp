@@ -1178,5 +1178,64 @@ TEST(CircuitBreakerConcurrency, TenThousandCallsThroughCallCountExactly) {
   EXPECT_EQ(c.successes + c.failures + c.rejections, static_cast<std::uint64_t>(kProcesses));
 }
 
+// ---------------------------------------------------------------------------------------
+// Default reports (docs/logging.md): each transition logged once, with its figures.
+
+TEST_F(CircuitBreakerTest, EachTransitionIsLoggedOnceWithItsFigures) {
+  CaptureSink& logs = env_.captured_logs();
+  auto b = make(streak_options(3));
+  trip(*b, 3);
+  for (int i = 0; i < 5; ++i) EXPECT_FALSE(succeed(*b));  // rejections are not transitions
+  auto opened = logs.records("breaker_opened");
+  ASSERT_EQ(opened.size(), 1u) << logs.dump();
+  EXPECT_EQ(opened[0].level, LogLevel::kWarning);
+  EXPECT_EQ(opened[0].field("breaker"), "openai/gpt-4o");
+  EXPECT_EQ(opened[0].field("from"), "closed");
+  EXPECT_EQ(opened[0].field("reason"), "consecutive_failures");
+  EXPECT_EQ(opened[0].field("consecutive_failures"), "3");
+  EXPECT_EQ(opened[0].field("open_for_s"), "10");
+
+  advance(std::chrono::seconds(10));
+  ASSERT_TRUE(succeed(*b));  // half-open, then the trial closes it
+  EXPECT_EQ(b->state(), BreakerState::kClosed);
+  auto half = logs.records("breaker_half_open");
+  ASSERT_EQ(half.size(), 1u) << logs.dump();
+  EXPECT_EQ(half[0].level, LogLevel::kInfo);
+  EXPECT_EQ(half[0].field("from"), "open");
+  EXPECT_EQ(half[0].field("open_for_s"), std::nullopt);
+  auto closed = logs.records("breaker_closed");
+  ASSERT_EQ(closed.size(), 1u) << logs.dump();
+  EXPECT_EQ(closed[0].level, LogLevel::kNotice);
+  EXPECT_EQ(closed[0].field("from"), "half_open");
+  EXPECT_EQ(closed[0].field("reason"), "trials_succeeded");
+  EXPECT_EQ(closed[0].field("calls"), "1");
+  EXPECT_EQ(logs.size(), 3u) << logs.dump();
+
+  b->reset();  // closed -> closed: no state change, no line
+  b->isolate();
+  b->isolate();  // already there: no transition
+  auto forced = logs.records("breaker_forced_open");
+  ASSERT_EQ(forced.size(), 1u) << logs.dump();
+  EXPECT_EQ(forced[0].level, LogLevel::kWarning);
+  EXPECT_EQ(forced[0].field("reason"), "isolated");
+  b->close();
+  EXPECT_EQ(logs.count("breaker_closed"), 2u);
+  EXPECT_EQ(logs.records("breaker_closed").back().field("reason"), "closed_manually");
+  EXPECT_EQ(logs.size(), 5u) << logs.dump();
+}
+
+TEST_F(CircuitBreakerTest, ABreakerWithoutSubscribersLogsOnlyEnabledLevels) {
+  CaptureSink& logs = env_.captured_logs();
+  env_.logger().set_level(LogLevel::kNotice);  // as the real environment's default
+  auto b = make(streak_options(1));
+  trip(*b, 1);
+  advance(std::chrono::seconds(10));
+  ASSERT_TRUE(succeed(*b));
+  EXPECT_EQ(logs.count("breaker_opened"), 1u);
+  EXPECT_EQ(logs.count("breaker_half_open"), 0u);  // info
+  EXPECT_EQ(logs.count("breaker_closed"), 1u);
+  EXPECT_EQ(b->counters().transitions, 3u);
+}
+
 }  // namespace
 }  // namespace nines

@@ -412,6 +412,37 @@ TEST(Workflow, ACheckableEffectWithoutCheckStopsForTheOperator) {
   EXPECT_NE(w.record("w").result.find("no check function"), std::string::npos) << w.record("w").result;
 }
 
+TEST(Workflow, StoppingForAnOperatorIsLogged) {
+  World w;
+  bool interrupt = true;
+  w.add_kind("mail", [&](WorkflowContext& wf) -> Task<Result<std::string>> {
+    EffectOptions o{.name = "send", .nature = EffectNature::kUnsafe, .arguments = "password=hunter2"};
+    auto r = co_await wf.effect(std::move(o), [&](Context&, const std::string&) -> Task<Result<std::string>> {
+      if (interrupt) co_return Error(ErrorKind::kTimeout, "no answer from the mail server");  // unknown outcome
+      co_return std::string("sent");
+    });
+    if (!r.ok()) co_return r.error();
+    co_return *r;
+  });
+  (void)w.run("mail", "m");
+  CaptureSink& logs = w.sim->env.captured_logs();
+  EXPECT_EQ(logs.count("workflow_needs_attention"), 0u) << logs.dump();  // only interrupted so far
+  interrupt = false;
+  auto r = w.run("mail", "m");
+  ASSERT_TRUE(r && !r->ok());
+  EXPECT_EQ(w.record("m").status, WorkflowStatus::kNeedsAttention);
+  auto lines = logs.records("workflow_needs_attention");
+  ASSERT_EQ(lines.size(), 1u) << logs.dump();
+  EXPECT_EQ(lines[0].level, LogLevel::kError);
+  EXPECT_EQ(lines[0].field("workflow"), "m");
+  EXPECT_EQ(lines[0].field("kind"), "mail");
+  EXPECT_EQ(lines[0].field("attempt"), "2");
+  EXPECT_EQ(lines[0].field("effect"), w.store->load_effects("m").value().at(0).effect_id);
+  EXPECT_EQ(lines[0].field("nature"), "unsafe");
+  EXPECT_NE(lines[0].field("why").value_or("").find("whether it was applied is unknown"), std::string::npos);
+  EXPECT_FALSE(logs.contains("hunter2")) << logs.dump();  // the arguments are not logged
+}
+
 // Review finding: a workflow pruned and started again under the same id gets new keys, so a
 // target that remembers keys does not take its effects for the old ones.
 TEST(Workflow, AReusedIdGetsNewIdempotencyKeys) {

@@ -20,6 +20,7 @@
 #include <memory>
 #include <string>
 
+#include "nines/core/log.hpp"
 #include "nines/core/result.hpp"
 #include "nines/core/time.hpp"
 
@@ -77,11 +78,22 @@ class Environment {
   virtual Result<WatchId> watch_fd(int fd, unsigned events, std::function<void(unsigned)> fn) = 0;
   // True if the watch was removed before its callback ran.
   virtual bool cancel_watch(WatchId id) = 0;
+
+  // The logger every layer reports through (core/log.hpp): crashes, supervisor give-ups,
+  // breaker transitions, model fallbacks, workflows stopped for an operator. It lives as long
+  // as the environment.
+  virtual Logger& logger() = 0;
 };
 
 struct RealEnvironmentOptions {
   unsigned workers = 0;        // 0: one per online core
   std::uint64_t seed = 0;      // 0: seeded from std::random_device
+  // Reports at this level and above are logged. Default: notice (OTP's default level).
+  LogLevel log_level = LogLevel::kNotice;
+  // Where they go; null: stderr, in `log_format`.
+  std::shared_ptr<LogSink> log_sink;
+  LogFormat log_format = LogFormat::kHuman;
+  LogRateLimit log_rate_limit;
 };
 
 // Creates the production environment and starts its event-loop thread.
@@ -118,10 +130,17 @@ class SimEnvironment final : public Environment {
   std::size_t poll_fds();
   std::size_t pending_watches() const;
 
+  // Level debug, every record kept in captured_logs() (the newest 10,000), time-stamped with
+  // virtual time; rate-limited as the real one is, on the virtual clock.
+  Logger& logger() override { return logger_; }
+  CaptureSink& captured_logs() { return *capture_; }
+
  private:
   struct State;
   std::uint64_t seed_;
   std::unique_ptr<State> state_;
+  std::shared_ptr<CaptureSink> capture_;
+  Logger logger_;  // after state_: destroyed first (its last report reads the clock)
 };
 
 }  // namespace nines

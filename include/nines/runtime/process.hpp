@@ -295,6 +295,10 @@ class Context {
   // Sends an exit signal (Erlang's exit/2). kill cannot be trapped; normal is ignored by a
   // target that does not trap exits.
   void send_exit(Pid target, ExitReason reason);
+  // send_exit(target, ExitReason::kill()) from an owner stopping work it started (a supervisor
+  // shutting a child down, a hedge cancelling its losing attempts): the target's `killed`
+  // exit is expected, so the runtime does not report it as a crash (docs/logging.md).
+  void kill_on_purpose(Pid target);
   // Ends this process now with `reason` (normal, shutdown, ...), unwinding its coroutines.
   [[noreturn]] void exit(ExitReason reason);
   void set_trap_exit(bool on);
