@@ -6,44 +6,62 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
+# usage: setup.sh          everything: build, tests, fuzzing, benchmarks and their peers
+#        setup.sh --demo   only what building the libraries and the `nines` command needs (what
+#                          scripts/demo.sh runs): no test servers, peers, clang or npm trees
+mode=all
+case "${1:-}" in
+  "") ;;
+  --demo) mode=demo ;;
+  *) echo "setup: unknown argument '$1' (usage: setup.sh [--demo])" >&2; exit 2 ;;
+esac
+
 # Every dependency, with what it is for. Nothing is downloaded from anywhere else.
+# Building nines (its libraries and the `nines` command): the demo needs these and no more.
 packages=(
   g++            # C++20 compiler (g++ 12): coroutines, sanitizers (ASan, UBSan, TSan)
   cmake          # build (>= 3.25 for presets v6)
   ninja-build    # build backend used by the presets
   ccache         # recompiles only what changed
-  libgtest-dev   # unit tests (GoogleTest)
-  libgmock-dev   # test doubles (GoogleMock)
-  erlang-base    # peer in bench/peers/runtime: Erlang/OTP processes and supervisors
-  libcaf-dev     # peer in bench/peers/runtime: the C++ Actor Framework
-  mawk           # the benchmark table (bench/peers/runtime/run)
   procps         # ps/top for people watching the demo and benchmarks
   libsqlite3-dev # the embedded store backend (src/store/sqlite_store.cpp, SQLite C API)
   libpq-dev      # the PostgreSQL store backend (src/store/postgres_store.cpp, libpq)
-  postgresql     # the server the store tests start in a temporary directory (initdb, pg_ctl)
-  make           # node-gyp builds better-sqlite3's native addon (bench/peers/durable/node)
-  python3        # node-gyp (the same)
   nlohmann-json3-dev  # JSON of the model APIs (src/llm: request bodies, responses, stream events)
   libcli11-dev   # the `nines` command's parser: subcommands, per-command help, validated numbers; header-only
-  clang-14       # libFuzzer targets of the llm parsers (scripts/fuzz.sh); the build itself uses g++
-  libclang-rt-14-dev  # clang's libFuzzer and sanitizer runtimes (only "recommended" by clang-14,
-                      # and setup installs without recommends)
   libcurl4-openssl-dev  # the net layer's HTTP(S) client (src/net/http_client.cpp: libcurl multi + OpenSSL)
-  openssl        # the TLS server (openssl s_server) and certificate the net tests make for HTTPS
   node-llhttp    # the net layer's HTTP server parses requests with llhttp, the parser Node.js uses today (the nodejs
                  # http-parser it replaced is archived upstream, with no more fixes). Debian ships llhttp only as C
                  # sources (no library), so nines compiles them into the net layer (src/net/CMakeLists.txt). Not
                  # Boost.Beast, which brings Asio's event loop (the server runs on the Environment's, which the sim
-                 # drives) and Boost, not otherwise a dependency
+                 # drives) and Boost, not otherwise a dependency. (Its package depends on Debian's nodejs.)
 )
-# Node.js and npm: run the cockatiel peer in bench/peers/resilience, the LangGraph.js peer
-# in bench/peers/durable and the js-tiktoken counts in bench/peers/tokens (npm packages below).
-# From Debian (nodejs 18, npm 9) only when there is no node at all: a newer Node already on
-# the machine (with its own npm) is kept.
-if ! command -v node >/dev/null; then
-  packages+=(nodejs npm)
-elif ! command -v npm >/dev/null; then
-  packages+=(npm)
+# Tests, fuzzing, benchmarks and their peers.
+if [[ $mode == all ]]; then
+  packages+=(
+    libgtest-dev   # unit tests (GoogleTest)
+    libgmock-dev   # test doubles (GoogleMock)
+    pkgconf        # the install test builds a program with `pkg-config --cflags --libs nines`
+    postgresql     # the server the store tests start in a temporary directory (initdb, pg_ctl)
+    openssl        # the TLS server (openssl s_server) and certificate the net tests make for HTTPS
+    clang-14       # libFuzzer targets of the llm parsers (scripts/fuzz.sh); the build itself uses g++
+    libclang-rt-14-dev  # clang's libFuzzer and sanitizer runtimes (only "recommended" by clang-14,
+                        # and setup installs without recommends)
+    erlang-base    # peer in bench/peers/runtime: Erlang/OTP processes and supervisors
+    libcaf-dev     # peer in bench/peers/runtime: the C++ Actor Framework
+    mawk           # the benchmark table (bench/peers/runtime/run)
+    make           # node-gyp builds better-sqlite3's native addon (bench/peers/durable/node)
+    python3        # node-gyp (the same)
+  )
+  # Node.js and npm: run the cockatiel peer in bench/peers/resilience, the LangGraph.js peer
+  # in bench/peers/durable, the js-tiktoken counts in bench/peers/tokens, the openai SDK in
+  # bench/peers/llm_client and mock-llm in the llm tests (npm packages below). From Debian
+  # (nodejs 18, npm 9) only when there is no node at all: a newer Node already on the machine
+  # (with its own npm) is kept.
+  if ! command -v node >/dev/null; then
+    packages+=(nodejs npm)
+  elif ! command -v npm >/dev/null; then
+    packages+=(npm)
+  fi
 fi
 
 missing=()
@@ -64,6 +82,10 @@ else
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
   echo "setup: done"
+fi
+
+if [[ $mode == demo ]]; then
+  exit 0  # the demo needs no npm package
 fi
 
 # npm packages: cockatiel (the Node resilience library), the peer that

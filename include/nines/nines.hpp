@@ -9,6 +9,8 @@
 
 #include "nines/core/check.hpp"
 #include "nines/core/environment.hpp"
+#include "nines/core/log.hpp"
+#include "nines/core/percentile.hpp"
 #include "nines/core/result.hpp"
 #include "nines/core/striped_counters.hpp"
 #include "nines/core/time.hpp"

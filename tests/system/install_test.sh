@@ -30,8 +30,10 @@ done
 if grep -rlE '#include [<"](curl/|sqlite3\.h|libpq-fe\.h|llhttp\.h|nlohmann/)' "$p/include"; then
   fail "an installed header includes a third-party C library header (listed above)"
 fi
-version=$("$p/bin/nines" --version 2>/dev/null || true)
-grep -q "NINES_VERSION \"" "$p/include/nines/version.hpp" || fail "version.hpp has no NINES_VERSION"
+want=$(sed -n 's/^#define NINES_VERSION "\(.*\)"/\1/p' "$p/include/nines/version.hpp")
+[[ -n "$want" ]] || fail "version.hpp has no NINES_VERSION"
+version=$("$p/bin/nines" --version) || fail "the installed nines --version failed"
+[[ "$version" == "nines $want" ]] || fail "nines --version says '$version', not 'nines $want'"
 
 echo "== 2. examples/consumer with find_package(nines CONFIG)"
 cmake -S "$src/examples/consumer" -B "$work/find_package" -G Ninja -DCMAKE_BUILD_TYPE=Debug \
@@ -44,7 +46,7 @@ echo "== 3. supervised.cpp with pkg-config only"
 mkdir -p "$work/pkg_config"
 export PKG_CONFIG_PATH="$p/lib/pkgconfig"
 pkg-config --exists --print-errors nines || fail "pkg-config cannot read nines.pc"
-[[ "$(pkg-config --modversion nines)" == "$(sed -n 's/^#define NINES_VERSION "\(.*\)"/\1/p' "$p/include/nines/version.hpp")" ]] ||
+[[ "$(pkg-config --modversion nines)" == "$want" ]] ||
   fail "nines.pc's version differs from NINES_VERSION"
 # shellcheck disable=SC2046
 "$cxx" -std=c++20 -o "$work/pkg_config/supervised" "$src/examples/consumer/supervised.cpp" \
@@ -70,4 +72,4 @@ cmake --build "$sub" -j2 --target supervised >/dev/null || { cmake --build "$sub
 "$sub/supervised" || fail "supervised (subdirectory build) exited $?"
 [[ -e "$sub/model_call" ]] && fail "model_call was built without the llm layer"
 
-echo "install_test: OK (${version:-nines --version missing})"
+echo "install_test: OK ($version)"
