@@ -78,20 +78,25 @@ void append_hex_escape(std::string& out, unsigned char c) {
   out += kHex[c & 15];
 }
 
+// Appends the UTF-8 sequence that starts at s[i] (a byte >= 0x80), or U+FFFD for an invalid
+// one. Returns the bytes consumed (at least 1).
+std::size_t append_utf8_sequence(std::string& out, std::string_view s, std::size_t i) {
+  const std::size_t n = utf8_sequence(s, i);
+  if (n == 0) {
+    out += kReplacement;
+    return 1;
+  }
+  out.append(s.substr(i, n));
+  return n;
+}
+
 // Appends `s` for the human format: control characters escaped, invalid UTF-8 replaced;
 // inside quotes, '"' and '\' escaped too.
 void append_human_text(std::string& out, std::string_view s, bool quoted) {
   for (std::size_t i = 0; i < s.size();) {
     const auto c = static_cast<unsigned char>(s[i]);
     if (c >= 0x80) {
-      const std::size_t n = utf8_sequence(s, i);
-      if (n == 0) {
-        out += kReplacement;
-        ++i;
-      } else {
-        out.append(s.substr(i, n));
-        i += n;
-      }
+      i += append_utf8_sequence(out, s, i);
       continue;
     }
     switch (c) {
@@ -149,14 +154,7 @@ void append_json_string(std::string& out, std::string_view s) {
   for (std::size_t i = 0; i < s.size();) {
     const auto c = static_cast<unsigned char>(s[i]);
     if (c >= 0x80) {
-      const std::size_t n = utf8_sequence(s, i);
-      if (n == 0) {
-        out += kReplacement;
-        ++i;
-      } else {
-        out.append(s.substr(i, n));
-        i += n;
-      }
+      i += append_utf8_sequence(out, s, i);
       continue;
     }
     switch (c) {
