@@ -58,9 +58,7 @@ constexpr const char* kBackupConfig = R"({
   "faults": {"unavailable": {"probability": 0.01}}
 })";
 
-double seconds_since(Environment& env, TimePoint t0) {
-  return std::chrono::duration<double>(env.now() - t0).count();
-}
+double seconds_since(Environment& env, TimePoint t0) { return std::chrono::duration<double>(env.now() - t0).count(); }
 
 }  // namespace
 
@@ -123,15 +121,15 @@ int run_models_demo(const ModelsDemoOptions& o) {
   std::mutex notes_mu;
   router->breaker(0)->subscribe([&](const BreakerTransition& t) {
     std::lock_guard lock(notes_mu);
-    transitions.push_back("primary breaker " + std::string(to_string(t.from)) + " -> " +
-                          std::string(to_string(t.to)));
+    transitions.push_back("primary breaker " + std::string(to_string(t.from)) + " -> " + std::string(to_string(t.to)));
   });
 
   std::printf("nines models demo: %zu agents x %zu calls through a router (primary, then backup), on loopback\n",
               o.agents, o.calls_per_agent);
-  std::printf("primary: sim-large at %s with injected 429/500/503/529, hangs, cut streams, malformed JSON;"
-              " down from %.1f s to %.1f s\n",
-              (*primary_server)->base_url().c_str(), o.outage_start_s, o.outage_start_s + o.outage_s);
+  std::printf(
+      "primary: sim-large at %s with injected 429/500/503/529, hangs, cut streams, malformed JSON;"
+      " down from %.1f s to %.1f s\n",
+      (*primary_server)->base_url().c_str(), o.outage_start_s, o.outage_start_s + o.outage_s);
   std::printf("backup:  sim-small at %s\n\n", (*backup_server)->base_url().c_str());
   std::printf("%6s %8s %8s %9s %8s %10s %10s  %s\n", "time", "calls", "answers", "degraded", "retries", "via backup",
               "failed", "primary breaker");
@@ -205,14 +203,14 @@ int run_models_demo(const ModelsDemoOptions& o) {
     }
     {
       std::lock_guard lock(notes_mu);
-      for (; shown_notes < transitions.size(); ++shown_notes) std::printf("        >> %s\n", transitions[shown_notes].c_str());
+      for (; shown_notes < transitions.size(); ++shown_notes)
+        std::printf("        >> %s\n", transitions[shown_notes].c_str());
     }
     const llm::RouteCounters backup_counters = router->counters(1);
     std::printf("%5.1fs %8llu %8llu %9llu %8llu %10llu %10llu  %s\n", t,
                 static_cast<unsigned long long>(started.load()), static_cast<unsigned long long>(answered.load()),
                 static_cast<unsigned long long>(degraded.load()), static_cast<unsigned long long>(retries.load()),
-                static_cast<unsigned long long>(backup_counters.served),
-                static_cast<unsigned long long>(failed.load()),
+                static_cast<unsigned long long>(backup_counters.served), static_cast<unsigned long long>(failed.load()),
                 std::string(to_string(router->breaker(0)->state())).c_str());
     std::fflush(stdout);
     if (done) break;
@@ -226,17 +224,18 @@ int run_models_demo(const ModelsDemoOptions& o) {
   std::printf("\nsummary after %.1f s\n", seconds_since(*env, t0));
   std::printf("  calls                     %llu (%llu streamed), every one through the router\n",
               static_cast<unsigned long long>(started.load()), static_cast<unsigned long long>(streamed.load()));
-  std::printf("  faults the primary sent   %llu of %llu replies (429 %llu, 500 %llu, 503 %llu, 529 %llu, hangs %llu,"
-              " cut streams %llu, malformed %llu)\n",
-              static_cast<unsigned long long>(faults.calls - faults.of(llm::SimFault::kNone)),
-              static_cast<unsigned long long>(faults.calls),
-              static_cast<unsigned long long>(faults.of(llm::SimFault::kRateLimited)),
-              static_cast<unsigned long long>(faults.of(llm::SimFault::kServerError)),
-              static_cast<unsigned long long>(faults.of(llm::SimFault::kUnavailable)),
-              static_cast<unsigned long long>(faults.of(llm::SimFault::kOverloaded)),
-              static_cast<unsigned long long>(faults.of(llm::SimFault::kTimeout)),
-              static_cast<unsigned long long>(faults.of(llm::SimFault::kCutStream)),
-              static_cast<unsigned long long>(faults.of(llm::SimFault::kMalformedJson)));
+  std::printf(
+      "  faults the primary sent   %llu of %llu replies (429 %llu, 500 %llu, 503 %llu, 529 %llu, hangs %llu,"
+      " cut streams %llu, malformed %llu)\n",
+      static_cast<unsigned long long>(faults.calls - faults.of(llm::SimFault::kNone)),
+      static_cast<unsigned long long>(faults.calls),
+      static_cast<unsigned long long>(faults.of(llm::SimFault::kRateLimited)),
+      static_cast<unsigned long long>(faults.of(llm::SimFault::kServerError)),
+      static_cast<unsigned long long>(faults.of(llm::SimFault::kUnavailable)),
+      static_cast<unsigned long long>(faults.of(llm::SimFault::kOverloaded)),
+      static_cast<unsigned long long>(faults.of(llm::SimFault::kTimeout)),
+      static_cast<unsigned long long>(faults.of(llm::SimFault::kCutStream)),
+      static_cast<unsigned long long>(faults.of(llm::SimFault::kMalformedJson)));
   std::printf("  retries                   %llu (backoff with jitter, server retry times honoured)\n",
               static_cast<unsigned long long>(retries.load()));
   std::printf("  left the primary          %llu times: retries exhausted %llu, circuit open %llu, rate limited %llu\n",

@@ -77,8 +77,8 @@ int run_runtime_demo(const RuntimeDemoOptions& o) {
   auto slots = std::make_shared<std::vector<std::atomic<std::uint64_t>>>(total);
   std::atomic<std::uint64_t> crashes{0};
   std::atomic<std::uint64_t> escalations{0};
-  std::atomic<std::uint64_t> crash_exits{0};      // workers that crashed (seen by their supervisor)
-  std::atomic<std::uint64_t> stopped_by_sup{0};   // workers stopped by their supervisor
+  std::atomic<std::uint64_t> crash_exits{0};       // workers that crashed (seen by their supervisor)
+  std::atomic<std::uint64_t> stopped_by_sup{0};    // workers stopped by their supervisor
   std::atomic<std::uint64_t> subtree_restarts{0};  // shard supervisors restarted whole by the root
   RecoveryClock recovery;
   std::mutex print_mu;
@@ -94,10 +94,9 @@ int run_runtime_demo(const RuntimeDemoOptions& o) {
     if (ev.type == SupervisionEventType::kEscalated) {
       escalations.fetch_add(1);
       std::lock_guard l(print_mu);
-      notes.push_back(ev.supervisor_name + " exceeded its restart intensity: stopped its " +
-                      std::to_string(per_shard) + " workers and escalated to its parent");
-    } else if (ev.type == SupervisionEventType::kChildRestarted &&
-               ev.child_id.rfind("shard-", 0) == 0) {
+      notes.push_back(ev.supervisor_name + " exceeded its restart intensity: stopped its " + std::to_string(per_shard) +
+                      " workers and escalated to its parent");
+    } else if (ev.type == SupervisionEventType::kChildRestarted && ev.child_id.rfind("shard-", 0) == 0) {
       std::lock_guard l(print_mu);
       notes.push_back("root restarted " + ev.child_id + " and its " + std::to_string(per_shard) + " workers");
     }
@@ -107,10 +106,8 @@ int run_runtime_demo(const RuntimeDemoOptions& o) {
   // Level 1: the root (one_for_one, 3 restarts per 10 s).
   SupervisorSpec root{.name = "root", .strategy = Strategy::kOneForOne, .intensity = 3, .period = 10s};
   for (std::size_t s = 0; s < o.shards; ++s) {
-    SupervisorSpec shard{.name = "shard-" + std::to_string(s),
-                         .strategy = Strategy::kOneForOne,
-                         .intensity = 2000,
-                         .period = 1s};
+    SupervisorSpec shard{
+        .name = "shard-" + std::to_string(s), .strategy = Strategy::kOneForOne, .intensity = 2000, .period = 1s};
     shard.children.reserve(per_shard);
     for (std::size_t w = 0; w < per_shard; ++w) {
       std::size_t slot = s * per_shard + w;
@@ -145,63 +142,65 @@ int run_runtime_demo(const RuntimeDemoOptions& o) {
   }
   std::printf("tree started in %.0f ms: %zu processes, %ld MiB resident\n", to_seconds(env->now() - t_start) * 1e3,
               rt.process_count(), rss_mib());
-  std::printf("%7s %10s %12s %11s %10s %8s\n", "time", "crashes/s", "restarts/s", "escalations", "processes", "RSS MiB");
+  std::printf("%7s %10s %12s %11s %10s %8s\n", "time", "crashes/s", "restarts/s", "escalations", "processes",
+              "RSS MiB");
 
   const Duration run_for = std::chrono::duration_cast<Duration>(std::chrono::duration<double>(o.seconds));
   const std::size_t storm_shard = o.shards > 3 ? 3 : 0;
   std::atomic<bool> chaos_done{false};
 
   // Chaos: ~4,000 crashes per second at random, and at mid-run a storm on one shard.
-  auto chaos = rt.spawn_watched([&](Context& ctx) -> Task<> {
-                  TimePoint end = ctx.now() + run_for;
-                  TimePoint storm_at = ctx.now() + run_for / 2;
-                  bool stormed = false;
-                  while (ctx.now() < end) {
-                    for (int i = 0; i < 40; ++i) {
-                      std::uint64_t id = (*slots)[ctx.env().random_below(total)].load(std::memory_order_relaxed);
-                      if (ctx.try_send(Pid{id}, Crash{}).ok()) crashes.fetch_add(1);
-                    }
-                    if (!stormed && ctx.now() >= storm_at) {
-                      stormed = true;
-                      {
-                        std::lock_guard l(print_mu);
-                        notes.push_back("chaos: crashing 2,500 workers of shard-" + std::to_string(storm_shard) +
-                                        " at once");
-                      }
-                      for (std::size_t i = 0; i < 2500; ++i) {
-                        std::size_t slot = storm_shard * per_shard + (i * 7919) % per_shard;
-                        if (ctx.try_send(Pid{(*slots)[slot].load(std::memory_order_relaxed)}, Crash{}).ok()) {
-                          crashes.fetch_add(1);
-                        }
-                      }
-                    }
-                    co_await ctx.sleep(10ms);
-                  }
-                  chaos_done.store(true);
-                }).value();
+  auto chaos =
+      rt.spawn_watched([&](Context& ctx) -> Task<> {
+          TimePoint end = ctx.now() + run_for;
+          TimePoint storm_at = ctx.now() + run_for / 2;
+          bool stormed = false;
+          while (ctx.now() < end) {
+            for (int i = 0; i < 40; ++i) {
+              std::uint64_t id = (*slots)[ctx.env().random_below(total)].load(std::memory_order_relaxed);
+              if (ctx.try_send(Pid{id}, Crash{}).ok()) crashes.fetch_add(1);
+            }
+            if (!stormed && ctx.now() >= storm_at) {
+              stormed = true;
+              {
+                std::lock_guard l(print_mu);
+                notes.push_back("chaos: crashing 2,500 workers of shard-" + std::to_string(storm_shard) + " at once");
+              }
+              for (std::size_t i = 0; i < 2500; ++i) {
+                std::size_t slot = storm_shard * per_shard + (i * 7919) % per_shard;
+                if (ctx.try_send(Pid{(*slots)[slot].load(std::memory_order_relaxed)}, Crash{}).ok()) {
+                  crashes.fetch_add(1);
+                }
+              }
+            }
+            co_await ctx.sleep(10ms);
+          }
+          chaos_done.store(true);
+        }).value();
 
   // Reporter: a line every 250 ms.
-  auto reporter = rt.spawn_watched([&](Context& ctx) -> Task<> {
-                     std::uint64_t last_crashes = 0, last_restarts = 0;
-                     TimePoint last = ctx.now();
-                     while (!chaos_done.load()) {
-                       co_await ctx.sleep(250ms);
-                       TimePoint now = ctx.now();
-                       double dt = to_seconds(now - last);
-                       std::uint64_t c = crashes.load();
-                       std::uint64_t r = rt.events().count(SupervisionEventType::kChildRestarted);
-                       std::lock_guard l(print_mu);
-                       for (auto& n : notes) std::printf("        >> %s\n", n.c_str());
-                       notes.clear();
-                       std::printf("%6.2fs %10.0f %12.0f %11llu %10zu %8ld\n", to_seconds(now - t_start),
-                                   static_cast<double>(c - last_crashes) / dt, static_cast<double>(r - last_restarts) / dt,
-                                   static_cast<unsigned long long>(escalations.load()), rt.process_count(), rss_mib());
-                       std::fflush(stdout);
-                       last_crashes = c;
-                       last_restarts = r;
-                       last = now;
-                     }
-                   }).value();
+  auto reporter =
+      rt.spawn_watched([&](Context& ctx) -> Task<> {
+          std::uint64_t last_crashes = 0, last_restarts = 0;
+          TimePoint last = ctx.now();
+          while (!chaos_done.load()) {
+            co_await ctx.sleep(250ms);
+            TimePoint now = ctx.now();
+            double dt = to_seconds(now - last);
+            std::uint64_t c = crashes.load();
+            std::uint64_t r = rt.events().count(SupervisionEventType::kChildRestarted);
+            std::lock_guard l(print_mu);
+            for (auto& n : notes) std::printf("        >> %s\n", n.c_str());
+            notes.clear();
+            std::printf("%6.2fs %10.0f %12.0f %11llu %10zu %8ld\n", to_seconds(now - t_start),
+                        static_cast<double>(c - last_crashes) / dt, static_cast<double>(r - last_restarts) / dt,
+                        static_cast<unsigned long long>(escalations.load()), rt.process_count(), rss_mib());
+            std::fflush(stdout);
+            last_crashes = c;
+            last_restarts = r;
+            last = now;
+          }
+        }).value();
   chaos.exit->wait();
   reporter.exit->wait();
 
@@ -210,24 +209,24 @@ int run_runtime_demo(const RuntimeDemoOptions& o) {
   std::size_t shards_alive = 0;
   std::string check_error;
   auto checker = rt.spawn_watched([&](Context& ctx) -> Task<> {
-                    for (int attempt = 0; attempt < 200; ++attempt) {
-                      auto kids = co_await which_children(ctx, *root_pid, 10s);
-                      if (!kids.ok()) {
-                        check_error = kids.error().to_string();
-                        co_return;
-                      }
-                      alive_workers = shards_alive = 0;
-                      for (auto& shard : *kids) {
-                        if (!shard.pid) continue;
-                        auto counts = co_await count_children(ctx, shard.pid, 10s);
-                        if (!counts.ok()) continue;
-                        ++shards_alive;
-                        alive_workers += counts->active;
-                      }
-                      if (alive_workers == total) co_return;
-                      co_await ctx.sleep(10ms);
-                    }
-                  }).value();
+                     for (int attempt = 0; attempt < 200; ++attempt) {
+                       auto kids = co_await which_children(ctx, *root_pid, 10s);
+                       if (!kids.ok()) {
+                         check_error = kids.error().to_string();
+                         co_return;
+                       }
+                       alive_workers = shards_alive = 0;
+                       for (auto& shard : *kids) {
+                         if (!shard.pid) continue;
+                         auto counts = co_await count_children(ctx, shard.pid, 10s);
+                         if (!counts.ok()) continue;
+                         ++shards_alive;
+                         alive_workers += counts->active;
+                       }
+                       if (alive_workers == total) co_return;
+                       co_await ctx.sleep(10ms);
+                     }
+                   }).value();
   checker.exit->wait();
 
   auto rec = recovery.take();
@@ -250,10 +249,9 @@ int run_runtime_demo(const RuntimeDemoOptions& o) {
   std::printf("  resident memory           %ld MiB\n", rss_mib());
   print_demo_log(*env, log);
   if (!check_error.empty()) std::printf("  check failed: %s\n", check_error.c_str());
-  bool ok = alive_workers == total && check_error.empty() &&
-            ev.count(SupervisionEventType::kIntensityExceeded) >= 1;
-  std::printf("%s\n", ok ? "OK: every crash was recovered and the tree is whole"
-                         : "FAILED: the tree did not recover fully");
+  bool ok = alive_workers == total && check_error.empty() && ev.count(SupervisionEventType::kIntensityExceeded) >= 1;
+  std::printf("%s\n",
+              ok ? "OK: every crash was recovered and the tree is whole" : "FAILED: the tree did not recover fully");
   return ok ? 0 : 1;
 }
 

@@ -48,8 +48,8 @@ CLI::Validator whole_number(std::uint64_t lo, std::uint64_t hi) {
         const char* end = text.data() + text.size();
         auto [ptr, ec] = std::from_chars(text.data(), end, v);
         if (text.empty() || ec != std::errc() || ptr != end || v < lo || v > hi) {
-          return "expected a whole number from " + std::to_string(lo) + " to " + std::to_string(hi) + ", got '" +
-                 text + "'";
+          return "expected a whole number from " + std::to_string(lo) + " to " + std::to_string(hi) + ", got '" + text +
+                 "'";
         }
         text = std::to_string(v);
         return {};
@@ -93,8 +93,8 @@ void add_seconds(CLI::App& cmd, const std::string& flag, double& value, double m
 // ---- commands --------------------------------------------------------------------------------
 
 // A command that only groups others (`nines demo`): alone, it lists them and exits 0.
-CLI::App& add_group(CLI::App& parent, const std::string& name, const std::string& description,
-                    const std::string& noun, Action& action) {
+CLI::App& add_group(CLI::App& parent, const std::string& name, const std::string& description, const std::string& noun,
+                    Action& action) {
   CLI::App* group = parent.add_subcommand(name, description);
   group->require_subcommand(0, 1);
   const std::string usage = "nines " + name + " NAME";
@@ -102,8 +102,7 @@ CLI::App& add_group(CLI::App& parent, const std::string& name, const std::string
   group->callback([group, noun, usage, &action] {
     if (!group->get_subcommands().empty()) return;
     action = [group, noun, usage] {
-      std::printf("%ss (run one with '%s', its options: '%s --help'):\n", noun.c_str(), usage.c_str(),
-                  usage.c_str());
+      std::printf("%ss (run one with '%s', its options: '%s --help'):\n", noun.c_str(), usage.c_str(), usage.c_str());
       for (const CLI::App* sub : group->get_subcommands([](const CLI::App*) { return true; })) {
         std::printf("  %-10s %s\n", sub->get_name().c_str(), sub->get_description().c_str());
       }
@@ -115,8 +114,8 @@ CLI::App& add_group(CLI::App& parent, const std::string& name, const std::string
 
 void add_demo_runtime(CLI::App& demo, Action& action) {
   auto o = std::make_shared<nines::cli::RuntimeDemoOptions>();
-  CLI::App* cmd = demo.add_subcommand(
-      "runtime", "a 3-level supervision tree of 100,000 workers under a crash storm, shown live");
+  CLI::App* cmd =
+      demo.add_subcommand("runtime", "a 3-level supervision tree of 100,000 workers under a crash storm, shown live");
   cmd->footer(
       "A chaos process crashes random workers all the time and, midway, so many of one shard that the\n"
       "shard gives up and escalates; the root restarts it. Exits 0 when every crash was recovered.");
@@ -126,8 +125,8 @@ void add_demo_runtime(CLI::App& demo, Action& action) {
   add_count(*cmd, "--threads", o->threads, 0, 1024, "scheduler threads; 0: one per core");
   cmd->callback([o, &action] {
     if (o->shards > o->workers) {
-      throw CLI::ValidationError("--shards", std::to_string(o->shards) + " must not exceed --workers (" +
-                                                 std::to_string(o->workers) + ")");
+      throw CLI::ValidationError(
+          "--shards", std::to_string(o->shards) + " must not exceed --workers (" + std::to_string(o->workers) + ")");
     }
     action = [o] { return nines::cli::run_runtime_demo(*o); };
   });
@@ -135,8 +134,8 @@ void add_demo_runtime(CLI::App& demo, Action& action) {
 
 void add_demo_models(CLI::App& demo, Action& action) {
   auto o = std::make_shared<nines::cli::ModelsDemoOptions>();
-  CLI::App* cmd = demo.add_subcommand(
-      "models", "agents calling a flaky simulated model provider through the router, on loopback");
+  CLI::App* cmd =
+      demo.add_subcommand("models", "agents calling a flaky simulated model provider through the router, on loopback");
   cmd->footer(
       "The primary provider sends 429s, 5xx, hangs, cut streams and malformed JSON, then goes down for\n"
       "a while; the router retries and falls back to a backup. Exits 0 when every call got an answer.");

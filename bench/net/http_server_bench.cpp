@@ -52,13 +52,13 @@ int run_round(Runtime& rt, net::HttpClient& client, const std::string& url, int 
   watches.reserve(static_cast<std::size_t>(procs));
   for (int p = 0; p < procs; ++p) {
     watches.push_back(must(rt.spawn_watched([&, per_process](Context& ctx) -> Task<> {
-                             for (int i = 0; i < per_process; ++i) {
-                               net::HttpRequest req;
-                               req.url = url;
-                               auto r = co_await client.request(ctx, std::move(req));
-                               if (!r.ok() || r->status != 200) ++failed;
-                             }
-                           }),
+                        for (int i = 0; i < per_process; ++i) {
+                          net::HttpRequest req;
+                          req.url = url;
+                          auto r = co_await client.request(ctx, std::move(req));
+                          if (!r.ok() || r->status != 200) ++failed;
+                        }
+                      }),
                            "spawn")
                           .exit);
   }
@@ -139,12 +139,13 @@ int main(int argc, char** argv) {
   if (!shared) own_server_env = make_real_environment({.workers = 1, .seed = 2});
   Environment& server_env = shared ? *client_env : *own_server_env;
 
-  auto server = must(net::HttpServer::create(server_env, {.max_connections = static_cast<std::size_t>(connections) + 16},
-                                             [](net::HttpServerRequest&&, net::HttpResponder r) {
-                                               net::HttpHeaders h{{"Content-Type", "text/plain"}};
-                                               (void)r.respond(200, std::move(h), "hello, bench\n");
-                                             }),
-                     "server");
+  auto server =
+      must(net::HttpServer::create(server_env, {.max_connections = static_cast<std::size_t>(connections) + 16},
+                                   [](net::HttpServerRequest&&, net::HttpResponder r) {
+                                     net::HttpHeaders h{{"Content-Type", "text/plain"}};
+                                     (void)r.respond(200, std::move(h), "hello, bench\n");
+                                   }),
+           "server");
   if (raw) {
     double seconds = run_raw(*client_env, server->port(), static_cast<int>(connections), requests / connections);
     if (seconds <= 0) {
@@ -153,14 +154,16 @@ int main(int argc, char** argv) {
     }
     double total = static_cast<double>(requests / connections * connections);
     nines::bench::emit("http_server_raw_client", "requests_per_s", total / seconds, "req/s");
-    nines::bench::emit("http_server_raw_client", "mean_latency_us", seconds / static_cast<double>(requests / connections) * 1e6, "us");
-    nines::bench::emit("http_server_raw_client", "connections_accepted", static_cast<double>(server->stats().connections_accepted), "count");
+    nines::bench::emit("http_server_raw_client", "mean_latency_us",
+                       seconds / static_cast<double>(requests / connections) * 1e6, "us");
+    nines::bench::emit("http_server_raw_client", "connections_accepted",
+                       static_cast<double>(server->stats().connections_accepted), "count");
     return 0;
   }
   auto rt = must(Runtime::create(*client_env, {.workers = 2}), "runtime");
-  auto client = must(net::HttpClient::create(*client_env, {.max_connections = static_cast<std::size_t>(connections),
-                                                           .proxy = ""}),
-                     "client");
+  auto client = must(
+      net::HttpClient::create(*client_env, {.max_connections = static_cast<std::size_t>(connections), .proxy = ""}),
+      "client");
   std::string url = server->base_url() + "/bench";
   int procs = static_cast<int>(connections);
   int per_process = static_cast<int>(requests / connections);

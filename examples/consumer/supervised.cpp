@@ -25,8 +25,7 @@ nines::Task<> echo(nines::Context& ctx) {
 int main() {
   auto env = nines::make_real_environment();
   auto rt = nines::Runtime::create(*env).value();
-  nines::SupervisorSpec spec{.name = "workers", .strategy = nines::Strategy::kOneForOne,
-                             .intensity = 3, .period = 5s};
+  nines::SupervisorSpec spec{.name = "workers", .strategy = nines::Strategy::kOneForOne, .intensity = 3, .period = 5s};
   spec.children.push_back(nines::ChildSpec::worker("echo", echo, {.name = "echo"}));
   nines::Pid sup = nines::start_supervisor(*rt, spec).value();
 

@@ -43,10 +43,12 @@ class RealEnvironment final : public Environment {
       : logger_(*this, options.log_level,
                 options.log_sink ? options.log_sink
                                  : (options.log_format == LogFormat::kJsonLines ? make_json_lines_sink(stderr)
-                                                                                 : make_human_sink(stderr)),
+                                                                                : make_human_sink(stderr)),
                 options.log_rate_limit) {
     workers_ = options.workers != 0 ? options.workers : std::max(1u, std::thread::hardware_concurrency());
-    base_seed_ = options.seed != 0 ? options.seed : (static_cast<std::uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}();
+    base_seed_ = options.seed != 0
+                     ? options.seed
+                     : (static_cast<std::uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}();
     epfd_ = epoll_create1(EPOLL_CLOEXEC);
     wakefd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (epfd_ < 0 || wakefd_ < 0) {
@@ -140,11 +142,11 @@ class RealEnvironment final : public Environment {
     std::lock_guard lock(mu_);
     WatchId id = next_id_++;
     epoll_event ev{};
-    ev.events = EPOLLONESHOT | ((events & kFdReadable) ? EPOLLIN | EPOLLRDHUP : 0u) | ((events & kFdWritable) ? EPOLLOUT : 0u);
+    ev.events =
+        EPOLLONESHOT | ((events & kFdReadable) ? EPOLLIN | EPOLLRDHUP : 0u) | ((events & kFdWritable) ? EPOLLOUT : 0u);
     ev.data.u64 = id;
     if (epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev) != 0) {
-      return Error(ErrorKind::kInvalidArgument,
-                   "watch_fd(" + std::to_string(fd) + "): " + std::strerror(errno));
+      return Error(ErrorKind::kInvalidArgument, "watch_fd(" + std::to_string(fd) + "): " + std::strerror(errno));
     }
     watches_.emplace(id, Watch{fd, std::move(fn)});
     return id;

@@ -40,9 +40,7 @@ SimEnvironment::~SimEnvironment() = default;
 
 TimePoint SimEnvironment::now() const { return state_->now; }
 
-std::int64_t SimEnvironment::unix_time_ns() const {
-  return kSimUnixEpochNs + (state_->now - kSimStart).count();
-}
+std::int64_t SimEnvironment::unix_time_ns() const { return kSimUnixEpochNs + (state_->now - kSimStart).count(); }
 
 std::uint64_t SimEnvironment::random_u64() { return state_->rng.next(); }
 

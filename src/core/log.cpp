@@ -143,8 +143,8 @@ void append_human_key(std::string& out, std::string_view key) {
     return;
   }
   for (char c : key) {
-    const bool keep = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
-                      c == '.' || c == '-';
+    const bool keep =
+        (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-';
     out += keep ? c : '_';
   }
 }
@@ -264,9 +264,7 @@ bool name_char(char c) { return is_alpha(c) || is_digit(c) || c == '_' || c == '
 // Characters of an API key (providers mask the middle with '*').
 bool key_char(char c) { return is_alpha(c) || is_digit(c) || c == '-' || c == '_' || c == '*'; }
 // Characters of a token or a credential value (base64url, JWTs, cookies).
-bool token_char(char c) {
-  return key_char(c) || c == '.' || c == '/' || c == '+' || c == '=' || c == '~' || c == '%';
-}
+bool token_char(char c) { return key_char(c) || c == '.' || c == '/' || c == '+' || c == '=' || c == '~' || c == '%'; }
 
 // A value after "<secret name>:" that is kept: a number, or an ordinary word ("invalid_api_key:
 // Incorrect API key provided" is an error code and a message, not a key and its value).
@@ -370,8 +368,8 @@ Result<LogLevel> parse_log_level(std::string_view text) {
   if (iequals(text, "warn")) return LogLevel::kWarning;
   std::string shown;
   append_human_value(shown, text.substr(0, 64));
-  return Error(ErrorKind::kInvalidArgument, "log level " + shown +
-                                                " is not one of debug, info, notice, warning, error, critical, off");
+  return Error(ErrorKind::kInvalidArgument,
+               "log level " + shown + " is not one of debug, info, notice, warning, error, critical, off");
 }
 
 // ---- fields, records, lines -----------------------------------------------------------------
@@ -560,8 +558,8 @@ std::string CaptureSink::dump() const {
 // ---- redaction ------------------------------------------------------------------------------
 
 bool is_secret_key(std::string_view key) {
-  for (std::string_view word : {"key", "token", "secret", "password", "passwd", "authorization", "cookie",
-                                "credential"}) {
+  for (std::string_view word :
+       {"key", "token", "secret", "password", "passwd", "authorization", "cookie", "credential"}) {
     if (icontains(key, word)) return true;
   }
   return false;
@@ -638,8 +636,8 @@ namespace {
 struct Bucket {
   double tokens = 0;
   TimePoint refilled{};
-  std::uint64_t dropped = 0;      // not reported yet
-  TimePoint dropping_since{};     // when `dropped` went from 0 to 1, or the last report
+  std::uint64_t dropped = 0;          // not reported yet
+  TimePoint dropping_since{};         // when `dropped` went from 0 to 1, or the last report
   LogLevel worst = LogLevel::kDebug;  // of the dropped lines
 
   // Refills for the time since the last refill; true if a token is there (not taken).
@@ -723,8 +721,8 @@ struct Logger::Impl {
   std::shared_ptr<LogSink> sink;
   LogRateLimit limit;
   std::map<std::string, Bucket, std::less<>> buckets;
-  Bucket other;   // events beyond limit.max_events
-  Bucket global;  // all events together
+  Bucket other;                // events beyond limit.max_events
+  Bucket global;               // all events together
   std::size_t with_drops = 0;  // buckets with dropped > 0
 };
 

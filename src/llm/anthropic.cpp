@@ -69,13 +69,12 @@ Json tool_input(const std::string& arguments_json) {
 Result<Json> blocks_for(const Message& m, std::size_t index) {
   Json blocks = Json::array();
   switch (m.role) {
-    case Role::kUser:
-      append_parts(blocks, m.content);
-      break;
+    case Role::kUser: append_parts(blocks, m.content); break;
     case Role::kAssistant:
       append_parts(blocks, m.content);
       for (const ToolCall& c : m.tool_calls) {
-        blocks.push_back({{"type", "tool_use"}, {"id", c.id}, {"name", c.name}, {"input", tool_input(c.arguments_json)}});
+        blocks.push_back(
+            {{"type", "tool_use"}, {"id", c.id}, {"name", c.name}, {"input", tool_input(c.arguments_json)}});
       }
       break;
     case Role::kTool: {
@@ -90,8 +89,7 @@ Result<Json> blocks_for(const Message& m, std::size_t index) {
       blocks.push_back(std::move(result));
       break;
     }
-    case Role::kSystem:
-      break;
+    case Role::kSystem: break;
   }
   return blocks;
 }
@@ -342,7 +340,8 @@ class AnthropicCodec final : public internal::CodecBase<AnthropicOptions, Anthro
       return map_api_error(Provider::kAnthropic, 0, {}, body, Now{}, options_.api_key).error;
     }
     const Json* content = member(*doc, "content");
-    if (type != "message" || !content || !content->is_array()) return malformed("the response is not a message with content");
+    if (type != "message" || !content || !content->is_array())
+      return malformed("the response is not a message with content");
 
     ChatResponse r;
     r.id = std::string(str(member(*doc, "id")));
@@ -370,7 +369,6 @@ class AnthropicCodec final : public internal::CodecBase<AnthropicOptions, Anthro
     r.usage.output_tokens = count(member(usage, "output_tokens"));
     return r;
   }
-
 };
 
 }  // namespace

@@ -4,8 +4,8 @@
 #include <utility>
 #include <vector>
 
-#include "nines/net/sse.hpp"
 #include "llm/sse_feed.hpp"
+#include "nines/net/sse.hpp"
 
 namespace nines::llm {
 
@@ -117,7 +117,7 @@ Task<ChatOutcome> ModelClient::run_stream(Context& ctx, Result<HttpCall> call,
   for (;;) {
     Result<std::optional<std::string>> piece = co_await stream.next(ctx);
     if (!piece.ok()) {
-      if (acc->done()) break;  // the answer is complete; what came after does not matter
+      if (acc->done()) break;                    // the answer is complete; what came after does not matter
       Result<ChatResponse> fin = acc->finish();  // the truncated error, counted
       Error cause = std::move(piece).error();
       if (cause.kind() != ErrorKind::kTransient || fin.ok()) co_return ChatOutcome{std::move(cause), std::nullopt};

@@ -26,8 +26,10 @@ inline std::string trim_slashes(std::string url) {
 }
 
 inline std::string_view trim_space(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t' || s.front() == '\r' || s.front() == '\n')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' || s.back() == '\n')) s.remove_suffix(1);
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t' || s.front() == '\r' || s.front() == '\n'))
+    s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' || s.back() == '\n'))
+    s.remove_suffix(1);
   return s;
 }
 
@@ -79,7 +81,9 @@ class StreamBase : public StreamAccumulator {
 template <class Options, class Stream, Provider kProvider>
 class CodecBase : public Codec {
  public:
-  explicit CodecBase(Options o) : options_(std::move(o)) { options_.base_url = trim_slashes(std::move(options_.base_url)); }
+  explicit CodecBase(Options o) : options_(std::move(o)) {
+    options_.base_url = trim_slashes(std::move(options_.base_url));
+  }
 
   Provider provider() const override { return kProvider; }
 

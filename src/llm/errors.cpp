@@ -39,11 +39,14 @@ std::string to_lower(std::string_view s) {
   return out;
 }
 
-bool contains(std::string_view haystack, std::string_view needle) { return haystack.find(needle) != std::string_view::npos; }
+bool contains(std::string_view haystack, std::string_view needle) {
+  return haystack.find(needle) != std::string_view::npos;
+}
 
 std::string_view trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' || s.back() == '\n')) s.remove_suffix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r' || s.back() == '\n'))
+    s.remove_suffix(1);
   return s;
 }
 
@@ -169,7 +172,9 @@ bool key_char(char c) {
 // Characters of a bearer token (base64url, JWTs).
 bool token_char(char c) { return key_char(c) || c == '.' || c == '/' || c == '+' || c == '=' || c == '~'; }
 
-bool word_char(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || is_digit(c) || c == '_' || c == '-'; }
+bool word_char(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || is_digit(c) || c == '_' || c == '-';
+}
 
 // Redacts the tokens after "sk-" (at a word start) and after "Bearer ".
 std::string redact_patterns(std::string_view text) {
@@ -326,7 +331,8 @@ std::optional<Duration> delay_from_message(std::string_view message) {
   if (pos == std::string::npos) return std::nullopt;
   std::string_view rest = message.substr(pos + kCue.size());
   std::size_t end = 0;
-  while (end < rest.size() && (is_digit(rest[end]) || rest[end] == '.' || (rest[end] >= 'a' && rest[end] <= 'z'))) ++end;
+  while (end < rest.size() && (is_digit(rest[end]) || rest[end] == '.' || (rest[end] >= 'a' && rest[end] <= 'z')))
+    ++end;
   while (end > 0 && rest[end - 1] == '.') --end;  // the sentence's full stop
   return parse_go_duration(rest.substr(0, end));
 }
@@ -387,13 +393,20 @@ std::optional<Duration> parse_go_duration(std::string_view text) {
     while (k < text.size() && !is_digit(text[k]) && text[k] != '.') ++k;
     std::string_view unit = text.substr(j, k - j);
     double scale = 0;
-    if (unit == "h") scale = 3600e9;
-    else if (unit == "m") scale = 60e9;
-    else if (unit == "s") scale = 1e9;
-    else if (unit == "ms") scale = 1e6;
-    else if (unit == "us" || unit == "\xC2\xB5s" || unit == "\xCE\xBCs") scale = 1e3;
-    else if (unit == "ns") scale = 1;
-    else return std::nullopt;
+    if (unit == "h")
+      scale = 3600e9;
+    else if (unit == "m")
+      scale = 60e9;
+    else if (unit == "s")
+      scale = 1e9;
+    else if (unit == "ms")
+      scale = 1e6;
+    else if (unit == "us" || unit == "\xC2\xB5s" || unit == "\xCE\xBCs")
+      scale = 1e3;
+    else if (unit == "ns")
+      scale = 1;
+    else
+      return std::nullopt;
     total_ns += *value * scale;
     i = k;
   }
@@ -551,8 +564,8 @@ std::optional<TimePoint> retry_time_from_headers(const Headers& headers, const N
   return latest;
 }
 
-ApiFailure map_api_error(Provider provider, int status, const Headers& headers, std::string_view body,
-                         const Now& now, std::string_view api_key) {
+ApiFailure map_api_error(Provider provider, int status, const Headers& headers, std::string_view body, const Now& now,
+                         std::string_view api_key) {
   ErrorBody b = read_error_body(body);
   int effective = status;
   if (effective < 400 && !(effective >= 300 && !b.parsed)) {
@@ -597,17 +610,21 @@ ApiFailure map_api_error(Provider provider, int status, const Headers& headers, 
   if (!tag.empty()) m.append(" ").append(tag);
   m.append(":");
   if (!f.error_type.empty()) m.append(" ").append(f.error_type);
-  if (!f.error_code.empty() && f.error_code != f.error_type) m.append(f.error_type.empty() ? " " : "/").append(f.error_code);
+  if (!f.error_code.empty() && f.error_code != f.error_type)
+    m.append(f.error_type.empty() ? " " : "/").append(f.error_code);
   if (b.parsed) {
-    if (!b.message.empty()) m.append(f.error_type.empty() && f.error_code.empty() ? " " : ": ").append(quote(b.message, api_key));
+    if (!b.message.empty())
+      m.append(f.error_type.empty() && f.error_code.empty() ? " " : ": ").append(quote(b.message, api_key));
   } else {
     std::string_view snippet = trim(body);
     m.append(snippet.empty() ? " (empty body)" : " body: ").append(quote(snippet.substr(0, 200), api_key));
   }
   std::string request_id = b.request_id;
   if (request_id.empty()) {
-    if (auto v = find_header(headers, "x-request-id")) request_id = std::string(*v);
-    else if (auto w = find_header(headers, "request-id")) request_id = std::string(*w);
+    if (auto v = find_header(headers, "x-request-id"))
+      request_id = std::string(*v);
+    else if (auto w = find_header(headers, "request-id"))
+      request_id = std::string(*w);
   }
   if (!request_id.empty()) m.append(" (request ").append(quote(request_id.substr(0, 100), api_key)).append(")");
 

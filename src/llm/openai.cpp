@@ -54,9 +54,7 @@ Result<Json> message_json(const Message& m, std::size_t index) {
   Json j = {{"role", to_string(m.role)}};
   switch (m.role) {
     case Role::kSystem:
-    case Role::kUser:
-      j["content"] = content_json(m);
-      break;
+    case Role::kUser: j["content"] = content_json(m); break;
     case Role::kAssistant: {
       const std::string text = m.text();
       if (m.tool_calls.empty() || !text.empty()) {
@@ -67,9 +65,8 @@ Result<Json> message_json(const Message& m, std::size_t index) {
       if (!m.tool_calls.empty()) {
         Json calls = Json::array();
         for (const ToolCall& c : m.tool_calls) {
-          calls.push_back({{"id", c.id},
-                           {"type", "function"},
-                           {"function", {{"name", c.name}, {"arguments", c.arguments_json}}}});
+          calls.push_back(
+              {{"id", c.id}, {"type", "function"}, {"function", {{"name", c.name}, {"arguments", c.arguments_json}}}});
         }
         j["tool_calls"] = std::move(calls);
       }
@@ -323,7 +320,6 @@ class OpenAiCodec final : public internal::CodecBase<OpenAiOptions, OpenAiStream
     r.usage.output_tokens = count(member(usage, "completion_tokens"));
     return r;
   }
-
 };
 
 }  // namespace

@@ -75,10 +75,12 @@ Result<std::shared_ptr<ChatModel>> make_provider(const ProviderConfig& config, n
   if (config.base_url.rfind("http://", 0) != 0 && config.base_url.rfind("https://", 0) != 0) {
     // A URL with another scheme is shown; anything else may be a key put in the wrong field.
     if (config.base_url.find("://") == std::string::npos) {
-      return invalid(config, "base_url must start with http:// or https://; the value given has no scheme (not shown: "
-                             "it may be a key)");
+      return invalid(config,
+                     "base_url must start with http:// or https://; the value given has no scheme (not shown: "
+                     "it may be a key)");
     }
-    return invalid(config, "base_url must start with http:// or https://, got '" + redact_secrets(config.base_url) + "'");
+    return invalid(config,
+                   "base_url must start with http:// or https://, got '" + redact_secrets(config.base_url) + "'");
   }
   Result<std::string> host = url_host(config.base_url);
   if (!host.ok()) {
@@ -92,8 +94,9 @@ Result<std::shared_ptr<ChatModel>> make_provider(const ProviderConfig& config, n
   std::string key = config.api_key;
   if (!config.api_key_env.empty()) {
     if (!is_variable_name(config.api_key_env)) {
-      return invalid(config, "api_key_env must name an environment variable (letters, digits and '_'); the value "
-                             "given is not a name (not shown: it may be the key itself)");
+      return invalid(config,
+                     "api_key_env must name an environment variable (letters, digits and '_'); the value "
+                     "given is not a name (not shown: it may be the key itself)");
     }
     std::optional<std::string> v = env(config.api_key_env);
     if (!v || v->empty()) {
@@ -108,11 +111,11 @@ Result<std::shared_ptr<ChatModel>> make_provider(const ProviderConfig& config, n
   // its final newline) would make every call fail as malformed, far from the cause.
   if (auto bad = std::find_if(key.begin(), key.end(), [](unsigned char c) { return c <= ' ' || c >= 0x7f; });
       bad != key.end()) {
-    const std::string from = config.api_key_env.empty()
-                                 ? std::string("api_key")
-                                 : "the environment variable " + (is_shown_name(config.api_key_env)
-                                                                      ? config.api_key_env
-                                                                      : std::string("named by api_key_env"));
+    const std::string from =
+        config.api_key_env.empty()
+            ? std::string("api_key")
+            : "the environment variable " +
+                  (is_shown_name(config.api_key_env) ? config.api_key_env : std::string("named by api_key_env"));
     const char* what = (*bad == '\n' || *bad == '\r') ? "a line break" : "a space or control character";
     return invalid(config, "the key in " + from + " contains " + what + " at byte " +
                                std::to_string(bad - key.begin() + 1) + " of " + std::to_string(key.size()) +
@@ -131,8 +134,8 @@ Result<std::shared_ptr<ChatModel>> make_provider(const ProviderConfig& config, n
                                  .use_max_completion_tokens = config.use_max_completion_tokens});
       break;
     case Provider::kAnthropic:
-      codec = make_anthropic_codec(
-          {.base_url = config.base_url, .api_key = key, .extra_headers = config.extra_headers});
+      codec =
+          make_anthropic_codec({.base_url = config.base_url, .api_key = key, .extra_headers = config.extra_headers});
       break;
   }
   if (!codec.ok()) return codec.error().with_context("provider '" + config.name + "'");

@@ -127,8 +127,8 @@ struct Router::Impl {
   // One route() call's state, shared by the attempts (the call lambda captures a pointer).
   struct Call {
     const StreamHooks* hooks = nullptr;
-    bool delivered = false;  // text reached the sink since the last (re)start
-    bool auth = false;       // the last attempt's failure was an auth failure
+    bool delivered = false;            // text reached the sink since the last (re)start
+    bool auth = false;                 // the last attempt's failure was an auth failure
     std::optional<Error> local_limit;  // the last attempt was refused by a local limiter
   };
 
@@ -307,8 +307,7 @@ struct Router::Impl {
           leave(i, FallbackReason::kWindowTooSmall,
                 Error(ErrorKind::kContextOverflow, "the prompt needs about " + std::to_string(estimate) +
                                                        " tokens plus " + std::to_string(reserve) +
-                                                       " reserved for output; the window is " +
-                                                       std::to_string(window)),
+                                                       " reserved for output; the window is " + std::to_string(window)),
                 fallbacks);
           continue;
         }
@@ -369,9 +368,8 @@ struct Router::Impl {
     bool all_size = std::all_of(fallbacks.begin(), fallbacks.end(), [](const RouteFailure& f) {
       return f.reason == FallbackReason::kWindowTooSmall || f.reason == FallbackReason::kContextOverflow;
     });
-    const ErrorKind kind =
-        fallbacks.empty() ? ErrorKind::kPermanent
-                          : (all_size ? ErrorKind::kContextOverflow : fallbacks.back().error.kind());
+    const ErrorKind kind = fallbacks.empty() ? ErrorKind::kPermanent
+                                             : (all_size ? ErrorKind::kContextOverflow : fallbacks.back().error.kind());
     co_return all_failed(fallbacks, kind);
   }
 };

@@ -14,9 +14,9 @@
 
 #include "core/xoshiro.hpp"
 #include "llm/json_util.hpp"
+#include "llm/sse_feed.hpp"
 #include "nines/llm/openai.hpp"
 #include "nines/net/sse.hpp"
-#include "llm/sse_feed.hpp"
 
 namespace nines::llm {
 
@@ -42,12 +42,8 @@ Duration sample_latency(const SimLatency& l, nines::internal::Xoshiro256& rng) {
   const double u1 = unit(rng.next()), u2 = unit(rng.next());
   double ms = 0;
   switch (l.distribution) {
-    case SimLatency::Distribution::kFixed:
-      ms = l.ms;
-      break;
-    case SimLatency::Distribution::kUniform:
-      ms = l.min_ms + u1 * (l.max_ms - l.min_ms);
-      break;
+    case SimLatency::Distribution::kFixed: ms = l.ms; break;
+    case SimLatency::Distribution::kUniform: ms = l.min_ms + u1 * (l.max_ms - l.min_ms); break;
     case SimLatency::Distribution::kLogNormal: {
       // Box-Muller; 1 - u1 is in (0, 1], so the log is finite.
       const double z = std::sqrt(-2.0 * std::log(1.0 - u1)) * std::cos(2.0 * std::numbers::pi * u2);
@@ -175,16 +171,11 @@ void set_error(SimPlan& p, int status, std::string body, Headers extra = {}) {
 
 std::string finish_string(FinishReason r) {
   switch (r) {
-    case FinishReason::kStop:
-      return "stop";
-    case FinishReason::kLength:
-      return "length";
-    case FinishReason::kToolCalls:
-      return "tool_calls";
-    case FinishReason::kContentFilter:
-      return "content_filter";
-    case FinishReason::kOther:
-      break;
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kLength: return "length";
+    case FinishReason::kToolCalls: return "tool_calls";
+    case FinishReason::kContentFilter: return "content_filter";
+    case FinishReason::kOther: break;
   }
   return "stop";
 }
@@ -689,8 +680,7 @@ SimPlan SimModel::decide(const ChatRequest& request) {
                " tokens. Please reduce the length of the messages. (simulated context_overflow fault)");
       p.fault_detail = "injected (prompt estimate " + std::to_string(p.prompt_tokens) + " tokens)";
       return finish(fault);
-    default:
-      break;
+    default: break;
   }
 
   // The scripted turn.
@@ -796,8 +786,7 @@ SimPlan SimModel::decide(const ChatRequest& request) {
                        std::to_string(msg.tool_calls.size()) + " tool call(s), first " + msg.tool_calls[0].name;
       break;
     }
-    default:
-      break;
+    default: break;
   }
 
   if (!msg.tool_calls.empty()) {
@@ -828,8 +817,7 @@ SimHttpReply render_openai(const SimPlan& plan, bool stream) {
       r.headers.push_back({"content-type", "application/json"});
       r.body = plan.body;
       return r;
-    default:
-      break;
+    default: break;
   }
   r.first_byte_delay = plan.first_byte_delay;
   if (!stream) {

@@ -232,21 +232,11 @@ Status parse_faults(const Json& j, SimConfig& config) {
       return config_error(fpath, "must be an object such as {\"probability\": 0.1}, got " + shown(spec));
     Fields f(spec, fpath);
     switch (*fault) {
-      case SimFault::kRateLimited:
-        NINES_SIM_TRY_STATUS(f.only({"probability", "retry_after_ms"}));
-        break;
-      case SimFault::kTimeout:
-        NINES_SIM_TRY_STATUS(f.only({"probability", "hang_ms"}));
-        break;
-      case SimFault::kCutStream:
-        NINES_SIM_TRY_STATUS(f.only({"probability", "after_chunks", "after_fraction"}));
-        break;
-      case SimFault::kInvalidToolArgs:
-        NINES_SIM_TRY_STATUS(f.only({"probability", "mode"}));
-        break;
-      default:
-        NINES_SIM_TRY_STATUS(f.only({"probability"}));
-        break;
+      case SimFault::kRateLimited: NINES_SIM_TRY_STATUS(f.only({"probability", "retry_after_ms"})); break;
+      case SimFault::kTimeout: NINES_SIM_TRY_STATUS(f.only({"probability", "hang_ms"})); break;
+      case SimFault::kCutStream: NINES_SIM_TRY_STATUS(f.only({"probability", "after_chunks", "after_fraction"})); break;
+      case SimFault::kInvalidToolArgs: NINES_SIM_TRY_STATUS(f.only({"probability", "mode"})); break;
+      default: NINES_SIM_TRY_STATUS(f.only({"probability"})); break;
     }
     NINES_SIM_TRY(prob, f.number("probability", 0, 1, 0));
     config.faults.of(*fault) = prob;
@@ -278,8 +268,7 @@ Status parse_faults(const Json& j, SimConfig& config) {
         config.faults.invalid_args = static_cast<SimArgsBreak>(mode);
         break;
       }
-      default:
-        break;
+      default: break;
     }
   }
   return ok_status();

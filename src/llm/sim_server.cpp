@@ -140,8 +140,7 @@ struct Playback : std::enable_shared_from_this<Playback> {
       if (!responder.write(reply.chunks[next_chunk]).ok()) return;
       ++next_chunk;
       if (next_chunk == reply.chunks.size()) break;
-      const Duration delay =
-          next_chunk < reply.chunk_delays.size() ? reply.chunk_delays[next_chunk] : Duration::zero();
+      const Duration delay = next_chunk < reply.chunk_delays.size() ? reply.chunk_delays[next_chunk] : Duration::zero();
       if (delay > Duration::zero()) {
         later(delay, &Playback::send_chunk);
         return;

@@ -44,8 +44,8 @@ std::string redact_url(std::string_view url) {
   std::size_t cut = url.find_first_of("?#", auth_start);
   std::string_view base = url.substr(0, cut);
   std::size_t auth_end = base.find('/', auth_start);
-  std::string_view authority = base.substr(auth_start, auth_end == std::string_view::npos ? std::string_view::npos
-                                                                                          : auth_end - auth_start);
+  std::string_view authority =
+      base.substr(auth_start, auth_end == std::string_view::npos ? std::string_view::npos : auth_end - auth_start);
   std::string out(base.substr(0, auth_start));
   std::size_t at = authority.rfind('@');
   out += at == std::string_view::npos ? authority : authority.substr(at + 1);
@@ -511,16 +511,13 @@ Error HttpCore::map_curl_error(Transfer* t, CURLcode code) const {
       return Error(ErrorKind::kTimeout, t->what + ": connect timeout (" + ms_text(t->timeouts.connect) + ")");
     case CURLE_URL_MALFORMAT:
     case CURLE_UNSUPPORTED_PROTOCOL:
-    case CURLE_BAD_FUNCTION_ARGUMENT:
-      return Error(ErrorKind::kInvalidArgument, msg);
+    case CURLE_BAD_FUNCTION_ARGUMENT: return Error(ErrorKind::kInvalidArgument, msg);
     case CURLE_PEER_FAILED_VERIFICATION:
     case CURLE_SSL_CACERT_BADFILE:
     case CURLE_SSL_CERTPROBLEM:
     case CURLE_TOO_MANY_REDIRECTS:
-    case CURLE_FILESIZE_EXCEEDED:
-      return Error(ErrorKind::kPermanent, msg);
-    case CURLE_OUT_OF_MEMORY:
-      return Error(ErrorKind::kInternal, msg);
+    case CURLE_FILESIZE_EXCEEDED: return Error(ErrorKind::kPermanent, msg);
+    case CURLE_OUT_OF_MEMORY: return Error(ErrorKind::kInternal, msg);
     default:
       // Refused, reset, DNS, TLS handshake, a response cut short, a dead proxy: the network.
       return Error(ErrorKind::kTransient, msg);
@@ -595,12 +592,11 @@ void HttpCore::on_transfer_timer(Transfer* t, std::uint64_t gen) {
   } else if (now >= add_saturating(t->started, t->timeouts.total)) {
     finish(t, Error(ErrorKind::kTimeout, t->what + ": total timeout (" + ms_text(t->timeouts.total) + ")"));
   } else if (!first_byte && now >= add_saturating(t->started, t->timeouts.first_byte)) {
-    finish(t, Error(ErrorKind::kTimeout, t->what + ": first-byte timeout (" + ms_text(t->timeouts.first_byte) +
-                                             "): no response yet"));
+    finish(t, Error(ErrorKind::kTimeout,
+                    t->what + ": first-byte timeout (" + ms_text(t->timeouts.first_byte) + "): no response yet"));
   } else if (first_byte && !paused && now >= add_saturating(t->last_activity, t->timeouts.idle)) {
     finish(t, Error(ErrorKind::kTimeout, t->what + ": idle timeout (" + ms_text(t->timeouts.idle) +
-                                             " without data) after " + std::to_string(t->body_bytes) +
-                                             " body bytes"));
+                                             " without data) after " + std::to_string(t->body_bytes) + " body bytes"));
   } else {
     arm_transfer_timer(t);
   }
@@ -657,10 +653,10 @@ int HttpCore::timer_cb(CURLM* /*multi*/, long timeout_ms, void* userp) {
   std::uint64_t gen = ++core->curl_timer_gen_;
   if (timeout_ms < 0) return 0;
   std::weak_ptr<HttpCore> weak = core->weak_from_this();
-  core->curl_timer_ = core->env_.add_timer(add_saturating(core->env_.now(), std::chrono::milliseconds(timeout_ms)),
-                                           [weak, gen] {
-                                             if (auto c = weak.lock()) c->on_curl_timer(gen);
-                                           });
+  core->curl_timer_ =
+      core->env_.add_timer(add_saturating(core->env_.now(), std::chrono::milliseconds(timeout_ms)), [weak, gen] {
+        if (auto c = weak.lock()) c->on_curl_timer(gen);
+      });
   return 0;
 }
 
@@ -678,9 +674,9 @@ size_t HttpCore::header_cb(char* data, size_t size, size_t n, void* userp) {
   std::size_t len = size * n;
   t->header_bytes += len;
   if (t->header_bytes > core->options_.max_header_bytes) {
-    t->abort_error = Error(ErrorKind::kPermanent, t->what + ": response headers larger than " +
-                                                      std::to_string(core->options_.max_header_bytes) +
-                                                      " bytes (max_header_bytes)");
+    t->abort_error =
+        Error(ErrorKind::kPermanent, t->what + ": response headers larger than " +
+                                         std::to_string(core->options_.max_header_bytes) + " bytes (max_header_bytes)");
     return 0;
   }
   t->last_activity = core->env_.now();
@@ -697,8 +693,8 @@ size_t HttpCore::header_cb(char* data, size_t size, size_t n, void* userp) {
       t->headers.clear();
       t->headers_done = false;
     } else if (trim(line).empty()) {
-      bool will_follow = core->options_.follow_redirects && t->status >= 300 && t->status < 400 &&
-                         t->status != 304 && t->headers.contains("location");
+      bool will_follow = core->options_.follow_redirects && t->status >= 300 && t->status < 400 && t->status != 304 &&
+                         t->headers.contains("location");
       if (t->status >= 200 && !will_follow) {
         t->headers_done = true;
         c = t->take_waiter_if_ready_locked();
@@ -725,9 +721,9 @@ size_t HttpCore::write_cb(char* data, size_t size, size_t n, void* userp) {
   HttpCore* core = t->core;
   std::size_t len = size * n;
   if (t->body_bytes + len > core->options_.max_body_bytes) {
-    t->abort_error = Error(ErrorKind::kPermanent, t->what + ": response body larger than " +
-                                                      std::to_string(core->options_.max_body_bytes) +
-                                                      " bytes (max_body_bytes)");
+    t->abort_error =
+        Error(ErrorKind::kPermanent, t->what + ": response body larger than " +
+                                         std::to_string(core->options_.max_body_bytes) + " bytes (max_body_bytes)");
     return 0;
   }
   std::optional<Completion> c;
@@ -752,7 +748,8 @@ size_t HttpCore::write_cb(char* data, size_t size, size_t n, void* userp) {
 // was killed, or its wait ended by the deadline).
 class TransferGuard {
  public:
-  TransferGuard(std::shared_ptr<HttpCore> core, std::shared_ptr<Transfer> t) : core_(std::move(core)), t_(std::move(t)) {}
+  TransferGuard(std::shared_ptr<HttpCore> core, std::shared_ptr<Transfer> t)
+      : core_(std::move(core)), t_(std::move(t)) {}
   TransferGuard(const TransferGuard&) = delete;
   TransferGuard& operator=(const TransferGuard&) = delete;
   ~TransferGuard() {
@@ -770,8 +767,8 @@ class TransferGuard {
 Result<std::any> name_wait_error(Result<std::any> r, const Transfer& t, TimePoint now) {
   if (r.ok()) return r;
   if (r.error().kind() == ErrorKind::kDeadlineExceeded) {
-    return Error(ErrorKind::kDeadlineExceeded, t.what + ": the process deadline passed after " +
-                                                   ms_text(now - t.started) + " in flight");
+    return Error(ErrorKind::kDeadlineExceeded,
+                 t.what + ": the process deadline passed after " + ms_text(now - t.started) + " in flight");
   }
   return Error(r.error().kind(), t.what + ": " + r.error().message());
 }

@@ -74,8 +74,7 @@ HttpRequestParser::Step HttpRequestParser::execute(const char* data, std::size_t
     if (in_raw_ && !check_raw(at, n)) return {Event::kError, done};
     done += n;
     switch (stop_) {
-      case Stop::kNone:
-        return {Event::kNeedMore, done};
+      case Stop::kNone: return {Event::kNeedMore, done};
       case Stop::kLastChunk:  // the trailers follow: count and check them like a head
         in_raw_ = true;
         in_trailers_ = true;
@@ -136,8 +135,9 @@ bool HttpRequestParser::check_raw(const char* data, std::size_t len) {
   if (len > 0) prev_ = end[-1];
   raw_bytes_ += len;
   if (raw_bytes_ > limits_.max_raw_head_bytes) {
-    fail(431, std::string("request ") + (in_trailers_ ? "trailers" : "head") + " larger than " +
-                  std::to_string(limits_.max_raw_head_bytes) + " bytes as received",
+    fail(431,
+         std::string("request ") + (in_trailers_ ? "trailers" : "head") + " larger than " +
+             std::to_string(limits_.max_raw_head_bytes) + " bytes as received",
          0);
     return false;
   }
@@ -209,7 +209,7 @@ int HttpRequestParser::on_url(llhttp_t* p, const char* at, std::size_t len) {
 int HttpRequestParser::on_header_field(llhttp_t* p, const char* at, std::size_t len) {
   HttpRequestParser& r = of(p);
   if (!r.head_grew(len)) return HPE_USER;  // trailers count towards the bound too
-  if (r.in_trailers_) return 0;             // a trailer field: dropped
+  if (r.in_trailers_) return 0;            // a trailer field: dropped
   r.field_.append(at, len);
   return 0;
 }

@@ -109,8 +109,8 @@ class HttpRequestParser {
 
   Limits limits_;
   llhttp_t parser_{};
-  bool paused_ = false;     // llhttp is paused at a stop: resume before the next execute
-  bool finished_ = false;   // the request after which the connection ends is complete
+  bool paused_ = false;      // llhttp is paused at a stop: resume before the next execute
+  bool finished_ = false;    // the request after which the connection ends is complete
   Stop stop_ = Stop::kNone;  // the stop a callback asked for in this llhttp_execute
 
   // Raw checks: counting while in a head or in trailers (always ended by a stop).

@@ -65,7 +65,7 @@ namespace internal {
 namespace {
 
 constexpr std::size_t kReadBufferBytes = 64u << 10;
-constexpr int kReadsPerEvent = 4;     // then the watch is re-armed: other connections get a turn
+constexpr int kReadsPerEvent = 4;  // then the watch is re-armed: other connections get a turn
 constexpr int kAcceptsPerEvent = 64;
 constexpr std::size_t kKeepOutputCapacity = 64u << 10;  // a drained output buffer larger than this is freed
 constexpr std::size_t kLingerBytes = 1u << 20;          // discarded after an error answer before closing
@@ -165,7 +165,9 @@ void append_number(std::string& out, std::uint64_t n) {
   out.append(buf, r.ptr);
 }
 
-bool header_value_ok(std::string_view v) { return v.find_first_of(std::string_view("\r\n\0", 3)) == std::string_view::npos; }
+bool header_value_ok(std::string_view v) {
+  return v.find_first_of(std::string_view("\r\n\0", 3)) == std::string_view::npos;
+}
 
 // True if the comma-separated header value contains `token` (case-insensitively).
 bool has_token(std::string_view value, std::string_view token) {
@@ -187,8 +189,7 @@ struct ServerCounters {
   std::atomic<std::uint64_t> connections_accepted{0}, connections_open{0}, requests{0};
   std::atomic<std::uint64_t> responses[6] = {};  // by status / 100
   std::atomic<std::uint64_t> rejected_connection_limit{0}, rejected_malformed{0}, rejected_too_large{0},
-      rejected_timeout{0}, closed_idle{0}, closed_slow_reader{0}, closed_by_client{0}, handler_errors{0},
-      aborted{0};
+      rejected_timeout{0}, closed_idle{0}, closed_slow_reader{0}, closed_by_client{0}, handler_errors{0}, aborted{0};
 
   static void inc(std::atomic<std::uint64_t>& c) { c.fetch_add(1, std::memory_order_relaxed); }
   void response(int status) {
@@ -212,13 +213,13 @@ class ServerConn : public std::enable_shared_from_this<ServerConn> {
   int fd_;
   Phase phase_ = Phase::kHead;
   Reply reply_ = Reply::kNone;
-  std::uint64_t seq_ = 0;      // number of the request being (or last) handled
-  bool keep_alive_ = true;     // of the current request: the connection serves another after it
-  bool head_method_ = false;   // the current request is HEAD: responses carry no body
+  std::uint64_t seq_ = 0;     // number of the request being (or last) handled
+  bool keep_alive_ = true;    // of the current request: the connection serves another after it
+  bool head_method_ = false;  // the current request is HEAD: responses carry no body
   bool http10_ = false;
-  bool chunked_out_ = false;   // the current stream is sent chunked
-  bool in_dispatch_ = false;   // inside the handler call for this connection
-  bool read_blocked_ = false;  // pipelined bytes wait in the socket until the response is done
+  bool chunked_out_ = false;     // the current stream is sent chunked
+  bool in_dispatch_ = false;     // inside the handler call for this connection
+  bool read_blocked_ = false;    // pipelined bytes wait in the socket until the response is done
   bool process_posted_ = false;  // pipelined bytes in pending_in_ are to be parsed by a posted task
   bool send_continue_ = false;   // answer Expect: 100-continue unless the body is here already
 
@@ -810,8 +811,9 @@ void ServerCore::on_timer(std::uint64_t gen) {
 void ServerCore::expire(ServerConn& c, ListKind kind) {
   switch (kind) {
     case kListHead:
-      reject(c, 408, "request head not received within " + std::to_string(to_millis(options_.header_timeout)) +
-                         " ms (header_timeout)",
+      reject(c, 408,
+             "request head not received within " + std::to_string(to_millis(options_.header_timeout)) +
+                 " ms (header_timeout)",
              counters_.rejected_timeout);
       return;
     case kListIdle:
@@ -820,8 +822,8 @@ void ServerCore::expire(ServerConn& c, ListKind kind) {
       return;
     case kListIo:
       if (c.phase_ == Phase::kBody) {
-        reject(c, 408, "request body stalled for " + std::to_string(to_millis(options_.io_timeout)) +
-                           " ms (io_timeout)",
+        reject(c, 408,
+               "request body stalled for " + std::to_string(to_millis(options_.io_timeout)) + " ms (io_timeout)",
                counters_.rejected_timeout);
       } else {
         ServerCounters::inc(counters_.closed_slow_reader);
@@ -829,9 +831,7 @@ void ServerCore::expire(ServerConn& c, ListKind kind) {
       }
       return;
     case kListLinger:
-    case kListCount:
-      close(c);
-      return;
+    case kListCount: close(c); return;
   }
 }
 
@@ -839,7 +839,8 @@ void ServerCore::expire(ServerConn& c, ListKind kind) {
 
 Status ServerCore::check_open(ServerConn& c, std::uint64_t seq) {
   if (c.phase_ == Phase::kClosed) {
-    return cancelled(stopped_ ? "the server stopped" : "the connection is closed (the client went away, abort(), or a timeout)");
+    return cancelled(stopped_ ? "the server stopped"
+                              : "the connection is closed (the client went away, abort(), or a timeout)");
   }
   if (c.seq_ != seq || c.reply_ == Reply::kDone) return misuse("this request was answered already");
   return ok_status();
@@ -905,8 +906,7 @@ Status ServerCore::build_head(ServerConn& c, int status, const HttpHeaders& head
   return ok_status();
 }
 
-Status ServerCore::respond(ServerConn& c, std::uint64_t seq, int status, const HttpHeaders& headers,
-                           std::string body) {
+Status ServerCore::respond(ServerConn& c, std::uint64_t seq, int status, const HttpHeaders& headers, std::string body) {
   std::lock_guard lock(mu_);
   std::shared_ptr<ServerConn> keep = c.shared_from_this();
   if (auto s = check_open(c, seq); !s.ok()) return s;
@@ -1100,8 +1100,8 @@ Result<std::unique_ptr<HttpServer>> HttpServer::create(Environment& env, HttpSer
                                                   "' is not a numeric IPv4 or IPv6 address");
   }
   bool ipv6 = addr.ss_family == AF_INET6;
-  std::string where = (ipv6 ? "[" + options.bind_address + "]" : options.bind_address) + ":" +
-                      std::to_string(options.port);
+  std::string where =
+      (ipv6 ? "[" + options.bind_address + "]" : options.bind_address) + ":" + std::to_string(options.port);
   auto fail = [&](const char* op, int e, int fd) -> Error {
     if (fd >= 0) ::close(fd);
     ErrorKind kind = e == EADDRINUSE      ? ErrorKind::kAlreadyExists

@@ -8,8 +8,8 @@ constexpr std::string_view kBom = "\xEF\xBB\xBF";
 
 Status SseParser::check_size() const {
   if (line_.size() + data_.size() + type_.size() > options_.max_event_bytes) {
-    return Error(ErrorKind::kPermanent,
-                 "server-sent event larger than " + std::to_string(options_.max_event_bytes) + " bytes (max_event_bytes)");
+    return Error(ErrorKind::kPermanent, "server-sent event larger than " + std::to_string(options_.max_event_bytes) +
+                                            " bytes (max_event_bytes)");
   }
   return ok_status();
 }

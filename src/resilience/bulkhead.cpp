@@ -75,22 +75,20 @@ void BulkheadSlot::release() {
   if (Bulkhead* owner = std::exchange(owner_, nullptr)) owner->release_slot();
 }
 
-Result<std::shared_ptr<Bulkhead>> Bulkhead::create(std::string name, Environment& env,
-                                                   const BulkheadOptions& options) {
+Result<std::shared_ptr<Bulkhead>> Bulkhead::create(std::string name, Environment& env, const BulkheadOptions& options) {
   if (name.empty()) return Error(ErrorKind::kInvalidArgument, "bulkhead: name must not be empty");
   std::string where = "bulkhead '" + name + "': ";
   if (options.max_concurrent == 0 || options.max_concurrent > kMaxSide) {
-    return Error(ErrorKind::kInvalidArgument,
-                 where + "max_concurrent must be between 1 and 2^31 (got " + std::to_string(options.max_concurrent) + ")");
+    return Error(ErrorKind::kInvalidArgument, where + "max_concurrent must be between 1 and 2^31 (got " +
+                                                  std::to_string(options.max_concurrent) + ")");
   }
   if (options.max_queue > kMaxSide) {
     return Error(ErrorKind::kInvalidArgument,
                  where + "max_queue must be at most 2^31 (got " + std::to_string(options.max_queue) + ")");
   }
   if (options.queue_timeout < Duration::zero()) {
-    return Error(ErrorKind::kInvalidArgument,
-                 where + "queue_timeout must not be negative (got " + std::to_string(options.queue_timeout.count()) +
-                     " ns)");
+    return Error(ErrorKind::kInvalidArgument, where + "queue_timeout must not be negative (got " +
+                                                  std::to_string(options.queue_timeout.count()) + " ns)");
   }
   return std::shared_ptr<Bulkhead>(new Bulkhead(std::move(name), env, options));
 }
@@ -293,16 +291,16 @@ Task<Result<BulkheadSlot>> Bulkhead::acquire(Context& ctx) {
       }
       if (options_.max_queue == 0 || options_.queue_timeout <= Duration::zero() ||
           queue_.size() >= options_.max_queue) {
-      count_rejection_locked(BulkheadRejection::kQueueFull, Duration::zero());
-      e = event_locked(BulkheadEventType::kRejected);
-      e.reason = BulkheadRejection::kQueueFull;
-      std::string queue = options_.max_queue == 0 || options_.queue_timeout <= Duration::zero()
-                              ? std::string("no queue")
-                              : "queue full: " + std::to_string(queue_.size()) + " of " +
-                                    std::to_string(options_.max_queue) + " waiting";
-      rejected.emplace(ErrorKind::kBulkheadFull, prefix() + "full (" + std::to_string(in_flight_of(st)) + " of " +
-                                                     std::to_string(options_.max_concurrent) +
-                                                     " calls in flight, " + queue + ")");
+        count_rejection_locked(BulkheadRejection::kQueueFull, Duration::zero());
+        e = event_locked(BulkheadEventType::kRejected);
+        e.reason = BulkheadRejection::kQueueFull;
+        std::string queue = options_.max_queue == 0 || options_.queue_timeout <= Duration::zero()
+                                ? std::string("no queue")
+                                : "queue full: " + std::to_string(queue_.size()) + " of " +
+                                      std::to_string(options_.max_queue) + " waiting";
+        rejected.emplace(ErrorKind::kBulkheadFull, prefix() + "full (" + std::to_string(in_flight_of(st)) + " of " +
+                                                       std::to_string(options_.max_concurrent) + " calls in flight, " +
+                                                       queue + ")");
         break;
       }
       // Every slot held (or others queued already): join the queue. The CAS fails if a slot

@@ -16,8 +16,8 @@
 #include "nines/resilience/circuit_breaker.hpp"
 
 #include <algorithm>
-#include <cmath>
 #include <atomic>
+#include <cmath>
 #include <cstdio>
 #include <iterator>
 #include <limits>
@@ -91,8 +91,8 @@ Status validate(const std::string& name, const CircuitBreakerOptions& o) {
     if (o.window_buckets < 1) return invalid(name, "window_buckets must be >= 1 (got 0)");
     if (static_cast<std::uint64_t>(o.window_duration.count()) < o.window_buckets) {
       return invalid(name, "window_buckets (" + std::to_string(o.window_buckets) +
-                               ") must not exceed window_duration in ns (" +
-                               std::to_string(o.window_duration.count()) + ")");
+                               ") must not exceed window_duration in ns (" + std::to_string(o.window_duration.count()) +
+                               ")");
     }
   }
   if (o.minimum_calls < 1) return invalid(name, "minimum_calls must be >= 1 (got 0)");
@@ -124,8 +124,8 @@ Status validate(const std::string& name, const CircuitBreakerOptions& o) {
                              seconds_text(o.open_duration) + ")");
   }
   if (!std::isfinite(o.open_duration_jitter) || o.open_duration_jitter < 0.0 || o.open_duration_jitter > 1.0) {
-    return invalid(name, "open_duration_jitter must be a fraction in [0, 1] (got " +
-                             number_text(o.open_duration_jitter) + ")");
+    return invalid(
+        name, "open_duration_jitter must be a fraction in [0, 1] (got " + number_text(o.open_duration_jitter) + ")");
   }
   if (o.half_open_trials < 1) return invalid(name, "half_open_trials must be >= 1 call (got 0)");
   if (!o.classifier) return invalid(name, "classifier must not be empty");
@@ -309,7 +309,9 @@ struct CircuitBreaker::Impl {
   std::atomic<std::uint64_t> streak_word{std::uint64_t{1} << 32};  // epoch 1, no streak
   static std::uint64_t streak_of(std::uint64_t w) { return w & 0xffffffffu; }
   static std::uint64_t streak_epoch_of(std::uint64_t w) { return w >> 32; }
-  std::uint32_t streak() const { return static_cast<std::uint32_t>(streak_of(streak_word.load(std::memory_order_relaxed))); }
+  std::uint32_t streak() const {
+    return static_cast<std::uint32_t>(streak_of(streak_word.load(std::memory_order_relaxed)));
+  }
   // Under mu: a new period starts with no streak.
   void reset_streak(std::uint64_t for_epoch) {
     streak_word.store((for_epoch & 0xffffffffu) << 32, std::memory_order_relaxed);
@@ -319,7 +321,8 @@ struct CircuitBreaker::Impl {
     std::uint64_t w = streak_word.load(std::memory_order_relaxed);
     for (;;) {
       if (streak_of(w) == 0xffffffffu) return 0xffffffffu;
-      if (streak_word.compare_exchange_weak(w, w + 1, std::memory_order_relaxed)) return static_cast<std::uint32_t>(streak_of(w) + 1);
+      if (streak_word.compare_exchange_weak(w, w + 1, std::memory_order_relaxed))
+        return static_cast<std::uint32_t>(streak_of(w) + 1);
     }
   }
   // Without the lock: a success of period `epoch` ends the streak, if that is still the period.
@@ -479,7 +482,10 @@ Result<std::shared_ptr<CircuitBreaker>> CircuitBreaker::create(std::string name,
 }
 
 CircuitBreaker::CircuitBreaker(std::string name, Environment& env, const CircuitBreakerOptions& options)
-    : name_(std::move(name)), env_(env), options_(options), impl_(std::make_unique<Impl>(name_, env_, options_, env.now())) {}
+    : name_(std::move(name)),
+      env_(env),
+      options_(options),
+      impl_(std::make_unique<Impl>(name_, env_, options_, env.now())) {}
 
 CircuitBreaker::~CircuitBreaker() = default;
 
@@ -535,9 +541,7 @@ void CircuitBreaker::Impl::transition(BreakerState to, BreakerReason reason, con
       frozen = BreakerFigures{};
       break;
     case BreakerState::kForcedOpen:
-    case BreakerState::kDisabled:
-      frozen = figures;
-      break;
+    case BreakerState::kDisabled: frozen = figures; break;
   }
   if (subscribers->empty() && !logged(from, to)) return;
   BreakerTransition ev;
@@ -572,9 +576,8 @@ void CircuitBreaker::Impl::check_closed(TimePoint now, std::uint32_t run) {
 // only be joined by more), closes once all trials reported below the thresholds.
 void CircuitBreaker::Impl::check_half_open(TimePoint now) {
   const double n = o.half_open_trials;
-  bool failed = o.failure_rate_threshold
-                    ? static_cast<double>(trial_failures) / n >= *o.failure_rate_threshold
-                    : trial_failures > 0;
+  bool failed = o.failure_rate_threshold ? static_cast<double>(trial_failures) / n >= *o.failure_rate_threshold
+                                         : trial_failures > 0;
   if (failed) {
     transition(BreakerState::kOpen, BreakerReason::kTrialsFailed, trial_figures(), now);
   } else if (o.slow_call_rate_threshold && static_cast<double>(trial_slow) / n >= *o.slow_call_rate_threshold) {
@@ -600,14 +603,13 @@ Result<CircuitBreaker::Permit> CircuitBreaker::try_acquire() {
       impl_->hot.add(Impl::kPermitted);
       out.emplace(Permit(this, impl_->epoch, false));
       break;
-    case BreakerState::kDisabled:
-      out.emplace(Permit(nullptr, impl_->epoch, false));
-      break;
+    case BreakerState::kDisabled: out.emplace(Permit(nullptr, impl_->epoch, false)); break;
     case BreakerState::kForcedOpen:
       ++impl_->counters.rejections;
       ++impl_->counters.rejected_forced_open;
-      out.emplace(Error(ErrorKind::kCircuitOpen,
-                        "circuit breaker '" + name_ + "' is isolated (forced open): calls are refused until it is reset"));
+      out.emplace(
+          Error(ErrorKind::kCircuitOpen,
+                "circuit breaker '" + name_ + "' is isolated (forced open): calls are refused until it is reset"));
       break;
     case BreakerState::kOpen: {
       const TimePoint now = env_.now();
@@ -706,7 +708,7 @@ void CircuitBreaker::report(std::uint64_t epoch, bool trial, Outcome outcome, Du
 void CircuitBreaker::isolate() {
   std::unique_lock lock(impl_->mu);
   if (impl_->state != BreakerState::kForcedOpen) {
-      TimePoint now = env_.now();
+    TimePoint now = env_.now();
     impl_->transition(BreakerState::kForcedOpen, BreakerReason::kIsolated, impl_->current_figures(now), now);
   }
   impl_->deliver_events(lock);
@@ -715,7 +717,7 @@ void CircuitBreaker::isolate() {
 void CircuitBreaker::disable() {
   std::unique_lock lock(impl_->mu);
   if (impl_->state != BreakerState::kDisabled) {
-      TimePoint now = env_.now();
+    TimePoint now = env_.now();
     impl_->transition(BreakerState::kDisabled, BreakerReason::kDisabled, impl_->current_figures(now), now);
   }
   impl_->deliver_events(lock);
@@ -731,15 +733,13 @@ void CircuitBreaker::reset() {
 void CircuitBreaker::close() {
   std::unique_lock lock(impl_->mu);
   if (impl_->state != BreakerState::kClosed) {
-      TimePoint now = env_.now();
+    TimePoint now = env_.now();
     impl_->transition(BreakerState::kClosed, BreakerReason::kClosedManually, impl_->current_figures(now), now);
   }
   impl_->deliver_events(lock);
 }
 
-BreakerState CircuitBreaker::state() const {
-  return Impl::gate_state(impl_->gate.load(std::memory_order_acquire));
-}
+BreakerState CircuitBreaker::state() const { return Impl::gate_state(impl_->gate.load(std::memory_order_acquire)); }
 
 BreakerFigures CircuitBreaker::figures() const {
   std::lock_guard lock(impl_->mu);

@@ -133,7 +133,7 @@ Task<> await_down(Context& ctx, MonitorRef ref) {
 Task<> finish(const HedgeCore& core, Context& ctx, HedgeRun& run) {
   for (Slot& s : run.slots()) {
     if (!s.running) continue;
-    ctx.unlink(s.pid);  // the kill must not come back to the caller as an exit signal
+    ctx.unlink(s.pid);           // the kill must not come back to the caller as an exit signal
     ctx.kill_on_purpose(s.pid);  // a cancellation, not a crash to report
     core.cancelled.fetch_add(1, std::memory_order_relaxed);
   }
@@ -157,8 +157,7 @@ Task<> finish(const HedgeCore& core, Context& ctx, HedgeRun& run) {
 }
 
 Error deadline_error(std::size_t started) {
-  return Error(ErrorKind::kDeadlineExceeded,
-               "hedging: deadline exceeded after " + attempts_text(started) + " started");
+  return Error(ErrorKind::kDeadlineExceeded, "hedging: deadline exceeded after " + attempts_text(started) + " started");
 }
 
 }  // namespace
@@ -188,8 +187,7 @@ Task<HedgeOutcome> hedge_run(std::shared_ptr<const HedgeCore> core_ptr, Context&
   std::function<bool(const Message&)> ours = [ref, slots](const Message& m) {
     if (const auto* r = m.get<HedgeReply>()) return r->run == ref;
     if (const auto* d = m.get<Down>()) {
-      return std::any_of(slots->begin(), slots->end(),
-                         [&](const Slot& s) { return !s.down && s.monitor == d->ref; });
+      return std::any_of(slots->begin(), slots->end(), [&](const Slot& s) { return !s.down && s.monitor == d->ref; });
     }
     return false;
   };

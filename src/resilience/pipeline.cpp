@@ -19,8 +19,8 @@ namespace internal {
 Error attempt_deadline_to_timeout(Error e, TimePoint caller_deadline, TimePoint attempt_deadline, TimePoint now,
                                   Duration attempt_timeout) {
   if (attempt_timeout == kInfinite || now >= caller_deadline || now < attempt_deadline) return e;
-  return Error(ErrorKind::kTimeout, "attempt timed out after " + std::to_string(to_millis(attempt_timeout)) +
-                                        " ms (" + e.message() + ")");
+  return Error(ErrorKind::kTimeout,
+               "attempt timed out after " + std::to_string(to_millis(attempt_timeout)) + " ms (" + e.message() + ")");
 }
 
 }  // namespace internal

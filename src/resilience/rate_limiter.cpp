@@ -34,11 +34,11 @@ std::string ms_string(Duration d) {
 
 struct RateLimiter::State {
   std::mutex mu;
-  Int128 period_ns = 0;   // refill_period in ns
-  Int128 capacity = 0;    // capacity in unit-ns
-  Int128 min_balance = 0; // floor for adjust(), far beyond any real debt
-  Int128 balance = 0;     // unit-ns in the bucket; negative when owed
-  TimePoint last{};       // the balance is as of this time
+  Int128 period_ns = 0;    // refill_period in ns
+  Int128 capacity = 0;     // capacity in unit-ns
+  Int128 min_balance = 0;  // floor for adjust(), far beyond any real debt
+  Int128 balance = 0;      // unit-ns in the bucket; negative when owed
+  TimePoint last{};        // the balance is as of this time
   RateLimiterCounters counters;
 
   Int128 scaled(std::uint64_t units) const { return static_cast<Int128>(units) * period_ns; }
@@ -295,10 +295,9 @@ Task<Status> RateLimiter::acquire(Context& ctx, std::uint64_t units) {
     } else if (s.counters.waiting >= options_.max_waiters) {
       e.reason = RateLimitRejection::kTooManyWaiters;
       e.retry_at = ready_at;
-      error.emplace(Error(ErrorKind::kRateLimited, prefix() + std::to_string(s.counters.waiting) +
-                                                       " processes already waiting (max_waiters); " +
-                                                       std::to_string(units) + " units available in " +
-                                                       ms_string(needed))
+      error.emplace(Error(ErrorKind::kRateLimited,
+                          prefix() + std::to_string(s.counters.waiting) + " processes already waiting (max_waiters); " +
+                              std::to_string(units) + " units available in " + ms_string(needed))
                         .with_retry_at(ready_at));
     } else {
       // Reserve now (FIFO: later requests wait behind this debt), sleep until paid.

@@ -63,7 +63,9 @@ Duration clamp_to_deadline(Process* p, Duration timeout, bool& by_deadline) {
   return timeout;
 }
 
-Error deadline_error(const std::string& what) { return Error(ErrorKind::kDeadlineExceeded, what + ": deadline exceeded"); }
+Error deadline_error(const std::string& what) {
+  return Error(ErrorKind::kDeadlineExceeded, what + ": deadline exceeded");
+}
 
 // Arms the wait's timeout: a kWake with the wait token and a timeout error.
 void arm_timeout(Process* p, Duration timeout) {
@@ -71,8 +73,7 @@ void arm_timeout(Process* p, Duration timeout) {
   Pid pid = p->pid;
   std::uint64_t token = p->wait_token;
   p->wait_timer = p->rt->add_timer(timeout, [pid, token](RuntimeCore& rt) {
-    rt.signal(pid, SignalKind::kWake, Pid{}, token,
-              Result<std::any>(Error(ErrorKind::kTimeout, "timed out")));
+    rt.signal(pid, SignalKind::kWake, Pid{}, token, Result<std::any>(Error(ErrorKind::kTimeout, "timed out")));
   });
 }
 
@@ -273,7 +274,8 @@ bool WaitAwaiter::await_ready() {
   switch (op_) {
     case Op::kSleep: {
       // Cut short by the deadline, a sleep ends at the deadline with kDeadlineExceeded.
-      Result<std::any> outcome = by_deadline_ ? Result<std::any>(deadline_error("sleep")) : Result<std::any>(std::any{});
+      Result<std::any> outcome =
+          by_deadline_ ? Result<std::any>(deadline_error("sleep")) : Result<std::any>(std::any{});
       p_->wait_timer = rt->add_timer(timeout, [pid, token, outcome](RuntimeCore& core) {
         core.signal(pid, SignalKind::kWake, Pid{}, token, outcome);
       });
@@ -304,8 +306,7 @@ bool WaitAwaiter::await_ready() {
       start_(Completion(s));
       return false;
     }
-    case Op::kYield:
-      break;
+    case Op::kYield: break;
   }
   return false;
 }
@@ -324,9 +325,9 @@ Result<std::any> WaitAwaiter::await_resume() {
     return deadline_error(op_ == Op::kFd ? "wait_fd" : "await_external");
   }
   if (!result_->ok() && result_->error().kind() == ErrorKind::kTimeout && op_ != Op::kSleep) {
-    return Error(ErrorKind::kTimeout, std::string(op_ == Op::kFd ? "wait_fd(" + std::to_string(fd_) + ")"
-                                                                  : std::string("await_external")) +
-                                          " timed out after " + std::to_string(to_millis(timeout_)) + " ms");
+    return Error(ErrorKind::kTimeout,
+                 std::string(op_ == Op::kFd ? "wait_fd(" + std::to_string(fd_) + ")" : std::string("await_external")) +
+                     " timed out after " + std::to_string(to_millis(timeout_)) + " ms");
   }
   return std::move(*result_);
 }
@@ -362,9 +363,8 @@ void Context::reply_any(const Message& request, std::any value) {
 
 TimerRef Context::send_after_any(Pid to, Duration delay, std::any value) {
   Pid from = p_->pid;
-  TimerId id = p_->rt->add_timer(delay, [to, from, value = std::move(value)](RuntimeCore& rt) {
-    rt.deliver(to, make_message(from, value));
-  });
+  TimerId id = p_->rt->add_timer(
+      delay, [to, from, value = std::move(value)](RuntimeCore& rt) { rt.deliver(to, make_message(from, value)); });
   return TimerRef{id};
 }
 

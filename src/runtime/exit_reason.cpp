@@ -16,12 +16,9 @@ std::string_view to_string(ExitReason::Kind kind) {
 
 std::string ExitReason::to_string() const {
   switch (kind) {
-    case Kind::kShutdown:
-      return detail.empty() ? "shutdown" : "{shutdown, " + detail + "}";
-    case Kind::kCrash:
-      return "crash: " + type + (detail.empty() ? "" : ": " + detail);
-    default:
-      return std::string(nines::to_string(kind));
+    case Kind::kShutdown: return detail.empty() ? "shutdown" : "{shutdown, " + detail + "}";
+    case Kind::kCrash: return "crash: " + type + (detail.empty() ? "" : ": " + detail);
+    default: return std::string(nines::to_string(kind));
   }
 }
 

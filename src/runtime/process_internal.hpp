@@ -25,8 +25,8 @@
 #include <vector>
 
 #include "nines/runtime/process.hpp"
-#include "runtime/spin_lock.hpp"
 #include "nines/runtime/runtime.hpp"
+#include "runtime/spin_lock.hpp"
 
 namespace nines::internal {
 
@@ -63,7 +63,10 @@ struct EnvelopeQueue {
   bool empty() const { return head == nullptr; }
   void push(Envelope* e) {
     e->next = nullptr;
-    if (tail) tail->next = e; else head = e;
+    if (tail)
+      tail->next = e;
+    else
+      head = e;
     tail = e;
   }
   Envelope* pop() {
@@ -77,13 +80,19 @@ struct EnvelopeQueue {
   }
   // Removes `e`, whose predecessor is `prev` (nullptr when e is the head).
   void unlink(Envelope* prev, Envelope* e) {
-    if (prev) prev->next = e->next; else head = e->next;
+    if (prev)
+      prev->next = e->next;
+    else
+      head = e->next;
     if (tail == e) tail = prev;
     e->next = nullptr;
   }
   void append(EnvelopeQueue& other) {
     if (other.empty()) return;
-    if (tail) tail->next = other.head; else head = other.head;
+    if (tail)
+      tail->next = other.head;
+    else
+      head = other.head;
     tail = other.tail;
     other.head = other.tail = nullptr;
   }
@@ -123,15 +132,15 @@ class Process {
 
   // ---- guarded by mu ----
   SpinLock mu;
-  EnvelopeQueue inbox;    // every signal, in arrival order
-  EnvelopeQueue mailbox;  // messages ready for receive, in arrival order
+  EnvelopeQueue inbox;           // every signal, in arrival order
+  EnvelopeQueue mailbox;         // messages ready for receive, in arrival order
   std::uint32_t user_count = 0;  // user messages in inbox + mailbox
   // Counts pushes into the mailbox: a receiver compares it with what it last scanned to know
   // whether a message arrived while it was running.
   // Written under mu; atomic so the owner can see "nothing new" without taking the lock.
   std::atomic<std::uint64_t> mailbox_pushes{0};
-  bool scheduled = false;        // queued, running or held: a sender must not queue it again
-  bool draining = false;         // drain() holds a batch taken from the inbox
+  bool scheduled = false;  // queued, running or held: a sender must not queue it again
+  bool draining = false;   // drain() holds a batch taken from the inbox
   bool dead = false;
   // Rarely used, so allocated on first use: processes waiting for room in this mailbox
   // (kSuspendSender) and outside watchers of this process's exit.
@@ -165,9 +174,9 @@ class Process {
   std::vector<Pid> links;
   std::vector<std::pair<std::uint64_t, Pid>> watchers;    // monitors others hold on us
   std::vector<std::pair<std::uint64_t, Pid>> monitoring;  // monitors we hold on others
-  std::unique_ptr<ExitReason> pending_exit;  // set when a signal killed it; acted on after the slice
-  Pid exit_signal_from;  // who sent the exit signal behind pending_exit (invalid: from outside)
-  bool kill_expected = false;  // pending_exit is a kill its supervisor sent on purpose (not reported)
+  std::unique_ptr<ExitReason> pending_exit;               // set when a signal killed it; acted on after the slice
+  Pid exit_signal_from;                   // who sent the exit signal behind pending_exit (invalid: from outside)
+  bool kill_expected = false;             // pending_exit is a kill its supervisor sent on purpose (not reported)
   TimePoint deadline = TimePoint::max();  // see Context::deadline
   unsigned reductions_left = 0;
 

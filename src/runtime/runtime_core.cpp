@@ -77,9 +77,8 @@ RuntimeCore::~RuntimeCore() { stop(); }
 Result<void> RuntimeCore::start() {
   if (env.deterministic()) {
     if (options.workers > 1) {
-      return Error(ErrorKind::kInvalidArgument,
-                   "RuntimeOptions.workers = " + std::to_string(options.workers) +
-                       ": a deterministic environment runs exactly one worker");
+      return Error(ErrorKind::kInvalidArgument, "RuntimeOptions.workers = " + std::to_string(options.workers) +
+                                                    ": a deterministic environment runs exactly one worker");
     }
     scheduler_ = make_deterministic_scheduler(*this);
   } else {
@@ -215,9 +214,7 @@ Delivery RuntimeCore::deliver_to(Process* t, Envelope* e, Pid blocked_sender) {
     if (e->is_user()) {
       if (t->user_count >= t->capacity) {
         switch (t->overflow) {
-          case OverflowPolicy::kReject:
-            delete e;
-            return Delivery::kFull;
+          case OverflowPolicy::kReject: delete e; return Delivery::kFull;
           case OverflowPolicy::kSuspendSender:
             delete e;
             if (!blocked_sender.valid()) return Delivery::kFull;
@@ -326,9 +323,7 @@ bool RuntimeCore::drain(Process* p) {
   while (Envelope* e = batch.pop()) {
     switch (e->kind) {
       case SignalKind::kMessage:
-      case SignalKind::kCall:
-        to_mailbox.push(e);
-        continue;
+      case SignalKind::kCall: to_mailbox.push(e); continue;
       case SignalKind::kReply:
         if (p->wait == WaitKind::kCall && e->ref == p->wait_token && !p->wait_done) {
           p->wait_result = Result<Message>(Message(e->from, std::move(e->payload)));
@@ -362,12 +357,8 @@ bool RuntimeCore::drain(Process* p) {
       case SignalKind::kLink:
         if (std::find(p->links.begin(), p->links.end(), e->from) == p->links.end()) p->links.push_back(e->from);
         break;
-      case SignalKind::kUnlink:
-        erase_first(p->links, e->from);
-        break;
-      case SignalKind::kMonitor:
-        p->watchers.emplace_back(e->ref, e->from);
-        break;
+      case SignalKind::kUnlink: erase_first(p->links, e->from); break;
+      case SignalKind::kMonitor: p->watchers.emplace_back(e->ref, e->from); break;
       case SignalKind::kDemonitor: {
         auto& w = p->watchers;
         auto it = std::find_if(w.begin(), w.end(), [&](auto& x) { return x.first == e->ref; });
@@ -382,8 +373,8 @@ bool RuntimeCore::drain(Process* p) {
         ExitReason r = reason_of(*e);
         if (p->wait == WaitKind::kCall && p->call_monitor == e->ref) {
           if (!p->wait_done) {
-            p->wait_result = Result<Message>(Error(ErrorKind::kNoProc, "call to " + e->from.to_string() +
-                                                                          ": the process exited (" + r.to_string() + ")"));
+            p->wait_result = Result<Message>(Error(
+                ErrorKind::kNoProc, "call to " + e->from.to_string() + ": the process exited (" + r.to_string() + ")"));
             p->wait_done = true;
             p->call_monitor = 0;
           }
@@ -403,11 +394,14 @@ bool RuntimeCore::drain(Process* p) {
       case SignalKind::kWake:
         if (p->wait_token == e->ref && !p->wait_done) {
           if (p->wait == WaitKind::kToken) {
-            if (auto* r = std::any_cast<Result<std::any>>(&e->payload)) p->wait_result = std::move(*r);
-            else p->wait_result = Result<std::any>(std::any{});
+            if (auto* r = std::any_cast<Result<std::any>>(&e->payload))
+              p->wait_result = std::move(*r);
+            else
+              p->wait_result = Result<std::any>(std::any{});
             p->wait_done = true;
           } else if (p->wait == WaitKind::kCall) {
-            p->wait_result = Result<Message>(Error(ErrorKind::kTimeout, "call to " + p->send_to.to_string() + " timed out"));
+            p->wait_result =
+                Result<Message>(Error(ErrorKind::kTimeout, "call to " + p->send_to.to_string() + " timed out"));
             p->wait_done = true;
           } else if (p->wait == WaitKind::kReceive || p->wait == WaitKind::kDown) {
             p->wait_timed_out = true;
@@ -497,8 +491,7 @@ void RuntimeCore::clear_wait(Process* p) {
 
 bool RuntimeCore::wait_satisfied(Process* p) {
   switch (p->wait) {
-    case WaitKind::kNone:
-      return true;
+    case WaitKind::kNone: return true;
     case WaitKind::kReceive: {
       // Nothing pushed since the last scan: no need to lock and look.
       if (p->mailbox_pushes.load(std::memory_order_acquire) == p->scanned_pushes) return p->wait_timed_out;
@@ -509,10 +502,8 @@ bool RuntimeCore::wait_satisfied(Process* p) {
       return p->wait_timed_out;
     }
     case WaitKind::kCall:
-    case WaitKind::kToken:
-      return p->wait_done;
-    case WaitKind::kDown:
-      return p->wait_done || p->wait_timed_out;
+    case WaitKind::kToken: return p->wait_done;
+    case WaitKind::kDown: return p->wait_done || p->wait_timed_out;
     case WaitKind::kSend: {
       if (p->wait_done) return true;  // the deadline passed first
       if (!p->room_signalled) return false;
@@ -523,10 +514,10 @@ bool RuntimeCore::wait_satisfied(Process* p) {
       e->payload = *p->send_value;
       Delivery d = deliver_from(p, p->send_to, e, p->pid);
       if (d == Delivery::kBlocked) return false;  // registered again as a blocked sender
-      p->wait_result = d == Delivery::kOk ? Result<void>{}
-                                          : Result<void>(Error(ErrorKind::kNoProc,
-                                                               "send to " + p->send_to.to_string() +
-                                                                   ": no such process"));
+      p->wait_result =
+          d == Delivery::kOk
+              ? Result<void>{}
+              : Result<void>(Error(ErrorKind::kNoProc, "send to " + p->send_to.to_string() + ": no such process"));
       return true;
     }
   }
@@ -600,13 +591,11 @@ void RuntimeCore::run(Process* p) {
 void RuntimeCore::report_exit(const Process* p, const ExitReason& reason, bool by_signal) {
   switch (reason.kind) {
     case ExitReason::Kind::kNormal:
-    case ExitReason::Kind::kShutdown:
-      return;
+    case ExitReason::Kind::kShutdown: return;
     case ExitReason::Kind::kKilled:
       if (by_signal && p->kill_expected) return;
       break;
-    default:
-      break;
+    default: break;
   }
   Logger& logger = env.logger();
   if (!logger.enabled(LogLevel::kError)) return;
@@ -676,8 +665,7 @@ Result<void> RuntimeCore::register_name(const std::string& name, Pid pid) {
   std::lock_guard lock(names_mu_);
   auto [it, inserted] = names_.emplace(name, pid);
   if (!inserted) {
-    return Error(ErrorKind::kAlreadyExists,
-                 "name '" + name + "' is already registered to " + it->second.to_string());
+    return Error(ErrorKind::kAlreadyExists, "name '" + name + "' is already registered to " + it->second.to_string());
   }
   return {};
 }

@@ -22,18 +22,31 @@ struct SupervisorAccess {
 
 namespace {
 
-
 // ---- requests (calls to the supervisor process) ----
-struct StartChildReq { ChildSpec spec; };
-struct StartDynamicReq { std::any arg; };
-struct TerminateByIdReq { std::string id; };
-struct TerminateByPidReq { Pid pid; };
-struct RestartChildReq { std::string id; };
-struct DeleteChildReq { std::string id; };
+struct StartChildReq {
+  ChildSpec spec;
+};
+struct StartDynamicReq {
+  std::any arg;
+};
+struct TerminateByIdReq {
+  std::string id;
+};
+struct TerminateByPidReq {
+  Pid pid;
+};
+struct RestartChildReq {
+  std::string id;
+};
+struct DeleteChildReq {
+  std::string id;
+};
 struct WhichChildrenReq {};
 struct CountChildrenReq {};
 // Sent to itself when a delayed (backoff) or retried restart is due.
-struct RestartDue { std::vector<std::uint64_t> keys; };
+struct RestartDue {
+  std::vector<std::uint64_t> keys;
+};
 
 struct Child {
   std::uint64_t key = 0;
@@ -41,7 +54,7 @@ struct Child {
   Pid pid;
   std::any arg;
   TimePoint started_at{};
-  int attempt = 0;  // restarts since the child last ran healthily (backoff)
+  int attempt = 0;       // restarts since the child last ran healthily (backoff)
   ExitReason last_exit;  // of its last run (what a restart is reported with)
   bool restarting = false;
   bool dynamic = false;  // a simple_one_for_one instance
@@ -49,7 +62,8 @@ struct Child {
 
 ShutdownSpec effective_shutdown(const ChildSpec& c) {
   if (c.shutdown) return *c.shutdown;
-  return c.type == ChildType::kSupervisor ? ShutdownSpec::infinity() : ShutdownSpec::after(std::chrono::milliseconds(5000));
+  return c.type == ChildType::kSupervisor ? ShutdownSpec::infinity()
+                                          : ShutdownSpec::after(std::chrono::milliseconds(5000));
 }
 
 std::string label_of(const SupervisorSpec& spec, Pid pid) {
@@ -69,8 +83,7 @@ Result<void> validate_child(const ChildSpec& c, const std::string& where) {
   if (c.backoff) {
     const BackoffOptions& b = *c.backoff;
     if (b.min_delay < Duration::zero() || b.max_delay < b.min_delay) {
-      return Error(ErrorKind::kInvalidArgument,
-                   where + " ('" + c.id + "'): backoff needs 0 <= min_delay <= max_delay");
+      return Error(ErrorKind::kInvalidArgument, where + " ('" + c.id + "'): backoff needs 0 <= min_delay <= max_delay");
     }
     if (!(b.multiplier >= 1.0) || !(b.jitter >= 0.0 && b.jitter <= 1.0)) {
       return Error(ErrorKind::kInvalidArgument,
@@ -123,8 +136,16 @@ class Sup {
   void emit(SupervisionEventType type, Child* c, Pid child = {}, ExitReason reason = {},
             Duration delay = Duration::zero(), bool by_supervisor = false) {
     if (type == SupervisionEventType::kChildExited && c != nullptr) c->last_exit = reason;
-    SupervisionEvent ev{type, core_.env.now(), core_.env.unix_time_ns(), self_, label_,
-                        c ? c->spec.id : std::string(), child, std::move(reason), delay, by_supervisor};
+    SupervisionEvent ev{type,
+                        core_.env.now(),
+                        core_.env.unix_time_ns(),
+                        self_,
+                        label_,
+                        c ? c->spec.id : std::string(),
+                        child,
+                        std::move(reason),
+                        delay,
+                        by_supervisor};
     core_.events.emit(ev);
   }
 
@@ -159,9 +180,10 @@ class Sup {
     if (!r.ok()) {
       NINES_LOG(core_.env.logger(), LogLevel::kError, "child_start_failed", "supervisor could not start a child",
                 {"supervisor", label_}, {"child", c.spec.id}, {"error", r.error().to_string()});
-      emit(SupervisionEventType::kChildStartFailed, &c, Pid{}, ExitReason::crash("start_failed", r.error().to_string()));
-      return Error(ErrorKind::kStartFailed, "supervisor '" + label_ + "': child '" + c.spec.id +
-                                                "' failed to start: " + r.error().message());
+      emit(SupervisionEventType::kChildStartFailed, &c, Pid{},
+           ExitReason::crash("start_failed", r.error().to_string()));
+      return Error(ErrorKind::kStartFailed,
+                   "supervisor '" + label_ + "': child '" + c.spec.id + "' failed to start: " + r.error().message());
     }
     c.pid = *r;
     c.restarting = false;
@@ -257,7 +279,7 @@ Task<> terminate_all(Context& ctx, Sup& s) {
   }
   ShutdownSpec sd = effective_shutdown(s.spec_.children.front());
   std::unordered_map<std::uint64_t, std::list<Child>::iterator> pending;  // monitor ref -> child
-  std::unordered_map<std::uint64_t, ExitReason> own_exit;  // pid -> reason of an EXIT received
+  std::unordered_map<std::uint64_t, ExitReason> own_exit;                 // pid -> reason of an EXIT received
   for (auto it = s.children_.begin(); it != s.children_.end(); ++it) {
     if (!it->pid) continue;
     MonitorRef ref = ctx.monitor(it->pid);
@@ -354,8 +376,8 @@ Task<> on_child_exit(Context& ctx, Sup& s, std::list<Child>::iterator it, ExitRe
   c.pid = {};
   s.emit(SupervisionEventType::kChildExited, &c, old, reason);
 
-  bool restart = c.spec.restart == RestartType::kPermanent ||
-                 (c.spec.restart == RestartType::kTransient && !reason.is_clean());
+  bool restart =
+      c.spec.restart == RestartType::kPermanent || (c.spec.restart == RestartType::kTransient && !reason.is_clean());
   if (!restart) {
     bool significant = c.spec.significant;
     if (c.spec.restart == RestartType::kTemporary || c.dynamic) s.erase_child(it);
@@ -377,9 +399,7 @@ Task<> on_child_exit(Context& ctx, Sup& s, std::list<Child>::iterator it, ExitRe
   std::vector<std::list<Child>::iterator> group;
   switch (s.spec_.strategy) {
     case Strategy::kOneForOne:
-    case Strategy::kSimpleOneForOne:
-      group.push_back(it);
-      break;
+    case Strategy::kSimpleOneForOne: group.push_back(it); break;
     case Strategy::kOneForAll:
       for (auto g = s.children_.begin(); g != s.children_.end(); ++g) group.push_back(g);
       break;
@@ -411,14 +431,15 @@ Task<> on_child_exit(Context& ctx, Sup& s, std::list<Child>::iterator it, ExitRe
 }
 
 std::list<Child>::iterator find_static(Sup& s, const std::string& id) {
-  return std::find_if(s.children_.begin(), s.children_.end(), [&](const Child& c) { return !c.dynamic && c.spec.id == id; });
+  return std::find_if(s.children_.begin(), s.children_.end(),
+                      [&](const Child& c) { return !c.dynamic && c.spec.id == id; });
 }
 
 Task<> handle_call(Context& ctx, Sup& s, Message& m) {
   if (auto* r = m.get<StartChildReq>()) {
     if (s.simple()) {
-      ctx.reply(m, Result<Pid>(Error(ErrorKind::kInvalidArgument, "supervisor '" + s.label_ +
-                                                                        "' is simple_one_for_one: use start_dynamic_child")));
+      ctx.reply(m, Result<Pid>(Error(ErrorKind::kInvalidArgument,
+                                     "supervisor '" + s.label_ + "' is simple_one_for_one: use start_dynamic_child")));
       co_return;
     }
     if (auto v = validate_child(r->spec, "start_child"); !v.ok()) {
@@ -447,7 +468,8 @@ Task<> handle_call(Context& ctx, Sup& s, Message& m) {
   } else if (auto* t = m.get<TerminateByIdReq>()) {
     auto it = find_static(s, t->id);
     if (it == s.children_.end()) {
-      ctx.reply(m, Result<void>(Error(ErrorKind::kNotFound, "supervisor '" + s.label_ + "' has no child '" + t->id + "'")));
+      ctx.reply(
+          m, Result<void>(Error(ErrorKind::kNotFound, "supervisor '" + s.label_ + "' has no child '" + t->id + "'")));
       co_return;
     }
     co_await terminate(ctx, s, *it);
@@ -468,7 +490,8 @@ Task<> handle_call(Context& ctx, Sup& s, Message& m) {
   } else if (auto* rc = m.get<RestartChildReq>()) {
     auto it = find_static(s, rc->id);
     if (it == s.children_.end()) {
-      ctx.reply(m, Result<Pid>(Error(ErrorKind::kNotFound, "supervisor '" + s.label_ + "' has no child '" + rc->id + "'")));
+      ctx.reply(
+          m, Result<Pid>(Error(ErrorKind::kNotFound, "supervisor '" + s.label_ + "' has no child '" + rc->id + "'")));
     } else if (it->pid) {
       ctx.reply(m, Result<Pid>(Error(ErrorKind::kAlreadyExists, "child '" + rc->id + "' is running")));
     } else {
@@ -477,9 +500,11 @@ Task<> handle_call(Context& ctx, Sup& s, Message& m) {
   } else if (auto* dc = m.get<DeleteChildReq>()) {
     auto it = find_static(s, dc->id);
     if (it == s.children_.end()) {
-      ctx.reply(m, Result<void>(Error(ErrorKind::kNotFound, "supervisor '" + s.label_ + "' has no child '" + dc->id + "'")));
+      ctx.reply(
+          m, Result<void>(Error(ErrorKind::kNotFound, "supervisor '" + s.label_ + "' has no child '" + dc->id + "'")));
     } else if (it->pid) {
-      ctx.reply(m, Result<void>(Error(ErrorKind::kInvalidArgument, "child '" + dc->id + "' is running: terminate it first")));
+      ctx.reply(
+          m, Result<void>(Error(ErrorKind::kInvalidArgument, "child '" + dc->id + "' is running: terminate it first")));
     } else {
       s.erase_child(it);
       ctx.reply(m, Result<void>());

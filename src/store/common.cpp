@@ -142,7 +142,8 @@ Result<StepRecord> check(StepRow row) {
 
 Result<EffectRecord> check(EffectRow row) {
   const std::string rec = name_effect(row.workflow_id, row.effect_id);
-  if (!in_range(row.nature, static_cast<std::int64_t>(EffectNature::kUnsafe))) return bad_enum(rec, "nature", row.nature);
+  if (!in_range(row.nature, static_cast<std::int64_t>(EffectNature::kUnsafe)))
+    return bad_enum(rec, "nature", row.nature);
   if (!in_range(row.state, static_cast<std::int64_t>(EffectState::kNeedsAttention)))
     return bad_enum(rec, "state", row.state);
   if (auto c = effect_intent_crc(row.workflow_id, row.effect_id, row.idempotency_key, row.nature, row.arguments);
@@ -170,8 +171,9 @@ Result<HistoryRecord> check(HistoryRow row) {
 Result<SummaryRecord> check(SummaryRow row) {
   if (auto c = summary_crc(row.task_id, row.covers_through_seq, row.summary); c != row.crc)
     return bad_crc(name_summary(row.task_id, row.covers_through_seq), "summary", row.crc, c);
-  return SummaryRecord{
-      .task_id = std::move(row.task_id), .covers_through_seq = row.covers_through_seq, .summary = std::move(row.summary)};
+  return SummaryRecord{.task_id = std::move(row.task_id),
+                       .covers_through_seq = row.covers_through_seq,
+                       .summary = std::move(row.summary)};
 }
 
 void set_history_tail(HistoryView& view, std::vector<HistoryRecord> rows, std::size_t max_messages) {

@@ -85,8 +85,10 @@ Status GroupCommitter::commit(const WriteBatch& batch) {
   stats_.groups += backend_commits;
   stats_.largest_group = std::max<std::uint64_t>(stats_.largest_group, group.size());
   for (std::size_t i = 0; i < group.size(); ++i) {
-    if (results[i].ok()) ++stats_.batches;
-    else ++stats_.failed_batches;
+    if (results[i].ok())
+      ++stats_.batches;
+    else
+      ++stats_.failed_batches;
     queue_.pop_front();
     if (group[i] == &self) continue;
     group[i]->status = std::move(results[i]);

@@ -158,8 +158,8 @@ class Applier {
                 .idempotency_key = in.idempotency_key,
                 .nature = nature,
                 .arguments = in.arguments,
-                .intent_crc = internal::effect_intent_crc(in.workflow_id, in.effect_id, in.idempotency_key, nature,
-                                                          in.arguments),
+                .intent_crc =
+                    internal::effect_intent_crc(in.workflow_id, in.effect_id, in.idempotency_key, nature, in.arguments),
                 .state = 0,
                 .outcome = std::nullopt,
                 .outcome_crc = internal::effect_outcome_crc(in.workflow_id, in.effect_id, 0, std::nullopt),
@@ -173,8 +173,8 @@ class Applier {
     std::pair<std::string, std::string> key{o.workflow_id, o.effect_id};
     auto it = t_.effects.find(key);
     if (it == t_.effects.end())
-      return Error(ErrorKind::kNotFound, "put effect outcome: " + internal::name_effect(o.workflow_id, o.effect_id) +
-                                             " does not exist");
+      return Error(ErrorKind::kNotFound,
+                   "put effect outcome: " + internal::name_effect(o.workflow_id, o.effect_id) + " does not exist");
     EffectRow r = it->second;
     r.state = static_cast<std::int64_t>(o.state);
     r.outcome = o.outcome;
@@ -238,8 +238,10 @@ Row* row_at(std::map<std::pair<std::string, std::int64_t>, Row>& m, std::string_
 }
 
 void flip(std::string& s) {
-  if (s.empty()) s.push_back('\x01');
-  else s[0] = static_cast<char>(s[0] ^ 0x01);
+  if (s.empty())
+    s.push_back('\x01');
+  else
+    s[0] = static_cast<char>(s[0] ^ 0x01);
 }
 
 class MemoryStoreImpl final : public MemoryStore {
@@ -258,7 +260,8 @@ class MemoryStoreImpl final : public MemoryStore {
   Result<WorkflowRecord> get_workflow(std::string_view id) override {
     std::lock_guard lock(mu_);
     auto it = live_.workflows.find(id);
-    if (it == live_.workflows.end()) return Error(ErrorKind::kNotFound, internal::name_workflow(id) + " does not exist");
+    if (it == live_.workflows.end())
+      return Error(ErrorKind::kNotFound, internal::name_workflow(id) + " does not exist");
     return internal::check(it->second);
   }
 

@@ -73,12 +73,14 @@ std::vector<StmtDef> statements() {
        "UPDATE workflows SET attempt = attempt + 1, version = version + 1, updated_ns = $2 WHERE id = $1"},
       {"wf_exists", "b", "SELECT 1 FROM workflows WHERE id = $1"},
       {"put_step", "bibibii",
-       "INSERT INTO steps(" + st + ") VALUES($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (workflow_id, seq) DO UPDATE SET"
-       " name = EXCLUDED.name, status = EXCLUDED.status, result = EXCLUDED.result, crc = EXCLUDED.crc,"
-       " recorded_ns = EXCLUDED.recorded_ns"},
+       "INSERT INTO steps(" + st +
+           ") VALUES($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (workflow_id, seq) DO UPDATE SET"
+           " name = EXCLUDED.name, status = EXCLUDED.status, result = EXCLUDED.result, crc = EXCLUDED.crc,"
+           " recorded_ns = EXCLUDED.recorded_ns"},
       {"put_intent", "bbbibiii",
-       "INSERT INTO effects(" + ef + ") VALUES($1, $2, $3, $4, $5, $6, 0, NULL, $7, $8, $8)"
-       " ON CONFLICT (workflow_id, effect_id) DO NOTHING"},
+       "INSERT INTO effects(" + ef +
+           ") VALUES($1, $2, $3, $4, $5, $6, 0, NULL, $7, $8, $8)"
+           " ON CONFLICT (workflow_id, effect_id) DO NOTHING"},
       {"put_outcome", "bbibii",
        "UPDATE effects SET state = $3, outcome = $4, outcome_crc = $5, updated_ns = $6"
        " WHERE workflow_id = $1 AND effect_id = $2"},
@@ -137,8 +139,10 @@ class Params {
   void add(const std::string& v) { push(v.data(), static_cast<int>(v.size())); }
   void add(std::string_view v) { push(v.empty() ? "" : v.data(), static_cast<int>(v.size())); }
   void add(const std::optional<std::string>& v) {
-    if (v) add(*v);
-    else push(nullptr, 0);
+    if (v)
+      add(*v);
+    else
+      push(nullptr, 0);
   }
   void push(const char* p, int n) {
     values_.push_back(p);
@@ -259,8 +263,8 @@ class PostgresStore final : public Store {
   Result<std::vector<WorkflowRecord>> list_workflows(WorkflowStatus status, std::string_view after_id,
                                                      std::size_t limit) override {
     std::lock_guard lock(mu_);
-    return collect<WorkflowRecord>("list_wf", Params(static_cast<std::int64_t>(status), after_id, limit),
-                                   read_workflow, "listing workflows");
+    return collect<WorkflowRecord>("list_wf", Params(static_cast<std::int64_t>(status), after_id, limit), read_workflow,
+                                   "listing workflows");
   }
 
   Result<std::vector<StepRecord>> load_steps(std::string_view workflow_id) override {
@@ -433,9 +437,9 @@ class PostgresStore final : public Store {
         return fail(std::move(s).error().with_context("migration to schema version " + std::to_string(v)));
     }
     if (kStoreSchemaVersion > *version) {
-      auto s = exec_text("INSERT INTO nines_meta(key, value) VALUES('schema_version', " +
-                         std::to_string(kStoreSchemaVersion) +
-                         ") ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value");
+      auto s =
+          exec_text("INSERT INTO nines_meta(key, value) VALUES('schema_version', " +
+                    std::to_string(kStoreSchemaVersion) + ") ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value");
       if (!s.ok()) return fail(std::move(s).error());
     }
     if (auto s = exec_text("COMMIT"); !s.ok()) return fail(std::move(s).error());
@@ -527,9 +531,9 @@ class PostgresStore final : public Store {
   Status apply(const WriteBatch::SetWorkflowStatus& o) {
     auto status = static_cast<std::int64_t>(o.status);
     std::int64_t n = 0;
-    if (auto s = exec("set_status",
-                      Params(o.id, status, o.result, internal::workflow_state_crc(o.id, status, o.result), to_ns(o.now)),
-                      &n);
+    if (auto s = exec(
+            "set_status",
+            Params(o.id, status, o.result, internal::workflow_state_crc(o.id, status, o.result), to_ns(o.now)), &n);
         !s.ok())
       return s;
     return changed_or(n, internal::name_workflow(o.id));
@@ -549,12 +553,11 @@ class PostgresStore final : public Store {
     const EffectIntent& in = o.intent;
     if (auto s = require_workflow(in.workflow_id, "put effect intent"); !s.ok()) return s;
     auto nature = static_cast<std::int64_t>(in.nature);
-    return exec("put_intent",
-                Params(in.workflow_id, in.effect_id, in.idempotency_key, nature, in.arguments,
-                       internal::effect_intent_crc(in.workflow_id, in.effect_id, in.idempotency_key, nature,
-                                                   in.arguments),
-                       internal::effect_outcome_crc(in.workflow_id, in.effect_id, 0, std::nullopt),
-                       to_ns(in.recorded_at)));
+    return exec(
+        "put_intent",
+        Params(in.workflow_id, in.effect_id, in.idempotency_key, nature, in.arguments,
+               internal::effect_intent_crc(in.workflow_id, in.effect_id, in.idempotency_key, nature, in.arguments),
+               internal::effect_outcome_crc(in.workflow_id, in.effect_id, 0, std::nullopt), to_ns(in.recorded_at)));
   }
   Status apply(const WriteBatch::PutEffectOutcome& o) {
     auto state = static_cast<std::int64_t>(o.state);
@@ -568,7 +571,8 @@ class PostgresStore final : public Store {
     return changed_or(n, "put effect outcome: " + internal::name_effect(o.workflow_id, o.effect_id));
   }
   Status apply(const WriteBatch::AppendHistory& o) {
-    return exec("append_history", Params(o.task_id, o.seq, o.message, internal::history_crc(o.task_id, o.seq, o.message)));
+    return exec("append_history",
+                Params(o.task_id, o.seq, o.message, internal::history_crc(o.task_id, o.seq, o.message)));
   }
   Status apply(const WriteBatch::PutSummary& o) {
     return exec("put_summary", Params(o.task_id, o.covers_through_seq, o.summary,

@@ -83,8 +83,7 @@ class Stmt {
 
   Status prepare(sqlite3* db, const std::string& sql) {
     db_ = db;
-    int rc = sqlite3_prepare_v3(db, sql.c_str(), static_cast<int>(sql.size()), SQLITE_PREPARE_PERSISTENT, &s_,
-                                nullptr);
+    int rc = sqlite3_prepare_v3(db, sql.c_str(), static_cast<int>(sql.size()), SQLITE_PREPARE_PERSISTENT, &s_, nullptr);
     if (rc != SQLITE_OK) return sqlite_error(db, rc, "preparing '" + sql + "'");
     return ok_status();
   }
@@ -135,8 +134,10 @@ class Stmt {
     sqlite3_bind_blob(s_, i, v.empty() ? "" : v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
   }
   void bind_one(int i, const std::optional<std::string>& v) {
-    if (v) bind_one(i, std::string_view(*v));
-    else sqlite3_bind_null(s_, i);
+    if (v)
+      bind_one(i, std::string_view(*v));
+    else
+      sqlite3_bind_null(s_, i);
   }
 
   sqlite3* db_ = nullptr;
@@ -211,8 +212,7 @@ class SqliteStore final : public Store {
         return s;
       }
     }
-    if (auto s = exec("PRAGMA wal_autocheckpoint=" + std::to_string(options.wal_autocheckpoint_pages));
-        !s.ok()) {
+    if (auto s = exec("PRAGMA wal_autocheckpoint=" + std::to_string(options.wal_autocheckpoint_pages)); !s.ok()) {
       return s;
     }
     if (options.max_size_bytes > 0) {
@@ -425,8 +425,9 @@ class SqliteStore final : public Store {
         {&rollback_, "ROLLBACK"},
         {&create_wf_, "INSERT INTO workflows(" + wf +
                           ") VALUES(?1, 0, ?2, ?3, x'', ?4, ?5, ?5, 0, 1, ?6) ON CONFLICT(id) DO NOTHING"},
-        {&set_status_, "UPDATE workflows SET status = ?2, result = ?3, state_crc = ?4, updated_ns = ?5,"
-                       " version = version + 1 WHERE id = ?1"},
+        {&set_status_,
+         "UPDATE workflows SET status = ?2, result = ?3, state_crc = ?4, updated_ns = ?5,"
+         " version = version + 1 WHERE id = ?1"},
         {&start_attempt_,
          "UPDATE workflows SET attempt = attempt + 1, version = version + 1, updated_ns = ?2 WHERE id = ?1"},
         {&wf_exists_, "SELECT 1 FROM workflows WHERE id = ?1"},
@@ -434,12 +435,15 @@ class SqliteStore final : public Store {
         {&put_intent_, "INSERT INTO effects(" + ef +
                            ") VALUES(?1, ?2, ?3, ?4, ?5, ?6, 0, NULL, ?7, ?8, ?8)"
                            " ON CONFLICT(workflow_id, effect_id) DO NOTHING"},
-        {&put_outcome_, "UPDATE effects SET state = ?3, outcome = ?4, outcome_crc = ?5, updated_ns = ?6"
-                        " WHERE workflow_id = ?1 AND effect_id = ?2"},
-        {&append_history_, "INSERT INTO history(task_id, seq, message, crc) VALUES(?1, ?2, ?3, ?4)"
-                           " ON CONFLICT(task_id, seq) DO NOTHING"},
-        {&put_summary_, "INSERT OR REPLACE INTO summaries(task_id, covers_through_seq, summary, crc)"
-                        " VALUES(?1, ?2, ?3, ?4)"},
+        {&put_outcome_,
+         "UPDATE effects SET state = ?3, outcome = ?4, outcome_crc = ?5, updated_ns = ?6"
+         " WHERE workflow_id = ?1 AND effect_id = ?2"},
+        {&append_history_,
+         "INSERT INTO history(task_id, seq, message, crc) VALUES(?1, ?2, ?3, ?4)"
+         " ON CONFLICT(task_id, seq) DO NOTHING"},
+        {&put_summary_,
+         "INSERT OR REPLACE INTO summaries(task_id, covers_through_seq, summary, crc)"
+         " VALUES(?1, ?2, ?3, ?4)"},
         {&del_steps_, "DELETE FROM steps WHERE workflow_id = ?1"},
         {&del_effects_, "DELETE FROM effects WHERE workflow_id = ?1"},
         {&del_wf_, "DELETE FROM workflows WHERE id = ?1"},
@@ -450,12 +454,15 @@ class SqliteStore final : public Store {
         {&load_steps_, "SELECT " + st + " FROM steps WHERE workflow_id = ?1 ORDER BY seq"},
         {&load_effects_, "SELECT " + ef + " FROM effects WHERE workflow_id = ?1 ORDER BY effect_id"},
         {&pending_, "SELECT " + ef + " FROM effects WHERE state = 0 ORDER BY workflow_id, effect_id LIMIT ?1"},
-        {&newest_summary_, "SELECT task_id, covers_through_seq, summary, crc FROM summaries WHERE task_id = ?1"
-                           " ORDER BY covers_through_seq DESC LIMIT 1"},
-        {&read_history_, "SELECT task_id, seq, message, crc FROM history WHERE task_id = ?1 AND seq >= ?2"
-                         " ORDER BY seq LIMIT ?3"},
-        {&prune_select_, "SELECT id FROM workflows WHERE status IN (1, 2, 4) AND updated_ns < ?1"
-                         " ORDER BY updated_ns, id LIMIT ?2"},
+        {&newest_summary_,
+         "SELECT task_id, covers_through_seq, summary, crc FROM summaries WHERE task_id = ?1"
+         " ORDER BY covers_through_seq DESC LIMIT 1"},
+        {&read_history_,
+         "SELECT task_id, seq, message, crc FROM history WHERE task_id = ?1 AND seq >= ?2"
+         " ORDER BY seq LIMIT ?3"},
+        {&prune_select_,
+         "SELECT id FROM workflows WHERE status IN (1, 2, 4) AND updated_ns < ?1"
+         " ORDER BY updated_ns, id LIMIT ?2"},
     };
     for (const auto& [slot, sql] : all) {
       if (auto s = prep(*slot, sql); !s.ok()) return s;
@@ -487,7 +494,8 @@ class SqliteStore final : public Store {
     auto row = wf_exists_->step();
     wf_exists_->reset();
     if (!row.ok()) return std::move(row).error();
-    if (!*row) return Error(ErrorKind::kNotFound, std::string(op) + ": " + internal::name_workflow(id) + " does not exist");
+    if (!*row)
+      return Error(ErrorKind::kNotFound, std::string(op) + ": " + internal::name_workflow(id) + " does not exist");
     return ok_status();
   }
 
@@ -499,8 +507,8 @@ class SqliteStore final : public Store {
   }
   Status apply(const WriteBatch::SetWorkflowStatus& o) {
     auto status = static_cast<std::int64_t>(o.status);
-    if (auto s = set_status_->bind(o.id, status, o.result, internal::workflow_state_crc(o.id, status, o.result),
-                                   to_ns(o.now))
+    if (auto s = set_status_
+                     ->bind(o.id, status, o.result, internal::workflow_state_crc(o.id, status, o.result), to_ns(o.now))
                      .run();
         !s.ok())
       return s;

@@ -10,7 +10,8 @@ namespace {
 constexpr std::size_t kMaxIdBytes = 1024;
 
 Error invalid(std::size_t index, std::string_view what) {
-  return Error(ErrorKind::kInvalidArgument, "write batch operation " + std::to_string(index) + ": " + std::string(what));
+  return Error(ErrorKind::kInvalidArgument,
+               "write batch operation " + std::to_string(index) + ": " + std::string(what));
 }
 
 // An id is a key: non-empty, bounded, without NUL bytes (kept as text by the SQL backends).
@@ -78,8 +79,7 @@ WriteBatch& WriteBatch::create_workflow(std::string id, std::string kind, std::s
   return *this;
 }
 
-WriteBatch& WriteBatch::set_workflow_status(std::string id, WorkflowStatus status, std::string result,
-                                            TimePoint now) {
+WriteBatch& WriteBatch::set_workflow_status(std::string id, WorkflowStatus status, std::string result, TimePoint now) {
   bytes_ += id.size() + result.size();
   ops_.emplace_back(SetWorkflowStatus{std::move(id), status, std::move(result), now});
   return *this;
@@ -99,8 +99,8 @@ WriteBatch& WriteBatch::put_step(std::string workflow_id, std::int64_t seq, std:
 }
 
 WriteBatch& WriteBatch::put_effect_intent(EffectIntent intent) {
-  bytes_ += intent.workflow_id.size() + intent.effect_id.size() + intent.idempotency_key.size() +
-            intent.arguments.size();
+  bytes_ +=
+      intent.workflow_id.size() + intent.effect_id.size() + intent.idempotency_key.size() + intent.arguments.size();
   ops_.emplace_back(PutEffectIntent{std::move(intent)});
   return *this;
 }

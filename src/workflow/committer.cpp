@@ -111,7 +111,8 @@ void ThreadCommitter::commit_group(std::deque<Item>& group, std::unique_lock<std
   } catch (const std::exception& e) {
     // A store that throws is a bug; its batches fail (nothing is known to be applied) and
     // the thread lives on, instead of terminating the program.
-    results.assign(group.size(), Error(ErrorKind::kInternal, std::string("workflow engine: the store threw: ") + e.what()));
+    results.assign(group.size(),
+                   Error(ErrorKind::kInternal, std::string("workflow engine: the store threw: ") + e.what()));
   }
   committing.unlock();
   // Completed after committing_ is released: a woken workflow's next commit may go inline.

@@ -223,16 +223,17 @@ Task<Result<std::string>> WorkflowEngine::run_impl(Context& ctx, std::string kin
   const bool fresh = !existing.ok();
   if (!fresh) {
     if (record.kind != kind) {
-      co_return Error(ErrorKind::kInvalidArgument, "workflow " + quoted(id) + " exists with kind " +
-                                                       quoted(record.kind) + ", not " + quoted(kind));
+      co_return Error(ErrorKind::kInvalidArgument,
+                      "workflow " + quoted(id) + " exists with kind " + quoted(record.kind) + ", not " + quoted(kind));
     }
     switch (record.status) {
       case WorkflowStatus::kCompleted: co_return record.result;
       case WorkflowStatus::kFailed:
       case WorkflowStatus::kCancelled: {
         std::optional<Error> e = decode_error(record.result);
-        if (!e) co_return Error(ErrorKind::kPermanent, "workflow " + quoted(id) + " " +
-                                                           std::string(to_string(record.status)) + ": " + record.result);
+        if (!e)
+          co_return Error(ErrorKind::kPermanent, "workflow " + quoted(id) + " " +
+                                                     std::string(to_string(record.status)) + ": " + record.result);
         co_return std::move(*e);
       }
       case WorkflowStatus::kNeedsAttention:
@@ -268,8 +269,8 @@ Task<Result<std::string>> WorkflowEngine::run_impl(Context& ctx, std::string kin
     for (EffectRecord& e : *effects) {
       auto parsed = parse_effect_id(e.effect_id);
       if (!parsed) {
-        co_return Error(ErrorKind::kPermanent, "workflow " + quoted(id) + ": malformed effect id " +
-                                                   quoted(e.effect_id) + " in the journal");
+        co_return Error(ErrorKind::kPermanent,
+                        "workflow " + quoted(id) + ": malformed effect id " + quoted(e.effect_id) + " in the journal");
       }
       run.effects.emplace(parsed->first, std::move(e));
     }
@@ -454,7 +455,8 @@ Result<std::int64_t> WorkflowContext::begin_step(const std::string& name, const 
     recorded.emplace(rec.result);
   } else {
     std::optional<Error> e = decode_error(rec.result);
-    if (!e) return stop_run(Error(ErrorKind::kPermanent, step_context(seq, name) + ": its recorded error is malformed"));
+    if (!e)
+      return stop_run(Error(ErrorKind::kPermanent, step_context(seq, name) + ": its recorded error is malformed"));
     recorded.emplace(std::move(*e));
   }
   return seq;
@@ -510,8 +512,8 @@ Task<WorkflowContext::EffectPlan> WorkflowContext::plan_effect(const EffectOptio
     co_return plan;
   }
   plan.seq = run_.next_seq++;
-  const std::string where = "workflow " + quoted(id_) + " effect " + std::to_string(plan.seq) + " (" +
-                            quoted(options.name) + ")";
+  const std::string where =
+      "workflow " + quoted(id_) + " effect " + std::to_string(plan.seq) + " (" + quoted(options.name) + ")";
   if (options.name.empty()) {
     plan.done.emplace(Error(ErrorKind::kInvalidArgument, "workflow " + quoted(id_) + " effect " +
                                                              std::to_string(plan.seq) + ": an effect needs a name"));
@@ -526,10 +528,10 @@ Task<WorkflowContext::EffectPlan> WorkflowContext::plan_effect(const EffectOptio
     co_return plan;
   }
   if (auto st = run_.steps.find(plan.seq); st != run_.steps.end()) {
-    plan.done.emplace(stop_run(Error(ErrorKind::kInvalidArgument,
-                                     where + ": recorded as step " + quoted(st->second.name) +
-                                         "; the workflow's code changed (steps and effects must come in the same "
-                                         "order)")));
+    plan.done.emplace(stop_run(
+        Error(ErrorKind::kInvalidArgument, where + ": recorded as step " + quoted(st->second.name) +
+                                               "; the workflow's code changed (steps and effects must come in the same "
+                                               "order)")));
     co_return plan;
   }
   plan.effect_id = effect_id_for(plan.seq, options.name);
@@ -561,10 +563,10 @@ Task<WorkflowContext::EffectPlan> WorkflowContext::plan_effect(const EffectOptio
   if (rec.effect_id != plan.effect_id) {
     // Another effect (a renamed or moved one) holds this step: running this one under a new
     // key would apply it again.
-    plan.done.emplace(stop_run(Error(ErrorKind::kInvalidArgument,
-                                     where + ": recorded as effect " + quoted(rec.effect_id) +
-                                         "; the workflow's code changed (steps and effects must come in the same "
-                                         "order)")));
+    plan.done.emplace(stop_run(
+        Error(ErrorKind::kInvalidArgument, where + ": recorded as effect " + quoted(rec.effect_id) +
+                                               "; the workflow's code changed (steps and effects must come in the same "
+                                               "order)")));
     co_return plan;
   }
   plan.idempotency_key = rec.idempotency_key;  // the key it was started with, always
@@ -598,15 +600,13 @@ Task<WorkflowContext::EffectPlan> WorkflowContext::plan_effect(const EffectOptio
       plan.done.emplace(std::move(e));
       co_return plan;
     }
-    case EffectState::kIntent:
-      break;
+    case EffectState::kIntent: break;
   }
 
   // Interrupted: an intent without an outcome. By its declared nature (as recorded).
   switch (rec.nature) {
     case EffectNature::kReadOnly:
-    case EffectNature::kIdempotent:
-      break;  // run again with the same key
+    case EffectNature::kIdempotent: break;  // run again with the same key
     case EffectNature::kCheckable: {
       if (!options.check) {
         Error e = co_await to_needs_attention(
@@ -618,8 +618,9 @@ Task<WorkflowContext::EffectPlan> WorkflowContext::plan_effect(const EffectOptio
       Result<std::optional<std::string>> applied = co_await options.check(ctx_, plan.idempotency_key);
       if (!applied.ok()) {
         if (is_final_error(applied.error().kind())) {
-          Error e = co_await to_needs_attention(rec, "interrupted, and asking whether it was applied failed for good (" +
-                                                         applied.error().to_string() + ")");
+          Error e =
+              co_await to_needs_attention(rec, "interrupted, and asking whether it was applied failed for good (" +
+                                                   applied.error().to_string() + ")");
           plan.done.emplace(std::move(e));
         } else {
           plan.done.emplace(std::move(applied).error().with_context(where + ": asking whether it was applied"));
@@ -664,13 +665,13 @@ Task<Result<std::string>> WorkflowContext::finish_effect(const EffectPlan& plan,
     b.put_effect_outcome(id_, plan.effect_id, EffectState::kDone,
                          "nines: outcome of " + std::to_string(result->size()) + " bytes not kept (max_record_bytes)",
                          engine_.store_now());
-    result = Error(ErrorKind::kInvalidArgument, where + ": applied, but its outcome (" + std::to_string(result->size()) +
-                                                    " bytes) is more than max_record_bytes");
+    result =
+        Error(ErrorKind::kInvalidArgument, where + ": applied, but its outcome (" + std::to_string(result->size()) +
+                                               " bytes) is more than max_record_bytes");
   } else if (result.ok()) {
     b.put_effect_outcome(id_, plan.effect_id, EffectState::kDone, *result, engine_.store_now());
   } else {
-    b.put_effect_outcome(id_, plan.effect_id, EffectState::kFailed, encode_error(result.error()),
-                         engine_.store_now());
+    b.put_effect_outcome(id_, plan.effect_id, EffectState::kFailed, encode_error(result.error()), engine_.store_now());
   }
   Status s = co_await engine_.commit(ctx_, std::move(b));
   if (!s.ok()) co_return stop_run(std::move(s).error().with_context(where + ": recording its outcome"));

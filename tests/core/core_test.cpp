@@ -162,11 +162,13 @@ TEST(RealEnvironment, TimersAndWatchesFire) {
   });
   int fds[2];
   ASSERT_EQ(pipe(fds), 0);
-  ASSERT_TRUE(env->watch_fd(fds[0], kFdReadable, [&](unsigned) {
-                   std::lock_guard l(mu);
-                   ++fired;
-                   cv.notify_all();
-                 }).ok());
+  ASSERT_TRUE(env->watch_fd(fds[0], kFdReadable,
+                            [&](unsigned) {
+                              std::lock_guard l(mu);
+                              ++fired;
+                              cv.notify_all();
+                            })
+                  .ok());
   ASSERT_EQ(write(fds[1], "x", 1), 1);
   std::unique_lock l(mu);
   cv.wait(l, [&] { return fired == 2; });

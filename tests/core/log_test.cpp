@@ -88,15 +88,21 @@ TEST(LogFormat, TimestampsAreUtcWithMilliseconds) {
 
 TEST(LogFormat, HumanLineQuotesAndEscapesValues) {
   EXPECT_EQ(line(LogFormat::kHuman, LogLevel::kError, "process_crashed", "process crashed",
-                 {{"pid", "<0.12>"}, {"reason", "crash: std::runtime_error: boom"}, {"n", 3}, {"u", 7u},
-                  {"rate", 0.25}, {"ok", true}, {"empty", ""}}),
+                 {{"pid", "<0.12>"},
+                  {"reason", "crash: std::runtime_error: boom"},
+                  {"n", 3},
+                  {"u", 7u},
+                  {"rate", 0.25},
+                  {"ok", true},
+                  {"empty", ""}}),
             "2026-01-01T00:00:01.234Z error process_crashed: process crashed pid=<0.12> "
             "reason=\"crash: std::runtime_error: boom\" n=3 u=7 rate=0.25 ok=true empty=\"\"");
   // Quotes, backslashes, '=', line breaks and control characters; one line whatever the text.
   std::string l = line(LogFormat::kHuman, LogLevel::kWarning, "e", "two\nlines\tand\x01",
                        {{"q", "say \"hi\"\\"}, {"eq", "a=b"}, {"nl", "x\r\ny"}, {"bad key!", 1}, {"", 2}});
-  EXPECT_EQ(l, "2026-01-01T00:00:01.234Z warning e: two\\nlines\\tand\\x01 q=\"say \\\"hi\\\"\\\\\" "
-               "eq=\"a=b\" nl=\"x\\r\\ny\" bad_key_=1 _=2");
+  EXPECT_EQ(l,
+            "2026-01-01T00:00:01.234Z warning e: two\\nlines\\tand\\x01 q=\"say \\\"hi\\\"\\\\\" "
+            "eq=\"a=b\" nl=\"x\\r\\ny\" bad_key_=1 _=2");
   EXPECT_EQ(l.find('\n'), std::string::npos);
   // No message: no colon.
   EXPECT_EQ(line(LogFormat::kHuman, LogLevel::kInfo, "tick", "", {{"n", -1}}),
@@ -105,7 +111,11 @@ TEST(LogFormat, HumanLineQuotesAndEscapesValues) {
 
 TEST(LogFormat, JsonLineEscapesAndKeepsTypes) {
   EXPECT_EQ(line(LogFormat::kJsonLines, LogLevel::kError, "process_crashed", "process \"crashed\"\n",
-                 {{"pid", "<0.12>"}, {"n", -3}, {"u", 18446744073709551615ull}, {"rate", 0.5}, {"ok", false},
+                 {{"pid", "<0.12>"},
+                  {"n", -3},
+                  {"u", 18446744073709551615ull},
+                  {"rate", 0.5},
+                  {"ok", false},
                   {"ctl", "a\x01\x7f\\b"}}),
             "{\"ts\":\"2026-01-01T00:00:01.234Z\",\"level\":\"error\",\"event\":\"process_crashed\","
             "\"msg\":\"process \\\"crashed\\\"\\n\",\"pid\":\"<0.12>\",\"n\":-3,\"u\":18446744073709551615,"
@@ -157,8 +167,9 @@ TEST(LogSinks, WriteOneLinePerRecordToTheirFile) {
     return s;
   };
   EXPECT_EQ(read_all(human), "2026-01-01T00:00:00.000Z info a: first\\nline k=1\n");
-  EXPECT_EQ(read_all(json), "{\"ts\":\"2026-01-01T00:00:00.000Z\",\"level\":\"info\",\"event\":\"b\","
-                            "\"msg\":\"second\",\"k\":\"v w\"}\n");
+  EXPECT_EQ(read_all(json),
+            "{\"ts\":\"2026-01-01T00:00:00.000Z\",\"level\":\"info\",\"event\":\"b\","
+            "\"msg\":\"second\",\"k\":\"v w\"}\n");
 }
 
 TEST(LogSinks, AFileSinkAppendsAndReportsAnUnopenableFile) {
@@ -177,8 +188,9 @@ TEST(LogSinks, AFileSinkAppendsAndReportsAnUnopenableFile) {
   std::ifstream in(path);
   std::stringstream ss;
   ss << in.rdbuf();
-  EXPECT_EQ(ss.str(), "2026-01-01T00:00:00.000Z notice one\n"
-                      "{\"ts\":\"2026-01-01T00:00:00.000Z\",\"level\":\"notice\",\"event\":\"two\",\"msg\":\"\"}\n");
+  EXPECT_EQ(ss.str(),
+            "2026-01-01T00:00:00.000Z notice one\n"
+            "{\"ts\":\"2026-01-01T00:00:00.000Z\",\"level\":\"notice\",\"event\":\"two\",\"msg\":\"\"}\n");
   auto bad = make_file_sink(std::string(dir) + "/no/such/dir/x.log");
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.error().kind(), ErrorKind::kInvalidArgument);
@@ -272,8 +284,9 @@ TEST(Logger, RateLimitsPerEventAndReportsTheDroppedOnTheVirtualClock) {
   EXPECT_EQ(suppressed[0].field("event"), "storm");
   EXPECT_EQ(suppressed[0].field("dropped"), "80");
   EXPECT_EQ(suppressed[0].level, LogLevel::kError);  // the worst level dropped
-  EXPECT_EQ(suppressed[0].human, "2026-01-01T00:00:01.100Z error log_suppressed: lines dropped by the log rate limit "
-                                 "event=storm dropped=80");
+  EXPECT_EQ(suppressed[0].human,
+            "2026-01-01T00:00:01.100Z error log_suppressed: lines dropped by the log rate limit "
+            "event=storm dropped=80");
   auto all = capture->records();
   EXPECT_EQ(all.back().field("i"), "100");  // after the report, the line that passed
   EXPECT_EQ(all[all.size() - 2].event, "log_suppressed");
@@ -325,7 +338,9 @@ TEST(Redaction, SecretKeysAreRedactedWhateverTheirValue) {
   auto capture = std::make_shared<CaptureSink>();
   Logger logger(env, LogLevel::kDebug, capture);
   logger.log(LogLevel::kInfo, "e", "m",
-             {{"api_key", "plain-looking-value"}, {"Authorization", "anything at all"}, {"input_tokens", 120},
+             {{"api_key", "plain-looking-value"},
+              {"Authorization", "anything at all"},
+              {"input_tokens", 120},
               {"reason", "fine"}});
   auto r = capture->records().at(0);
   EXPECT_EQ(r.field("api_key"), "[redacted]");
@@ -356,7 +371,7 @@ TEST(Redaction, TextThatLooksLikeACredentialIsScrubbed) {
   // An error code naming a key, then a message: a word after a secret name is kept.
   EXPECT_FALSE(redact_log_text("invalid_api_key: Incorrect API key provided").has_value());
   EXPECT_FALSE(redact_log_text("route 'bad-key': openai: http 401").has_value());
-  EXPECT_EQ(redact("token: Zm9vYmFy"), "token: [redacted]");        // mixed case: not a word
+  EXPECT_EQ(redact("token: Zm9vYmFy"), "token: [redacted]");                 // mixed case: not a word
   EXPECT_EQ(redact("token=correcthorsebatterystaple"), "token=[redacted]");  // 16 letters or more
   EXPECT_FALSE(redact_log_text("task-sk-1234567 risk-sk-abcdefgh").has_value());
   EXPECT_FALSE(redact_log_text("").has_value());

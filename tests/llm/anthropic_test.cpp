@@ -61,9 +61,10 @@ TEST(AnthropicRequest, SystemOnTopToolResultsInOneUserTurn) {
 }
 
 TEST(AnthropicRequest, HeadersAndLimits) {
-  ChatRequest r{.model = "claude-3-5-haiku-latest", .messages = {Message::user("hi")}, .max_output_tokens = 300,
-                .stream = true};
-  HttpCall call = codec({.base_url = "http://127.0.0.1:9000/", .api_key = "sk-ant-test-123456",
+  ChatRequest r{
+      .model = "claude-3-5-haiku-latest", .messages = {Message::user("hi")}, .max_output_tokens = 300, .stream = true};
+  HttpCall call = codec({.base_url = "http://127.0.0.1:9000/",
+                         .api_key = "sk-ant-test-123456",
                          .extra_headers = {{"anthropic-beta", "x"}}})
                       ->build_call(r)
                       .value();
@@ -98,11 +99,11 @@ TEST(AnthropicRequest, ImagesAndEmptyText) {
 TEST(AnthropicRequest, InvalidRequests) {
   auto c = codec();
   EXPECT_EQ(c->build_call(ChatRequest{.messages = {Message::user("x")}}).error().kind(), ErrorKind::kInvalidArgument);
-  EXPECT_EQ(c->build_call(ChatRequest{.model = "m", .messages = {Message::system("only a system prompt")}})
-                .error()
-                .kind(),
-            ErrorKind::kInvalidArgument);
-  ChatRequest bad_schema{.model = "m", .messages = {Message::user("x")}, .tools = {{.name = "t", .parameters_schema_json = "[]"}}};
+  EXPECT_EQ(
+      c->build_call(ChatRequest{.model = "m", .messages = {Message::system("only a system prompt")}}).error().kind(),
+      ErrorKind::kInvalidArgument);
+  ChatRequest bad_schema{
+      .model = "m", .messages = {Message::user("x")}, .tools = {{.name = "t", .parameters_schema_json = "[]"}}};
   EXPECT_EQ(c->build_call(bad_schema).error().kind(), ErrorKind::kInvalidArgument);
   EXPECT_EQ(make_anthropic_codec({.default_max_tokens = 0}).error().kind(), ErrorKind::kInvalidArgument);
   EXPECT_EQ(make_anthropic_codec({.version = ""}).error().kind(), ErrorKind::kInvalidArgument);
@@ -136,18 +137,28 @@ TEST(AnthropicResponse, ParallelToolUseAndCachedInputTokens) {
 
 TEST(AnthropicResponse, StopReasons) {
   auto c = codec();
-  for (auto [raw, want] : {std::pair{"end_turn", FinishReason::kStop}, {"stop_sequence", FinishReason::kStop},
-                           {"max_tokens", FinishReason::kLength}, {"tool_use", FinishReason::kToolCalls},
-                           {"refusal", FinishReason::kContentFilter}, {"pause_turn", FinishReason::kOther}}) {
-    std::string body = R"({"type":"message","content":[{"type":"text","text":"x"}],"stop_reason":")" + std::string(raw) + "\"}";
+  for (auto [raw, want] : {std::pair{"end_turn", FinishReason::kStop},
+                           {"stop_sequence", FinishReason::kStop},
+                           {"max_tokens", FinishReason::kLength},
+                           {"tool_use", FinishReason::kToolCalls},
+                           {"refusal", FinishReason::kContentFilter},
+                           {"pause_turn", FinishReason::kOther}}) {
+    std::string body =
+        R"({"type":"message","content":[{"type":"text","text":"x"}],"stop_reason":")" + std::string(raw) + "\"}";
     EXPECT_EQ(c->parse_response(body).value().finish_reason, want) << raw;
   }
 }
 
 TEST(AnthropicResponse, MalformedBodiesAreTransientAndCounted) {
   auto c = codec();
-  const char* bodies[] = {"", "<html>", "{\"type\":\"message\"", "[]", "{}", R"({"type":"message"})",
-                          R"({"type":"message","content":{}})", R"({"type":"message","content":[1]})",
+  const char* bodies[] = {"",
+                          "<html>",
+                          "{\"type\":\"message\"",
+                          "[]",
+                          "{}",
+                          R"({"type":"message"})",
+                          R"({"type":"message","content":{}})",
+                          R"({"type":"message","content":[1]})",
                           R"({"type":"completion","content":[]})"};
   std::uint64_t n = 0;
   for (const char* body : bodies) {
@@ -221,7 +232,8 @@ TEST(AnthropicStream, ToolUseWithInputInPieces) {
   EXPECT_EQ(r.finish_reason, FinishReason::kToolCalls);
   ASSERT_EQ(r.message.tool_calls.size(), 2u);
   EXPECT_EQ(r.message.tool_calls[0],
-            (ToolCall{.id = "toolu_01T1x1fJ34qAmk2tNTrN7Up6", .name = "get_weather",
+            (ToolCall{.id = "toolu_01T1x1fJ34qAmk2tNTrN7Up6",
+                      .name = "get_weather",
                       .arguments_json = R"({"location": "San Francisco, CA", "unit": "fahrenheit"})"}));
   EXPECT_EQ(r.message.tool_calls[1].name, "get_time");
   EXPECT_EQ(json::parse(r.message.tool_calls[1].arguments_json)["tz"], "America/Los_Angeles");
@@ -265,7 +277,8 @@ TEST(AnthropicStream, OutOfOrderAndMalformedEvents) {
   const std::string start = fixture_events("anthropic/stream_text.sse")[0].data;
   const std::vector<std::vector<std::string>> cases = {
       {"{not json"},
-      {R"({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}})"},  // before message_start
+      {R"({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}})"},  // before
+                                                                                                  // message_start
       {R"({"type":"message_stop"})"},
       {start, start},
       {start, R"({"type":"content_block_delta","index":3,"delta":{"type":"text_delta","text":"x"}})"},
@@ -298,12 +311,15 @@ TEST(AnthropicStream, UnknownEventsAndDeltasAreSkipped) {
   for (const Event& e : events) {
     with_extras.push_back(e);
     if (e.name == "message_start") {
-      with_extras.push_back({"content_block_start",
-                             R"({"type":"content_block_start","index":5,"content_block":{"type":"thinking","thinking":""}})"});
-      with_extras.push_back({"content_block_delta",
-                             R"({"type":"content_block_delta","index":5,"delta":{"type":"thinking_delta","thinking":"hmm"}})"});
-      with_extras.push_back({"content_block_delta",
-                             R"({"type":"content_block_delta","index":5,"delta":{"type":"signature_delta","signature":"EqQB"}})"});
+      with_extras.push_back(
+          {"content_block_start",
+           R"({"type":"content_block_start","index":5,"content_block":{"type":"thinking","thinking":""}})"});
+      with_extras.push_back(
+          {"content_block_delta",
+           R"({"type":"content_block_delta","index":5,"delta":{"type":"thinking_delta","thinking":"hmm"}})"});
+      with_extras.push_back(
+          {"content_block_delta",
+           R"({"type":"content_block_delta","index":5,"delta":{"type":"signature_delta","signature":"EqQB"}})"});
       with_extras.push_back({"content_block_stop", R"({"type":"content_block_stop","index":5})"});
       with_extras.push_back({"brand_new_event", R"({"type":"brand_new_event","x":1})"});
     }

@@ -119,8 +119,8 @@ void expect_no_key(const Error& e) {
 
 TEST(ModelClient, OpenAiCompletionAndTheKeyReachesTheServer) {
   Fixture f;
-  f.server.set_canned(kOpenAiPath, {.headers = "Content-Type: application/json\r\n",
-                                    .body = fixture("openai/response_text.json")});
+  f.server.set_canned(kOpenAiPath,
+                      {.headers = "Content-Type: application/json\r\n", .body = fixture("openai/response_text.json")});
   ChatOutcome o = f.call(*f.openai, false);
   ASSERT_TRUE(o.result.ok()) << o.result.error().to_string();
   EXPECT_EQ(o.result->message.text(), "Hello! How can I assist you today?");
@@ -257,9 +257,9 @@ TEST(ModelClient, StreamErrorEventIsMapped) {
 
 TEST(ModelClient, RateLimitedWithRetryAfterMs) {
   Fixture f;
-  f.server.set_canned(kOpenAiPath, {.status = 429,
-                                    .headers = "retry-after-ms: 1500\r\n",
-                                    .body = fixture("openai/error_rate_limit.json")});
+  f.server.set_canned(
+      kOpenAiPath,
+      {.status = 429, .headers = "retry-after-ms: 1500\r\n", .body = fixture("openai/error_rate_limit.json")});
   TimePoint before = f.env->now();
   ChatOutcome o = f.call(*f.openai, false);
   ASSERT_FALSE(o.result.ok());
@@ -275,9 +275,9 @@ TEST(ModelClient, RateLimitedWithRetryAfterMs) {
 
 TEST(ModelClient, RateLimitedStreamIsMappedFromItsBody) {
   Fixture f;
-  f.server.set_canned(kAnthropicPath, {.status = 429,
-                                       .headers = "retry-after: 3\r\n",
-                                       .body = fixture("anthropic/error_rate_limit.json")});
+  f.server.set_canned(
+      kAnthropicPath,
+      {.status = 429, .headers = "retry-after: 3\r\n", .body = fixture("anthropic/error_rate_limit.json")});
   ChatOutcome o = f.call(*f.anthropic, true);
   ASSERT_FALSE(o.result.ok());
   EXPECT_EQ(o.result.error().kind(), ErrorKind::kRateLimited) << o.result.error().to_string();
@@ -392,8 +392,8 @@ EnvLookup fake_env(std::map<std::string, std::string> vars) {
 TEST(Provider, TheKeyComesFromTheNamedVariableAndReachesTheServer) {
   Fixture f;
   f.server.set_canned(kOpenAiPath, {.body = fixture("openai/response_text.json")});
-  ProviderConfig cfg{.name = "oa", .api = Provider::kOpenAi, .base_url = f.server.url("/oa/v1"),
-                     .api_key_env = "NINES_TEST_KEY"};
+  ProviderConfig cfg{
+      .name = "oa", .api = Provider::kOpenAi, .base_url = f.server.url("/oa/v1"), .api_key_env = "NINES_TEST_KEY"};
   auto model = make_provider(cfg, *f.http, fake_env({{"NINES_TEST_KEY", kOpenAiKey}}));
   ASSERT_TRUE(model.ok()) << model.error().to_string();
   std::optional<ChatOutcome> out;
@@ -441,12 +441,13 @@ TEST(Provider, NoLogLineShowsTheKeyAfterAuthFailuresFallbacksAndForcedOpenBreake
     o.max_output_tokens = 100;
     return o;
   };
-  auto router = Router::create(*f.env, RouterOptions{.name = "agents",
-                                                     .chain = {route("first", provider("first", "/first/v1", "FIRST_KEY")),
-                                                               route("second", provider("second", "/second/v1", "SECOND_KEY")),
-                                                               route("backup", provider("backup", "/backup/v1", ""))},
-                                                     .sizer = make_byte_sizer()})
-                    .value();
+  auto router =
+      Router::create(*f.env, RouterOptions{.name = "agents",
+                                           .chain = {route("first", provider("first", "/first/v1", "FIRST_KEY")),
+                                                     route("second", provider("second", "/second/v1", "SECOND_KEY")),
+                                                     route("backup", provider("backup", "/backup/v1", ""))},
+                                           .sizer = make_byte_sizer()})
+          .value();
   for (bool stream : {false, true}) {
     if (stream) f.server.set_canned("/backup/v1/chat/completions", {.chunks = sse_chunks("openai/stream_text.sse")});
     std::optional<Result<RoutedResponse>> out;
@@ -505,7 +506,9 @@ TEST(Provider, ConfigErrorsNameTheVariableNeverAKey) {
   EXPECT_TRUE(contains(err(bad_url, none), "must start with http:// or https://"));
   ProviderConfig local{.name = "vllm", .api = Provider::kOpenAi, .base_url = "http://127.0.0.1:8000/v1"};
   EXPECT_TRUE(make_provider(local, *f.http, none).ok());  // a local server needs no key
-  ProviderConfig anthropic{.name = "an", .api = Provider::kAnthropic, .base_url = "https://api.anthropic.com",
+  ProviderConfig anthropic{.name = "an",
+                           .api = Provider::kAnthropic,
+                           .base_url = "https://api.anthropic.com",
                            .api_key_env = "ANTHROPIC_API_KEY"};
   EXPECT_TRUE(make_provider(anthropic, *f.http, fake_env({{"ANTHROPIC_API_KEY", kAnthropicKey}})).ok());
 }
@@ -523,8 +526,8 @@ TEST(Provider, AKeyPutWhereANameOrTheURLGoesIsNotEchoed) {
     expect_no_key(r.error());
     return r.error().message();
   };
-  ProviderConfig key_as_name{.name = "oa", .api = Provider::kOpenAi, .base_url = "https://api.openai.com/v1",
-                             .api_key_env = kOpenAiKey};
+  ProviderConfig key_as_name{
+      .name = "oa", .api = Provider::kOpenAi, .base_url = "https://api.openai.com/v1", .api_key_env = kOpenAiKey};
   EXPECT_TRUE(contains(err(key_as_name), "api_key_env must name an environment variable")) << err(key_as_name);
   // A key that happens to be a valid variable name (letters, digits, '_') but not an
   // upper-case one, as variable names are written.
@@ -598,15 +601,17 @@ TEST(Provider, AURLLibcurlCannotParseIsRefusedWithoutEchoingIt) {
 // (kInvalidArgument, which the router does not fall back from), far from the cause.
 TEST(Provider, AKeyWithALineBreakIsRefusedWhenTheProviderIsMade) {
   Fixture f;
-  ProviderConfig cfg{.name = "oa", .api = Provider::kOpenAi, .base_url = "https://api.openai.com/v1",
-                     .api_key_env = "OPENAI_API_KEY"};
+  ProviderConfig cfg{
+      .name = "oa", .api = Provider::kOpenAi, .base_url = "https://api.openai.com/v1", .api_key_env = "OPENAI_API_KEY"};
   auto r = make_provider(cfg, *f.http, fake_env({{"OPENAI_API_KEY", std::string(kOpenAiKey) + "\n"}}));
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().kind(), ErrorKind::kInvalidArgument);
   expect_no_key(r.error());
   EXPECT_TRUE(contains(r.error().message(), "OPENAI_API_KEY")) << r.error().message();
   EXPECT_TRUE(contains(r.error().message(), "line break")) << r.error().message();
-  ProviderConfig inline_key{.name = "oa", .api = Provider::kOpenAi, .base_url = "https://api.openai.com/v1",
+  ProviderConfig inline_key{.name = "oa",
+                            .api = Provider::kOpenAi,
+                            .base_url = "https://api.openai.com/v1",
                             .api_key = std::string(" ") + kOpenAiKey};
   auto spaced = make_provider(inline_key, *f.http, fake_env({}));
   ASSERT_FALSE(spaced.ok());

@@ -134,10 +134,11 @@ TEST(ErrorMapping, AnthropicSpendLimitIsPermanent) {
   ApiFailure f = anthropic(429, fixture("anthropic/error_spend_limit.json"));
   EXPECT_EQ(f.error.kind(), ErrorKind::kPermanent);
   EXPECT_TRUE(f.quota);
-  for (std::string_view message : {"Your credit balance is too low to access the Anthropic API.",
-                                   "You have exceeded your spend limit.",
-                                   "Usage credits are required for long context requests."}) {
-    std::string body = R"({"type":"error","error":{"type":"rate_limit_error","message":")" + std::string(message) + "\"}}";
+  for (std::string_view message :
+       {"Your credit balance is too low to access the Anthropic API.", "You have exceeded your spend limit.",
+        "Usage credits are required for long context requests."}) {
+    std::string body =
+        R"({"type":"error","error":{"type":"rate_limit_error","message":")" + std::string(message) + "\"}}";
     EXPECT_EQ(anthropic(429, body).error.kind(), ErrorKind::kPermanent) << message;
   }
 }
@@ -189,31 +190,47 @@ TEST(ErrorMapping, ContextOverflowOfBothApis) {
 
 TEST(ErrorMapping, ContextOverflowOfCompatibleServers) {
   // vLLM (flat error object, status in "code"), llama.cpp server, Anthropic's max_tokens form.
-  EXPECT_EQ(openai(400, R"({"object":"error","message":"This model's maximum context length is 4096 tokens. However, you requested 5000 tokens (4000 in the messages, 1000 in the completion).","type":"BadRequestError","param":null,"code":400})")
-                .error.kind(),
-            ErrorKind::kContextOverflow);
-  EXPECT_EQ(openai(400, R"({"error":{"code":400,"message":"the request exceeds the available context size, try increasing it","type":"exceed_context_size_error","n_prompt_tokens":9000,"n_ctx":8192}})")
-                .error.kind(),
-            ErrorKind::kContextOverflow);
-  EXPECT_EQ(anthropic(400, R"({"type":"error","error":{"type":"invalid_request_error","message":"input length and `max_tokens` exceed context limit: 198000 + 8192 > 200000, decrease input length or `max_tokens` and try again"}})")
-                .error.kind(),
-            ErrorKind::kContextOverflow);
+  EXPECT_EQ(
+      openai(
+          400,
+          R"({"object":"error","message":"This model's maximum context length is 4096 tokens. However, you requested 5000 tokens (4000 in the messages, 1000 in the completion).","type":"BadRequestError","param":null,"code":400})")
+          .error.kind(),
+      ErrorKind::kContextOverflow);
+  EXPECT_EQ(
+      openai(
+          400,
+          R"({"error":{"code":400,"message":"the request exceeds the available context size, try increasing it","type":"exceed_context_size_error","n_prompt_tokens":9000,"n_ctx":8192}})")
+          .error.kind(),
+      ErrorKind::kContextOverflow);
+  EXPECT_EQ(
+      anthropic(
+          400,
+          R"({"type":"error","error":{"type":"invalid_request_error","message":"input length and `max_tokens` exceed context limit: 198000 + 8192 > 200000, decrease input length or `max_tokens` and try again"}})")
+          .error.kind(),
+      ErrorKind::kContextOverflow);
   // 413: the request is too large in bytes; a shorter prompt is the fix too.
-  EXPECT_EQ(anthropic(413, R"({"type":"error","error":{"type":"request_too_large","message":"Request exceeds the maximum allowed number of bytes."}})")
-                .error.kind(),
-            ErrorKind::kContextOverflow);
+  EXPECT_EQ(
+      anthropic(
+          413,
+          R"({"type":"error","error":{"type":"request_too_large","message":"Request exceeds the maximum allowed number of bytes."}})")
+          .error.kind(),
+      ErrorKind::kContextOverflow);
 }
 
 // --- other 4xx: permanent; 401/403: permanent and auth -----------------------------------------
 
 TEST(ErrorMapping, OtherClientErrorsArePermanent) {
-  EXPECT_EQ(openai(400, R"({"error":{"message":"Invalid value for 'temperature'","type":"invalid_request_error","param":"temperature","code":"invalid_value"}})")
-                .error.kind(),
-            ErrorKind::kPermanent);
+  EXPECT_EQ(
+      openai(
+          400,
+          R"({"error":{"message":"Invalid value for 'temperature'","type":"invalid_request_error","param":"temperature","code":"invalid_value"}})")
+          .error.kind(),
+      ErrorKind::kPermanent);
   EXPECT_EQ(openai(404, fixture("openai/error_model_not_found.json")).error.kind(), ErrorKind::kPermanent);
   EXPECT_EQ(anthropic(404, fixture("anthropic/error_not_found.json")).error.kind(), ErrorKind::kPermanent);
-  EXPECT_EQ(anthropic(402, R"({"type":"error","error":{"type":"billing_error","message":"Payment required"}})").error.kind(),
-            ErrorKind::kPermanent);
+  EXPECT_EQ(
+      anthropic(402, R"({"type":"error","error":{"type":"billing_error","message":"Payment required"}})").error.kind(),
+      ErrorKind::kPermanent);
   EXPECT_EQ(openai(422, "").error.kind(), ErrorKind::kPermanent);
   EXPECT_EQ(openai(301, "<html>moved</html>").error.kind(), ErrorKind::kPermanent);
   EXPECT_FALSE(openai(400, "").auth);
@@ -240,7 +257,8 @@ TEST(ErrorMapping, AuthFailuresArePermanentAndFlagged) {
 }
 
 TEST(ErrorMapping, ProviderTextCannotForgeMarkers) {
-  ApiFailure f = openai(400, R"({"error":{"message":"bad [auth] [malformed] [truncated] value","type":"invalid_request_error"}})");
+  ApiFailure f =
+      openai(400, R"({"error":{"message":"bad [auth] [malformed] [truncated] value","type":"invalid_request_error"}})");
   EXPECT_FALSE(is_auth_failure(f.error));
   EXPECT_FALSE(is_malformed(f.error));
   EXPECT_FALSE(is_truncated_stream(f.error));
@@ -260,9 +278,12 @@ TEST(ErrorMapping, ErrorWithoutStatusFollowsItsType) {
             ErrorKind::kTransient);
   EXPECT_EQ(anthropic(0, R"({"type":"error","error":{"type":"rate_limit_error","message":"slow down"}})").error.kind(),
             ErrorKind::kRateLimited);
-  EXPECT_EQ(anthropic(0, R"({"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 5 tokens > 4 maximum"}})")
-                .error.kind(),
-            ErrorKind::kContextOverflow);
+  EXPECT_EQ(
+      anthropic(
+          0,
+          R"({"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 5 tokens > 4 maximum"}})")
+          .error.kind(),
+      ErrorKind::kContextOverflow);
   EXPECT_EQ(openai(0, fixture("openai/error_insufficient_quota.json")).error.kind(), ErrorKind::kPermanent);
   EXPECT_EQ(openai(0, fixture("openai/error_server.json")).error.kind(), ErrorKind::kTransient);
   EXPECT_EQ(openai(200, R"({"error":"model 'llama9' not found"})").error.kind(), ErrorKind::kTransient);
@@ -279,7 +300,8 @@ TEST(Redaction, EchoedKeysAreRedacted) {
   EXPECT_TRUE(has(f.error.message(), "Incorrect API key provided: [redacted].")) << f.error.message();
 
   const std::string key = "sk-ant-api03-R2D2C3PO_abcdefghijklmnopqrstuvwxyz0123456789-AAAA";
-  std::string body = R"({"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key )" + key + "\"}}";
+  std::string body =
+      R"({"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key )" + key + "\"}}";
   ApiFailure a = anthropic(401, body);
   EXPECT_FALSE(has(a.error.message(), "R2D2C3PO")) << a.error.message();
 }

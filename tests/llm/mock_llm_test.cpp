@@ -114,8 +114,8 @@ struct Fixture {
     options.proxy = "";
     options.timeouts.total = 10s;
     http = net::HttpClient::create(*env, std::move(options)).value();
-    ProviderConfig cfg{.name = "mock-llm", .api = Provider::kOpenAi, .base_url = MockLlm::get().base_url(),
-                       .api_key = kKey};
+    ProviderConfig cfg{
+        .name = "mock-llm", .api = Provider::kOpenAi, .base_url = MockLlm::get().base_url(), .api_key = kKey};
     model = make_provider(cfg, *http).value();
   }
   ~Fixture() {
@@ -163,8 +163,8 @@ struct Fixture {
   std::unique_ptr<Router> router;
 };
 
-#define REQUIRE_MOCK_LLM()                                                                   \
-  do {                                                                                       \
+#define REQUIRE_MOCK_LLM()                                                                            \
+  do {                                                                                                \
     if (!MockLlm::get().up()) GTEST_SKIP() << "mock-llm not available: " << MockLlm::get().why_not(); \
   } while (0)
 
@@ -235,7 +235,8 @@ TEST(MockLlm, AnAuthFailureOpensTheBreakerAndNeverShowsTheKey) {
   EXPECT_EQ(r->fallbacks[0].reason, FallbackReason::kAuthFailure);
   EXPECT_EQ(f.router->breaker(0)->state(), BreakerState::kForcedOpen);
   // The server echoed the Authorization header into its message; it is redacted.
-  EXPECT_TRUE(contains(r->fallbacks[0].error.message(), "Incorrect API key provided")) << r->fallbacks[0].error.to_string();
+  EXPECT_TRUE(contains(r->fallbacks[0].error.message(), "Incorrect API key provided"))
+      << r->fallbacks[0].error.to_string();
   EXPECT_FALSE(contains(r->fallbacks[0].error.to_string(), "TESTKEY")) << r->fallbacks[0].error.to_string();
 }
 

@@ -27,9 +27,9 @@ ChatRequest weather_request() {
   ChatRequest r{.model = "gpt-4o-mini"};
   r.messages.push_back(Message::system("You are terse."));
   r.messages.push_back(Message::user("Weather in Paris and the time there?"));
-  r.messages.push_back(Message::assistant(
-      "", {{.id = "call_1", .name = "get_weather", .arguments_json = R"({"location":"Paris"})"},
-           {.id = "call_2", .name = "get_time", .arguments_json = R"({"tz":"Europe/Paris"})"}}));
+  r.messages.push_back(
+      Message::assistant("", {{.id = "call_1", .name = "get_weather", .arguments_json = R"({"location":"Paris"})"},
+                              {.id = "call_2", .name = "get_time", .arguments_json = R"({"tz":"Europe/Paris"})"}}));
   r.messages.push_back(Message::tool_result("call_1", "18 C, cloudy"));
   r.messages.push_back(Message::tool_result("call_2", "clock unavailable", /*is_error=*/true));
   r.tools.push_back({.name = "get_weather",
@@ -46,7 +46,8 @@ TEST(OpenAiRequest, BodyCarriesMessagesToolsAndLimits) {
   ChatRequest r = weather_request();
   r.max_output_tokens = 256;
   r.temperature = 0.25;
-  HttpCall call = codec({.base_url = "http://127.0.0.1:8000/v1/", .api_key = "sk-test-0123456789"})->build_call(r).value();
+  HttpCall call =
+      codec({.base_url = "http://127.0.0.1:8000/v1/", .api_key = "sk-test-0123456789"})->build_call(r).value();
   EXPECT_EQ(call.url, "http://127.0.0.1:8000/v1/chat/completions");
   EXPECT_FALSE(call.stream);
   json body = json::parse(call.body);
@@ -159,9 +160,12 @@ TEST(OpenAiResponse, ParallelToolCalls) {
 
 TEST(OpenAiResponse, FinishReasons) {
   auto c = codec();
-  for (auto [raw, want] : {std::pair{"stop", FinishReason::kStop}, {"length", FinishReason::kLength},
-                           {"tool_calls", FinishReason::kToolCalls}, {"function_call", FinishReason::kToolCalls},
-                           {"content_filter", FinishReason::kContentFilter}, {"eos", FinishReason::kOther}}) {
+  for (auto [raw, want] : {std::pair{"stop", FinishReason::kStop},
+                           {"length", FinishReason::kLength},
+                           {"tool_calls", FinishReason::kToolCalls},
+                           {"function_call", FinishReason::kToolCalls},
+                           {"content_filter", FinishReason::kContentFilter},
+                           {"eos", FinishReason::kOther}}) {
     std::string body = R"({"choices":[{"index":0,"message":{"role":"assistant","content":"x"},"finish_reason":")" +
                        std::string(raw) + "\"}]}";
     ChatResponse r = c->parse_response(body).value();
@@ -172,10 +176,16 @@ TEST(OpenAiResponse, FinishReasons) {
 
 TEST(OpenAiResponse, MalformedBodiesAreTransientAndCounted) {
   auto c = codec({.api_key = "sk-secret-abcdefgh"});
-  const char* bodies[] = {
-      "", "not json", "{\"choices\":", "[]", "{}", R"({"choices":[]})", R"({"choices":[{"index":0}]})",
-      R"({"choices":[{"message":{"content":42}}]})", R"({"choices":[{"message":{"tool_calls":{}}}]})",
-      R"({"choices":[{"message":{"tool_calls":[7]}}]})"};
+  const char* bodies[] = {"",
+                          "not json",
+                          "{\"choices\":",
+                          "[]",
+                          "{}",
+                          R"({"choices":[]})",
+                          R"({"choices":[{"index":0}]})",
+                          R"({"choices":[{"message":{"content":42}}]})",
+                          R"({"choices":[{"message":{"tool_calls":{}}}]})",
+                          R"({"choices":[{"message":{"tool_calls":[7]}}]})"};
   std::uint64_t n = 0;
   for (const char* body : bodies) {
     Result<ChatResponse> r = c->parse_response(body);
@@ -195,8 +205,8 @@ TEST(OpenAiResponse, ErrorObjectInA200BodyIsMapped) {
 
 TEST(OpenAiResponse, MapErrorRedactsTheCodecsKey) {
   auto c = codec({.api_key = "local-token-123456789"});
-  ApiFailure f = c->map_error(401, {}, R"({"error":{"message":"token local-token-123456789 unknown"}})",
-                              Now{TimePoint(0s), 0});
+  ApiFailure f =
+      c->map_error(401, {}, R"({"error":{"message":"token local-token-123456789 unknown"}})", Now{TimePoint(0s), 0});
   EXPECT_TRUE(f.auth);
   EXPECT_EQ(f.error.message().find("local-token"), std::string::npos) << f.error.message();
 }
@@ -251,12 +261,12 @@ TEST(OpenAiStream, ParallelToolCallsWithArgumentsInPieces) {
   EXPECT_EQ(f.text, "");
   EXPECT_EQ(r.finish_reason, FinishReason::kToolCalls);
   ASSERT_EQ(r.message.tool_calls.size(), 2u);
-  EXPECT_EQ(r.message.tool_calls[0],
-            (ToolCall{.id = "call_DdmO9pD3xa9XTPNJ32zg2hcA", .name = "get_weather",
-                      .arguments_json = R"({"location": "Paris, France"})"}));
-  EXPECT_EQ(r.message.tool_calls[1],
-            (ToolCall{.id = "call_ZsiA8Xw2Bw1m3fbnqBhA9Tla", .name = "get_time",
-                      .arguments_json = R"({"tz": "Europe/Paris"})"}));
+  EXPECT_EQ(r.message.tool_calls[0], (ToolCall{.id = "call_DdmO9pD3xa9XTPNJ32zg2hcA",
+                                               .name = "get_weather",
+                                               .arguments_json = R"({"location": "Paris, France"})"}));
+  EXPECT_EQ(r.message.tool_calls[1], (ToolCall{.id = "call_ZsiA8Xw2Bw1m3fbnqBhA9Tla",
+                                               .name = "get_time",
+                                               .arguments_json = R"({"tz": "Europe/Paris"})"}));
   EXPECT_EQ(r.usage, (Usage{.input_tokens = 120, .output_tokens = 40}));
 }
 
@@ -297,10 +307,14 @@ TEST(OpenAiStream, MalformedChunkFailsTheStreamAndIsCounted) {
 
 TEST(OpenAiStream, OtherMalformedEvents) {
   auto c = codec();
-  const char* bad[] = {"[1,2]", "\"text\"", R"({"choices":5})", R"({"choices":[7]})",
-                       R"({"choices":[{"index":0,"delta":{"tool_calls":[{"index":100000,"function":{"arguments":"x"}}]}}]})",
-                       R"({"choices":[{"index":0,"delta":{"tool_calls":[{"index":-1}]}}]})",
-                       R"({"choices":[{"index":0,"delta":{"tool_calls":["x"]}}]})"};
+  const char* bad[] = {
+      "[1,2]",
+      "\"text\"",
+      R"({"choices":5})",
+      R"({"choices":[7]})",
+      R"({"choices":[{"index":0,"delta":{"tool_calls":[{"index":100000,"function":{"arguments":"x"}}]}}]})",
+      R"({"choices":[{"index":0,"delta":{"tool_calls":[{"index":-1}]}}]})",
+      R"({"choices":[{"index":0,"delta":{"tool_calls":["x"]}}]})"};
   for (const char* data : bad) {
     auto acc = c->start_stream();
     Result<StreamDelta> d = acc->on_event("", data);

@@ -169,8 +169,8 @@ TEST(Router, PrimaryAnswersUndegraded) {
   EXPECT_FALSE(r->degraded);
   EXPECT_TRUE(r->fallbacks.empty());
   ASSERT_EQ(a->requests.size(), 1u);
-  EXPECT_EQ(a->requests[0].model, "model-a");            // the route's model is sent
-  EXPECT_EQ(a->requests[0].max_output_tokens, 100);     // and its output reserve
+  EXPECT_EQ(a->requests[0].model, "model-a");        // the route's model is sent
+  EXPECT_EQ(a->requests[0].max_output_tokens, 100);  // and its output reserve
   EXPECT_TRUE(b->requests.empty());
   EXPECT_EQ(router->counters(0).served, 1u);
 }
@@ -285,11 +285,10 @@ TEST(Router, AuthFailureForcesTheBreakerOpenAndFallsBack) {
 // forced open for good.
 TEST(Router, AnOpenBreakerAfterAnAuthFailureIsNotTakenForOne) {
   Harness h;
-  auto a = std::make_shared<ScriptedModel>(
-      "a", std::vector<Step>{{.error = ErrorKind::kTransient},
-                             {.error = ErrorKind::kTransient},
-                             {.error = ErrorKind::kTransient},
-                             {.error = ErrorKind::kPermanent, .auth = true}});
+  auto a = std::make_shared<ScriptedModel>("a", std::vector<Step>{{.error = ErrorKind::kTransient},
+                                                                  {.error = ErrorKind::kTransient},
+                                                                  {.error = ErrorKind::kTransient},
+                                                                  {.error = ErrorKind::kPermanent, .auth = true}});
   auto b = std::make_shared<ScriptedModel>("b", std::vector<Step>{{.error = ErrorKind::kTransient}});
   auto c = std::make_shared<ScriptedModel>("c");
   auto rb = route("b", b);
@@ -504,9 +503,9 @@ TEST(Router, AMalformedRequestStopsTheChain) {
 
 TEST(Router, ARetryTimeBeyondThePolicysLimitFallsBackAtOnce) {
   Harness h;
-  auto a = std::make_shared<ScriptedModel>(
-      "a", std::vector<Step>{{.error = ErrorKind::kRateLimited, .retry_after = 2s},
-                             {.error = ErrorKind::kRateLimited, .retry_after = 10min}});
+  auto a =
+      std::make_shared<ScriptedModel>("a", std::vector<Step>{{.error = ErrorKind::kRateLimited, .retry_after = 2s},
+                                                             {.error = ErrorKind::kRateLimited, .retry_after = 10min}});
   auto b = std::make_shared<ScriptedModel>("b");
   auto router = h.make({route("a", a), route("b", b)});
   Duration took{};
@@ -657,7 +656,9 @@ TEST(Router, TheFitCompactorDropsTheOldestTurnsAfterAnOverflow) {
   Harness h;
   auto a = std::make_shared<ScriptedModel>("a", std::vector<Step>{{.error = ErrorKind::kContextOverflow}});
   auto estimator = std::shared_ptr<TokenEstimator>(TokenEstimator::create().value());
-  RouterOptions o{.name = "r", .chain = {route("a", a, 4000)}, .sizer = make_token_sizer(estimator),
+  RouterOptions o{.name = "r",
+                  .chain = {route("a", a, 4000)},
+                  .sizer = make_token_sizer(estimator),
                   .compactor = make_fit_compactor(estimator)};
   auto router = Router::create(h.s.env, std::move(o)).value();
   ChatRequest req;
@@ -673,7 +674,7 @@ TEST(Router, TheFitCompactorDropsTheOldestTurnsAfterAnOverflow) {
   ASSERT_EQ(a->requests.size(), 2u);
   const auto& retried = a->requests[1].messages;
   EXPECT_LT(retried.size(), req.messages.size());
-  EXPECT_EQ(retried.front().text(), "You are terse.");  // the system prompt is kept
+  EXPECT_EQ(retried.front().text(), "You are terse.");    // the system prompt is kept
   EXPECT_EQ(retried.back().text(), "the last question");  // and the newest turn
 }
 

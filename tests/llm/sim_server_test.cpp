@@ -28,7 +28,8 @@ constexpr const char* kWeatherSchema =
 ChatRequest weather_request(bool stream = false) {
   ChatRequest r{.model = "sim-test", .stream = stream};
   r.messages = {Message::system("You are terse."), Message::user("Weather in Paris?")};
-  r.tools.push_back({.name = "get_weather", .description = "Current weather", .parameters_schema_json = kWeatherSchema});
+  r.tools.push_back(
+      {.name = "get_weather", .description = "Current weather", .parameters_schema_json = kWeatherSchema});
   r.tools.push_back({.name = "get_time"});
   return r;
 }
@@ -96,9 +97,7 @@ struct Fixture {
   std::unique_ptr<ModelClient> client;
 };
 
-std::string forced(const char* fault) {
-  return std::string(R"("schedule": [{"call": 1, "fault": ")") + fault + "\"}]";
-}
+std::string forced(const char* fault) { return std::string(R"("schedule": [{"call": 1, "fault": ")") + fault + "\"}]"; }
 
 TEST(SimServer, TheScenarioProgressesOverHttp) {
   Fixture f(config(""));
@@ -261,7 +260,8 @@ TEST(SimServer, StatsAreServedAndReset) {
                  req.url = "http://127.0.0.1:" + std::to_string(f.server->port()) + "/sim/stats";
                  auto r = co_await f.http->request(ctx, std::move(req));
                  if (r.ok()) body = r->body;
-               }).value();
+               })
+               .value();
   w.exit->wait();
   EXPECT_TRUE(contains(body, "\"requests\": 1")) << body;
   EXPECT_TRUE(contains(body, "\"latency_p99_us\"")) << body;

@@ -26,8 +26,8 @@
 namespace nines::llm {
 namespace {
 
-using nines::testing::SimRuntime;
 using nines::testing::numbered;
+using nines::testing::SimRuntime;
 using nlohmann::json;
 
 bool contains(std::string_view s, std::string_view part) { return s.find(part) != std::string_view::npos; }

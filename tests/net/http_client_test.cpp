@@ -362,14 +362,16 @@ TEST(HttpClient, KilledProcessCancelsItsTransfer) {
   auto w = f.rt->spawn_watched([&](Context& ctx) -> Task<> {
                  auto r = co_await f.client->request(ctx, get(f.server.url("/never")));
                  returned = true;
-               }).value();
+               })
+               .value();
   auto streamer = f.rt->spawn_watched([&](Context& ctx) -> Task<> {
                         auto s = co_await f.client->stream(ctx, get(f.server.url("/stall")));
                         if (!s.ok()) co_return;
                         (void)co_await s->next(ctx);
                         (void)co_await s->next(ctx);  // stalls here until killed
                         returned = true;
-                      }).value();
+                      })
+                      .value();
   ASSERT_TRUE(eventually([&] { return f.server.requests_seen() == 2 && f.client->in_flight() == 2; }));
   pause_ms(20);  // the streamer reaches its second read
   f.rt->send_exit(w.pid, ExitReason::kill());
@@ -455,12 +457,15 @@ TEST(HttpClient, HttpsVerifiesThePeer) {
   fs::path dir = fs::temp_directory_path() / ("nines-net-tls-" + std::to_string(::getpid()));
   fs::create_directories(dir);
   std::string cert = (dir / "cert.pem").string(), key = (dir / "key.pem").string();
-  std::string gen = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=127.0.0.1"
-                    " -addext subjectAltName=IP:127.0.0.1 -keyout " + key + " -out " + cert + " >/dev/null 2>&1";
+  std::string gen =
+      "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=127.0.0.1"
+      " -addext subjectAltName=IP:127.0.0.1 -keyout " +
+      key + " -out " + cert + " >/dev/null 2>&1";
   ASSERT_EQ(std::system(gen.c_str()), 0) << "openssl could not make a certificate";
   int port = testing::closed_port();
   std::string accept = "127.0.0.1:" + std::to_string(port);
-  std::vector<std::string> args = {"openssl", "s_server", "-quiet", "-www", "-accept", accept, "-cert", cert, "-key", key};
+  std::vector<std::string> args = {"openssl", "s_server", "-quiet", "-www", "-accept",
+                                   accept,    "-cert",    cert,     "-key", key};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -476,8 +481,7 @@ TEST(HttpClient, HttpsVerifiesThePeer) {
         auto r = co_await f.client->request(ctx, get("https://" + accept + "/"));
         got.emplace(std::move(r));
       });
-      if (got->ok() || got->error().kind() != ErrorKind::kTransient ||
-          !contains(got->error().message(), "onnect")) {
+      if (got->ok() || got->error().kind() != ErrorKind::kTransient || !contains(got->error().message(), "onnect")) {
         break;
       }
       pause_ms(50);

@@ -187,9 +187,9 @@ TEST(HttpRequestParser, ObsoleteLineFoldingIsRefused) {
 TEST(HttpRequestParser, LinesEndInCrLfOnly) {
   // llhttp takes a bare LF in some places (after the request line, for the empty line) and
   // not in others (after a header value, in chunked framing); the server takes it nowhere.
-  for (std::string bad : {"GET / HTTP/1.1\n\n", "GET / HTTP/1.1\nHost: x\r\n\r\n", "GET / HTTP/1.1\r\nHost: x\r\n\n",
-                          "\nGET / HTTP/1.1\r\n\r\n",
-                          "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT: 1\r\n\n"}) {
+  for (std::string bad :
+       {"GET / HTTP/1.1\n\n", "GET / HTTP/1.1\nHost: x\r\n\r\n", "GET / HTTP/1.1\r\nHost: x\r\n\n",
+        "\nGET / HTTP/1.1\r\n\r\n", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT: 1\r\n\n"}) {
     Outcome o = run_every_way(bad);
     EXPECT_EQ(o.error_status, 400) << bad;
     EXPECT_TRUE(o.requests.empty()) << bad;
@@ -250,8 +250,8 @@ TEST(HttpRequestParser, BoundsOnHeadsAndBodies) {
   Outcome fits = run_every_way("POST /x HTTP/1.1\r\nA: " + std::string(90, 'a') + "\r\n\r\n", small);
   EXPECT_EQ(fits.requests.size(), 1u);
   // Target, names and values count.
-  Outcome big = run_every_way("GET /" + std::string(60, 't') + " HTTP/1.1\r\nAb: " + std::string(40, 'a') + "\r\n\r\n",
-                              small);
+  Outcome big =
+      run_every_way("GET /" + std::string(60, 't') + " HTTP/1.1\r\nAb: " + std::string(40, 'a') + "\r\n\r\n", small);
   EXPECT_EQ(big.error_status, 431);
   EXPECT_TRUE(contains(big.error_reason, "max_header_bytes")) << big.error_reason;
   // Whitespace that llhttp skips counts towards the bound on the head as received.

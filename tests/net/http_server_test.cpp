@@ -262,9 +262,8 @@ TEST(HttpServer, BindFailureNamesAddressAndPort) {
 
 TEST(HttpServer, ListensOnIpv6Loopback) {
   SimEnvironment env(1);
-  auto server = HttpServer::create(env, {.bind_address = "::1"}, [](HttpServerRequest&&, HttpResponder r) {
-    (void)r.respond(200, {}, "six");
-  });
+  auto server = HttpServer::create(env, {.bind_address = "::1"},
+                                   [](HttpServerRequest&&, HttpResponder r) { (void)r.respond(200, {}, "six"); });
   if (!server.ok()) GTEST_SKIP() << "no IPv6 loopback here: " << server.error().to_string();
   EXPECT_EQ((*server)->base_url(), "http://[::1]:" + std::to_string((*server)->port()));
   int fd = ::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -313,9 +312,8 @@ TEST(HttpServer, KeepAliveServesManyRequestsOnOneConnection) {
   RawClient c(rig.server->port());
   for (int i = 0; i < 10; ++i) {
     c.send("GET /n/" + std::to_string(i) + " HTTP/1.1\r\nHost: x\r\n\r\n");
-    ASSERT_TRUE(rig.drive_until([&] { return parse_responses(c.received()).size() == 1 &&
-                                             parse_responses(c.received())[0].complete; },
-                                {&c}));
+    ASSERT_TRUE(rig.drive_until(
+        [&] { return parse_responses(c.received()).size() == 1 && parse_responses(c.received())[0].complete; }, {&c}));
     auto r = parse_responses(c.take())[0];
     EXPECT_EQ(r.status, 200);
     EXPECT_EQ(r.body, "GET /n/" + std::to_string(i) + " ");
@@ -340,7 +338,9 @@ TEST(HttpServer, PipelinedRequestsAreAnsweredInOrder) {
     }
   };
   RawClient c(rig.server->port());
-  c.send("GET /slow HTTP/1.1\r\n\r\nGET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 2\r\n\r\nxyGET /c HTTP/1.1\r\n\r\n");
+  c.send(
+      "GET /slow HTTP/1.1\r\n\r\nGET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 2\r\n\r\nxyGET /c "
+      "HTTP/1.1\r\n\r\n");
   rig.settle({&c});
   // The later requests wait for the first: not even handed over yet.
   EXPECT_EQ(rig.seen, std::vector<std::string>{"GET /slow"});
@@ -373,9 +373,8 @@ TEST(HttpServer, ChunkedRequestBodyArrivingInPieces) {
     c.send(std::string_view(&ch, 1));
     rig.env.poll_fds();
   }
-  ASSERT_TRUE(rig.drive_until([&] { return !parse_responses(c.received()).empty() &&
-                                           parse_responses(c.received())[0].complete; },
-                              {&c}));
+  ASSERT_TRUE(rig.drive_until(
+      [&] { return !parse_responses(c.received()).empty() && parse_responses(c.received())[0].complete; }, {&c}));
   auto r = parse_responses(c.received())[0];
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(r.body, "POST /upload hello world");
@@ -386,8 +385,9 @@ TEST(HttpServer, ChunkedRequestBodyArrivingInPieces) {
 TEST(HttpServer, RequestFieldsAsReceived) {
   SimRig rig;
   RawClient c(rig.server->port());
-  c.send("PUT /v1/x?stream=true&a=b HTTP/1.1\r\nHost: h\r\nX-Multi: one\r\nx-multi:  two  \r\nX-Empty:\r\n"
-         "Content-Length: 3\r\n\r\nabc");
+  c.send(
+      "PUT /v1/x?stream=true&a=b HTTP/1.1\r\nHost: h\r\nX-Multi: one\r\nx-multi:  two  \r\nX-Empty:\r\n"
+      "Content-Length: 3\r\n\r\nabc");
   ASSERT_TRUE(rig.drive_until([&] { return rig.parked.size() == 1; }, {&c}));
   const HttpServerRequest& req = rig.parked[0].request;
   EXPECT_EQ(req.method, "PUT");
@@ -412,9 +412,8 @@ TEST(HttpServer, ExpectContinueIsAnsweredBeforeTheBody) {
   EXPECT_EQ(c.take(), "HTTP/1.1 100 Continue\r\n\r\n");
   EXPECT_TRUE(rig.seen.empty());
   c.send("hello");
-  ASSERT_TRUE(rig.drive_until([&] { return !parse_responses(c.received()).empty() &&
-                                           parse_responses(c.received())[0].complete; },
-                              {&c}));
+  ASSERT_TRUE(rig.drive_until(
+      [&] { return !parse_responses(c.received()).empty() && parse_responses(c.received())[0].complete; }, {&c}));
   EXPECT_EQ(parse_responses(c.received())[0].body, "POST /e hello");
   EXPECT_EQ(rig.server->stats().responses_1xx, 1u);
   // An expectation the server does not know: 417 and close.
@@ -436,9 +435,8 @@ TEST(HttpServer, HeadGetsHeadersWithoutBody) {
   EXPECT_TRUE(got.ends_with("\r\n\r\n")) << got;
   // No stray body bytes: the next response starts cleanly.
   c.send("GET /g HTTP/1.1\r\n\r\n");
-  ASSERT_TRUE(rig.drive_until([&] { return !parse_responses(c.received()).empty() &&
-                                           parse_responses(c.received())[0].complete; },
-                              {&c}));
+  ASSERT_TRUE(rig.drive_until(
+      [&] { return !parse_responses(c.received()).empty() && parse_responses(c.received())[0].complete; }, {&c}));
   EXPECT_EQ(parse_responses(c.received())[0].body, "GET /g ");
 }
 
@@ -601,12 +599,12 @@ TEST(HttpServer, AmbiguousFramingGets400AndClose) {
 TEST(HttpServer, ObsoleteLineFoldingAndBareLfGet400) {
   SimRig rig;
   rig.on_request = echo;
-  for (auto [bad, why] : {std::pair<std::string, std::string>{"GET / HTTP/1.1\r\nX-Custom: a\r\n b\r\n\r\n",
-                                                              "obsolete line folding"},
-                          {"GET / HTTP/1.1\n\n", "bare LF"},
-                          {"GET / HTTP/1.1\nHost: h\r\n\r\n", "bare LF"},
-                          {"GET / HTTP/1.1\r\nHost: h\r\n\n", "bare LF"},
-                          {"GET / HTTP/1.1\r\nHost: h\nX: y\r\n\r\n", "malformed request"}}) {
+  for (auto [bad, why] :
+       {std::pair<std::string, std::string>{"GET / HTTP/1.1\r\nX-Custom: a\r\n b\r\n\r\n", "obsolete line folding"},
+        {"GET / HTTP/1.1\n\n", "bare LF"},
+        {"GET / HTTP/1.1\nHost: h\r\n\r\n", "bare LF"},
+        {"GET / HTTP/1.1\r\nHost: h\r\n\n", "bare LF"},
+        {"GET / HTTP/1.1\r\nHost: h\nX: y\r\n\r\n", "malformed request"}}) {
     RawClient c(rig.server->port());
     c.send(bad);
     ASSERT_TRUE(rig.drive_until([&] { return c.eof(); }, {&c})) << bad;
@@ -771,8 +769,9 @@ TEST(HttpServer, HandlerMayAnswerLaterFromATimer) {
   SimRig rig;
   rig.on_request = [&](HttpServerRequest& req, HttpResponder& r) {
     std::string body = "late " + req.target;
-    rig.env.add_timer(rig.env.now() + std::chrono::milliseconds(1500),
-                      [r, body]() mutable { (void)r.respond(201, {{"X-Late", "yes"}}, body); });
+    rig.env.add_timer(rig.env.now() + std::chrono::milliseconds(1500), [r, body]() mutable {
+      (void)r.respond(201, {{"X-Late", "yes"}}, body);
+    });
   };
   RawClient c(rig.server->port());
   c.send("GET /x HTTP/1.1\r\n\r\n");
@@ -853,7 +852,8 @@ TEST(HttpServer, ResponderUsedAfterTheClientWentAway) {
 }
 
 TEST(HttpServer, UnansweredRequestHoldsItsConnectionUntilTheClientLeaves) {
-  SimRig rig({.header_timeout = std::chrono::seconds(1), .idle_timeout = std::chrono::seconds(1),
+  SimRig rig({.header_timeout = std::chrono::seconds(1),
+              .idle_timeout = std::chrono::seconds(1),
               .io_timeout = std::chrono::seconds(1)});
   rig.on_request = [](HttpServerRequest&, HttpResponder&) {};  // drops the responder
   {
@@ -1214,7 +1214,8 @@ TEST(HttpServerWithClient, StopWithRequestsInFlight) {
   std::atomic<int> transient{0};
   std::vector<std::shared_ptr<ExitWatch>> watches;
   for (int i = 0; i < 3; ++i) {
-    watches.push_back(rig.rt->spawn_watched([&](Context& ctx) -> Task<> {
+    watches.push_back(rig.rt
+                          ->spawn_watched([&](Context& ctx) -> Task<> {
                             auto r = co_await rig.client->request(ctx, get(rig.url("/wait")));
                             if (!r.ok() && r.error().kind() == ErrorKind::kTransient) ++transient;
                           })
@@ -1252,7 +1253,8 @@ TEST(HttpServerWithClient, AThousandConcurrentRequestsFromAThousandProcesses) {
   std::atomic<int> ok{0};
   std::vector<std::shared_ptr<ExitWatch>> watches;
   for (int i = 0; i < kProcesses; ++i) {
-    watches.push_back(rig.rt->spawn_watched([&](Context& ctx) -> Task<> {
+    watches.push_back(rig.rt
+                          ->spawn_watched([&](Context& ctx) -> Task<> {
                             HttpRequest req = get(rig.url("/many"));
                             req.timeouts = HttpTimeouts{.first_byte = std::chrono::seconds(120)};
                             auto r = co_await rig.client->request(ctx, std::move(req));

@@ -89,11 +89,17 @@ TEST(Sse, CrLfAndCrLineEnds) {
 }
 
 TEST(Sse, LeadingBomIsDroppedOnce) {
-  EXPECT_EQ(parse_whole("\xEF\xBB\xBF" "data: a\n\n"), (std::vector<SseEvent>{ev("a")}));
+  EXPECT_EQ(parse_whole("\xEF\xBB\xBF"
+                        "data: a\n\n"),
+            (std::vector<SseEvent>{ev("a")}));
   // A second BOM is text: it becomes part of the field name, which is then unknown.
-  EXPECT_EQ(parse_whole("\xEF\xBB\xBF\xEF\xBB\xBF" "data: a\n\ndata: b\n\n"), (std::vector<SseEvent>{ev("b")}));
+  EXPECT_EQ(parse_whole("\xEF\xBB\xBF\xEF\xBB\xBF"
+                        "data: a\n\ndata: b\n\n"),
+            (std::vector<SseEvent>{ev("b")}));
   // Bytes that only start like a BOM are kept.
-  EXPECT_EQ(parse_whole("\xEF" "data: a\n\ndata: b\n\n"), (std::vector<SseEvent>{ev("b")}));
+  EXPECT_EQ(parse_whole("\xEF"
+                        "data: a\n\ndata: b\n\n"),
+            (std::vector<SseEvent>{ev("b")}));
 }
 
 TEST(Sse, UnfinishedEventAtEndIsDropped) {
@@ -126,7 +132,8 @@ TEST(Sse, EventLargerThanTheBoundIsAnError) {
 // every pair of points, and byte by byte.
 TEST(Sse, EverySplitGivesTheSameEvents) {
   const std::vector<std::string> samples = {
-      "\xEF\xBB\xBF" "data: hello\r\n\r\n",
+      "\xEF\xBB\xBF"
+      "data: hello\r\n\r\n",
       "event: delta\r\nid: 42\r\ndata: {\"text\":\"a\"}\r\n\r\n: ping\r\n\r\ndata: b\rdata: c\r\r",
       "data\ndata: x\n\nretry: 300\nevent: end\ndata: [DONE]\n\n",
       ": comment only\n\nid: 1\ndata: one\n\nid: 2\ndata: two\n\n",

@@ -46,8 +46,7 @@ std::string chunk(const std::string& s) {
   return size + s + "\r\n";
 }
 
-std::string response(int status, const std::string& reason, const std::string& extra_headers,
-                     const std::string& body) {
+std::string response(int status, const std::string& reason, const std::string& extra_headers, const std::string& body) {
   return "HTTP/1.1 " + std::to_string(status) + " " + reason + "\r\nContent-Length: " + std::to_string(body.size()) +
          "\r\n" + extra_headers + "\r\n" + body;
 }

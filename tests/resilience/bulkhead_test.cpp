@@ -79,10 +79,10 @@ TEST(Bulkhead, LimitIsExactAndRejectionWithoutQueueIsImmediate) {
     });
     s.rt->run_until_idle();
   }
-  EXPECT_EQ(log.get(), (std::vector<std::string>{
-                           "0 ran", "1 ran", "2 ran",
-                           "3 rejected at 0: bulkhead 'test': full (3 of 3 calls in flight, no queue)",
-                           "4 rejected at 0: bulkhead 'test': full (3 of 3 calls in flight, no queue)"}));
+  EXPECT_EQ(log.get(),
+            (std::vector<std::string>{"0 ran", "1 ran", "2 ran",
+                                      "3 rejected at 0: bulkhead 'test': full (3 of 3 calls in flight, no queue)",
+                                      "4 rejected at 0: bulkhead 'test': full (3 of 3 calls in flight, no queue)"}));
   auto c = bh->counters();
   EXPECT_EQ(c.acquired, 3u);
   EXPECT_EQ(c.rejected_queue_full, 2u);
@@ -148,8 +148,8 @@ TEST(Bulkhead, QueueIsFifoAndEachReleaseHandsTheSlotToTheOldestWaiter) {
   s.rt->advance(5ms);
   ASSERT_TRUE(s.rt->send(holder, Go{}).ok());
   s.rt->advance(1s);
-  EXPECT_EQ(log.get(), (std::vector<std::string>{"0 slot at 5", "1 slot at 15", "2 slot at 25", "3 slot at 35",
-                                                 "4 slot at 45"}));
+  EXPECT_EQ(log.get(),
+            (std::vector<std::string>{"0 slot at 5", "1 slot at 15", "2 slot at 25", "3 slot at 35", "4 slot at 45"}));
   auto c = bh->counters();
   EXPECT_EQ(c.acquired, 6u);
   EXPECT_EQ(c.acquired_after_wait, 5u);
@@ -519,8 +519,10 @@ TEST(BulkheadStress, TenThousandConcurrentCallsOnTwoWorkers) {
       };
       Result<int> r = co_await bh->call<int>(ctx, work);
       if (r.ok()) {
-        if (*r == i) ran.fetch_add(1);
-        else other.fetch_add(1);
+        if (*r == i)
+          ran.fetch_add(1);
+        else
+          other.fetch_add(1);
       } else if (r.error().kind() == ErrorKind::kBulkheadFull &&
                  r.error().message().find("queue full") != std::string::npos) {
         full.fetch_add(1);

@@ -301,8 +301,8 @@ TEST_F(CircuitBreakerTest, OpenDurationGrowsOnEachReopeningUpToTheMaxAndResetsOn
   for (const auto& ev : rec.events) {
     if (ev.to == BreakerState::kOpen) from_events.push_back(ev.open_for);
   }
-  EXPECT_EQ(from_events,
-            (std::vector<Duration>{seconds(1), seconds(2), seconds(4), seconds(5), seconds(5), seconds(5), seconds(1)}));
+  EXPECT_EQ(from_events, (std::vector<Duration>{seconds(1), seconds(2), seconds(4), seconds(5), seconds(5), seconds(5),
+                                                seconds(1)}));
 }
 
 TEST_F(CircuitBreakerTest, GrowingOpenDurationStaysWithinJitterBounds) {
@@ -999,9 +999,8 @@ TEST(CircuitBreakerRegistry, SubscribersSeeTransitionsOfEveryBreaker) {
   auto reg = CircuitBreakerRegistry::create(env, streak_options(1)).value();
   auto early = reg->get("a");
   std::vector<std::string> seen;
-  auto id = reg->subscribe([&](const BreakerTransition& ev) {
-    seen.push_back(ev.breaker + ":" + std::string(to_string(ev.to)));
-  });
+  auto id = reg->subscribe(
+      [&](const BreakerTransition& ev) { seen.push_back(ev.breaker + ":" + std::string(to_string(ev.to))); });
   auto later = reg->get("b");
   ASSERT_TRUE(fail(*early));
   ASSERT_TRUE(fail(*later));

@@ -42,7 +42,7 @@ using Script = std::function<Step(int n)>;
 
 struct AttemptRecord {
   Pid pid;
-  Duration started{};  // relative to the call's start
+  Duration started{};    // relative to the call's start
   TimePoint deadline{};  // ctx.deadline() inside the attempt process
   bool finished = false;
   std::shared_ptr<ExitWatch> exit;
@@ -201,16 +201,30 @@ TEST(HedgingPolicy, FailureKindDecidesWhenTheNextAttemptStarts) {
   const std::vector<FailureCase> cases = {
       {"transient: at once", {.max_attempts = 2, .delay = 1s}, err(ErrorKind::kTransient), {0ms, 100ms}, 300ms, 1},
       {"timeout: at once", {.max_attempts = 2, .delay = 1s}, err(ErrorKind::kTimeout), {0ms, 100ms}, 300ms, 1},
-      {"rate limited: keeps the schedule", {.max_attempts = 2, .delay = 1s}, err(ErrorKind::kRateLimited),
-       {0ms, 1s}, 1200ms, 0},
-      {"custom hedge_at_once", {.max_attempts = 2, .delay = 1s, .hedge_at_once = [](ErrorKind k) {
-         return k == ErrorKind::kRateLimited;
-       }},
-       err(ErrorKind::kRateLimited), {0ms, 100ms}, 300ms, 1},
-      {"classifier", {.max_attempts = 2, .delay = 1s, .classifier = overloaded_is_transient},
-       err(ErrorKind::kPermanent, "overloaded"), {0ms, 100ms}, 300ms, 1},
-      {"infinite delay: hedge only on failure", {.max_attempts = 2, .delay = kInfinite},
-       err(ErrorKind::kTransient), {0ms, 100ms}, 300ms, 1},
+      {"rate limited: keeps the schedule",
+       {.max_attempts = 2, .delay = 1s},
+       err(ErrorKind::kRateLimited),
+       {0ms, 1s},
+       1200ms,
+       0},
+      {"custom hedge_at_once",
+       {.max_attempts = 2, .delay = 1s, .hedge_at_once = [](ErrorKind k) { return k == ErrorKind::kRateLimited; }},
+       err(ErrorKind::kRateLimited),
+       {0ms, 100ms},
+       300ms,
+       1},
+      {"classifier",
+       {.max_attempts = 2, .delay = 1s, .classifier = overloaded_is_transient},
+       err(ErrorKind::kPermanent, "overloaded"),
+       {0ms, 100ms},
+       300ms,
+       1},
+      {"infinite delay: hedge only on failure",
+       {.max_attempts = 2, .delay = kInfinite},
+       err(ErrorKind::kTransient),
+       {0ms, 100ms},
+       300ms,
+       1},
   };
   for (const auto& c : cases) {
     for (std::uint64_t seed : kSeeds) {
@@ -506,7 +520,12 @@ TEST(HedgingPolicy, SingleAttemptNeverHedges) {
   ASSERT_TRUE(r.result->ok());
   EXPECT_EQ(r.ended_at, 5s);
   EXPECT_EQ(starts_of(r), std::vector<Duration>({0ms}));
-  CallRecord f = run_call(policy, [](int) { return Step{err(ErrorKind::kTransient), 10ms}; }, 1);
+  CallRecord f = run_call(
+      policy,
+      [](int) {
+        return Step{err(ErrorKind::kTransient), 10ms};
+      },
+      1);
   EXPECT_EQ(f.result->error().message(), "hedging: all 1 attempt failed: boom");
 }
 
@@ -515,7 +534,12 @@ TEST(HedgingPolicy, CountersAddUpOverRunsAndAreSharedByCopies) {
   HedgingPolicy copy = policy;
   run_call(policy, succeed_after({100ms, 100ms}), 1);  // primary wins
   run_call(copy, succeed_after({5s, 100ms}), 2);       // hedge wins, primary cancelled
-  run_call(policy, [](int) { return Step{err(ErrorKind::kTransient), 10ms}; }, 3);  // both fail
+  run_call(
+      policy,
+      [](int) {
+        return Step{err(ErrorKind::kTransient), 10ms};
+      },
+      3);  // both fail
   // Deadline at 2 s: the primary's own sleep ends at the same deadline (it runs under it) and
   // reports first (its timer is older), so only the hedge is still running and cancelled.
   run_call(copy, succeed_after({5s, 5s}), 4, 2s);

@@ -57,7 +57,8 @@ TEST(Pipeline, RetriesTransientFailuresThroughEveryPolicy) {
   auto breaker = CircuitBreaker::create("b", h.s.env, {.minimum_calls = 100}).value();
   auto bulkhead = Bulkhead::create("bh", h.s.env, {.max_concurrent = 1, .max_queue = 0}).value();
   auto limiter = RateLimiter::create("rl", h.s.env, {.capacity = 10, .refill_units = 10}).value();
-  auto p = Pipeline::Builder().retry(retry3()).circuit_breaker(breaker).bulkhead(bulkhead).rate_limiter(limiter).build();
+  auto p =
+      Pipeline::Builder().retry(retry3()).circuit_breaker(breaker).bulkhead(bulkhead).rate_limiter(limiter).build();
   ASSERT_TRUE(p.ok());
   auto [r, took] = h.run(*p, h.script({ErrorKind::kTransient, ErrorKind::kTimeout}));
   ASSERT_TRUE(r.ok()) << r.error().to_string();
@@ -116,7 +117,7 @@ TEST(Pipeline, AShorterDeadlineInsideTheCallIsNotMistakenForTheAttemptTimeout) {
   auto [r, took] = h.run(p, inner);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().kind(), ErrorKind::kDeadlineExceeded);  // not "attempt timed out after 10000 ms"
-  EXPECT_EQ(h.calls, 1);                                       // and not retried
+  EXPECT_EQ(h.calls, 1);                                      // and not retried
   EXPECT_EQ(took, 100ms);
 }
 
@@ -132,10 +133,10 @@ TEST(Pipeline, CallerDeadlineEndsEverythingWithoutRetry) {
 TEST(Pipeline, RateLimitedAttemptWaitsForItsRetryTime) {
   Harness h;
   // Reject mode: an empty bucket fails with kRateLimited and a retry_at; retry honours it.
-  auto limiter = RateLimiter::create(
-                     "rl", h.s.env,
-                     {.capacity = 1, .refill_units = 1, .refill_period = 1s, .mode = RateLimitMode::kReject})
-                     .value();
+  auto limiter =
+      RateLimiter::create("rl", h.s.env,
+                          {.capacity = 1, .refill_units = 1, .refill_period = 1s, .mode = RateLimitMode::kReject})
+          .value();
   ASSERT_TRUE(limiter->try_acquire(1).ok());  // empty it
   auto p = Pipeline::Builder().retry(retry3(10ms)).rate_limiter(limiter).build().value();
   auto [r, took] = h.run(p, h.script({}));
@@ -147,10 +148,13 @@ TEST(Pipeline, BreakerOpensAfterRepeatedFailuresAcrossCalls) {
   Harness h;
   // Open longer than the hour each Harness::run advances.
   auto breaker =
-      CircuitBreaker::create("b", h.s.env, {.window_size = 4, .minimum_calls = 4, .open_duration = 24h, .max_open_duration = 24h}).value();
+      CircuitBreaker::create("b", h.s.env,
+                             {.window_size = 4, .minimum_calls = 4, .open_duration = 24h, .max_open_duration = 24h})
+          .value();
   auto p = Pipeline::Builder().circuit_breaker(breaker).build().value();
-  for (int i = 0; i < 4; ++i) (void)h.run(p, h.script({ErrorKind::kTransient, ErrorKind::kTransient,
-                                                         ErrorKind::kTransient, ErrorKind::kTransient}));
+  for (int i = 0; i < 4; ++i)
+    (void)h.run(p,
+                h.script({ErrorKind::kTransient, ErrorKind::kTransient, ErrorKind::kTransient, ErrorKind::kTransient}));
   EXPECT_EQ(breaker->state(), BreakerState::kOpen);
   int before = h.calls;
   auto [r, took] = h.run(p, h.script({}));
@@ -176,9 +180,9 @@ TEST(Pipeline, AFailedAttemptFreesItsHalfOpenTrialBeforeTheBackoff) {
   auto breaker = CircuitBreaker::create("b", h.s.env, bo).value();
   // An empty bucket that refills in 10 s, and no patience: an attempt that passes the
   // breaker fails in the limiter with a retryable kRateLimited, retry_at 10 s away.
-  auto limiter = RateLimiter::create("rl", h.s.env,
-                                     {.capacity = 1, .refill_units = 1, .refill_period = 10s, .max_wait = 1ms})
-                     .value();
+  auto limiter =
+      RateLimiter::create("rl", h.s.env, {.capacity = 1, .refill_units = 1, .refill_period = 10s, .max_wait = 1ms})
+          .value();
   ASSERT_TRUE(limiter->try_acquire(1).ok());
   // Open the breaker and let the open duration pass: the next attempt gets the one
   // half-open trial permit.
@@ -236,7 +240,8 @@ TEST(PipelineProperty, NoCallOutlivesItsDeadline) {
     testing::SimRuntime s(seed);
     Environment& env = s.env;
     auto between = [&env](Duration lo, Duration hi) {
-      return lo + Duration(static_cast<Duration::rep>(env.random_below(static_cast<std::uint64_t>((hi - lo).count()) + 1)));
+      return lo +
+             Duration(static_cast<Duration::rep>(env.random_below(static_cast<std::uint64_t>((hi - lo).count()) + 1)));
     };
     Pipeline::Builder b;
     if (env.random_below(4) != 0) {
@@ -261,11 +266,11 @@ TEST(PipelineProperty, NoCallOutlivesItsDeadline) {
                      .value());
     }
     if (env.random_below(2) != 0) {
-      b.rate_limiter(RateLimiter::create("rl", env,
-                                         {.capacity = 1 + env.random_below(4),
-                                          .refill_units = 1 + env.random_below(10),
-                                          .refill_period = 1s})
-                         .value());
+      b.rate_limiter(
+          RateLimiter::create(
+              "rl", env,
+              {.capacity = 1 + env.random_below(4), .refill_units = 1 + env.random_below(10), .refill_period = 1s})
+              .value());
     }
     if (env.random_below(2) != 0) b.attempt_timeout(between(10ms, 2s));
     Pipeline p = b.build().value();
@@ -329,10 +334,19 @@ TEST(PipelineConcurrency, TenThousandCallsThroughOnePipelineOnTwoWorkers) {
   bo.consecutive_failures = 2;
   bo.open_duration = std::chrono::microseconds(200);
   auto breaker = CircuitBreaker::create("b", *env, bo).value();
-  auto bulkhead = Bulkhead::create("bh", *env, {.max_concurrent = kSlots, .max_queue = kProcesses, .queue_timeout = kInfinite}).value();
+  auto bulkhead =
+      Bulkhead::create("bh", *env, {.max_concurrent = kSlots, .max_queue = kProcesses, .queue_timeout = kInfinite})
+          .value();
   auto limiter = RateLimiter::create("rl", *env, {.capacity = 1'000'000, .refill_units = 1'000'000}).value();
-  auto retry = RetryPolicy::create({.max_attempts = 2, .backoff = Backoff::constant(std::chrono::microseconds(50))}).value();
-  Pipeline p = Pipeline::Builder().retry(retry).circuit_breaker(breaker).bulkhead(bulkhead).rate_limiter(limiter).build().value();
+  auto retry =
+      RetryPolicy::create({.max_attempts = 2, .backoff = Backoff::constant(std::chrono::microseconds(50))}).value();
+  Pipeline p = Pipeline::Builder()
+                   .retry(retry)
+                   .circuit_breaker(breaker)
+                   .bulkhead(bulkhead)
+                   .rate_limiter(limiter)
+                   .build()
+                   .value();
 
   std::atomic<int> running{0}, peak{0}, calls{0}, ok{0}, failed{0};
   std::vector<std::shared_ptr<ExitWatch>> watches;

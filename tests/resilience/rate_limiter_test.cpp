@@ -99,10 +99,10 @@ TEST(RateLimiter, TryTakeUsesTheGivenTimeAndCountsOnlySuccess) {
   auto rl = make(s.env, {.capacity = 2, .refill_units = 1, .refill_period = 1s});
   const TimePoint t = s.env.now();
   EXPECT_TRUE(rl->try_take(2, t));
-  EXPECT_FALSE(rl->try_take(1, t));   // empty
-  EXPECT_FALSE(rl->try_take(3, t));   // more than the capacity: never
+  EXPECT_FALSE(rl->try_take(1, t));  // empty
+  EXPECT_FALSE(rl->try_take(3, t));  // more than the capacity: never
   s.rt->advance(1s);
-  EXPECT_FALSE(rl->try_take(1, t));   // an old reading refills nothing
+  EXPECT_FALSE(rl->try_take(1, t));  // an old reading refills nothing
   EXPECT_TRUE(rl->try_take(1, s.env.now()));
   auto c = rl->counters();
   EXPECT_EQ(c.acquired, 2u);
@@ -227,8 +227,8 @@ TEST(RateLimiter, WaitersAreServedInArrivalOrderAtExactTimes) {
   EXPECT_EQ(rl->counters().waiting, 4u);
   EXPECT_EQ(rl->available(), -4);
   s.rt->advance(1s);
-  EXPECT_EQ(log.get(), (std::vector<std::string>{"0 ok at 0", "1 ok at 100", "2 ok at 200", "3 ok at 300",
-                                                 "4 ok at 400"}));
+  EXPECT_EQ(log.get(),
+            (std::vector<std::string>{"0 ok at 0", "1 ok at 100", "2 ok at 200", "3 ok at 300", "4 ok at 400"}));
   auto c = rl->counters();
   EXPECT_EQ(c.waited, 4u);
   EXPECT_EQ(c.total_wait, 100ms + 200ms + 300ms + 400ms);
@@ -256,8 +256,8 @@ TEST(RateLimiter, ALargeRequestIsNotOvertakenBySmallOnes) {
 
 TEST(RateLimiter, MaxWaitRejectsAtOnceWithRetryAt) {
   Sim s;
-  auto rl = make(s.env,
-                 {.capacity = 10, .refill_units = 10, .refill_period = 1s, .initial_units = 0, .max_wait = 250ms});
+  auto rl =
+      make(s.env, {.capacity = 10, .refill_units = 10, .refill_period = 1s, .initial_units = 0, .max_wait = 250ms});
   Log log;
   s.spawn([&](Context& ctx) -> Task<> {
     TimePoint start = ctx.now();
@@ -384,9 +384,9 @@ TEST(RateLimiter, ObserverSeesAcquiresAndRejections) {
     seen.push_back(t + " units=" + std::to_string(e.units) + " waited=" + std::to_string(to_millis(e.waited)) +
                    (e.retry_at ? " retry_at" : ""));
   }
-  EXPECT_EQ(seen, (std::vector<std::string>{"acquired units=2 waited=0", "acquired units=1 waited=500",
-                                            "acquired units=2 waited=1000",
-                                            "rejected no_tokens units=1 waited=0 retry_at"}));
+  EXPECT_EQ(seen,
+            (std::vector<std::string>{"acquired units=2 waited=0", "acquired units=1 waited=500",
+                                      "acquired units=2 waited=1000", "rejected no_tokens units=1 waited=0 retry_at"}));
 }
 
 // Thousands of processes on 2 real workers take from one bucket at once: exactly the

@@ -38,10 +38,12 @@ struct LogWorld {
 
 TEST(ProcessCrashed, ACrashIsReportedOnceWithPidNameAndReason) {
   LogWorld w;
-  Pid pid = w.s.spawn([](Context& ctx) -> Task<> {
-    co_await ctx.sleep(1ms);
-    throw std::runtime_error("disk on fire");
-  }, {.name = "worker"});
+  Pid pid = w.s.spawn(
+      [](Context& ctx) -> Task<> {
+        co_await ctx.sleep(1ms);
+        throw std::runtime_error("disk on fire");
+      },
+      {.name = "worker"});
   w.rt().run_until_idle();
   EXPECT_EQ(w.logs().count("process_crashed"), 0u);
   w.rt().advance(1ms);
@@ -59,8 +61,14 @@ TEST(ProcessCrashed, ACrashIsReportedOnceWithPidNameAndReason) {
 TEST(ProcessCrashed, NormalAndShutdownExitsAreNotReported) {
   LogWorld w;
   w.s.spawn([](Context&) -> Task<> { co_return; });
-  w.s.spawn([](Context& ctx) -> Task<> { ctx.exit(ExitReason::shutdown()); co_return; });
-  w.s.spawn([](Context& ctx) -> Task<> { ctx.exit(ExitReason::shutdown("done")); co_return; });
+  w.s.spawn([](Context& ctx) -> Task<> {
+    ctx.exit(ExitReason::shutdown());
+    co_return;
+  });
+  w.s.spawn([](Context& ctx) -> Task<> {
+    ctx.exit(ExitReason::shutdown("done"));
+    co_return;
+  });
   Pid asked = w.s.spawn(crash_on_demand);
   w.rt().run_until_idle();
   w.rt().send_exit(asked, ExitReason::shutdown());

@@ -135,8 +135,9 @@ TEST(Process, CallRepliesAndTimesOutWithoutHanging) {
                    : "error " + r.error().to_string());
     t0 = ctx.now();
     auto r2 = co_await ctx.call(server, std::string("ping"));  // default timeout: 5 s
-    log.add(r2.ok() ? "reply" : std::string(to_string(r2.error().kind())) + " after " +
-                                    std::to_string(to_millis(ctx.now() - t0)));
+    log.add(r2.ok()
+                ? "reply"
+                : std::string(to_string(r2.error().kind())) + " after " + std::to_string(to_millis(ctx.now() - t0)));
     auto r3 = co_await ctx.call(server, 1, 250ms);
     log.add(r3.ok() ? "reply" : r3.error().message());
   });
@@ -282,17 +283,17 @@ TEST_P(LinkTest, ExitPropagatesAlongLinksAsOtpSays) {
 
 INSTANTIATE_TEST_SUITE_P(
     Table, LinkTest,
-    ::testing::Values(
-        LinkCase{"normal_ignored", ExitReason::normal(), false, false, ""},
-        LinkCase{"normal_trapped", ExitReason::normal(), true, false, "b got EXIT normal"},
-        LinkCase{"shutdown_kills", ExitReason::shutdown(), false, true, "shutdown"},
-        LinkCase{"shutdown_detail_kills", ExitReason::shutdown("bye"), false, true, "{shutdown, bye}"},
-        LinkCase{"shutdown_trapped", ExitReason::shutdown("bye"), true, false, "b got EXIT {shutdown, bye}"},
-        LinkCase{"crash_kills", ExitReason::crash("E", "m"), false, true, "crash: E: m"},
-        LinkCase{"crash_trapped", ExitReason::crash("E", "m"), true, false, "b got EXIT crash: E: m"},
-        // A process that exits with kill sends killed along its links, which can be trapped.
-        LinkCase{"killed_trapped", ExitReason::kill(), true, false, "b got EXIT killed"},
-        LinkCase{"killed_kills", ExitReason::kill(), false, true, "killed"}),
+    ::testing::Values(LinkCase{"normal_ignored", ExitReason::normal(), false, false, ""},
+                      LinkCase{"normal_trapped", ExitReason::normal(), true, false, "b got EXIT normal"},
+                      LinkCase{"shutdown_kills", ExitReason::shutdown(), false, true, "shutdown"},
+                      LinkCase{"shutdown_detail_kills", ExitReason::shutdown("bye"), false, true, "{shutdown, bye}"},
+                      LinkCase{"shutdown_trapped", ExitReason::shutdown("bye"), true, false,
+                               "b got EXIT {shutdown, bye}"},
+                      LinkCase{"crash_kills", ExitReason::crash("E", "m"), false, true, "crash: E: m"},
+                      LinkCase{"crash_trapped", ExitReason::crash("E", "m"), true, false, "b got EXIT crash: E: m"},
+                      // A process that exits with kill sends killed along its links, which can be trapped.
+                      LinkCase{"killed_trapped", ExitReason::kill(), true, false, "b got EXIT killed"},
+                      LinkCase{"killed_kills", ExitReason::kill(), false, true, "killed"}),
     [](const auto& param_info) { return std::string(param_info.param.name); });
 
 TEST(Process, KillCannotBeTrapped) {
@@ -378,8 +379,7 @@ TEST(Process, MonitorsStackAndReportReasonOrNoProc) {
   });
   s.rt->advance(5s);
   EXPECT_EQ(log.get(), (std::vector<std::string>{"m1 crash: std::runtime_error: boom",
-                                                 "m2 crash: std::runtime_error: boom", "dead noproc",
-                                                 "no more"}));
+                                                 "m2 crash: std::runtime_error: boom", "dead noproc", "no more"}));
 }
 
 TEST(Process, NamedRegistration) {
@@ -449,8 +449,8 @@ TEST(Mailbox, SuspendSenderSuspendsOnlyTheSender) {
     log.add("bystander runs");
   });
   s.rt->advance(10s);
-  EXPECT_EQ(log.get(), (std::vector<std::string>{"sent 0", "sent 1", "bystander runs", "got 0", "sent 2",
-                                                 "got 1", "sent 3", "got 2", "sent 4", "got 3", "got 4"}));
+  EXPECT_EQ(log.get(), (std::vector<std::string>{"sent 0", "sent 1", "bystander runs", "got 0", "sent 2", "got 1",
+                                                 "sent 3", "got 2", "sent 4", "got 3", "got 4"}));
   // From outside there is no process to suspend: a full mailbox is an error.
   for (int i = 0; i < 2; ++i) ASSERT_TRUE(s.rt->send(slow, i).ok());
   EXPECT_EQ(s.rt->send(slow, 9).error().kind(), ErrorKind::kMailboxFull);
@@ -596,25 +596,25 @@ TEST(OutsideWork, ChildOsProcessExitWakesTheProcessOnRealScheduler) {
   int exit_code = -1;
   std::string error;
   auto waiter = rt->spawn_watched([&](Context& ctx) -> Task<> {
-                   pid_t child = 0;
-                   char sh[] = "/bin/sh", c[] = "-c", cmd[] = "exit 3";
-                   char* argv[] = {sh, c, cmd, nullptr};
-                   if (posix_spawn(&child, "/bin/sh", nullptr, nullptr, argv, environ) != 0) {
-                     error = "posix_spawn failed";
-                     co_return;
-                   }
-                   int pidfd = static_cast<int>(syscall(SYS_pidfd_open, child, 0));
-                   if (pidfd < 0) {
-                     error = "pidfd_open failed";
-                     co_return;
-                   }
-                   auto r = co_await ctx.wait_fd(pidfd, kFdReadable, 30s);
-                   if (!r.ok()) error = r.error().to_string();
-                   int status = 0;
-                   waitpid(child, &status, 0);
-                   close(pidfd);
-                   exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -2;
-                 }).value();
+                    pid_t child = 0;
+                    char sh[] = "/bin/sh", c[] = "-c", cmd[] = "exit 3";
+                    char* argv[] = {sh, c, cmd, nullptr};
+                    if (posix_spawn(&child, "/bin/sh", nullptr, nullptr, argv, environ) != 0) {
+                      error = "posix_spawn failed";
+                      co_return;
+                    }
+                    int pidfd = static_cast<int>(syscall(SYS_pidfd_open, child, 0));
+                    if (pidfd < 0) {
+                      error = "pidfd_open failed";
+                      co_return;
+                    }
+                    auto r = co_await ctx.wait_fd(pidfd, kFdReadable, 30s);
+                    if (!r.ok()) error = r.error().to_string();
+                    int status = 0;
+                    waitpid(child, &status, 0);
+                    close(pidfd);
+                    exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -2;
+                  }).value();
   EXPECT_TRUE(waiter.exit->wait().is_normal());
   EXPECT_EQ(error, "");
   EXPECT_EQ(exit_code, 3);

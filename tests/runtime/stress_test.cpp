@@ -50,55 +50,56 @@ TEST(Stress, HundredThousandChildrenRandomCrashesAllRestartedNoneLost) {
 
   std::string failure;
   auto driver = rt->spawn_watched([&](Context& ctx) -> Task<> {
-                   auto fail = [&](std::string why) { failure = std::move(why); };
-                   auto sup = start_supervisor_link(ctx, spec);
-                   if (!sup.ok()) co_return fail(sup.error().to_string());
-                   for (std::size_t i = 0; i < kChildren; ++i) {
-                     auto r = co_await start_dynamic_child(ctx, *sup, std::any(i), 60s);
-                     if (!r.ok()) co_return fail(r.error().to_string());
-                   }
-                   auto kids = co_await which_children(ctx, *sup, 60s);
-                   if (!kids.ok() || kids->size() != kChildren) co_return fail("which_children before crashes");
-                   // Crash kCrashes distinct random children, all at once.
-                   std::vector<std::size_t> order(kChildren);
-                   for (std::size_t i = 0; i < kChildren; ++i) order[i] = i;
-                   for (std::size_t i = 0; i < kCrashes; ++i) {
-                     std::size_t j = i + ctx.env().random_below(kChildren - i);
-                     std::swap(order[i], order[j]);
-                     Pid victim = (*kids)[order[i]].pid;
-                     auto index = co_await ctx.call(victim, Ping{}, 60s);
-                     if (!index.ok()) co_return fail("ping before crash: " + index.error().to_string());
-                     ++crashes[*index->get<std::size_t>()];
-                     (void)co_await ctx.send(victim, Crash{});
-                   }
-                   // Wait (in virtual-or-real process time, never blocking a worker) until the
-                   // supervisor has restarted every one of them.
-                   for (int tries = 0;; ++tries) {
-                     auto counts = co_await count_children(ctx, *sup, 60s);
-                     if (!counts.ok()) co_return fail(counts.error().to_string());
-                     if (counts->restarts == kCrashes && counts->active == kChildren) break;
-                     if (counts->restarts > kCrashes) co_return fail("more restarts than crashes");
-                     if (tries > 600'000) co_return fail("restarts never completed");
-                     co_await ctx.sleep(1ms);
-                   }
-                   kids = co_await which_children(ctx, *sup, 60s);
-                   if (!kids.ok() || kids->size() != kChildren) co_return fail("which_children after crashes");
-                   std::unordered_set<Pid> pids;
-                   for (auto& k : *kids) pids.insert(k.pid);
-                   if (pids.size() != kChildren || pids.count(Pid{})) co_return fail("lost or duplicate children");
-                   // Every child answers.
-                   std::vector<int> answered(kChildren, 0);
-                   for (auto& k : *kids) {
-                     auto r = co_await ctx.call(k.pid, Ping{}, 60s);
-                     if (!r.ok()) co_return fail("ping after crashes: " + r.error().to_string());
-                     ++answered[*r->get<std::size_t>()];
-                   }
-                   for (std::size_t i = 0; i < kChildren; ++i) {
-                     if (answered[i] != 1) co_return fail("child " + std::to_string(i) + " answered " + std::to_string(answered[i]));
-                   }
-                   ctx.unlink(*sup);
-                   ctx.send_exit(*sup, ExitReason::shutdown());
-                 }).value();
+                    auto fail = [&](std::string why) { failure = std::move(why); };
+                    auto sup = start_supervisor_link(ctx, spec);
+                    if (!sup.ok()) co_return fail(sup.error().to_string());
+                    for (std::size_t i = 0; i < kChildren; ++i) {
+                      auto r = co_await start_dynamic_child(ctx, *sup, std::any(i), 60s);
+                      if (!r.ok()) co_return fail(r.error().to_string());
+                    }
+                    auto kids = co_await which_children(ctx, *sup, 60s);
+                    if (!kids.ok() || kids->size() != kChildren) co_return fail("which_children before crashes");
+                    // Crash kCrashes distinct random children, all at once.
+                    std::vector<std::size_t> order(kChildren);
+                    for (std::size_t i = 0; i < kChildren; ++i) order[i] = i;
+                    for (std::size_t i = 0; i < kCrashes; ++i) {
+                      std::size_t j = i + ctx.env().random_below(kChildren - i);
+                      std::swap(order[i], order[j]);
+                      Pid victim = (*kids)[order[i]].pid;
+                      auto index = co_await ctx.call(victim, Ping{}, 60s);
+                      if (!index.ok()) co_return fail("ping before crash: " + index.error().to_string());
+                      ++crashes[*index->get<std::size_t>()];
+                      (void)co_await ctx.send(victim, Crash{});
+                    }
+                    // Wait (in virtual-or-real process time, never blocking a worker) until the
+                    // supervisor has restarted every one of them.
+                    for (int tries = 0;; ++tries) {
+                      auto counts = co_await count_children(ctx, *sup, 60s);
+                      if (!counts.ok()) co_return fail(counts.error().to_string());
+                      if (counts->restarts == kCrashes && counts->active == kChildren) break;
+                      if (counts->restarts > kCrashes) co_return fail("more restarts than crashes");
+                      if (tries > 600'000) co_return fail("restarts never completed");
+                      co_await ctx.sleep(1ms);
+                    }
+                    kids = co_await which_children(ctx, *sup, 60s);
+                    if (!kids.ok() || kids->size() != kChildren) co_return fail("which_children after crashes");
+                    std::unordered_set<Pid> pids;
+                    for (auto& k : *kids) pids.insert(k.pid);
+                    if (pids.size() != kChildren || pids.count(Pid{})) co_return fail("lost or duplicate children");
+                    // Every child answers.
+                    std::vector<int> answered(kChildren, 0);
+                    for (auto& k : *kids) {
+                      auto r = co_await ctx.call(k.pid, Ping{}, 60s);
+                      if (!r.ok()) co_return fail("ping after crashes: " + r.error().to_string());
+                      ++answered[*r->get<std::size_t>()];
+                    }
+                    for (std::size_t i = 0; i < kChildren; ++i) {
+                      if (answered[i] != 1)
+                        co_return fail("child " + std::to_string(i) + " answered " + std::to_string(answered[i]));
+                    }
+                    ctx.unlink(*sup);
+                    ctx.send_exit(*sup, ExitReason::shutdown());
+                  }).value();
   ExitReason r = driver.exit->wait();
   ASSERT_TRUE(failure.empty()) << failure;
   EXPECT_TRUE(r.is_normal()) << r.to_string();
@@ -122,23 +123,23 @@ TEST(Stress, ConcurrentLinksAndMessagesOnTwoWorkers) {
   std::vector<std::shared_ptr<ExitWatch>> watches;
   for (int i = 0; i < kPairs; ++i) {
     auto echo = rt->spawn_watched([](Context& ctx) -> Task<> {
-                   ctx.set_trap_exit(true);
-                   for (;;) {
-                     Message m = co_await ctx.receive();
-                     if (m.is<Exit>()) co_return;
-                     (void)co_await ctx.send(m.from(), *m.get<int>());
-                   }
-                 }).value();
+                    ctx.set_trap_exit(true);
+                    for (;;) {
+                      Message m = co_await ctx.receive();
+                      if (m.is<Exit>()) co_return;
+                      (void)co_await ctx.send(m.from(), *m.get<int>());
+                    }
+                  }).value();
     watches.push_back(echo.exit);
     ASSERT_TRUE(rt->spawn([&, echo = echo.pid](Context& ctx) -> Task<> {
-                     ctx.link(echo);
-                     for (int k = 0; k < kRounds; ++k) {
-                       (void)co_await ctx.send(echo, k);
-                       Message m = co_await ctx.receive();
-                       if (*m.get<int>() == k) round_trips.fetch_add(1);
-                     }
-                     throw std::runtime_error("done: crash on purpose");
-                   }).ok());
+                    ctx.link(echo);
+                    for (int k = 0; k < kRounds; ++k) {
+                      (void)co_await ctx.send(echo, k);
+                      Message m = co_await ctx.receive();
+                      if (*m.get<int>() == k) round_trips.fetch_add(1);
+                    }
+                    throw std::runtime_error("done: crash on purpose");
+                  }).ok());
   }
   for (auto& w : watches) {
     ExitReason r = w->wait();

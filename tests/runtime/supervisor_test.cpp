@@ -29,7 +29,7 @@ using Type = SupervisionEventType;
 // ---------------------------------------------------------------- test workers
 
 // Messages a test worker obeys.
-struct Crash {};  // it throws std::runtime_error("boom")
+struct Crash {};   // it throws std::runtime_error("boom")
 struct ExitWith {  // it ends with this reason (normal: returns)
   ExitReason reason;
 };
@@ -245,9 +245,9 @@ std::string param_name(const ::testing::TestParamInfo<T>& info) {
 struct StrategyCase {
   std::string name;
   Strategy strategy;
-  std::string crash;    // which of a, b, c crashes
-  Lines events;         // after the crash
-  Lines log;            // worker stops and starts after the crash
+  std::string crash;                 // which of a, b, c crashes
+  Lines events;                      // after the crash
+  Lines log;                         // worker stops and starts after the crash
   std::vector<std::string> changed;  // children with a new pid
 };
 
@@ -273,34 +273,45 @@ TEST_P(SupervisorStrategy, CrashStopsAndRestartsTheRightChildren) {
 
 INSTANTIATE_TEST_SUITE_P(
     Supervisor, SupervisorStrategy,
-    ::testing::Values(
-        StrategyCase{"one_for_one_middle", Strategy::kOneForOne, "b",
-                     {"exited b crash", "restarted b"},
-                     {"stop b", "start b"},
-                     {"b"}},
-        StrategyCase{"one_for_all_middle", Strategy::kOneForAll, "b",
-                     {"exited b crash", "exited c shutdown by_sup", "exited a shutdown by_sup", "restarted a",
-                      "restarted b", "restarted c"},
-                     {"stop b", "stop c", "stop a", "start a", "start b", "start c"},
-                     {"a", "b", "c"}},
-        StrategyCase{"one_for_all_last", Strategy::kOneForAll, "c",
-                     {"exited c crash", "exited b shutdown by_sup", "exited a shutdown by_sup", "restarted a",
-                      "restarted b", "restarted c"},
-                     {"stop c", "stop b", "stop a", "start a", "start b", "start c"},
-                     {"a", "b", "c"}},
-        StrategyCase{"rest_for_one_middle", Strategy::kRestForOne, "b",
-                     {"exited b crash", "exited c shutdown by_sup", "restarted b", "restarted c"},
-                     {"stop b", "stop c", "start b", "start c"},
-                     {"b", "c"}},
-        StrategyCase{"rest_for_one_first", Strategy::kRestForOne, "a",
-                     {"exited a crash", "exited c shutdown by_sup", "exited b shutdown by_sup", "restarted a",
-                      "restarted b", "restarted c"},
-                     {"stop a", "stop c", "stop b", "start a", "start b", "start c"},
-                     {"a", "b", "c"}},
-        StrategyCase{"rest_for_one_last", Strategy::kRestForOne, "c",
-                     {"exited c crash", "restarted c"},
-                     {"stop c", "start c"},
-                     {"c"}}),
+    ::testing::Values(StrategyCase{"one_for_one_middle",
+                                   Strategy::kOneForOne,
+                                   "b",
+                                   {"exited b crash", "restarted b"},
+                                   {"stop b", "start b"},
+                                   {"b"}},
+                      StrategyCase{"one_for_all_middle",
+                                   Strategy::kOneForAll,
+                                   "b",
+                                   {"exited b crash", "exited c shutdown by_sup", "exited a shutdown by_sup",
+                                    "restarted a", "restarted b", "restarted c"},
+                                   {"stop b", "stop c", "stop a", "start a", "start b", "start c"},
+                                   {"a", "b", "c"}},
+                      StrategyCase{"one_for_all_last",
+                                   Strategy::kOneForAll,
+                                   "c",
+                                   {"exited c crash", "exited b shutdown by_sup", "exited a shutdown by_sup",
+                                    "restarted a", "restarted b", "restarted c"},
+                                   {"stop c", "stop b", "stop a", "start a", "start b", "start c"},
+                                   {"a", "b", "c"}},
+                      StrategyCase{"rest_for_one_middle",
+                                   Strategy::kRestForOne,
+                                   "b",
+                                   {"exited b crash", "exited c shutdown by_sup", "restarted b", "restarted c"},
+                                   {"stop b", "stop c", "start b", "start c"},
+                                   {"b", "c"}},
+                      StrategyCase{"rest_for_one_first",
+                                   Strategy::kRestForOne,
+                                   "a",
+                                   {"exited a crash", "exited c shutdown by_sup", "exited b shutdown by_sup",
+                                    "restarted a", "restarted b", "restarted c"},
+                                   {"stop a", "stop c", "stop b", "start a", "start b", "start c"},
+                                   {"a", "b", "c"}},
+                      StrategyCase{"rest_for_one_last",
+                                   Strategy::kRestForOne,
+                                   "c",
+                                   {"exited c crash", "restarted c"},
+                                   {"stop c", "start c"},
+                                   {"c"}}),
     param_name<StrategyCase>);
 
 // A sibling that exits by itself while the supervisor is busy stopping the group keeps its own
@@ -311,12 +322,12 @@ TEST(SupervisorStrategyRace, SiblingThatExitedByItselfKeepsItsReason) {
   slow.shutdown = ShutdownSpec::after(1s);
   Pid sup = w.start(make_spec("s", Strategy::kOneForAll, {w.worker("a"), w.worker("b"), w.worker("c"), slow}));
   std::size_t from = w.mark();
-  w.crash("b");   // the supervisor starts stopping d and waits up to 1 s
-  w.crash("c");   // meanwhile c dies by itself
+  w.crash("b");  // the supervisor starts stopping d and waits up to 1 s
+  w.crash("c");  // meanwhile c dies by itself
   w.rt().advance(1s);
-  EXPECT_EQ(w.lines(from), (Lines{"exited b crash", "exited d killed by_sup", "exited c crash",
-                                  "exited a shutdown by_sup", "restarted a", "restarted b", "restarted c",
-                                  "restarted d"}));
+  EXPECT_EQ(w.lines(from),
+            (Lines{"exited b crash", "exited d killed by_sup", "exited c crash", "exited a shutdown by_sup",
+                   "restarted a", "restarted b", "restarted c", "restarted d"}));
   std::optional<ChildCounts> counts;
   w.drive([&](Context& ctx) -> Task<> {
     auto r = co_await count_children(ctx, sup);
@@ -381,25 +392,24 @@ TEST_P(SupervisorRestartType, RestartedOnlyWhenTheTypeSaysSo) {
 
 INSTANTIATE_TEST_SUITE_P(
     Supervisor, SupervisorRestartType,
-    ::testing::Values(
-        RestartCase{"permanent_normal", RestartType::kPermanent, How::kNormal, "normal", true},
-        RestartCase{"permanent_shutdown", RestartType::kPermanent, How::kShutdown, "shutdown", true},
-        RestartCase{"permanent_shutdown_detail", RestartType::kPermanent, How::kShutdownDetail, "{shutdown, detail}",
-                    true},
-        RestartCase{"permanent_crash", RestartType::kPermanent, How::kCrash, "crash", true},
-        RestartCase{"permanent_killed", RestartType::kPermanent, How::kKilled, "killed", true},
-        RestartCase{"transient_normal", RestartType::kTransient, How::kNormal, "normal", false},
-        RestartCase{"transient_shutdown", RestartType::kTransient, How::kShutdown, "shutdown", false},
-        RestartCase{"transient_shutdown_detail", RestartType::kTransient, How::kShutdownDetail, "{shutdown, detail}",
-                    false},
-        RestartCase{"transient_crash", RestartType::kTransient, How::kCrash, "crash", true},
-        RestartCase{"transient_killed", RestartType::kTransient, How::kKilled, "killed", true},
-        RestartCase{"temporary_normal", RestartType::kTemporary, How::kNormal, "normal", false},
-        RestartCase{"temporary_shutdown", RestartType::kTemporary, How::kShutdown, "shutdown", false},
-        RestartCase{"temporary_shutdown_detail", RestartType::kTemporary, How::kShutdownDetail, "{shutdown, detail}",
-                    false},
-        RestartCase{"temporary_crash", RestartType::kTemporary, How::kCrash, "crash", false},
-        RestartCase{"temporary_killed", RestartType::kTemporary, How::kKilled, "killed", false}),
+    ::testing::Values(RestartCase{"permanent_normal", RestartType::kPermanent, How::kNormal, "normal", true},
+                      RestartCase{"permanent_shutdown", RestartType::kPermanent, How::kShutdown, "shutdown", true},
+                      RestartCase{"permanent_shutdown_detail", RestartType::kPermanent, How::kShutdownDetail,
+                                  "{shutdown, detail}", true},
+                      RestartCase{"permanent_crash", RestartType::kPermanent, How::kCrash, "crash", true},
+                      RestartCase{"permanent_killed", RestartType::kPermanent, How::kKilled, "killed", true},
+                      RestartCase{"transient_normal", RestartType::kTransient, How::kNormal, "normal", false},
+                      RestartCase{"transient_shutdown", RestartType::kTransient, How::kShutdown, "shutdown", false},
+                      RestartCase{"transient_shutdown_detail", RestartType::kTransient, How::kShutdownDetail,
+                                  "{shutdown, detail}", false},
+                      RestartCase{"transient_crash", RestartType::kTransient, How::kCrash, "crash", true},
+                      RestartCase{"transient_killed", RestartType::kTransient, How::kKilled, "killed", true},
+                      RestartCase{"temporary_normal", RestartType::kTemporary, How::kNormal, "normal", false},
+                      RestartCase{"temporary_shutdown", RestartType::kTemporary, How::kShutdown, "shutdown", false},
+                      RestartCase{"temporary_shutdown_detail", RestartType::kTemporary, How::kShutdownDetail,
+                                  "{shutdown, detail}", false},
+                      RestartCase{"temporary_crash", RestartType::kTemporary, How::kCrash, "crash", false},
+                      RestartCase{"temporary_killed", RestartType::kTemporary, How::kKilled, "killed", false}),
     param_name<RestartCase>);
 
 // OTP: a temporary child is stopped with its group but never restarted; transient and
@@ -413,9 +423,9 @@ class SupervisorTemporarySibling : public ::testing::TestWithParam<GroupCase> {}
 
 TEST_P(SupervisorTemporarySibling, IsStoppedButNotRestarted) {
   World w;
-  Pid sup = w.start(make_spec("s", GetParam().strategy,
-                              {w.worker("a"), w.worker("t", RestartType::kTemporary),
-                               w.worker("r", RestartType::kTransient), w.worker("c")}));
+  Pid sup = w.start(make_spec(
+      "s", GetParam().strategy,
+      {w.worker("a"), w.worker("t", RestartType::kTemporary), w.worker("r", RestartType::kTransient), w.worker("c")}));
   std::size_t from = w.mark();
   w.crash("a");
   EXPECT_EQ(w.lines(from), (Lines{"exited a crash", "exited c shutdown by_sup", "exited r shutdown by_sup",
@@ -451,8 +461,8 @@ class SupervisorIntensity : public ::testing::TestWithParam<IntensityCase> {};
 TEST_P(SupervisorIntensity, GivesUpOnlyWhenMoreThanIntensityRestartsFallInThePeriod) {
   const IntensityCase& c = GetParam();
   World w;
-  Pid sup = w.start(make_spec("s", Strategy::kOneForOne, {w.worker("a"), w.worker("b"), w.worker("c")}, c.intensity,
-                              c.period));
+  Pid sup = w.start(
+      make_spec("s", Strategy::kOneForOne, {w.worker("a"), w.worker("b"), w.worker("c")}, c.intensity, c.period));
   auto watch = w.rt().watch_exit(sup);
   std::size_t from = 0;
   for (std::size_t i = 0; i < c.gaps.size(); ++i) {
@@ -471,9 +481,9 @@ TEST_P(SupervisorIntensity, GivesUpOnlyWhenMoreThanIntensityRestartsFallInThePer
   }
   // Gives up: the other children stop in reverse order, then the supervisor exits with
   // {shutdown, reached_max_restart_intensity}.
-  EXPECT_EQ(w.lines(from), (Lines{"exited b crash", "intensity_exceeded", "exited c shutdown by_sup",
-                                  "exited a shutdown by_sup", "escalated",
-                                  "stopped {shutdown, reached_max_restart_intensity}"}));
+  EXPECT_EQ(w.lines(from),
+            (Lines{"exited b crash", "intensity_exceeded", "exited c shutdown by_sup", "exited a shutdown by_sup",
+                   "escalated", "stopped {shutdown, reached_max_restart_intensity}"}));
   EXPECT_EQ(w.log.get(), (Lines{"stop b", "stop c", "stop a"}));
   EXPECT_EQ(w.count(Type::kIntensityExceeded), 1);
   ASSERT_TRUE(watch->done());
@@ -483,17 +493,19 @@ TEST_P(SupervisorIntensity, GivesUpOnlyWhenMoreThanIntensityRestartsFallInThePer
 
 INSTANTIATE_TEST_SUITE_P(
     Supervisor, SupervisorIntensity,
-    ::testing::Values(
-        IntensityCase{"n_restarts_are_fine", 3, 5s, {0s, 0s, 0s}, false},
-        IntensityCase{"n_plus_1_gives_up", 3, 5s, {0s, 0s, 0s, 0s}, true},
-        IntensityCase{"intensity_zero_gives_up_at_once", 0, 5s, {0s}, true},
-        IntensityCase{"crowded_within_period_gives_up", 2, 1s, {0ms, 400ms, 400ms}, true},
-        // At most 2 restarts within any 1 s window: never more than intensity.
-        IntensityCase{"spread_beyond_period_never_trips", 2, 1s,
-                      {0ms, 600ms, 600ms, 600ms, 600ms, 600ms, 600ms, 600ms, 600ms, 600ms}, false},
-        // OTP keeps a restart made at R while R >= now - period: one exactly `period` ago counts.
-        IntensityCase{"restart_exactly_period_ago_counts", 1, 5s, {0s, 5s}, true},
-        IntensityCase{"restart_just_over_period_ago_forgotten", 1, 5s, {0s, 5s + 1ns}, false}),
+    ::testing::Values(IntensityCase{"n_restarts_are_fine", 3, 5s, {0s, 0s, 0s}, false},
+                      IntensityCase{"n_plus_1_gives_up", 3, 5s, {0s, 0s, 0s, 0s}, true},
+                      IntensityCase{"intensity_zero_gives_up_at_once", 0, 5s, {0s}, true},
+                      IntensityCase{"crowded_within_period_gives_up", 2, 1s, {0ms, 400ms, 400ms}, true},
+                      // At most 2 restarts within any 1 s window: never more than intensity.
+                      IntensityCase{"spread_beyond_period_never_trips",
+                                    2,
+                                    1s,
+                                    {0ms, 600ms, 600ms, 600ms, 600ms, 600ms, 600ms, 600ms, 600ms, 600ms},
+                                    false},
+                      // OTP keeps a restart made at R while R >= now - period: one exactly `period` ago counts.
+                      IntensityCase{"restart_exactly_period_ago_counts", 1, 5s, {0s, 5s}, true},
+                      IntensityCase{"restart_just_over_period_ago_forgotten", 1, 5s, {0s, 5s + 1ns}, false}),
     param_name<IntensityCase>);
 
 // A restart whose start function fails is retried and counts toward the intensity (OTP's
@@ -509,9 +521,9 @@ TEST(SupervisorIntensityFailedRestart, FailedRestartsAreRetriedAndCounted) {
   Pid sup = w.start(make_spec("s", Strategy::kOneForOne, {w.worker("a"), flaky}, /*intensity=*/3));
   std::size_t from = w.mark();
   w.crash("f");
-  EXPECT_EQ(w.lines(from), (Lines{"exited f crash", "start_failed f", "start_failed f", "start_failed f",
-                                  "intensity_exceeded", "exited a shutdown by_sup", "escalated",
-                                  "stopped {shutdown, reached_max_restart_intensity}"}));
+  EXPECT_EQ(w.lines(from),
+            (Lines{"exited f crash", "start_failed f", "start_failed f", "start_failed f", "intensity_exceeded",
+                   "exited a shutdown by_sup", "escalated", "stopped {shutdown, reached_max_restart_intensity}"}));
   EXPECT_FALSE(w.rt().alive(sup));
   EXPECT_EQ(w.rt().process_count(), 0u);
 }
@@ -521,7 +533,7 @@ TEST(SupervisorIntensityFailedRestart, FailedRestartsAreRetriedAndCounted) {
 struct EscalationCase {
   std::string name;
   int leaf_intensity, mid_intensity, root_intensity;
-  int crashes;  // of leaf worker w2, all at the same virtual time
+  int crashes;                                  // of leaf worker w2, all at the same virtual time
   int leaf_gave_up, mid_gave_up, root_gave_up;  // intensity_exceeded per supervisor
   bool root_alive;
 };
@@ -562,18 +574,17 @@ TEST_P(SupervisorEscalation, CrashLoopEscalatesExactlyAsFarAsTheLimitsSay) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Supervisor, SupervisorEscalation,
-    ::testing::Values(
-        // leaf gives up every (2 + 1) crashes; mid at its second leaf give-up (1 + 1).
-        EscalationCase{"leaf_absorbs", 2, 1, 3, 2, 0, 0, 0, true},
-        EscalationCase{"leaf_gives_up_mid_restarts_it", 2, 1, 3, 3, 1, 0, 0, true},
-        EscalationCase{"mid_absorbs_one_leaf_give_up", 2, 1, 3, 5, 1, 0, 0, true},
-        EscalationCase{"mid_gives_up_root_restarts_it", 2, 1, 3, 6, 2, 1, 0, true},
-        EscalationCase{"root_absorbs_two_mid_give_ups", 2, 1, 2, 12, 4, 2, 0, true},
-        EscalationCase{"root_gives_up", 2, 1, 1, 12, 4, 2, 1, false},
-        EscalationCase{"zero_intensities_escalate_at_once", 0, 0, 3, 1, 1, 1, 0, true}),
-    param_name<EscalationCase>);
+INSTANTIATE_TEST_SUITE_P(Supervisor, SupervisorEscalation,
+                         ::testing::Values(
+                             // leaf gives up every (2 + 1) crashes; mid at its second leaf give-up (1 + 1).
+                             EscalationCase{"leaf_absorbs", 2, 1, 3, 2, 0, 0, 0, true},
+                             EscalationCase{"leaf_gives_up_mid_restarts_it", 2, 1, 3, 3, 1, 0, 0, true},
+                             EscalationCase{"mid_absorbs_one_leaf_give_up", 2, 1, 3, 5, 1, 0, 0, true},
+                             EscalationCase{"mid_gives_up_root_restarts_it", 2, 1, 3, 6, 2, 1, 0, true},
+                             EscalationCase{"root_absorbs_two_mid_give_ups", 2, 1, 2, 12, 4, 2, 0, true},
+                             EscalationCase{"root_gives_up", 2, 1, 1, 12, 4, 2, 1, false},
+                             EscalationCase{"zero_intensities_escalate_at_once", 0, 0, 3, 1, 1, 1, 0, true}),
+                         param_name<EscalationCase>);
 
 // One leaf give-up, event by event across the levels: the leaf's {shutdown, ...} exit is a
 // failure of a permanent child to mid, which restarts its whole group (one_for_all).
@@ -702,8 +713,8 @@ TEST(SupervisorShutdownOrder, TimeoutsRunOneAfterAnother) {
   TimePoint t0 = w.now();
   w.rt().send_exit(sup, ExitReason::shutdown());
   w.rt().advance(3s);
-  EXPECT_EQ(w.lines(from), (Lines{"exited c killed by_sup", "exited b killed by_sup", "exited a killed by_sup",
-                                  "stopped shutdown"}));
+  EXPECT_EQ(w.lines(from),
+            (Lines{"exited c killed by_sup", "exited b killed by_sup", "exited a killed by_sup", "stopped shutdown"}));
   ASSERT_EQ(w.events.size(), from + 4);
   for (int i = 0; i < 4; ++i) {
     EXPECT_EQ(w.events[from + i].at - t0, Duration(std::chrono::seconds(std::min(i + 1, 3)))) << i;
@@ -721,10 +732,10 @@ TEST(SupervisorShutdownOrder, NestedSupervisorStopsDepthFirst) {
   w.log.clear();
   w.rt().send_exit(root, ExitReason::shutdown());
   w.rt().run_until_idle();
-  EXPECT_EQ(w.tagged(from), (Lines{"root: exited y shutdown by_sup", "mid: exited m2 shutdown by_sup",
-                                   "mid: exited m1 shutdown by_sup", "mid: stopped shutdown",
-                                   "root: exited mid shutdown by_sup", "root: exited x shutdown by_sup",
-                                   "root: stopped shutdown"}));
+  EXPECT_EQ(w.tagged(from),
+            (Lines{"root: exited y shutdown by_sup", "mid: exited m2 shutdown by_sup", "mid: exited m1 shutdown by_sup",
+                   "mid: stopped shutdown", "root: exited mid shutdown by_sup", "root: exited x shutdown by_sup",
+                   "root: stopped shutdown"}));
   EXPECT_EQ(w.log.get(), (Lines{"stop y", "stop m2", "stop m1", "stop x"}));
   EXPECT_EQ(w.rt().process_count(), 0u);
 }
@@ -769,8 +780,8 @@ TEST_P(SupervisorStartFailure, FailsNamingTheChildAndLeavesNothingRunning) {
   EXPECT_NE(r.error().message().find("no database"), std::string::npos) << r.error().message();
   EXPECT_EQ(w.log.get(), (Lines{"start a", "start b", "start c"}));  // d is never tried
   // Every reported start has its reported exit (the event stream stays balanced for metrics).
-  EXPECT_EQ(w.lines(), (Lines{"started a", "started b", "start_failed c", "exited b killed by_sup",
-                              "exited a killed by_sup"}));
+  EXPECT_EQ(w.lines(),
+            (Lines{"started a", "started b", "start_failed c", "exited b killed by_sup", "exited a killed by_sup"}));
   w.rt().run_until_idle();
   EXPECT_EQ(w.rt().process_count(), 0u);
   EXPECT_FALSE(w.rt().alive(w.pids.at("a")));
@@ -887,13 +898,19 @@ INSTANTIATE_TEST_SUITE_P(
         InvalidCase{"negative_shutdown_timeout",
                     [](SupervisorSpec& s) { s.children[0].shutdown = ShutdownSpec::after(-1ms); }, "shutdown timeout"},
         InvalidCase{"backoff_min_above_max",
-                    [](SupervisorSpec& s) { s.children[0].backoff = BackoffOptions{2s, 1s, 2.0, 0.2, 60s}; },
+                    [](SupervisorSpec& s) {
+                      s.children[0].backoff = BackoffOptions{2s, 1s, 2.0, 0.2, 60s};
+                    },
                     "min_delay"},
         InvalidCase{"backoff_multiplier_below_one",
-                    [](SupervisorSpec& s) { s.children[0].backoff = BackoffOptions{1s, 2s, 0.5, 0.2, 60s}; },
+                    [](SupervisorSpec& s) {
+                      s.children[0].backoff = BackoffOptions{1s, 2s, 0.5, 0.2, 60s};
+                    },
                     "multiplier"},
         InvalidCase{"backoff_jitter_above_one",
-                    [](SupervisorSpec& s) { s.children[0].backoff = BackoffOptions{1s, 2s, 2.0, 1.5, 60s}; },
+                    [](SupervisorSpec& s) {
+                      s.children[0].backoff = BackoffOptions{1s, 2s, 2.0, 1.5, 60s};
+                    },
                     "jitter"}),
     param_name<InvalidCase>);
 
@@ -947,54 +964,62 @@ TEST_P(SupervisorAutoShutdown, FiresOnlyWhenSignificantChildrenExitByThemselves)
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Supervisor, SupervisorAutoShutdown,
-    ::testing::Values(
-        AutoCase{"never", AutoShutdown::kNever,
-                 {{"s1", Act::kExitNormal}, {"s2", Act::kExitNormal}},
-                 {"exited s1 normal", "exited s2 normal"},
-                 true},
-        AutoCase{"any_transient_exits_normally", AutoShutdown::kAnySignificant,
-                 {{"s1", Act::kExitNormal}},
-                 {"exited s1 normal", "auto_shutdown", "exited p shutdown by_sup", "exited s2 shutdown by_sup",
-                  "stopped shutdown"},
-                 false},
-        AutoCase{"any_temporary_crashes", AutoShutdown::kAnySignificant,
-                 {{"s2", Act::kCrash}},
-                 {"exited s2 crash", "auto_shutdown", "exited p shutdown by_sup", "exited s1 shutdown by_sup",
-                  "stopped shutdown"},
-                 false},
-        AutoCase{"any_transient_crash_is_restarted", AutoShutdown::kAnySignificant,
-                 {{"s1", Act::kCrash}},
-                 {"exited s1 crash", "restarted s1"},
-                 true},
-        AutoCase{"any_not_when_terminated_by_supervisor", AutoShutdown::kAnySignificant,
-                 {{"s1", Act::kTerminate}, {"s2", Act::kTerminate}},
-                 {"exited s1 shutdown by_sup", "exited s2 shutdown by_sup"},
-                 true},
-        AutoCase{"all_one_of_two_exits", AutoShutdown::kAllSignificant,
-                 {{"s1", Act::kExitNormal}},
-                 {"exited s1 normal"},
-                 true},
-        AutoCase{"all_both_exit", AutoShutdown::kAllSignificant,
-                 {{"s1", Act::kExitNormal}, {"s2", Act::kExitNormal}},
-                 {"exited s1 normal", "exited s2 normal", "auto_shutdown", "exited p shutdown by_sup",
-                  "stopped shutdown"},
-                 false},
-        AutoCase{"all_restarted_one_still_runs", AutoShutdown::kAllSignificant,
-                 {{"s1", Act::kCrash}, {"s2", Act::kExitNormal}},
-                 {"exited s1 crash", "restarted s1", "exited s2 normal"},
-                 true},
-        AutoCase{"all_last_exits_after_other_terminated", AutoShutdown::kAllSignificant,
-                 {{"s1", Act::kTerminate}, {"s2", Act::kExitNormal}},
-                 {"exited s1 shutdown by_sup", "exited s2 normal", "auto_shutdown", "exited p shutdown by_sup",
-                  "stopped shutdown"},
-                 false},
-        AutoCase{"all_not_when_all_terminated_by_supervisor", AutoShutdown::kAllSignificant,
-                 {{"s1", Act::kTerminate}, {"s2", Act::kTerminate}},
-                 {"exited s1 shutdown by_sup", "exited s2 shutdown by_sup"},
-                 true}),
-    param_name<AutoCase>);
+INSTANTIATE_TEST_SUITE_P(Supervisor, SupervisorAutoShutdown,
+                         ::testing::Values(AutoCase{"never",
+                                                    AutoShutdown::kNever,
+                                                    {{"s1", Act::kExitNormal}, {"s2", Act::kExitNormal}},
+                                                    {"exited s1 normal", "exited s2 normal"},
+                                                    true},
+                                           AutoCase{"any_transient_exits_normally",
+                                                    AutoShutdown::kAnySignificant,
+                                                    {{"s1", Act::kExitNormal}},
+                                                    {"exited s1 normal", "auto_shutdown", "exited p shutdown by_sup",
+                                                     "exited s2 shutdown by_sup", "stopped shutdown"},
+                                                    false},
+                                           AutoCase{"any_temporary_crashes",
+                                                    AutoShutdown::kAnySignificant,
+                                                    {{"s2", Act::kCrash}},
+                                                    {"exited s2 crash", "auto_shutdown", "exited p shutdown by_sup",
+                                                     "exited s1 shutdown by_sup", "stopped shutdown"},
+                                                    false},
+                                           AutoCase{"any_transient_crash_is_restarted",
+                                                    AutoShutdown::kAnySignificant,
+                                                    {{"s1", Act::kCrash}},
+                                                    {"exited s1 crash", "restarted s1"},
+                                                    true},
+                                           AutoCase{"any_not_when_terminated_by_supervisor",
+                                                    AutoShutdown::kAnySignificant,
+                                                    {{"s1", Act::kTerminate}, {"s2", Act::kTerminate}},
+                                                    {"exited s1 shutdown by_sup", "exited s2 shutdown by_sup"},
+                                                    true},
+                                           AutoCase{"all_one_of_two_exits",
+                                                    AutoShutdown::kAllSignificant,
+                                                    {{"s1", Act::kExitNormal}},
+                                                    {"exited s1 normal"},
+                                                    true},
+                                           AutoCase{"all_both_exit",
+                                                    AutoShutdown::kAllSignificant,
+                                                    {{"s1", Act::kExitNormal}, {"s2", Act::kExitNormal}},
+                                                    {"exited s1 normal", "exited s2 normal", "auto_shutdown",
+                                                     "exited p shutdown by_sup", "stopped shutdown"},
+                                                    false},
+                                           AutoCase{"all_restarted_one_still_runs",
+                                                    AutoShutdown::kAllSignificant,
+                                                    {{"s1", Act::kCrash}, {"s2", Act::kExitNormal}},
+                                                    {"exited s1 crash", "restarted s1", "exited s2 normal"},
+                                                    true},
+                                           AutoCase{"all_last_exits_after_other_terminated",
+                                                    AutoShutdown::kAllSignificant,
+                                                    {{"s1", Act::kTerminate}, {"s2", Act::kExitNormal}},
+                                                    {"exited s1 shutdown by_sup", "exited s2 normal", "auto_shutdown",
+                                                     "exited p shutdown by_sup", "stopped shutdown"},
+                                                    false},
+                                           AutoCase{"all_not_when_all_terminated_by_supervisor",
+                                                    AutoShutdown::kAllSignificant,
+                                                    {{"s1", Act::kTerminate}, {"s2", Act::kTerminate}},
+                                                    {"exited s1 shutdown by_sup", "exited s2 shutdown by_sup"},
+                                                    true}),
+                         param_name<AutoCase>);
 
 // ---------------------------------------------------------------- 8. simple_one_for_one
 
@@ -1096,8 +1121,8 @@ TEST(SupervisorDynamic, InstancesShareOneShutdownTimeout) {
   w.rt().advance(1s - 1ns);
   EXPECT_EQ(w.count(Type::kChildExited), 0);
   w.rt().advance(1ns);
-  EXPECT_EQ(w.lines(from), (Lines{"exited w killed by_sup", "exited w killed by_sup", "exited w killed by_sup",
-                                  "stopped shutdown"}));
+  EXPECT_EQ(w.lines(from),
+            (Lines{"exited w killed by_sup", "exited w killed by_sup", "exited w killed by_sup", "stopped shutdown"}));
   for (std::size_t i = from; i < w.events.size(); ++i) EXPECT_EQ(w.events[i].at - t0, Duration(1s));
   EXPECT_EQ(w.rt().process_count(), 0u);
 }

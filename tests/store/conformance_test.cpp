@@ -203,7 +203,8 @@ TEST_P(StoreConformance, EffectJournalRecordsIntentThenOutcome) {
 
   // A second intent for the same effect (a retried commit) keeps the first.
   WriteBatch again;
-  again.put_effect_intent({.workflow_id = "wf", .effect_id = "e1", .idempotency_key = "other", .nature = EffectNature::kUnsafe});
+  again.put_effect_intent(
+      {.workflow_id = "wf", .effect_id = "e1", .idempotency_key = "other", .nature = EffectNature::kUnsafe});
   commit_ok(again);
   EXPECT_EQ(store_->load_effects("wf")->front().idempotency_key, "wf/1/e1");
 
@@ -234,7 +235,8 @@ TEST_P(StoreConformance, PendingEffectsSpanWorkflowsInKeyOrderAndAreBounded) {
   for (std::string wf : {"b", "a", "c"}) {
     b.create_workflow(wf, "k", "", at(1));
     for (std::string e : {"2", "1"})
-      b.put_effect_intent({.workflow_id = wf, .effect_id = e, .idempotency_key = wf + e, .nature = EffectNature::kCheckable});
+      b.put_effect_intent(
+          {.workflow_id = wf, .effect_id = e, .idempotency_key = wf + e, .nature = EffectNature::kCheckable});
   }
   b.put_effect_outcome("a", "1", EffectState::kNeedsAttention, std::nullopt, at(2));
   commit_ok(b);

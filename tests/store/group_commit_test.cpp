@@ -219,15 +219,17 @@ TEST_F(GroupCommitTest, AThrowingStoreReleasesTheFollowersAndRethrowsInTheLeader
   std::vector<Status> statuses(4);
   std::vector<std::unique_ptr<Thread>> ft;
   for (std::size_t i = 0; i < statuses.size(); ++i) {
-    ft.push_back(env->start_thread("caller", [&, i] {
-                      WriteBatch b = batch_for(numbered("f", i));
-                      try {
-                        statuses[i] = c.commit(b);
-                      } catch (const std::runtime_error&) {
-                        ++threw;
-                        statuses[i] = Error(ErrorKind::kInternal, "threw");
-                      }
-                    }).value());
+    ft.push_back(env->start_thread("caller",
+                                   [&, i] {
+                                     WriteBatch b = batch_for(numbered("f", i));
+                                     try {
+                                       statuses[i] = c.commit(b);
+                                     } catch (const std::runtime_error&) {
+                                       ++threw;
+                                       statuses[i] = Error(ErrorKind::kInternal, "threw");
+                                     }
+                                   })
+                     .value());
   }
   wait_queued(c, 5);
   gated.throw_next = true;
@@ -294,16 +296,19 @@ TEST_F(GroupCommitTest, ManyThreadsEveryBatchDurableExactlyOnce) {
   std::atomic<int> failures{0};
   std::vector<std::unique_ptr<Thread>> threads;
   for (int t = 0; t < kThreads; ++t) {
-    threads.push_back(env->start_thread("w", [&, t] {
-      for (int i = 0; i < kPerThread; ++i) {
-        std::string id = std::to_string(t) + "/" + std::to_string(i);
-        WriteBatch b = batch_for(id);
-        b.append_history("log", t * 100000 + i, id);
-        if (!c.commit(b).ok()) ++failures;
-        // Returned ok: the batch must be readable now (durable before the caller returns).
-        if (!mem->get_workflow(id).ok()) ++failures;
-      }
-    }).value());
+    threads.push_back(env->start_thread("w",
+                                        [&, t] {
+                                          for (int i = 0; i < kPerThread; ++i) {
+                                            std::string id = std::to_string(t) + "/" + std::to_string(i);
+                                            WriteBatch b = batch_for(id);
+                                            b.append_history("log", t * 100000 + i, id);
+                                            if (!c.commit(b).ok()) ++failures;
+                                            // Returned ok: the batch must be readable now (durable before the caller
+                                            // returns).
+                                            if (!mem->get_workflow(id).ok()) ++failures;
+                                          }
+                                        })
+                          .value());
   }
   for (auto& t : threads) t->join();
   EXPECT_EQ(failures.load(), 0);

@@ -112,8 +112,7 @@ TEST(MemoryStore, CorruptionSurvivesACrash) {
   store->crash();
   auto steps = store->load_steps("a");
   ASSERT_FALSE(steps.ok());
-  EXPECT_NE(steps.error().message().find("step 4 ('s') of workflow 'a'"), std::string::npos)
-      << steps.error().message();
+  EXPECT_NE(steps.error().message().find("step 4 ('s') of workflow 'a'"), std::string::npos) << steps.error().message();
 }
 
 }  // namespace

@@ -132,8 +132,7 @@ class PostgresEnvironment : public ::testing::Environment {
  public:
   void TearDown() override { PostgresServer::get().stop(); }
 };
-[[maybe_unused]] ::testing::Environment* const kPgEnv =
-    ::testing::AddGlobalTestEnvironment(new PostgresEnvironment);
+[[maybe_unused]] ::testing::Environment* const kPgEnv = ::testing::AddGlobalTestEnvironment(new PostgresEnvironment);
 
 class MemoryHarness final : public StoreHarness {
  public:
@@ -178,8 +177,8 @@ class SqliteHarness final : public StoreHarness {
          "'");
   }
   void corrupt_history(Store&, const std::string& task, std::int64_t seq) override {
-    exec("UPDATE history SET message = message || x'5a' WHERE task_id = '" + task + "' AND seq = " +
-         std::to_string(seq));
+    exec("UPDATE history SET message = message || x'5a' WHERE task_id = '" + task +
+         "' AND seq = " + std::to_string(seq));
   }
   void set_schema_version(int version) override {
     exec("UPDATE nines_meta SET value = " + std::to_string(version) + " WHERE key = 'schema_version'",

@@ -251,11 +251,12 @@ TEST(WorkflowSimulation, ThousandSeedsOfRandomCrashesKeepEveryInvariant) {
     if (violations.size() > 20) break;
   }
   EXPECT_TRUE(violations.empty()) << violations.size() << " violations, first: " << violations.front();
-  std::printf("simulation: seeds %llu..%llu: %d workflows (%d completed, %d needs_attention), %d crashes, "
-              "%d effects re-sent with their key, %llu checks, %llu steps replayed\n",
-              static_cast<unsigned long long>(first), static_cast<unsigned long long>(last), t.workflows, t.completed,
-              t.needs_attention, t.crashes, t.effects_rerun, static_cast<unsigned long long>(t.checks),
-              static_cast<unsigned long long>(t.steps_replayed));
+  std::printf(
+      "simulation: seeds %llu..%llu: %d workflows (%d completed, %d needs_attention), %d crashes, "
+      "%d effects re-sent with their key, %llu checks, %llu steps replayed\n",
+      static_cast<unsigned long long>(first), static_cast<unsigned long long>(last), t.workflows, t.completed,
+      t.needs_attention, t.crashes, t.effects_rerun, static_cast<unsigned long long>(t.checks),
+      static_cast<unsigned long long>(t.steps_replayed));
   if (first != last) {  // the whole run must have hit every path
     EXPECT_GT(t.crashes, 1000);
     EXPECT_GT(t.effects_rerun, 10);

@@ -170,8 +170,8 @@ TEST_P(InterruptedEffect, IsResolvedByItsDeclaredNature) {
     case EffectNature::kReadOnly:
     case EffectNature::kIdempotent:
       ASSERT_TRUE(second->ok()) << second->error().to_string();
-      EXPECT_EQ(effect_runs, 2);       // ran again ...
-      EXPECT_EQ(ledger.raw(key), 2);   // ... with the same key ...
+      EXPECT_EQ(effect_runs, 2);          // ran again ...
+      EXPECT_EQ(ledger.raw(key), 2);      // ... with the same key ...
       EXPECT_EQ(ledger.applied(key), 1);  // ... so applied once
       break;
     case EffectNature::kCheckable:
@@ -198,7 +198,8 @@ TEST_P(InterruptedEffect, IsResolvedByItsDeclaredNature) {
       auto third = w.run("pay", "order-1");
       ASSERT_TRUE(third && !third->ok());
       EXPECT_EQ(effect_runs, 1);
-      ASSERT_TRUE(w.engine->resolve_effect("order-1", effects[0].effect_id, {.applied = true, .outcome = "ok-by-hand"}).ok());
+      ASSERT_TRUE(
+          w.engine->resolve_effect("order-1", effects[0].effect_id, {.applied = true, .outcome = "ok-by-hand"}).ok());
       auto fourth = w.run("pay", "order-1");
       ASSERT_TRUE(fourth && fourth->ok()) << fourth->error().to_string();
       EXPECT_EQ(**fourth, "ok-by-hand");
@@ -290,7 +291,7 @@ TEST(Workflow, ChangedCodeIsAClearErrorNotADifferentResult) {
   EXPECT_NE(r->error().message().find("recorded as step 'load'"), std::string::npos) << r->error().message();
   EXPECT_NE(r->error().message().find("workflow 'w' step 1"), std::string::npos) << r->error().message();
   EXPECT_EQ(w.record("w").status, WorkflowStatus::kRunning);  // left for a fixed deployment
-  changed = false;  // the fix (a rollback) resumes it
+  changed = false;                                            // the fix (a rollback) resumes it
   auto fixed = w.run("k", "w");
   ASSERT_TRUE(fixed && fixed->ok()) << fixed->error().to_string();
 }
@@ -547,12 +548,12 @@ TEST(Workflow, NonEssentialStepsRunEveryTimeAndAreNotRecorded) {
   int cache_runs = 0;
   bool stop = true;
   w.add_kind("k", [&](WorkflowContext& wf) -> Task<Result<std::string>> {
-    auto c = co_await wf.step<std::string>(
-        "warm cache", [&](Context&) -> Task<Result<std::string>> {
-          ++cache_runs;
-          co_return std::string("cache");
-        },
-        {.persist = false});
+    auto c = co_await wf.step<std::string>("warm cache",
+                                           [&](Context&) -> Task<Result<std::string>> {
+                                             ++cache_runs;
+                                             co_return std::string("cache");
+                                           },
+                                           {.persist = false});
     if (!c.ok()) co_return c.error();
     auto a = co_await wf.step<int>("a", [](Context&) -> Task<Result<int>> { co_return 1; });
     if (!a.ok()) co_return a.error();
@@ -692,12 +693,13 @@ TEST(WorkflowGroupCommit, ALoneWorkflowCommitsInlineOnlyOnAFastStore) {
                                     })
                     .ok());
     std::optional<Result<std::string>> out;
-    auto w = rt->spawn_watched([&](Context& ctx) -> Task<> { out.emplace(co_await engine->run(ctx, "k", "w", "")); })
-                 .value();
+    auto w = rt->spawn_watched([&](Context& ctx) -> Task<> {
+                 out.emplace(co_await engine->run(ctx, "k", "w", ""));
+               }).value();
     EXPECT_TRUE(w.exit->wait().is_normal());
     ASSERT_TRUE(out && out->ok()) << (out ? out->error().to_string() : "no result");
     WorkflowEngineStats s = engine->stats();
-    EXPECT_EQ(s.commits, 22u) << (fast ? "fast" : "slow");  // start, 20 steps, end
+    EXPECT_EQ(s.commits, 22u) << (fast ? "fast" : "slow");        // start, 20 steps, end
     EXPECT_EQ(s.commit_groups, 22u) << (fast ? "fast" : "slow");  // one backend commit each, either way
     EXPECT_EQ(memory->commits(), 22u);
     EXPECT_EQ(store.on_committer_thread.load(), fast ? 0 : 22);

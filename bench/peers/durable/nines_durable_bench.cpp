@@ -235,9 +235,9 @@ int run_sqlite(const std::string& dir, const Sizes& sizes, Durability durability
     if (!selected(c)) continue;
     std::string path = dir + "/nines_" + name + "_c" + std::to_string(c) + ".db";
     for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path + suffix);
-    run_config(name + "_c" + std::to_string(c),
-               [&] { return must(open_sqlite_store(path, options), "open_sqlite_store"); }, c, sizes.steps,
-               sizes.reps[i], "c" + std::to_string(c));
+    run_config(
+        name + "_c" + std::to_string(c), [&] { return must(open_sqlite_store(path, options), "open_sqlite_store"); }, c,
+        sizes.steps, sizes.reps[i], "c" + std::to_string(c));
     for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path + suffix);
   }
   return 0;
@@ -249,9 +249,9 @@ int run_postgres(const std::string& conninfo, const Sizes& sizes) {
   for (int i = 0; i < 3; ++i) {
     unsigned c = kConcurrency[i];
     if (!selected(c)) continue;
-    run_config("postgres_c" + std::to_string(c),
-               [&] { return must(open_postgres_store(conninfo), "open_postgres_store"); }, c, sizes.steps,
-               sizes.reps[i], run_tag + "-c" + std::to_string(c));
+    run_config(
+        "postgres_c" + std::to_string(c), [&] { return must(open_postgres_store(conninfo), "open_postgres_store"); }, c,
+        sizes.steps, sizes.reps[i], run_tag + "-c" + std::to_string(c));
   }
   return 0;
 }

@@ -97,9 +97,8 @@ struct Bench {
         req.max_output_tokens = 64;
         req.stream = stream;
         llm::Router::StreamHooks hooks{.on_text = [](std::string_view) {}};
-        const std::string raw_body =
-            R"({"model":"sim","messages":[{"role":"system","content":"You are a benchmark."},)"
-            R"({"role":"user","content":"Say hello in a short sentence."}],"max_tokens":64})";
+        const std::string raw_body = R"({"model":"sim","messages":[{"role":"system","content":"You are a benchmark."},)"
+                                     R"({"role":"user","content":"Say hello in a short sentence."}],"max_tokens":64})";
         for (TimePoint t0 = ctx.now(); t0 < window_end; t0 = ctx.now()) {
           std::optional<std::string> server_us;
           std::string failure;
@@ -199,8 +198,8 @@ int main(int argc, char** argv) {
   http_options.proxy = "";
   http_options.max_in_flight = static_cast<std::size_t>(concurrency) * 2 + 16;
   auto http = net::HttpClient::create(*env, std::move(http_options)).value();
-  llm::ProviderConfig provider{.name = "sim", .api = llm::Provider::kOpenAi, .base_url = base_url,
-                               .api_key = "sk-bench-not-a-key"};
+  llm::ProviderConfig provider{
+      .name = "sim", .api = llm::Provider::kOpenAi, .base_url = base_url, .api_key = "sk-bench-not-a-key"};
   auto model = llm::make_provider(provider, *http);
   if (!model.ok()) {
     std::fprintf(stderr, "nines: %s\n", model.error().to_string().c_str());
@@ -223,8 +222,13 @@ int main(int argc, char** argv) {
 
   const char* transport_env = std::getenv("NINES_LLM_BENCH_TRANSPORT_ONLY");
   const bool transport_only = transport_env != nullptr && std::string(transport_env) == "1";
-  Bench b{.env = *env, .rt = *rt, .http = *http, .router = **router, .stream = stream,
-          .transport_only = transport_only, .base_url = base_url};
+  Bench b{.env = *env,
+          .rt = *rt,
+          .http = *http,
+          .router = **router,
+          .stream = stream,
+          .transport_only = transport_only,
+          .base_url = base_url};
   auto seconds = [](double s) { return std::chrono::duration_cast<Duration>(std::chrono::duration<double>(s)); };
   b.window_start = env->now() + seconds(warmup_s);
   b.window_end = b.window_start + seconds(measure_s);
@@ -232,15 +236,15 @@ int main(int argc, char** argv) {
   double cpu0 = 0, cpu1 = 0;
   std::string stats;
   auto sampler = rt->spawn_watched([&](Context& ctx) -> Task<> {
-                   (void)co_await ctx.sleep(b.window_start - ctx.now());
-                   cpu0 = cpu_seconds();
-                   net::HttpRequest reset;
-                   reset.method = "POST";
-                   reset.url = root + "/sim/stats/reset";
-                   (void)co_await http->request(ctx, std::move(reset));
-                   (void)co_await ctx.sleep(b.window_end - ctx.now());
-                   cpu1 = cpu_seconds();
-                 }).value();
+                     (void)co_await ctx.sleep(b.window_start - ctx.now());
+                     cpu0 = cpu_seconds();
+                     net::HttpRequest reset;
+                     reset.method = "POST";
+                     reset.url = root + "/sim/stats/reset";
+                     (void)co_await http->request(ctx, std::move(reset));
+                     (void)co_await ctx.sleep(b.window_end - ctx.now());
+                     cpu1 = cpu_seconds();
+                   }).value();
   b.run(concurrency);
   sampler.exit->wait();
   const double cpu = cpu1 - cpu0;

@@ -43,8 +43,8 @@ Pipeline make_pipeline(Environment& env) {
   auto breaker = must(CircuitBreaker::create("bench", env, bo), "breaker");
   auto bulkhead = must(Bulkhead::create("bench", env, {.max_concurrent = 1000, .max_queue = 1000}), "bulkhead");
   constexpr std::uint64_t kHuge = std::uint64_t{1} << 40;
-  auto limiter = must(RateLimiter::create("bench", env, {.capacity = kHuge, .refill_units = kHuge, .refill_period = 1ms}),
-                      "limiter");
+  auto limiter = must(
+      RateLimiter::create("bench", env, {.capacity = kHuge, .refill_units = kHuge, .refill_period = 1ms}), "limiter");
   return must(Pipeline::Builder()
                   .retry(retry)
                   .circuit_breaker(breaker)
@@ -66,8 +66,8 @@ double run(unsigned workers, unsigned processes, std::uint64_t n) {
   const Pipeline::Call<int> call = noop;
   // Warm up (allocator, caches) on the same pipeline.
   auto warm = must(rt->spawn_watched([&](Context& ctx) -> Task<> {
-                     for (std::uint64_t i = 0; i < n / 10 + 1; ++i) (void)co_await pipeline.run<int>(ctx, call);
-                   }),
+    for (std::uint64_t i = 0; i < n / 10 + 1; ++i) (void)co_await pipeline.run<int>(ctx, call);
+  }),
                    "spawn");
   warm.exit->wait();
   std::atomic<unsigned> failures{0};
@@ -75,11 +75,11 @@ double run(unsigned workers, unsigned processes, std::uint64_t n) {
   std::vector<std::shared_ptr<ExitWatch>> done;
   for (unsigned p = 0; p < processes; ++p) {
     auto w = must(rt->spawn_watched([&](Context& ctx) -> Task<> {
-                    for (std::uint64_t i = 0; i < n; ++i) {
-                      Result<int> r = co_await pipeline.run<int>(ctx, call);
-                      if (!r.ok()) failures.fetch_add(1);
-                    }
-                  }),
+      for (std::uint64_t i = 0; i < n; ++i) {
+        Result<int> r = co_await pipeline.run<int>(ctx, call);
+        if (!r.ok()) failures.fetch_add(1);
+      }
+    }),
                   "spawn");
     done.push_back(w.exit);
   }

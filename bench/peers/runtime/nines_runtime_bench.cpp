@@ -61,19 +61,19 @@ void bench_spawn_idle(Environment& env, std::uint64_t n) {
   long rss_before = rss_bytes();
   long rss_after = 0;
   auto driver = rt->spawn_watched([&](Context& ctx) -> Task<> {
-                   Pid self = ctx.self();
-                   TimePoint t0 = ctx.now();
-                   for (std::uint64_t i = 0; i < n; ++i) {
-                     auto r = ctx.spawn([&started, self, n](Context& c) -> Task<> {
-                       if (started.fetch_add(1) + 1 == n) (void)c.try_send(self, Done{});
-                       (void)co_await c.receive();
-                     });
-                     if (!r.ok()) std::abort();
-                   }
-                   (void)co_await ctx.receive();
-                   secs = to_seconds(ctx.now() - t0);
-                   rss_after = rss_bytes();
-                 }).value();
+                    Pid self = ctx.self();
+                    TimePoint t0 = ctx.now();
+                    for (std::uint64_t i = 0; i < n; ++i) {
+                      auto r = ctx.spawn([&started, self, n](Context& c) -> Task<> {
+                        if (started.fetch_add(1) + 1 == n) (void)c.try_send(self, Done{});
+                        (void)co_await c.receive();
+                      });
+                      if (!r.ok()) std::abort();
+                    }
+                    (void)co_await ctx.receive();
+                    secs = to_seconds(ctx.now() - t0);
+                    rss_after = rss_bytes();
+                  }).value();
   driver.exit->wait();
   emit("spawn_idle", "seconds", secs, "s");
   emit("spawn_idle", "spawn_rate", static_cast<double>(n) / secs, "procs/s");
@@ -91,14 +91,14 @@ void bench_ping_pong(Environment& env, std::uint64_t rounds) {
                  }
                }).value();
   auto ping = rt->spawn_watched([&, pong](Context& ctx) -> Task<> {
-                 TimePoint t0 = ctx.now();
-                 for (std::uint64_t i = 0; i < rounds; ++i) {
-                   (void)co_await ctx.send(pong, i);
-                   (void)co_await ctx.receive();
-                 }
-                 secs = to_seconds(ctx.now() - t0);
-                 (void)co_await ctx.send(pong, Done{});
-               }).value();
+                  TimePoint t0 = ctx.now();
+                  for (std::uint64_t i = 0; i < rounds; ++i) {
+                    (void)co_await ctx.send(pong, i);
+                    (void)co_await ctx.receive();
+                  }
+                  secs = to_seconds(ctx.now() - t0);
+                  (void)co_await ctx.send(pong, Done{});
+                }).value();
   ping.exit->wait();
   emit("ping_pong", "round_trips_per_s", static_cast<double>(rounds) / secs, "1/s");
 }
@@ -119,18 +119,18 @@ void bench_fan_out(Environment& env, std::uint64_t requests, std::uint64_t worke
                    }).value());
   }
   auto sender = rt->spawn_watched(
-                     [&](Context& ctx) -> Task<> {
-                       TimePoint t0 = ctx.now();
-                       for (std::uint64_t i = 0; i < requests; ++i) {
-                         auto r = co_await ctx.send(ws[i % workers], i);
-                         if (!r.ok()) std::abort();
-                       }
-                       for (std::uint64_t i = 0; i < requests; ++i) (void)co_await ctx.receive();
-                       secs = to_seconds(ctx.now() - t0);
-                       for (Pid w : ws) (void)co_await ctx.send(w, Done{});
-                     },
-                     {.mailbox_capacity = requests + 16})
-                   .value();
+                      [&](Context& ctx) -> Task<> {
+                        TimePoint t0 = ctx.now();
+                        for (std::uint64_t i = 0; i < requests; ++i) {
+                          auto r = co_await ctx.send(ws[i % workers], i);
+                          if (!r.ok()) std::abort();
+                        }
+                        for (std::uint64_t i = 0; i < requests; ++i) (void)co_await ctx.receive();
+                        secs = to_seconds(ctx.now() - t0);
+                        for (Pid w : ws) (void)co_await ctx.send(w, Done{});
+                      },
+                      {.mailbox_capacity = requests + 16})
+                    .value();
   sender.exit->wait();
   emit("fan_out", "requests_per_s", static_cast<double>(requests) / secs, "1/s");
 }
@@ -146,39 +146,39 @@ void bench_restart_latency(Environment& env, std::uint64_t crashes) {
   std::vector<double> lat_us;
   lat_us.reserve(crashes);
   auto driver = rt->spawn_watched([&](Context& ctx) -> Task<> {
-                   Pid self = ctx.self();
-                   SupervisorSpec spec{.name = "bench_sup",
-                                       .strategy = Strategy::kOneForOne,
-                                       .intensity = 100'000'000,
-                                       .period = std::chrono::seconds(1)};
-                   ChildSpec child;
-                   child.id = "worker";
-                   child.start = [self](StartContext& sc) {
-                     return sc.spawn_link([self](Context& c) -> Task<> {
-                       (void)c.try_send(self, Started{c.self()});
-                       for (;;) {
-                         Message m = co_await c.receive();
-                         if (m.is<CrashNow>()) throw std::runtime_error("crash requested");
-                         if (m.is<Ping>()) (void)co_await c.send(m.from(), Ping{});
-                       }
-                     });
-                   };
-                   spec.children.push_back(child);
-                   auto sup = start_supervisor_link(ctx, spec);
-                   if (!sup.ok()) std::abort();
-                   Pid cur = (co_await ctx.receive()).get<Started>()->pid;
-                   for (std::uint64_t i = 0; i < crashes; ++i) {
-                     TimePoint t0 = ctx.now();
-                     (void)co_await ctx.send(cur, CrashNow{});
-                     Message m = co_await ctx.receive();
-                     cur = m.get<Started>()->pid;
-                     (void)co_await ctx.send(cur, Ping{});
-                     (void)co_await ctx.receive();
-                     lat_us.push_back(to_micros(ctx.now() - t0));
-                   }
-                   ctx.unlink(*sup);
-                   ctx.send_exit(*sup, ExitReason::shutdown());
-                 }).value();
+                    Pid self = ctx.self();
+                    SupervisorSpec spec{.name = "bench_sup",
+                                        .strategy = Strategy::kOneForOne,
+                                        .intensity = 100'000'000,
+                                        .period = std::chrono::seconds(1)};
+                    ChildSpec child;
+                    child.id = "worker";
+                    child.start = [self](StartContext& sc) {
+                      return sc.spawn_link([self](Context& c) -> Task<> {
+                        (void)c.try_send(self, Started{c.self()});
+                        for (;;) {
+                          Message m = co_await c.receive();
+                          if (m.is<CrashNow>()) throw std::runtime_error("crash requested");
+                          if (m.is<Ping>()) (void)co_await c.send(m.from(), Ping{});
+                        }
+                      });
+                    };
+                    spec.children.push_back(child);
+                    auto sup = start_supervisor_link(ctx, spec);
+                    if (!sup.ok()) std::abort();
+                    Pid cur = (co_await ctx.receive()).get<Started>()->pid;
+                    for (std::uint64_t i = 0; i < crashes; ++i) {
+                      TimePoint t0 = ctx.now();
+                      (void)co_await ctx.send(cur, CrashNow{});
+                      Message m = co_await ctx.receive();
+                      cur = m.get<Started>()->pid;
+                      (void)co_await ctx.send(cur, Ping{});
+                      (void)co_await ctx.receive();
+                      lat_us.push_back(to_micros(ctx.now() - t0));
+                    }
+                    ctx.unlink(*sup);
+                    ctx.send_exit(*sup, ExitReason::shutdown());
+                  }).value();
   driver.exit->wait();
   std::sort(lat_us.begin(), lat_us.end());
   emit("restart_latency", "p50_us", percentile_of_sorted(lat_us, 50), "us");

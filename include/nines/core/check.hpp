@@ -30,10 +30,10 @@ namespace internal {
       ::nines::internal::check_failed(#cond, __FILE__, __LINE__, std::string()); \
   } while (0)
 
-#define NINES_CHECK_MSG(cond, msg)                                          \
-  do {                                                                      \
-    if (!(cond)) [[unlikely]]                                               \
-      ::nines::internal::check_failed(#cond, __FILE__, __LINE__, (msg));    \
+#define NINES_CHECK_MSG(cond, msg)                                       \
+  do {                                                                   \
+    if (!(cond)) [[unlikely]]                                            \
+      ::nines::internal::check_failed(#cond, __FILE__, __LINE__, (msg)); \
   } while (0)
 
 #ifdef NDEBUG

@@ -86,8 +86,8 @@ class Environment {
 };
 
 struct RealEnvironmentOptions {
-  unsigned workers = 0;        // 0: one per online core
-  std::uint64_t seed = 0;      // 0: seeded from std::random_device
+  unsigned workers = 0;    // 0: one per online core
+  std::uint64_t seed = 0;  // 0: seeded from std::random_device
   // Reports at this level and above are logged. Default: notice (OTP's default level).
   LogLevel log_level = LogLevel::kNotice;
   // Where they go; null: stderr, in `log_format`.

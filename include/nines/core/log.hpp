@@ -66,8 +66,9 @@ class LogField {
   enum class Type : std::uint8_t { kInt, kUint, kDouble, kBool, kString };
 
   template <class T>
-    requires(std::is_integral_v<T> && !std::is_same_v<T, bool> && !std::is_same_v<T, char>)
-  constexpr LogField(std::string_view key, T value) : key_(key) {  // NOLINT: implicit by design
+  requires(std::is_integral_v<T> && !std::is_same_v<T, bool> &&
+           !std::is_same_v<T, char>) constexpr LogField(std::string_view key, T value)
+      : key_(key) {  // NOLINT: implicit by design
     if constexpr (std::is_signed_v<T>) {
       type_ = Type::kInt;
       int_ = value;
@@ -124,8 +125,8 @@ class LogSink {
 };
 
 enum class LogFormat : std::uint8_t {
-  kHuman,       // 2026-01-01T00:00:00.000Z error process_crashed: process crashed pid=<0.12> reason="..."
-  kJsonLines,   // {"ts":"...","level":"error","event":"process_crashed","msg":"...","pid":"<0.12>",...}
+  kHuman,      // 2026-01-01T00:00:00.000Z error process_crashed: process crashed pid=<0.12> reason="..."
+  kJsonLines,  // {"ts":"...","level":"error","event":"process_crashed","msg":"...","pid":"<0.12>",...}
 };
 
 // One line per record, always (a line break in any text is escaped), newline-terminated.
@@ -243,8 +244,7 @@ class Logger {
     log_fields(level, event, message, std::span<const LogField>(fields.begin(), fields.size()));
   }
   // The same with fields chosen at run time (a name only when there is one).
-  void log_fields(LogLevel level, std::string_view event, std::string_view message,
-                  std::span<const LogField> fields);
+  void log_fields(LogLevel level, std::string_view event, std::string_view message, std::span<const LogField> fields);
 
   // Writes a log_suppressed line for every event with dropped lines not reported yet,
   // whatever the limits say (at exit, or before a demo names its log file).
@@ -267,11 +267,11 @@ class Logger {
 
 // Logs through `logger` (a Logger&) when `level` is enabled; the message and the fields (braced
 // key-value pairs: {"pid", pid.to_string()}, {"restarts", n}) are not evaluated otherwise.
-#define NINES_LOG(logger, level, event, message, ...)                                     \
-  do {                                                                                    \
-    ::nines::Logger& nines_log_logger_ = (logger);                                        \
-    const ::nines::LogLevel nines_log_level_ = (level);                                   \
-    if (nines_log_logger_.enabled(nines_log_level_)) [[unlikely]] {                       \
-      nines_log_logger_.log(nines_log_level_, (event), (message), {__VA_ARGS__});         \
-    }                                                                                     \
+#define NINES_LOG(logger, level, event, message, ...)                             \
+  do {                                                                            \
+    ::nines::Logger& nines_log_logger_ = (logger);                                \
+    const ::nines::LogLevel nines_log_level_ = (level);                           \
+    if (nines_log_logger_.enabled(nines_log_level_)) [[unlikely]] {               \
+      nines_log_logger_.log(nines_log_level_, (event), (message), {__VA_ARGS__}); \
+    }                                                                             \
   } while (0)

@@ -33,9 +33,9 @@ namespace nines::llm {
 struct AnthropicOptions {
   // Without the version path; "/v1/messages" is appended. A trailing slash is ignored.
   std::string base_url = "https://api.anthropic.com";
-  std::string api_key;  // sent as x-api-key; never appears in errors
-  std::string version = "2023-06-01";  // anthropic-version header
-  Headers extra_headers;               // e.g. anthropic-beta; sent as given
+  std::string api_key;                     // sent as x-api-key; never appears in errors
+  std::string version = "2023-06-01";      // anthropic-version header
+  Headers extra_headers;                   // e.g. anthropic-beta; sent as given
   std::int64_t default_max_tokens = 4096;  // when the request sets no max_output_tokens
   // Bound on one response: text plus tool-call input, in bytes. Default 16 MiB.
   std::size_t max_response_bytes = std::size_t{16} << 20;

@@ -45,20 +45,20 @@ std::string_view to_string(Provider provider);
 // know beyond the kind.
 struct ApiFailure {
   Error error;
-  int status = 0;           // HTTP status (0: none, e.g. an error event inside a stream)
-  bool auth = false;        // credential refused (401/403): open this provider's breaker,
-                            // retrying or falling back with the same key cannot help
-  bool quota = false;       // billing quota or spend limit (permanent 429)
-  std::string error_type;   // the body's error type, e.g. "rate_limit_error" (may be empty)
-  std::string error_code;   // the body's error code, e.g. "context_length_exceeded"
+  int status = 0;          // HTTP status (0: none, e.g. an error event inside a stream)
+  bool auth = false;       // credential refused (401/403): open this provider's breaker,
+                           // retrying or falling back with the same key cannot help
+  bool quota = false;      // billing quota or spend limit (permanent 429)
+  std::string error_type;  // the body's error type, e.g. "rate_limit_error" (may be empty)
+  std::string error_code;  // the body's error code, e.g. "context_length_exceeded"
 };
 
 // Maps a failed response (status outside 200..299, or an error object inside a 2xx body or
 // a stream: pass status 0 and the error JSON; the kind then follows the error type). The
 // body may be anything (HTML from a proxy, empty, truncated): the status decides then.
 // api_key, when given, is redacted from every quoted text as well.
-ApiFailure map_api_error(Provider provider, int status, const Headers& headers, std::string_view body,
-                         const Now& now, std::string_view api_key = {});
+ApiFailure map_api_error(Provider provider, int status, const Headers& headers, std::string_view body, const Now& now,
+                         std::string_view api_key = {});
 
 // Whether an error came from map_api_error with auth = true, or is malformed (a body that
 // was not the expected JSON, a stream without its terminal event counts separately: see

@@ -37,9 +37,7 @@ struct ContentPart {
   std::string image_url;  // kImageUrl: "https://..." or "data:image/png;base64,...."
 
   static ContentPart from_text(std::string text) { return {.type = Type::kText, .text = std::move(text)}; }
-  static ContentPart from_image_url(std::string url) {
-    return {.type = Type::kImageUrl, .image_url = std::move(url)};
-  }
+  static ContentPart from_image_url(std::string url) { return {.type = Type::kImageUrl, .image_url = std::move(url)}; }
   friend bool operator==(const ContentPart&, const ContentPart&) = default;
 };
 

@@ -190,27 +190,27 @@ struct RouteFailure {
 
 struct RoutedResponse {
   ChatResponse response;
-  std::string served_by;               // the route's name
-  bool degraded = false;               // not the primary, or the prompt was compacted
-  bool compacted = false;              // the compactor changed the prompt
-  std::vector<RouteFailure> fallbacks; // the routes left before, in order
+  std::string served_by;                // the route's name
+  bool degraded = false;                // not the primary, or the prompt was compacted
+  bool compacted = false;               // the compactor changed the prompt
+  std::vector<RouteFailure> fallbacks;  // the routes left before, in order
 };
 
 // Counters of one route (a snapshot; each field read atomically on its own).
 struct RouteCounters {
-  std::uint64_t calls = 0;          // calls that reached this route's pipeline
-  std::uint64_t served = 0;         // answers it gave
-  std::uint64_t left[7] = {};       // by FallbackReason
-  std::uint64_t compactions = 0;    // compactions made for this route
+  std::uint64_t calls = 0;        // calls that reached this route's pipeline
+  std::uint64_t served = 0;       // answers it gave
+  std::uint64_t left[7] = {};     // by FallbackReason
+  std::uint64_t compactions = 0;  // compactions made for this route
 };
 
 class Router final : public ChatModel {
  public:
   // Per call (the name is historical: not only streaming).
   struct StreamHooks {
-    TextSink on_text;                    // text as it arrives (req.stream only)
-    std::function<void()> on_restart;    // a new attempt or route starts the answer again
-    Compactor compactor;                 // set: used instead of RouterOptions::compactor
+    TextSink on_text;                  // text as it arrives (req.stream only)
+    std::function<void()> on_restart;  // a new attempt or route starts the answer again
+    Compactor compactor;               // set: used instead of RouterOptions::compactor
   };
 
   // kInvalidArgument naming the route and field for a bad option (empty or duplicate names,

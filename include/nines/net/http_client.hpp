@@ -71,10 +71,10 @@ struct HttpTimeouts {
 };
 
 struct HttpRequest {
-  std::string method = "GET";  // any token; HEAD sends no body and expects none
-  std::string url;             // http:// or https://
-  HttpHeaders headers;         // no CR/LF in names or values (kInvalidArgument)
-  std::string body;            // sent with Content-Length when non-empty (or method is POST/PUT/PATCH)
+  std::string method = "GET";            // any token; HEAD sends no body and expects none
+  std::string url;                       // http:// or https://
+  HttpHeaders headers;                   // no CR/LF in names or values (kInvalidArgument)
+  std::string body;                      // sent with Content-Length when non-empty (or method is POST/PUT/PATCH)
   std::optional<HttpTimeouts> timeouts;  // nullopt: the client's defaults
 };
 
@@ -85,17 +85,17 @@ struct HttpResponse {
 };
 
 struct HttpClientOptions {
-  HttpTimeouts timeouts;                            // defaults for requests that set none
-  std::size_t max_in_flight = 10'000;               // requests + open streams; beyond: kBulkheadFull
-  std::size_t max_body_bytes = 64u << 20;           // per response body (also per stream); beyond: kPermanent
-  std::size_t max_header_bytes = 64u << 10;         // all header lines of a response; beyond: kPermanent
-  std::size_t stream_buffer_bytes = 1u << 20;       // a stream's unread bytes before the transfer pauses
-  std::size_t max_connections = 0;                  // open connections in total; 0: no limit (queued beyond)
-  std::size_t max_host_connections = 0;             // per host; 0: no limit
-  std::optional<std::string> proxy;                 // nullopt: from the environment variables; "": none
-  bool verify_tls = true;                           // verify the peer's certificate and host name
-  std::string ca_file;                              // PEM bundle; empty: the system's
-  bool follow_redirects = false;                    // at most 5 when on
+  HttpTimeouts timeouts;                       // defaults for requests that set none
+  std::size_t max_in_flight = 10'000;          // requests + open streams; beyond: kBulkheadFull
+  std::size_t max_body_bytes = 64u << 20;      // per response body (also per stream); beyond: kPermanent
+  std::size_t max_header_bytes = 64u << 10;    // all header lines of a response; beyond: kPermanent
+  std::size_t stream_buffer_bytes = 1u << 20;  // a stream's unread bytes before the transfer pauses
+  std::size_t max_connections = 0;             // open connections in total; 0: no limit (queued beyond)
+  std::size_t max_host_connections = 0;        // per host; 0: no limit
+  std::optional<std::string> proxy;            // nullopt: from the environment variables; "": none
+  bool verify_tls = true;                      // verify the peer's certificate and host name
+  std::string ca_file;                         // PEM bundle; empty: the system's
+  bool follow_redirects = false;               // at most 5 when on
   std::string user_agent = "nines/0.1";
 };
 

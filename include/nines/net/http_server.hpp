@@ -113,9 +113,9 @@ struct HttpServerRequest {
 struct HttpServerStats {
   std::uint64_t connections_accepted = 0;  // including those refused at the limit
   std::uint64_t connections_open = 0;
-  std::uint64_t requests = 0;              // complete requests handed to the handler
-  std::uint64_t responses_1xx = 0;         // 100 Continue
-  std::uint64_t responses_2xx = 0;         // by status class, the server's own answers included
+  std::uint64_t requests = 0;       // complete requests handed to the handler
+  std::uint64_t responses_1xx = 0;  // 100 Continue
+  std::uint64_t responses_2xx = 0;  // by status class, the server's own answers included
   std::uint64_t responses_3xx = 0;
   std::uint64_t responses_4xx = 0;
   std::uint64_t responses_5xx = 0;
@@ -190,8 +190,7 @@ class HttpServer {
   // kAlreadyExists when the port is taken; kPermanent when binding is not permitted
   // (a privileged port); kInternal for other socket failures. Socket errors name
   // address:port and the system's reason ("bind 127.0.0.1:8080: Address already in use").
-  static Result<std::unique_ptr<HttpServer>> create(Environment& env, HttpServerOptions options,
-                                                    HttpHandler handler);
+  static Result<std::unique_ptr<HttpServer>> create(Environment& env, HttpServerOptions options, HttpHandler handler);
   // Stops (see stop()). Call it before the environment is destroyed.
   ~HttpServer();
   HttpServer(const HttpServer&) = delete;

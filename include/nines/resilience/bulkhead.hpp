@@ -39,16 +39,16 @@
 // Thread-safety: a Bulkhead may be shared by any number of processes on any workers; every
 // member is thread-safe. Taking a free slot and releasing one nobody waits for are one
 // compare-and-swap each on a word holding both the slots held and the waiters (no lock);
-// queueing, hand-offs and timeouts take the bulkhead's mutex. A BulkheadSlot is a value owned by one process (not thread-safe
-// itself). The observer is called on the thread of the process whose call caused the event,
-// outside the bulkhead's lock; it must be thread-safe, short, and must not block. Events
-// from different processes may reach it slightly out of order.
+// queueing, hand-offs and timeouts take the bulkhead's mutex. A BulkheadSlot is a value owned by one process (not
+// thread-safe itself). The observer is called on the thread of the process whose call caused the event, outside the
+// bulkhead's lock; it must be thread-safe, short, and must not block. Events from different processes may reach it
+// slightly out of order.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
-#include <atomic>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -85,9 +85,9 @@ enum class BulkheadEventType : std::uint8_t {
 struct BulkheadEvent {
   BulkheadEventType type = BulkheadEventType::kAcquired;
   BulkheadRejection reason = BulkheadRejection::kQueueFull;  // kRejected only
-  Duration waited{};          // kAcquired, kRejected: time spent in the queue (0: none)
-  std::size_t in_flight = 0;  // slots held right after the event
-  std::size_t queued = 0;     // waiters right after the event
+  Duration waited{};                                         // kAcquired, kRejected: time spent in the queue (0: none)
+  std::size_t in_flight = 0;                                 // slots held right after the event
+  std::size_t queued = 0;                                    // waiters right after the event
 };
 
 using BulkheadObserver = std::function<void(const BulkheadEvent&)>;
@@ -160,8 +160,7 @@ class Bulkhead : public std::enable_shared_from_this<Bulkhead> {
   // Fails with kInvalidArgument naming the field: empty name, max_concurrent == 0, negative
   // queue_timeout. `env` must outlive the bulkhead and be the environment of the runtime
   // whose processes use it (its clock times the queue waits).
-  static Result<std::shared_ptr<Bulkhead>> create(std::string name, Environment& env,
-                                                  const BulkheadOptions& options);
+  static Result<std::shared_ptr<Bulkhead>> create(std::string name, Environment& env, const BulkheadOptions& options);
 
   Bulkhead(const Bulkhead&) = delete;
   Bulkhead& operator=(const Bulkhead&) = delete;
@@ -237,8 +236,8 @@ class Bulkhead : public std::enable_shared_from_this<Bulkhead> {
   StripedCounters<2> hot_;  // acquired at once, released
 
   mutable std::mutex mu_;
-  std::list<Waiter*> queue_;        // oldest first; each Waiter lives in its acquire frame
-  BulkheadCounters counters_;       // the rest, under mu_; counters() fills in the others
+  std::list<Waiter*> queue_;   // oldest first; each Waiter lives in its acquire frame
+  BulkheadCounters counters_;  // the rest, under mu_; counters() fills in the others
 };
 
 // ---- template implementation ----

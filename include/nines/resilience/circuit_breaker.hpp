@@ -105,11 +105,11 @@ enum class BreakerWindow : std::uint8_t {
 
 // Counted calls of a window (or of the half-open trials). Ignored calls are not in it.
 struct BreakerFigures {
-  std::uint64_t calls = 0;       // successes + failures
+  std::uint64_t calls = 0;  // successes + failures
   std::uint64_t failures = 0;
-  std::uint64_t slow_calls = 0;  // successes or failures that took >= slow_call_duration
-  double failure_rate = 0;       // failures / calls, in [0, 1]; 0 when calls == 0
-  double slow_call_rate = 0;     // slow_calls / calls, in [0, 1]; 0 when calls == 0
+  std::uint64_t slow_calls = 0;            // successes or failures that took >= slow_call_duration
+  double failure_rate = 0;                 // failures / calls, in [0, 1]; 0 when calls == 0
+  double slow_call_rate = 0;               // slow_calls / calls, in [0, 1]; 0 when calls == 0
   std::uint32_t consecutive_failures = 0;  // current streak (closed state only)
 };
 
@@ -123,9 +123,9 @@ struct BreakerTransition {
   // closed, the trial calls when leaving half-open, the figures that opened it when leaving
   // open (and whatever was current when leaving forced-open or disabled).
   BreakerFigures figures;
-  TimePoint at{};                // environment monotonic time
+  TimePoint at{};                 // environment monotonic time
   std::int64_t unix_time_ns = 0;  // environment wall time
-  Duration open_for{0};  // to == kOpen: how long it stays open before admitting a trial
+  Duration open_for{0};           // to == kOpen: how long it stays open before admitting a trial
 };
 
 // Cumulative counters (never reset, reset() included), for metrics.
@@ -230,7 +230,8 @@ class CircuitBreaker : public std::enable_shared_from_this<CircuitBreaker> {
 
    private:
     friend class CircuitBreaker;
-    Permit(CircuitBreaker* breaker, std::uint64_t epoch, bool trial) : breaker_(breaker), epoch_(epoch), trial_(trial) {}
+    Permit(CircuitBreaker* breaker, std::uint64_t epoch, bool trial)
+        : breaker_(breaker), epoch_(epoch), trial_(trial) {}
     CircuitBreaker* breaker_;  // not owned; null: reported, or inert (disabled)
     std::uint64_t epoch_ = 0;
     bool trial_ = false;
@@ -252,8 +253,8 @@ class CircuitBreaker : public std::enable_shared_from_this<CircuitBreaker> {
   Result<Permit> try_acquire();
 
   // Acquires, runs `co_await fn()` (which must give a Result<T>), times it with ctx.now()
-  // and reports the outcome; the task keeps the breaker alive until it ends. When rejected, fn is not run and the kCircuitOpen error is
-  // returned. If fn throws (or the process is stopped), the call counts as ignored. fn is
+  // and reports the outcome; the task keeps the breaker alive until it ends. When rejected, fn is not run and the
+  // kCircuitOpen error is returned. If fn throws (or the process is stopped), the call counts as ignored. fn is
   // referenced, not copied: co_await the returned task at once.
   template <class T, class F>
   Task<Result<T>> call(Context& ctx, F&& fn);

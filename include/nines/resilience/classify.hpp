@@ -24,10 +24,8 @@ inline bool is_retryable(ErrorKind k) {
     case ErrorKind::kTransient:
     case ErrorKind::kRateLimited:
     case ErrorKind::kTimeout:
-    case ErrorKind::kMailboxFull:
-      return true;
-    default:
-      return false;
+    case ErrorKind::kMailboxFull: return true;
+    default: return false;
   }
 }
 

@@ -84,7 +84,7 @@ struct RateLimiterEvent {
   RateLimiterEventType type = RateLimiterEventType::kAcquired;
   RateLimitRejection reason = RateLimitRejection::kNoTokens;  // kRejected only
   std::uint64_t units = 0;
-  Duration waited{};              // kAcquired: time slept before taking the units
+  Duration waited{};                  // kAcquired: time slept before taking the units
   std::optional<TimePoint> retry_at;  // kRejected with kRateLimited: when it would succeed
 };
 
@@ -113,18 +113,18 @@ struct RateLimiterOptions {
 
 // A snapshot; the fields are read together under the limiter's lock.
 struct RateLimiterCounters {
-  std::uint64_t acquired = 0;                   // successful acquires (calls)
-  std::uint64_t acquired_units = 0;             // units they took
-  std::uint64_t waited = 0;                     // of the acquires, those that slept first
-  Duration total_wait{};                        // time those slept, summed
+  std::uint64_t acquired = 0;        // successful acquires (calls)
+  std::uint64_t acquired_units = 0;  // units they took
+  std::uint64_t waited = 0;          // of the acquires, those that slept first
+  Duration total_wait{};             // time those slept, summed
   std::uint64_t rejected_no_tokens = 0;
   std::uint64_t rejected_max_wait = 0;
   std::uint64_t rejected_too_many_waiters = 0;
   std::uint64_t rejected_deadline = 0;
   std::uint64_t rejected_too_large = 0;
-  std::uint64_t abandoned = 0;                  // waiters whose process ended while sleeping
-  std::size_t waiting = 0;                      // processes sleeping in acquire now
-  std::size_t peak_waiting = 0;                 // most ever sleeping at once
+  std::uint64_t abandoned = 0;   // waiters whose process ended while sleeping
+  std::size_t waiting = 0;       // processes sleeping in acquire now
+  std::size_t peak_waiting = 0;  // most ever sleeping at once
 };
 
 class RateLimiter : public std::enable_shared_from_this<RateLimiter> {

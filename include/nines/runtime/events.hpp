@@ -24,16 +24,16 @@
 namespace nines {
 
 enum class SupervisionEventType : std::uint8_t {
-  kSupervisorStarted,   // all static children started
-  kSupervisorStopped,   // the supervisor exited; reason says why
-  kChildStarted,        // first start of a child (static or dynamic)
-  kChildExited,         // a child exited (reason); `by_supervisor` when the supervisor stopped it
-  kChildRestarted,      // a child was started again after an exit
-  kRestartDelayed,      // a restart waits for its backoff delay (`delay`)
-  kChildStartFailed,    // a child's start function failed (reason.detail has the error)
-  kIntensityExceeded,   // too many restarts in the period: the supervisor gives up
-  kEscalated,           // the supervisor exits and leaves the decision to its parent
-  kAutoShutdown,        // a significant child's exit shut the supervisor down
+  kSupervisorStarted,  // all static children started
+  kSupervisorStopped,  // the supervisor exited; reason says why
+  kChildStarted,       // first start of a child (static or dynamic)
+  kChildExited,        // a child exited (reason); `by_supervisor` when the supervisor stopped it
+  kChildRestarted,     // a child was started again after an exit
+  kRestartDelayed,     // a restart waits for its backoff delay (`delay`)
+  kChildStartFailed,   // a child's start function failed (reason.detail has the error)
+  kIntensityExceeded,  // too many restarts in the period: the supervisor gives up
+  kEscalated,          // the supervisor exits and leaves the decision to its parent
+  kAutoShutdown,       // a significant child's exit shut the supervisor down
 };
 inline constexpr std::size_t kSupervisionEventTypes = 10;
 
@@ -41,11 +41,11 @@ std::string_view to_string(SupervisionEventType type);
 
 struct SupervisionEvent {
   SupervisionEventType type;
-  TimePoint at;                // environment monotonic time
-  std::int64_t unix_time_ns;   // environment wall time
+  TimePoint at;               // environment monotonic time
+  std::int64_t unix_time_ns;  // environment wall time
   Pid supervisor;
   std::string supervisor_name;
-  std::string child_id;        // empty for supervisor-level events
+  std::string child_id;  // empty for supervisor-level events
   Pid child;
   ExitReason reason;
   Duration delay{0};           // kRestartDelayed only

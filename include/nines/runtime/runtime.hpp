@@ -23,9 +23,9 @@
 namespace nines {
 
 struct RuntimeOptions {
-  unsigned workers = 0;                       // 0: environment default (one per core)
+  unsigned workers = 0;                            // 0: environment default (one per core)
   std::size_t default_mailbox_capacity = 1 << 16;  // messages per mailbox unless spawned with another
-  unsigned reductions = 256;  // receives a process may complete before it yields its worker
+  unsigned reductions = 256;                       // receives a process may complete before it yields its worker
 };
 
 // Outcome of a process, watched from outside the runtime (tests, the CLI).

@@ -111,7 +111,7 @@ struct SupervisorSpec {
   int intensity = 3;                          // max restarts within period (Elixir's default 3)...
   Duration period = std::chrono::seconds(5);  // ...per 5 s (OTP's default is 1 per 5 s)
   AutoShutdown auto_shutdown = AutoShutdown::kNever;
-  std::vector<ChildSpec> children;  // simple_one_for_one: exactly one, the template
+  std::vector<ChildSpec> children;   // simple_one_for_one: exactly one, the template
   std::size_t mailbox_capacity = 0;  // 0: runtime default
 };
 

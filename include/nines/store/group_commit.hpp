@@ -31,7 +31,7 @@
 namespace nines {
 
 struct GroupCommitOptions {
-  std::size_t max_batches_per_group = 256;               // >= 1
+  std::size_t max_batches_per_group = 256;                 // >= 1
   std::size_t max_bytes_per_group = std::size_t{8} << 20;  // a single larger batch still goes alone
 };
 

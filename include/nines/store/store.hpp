@@ -198,8 +198,8 @@ class WriteBatch {
   struct DeleteHistory {  // every message and summary of the task; absent: no-op
     std::string task_id;
   };
-  using Op = std::variant<CreateWorkflow, SetWorkflowStatus, StartAttempt, PutStep, PutEffectIntent,
-                          PutEffectOutcome, AppendHistory, PutSummary, DeleteWorkflow, DeleteHistory>;
+  using Op = std::variant<CreateWorkflow, SetWorkflowStatus, StartAttempt, PutStep, PutEffectIntent, PutEffectOutcome,
+                          AppendHistory, PutSummary, DeleteWorkflow, DeleteHistory>;
 
   WriteBatch& create_workflow(std::string id, std::string kind, std::string input, TimePoint now);
   WriteBatch& set_workflow_status(std::string id, WorkflowStatus status, std::string result, TimePoint now);

@@ -163,15 +163,15 @@ struct EffectResolution {
 };
 
 struct WorkflowEngineStats {
-  std::uint64_t runs = 0;             // run() calls that ran workflow code
-  std::uint64_t steps_executed = 0;   // step functions run
-  std::uint64_t steps_replayed = 0;   // steps answered from their record
-  std::uint64_t effects_executed = 0; // effect functions run (first time or again)
-  std::uint64_t effects_replayed = 0; // effects answered from their recorded outcome
-  std::uint64_t effects_checked = 0;  // interrupted checkable effects asked about
-  std::uint64_t needs_attention = 0;  // effects stopped for an operator
-  std::uint64_t commits = 0;          // batches committed
-  std::uint64_t commit_groups = 0;    // backend commits they took (kThread groups them)
+  std::uint64_t runs = 0;              // run() calls that ran workflow code
+  std::uint64_t steps_executed = 0;    // step functions run
+  std::uint64_t steps_replayed = 0;    // steps answered from their record
+  std::uint64_t effects_executed = 0;  // effect functions run (first time or again)
+  std::uint64_t effects_replayed = 0;  // effects answered from their recorded outcome
+  std::uint64_t effects_checked = 0;   // interrupted checkable effects asked about
+  std::uint64_t needs_attention = 0;   // effects stopped for an operator
+  std::uint64_t commits = 0;           // batches committed
+  std::uint64_t commit_groups = 0;     // backend commits they took (kThread groups them)
 };
 
 class WorkflowContext {
@@ -198,7 +198,8 @@ class WorkflowContext {
     if (recorded) {
       if (!recorded->ok()) co_return std::move(*recorded).error();
       Result<T> v = Codec<T>::decode(**recorded);
-      if (!v.ok()) co_return stop_run(std::move(v).error().with_context(step_context(*seq, name) + ": its recorded result"));
+      if (!v.ok())
+        co_return stop_run(std::move(v).error().with_context(step_context(*seq, name) + ": its recorded result"));
       co_return v;
     }
     Result<T> r = co_await fn(ctx_);
@@ -234,7 +235,12 @@ class WorkflowContext {
 
   WorkflowContext(WorkflowEngine& engine, internal::WorkflowRun& run, Context& ctx, std::string id, std::string kind,
                   std::string input, std::int64_t attempt)
-      : engine_(engine), run_(run), ctx_(ctx), id_(std::move(id)), kind_(std::move(kind)), input_(std::move(input)),
+      : engine_(engine),
+        run_(run),
+        ctx_(ctx),
+        id_(std::move(id)),
+        kind_(std::move(kind)),
+        input_(std::move(input)),
         attempt_(attempt) {}
 
   // Ends the run with `error` (records and code disagree) and leaves the workflow as it is.

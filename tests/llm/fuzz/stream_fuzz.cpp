@@ -16,7 +16,8 @@ namespace {
 constexpr std::string_view kKey = "sk-fuzz-key-0123456789";
 
 nines::llm::Codec& codec(bool anthropic) {
-  static auto openai = nines::llm::make_openai_codec({.api_key = std::string(kKey), .max_response_bytes = 4096}).value();
+  static auto openai =
+      nines::llm::make_openai_codec({.api_key = std::string(kKey), .max_response_bytes = 4096}).value();
   static auto claude =
       nines::llm::make_anthropic_codec({.api_key = std::string(kKey), .max_response_bytes = 4096}).value();
   return anthropic ? *claude : *openai;

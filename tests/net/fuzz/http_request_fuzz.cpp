@@ -27,7 +27,8 @@ void check(bool ok) {
 }
 
 // Small bounds, so that inputs reach them.
-constexpr HttpRequestParser::Limits kLimits{.max_header_bytes = 512, .max_raw_head_bytes = 1024, .max_body_bytes = 2048};
+constexpr HttpRequestParser::Limits kLimits{
+    .max_header_bytes = 512, .max_raw_head_bytes = 1024, .max_body_bytes = 2048};
 
 struct Outcome {
   std::vector<HttpServerRequest> requests;

@@ -38,9 +38,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::string_view in(reinterpret_cast<const char*>(data + 1), size - 1);
   const std::size_t cut = in.empty() ? 0 : data[0] % (in.size() + 1);
 
-  Outcome whole = parse([&](nines::net::SseParser& p, std::vector<nines::net::SseEvent>& ev) {
-    return p.feed(in, ev).ok();
-  });
+  Outcome whole =
+      parse([&](nines::net::SseParser& p, std::vector<nines::net::SseEvent>& ev) { return p.feed(in, ev).ok(); });
   Outcome two = parse([&](nines::net::SseParser& p, std::vector<nines::net::SseEvent>& ev) {
     return p.feed(in.substr(0, cut), ev).ok() && p.feed(in.substr(cut), ev).ok();
   });

@@ -110,8 +110,8 @@ std::string ledger(const std::string& socket_path, const std::string& line) {
 }
 
 TEST(KillTest, TwoHundredKillsLoseNoStepAndApplyNoEffectTwice) {
-  const std::uint64_t seed = std::getenv("NINES_KILL_SEED") ? std::strtoull(std::getenv("NINES_KILL_SEED"), nullptr, 10)
-                                                            : 20261128;
+  const std::uint64_t seed =
+      std::getenv("NINES_KILL_SEED") ? std::strtoull(std::getenv("NINES_KILL_SEED"), nullptr, 10) : 20261128;
   const int wanted_kills = std::getenv("NINES_KILL_COUNT") ? std::atoi(std::getenv("NINES_KILL_COUNT")) : 200;
   std::string dir = ::testing::TempDir() + "nines_kill_XXXXXX";
   ASSERT_NE(::mkdtemp(dir.data()), nullptr);
@@ -153,10 +153,9 @@ TEST(KillTest, TwoHundredKillsLoseNoStepAndApplyNoEffectTwice) {
     ::waitpid(pid, &status, 0);
     ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "the last worker run failed, status " << status;
   }
-  std::printf("kill test: seed %llu, %d kills of a running worker, %d runs\n",
-              static_cast<unsigned long long>(seed), kills, runs);
-  EXPECT_GE(kills, wanted_kills) << "the workflows finished before " << wanted_kills
-                                 << " kills: make the work longer";
+  std::printf("kill test: seed %llu, %d kills of a running worker, %d runs\n", static_cast<unsigned long long>(seed),
+              kills, runs);
+  EXPECT_GE(kills, wanted_kills) << "the workflows finished before " << wanted_kills << " kills: make the work longer";
 
   // The ledger's view: requests and applications per key.
   std::map<std::string, std::pair<int, int>> seen;

@@ -44,7 +44,8 @@ std::string handle(const std::string& line, bool& quit) {
   }
   if (cmd == "STATS") {
     std::string out;
-    for (const auto& [k, c] : ledger) out += k + " " + std::to_string(c.requests) + " " + std::to_string(c.applied) + "\n";
+    for (const auto& [k, c] : ledger)
+      out += k + " " + std::to_string(c.requests) + " " + std::to_string(c.applied) + "\n";
     return out + "END\n";
   }
   if (cmd == "QUIT") {

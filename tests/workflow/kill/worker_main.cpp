@@ -9,11 +9,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
-#include <atomic>
 #include <set>
 #include <string>
 
@@ -86,8 +86,9 @@ Task<Result<std::string>> workflow_body(WorkflowContext& wf) {
     } else {
       EffectOptions o;
       o.name = std::string(1, type);
-      o.nature = type == 'I' ? EffectNature::kIdempotent
-                             : type == 'C' ? EffectNature::kCheckable : EffectNature::kUnsafe;
+      o.nature = type == 'I'   ? EffectNature::kIdempotent
+                 : type == 'C' ? EffectNature::kCheckable
+                               : EffectNature::kUnsafe;
       o.arguments = "amount=" + std::to_string(s + 1);
       o.check = [](Context& ctx, const std::string& key) -> Task<Result<std::optional<std::string>>> {
         Result<std::string> reply = co_await ledger_request(ctx, "CHECK " + key);
@@ -142,37 +143,36 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
   std::atomic<int> failures{0};
   auto root = must(rt->spawn_watched([&](Context& ctx) -> Task<> {
-                     auto resumed = co_await engine->resume_all(ctx, 8);
-                     if (!resumed.ok()) {
-                       std::fprintf(stderr, "resume_all: %s\n", resumed.error().to_string().c_str());
-                       ++failures;
-                     }
-                     std::set<MonitorRef> running;
-                     std::function<bool(const Message&)> is_down = [&running](const Message& m) {
-                       const Down* d = m.get<Down>();
-                       return d != nullptr && running.contains(d->ref);
-                     };
-                     for (int i = 0; i < workflows; ++i) {
-                       while (running.size() >= 8) {
-                         std::optional<Message> m = co_await ctx.receive_if(is_down);
-                         running.erase(m->get<Down>()->ref);
-                       }
-                       Behavior child = [&engine, &failures, i](Context& c) -> Task<> {
-                         Result<std::string> r = co_await engine->run(c, "k50", killtest::workflow_id(i), "");
-                         // needs_attention is an expected end; anything else is not.
-                         if (!r.ok() && r.error().message().find("needs attention") == std::string::npos) {
-                           std::fprintf(stderr, "%s: %s\n", killtest::workflow_id(i).c_str(),
-                                        r.error().to_string().c_str());
-                           ++failures;
-                         }
-                       };
-                       running.insert(ctx.monitor(ctx.spawn(std::move(child)).value()));
-                     }
-                     while (!running.empty()) {
-                       std::optional<Message> m = co_await ctx.receive_if(is_down);
-                       running.erase(m->get<Down>()->ref);
-                     }
-                   }),
+    auto resumed = co_await engine->resume_all(ctx, 8);
+    if (!resumed.ok()) {
+      std::fprintf(stderr, "resume_all: %s\n", resumed.error().to_string().c_str());
+      ++failures;
+    }
+    std::set<MonitorRef> running;
+    std::function<bool(const Message&)> is_down = [&running](const Message& m) {
+      const Down* d = m.get<Down>();
+      return d != nullptr && running.contains(d->ref);
+    };
+    for (int i = 0; i < workflows; ++i) {
+      while (running.size() >= 8) {
+        std::optional<Message> m = co_await ctx.receive_if(is_down);
+        running.erase(m->get<Down>()->ref);
+      }
+      Behavior child = [&engine, &failures, i](Context& c) -> Task<> {
+        Result<std::string> r = co_await engine->run(c, "k50", killtest::workflow_id(i), "");
+        // needs_attention is an expected end; anything else is not.
+        if (!r.ok() && r.error().message().find("needs attention") == std::string::npos) {
+          std::fprintf(stderr, "%s: %s\n", killtest::workflow_id(i).c_str(), r.error().to_string().c_str());
+          ++failures;
+        }
+      };
+      running.insert(ctx.monitor(ctx.spawn(std::move(child)).value()));
+    }
+    while (!running.empty()) {
+      std::optional<Message> m = co_await ctx.receive_if(is_down);
+      running.erase(m->get<Down>()->ref);
+    }
+  }),
                    "spawn");
   root.exit->wait();
   return failures == 0 ? 0 : 3;

@@ -74,14 +74,13 @@ namespace {
 // Helpers
 // ---------------------------------------------------------------------------
 
-double seconds_since(clk::time_point t0) {
-  return std::chrono::duration<double>(clk::now() - t0).count();
-}
+double seconds_since(clk::time_point t0) { return std::chrono::duration<double>(clk::now() - t0).count(); }
 
 void emit(const char* bench, const char* metric, double value, const char* unit) {
-  std::printf("{\"bench\":\"%s\",\"system\":\"caf\",\"metric\":\"%s\","
-              "\"value\":%.3f,\"unit\":\"%s\"}\n",
-              bench, metric, value, unit);
+  std::printf(
+      "{\"bench\":\"%s\",\"system\":\"caf\",\"metric\":\"%s\","
+      "\"value\":%.3f,\"unit\":\"%s\"}\n",
+      bench, metric, value, unit);
   std::fflush(stdout);
 }
 
@@ -90,8 +89,7 @@ long long rss_bytes() {
   std::ifstream in("/proc/self/status");
   std::string line;
   while (std::getline(in, line))
-    if (line.rfind("VmRSS:", 0) == 0)
-      return std::atoll(line.c_str() + 6) * 1024;
+    if (line.rfind("VmRSS:", 0) == 0) return std::atoll(line.c_str() + 6) * 1024;
   return -1;
 }
 
@@ -108,22 +106,18 @@ behavior idle_actor(event_based_actor*) {
 }
 
 void bench_spawn_idle(actor_system& sys, uint64_t n) {
-  std::vector<actor> actors(n); // value-initialized: pages touched before baseline
+  std::vector<actor> actors(n);  // value-initialized: pages touched before baseline
   idle_started = 0;
   auto rss0 = rss_bytes();
   auto t0 = clk::now();
-  for (uint64_t i = 0; i < n; ++i)
-    actors[i] = sys.spawn(idle_actor);
-  while (idle_started.load(std::memory_order_relaxed) < n)
-    std::this_thread::sleep_for(std::chrono::microseconds(100));
+  for (uint64_t i = 0; i < n; ++i) actors[i] = sys.spawn(idle_actor);
+  while (idle_started.load(std::memory_order_relaxed) < n) std::this_thread::sleep_for(std::chrono::microseconds(100));
   auto secs = seconds_since(t0);
   auto rss1 = rss_bytes();
   emit("spawn_idle", "seconds", secs, "s");
   emit("spawn_idle", "spawn_rate", static_cast<double>(n) / secs, "procs/s");
-  emit("spawn_idle", "bytes_per_process",
-       static_cast<double>(rss1 - rss0) / static_cast<double>(n), "B");
-  for (auto& a : actors)
-    anon_send_exit(a, exit_reason::kill);
+  emit("spawn_idle", "bytes_per_process", static_cast<double>(rss1 - rss0) / static_cast<double>(n), "B");
+  for (auto& a : actors) anon_send_exit(a, exit_reason::kill);
   actors.clear();
   sys.await_all_actors_done();
 }
@@ -147,23 +141,23 @@ struct pinger_state {
 // with the elapsed seconds.
 behavior pinger(stateful_actor<pinger_state>* self, actor pong, uint64_t rounds) {
   return {
-    [=](go_atom) {
-      auto& st = self->state;
-      st.done = self->make_response_promise();
-      st.left = rounds;
-      st.t0 = clk::now();
-      self->send(pong, ping_atom::value);
-    },
-    [=](pong_atom) {
-      auto& st = self->state;
-      if (--st.left > 0) {
+      [=](go_atom) {
+        auto& st = self->state;
+        st.done = self->make_response_promise();
+        st.left = rounds;
+        st.t0 = clk::now();
         self->send(pong, ping_atom::value);
-        return;
-      }
-      st.done.deliver(seconds_since(st.t0));
-      self->send_exit(pong, exit_reason::user_shutdown);
-      self->quit();
-    },
+      },
+      [=](pong_atom) {
+        auto& st = self->state;
+        if (--st.left > 0) {
+          self->send(pong, ping_atom::value);
+          return;
+        }
+        st.done.deliver(seconds_since(st.t0));
+        self->send_exit(pong, exit_reason::user_shutdown);
+        self->quit();
+      },
   };
 }
 
@@ -173,14 +167,9 @@ void bench_ping_pong(actor_system& sys, uint64_t rounds) {
     auto ping = sys.spawn(pinger, pong, rounds);
     scoped_actor driver{sys};
     driver->request(ping, infinite, go_atom::value)
-      .receive(
-        [&](double secs) {
-          emit("ping_pong", "round_trips_per_s", static_cast<double>(rounds) / secs,
-               "1/s");
-        },
-        [&](error& err) {
-          throw std::runtime_error("ping_pong: " + sys.render(err));
-        });
+        .receive(
+            [&](double secs) { emit("ping_pong", "round_trips_per_s", static_cast<double>(rounds) / secs, "1/s"); },
+            [&](error& err) { throw std::runtime_error("ping_pong: " + sys.render(err)); });
   }
   sys.await_all_actors_done();
 }
@@ -202,28 +191,23 @@ struct fan_state {
 
 // Spawns the workers up front. On `go`: sends all `requests` round-robin,
 // counts the replies, then answers the `go` request with the elapsed seconds.
-behavior fan_sender(stateful_actor<fan_state>* self, uint64_t requests,
-                    uint64_t n_workers) {
-  for (uint64_t i = 0; i < n_workers; ++i)
-    self->state.workers.push_back(self->spawn(fan_worker));
+behavior fan_sender(stateful_actor<fan_state>* self, uint64_t requests, uint64_t n_workers) {
+  for (uint64_t i = 0; i < n_workers; ++i) self->state.workers.push_back(self->spawn(fan_worker));
   return {
-    [=](go_atom) {
-      auto& st = self->state;
-      st.done = self->make_response_promise();
-      st.pending = requests;
-      st.t0 = clk::now();
-      for (uint64_t i = 0; i < requests; ++i)
-        self->send(st.workers[i % n_workers], req_atom::value);
-    },
-    [=](reply_atom) {
-      auto& st = self->state;
-      if (--st.pending > 0)
-        return;
-      st.done.deliver(seconds_since(st.t0));
-      for (auto& w : st.workers)
-        self->send_exit(w, exit_reason::user_shutdown);
-      self->quit();
-    },
+      [=](go_atom) {
+        auto& st = self->state;
+        st.done = self->make_response_promise();
+        st.pending = requests;
+        st.t0 = clk::now();
+        for (uint64_t i = 0; i < requests; ++i) self->send(st.workers[i % n_workers], req_atom::value);
+      },
+      [=](reply_atom) {
+        auto& st = self->state;
+        if (--st.pending > 0) return;
+        st.done.deliver(seconds_since(st.t0));
+        for (auto& w : st.workers) self->send_exit(w, exit_reason::user_shutdown);
+        self->quit();
+      },
   };
 }
 
@@ -232,14 +216,8 @@ void bench_fan_out(actor_system& sys, uint64_t requests, uint64_t n_workers) {
     auto sender = sys.spawn(fan_sender, requests, n_workers);
     scoped_actor driver{sys};
     driver->request(sender, infinite, go_atom::value)
-      .receive(
-        [&](double secs) {
-          emit("fan_out", "requests_per_s", static_cast<double>(requests) / secs,
-               "1/s");
-        },
-        [&](error& err) {
-          throw std::runtime_error("fan_out: " + sys.render(err));
-        });
+        .receive([&](double secs) { emit("fan_out", "requests_per_s", static_cast<double>(requests) / secs, "1/s"); },
+                 [&](error& err) { throw std::runtime_error("fan_out: " + sys.render(err)); });
   }
   sys.await_all_actors_done();
 }
@@ -253,8 +231,8 @@ void bench_fan_out(actor_system& sys, uint64_t requests, uint64_t n_workers) {
 behavior child_actor(event_based_actor* self, actor driver) {
   self->send(driver, started_atom::value, actor_cast<actor>(self));
   return {
-    [=](crash_atom) { self->quit(sec::runtime_error); },
-    [](ping_atom) { return pong_atom::value; },
+      [=](crash_atom) { self->quit(sec::runtime_error); },
+      [](ping_atom) { return pong_atom::value; },
   };
 }
 
@@ -272,11 +250,11 @@ behavior supervisor_actor(stateful_actor<sup_state>* self, actor driver) {
   self->set_down_handler([=](down_msg&) { start_child(); });
   start_child();
   return {
-    [=](stop_atom) {
-      self->demonitor(self->state.child);
-      self->send_exit(self->state.child, exit_reason::kill);
-      self->quit();
-    },
+      [=](stop_atom) {
+        self->demonitor(self->state.child);
+        self->send_exit(self->state.child, exit_reason::kill);
+        self->quit();
+      },
   };
 }
 
@@ -298,35 +276,35 @@ behavior restart_driver(stateful_actor<restart_state>* self, uint64_t rounds) {
     self->send(self->state.child, crash_atom::value);
   };
   return {
-    [=](go_atom) {
-      auto& st = self->state;
-      st.done = self->make_response_promise();
-      st.left = rounds;
-      st.samples_us.reserve(rounds);
-      st.sup = self->spawn(supervisor_actor, actor_cast<actor>(self));
-    },
-    [=](started_atom, actor child) {
-      auto& st = self->state;
-      st.child = child;
-      if (!st.running) { // first instance: start the measurement loop
-        st.running = true;
-        crash_child();
-        return;
-      }
-      self->request(child, infinite, ping_atom::value).then([=](pong_atom) {
+      [=](go_atom) {
         auto& st = self->state;
-        st.samples_us.push_back(seconds_since(st.t0) * 1e6);
-        if (--st.left > 0) {
+        st.done = self->make_response_promise();
+        st.left = rounds;
+        st.samples_us.reserve(rounds);
+        st.sup = self->spawn(supervisor_actor, actor_cast<actor>(self));
+      },
+      [=](started_atom, actor child) {
+        auto& st = self->state;
+        st.child = child;
+        if (!st.running) {  // first instance: start the measurement loop
+          st.running = true;
           crash_child();
           return;
         }
-        self->send(st.sup, stop_atom::value);
-        auto& v = st.samples_us;
-        std::sort(v.begin(), v.end());
-        st.done.deliver(nines::percentile_of_sorted(v, 50), nines::percentile_of_sorted(v, 99));
-        self->quit();
-      });
-    },
+        self->request(child, infinite, ping_atom::value).then([=](pong_atom) {
+          auto& st = self->state;
+          st.samples_us.push_back(seconds_since(st.t0) * 1e6);
+          if (--st.left > 0) {
+            crash_child();
+            return;
+          }
+          self->send(st.sup, stop_atom::value);
+          auto& v = st.samples_us;
+          std::sort(v.begin(), v.end());
+          st.done.deliver(nines::percentile_of_sorted(v, 50), nines::percentile_of_sorted(v, 99));
+          self->quit();
+        });
+      },
   };
 }
 
@@ -335,32 +313,28 @@ void bench_restart_latency(actor_system& sys, uint64_t rounds) {
     auto drv = sys.spawn(restart_driver, rounds);
     scoped_actor driver{sys};
     driver->request(drv, infinite, go_atom::value)
-      .receive(
-        [&](double p50, double p99) {
-          emit("restart_latency", "p50_us", p50, "us");
-          emit("restart_latency", "p99_us", p99, "us");
-        },
-        [&](error& err) {
-          throw std::runtime_error("restart_latency: " + sys.render(err));
-        });
+        .receive(
+            [&](double p50, double p99) {
+              emit("restart_latency", "p50_us", p50, "us");
+              emit("restart_latency", "p99_us", p99, "us");
+            },
+            [&](error& err) { throw std::runtime_error("restart_latency: " + sys.render(err)); });
   }
   sys.await_all_actors_done();
 }
 
 uint64_t parse_arg(int argc, char** argv, int i, uint64_t fallback) {
-  if (i >= argc)
-    return fallback;
+  if (i >= argc) return fallback;
   char* end = nullptr;
   auto v = std::strtoull(argv[i], &end, 10);
   if (end == argv[i] || *end != '\0' || v == 0) {
-    std::fprintf(stderr, "bad argument '%s' (want N R F W C, positive ints)\n",
-                 argv[i]);
+    std::fprintf(stderr, "bad argument '%s' (want N R F W C, positive ints)\n", argv[i]);
     std::exit(2);
   }
   return v;
 }
 
-} // namespace
+}  // namespace
 
 int main(int argc, char** argv) {
   if (argc > 6) {
@@ -378,10 +352,9 @@ int main(int argc, char** argv) {
   try {
     actor_system sys{cfg};
     std::fprintf(stderr,
-                 "[caf] CAF %d.%d.%d, %u scheduler threads, N=%" PRIu64
-                 " R=%" PRIu64 " F=%" PRIu64 " W=%" PRIu64 " C=%" PRIu64 "\n",
-                 CAF_MAJOR_VERSION, CAF_MINOR_VERSION, CAF_PATCH_VERSION,
-                 threads, n, r, f, w, c);
+                 "[caf] CAF %d.%d.%d, %u scheduler threads, N=%" PRIu64 " R=%" PRIu64 " F=%" PRIu64 " W=%" PRIu64
+                 " C=%" PRIu64 "\n",
+                 CAF_MAJOR_VERSION, CAF_MINOR_VERSION, CAF_PATCH_VERSION, threads, n, r, f, w, c);
     bench_spawn_idle(sys, n);
     bench_ping_pong(sys, r);
     bench_fan_out(sys, f, w);
