@@ -43,6 +43,7 @@ if [[ $mode == all ]]; then
     pkgconf        # the install test builds a program with `pkg-config --cflags --libs nines`
     postgresql     # the server the store tests start in a temporary directory (initdb, pg_ctl)
     openssl        # the TLS server (openssl s_server) and certificate the net tests make for HTTPS
+    clang-format-14  # the formatter: scripts/check_format.sh (in the test command) against .clang-format
     clang-14       # libFuzzer targets of the llm parsers (scripts/fuzz.sh); the build itself uses g++
     libclang-rt-14-dev  # clang's libFuzzer and sanitizer runtimes (only "recommended" by clang-14,
                         # and setup installs without recommends)

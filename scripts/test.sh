@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone: setup, the environment-seam check, then every
+# The whole test suite, from a fresh clone: setup, the environment-seam and format checks, then every
 # test under ASan+UBSan (debug preset) and under TSan (tsan preset), then a short libFuzzer
 # run of the model-API parsers (clang). Warnings are errors.
 set -euo pipefail
@@ -8,6 +8,7 @@ start=$SECONDS
 
 bash scripts/setup.sh
 bash scripts/check_env_seam.sh
+bash scripts/check_format.sh
 
 echo "== debug build (ASan + UBSan)"
 cmake --preset debug >/dev/null
