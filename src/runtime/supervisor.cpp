@@ -336,14 +336,17 @@ Task<> terminate_all(Context& ctx, Sup& s) {
 }
 
 // `child` and `why`: the last exit (or failed start) that took it over its restart intensity.
-Task<> give_up(Context& ctx, Sup& s, const std::string& child, std::string why) {
+Task<> give_up(Context& ctx, Sup& s, Child& child, std::string why) {
   NINES_LOG(s.core_.env.logger(), LogLevel::kError, "supervisor_gave_up",
             "supervisor reached its restart intensity: stops its children and exits", {"supervisor", s.label_},
-            {"intensity", s.spec_.intensity}, {"period_s", to_seconds(s.spec_.period)}, {"child", child},
+            {"intensity", s.spec_.intensity}, {"period_s", to_seconds(s.spec_.period)}, {"child", child.spec.id},
             {"reason", why});
-  s.emit(SupervisionEventType::kIntensityExceeded, nullptr);
+  // As OTP: the report says reached_max_restart_intensity (the event, the log line above);
+  // the exit reason the parent sees is plain `shutdown`.
+  s.emit(SupervisionEventType::kIntensityExceeded, &child, Pid{},
+         ExitReason::shutdown("reached_max_restart_intensity"));
   co_await terminate_all(ctx, s);
-  ExitReason reason = ExitReason::shutdown("reached_max_restart_intensity");
+  ExitReason reason = ExitReason::shutdown();
   s.emit(SupervisionEventType::kEscalated, nullptr, s.parent_, reason);
   exit_supervisor(ctx, s, std::move(reason));
 }
@@ -357,7 +360,7 @@ Task<> restart_group(Context& ctx, Sup& s, std::vector<std::uint64_t> keys) {
     if (c.pid) continue;  // already running (restarted by hand)
     Result<Pid> started = s.start_one(c, true);
     if (started.ok()) continue;
-    if (!s.record_restart()) co_await give_up(ctx, s, c.spec.id, started.error().message());
+    if (!s.record_restart()) co_await give_up(ctx, s, c, started.error().message());
     std::vector<std::uint64_t> rest(keys.begin() + static_cast<std::ptrdiff_t>(i), keys.end());
     for (auto k : rest) {
       if (auto it = s.by_key_.find(k); it != s.by_key_.end()) it->second->restarting = true;
@@ -393,7 +396,7 @@ Task<> on_child_exit(Context& ctx, Sup& s, std::list<Child>::iterator it, ExitRe
     }
     co_return;
   }
-  if (!s.record_restart()) co_await give_up(ctx, s, c.spec.id, reason.to_string());
+  if (!s.record_restart()) co_await give_up(ctx, s, c, reason.to_string());
 
   // The group restarted together, in start order.
   std::vector<std::list<Child>::iterator> group;

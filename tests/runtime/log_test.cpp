@@ -169,7 +169,7 @@ TEST(Supervisor, ExceedingTheIntensityIsReportedOnce) {
   EXPECT_EQ(gave_up[0].field("child"), "w");
   EXPECT_EQ(gave_up[0].field("reason"), "crash: std::runtime_error: boom");
   EXPECT_EQ(w.logs().count("child_restarted"), 2u);
-  // The supervisor's own exit ({shutdown, reached_max_restart_intensity}) is no crash.
+  // The supervisor's own exit (shutdown) is no crash.
   EXPECT_EQ(w.logs().count("process_crashed"), 3u) << w.logs().dump();
 }
 

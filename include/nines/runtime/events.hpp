@@ -31,7 +31,9 @@ enum class SupervisionEventType : std::uint8_t {
   kChildRestarted,     // a child was started again after an exit
   kRestartDelayed,     // a restart waits for its backoff delay (`delay`)
   kChildStartFailed,   // a child's start function failed (reason.detail has the error)
-  kIntensityExceeded,  // too many restarts in the period: the supervisor gives up
+  kIntensityExceeded,  // too many restarts in the period: the supervisor gives up; child_id: the
+                       // child that went over; reason: {shutdown, reached_max_restart_intensity}
+                       // (the supervisor itself then exits with plain shutdown, as in OTP)
   kEscalated,          // the supervisor exits and leaves the decision to its parent
   kAutoShutdown,       // a significant child's exit shut the supervisor down
 };

@@ -8,8 +8,10 @@
 // kStartFailed naming the first child that failed (the children already started are killed,
 // nothing is left running). Children stop in reverse order. When more than `intensity`
 // restarts happen within `period`, the supervisor stops all its children and exits with
-// {shutdown, reached_max_restart_intensity}; its parent supervisor then applies its own
-// strategy (escalation). Every start, exit, restart, give-up and escalation is reported on
+// reason `shutdown`, as OTP's does; like OTP's supervisor report, the kIntensityExceeded event
+// (child_id: the child whose exit or failed start went over; reason:
+// {shutdown, reached_max_restart_intensity}) and the supervisor_gave_up log line say why. Its
+// parent supervisor then applies its own strategy (escalation). Every start, exit, restart, give-up and escalation is reported on
 // Runtime::events().
 //
 // The control functions (start_child, terminate_child, ...) are calls to the supervisor
