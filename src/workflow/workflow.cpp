@@ -9,6 +9,7 @@
 #include <set>
 #include <vector>
 
+#include "nines/core/check.hpp"
 #include "nines/runtime/runtime.hpp"
 #include "workflow/committer.hpp"
 
@@ -95,7 +96,44 @@ std::string quoted(std::string_view s) {
 // next run runs it (with its idempotency key).
 constexpr std::string_view kClearedToRun = "nines:not-applied-cleared-by-operator";
 
+WorkflowOutcome refused(Error e) { return {RunEnd::kRefused, std::move(e)}; }
+WorkflowOutcome interrupted(Error e) { return {RunEnd::kInterrupted, std::move(e)}; }
+
+// The outcome of a workflow that is not running: what its record says.
+WorkflowOutcome recorded_outcome(const std::string& id, const WorkflowRecord& record) {
+  switch (record.status) {
+    case WorkflowStatus::kCompleted: return {RunEnd::kCompleted, record.result};
+    case WorkflowStatus::kFailed:
+    case WorkflowStatus::kCancelled: {
+      const RunEnd end = record.status == WorkflowStatus::kFailed ? RunEnd::kFailed : RunEnd::kCancelled;
+      std::optional<Error> e = decode_error(record.result);
+      if (!e) {
+        return {end, Error(ErrorKind::kPermanent, "workflow " + quoted(id) + " " +
+                                                      std::string(to_string(record.status)) + ": " + record.result)};
+      }
+      return {end, std::move(*e)};
+    }
+    case WorkflowStatus::kNeedsAttention:
+      return {RunEnd::kNeedsAttention,
+              Error(ErrorKind::kPermanent, "workflow " + quoted(id) + " needs attention: " + record.result)};
+    case WorkflowStatus::kRunning: break;
+  }
+  NINES_CHECK_MSG(false, "recorded_outcome of a running workflow");
+}
+
 }  // namespace
+
+std::string_view to_string(RunEnd end) {
+  switch (end) {
+    case RunEnd::kCompleted: return "completed";
+    case RunEnd::kFailed: return "failed";
+    case RunEnd::kCancelled: return "cancelled";
+    case RunEnd::kNeedsAttention: return "needs_attention";
+    case RunEnd::kInterrupted: return "interrupted";
+    case RunEnd::kRefused: return "refused";
+  }
+  return "unknown";
+}
 
 // ---- engine ----
 
@@ -181,24 +219,30 @@ Task<Status> WorkflowEngine::commit(Context& ctx, WriteBatch batch) {
   return impl_->committer->commit(ctx, std::move(batch));
 }
 
-Task<Result<std::string>> WorkflowEngine::run(Context& ctx, std::string kind, std::string id, std::string input) {
+Task<WorkflowOutcome> WorkflowEngine::run_outcome(Context& ctx, std::string kind, std::string id, std::string input) {
   return run_impl(ctx, std::move(kind), std::move(id), std::move(input), /*create=*/true);
 }
 
-Task<Result<std::string>> WorkflowEngine::run_impl(Context& ctx, std::string kind, std::string id, std::string input,
-                                                   bool create) {
-  if (id.empty()) co_return Error(ErrorKind::kInvalidArgument, "workflow engine: a workflow id must not be empty");
+Task<Result<std::string>> WorkflowEngine::run(Context& ctx, std::string kind, std::string id, std::string input) {
+  WorkflowOutcome out = co_await run_impl(ctx, std::move(kind), std::move(id), std::move(input), /*create=*/true);
+  co_return std::move(out.result);
+}
+
+Task<WorkflowOutcome> WorkflowEngine::run_impl(Context& ctx, std::string kind, std::string id, std::string input,
+                                               bool create) {
+  if (id.empty())
+    co_return refused(Error(ErrorKind::kInvalidArgument, "workflow engine: a workflow id must not be empty"));
   Body body;
   {
     std::lock_guard lock(impl_->mu);
     auto it = impl_->kinds.find(kind);
     if (it == impl_->kinds.end()) {
-      co_return Error(ErrorKind::kNotFound, "workflow engine: no code registered for kind " + quoted(kind) +
-                                                " (workflow " + quoted(id) + ")");
+      co_return refused(Error(ErrorKind::kNotFound, "workflow engine: no code registered for kind " + quoted(kind) +
+                                                        " (workflow " + quoted(id) + ")"));
     }
     body = it->second;
     if (!impl_->running.insert(id).second) {
-      co_return Error(ErrorKind::kAlreadyExists, "workflow " + quoted(id) + " is running already");
+      co_return refused(Error(ErrorKind::kAlreadyExists, "workflow " + quoted(id) + " is running already"));
     }
   }
   struct Running {
@@ -216,30 +260,17 @@ Task<Result<std::string>> WorkflowEngine::run_impl(Context& ctx, std::string kin
   if (existing.ok()) {
     record = std::move(*existing);
   } else if (existing.error().kind() != ErrorKind::kNotFound) {
-    co_return std::move(existing).error();
+    co_return interrupted(std::move(existing).error());
   } else if (!create) {
-    co_return std::move(existing).error();  // resume only: gone meanwhile (pruned, deleted)
+    co_return refused(std::move(existing).error());  // resume only: gone meanwhile (pruned, deleted)
   }
   const bool fresh = !existing.ok();
   if (!fresh) {
     if (record.kind != kind) {
-      co_return Error(ErrorKind::kInvalidArgument,
-                      "workflow " + quoted(id) + " exists with kind " + quoted(record.kind) + ", not " + quoted(kind));
+      co_return refused(Error(ErrorKind::kInvalidArgument, "workflow " + quoted(id) + " exists with kind " +
+                                                               quoted(record.kind) + ", not " + quoted(kind)));
     }
-    switch (record.status) {
-      case WorkflowStatus::kCompleted: co_return record.result;
-      case WorkflowStatus::kFailed:
-      case WorkflowStatus::kCancelled: {
-        std::optional<Error> e = decode_error(record.result);
-        if (!e)
-          co_return Error(ErrorKind::kPermanent, "workflow " + quoted(id) + " " +
-                                                     std::string(to_string(record.status)) + ": " + record.result);
-        co_return std::move(*e);
-      }
-      case WorkflowStatus::kNeedsAttention:
-        co_return Error(ErrorKind::kPermanent, "workflow " + quoted(id) + " needs attention: " + record.result);
-      case WorkflowStatus::kRunning: break;
-    }
+    if (record.status != WorkflowStatus::kRunning) co_return recorded_outcome(id, record);
   }
   {
     WriteBatch b;
@@ -252,7 +283,7 @@ Task<Result<std::string>> WorkflowEngine::run_impl(Context& ctx, std::string kin
     }
     b.start_attempt(id, now);
     Status s = co_await commit(ctx, std::move(b));
-    if (!s.ok()) co_return std::move(s).error().with_context("workflow " + quoted(id));
+    if (!s.ok()) co_return interrupted(std::move(s).error().with_context("workflow " + quoted(id)));
   }
 
   internal::WorkflowRun run;
@@ -262,15 +293,15 @@ Task<Result<std::string>> WorkflowEngine::run_impl(Context& ctx, std::string kin
   run.key_prefix = escape_key_part(id) + "#" + std::to_string(record.created_at.time_since_epoch().count());
   if (!fresh) {
     Result<std::vector<StepRecord>> steps = store_.load_steps(id);
-    if (!steps.ok()) co_return std::move(steps).error();
+    if (!steps.ok()) co_return interrupted(std::move(steps).error());
     for (StepRecord& s : *steps) run.steps.emplace(s.seq, std::move(s));
     Result<std::vector<EffectRecord>> effects = store_.load_effects(id);
-    if (!effects.ok()) co_return std::move(effects).error();
+    if (!effects.ok()) co_return interrupted(std::move(effects).error());
     for (EffectRecord& e : *effects) {
       auto parsed = parse_effect_id(e.effect_id);
       if (!parsed) {
-        co_return Error(ErrorKind::kPermanent,
-                        "workflow " + quoted(id) + ": malformed effect id " + quoted(e.effect_id) + " in the journal");
+        co_return interrupted(Error(ErrorKind::kPermanent, "workflow " + quoted(id) + ": malformed effect id " +
+                                                               quoted(e.effect_id) + " in the journal"));
       }
       run.effects.emplace(parsed->first, std::move(e));
     }
@@ -280,10 +311,11 @@ Task<Result<std::string>> WorkflowEngine::run_impl(Context& ctx, std::string kin
   WorkflowContext wf(*this, run, ctx, id, kind, record.input, record.attempt + 1);
   Result<std::string> r = co_await body(wf);
   // These win over whatever the code returned (it may have ignored the error it was given).
-  if (run.needs_attention) co_return *run.needs_attention;  // recorded already
-  if (run.stopped) co_return *run.stopped;                  // the workflow is left as it is
+  if (run.needs_attention) co_return WorkflowOutcome{RunEnd::kNeedsAttention, *run.needs_attention};  // recorded
+  if (run.stopped) co_return interrupted(*run.stopped);  // the workflow is left as it is
 
   WriteBatch b;
+  RunEnd end = RunEnd::kCompleted;
   if (r.ok() && r->size() > options_.max_record_bytes) {
     r = Error(ErrorKind::kInvalidArgument, "workflow " + quoted(id) + ": its result is " + std::to_string(r->size()) +
                                                " bytes, more than max_record_bytes (" +
@@ -293,15 +325,27 @@ Task<Result<std::string>> WorkflowEngine::run_impl(Context& ctx, std::string kin
     b.set_workflow_status(id, WorkflowStatus::kCompleted, *r, store_now());
   } else if (is_final_error(r.error().kind())) {
     b.set_workflow_status(id, WorkflowStatus::kFailed, encode_error(r.error()), store_now());
+    end = RunEnd::kFailed;
   } else {
-    co_return r;  // stays running: resumable
+    co_return interrupted(std::move(r).error());  // stays running: resumable
   }
   Status s = co_await commit(ctx, std::move(b));
-  if (!s.ok()) co_return std::move(s).error().with_context("workflow " + quoted(id) + ": recording its end");
-  co_return r;
+  if (!s.ok())
+    co_return interrupted(std::move(s).error().with_context("workflow " + quoted(id) + ": recording its end"));
+  co_return WorkflowOutcome{end, std::move(r)};
 }
 
-Task<Result<std::size_t>> WorkflowEngine::resume_all(Context& ctx, std::size_t concurrency) {
+Result<Pid> WorkflowEngine::resume_all(Context& ctx, std::size_t concurrency) {
+  Behavior resumer = [this, concurrency](Context& c) -> Task<> {
+    Result<std::size_t> r = co_await resume_all_and_wait(c, concurrency);
+    // A store error while listing: the workflows not reached stay running until resumed.
+    // The crash is reported (process_crashed, with the error) and seen by a monitor.
+    if (!r.ok()) c.exit(ExitReason::crash("nines::Error", "resume_all: " + r.error().to_string()));
+  };
+  return ctx.spawn(std::move(resumer));
+}
+
+Task<Result<std::size_t>> WorkflowEngine::resume_all_and_wait(Context& ctx, std::size_t concurrency) {
   if (concurrency == 0) concurrency = 1;
   std::size_t started = 0;
   std::set<MonitorRef> children;  // monitors of the workflows running now
@@ -335,7 +379,7 @@ Task<Result<std::size_t>> WorkflowEngine::resume_all(Context& ctx, std::size_t c
         children.erase(m->get<Down>()->ref);
       }
       Behavior child = [this, kind = std::move(w.kind), wid = std::move(w.id)](Context& c) -> Task<> {
-        (void)co_await run_impl(c, kind, wid, std::string(), /*create=*/false);
+        (void)co_await run_impl(c, kind, wid, std::string(), /*create=*/false);  // ends in its record
       };
       Result<Pid> pid = ctx.spawn(std::move(child));
       if (!pid.ok()) co_return std::move(pid).error().with_context("resume_all");

@@ -112,7 +112,7 @@ TEST(Workflow, AKilledWorkflowResumesFromItsLastCommittedStep) {
   EXPECT_FALSE(r.has_value());
   w.restart();
   std::optional<Result<std::size_t>> resumed;
-  w.sim->spawn([&](Context& ctx) -> Task<> { resumed.emplace(co_await w.engine->resume_all(ctx)); });
+  w.sim->spawn([&](Context& ctx) -> Task<> { resumed.emplace(co_await w.engine->resume_all_and_wait(ctx)); });
   w.sim->rt->advance(std::chrono::hours(1));
   ASSERT_TRUE(resumed && resumed->ok());
   EXPECT_EQ(**resumed, 1u);
@@ -599,6 +599,120 @@ TEST(Workflow, AFullDiskFailsTheRunCleanlyAndTheWorkflowResumesLater) {
   ASSERT_TRUE(second && second->ok()) << second->error().to_string();
   EXPECT_EQ(**second, "++++");
   EXPECT_EQ(runs, 5);  // the step refused by the full disk ran again; the kept ones did not
+}
+
+// A caller tells the ends of a run apart by a value, not by an error's message.
+TEST(WorkflowOutcome, EachEndIsAValue) {
+  World w;
+  bool fail_outcome_commit = true;
+  w.add_kind("ok", [](WorkflowContext&) -> Task<Result<std::string>> { co_return std::string("done"); });
+  w.add_kind("bad", [](WorkflowContext&) -> Task<Result<std::string>> {
+    co_return Error(ErrorKind::kPermanent, "no such order");
+  });
+  w.add_kind("flaky", [](WorkflowContext&) -> Task<Result<std::string>> {
+    co_return Error(ErrorKind::kTransient, "try later");
+  });
+  w.add_kind("unsafe", [&](WorkflowContext& wf) -> Task<Result<std::string>> {
+    EffectOptions o{.name = "pay", .nature = EffectNature::kUnsafe};
+    auto r = co_await wf.effect(std::move(o), [&](Context&, const std::string&) -> Task<Result<std::string>> {
+      if (fail_outcome_commit) w.store->fail_next_commits(1, Error(ErrorKind::kTransient, "killed"));
+      co_return std::string("paid");
+    });
+    if (!r.ok()) co_return r.error();
+    co_return *r;
+  });
+  auto outcome = [&](const std::string& kind, const std::string& id) {
+    std::optional<WorkflowOutcome> out;
+    w.sim->spawn([&](Context& ctx) -> Task<> { out.emplace(co_await w.engine->run_outcome(ctx, kind, id, "")); });
+    w.sim->rt->advance(std::chrono::hours(1));
+    EXPECT_TRUE(out.has_value());
+    return out.value_or(WorkflowOutcome{});
+  };
+  WorkflowOutcome done = outcome("ok", "a");
+  EXPECT_EQ(done.end, RunEnd::kCompleted);
+  ASSERT_TRUE(done.result.ok());
+  EXPECT_EQ(*done.result, "done");
+  EXPECT_TRUE(done.finished());
+  EXPECT_EQ(outcome("ok", "a").end, RunEnd::kCompleted);  // again: the record, nothing runs
+
+  WorkflowOutcome failed = outcome("bad", "b");
+  EXPECT_EQ(failed.end, RunEnd::kFailed);
+  EXPECT_EQ(failed.result.error().kind(), ErrorKind::kPermanent);
+  EXPECT_TRUE(failed.finished());
+  EXPECT_EQ(outcome("bad", "b").end, RunEnd::kFailed);
+
+  WorkflowOutcome flaky = outcome("flaky", "c");
+  EXPECT_EQ(flaky.end, RunEnd::kInterrupted);
+  EXPECT_EQ(flaky.result.error().kind(), ErrorKind::kTransient);
+  EXPECT_FALSE(flaky.finished());
+  EXPECT_EQ(w.record("c").status, WorkflowStatus::kRunning);
+
+  // Interrupted after the unsafe effect ran (its outcome was not recorded), then run again.
+  EXPECT_EQ(outcome("unsafe", "d").end, RunEnd::kInterrupted);
+  fail_outcome_commit = false;
+  WorkflowOutcome attention = outcome("unsafe", "d");
+  EXPECT_EQ(attention.end, RunEnd::kNeedsAttention);
+  EXPECT_EQ(attention.result.error().kind(), ErrorKind::kPermanent);  // as run() always said
+  EXPECT_FALSE(attention.finished());
+  EXPECT_EQ(outcome("unsafe", "d").end, RunEnd::kNeedsAttention);  // from the record
+
+  WorkflowOutcome unknown = outcome("nope", "e");
+  EXPECT_EQ(unknown.end, RunEnd::kRefused);
+  EXPECT_EQ(unknown.result.error().kind(), ErrorKind::kNotFound);
+  WorkflowOutcome other_kind = outcome("bad", "a");
+  EXPECT_EQ(other_kind.end, RunEnd::kRefused);
+  EXPECT_EQ(other_kind.result.error().kind(), ErrorKind::kInvalidArgument);
+  EXPECT_EQ(to_string(RunEnd::kNeedsAttention), "needs_attention");
+}
+
+// The documented way (resume first, then new work) is the fast way: resume_all returns at
+// once, so new work does not wait behind a slow resumed workflow.
+TEST(WorkflowResume, ResumeAllRunsInTheBackgroundAndNewWorkStartsAtOnce) {
+  World w;
+  w.add_kind("slow", [](WorkflowContext& wf) -> Task<Result<std::string>> {
+    for (const char* name : {"s0", "s1", "s2"}) {
+      auto r = co_await wf.step<int>(name, [](Context& ctx) -> Task<Result<int>> {
+        auto slept = co_await ctx.sleep(std::chrono::minutes(10));
+        if (!slept.ok()) co_return slept.error();
+        co_return 1;
+      });
+      if (!r.ok()) co_return r.error();
+    }
+    co_return std::string("slow done");
+  });
+  w.add_kind("quick", [](WorkflowContext&) -> Task<Result<std::string>> { co_return std::string("quick done"); });
+  EXPECT_FALSE(w.run("slow", "old", "", std::chrono::minutes(15)).has_value());  // in step 2
+  w.restart();
+
+  std::optional<ExitReason> resumer_exit;
+  std::optional<TimePoint> quick_done_at, resumer_done_at;
+  const TimePoint t0 = w.sim->env.now();
+  w.sim->spawn([&](Context& ctx) -> Task<> {
+    Result<Pid> resumer = w.engine->resume_all(ctx);
+    if (!resumer.ok()) co_return;
+    MonitorRef ref = ctx.monitor(*resumer);
+    (void)co_await ctx.sleep(std::chrono::milliseconds(1));  // the resumer starts "old" meanwhile
+    Result<std::string> quick = co_await w.engine->run(ctx, "quick", "new", "");
+    if (quick.ok()) quick_done_at = ctx.now();
+    // The id the resumer is running is refused, not run twice.
+    WorkflowOutcome again = co_await w.engine->run_outcome(ctx, "slow", "old", "");
+    EXPECT_EQ(again.end, RunEnd::kRefused);
+    EXPECT_EQ(again.result.error().kind(), ErrorKind::kAlreadyExists);
+    std::function<bool(const Message&)> is_down = [ref](const Message& m) {
+      return m.get<Down>() != nullptr && m.get<Down>()->ref == ref;
+    };
+    std::optional<Message> down = co_await ctx.receive_if(is_down);
+    resumer_exit = down->get<Down>()->reason;
+    resumer_done_at = ctx.now();
+  });
+  w.sim->rt->advance(std::chrono::hours(1));
+  ASSERT_TRUE(quick_done_at.has_value());
+  EXPECT_EQ(*quick_done_at, t0 + std::chrono::milliseconds(1));  // it did not wait for "old"
+  ASSERT_TRUE(resumer_exit.has_value());
+  EXPECT_TRUE(resumer_exit->is_normal()) << resumer_exit->to_string();
+  EXPECT_GE(*resumer_done_at - t0, std::chrono::minutes(20));  // steps 2 and 3 of "old" ran again/next
+  EXPECT_EQ(w.record("old").status, WorkflowStatus::kCompleted);
+  EXPECT_EQ(w.record("new").status, WorkflowStatus::kCompleted);
 }
 
 TEST(Workflow, RetentionPrunesOldFinishedWorkflowsAndKeepsTheRest) {

@@ -11,8 +11,8 @@
 // reason `shutdown`, as OTP's does; like OTP's supervisor report, the kIntensityExceeded event
 // (child_id: the child whose exit or failed start went over; reason:
 // {shutdown, reached_max_restart_intensity}) and the supervisor_gave_up log line say why. Its
-// parent supervisor then applies its own strategy (escalation). Every start, exit, restart, give-up and escalation is reported on
-// Runtime::events().
+// parent supervisor then applies its own strategy (escalation). Every start, exit, restart, give-up and escalation is
+// reported on Runtime::events().
 //
 // The control functions (start_child, terminate_child, ...) are calls to the supervisor
 // process and may be used from any process.

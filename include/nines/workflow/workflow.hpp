@@ -16,10 +16,13 @@
 //     if (!paid.ok()) co_return paid.error();
 //     co_return *paid;
 //   });
-//   // in a process:
-//   Result<std::string> r = co_await engine->run(ctx, "refund", "refund-order-42", "order-42");
-//   // after a restart, in a process:
-//   co_await engine->resume_all(ctx);
+//   // after a restart, in a process: resumes what was left running, in the background
+//   engine->resume_all(ctx).value();
+//   // new work, at once (not behind the resumed workflows):
+//   WorkflowOutcome out = co_await engine->run_outcome(ctx, "refund", "refund-order-42", "order-42");
+//   if (out.end == RunEnd::kNeedsAttention) page_an_operator(out.result.error());
+//   // or, when only the value matters:
+//   Result<std::string> r = co_await engine->run(ctx, "refund", "refund-order-43", "order-43");
 //
 // A workflow has a stable id chosen by the caller, a kind (the name its code is registered
 // under), an input, numbered steps with recorded results, and a final result or error.
@@ -162,6 +165,28 @@ struct EffectResolution {
   std::string outcome;
 };
 
+// How one run() of a workflow ended, as a value (WorkflowEngine::run_outcome).
+enum class RunEnd : std::uint8_t {
+  kCompleted,       // finished with a value (now or earlier): `result` holds it
+  kFailed,          // finished with a permanent error of its code: `result` holds it
+  kCancelled,       // finished as cancelled: `result` holds the recorded error
+  kNeedsAttention,  // stopped for an operator (an unsafe effect of unknown outcome): `result` is the
+                    // kPermanent error with the evidence; resolve_effect(), then run again
+  kInterrupted,     // stopped before its end, left running in the store: a non-permanent error of the
+                    // code, a failed commit, a store error, or records the code no longer matches;
+                    // `result` says which; running again resumes it (after a fix, for the last two)
+  kRefused,         // not run: an empty id, an unregistered kind, the id exists with another kind,
+                    // or this engine is running it already (kAlreadyExists); nothing changed
+};
+std::string_view to_string(RunEnd end);
+
+struct WorkflowOutcome {
+  RunEnd end = RunEnd::kRefused;
+  Result<std::string> result = Error(ErrorKind::kInternal, "no outcome");
+  // completed, failed or cancelled: running it again returns the same outcome, runs nothing.
+  bool finished() const { return end == RunEnd::kCompleted || end == RunEnd::kFailed || end == RunEnd::kCancelled; }
+};
+
 struct WorkflowEngineStats {
   std::uint64_t runs = 0;              // run() calls that ran workflow code
   std::uint64_t steps_executed = 0;    // step functions run
@@ -284,21 +309,32 @@ class WorkflowEngine {
   Status register_kind(std::string kind, Body body);
 
   // Starts workflow `id` of `kind` with `input`, or resumes it if it exists, and runs it to
-  // its end in the calling process. Returns its result, or:
-  //  - the recorded result or error of a finished workflow (nothing runs);
-  //  - kPermanent "needs attention" for a workflow stopped for an operator;
-  //  - kNotFound for an unregistered kind; kInvalidArgument if the id exists with another kind;
-  //  - kAlreadyExists if this engine is running the id already;
-  //  - a non-permanent error of the code (the workflow stays running: run() again resumes);
-  //  - the store's error (a failed commit, a corrupt record): the workflow is left as it was.
-  // A permanent error of the code (kPermanent, kInvalidArgument) finishes it as failed.
+  // its end in the calling process. The outcome says how it ended (RunEnd) with the value or
+  // the error:
+  //  - kCompleted, kFailed, kCancelled: the recorded result or error of a finished workflow
+  //    (nothing runs), or of this run; a permanent error of the code (kPermanent,
+  //    kInvalidArgument) finishes it as failed;
+  //  - kNeedsAttention: kPermanent "needs attention" for a workflow stopped for an operator;
+  //  - kInterrupted: a non-permanent error of the code, or the store's error (a failed commit,
+  //    a corrupt record): the workflow stays running, as it was; running again resumes it;
+  //  - kRefused: kNotFound for an unregistered kind; kInvalidArgument for an empty id or an id
+  //    that exists with another kind; kAlreadyExists if this engine is running the id already.
+  Task<WorkflowOutcome> run_outcome(Context& ctx, std::string kind, std::string id, std::string input);
+  // run_outcome() when only the value matters: its `result`.
   Task<Result<std::string>> run(Context& ctx, std::string kind, std::string id, std::string input);
 
-  // Resumes every workflow left running (after a restart), at most `concurrency` at once,
-  // each in a process of its own, and returns when all have ended. Returns how many ran, or
-  // the first store error met while listing them. Errors of the workflows themselves are in
-  // their records.
-  Task<Result<std::size_t>> resume_all(Context& ctx, std::size_t concurrency = 64);
+  // Resumes every workflow left running (after a restart) in the background and returns at
+  // once: it spawns a resumer process (not linked to the caller) that pages through the
+  // workflows left running and runs each in a process of its own, at most `concurrency` at
+  // once. New work can start meanwhile; a run() of an id the resumer is running is refused
+  // with kAlreadyExists. Returns the resumer's pid, or the spawn's error. Monitor it to learn
+  // when it is done: it exits normal when every resumed workflow has ended, or with a crash
+  // reason naming the store's error (reported as process_crashed) if listing them failed.
+  // Errors of the workflows themselves are in their records. The engine must outlive it.
+  Result<Pid> resume_all(Context& ctx, std::size_t concurrency = 64);
+  // The same in the calling process: returns when every resumed workflow has ended, with how
+  // many ran, or the first store error met while listing them.
+  Task<Result<std::size_t>> resume_all_and_wait(Context& ctx, std::size_t concurrency = 64);
 
   // An operator's decision about effect `effect_id` of a workflow in needs_attention: the
   // effect gets the outcome (applied) or is cleared to run again (not applied), and the
@@ -330,7 +366,7 @@ class WorkflowEngine {
   WorkflowEngine(Environment& env, Store& store, WorkflowEngineOptions options);
   // run(); with create == false an absent workflow is kNotFound (resume_all never recreates
   // a workflow pruned or deleted after it was listed).
-  Task<Result<std::string>> run_impl(Context& ctx, std::string kind, std::string id, std::string input, bool create);
+  Task<WorkflowOutcome> run_impl(Context& ctx, std::string kind, std::string id, std::string input, bool create);
 
   Environment& env_;
   Store& store_;
