@@ -1,7 +1,8 @@
 // nines_kill_worker DB_PATH LEDGER_SOCKET WORKFLOWS: the process the kill test SIGKILLs.
-// Opens the SQLite store (synced), resumes every workflow left running, then runs workflows
-// wf-0 .. wf-(WORKFLOWS-1) (run() returns at once for those already finished), 8 at a time,
-// and exits 0 when every one has ended. Each workflow makes 50 steps (plan.hpp): plain steps,
+// Opens the SQLite store (synced), resumes every workflow left running in the background
+// (resume_all), meanwhile runs workflows wf-0 .. wf-(WORKFLOWS-1) (run() returns at once for
+// those already finished, and is refused for those the resumer runs), 8 at a time, and exits 0
+// when every one has ended. Each workflow makes 50 steps (plan.hpp): plain steps,
 // and effects against the ledger process: idempotent (sent with their key), checkable (the
 // ledger is asked on recovery) and unsafe (sent without idempotency).
 #include <fcntl.h>
