@@ -9,6 +9,7 @@
 #include <cstring>
 #include <map>
 
+#include "core/ascii.hpp"
 #include "nines/core/check.hpp"
 #include "nines/core/environment.hpp"
 
@@ -18,23 +19,8 @@ namespace {
 
 constexpr std::string_view kRedacted = "[redacted]";
 
-char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (lower(a[i]) != lower(b[i])) return false;
-  }
-  return true;
-}
-
-bool icontains(std::string_view haystack, std::string_view needle) {
-  if (needle.size() > haystack.size()) return false;
-  for (std::size_t i = 0; i + needle.size() <= haystack.size(); ++i) {
-    if (iequals(haystack.substr(i, needle.size()), needle)) return true;
-  }
-  return false;
-}
+using internal::icontains;
+using internal::iequals;
 
 // ---- UTF-8 ----------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "core/ascii.hpp"
 #include "llm/json_util.hpp"
 
 namespace nines::llm {
@@ -23,21 +24,8 @@ constexpr std::string_view kTruncatedMarker = "[truncated]";
 constexpr std::string_view kRedacted = "[redacted]";
 constexpr std::size_t kMaxQuotedBytes = 400;
 
-char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (lower(a[i]) != lower(b[i])) return false;
-  }
-  return true;
-}
-
-std::string to_lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) c = lower(c);
-  return out;
-}
+using ::nines::internal::iequals;
+using ::nines::internal::to_lower;
 
 bool contains(std::string_view haystack, std::string_view needle) {
   return haystack.find(needle) != std::string_view::npos;

@@ -4,18 +4,12 @@
 #include <cstring>
 #include <string_view>
 
+#include "core/ascii.hpp"
+
 namespace nines::net::internal {
 
-inline char ascii_lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; }
-
-// ASCII case-insensitive equality (header names, tokens).
-inline bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (ascii_lower(a[i]) != ascii_lower(b[i])) return false;
-  }
-  return true;
-}
+using ::nines::internal::ascii_lower;
+using ::nines::internal::iequals;
 
 // Without leading spaces/tabs and trailing spaces/tabs/CR/LF.
 inline std::string_view trim(std::string_view s) {
