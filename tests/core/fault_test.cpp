@@ -132,5 +132,23 @@ TEST(FaultPoints, DelaysAreWithinOneMillisecondAndMaxDelay) {
   for (int i = 0; i < 100; ++i) EXPECT_LT(env.fault_draw(3), 3u);
 }
 
+TEST(FaultPoints, OptionsParseFromText) {
+  Result<FaultOptions> o = parse_fault_options("store_commit_fail=0.2,timer_late=1");
+  ASSERT_TRUE(o.ok()) << o.error().to_string();
+  EXPECT_EQ(o->of(FaultPoint::kStoreCommitFail), 0.2);
+  EXPECT_EQ(o->of(FaultPoint::kTimerLate), 1.0);
+  EXPECT_EQ(o->of(FaultPoint::kHttpReset), 0.0);
+  o = parse_fault_options("all=0.1,http_reset=0");
+  ASSERT_TRUE(o.ok());
+  EXPECT_EQ(o->of(FaultPoint::kMailboxFull), 0.1);
+  EXPECT_EQ(o->of(FaultPoint::kHttpReset), 0.0);
+  EXPECT_FALSE(parse_fault_options("").value().any());
+  for (const char* bad : {"timer_late", "timer_late=", "timer_late=2", "timer_late=0.5x", "nope=0.1", "=0.1"}) {
+    Result<FaultOptions> r = parse_fault_options(bad);
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.error().kind(), ErrorKind::kInvalidArgument);
+  }
+}
+
 }  // namespace
 }  // namespace nines

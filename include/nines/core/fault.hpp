@@ -19,6 +19,7 @@
 #include <optional>
 #include <string_view>
 
+#include "nines/core/result.hpp"
 #include "nines/core/time.hpp"
 
 namespace nines {
@@ -91,5 +92,10 @@ struct FaultOptions {
     return false;
   }
 };
+
+// Reads "store_commit_fail=0.2,timer_late=0.5" (points not named are off; "all=0.1" sets
+// every point, later items win): the form NINES_SIM_FAULTS takes in the simulation tests.
+// Errors: kInvalidArgument naming the item that is not <point>=<probability in [0, 1]>.
+Result<FaultOptions> parse_fault_options(std::string_view spec);
 
 }  // namespace nines
