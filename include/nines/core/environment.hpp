@@ -8,7 +8,8 @@
 //    epoll event loop on a thread of its own.
 //  - SimEnvironment: one thread, a virtual clock that moves only when told, one seeded
 //    generator; timers fire and file descriptors are polled only when the owner drives it.
-//    The same seed always gives the same sequence.
+//    The same seed always gives the same sequence. Only it fires fault points
+//    (core/fault.hpp), and only those set_faults turns on.
 //
 // Thread-safety: every member of Environment may be called from any thread. Event-loop
 // callbacks run on the loop thread (real) or inside the driving call (sim); they must be
