@@ -9,6 +9,7 @@
 
 #include "nines/core/check.hpp"
 #include "nines/core/environment.hpp"
+#include "nines/core/fault.hpp"
 #include "nines/core/log.hpp"
 #include "nines/core/percentile.hpp"
 #include "nines/core/result.hpp"

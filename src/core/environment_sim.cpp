@@ -1,6 +1,8 @@
 // The deterministic environment: one thread, a virtual clock, one seeded generator.
 #include <poll.h>
 
+#include <algorithm>
+#include <array>
 #include <map>
 #include <vector>
 
@@ -15,9 +17,16 @@ static constexpr TimePoint kSimStart = TimePoint(std::chrono::hours(1));
 // 2026-01-01T00:00:00Z, the wall-clock epoch of every simulation.
 static constexpr std::int64_t kSimUnixEpochNs = 1767225600LL * 1'000'000'000LL;
 
+// The fault stream's seed: apart from the main stream's, so faults on or off leave
+// random_u64() as it was.
+static constexpr std::uint64_t kFaultStream = 0xb0661f7ULL << 32;
+
 struct SimEnvironment::State {
-  explicit State(std::uint64_t seed) : rng(seed) {}
+  explicit State(std::uint64_t seed) : rng(seed), fault_rng(seed ^ kFaultStream) {}
   internal::Xoshiro256 rng;
+  internal::Xoshiro256 fault_rng;
+  FaultOptions faults;
+  std::array<std::uint64_t, kFaultPointCount> fired{};
   TimePoint now = kSimStart;
   std::uint64_t next_id = 1;
   std::map<std::pair<TimePoint, TimerId>, std::function<void()>> timers;
@@ -138,5 +147,43 @@ std::size_t SimEnvironment::poll_fds() {
 }
 
 std::size_t SimEnvironment::pending_watches() const { return state_->watches.size(); }
+
+void SimEnvironment::set_faults(const FaultOptions& options) {
+  state_->faults = options;
+  for (double& p : state_->faults.probability) p = p > 0 ? std::min(p, 1.0) : 0.0;  // NaN: off
+  state_->faults.max_delay = std::max<Duration>(state_->faults.max_delay, std::chrono::milliseconds(1));
+  faults_on_ = state_->faults.any();
+}
+
+const FaultOptions& SimEnvironment::faults() const { return state_->faults; }
+
+std::uint64_t SimEnvironment::fault_count(FaultPoint point) const {
+  const auto i = static_cast<std::size_t>(point);
+  return i < kFaultPointCount ? state_->fired[i] : 0;
+}
+
+std::uint64_t SimEnvironment::faults_fired() const {
+  std::uint64_t n = 0;
+  for (std::uint64_t c : state_->fired) n += c;
+  return n;
+}
+
+bool SimEnvironment::fault_fires(FaultPoint point) {
+  const auto i = static_cast<std::size_t>(point);
+  if (i >= kFaultPointCount) return false;
+  const double p = state_->faults.probability[i];
+  if (p <= 0) return false;  // a point that is off draws nothing: the others' draws stay as they were
+  const double u = static_cast<double>(state_->fault_rng.next() >> 11) * 0x1.0p-53;
+  if (u >= p) return false;
+  ++state_->fired[i];
+  return true;
+}
+
+Duration SimEnvironment::fault_delay(FaultPoint) {
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(state_->faults.max_delay).count();
+  return std::chrono::milliseconds(1 + static_cast<std::int64_t>(fault_draw(static_cast<std::uint64_t>(ms))));
+}
+
+std::uint64_t SimEnvironment::fault_draw(std::uint64_t n) { return n == 0 ? 0 : state_->fault_rng.next() % n; }
 
 }  // namespace nines

@@ -179,7 +179,8 @@ class HttpCore : public std::enable_shared_from_this<HttpCore> {
   void arm_transfer_timer(Transfer* t);
   void on_transfer_timer(Transfer* t, std::uint64_t gen);
   void watch_socket(curl_socket_t s, Socket& st);
-  void on_socket_ready(curl_socket_t s, std::uint64_t gen, unsigned bits);
+  // may_stall: false once the fault point http_stall held this readiness back.
+  void on_socket_ready(curl_socket_t s, std::uint64_t gen, unsigned bits, bool may_stall = true);
   void on_curl_timer(std::uint64_t gen);
   Error map_curl_error(Transfer* t, CURLcode code) const;
 
@@ -633,10 +634,19 @@ void HttpCore::watch_socket(curl_socket_t s, Socket& st) {
   st.watch = w.ok() ? *w : 0;
 }
 
-void HttpCore::on_socket_ready(curl_socket_t s, std::uint64_t gen, unsigned bits) {
+void HttpCore::on_socket_ready(curl_socket_t s, std::uint64_t gen, unsigned bits, bool may_stall) {
   auto it = sockets_.find(s);
   if (it == sockets_.end() || it->second.gen != gen || multi_ == nullptr) return;
   it->second.watch = 0;
+  if (may_stall && env_.fault(FaultPoint::kHttpStall)) {
+    // The bytes wait in the socket: curl hears of them only after the stall (a watch that
+    // curl asks for meanwhile takes over; this one then finds its generation stale).
+    std::weak_ptr<HttpCore> weak = weak_from_this();
+    env_.add_timer(add_saturating(env_.now(), env_.fault_delay(FaultPoint::kHttpStall)), [weak, s, gen, bits] {
+      if (auto core = weak.lock()) core->on_socket_ready(s, gen, bits, false);
+    });
+    return;
+  }
   int action = ((bits & kFdReadable) ? CURL_CSELECT_IN : 0) | ((bits & kFdWritable) ? CURL_CSELECT_OUT : 0) |
                ((bits & kFdError) ? CURL_CSELECT_ERR : 0);
   int running = 0;
@@ -720,6 +730,12 @@ size_t HttpCore::write_cb(char* data, size_t size, size_t n, void* userp) {
   auto* t = static_cast<Transfer*>(userp);
   HttpCore* core = t->core;
   std::size_t len = size * n;
+  if (core->env_.fault(FaultPoint::kHttpReset)) {
+    t->abort_error =
+        Error(ErrorKind::kTransient, t->what + ": connection reset after " + std::to_string(t->body_bytes) +
+                                         " body bytes (fault point http_reset)");
+    return 0;
+  }
   if (t->body_bytes + len > core->options_.max_body_bytes) {
     t->abort_error =
         Error(ErrorKind::kPermanent, t->what + ": response body larger than " +

@@ -212,7 +212,10 @@ Delivery RuntimeCore::deliver_to(Process* t, Envelope* e, Pid blocked_sender) {
       return Delivery::kNoProc;
     }
     if (e->is_user()) {
-      if (t->user_count >= t->capacity) {
+      // The fault point stands for a full mailbox; a suspended sender is woken by a receive,
+      // so it fires for kSuspendSender only when there is a message to receive.
+      if (t->user_count >= t->capacity || ((t->user_count > 0 || t->overflow != OverflowPolicy::kSuspendSender) &&
+                                           env.fault(FaultPoint::kMailboxFull))) {
         switch (t->overflow) {
           case OverflowPolicy::kReject: delete e; return Delivery::kFull;
           case OverflowPolicy::kSuspendSender:
@@ -703,7 +706,9 @@ std::shared_ptr<ExitWatch> RuntimeCore::watch_exit(Pid pid) {
 
 TimerId RuntimeCore::add_timer(Duration delay, std::function<void(RuntimeCore&)> fn) {
   std::weak_ptr<RuntimeCore> weak = weak_from_this();
-  return env.add_timer(add_saturating(env.now(), delay), [weak, fn = std::move(fn)] {
+  TimePoint at = add_saturating(env.now(), delay);
+  if (env.fault(FaultPoint::kTimerLate)) at = add_saturating(at, env.fault_delay(FaultPoint::kTimerLate));
+  return env.add_timer(at, [weak, fn = std::move(fn)] {
     if (auto core = weak.lock()) fn(*core);
   });
 }

@@ -8,7 +8,22 @@
 
 namespace nines::internal {
 
-Task<Status> InlineCommitter::commit(Context&, WriteBatch batch) {
+Task<Status> InlineCommitter::commit(Context& ctx, WriteBatch batch) {
+  Environment& env = ctx.env();
+  if (crashed_ || env.fault(FaultPoint::kCommitterCrash)) {
+    // Dead with this commit in flight, applied or not; nobody hears back from it again.
+    if (!std::exchange(crashed_, true) && env.fault_draw(2) == 0) (void)store_.commit(batch);
+    Result<std::any> never = co_await ctx.await_external([](Completion) {});
+    co_return never.ok() ? Error(ErrorKind::kInternal, "workflow engine: the committer crashed") : never.error();
+  }
+  if (env.fault(FaultPoint::kStoreCommitSlow)) {
+    auto slept = co_await ctx.sleep(env.fault_delay(FaultPoint::kStoreCommitSlow));
+    if (!slept.ok()) co_return std::move(slept).error().with_context("workflow engine: a slow commit");
+  }
+  if (env.fault(FaultPoint::kStoreCommitFail)) {
+    groups_.fetch_add(1, std::memory_order_relaxed);
+    co_return Error(ErrorKind::kTransient, "workflow engine: the store commit failed (fault point store_commit_fail)");
+  }
   Status s = store_.commit(batch);
   groups_.fetch_add(1, std::memory_order_relaxed);
   if (s.ok()) batches_.fetch_add(1, std::memory_order_relaxed);

@@ -1,7 +1,9 @@
 // Internal: how the workflow engine's batches reach the store.
 //
 // InlineCommitter commits on the calling worker thread (the deterministic environment, where
-// the memory store does not block, and callers that ask for it). ThreadCommitter runs one
+// the memory store does not block, and callers that ask for it). The store fault points
+// (store_commit_fail, store_commit_slow, committer_crash: core/fault.hpp) are here, since
+// only the deterministic environment fires them and it always commits inline. ThreadCommitter runs one
 // committer thread: a committing process hands its batch over and is suspended
 // (Context::await_external); the thread takes every batch queued meanwhile (bounded), commits
 // them as one merged batch (one transaction, one sync), and completes each waiter with the
@@ -47,6 +49,7 @@ class InlineCommitter final : public Committer {
 
  private:
   Store& store_;
+  bool crashed_ = false;  // fault point committer_crash fired: every commit hangs
 };
 
 struct ThreadCommitterOptions {

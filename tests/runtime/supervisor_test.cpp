@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <any>
 #include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <map>
 #include <optional>
@@ -76,12 +77,23 @@ std::string kind(ErrorKind k) { return std::string(to_string(k)); }
 
 using Lines = std::vector<std::string>;
 
+// The fault points every World turns on: none, unless a test (SupervisorUnderFaults) or
+// NINES_SIM_FAULTS (core/fault.hpp's parse_fault_options) sets them.
+FaultOptions& world_faults() {
+  static FaultOptions faults = [] {
+    const char* spec = std::getenv("NINES_SIM_FAULTS");
+    return spec != nullptr ? parse_fault_options(spec).value() : FaultOptions{};
+  }();
+  return faults;
+}
+
 // A deterministic runtime, the events it emitted, a log of worker starts/stops and the latest
 // pid of every child id.
 class World {
  public:
   explicit World(std::uint64_t seed = 1) : sim(seed) {
     sub_ = rt().events().subscribe([this](const SupervisionEvent& e) { events.push_back(e); });
+    sim.env.set_faults(world_faults());
   }
   ~World() { rt().events().unsubscribe(sub_); }
 
@@ -147,8 +159,14 @@ class World {
     return r.ok() ? *r : Pid{};
   }
 
+  // With the fault point mailbox_full on, a send may find the mailbox full: the test, like
+  // any sender, tries again.
   void send(const std::string& id, std::any msg) {
-    ASSERT_TRUE(rt().send_any(pids.at(id), std::move(msg)).ok()) << id;
+    Result<void> r = rt().send_any(pids.at(id), msg);
+    for (int i = 0; i < 100 && !r.ok() && r.error().kind() == ErrorKind::kMailboxFull; ++i) {
+      r = rt().send_any(pids.at(id), msg);
+    }
+    ASSERT_TRUE(r.ok()) << id;
     rt().run_until_idle();
   }
   void crash(const std::string& id) { send(id, Crash{}); }
@@ -1421,6 +1439,153 @@ TEST(SupervisorControl, TerminatingATemporaryChildForgetsIt) {
     auto r = co_await restart_child(ctx, sup, "t");
     EXPECT_EQ(error_kind(r), kind(ErrorKind::kNotFound));
   });
+}
+
+// ---------------------------------------------------------------- 11. with fault points on
+
+// Fault points (core/fault.hpp) on for the Worlds made while it lives.
+class FaultsOn {
+ public:
+  explicit FaultsOn(const FaultOptions& o) : saved_(world_faults()) { world_faults() = o; }
+  ~FaultsOn() { world_faults() = saved_; }
+
+ private:
+  FaultOptions saved_;
+};
+
+// Late timers (shutdown timeouts, sends after a delay) and full mailboxes (the test's own
+// sends retry). Backoff and failed restarts are left out: their retry (RestartDue, a message
+// the supervisor sends itself with send_after) is dropped by a full mailbox (see the report
+// in docs/sim.md, "Fault points").
+FaultOptions supervisor_faults() {
+  FaultOptions o = FaultOptions{}.set(FaultPoint::kTimerLate, 0.3).set(FaultPoint::kMailboxFull, 0.3);
+  o.max_delay = 20ms;
+  return o;
+}
+
+// The strategy cases again, with the faults on: exactly the same events and restarts.
+TEST_P(SupervisorStrategy, WithFaultsOnTheSameChildrenRestart) {
+  FaultsOn on(supervisor_faults());
+  const StrategyCase& c = GetParam();
+  World w;
+  Pid sup = w.start(make_spec("s", c.strategy, {w.worker("a"), w.worker("b"), w.worker("c")}));
+  auto before = w.pids;
+  std::size_t from = w.mark();
+  w.log.clear();
+  w.crash(c.crash);
+  EXPECT_EQ(w.lines(from), c.events);
+  EXPECT_EQ(w.log.get(), c.log);
+  EXPECT_EQ(changed(before, w.pids), c.changed);
+  EXPECT_TRUE(w.rt().alive(sup));
+  for (auto& [id, pid] : w.pids) EXPECT_TRUE(w.rt().alive(pid)) << id;
+  EXPECT_EQ(w.rt().process_count(), 4u);
+}
+
+// Seeded crash loops in a two-level tree, root (one_for_one) -> sup (random strategy and
+// limits) -> a, b, c (random shutdown behaviour), with the fault points on. After every crash
+// the OTP invariants hold: the tree is whole again (no process lost or leaked); either exactly
+// the strategy's children were restarted, or sup gave up (more than `intensity` restarts
+// within `period`, never fewer) and root restarted it with new children.
+struct UnderFaults {
+  std::uint64_t fired = 0;  // fault points fired
+  int give_ups = 0;
+  Lines timeline;  // the last seed's events, time-stamped
+};
+
+std::vector<std::string> crash_loop_under_faults(std::uint64_t seed, UnderFaults& tally) {
+  std::vector<std::string> bad;
+  auto fail = [&](const std::string& what) { bad.push_back("seed " + std::to_string(seed) + ": " + what); };
+  World w(seed);
+  SimEnvironment& env = w.sim.env;
+  static constexpr Strategy kStrategies[] = {Strategy::kOneForOne, Strategy::kOneForAll, Strategy::kRestForOne};
+  const Strategy strategy = kStrategies[env.random_below(3)];
+  const int intensity = 1 + static_cast<int>(env.random_below(4));
+  const Duration period = std::chrono::milliseconds(200 + env.random_below(2000));
+  std::vector<ChildSpec> kids;
+  for (const char* id : {"a", "b", "c"}) {
+    const auto mode = static_cast<OnShutdown>(env.random_below(3));
+    ChildSpec c = w.worker(id, RestartType::kPermanent, mode);
+    c.shutdown = ShutdownSpec::after(std::chrono::milliseconds(10 + env.random_below(50)));
+    kids.push_back(std::move(c));
+  }
+  w.start(make_spec("root", Strategy::kOneForOne,
+                    {w.supervisor("sup", make_spec("sup", strategy, std::move(kids), intensity, period))},
+                    /*intensity=*/1000, 1s));
+  const std::vector<std::string> ids = {"a", "b", "c"};
+  const int crashes = 1 + static_cast<int>(env.random_below(12));
+  for (int k = 0; k < crashes; ++k) {
+    w.rt().advance(std::chrono::milliseconds(env.random_below(200)));
+    const std::string victim = ids[env.random_below(3)];
+    const auto before = w.pids;
+    const int gave_up_before = w.count(Type::kIntensityExceeded, "sup");
+    w.crash(victim);
+    w.rt().advance(300ms);  // three shutdown timeouts (at most 60 ms, and 20 ms late) and more
+    const std::string at = "crash " + std::to_string(k) + " of " + victim + ": ";
+
+    // The tree is whole.
+    if (w.rt().process_count() != 5u) fail(at + std::to_string(w.rt().process_count()) + " processes, not 5");
+    for (auto& [id, pid] : w.pids) {
+      if (!w.rt().alive(pid)) fail(at + id + " is not running");
+    }
+    // Exactly the strategy's children restarted, or a give-up and a whole new sup.
+    std::vector<std::string> expected;
+    const bool gave_up = w.count(Type::kIntensityExceeded, "sup") != gave_up_before;
+    if (gave_up) {
+      expected = {"a", "b", "c", "sup"};
+    } else if (strategy == Strategy::kOneForOne) {
+      expected = {victim};
+    } else if (strategy == Strategy::kOneForAll) {
+      expected = ids;
+    } else {
+      for (const std::string& id : ids)
+        if (id >= victim) expected.push_back(id);
+    }
+    if (changed(before, w.pids) != expected) fail(at + "restarted the wrong children");
+  }
+  // Intensity, per incarnation of sup: a give-up at T follows more than `intensity` restarts
+  // (exits sup did not cause) within [T - period, T]; without a give-up, never more.
+  std::vector<TimePoint> restarts;
+  for (const SupervisionEvent& e : w.events) {
+    if (e.supervisor_name != "sup") continue;
+    if (e.type == Type::kSupervisorStarted) restarts.clear();
+    if (e.type == Type::kChildExited && !e.by_supervisor) restarts.push_back(e.at);
+    const auto in_window =
+        std::count_if(restarts.begin(), restarts.end(), [&](TimePoint t) { return t >= e.at - period; });
+    if (e.type == Type::kIntensityExceeded && in_window <= intensity) fail("gave up with too few restarts");
+    if (e.type == Type::kChildRestarted && in_window > intensity) fail("restarted past its intensity");
+  }
+  tally.fired += env.faults_fired();
+  tally.give_ups += w.count(Type::kIntensityExceeded, "sup");
+  tally.timeline = w.tagged();
+  for (std::size_t i = 0; i < w.events.size(); ++i) {
+    tally.timeline[i] += " @" + std::to_string(w.events[i].at.time_since_epoch().count());
+  }
+  return bad;
+}
+
+TEST(SupervisorUnderFaults, SeededCrashLoopsKeepTheOtpInvariants) {
+  FaultsOn on(supervisor_faults());
+  std::vector<std::string> bad;
+  UnderFaults t;
+  for (std::uint64_t seed = 1; seed <= 200 && bad.size() < 10; ++seed) {
+    auto b = crash_loop_under_faults(seed, t);
+    bad.insert(bad.end(), b.begin(), b.end());
+  }
+  EXPECT_TRUE(bad.empty()) << bad.size() << " violations, first: " << bad.front();
+  EXPECT_GT(t.fired, 200u);   // the faults did fire
+  EXPECT_GT(t.give_ups, 20);  // and the limits were reached
+}
+
+TEST(SupervisorUnderFaults, ASeedReplaysExactly) {
+  FaultsOn on(supervisor_faults());
+  auto run = [](std::uint64_t seed) {
+    UnderFaults t;
+    EXPECT_TRUE(crash_loop_under_faults(seed, t).empty());
+    t.timeline.push_back("fired " + std::to_string(t.fired));
+    return t.timeline;
+  };
+  EXPECT_EQ(run(42), run(42));
+  EXPECT_NE(run(42), run(43));
 }
 
 }  // namespace

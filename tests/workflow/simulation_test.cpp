@@ -10,13 +10,20 @@
 //    exactly once at the target, whatever the crashes;
 //  - no unsafe effect was ever applied twice; a workflow in needs_attention has exactly one
 //    unsafe effect in needs_attention.
-// A failure prints the seed; NINES_SIM_SEED=<n> runs that seed alone.
+// A second pass runs the same 1,000 seeds with the fault points on (core/fault.hpp: failed,
+// slow and lost commits, a committer that dies mid-commit, late timers) during the crash
+// rounds, and off for the last round (FoundationDB's quiet phase, so every workflow can end);
+// the same invariants must hold.
+// A failure prints the seed; NINES_SIM_SEED=<n> runs that seed alone (both passes).
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <numeric>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "numbered.hpp"
@@ -125,10 +132,32 @@ struct Tally {
   int workflows = 0, completed = 0, needs_attention = 0, crashes = 0;
   int effects_rerun = 0;  // effects whose target saw more than one request (same key)
   std::uint64_t checks = 0, steps_replayed = 0;
+  std::array<std::uint64_t, kFaultPointCount> faults{};  // fired, by point
+  void count_faults(const SimEnvironment& env) {
+    for (std::size_t i = 0; i < kFaultPointCount; ++i) faults[i] += env.fault_count(static_cast<FaultPoint>(i));
+  }
+  std::uint64_t fired(FaultPoint p) const { return faults[static_cast<std::size_t>(p)]; }
 };
 
-// Runs one seed; returns the violations found (empty: all invariants held).
-std::vector<std::string> run_seed(std::uint64_t seed, Tally& tally) {
+// The fault points the simulation turns on in its second pass. NINES_SIM_FAULTS overrides
+// them: "store_commit_fail=0.2,timer_late=0.5" (points not named are off).
+FaultOptions sim_faults() {
+  if (const char* spec = std::getenv("NINES_SIM_FAULTS")) {
+    Result<FaultOptions> o = parse_fault_options(spec);
+    if (o.ok()) return *o;
+    ADD_FAILURE() << "NINES_SIM_FAULTS: " << o.error().to_string();
+  }
+  return FaultOptions{}
+      .set(FaultPoint::kStoreCommitFail, 0.05)
+      .set(FaultPoint::kStoreCommitSlow, 0.1)
+      .set(FaultPoint::kCommitterCrash, 0.01)
+      .set(FaultPoint::kTimerLate, 0.1)
+      .set(FaultPoint::kMailboxFull, 0.05);
+}
+
+// Runs one seed; returns the violations found (empty: all invariants held). With `faults`,
+// every round but the last runs with those fault points on.
+std::vector<std::string> run_seed(std::uint64_t seed, Tally& tally, const FaultOptions& faults = {}) {
   std::vector<std::string> bad;
   auto fail = [&](std::string what) { bad.push_back("seed " + std::to_string(seed) + ": " + std::move(what)); };
   World w(seed * 7919 + 1);
@@ -165,6 +194,7 @@ std::vector<std::string> run_seed(std::uint64_t seed, Tally& tally) {
   for (int round = 0; round <= crashes; ++round) {
     std::vector<std::size_t> todo = unfinished();
     if (todo.empty()) break;
+    w.sim->env.set_faults(round < crashes ? faults : FaultOptions{});
     for (std::size_t k : todo) {
       std::string id = plans[k].first, input = plans[k].second;
       w.sim->spawn([&w, id, input](Context& ctx) -> Task<> { (void)co_await w.engine->run(ctx, "sim", id, input); });
@@ -176,11 +206,13 @@ std::vector<std::string> run_seed(std::uint64_t seed, Tally& tally) {
     w.sim->rt->advance(std::chrono::milliseconds(w.sim->env.random_below(150)));
     tally.checks += w.engine->stats().effects_checked;
     tally.steps_replayed += w.engine->stats().steps_replayed;
+    tally.count_faults(w.sim->env);
     w.restart();
     ++tally.crashes;
   }
 
   // Invariants.
+  tally.count_faults(w.sim->env);
   tally.checks += w.engine->stats().effects_checked;
   tally.steps_replayed += w.engine->stats().steps_replayed;
   tally.workflows += static_cast<int>(plans.size());
@@ -240,23 +272,94 @@ std::vector<std::string> run_seed(std::uint64_t seed, Tally& tally) {
   return bad;
 }
 
-TEST(WorkflowSimulation, ThousandSeedsOfRandomCrashesKeepEveryInvariant) {
+// ---- the store's fault points, one at a time (src/workflow/committer.cpp) ----
+
+TEST(WorkflowFaultPoints, AFailedCommitEndsTheRunAsTransientAndTheWorkflowResumes) {
+  World w;
+  FakeLedger ledger;
+  w.add_kind("sim", sim_body(ledger));
+  w.sim->env.set_faults(FaultOptions{}.set(FaultPoint::kStoreCommitFail, 1.0));
+  auto r = w.run("sim", "wf", "S0 I0");
+  ASSERT_TRUE(r.has_value());
+  ASSERT_FALSE(r->ok());
+  EXPECT_EQ(r->error().kind(), ErrorKind::kTransient) << r->error().to_string();
+  EXPECT_EQ(w.sim->env.fault_count(FaultPoint::kStoreCommitFail), 1u);
+  EXPECT_EQ(w.store->get_workflow("wf").error().kind(), ErrorKind::kNotFound);  // nothing was applied
+
+  w.sim->env.set_faults({});
+  r = w.run("sim", "wf", "S0 I0");
+  ASSERT_TRUE(r && r->ok()) << (r ? r->error().to_string() : "did not end");
+  EXPECT_EQ(w.sim->env.fault_count(FaultPoint::kStoreCommitFail), 1u);  // off: never again
+  EXPECT_EQ(ledger.all_applied().size(), 1u);
+}
+
+TEST(WorkflowFaultPoints, ASlowCommitWaitsOnTheVirtualClock) {
+  World w;
+  FakeLedger ledger;
+  w.add_kind("sim", sim_body(ledger));
+  // Without faults the whole workflow takes no virtual time.
+  auto quick = w.run("sim", "quick", "S0 I0", Duration::zero());
+  ASSERT_TRUE(quick && quick->ok());
+
+  FaultOptions o = FaultOptions{}.set(FaultPoint::kStoreCommitSlow, 1.0);
+  o.max_delay = std::chrono::milliseconds(50);
+  w.sim->env.set_faults(o);
+  EXPECT_FALSE(w.run("sim", "slow", "S0 I0", Duration::zero()).has_value());  // waiting for its first commit
+  const TimePoint start = w.sim->env.now();
+  w.sim->rt->advance(std::chrono::hours(1));
+  EXPECT_EQ(w.record("slow").status, WorkflowStatus::kCompleted);
+  // Start, step, intent, outcome, end: every commit was slow, and each was applied.
+  EXPECT_EQ(w.sim->env.fault_count(FaultPoint::kStoreCommitSlow), 5u);
+  EXPECT_EQ(w.store->load_steps("slow").value().size(), 1u);
+  EXPECT_GE(w.sim->env.now() - start, std::chrono::milliseconds(5));
+}
+
+TEST(WorkflowFaultPoints, ACrashedCommitterHangsItsCallersAndARestartRecovers) {
+  World w;
+  FakeLedger ledger;
+  w.add_kind("sim", sim_body(ledger));
+  w.sim->env.set_faults(FaultOptions{}.set(FaultPoint::kCommitterCrash, 1.0));
+  EXPECT_FALSE(w.run("sim", "a", "S0 I0").has_value());  // its first commit never returns
+  EXPECT_FALSE(w.run("sim", "b", "S0 I0").has_value());  // nor does any later one
+  EXPECT_EQ(w.sim->env.fault_count(FaultPoint::kCommitterCrash), 1u);
+  EXPECT_EQ(w.store->get_workflow("b").error().kind(), ErrorKind::kNotFound);
+
+  w.restart();  // a new program: its environment has the faults off
+  for (const char* id : {"a", "b"}) {
+    auto r = w.run("sim", id, "S0 I0");
+    ASSERT_TRUE(r && r->ok()) << id << ": " << (r ? r->error().to_string() : "did not end");
+  }
+  for (const auto& [key, n] : ledger.all_applied()) EXPECT_EQ(n, 1) << key;
+  EXPECT_EQ(ledger.all_applied().size(), 2u);
+}
+
+// Runs seeds 1..1000 (or NINES_SIM_SEED alone) and checks the invariants and that the whole
+// run hit every path.
+Tally run_seeds(const FaultOptions& faults) {
   std::uint64_t first = 1, last = 1000;
   if (const char* one = std::getenv("NINES_SIM_SEED")) first = last = std::strtoull(one, nullptr, 10);
   std::vector<std::string> violations;
   Tally t;
   for (std::uint64_t seed = first; seed <= last; ++seed) {
-    auto bad = run_seed(seed, t);
+    auto bad = run_seed(seed, t, faults);
     violations.insert(violations.end(), bad.begin(), bad.end());
     if (violations.size() > 20) break;
   }
   EXPECT_TRUE(violations.empty()) << violations.size() << " violations, first: " << violations.front();
   std::printf(
-      "simulation: seeds %llu..%llu: %d workflows (%d completed, %d needs_attention), %d crashes, "
+      "simulation%s: seeds %llu..%llu: %d workflows (%d completed, %d needs_attention), %d crashes, "
       "%d effects re-sent with their key, %llu checks, %llu steps replayed\n",
-      static_cast<unsigned long long>(first), static_cast<unsigned long long>(last), t.workflows, t.completed,
-      t.needs_attention, t.crashes, t.effects_rerun, static_cast<unsigned long long>(t.checks),
-      static_cast<unsigned long long>(t.steps_replayed));
+      faults.any() ? " with faults" : "", static_cast<unsigned long long>(first), static_cast<unsigned long long>(last),
+      t.workflows, t.completed, t.needs_attention, t.crashes, t.effects_rerun,
+      static_cast<unsigned long long>(t.checks), static_cast<unsigned long long>(t.steps_replayed));
+  if (faults.any()) {
+    std::printf("  faults fired:");
+    for (std::size_t i = 0; i < kFaultPointCount; ++i) {
+      std::printf(" %s %llu", std::string(to_string(static_cast<FaultPoint>(i))).c_str(),
+                  static_cast<unsigned long long>(t.faults[i]));
+    }
+    std::printf("\n");
+  }
   if (first != last) {  // the whole run must have hit every path
     EXPECT_GT(t.crashes, 1000);
     EXPECT_GT(t.effects_rerun, 10);
@@ -264,6 +367,35 @@ TEST(WorkflowSimulation, ThousandSeedsOfRandomCrashesKeepEveryInvariant) {
     EXPECT_GT(t.needs_attention, 10);
     EXPECT_GT(t.steps_replayed, 100u);
     EXPECT_GT(t.completed, t.workflows / 2);
+  }
+  return t;
+}
+
+TEST(WorkflowSimulation, ThousandSeedsOfRandomCrashesKeepEveryInvariant) {
+  Tally t = run_seeds(FaultOptions{});
+  EXPECT_EQ(std::accumulate(t.faults.begin(), t.faults.end(), std::uint64_t{0}), 0u);  // off unless turned on
+}
+
+TEST(WorkflowSimulation, ThousandSeedsWithFaultPointsOnKeepEveryInvariant) {
+  Tally t = run_seeds(sim_faults());
+  // Every point the workflow code reaches fired.
+  if (std::getenv("NINES_SIM_SEED") == nullptr && std::getenv("NINES_SIM_FAULTS") == nullptr) {
+    EXPECT_GT(t.fired(FaultPoint::kStoreCommitFail), 100u);
+    EXPECT_GT(t.fired(FaultPoint::kStoreCommitSlow), 100u);
+    EXPECT_GT(t.fired(FaultPoint::kCommitterCrash), 10u);
+    EXPECT_GT(t.fired(FaultPoint::kTimerLate), 100u);
+  }
+}
+
+TEST(WorkflowSimulation, ASeedWithFaultsReplaysExactly) {
+  for (std::uint64_t seed : {3, 17, 256}) {
+    Tally a, b;
+    EXPECT_TRUE(run_seed(seed, a, sim_faults()).empty());
+    EXPECT_TRUE(run_seed(seed, b, sim_faults()).empty());
+    EXPECT_EQ(a.faults, b.faults) << "seed " << seed;
+    EXPECT_EQ(std::tie(a.completed, a.needs_attention, a.crashes, a.effects_rerun, a.checks, a.steps_replayed),
+              std::tie(b.completed, b.needs_attention, b.crashes, b.effects_rerun, b.checks, b.steps_replayed))
+        << "seed " << seed;
   }
 }
 

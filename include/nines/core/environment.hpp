@@ -8,7 +8,8 @@
 //    epoll event loop on a thread of its own.
 //  - SimEnvironment: one thread, a virtual clock that moves only when told, one seeded
 //    generator; timers fire and file descriptors are polled only when the owner drives it.
-//    The same seed always gives the same sequence.
+//    The same seed always gives the same sequence. Only it fires fault points
+//    (core/fault.hpp), and only those set_faults turns on.
 //
 // Thread-safety: every member of Environment may be called from any thread. Event-loop
 // callbacks run on the loop thread (real) or inside the driving call (sim); they must be
@@ -20,6 +21,7 @@
 #include <memory>
 #include <string>
 
+#include "nines/core/fault.hpp"
 #include "nines/core/log.hpp"
 #include "nines/core/result.hpp"
 #include "nines/core/time.hpp"
@@ -83,6 +85,24 @@ class Environment {
   // breaker transitions, model fallbacks, workflows stopped for an operator. It lives as long
   // as the environment.
   virtual Logger& logger() = 0;
+
+  // Fault points (core/fault.hpp): true if `point` fires now. Never in the real environment;
+  // in the SimEnvironment only for the points SimEnvironment::set_faults turned on, drawn
+  // from the seed. Off, it is one test of a plain bool: no call, no atomic, no allocation.
+  bool fault(FaultPoint point) { return faults_on_ && fault_fires(point); }
+  // After `point` fired: how long its delay lasts (uniform in [1 ms, FaultOptions::max_delay]).
+  // Zero in the real environment.
+  virtual Duration fault_delay(FaultPoint) { return Duration::zero(); }
+  // After a point fired: a uniform draw in [0, n) for its other choices, from the fault
+  // stream (n > 0). 0 in the real environment.
+  virtual std::uint64_t fault_draw(std::uint64_t) { return 0; }
+
+ protected:
+  // Draws whether `point` fires; reached only while faults_on_.
+  virtual bool fault_fires(FaultPoint) { return false; }
+  // True while some fault point may fire. Written only by the SimEnvironment, on the thread
+  // that owns it; the real environment never sets it.
+  bool faults_on_ = false;
 };
 
 struct RealEnvironmentOptions {
@@ -130,12 +150,27 @@ class SimEnvironment final : public Environment {
   std::size_t poll_fds();
   std::size_t pending_watches() const;
 
+  // Turns fault points on as `options` says (all off: FaultOptions{}). Their draws come from a
+  // stream of their own, seeded from seed(): the same seed and options fire the same points at
+  // the same moments, and random_u64() gives the same values with faults on or off.
+  // A probability outside [0, 1] is clamped.
+  void set_faults(const FaultOptions& options);
+  const FaultOptions& faults() const;
+  // How often `point` fired since this environment was made.
+  std::uint64_t fault_count(FaultPoint point) const;
+  // How often any point fired.
+  std::uint64_t faults_fired() const;
+  Duration fault_delay(FaultPoint point) override;
+  std::uint64_t fault_draw(std::uint64_t n) override;
+
   // Level debug, every record kept in captured_logs() (the newest 10,000), time-stamped with
   // virtual time; rate-limited as the real one is, on the virtual clock.
   Logger& logger() override { return logger_; }
   CaptureSink& captured_logs() { return *capture_; }
 
  private:
+  bool fault_fires(FaultPoint point) override;
+
   struct State;
   std::uint64_t seed_;
   std::unique_ptr<State> state_;
