@@ -75,8 +75,8 @@ Error report_bug(BugMode mode, const char* file, int line, std::string_view deta
     std::fprintf(stderr, "nines: internal_bug at %s:%d: %s (bug %llu; %llu such lines suppressed)\n", file, line,
                  d.c_str(), static_cast<unsigned long long>(n), static_cast<unsigned long long>(dropped));
   }
-  return Error(ErrorKind::kInternal, "internal bug at " + std::string(file) + ":" + std::to_string(line) + ": " +
-                                         std::string(detail));
+  return Error(ErrorKind::kInternal,
+               "internal bug at " + std::string(file) + ":" + std::to_string(line) + ": " + std::string(detail));
 }
 
 }  // namespace internal
