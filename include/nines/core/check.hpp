@@ -1,7 +1,8 @@
 // nines/core/check.hpp: the tiers of assertions (docs/architecture.md, "Assertions").
 //
 //  NINES_DCHECK(cond)  debug builds only (!NDEBUG): provable invariants, also in hot paths.
-//                      Compiled out in release: the condition must have no side effect.
+//                      In release it is compiled but not evaluated: the condition must
+//                      have no side effect.
 //  NINES_CHECK(cond)   always on: a state that means memory or logic is corrupt, where going
 //                      on would spread the damage. It throws CheckFailure; inside a process
 //                      this crashes that process only (its supervisor takes over); outside a
@@ -64,8 +65,11 @@ Error report_bug(BugMode mode, const char* file, int line, std::string_view deta
   } while (0)
 
 #ifdef NDEBUG
+// Not evaluated, but still compiled: a variable read only by DCHECKs stays "used", and a
+// DCHECK that stops compiling is noticed in debug and release alike.
 #define NINES_DCHECK(cond) \
   do {                     \
+    (void)sizeof(!(cond)); \
   } while (0)
 #else
 #define NINES_DCHECK(cond) NINES_CHECK(cond)
