@@ -408,7 +408,7 @@ Error Bulkhead::wait_error(const WaitOutcome& outcome, Result<std::any> r) const
                                                    std::to_string(to_millis(outcome.event.waited)) +
                                                    " ms in the queue, before a slot was free");
   }
-  if (r.ok()) return NINES_BUG(prefix() + "woken in the queue without a slot");
+  if (r.ok()) return NINES_BUG_LOG(env_->logger(), prefix() + "woken in the queue without a slot");
   if (r.error().kind() != ErrorKind::kTimeout) return std::move(r).error().with_context("bulkhead '" + name_ + "'");
   return Error(ErrorKind::kBulkheadFull, prefix() + "queue wait timed out after " +
                                              std::to_string(to_millis(options_.queue_timeout)) + " ms (" +
