@@ -54,11 +54,7 @@ void throw_bad_result_access(const Error& error) {
   throw CheckFailure("value() of a failed Result: " + error.to_string());
 }
 
-void check_failed(const char* expr, const char* file, int line, const std::string& detail) {
-  std::string what = std::string("check failed: ") + expr + " at " + file + ":" + std::to_string(line);
-  if (!detail.empty()) what += " (" + detail + ")";
-  throw CheckFailure(what);
-}
+void throw_bad_error_access() { throw CheckFailure("error() of a successful Result"); }
 
 }  // namespace internal
 std::optional<ErrorKind> error_kind_from_string(std::string_view name) {

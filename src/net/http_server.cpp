@@ -46,6 +46,7 @@
 
 #include "net/http_request_parser.hpp"
 #include "net/http_util.hpp"
+#include "nines/core/check.hpp"
 
 namespace nines::net {
 
@@ -84,6 +85,22 @@ enum class Phase : std::uint8_t {
   kLinger,      // answered with an error: discarding what the client still sends, then close
   kClosed,
 };
+
+// The only moves of a connection's phase (set_phase checks them): a request goes head, body
+// (a request without one passes through it at once), responding, then idle for the next one
+// or closed; the server's own error answer (reject) comes before the handler has the request,
+// never during its response; anything but closed may close.
+bool legal_phase_move(Phase from, Phase to) {
+  switch (to) {
+    case Phase::kIdle: return from == Phase::kResponding;
+    case Phase::kHead: return from == Phase::kIdle;
+    case Phase::kBody: return from == Phase::kHead;
+    case Phase::kResponding: return from == Phase::kBody;
+    case Phase::kLinger: return from == Phase::kHead || from == Phase::kBody;
+    case Phase::kClosed: return from != Phase::kClosed;
+  }
+  return false;
+}
 
 // The current request's response.
 enum class Reply : std::uint8_t { kNone, kStreaming, kDone };
@@ -206,6 +223,11 @@ class ServerConn : public std::enable_shared_from_this<ServerConn> {
   }
   ~ServerConn() {
     if (fd_ >= 0) ::close(fd_);  // never reached in practice: close() runs first
+  }
+
+  void set_phase(Phase next) {
+    NINES_DCHECK(legal_phase_move(phase_, next));
+    phase_ = next;
   }
 
   // Everything below is guarded by core_->mu_.
@@ -402,7 +424,7 @@ void ServerCore::add_connection(int fd) {
   ServerConn& c = *conn;
   conns_.emplace(&c, conn);
   ServerCounters::inc(counters_.connections_open);
-  c.phase_ = Phase::kHead;  // the header timeout runs from the accept
+  NINES_DCHECK(c.phase_ == Phase::kHead);  // the header timeout runs from the accept
   // The request often arrived with the connection: read it now rather than after a watch.
   on_readable(c);
   if (c.phase_ != Phase::kClosed) settle(c);
@@ -491,14 +513,14 @@ void ServerCore::feed(ServerConn& c, const char* data, std::size_t len) {
 bool ServerCore::parse(ServerConn& c, const char*& data, std::size_t& len) {
   HttpRequestParser& parser = *c.parser_;
   for (;;) {
-    if (c.phase_ == Phase::kIdle && len > 0) c.phase_ = Phase::kHead;
+    if (c.phase_ == Phase::kIdle && len > 0) c.set_phase(Phase::kHead);
     HttpRequestParser::Step step = parser.execute(data, len);
     data += step.consumed;
     len -= step.consumed;
     switch (step.event) {
       case HttpRequestParser::Event::kHead:
         // Checked and accepted: from here the body's silence timeout applies.
-        c.phase_ = Phase::kBody;
+        c.set_phase(Phase::kBody);
         c.keep_alive_ = parser.keep_alive();
         c.head_method_ = parser.head_method();
         c.http10_ = parser.http10();
@@ -529,7 +551,7 @@ bool ServerCore::parse(ServerConn& c, const char*& data, std::size_t& len) {
 void ServerCore::dispatch(ServerConn& c) {
   c.seq_++;
   c.reply_ = Reply::kNone;
-  c.phase_ = Phase::kResponding;
+  c.set_phase(Phase::kResponding);
   c.read_blocked_ = !c.pending_in_.empty();  // known pipelined bytes: no need to peek for EOF
   list_remove(c);
   ServerCounters::inc(counters_.requests);
@@ -648,7 +670,8 @@ void ServerCore::response_written(ServerConn& c) {
     close(c);
     return;
   }
-  c.phase_ = Phase::kIdle;
+  NINES_DCHECK(c.reply_ == Reply::kDone && c.buffered() == 0);
+  c.set_phase(Phase::kIdle);
   c.read_blocked_ = false;
   if (c.pending_in_.empty() || c.in_dispatch_) return;  // in the handler: feed() goes on
   post_pending(c);
@@ -680,7 +703,7 @@ void ServerCore::reject(ServerConn& c, int status, std::string_view reason, std:
   c.keep_alive_ = false;
   c.reply_ = Reply::kDone;
   c.pending_in_.clear();
-  c.phase_ = Phase::kLinger;
+  c.set_phase(Phase::kLinger);
   queue_output(c, h);
   if (c.phase_ == Phase::kClosed) return;
   if (c.buffered() == 0) ::shutdown(c.fd_, SHUT_WR);  // else once flushed
@@ -694,7 +717,7 @@ void ServerCore::close(ServerConn& c) {
   c.watch_events_ = 0;
   ++c.watch_gen_;
   ::close(std::exchange(c.fd_, -1));
-  c.phase_ = Phase::kClosed;
+  c.set_phase(Phase::kClosed);
   c.process_posted_ = false;
   std::string().swap(c.out_);
   c.out_off_ = 0;

@@ -38,6 +38,13 @@ std::uint64_t queued_of(std::uint64_t s) { return s >> 32; }
 struct Bulkhead::Waiter {
   enum class State : std::uint8_t { kQueued, kGranted, kDone };
   State state = State::kQueued;
+  // The only moves: kQueued -> kGranted (a releaser handed it a slot), kQueued -> kDone (it
+  // left the queue), kGranted -> kDone (it took the slot or passed it on).
+  void move_to(State next) {
+    NINES_DCHECK((state == State::kQueued && next != State::kQueued) ||
+                 (state == State::kGranted && next == State::kDone));
+    state = next;
+  }
   std::list<Waiter*>::iterator pos;
   // Set by the await_external start function; empty until the waiter is suspended.
   std::optional<Completion> completion;
@@ -173,8 +180,11 @@ std::optional<Completion> Bulkhead::release_locked() {
   // Hand the slot to the oldest waiter; in_flight stays the same.
   Waiter* w = queue_.front();
   queue_.pop_front();
-  state_.fetch_sub(kOneQueued, std::memory_order_acq_rel);
-  w->state = Waiter::State::kGranted;
+  const std::uint64_t before = state_.fetch_sub(kOneQueued, std::memory_order_acq_rel);
+  // Waiters exist only while every slot is held, and the count moves with queue_ under mu_.
+  NINES_DCHECK(in_flight_of(before) == options_.max_concurrent);
+  NINES_DCHECK(queued_of(before) == queue_.size() + 1);
+  w->move_to(Waiter::State::kGranted);
   return w->completion;  // empty if it is not suspended yet: start_wait completes it then
 }
 
@@ -205,6 +215,8 @@ void Bulkhead::release_slot() {
 void Bulkhead::start_wait(Waiter& w, Completion c) {
   {
     std::lock_guard lock(mu_);
+    // The waiter is suspending: it cannot have finished its wait yet.
+    NINES_DCHECK(w.state != Waiter::State::kDone && !w.completion);
     if (w.state == Waiter::State::kQueued) {
       w.completion = std::move(c);
       return;
@@ -227,7 +239,7 @@ void Bulkhead::abandon(Waiter& w) {
     } else {
       return;
     }
-    w.state = Waiter::State::kDone;
+    w.move_to(Waiter::State::kDone);
     ++counters_.abandoned;
     e = event_locked(BulkheadEventType::kAbandoned);
   }
@@ -258,6 +270,24 @@ Result<BulkheadSlot> Bulkhead::try_acquire() {
                                              " calls in flight; try_acquire does not wait)");
 }
 
+// What enter_or_queue decided. kAcquired and kRejected carry the event to report (and
+// kRejected the error); kQueued: `w` is in the queue and must wait.
+struct Bulkhead::Entry {
+  enum class Kind : std::uint8_t { kAcquired, kRejected, kQueued };
+  Kind kind = Kind::kQueued;
+  BulkheadEvent event;
+  std::optional<Error> error;
+};
+
+// What finish_wait decided: granted, or the reason of the rejection; `next` is a waiter
+// to wake (after unlocking) when a slot handed over too late was passed on.
+struct Bulkhead::WaitOutcome {
+  bool granted = false;
+  BulkheadRejection reason = BulkheadRejection::kQueueTimeout;
+  BulkheadEvent event;
+  std::optional<Completion> next;
+};
+
 Task<Result<BulkheadSlot>> Bulkhead::acquire(Context& ctx) {
   const TimePoint start = env_->now();
   if (ctx.deadline() > start) {
@@ -265,60 +295,11 @@ Task<Result<BulkheadSlot>> Bulkhead::acquire(Context& ctx) {
   }
 
   // Slow paths: already late, no room to wait, or queue (a slot may also have come free).
-  std::optional<Error> rejected;
-  BulkheadEvent e;
   Waiter w;
-  bool queued = false;
-  bool acquired = false;
-  {
-    std::lock_guard lock(mu_);
-    std::uint64_t st = state_.load(std::memory_order_relaxed);
-    for (;;) {
-      if (ctx.deadline() <= start) {
-        count_rejection_locked(BulkheadRejection::kDeadline, Duration::zero());
-        e = event_locked(BulkheadEventType::kRejected);
-        e.reason = BulkheadRejection::kDeadline;
-        rejected.emplace(ErrorKind::kDeadlineExceeded, prefix() + "the deadline passed before acquiring a slot");
-        break;
-      }
-      if (queued_of(st) == 0 && in_flight_of(st) < options_.max_concurrent) {
-        // Freed since the first look (queued is 0 and stays 0: it changes only under mu_).
-        if (!state_.compare_exchange_weak(st, st + 1, std::memory_order_acquire, std::memory_order_relaxed)) continue;
-        note_acquired(in_flight_of(st) + 1);
-        acquired = true;
-        e = event_locked(BulkheadEventType::kAcquired);
-        break;
-      }
-      if (options_.max_queue == 0 || options_.queue_timeout <= Duration::zero() ||
-          queue_.size() >= options_.max_queue) {
-        count_rejection_locked(BulkheadRejection::kQueueFull, Duration::zero());
-        e = event_locked(BulkheadEventType::kRejected);
-        e.reason = BulkheadRejection::kQueueFull;
-        std::string queue = options_.max_queue == 0 || options_.queue_timeout <= Duration::zero()
-                                ? std::string("no queue")
-                                : "queue full: " + std::to_string(queue_.size()) + " of " +
-                                      std::to_string(options_.max_queue) + " waiting";
-        rejected.emplace(ErrorKind::kBulkheadFull, prefix() + "full (" + std::to_string(in_flight_of(st)) + " of " +
-                                                       std::to_string(options_.max_concurrent) + " calls in flight, " +
-                                                       queue + ")");
-        break;
-      }
-      // Every slot held (or others queued already): join the queue. The CAS fails if a slot
-      // was freed meanwhile; then look again.
-      if (!state_.compare_exchange_weak(st, st + kOneQueued, std::memory_order_acq_rel, std::memory_order_relaxed)) {
-        continue;
-      }
-      w.pos = queue_.insert(queue_.end(), &w);
-      counters_.peak_queued = std::max(counters_.peak_queued, queue_.size());
-      queued = true;
-      break;
-    }
-  }
-  if (!queued) {
-    notify(e);
-    if (rejected) co_return std::move(*rejected);
-    NINES_DCHECK(acquired);
-    (void)acquired;
+  Entry entry = enter_or_queue(ctx, start, w);
+  if (entry.kind != Entry::Kind::kQueued) {
+    notify(entry.event);
+    if (entry.kind == Entry::Kind::kRejected) co_return std::move(*entry.error);
     co_return BulkheadSlot(this);
   }
   std::shared_ptr<Bulkhead> self = shared_from_this();  // a waiter keeps its bulkhead alive
@@ -330,55 +311,108 @@ Task<Result<BulkheadSlot>> Bulkhead::acquire(Context& ctx) {
   Result<std::any> r = co_await ctx.await_external(std::move(start_fn), options_.queue_timeout);
   guard.dismiss();
 
-  const Duration waited = env_->now() - start;
-  std::optional<Completion> next;
-  bool granted = false;
-  BulkheadRejection reason = BulkheadRejection::kQueueTimeout;
-  {
-    std::lock_guard lock(mu_);
-    if (w.state == Waiter::State::kGranted) {
-      w.state = Waiter::State::kDone;
-      if (r.ok()) {
-        granted = true;
-        hot_.add(0);
-        ++counters_.acquired_after_wait;
-        counters_.total_wait += waited;
-        e = event_locked(BulkheadEventType::kAcquired);
-        e.waited = waited;
-      } else {
-        // Timed out just as the slot was handed over: pass it on, never keep or lose it.
-        ++counters_.handoffs_returned;
-        next = release_locked();
-      }
-    } else {
-      queue_.erase(w.pos);
-      state_.fetch_sub(kOneQueued, std::memory_order_acq_rel);
-      w.state = Waiter::State::kDone;
+  WaitOutcome outcome = finish_wait(w, r, env_->now() - start);
+  NINES_DCHECK(w.state == Waiter::State::kDone);
+  if (outcome.next) outcome.next->complete(std::any{});
+  notify(outcome.event);
+  if (outcome.granted) co_return BulkheadSlot(this);
+  co_return wait_error(outcome, std::move(r));
+}
+
+Bulkhead::Entry Bulkhead::enter_or_queue(const Context& ctx, TimePoint start, Waiter& w) {
+  Entry entry;
+  std::lock_guard lock(mu_);
+  std::uint64_t st = state_.load(std::memory_order_relaxed);
+  for (;;) {
+    if (ctx.deadline() <= start) {
+      count_rejection_locked(BulkheadRejection::kDeadline, Duration::zero());
+      entry.kind = Entry::Kind::kRejected;
+      entry.event = event_locked(BulkheadEventType::kRejected);
+      entry.event.reason = BulkheadRejection::kDeadline;
+      entry.error.emplace(ErrorKind::kDeadlineExceeded, prefix() + "the deadline passed before acquiring a slot");
+      return entry;
     }
-    if (!granted) {
-      if (!r.ok() && r.error().kind() == ErrorKind::kDeadlineExceeded) reason = BulkheadRejection::kDeadline;
-      count_rejection_locked(reason, waited);
-      e = event_locked(BulkheadEventType::kRejected);
-      e.reason = reason;
-      e.waited = waited;
+    if (queued_of(st) == 0 && in_flight_of(st) < options_.max_concurrent) {
+      // Freed since the first look (queued is 0 and stays 0: it changes only under mu_).
+      if (!state_.compare_exchange_weak(st, st + 1, std::memory_order_acquire, std::memory_order_relaxed)) continue;
+      note_acquired(in_flight_of(st) + 1);
+      entry.kind = Entry::Kind::kAcquired;
+      entry.event = event_locked(BulkheadEventType::kAcquired);
+      return entry;
     }
+    if (options_.max_queue == 0 || options_.queue_timeout <= Duration::zero() || queue_.size() >= options_.max_queue) {
+      count_rejection_locked(BulkheadRejection::kQueueFull, Duration::zero());
+      entry.kind = Entry::Kind::kRejected;
+      entry.event = event_locked(BulkheadEventType::kRejected);
+      entry.event.reason = BulkheadRejection::kQueueFull;
+      std::string queue = options_.max_queue == 0 || options_.queue_timeout <= Duration::zero()
+                              ? std::string("no queue")
+                              : "queue full: " + std::to_string(queue_.size()) + " of " +
+                                    std::to_string(options_.max_queue) + " waiting";
+      entry.error.emplace(ErrorKind::kBulkheadFull, prefix() + "full (" + std::to_string(in_flight_of(st)) + " of " +
+                                                        std::to_string(options_.max_concurrent) + " calls in flight, " +
+                                                        queue + ")");
+      return entry;
+    }
+    // Every slot held (or others queued already): join the queue. The CAS fails if a slot
+    // was freed meanwhile; then look again.
+    if (!state_.compare_exchange_weak(st, st + kOneQueued, std::memory_order_acq_rel, std::memory_order_relaxed)) {
+      continue;
+    }
+    // Joined from a state with every slot held (or a queue already behind them).
+    NINES_DCHECK(in_flight_of(st) == options_.max_concurrent);
+    w.pos = queue_.insert(queue_.end(), &w);
+    NINES_DCHECK(queued_of(st) + 1 == queue_.size());
+    counters_.peak_queued = std::max(counters_.peak_queued, queue_.size());
+    entry.kind = Entry::Kind::kQueued;
+    return entry;
   }
-  if (next) next->complete(std::any{});
-  notify(e);
-  if (granted) co_return BulkheadSlot(this);
-  if (reason == BulkheadRejection::kDeadline) {
-    co_return Error(ErrorKind::kDeadlineExceeded, prefix() + "the deadline passed after " +
-                                                      std::to_string(to_millis(waited)) +
-                                                      " ms in the queue, before a slot was free");
+}
+
+Bulkhead::WaitOutcome Bulkhead::finish_wait(Waiter& w, const Result<std::any>& r, Duration waited) {
+  WaitOutcome out;
+  std::lock_guard lock(mu_);
+  if (w.state == Waiter::State::kGranted) {
+    w.move_to(Waiter::State::kDone);
+    if (r.ok()) {
+      out.granted = true;
+      hot_.add(0);
+      ++counters_.acquired_after_wait;
+      counters_.total_wait += waited;
+      out.event = event_locked(BulkheadEventType::kAcquired);
+      out.event.waited = waited;
+      return out;
+    }
+    // Timed out just as the slot was handed over: pass it on, never keep or lose it.
+    ++counters_.handoffs_returned;
+    out.next = release_locked();
+  } else {
+    NINES_DCHECK(w.state == Waiter::State::kQueued);
+    // Still queued: the wait ended without a hand-off (a timeout, a deadline; r.ok() here
+    // is a bug, which wait_error reports).
+    queue_.erase(w.pos);
+    state_.fetch_sub(kOneQueued, std::memory_order_acq_rel);
+    w.move_to(Waiter::State::kDone);
   }
-  if (r.ok()) {
-    // Cannot happen: only a hand-off completes the wait.
-    co_return Error(ErrorKind::kInternal, prefix() + "woken in the queue without a slot");
+  if (!r.ok() && r.error().kind() == ErrorKind::kDeadlineExceeded) out.reason = BulkheadRejection::kDeadline;
+  count_rejection_locked(out.reason, waited);
+  out.event = event_locked(BulkheadEventType::kRejected);
+  out.event.reason = out.reason;
+  out.event.waited = waited;
+  return out;
+}
+
+Error Bulkhead::wait_error(const WaitOutcome& outcome, Result<std::any> r) const {
+  if (outcome.reason == BulkheadRejection::kDeadline) {
+    return Error(ErrorKind::kDeadlineExceeded, prefix() + "the deadline passed after " +
+                                                   std::to_string(to_millis(outcome.event.waited)) +
+                                                   " ms in the queue, before a slot was free");
   }
-  if (r.error().kind() != ErrorKind::kTimeout) co_return std::move(r).error().with_context("bulkhead '" + name_ + "'");
-  co_return Error(ErrorKind::kBulkheadFull, prefix() + "queue wait timed out after " +
-                                                std::to_string(to_millis(options_.queue_timeout)) + " ms (" +
-                                                std::to_string(options_.max_concurrent) + " calls in flight)");
+  if (r.ok()) return NINES_BUG_LOG(env_->logger(), prefix() + "woken in the queue without a slot");
+  if (r.error().kind() != ErrorKind::kTimeout) return std::move(r).error().with_context("bulkhead '" + name_ + "'");
+  return Error(ErrorKind::kBulkheadFull, prefix() + "queue wait timed out after " +
+                                             std::to_string(to_millis(options_.queue_timeout)) + " ms (" +
+                                             std::to_string(options_.max_concurrent) + " calls in flight)");
 }
 
 }  // namespace nines

@@ -16,6 +16,8 @@
 #include <limits>
 #include <mutex>
 
+#include "nines/core/check.hpp"
+
 namespace nines {
 
 namespace {
@@ -49,6 +51,19 @@ struct RateLimiter::State {
     Int128 added = static_cast<Int128>((now - last).count()) * refill_units;
     balance = std::min(capacity, balance + added);
     last = now;
+    NINES_DCHECK(balance <= capacity);
+  }
+
+  // A waiter leaves (slept, cut short or abandoned): it was counted when it reserved.
+  void waiter_left() {
+    NINES_CHECK_MSG(counters.waiting > 0, "rate limiter: a waiter left that was never counted");
+    --counters.waiting;
+  }
+
+  // Gives a waiter's reservation back (never above capacity: a full bucket stays full).
+  void give_back(Int128 need) {
+    NINES_DCHECK(need >= 0);
+    balance = std::min(capacity, balance + need);
   }
 
   // Time until `need` unit-ns are in the bucket (0 if they are), rounded up; saturates.
@@ -187,8 +202,8 @@ void RateLimiter::abandon(std::uint64_t units) {
     State& s = *state_;
     std::lock_guard lock(s.mu);
     s.refill(env_->now(), options_.refill_units);
-    s.balance = std::min(s.capacity, s.balance + s.scaled(units));
-    --s.counters.waiting;
+    s.give_back(s.scaled(units));
+    s.waiter_left();
     ++s.counters.abandoned;
   }
   e.type = RateLimiterEventType::kAbandoned;
@@ -205,6 +220,7 @@ bool RateLimiter::try_take(std::uint64_t units, TimePoint now) {
     const Int128 need = s.scaled(units);
     if (s.balance < need) return false;
     s.balance -= need;
+    NINES_DCHECK(s.balance >= 0);
     ++s.counters.acquired;
     s.counters.acquired_units += units;
   }
@@ -300,9 +316,12 @@ Task<Status> RateLimiter::acquire(Context& ctx, std::uint64_t units) {
                               std::to_string(units) + " units available in " + ms_string(needed))
                         .with_retry_at(ready_at));
     } else {
-      // Reserve now (FIFO: later requests wait behind this debt), sleep until paid.
+      // Reserve now (FIFO: later requests wait behind this debt), sleep until paid. Waiting
+      // means the units were not there: the reservation leaves a debt.
       s.balance -= need;
+      NINES_DCHECK(s.balance < 0);
       ++s.counters.waiting;
+      NINES_DCHECK(s.counters.waiting <= options_.max_waiters);
       s.counters.peak_waiting = std::max(s.counters.peak_waiting, s.counters.waiting);
       wait = true;
     }
@@ -326,7 +345,7 @@ Task<Status> RateLimiter::acquire(Context& ctx, std::uint64_t units) {
   const Duration waited = env_->now() - start;
   {
     std::lock_guard lock(s.mu);
-    --s.counters.waiting;
+    s.waiter_left();
     if (slept.ok()) {
       ++s.counters.acquired;
       s.counters.acquired_units += units;
@@ -336,7 +355,7 @@ Task<Status> RateLimiter::acquire(Context& ctx, std::uint64_t units) {
     } else {
       // Cut short (the deadline, on a real clock that moved on): give the reservation back.
       s.refill(env_->now(), options_.refill_units);
-      s.balance = std::min(s.capacity, s.balance + s.scaled(units));
+      s.give_back(s.scaled(units));
       e.type = RateLimiterEventType::kRejected;
       e.reason = slept.error().kind() == ErrorKind::kDeadlineExceeded ? RateLimitRejection::kDeadline
                                                                       : RateLimitRejection::kMaxWait;

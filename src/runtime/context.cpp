@@ -97,6 +97,7 @@ bool ReceiveAwaiter::ready(const std::function<bool(const Message&)>* pred) {
   bool by_deadline = false;
   Duration timeout = clamp_to_deadline(p_, timeout_, by_deadline);
   if (timeout <= Duration::zero() && !p_->wait_msg) return true;  // deadline already passed
+  NINES_DCHECK(p_->wait == WaitKind::kNone);                      // one wait at a time
   p_->wait = WaitKind::kReceive;
   p_->wait_token = timeout == kInfinite ? 0 : rt->new_ref();  // only a timeout needs a token
   p_->wait_pred = pred;
@@ -131,6 +132,7 @@ bool SendAwaiter::await_ready() {
     result_ = deadline_error("send to " + to_.to_string());
     return true;
   }
+  NINES_DCHECK(p_->wait == WaitKind::kNone);  // one wait at a time
   p_->wait = WaitKind::kSend;
   p_->wait_token = rt->new_ref();
   p_->send_to = to_;
@@ -184,6 +186,7 @@ bool CallAwaiter::await_ready() {
     result_.emplace(d == Delivery::kNoProc ? noproc_error("call to", to_) : full_error("call to", to_));
     return true;
   }
+  NINES_DCHECK(p_->wait == WaitKind::kNone);  // one wait at a time
   p_->wait = WaitKind::kCall;
   p_->wait_token = token;
   p_->call_monitor = mref;
@@ -228,6 +231,7 @@ bool DownAwaiter::await_ready() {
   bool by_deadline = false;
   Duration timeout = clamp_to_deadline(p_, timeout_, by_deadline);
   if (timeout <= Duration::zero()) return true;
+  NINES_DCHECK(p_->wait == WaitKind::kNone);  // one wait at a time
   p_->wait = WaitKind::kDown;
   p_->wait_token = ref_.id;
   p_->wait_result = {};
@@ -266,6 +270,7 @@ bool WaitAwaiter::await_ready() {
     result_.emplace(deadline_error(op_ == Op::kSleep ? "sleep" : op_ == Op::kFd ? "wait_fd" : "await_external"));
     return true;
   }
+  NINES_DCHECK(p_->wait == WaitKind::kNone);  // one wait at a time
   p_->wait = WaitKind::kToken;
   p_->wait_token = rt->new_ref();
   p_->wait_result = {};

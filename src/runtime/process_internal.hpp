@@ -24,6 +24,7 @@
 #include <variant>
 #include <vector>
 
+#include "nines/core/check.hpp"
 #include "nines/runtime/process.hpp"
 #include "nines/runtime/runtime.hpp"
 #include "runtime/spin_lock.hpp"
@@ -80,6 +81,7 @@ struct EnvelopeQueue {
   }
   // Removes `e`, whose predecessor is `prev` (nullptr when e is the head).
   void unlink(Envelope* prev, Envelope* e) {
+    NINES_DCHECK(e != nullptr && (prev != nullptr ? prev->next == e : head == e));
     if (prev)
       prev->next = e->next;
     else
@@ -88,6 +90,7 @@ struct EnvelopeQueue {
     e->next = nullptr;
   }
   void append(EnvelopeQueue& other) {
+    NINES_DCHECK(&other != this);
     if (other.empty()) return;
     if (tail)
       tail->next = other.head;
@@ -122,7 +125,9 @@ class Process {
 
   void retain() { refs_.fetch_add(1, std::memory_order_relaxed); }
   void release() {
-    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+    const std::uint32_t before = refs_.fetch_sub(1, std::memory_order_acq_rel);
+    NINES_DCHECK(before != 0);  // a reference released twice
+    if (before == 1) delete this;
   }
 
   RuntimeCore* const rt;

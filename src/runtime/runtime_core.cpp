@@ -172,6 +172,9 @@ void RuntimeCore::table_remove(Pid pid) {
 }
 
 void RuntimeCore::schedule(Process* p) {
+  // Whoever queues it set `scheduled` (under mu) or owns it already: nobody clears it until
+  // it has run, so this read races with no write.
+  NINES_DCHECK(p->scheduled);
   p->retain();
   scheduler_->push(p);
 }
@@ -203,6 +206,7 @@ void RuntimeCore::clear_last_target(Process* p) {
 }
 
 Delivery RuntimeCore::deliver_to(Process* t, Envelope* e, Pid blocked_sender) {
+  NINES_DCHECK(e != nullptr && e->next == nullptr && !e->system);
   Envelope* dropped = nullptr;
   bool need_schedule = false;
   {
@@ -236,7 +240,10 @@ Delivery RuntimeCore::deliver_to(Process* t, Envelope* e, Pid blocked_sender) {
               }
               if (dropped) break;
             }
+            // None found when they are all in the batch drain() holds: counted, not droppable
+            // (the mailbox is over capacity until that batch lands).
             if (dropped) --t->user_count;
+            NINES_DCHECK(dropped != nullptr || t->draining);
             break;
           }
         }
@@ -311,117 +318,162 @@ ExitReason exit_reason_from(std::exception_ptr ep) {
 
 }  // namespace
 
-// Processes every signal waiting in the inbox, in order. Messages move to the mailbox.
+// drain(), one signal kind at a time. Each returns true when it keeps `e` for the mailbox (a
+// message, or an Exit or Down turned into one) and false when the signal is consumed.
+namespace {
+
+// A reply completes the call it answers, if that call still waits; a late reply is dropped.
+bool apply_reply(Process* p, Envelope* e) {
+  if (p->wait == WaitKind::kCall && e->ref == p->wait_token && !p->wait_done) {
+    p->wait_result = Result<Message>(Message(e->from, std::move(e->payload)));
+    p->wait_done = true;
+  }
+  return false;
+}
+
+// An exit signal (exit/2) or a linked process's exit: a kill is untrappable; otherwise a
+// trapping process gets an Exit message, and any other process dies of an abnormal reason.
+bool apply_exit_signal(Process* p, Envelope* e) {
+  if (e->kind == SignalKind::kLinkExit && !erase_first(p->links, e->from)) return false;  // unlinked meanwhile
+  ExitReason r = reason_of(*e);
+  if (r.kind == ExitReason::Kind::kKill && e->kind == SignalKind::kExit) {
+    if (!p->pending_exit) {
+      p->pending_exit = std::make_unique<ExitReason>(ExitReason::killed());
+      p->exit_signal_from = e->from;
+      p->kill_expected = e->ref == kExpectedKillRef;
+    }
+    return false;
+  }
+  if (p->trap_exit) {
+    e->system = true;
+    e->payload = Exit{e->from, std::move(r)};
+    e->kind = SignalKind::kMessage;
+    return true;
+  }
+  if (!r.is_normal() && !p->pending_exit) {
+    p->pending_exit = std::make_unique<ExitReason>(std::move(r));
+    p->exit_signal_from = e->from;
+  }
+  return false;
+}
+
+// A monitored process exited: it ends a call or a wait_down waiting for it, else it becomes
+// a Down message. A Down for a monitor dropped meanwhile is dropped.
+bool apply_down(Process* p, Envelope* e) {
+  auto& m = p->monitoring;
+  auto it = std::find_if(m.begin(), m.end(), [&](auto& x) { return x.first == e->ref; });
+  if (it == m.end()) return false;  // demonitored meanwhile
+  m.erase(it);
+  ExitReason r = reason_of(*e);
+  if (p->wait == WaitKind::kCall && p->call_monitor == e->ref) {
+    if (!p->wait_done) {
+      p->wait_result = Result<Message>(
+          Error(ErrorKind::kNoProc, "call to " + e->from.to_string() + ": the process exited (" + r.to_string() + ")"));
+      p->wait_done = true;
+      p->call_monitor = 0;
+    }
+    return false;
+  }
+  if (p->wait == WaitKind::kDown && p->wait_token == e->ref) {
+    p->wait_result = Down{MonitorRef{e->ref}, e->from, std::move(r)};
+    p->wait_done = true;
+    return false;
+  }
+  e->system = true;
+  e->payload = Down{MonitorRef{e->ref}, e->from, std::move(r)};
+  e->kind = SignalKind::kMessage;
+  return true;
+}
+
+// A wait token fired (a timer, a watched fd, a completion): it ends the wait it belongs to,
+// if that wait is still the current one.
+bool apply_wake(Process* p, Envelope* e) {
+  // Tokens are never 0 (new_ref starts at 1) and clear_wait() zeroes the token, so a wake
+  // cannot match a process that waits for nothing.
+  NINES_DCHECK(p->wait != WaitKind::kNone || p->wait_token == 0);
+  if (p->wait_token != e->ref || p->wait_done) return false;
+  switch (p->wait) {
+    case WaitKind::kToken:
+      if (auto* r = std::any_cast<Result<std::any>>(&e->payload))
+        p->wait_result = std::move(*r);
+      else
+        p->wait_result = Result<std::any>(std::any{});
+      p->wait_done = true;
+      break;
+    case WaitKind::kCall:
+      p->wait_result = Result<Message>(Error(ErrorKind::kTimeout, "call to " + p->send_to.to_string() + " timed out"));
+      p->wait_done = true;
+      break;
+    case WaitKind::kReceive:
+    case WaitKind::kDown: p->wait_timed_out = true; break;
+    case WaitKind::kSend: {
+      auto* r = std::any_cast<Result<std::any>>(&e->payload);
+      p->wait_result = r && !r->ok() ? Result<void>(r->error()) : Result<void>();
+      p->wait_done = true;
+      break;
+    }
+    case WaitKind::kNone: break;
+  }
+  return false;
+}
+
+bool apply_signal(Process* p, Envelope* e) {
+  switch (e->kind) {
+    case SignalKind::kMessage:
+    case SignalKind::kCall: return true;
+    case SignalKind::kReply: return apply_reply(p, e);
+    case SignalKind::kExit:
+    case SignalKind::kLinkExit: return apply_exit_signal(p, e);
+    case SignalKind::kLink:
+      if (std::find(p->links.begin(), p->links.end(), e->from) == p->links.end()) p->links.push_back(e->from);
+      return false;
+    case SignalKind::kUnlink: erase_first(p->links, e->from); return false;
+    case SignalKind::kMonitor: p->watchers.emplace_back(e->ref, e->from); return false;
+    case SignalKind::kDemonitor: {
+      auto& w = p->watchers;
+      auto it = std::find_if(w.begin(), w.end(), [&](auto& x) { return x.first == e->ref; });
+      if (it != w.end()) w.erase(it);
+      return false;
+    }
+    case SignalKind::kDown: return apply_down(p, e);
+    case SignalKind::kWake: return apply_wake(p, e);
+    case SignalKind::kRoom:
+      if (p->wait == WaitKind::kSend) p->room_signalled = true;
+      return false;
+  }
+  return false;
+}
+
+}  // namespace
+
+// Processes every signal waiting in the inbox, in order: takes the inbox as one batch,
+// applies each signal (apply_signal), then appends the messages among them to the mailbox.
+// Returns true if it moved anything into the mailbox. Only the running process drains
+// itself, so there is never more than one batch in flight.
 bool RuntimeCore::drain(Process* p) {
+  NINES_DCHECK(current_process() == p);
   if (!p->has_signals.load(std::memory_order_acquire)) return false;
   EnvelopeQueue batch;
   {
     std::lock_guard lock(p->mu);
     p->has_signals.store(false, std::memory_order_relaxed);
     if (p->inbox.empty()) return false;
+    NINES_DCHECK(!p->draining);
+    NINES_DCHECK(!p->dead);
     batch = p->inbox.take();
     p->draining = true;  // later messages queue behind this batch
   }
   EnvelopeQueue to_mailbox;
   while (Envelope* e = batch.pop()) {
-    switch (e->kind) {
-      case SignalKind::kMessage:
-      case SignalKind::kCall: to_mailbox.push(e); continue;
-      case SignalKind::kReply:
-        if (p->wait == WaitKind::kCall && e->ref == p->wait_token && !p->wait_done) {
-          p->wait_result = Result<Message>(Message(e->from, std::move(e->payload)));
-          p->wait_done = true;
-        }
-        break;
-      case SignalKind::kExit:
-      case SignalKind::kLinkExit: {
-        if (e->kind == SignalKind::kLinkExit && !erase_first(p->links, e->from)) break;  // unlinked meanwhile
-        ExitReason r = reason_of(*e);
-        if (r.kind == ExitReason::Kind::kKill && e->kind == SignalKind::kExit) {
-          if (!p->pending_exit) {
-            p->pending_exit = std::make_unique<ExitReason>(ExitReason::killed());
-            p->exit_signal_from = e->from;
-            p->kill_expected = e->ref == kExpectedKillRef;
-          }
-        } else if (p->trap_exit) {
-          e->system = true;
-          e->payload = Exit{e->from, std::move(r)};
-          e->kind = SignalKind::kMessage;
-          to_mailbox.push(e);
-          continue;
-        } else if (!r.is_normal()) {
-          if (!p->pending_exit) {
-            p->pending_exit = std::make_unique<ExitReason>(std::move(r));
-            p->exit_signal_from = e->from;
-          }
-        }
-        break;
-      }
-      case SignalKind::kLink:
-        if (std::find(p->links.begin(), p->links.end(), e->from) == p->links.end()) p->links.push_back(e->from);
-        break;
-      case SignalKind::kUnlink: erase_first(p->links, e->from); break;
-      case SignalKind::kMonitor: p->watchers.emplace_back(e->ref, e->from); break;
-      case SignalKind::kDemonitor: {
-        auto& w = p->watchers;
-        auto it = std::find_if(w.begin(), w.end(), [&](auto& x) { return x.first == e->ref; });
-        if (it != w.end()) w.erase(it);
-        break;
-      }
-      case SignalKind::kDown: {
-        auto& m = p->monitoring;
-        auto it = std::find_if(m.begin(), m.end(), [&](auto& x) { return x.first == e->ref; });
-        if (it == m.end()) break;  // demonitored meanwhile
-        m.erase(it);
-        ExitReason r = reason_of(*e);
-        if (p->wait == WaitKind::kCall && p->call_monitor == e->ref) {
-          if (!p->wait_done) {
-            p->wait_result = Result<Message>(Error(
-                ErrorKind::kNoProc, "call to " + e->from.to_string() + ": the process exited (" + r.to_string() + ")"));
-            p->wait_done = true;
-            p->call_monitor = 0;
-          }
-          break;
-        }
-        if (p->wait == WaitKind::kDown && p->wait_token == e->ref) {
-          p->wait_result = Down{MonitorRef{e->ref}, e->from, std::move(r)};
-          p->wait_done = true;
-          break;
-        }
-        e->system = true;
-        e->payload = Down{MonitorRef{e->ref}, e->from, std::move(r)};
-        e->kind = SignalKind::kMessage;
-        to_mailbox.push(e);
-        continue;
-      }
-      case SignalKind::kWake:
-        if (p->wait_token == e->ref && !p->wait_done) {
-          if (p->wait == WaitKind::kToken) {
-            if (auto* r = std::any_cast<Result<std::any>>(&e->payload))
-              p->wait_result = std::move(*r);
-            else
-              p->wait_result = Result<std::any>(std::any{});
-            p->wait_done = true;
-          } else if (p->wait == WaitKind::kCall) {
-            p->wait_result =
-                Result<Message>(Error(ErrorKind::kTimeout, "call to " + p->send_to.to_string() + " timed out"));
-            p->wait_done = true;
-          } else if (p->wait == WaitKind::kReceive || p->wait == WaitKind::kDown) {
-            p->wait_timed_out = true;
-          } else if (p->wait == WaitKind::kSend) {
-            auto* r = std::any_cast<Result<std::any>>(&e->payload);
-            p->wait_result = r && !r->ok() ? Result<void>(r->error()) : Result<void>();
-            p->wait_done = true;
-          }
-        }
-        break;
-      case SignalKind::kRoom:
-        if (p->wait == WaitKind::kSend) p->room_signalled = true;
-        break;
+    if (apply_signal(p, e)) {
+      NINES_DCHECK(e->kind == SignalKind::kMessage || e->kind == SignalKind::kCall);
+      to_mailbox.push(e);
+    } else {
+      delete e;
     }
-    delete e;
   }
   std::lock_guard lock(p->mu);
+  NINES_DCHECK(p->draining);
   p->draining = false;
   if (to_mailbox.empty()) return false;
   p->mailbox.append(to_mailbox);
@@ -528,6 +580,10 @@ bool RuntimeCore::wait_satisfied(Process* p) {
 }
 
 void RuntimeCore::run(Process* p) {
+  // A queue entry means scheduled; scheduled stays set from exit on, so a dead process is
+  // never queued again.
+  NINES_DCHECK(p->scheduled);
+  NINES_DCHECK(!p->dead);
   Process*& cur = current_process();
   Process* saved = cur;
   cur = p;
@@ -613,8 +669,10 @@ void RuntimeCore::report_exit(const Process* p, const ExitReason& reason, bool b
 }
 
 void RuntimeCore::finalize(Process* p, ExitReason reason, bool by_signal) {
+  NINES_DCHECK(current_process() == p || !p->started);
   report_exit(p, reason, by_signal);
   if (p->wait != WaitKind::kNone) clear_wait(p);
+  NINES_DCHECK(p->wait == WaitKind::kNone && p->wait_timer == 0 && p->wait_watch == 0 && p->call_monitor == 0);
   if (p->root) {
     // Unwinds the process's coroutines (their destructors may still send).
     auto r = std::exchange(p->root, {});
@@ -627,6 +685,8 @@ void RuntimeCore::finalize(Process* p, ExitReason reason, bool by_signal) {
   std::vector<std::shared_ptr<ExitWatchImpl>> watches;
   {
     std::lock_guard lock(p->mu);
+    // Exactly one exit per process: a second would signal its links and watchers twice.
+    NINES_CHECK_MSG(!p->dead, "finalize: " + p->pid.to_string() + " has exited already");
     p->dead = true;
     inbox = p->inbox.take();
     mailbox = p->mailbox.take();
@@ -662,6 +722,7 @@ void RuntimeCore::finalize(Process* p, ExitReason reason, bool by_signal) {
   p->monitoring.clear();
   for (Pid b : blocked) signal(b, SignalKind::kRoom, p->pid);
   for (auto& w : watches) w->set(reason);
+  NINES_DCHECK(p->last_target == nullptr && !p->root);
 }
 
 Result<void> RuntimeCore::register_name(const std::string& name, Pid pid) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 
+#include "nines/core/check.hpp"
 #include "runtime/process_internal.hpp"
 
 namespace nines::internal {
@@ -83,6 +84,9 @@ class ThreadedScheduler final : public Scheduler {
   }
 
   std::vector<Process*> drain_queued() override {
+    // Only once the workers are gone: a worker's LIFO slot is its own while it runs.
+    NINES_DCHECK(stop_.load() &&
+                 std::none_of(workers_.begin(), workers_.end(), [](const auto& w) { return w->thread != nullptr; }));
     std::vector<Process*> out;
     for (auto& w : workers_) {
       if (w->lifo) out.push_back(std::exchange(w->lifo, nullptr));

@@ -5,10 +5,12 @@
 #include <algorithm>
 #include <cmath>
 #include <deque>
+#include <functional>
 #include <list>
 #include <unordered_map>
 #include <unordered_set>
 
+#include "nines/core/check.hpp"
 #include "runtime/process_internal.hpp"
 
 namespace nines {
@@ -157,18 +159,37 @@ class Sup {
     c.dynamic = dynamic;
     children_.push_back(std::move(c));
     auto it = std::prev(children_.end());
-    by_key_.emplace(it->key, it);
+    bool fresh = by_key_.emplace(it->key, it).second;
+    NINES_CHECK_MSG(fresh, "supervisor: child key reused");
+    check_indexes();
     return it;
   }
 
   void erase_child(std::list<Child>::iterator it) {
     if (it->pid) by_pid_.erase(it->pid.id);
-    by_key_.erase(it->key);
+    std::size_t erased = by_key_.erase(it->key);
+    NINES_CHECK_MSG(erased == 1, "supervisor: erasing a child its key index does not know");
     children_.erase(it);
+    check_indexes();
+  }
+
+  // The indexes agree with the list: every child has its key in by_key_, and only running
+  // children are in by_pid_ (cheap size checks; the entries are checked where they are used).
+  void check_indexes() const {
+    NINES_DCHECK(by_key_.size() == children_.size());
+    NINES_DCHECK(by_pid_.size() <= children_.size());
+  }
+
+  // Keys grow with each add_child and children_ is in start order, so a group given in start
+  // order has strictly increasing keys.
+  static bool in_start_order(const std::vector<std::uint64_t>& keys) {
+    return std::adjacent_find(keys.begin(), keys.end(), std::greater_equal<>()) == keys.end();
   }
 
   // Runs the child's start function. On success the child is running and linked.
   Result<Pid> start_one(Child& c, bool is_restart) {
+    // Starting a child that runs would orphan the running one (still linked, never stopped).
+    NINES_CHECK_MSG(!c.pid, "supervisor '" + label_ + "': child '" + c.spec.id + "' is started while it runs");
     StartContext sc = SupervisorAccess::make(proc_, &c.arg);
     Result<Pid> r = [&]() -> Result<Pid> {
       try {
@@ -188,7 +209,8 @@ class Sup {
     c.pid = *r;
     c.restarting = false;
     c.started_at = core_.env.now();
-    by_pid_[c.pid.id] = by_key_.at(c.key);
+    bool fresh = by_pid_.emplace(c.pid.id, by_key_.at(c.key)).second;
+    NINES_CHECK_MSG(fresh, "supervisor: pid " + c.pid.to_string() + " indexed for two children");
     if (is_restart) {
       // Notice, not error: the exit itself was reported (process_crashed) if it was abnormal;
       // this is the supervisor doing its job, which an operator still wants to see.
@@ -203,9 +225,13 @@ class Sup {
   // OTP: restarts older than `period` are forgotten; more than `intensity` left: give up.
   bool record_restart() {
     TimePoint now = core_.env.now();
+    // The window is in time order (the clock is monotonic), so forgetting from the front works.
+    NINES_DCHECK(restarts_.empty() || restarts_.back() <= now);
     restarts_.push_back(now);
     while (!restarts_.empty() && now - restarts_.front() > spec_.period) restarts_.pop_front();
     ++restart_count_;
+    NINES_DCHECK(!restarts_.empty() && now - restarts_.front() <= spec_.period);
+    NINES_DCHECK(restarts_.size() <= restart_count_);
     return restarts_.size() <= static_cast<std::size_t>(spec_.intensity);
   }
 
@@ -353,6 +379,7 @@ Task<> give_up(Context& ctx, Sup& s, Child& child, std::string why) {
 
 // Starts the children `keys` (in order). A failed start counts as a restart and is retried.
 Task<> restart_group(Context& ctx, Sup& s, std::vector<std::uint64_t> keys) {
+  NINES_DCHECK(Sup::in_start_order(keys));
   for (std::size_t i = 0; i < keys.size(); ++i) {
     auto kit = s.by_key_.find(keys[i]);
     if (kit == s.by_key_.end()) continue;  // deleted meanwhile
@@ -375,7 +402,9 @@ Task<> restart_group(Context& ctx, Sup& s, std::vector<std::uint64_t> keys) {
 Task<> on_child_exit(Context& ctx, Sup& s, std::list<Child>::iterator it, ExitReason reason) {
   Child& c = *it;
   Pid old = c.pid;
-  s.by_pid_.erase(old.id);
+  NINES_DCHECK(old.valid());
+  std::size_t indexed = s.by_pid_.erase(old.id);
+  NINES_CHECK_MSG(indexed == 1, "supervisor: child " + old.to_string() + " exited but was not indexed");
   c.pid = {};
   s.emit(SupervisionEventType::kChildExited, &c, old, reason);
 
@@ -410,6 +439,9 @@ Task<> on_child_exit(Context& ctx, Sup& s, std::list<Child>::iterator it, ExitRe
       for (auto g = it; g != s.children_.end(); ++g) group.push_back(g);
       break;
   }
+  // The exited child is in its group: one_for_all takes every child, rest_for_one starts at it.
+  NINES_DCHECK(std::find(group.begin(), group.end(), it) != group.end());
+  NINES_DCHECK(s.spec_.strategy != Strategy::kRestForOne || group.front() == it);
   // Stop the others in reverse order; temporary ones are not restarted (OTP).
   for (auto g = group.rbegin(); g != group.rend(); ++g) {
     if (*g != it) co_await terminate(ctx, s, **g);
@@ -423,6 +455,7 @@ Task<> on_child_exit(Context& ctx, Sup& s, std::list<Child>::iterator it, ExitRe
     if (g != it && g->spec.restart == RestartType::kTransient && g->pid) continue;
     keys.push_back(g->key);
   }
+  NINES_DCHECK(Sup::in_start_order(keys));
   Duration delay = s.backoff_delay(c);
   if (delay > Duration::zero()) {
     for (auto k : keys) s.by_key_.at(k)->restarting = true;
@@ -599,7 +632,7 @@ Result<T> unwrap(Result<Message> r) {
   if (!r.ok()) return std::move(r).error();
   if (auto* v = r->get<Result<T>>()) return std::move(*v);
   if (auto* e = r->get<Error>()) return *e;  // e.g. "shutting down"
-  return Error(ErrorKind::kInternal, "supervisor replied with an unexpected type");
+  return NINES_BUG("supervisor replied with an unexpected type");
 }
 
 }  // namespace

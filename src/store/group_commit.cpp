@@ -7,6 +7,8 @@
 #include <exception>
 #include <vector>
 
+#include "nines/core/check.hpp"
+
 namespace nines {
 
 struct GroupCommitter::Writer {
@@ -55,6 +57,7 @@ Status GroupCommitter::commit(const WriteBatch& batch) {
   if (self.done) return std::move(self.status);
 
   // Leader: take a group from the front of the queue.
+  NINES_DCHECK(queue_.front() == &self);
   std::vector<Writer*> group{&self};
   std::size_t bytes = batch.approximate_bytes();
   for (std::size_t i = 1; i < queue_.size() && group.size() < options_.max_batches_per_group; ++i) {
@@ -81,6 +84,8 @@ Status GroupCommitter::commit(const WriteBatch& batch) {
     results.assign(group.size(), Status(Error(ErrorKind::kInternal, "store commit threw")));
   }
 
+  // One status per batch, whatever the store did (commit_merged's contract).
+  NINES_CHECK(results.size() == group.size());
   lock.lock();
   stats_.groups += backend_commits;
   stats_.largest_group = std::max<std::uint64_t>(stats_.largest_group, group.size());
@@ -89,6 +94,9 @@ Status GroupCommitter::commit(const WriteBatch& batch) {
       ++stats_.batches;
     else
       ++stats_.failed_batches;
+    // Only the leader pops, and its group is the front of the queue, in order: anything else
+    // would wake a writer whose batch was not committed.
+    NINES_CHECK_MSG(queue_.front() == group[i], "group commit: the queue's front is not the group's next writer");
     queue_.pop_front();
     if (group[i] == &self) continue;
     group[i]->status = std::move(results[i]);

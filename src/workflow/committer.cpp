@@ -4,6 +4,7 @@
 #include <utility>
 #include <vector>
 
+#include "nines/core/check.hpp"
 #include "nines/store/group_commit.hpp"
 
 namespace nines::internal {
@@ -105,6 +106,7 @@ void ThreadCommitter::loop() {
       group.push_back(std::move(queue_.front()));
       queue_.pop_front();
     }
+    NINES_DCHECK(!group.empty());  // the first item is always taken, whatever its size
     queued_.store(queue_.size(), std::memory_order_release);
     // Taken before mu_ is let go: an inline commit (which needs nothing queued and this
     // lock) cannot overtake the group just taken from the queue.
@@ -129,6 +131,8 @@ void ThreadCommitter::commit_group(std::deque<Item>& group, std::unique_lock<std
     results.assign(group.size(),
                    Error(ErrorKind::kInternal, std::string("workflow engine: the store threw: ") + e.what()));
   }
+  // One status per batch, or a waiting workflow would never be completed.
+  NINES_CHECK(results.size() == group.size());
   committing.unlock();
   // Completed after committing_ is released: a woken workflow's next commit may go inline.
   groups_.fetch_add(backend_commits, std::memory_order_relaxed);

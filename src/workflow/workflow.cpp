@@ -558,52 +558,66 @@ Task<WorkflowContext::EffectPlan> WorkflowContext::plan_effect(const EffectOptio
   plan.seq = run_.next_seq++;
   const std::string where =
       "workflow " + quoted(id_) + " effect " + std::to_string(plan.seq) + " (" + quoted(options.name) + ")";
-  if (options.name.empty()) {
-    plan.done.emplace(Error(ErrorKind::kInvalidArgument, "workflow " + quoted(id_) + " effect " +
-                                                             std::to_string(plan.seq) + ": an effect needs a name"));
-    co_return plan;
-  }
-  if (plan.seq > engine_.options().max_steps) {
-    plan.done.emplace(Error(ErrorKind::kBudgetExceeded, where + ": more than max_steps steps"));
-    co_return plan;
-  }
-  if (options.arguments.size() > engine_.options().max_record_bytes) {
-    plan.done.emplace(Error(ErrorKind::kInvalidArgument, where + ": its arguments are more than max_record_bytes"));
-    co_return plan;
-  }
-  if (auto st = run_.steps.find(plan.seq); st != run_.steps.end()) {
-    plan.done.emplace(stop_run(
-        Error(ErrorKind::kInvalidArgument, where + ": recorded as step " + quoted(st->second.name) +
-                                               "; the workflow's code changed (steps and effects must come in the same "
-                                               "order)")));
+  if (std::optional<Error> refused = refuse_effect(options, plan.seq, where)) {
+    plan.done.emplace(std::move(*refused));
     co_return plan;
   }
   plan.effect_id = effect_id_for(plan.seq, options.name);
-  auto& stats = *engine_.impl_;
-
-  auto it = run_.effects.find(plan.seq);
-  if (it == run_.effects.end()) {
-    // First time: the intent is durable before the effect may run.
-    plan.idempotency_key = run_.key_prefix + "/" + std::to_string(plan.seq) + "/" + escape_key_part(options.name);
-    EffectIntent intent;
-    intent.workflow_id = id_;
-    intent.effect_id = plan.effect_id;
-    intent.idempotency_key = plan.idempotency_key;
-    intent.nature = options.nature;
-    intent.arguments = options.arguments;
-    intent.recorded_at = engine_.store_now();
-    WriteBatch b;
-    b.put_effect_intent(std::move(intent));
-    Status s = co_await engine_.commit(ctx_, std::move(b));
-    if (!s.ok()) {
-      plan.done.emplace(stop_run(std::move(s).error().with_context(where + ": recording its intent")));
-    } else {
-      stats.effects_executed.fetch_add(1, std::memory_order_relaxed);
-    }
-    co_return plan;
+  if (auto it = run_.effects.find(plan.seq); it == run_.effects.end()) {
+    co_await record_intent(plan, options, where);
+  } else {
+    co_await replay_effect(plan, it->second, options, where);
   }
+  // An effect that is to run has its intent durable, under the key it keeps for good.
+  NINES_DCHECK(plan.done || (!plan.idempotency_key.empty() && !plan.effect_id.empty()));
+  co_return plan;
+}
 
-  const EffectRecord& rec = it->second;
+std::optional<Error> WorkflowContext::refuse_effect(const EffectOptions& options, std::int64_t seq,
+                                                    const std::string& where) {
+  if (options.name.empty()) {
+    return Error(ErrorKind::kInvalidArgument,
+                 "workflow " + quoted(id_) + " effect " + std::to_string(seq) + ": an effect needs a name");
+  }
+  if (seq > engine_.options().max_steps)
+    return Error(ErrorKind::kBudgetExceeded, where + ": more than max_steps steps");
+  if (options.arguments.size() > engine_.options().max_record_bytes) {
+    return Error(ErrorKind::kInvalidArgument, where + ": its arguments are more than max_record_bytes");
+  }
+  if (auto st = run_.steps.find(seq); st != run_.steps.end()) {
+    return stop_run(Error(ErrorKind::kInvalidArgument,
+                          where + ": recorded as step " + quoted(st->second.name) +
+                              "; the workflow's code changed (steps and effects must come in the same order)"));
+  }
+  return std::nullopt;
+}
+
+// First time: the intent is durable before the effect may run.
+Task<> WorkflowContext::record_intent(EffectPlan& plan, const EffectOptions& options, const std::string& where) {
+  NINES_DCHECK(!run_.effects.contains(plan.seq));
+  plan.idempotency_key = run_.key_prefix + "/" + std::to_string(plan.seq) + "/" + escape_key_part(options.name);
+  EffectIntent intent;
+  intent.workflow_id = id_;
+  intent.effect_id = plan.effect_id;
+  intent.idempotency_key = plan.idempotency_key;
+  intent.nature = options.nature;
+  intent.arguments = options.arguments;
+  intent.recorded_at = engine_.store_now();
+  WriteBatch b;
+  b.put_effect_intent(std::move(intent));
+  Status s = co_await engine_.commit(ctx_, std::move(b));
+  if (!s.ok()) {
+    plan.done.emplace(stop_run(std::move(s).error().with_context(where + ": recording its intent")));
+  } else {
+    engine_.impl_->effects_executed.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+// The journal has a record for this step: its outcome, or an operator's decision, or an
+// intent without an outcome (the effect was interrupted).
+Task<> WorkflowContext::replay_effect(EffectPlan& plan, const EffectRecord& rec, const EffectOptions& options,
+                                      const std::string& where) {
+  auto& stats = *engine_.impl_;
   if (rec.effect_id != plan.effect_id) {
     // Another effect (a renamed or moved one) holds this step: running this one under a new
     // key would apply it again.
@@ -611,14 +625,14 @@ Task<WorkflowContext::EffectPlan> WorkflowContext::plan_effect(const EffectOptio
         Error(ErrorKind::kInvalidArgument, where + ": recorded as effect " + quoted(rec.effect_id) +
                                                "; the workflow's code changed (steps and effects must come in the same "
                                                "order)")));
-    co_return plan;
+    co_return;
   }
   plan.idempotency_key = rec.idempotency_key;  // the key it was started with, always
   switch (rec.state) {
     case EffectState::kDone:
       stats.effects_replayed.fetch_add(1, std::memory_order_relaxed);
       plan.done.emplace(rec.outcome.value_or(std::string()));
-      co_return plan;
+      co_return;
     case EffectState::kFailed: {
       if (rec.outcome && *rec.outcome == kClearedToRun) {
         // An operator said it was not applied. Back to a plain intent, durably, before it runs:
@@ -631,23 +645,28 @@ Task<WorkflowContext::EffectPlan> WorkflowContext::plan_effect(const EffectOptio
         } else {
           stats.effects_executed.fetch_add(1, std::memory_order_relaxed);
         }
-        co_return plan;
+        co_return;
       }
       stats.effects_replayed.fetch_add(1, std::memory_order_relaxed);
       std::optional<Error> e = decode_error(rec.outcome.value_or(std::string()));
       plan.done.emplace(e ? std::move(*e) : Error(ErrorKind::kPermanent, where + ": failed"));
-      co_return plan;
+      co_return;
     }
     case EffectState::kNeedsAttention: {
       // Still waiting for an operator (another effect of it was resolved first).
       Error e = co_await to_needs_attention(rec, "still waiting for an operator's decision (resolve_effect)");
       plan.done.emplace(std::move(e));
-      co_return plan;
+      co_return;
     }
-    case EffectState::kIntent: break;
+    case EffectState::kIntent: co_await resume_interrupted(plan, rec, options, where); co_return;
   }
+}
 
-  // Interrupted: an intent without an outcome. By its declared nature (as recorded).
+// Interrupted: an intent without an outcome. By its declared nature (as recorded).
+Task<> WorkflowContext::resume_interrupted(EffectPlan& plan, const EffectRecord& rec, const EffectOptions& options,
+                                           const std::string& where) {
+  NINES_DCHECK(rec.state == EffectState::kIntent && !plan.done);
+  auto& stats = *engine_.impl_;
   switch (rec.nature) {
     case EffectNature::kReadOnly:
     case EffectNature::kIdempotent: break;  // run again with the same key
@@ -656,7 +675,7 @@ Task<WorkflowContext::EffectPlan> WorkflowContext::plan_effect(const EffectOptio
         Error e = co_await to_needs_attention(
             rec, "checkable and interrupted, but the code gives no check function to ask whether it was applied");
         plan.done.emplace(std::move(e));
-        co_return plan;
+        co_return;
       }
       stats.effects_checked.fetch_add(1, std::memory_order_relaxed);
       Result<std::optional<std::string>> applied = co_await options.check(ctx_, plan.idempotency_key);
@@ -669,7 +688,7 @@ Task<WorkflowContext::EffectPlan> WorkflowContext::plan_effect(const EffectOptio
         } else {
           plan.done.emplace(std::move(applied).error().with_context(where + ": asking whether it was applied"));
         }
-        co_return plan;
+        co_return;
       }
       if (*applied) {
         WriteBatch b;
@@ -680,7 +699,7 @@ Task<WorkflowContext::EffectPlan> WorkflowContext::plan_effect(const EffectOptio
         } else {
           plan.done.emplace(std::move(**applied));
         }
-        co_return plan;
+        co_return;
       }
       break;  // not applied: run it
     }
@@ -688,14 +707,17 @@ Task<WorkflowContext::EffectPlan> WorkflowContext::plan_effect(const EffectOptio
       Error e = co_await to_needs_attention(
           rec, "interrupted after its intent was recorded; whether it was applied is unknown, so it is not run again");
       plan.done.emplace(std::move(e));
-      co_return plan;
+      co_return;
     }
   }
   stats.effects_executed.fetch_add(1, std::memory_order_relaxed);
-  co_return plan;
 }
 
 Task<Result<std::string>> WorkflowContext::finish_effect(const EffectPlan& plan, Result<std::string> result) {
+  // Only an effect that plan_effect let run is finished: its step was taken, its intent is in
+  // the journal under its key.
+  NINES_DCHECK(!plan.done && plan.seq > 0 && plan.seq < run_.next_seq);
+  NINES_DCHECK(!plan.effect_id.empty() && !plan.idempotency_key.empty());
   const std::string where = "workflow " + quoted(id_) + " effect " + quoted(plan.effect_id);
   if (!result.ok() && !is_final_error(result.error().kind())) {
     // Outcome unknown: the intent stays, and this run ends here (even if the code would go

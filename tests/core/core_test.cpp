@@ -9,12 +9,16 @@
 #include <cerrno>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
 
 #include "nines/core/check.hpp"
 #include "nines/core/environment.hpp"
+#include "nines/core/log.hpp"
 #include "nines/core/percentile.hpp"
 #include "nines/core/result.hpp"
 
@@ -31,6 +35,18 @@ TEST(Result, CarriesValueOrError) {
   EXPECT_EQ(bad.error().to_string(), "timeout: slow");
   EXPECT_THROW((void)bad.value(), CheckFailure);
   EXPECT_EQ(bad.value_or(3), 3);
+}
+
+TEST(Result, ErrorOfASuccessThrows) {
+  Result<int> ok = 7;
+  EXPECT_THROW((void)ok.error(), CheckFailure);
+  EXPECT_THROW((void)std::move(ok).error(), CheckFailure);
+  Status fine = ok_status();
+  EXPECT_THROW((void)fine.error(), CheckFailure);
+  EXPECT_THROW((void)std::move(fine).error(), CheckFailure);
+  Status bad = Error(ErrorKind::kNotFound, "gone");
+  EXPECT_EQ(bad.error().kind(), ErrorKind::kNotFound);
+  EXPECT_EQ(std::move(bad).error().message(), "gone");
 }
 
 TEST(Error, ContextIsPrepended) {
@@ -90,6 +106,39 @@ TEST(Check, AlwaysOnCheckThrowsWithLocation) {
     EXPECT_NE(std::string(f.what()).find("1 + 1 == 3"), std::string::npos);
     EXPECT_NE(std::string(f.what()).find("core_test.cpp"), std::string::npos);
   }
+}
+
+TEST(Check, BugFailsLikeACheckInThisDebugBuild) {
+  std::uint64_t before = internal_bug_count();
+  try {
+    Error e = NINES_BUG("the impossible");
+    FAIL() << e.to_string();
+  } catch (const CheckFailure& f) {
+    EXPECT_NE(std::string(f.what()).find("the impossible"), std::string::npos);
+    EXPECT_NE(std::string(f.what()).find("core_test.cpp"), std::string::npos);
+  }
+  EXPECT_EQ(internal_bug_count(), before + 1);
+}
+
+TEST(Check, BugInReleaseModeCountsLogsAndYieldsAnInternalError) {
+  SimEnvironment env(1);
+  auto capture = std::make_shared<CaptureSink>();
+  env.logger().set_sink(capture);
+  std::uint64_t before = internal_bug_count();
+  Error e = internal::report_bug(BugMode::kReport, "x.cpp", 12, "woken without a slot", &env.logger());
+  EXPECT_EQ(e.kind(), ErrorKind::kInternal);
+  EXPECT_EQ(e.message(), "internal bug at x.cpp:12: woken without a slot");
+  EXPECT_EQ(internal_bug_count(), before + 1);
+  ASSERT_EQ(capture->count("internal_bug"), 1u) << capture->dump();
+  auto line = capture->records("internal_bug").front();
+  EXPECT_EQ(line.level, LogLevel::kError);
+  EXPECT_EQ(line.field("file"), "x.cpp");
+  EXPECT_EQ(line.field("line"), "12");
+  EXPECT_EQ(line.field("detail"), "woken without a slot");
+  // Without a logger: stderr, and the same Error.
+  Error bare = internal::report_bug(BugMode::kReport, "y.cpp", 3, "no logger", nullptr);
+  EXPECT_EQ(bare.message(), "internal bug at y.cpp:3: no logger");
+  EXPECT_EQ(internal_bug_count(), before + 2);
 }
 
 TEST(SimEnvironment, SameSeedSameSequence) {

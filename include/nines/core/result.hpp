@@ -105,9 +105,15 @@ class [[nodiscard]] Result {
   T* operator->() { return &value(); }
   const T* operator->() const { return &value(); }
 
-  // Precondition: !ok().
-  const Error& error() const& { return std::get<1>(v_); }
-  Error&& error() && { return std::get<1>(std::move(v_)); }
+  // Precondition: !ok(). Checked as value() is.
+  const Error& error() const& {
+    check_error();
+    return std::get<1>(v_);
+  }
+  Error&& error() && {
+    check_error();
+    return std::get<1>(std::move(v_));
+  }
 
   template <class U>
   T value_or(U&& fallback) const& {
@@ -116,6 +122,7 @@ class [[nodiscard]] Result {
 
  private:
   void check_ok() const;
+  void check_error() const;
   std::variant<T, Error> v_;
 };
 
@@ -128,10 +135,18 @@ class [[nodiscard]] Result<void> {
 
   bool ok() const { return !has_error_; }
   explicit operator bool() const { return ok(); }
-  const Error& error() const& { return error_; }
-  Error&& error() && { return std::move(error_); }
+  // Precondition: !ok(). Checked: a violation throws (a bug, crashing the calling process).
+  const Error& error() const& {
+    check_error();
+    return error_;
+  }
+  Error&& error() && {
+    check_error();
+    return std::move(error_);
+  }
 
  private:
+  void check_error() const;
   Error error_{ErrorKind::kInternal, {}};
   bool has_error_ = false;
 };
@@ -142,11 +157,24 @@ inline Status ok_status() { return {}; }
 
 namespace internal {
 [[noreturn]] void throw_bad_result_access(const Error& error);
+[[noreturn]] void throw_bad_error_access();
 }  // namespace internal
 
 template <class T>
 void Result<T>::check_ok() const {
-  if (!ok()) internal::throw_bad_result_access(std::get<1>(v_));
+  if (!ok()) [[unlikely]]
+    internal::throw_bad_result_access(std::get<1>(v_));
+}
+
+template <class T>
+void Result<T>::check_error() const {
+  if (ok()) [[unlikely]]
+    internal::throw_bad_error_access();
+}
+
+inline void Result<void>::check_error() const {
+  if (ok()) [[unlikely]]
+    internal::throw_bad_error_access();
 }
 
 // Errors cross process boundaries and land in the store, so they serialize: a versioned

@@ -45,6 +45,7 @@
 // slightly out of order.
 #pragma once
 
+#include <any>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -211,6 +212,14 @@ class Bulkhead : public std::enable_shared_from_this<Bulkhead> {
   void start_wait(Waiter& w, Completion c);
   // The waiter's process ended while it was queued or before it took a handed slot.
   void abandon(Waiter& w);
+  // The steps of acquire() after its fast path: enter_or_queue (take a slot that came free,
+  // reject, or join the queue), the suspended wait, finish_wait (take the handed slot or
+  // leave the queue), then wait_error (what a waiter that got no slot is told).
+  struct Entry;
+  struct WaitOutcome;
+  Entry enter_or_queue(const Context& ctx, TimePoint start, Waiter& w);
+  WaitOutcome finish_wait(Waiter& w, const Result<std::any>& r, Duration waited);
+  Error wait_error(const WaitOutcome& outcome, Result<std::any> r) const;
   void notify(const BulkheadEvent& e) const;
   BulkheadEvent event_locked(BulkheadEventType type) const;
   void count_rejection_locked(BulkheadRejection reason, Duration waited);

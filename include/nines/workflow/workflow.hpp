@@ -279,6 +279,15 @@ class WorkflowContext {
                                   std::optional<Result<std::string>>& recorded);
   Task<Status> record_step(std::int64_t seq, std::string name, const Result<std::string>& result);
   Task<EffectPlan> plan_effect(const EffectOptions& options);
+  // The steps of plan_effect: refuse a call that cannot be an effect here; then record the
+  // intent of a first run, or replay what the journal holds (replay_effect), which for an
+  // interrupted intent decides by the effect's nature (resume_interrupted).
+  std::optional<Error> refuse_effect(const EffectOptions& options, std::int64_t seq, const std::string& where);
+  Task<> record_intent(EffectPlan& plan, const EffectOptions& options, const std::string& where);
+  Task<> replay_effect(EffectPlan& plan, const EffectRecord& rec, const EffectOptions& options,
+                       const std::string& where);
+  Task<> resume_interrupted(EffectPlan& plan, const EffectRecord& rec, const EffectOptions& options,
+                            const std::string& where);
   Task<Result<std::string>> finish_effect(const EffectPlan& plan, Result<std::string> result);
   std::string step_context(std::int64_t seq, const std::string& name) const;
 
