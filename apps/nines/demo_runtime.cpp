@@ -66,8 +66,9 @@ struct Shape {
   std::size_t total;
 };
 
-// What the event subscriber, the chaos process, the reporter and the summary share. The
-// processes are waited for before it goes.
+// What the event subscriber, the chaos process, the reporter and the summary share. It must
+// outlive the runtime: the supervisors still restart workers (and emit events) when the demo
+// returns.
 struct DemoState {
   explicit DemoState(std::size_t total) : slots(std::make_shared<std::vector<std::atomic<std::uint64_t>>>(total)) {}
 
@@ -259,14 +260,14 @@ bool print_summary(Environment& env, Runtime& rt, DemoState& s, const Shape& sha
 int run_runtime_demo(const RuntimeDemoOptions& o) {
   const DemoLog log = open_demo_log("demo-runtime");
   auto env = make_real_environment({.workers = o.threads, .log_sink = log.sink});
+  const Shape shape{.shards = o.shards, .per_shard = o.workers / o.shards, .total = o.workers / o.shards * o.shards};
+  DemoState s(shape.total);  // before the runtime, so it outlives the supervisors' last events
   auto created = Runtime::create(*env);
   if (!created.ok()) {
     std::fprintf(stderr, "nines: %s\n", created.error().to_string().c_str());
     return 1;
   }
   Runtime& rt = **created;
-  const Shape shape{.shards = o.shards, .per_shard = o.workers / o.shards, .total = o.workers / o.shards * o.shards};
-  DemoState s(shape.total);
   watch_events(rt, s, shape.per_shard);
   const SupervisorSpec root = tree_spec(shape, s.slots);
 
