@@ -167,7 +167,10 @@ std::string shorten_text(std::string_view text, std::int64_t max_tokens, const T
 
 // ---- fit_messages ---------------------------------------------------------------------------
 
-Result<FitResult> fit_messages(std::vector<Message> messages, const FitOptions& options) {
+namespace {
+
+// Checked first, so that a bad budget is reported as the caller's mistake, not as an overflow.
+Status check_fit_options(const FitOptions& options) {
   if (options.budget_tokens <= 0) {
     return Error(ErrorKind::kInvalidArgument,
                  "fit_messages: budget_tokens must be > 0, got " + std::to_string(options.budget_tokens));
@@ -176,102 +179,160 @@ Result<FitResult> fit_messages(std::vector<Message> messages, const FitOptions& 
     return Error(ErrorKind::kInvalidArgument, "fit_messages: max_tool_output_tokens must be >= 0, got " +
                                                   std::to_string(options.max_tool_output_tokens));
   }
-  const TokenCounter counter = counter_for(options.estimator, options.model);
-  const std::size_t n = messages.size();
-  std::vector<std::int64_t> cost(n);
-  std::int64_t total = counter.reply_priming();
-  for (std::size_t i = 0; i < n; ++i) total += cost[i] = counter.message(messages[i]);
+  return ok_status();
+}
 
-  FitResult r;
-  r.tokens_before = total;
-  const std::int64_t budget = options.budget_tokens;
+// Per-message estimates and their total, kept in step so each rule stops as soon as it fits.
+struct Costs {
+  std::vector<std::int64_t> of;
+  std::int64_t total = 0;
+};
 
-  // 1. Large tool results, oldest first.
-  if (options.max_tool_output_tokens > 0) {
-    for (std::size_t i = 0; i < n && total > budget; ++i) {
-      Message& m = messages[i];
-      if (m.role != Role::kTool || m.pinned) continue;
-      if (counter.text(m.text()) <= options.max_tool_output_tokens) continue;
-      shorten_message_text(m, options.max_tool_output_tokens, counter);
-      const std::int64_t c = counter.message(m);
-      total -= cost[i] - c;
-      cost[i] = c;
-      ++r.shortened;
-    }
+Costs costs_of(const std::vector<Message>& messages, const TokenCounter& counter) {
+  Costs c{.of = std::vector<std::int64_t>(messages.size()), .total = counter.reply_priming()};
+  for (std::size_t i = 0; i < messages.size(); ++i) c.total += c.of[i] = counter.message(messages[i]);
+  return c;
+}
+
+// Rule 1, before anything is dropped: a long tool result keeps its head and tail, which say
+// most. Returns how many were shortened.
+std::size_t shorten_tool_results(std::vector<Message>& messages, Costs& costs, const FitOptions& options,
+                                 const TokenCounter& counter) {
+  if (options.max_tool_output_tokens <= 0) return 0;
+  std::size_t shortened = 0;
+  for (std::size_t i = 0; i < messages.size() && costs.total > options.budget_tokens; ++i) {
+    Message& m = messages[i];
+    if (m.role != Role::kTool || m.pinned) continue;
+    if (counter.text(m.text()) <= options.max_tool_output_tokens) continue;
+    shorten_message_text(m, options.max_tool_output_tokens, counter);
+    const std::int64_t c = counter.message(m);
+    costs.total -= costs.of[i] - c;
+    costs.of[i] = c;
+    ++shortened;
   }
+  return shortened;
+}
 
-  // 2. The oldest units, never what must stay.
-  std::vector<bool> dropped(n, false);
-  if (total > budget) {
-    std::vector<bool> keep(n, false);
-    std::optional<std::size_t> first_user, last_user;
-    for (std::size_t i = 0; i < n; ++i) {
-      keep[i] = messages[i].role == Role::kSystem || messages[i].pinned;
-      if (messages[i].role == Role::kUser) {
-        if (!first_user) first_user = i;
-        last_user = i;
-      }
-    }
-    if (last_user) keep[*last_user] = true;
-    // A call and its results stay or go together.
-    for (std::size_t i = 0; i < n; ++i) {
-      if (!is_tool_call(messages[i])) continue;
-      std::size_t end = i + 1;
-      while (end < n && messages[end].role == Role::kTool) ++end;
-      const bool any = std::any_of(keep.begin() + static_cast<std::ptrdiff_t>(i),
-                                   keep.begin() + static_cast<std::ptrdiff_t>(end), [](bool b) { return b; });
-      if (any)
-        std::fill(keep.begin() + static_cast<std::ptrdiff_t>(i), keep.begin() + static_cast<std::ptrdiff_t>(end), true);
-      i = end - 1;
-    }
-    // Units in age order: [begin, end) ranges.
-    std::vector<std::pair<std::size_t, std::size_t>> units;
-    std::size_t pos = 0;
-    if (first_user && *first_user > 0) {
-      units.emplace_back(0, *first_user);
-      pos = *first_user;
-    }
-    if (last_user) {
-      while (pos < *last_user) {  // whole turns before the last user message
-        std::size_t end = pos + 1;
-        while (end < *last_user && messages[end].role != Role::kUser) ++end;
-        units.emplace_back(pos, end);
-        pos = end;
-      }
-      pos = *last_user + 1;
-    }
-    while (pos < n) {  // after it: a call with its results, or one message
+// The first and the last user message: rule 2's units are cut around them.
+struct UserSpan {
+  std::optional<std::size_t> first, last;
+};
+
+UserSpan user_span(const std::vector<Message>& messages) {
+  UserSpan u;
+  for (std::size_t i = 0; i < messages.size(); ++i) {
+    if (messages[i].role != Role::kUser) continue;
+    if (!u.first) u.first = i;
+    u.last = i;
+  }
+  return u;
+}
+
+// One past the tool results that follow the call at `i`: a call without its results (or the
+// reverse) is a prompt the APIs reject.
+std::size_t end_of_call(const std::vector<Message>& messages, std::size_t i) {
+  std::size_t end = i + 1;
+  while (end < messages.size() && messages[end].role == Role::kTool) ++end;
+  return end;
+}
+
+// What rule 2 never drops: system and pinned messages and the last user message (the
+// question being answered), with the whole call group of any of them.
+std::vector<bool> must_keep(const std::vector<Message>& messages, const UserSpan& users) {
+  const std::size_t n = messages.size();
+  std::vector<bool> keep(n, false);
+  for (std::size_t i = 0; i < n; ++i) keep[i] = messages[i].role == Role::kSystem || messages[i].pinned;
+  if (users.last) keep[*users.last] = true;
+  // A call and its results stay or go together.
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!is_tool_call(messages[i])) continue;
+    const std::size_t end = end_of_call(messages, i);
+    const auto first = keep.begin() + static_cast<std::ptrdiff_t>(i);
+    const auto last = keep.begin() + static_cast<std::ptrdiff_t>(end);
+    if (std::any_of(first, last, [](bool b) { return b; })) std::fill(first, last, true);
+    i = end - 1;
+  }
+  return keep;
+}
+
+// Units as [begin, end) ranges in age order, so dropping from the front drops the oldest
+// context first: what precedes the first user message, whole turns before the last user
+// message, then after it a call with its results or one message.
+std::vector<std::pair<std::size_t, std::size_t>> units_by_age(const std::vector<Message>& messages,
+                                                              const UserSpan& users) {
+  const std::size_t n = messages.size();
+  std::vector<std::pair<std::size_t, std::size_t>> units;
+  std::size_t pos = 0;
+  if (users.first && *users.first > 0) {
+    units.emplace_back(0, *users.first);
+    pos = *users.first;
+  }
+  if (users.last) {
+    while (pos < *users.last) {
       std::size_t end = pos + 1;
-      if (is_tool_call(messages[pos])) {
-        while (end < n && messages[end].role == Role::kTool) ++end;
-      }
+      while (end < *users.last && messages[end].role != Role::kUser) ++end;
       units.emplace_back(pos, end);
       pos = end;
     }
-    for (const auto& [begin, end] : units) {
-      if (total <= budget) break;
-      for (std::size_t i = begin; i < end; ++i) {
-        if (keep[i]) continue;
-        dropped[i] = true;
-        total -= cost[i];
-        ++r.dropped;
-      }
-    }
-    if (total > budget) {
-      std::size_t kept = 0;
-      for (std::size_t i = 0; i < n; ++i) kept += keep[i] ? 1 : 0;
-      return Error(ErrorKind::kContextOverflow,
-                   "prompt for model " + quote_name(options.model) + " needs at least " + std::to_string(total) +
-                       " tokens for what cannot be dropped (" + std::to_string(kept) +
-                       " system, pinned or last-user messages and their tool calls) but the budget is " +
-                       std::to_string(budget) + " tokens");
+    pos = *users.last + 1;
+  }
+  while (pos < n) {
+    const std::size_t end = is_tool_call(messages[pos]) ? end_of_call(messages, pos) : pos + 1;
+    units.emplace_back(pos, end);
+    pos = end;
+  }
+  return units;
+}
+
+// The error says how much cannot be dropped, so the caller can tell a small budget from a huge system prompt.
+Error overflow_error(const FitOptions& options, std::int64_t total, const std::vector<bool>& keep) {
+  const auto kept = static_cast<std::size_t>(std::count(keep.begin(), keep.end(), true));
+  return Error(ErrorKind::kContextOverflow,
+               "prompt for model " + quote_name(options.model) + " needs at least " + std::to_string(total) +
+                   " tokens for what cannot be dropped (" + std::to_string(kept) +
+                   " system, pinned or last-user messages and their tool calls) but the budget is " +
+                   std::to_string(options.budget_tokens) + " tokens");
+}
+
+// Rule 2: whole units, oldest first, until the rest fits. Returns which messages are dropped.
+Result<std::vector<bool>> drop_oldest(const std::vector<Message>& messages, Costs& costs, const FitOptions& options) {
+  std::vector<bool> dropped(messages.size(), false);
+  if (costs.total <= options.budget_tokens) return dropped;
+  const UserSpan users = user_span(messages);
+  const std::vector<bool> keep = must_keep(messages, users);
+  for (const auto& [begin, end] : units_by_age(messages, users)) {
+    if (costs.total <= options.budget_tokens) break;
+    for (std::size_t i = begin; i < end; ++i) {
+      if (keep[i]) continue;
+      dropped[i] = true;
+      costs.total -= costs.of[i];
     }
   }
-  r.messages.reserve(n - r.dropped);
-  for (std::size_t i = 0; i < n; ++i) {
-    if (!dropped[i]) r.messages.push_back(std::move(messages[i]));
+  if (costs.total > options.budget_tokens) return overflow_error(options, costs.total, keep);
+  return dropped;
+}
+
+}  // namespace
+
+Result<FitResult> fit_messages(std::vector<Message> messages, const FitOptions& options) {
+  if (Status s = check_fit_options(options); !s.ok()) return std::move(s).error();
+  const TokenCounter counter = counter_for(options.estimator, options.model);
+  Costs costs = costs_of(messages, counter);
+  FitResult r;
+  r.tokens_before = costs.total;
+
+  // 1. Large tool results, oldest first.
+  r.shortened = shorten_tool_results(messages, costs, options, counter);
+
+  // 2. The oldest units, never what must stay.
+  Result<std::vector<bool>> dropped = drop_oldest(messages, costs, options);
+  if (!dropped.ok()) return std::move(dropped).error();
+  r.dropped = static_cast<std::size_t>(std::count(dropped->begin(), dropped->end(), true));
+  r.messages.reserve(messages.size() - r.dropped);
+  for (std::size_t i = 0; i < messages.size(); ++i) {
+    if (!(*dropped)[i]) r.messages.push_back(std::move(messages[i]));
   }
-  r.tokens_after = total;
+  r.tokens_after = costs.total;
   return r;
 }
 

@@ -507,6 +507,226 @@ std::int64_t sim_estimate_output_tokens(const Message& message) {
   return std::max<std::int64_t>(1, n);
 }
 
+// ---- the steps of SimModel::decide ------------------------------------------------------------
+
+namespace {
+
+// One body for the real window check and the injected fault, so clients cannot tell them apart.
+void set_overflow(SimPlan& p, std::string message) {
+  set_error(p, 400,
+            internal::dump_json(error_json(message, "invalid_request_error", "messages", "context_length_exceeded")));
+}
+
+// Checked before any fault: a prompt that cannot fit fails the same way on every call.
+bool exceeds_window(SimPlan& p, const ChatRequest& request, const SimConfig& config) {
+  const std::int64_t reserved = request.max_output_tokens.value_or(0);
+  if (p.prompt_tokens + reserved <= config.context_window_tokens) return false;
+  std::string m = "This model's maximum context length is " + std::to_string(config.context_window_tokens) +
+                  " tokens. However, you requested " + std::to_string(p.prompt_tokens + reserved) + " tokens (" +
+                  std::to_string(p.prompt_tokens) + " in the messages, " + std::to_string(reserved) +
+                  " in the completion). Please reduce the length of the messages or completion.";
+  p.fault_detail = "prompt estimate " + std::to_string(p.prompt_tokens) + " + max output " + std::to_string(reserved) +
+                   " > context window " + std::to_string(config.context_window_tokens);
+  set_overflow(p, std::move(m));
+  return true;
+}
+
+// A scheduled fault wins over the drawn one, so a test can pin a fault to one call.
+SimFault pick_fault(const SimConfig& config, std::uint64_t call, double fault_draw) {
+  auto scheduled = std::lower_bound(config.schedule.begin(), config.schedule.end(), call,
+                                    [](const SimScheduledFault& s, std::uint64_t c) { return s.call < c; });
+  if (scheduled != config.schedule.end() && scheduled->call == call) return scheduled->fault;
+  double cumulative = 0;
+  for (std::size_t i = 1; i < kSimFaultCount; ++i) {
+    cumulative += config.faults.probability[i];
+    if (fault_draw < cumulative) return static_cast<SimFault>(i);
+  }
+  return SimFault::kNone;
+}
+
+// The headers real APIs send with a 429, so clients can honour the retry time.
+void set_rate_limited(SimPlan& p, std::int64_t ms, const std::string& model) {
+  const std::int64_t secs = (ms + 999) / 1000;
+  std::string m = "Rate limit reached for " + model + " (simulated) on requests per min (RPM). Please try again in " +
+                  std::to_string(ms) + "ms.";
+  set_error(p, 429, internal::dump_json(error_json(m, "requests", "", "rate_limit_exceeded")),
+            {{"retry-after-ms", std::to_string(ms)},
+             {"retry-after", std::to_string(secs)},
+             {"x-ratelimit-remaining-requests", "0"},
+             {"x-ratelimit-reset-requests", std::to_string(ms) + "ms"}});
+  p.fault_detail = "429, retry after " + std::to_string(ms) + " ms";
+}
+
+// Faults that replace the answer; false for the others, which need the scripted answer first.
+bool replace_answer(SimPlan& p, SimFault fault, const SimConfig& config, const std::string& model) {
+  switch (fault) {
+    case SimFault::kRateLimited: set_rate_limited(p, config.faults.retry_after_ms, model); return true;
+    case SimFault::kServerError:
+      set_error(p, 500,
+                internal::dump_json(
+                    error_json("The server had an error while processing your request. Sorry about that! (simulated)",
+                               "server_error", "", "")));
+      p.fault_detail = "500";
+      return true;
+    case SimFault::kUnavailable:
+      set_error(p, 503,
+                internal::dump_json(error_json("The server is temporarily unavailable. (simulated)", "server_error", "",
+                                               "service_unavailable")));
+      p.fault_detail = "503";
+      return true;
+    case SimFault::kOverloaded:
+      set_error(p, 529, internal::dump_json(error_json("Overloaded (simulated)", "overloaded_error", "", "")));
+      p.fault_detail = "529";
+      return true;
+    case SimFault::kTimeout:
+      p.outcome = SimOutcome::kHang;
+      p.first_byte_delay = Duration::zero();
+      p.hang = std::chrono::milliseconds(config.faults.hang_ms);
+      p.fault_detail = "no answer for " + std::to_string(config.faults.hang_ms) + " ms";
+      return true;
+    case SimFault::kContextOverflow:
+      set_overflow(p, "This model's maximum context length is " + std::to_string(config.context_window_tokens) +
+                          " tokens. However, your messages resulted in " + std::to_string(p.prompt_tokens) +
+                          " tokens. Please reduce the length of the messages. (simulated context_overflow fault)");
+      p.fault_detail = "injected (prompt estimate " + std::to_string(p.prompt_tokens) + " tokens)";
+      return true;
+    default: return false;
+  }
+}
+
+// Past the scenario's end, after_last_turn picks the turn; nullptr when it says error.
+const SimTurn* scripted_turn(const SimConfig& config, std::size_t turn) {
+  static const SimTurn kDefaultTurn{.answer = std::string(kDefaultSimAnswer)};
+  if (turn < config.scenario.size()) return &config.scenario[turn];
+  if (config.after_last_turn == SimAfterLastTurn::kRepeatLast) return &config.scenario.back();
+  if (config.after_last_turn != SimAfterLastTurn::kRepeatFinal) return nullptr;
+  auto last = std::find_if(config.scenario.rbegin(), config.scenario.rend(),
+                           [](const SimTurn& t) { return t.tool_calls.empty(); });
+  return last != config.scenario.rend() ? &*last : &kDefaultTurn;
+}
+
+// An exhausted scenario is a 400 the client can read, not a made-up answer.
+void set_exhausted(SimPlan& p, const SimConfig& config) {
+  std::string m = "The simulated scenario has " + std::to_string(config.scenario.size()) +
+                  " turns; this request is at turn " + std::to_string(p.turn) + " (after_last_turn: error).";
+  set_error(p, 400, internal::dump_json(error_json(m, "invalid_request_error", "messages", "sim_scenario_exhausted")));
+  p.fault_detail = "scenario exhausted";
+}
+
+// The scripted answer, cut at max_output_tokens the way a real model stops at its limit.
+void write_turn(SimPlan& p, const SimTurn& turn, const ChatRequest& request) {
+  Message& msg = p.response.message;
+  msg.role = Role::kAssistant;
+  if (!turn.tool_calls.empty()) {
+    for (std::size_t i = 0; i < turn.tool_calls.size(); ++i) {
+      msg.tool_calls.push_back(ToolCall{.id = "call_sim_" + std::to_string(p.turn) + "_" + std::to_string(i),
+                                        .name = turn.tool_calls[i].name,
+                                        .arguments_json = turn.tool_calls[i].arguments_json});
+    }
+    return;
+  }
+  std::string text = turn.answer;
+  if (request.max_output_tokens && quarter(text.size()) > *request.max_output_tokens) {
+    text.resize(utf8_cut(text, static_cast<std::size_t>(*request.max_output_tokens) * 4));
+    p.response.finish_reason = FinishReason::kLength;
+  }
+  if (!text.empty()) msg.content.push_back(ContentPart::from_text(std::move(text)));
+}
+
+// Why a fault that changes the answer does not apply to this request; nullopt when it applied.
+using NotApplicable = std::optional<std::string>;
+
+// Only a stream can be cut mid-answer.
+NotApplicable cut_stream(SimPlan& p, const ChatRequest& request) {
+  if (!request.stream) return "not a stream";
+  p.outcome = SimOutcome::kCutStream;
+  p.fault_detail = p.cut_after_chunks ? "cut after " + std::to_string(*p.cut_after_chunks) + " events"
+                                      : "cut after " + std::to_string(p.cut_after_fraction) + " of the events";
+  return std::nullopt;
+}
+
+// A name no tool of the request has, so the agent's tool lookup must fail.
+NotApplicable hallucinate_tool(SimPlan& p, const ChatRequest& request) {
+  std::string name = "sim_unknown_tool";
+  for (int n = 2; find_tool(request, name); ++n) name = "sim_unknown_tool_" + std::to_string(n);
+  p.response.message = Message::assistant("", {ToolCall{.name = name, .arguments_json = "{}"}});
+  mark_injected(p.response.message, p.turn);
+  p.fault_detail =
+      "called tool '" + name + "', which is not among the request's " + std::to_string(request.tools.size()) + " tools";
+  return std::nullopt;
+}
+
+// Schema breaks need the tool's schema; without it the arguments are broken as JSON instead.
+NotApplicable break_tool_args(SimPlan& p, const ChatRequest& request, SimArgsBreak mode, std::uint64_t mode_draw) {
+  Message& msg = p.response.message;
+  if (msg.tool_calls.empty()) {
+    if (request.tools.empty()) return "no tool call to break and no tools in the request";
+    msg = Message::assistant("", {ToolCall{.name = request.tools[0].name, .arguments_json = "{}"}});
+  }
+  ToolCall& target = msg.tool_calls[0];
+  const ToolDefinition* tool = find_tool(request, target.name);
+  const bool schema_mode = mode == SimArgsBreak::kSchema || (mode == SimArgsBreak::kEither && (mode_draw & 1) != 0);
+  std::optional<std::string> broken;
+  if (schema_mode && tool)
+    broken = break_schema(target.name, tool->parameters_schema_json, target.arguments_json, p.fault_detail);
+  if (!broken) {
+    broken = break_syntax(target.arguments_json);
+    p.fault_detail = "tool '" + target.name + "': the arguments are not valid JSON (" + *broken + ")";
+    if (schema_mode) p.fault_detail += "; the tool's schema is not in the request";
+  }
+  target.arguments_json = std::move(*broken);
+  mark_injected(msg, p.turn);
+  return std::nullopt;
+}
+
+// A loop repeats the last real tool call, which only exists after one.
+NotApplicable repeat_tool_call(SimPlan& p, const ChatRequest& request) {
+  auto prev = std::find_if(request.messages.rbegin(), request.messages.rend(),
+                           [](const Message& m) { return m.role == Role::kAssistant && !m.tool_calls.empty(); });
+  if (prev == request.messages.rend()) return "no earlier assistant tool call to repeat";
+  Message& msg = p.response.message;
+  msg = Message::assistant("", prev->tool_calls);
+  mark_injected(msg, p.turn);
+  p.fault_detail = "repeats messages[" + std::to_string(request.messages.rend() - prev - 1) + "]'s " +
+                   std::to_string(msg.tool_calls.size()) + " tool call(s), first " + msg.tool_calls[0].name;
+  return std::nullopt;
+}
+
+// Faults that change the answer, or the way it arrives. Returns the fault in effect: kNone when
+// it does not apply to this request, so it is not counted as injected.
+SimFault change_answer(SimPlan& p, SimFault fault, const ChatRequest& request, const SimConfig& config,
+                       std::uint64_t mode_draw) {
+  NotApplicable skip;
+  switch (fault) {
+    case SimFault::kCutStream: skip = cut_stream(p, request); break;
+    case SimFault::kMalformedJson:
+      p.outcome = SimOutcome::kMalformed;
+      p.fault_detail = request.stream ? "one stream event is cut JSON" : "the body is cut JSON";
+      break;
+    case SimFault::kHallucinatedTool: skip = hallucinate_tool(p, request); break;
+    case SimFault::kInvalidToolArgs: skip = break_tool_args(p, request, config.faults.invalid_args, mode_draw); break;
+    case SimFault::kLoop: skip = repeat_tool_call(p, request); break;
+    default: break;
+  }
+  if (!skip) return fault;
+  p.fault_detail = std::string(to_string(fault)) + " does not apply: " + *skip;
+  return SimFault::kNone;
+}
+
+// Finish reason and usage follow the final message, so they stay true after a fault changed it.
+void settle_response(SimPlan& p) {
+  const Message& msg = p.response.message;
+  if (!msg.tool_calls.empty()) {
+    p.response.finish_reason = FinishReason::kToolCalls;
+  } else if (p.response.finish_reason != FinishReason::kLength) {
+    p.response.finish_reason = FinishReason::kStop;
+  }
+  p.response.raw_finish_reason = finish_string(p.response.finish_reason);
+  p.response.usage = Usage{.input_tokens = p.prompt_tokens, .output_tokens = sim_estimate_output_tokens(msg)};
+}
+
+}  // namespace
+
 // ---- SimModel ------------------------------------------------------------------------------------
 
 // Per-fingerprint occurrence counts: kShards shards, each two generations of at most `cap`
@@ -601,201 +821,28 @@ SimPlan SimModel::decide(const ChatRequest& request) {
     fault_counts_[static_cast<std::size_t>(fault)].fetch_add(1, std::memory_order_relaxed);
     return std::move(p);
   };
-  auto overflow = [&](std::string message) {
-    set_error(p, 400,
-              internal::dump_json(error_json(message, "invalid_request_error", "messages", "context_length_exceeded")));
-  };
 
   // The window, always.
-  const std::int64_t reserved = request.max_output_tokens.value_or(0);
-  if (p.prompt_tokens + reserved > config_.context_window_tokens) {
-    std::string m = "This model's maximum context length is " + std::to_string(config_.context_window_tokens) +
-                    " tokens. However, you requested " + std::to_string(p.prompt_tokens + reserved) + " tokens (" +
-                    std::to_string(p.prompt_tokens) + " in the messages, " + std::to_string(reserved) +
-                    " in the completion). Please reduce the length of the messages or completion.";
-    p.fault_detail = "prompt estimate " + std::to_string(p.prompt_tokens) + " + max output " +
-                     std::to_string(reserved) + " > context window " + std::to_string(config_.context_window_tokens);
-    overflow(std::move(m));
-    return finish(SimFault::kContextOverflow);
-  }
+  if (exceeds_window(p, request, config_)) return finish(SimFault::kContextOverflow);
 
   // Scheduled, else drawn.
-  SimFault fault = SimFault::kNone;
-  auto scheduled = std::lower_bound(config_.schedule.begin(), config_.schedule.end(), p.call,
-                                    [](const SimScheduledFault& s, std::uint64_t call) { return s.call < call; });
-  if (scheduled != config_.schedule.end() && scheduled->call == p.call) {
-    fault = scheduled->fault;
-  } else {
-    double cumulative = 0;
-    for (std::size_t i = 1; i < kSimFaultCount; ++i) {
-      cumulative += config_.faults.probability[i];
-      if (fault_draw < cumulative) {
-        fault = static_cast<SimFault>(i);
-        break;
-      }
-    }
-  }
+  SimFault fault = pick_fault(config_, p.call, fault_draw);
 
   // Faults that replace the answer.
-  switch (fault) {
-    case SimFault::kRateLimited: {
-      const std::int64_t ms = config_.faults.retry_after_ms;
-      const std::int64_t secs = (ms + 999) / 1000;
-      std::string m = "Rate limit reached for " + model +
-                      " (simulated) on requests per min (RPM). Please try again in " + std::to_string(ms) + "ms.";
-      set_error(p, 429, internal::dump_json(error_json(m, "requests", "", "rate_limit_exceeded")),
-                {{"retry-after-ms", std::to_string(ms)},
-                 {"retry-after", std::to_string(secs)},
-                 {"x-ratelimit-remaining-requests", "0"},
-                 {"x-ratelimit-reset-requests", std::to_string(ms) + "ms"}});
-      p.fault_detail = "429, retry after " + std::to_string(ms) + " ms";
-      return finish(fault);
-    }
-    case SimFault::kServerError:
-      set_error(p, 500,
-                internal::dump_json(
-                    error_json("The server had an error while processing your request. Sorry about that! (simulated)",
-                               "server_error", "", "")));
-      p.fault_detail = "500";
-      return finish(fault);
-    case SimFault::kUnavailable:
-      set_error(p, 503,
-                internal::dump_json(error_json("The server is temporarily unavailable. (simulated)", "server_error", "",
-                                               "service_unavailable")));
-      p.fault_detail = "503";
-      return finish(fault);
-    case SimFault::kOverloaded:
-      set_error(p, 529, internal::dump_json(error_json("Overloaded (simulated)", "overloaded_error", "", "")));
-      p.fault_detail = "529";
-      return finish(fault);
-    case SimFault::kTimeout:
-      p.outcome = SimOutcome::kHang;
-      p.first_byte_delay = Duration::zero();
-      p.hang = std::chrono::milliseconds(config_.faults.hang_ms);
-      p.fault_detail = "no answer for " + std::to_string(config_.faults.hang_ms) + " ms";
-      return finish(fault);
-    case SimFault::kContextOverflow:
-      overflow("This model's maximum context length is " + std::to_string(config_.context_window_tokens) +
-               " tokens. However, your messages resulted in " + std::to_string(p.prompt_tokens) +
-               " tokens. Please reduce the length of the messages. (simulated context_overflow fault)");
-      p.fault_detail = "injected (prompt estimate " + std::to_string(p.prompt_tokens) + " tokens)";
-      return finish(fault);
-    default: break;
-  }
+  if (replace_answer(p, fault, config_, model)) return finish(fault);
 
   // The scripted turn.
-  const SimTurn* turn = nullptr;
-  static const SimTurn kDefaultTurn{.answer = std::string(kDefaultSimAnswer)};
-  if (p.turn < config_.scenario.size()) {
-    turn = &config_.scenario[p.turn];
-  } else if (config_.after_last_turn == SimAfterLastTurn::kRepeatLast) {
-    turn = &config_.scenario.back();
-  } else if (config_.after_last_turn == SimAfterLastTurn::kRepeatFinal) {
-    auto last = std::find_if(config_.scenario.rbegin(), config_.scenario.rend(),
-                             [](const SimTurn& t) { return t.tool_calls.empty(); });
-    turn = last != config_.scenario.rend() ? &*last : &kDefaultTurn;
-  } else {
+  const SimTurn* turn = scripted_turn(config_, p.turn);
+  if (turn == nullptr) {
     exhausted_.fetch_add(1, std::memory_order_relaxed);
-    std::string m = "The simulated scenario has " + std::to_string(config_.scenario.size()) +
-                    " turns; this request is at turn " + std::to_string(p.turn) + " (after_last_turn: error).";
-    set_error(p, 400,
-              internal::dump_json(error_json(m, "invalid_request_error", "messages", "sim_scenario_exhausted")));
-    p.fault_detail = "scenario exhausted";
+    set_exhausted(p, config_);
     return finish(SimFault::kNone);
   }
-
-  Message& msg = p.response.message;
-  msg.role = Role::kAssistant;
-  if (!turn->tool_calls.empty()) {
-    for (std::size_t i = 0; i < turn->tool_calls.size(); ++i) {
-      msg.tool_calls.push_back(ToolCall{.id = "call_sim_" + std::to_string(p.turn) + "_" + std::to_string(i),
-                                        .name = turn->tool_calls[i].name,
-                                        .arguments_json = turn->tool_calls[i].arguments_json});
-    }
-  } else {
-    std::string text = turn->answer;
-    if (request.max_output_tokens && quarter(text.size()) > *request.max_output_tokens) {
-      text.resize(utf8_cut(text, static_cast<std::size_t>(*request.max_output_tokens) * 4));
-      p.response.finish_reason = FinishReason::kLength;
-    }
-    if (!text.empty()) msg.content.push_back(ContentPart::from_text(std::move(text)));
-  }
+  write_turn(p, *turn, request);
 
   // Faults that change the answer, or the way it arrives.
-  auto skip = [&](std::string why) {
-    p.fault_detail = std::string(to_string(fault)) + " does not apply: " + why;
-    fault = SimFault::kNone;
-  };
-  switch (fault) {
-    case SimFault::kCutStream:
-      if (!request.stream) {
-        skip("not a stream");
-      } else {
-        p.outcome = SimOutcome::kCutStream;
-        p.fault_detail = p.cut_after_chunks ? "cut after " + std::to_string(*p.cut_after_chunks) + " events"
-                                            : "cut after " + std::to_string(p.cut_after_fraction) + " of the events";
-      }
-      break;
-    case SimFault::kMalformedJson:
-      p.outcome = SimOutcome::kMalformed;
-      p.fault_detail = request.stream ? "one stream event is cut JSON" : "the body is cut JSON";
-      break;
-    case SimFault::kHallucinatedTool: {
-      std::string name = "sim_unknown_tool";
-      for (int n = 2; find_tool(request, name); ++n) name = "sim_unknown_tool_" + std::to_string(n);
-      msg = Message::assistant("", {ToolCall{.name = name, .arguments_json = "{}"}});
-      mark_injected(msg, p.turn);
-      p.fault_detail = "called tool '" + name + "', which is not among the request's " +
-                       std::to_string(request.tools.size()) + " tools";
-      break;
-    }
-    case SimFault::kInvalidToolArgs: {
-      if (msg.tool_calls.empty()) {
-        if (request.tools.empty()) {
-          skip("no tool call to break and no tools in the request");
-          break;
-        }
-        msg = Message::assistant("", {ToolCall{.name = request.tools[0].name, .arguments_json = "{}"}});
-      }
-      ToolCall& target = msg.tool_calls[0];
-      const ToolDefinition* tool = find_tool(request, target.name);
-      const bool schema_mode = config_.faults.invalid_args == SimArgsBreak::kSchema ||
-                               (config_.faults.invalid_args == SimArgsBreak::kEither && (mode_draw & 1) != 0);
-      std::optional<std::string> broken;
-      if (schema_mode && tool)
-        broken = break_schema(target.name, tool->parameters_schema_json, target.arguments_json, p.fault_detail);
-      if (!broken) {
-        broken = break_syntax(target.arguments_json);
-        p.fault_detail = "tool '" + target.name + "': the arguments are not valid JSON (" + *broken + ")";
-        if (schema_mode) p.fault_detail += "; the tool's schema is not in the request";
-      }
-      target.arguments_json = std::move(*broken);
-      mark_injected(msg, p.turn);
-      break;
-    }
-    case SimFault::kLoop: {
-      auto prev = std::find_if(request.messages.rbegin(), request.messages.rend(),
-                               [](const Message& m) { return m.role == Role::kAssistant && !m.tool_calls.empty(); });
-      if (prev == request.messages.rend()) {
-        skip("no earlier assistant tool call to repeat");
-        break;
-      }
-      msg = Message::assistant("", prev->tool_calls);
-      mark_injected(msg, p.turn);
-      p.fault_detail = "repeats messages[" + std::to_string(request.messages.rend() - prev - 1) + "]'s " +
-                       std::to_string(msg.tool_calls.size()) + " tool call(s), first " + msg.tool_calls[0].name;
-      break;
-    }
-    default: break;
-  }
-
-  if (!msg.tool_calls.empty()) {
-    p.response.finish_reason = FinishReason::kToolCalls;
-  } else if (p.response.finish_reason != FinishReason::kLength) {
-    p.response.finish_reason = FinishReason::kStop;
-  }
-  p.response.raw_finish_reason = finish_string(p.response.finish_reason);
-  p.response.usage = Usage{.input_tokens = p.prompt_tokens, .output_tokens = sim_estimate_output_tokens(msg)};
+  fault = change_answer(p, fault, request, config_, mode_draw);
+  settle_response(p);
   return finish(fault);
 }
 
