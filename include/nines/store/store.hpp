@@ -49,6 +49,20 @@ enum class WorkflowStatus : std::uint8_t {
 // finished: it waits for an operator.
 bool is_finished(WorkflowStatus status);
 
+// How many workflows the store holds in each status (Store::count_workflows).
+struct WorkflowCounts {
+  std::uint64_t running = 0;
+  std::uint64_t completed = 0;
+  std::uint64_t failed = 0;
+  std::uint64_t needs_attention = 0;
+  std::uint64_t cancelled = 0;
+
+  std::uint64_t of(WorkflowStatus status) const;
+  std::uint64_t& of(WorkflowStatus status);
+  std::uint64_t total() const { return running + completed + failed + needs_attention + cancelled; }
+  bool operator==(const WorkflowCounts&) const = default;
+};
+
 enum class StepStatus : std::uint8_t { kOk = 0, kError = 1 };
 
 // What recovery may do with an effect found with an intent and no outcome.
@@ -261,6 +275,12 @@ class Store {
   // (indexed by (status, id)): recovery pages through kRunning this way.
   virtual Result<std::vector<WorkflowRecord>> list_workflows(WorkflowStatus status, std::string_view after_id,
                                                              std::size_t limit) = 0;
+
+  // How many workflows are in each status, without reading them (one `GROUP BY status` in
+  // the SQL backends). A status value no WorkflowStatus has is kPermanent (corrupt). The
+  // default pages through list_workflows, for a Store that has nothing better; the memory,
+  // SQLite and PostgreSQL backends override it.
+  virtual Result<WorkflowCounts> count_workflows();
 
   // Every step of the workflow, ascending by seq (empty if none or no such workflow).
   virtual Result<std::vector<StepRecord>> load_steps(std::string_view workflow_id) = 0;
