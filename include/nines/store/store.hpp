@@ -1,5 +1,15 @@
 // nines/store/store.hpp: the one storage interface under durable workflows.
 //
+//   auto store = open_sqlite_store("/var/lib/app/nines.db").value();  // or make_memory_store(), open_postgres_store()
+//   TimePoint now(Duration(env.unix_time_ns()));                       // a clock that survives a reboot
+//   WriteBatch b;
+//   b.create_workflow("refund-42", "refund", "order-42", now)
+//       .put_step("refund-42", 0, "load order", StepStatus::kOk, order_bytes, now);
+//   if (Status s = store->commit(b); !s.ok()) ...  // all of the batch, or none of it
+//   Result<WorkflowRecord> w = store->get_workflow("refund-42");
+//   Result<std::vector<StepRecord>> steps = store->load_steps("refund-42");  // ascending by seq
+//   Result<WorkflowCounts> counts = store->count_workflows();               // counts->running, ...
+//
 // A Store keeps five kinds of record, keyed by strings and integers, with values as opaque
 // bytes (std::string): workflows, step results, the effect journal, per-task conversation
 // history with summaries, and the schema version. Every write goes through an atomic
