@@ -335,14 +335,6 @@ std::string_view kind_tag(int status) {
 
 }  // namespace
 
-std::string_view to_string(Provider provider) {
-  switch (provider) {
-    case Provider::kOpenAi: return "openai";
-    case Provider::kAnthropic: return "anthropic";
-  }
-  return "unknown";
-}
-
 std::optional<std::string_view> find_header(const Headers& headers, std::string_view name) {
   for (const Header& h : headers) {
     if (iequals(h.name, name)) return std::string_view(h.value);

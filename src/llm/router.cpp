@@ -186,31 +186,7 @@ struct Router::Impl {
     call.local_limit.reset();
     const std::uint64_t units = static_cast<std::uint64_t>(std::max<std::int64_t>(1, estimate + reserve_for(r, req)));
     const TimePoint caller_deadline = ctx.deadline();
-    auto attempt = [&r, &req, &call, units, caller_deadline, this](Context& c) -> Task<Result<ChatResponse>> {
-      // The local limits, per attempt (each attempt is a request the provider counts). A
-      // limiter that would make the call wait longer than it may refuses at once: longer
-      // than max_limiter_wait (kRateLimited), past the attempt timeout (kDeadlineExceeded
-      // while the caller's own deadline has not passed: the limiters wait inside the attempt
-      // timeout), or for ever (kInvalidArgument: more tokens than tokens_per_minute). That is
-      // reported as a non-retryable kBudgetExceeded, which neither the retry policy retries
-      // nor the breaker counts, and the route is left with kRateLimited: the provider was
-      // never asked, and the next route may have room.
-      call.local_limit.reset();
-      for (auto [limiter, n] : {std::pair{r.requests.get(), std::uint64_t{1}}, std::pair{r.tokens.get(), units}}) {
-        if (limiter == nullptr) continue;
-        Status s = co_await limiter->acquire(c, n);
-        if (s.ok()) continue;
-        const ErrorKind kind = s.error().kind();
-        if (kind == ErrorKind::kRateLimited) {
-          call.local_limit = s.error();
-        } else if (kind == ErrorKind::kInvalidArgument ||
-                   (kind == ErrorKind::kDeadlineExceeded && c.now() < caller_deadline)) {
-          call.local_limit = Error(ErrorKind::kRateLimited, s.error().message());
-        } else {
-          co_return std::move(s).error();
-        }
-        co_return Error(ErrorKind::kBudgetExceeded, "local rate limit: " + call.local_limit->message());
-      }
+    auto attempt = [&r, &req, &call, units, this](Context& c) -> Task<Result<ChatResponse>> {
       if (call.delivered) {
         call.delivered = false;
         if (call.hooks->on_restart) call.hooks->on_restart();
@@ -235,7 +211,31 @@ struct Router::Impl {
       }
       co_return std::move(out.result);
     };
-    Result<ChatResponse> result = co_await r.pipeline->run<ChatResponse>(ctx, std::move(attempt));
+    // The local limits are the pipeline's limiters (requests, then tokens: this call's
+    // estimate), per attempt (each attempt is a request the provider counts), waiting inside
+    // the attempt timeout. A limiter that would make the call wait longer than it may refuses
+    // at once and ends the route's call (LimiterStep::refusal_ends_run: no retry, no breaker
+    // failure): longer than max_limiter_wait (kRateLimited), past the attempt timeout
+    // (kDeadlineExceeded while the caller's own deadline has not passed), or for ever
+    // (kInvalidArgument: more tokens than tokens_per_minute). The route is then left with
+    // kRateLimited: the provider was never asked, and the next route may have room.
+    std::array<std::uint64_t, 2> limiter_units{};
+    std::size_t limiters = 0;
+    if (r.requests) limiter_units[limiters++] = 1;
+    if (r.tokens) limiter_units[limiters++] = units;
+    std::optional<Error> refused;
+    Result<ChatResponse> result = co_await r.pipeline->run<ChatResponse>(
+        ctx, std::move(attempt),
+        RunLimits{.units = std::span<const std::uint64_t>(limiter_units.data(), limiters), .refused = &refused});
+    if (!result.ok() && refused) {
+      const ErrorKind kind = refused->kind();
+      if (kind == ErrorKind::kRateLimited) {
+        call.local_limit = std::move(*refused);
+      } else if (kind == ErrorKind::kInvalidArgument ||
+                 (kind == ErrorKind::kDeadlineExceeded && ctx.now() < caller_deadline)) {
+        call.local_limit = Error(ErrorKind::kRateLimited, refused->message());
+      }
+    }
     co_return result;
   }
 
@@ -441,6 +441,9 @@ Result<std::unique_ptr<Router>> Router::create(Environment& env, RouterOptions o
       if (!l.ok()) return l.error();
       route->tokens = std::move(l).value();
     }
+    if (route->requests) builder.rate_limiter(route->requests);
+    if (route->tokens) builder.rate_limiter(route->tokens);  // units: each call's estimate (call_route)
+    builder.limiter_step({.within_attempt_timeout = true, .refusal_ends_run = true});
     if (o.attempt_timeout != kInfinite) builder.attempt_timeout(o.attempt_timeout);
     Result<Pipeline> pipeline = builder.build();
     if (!pipeline.ok()) return pipeline.error().with_context(at);

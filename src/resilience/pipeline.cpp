@@ -8,8 +8,9 @@ Result<Pipeline> Pipeline::Builder::build() const {
   if (parts_.attempt_timeout <= Duration::zero()) {
     return Error(ErrorKind::kInvalidArgument, "Pipeline.attempt_timeout must be > 0 (use kInfinite for none)");
   }
-  if (parts_.limiter && parts_.limiter_units == 0) {
-    return Error(ErrorKind::kInvalidArgument, "Pipeline.rate_limiter units must be >= 1");
+  for (const internal::PipelineLimiter& l : parts_.limiters) {
+    if (!l.limiter) return Error(ErrorKind::kInvalidArgument, "Pipeline.rate_limiter is null");
+    if (l.units == 0) return Error(ErrorKind::kInvalidArgument, "Pipeline.rate_limiter units must be >= 1");
   }
   return Pipeline(std::make_shared<const internal::PipelineParts>(parts_));
 }

@@ -188,4 +188,50 @@ Error newer_schema_error(int version) {
                                           std::to_string(kStoreSchemaVersion) + "); upgrade nines to open it");
 }
 
+Status add_to_counts(WorkflowCounts& counts, std::int64_t status, std::uint64_t n) {
+  if (status < 0 || status > static_cast<std::int64_t>(WorkflowStatus::kCancelled)) {
+    return corrupt("workflows", "a workflow has status " + std::to_string(status) + ", which no WorkflowStatus has");
+  }
+  counts.of(static_cast<WorkflowStatus>(status)) += n;
+  return ok_status();
+}
+
 }  // namespace nines::internal
+
+namespace nines {
+
+namespace {
+template <class Counts>
+auto& count_of(Counts& c, WorkflowStatus status) {
+  switch (status) {
+    case WorkflowStatus::kRunning: return c.running;
+    case WorkflowStatus::kCompleted: return c.completed;
+    case WorkflowStatus::kFailed: return c.failed;
+    case WorkflowStatus::kNeedsAttention: return c.needs_attention;
+    case WorkflowStatus::kCancelled: break;
+  }
+  return c.cancelled;
+}
+}  // namespace
+
+std::uint64_t WorkflowCounts::of(WorkflowStatus status) const { return count_of(*this, status); }
+std::uint64_t& WorkflowCounts::of(WorkflowStatus status) { return count_of(*this, status); }
+
+Result<WorkflowCounts> Store::count_workflows() {
+  constexpr std::size_t kPage = 1000;
+  WorkflowCounts counts;
+  for (WorkflowStatus status : {WorkflowStatus::kRunning, WorkflowStatus::kCompleted, WorkflowStatus::kFailed,
+                                WorkflowStatus::kNeedsAttention, WorkflowStatus::kCancelled}) {
+    std::string after;
+    for (;;) {
+      Result<std::vector<WorkflowRecord>> page = list_workflows(status, after, kPage);
+      if (!page.ok()) return std::move(page).error();
+      counts.of(status) += page->size();
+      if (page->size() < kPage) break;
+      after = page->back().id;
+    }
+  }
+  return counts;
+}
+
+}  // namespace nines

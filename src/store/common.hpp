@@ -43,8 +43,21 @@ std::string name_effect(std::string_view workflow_id, std::string_view effect_id
 std::string name_history(std::string_view task_id, std::int64_t seq);
 std::string name_summary(std::string_view task_id, std::int64_t covers_through_seq);
 
+// Adds n workflows of the stored status value to counts; a value no WorkflowStatus has is
+// corrupt(...).
+Status add_to_counts(WorkflowCounts& counts, std::int64_t status, std::uint64_t n);
+
 // kPermanent "corrupt record: <record>: <detail>".
 Error corrupt(std::string_view record, std::string_view detail);
+
+// The columns of the SQL backends' tables (SQLite and PostgreSQL have the same), in the order
+// their INSERT statements bind them and their SELECT statements read them into the rows below.
+inline constexpr const char* kWorkflowCols =
+    "id, status, input, input_crc, result, state_crc, created_ns, updated_ns, attempt, version, kind";
+inline constexpr const char* kStepCols = "workflow_id, seq, name, status, result, crc, recorded_ns";
+inline constexpr const char* kEffectCols =
+    "workflow_id, effect_id, idempotency_key, nature, arguments, intent_crc, state, outcome, outcome_crc, intent_ns,"
+    " updated_ns";
 
 // Raw row values as a backend reads them (enums as integers, checksums as stored), checked
 // into records. Each fails with corrupt(...) naming the record.

@@ -278,6 +278,15 @@ class MemoryStoreImpl final : public MemoryStore {
     return out;
   }
 
+  Result<WorkflowCounts> count_workflows() override {
+    std::lock_guard lock(mu_);
+    WorkflowCounts counts;
+    for (const auto& [id, w] : live_.workflows) {
+      if (auto s = internal::add_to_counts(counts, w.status, 1); !s.ok()) return std::move(s).error();
+    }
+    return counts;
+  }
+
   Result<std::vector<StepRecord>> load_steps(std::string_view workflow_id) override {
     std::lock_guard lock(mu_);
     std::vector<StepRecord> out;

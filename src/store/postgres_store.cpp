@@ -43,13 +43,6 @@ constexpr std::array<const char*, kStoreSchemaVersion> kMigrations = {
     "CREATE INDEX workflows_by_age ON workflows(status, updated_ns);",
 };
 
-constexpr const char* kWorkflowCols =
-    "id, status, input, input_crc, result, state_crc, created_ns, updated_ns, attempt, version, kind";
-constexpr const char* kStepCols = "workflow_id, seq, name, status, result, crc, recorded_ns";
-constexpr const char* kEffectCols =
-    "workflow_id, effect_id, idempotency_key, nature, arguments, intent_crc, state, outcome, outcome_crc, intent_ns,"
-    " updated_ns";
-
 // The statements, by name. Parameter types: 'i' int8, 'b' bytea.
 struct StmtDef {
   const char* name;
@@ -58,7 +51,7 @@ struct StmtDef {
 };
 
 std::vector<StmtDef> statements() {
-  const std::string wf = kWorkflowCols, st = kStepCols, ef = kEffectCols;
+  const std::string wf = internal::kWorkflowCols, st = internal::kStepCols, ef = internal::kEffectCols;
   return {
       {"begin", "", "BEGIN"},
       {"commit", "", "COMMIT"},
@@ -96,6 +89,7 @@ std::vector<StmtDef> statements() {
       {"del_summaries", "b", "DELETE FROM summaries WHERE task_id = $1"},
       {"get_wf", "b", "SELECT " + wf + " FROM workflows WHERE id = $1"},
       {"list_wf", "ibi", "SELECT " + wf + " FROM workflows WHERE status = $1 AND id > $2 ORDER BY id LIMIT $3"},
+      {"count_wf", "", "SELECT status, count(*) FROM workflows GROUP BY status"},
       {"load_steps", "b", "SELECT " + st + " FROM steps WHERE workflow_id = $1 ORDER BY seq"},
       {"load_effects", "b", "SELECT " + ef + " FROM effects WHERE workflow_id = $1 ORDER BY effect_id"},
       {"pending", "i", "SELECT " + ef + " FROM effects WHERE state = 0 ORDER BY workflow_id, effect_id LIMIT $1"},
@@ -265,6 +259,18 @@ class PostgresStore final : public Store {
     std::lock_guard lock(mu_);
     return collect<WorkflowRecord>("list_wf", Params(static_cast<std::int64_t>(status), after_id, limit), read_workflow,
                                    "listing workflows");
+  }
+
+  Result<WorkflowCounts> count_workflows() override {
+    std::lock_guard lock(mu_);
+    auto r = query("count_wf", Params());
+    if (!r.ok()) return std::move(r).error().with_context("counting workflows");
+    WorkflowCounts counts;
+    for (int i = 0; i < r->rows(); ++i) {
+      if (auto s = internal::add_to_counts(counts, r->i64(i, 0), static_cast<std::uint64_t>(r->i64(i, 1))); !s.ok())
+        return std::move(s).error();
+    }
+    return counts;
   }
 
   Result<std::vector<StepRecord>> load_steps(std::string_view workflow_id) override {

@@ -44,13 +44,6 @@ constexpr std::array<const char*, kStoreSchemaVersion> kMigrations = {
     "CREATE INDEX workflows_by_age ON workflows(status, updated_ns);",
 };
 
-constexpr const char* kWorkflowCols =
-    "id, status, input, input_crc, result, state_crc, created_ns, updated_ns, attempt, version, kind";
-constexpr const char* kStepCols = "workflow_id, seq, name, status, result, crc, recorded_ns";
-constexpr const char* kEffectCols =
-    "workflow_id, effect_id, idempotency_key, nature, arguments, intent_crc, state, outcome, outcome_crc, intent_ns,"
-    " updated_ns";
-
 Error sqlite_error(sqlite3* db, int rc, std::string_view what) {
   std::string m(what);
   m += ": ";
@@ -265,6 +258,26 @@ class SqliteStore final : public Store {
     return collect<WorkflowRecord>(*list_wf_, read_workflow, "listing workflows");
   }
 
+  Result<WorkflowCounts> count_workflows() override {
+    std::lock_guard lock(mu_);
+    WorkflowCounts counts;
+    for (;;) {
+      auto row = count_wf_->step();
+      if (!row.ok()) {
+        count_wf_->reset();
+        return std::move(row).error().with_context("counting workflows");
+      }
+      if (!*row) break;
+      if (auto s = internal::add_to_counts(counts, count_wf_->i64(0), static_cast<std::uint64_t>(count_wf_->i64(1)));
+          !s.ok()) {
+        count_wf_->reset();
+        return std::move(s).error();
+      }
+    }
+    count_wf_->reset();
+    return counts;
+  }
+
   Result<std::vector<StepRecord>> load_steps(std::string_view workflow_id) override {
     std::lock_guard lock(mu_);
     load_steps_->bind(workflow_id);
@@ -418,7 +431,7 @@ class SqliteStore final : public Store {
   }
 
   Status prepare_all() {
-    const std::string wf = kWorkflowCols, st = kStepCols, ef = kEffectCols;
+    const std::string wf = internal::kWorkflowCols, st = internal::kStepCols, ef = internal::kEffectCols;
     const std::pair<std::unique_ptr<Stmt>*, std::string> all[] = {
         {&begin_, "BEGIN IMMEDIATE"},
         {&commit_, "COMMIT"},
@@ -451,6 +464,7 @@ class SqliteStore final : public Store {
         {&del_summaries_, "DELETE FROM summaries WHERE task_id = ?1"},
         {&get_wf_, "SELECT " + wf + " FROM workflows WHERE id = ?1"},
         {&list_wf_, "SELECT " + wf + " FROM workflows WHERE status = ?1 AND id > ?2 ORDER BY id LIMIT ?3"},
+        {&count_wf_, "SELECT status, count(*) FROM workflows GROUP BY status"},
         {&load_steps_, "SELECT " + st + " FROM steps WHERE workflow_id = ?1 ORDER BY seq"},
         {&load_effects_, "SELECT " + ef + " FROM effects WHERE workflow_id = ?1 ORDER BY effect_id"},
         {&pending_, "SELECT " + ef + " FROM effects WHERE state = 0 ORDER BY workflow_id, effect_id LIMIT ?1"},
@@ -602,8 +616,8 @@ class SqliteStore final : public Store {
   sqlite3* db_ = nullptr;
   std::unique_ptr<Stmt> begin_, commit_, rollback_, create_wf_, set_status_, start_attempt_, wf_exists_, put_step_,
       put_intent_, put_outcome_, append_history_, put_summary_, del_steps_, del_effects_, del_wf_, del_history_,
-      del_summaries_, get_wf_, list_wf_, load_steps_, load_effects_, pending_, newest_summary_, read_history_,
-      prune_select_;
+      del_summaries_, get_wf_, list_wf_, count_wf_, load_steps_, load_effects_, pending_, newest_summary_,
+      read_history_, prune_select_;
 };
 
 }  // namespace

@@ -744,4 +744,6 @@ Task<Result<std::string>> WorkflowContext::finish_effect(const EffectPlan& plan,
   co_return result;
 }
 
+Result<WorkflowCounts> WorkflowEngine::count_workflows() const { return store_.count_workflows(); }
+
 }  // namespace nines

@@ -389,5 +389,74 @@ TEST(PipelineConcurrency, TenThousandCallsThroughOnePipelineOnTwoWorkers) {
   EXPECT_EQ(limiter->counters().acquired, static_cast<std::uint64_t>(calls.load()));
 }
 
+// Several limiters: every attempt must be admitted by all, asked in the order added. One
+// refusing fails the attempt with its error: the limiters before it keep the units they gave,
+// the ones after it are not asked, and the call does not run.
+TEST(Pipeline, SeveralLimitersMustAllAdmitAnAttempt) {
+  Harness h;
+  // No refill to speak of while Harness::run advances its hour.
+  auto reject = [&](const char* name, std::uint64_t capacity) {
+    return RateLimiter::create(
+               name, h.s.env,
+               {.capacity = capacity, .refill_units = capacity, .refill_period = 24h, .mode = RateLimitMode::kReject})
+        .value();
+  };
+  auto requests = reject("requests", 10);
+  auto tokens = reject("tokens", 100);
+  auto third = reject("third", 10);
+  auto p = Pipeline::Builder().rate_limiter(requests).rate_limiter(tokens, 60).rate_limiter(third).build().value();
+  auto [first, took] = h.run(p, h.script({}));
+  ASSERT_TRUE(first.ok()) << first.error().to_string();
+  EXPECT_EQ(tokens->counters().acquired_units, 60u);
+  auto [second, took2] = h.run(p, h.script({}));  // 40 tokens left, 60 needed
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.error().kind(), ErrorKind::kRateLimited);
+  EXPECT_NE(second.error().message().find("tokens"), std::string::npos) << second.error().message();
+  EXPECT_EQ(h.calls, 1);
+  EXPECT_EQ(requests->counters().acquired, 2u);  // charged before the refusal
+  EXPECT_EQ(tokens->counters().rejected_no_tokens, 1u);
+  EXPECT_EQ(third->counters().acquired, 1u);  // not asked
+  EXPECT_EQ(third->counters().rejected_no_tokens, 0u);
+}
+
+// Per-run units, the refusal reported, and LimiterStep: the limiters wait inside the attempt
+// timeout, and a refusal ends the run at once (no retry, the breaker not told).
+TEST(Pipeline, ALimiterRefusalCanEndTheRunAndIsReported) {
+  Harness h;
+  auto tokens =
+      RateLimiter::create("tokens", h.s.env, {.capacity = 100, .refill_units = 100, .refill_period = 1min}).value();
+  auto breaker = CircuitBreaker::create("b", h.s.env, {.minimum_calls = 1}).value();
+  auto p = Pipeline::Builder()
+               .retry(retry3(10ms))
+               .circuit_breaker(breaker)
+               .rate_limiter(tokens)
+               .attempt_timeout(5s)
+               .limiter_step({.within_attempt_timeout = true, .refusal_ends_run = true})
+               .build()
+               .value();
+  std::optional<Error> refused;
+  auto run = [&](std::uint64_t units) {
+    std::optional<Result<int>> out;
+    const std::uint64_t per_run[] = {units};
+    h.s.spawn([&](Context& ctx) -> Task<> {
+      out.emplace(co_await p.run<int>(ctx, h.script({}), RunLimits{.units = per_run, .refused = &refused}));
+    });
+    h.s.rt->advance(1s);  // the call takes no time; a refusal comes at once
+    return std::move(*out);
+  };
+  ASSERT_TRUE(run(90).ok());
+  EXPECT_FALSE(refused.has_value());
+  // About 11 left a second later; the missing 49 take about 29 s to refill, longer than the
+  // 5 s attempt timeout: refused at once.
+  auto r = run(60);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().kind(), ErrorKind::kDeadlineExceeded) << r.error().to_string();
+  ASSERT_TRUE(refused.has_value());
+  EXPECT_EQ(refused->kind(), ErrorKind::kDeadlineExceeded);
+  EXPECT_EQ(h.calls, 1);
+  EXPECT_EQ(tokens->counters().rejected_deadline, 1u);  // once: not retried
+  EXPECT_EQ(breaker->state(), BreakerState::kClosed);
+}
+
 }  // namespace
 }  // namespace nines

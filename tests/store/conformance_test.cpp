@@ -276,6 +276,30 @@ TEST_P(StoreConformance, ListsWorkflowsByStatusInPages) {
   EXPECT_EQ(attention->front().result, "evidence");
 }
 
+TEST_P(StoreConformance, CountsWorkflowsByStatus) {
+  auto empty = store_->count_workflows();
+  ASSERT_TRUE(empty.ok()) << empty.error().to_string();
+  EXPECT_EQ(*empty, WorkflowCounts{});
+  WriteBatch b;
+  for (int i = 0; i < 8; ++i) b.create_workflow(numbered("w", i), "k", "", at(1));
+  b.set_workflow_status("w1", WorkflowStatus::kCompleted, "", at(2));
+  b.set_workflow_status("w2", WorkflowStatus::kCompleted, "", at(2));
+  b.set_workflow_status("w3", WorkflowStatus::kFailed, "", at(2));
+  b.set_workflow_status("w4", WorkflowStatus::kNeedsAttention, "evidence", at(2));
+  b.set_workflow_status("w5", WorkflowStatus::kCancelled, "", at(2));
+  commit_ok(b);
+  const WorkflowCounts expected{.running = 3, .completed = 2, .failed = 1, .needs_attention = 1, .cancelled = 1};
+  auto counts = store_->count_workflows();
+  ASSERT_TRUE(counts.ok()) << counts.error().to_string();
+  EXPECT_EQ(*counts, expected);
+  EXPECT_EQ(counts->total(), 8u);
+  EXPECT_EQ(counts->of(WorkflowStatus::kCompleted), 2u);
+  // The default (paging through list_workflows) agrees with the backend's own.
+  auto paged = store_->Store::count_workflows();
+  ASSERT_TRUE(paged.ok()) << paged.error().to_string();
+  EXPECT_EQ(*paged, expected);
+}
+
 TEST_P(StoreConformance, HistoryLoadsNewestSummaryAndTail) {
   WriteBatch b;
   for (int i = 1; i <= 10; ++i) b.append_history("task", i, numbered("m", i));

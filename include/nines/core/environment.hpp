@@ -11,6 +11,17 @@
 //    The same seed always gives the same sequence. Only it fires fault points
 //    (core/fault.hpp), and only those set_faults turns on.
 //
+//   auto env = make_real_environment({.log_level = LogLevel::kInfo});  // production
+//   TimePoint t = env->now();                                          // never a real clock directly
+//   std::uint64_t r = env->random_u64();
+//   env->add_timer(t + 1s, [] { ... });                               // on the event-loop thread
+//
+//   SimEnvironment sim(/*seed=*/7);  // tests: nothing moves until the owner drives it
+//   sim.add_timer(sim.now() + 5s, [&] { fired = true; });
+//   sim.set_now(sim.now() + 5s);
+//   sim.fire_due_timers();           // fired == true; the same seed gives the same run
+//   // Runtime::create(sim) drives all of this itself (Runtime::advance).
+//
 // Thread-safety: every member of Environment may be called from any thread. Event-loop
 // callbacks run on the loop thread (real) or inside the driving call (sim); they must be
 // short and must not block.

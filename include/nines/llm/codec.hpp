@@ -38,11 +38,34 @@
 #include <string_view>
 
 #include "nines/core/result.hpp"
-#include "nines/llm/errors.hpp"
 #include "nines/llm/message.hpp"
 #include "nines/llm/wire.hpp"
 
 namespace nines::llm {
+
+// The model APIs nines speaks; each has a codec (make_openai_codec in openai.hpp,
+// make_anthropic_codec in anthropic.hpp).
+enum class Provider : std::uint8_t { kOpenAi, kAnthropic };
+
+constexpr std::string_view to_string(Provider provider) {
+  switch (provider) {
+    case Provider::kOpenAi: return "openai";
+    case Provider::kAnthropic: return "anthropic";
+  }
+  return "unknown";
+}
+
+// A mapped failure: the Error the policies act on, plus what the provider client needs to
+// know beyond the kind.
+struct ApiFailure {
+  Error error;
+  int status = 0;          // HTTP status (0: none, e.g. an error event inside a stream)
+  bool auth = false;       // credential refused (401/403): open this provider's breaker,
+                           // retrying or falling back with the same key cannot help
+  bool quota = false;      // billing quota or spend limit (permanent 429)
+  std::string error_type;  // the body's error type, e.g. "rate_limit_error" (may be empty)
+  std::string error_code;  // the body's error code, e.g. "context_length_exceeded"
+};
 
 // What one stream event contributed.
 struct StreamDelta {

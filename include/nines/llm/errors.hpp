@@ -33,25 +33,10 @@
 #include <string_view>
 
 #include "nines/core/result.hpp"
+#include "nines/llm/codec.hpp"  // Provider, ApiFailure
 #include "nines/llm/wire.hpp"
 
 namespace nines::llm {
-
-enum class Provider : std::uint8_t { kOpenAi, kAnthropic };
-
-std::string_view to_string(Provider provider);
-
-// A mapped failure: the Error the policies act on, plus what the provider client needs to
-// know beyond the kind.
-struct ApiFailure {
-  Error error;
-  int status = 0;          // HTTP status (0: none, e.g. an error event inside a stream)
-  bool auth = false;       // credential refused (401/403): open this provider's breaker,
-                           // retrying or falling back with the same key cannot help
-  bool quota = false;      // billing quota or spend limit (permanent 429)
-  std::string error_type;  // the body's error type, e.g. "rate_limit_error" (may be empty)
-  std::string error_code;  // the body's error code, e.g. "context_length_exceeded"
-};
 
 // Maps a failed response (status outside 200..299, or an error object inside a 2xx body or
 // a stream: pass status 0 and the error JSON; the kind then follows the error type). The

@@ -21,6 +21,7 @@
 
 #include "nines/core/result.hpp"
 #include "nines/llm/codec.hpp"
+#include "nines/llm/errors.hpp"  // is_malformed, is_truncated_stream: reading the codec's errors
 #include "nines/llm/wire.hpp"
 
 namespace nines::llm {

@@ -1,5 +1,18 @@
 // nines/resilience/circuit_breaker.hpp: circuit breakers and a keyed registry of them.
 //
+//   auto breaker = CircuitBreaker::create("payments", env, {.minimum_calls = 10, .open_duration = 30s}).value();
+//   // in a process: the call runs only when the breaker admits it (kCircuitOpen otherwise)
+//   Result<std::string> r = co_await breaker->call<std::string>(ctx, [&]() -> Task<Result<std::string>> {
+//     co_return co_await payments.charge(ctx, order);
+//   });
+//   // or by hand, around anything:
+//   if (Result<CircuitBreaker::Permit> p = breaker->try_acquire(); p.ok()) {
+//     ... the call ...; p->success(elapsed);  // or p->failure(error, elapsed)
+//   }
+//   // one breaker per dependency, made on first use:
+//   auto registry = CircuitBreakerRegistry::create(env).value();
+//   std::shared_ptr<CircuitBreaker> b = registry->get("anthropic/claude-sonnet");
+//
 // A CircuitBreaker stops calling an external system that is failing, gives it time to
 // recover, then lets a few trial calls through to find out whether it has.
 //

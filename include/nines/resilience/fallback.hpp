@@ -2,6 +2,15 @@
 // fallbacks: another provider, a smaller model, a cached answer) that records why each one
 // was skipped.
 //
+//   Fallback<std::string> answer;
+//   answer.add("primary", [&](Context& ctx) { return primary_pipeline.run<std::string>(ctx, ask_primary); })
+//         .add("small model", [&](Context& ctx) { return ask_small(ctx); })
+//         .add("cached", [&](Context&) -> Task<Result<std::string>> { co_return cache.last_answer(); });
+//   // in a process:
+//   FallbackOutcome<std::string> out = co_await answer.run(ctx);
+//   // out.result, out.served_by ("small model"), out.skipped (why "primary" was passed over),
+//   // out.degraded()
+//
 // run() tries the alternatives in order inside the calling process and returns the first
 // success, which alternative served it and, for each alternative before it, the error that
 // made the chain move on. A failure the `moves_on` predicate rejects (default: everything but

@@ -3,7 +3,7 @@
 //
 // Outermost to innermost:
 //
-//   retry -> circuit breaker -> bulkhead -> rate limiter -> attempt timeout -> the call
+//   retry -> circuit breaker -> bulkhead -> rate limiters -> attempt timeout -> the call
 //
 // - retry is outermost, so every attempt passes the breaker, bulkhead and rate limiter again
 //   (a retry of a call the breaker refused waits its backoff, and the breaker sees each try);
@@ -13,6 +13,13 @@
 //   the call awaits inside is bounded too); when it fires the attempt fails with kTimeout
 //   (retryable), while the caller's own deadline still ends everything with
 //   kDeadlineExceeded;
+// - several rate limiters may be given (a requests-per-minute and a tokens-per-minute limit):
+//   an attempt asks them in the order they were added and runs only when all admit it. A
+//   refusal stops there with that limiter's error: the limiters before it keep the units
+//   they gave (exactly as one limiter keeps the units of an attempt that then fails; settle
+//   with RateLimiter::adjust), the ones after it are not asked. By default the refusal is the
+//   attempt's failure, which the retry policy judges (a kRateLimited with retry_at is retried
+//   after that time), and the breaker is not told; LimiterStep changes both (below);
 // - fallback goes outside: a Fallback (fallback.hpp) whose alternatives are pipelines
 //   (a provider with its own breaker and limits, then another).
 //
@@ -25,7 +32,9 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <type_traits>
+#include <vector>
 
 #include "nines/core/result.hpp"
 #include "nines/resilience/bulkhead.hpp"
@@ -36,13 +45,39 @@
 
 namespace nines {
 
+// How the rate-limiter step behaves (Pipeline::Builder::limiter_step).
+struct LimiterStep {
+  // The limiters wait inside the attempt timeout (it starts before them, and a wait longer
+  // than what is left of it is refused at once with kDeadlineExceeded) instead of before it.
+  bool within_attempt_timeout = false;
+  // A refusal ends run() at once with the limiter's error, which is then not an attempt's
+  // failure: no retry, and neither the retry policy nor the breaker is told. For a caller
+  // that has somewhere else to go (the model router falls back to the next model).
+  bool refusal_ends_run = false;
+};
+
+// Per-run settings of the limiter step (Pipeline::run's third argument). Both must outlive
+// the run's task (co_await it at once).
+struct RunLimits {
+  // units[i]: what the i-th limiter added takes per attempt of this run (a tokens-per-minute
+  // limiter takes this call's estimate); limiters past its end take their builder units.
+  std::span<const std::uint64_t> units;
+  // When given: set to the limiter's error if a limiter refused the run's last attempt,
+  // reset otherwise (tells a local refusal from the same kind coming from the call).
+  std::optional<Error>* refused = nullptr;
+};
+
 namespace internal {
+struct PipelineLimiter {
+  std::shared_ptr<RateLimiter> limiter;
+  std::uint64_t units = 1;
+};
 struct PipelineParts {
   std::optional<RetryPolicy> retry;
   std::shared_ptr<CircuitBreaker> breaker;
   std::shared_ptr<Bulkhead> bulkhead;
-  std::shared_ptr<RateLimiter> limiter;
-  std::uint64_t limiter_units = 1;
+  std::vector<PipelineLimiter> limiters;
+  LimiterStep limiter_step;
   Duration attempt_timeout = kInfinite;
 };
 
@@ -73,11 +108,17 @@ class Pipeline {
       parts_.bulkhead = std::move(bulkhead);
       return *this;
     }
-    // Each attempt takes `units` from the limiter (1 for a request limit; an estimate of the
-    // tokens for a tokens-per-minute limit).
+    // Adds a limiter: each attempt takes `units` from it (1 for a request limit; an estimate
+    // of the tokens for a tokens-per-minute limit; RunLimits sets them per run). Call it again
+    // for another limiter: all must admit an attempt, asked in the order added.
     Builder& rate_limiter(std::shared_ptr<RateLimiter> limiter, std::uint64_t units = 1) {
-      parts_.limiter = std::move(limiter);
-      parts_.limiter_units = units;
+      parts_.limiters.push_back({std::move(limiter), units});
+      return *this;
+    }
+    // Where the limiters wait and what a refusal does (LimiterStep; default: before the
+    // attempt timeout, and the refusal is the attempt's failure).
+    Builder& limiter_step(LimiterStep step) {
+      parts_.limiter_step = step;
       return *this;
     }
     // Bounds each attempt (kInfinite: no attempt timeout, the default).
@@ -85,7 +126,7 @@ class Pipeline {
       parts_.attempt_timeout = timeout;
       return *this;
     }
-    // kInvalidArgument for a non-positive attempt timeout or zero limiter units.
+    // kInvalidArgument for a non-positive attempt timeout, a null limiter or zero limiter units.
     Result<Pipeline> build() const;
 
    private:
@@ -111,14 +152,22 @@ class Pipeline {
   Task<Result<T>> run(Context& ctx, F call) const {
     static_assert(std::is_same_v<std::invoke_result_t<F&, Context&>, Task<Result<T>>>,
                   "Pipeline::run<T>: the call must be callable as call(ctx) and return Task<Result<T>>");
-    return run_impl<T, F>(parts_, ctx, std::move(call));
+    return run_impl<T, F>(parts_, ctx, std::move(call), RunLimits{});
+  }
+  // run() with per-run limiter units and/or the refusal reported (RunLimits).
+  template <class T, class F>
+  Task<Result<T>> run(Context& ctx, F call, RunLimits limits) const {
+    static_assert(std::is_same_v<std::invoke_result_t<F&, Context&>, Task<Result<T>>>,
+                  "Pipeline::run<T>: the call must be callable as call(ctx) and return Task<Result<T>>");
+    return run_impl<T, F>(parts_, ctx, std::move(call), limits);
   }
 
  private:
   explicit Pipeline(std::shared_ptr<const internal::PipelineParts> parts) : parts_(std::move(parts)) {}
 
   template <class T, class F>
-  static Task<Result<T>> run_impl(std::shared_ptr<const internal::PipelineParts> parts, Context& ctx, F call) {
+  static Task<Result<T>> run_impl(std::shared_ptr<const internal::PipelineParts> parts, Context& ctx, F call,
+                                  RunLimits limits) {
     const internal::PipelineParts* p = parts.get();
     std::optional<internal::RetryCall> retry;
     if (p->retry) retry.emplace(internal::retry_core(*p->retry), ctx);
@@ -129,8 +178,8 @@ class Pipeline {
       }
       // One clock reading serves the deadline check, the limiter and the attempt timeout.
       const TimePoint caller_deadline = ctx.deadline();
-      const bool need_now = p->limiter != nullptr || p->attempt_timeout != kInfinite ||
-                            caller_deadline != TimePoint::max() || times_calls;
+      const bool need_now =
+          !p->limiters.empty() || p->attempt_timeout != kInfinite || caller_deadline != TimePoint::max() || times_calls;
       TimePoint now = need_now ? ctx.now() : TimePoint{};
       std::optional<Result<T>> out;
       if (!retry && now >= caller_deadline) {
@@ -158,16 +207,32 @@ class Pipeline {
           }
         }
       }
-      if (!out && p->limiter && !p->limiter->try_take(p->limiter_units, now)) {
-        Status s = co_await p->limiter->acquire(ctx, p->limiter_units);
-        if (s.ok()) {
-          now = ctx.now();  // it may have waited
-        } else {
+      if (limits.refused) limits.refused->reset();
+      const bool limits_in_attempt = p->limiter_step.within_attempt_timeout;
+      TimePoint attempt_deadline = add_saturating(now, p->attempt_timeout);
+      if (!out && !p->limiters.empty()) {
+        DeadlineScope limiter_scope = ctx.with_deadline(limits_in_attempt ? attempt_deadline : TimePoint::max());
+        for (std::size_t i = 0; i < p->limiters.size(); ++i) {
+          const internal::PipelineLimiter& l = p->limiters[i];
+          const std::uint64_t units = i < limits.units.size() ? limits.units[i] : l.units;
+          if (l.limiter->try_take(units, now)) continue;
+          Status s = co_await l.limiter->acquire(ctx, units);
+          if (s.ok()) {
+            now = ctx.now();  // it may have waited
+            continue;
+          }
+          if (limits.refused) *limits.refused = s.error();
           out.emplace(std::move(s).error());
+          break;
+        }
+        if (!limits_in_attempt) attempt_deadline = add_saturating(now, p->attempt_timeout);
+        if (out && p->limiter_step.refusal_ends_run) {
+          slot.release();
+          if (permit) permit->ignore();
+          co_return std::move(*out);
         }
       }
       if (!out) {
-        const TimePoint attempt_deadline = add_saturating(now, p->attempt_timeout);
         {
           DeadlineScope scope = ctx.with_deadline(attempt_deadline);
           out.emplace(co_await call(ctx));

@@ -1,5 +1,19 @@
 // nines/runtime/process.hpp: lightweight processes and what they can do.
 //
+//   Task<> worker(Context& ctx) {
+//     for (;;) {
+//       Message m = co_await ctx.receive();  // suspends this process only
+//       const std::string* job = m.get<std::string>();
+//       if (job && m.is_call()) ctx.reply(m, "done: " + *job);
+//     }
+//   }
+//   // in another process:
+//   Pid w = ctx.spawn_link(worker).value();  // linked: if either crashes, the other gets its exit
+//   std::string job = "job-1";                // named first (g++ 12, task.hpp)
+//   Result<Message> r = co_await ctx.call(w, job, 2s);  // kTimeout if no reply within 2 s
+//   auto deadline = ctx.with_timeout(5s);     // every wait below ends by then (kDeadlineExceeded)
+//   std::optional<Message> next = co_await ctx.receive_for(1s);  // nullopt: nothing within 1 s
+//
 // A process is a coroutine (Task<>) with its own bounded mailbox and state, run by the
 // runtime's M:N scheduler on a fixed pool of worker threads; it is not an OS thread. While it
 // waits (for a message, a reply, a timer, a file descriptor, outside work, or room in a full

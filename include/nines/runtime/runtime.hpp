@@ -1,5 +1,27 @@
 // nines/runtime/runtime.hpp: the runtime that runs processes.
 //
+//   auto env = make_real_environment();
+//   auto rt = Runtime::create(*env).value();
+//   Pid counter = rt->spawn([](Context& ctx) -> Task<> {
+//     for (int n = 0;;) {
+//       Message m = co_await ctx.receive();
+//       if (m.is_call()) ctx.reply(m, ++n);
+//     }
+//   }, {.name = "counter"}).value();
+//   auto client = rt->spawn_watched([&](Context& ctx) -> Task<> {
+//     std::string next = "next";  // named first: g++ 12 and temporaries in co_await (task.hpp)
+//     Result<Message> r = co_await ctx.call(counter, next, 1s);
+//     if (r.ok()) std::printf("%d\n", *r->get<int>());
+//   }).value();
+//   client.exit->wait();  // blocks this thread (not a process) until the client ends
+//   rt->send_exit(counter, ExitReason::kill());
+//
+//   // Deterministic (tests, simulations): one thread, virtual time, driven by the caller.
+//   SimEnvironment sim(/*seed=*/42);
+//   auto srt = Runtime::create(sim).value();
+//   srt->spawn(...);
+//   srt->advance(10s);  // fires the timers due, runs processes in an order drawn from the seed
+//
 // A Runtime owns a scheduler (N worker threads on a RealEnvironment; the calling thread on a
 // SimEnvironment), a process table, a name registry and the supervision event bus. Everything
 // it does with time, randomness, threads and I/O goes through its Environment.

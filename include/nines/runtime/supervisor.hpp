@@ -3,6 +3,21 @@
 // significant children with auto_shutdown, and per-child restart backoff (beyond OTP, as in
 // Akka).
 //
+//   SupervisorSpec workers{.name = "workers", .strategy = Strategy::kOneForOne, .intensity = 3, .period = 5s};
+//   workers.children.push_back(ChildSpec::worker("fetcher", fetcher, {.name = "fetcher"}));
+//   ChildSpec indexer = ChildSpec::worker("indexer", index_loop);
+//   indexer.restart = RestartType::kTransient;  // restarted only after an abnormal exit
+//   indexer.backoff = BackoffOptions{};         // 100 ms, 200 ms, ... between restarts
+//   workers.children.push_back(std::move(indexer));
+//   SupervisorSpec root{.name = "root", .strategy = Strategy::kOneForAll};
+//   root.children.push_back(ChildSpec::supervisor("workers", std::move(workers)));
+//   Pid sup = start_supervisor(*rt, root).value();  // every child started, or kStartFailed
+//   // from a process, at run time (named first: g++ 12, task.hpp):
+//   ChildSpec extra = ChildSpec::worker("extra", extra_loop);
+//   Result<Pid> pid = co_await start_child(ctx, *ctx.whereis("workers"), std::move(extra));
+//   // stop the tree: children stop in reverse order
+//   rt->send_exit(sup, ExitReason::shutdown());
+//
 // A supervisor is a process that traps exits and links to its children. Its start is
 // synchronous: start_supervisor() returns after every child started, in order, or returns
 // kStartFailed naming the first child that failed (the children already started are killed,

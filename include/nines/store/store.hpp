@@ -1,5 +1,15 @@
 // nines/store/store.hpp: the one storage interface under durable workflows.
 //
+//   auto store = open_sqlite_store("/var/lib/app/nines.db").value();  // or make_memory_store(), open_postgres_store()
+//   TimePoint now(Duration(env.unix_time_ns()));                       // a clock that survives a reboot
+//   WriteBatch b;
+//   b.create_workflow("refund-42", "refund", "order-42", now)
+//       .put_step("refund-42", 0, "load order", StepStatus::kOk, order_bytes, now);
+//   if (Status s = store->commit(b); !s.ok()) ...  // all of the batch, or none of it
+//   Result<WorkflowRecord> w = store->get_workflow("refund-42");
+//   Result<std::vector<StepRecord>> steps = store->load_steps("refund-42");  // ascending by seq
+//   Result<WorkflowCounts> counts = store->count_workflows();               // counts->running, ...
+//
 // A Store keeps five kinds of record, keyed by strings and integers, with values as opaque
 // bytes (std::string): workflows, step results, the effect journal, per-task conversation
 // history with summaries, and the schema version. Every write goes through an atomic
@@ -48,6 +58,20 @@ enum class WorkflowStatus : std::uint8_t {
 // Finished workflows (completed, failed, cancelled) may be pruned; needs_attention is not
 // finished: it waits for an operator.
 bool is_finished(WorkflowStatus status);
+
+// How many workflows the store holds in each status (Store::count_workflows).
+struct WorkflowCounts {
+  std::uint64_t running = 0;
+  std::uint64_t completed = 0;
+  std::uint64_t failed = 0;
+  std::uint64_t needs_attention = 0;
+  std::uint64_t cancelled = 0;
+
+  std::uint64_t of(WorkflowStatus status) const;
+  std::uint64_t& of(WorkflowStatus status);
+  std::uint64_t total() const { return running + completed + failed + needs_attention + cancelled; }
+  bool operator==(const WorkflowCounts&) const = default;
+};
 
 enum class StepStatus : std::uint8_t { kOk = 0, kError = 1 };
 
@@ -261,6 +285,12 @@ class Store {
   // (indexed by (status, id)): recovery pages through kRunning this way.
   virtual Result<std::vector<WorkflowRecord>> list_workflows(WorkflowStatus status, std::string_view after_id,
                                                              std::size_t limit) = 0;
+
+  // How many workflows are in each status, without reading them (one `GROUP BY status` in
+  // the SQL backends). A status value no WorkflowStatus has is kPermanent (corrupt). The
+  // default pages through list_workflows, for a Store that has nothing better; the memory,
+  // SQLite and PostgreSQL backends override it.
+  virtual Result<WorkflowCounts> count_workflows();
 
   // Every step of the workflow, ascending by seq (empty if none or no such workflow).
   virtual Result<std::vector<StepRecord>> load_steps(std::string_view workflow_id) = 0;

@@ -368,6 +368,11 @@ class WorkflowEngine {
   // Wall time as the store keeps it (env.unix_time_ns()).
   TimePoint store_now() const;
 
+  // How many workflows the store holds in each status (Store::count_workflows: one query,
+  // not a page through every workflow), e.g. for a health page or a metric. The store's error
+  // as it is.
+  Result<WorkflowCounts> count_workflows() const;
+
  private:
   friend class WorkflowContext;
   friend struct internal::WorkflowRun;
