@@ -13,9 +13,9 @@ namespace nines::llm {
 namespace {
 
 using nlohmann::json;
-using testing::Event;
-using testing::fixture;
-using testing::fixture_events;
+using test::Event;
+using test::fixture;
+using test::fixture_events;
 
 std::unique_ptr<Codec> codec(AnthropicOptions o = {}) {
   auto c = make_anthropic_codec(std::move(o));

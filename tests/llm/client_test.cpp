@@ -24,7 +24,7 @@ namespace {
 
 using net::testing::CannedResponse;
 using net::testing::TestServer;
-using testing::fixture;
+using test::fixture;
 
 constexpr const char* kOpenAiKey = "sk-proj-TESTKEYabcdefghijklmnop0123456789";
 constexpr const char* kAnthropicKey = "sk-ant-api03-TESTKEYabcdefghijklmnop0123456789";

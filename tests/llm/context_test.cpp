@@ -18,12 +18,12 @@
 #include "nines/llm/openai.hpp"
 #include "nines/runtime/runtime.hpp"
 #include "nines/store/memory_store.hpp"
-#include "numbered.hpp"
+#include "support/numbered.hpp"
 
 namespace nines::llm {
 namespace {
 
-using nines::testing::numbered;
+using nines::test::numbered;
 
 bool contains(std::string_view s, std::string_view part) { return s.find(part) != std::string_view::npos; }
 

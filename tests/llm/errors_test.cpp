@@ -12,7 +12,7 @@
 namespace nines::llm {
 namespace {
 
-using testing::fixture;
+using test::fixture;
 
 // 2023-11-14T22:13:20Z, a Tuesday.
 constexpr std::int64_t kUnixNow = 1'700'000'000;

@@ -112,7 +112,7 @@ ChatRequest prompt(std::string text = "hello", bool stream = false) {
 }
 
 struct Harness {
-  testing::SimRuntime s;
+  test::SimRuntime s;
   std::shared_ptr<ByteCountSizer> sizer = std::make_shared<ByteCountSizer>();
 
   std::unique_ptr<Router> make(std::vector<ModelRouteOptions> chain, Compactor compactor = {}) {

@@ -20,14 +20,14 @@
 #include "nines/llm/openai.hpp"
 #include "nines/net/sse.hpp"
 #include "nines/runtime/runtime.hpp"
-#include "numbered.hpp"
 #include "runtime/test_util.hpp"
+#include "support/numbered.hpp"
 
 namespace nines::llm {
 namespace {
 
-using nines::testing::numbered;
-using nines::testing::SimRuntime;
+using nines::test::numbered;
+using nines::test::SimRuntime;
 using nlohmann::json;
 
 bool contains(std::string_view s, std::string_view part) { return s.find(part) != std::string_view::npos; }

@@ -356,8 +356,8 @@ TEST(OverflowCounts, ReadsWhatProvidersSayTheyCounted) {
     std::optional<OverflowCounts> expected;
   };
   const std::vector<Row> rows = {
-      {Provider::kAnthropic, testing::fixture("anthropic/error_prompt_too_long.json"), OverflowCounts{208473, 200000}},
-      {Provider::kOpenAi, testing::fixture("openai/error_context_length.json"), OverflowCounts{130412, 128000}},
+      {Provider::kAnthropic, test::fixture("anthropic/error_prompt_too_long.json"), OverflowCounts{208473, 200000}},
+      {Provider::kOpenAi, test::fixture("openai/error_context_length.json"), OverflowCounts{130412, 128000}},
       {Provider::kOpenAi,
        R"({"object":"error","message":"This model's maximum context length is 4096 tokens. However, you requested 5000 tokens (4000 in the messages, 1000 in the completion).","type":"BadRequestError","param":null,"code":400})",
        OverflowCounts{4000, 4096}},

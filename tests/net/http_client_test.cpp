@@ -22,8 +22,8 @@ extern char** environ;
 namespace nines::net {
 namespace {
 
-using testing::pause_ms;
-using testing::TestServer;
+using test::pause_ms;
+using test::TestServer;
 
 // Waits (polling, about 5 ms a step) until pred holds or `ms` pass; returns pred().
 bool eventually(const std::function<bool()>& pred, int ms = 5000) {
@@ -221,7 +221,7 @@ TEST(HttpClient, SlowStreamReaderPausesTheTransferWithoutLosingBytes) {
 
 TEST(HttpClient, ConnectionRefusedIsTransientAndNamesTheUrl) {
   Fixture f;
-  int port = testing::closed_port();
+  int port = test::closed_port();
   f.run([&](Context& ctx) -> Task<> {
     auto r = co_await f.client->request(ctx, get("http://127.0.0.1:" + std::to_string(port) + "/x?token=abc"));
     EXPECT_FALSE(r.ok());
@@ -234,7 +234,7 @@ TEST(HttpClient, ConnectionRefusedIsTransientAndNamesTheUrl) {
 
 TEST(HttpClient, SecretsNeverAppearInErrors) {
   Fixture f;
-  int port = testing::closed_port();
+  int port = test::closed_port();
   f.run([&](Context& ctx) -> Task<> {
     HttpRequest req = get("http://user:hunter2@127.0.0.1:" + std::to_string(port) + "/v1?api_key=sk-query-secret");
     req.headers.add("Authorization", "Bearer sk-header-secret");
@@ -270,7 +270,7 @@ TEST(HttpClient, BadUrlsAreInvalidArguments) {
 
 TEST(HttpClient, ConnectTimeout) {
   Fixture f;
-  testing::BlackholePort hole;
+  test::BlackholePort hole;
   f.run([&](Context& ctx) -> Task<> {
     HttpRequest req = get("http://127.0.0.1:" + std::to_string(hole.port()) + "/");
     req.timeouts = HttpTimeouts{.connect = std::chrono::milliseconds(200)};
@@ -462,7 +462,7 @@ TEST(HttpClient, HttpsVerifiesThePeer) {
       " -addext subjectAltName=IP:127.0.0.1 -keyout " +
       key + " -out " + cert + " >/dev/null 2>&1";
   ASSERT_EQ(std::system(gen.c_str()), 0) << "openssl could not make a certificate";
-  int port = testing::closed_port();
+  int port = test::closed_port();
   std::string accept = "127.0.0.1:" + std::to_string(port);
   std::vector<std::string> args = {"openssl", "s_server", "-quiet", "-www", "-accept",
                                    accept,    "-cert",    cert,     "-key", key};

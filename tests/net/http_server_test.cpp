@@ -29,7 +29,7 @@
 namespace nines::net {
 namespace {
 
-using testing::pause_ms;
+using test::pause_ms;
 
 bool contains(std::string_view s, std::string_view part) { return s.find(part) != std::string_view::npos; }
 

@@ -16,8 +16,8 @@
 
 namespace nines {
 namespace {
-using testing::Log;
-using testing::SimRuntime;
+using test::Log;
+using test::SimRuntime;
 
 struct Go {};
 

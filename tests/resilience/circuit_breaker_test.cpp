@@ -20,7 +20,7 @@
 namespace nines {
 namespace {
 
-using testing::SimRuntime;
+using test::SimRuntime;
 
 constexpr Duration kFast = std::chrono::milliseconds(10);
 

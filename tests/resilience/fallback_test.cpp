@@ -25,7 +25,7 @@ Alt slow(Duration d, std::string text) {
 }
 
 FallbackOutcome<std::string> run_chain(const Fallback<std::string>& chain, Duration deadline = kInfinite) {
-  testing::SimRuntime s;
+  test::SimRuntime s;
   std::optional<FallbackOutcome<std::string>> out;
   s.spawn([&](Context& ctx) -> Task<> {
     auto scope = ctx.with_timeout(deadline);

@@ -20,7 +20,7 @@
 namespace nines {
 namespace {
 
-using testing::SimRuntime;
+using test::SimRuntime;
 
 constexpr std::uint64_t kSeeds[] = {1, 2, 3, 17, 4242};
 

@@ -15,8 +15,8 @@ namespace {
 using Call = Pipeline::Call<int>;
 
 struct Harness {
-  testing::SimRuntime s;
-  testing::Log log;
+  test::SimRuntime s;
+  test::Log log;
   int calls = 0;
 
   // A call that fails with the given kinds in turn, then answers 42.
@@ -165,7 +165,7 @@ TEST(Pipeline, BreakerOpensAfterRepeatedFailuresAcrossCalls) {
 
 TEST(Pipeline, BuildRejectsBadOptions) {
   EXPECT_EQ(Pipeline::Builder().attempt_timeout(Duration::zero()).build().error().kind(), ErrorKind::kInvalidArgument);
-  testing::SimRuntime s;
+  test::SimRuntime s;
   auto limiter = RateLimiter::create("rl", s.env, {}).value();
   EXPECT_FALSE(Pipeline::Builder().rate_limiter(limiter, 0).build().ok());
   EXPECT_TRUE(Pipeline::Builder().build().ok());  // nothing: a pass-through
@@ -237,7 +237,7 @@ TEST(PipelineProperty, NoCallOutlivesItsDeadline) {
   std::vector<std::string> violations;
   int finished_total = 0;
   for (std::uint64_t seed = 1; seed <= kSeeds; ++seed) {
-    testing::SimRuntime s(seed);
+    test::SimRuntime s(seed);
     Environment& env = s.env;
     auto between = [&env](Duration lo, Duration hi) {
       return lo +

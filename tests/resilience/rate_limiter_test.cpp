@@ -17,8 +17,8 @@
 
 namespace nines {
 namespace {
-using testing::Log;
-using testing::SimRuntime;
+using test::Log;
+using test::SimRuntime;
 
 // A deterministic runtime that remembers when the test started.
 struct Sim : SimRuntime {

@@ -21,7 +21,7 @@
 namespace nines {
 namespace {
 
-using testing::SimRuntime;
+using test::SimRuntime;
 
 Error err(ErrorKind kind, std::string message = "boom") { return Error(kind, std::move(message)); }
 Error transient(std::string message = "boom") { return err(ErrorKind::kTransient, std::move(message)); }

@@ -12,8 +12,8 @@
 
 namespace nines {
 namespace {
-using testing::Log;
-using testing::SimRuntime;
+using test::Log;
+using test::SimRuntime;
 
 struct Crash {};
 struct Stop {};
@@ -558,7 +558,7 @@ struct NamedRequest {
 // g++ 12 copies an aggregate temporary written inside a co_await expression bitwise (see
 // task.hpp). The documented pattern, naming it first, must carry it intact through a call.
 TEST(Process, NamedAggregateRequestSurvivesCallUnderGcc12) {
-  testing::SimRuntime s;
+  test::SimRuntime s;
   std::string seen;
   Pid server = s.spawn([&](Context& ctx) -> Task<> {
     Message m = co_await ctx.receive();
@@ -628,8 +628,8 @@ namespace {
 
 // A deadline set in a process bounds every wait nested inside it, and scopes only shorten it.
 TEST(Deadline, PropagatesIntoNestedWaitsAndOnlyShortens) {
-  testing::SimRuntime s;
-  testing::Log log;
+  test::SimRuntime s;
+  test::Log log;
   int requests_seen = 0;
   Pid slow = s.spawn([&](Context& ctx) -> Task<> {
     for (;;) {
@@ -674,8 +674,8 @@ TEST(Deadline, PropagatesIntoNestedWaitsAndOnlyShortens) {
 }
 
 TEST(Deadline, BoundsASuspendedSend) {
-  testing::SimRuntime s;
-  testing::Log log;
+  test::SimRuntime s;
+  test::Log log;
   Pid full = s.spawn([](Context& ctx) -> Task<> { co_await ctx.sleep(1h); },
                      {.mailbox_capacity = 1, .overflow = OverflowPolicy::kSuspendSender});
   s.spawn([&, full](Context& ctx) -> Task<> {
@@ -699,8 +699,8 @@ namespace {
 // A poll (receive_for(0)) sees a queued message even when the process has used up its
 // reductions in this slice (found by the hedging policy's tests).
 TEST(Process, PollSeesQueuedMessageWhateverTheReductions) {
-  testing::SimRuntime s(1, {.reductions = 2});
-  testing::Log log;
+  test::SimRuntime s(1, {.reductions = 2});
+  test::Log log;
   Pid p = s.spawn([&](Context& ctx) -> Task<> {
     for (int i = 0; i < 5; ++i) {
       auto m = co_await ctx.receive_for(Duration::zero());
@@ -724,7 +724,7 @@ Task<Result<int>> two_levels(int i) { co_return co_await completes_at_once(i); }
 // A loop awaiting tasks that finish without suspending must not grow the stack: at -O0 (the
 // sanitizer builds) symmetric transfer is not a tail call (found by the resilience bench).
 TEST(Task, LoopOverTasksThatCompleteAtOnceDoesNotGrowTheStack) {
-  testing::SimRuntime s;
+  test::SimRuntime s;
   long long sum = 0;
   s.spawn([&](Context&) -> Task<> {
     for (int i = 0; i < 300'000; ++i) sum += *(co_await two_levels(1));

@@ -22,8 +22,8 @@
 namespace nines {
 namespace {
 
-using testing::Log;
-using testing::SimRuntime;
+using test::Log;
+using test::SimRuntime;
 using Type = SupervisionEventType;
 
 // ---------------------------------------------------------------- test workers

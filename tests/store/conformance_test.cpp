@@ -10,13 +10,13 @@
 #include "nines/core/environment.hpp"
 #include "nines/store/group_commit.hpp"
 #include "nines/store/store.hpp"
-#include "numbered.hpp"
 #include "store/store_backends.hpp"
+#include "support/numbered.hpp"
 
 namespace nines {
 namespace {
 
-using testing::numbered;
+using test::numbered;
 
 // A string literal with its embedded NUL bytes ("s" is taken by chrono in namespace nines).
 template <std::size_t N>
@@ -33,8 +33,8 @@ bool contains(const std::string& haystack, const std::string& needle) {
 class StoreConformance : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    if (GetParam() == "postgres" && testing::postgres_skipped()) GTEST_SKIP() << "NINES_SKIP_POSTGRES=1";
-    harness_ = testing::make_harness(GetParam());
+    if (GetParam() == "postgres" && test::postgres_skipped()) GTEST_SKIP() << "NINES_SKIP_POSTGRES=1";
+    harness_ = test::make_harness(GetParam());
     ASSERT_NE(harness_, nullptr);
     auto s = harness_->open();
     ASSERT_TRUE(s.ok()) << GetParam() << " store did not open: " << s.error().to_string();
@@ -65,7 +65,7 @@ class StoreConformance : public ::testing::TestWithParam<std::string> {
     store_ = std::move(*s);
   }
 
-  std::unique_ptr<testing::StoreHarness> harness_;
+  std::unique_ptr<test::StoreHarness> harness_;
   std::unique_ptr<Store> store_;
 };
 

@@ -16,12 +16,12 @@
 
 #include "nines/core/environment.hpp"
 #include "nines/store/memory_store.hpp"
-#include "numbered.hpp"
+#include "support/numbered.hpp"
 
 namespace nines {
 namespace {
 
-using testing::numbered;
+using test::numbered;
 
 TimePoint at(std::int64_t s) { return TimePoint(std::chrono::seconds(s)); }
 

@@ -20,8 +20,8 @@ const char* const kKillVictim =
 class PostgresStoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (testing::postgres_skipped()) GTEST_SKIP() << "NINES_SKIP_POSTGRES=1";
-    auto c = testing::postgres_conninfo_for_new_schema();
+    if (test::postgres_skipped()) GTEST_SKIP() << "NINES_SKIP_POSTGRES=1";
+    auto c = test::postgres_conninfo_for_new_schema();
     ASSERT_TRUE(c.ok()) << "PostgreSQL test server unavailable (set NINES_SKIP_POSTGRES=1 to skip): "
                         << c.error().to_string();
     conninfo_ = *c + " application_name=nines-victim";
@@ -35,7 +35,7 @@ TEST_F(PostgresStoreTest, ConnectionDroppedMidTransactionCommitsNothingAndReconn
   options.before_commit_for_test = [&] {
     if (!drop) return;
     drop = false;
-    ASSERT_TRUE(testing::postgres_admin_exec(kKillVictim).ok());
+    ASSERT_TRUE(test::postgres_admin_exec(kKillVictim).ok());
   };
   auto s = open_postgres_store(conninfo_, options);
   ASSERT_TRUE(s.ok()) << s.error().to_string();
@@ -72,11 +72,11 @@ TEST_F(PostgresStoreTest, ConnectionDroppedWhileIdleIsReconnectedOnTheNextCall) 
   WriteBatch b;
   b.create_workflow("wf", "k", "in", at(1));
   ASSERT_TRUE(store.commit(b).ok());
-  ASSERT_TRUE(testing::postgres_admin_exec(kKillVictim).ok());
+  ASSERT_TRUE(test::postgres_admin_exec(kKillVictim).ok());
   auto w = store.get_workflow("wf");
   ASSERT_TRUE(w.ok()) << w.error().to_string();
   EXPECT_EQ(w->input, "in");
-  ASSERT_TRUE(testing::postgres_admin_exec(kKillVictim).ok());
+  ASSERT_TRUE(test::postgres_admin_exec(kKillVictim).ok());
   WriteBatch c;
   c.put_step("wf", 0, "s", StepStatus::kOk, "r", at(2));
   auto st = store.commit(c);

@@ -18,7 +18,7 @@ TimePoint at(std::int64_t s) { return TimePoint(std::chrono::seconds(s)); }
 
 class SqliteStoreTest : public ::testing::Test {
  protected:
-  void TearDown() override { testing::remove_tree(dir_); }
+  void TearDown() override { test::remove_tree(dir_); }
 
   // Runs a query on a separate connection; returns the first column of the first row.
   std::string query(const std::string& sql) {
@@ -34,7 +34,7 @@ class SqliteStoreTest : public ::testing::Test {
     return out;
   }
 
-  std::string dir_ = testing::make_temp_dir("nines-sqlite-test");
+  std::string dir_ = test::make_temp_dir("nines-sqlite-test");
   std::string path_ = dir_ + "/store.db";
 };
 

@@ -18,8 +18,8 @@
 namespace nines {
 namespace {
 
-using testing::FakeLedger;
-using testing::World;
+using test::FakeLedger;
+using test::World;
 
 TEST(Workflow, StepsAreRecordedAndAFinishedWorkflowReturnsItsResultWithoutRunning) {
   World w;
@@ -634,7 +634,7 @@ TEST(WorkflowGroupCommit, ConcurrentWorkflowsShareCommits) {
   auto env = make_real_environment({.workers = 2, .seed = 3});
   auto rt = Runtime::create(*env).value();
   auto memory = make_memory_store().value();
-  testing::ForwardingStore store_impl(*memory, /*fast=*/false);
+  test::ForwardingStore store_impl(*memory, /*fast=*/false);
   Store* store = &store_impl;
   auto engine = WorkflowEngine::create(*env, *store).value();
   ASSERT_TRUE(engine
@@ -679,7 +679,7 @@ TEST(WorkflowGroupCommit, ALoneWorkflowCommitsInlineOnlyOnAFastStore) {
     auto env = make_real_environment({.workers = 2, .seed = 4});
     auto rt = Runtime::create(*env).value();
     auto memory = make_memory_store().value();
-    testing::ForwardingStore store(*memory, fast);
+    test::ForwardingStore store(*memory, fast);
     auto engine = WorkflowEngine::create(*env, store).value();
     ASSERT_TRUE(engine
                     ->register_kind("k",
