@@ -258,7 +258,7 @@ TEST(HedgingPolicy, NotRetryableFailureEndsTheRunAndCancelsTheOthers) {
     };
     CallRecord r = run_call(policy, script, seed);
     ASSERT_FALSE(r.result->ok());
-    EXPECT_THAT(r.result->error(), StatusIs(ErrorKind::kPermanent));
+    EXPECT_THAT(*r.result, StatusIs(ErrorKind::kPermanent));
     EXPECT_EQ(r.result->error().message(), "bad request");
     EXPECT_EQ(r.ended_at, 1500ms);
     EXPECT_EQ(starts_of(r), std::vector<Duration>({0ms, 1s}));  // no third attempt
@@ -274,7 +274,7 @@ TEST(HedgingPolicy, AllAttemptsFailReturnsTheLastErrorWithTheCount) {
     Script script = [](int n) { return Step{err(ErrorKind::kTransient, "fail " + std::to_string(n)), 100ms}; };
     CallRecord r = run_call(policy, script, seed);
     ASSERT_FALSE(r.result->ok());
-    EXPECT_THAT(r.result->error(), StatusIs(ErrorKind::kTransient));
+    EXPECT_THAT(*r.result, StatusIs(ErrorKind::kTransient));
     EXPECT_EQ(r.result->error().message(), "hedging: all 3 attempts failed: fail 3");
     EXPECT_EQ(starts_of(r), std::vector<Duration>({0ms, 100ms, 200ms}));
     EXPECT_EQ(r.ended_at, 300ms);
@@ -315,7 +315,7 @@ TEST(HedgingPolicy, DeadlineCancelsEverythingAndLeavesNoProcess) {
       auto policy = make_policy({.max_attempts = 3, .delay = 1s});
       CallRecord r = run_call(policy, succeed_after({10s, 10s, 10s}), seed, c.deadline);
       ASSERT_FALSE(r.result->ok());
-      EXPECT_THAT(r.result->error(), StatusIs(ErrorKind::kDeadlineExceeded));
+      EXPECT_THAT(*r.result, StatusIs(ErrorKind::kDeadlineExceeded));
       EXPECT_EQ(r.ended_at, c.deadline);
       EXPECT_EQ(starts_of(r), c.starts);
       for (const auto& a : r.attempts) {
@@ -341,7 +341,7 @@ TEST(HedgingPolicy, PassedDeadlineStartsNothing) {
   });
   s.rt->run_until_idle();
   ASSERT_TRUE(rec->result.has_value());
-  EXPECT_THAT(rec->result->error(), StatusIs(ErrorKind::kDeadlineExceeded));
+  EXPECT_THAT(*rec->result, StatusIs(ErrorKind::kDeadlineExceeded));
   EXPECT_TRUE(rec->attempts.empty());
   EXPECT_EQ(policy.stats().attempts, 0u);
   EXPECT_EQ(s.rt->process_count(), 0u);

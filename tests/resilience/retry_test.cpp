@@ -399,7 +399,7 @@ TEST(RetryPolicy, MaxTotalTimeBoundsWhenTheLastAttemptMayStart) {
     CallRecord rec = run_call(policy, always_fail(transient(), c.takes));
     EXPECT_EQ(rec.starts, c.starts) << c.name;
     ASSERT_FALSE(rec.result->ok()) << c.name;
-    EXPECT_THAT(rec.result->error(), StatusIs(ErrorKind::kTransient)) << c.name;
+    EXPECT_THAT(*rec.result, StatusIs(ErrorKind::kTransient)) << c.name;
     EXPECT_THAT(rec.result->error().message(), HasSubstr("max_total_time")) << c.name;
     EXPECT_EQ(rec.ended_at, c.starts.back() + c.takes) << c.name;  // gave up at once, no sleep
     EXPECT_EQ(policy.stats().rejected(RetryRejection::kTotalTimeExhausted), 1u) << c.name;
@@ -433,7 +433,7 @@ TEST(RetryPolicy, NeverWaitsPastTheProcessDeadline) {
     EXPECT_EQ(rec.starts, c.starts) << c.name;
     EXPECT_EQ(rec.ended_at, c.ended_at) << c.name;
     ASSERT_FALSE(rec.result->ok()) << c.name;
-    EXPECT_THAT(rec.result->error(), StatusIs(ErrorKind::kDeadlineExceeded)) << c.name;
+    EXPECT_THAT(*rec.result, StatusIs(ErrorKind::kDeadlineExceeded)) << c.name;
     EXPECT_THAT(rec.result->error().message(), HasSubstr(c.message_part))
         << c.name << ": " << rec.result->error().message();
     EXPECT_LE(rec.ended_at, c.deadline) << c.name;
@@ -458,7 +458,7 @@ TEST(RetryPolicy, RetryTimePastTheDeadlineFailsAtOnce) {
       5s);
   EXPECT_EQ(rec.starts, millis({0}));
   EXPECT_EQ(rec.ended_at, 0ns);
-  EXPECT_THAT(rec.result->error(), StatusIs(ErrorKind::kDeadlineExceeded));
+  EXPECT_THAT(*rec.result, StatusIs(ErrorKind::kDeadlineExceeded));
 }
 
 // Property: random backoffs, deadlines, attempt durations and failures; no attempt starts at or
