@@ -443,7 +443,7 @@ TEST_P(StoreConformance, NewerSchemaIsRefusedNamingBothVersions) {
   ASSERT_THAT(s, StatusIs(ErrorKind::kPermanent));
   const std::string& m = s.error().message();
   EXPECT_THAT(m, HasSubstr("schema version " + std::to_string(kStoreSchemaVersion + 5)));
-  const std::string version = std::to_string(kStoreSchemaVersion);  // an lvalue: see numbered.hpp
+  const std::string version = std::to_string(kStoreSchemaVersion);  // an lvalue: see support/numbered.hpp
   EXPECT_THAT(m, HasSubstr("(" + version + ")"));
   // Refusing changed nothing: an older binary's version number is still there.
   harness_->set_schema_version(kStoreSchemaVersion);
