@@ -684,7 +684,7 @@ TEST(ContextManager, SummarizerFailureFallsBackToDropping) {
   auto r = f.prepare(*m, conv, live, 2000);
   ASSERT_THAT(r, IsOk());
   ASSERT_TRUE(r->summary_failure);
-  EXPECT_EQ(r->summary_failure->kind(), ErrorKind::kTransient);
+  EXPECT_THAT(*r->summary_failure, StatusIs(ErrorKind::kTransient));
   EXPECT_THAT(r->summary_failure->message(), HasSubstr("summarizer 'small-summarizer': summarizer overloaded"));
   EXPECT_EQ(r->summarizer_calls, 0);
   EXPECT_GT(r->fit.dropped, 0u);

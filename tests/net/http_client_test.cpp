@@ -263,11 +263,11 @@ TEST(HttpClient, BadUrlsAreInvalidArguments) {
   Fixture f;
   f.run([&](Context& ctx) -> Task<> {
     auto r = co_await f.client->request(ctx, get("ftp://127.0.0.1/file"));
-    EXPECT_TRUE(!r.ok() && r.error().kind() == ErrorKind::kInvalidArgument);
+    EXPECT_THAT(r, StatusIs(ErrorKind::kInvalidArgument));
     HttpRequest bad_method = get(f.server.url("/hello"));
     bad_method.method = "GE T";
     auto r2 = co_await f.client->request(ctx, std::move(bad_method));
-    EXPECT_TRUE(!r2.ok() && r2.error().kind() == ErrorKind::kInvalidArgument);
+    EXPECT_THAT(r2, StatusIs(ErrorKind::kInvalidArgument));
   });
 }
 
@@ -348,7 +348,7 @@ TEST(HttpClient, ProcessDeadlineBoundsTheRequest) {
     std::size_t seen = f.server.requests_seen();
     co_await ctx.sleep(std::chrono::milliseconds(10));
     auto late = co_await f.client->request(ctx, get(f.server.url("/hello")));
-    EXPECT_TRUE(!late.ok() && late.error().kind() == ErrorKind::kDeadlineExceeded);
+    EXPECT_THAT(late, StatusIs(ErrorKind::kDeadlineExceeded));
     EXPECT_EQ(f.server.requests_seen(), seen);
   });
   EXPECT_TRUE(eventually([&] { return f.client->in_flight() == 0; }));
