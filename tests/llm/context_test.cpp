@@ -25,6 +25,7 @@
 namespace nines::llm {
 namespace {
 using ::nines::test::IsOk;
+using ::nines::test::IsOkAndHolds;
 using ::nines::test::StatusIs;
 using ::testing::HasSubstr;
 using ::testing::Not;
@@ -81,8 +82,7 @@ TEST(MessageJson, DefaultsAreLeftOutAndUnknownFieldsIgnored) {
   const std::string json = encode_message(Message::user("hi"));
   EXPECT_EQ(json, R"({"content":[{"text":"hi","type":"text"}],"role":"user","v":1})");
   auto m = decode_message(R"({"v":1,"role":"user","content":[{"type":"text","text":"hi","lang":"en"}],"future":[1]})");
-  ASSERT_THAT(m, IsOk());
-  EXPECT_EQ(*m, Message::user("hi"));
+  ASSERT_THAT(m, IsOkAndHolds(Message::user("hi")));
   // No version and no content: a plain message.
   m = decode_message(R"({"role":"assistant"})");
   ASSERT_THAT(m, IsOk());

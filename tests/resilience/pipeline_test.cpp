@@ -14,6 +14,7 @@
 namespace nines {
 namespace {
 using ::nines::test::IsOk;
+using ::nines::test::IsOkAndHolds;
 using ::nines::test::StatusIs;
 
 using Call = Pipeline::Call<int>;
@@ -65,8 +66,7 @@ TEST(Pipeline, RetriesTransientFailuresThroughEveryPolicy) {
       Pipeline::Builder().retry(retry3()).circuit_breaker(breaker).bulkhead(bulkhead).rate_limiter(limiter).build();
   ASSERT_THAT(p, IsOk());
   auto [r, took] = h.run(*p, h.script({ErrorKind::kTransient, ErrorKind::kTimeout}));
-  ASSERT_THAT(r, IsOk());
-  EXPECT_EQ(*r, 42);
+  ASSERT_THAT(r, IsOkAndHolds(42));
   EXPECT_EQ(h.calls, 3);
   EXPECT_EQ(took, 200ms);  // two backoffs of 100 ms
   EXPECT_EQ(breaker->counters().failures, 2u);

@@ -18,6 +18,7 @@
 namespace nines {
 namespace {
 using ::nines::test::IsOk;
+using ::nines::test::IsOkAndHolds;
 using ::nines::test::StatusIs;
 using ::testing::HasSubstr;
 
@@ -73,8 +74,7 @@ class StoreConformance : public ::testing::TestWithParam<std::string> {
 TEST_P(StoreConformance, OpensAtTheCurrentSchemaVersion) {
   EXPECT_EQ(store_->backend(), GetParam());
   auto v = store_->schema_version();
-  ASSERT_THAT(v, IsOk());
-  EXPECT_EQ(*v, kStoreSchemaVersion);
+  ASSERT_THAT(v, IsOkAndHolds(kStoreSchemaVersion));
 }
 
 TEST_P(StoreConformance, CreatesAWorkflowAndReadsItBack) {
@@ -348,8 +348,7 @@ TEST_P(StoreConformance, PruneDeletesOnlyOldFinishedWorkflowsOldestFirst) {
   commit_ok(b);
 
   auto n = store_->prune_finished(at(50), 2);
-  ASSERT_THAT(n, IsOk());
-  EXPECT_EQ(*n, 2u);
+  ASSERT_THAT(n, IsOkAndHolds(2u));
   EXPECT_FALSE(store_->get_workflow("failed-older").ok());
   EXPECT_FALSE(store_->get_workflow("done-old").ok());
   EXPECT_THAT(store_->get_workflow("cancelled-old"), IsOk());
@@ -357,8 +356,7 @@ TEST_P(StoreConformance, PruneDeletesOnlyOldFinishedWorkflowsOldestFirst) {
   EXPECT_TRUE(store_->load_effects("done-old")->empty());
 
   n = store_->prune_finished(at(50), 10);
-  ASSERT_THAT(n, IsOk());
-  EXPECT_EQ(*n, 1u);
+  ASSERT_THAT(n, IsOkAndHolds(1u));
   EXPECT_FALSE(store_->get_workflow("cancelled-old").ok());
   for (std::string kept : {"attention-old", "running", "done-new"}) {
     EXPECT_THAT(store_->get_workflow(kept), IsOk()) << kept;

@@ -20,6 +20,7 @@
 namespace nines {
 namespace {
 using ::nines::test::IsOk;
+using ::nines::test::IsOkAndHolds;
 using ::nines::test::StatusIs;
 using ::testing::HasSubstr;
 
@@ -616,8 +617,7 @@ TEST(Workflow, RetentionPrunesOldFinishedWorkflowsAndKeepsTheRest) {
   stop = false;
   ASSERT_TRUE(w.run("k", "new")->ok());
   auto pruned = w.engine->prune_finished(std::chrono::hours(24));
-  ASSERT_THAT(pruned, IsOk());
-  EXPECT_EQ(*pruned, 1u);
+  ASSERT_THAT(pruned, IsOkAndHolds(1u));
   EXPECT_THAT(w.store->get_workflow("old"), StatusIs(ErrorKind::kNotFound));
   EXPECT_TRUE(w.store->load_steps("old").value().empty());
   EXPECT_THAT(w.store->get_workflow("running"), IsOk());
