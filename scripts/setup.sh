@@ -134,7 +134,7 @@ fi
 # npm packages: @dwmkerr/mock-llm, a real OpenAI-compatible server nobody here wrote, which the
 # llm integration tests (tests/llm/mock_llm_test.cpp) start on loopback with the rules in
 # tests/llm/mock_llm/mock-llm.yaml. Pinned in that folder's package.json and lock file. If the
-# install fails, those tests are skipped with a message saying why (the rest still run).
+# install fails, those tests fail with a message saying why, unless NINES_SKIP_MOCK_LLM=1.
 npm_dir="$repo/tests/llm/mock_llm"
 if [[ -f "$npm_dir/node_modules/@dwmkerr/mock-llm/dist/main.js" ]]; then
   echo "setup: npm packages for tests/llm/mock_llm present"
@@ -142,8 +142,8 @@ elif (cd "$npm_dir" && npm ci --no-audit --no-fund --prefer-offline); then
   echo "setup: npm packages for tests/llm/mock_llm installed"
 else
   echo "setup: WARNING: 'npm ci' in $npm_dir failed, so mock-llm is not installed and the" >&2
-  echo "setup: MockLlm integration tests will be skipped; rerun scripts/setup.sh with the npm" >&2
-  echo "setup: registry reachable to install it." >&2
+  echo "setup: MockLlm integration tests will fail (NINES_SKIP_MOCK_LLM=1 skips them); rerun" >&2
+  echo "setup: scripts/setup.sh with the npm registry reachable to install it." >&2
 fi
 
 # npm packages: js-tiktoken (pure JS BPE tokenizer shipping OpenAI's o200k_base and

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "nines/core/check.hpp"
@@ -21,17 +22,20 @@
 #include "nines/core/log.hpp"
 #include "nines/core/percentile.hpp"
 #include "nines/core/result.hpp"
+#include "support/status_matchers.hpp"
 
 namespace nines {
 namespace {
+using ::nines::test::IsOk;
+using ::nines::test::StatusIs;
+using ::testing::HasSubstr;
 
 TEST(Result, CarriesValueOrError) {
   Result<int> ok = 7;
-  EXPECT_TRUE(ok.ok());
+  EXPECT_THAT(ok, IsOk());
   EXPECT_EQ(*ok, 7);
   Result<int> bad = Error(ErrorKind::kTimeout, "slow");
-  EXPECT_FALSE(bad.ok());
-  EXPECT_EQ(bad.error().kind(), ErrorKind::kTimeout);
+  EXPECT_THAT(bad, StatusIs(ErrorKind::kTimeout));
   EXPECT_EQ(bad.error().to_string(), "timeout: slow");
   EXPECT_THROW((void)bad.value(), CheckFailure);
   EXPECT_EQ(bad.value_or(3), 3);
@@ -52,7 +56,7 @@ TEST(Result, ErrorOfASuccessThrows) {
 TEST(Error, ContextIsPrepended) {
   Error e = Error(ErrorKind::kNoProc, "gone").with_context("calling 'db'");
   EXPECT_EQ(e.message(), "calling 'db': gone");
-  EXPECT_EQ(e.kind(), ErrorKind::kNoProc);
+  EXPECT_THAT(e, StatusIs(ErrorKind::kNoProc));
 }
 
 TEST(Error, KindNumberingIsStableAndEveryKindRoundTrips) {
@@ -103,8 +107,8 @@ TEST(Check, AlwaysOnCheckThrowsWithLocation) {
     NINES_CHECK(1 + 1 == 3);
     FAIL();
   } catch (const CheckFailure& f) {
-    EXPECT_NE(std::string(f.what()).find("1 + 1 == 3"), std::string::npos);
-    EXPECT_NE(std::string(f.what()).find("core_test.cpp"), std::string::npos);
+    EXPECT_THAT(std::string(f.what()), HasSubstr("1 + 1 == 3"));
+    EXPECT_THAT(std::string(f.what()), HasSubstr("core_test.cpp"));
   }
 }
 
@@ -177,8 +181,7 @@ TEST(SimEnvironment, TimersFireInDeadlineOrderOnlyWhenDue) {
 TEST(SimEnvironment, RefusesThreadsAndBadWatches) {
   SimEnvironment env(1);
   auto t = env.start_thread("x", [] {});
-  ASSERT_FALSE(t.ok());
-  EXPECT_EQ(t.error().kind(), ErrorKind::kInvalidArgument);
+  ASSERT_THAT(t, StatusIs(ErrorKind::kInvalidArgument));
   EXPECT_FALSE(env.watch_fd(-1, kFdReadable, [](unsigned) {}).ok());
   EXPECT_FALSE(env.watch_fd(0, 0, [](unsigned) {}).ok());
 }
@@ -188,7 +191,7 @@ TEST(SimEnvironment, PollsPipeReadiness) {
   int fds[2];
   ASSERT_EQ(pipe(fds), 0);
   unsigned seen = 0;
-  ASSERT_TRUE(env.watch_fd(fds[0], kFdReadable, [&](unsigned bits) { seen = bits; }).ok());
+  ASSERT_THAT(env.watch_fd(fds[0], kFdReadable, [&](unsigned bits) { seen = bits; }), IsOk());
   EXPECT_EQ(env.poll_fds(), 0u);
   ASSERT_EQ(write(fds[1], "x", 1), 1);
   EXPECT_EQ(env.poll_fds(), 1u);
@@ -211,13 +214,13 @@ TEST(RealEnvironment, TimersAndWatchesFire) {
   });
   int fds[2];
   ASSERT_EQ(pipe(fds), 0);
-  ASSERT_TRUE(env->watch_fd(fds[0], kFdReadable,
+  ASSERT_THAT(env->watch_fd(fds[0], kFdReadable,
                             [&](unsigned) {
                               std::lock_guard l(mu);
                               ++fired;
                               cv.notify_all();
-                            })
-                  .ok());
+                            }),
+              IsOk());
   ASSERT_EQ(write(fds[1], "x", 1), 1);
   std::unique_lock l(mu);
   cv.wait(l, [&] { return fired == 2; });

@@ -11,15 +11,20 @@
 #include <sstream>
 #include <string>
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "nines/core/environment.hpp"
 #include "nines/core/log.hpp"
+#include "support/status_matchers.hpp"
 
 // ---- counting operator new (the whole core test binary) ----------------------------------------
 // Every replaceable form that ASan would otherwise pair with its own (a mismatched pair is an
 // alloc-dealloc-mismatch report), all on malloc/free.
 namespace {
+using ::nines::test::StatusIs;
+using ::testing::HasSubstr;
+
 thread_local std::size_t g_news = 0;
 
 void* counted_alloc(std::size_t n) {
@@ -73,9 +78,7 @@ TEST(LogLevel, NamesRoundTripCaseInsensitive) {
   EXPECT_EQ(parse_log_level("Notice").value(), LogLevel::kNotice);
   EXPECT_EQ(parse_log_level("warn").value(), LogLevel::kWarning);
   auto bad = parse_log_level("loud");
-  ASSERT_FALSE(bad.ok());
-  EXPECT_EQ(bad.error().kind(), ErrorKind::kInvalidArgument);
-  EXPECT_NE(bad.error().message().find("loud"), std::string::npos) << bad.error().message();
+  ASSERT_THAT(bad, StatusIs(ErrorKind::kInvalidArgument, HasSubstr("loud")));
   EXPECT_FALSE(parse_log_level("").ok());
 }
 
@@ -139,9 +142,9 @@ TEST(LogFormat, InvalidUtf8IsReplacedAndValidUtf8Kept) {
   std::string h = line(LogFormat::kHuman, LogLevel::kInfo, "e", text, {{"v", text}});
   std::string j = line(LogFormat::kJsonLines, LogLevel::kInfo, "e", text, {{"v", text}});
   for (const std::string& l : {h, j}) {
-    EXPECT_NE(l.find("caf\xc3\xa9"), std::string::npos) << l;
+    EXPECT_THAT(l, HasSubstr("caf\xc3\xa9"));
     EXPECT_EQ(l.find('\xff'), std::string::npos) << l;
-    EXPECT_NE(l.find("\xef\xbf\xbd\xef\xbf\xbd end \xef\xbf\xbd\xef\xbf\xbd"), std::string::npos) << l;
+    EXPECT_THAT(l, HasSubstr("\xef\xbf\xbd\xef\xbf\xbd end \xef\xbf\xbd\xef\xbf\xbd"));
   }
   // An overlong encoding and a surrogate are invalid too.
   std::string o = line(LogFormat::kJsonLines, LogLevel::kInfo, "e", "\xc0\xaf \xed\xa0\x80", {});
@@ -192,8 +195,7 @@ TEST(LogSinks, AFileSinkAppendsAndReportsAnUnopenableFile) {
             "2026-01-01T00:00:00.000Z notice one\n"
             "{\"ts\":\"2026-01-01T00:00:00.000Z\",\"level\":\"notice\",\"event\":\"two\",\"msg\":\"\"}\n");
   auto bad = make_file_sink(std::string(dir) + "/no/such/dir/x.log");
-  ASSERT_FALSE(bad.ok());
-  EXPECT_EQ(bad.error().kind(), ErrorKind::kInvalidArgument);
+  ASSERT_THAT(bad, StatusIs(ErrorKind::kInvalidArgument));
   std::remove(path.c_str());
   rmdir(dir);
 }

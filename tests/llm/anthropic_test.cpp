@@ -2,24 +2,29 @@
 // truncated and malformed input, the mid-stream error event.
 #include "nines/llm/anthropic.hpp"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 #include <string>
 
 #include "llm/fixtures.hpp"
+#include "support/status_matchers.hpp"
 
 namespace nines::llm {
 namespace {
+using ::nines::test::IsOk;
+using ::nines::test::StatusIs;
+using ::testing::HasSubstr;
 
 using nlohmann::json;
-using testing::Event;
-using testing::fixture;
-using testing::fixture_events;
+using test::Event;
+using test::fixture;
+using test::fixture_events;
 
 std::unique_ptr<Codec> codec(AnthropicOptions o = {}) {
   auto c = make_anthropic_codec(std::move(o));
-  EXPECT_TRUE(c.ok());
+  EXPECT_THAT(c, IsOk());
   return std::move(c).value();
 }
 
@@ -98,15 +103,14 @@ TEST(AnthropicRequest, ImagesAndEmptyText) {
 
 TEST(AnthropicRequest, InvalidRequests) {
   auto c = codec();
-  EXPECT_EQ(c->build_call(ChatRequest{.messages = {Message::user("x")}}).error().kind(), ErrorKind::kInvalidArgument);
-  EXPECT_EQ(
-      c->build_call(ChatRequest{.model = "m", .messages = {Message::system("only a system prompt")}}).error().kind(),
-      ErrorKind::kInvalidArgument);
+  EXPECT_THAT(c->build_call(ChatRequest{.messages = {Message::user("x")}}), StatusIs(ErrorKind::kInvalidArgument));
+  EXPECT_THAT(c->build_call(ChatRequest{.model = "m", .messages = {Message::system("only a system prompt")}}),
+              StatusIs(ErrorKind::kInvalidArgument));
   ChatRequest bad_schema{
       .model = "m", .messages = {Message::user("x")}, .tools = {{.name = "t", .parameters_schema_json = "[]"}}};
-  EXPECT_EQ(c->build_call(bad_schema).error().kind(), ErrorKind::kInvalidArgument);
-  EXPECT_EQ(make_anthropic_codec({.default_max_tokens = 0}).error().kind(), ErrorKind::kInvalidArgument);
-  EXPECT_EQ(make_anthropic_codec({.version = ""}).error().kind(), ErrorKind::kInvalidArgument);
+  EXPECT_THAT(c->build_call(bad_schema), StatusIs(ErrorKind::kInvalidArgument));
+  EXPECT_THAT(make_anthropic_codec({.default_max_tokens = 0}), StatusIs(ErrorKind::kInvalidArgument));
+  EXPECT_THAT(make_anthropic_codec({.version = ""}), StatusIs(ErrorKind::kInvalidArgument));
 }
 
 // --- response --------------------------------------------------------------------------------
@@ -163,8 +167,7 @@ TEST(AnthropicResponse, MalformedBodiesAreTransientAndCounted) {
   std::uint64_t n = 0;
   for (const char* body : bodies) {
     Result<ChatResponse> r = c->parse_response(body);
-    ASSERT_FALSE(r.ok()) << body;
-    EXPECT_EQ(r.error().kind(), ErrorKind::kTransient) << body;
+    ASSERT_THAT(r, StatusIs(ErrorKind::kTransient)) << body;
     EXPECT_TRUE(is_malformed(r.error())) << body;
     EXPECT_EQ(c->malformed_count(), ++n);
   }
@@ -182,7 +185,7 @@ TEST(AnthropicResponse, AbsurdlyDeepJsonIsMalformedNotAStackOverflow) {
 }
 
 TEST(AnthropicResponse, ErrorBodyIsMapped) {
-  EXPECT_EQ(codec()->parse_response(fixture("anthropic/error_overloaded.json")).error().kind(), ErrorKind::kTransient);
+  EXPECT_THAT(codec()->parse_response(fixture("anthropic/error_overloaded.json")), StatusIs(ErrorKind::kTransient));
 }
 
 // --- streams ---------------------------------------------------------------------------------
@@ -210,7 +213,7 @@ TEST(AnthropicStream, Text) {
   std::vector<std::string> deltas;
   for (const Event& e : events) {
     Result<StreamDelta> d = acc->on_event(e.name, e.data);
-    ASSERT_TRUE(d.ok()) << e.name << ": " << d.error().to_string();
+    ASSERT_THAT(d, IsOk()) << e.name << ": " << d.error().to_string();
     if (!d->text.empty()) deltas.push_back(d->text);
     EXPECT_EQ(d->done, e.name == "message_stop");
   }
@@ -247,8 +250,7 @@ TEST(AnthropicStream, AStreamWithoutMessageStopIsATransientFailureAtEveryCut) {
     for (std::size_t cut = 0; cut < events.size(); ++cut) {
       auto acc = c->start_stream();
       Fed f = feed(*acc, std::vector<Event>(events.begin(), events.begin() + static_cast<long>(cut)));
-      ASSERT_FALSE(f.response.ok()) << name << " cut at " << cut;
-      EXPECT_EQ(f.response.error().kind(), ErrorKind::kTransient);
+      ASSERT_THAT(f.response, StatusIs(ErrorKind::kTransient)) << name << " cut at " << cut;
       EXPECT_TRUE(is_truncated_stream(f.response.error())) << f.response.error().message();
     }
     EXPECT_EQ(c->truncated_count(), events.size());
@@ -261,16 +263,14 @@ TEST(AnthropicStream, ErrorEventMidStreamIsMapped) {
   auto acc = c->start_stream();
   Fed f = feed(*acc, fixture_events("anthropic/stream_error_overloaded.sse"));
   EXPECT_EQ(f.text, "Par");
-  ASSERT_FALSE(f.response.ok());
-  EXPECT_EQ(f.response.error().kind(), ErrorKind::kTransient);
-  EXPECT_NE(f.response.error().message().find("overloaded_error"), std::string::npos);
+  ASSERT_THAT(f.response, StatusIs(ErrorKind::kTransient, HasSubstr("overloaded_error")));
   EXPECT_FALSE(is_truncated_stream(f.response.error()));
   EXPECT_EQ(c->truncated_count(), 0u);
   // A rate-limit error event is rate_limited.
   auto acc2 = c->start_stream();
   Result<StreamDelta> d =
       acc2->on_event("error", R"({"type":"error","error":{"type":"rate_limit_error","message":"slow down"}})");
-  EXPECT_EQ(d.error().kind(), ErrorKind::kRateLimited);
+  EXPECT_THAT(d, StatusIs(ErrorKind::kRateLimited));
 }
 
 TEST(AnthropicStream, OutOfOrderAndMalformedEvents) {
@@ -334,7 +334,7 @@ TEST(AnthropicStream, EventNameStandsInForAMissingType) {
   for (const Event& e : fixture_events("anthropic/stream_text.sse")) {
     json data = json::parse(e.data);
     data.erase("type");
-    ASSERT_TRUE(acc->on_event(e.name, data.dump()).ok()) << e.name;
+    ASSERT_THAT(acc->on_event(e.name, data.dump()), IsOk()) << e.name;
   }
   EXPECT_EQ(acc->finish().value().message.text(), "Hello!");
 }

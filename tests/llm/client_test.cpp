@@ -1,6 +1,7 @@
 // The model client (llm/client.hpp) through the real HTTP client against the net tests'
 // loopback server (tests/net/test_server.hpp) serving canned OpenAI and Anthropic responses
 // (the fixtures of tests/llm/fixtures), on the real environment with 2 workers.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -18,18 +19,21 @@
 #include "nines/llm/provider.hpp"
 #include "nines/llm/router.hpp"
 #include "nines/runtime/runtime.hpp"
+#include "support/status_matchers.hpp"
 
 namespace nines::llm {
 namespace {
+using ::nines::test::IsOk;
+using ::nines::test::StatusIs;
+using ::testing::HasSubstr;
+using ::testing::Not;
 
-using net::testing::CannedResponse;
-using net::testing::TestServer;
-using testing::fixture;
+using net::test::CannedResponse;
+using net::test::TestServer;
+using test::fixture;
 
 constexpr const char* kOpenAiKey = "sk-proj-TESTKEYabcdefghijklmnop0123456789";
 constexpr const char* kAnthropicKey = "sk-ant-api03-TESTKEYabcdefghijklmnop0123456789";
-
-bool contains(std::string_view s, std::string_view part) { return s.find(part) != std::string_view::npos; }
 
 // A .sse fixture split into its events ("...\n\n" each), to be sent as one chunk each.
 std::vector<std::string> sse_chunks(std::string_view name) {
@@ -112,9 +116,9 @@ constexpr const char* kOpenAiPath = "/oa/v1/chat/completions";
 constexpr const char* kAnthropicPath = "/an/v1/messages";
 
 void expect_no_key(const Error& e) {
-  EXPECT_FALSE(contains(e.message(), "TESTKEY")) << e.to_string();
-  EXPECT_FALSE(contains(e.to_string(), kOpenAiKey));
-  EXPECT_FALSE(contains(e.to_string(), kAnthropicKey));
+  EXPECT_THAT(e.message(), Not(HasSubstr("TESTKEY"))) << e.to_string();
+  EXPECT_THAT(e.to_string(), Not(HasSubstr(kOpenAiKey)));
+  EXPECT_THAT(e.to_string(), Not(HasSubstr(kAnthropicKey)));
 }
 
 TEST(ModelClient, OpenAiCompletionAndTheKeyReachesTheServer) {
@@ -122,7 +126,7 @@ TEST(ModelClient, OpenAiCompletionAndTheKeyReachesTheServer) {
   f.server.set_canned(kOpenAiPath,
                       {.headers = "Content-Type: application/json\r\n", .body = fixture("openai/response_text.json")});
   ChatOutcome o = f.call(*f.openai, false);
-  ASSERT_TRUE(o.result.ok()) << o.result.error().to_string();
+  ASSERT_THAT(o.result, IsOk());
   EXPECT_EQ(o.result->message.text(), "Hello! How can I assist you today?");
   EXPECT_EQ(o.result->finish_reason, FinishReason::kStop);
   EXPECT_EQ(o.result->model, "gpt-4o-2024-08-06");
@@ -131,22 +135,22 @@ TEST(ModelClient, OpenAiCompletionAndTheKeyReachesTheServer) {
   ASSERT_EQ(seen.size(), 1u);
   EXPECT_EQ(seen[0].method, "POST");
   EXPECT_EQ(seen[0].path, kOpenAiPath);
-  EXPECT_TRUE(contains(seen[0].head, std::string("Bearer ") + kOpenAiKey)) << seen[0].head;
-  EXPECT_TRUE(contains(seen[0].body, "\"test-model\""));
-  EXPECT_FALSE(contains(seen[0].body, "\"stream\":true"));
+  EXPECT_THAT(seen[0].head, HasSubstr(std::string("Bearer ") + kOpenAiKey));
+  EXPECT_THAT(seen[0].body, HasSubstr("\"test-model\""));
+  EXPECT_THAT(seen[0].body, Not(HasSubstr("\"stream\":true")));
 }
 
 TEST(ModelClient, AnthropicCompletionAndTheKeyReachesTheServer) {
   Fixture f;
   f.server.set_canned(kAnthropicPath, {.body = fixture("anthropic/response_text.json")});
   ChatOutcome o = f.call(*f.anthropic, false);
-  ASSERT_TRUE(o.result.ok()) << o.result.error().to_string();
+  ASSERT_THAT(o.result, IsOk());
   EXPECT_EQ(o.result->message.text(), "Hi! My name is Claude.");
   EXPECT_EQ(o.result->finish_reason, FinishReason::kStop);
   auto seen = f.server.requests();
   ASSERT_EQ(seen.size(), 1u);
-  EXPECT_TRUE(contains(seen[0].head, std::string("x-api-key: ") + kAnthropicKey)) << seen[0].head;
-  EXPECT_TRUE(contains(seen[0].head, "anthropic-version: 2023-06-01"));
+  EXPECT_THAT(seen[0].head, HasSubstr(std::string("x-api-key: ") + kAnthropicKey));
+  EXPECT_THAT(seen[0].head, HasSubstr("anthropic-version: 2023-06-01"));
 }
 
 TEST(ModelClient, ToolCallsOfBothProviders) {
@@ -154,12 +158,12 @@ TEST(ModelClient, ToolCallsOfBothProviders) {
   f.server.set_canned(kOpenAiPath, {.body = fixture("openai/response_tool_calls.json")});
   f.server.set_canned(kAnthropicPath, {.body = fixture("anthropic/response_tool_use.json")});
   ChatOutcome o = f.call(*f.openai, false);
-  ASSERT_TRUE(o.result.ok()) << o.result.error().to_string();
+  ASSERT_THAT(o.result, IsOk());
   ASSERT_FALSE(o.result->message.tool_calls.empty());
   EXPECT_EQ(o.result->message.tool_calls[0].name, "get_current_weather");
   EXPECT_EQ(o.result->finish_reason, FinishReason::kToolCalls);
   ChatOutcome a = f.call(*f.anthropic, false);
-  ASSERT_TRUE(a.result.ok()) << a.result.error().to_string();
+  ASSERT_THAT(a.result, IsOk());
   ASSERT_FALSE(a.result->message.tool_calls.empty());
   EXPECT_EQ(a.result->message.tool_calls[0].name, "get_weather");
   EXPECT_EQ(a.result->finish_reason, FinishReason::kToolCalls);
@@ -169,7 +173,7 @@ TEST(ModelClient, StreamedToolCall) {
   Fixture f;
   f.server.set_canned(kAnthropicPath, {.chunks = sse_chunks("anthropic/stream_tool_use.sse")});
   ChatOutcome a = f.call(*f.anthropic, true);
-  ASSERT_TRUE(a.result.ok()) << a.result.error().to_string();
+  ASSERT_THAT(a.result, IsOk());
   ASSERT_FALSE(a.result->message.tool_calls.empty());
   EXPECT_EQ(a.result->finish_reason, FinishReason::kToolCalls);
 }
@@ -187,13 +191,13 @@ TEST(ModelClient, OpenAiStreamDeliversTextIncrementally) {
   f.server.set_canned(kOpenAiPath, cr);
   std::vector<std::string> texts;
   ChatOutcome o = f.call(*f.openai, true, &texts, [&] { f.server.release(); });
-  ASSERT_TRUE(o.result.ok()) << o.result.error().to_string();
+  ASSERT_THAT(o.result, IsOk());
   EXPECT_EQ(texts, (std::vector<std::string>{"Hello", " there", "!"}));
   EXPECT_EQ(o.result->message.text(), "Hello there!");
   EXPECT_EQ(o.result->usage.output_tokens, 3);
   auto seen = f.server.requests();
   ASSERT_EQ(seen.size(), 1u);
-  EXPECT_TRUE(contains(seen[0].body, "\"stream\":true")) << seen[0].body;
+  EXPECT_THAT(seen[0].body, HasSubstr("\"stream\":true"));
 }
 
 TEST(ModelClient, AnthropicStreamDeliversTextIncrementally) {
@@ -201,7 +205,7 @@ TEST(ModelClient, AnthropicStreamDeliversTextIncrementally) {
   auto chunks = sse_chunks("anthropic/stream_text.sse");
   // Up to and including the first text delta at once, the rest after release().
   std::size_t first_text = 0;
-  while (first_text < chunks.size() && !contains(chunks[first_text], "text_delta")) ++first_text;
+  while (first_text < chunks.size() && chunks[first_text].find("text_delta") == std::string::npos) ++first_text;
   ASSERT_LT(first_text, chunks.size());
   CannedResponse cr;
   std::string head;
@@ -212,7 +216,7 @@ TEST(ModelClient, AnthropicStreamDeliversTextIncrementally) {
   f.server.set_canned(kAnthropicPath, cr);
   std::vector<std::string> texts;
   ChatOutcome o = f.call(*f.anthropic, true, &texts, [&] { f.server.release(); });
-  ASSERT_TRUE(o.result.ok()) << o.result.error().to_string();
+  ASSERT_THAT(o.result, IsOk());
   ASSERT_GE(texts.size(), 2u);
   std::string joined;
   for (auto& t : texts) joined += t;
@@ -226,8 +230,7 @@ TEST(ModelClient, StreamEndingWithoutDoneIsTruncated) {
   f.server.set_canned(kOpenAiPath, {.chunks = chunks});
   std::vector<std::string> texts;
   ChatOutcome o = f.call(*f.openai, true, &texts);
-  ASSERT_FALSE(o.result.ok());
-  EXPECT_EQ(o.result.error().kind(), ErrorKind::kTransient) << o.result.error().to_string();
+  ASSERT_THAT(o.result, StatusIs(ErrorKind::kTransient));
   EXPECT_TRUE(is_truncated_stream(o.result.error())) << o.result.error().to_string();
   EXPECT_EQ(texts.size(), 2u);
   EXPECT_EQ(f.openai->codec().truncated_count(), 1u);
@@ -240,8 +243,7 @@ TEST(ModelClient, StreamCutMidAnswerIsTruncated) {
   chunks.resize(chunks.size() - 2);  // no message_delta / message_stop; the connection closes
   f.server.set_canned(kAnthropicPath, {.chunks = chunks, .end = false});
   ChatOutcome o = f.call(*f.anthropic, true);
-  ASSERT_FALSE(o.result.ok());
-  EXPECT_EQ(o.result.error().kind(), ErrorKind::kTransient) << o.result.error().to_string();
+  ASSERT_THAT(o.result, StatusIs(ErrorKind::kTransient));
   EXPECT_TRUE(is_truncated_stream(o.result.error())) << o.result.error().to_string();
   expect_no_key(o.result.error());
 }
@@ -250,8 +252,7 @@ TEST(ModelClient, StreamErrorEventIsMapped) {
   Fixture f;
   f.server.set_canned(kAnthropicPath, {.chunks = sse_chunks("anthropic/stream_error_overloaded.sse")});
   ChatOutcome o = f.call(*f.anthropic, true);
-  ASSERT_FALSE(o.result.ok());
-  EXPECT_EQ(o.result.error().kind(), ErrorKind::kTransient) << o.result.error().to_string();
+  ASSERT_THAT(o.result, StatusIs(ErrorKind::kTransient));
   EXPECT_FALSE(is_truncated_stream(o.result.error()));
 }
 
@@ -264,7 +265,7 @@ TEST(ModelClient, RateLimitedWithRetryAfterMs) {
   ChatOutcome o = f.call(*f.openai, false);
   ASSERT_FALSE(o.result.ok());
   const Error& e = o.result.error();
-  EXPECT_EQ(e.kind(), ErrorKind::kRateLimited) << e.to_string();
+  EXPECT_THAT(e, StatusIs(ErrorKind::kRateLimited));
   ASSERT_TRUE(e.retry_at().has_value());
   EXPECT_GE(*e.retry_at(), before + std::chrono::milliseconds(1500));
   EXPECT_LE(*e.retry_at(), f.env->now() + std::chrono::milliseconds(1500));
@@ -279,8 +280,7 @@ TEST(ModelClient, RateLimitedStreamIsMappedFromItsBody) {
       kAnthropicPath,
       {.status = 429, .headers = "retry-after: 3\r\n", .body = fixture("anthropic/error_rate_limit.json")});
   ChatOutcome o = f.call(*f.anthropic, true);
-  ASSERT_FALSE(o.result.ok());
-  EXPECT_EQ(o.result.error().kind(), ErrorKind::kRateLimited) << o.result.error().to_string();
+  ASSERT_THAT(o.result, StatusIs(ErrorKind::kRateLimited));
   EXPECT_TRUE(o.result.error().retry_at().has_value());
 }
 
@@ -289,14 +289,11 @@ TEST(ModelClient, OverloadedAndUnavailableAreTransient) {
   f.server.set_canned(kAnthropicPath, {.status = 529, .body = fixture("anthropic/error_overloaded.json")});
   f.server.set_canned(kOpenAiPath, {.status = 503, .body = "<html>Service Unavailable</html>"});
   ChatOutcome a = f.call(*f.anthropic, false);
-  ASSERT_FALSE(a.result.ok());
-  EXPECT_EQ(a.result.error().kind(), ErrorKind::kTransient) << a.result.error().to_string();
+  ASSERT_THAT(a.result, StatusIs(ErrorKind::kTransient));
   ChatOutcome o = f.call(*f.openai, false);
-  ASSERT_FALSE(o.result.ok());
-  EXPECT_EQ(o.result.error().kind(), ErrorKind::kTransient) << o.result.error().to_string();
+  ASSERT_THAT(o.result, StatusIs(ErrorKind::kTransient));
   ChatOutcome s = f.call(*f.openai, true);  // the same through a stream
-  ASSERT_FALSE(s.result.ok());
-  EXPECT_EQ(s.result.error().kind(), ErrorKind::kTransient) << s.result.error().to_string();
+  ASSERT_THAT(s.result, StatusIs(ErrorKind::kTransient));
   EXPECT_FALSE(is_truncated_stream(s.result.error()));
 }
 
@@ -305,11 +302,9 @@ TEST(ModelClient, ContextLengthIsContextOverflow) {
   f.server.set_canned(kOpenAiPath, {.status = 400, .body = fixture("openai/error_context_length.json")});
   f.server.set_canned(kAnthropicPath, {.status = 400, .body = fixture("anthropic/error_prompt_too_long.json")});
   ChatOutcome o = f.call(*f.openai, false);
-  ASSERT_FALSE(o.result.ok());
-  EXPECT_EQ(o.result.error().kind(), ErrorKind::kContextOverflow) << o.result.error().to_string();
+  ASSERT_THAT(o.result, StatusIs(ErrorKind::kContextOverflow));
   ChatOutcome a = f.call(*f.anthropic, true);
-  ASSERT_FALSE(a.result.ok());
-  EXPECT_EQ(a.result.error().kind(), ErrorKind::kContextOverflow) << a.result.error().to_string();
+  ASSERT_THAT(a.result, StatusIs(ErrorKind::kContextOverflow));
 }
 
 TEST(ModelClient, UnauthorizedIsPermanentAuthAndNeverQuotesTheKey) {
@@ -321,15 +316,13 @@ TEST(ModelClient, UnauthorizedIsPermanentAuthAndNeverQuotesTheKey) {
   f.server.set_canned(kAnthropicPath, {.status = 401, .body = fixture("anthropic/error_authentication.json")});
   for (bool stream : {false, true}) {
     ChatOutcome o = f.call(*f.openai, stream);
-    ASSERT_FALSE(o.result.ok());
-    EXPECT_EQ(o.result.error().kind(), ErrorKind::kPermanent) << o.result.error().to_string();
+    ASSERT_THAT(o.result, StatusIs(ErrorKind::kPermanent));
     EXPECT_TRUE(is_auth_failure(o.result.error()));
     ASSERT_TRUE(o.failure.has_value());
     EXPECT_TRUE(o.failure->auth);
     expect_no_key(o.result.error());
     ChatOutcome a = f.call(*f.anthropic, stream);
-    ASSERT_FALSE(a.result.ok());
-    EXPECT_EQ(a.result.error().kind(), ErrorKind::kPermanent) << a.result.error().to_string();
+    ASSERT_THAT(a.result, StatusIs(ErrorKind::kPermanent));
     EXPECT_TRUE(is_auth_failure(a.result.error()));
     expect_no_key(a.result.error());
   }
@@ -340,8 +333,7 @@ TEST(ModelClient, MalformedBodyIsTransientMalformed) {
   f.server.set_canned(kOpenAiPath, {.body = R"({"id": "x", "choices": [ {"mess)"});
   f.server.set_canned(kAnthropicPath, {.body = "<html>gateway</html>"});
   ChatOutcome o = f.call(*f.openai, false);
-  ASSERT_FALSE(o.result.ok());
-  EXPECT_EQ(o.result.error().kind(), ErrorKind::kTransient);
+  ASSERT_THAT(o.result, StatusIs(ErrorKind::kTransient));
   EXPECT_TRUE(is_malformed(o.result.error())) << o.result.error().to_string();
   EXPECT_EQ(f.openai->codec().malformed_count(), 1u);
   ChatOutcome a = f.call(*f.anthropic, false);
@@ -351,18 +343,16 @@ TEST(ModelClient, MalformedBodyIsTransientMalformed) {
 
 TEST(ModelClient, NetworkErrorsAreTheHttpClients) {
   Fixture f;
-  int port = net::testing::closed_port();
+  int port = net::test::closed_port();
   ModelClient refused(
       make_openai_codec({.base_url = "http://127.0.0.1:" + std::to_string(port) + "/v1", .api_key = kOpenAiKey})
           .value(),
       *f.http);
   ChatOutcome o = f.call(refused, false);
-  ASSERT_FALSE(o.result.ok());
-  EXPECT_EQ(o.result.error().kind(), ErrorKind::kTransient) << o.result.error().to_string();
+  ASSERT_THAT(o.result, StatusIs(ErrorKind::kTransient));
   expect_no_key(o.result.error());
   ChatOutcome s = f.call(refused, true);
-  ASSERT_FALSE(s.result.ok());
-  EXPECT_EQ(s.result.error().kind(), ErrorKind::kTransient) << s.result.error().to_string();
+  ASSERT_THAT(s.result, StatusIs(ErrorKind::kTransient));
 }
 
 TEST(ModelClient, InvalidRequestFailsBeforeAnyIo) {
@@ -375,7 +365,7 @@ TEST(ModelClient, InvalidRequestFailsBeforeAnyIo) {
   });
   ASSERT_TRUE(out.has_value());
   ASSERT_FALSE(out->ok());
-  EXPECT_EQ(out->error().kind(), ErrorKind::kInvalidArgument);
+  EXPECT_THAT(*out, StatusIs(ErrorKind::kInvalidArgument));
   EXPECT_TRUE(f.server.requests().empty());
 }
 
@@ -395,7 +385,7 @@ TEST(Provider, TheKeyComesFromTheNamedVariableAndReachesTheServer) {
   ProviderConfig cfg{
       .name = "oa", .api = Provider::kOpenAi, .base_url = f.server.url("/oa/v1"), .api_key_env = "NINES_TEST_KEY"};
   auto model = make_provider(cfg, *f.http, fake_env({{"NINES_TEST_KEY", kOpenAiKey}}));
-  ASSERT_TRUE(model.ok()) << model.error().to_string();
+  ASSERT_THAT(model, IsOk());
   std::optional<ChatOutcome> out;
   std::shared_ptr<ChatModel> m = *model;
   f.run([&](Context& ctx) -> Task<> {
@@ -406,7 +396,7 @@ TEST(Provider, TheKeyComesFromTheNamedVariableAndReachesTheServer) {
   ASSERT_TRUE(out && out->result.ok());
   auto seen = f.server.requests();
   ASSERT_EQ(seen.size(), 1u);
-  EXPECT_TRUE(contains(seen[0].head, std::string("Bearer ") + kOpenAiKey));
+  EXPECT_THAT(seen[0].head, HasSubstr(std::string("Bearer ") + kOpenAiKey));
 }
 
 // The secrets test of the logging seam (docs/logging.md): keys taken from environment
@@ -429,7 +419,7 @@ TEST(Provider, NoLogLineShowsTheKeyAfterAuthFailuresFallbacksAndForcedOpenBreake
   auto provider = [&](const char* name, const char* path, const char* var) {
     ProviderConfig cfg{.name = name, .api = Provider::kOpenAi, .base_url = f.server.url(path), .api_key_env = var};
     auto m = make_provider(cfg, *f.http, vars);
-    EXPECT_TRUE(m.ok()) << m.error().to_string();
+    EXPECT_THAT(m, IsOk());
     return std::move(m).value();
   };
   auto route = [](const char* name, std::shared_ptr<ChatModel> model) {
@@ -468,8 +458,7 @@ TEST(Provider, NoLogLineShowsTheKeyAfterAuthFailuresFallbacksAndForcedOpenBreake
   auto fallbacks = logs.records("model_fallback");
   ASSERT_GE(fallbacks.size(), 2u) << logs.dump();
   EXPECT_EQ(fallbacks[0].field("reason"), "auth_failure");
-  EXPECT_NE(fallbacks[0].field("error").value_or("").find("Incorrect API key provided"), std::string::npos)
-      << logs.dump();
+  EXPECT_THAT(fallbacks[0].field("error").value_or(""), HasSubstr("Incorrect API key provided")) << logs.dump();
   EXPECT_EQ(logs.count("breaker_forced_open"), 2u) << logs.dump();
   // ...and none shows a key, in either format; every JSON line parses.
   EXPECT_FALSE(logs.contains("TESTKEY")) << logs.dump();
@@ -487,30 +476,30 @@ TEST(Provider, ConfigErrorsNameTheVariableNeverAKey) {
     auto r = make_provider(cfg, *f.http, env);
     EXPECT_FALSE(r.ok());
     if (r.ok()) return std::string();
-    EXPECT_EQ(r.error().kind(), ErrorKind::kInvalidArgument);
+    EXPECT_THAT(r, StatusIs(ErrorKind::kInvalidArgument));
     expect_no_key(r.error());
     return r.error().message();
   };
   auto none = fake_env({});
   ProviderConfig base{.name = "oa", .api = Provider::kOpenAi, .base_url = "https://api.openai.com/v1"};
-  EXPECT_TRUE(contains(err(base, none), "needs an API key")) << err(base, none);
+  EXPECT_THAT(err(base, none), HasSubstr("needs an API key"));
   ProviderConfig unset = base;
   unset.api_key_env = "OPENAI_API_KEY";
   EXPECT_EQ(err(unset, none), "provider 'oa': the environment variable OPENAI_API_KEY (api_key_env) is not set");
-  EXPECT_TRUE(contains(err(unset, fake_env({{"OPENAI_API_KEY", ""}})), "is empty"));
+  EXPECT_THAT(err(unset, fake_env({{"OPENAI_API_KEY", ""}})), HasSubstr("is empty"));
   ProviderConfig both = unset;
   both.api_key = kOpenAiKey;
-  EXPECT_TRUE(contains(err(both, none), "not both"));
+  EXPECT_THAT(err(both, none), HasSubstr("not both"));
   ProviderConfig bad_url = base;
   bad_url.base_url = "ftp://x";
-  EXPECT_TRUE(contains(err(bad_url, none), "must start with http:// or https://"));
+  EXPECT_THAT(err(bad_url, none), HasSubstr("must start with http:// or https://"));
   ProviderConfig local{.name = "vllm", .api = Provider::kOpenAi, .base_url = "http://127.0.0.1:8000/v1"};
-  EXPECT_TRUE(make_provider(local, *f.http, none).ok());  // a local server needs no key
+  EXPECT_THAT(make_provider(local, *f.http, none), IsOk());  // a local server needs no key
   ProviderConfig anthropic{.name = "an",
                            .api = Provider::kAnthropic,
                            .base_url = "https://api.anthropic.com",
                            .api_key_env = "ANTHROPIC_API_KEY"};
-  EXPECT_TRUE(make_provider(anthropic, *f.http, fake_env({{"ANTHROPIC_API_KEY", kAnthropicKey}})).ok());
+  EXPECT_THAT(make_provider(anthropic, *f.http, fake_env({{"ANTHROPIC_API_KEY", kAnthropicKey}})), IsOk());
 }
 
 // Regression: a key pasted where the variable's name or the URL goes (a common slip in a
@@ -522,22 +511,22 @@ TEST(Provider, AKeyPutWhereANameOrTheURLGoesIsNotEchoed) {
     auto r = make_provider(cfg, *f.http, none);
     EXPECT_FALSE(r.ok());
     if (r.ok()) return std::string();
-    EXPECT_EQ(r.error().kind(), ErrorKind::kInvalidArgument);
+    EXPECT_THAT(r, StatusIs(ErrorKind::kInvalidArgument));
     expect_no_key(r.error());
     return r.error().message();
   };
   ProviderConfig key_as_name{
       .name = "oa", .api = Provider::kOpenAi, .base_url = "https://api.openai.com/v1", .api_key_env = kOpenAiKey};
-  EXPECT_TRUE(contains(err(key_as_name), "api_key_env must name an environment variable")) << err(key_as_name);
+  EXPECT_THAT(err(key_as_name), HasSubstr("api_key_env must name an environment variable"));
   // A key that happens to be a valid variable name (letters, digits, '_') but not an
   // upper-case one, as variable names are written.
   ProviderConfig word_key = key_as_name;
   word_key.api_key_env = "gsk_TESTKEYabcdefghijklmnop0123456789";
-  EXPECT_TRUE(contains(err(word_key), "(api_key_env) is not set")) << err(word_key);
+  EXPECT_THAT(err(word_key), HasSubstr("(api_key_env) is not set"));
   ProviderConfig key_as_url{.name = "oa", .api = Provider::kOpenAi, .base_url = kOpenAiKey};
-  EXPECT_TRUE(contains(err(key_as_url), "must start with http:// or https://")) << err(key_as_url);
+  EXPECT_THAT(err(key_as_url), HasSubstr("must start with http:// or https://"));
   ProviderConfig anthropic_key_as_url{.name = "an", .api = Provider::kAnthropic, .base_url = kAnthropicKey};
-  EXPECT_TRUE(contains(err(anthropic_key_as_url), "must start with http:// or https://"));
+  EXPECT_THAT(err(anthropic_key_as_url), HasSubstr("must start with http:// or https://"));
 }
 
 // Regression: the public endpoints were found by a substring test on the URL, which took a
@@ -552,8 +541,8 @@ TEST(Provider, ThePublicEndpointIsKnownByItsHost) {
   auto needs_key = [&](std::string url, Provider api = Provider::kOpenAi) {
     auto r = make(url, api);
     if (r.ok()) return false;
-    EXPECT_EQ(r.error().kind(), ErrorKind::kInvalidArgument);
-    EXPECT_TRUE(contains(r.error().message(), "needs an API key")) << url << ": " << r.error().message();
+    EXPECT_THAT(r, StatusIs(ErrorKind::kInvalidArgument));
+    EXPECT_THAT(r.error().message(), HasSubstr("needs an API key")) << url << ": " << r.error().message();
     expect_no_key(r.error());
     return true;
   };
@@ -567,12 +556,12 @@ TEST(Provider, ThePublicEndpointIsKnownByItsHost) {
   // Userinfo before the host does not hide it, nor appears in the error (it may be a key).
   EXPECT_TRUE(needs_key(std::string("https://user:") + kOpenAiKey + "@api.openai.com/v1"));
   // Look-alikes are other hosts: a local or third-party server that may need no key.
-  EXPECT_TRUE(make("https://api.openai.com.example.net/v1").ok());
-  EXPECT_TRUE(make("https://api.openai.com.example.net./v1").ok());
-  EXPECT_TRUE(make("https://myapi.openai.com/v1").ok());
-  EXPECT_TRUE(make("https://api.openai.com@127.0.0.1:8000/v1").ok());  // userinfo "api.openai.com"
-  EXPECT_TRUE(make("http://api.openai.com:x@localhost:8000/v1").ok());
-  EXPECT_TRUE(make("https://api.anthropic.com.evil.example", Provider::kAnthropic).ok());
+  EXPECT_THAT(make("https://api.openai.com.example.net/v1"), IsOk());
+  EXPECT_THAT(make("https://api.openai.com.example.net./v1"), IsOk());
+  EXPECT_THAT(make("https://myapi.openai.com/v1"), IsOk());
+  EXPECT_THAT(make("https://api.openai.com@127.0.0.1:8000/v1"), IsOk());  // userinfo "api.openai.com"
+  EXPECT_THAT(make("http://api.openai.com:x@localhost:8000/v1"), IsOk());
+  EXPECT_THAT(make("https://api.anthropic.com.evil.example", Provider::kAnthropic), IsOk());
 }
 
 // A base_url libcurl cannot parse is refused when the provider is made, saying which field
@@ -583,17 +572,16 @@ TEST(Provider, AURLLibcurlCannotParseIsRefusedWithoutEchoingIt) {
   for (std::string url : {std::string("https://api.openai.com:99999/v1"), std::string("https://a b/v1"),
                           std::string("https://") + kOpenAiKey + ":99999999/v1"}) {
     auto r = make_provider({.name = "oa", .api = Provider::kOpenAi, .base_url = url}, *f.http, none);
-    ASSERT_FALSE(r.ok()) << url;
-    EXPECT_EQ(r.error().kind(), ErrorKind::kInvalidArgument);
+    ASSERT_THAT(r, StatusIs(ErrorKind::kInvalidArgument)) << url;
     const std::string& m = r.error().message();
-    EXPECT_TRUE(contains(m, "provider 'oa': base_url is not a URL libcurl can parse")) << m;
-    EXPECT_FALSE(contains(m, url)) << m;
-    EXPECT_FALSE(contains(m, "99999")) << m;
+    EXPECT_THAT(m, HasSubstr("provider 'oa': base_url is not a URL libcurl can parse"));
+    EXPECT_THAT(m, Not(HasSubstr(url)));
+    EXPECT_THAT(m, Not(HasSubstr("99999")));
     expect_no_key(r.error());
   }
   auto port = make_provider({.name = "oa", .base_url = "https://api.openai.com:99999/v1"}, *f.http, none);
   ASSERT_FALSE(port.ok());
-  EXPECT_TRUE(contains(port.error().message(), "Port")) << port.error().message();  // curl's reason says where
+  EXPECT_THAT(port.error().message(), HasSubstr("Port"));  // curl's reason says where
 }
 
 // Regression: a key with a trailing line break (a Kubernetes secret made from a file, an env
@@ -604,11 +592,10 @@ TEST(Provider, AKeyWithALineBreakIsRefusedWhenTheProviderIsMade) {
   ProviderConfig cfg{
       .name = "oa", .api = Provider::kOpenAi, .base_url = "https://api.openai.com/v1", .api_key_env = "OPENAI_API_KEY"};
   auto r = make_provider(cfg, *f.http, fake_env({{"OPENAI_API_KEY", std::string(kOpenAiKey) + "\n"}}));
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().kind(), ErrorKind::kInvalidArgument);
+  ASSERT_THAT(r, StatusIs(ErrorKind::kInvalidArgument));
   expect_no_key(r.error());
-  EXPECT_TRUE(contains(r.error().message(), "OPENAI_API_KEY")) << r.error().message();
-  EXPECT_TRUE(contains(r.error().message(), "line break")) << r.error().message();
+  EXPECT_THAT(r.error().message(), HasSubstr("OPENAI_API_KEY"));
+  EXPECT_THAT(r.error().message(), HasSubstr("line break"));
   ProviderConfig inline_key{.name = "oa",
                             .api = Provider::kOpenAi,
                             .base_url = "https://api.openai.com/v1",

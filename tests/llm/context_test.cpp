@@ -2,6 +2,7 @@
 // encode/decode round trips and errors; fit_messages rule by rule plus invariants over a
 // sweep of budgets; the ContextManager's summarization checkpoints through a MemoryStore with
 // a fake summarizer, on the simulated environment (deterministic, no sleeps).
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -18,14 +19,18 @@
 #include "nines/llm/openai.hpp"
 #include "nines/runtime/runtime.hpp"
 #include "nines/store/memory_store.hpp"
-#include "numbered.hpp"
+#include "support/numbered.hpp"
+#include "support/status_matchers.hpp"
 
 namespace nines::llm {
 namespace {
+using ::nines::test::IsOk;
+using ::nines::test::IsOkAndHolds;
+using ::nines::test::StatusIs;
+using ::testing::HasSubstr;
+using ::testing::Not;
 
-using nines::testing::numbered;
-
-bool contains(std::string_view s, std::string_view part) { return s.find(part) != std::string_view::npos; }
+using nines::test::numbered;
 
 // About n tokens of English (o200k: one word each, a few more for the punctuation).
 std::string words(int n, std::string_view tag = "w") {
@@ -68,7 +73,7 @@ TEST(MessageJson, RoundTripsEveryField) {
   for (const Message& m : all) {
     const std::string json = encode_message(m);
     auto back = decode_message(json);
-    ASSERT_TRUE(back.ok()) << json << ": " << back.error().to_string();
+    ASSERT_THAT(back, IsOk()) << json << ": " << back.error().to_string();
     EXPECT_EQ(*back, m) << json;
   }
 }
@@ -77,11 +82,10 @@ TEST(MessageJson, DefaultsAreLeftOutAndUnknownFieldsIgnored) {
   const std::string json = encode_message(Message::user("hi"));
   EXPECT_EQ(json, R"({"content":[{"text":"hi","type":"text"}],"role":"user","v":1})");
   auto m = decode_message(R"({"v":1,"role":"user","content":[{"type":"text","text":"hi","lang":"en"}],"future":[1]})");
-  ASSERT_TRUE(m.ok()) << m.error().to_string();
-  EXPECT_EQ(*m, Message::user("hi"));
+  ASSERT_THAT(m, IsOkAndHolds(Message::user("hi")));
   // No version and no content: a plain message.
   m = decode_message(R"({"role":"assistant"})");
-  ASSERT_TRUE(m.ok());
+  ASSERT_THAT(m, IsOk());
   EXPECT_EQ(m->role, Role::kAssistant);
 }
 
@@ -112,9 +116,8 @@ TEST(MessageJson, BadInputNamesWhatIsWrong) {
   };
   for (const Row& r : rows) {
     auto m = decode_message(r.json);
-    ASSERT_FALSE(m.ok()) << r.json;
-    EXPECT_EQ(m.error().kind(), ErrorKind::kInvalidArgument) << r.json;
-    EXPECT_TRUE(contains(m.error().message(), r.expected)) << r.json << " -> " << m.error().message();
+    ASSERT_THAT(m, StatusIs(ErrorKind::kInvalidArgument)) << r.json;
+    EXPECT_THAT(m.error().message(), HasSubstr(r.expected)) << r.json << " -> " << m.error().message();
   }
 }
 
@@ -126,7 +129,7 @@ TEST(MessageJson, CodecsIgnorePinned) {
   auto anthropic = make_anthropic_codec({.base_url = "http://127.0.0.1:1", .api_key = "k"}).value();
   EXPECT_EQ(openai->build_call(plain).value().body, openai->build_call(with_pin).value().body);
   EXPECT_EQ(anthropic->build_call(plain).value().body, anthropic->build_call(with_pin).value().body);
-  EXPECT_FALSE(contains(openai->build_call(with_pin).value().body, "pinned"));
+  EXPECT_THAT(openai->build_call(with_pin).value().body, Not(HasSubstr("pinned")));
 }
 
 // ---- fit_messages ---------------------------------------------------------------------------
@@ -152,7 +155,7 @@ std::vector<std::string> texts(const std::vector<Message>& ms) {
 TEST(FitMessages, UnderBudgetIsUnchanged) {
   std::vector<Message> ms = {Message::system("sys"), Message::user(words(20, "u1")), Message::assistant("a1")};
   auto r = fit_messages(ms, fit_options(10000));
-  ASSERT_TRUE(r.ok());
+  ASSERT_THAT(r, IsOk());
   EXPECT_EQ(r->messages, ms);
   EXPECT_EQ(r->tokens_before, cost(ms));
   EXPECT_EQ(r->tokens_after, r->tokens_before);
@@ -162,12 +165,10 @@ TEST(FitMessages, UnderBudgetIsUnchanged) {
 
 TEST(FitMessages, InvalidOptions) {
   auto r = fit_messages({Message::user("x")}, fit_options(0));
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().kind(), ErrorKind::kInvalidArgument);
-  EXPECT_TRUE(contains(r.error().message(), "budget_tokens must be > 0, got 0"));
+  ASSERT_THAT(r, StatusIs(ErrorKind::kInvalidArgument, HasSubstr("budget_tokens must be > 0, got 0")));
   r = fit_messages({Message::user("x")}, fit_options(10, -1));
   ASSERT_FALSE(r.ok());
-  EXPECT_TRUE(contains(r.error().message(), "max_tool_output_tokens"));
+  EXPECT_THAT(r.error().message(), HasSubstr("max_tool_output_tokens"));
 }
 
 TEST(FitMessages, ShortensLargeToolOutputsOldestFirst) {
@@ -181,14 +182,14 @@ TEST(FitMessages, ShortensLargeToolOutputsOldestFirst) {
   const std::int64_t before = cost(ms);
   // Shortening the first output to 500 tokens is enough.
   auto r = fit_messages(ms, fit_options(before - 1000, 500));
-  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  ASSERT_THAT(r, IsOk());
   EXPECT_EQ(r->shortened, 1u);
   EXPECT_EQ(r->dropped, 0u);
   ASSERT_EQ(r->messages.size(), ms.size());
   const std::string first = r->messages[3].text();
   EXPECT_TRUE(first.starts_with("first agent store"));
   EXPECT_TRUE(first.ends_with(words(2000).substr(words(2000).size() - 20)));
-  EXPECT_TRUE(contains(first, "elided ...]"));
+  EXPECT_THAT(first, HasSubstr("elided ...]"));
   EXPECT_LE(kCounter.text(first), 500);
   EXPECT_EQ(r->messages[5], ms[5]);  // the newer one untouched
   EXPECT_EQ(r->messages[3].tool_call_id, "c1");
@@ -205,12 +206,12 @@ TEST(FitMessages, ShortenTextKeepsHeadAndTailAndWholeCharacters) {
   EXPECT_TRUE(out.ends_with("第399行：容错运行时的检查点\n"));
   const auto marker = out.find("[... ");
   ASSERT_NE(marker, std::string::npos);
-  EXPECT_TRUE(contains(out, " bytes (about "));
+  EXPECT_THAT(out, HasSubstr(" bytes (about "));
   // Cut at line ends: the marker sits on a line of its own.
   EXPECT_EQ(out[marker - 1], '\n');
   // Valid UTF-8: decoding it back gives no replacement characters.
   auto back = decode_message(encode_message(Message::user(out)));
-  ASSERT_TRUE(back.ok());
+  ASSERT_THAT(back, IsOk());
   EXPECT_EQ(back->text(), out);
   EXPECT_EQ(shorten_text("short", 300, kCounter), "short");
 }
@@ -220,7 +221,7 @@ TEST(FitMessages, DropsOldestTurnsFirst) {
       Message::system("sys"),          Message::user(words(100, "u1")),      Message::assistant(words(100, "a1")),
       Message::user(words(100, "u2")), Message::assistant(words(100, "a2")), Message::user(words(10, "u3"))};
   auto r = fit_messages(ms, fit_options(cost(ms) - 50));
-  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  ASSERT_THAT(r, IsOk());
   EXPECT_EQ(texts(r->messages), (std::vector<std::string>{"sys", "u2", "a2", "u3"}));
   EXPECT_EQ(r->dropped, 2u);
 }
@@ -234,7 +235,7 @@ TEST(FitMessages, PinnedAndSystemMessagesAreKeptWhereTheyAre) {
                              Message::assistant(words(100, "a2")),
                              Message::user(words(10, "u3"))};
   auto r = fit_messages(ms, fit_options(cost(ms) - 300));
-  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  ASSERT_THAT(r, IsOk());
   EXPECT_EQ(texts(r->messages), (std::vector<std::string>{"sys", "task", "mid-conversation", "u3"}));
   EXPECT_TRUE(r->messages[1].pinned);
 }
@@ -249,7 +250,7 @@ TEST(FitMessages, PinnedToolResultKeepsItsCall) {
                              Message::assistant(words(100, "a2")),
                              Message::user("u3")};
   auto r = fit_messages(ms, fit_options(cost(ms) - 150));
-  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  ASSERT_THAT(r, IsOk());
   // u1 and the u2 turn go; the call with both results stays whole.
   ASSERT_EQ(r->messages.size(), 5u);
   EXPECT_EQ(r->messages[1].tool_calls.size(), 2u);
@@ -271,7 +272,7 @@ TEST(FitMessages, AfterTheLastUserMessageCallsGoWithTheirResults) {
   std::int64_t three = 0;
   for (std::size_t i = 2; i < 8; ++i) three += kCounter.message(ms[i]);
   auto r = fit_messages(ms, fit_options(cost(ms) - three + 1));
-  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  ASSERT_THAT(r, IsOk());
   EXPECT_EQ(r->dropped, 6u);  // three groups of two
   ASSERT_GE(r->messages.size(), 4u);
   EXPECT_EQ(r->messages[1].text(), ms[1].text());
@@ -288,7 +289,7 @@ TEST(FitMessages, LeadingMessagesBeforeTheFirstUserGoFirst) {
                              Message::assistant(words(50, "a1")),
                              Message::user("u2")};
   auto r = fit_messages(ms, fit_options(cost(ms) - 20));
-  ASSERT_TRUE(r.ok());
+  ASSERT_THAT(r, IsOk());
   EXPECT_EQ(texts(r->messages), (std::vector<std::string>{"sys", "u1", "a1", "u2"}));
 }
 
@@ -296,12 +297,10 @@ TEST(FitMessages, OverflowNamesWhatIsNeededAndTheBudget) {
   std::vector<Message> ms = {Message::system(words(100, "sys")), Message::user(words(10, "u1")),
                              Message::user(words(100, "last"))};
   auto r = fit_messages(ms, fit_options(150));
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().kind(), ErrorKind::kContextOverflow);
+  ASSERT_THAT(r, StatusIs(ErrorKind::kContextOverflow));
   const std::int64_t need = cost({ms[0], ms[2]});
-  EXPECT_TRUE(contains(r.error().message(), "model 'gpt-4o' needs at least " + std::to_string(need) + " tokens"))
-      << r.error().message();
-  EXPECT_TRUE(contains(r.error().message(), "but the budget is 150 tokens")) << r.error().message();
+  EXPECT_THAT(r.error().message(), HasSubstr("model 'gpt-4o' needs at least " + std::to_string(need) + " tokens"));
+  EXPECT_THAT(r.error().message(), HasSubstr("but the budget is 150 tokens"));
 }
 
 TEST(FitMessages, EstimatorCorrectionCounts) {
@@ -311,11 +310,11 @@ TEST(FitMessages, EstimatorCorrectionCounts) {
   FitOptions o = fit_options(cost(ms) + 10);
   o.estimator = est.get();
   auto r = fit_messages(ms, o);
-  ASSERT_TRUE(r.ok());
+  ASSERT_THAT(r, IsOk());
   EXPECT_EQ(r->dropped, 0u);
   for (int i = 0; i < 20; ++i) est->observe("gpt-4o", 1000, 1500);  // the provider counts more
   r = fit_messages(ms, o);
-  ASSERT_TRUE(r.ok());
+  ASSERT_THAT(r, IsOk());
   EXPECT_EQ(r->dropped, 2u);
 }
 
@@ -344,7 +343,7 @@ TEST(FitMessages, InvariantsHoldAtEveryBudget) {
   for (std::int64_t budget = full + 10; budget > 0; budget -= 23) {
     auto r = fit_messages(ms, fit_options(budget, 200));
     if (!r.ok()) {
-      EXPECT_EQ(r.error().kind(), ErrorKind::kContextOverflow);
+      EXPECT_THAT(r, StatusIs(ErrorKind::kContextOverflow));
       saw_overflow = true;
       continue;
     }
@@ -430,7 +429,7 @@ struct Fixture {
       co_await body(ctx);
       finished = true;
     });
-    ASSERT_TRUE(pid.ok());
+    ASSERT_THAT(pid, IsOk());
     rt->run_until_idle();
     ASSERT_TRUE(finished) << "the process did not finish";
   }
@@ -447,7 +446,7 @@ struct Fixture {
   void append(Conversation& conv, std::vector<Message> ms) {
     run([&](Context& ctx) -> Task<> {
       Status s = co_await conv.append(ctx, std::move(ms));
-      EXPECT_TRUE(s.ok()) << s.error().to_string();
+      EXPECT_THAT(s, IsOk());
     });
   }
 
@@ -488,7 +487,7 @@ std::vector<Message> turns(int first, int n) {
 bool has_summary_message(const std::vector<Message>& prompt, std::string_view text) {
   return std::any_of(prompt.begin(), prompt.end(), [&](const Message& m) {
     return m.role == Role::kUser && m.pinned && m.text().starts_with("[Summary of the earlier conversation]") &&
-           contains(m.text(), text);
+           m.text().find(text) != std::string::npos;
   });
 }
 
@@ -523,7 +522,7 @@ TEST(Conversation, FailedAppendAddsNothingAndReusesTheSeqs) {
     Status s = co_await conv.append(ctx, std::move(ms));
     EXPECT_FALSE(s.ok());
     if (!s.ok()) {
-      EXPECT_TRUE(contains(s.error().message(), "appending to the history of task 't1'"));
+      EXPECT_THAT(s.error().message(), HasSubstr("appending to the history of task 't1'"));
     }
   });
   EXPECT_EQ(conv.tail().size(), 1u);
@@ -538,23 +537,19 @@ TEST(Conversation, UndecodableRecordsArePermanentAndNamed) {
   WriteBatch b;
   b.append_history("t1", 0, encode_message(Message::user("ok")));
   b.append_history("t1", 1, R"({"role":"robot"})");
-  ASSERT_TRUE(f.store->commit(b).ok());
+  ASSERT_THAT(f.store->commit(b), IsOk());
   auto c = Conversation::load(*f.store, "t1", commit_to_store(*f.store));
-  ASSERT_FALSE(c.ok());
-  EXPECT_EQ(c.error().kind(), ErrorKind::kPermanent);
-  EXPECT_TRUE(contains(c.error().message(), "history message 1 of task 't1': message JSON: role: expected one of"))
-      << c.error().message();
+  ASSERT_THAT(c, StatusIs(ErrorKind::kPermanent,
+                          HasSubstr("history message 1 of task 't1': message JSON: role: expected one of")));
 
   WriteBatch s;
   s.put_summary("t2", 4, R"({"v":1,"text":"x","kept":[{"role":1}]})");
-  ASSERT_TRUE(f.store->commit(s).ok());
+  ASSERT_THAT(f.store->commit(s), IsOk());
   auto c2 = Conversation::load(*f.store, "t2", commit_to_store(*f.store));
-  ASSERT_FALSE(c2.ok());
-  EXPECT_EQ(c2.error().kind(), ErrorKind::kPermanent);
-  EXPECT_TRUE(contains(c2.error().message(), "summary through seq 4 of task 't2': message JSON: kept[0].role"))
-      << c2.error().message();
+  ASSERT_THAT(
+      c2, StatusIs(ErrorKind::kPermanent, HasSubstr("summary through seq 4 of task 't2': message JSON: kept[0].role")));
 
-  EXPECT_EQ(Conversation::load(*f.store, "", commit_to_store(*f.store)).error().kind(), ErrorKind::kInvalidArgument);
+  EXPECT_THAT(Conversation::load(*f.store, "", commit_to_store(*f.store)), StatusIs(ErrorKind::kInvalidArgument));
 }
 
 TEST(Conversation, ViewIsBoundedAndCountsWhatItSkips) {
@@ -577,14 +572,14 @@ TEST(ContextManager, OptionsAreValidated) {
     auto r = ContextManager::create(std::move(o), nullptr, summarizer ? std::make_shared<FakeSummarizer>() : nullptr);
     return r.ok() ? std::string() : r.error().message();
   };
-  EXPECT_TRUE(contains(bad({.summarizer_model = ""}), "summarizer_model is required"));
+  EXPECT_THAT(bad({.summarizer_model = ""}), HasSubstr("summarizer_model is required"));
   EXPECT_EQ(bad({}, false), "");  // no summarizer: no model needed
-  EXPECT_TRUE(contains(bad({.summarize_at_fraction = 0, .summarizer_model = "s"}), "summarize_at_fraction"));
-  EXPECT_TRUE(contains(bad({.keep_recent_fraction = 1, .summarizer_model = "s"}), "keep_recent_fraction"));
-  EXPECT_TRUE(contains(bad({.compact_target_fraction = 1.5, .summarizer_model = "s"}), "compact_target_fraction"));
-  EXPECT_TRUE(contains(bad({.summarizer_model = "s", .max_summary_tokens = 0}), "max_summary_tokens"));
-  EXPECT_TRUE(contains(bad({.summarizer_model = "s", .summarizer_input_tokens = 10}), "summarizer_input_tokens"));
-  EXPECT_TRUE(contains(bad({.summarizer_model = "s", .max_summarizer_calls = 0}), "max_summarizer_calls"));
+  EXPECT_THAT(bad({.summarize_at_fraction = 0, .summarizer_model = "s"}), HasSubstr("summarize_at_fraction"));
+  EXPECT_THAT(bad({.keep_recent_fraction = 1, .summarizer_model = "s"}), HasSubstr("keep_recent_fraction"));
+  EXPECT_THAT(bad({.compact_target_fraction = 1.5, .summarizer_model = "s"}), HasSubstr("compact_target_fraction"));
+  EXPECT_THAT(bad({.summarizer_model = "s", .max_summary_tokens = 0}), HasSubstr("max_summary_tokens"));
+  EXPECT_THAT(bad({.summarizer_model = "s", .summarizer_input_tokens = 10}), HasSubstr("summarizer_input_tokens"));
+  EXPECT_THAT(bad({.summarizer_model = "s", .max_summarizer_calls = 0}), HasSubstr("max_summarizer_calls"));
 }
 
 TEST(ContextManager, UnderTheTriggerNothingIsSummarized) {
@@ -594,7 +589,7 @@ TEST(ContextManager, UnderTheTriggerNothingIsSummarized) {
   auto m = f.manager();
   const std::vector<Message> live = {Message::system("You are helpful."), Message::user("next question")};
   auto r = f.prepare(*m, conv, live, 100000);
-  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  ASSERT_THAT(r, IsOk());
   EXPECT_TRUE(f.summarizer->requests.empty());
   EXPECT_EQ(r->summarizer_calls, 0);
   EXPECT_FALSE(r->summary_failure);
@@ -612,7 +607,7 @@ TEST(ContextManager, SummarizesTheOldestTurnsAndCommitsTheCheckpointFirst) {
   auto m = f.manager();
   const std::vector<Message> live = {Message::system("You are helpful."), Message::user("next question")};
   auto r = f.prepare(*m, conv, live, 2000);
-  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  ASSERT_THAT(r, IsOk());
   ASSERT_EQ(f.summarizer->requests.size(), 1u);
   const ChatRequest& req = f.summarizer->requests[0];
   EXPECT_EQ(req.model, "small-summarizer");
@@ -620,10 +615,10 @@ TEST(ContextManager, SummarizesTheOldestTurnsAndCommitsTheCheckpointFirst) {
   ASSERT_EQ(req.messages.size(), 2u);
   EXPECT_EQ(req.messages[0].role, Role::kSystem);
   const std::string transcript = req.messages[1].text();
-  EXPECT_TRUE(contains(transcript, "[user] q0 agent"));
-  EXPECT_TRUE(contains(transcript, "[assistant called search({\"q\":\"x\"}) id call_0]"));
-  EXPECT_TRUE(contains(transcript, "[tool result call_0] r0 agent"));
-  EXPECT_FALSE(contains(transcript, "<previous_summary>"));
+  EXPECT_THAT(transcript, HasSubstr("[user] q0 agent"));
+  EXPECT_THAT(transcript, HasSubstr("[assistant called search({\"q\":\"x\"}) id call_0]"));
+  EXPECT_THAT(transcript, HasSubstr("[tool result call_0] r0 agent"));
+  EXPECT_THAT(transcript, Not(HasSubstr("<previous_summary>")));
 
   EXPECT_EQ(r->summarizer_calls, 1);
   EXPECT_FALSE(r->summary_failure);
@@ -634,7 +629,7 @@ TEST(ContextManager, SummarizesTheOldestTurnsAndCommitsTheCheckpointFirst) {
   auto view = f.store->load_history("t1", 100).value();
   ASSERT_TRUE(view.summary);
   EXPECT_EQ(view.summary->covers_through_seq, through);
-  EXPECT_TRUE(contains(view.summary->summary, "SUMMARY 1"));
+  EXPECT_THAT(view.summary->summary, HasSubstr("SUMMARY 1"));
   EXPECT_TRUE(has_summary_message(r->fit.messages, "SUMMARY 1"));
   ASSERT_TRUE(conv.summary());
   EXPECT_EQ(conv.summary()->covers_through_seq, through);
@@ -642,11 +637,11 @@ TEST(ContextManager, SummarizesTheOldestTurnsAndCommitsTheCheckpointFirst) {
   // kept verbatim is not.
   const Message last_covered = decode_message(f.store->read_history("t1", through, 1).value().at(0).message).value();
   if (last_covered.role != Role::kTool && !last_covered.text().empty()) {
-    EXPECT_TRUE(contains(transcript, last_covered.text().substr(0, 20)));
+    EXPECT_THAT(transcript, HasSubstr(last_covered.text().substr(0, 20)));
   }
   const std::string front = conv.tail().front().message.text();
   if (!front.empty()) {
-    EXPECT_FALSE(contains(transcript, "] " + front.substr(0, front.find(' ')) + " agent"));
+    EXPECT_THAT(transcript, Not(HasSubstr("] " + front.substr(0, front.find(' ')) + " agent")));
   }
   // What stays verbatim starts after `through`, not with a tool result, and fits.
   EXPECT_EQ(conv.tail().front().seq, through + 1);
@@ -667,11 +662,10 @@ TEST(ContextManager, CommitFailureMeansTheSummaryIsNotUsed) {
   f.store->fail_next_commits(1, Error(ErrorKind::kTransient, "disk full"));
   const std::vector<Message> live = {Message::user("next question")};
   auto r = f.prepare(*m, conv, live, 2000);
-  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  ASSERT_THAT(r, IsOk());
   EXPECT_EQ(f.summarizer->requests.size(), 1u);  // it ran ...
   ASSERT_TRUE(r->summary_failure);               // ... but its checkpoint did not commit
-  EXPECT_TRUE(contains(r->summary_failure->message(), "committing a summary of task 't1'"))
-      << r->summary_failure->message();
+  EXPECT_THAT(r->summary_failure->message(), HasSubstr("committing a summary of task 't1'"));
   EXPECT_FALSE(has_summary_message(r->fit.messages, "SUMMARY"));
   EXPECT_FALSE(conv.summary());
   EXPECT_FALSE(f.store->load_history("t1", 100).value().summary);
@@ -688,19 +682,19 @@ TEST(ContextManager, SummarizerFailureFallsBackToDropping) {
   f.summarizer->fail_next = 1;
   const std::vector<Message> live = {Message::user("next question")};
   auto r = f.prepare(*m, conv, live, 2000);
-  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  ASSERT_THAT(r, IsOk());
   ASSERT_TRUE(r->summary_failure);
-  EXPECT_EQ(r->summary_failure->kind(), ErrorKind::kTransient);
-  EXPECT_TRUE(contains(r->summary_failure->message(), "summarizer 'small-summarizer': summarizer overloaded"));
+  EXPECT_THAT(*r->summary_failure, StatusIs(ErrorKind::kTransient));
+  EXPECT_THAT(r->summary_failure->message(), HasSubstr("summarizer 'small-summarizer': summarizer overloaded"));
   EXPECT_EQ(r->summarizer_calls, 0);
   EXPECT_GT(r->fit.dropped, 0u);
   EXPECT_FALSE(r->summary_through_seq);
   // An empty answer is a failure too.
   f.summarizer->answer_text = "  \n ";
   r = f.prepare(*m, conv, live, 2000);
-  ASSERT_TRUE(r.ok());
+  ASSERT_THAT(r, IsOk());
   ASSERT_TRUE(r->summary_failure);
-  EXPECT_TRUE(contains(r->summary_failure->message(), "returned no text"));
+  EXPECT_THAT(r->summary_failure->message(), HasSubstr("returned no text"));
 }
 
 TEST(ContextManager, ASummaryThatIgnoresItsLimitIsCut) {
@@ -711,7 +705,7 @@ TEST(ContextManager, ASummaryThatIgnoresItsLimitIsCut) {
   f.summarizer->answer_text = words(3000, "verbose");
   const std::vector<Message> live = {Message::user("next")};
   auto r = f.prepare(*m, conv, live, 2000);
-  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  ASSERT_THAT(r, IsOk());
   ASSERT_TRUE(conv.summary());
   EXPECT_LE(kCounter.text(conv.summary()->text), 600);  // stored: at most 2x max_summary_tokens
   const auto it =
@@ -728,13 +722,12 @@ TEST(ContextManager, WithoutASummarizerItOnlyFits) {
   auto m = f.manager({}, false);
   const std::vector<Message> live = {Message::user("next question")};
   auto r = f.prepare(*m, conv, live, 2000);
-  ASSERT_TRUE(r.ok());
+  ASSERT_THAT(r, IsOk());
   EXPECT_FALSE(r->summary_failure);
   EXPECT_GT(r->fit.dropped, 0u);
   EXPECT_EQ(r->fit.messages.back(), live[0]);
   auto bad = f.prepare(*m, conv, live, 0);
-  ASSERT_FALSE(bad.ok());
-  EXPECT_EQ(bad.error().kind(), ErrorKind::kInvalidArgument);
+  ASSERT_THAT(bad, StatusIs(ErrorKind::kInvalidArgument));
 }
 
 TEST(ContextManager, RestartSeesTheSummaryAndTheTailAndNothingIsLost) {
@@ -768,7 +761,7 @@ TEST(ContextManager, RestartSeesTheSummaryAndTheTailAndNothingIsLost) {
   auto m2 = f.manager();
   const std::vector<Message> live = {Message::user("after restart")};
   auto r = f.prepare(*m2, again, live, 2000);
-  ASSERT_TRUE(r.ok());
+  ASSERT_THAT(r, IsOk());
   EXPECT_TRUE(has_summary_message(r->fit.messages, "SUMMARY 1"));
   EXPECT_EQ(f.summarizer->requests.size(), 1u);  // nothing new to summarize
 }
@@ -783,11 +776,11 @@ TEST(ContextManager, ASecondSummarizationFoldsTheFirst) {
   ASSERT_TRUE(first.ok() && first->summary_through_seq);
   f.append(conv, turns(10, 10));
   auto second = f.prepare(*m, conv, live, 2000);
-  ASSERT_TRUE(second.ok()) << second.error().to_string();
+  ASSERT_THAT(second, IsOk());
   ASSERT_EQ(f.summarizer->requests.size(), 2u);
   const std::string transcript = f.summarizer->requests[1].messages[1].text();
-  EXPECT_TRUE(contains(transcript, "<previous_summary>\nSUMMARY 1\n</previous_summary>"));
-  EXPECT_FALSE(contains(transcript, "[user] q0 "));  // already folded
+  EXPECT_THAT(transcript, HasSubstr("<previous_summary>\nSUMMARY 1\n</previous_summary>"));
+  EXPECT_THAT(transcript, Not(HasSubstr("[user] q0 ")));  // already folded
   ASSERT_TRUE(second->summary_through_seq);
   EXPECT_GT(*second->summary_through_seq, *first->summary_through_seq);
   EXPECT_TRUE(has_summary_message(second->fit.messages, "SUMMARY 2"));
@@ -807,8 +800,8 @@ TEST(ContextManager, SystemAndPinnedHistorySurviveSummarization) {
   auto r = f.prepare(*m, conv, live, 2000);
   ASSERT_TRUE(r.ok() && r->summary_through_seq);
   const std::string transcript = f.summarizer->requests.at(0).messages[1].text();
-  EXPECT_FALSE(contains(transcript, "stored system prompt"));
-  EXPECT_FALSE(contains(transcript, "keep me"));
+  EXPECT_THAT(transcript, Not(HasSubstr("stored system prompt")));
+  EXPECT_THAT(transcript, Not(HasSubstr("keep me")));
   ASSERT_GE(r->fit.messages.size(), 3u);
   EXPECT_EQ(r->fit.messages[0], history[0]);
   EXPECT_EQ(r->fit.messages[1], history[1]);
@@ -829,7 +822,7 @@ TEST(ContextManager, TheCutNeverSeparatesACallFromItsResults) {
     auto m = f.manager();
     const std::vector<Message> live = {Message::user("next")};
     auto r = f.prepare(*m, conv, live, budget);
-    ASSERT_TRUE(r.ok()) << budget << ": " << r.error().to_string();
+    ASSERT_THAT(r, IsOk()) << budget << ": " << r.error().to_string();
     if (!r->summary_through_seq) continue;
     ASSERT_FALSE(conv.tail().empty());
     EXPECT_NE(conv.tail().front().message.role, Role::kTool) << "budget " << budget;
@@ -851,12 +844,12 @@ TEST(ContextManager, LongHistoriesAreSummarizedInChunks) {
       {.summarizer_model = "s", .max_summary_tokens = 100, .summarizer_input_tokens = 1000, .max_summarizer_calls = 3});
   const std::vector<Message> live = {Message::user("next")};
   auto r = f.prepare(*m, conv, live, 2000);
-  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  ASSERT_THAT(r, IsOk());
   EXPECT_EQ(r->summarizer_calls, 3);
   ASSERT_EQ(f.summarizer->requests.size(), 3u);
   for (std::size_t i = 1; i < 3; ++i) {
-    EXPECT_TRUE(contains(f.summarizer->requests[i].messages[1].text(),
-                         "<previous_summary>\nSUMMARY " + std::to_string(i) + "\n"));
+    EXPECT_THAT(f.summarizer->requests[i].messages[1].text(),
+                HasSubstr("<previous_summary>\nSUMMARY " + std::to_string(i) + "\n"));
   }
   for (const ChatRequest& req : f.summarizer->requests) {
     EXPECT_LE(kCounter.request(req), 1000 + 200) << "a summarizer call over its input budget";
@@ -879,11 +872,11 @@ TEST(ContextManager, CompactSummarizesBelowTheTriggerAndFitsTheLowerTarget) {
   const std::int64_t target = budget * 6 / 10;
   auto m = f.manager();
   auto p = f.prepare(*m, conv, live, budget);
-  ASSERT_TRUE(p.ok());
+  ASSERT_THAT(p, IsOk());
   EXPECT_EQ(p->summarizer_calls, 0);
   EXPECT_EQ(p->fit.dropped, 0u);
   auto c = f.prepare(*m, conv, live, budget, /*compact=*/true);
-  ASSERT_TRUE(c.ok()) << c.error().to_string();
+  ASSERT_THAT(c, IsOk());
   EXPECT_EQ(c->summarizer_calls, 1);
   EXPECT_LE(c->fit.tokens_after, target);
   EXPECT_TRUE(has_summary_message(c->fit.messages, "SUMMARY 1"));
@@ -894,16 +887,14 @@ TEST(ContextManager, CompactSummarizesBelowTheTriggerAndFitsTheLowerTarget) {
   g.append(conv2, turns(0, 6));
   auto plain = g.manager({}, false);
   auto d = g.prepare(*plain, conv2, live, budget, true);
-  ASSERT_TRUE(d.ok());
+  ASSERT_THAT(d, IsOk());
   EXPECT_LE(d->fit.tokens_after, target);
   EXPECT_GT(d->fit.dropped, 0u);
 
   // What cannot be dropped above the target: a context overflow that says it was compacting.
   const std::vector<Message> huge = {Message::user(words(2000, "huge"))};
   auto e = g.prepare(*plain, conv2, huge, 2500, true);  // the message alone is ~2,000 > 1,500
-  ASSERT_FALSE(e.ok());
-  EXPECT_EQ(e.error().kind(), ErrorKind::kContextOverflow);
-  EXPECT_TRUE(contains(e.error().message(), "compacting after a context overflow")) << e.error().message();
+  ASSERT_THAT(e, StatusIs(ErrorKind::kContextOverflow, HasSubstr("compacting after a context overflow")));
 }
 
 }  // namespace

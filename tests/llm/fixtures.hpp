@@ -21,7 +21,7 @@ inline void PrintTo(const ToolCall& c, std::ostream* os) {
 
 }  // namespace nines::llm
 
-namespace nines::llm::testing {
+namespace nines::llm::test {
 
 inline std::string fixture(std::string_view name) {
   std::string path = std::string(NINES_LLM_FIXTURES) + "/" + std::string(name);
@@ -62,4 +62,4 @@ inline std::vector<Event> fixture_events(std::string_view name) {
   return events;
 }
 
-}  // namespace nines::llm::testing
+}  // namespace nines::llm::test

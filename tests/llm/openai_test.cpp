@@ -2,24 +2,30 @@
 // truncated and malformed input.
 #include "nines/llm/openai.hpp"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 #include <string>
 
 #include "llm/fixtures.hpp"
+#include "support/status_matchers.hpp"
 
 namespace nines::llm {
 namespace {
+using ::nines::test::IsOk;
+using ::nines::test::StatusIs;
+using ::testing::HasSubstr;
+using ::testing::Not;
 
 using nlohmann::json;
-using testing::Event;
-using testing::fixture;
-using testing::fixture_events;
+using test::Event;
+using test::fixture;
+using test::fixture_events;
 
 std::unique_ptr<Codec> codec(OpenAiOptions o = {}) {
   auto c = make_openai_codec(std::move(o));
-  EXPECT_TRUE(c.ok());
+  EXPECT_THAT(c, IsOk());
   return std::move(c).value();
 }
 
@@ -113,22 +119,21 @@ TEST(OpenAiRequest, InvalidRequestsFailBeforeAnyCall) {
   auto c = codec();
   ChatRequest no_model = weather_request();
   no_model.model.clear();
-  EXPECT_EQ(c->build_call(no_model).error().kind(), ErrorKind::kInvalidArgument);
-  EXPECT_EQ(c->build_call(ChatRequest{.model = "m"}).error().kind(), ErrorKind::kInvalidArgument);
+  EXPECT_THAT(c->build_call(no_model), StatusIs(ErrorKind::kInvalidArgument));
+  EXPECT_THAT(c->build_call(ChatRequest{.model = "m"}), StatusIs(ErrorKind::kInvalidArgument));
   ChatRequest bad_schema = weather_request();
   bad_schema.tools[0].parameters_schema_json = "{not json";
   Error e = c->build_call(bad_schema).error();
-  EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument);
-  EXPECT_NE(e.message().find("get_weather"), std::string::npos);
+  EXPECT_THAT(e, StatusIs(ErrorKind::kInvalidArgument, HasSubstr("get_weather")));
   ChatRequest orphan{.model = "m", .messages = {Message::tool_result("", "x")}};
-  EXPECT_EQ(c->build_call(orphan).error().kind(), ErrorKind::kInvalidArgument);
-  EXPECT_EQ(make_openai_codec({.base_url = "/"}).error().kind(), ErrorKind::kInvalidArgument);
+  EXPECT_THAT(c->build_call(orphan), StatusIs(ErrorKind::kInvalidArgument));
+  EXPECT_THAT(make_openai_codec({.base_url = "/"}), StatusIs(ErrorKind::kInvalidArgument));
 }
 
 TEST(OpenAiRequest, InvalidUtf8IsReplacedNotThrown) {
   ChatRequest r{.model = "m", .messages = {Message::user("bad \xff\xfe bytes")}};
   Result<HttpCall> call = codec()->build_call(r);
-  ASSERT_TRUE(call.ok());
+  ASSERT_THAT(call, IsOk());
   EXPECT_TRUE(json::accept(call->body));
 }
 
@@ -189,8 +194,7 @@ TEST(OpenAiResponse, MalformedBodiesAreTransientAndCounted) {
   std::uint64_t n = 0;
   for (const char* body : bodies) {
     Result<ChatResponse> r = c->parse_response(body);
-    ASSERT_FALSE(r.ok()) << body;
-    EXPECT_EQ(r.error().kind(), ErrorKind::kTransient) << body;
+    ASSERT_THAT(r, StatusIs(ErrorKind::kTransient)) << body;
     EXPECT_TRUE(is_malformed(r.error())) << body;
     EXPECT_EQ(c->malformed_count(), ++n);
   }
@@ -199,7 +203,7 @@ TEST(OpenAiResponse, MalformedBodiesAreTransientAndCounted) {
 TEST(OpenAiResponse, ErrorObjectInA200BodyIsMapped) {
   auto c = codec();
   Result<ChatResponse> r = c->parse_response(fixture("openai/error_context_length.json"));
-  EXPECT_EQ(r.error().kind(), ErrorKind::kContextOverflow);
+  EXPECT_THAT(r, StatusIs(ErrorKind::kContextOverflow));
   EXPECT_EQ(c->malformed_count(), 0u);
 }
 
@@ -208,7 +212,7 @@ TEST(OpenAiResponse, MapErrorRedactsTheCodecsKey) {
   ApiFailure f =
       c->map_error(401, {}, R"({"error":{"message":"token local-token-123456789 unknown"}})", Now{TimePoint(0s), 0});
   EXPECT_TRUE(f.auth);
-  EXPECT_EQ(f.error.message().find("local-token"), std::string::npos) << f.error.message();
+  EXPECT_THAT(f.error.message(), Not(HasSubstr("local-token")));
 }
 
 // --- streams ---------------------------------------------------------------------------------
@@ -237,7 +241,7 @@ TEST(OpenAiStream, TextDeltasThenTheWholeResponse) {
   std::vector<std::string> deltas;
   for (const Event& e : events) {
     Result<StreamDelta> d = acc->on_event(e.name, e.data);
-    ASSERT_TRUE(d.ok()) << d.error().to_string();
+    ASSERT_THAT(d, IsOk());
     if (!d->text.empty()) deltas.push_back(d->text);
     EXPECT_EQ(d->done, e.data == "[DONE]");
   }
@@ -250,7 +254,7 @@ TEST(OpenAiStream, TextDeltasThenTheWholeResponse) {
   EXPECT_EQ(r.finish_reason, FinishReason::kStop);
   EXPECT_EQ(r.usage, (Usage{.input_tokens = 9, .output_tokens = 3}));
   // Events after [DONE] are ignored; finish may be called again.
-  EXPECT_TRUE(acc->on_event("", R"({"choices":[{"index":0,"delta":{"content":"late"}}]})").ok());
+  EXPECT_THAT(acc->on_event("", R"({"choices":[{"index":0,"delta":{"content":"late"}}]})"), IsOk());
   EXPECT_EQ(acc->finish().value().message.text(), "Hello there!");
 }
 
@@ -277,8 +281,7 @@ TEST(OpenAiStream, AStreamWithoutDoneIsATransientFailureAtEveryCut) {
     for (std::size_t cut = 0; cut < events.size(); ++cut) {  // every prefix lacking [DONE]
       auto acc = c->start_stream();
       Fed f = feed(*acc, std::vector<Event>(events.begin(), events.begin() + static_cast<long>(cut)));
-      ASSERT_FALSE(f.response.ok()) << name << " cut at " << cut;
-      EXPECT_EQ(f.response.error().kind(), ErrorKind::kTransient);
+      ASSERT_THAT(f.response, StatusIs(ErrorKind::kTransient)) << name << " cut at " << cut;
       EXPECT_TRUE(is_truncated_stream(f.response.error())) << f.response.error().message();
       EXPECT_FALSE(acc->done());
       EXPECT_FALSE(acc->finish().ok());  // and stays failed
@@ -292,11 +295,11 @@ TEST(OpenAiStream, MalformedChunkFailsTheStreamAndIsCounted) {
   auto c = codec();
   std::vector<Event> events = fixture_events("openai/stream_text.sse");
   auto acc = c->start_stream();
-  ASSERT_TRUE(acc->on_event("", events[0].data).ok());
+  ASSERT_THAT(acc->on_event("", events[0].data), IsOk());
   Result<StreamDelta> bad = acc->on_event("", R"({"choices":[{"index":0,"delta":{"content":"Hel)");
   ASSERT_FALSE(bad.ok());
   EXPECT_TRUE(is_malformed(bad.error()));
-  EXPECT_EQ(bad.error().kind(), ErrorKind::kTransient);
+  EXPECT_THAT(bad, StatusIs(ErrorKind::kTransient));
   // Every later event returns the same error, [DONE] included; so does finish().
   EXPECT_EQ(acc->on_event("", events[1].data).error(), bad.error());
   EXPECT_EQ(acc->on_event("", "[DONE]").error(), bad.error());
@@ -326,13 +329,12 @@ TEST(OpenAiStream, OtherMalformedEvents) {
 
 TEST(OpenAiStream, ErrorChunkIsMappedByItsType) {
   auto acc = codec({.api_key = "sk-live-abcdefghijklmnop"})->start_stream();
-  ASSERT_TRUE(acc->on_event("", fixture_events("openai/stream_text.sse")[1].data).ok());
+  ASSERT_THAT(acc->on_event("", fixture_events("openai/stream_text.sse")[1].data), IsOk());
   Result<StreamDelta> d = acc->on_event(
       "", R"j({"error":{"message":"The server had an error (key sk-live-abcdefghijklmnop)","type":"server_error"}})j");
-  ASSERT_FALSE(d.ok());
-  EXPECT_EQ(d.error().kind(), ErrorKind::kTransient);
+  ASSERT_THAT(d, StatusIs(ErrorKind::kTransient));
   EXPECT_FALSE(is_truncated_stream(d.error()));
-  EXPECT_EQ(d.error().message().find("abcdefghijklmnop"), std::string::npos) << d.error().message();
+  EXPECT_THAT(d.error().message(), Not(HasSubstr("abcdefghijklmnop")));
   EXPECT_EQ(acc->finish().error(), d.error());
 }
 
@@ -340,13 +342,13 @@ TEST(OpenAiStream, KeepAlivesAndServersWithoutIndexOrUsage) {
   // A server that sends a whole tool call in one chunk without "index" (older Ollama), blank
   // keep-alive data, no usage.
   auto acc = codec()->start_stream();
-  ASSERT_TRUE(acc->on_event("", "").ok());
-  ASSERT_TRUE(acc->on_event("", R"({"model":"llama3.1","choices":[{"delta":{"tool_calls":[
+  ASSERT_THAT(acc->on_event("", ""), IsOk());
+  ASSERT_THAT(acc->on_event("", R"({"model":"llama3.1","choices":[{"delta":{"tool_calls":[
       {"id":"call_a","function":{"name":"f","arguments":{"x":1}}},
-      {"id":"call_b","function":{"name":"g","arguments":""}}]}}]})")
-                  .ok());
-  ASSERT_TRUE(acc->on_event("", R"({"choices":[{"delta":{},"finish_reason":"tool_calls"}]})").ok());
-  ASSERT_TRUE(acc->on_event("", "[DONE]").ok());
+      {"id":"call_b","function":{"name":"g","arguments":""}}]}}]})"),
+              IsOk());
+  ASSERT_THAT(acc->on_event("", R"({"choices":[{"delta":{},"finish_reason":"tool_calls"}]})"), IsOk());
+  ASSERT_THAT(acc->on_event("", "[DONE]"), IsOk());
   ChatResponse r = acc->finish().value();
   EXPECT_EQ(r.model, "llama3.1");
   ASSERT_EQ(r.message.tool_calls.size(), 2u);
@@ -359,7 +361,7 @@ TEST(OpenAiStream, KeepAlivesAndServersWithoutIndexOrUsage) {
 TEST(OpenAiStream, ResponseSizeIsBounded) {
   auto c = codec({.max_response_bytes = 10});
   auto acc = c->start_stream();
-  ASSERT_TRUE(acc->on_event("", R"({"choices":[{"index":0,"delta":{"content":"12345"}}]})").ok());
+  ASSERT_THAT(acc->on_event("", R"({"choices":[{"index":0,"delta":{"content":"12345"}}]})"), IsOk());
   Result<StreamDelta> d = acc->on_event("", R"({"choices":[{"index":0,"delta":{"content":"678901"}}]})");
   ASSERT_FALSE(d.ok());
   EXPECT_TRUE(is_malformed(d.error()));

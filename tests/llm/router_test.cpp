@@ -2,6 +2,7 @@
 // streaming restarts, with scripted models on the virtual clock.
 #include "nines/llm/router.hpp"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <deque>
@@ -12,9 +13,14 @@
 #include "nines/llm/sim.hpp"
 #include "nines/store/memory_store.hpp"
 #include "runtime/test_util.hpp"
+#include "support/status_matchers.hpp"
 
 namespace nines::llm {
 namespace {
+using ::nines::test::IsOk;
+using ::nines::test::StatusIs;
+using ::testing::HasSubstr;
+using ::testing::Not;
 
 using namespace std::chrono_literals;
 
@@ -112,13 +118,13 @@ ChatRequest prompt(std::string text = "hello", bool stream = false) {
 }
 
 struct Harness {
-  testing::SimRuntime s;
+  test::SimRuntime s;
   std::shared_ptr<ByteCountSizer> sizer = std::make_shared<ByteCountSizer>();
 
   std::unique_ptr<Router> make(std::vector<ModelRouteOptions> chain, Compactor compactor = {}) {
     RouterOptions o{.name = "r", .chain = std::move(chain), .sizer = sizer, .compactor = std::move(compactor)};
     auto r = Router::create(s.env, std::move(o));
-    EXPECT_TRUE(r.ok()) << (r.ok() ? "" : r.error().to_string());
+    EXPECT_THAT(r, IsOk());
     return std::move(r).value();
   }
 
@@ -164,7 +170,7 @@ TEST(Router, PrimaryAnswersUndegraded) {
   auto b = std::make_shared<ScriptedModel>("b");
   auto router = h.make({route("a", a), route("b", b)});
   auto r = h.run(*router, prompt());
-  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  ASSERT_THAT(r, IsOk());
   EXPECT_EQ(r->served_by, "a");
   EXPECT_FALSE(r->degraded);
   EXPECT_TRUE(r->fallbacks.empty());
@@ -182,7 +188,7 @@ TEST(Router, TransientFailuresAreRetriedOnTheSameRoute) {
   auto router = h.make({route("a", a), route("b", std::make_shared<ScriptedModel>("b"))});
   Duration took{};
   auto r = h.run(*router, prompt(), nullptr, &took);
-  ASSERT_TRUE(r.ok());
+  ASSERT_THAT(r, IsOk());
   EXPECT_EQ(r->served_by, "a");
   EXPECT_EQ(a->requests.size(), 3u);
   EXPECT_EQ(took, 230ms);  // three 10 ms calls, two 100 ms backoffs
@@ -194,13 +200,13 @@ TEST(Router, FallsBackWhenRetriesAreExhaustedAndSaysWhy) {
   auto b = std::make_shared<ScriptedModel>("b");
   auto router = h.make({route("a", a), route("b", b)});
   auto r = h.run(*router, prompt());
-  ASSERT_TRUE(r.ok());
+  ASSERT_THAT(r, IsOk());
   EXPECT_EQ(r->served_by, "b");
   EXPECT_TRUE(r->degraded);
   ASSERT_EQ(r->fallbacks.size(), 1u);
   EXPECT_EQ(r->fallbacks[0].route, "a");
   EXPECT_EQ(r->fallbacks[0].reason, FallbackReason::kRetriesExhausted);
-  EXPECT_NE(r->fallbacks[0].error.message().find("route 'a'"), std::string::npos);
+  EXPECT_THAT(r->fallbacks[0].error.message(), HasSubstr("route 'a'"));
   EXPECT_EQ(b->requests.at(0).model, "model-b");
   EXPECT_EQ(router->counters(0).left[reason_index(FallbackReason::kRetriesExhausted)], 1u);
   EXPECT_EQ(router->counters(1).served, 1u);
@@ -213,7 +219,7 @@ TEST(Router, AFallbackIsLoggedWithTheRouteTheReasonAndTheNextRoute) {
   auto c = std::make_shared<ScriptedModel>("c");
   auto router = h.make({route("a", a), route("b", b), route("c", c)});
   auto r = h.run(*router, prompt());
-  ASSERT_TRUE(r.ok());
+  ASSERT_THAT(r, IsOk());
   EXPECT_EQ(r->served_by, "c");
   CaptureSink& logs = h.s.env.captured_logs();
   auto lines = logs.records("model_fallback");
@@ -254,7 +260,7 @@ TEST(Router, AnOpenBreakerIsSkippedWithoutCallingTheModel) {
   auto router = h.make({ra, route("b", b)});
   auto calls = run_in_a_row(h, *router, 3);  // no virtual time between them: it stays open
   ASSERT_EQ(calls.size(), 3u);
-  for (auto& c : calls) ASSERT_TRUE(c.first.ok());
+  for (auto& c : calls) ASSERT_THAT(c.first, IsOk());
   EXPECT_EQ(a->requests.size(), 2u);  // the third call did not reach it
   EXPECT_EQ(calls[0].first->fallbacks.at(0).reason, FallbackReason::kRetriesExhausted);
   EXPECT_EQ(calls[2].first->served_by, "b");
@@ -267,16 +273,16 @@ TEST(Router, AuthFailureForcesTheBreakerOpenAndFallsBack) {
   auto b = std::make_shared<ScriptedModel>("b");
   auto router = h.make({route("a", a), route("b", b)});
   auto r = h.run(*router, prompt());
-  ASSERT_TRUE(r.ok());
+  ASSERT_THAT(r, IsOk());
   EXPECT_EQ(r->served_by, "b");
   EXPECT_EQ(r->fallbacks.at(0).reason, FallbackReason::kAuthFailure);
   EXPECT_EQ(a->requests.size(), 1u);  // permanent: not retried
   EXPECT_EQ(router->breaker(0)->state(), BreakerState::kForcedOpen);
-  ASSERT_TRUE(h.run(*router, prompt()).ok());
+  ASSERT_THAT(h.run(*router, prompt()), IsOk());
   EXPECT_EQ(a->requests.size(), 1u);  // stays out until reset
   router->breaker(0)->reset();
   auto again = h.run(*router, prompt());
-  ASSERT_TRUE(again.ok());
+  ASSERT_THAT(again, IsOk());
   EXPECT_EQ(again->served_by, "a");
 }
 
@@ -299,16 +305,16 @@ TEST(Router, AnOpenBreakerAfterAnAuthFailureIsNotTakenForOne) {
   // call at once: a's key is refused, b's breaker is still open, c answers.
   auto calls = run_in_a_row(h, *router, 2);
   ASSERT_EQ(calls.size(), 2u);
-  ASSERT_TRUE(calls[0].first.ok());
+  ASSERT_THAT(calls[0].first, IsOk());
   ASSERT_EQ(calls[0].first->fallbacks.size(), 2u);
   EXPECT_EQ(calls[0].first->fallbacks[1].reason, FallbackReason::kRetriesExhausted);
   auto& r = calls[1].first;
-  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  ASSERT_THAT(r, IsOk());
   EXPECT_EQ(r->served_by, "c");
   ASSERT_EQ(r->fallbacks.size(), 2u);
   EXPECT_EQ(r->fallbacks[0].reason, FallbackReason::kAuthFailure);
   EXPECT_EQ(r->fallbacks[1].reason, FallbackReason::kCircuitOpen);
-  EXPECT_EQ(r->fallbacks[1].error.kind(), ErrorKind::kCircuitOpen);
+  EXPECT_THAT(r->fallbacks[1].error, StatusIs(ErrorKind::kCircuitOpen));
   EXPECT_EQ(router->breaker(0)->state(), BreakerState::kForcedOpen);
   EXPECT_EQ(router->breaker(1)->state(), BreakerState::kOpen);  // not isolated: it recovers by itself
   EXPECT_EQ(b->requests.size(), 1u);
@@ -328,14 +334,13 @@ TEST(Router, AnOpenBreakerAfterALocalLimitIsReportedAsCircuitOpen) {
   auto calls = run_in_a_row(h, *router, 2);  // the second finds a's bucket empty (60 s to wait)
   ASSERT_EQ(calls.size(), 2u);
   auto& r = calls[1].first;
-  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  ASSERT_THAT(r, IsOk());
   EXPECT_EQ(r->served_by, "c");
   ASSERT_EQ(r->fallbacks.size(), 2u);
   EXPECT_EQ(r->fallbacks[0].reason, FallbackReason::kRateLimited);
   EXPECT_EQ(r->fallbacks[1].route, "b");
   EXPECT_EQ(r->fallbacks[1].reason, FallbackReason::kCircuitOpen);
-  EXPECT_EQ(r->fallbacks[1].error.kind(), ErrorKind::kCircuitOpen) << r->fallbacks[1].error.to_string();
-  EXPECT_EQ(r->fallbacks[1].error.message().find("local rate limit"), std::string::npos);
+  EXPECT_THAT(r->fallbacks[1].error, StatusIs(ErrorKind::kCircuitOpen, Not(HasSubstr("local rate limit"))));
 }
 
 // Regression: a call needing more tokens than the route's whole tokens_per_minute made the
@@ -348,13 +353,12 @@ TEST(Router, ACallLargerThanTheTokensPerMinuteLimitFallsBack) {
   ra.tokens_per_minute = 50;  // the call needs 8 + 100 reserved
   auto router = h.make({ra, route("b", b)});
   auto r = h.run(*router, prompt());
-  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  ASSERT_THAT(r, IsOk());
   EXPECT_EQ(r->served_by, "b");
   EXPECT_TRUE(a->requests.empty());
   ASSERT_EQ(r->fallbacks.size(), 1u);
   EXPECT_EQ(r->fallbacks[0].reason, FallbackReason::kRateLimited);
-  EXPECT_NE(r->fallbacks[0].error.message().find("tokens_per_minute"), std::string::npos)
-      << r->fallbacks[0].error.message();
+  EXPECT_THAT(r->fallbacks[0].error.message(), HasSubstr("tokens_per_minute"));
 }
 
 // Regression: the limiters wait inside the attempt timeout; a wait longer than the attempt
@@ -371,7 +375,7 @@ TEST(Router, ALimiterWaitLongerThanTheAttemptTimeoutFallsBack) {
   auto calls = run_in_a_row(h, *router, 3);
   ASSERT_EQ(calls.size(), 3u);
   auto& r = calls[2].first;
-  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  ASSERT_THAT(r, IsOk());
   EXPECT_EQ(r->served_by, "b");
   EXPECT_EQ(a->requests.size(), 2u);
   ASSERT_EQ(r->fallbacks.size(), 1u);
@@ -385,12 +389,12 @@ TEST(Router, ARouteWhoseWindowCannotHoldThePromptIsSkippedBeforeTheCall) {
   auto big = std::make_shared<ScriptedModel>("big");
   auto router = h.make({route("small", small, 300), route("big", big, 5000)});
   auto r = h.run(*router, prompt(std::string(250, 'x')));  // 253 + 100 reserved > 300
-  ASSERT_TRUE(r.ok());
+  ASSERT_THAT(r, IsOk());
   EXPECT_TRUE(small->requests.empty());
   EXPECT_EQ(r->served_by, "big");
   ASSERT_EQ(r->fallbacks.size(), 1u);
   EXPECT_EQ(r->fallbacks[0].reason, FallbackReason::kWindowTooSmall);
-  EXPECT_NE(r->fallbacks[0].error.message().find("the window is 300"), std::string::npos);
+  EXPECT_THAT(r->fallbacks[0].error.message(), HasSubstr("the window is 300"));
 }
 
 TEST(Router, ContextOverflowFallsBackOnlyToALargerWindow) {
@@ -400,7 +404,7 @@ TEST(Router, ContextOverflowFallsBackOnlyToALargerWindow) {
   auto bigger = std::make_shared<ScriptedModel>("bigger");
   auto router = h.make({route("a", a, 1000), route("same", same, 1000), route("bigger", bigger, 2000)});
   auto r = h.run(*router, prompt());
-  ASSERT_TRUE(r.ok());
+  ASSERT_THAT(r, IsOk());
   EXPECT_EQ(r->served_by, "bigger");
   EXPECT_EQ(a->requests.size(), 1u);  // context overflow is not retried as is
   EXPECT_TRUE(same->requests.empty());
@@ -426,7 +430,7 @@ TEST(Router, ContextOverflowIsCompactedAndRetriedOnce) {
   auto router = h.make({route("a", a, 1000), route("b", b, 4000)}, compact);
   ScriptedModel* pa = a.get();
   auto r1 = h.run(*router, prompt());
-  ASSERT_TRUE(r1.ok()) << r1.error().to_string();
+  ASSERT_THAT(r1, IsOk());
   EXPECT_EQ(r1->served_by, "b");  // the compacted retry overflowed too (second scripted step)
   EXPECT_EQ(pa->requests.size(), 2u);
   EXPECT_EQ(pa->requests[1].messages.back().text(), "short");
@@ -437,7 +441,7 @@ TEST(Router, ContextOverflowIsCompactedAndRetriedOnce) {
   auto a2 = std::make_shared<ScriptedModel>("a2", std::vector<Step>{{.error = ErrorKind::kContextOverflow}});
   auto router2 = h.make({route("a2", a2, 1000)}, compact);
   auto r2 = h.run(*router2, prompt());
-  ASSERT_TRUE(r2.ok());
+  ASSERT_THAT(r2, IsOk());
   EXPECT_EQ(r2->served_by, "a2");
   EXPECT_TRUE(r2->compacted);
   EXPECT_TRUE(r2->degraded);
@@ -459,7 +463,7 @@ TEST(Router, WhenNoWindowFitsThePromptIsCompactedForTheLargest) {
   };
   auto router = h.make({route("a", a, 500), route("b", b, 800)}, compact);
   auto r = h.run(*router, prompt(std::string(5000, 'x')));
-  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  ASSERT_THAT(r, IsOk());
   EXPECT_EQ(seen_budget, 700);
   EXPECT_EQ(seen_model, "model-b");  // compacted for the route it was compacted for
   EXPECT_EQ(r->served_by, "b");
@@ -471,9 +475,7 @@ TEST(Router, WithoutACompactorAPromptTooBigForEveryWindowIsAContextOverflow) {
   Harness h;
   auto router = h.make({route("a", std::make_shared<ScriptedModel>("a"), 500)});
   auto r = h.run(*router, prompt(std::string(5000, 'x')));
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().kind(), ErrorKind::kContextOverflow);
-  EXPECT_NE(r.error().message().find("a: window_too_small"), std::string::npos) << r.error().message();
+  ASSERT_THAT(r, StatusIs(ErrorKind::kContextOverflow, HasSubstr("a: window_too_small")));
 }
 
 TEST(Router, WhenEveryRouteFailsTheErrorNamesEachAndWhy) {
@@ -482,12 +484,11 @@ TEST(Router, WhenEveryRouteFailsTheErrorNamesEachAndWhy) {
   auto b = std::make_shared<ScriptedModel>("b", std::vector<Step>{{.error = ErrorKind::kPermanent}});
   auto router = h.make({route("a", a), route("b", b)});
   auto r = h.run(*router, prompt());
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().kind(), ErrorKind::kPermanent);
+  ASSERT_THAT(r, StatusIs(ErrorKind::kPermanent));
   const std::string& m = r.error().message();
-  EXPECT_NE(m.find("router 'r'"), std::string::npos) << m;
-  EXPECT_NE(m.find("a: retries_exhausted"), std::string::npos) << m;
-  EXPECT_NE(m.find("b: permanent_error"), std::string::npos) << m;
+  EXPECT_THAT(m, HasSubstr("router 'r'"));
+  EXPECT_THAT(m, HasSubstr("a: retries_exhausted"));
+  EXPECT_THAT(m, HasSubstr("b: permanent_error"));
 }
 
 TEST(Router, AMalformedRequestStopsTheChain) {
@@ -496,8 +497,7 @@ TEST(Router, AMalformedRequestStopsTheChain) {
   auto b = std::make_shared<ScriptedModel>("b");
   auto router = h.make({route("a", a), route("b", b)});
   auto r = h.run(*router, prompt());
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().kind(), ErrorKind::kInvalidArgument);
+  ASSERT_THAT(r, StatusIs(ErrorKind::kInvalidArgument));
   EXPECT_TRUE(b->requests.empty());
 }
 
@@ -510,7 +510,7 @@ TEST(Router, ARetryTimeBeyondThePolicysLimitFallsBackAtOnce) {
   auto router = h.make({route("a", a), route("b", b)});
   Duration took{};
   auto r = h.run(*router, prompt(), nullptr, &took);
-  ASSERT_TRUE(r.ok());
+  ASSERT_THAT(r, IsOk());
   EXPECT_EQ(r->served_by, "b");
   EXPECT_EQ(r->fallbacks.at(0).reason, FallbackReason::kRateLimited);
   EXPECT_EQ(a->requests.size(), 2u);  // the 2 s wait was honoured, the 10 min one was not
@@ -526,7 +526,7 @@ TEST(Router, RequestsPerMinuteAreEnforcedLocally) {
   auto router = h.make({ra});
   auto calls = run_in_a_row(h, *router, 3);
   ASSERT_EQ(calls.size(), 3u);
-  for (auto& c : calls) ASSERT_TRUE(c.first.ok());
+  for (auto& c : calls) ASSERT_THAT(c.first, IsOk());
   EXPECT_EQ(calls[0].second, 10ms);
   EXPECT_EQ(calls[1].second, 10ms);
   EXPECT_GE(calls[2].second, 29s);  // the third waits for the bucket (2 per minute: one every 30 s)
@@ -547,10 +547,10 @@ TEST(Router, TokensPerMinuteTakeTheEstimateAndSettleWithUsage) {
   auto calls = run_in_a_row(h, *router, 3);
   ASSERT_EQ(calls.size(), 3u);
   EXPECT_EQ(h.sizer->observed.at(0), "model-a:8->400");
-  ASSERT_TRUE(calls[1].first.ok());
+  ASSERT_THAT(calls[1].first, IsOk());
   EXPECT_EQ(calls[1].first->served_by, "a");
   auto& r = calls[2].first;
-  ASSERT_TRUE(r.ok());
+  ASSERT_THAT(r, IsOk());
   EXPECT_EQ(r->served_by, "b");
   EXPECT_EQ(r->fallbacks.at(0).reason, FallbackReason::kRateLimited);
 }
@@ -566,7 +566,7 @@ TEST(Router, AStreamRestartedByARetryTellsTheSinkFirst) {
                             .on_restart = [&] { seen.emplace_back("<restart>"); }};
   ChatRequest req = prompt("hi", true);
   auto r = h.run(*router, req, &hooks);
-  ASSERT_TRUE(r.ok());
+  ASSERT_THAT(r, IsOk());
   EXPECT_EQ(seen, (std::vector<std::string>{"Hel", "<restart>", "Hel", "lo"}));
   EXPECT_EQ(r->response.message.text(), "Hello");
 }
@@ -618,14 +618,14 @@ TEST(Router, CreateRejectsBadOptionsNamingTheField) {
     EXPECT_FALSE(r.ok());
     return r.ok() ? std::string() : r.error().message();
   };
-  EXPECT_NE(err({}).find("chain is empty"), std::string::npos);
-  EXPECT_NE(err({route("a", m), route("a", m)}).find("chain[1]: name 'a' is used twice"), std::string::npos);
-  EXPECT_NE(err({route("a", nullptr)}).find("'a' has no client"), std::string::npos);
+  EXPECT_THAT(err({}), HasSubstr("chain is empty"));
+  EXPECT_THAT(err({route("a", m), route("a", m)}), HasSubstr("chain[1]: name 'a' is used twice"));
+  EXPECT_THAT(err({route("a", nullptr)}), HasSubstr("'a' has no client"));
   auto tight = route("a", m, 100);
-  EXPECT_NE(err({tight}).find("max_output_tokens must be > 0 and < context_window_tokens (100)"), std::string::npos);
+  EXPECT_THAT(err({tight}), HasSubstr("max_output_tokens must be > 0 and < context_window_tokens (100)"));
   auto bad_retry = route("a", m);
   bad_retry.retry.max_attempts = 0;
-  EXPECT_NE(err({bad_retry}).find("chain[0]: retry"), std::string::npos);
+  EXPECT_THAT(err({bad_retry}), HasSubstr("chain[0]: retry"));
 }
 
 TEST(Router, ByteSizerOverEstimatesEnglish) {
@@ -643,12 +643,11 @@ TEST(Router, TheDefaultSizerIsTheCalibratedEstimator) {
   std::string words;
   for (int i = 0; i < 400; ++i) words += "word ";  // 2,000 bytes, about 400 tokens
   auto r = h.run(*router, prompt(words));
-  ASSERT_TRUE(r.ok()) << r.error().to_string();  // a bytes/3 estimate (667) + 100 would still fit;
+  ASSERT_THAT(r, IsOk());  // a bytes/3 estimate (667) + 100 would still fit;
   EXPECT_EQ(r->served_by, "a");
   for (int i = 0; i < 600; ++i) words += "word ";  // now about 1,000 tokens: over the window
   auto too_big = h.run(*router, prompt(words));
-  ASSERT_FALSE(too_big.ok());
-  EXPECT_EQ(too_big.error().kind(), ErrorKind::kContextOverflow);
+  ASSERT_THAT(too_big, StatusIs(ErrorKind::kContextOverflow));
   EXPECT_EQ(a->requests.size(), 1u);
 }
 
@@ -669,7 +668,7 @@ TEST(Router, TheFitCompactorDropsTheOldestTurnsAfterAnOverflow) {
   }
   req.messages.push_back(Message::user("the last question"));
   auto r = h.run(*router, req);
-  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  ASSERT_THAT(r, IsOk());
   EXPECT_TRUE(r->compacted);
   ASSERT_EQ(a->requests.size(), 2u);
   const auto& retried = a->requests[1].messages;
@@ -700,7 +699,7 @@ TEST(Router, TheFitCompactorSaysWhatTheToolsNeed) {
   h.s.rt->advance(1h);
   ASSERT_EQ(messages.size(), 2u);
   const std::string expected = "the tools alone need " + std::to_string(tools) + " tokens; the budget is 200";
-  for (const std::string& m : messages) EXPECT_NE(m.find(expected), std::string::npos) << m;
+  for (const std::string& m : messages) EXPECT_THAT(m, HasSubstr(expected));
 }
 
 TEST(Router, APerCallCompactorSummarizesIntoACheckpointInTheStore) {
@@ -722,7 +721,7 @@ TEST(Router, APerCallCompactorSummarizesIntoACheckpointInTheStore) {
       history.push_back(Message::assistant("answer " + std::to_string(i) + ": " + std::string(120, 'a')));
     }
     Status appended = co_await conversation->append(ctx, history);
-    EXPECT_TRUE(appended.ok());
+    EXPECT_THAT(appended, IsOk());
     std::vector<Message> live = {Message::system("You are terse."), Message::user("And the weather?")};
     ChatRequest req;
     req.messages = live;
@@ -752,7 +751,7 @@ TEST(Router, APerCallCompactorSummarizesIntoACheckpointInTheStore) {
   // The checkpoint is durable: a restart loads it, and the full history is still readable.
   auto view = store->load_history("task-1", 100).value();
   ASSERT_TRUE(view.summary.has_value());
-  EXPECT_NE(view.summary->summary.find("The user asked 30 questions about Paris."), std::string::npos);
+  EXPECT_THAT(view.summary->summary, HasSubstr("The user asked 30 questions about Paris."));
   EXPECT_EQ(store->read_history("task-1", 0, 1000).value().size(), 60u);
 }
 

@@ -4,6 +4,7 @@
 // asserted, never upper ones.
 #include "nines/llm/sim_server.hpp"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <string>
@@ -14,13 +15,15 @@
 #include "nines/llm/openai.hpp"
 #include "nines/net/http_client.hpp"
 #include "nines/runtime/runtime.hpp"
+#include "support/status_matchers.hpp"
 
 namespace nines::llm {
 namespace {
+using ::nines::test::IsOk;
+using ::nines::test::StatusIs;
+using ::testing::HasSubstr;
 
 using namespace std::chrono_literals;
-
-bool contains(std::string_view s, std::string_view part) { return s.find(part) != std::string_view::npos; }
 
 constexpr const char* kWeatherSchema =
     R"({"type":"object","properties":{"location":{"type":"string"}},"required":["location"]})";
@@ -102,7 +105,7 @@ std::string forced(const char* fault) { return std::string(R"("schedule": [{"cal
 TEST(SimServer, TheScenarioProgressesOverHttp) {
   Fixture f(config(""));
   auto first = f.call(weather_request());
-  ASSERT_TRUE(first.outcome.result.ok()) << first.outcome.result.error().to_string();
+  ASSERT_THAT(first.outcome.result, IsOk());
   ASSERT_EQ(first.outcome.result->message.tool_calls.size(), 1u);
   EXPECT_EQ(first.outcome.result->message.tool_calls[0].name, "get_weather");
   EXPECT_EQ(first.outcome.result->finish_reason, FinishReason::kToolCalls);
@@ -110,7 +113,7 @@ TEST(SimServer, TheScenarioProgressesOverHttp) {
   next.messages.push_back(first.outcome.result->message);
   next.messages.push_back(Message::tool_result(first.outcome.result->message.tool_calls[0].id, "sunny, 21C"));
   auto second = f.call(next);
-  ASSERT_TRUE(second.outcome.result.ok()) << second.outcome.result.error().to_string();
+  ASSERT_THAT(second.outcome.result, IsOk());
   EXPECT_EQ(second.outcome.result->message.text(), "Sunny, 21 degrees, in Paris today.");
   EXPECT_GT(second.texts.size(), 3u);  // streamed in pieces of 2 tokens
   EXPECT_GT(second.outcome.result->usage.input_tokens, 0);
@@ -122,21 +125,20 @@ TEST(SimServer, RateLimitedIs429WithTheRetryTime) {
   auto c = f.call(weather_request());
   ASSERT_FALSE(c.outcome.result.ok());
   const Error& e = c.outcome.result.error();
-  EXPECT_EQ(e.kind(), ErrorKind::kRateLimited) << e.to_string();
+  EXPECT_THAT(e, StatusIs(ErrorKind::kRateLimited));
   ASSERT_TRUE(e.retry_at().has_value());
   EXPECT_GE(*e.retry_at(), c.ended + 2900ms);  // retry-after-ms: 3000, read when the reply came
   ASSERT_TRUE(c.outcome.failure.has_value());
   EXPECT_EQ(c.outcome.failure->status, 429);
   EXPECT_FALSE(c.outcome.failure->quota);
   auto again = f.call(weather_request());  // call 2 is not forced: it answers
-  EXPECT_TRUE(again.outcome.result.ok());
+  EXPECT_THAT(again.outcome.result, IsOk());
 }
 
 void expect_transient_status(const char* fault, int status) {
   Fixture f(config(forced(fault)));
   auto c = f.call(weather_request());
-  ASSERT_FALSE(c.outcome.result.ok());
-  EXPECT_EQ(c.outcome.result.error().kind(), ErrorKind::kTransient) << c.outcome.result.error().to_string();
+  ASSERT_THAT(c.outcome.result, StatusIs(ErrorKind::kTransient));
   ASSERT_TRUE(c.outcome.failure.has_value());
   EXPECT_EQ(c.outcome.failure->status, status);
 }
@@ -150,23 +152,21 @@ TEST(SimServer, TimeoutHangsUntilTheClientGivesUp) {
   t.first_byte = 300ms;
   Fixture f(config(R"("faults": {"timeout": {"hang_ms": 60000}}, )" + forced("timeout")), t);
   auto c = f.call(weather_request());
-  ASSERT_FALSE(c.outcome.result.ok());
-  EXPECT_EQ(c.outcome.result.error().kind(), ErrorKind::kTimeout) << c.outcome.result.error().to_string();
+  ASSERT_THAT(c.outcome.result, StatusIs(ErrorKind::kTimeout));
   EXPECT_GE(c.took, 300ms);
 }
 
 TEST(SimServer, AHangEndsWithTheConnectionDroppedAfterHangMs) {
   Fixture f(config(R"("faults": {"timeout": {"hang_ms": 200}}, )" + forced("timeout")));
   auto c = f.call(weather_request());
-  ASSERT_FALSE(c.outcome.result.ok());
-  EXPECT_EQ(c.outcome.result.error().kind(), ErrorKind::kTransient) << c.outcome.result.error().to_string();
+  ASSERT_THAT(c.outcome.result, StatusIs(ErrorKind::kTransient));
   EXPECT_GE(c.took, 200ms);
 }
 
 TEST(SimServer, LatencyIsAddedBeforeTheFirstByte) {
   Fixture f(config(R"("latency": {"first_byte": {"distribution": "fixed", "ms": 150}})"));
   auto c = f.call(weather_request());
-  ASSERT_TRUE(c.outcome.result.ok());
+  ASSERT_THAT(c.outcome.result, IsOk());
   EXPECT_GE(c.took, 150ms);
   EXPECT_GE(f.server->stats().latency_p50, 150ms);  // the server's own time includes it
   // ... and each reply says it, in a header the client's response carries.
@@ -179,23 +179,21 @@ TEST(SimServer, LatencyIsAddedBeforeTheFirstByte) {
 TEST(SimServer, ACutStreamIsTruncatedNeverASuccess) {
   Fixture f(config(R"("faults": {"cut_stream": {"after_chunks": 3}}, )" + forced("cut_stream")));
   auto c = f.call(with_history(weather_request(true)));  // turn 1: the answer, streamed
-  ASSERT_FALSE(c.outcome.result.ok());
-  EXPECT_EQ(c.outcome.result.error().kind(), ErrorKind::kTransient);
+  ASSERT_THAT(c.outcome.result, StatusIs(ErrorKind::kTransient));
   EXPECT_TRUE(is_truncated_stream(c.outcome.result.error())) << c.outcome.result.error().to_string();
 }
 
 TEST(SimServer, MalformedJsonIsAMalformedTransientFailure) {
   Fixture f(config(forced("malformed_json")));
   auto c = f.call(weather_request());
-  ASSERT_FALSE(c.outcome.result.ok());
-  EXPECT_EQ(c.outcome.result.error().kind(), ErrorKind::kTransient);
+  ASSERT_THAT(c.outcome.result, StatusIs(ErrorKind::kTransient));
   EXPECT_TRUE(is_malformed(c.outcome.result.error())) << c.outcome.result.error().to_string();
 }
 
 TEST(SimServer, AHallucinatedToolIsOneTheRequestDoesNotOffer) {
   Fixture f(config(forced("hallucinated_tool")));
   auto c = f.call(weather_request());
-  ASSERT_TRUE(c.outcome.result.ok());
+  ASSERT_THAT(c.outcome.result, IsOk());
   ASSERT_FALSE(c.outcome.result->message.tool_calls.empty());
   for (const ToolCall& call : c.outcome.result->message.tool_calls) {
     EXPECT_NE(call.name, "get_weather");
@@ -206,7 +204,7 @@ TEST(SimServer, AHallucinatedToolIsOneTheRequestDoesNotOffer) {
 TEST(SimServer, InvalidToolArgumentsAreDelivered) {
   Fixture f(config(R"("faults": {"invalid_tool_args": {"mode": "syntax"}}, )" + forced("invalid_tool_args")));
   auto c = f.call(weather_request());
-  ASSERT_TRUE(c.outcome.result.ok()) << c.outcome.result.error().to_string();
+  ASSERT_THAT(c.outcome.result, IsOk());
   ASSERT_EQ(c.outcome.result->message.tool_calls.size(), 1u);
   const std::string& args = c.outcome.result->message.tool_calls[0].arguments_json;
   EXPECT_NE(args, R"({"location":"Paris"})");
@@ -217,7 +215,7 @@ TEST(SimServer, InvalidToolArgumentsAreDelivered) {
 TEST(SimServer, ALoopRepeatsThePreviousToolCall) {
   Fixture f(config(forced("loop")));
   auto c = f.call(with_history(weather_request()));
-  ASSERT_TRUE(c.outcome.result.ok());
+  ASSERT_THAT(c.outcome.result, IsOk());
   ASSERT_EQ(c.outcome.result->message.tool_calls.size(), 1u);
   EXPECT_EQ(c.outcome.result->message.tool_calls[0].name, "get_time");
   EXPECT_EQ(c.outcome.result->message.tool_calls[0].arguments_json, R"({"tz":"CET"})");
@@ -228,11 +226,9 @@ TEST(SimServer, ContextOverflowIsItsOwnKind) {
   ChatRequest big = weather_request();
   big.messages.push_back(Message::user(std::string(4000, 'x')));
   auto c = f.call(big);
-  ASSERT_FALSE(c.outcome.result.ok());
-  EXPECT_EQ(c.outcome.result.error().kind(), ErrorKind::kContextOverflow) << c.outcome.result.error().to_string();
+  ASSERT_THAT(c.outcome.result, StatusIs(ErrorKind::kContextOverflow));
   auto injected = Fixture(config(forced("context_overflow"))).call(weather_request());
-  ASSERT_FALSE(injected.outcome.result.ok());
-  EXPECT_EQ(injected.outcome.result.error().kind(), ErrorKind::kContextOverflow);
+  ASSERT_THAT(injected.outcome.result, StatusIs(ErrorKind::kContextOverflow));
 }
 
 // Regression: each chunk due at once was written from a nested call of the previous one, all
@@ -246,14 +242,14 @@ TEST(SimServer, ALongStreamWithoutChunkDelaysArrivesWhole) {
   ChatRequest req = weather_request(true);
   req.tools.clear();
   auto c = f.call(req);
-  ASSERT_TRUE(c.outcome.result.ok()) << c.outcome.result.error().to_string();
+  ASSERT_THAT(c.outcome.result, IsOk());
   EXPECT_EQ(c.outcome.result->message.text(), answer);
   EXPECT_EQ(f.server->http_stats().closed_slow_reader, 0u);
 }
 
 TEST(SimServer, StatsAreServedAndReset) {
   Fixture f(config(""));
-  ASSERT_TRUE(f.call(weather_request()).outcome.result.ok());
+  ASSERT_THAT(f.call(weather_request()).outcome.result, IsOk());
   std::string body;
   auto w = f.rt->spawn_watched([&](Context& ctx) -> Task<> {
                  net::HttpRequest req;
@@ -263,8 +259,8 @@ TEST(SimServer, StatsAreServedAndReset) {
                })
                .value();
   w.exit->wait();
-  EXPECT_TRUE(contains(body, "\"requests\": 1")) << body;
-  EXPECT_TRUE(contains(body, "\"latency_p99_us\"")) << body;
+  EXPECT_THAT(body, HasSubstr("\"requests\": 1"));
+  EXPECT_THAT(body, HasSubstr("\"latency_p99_us\""));
   f.server->reset_stats();
   EXPECT_EQ(f.server->stats().requests, 0u);
 }

@@ -4,6 +4,7 @@
 // rates over 10,000 draws, request parsing and the HTTP routes.
 #include "nines/llm/sim.hpp"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -20,21 +21,23 @@
 #include "nines/llm/openai.hpp"
 #include "nines/net/sse.hpp"
 #include "nines/runtime/runtime.hpp"
-#include "numbered.hpp"
 #include "runtime/test_util.hpp"
+#include "support/numbered.hpp"
+#include "support/status_matchers.hpp"
 
 namespace nines::llm {
 namespace {
+using ::nines::test::IsOk;
+using ::nines::test::StatusIs;
+using ::testing::HasSubstr;
 
-using nines::testing::numbered;
-using nines::testing::SimRuntime;
+using nines::test::numbered;
+using nines::test::SimRuntime;
 using nlohmann::json;
-
-bool contains(std::string_view s, std::string_view part) { return s.find(part) != std::string_view::npos; }
 
 std::shared_ptr<SimModel> make_sim(std::string_view config) {
   auto s = SimModel::from_json(config);
-  EXPECT_TRUE(s.ok()) << s.error().to_string();
+  EXPECT_THAT(s, IsOk());
   return std::move(s).value();
 }
 
@@ -111,7 +114,7 @@ Result<ChatResponse> read_reply(const SimHttpReply& r, const Codec& codec, const
   std::vector<net::SseEvent> events;
   for (const std::string& chunk : r.chunks) {
     events.clear();
-    EXPECT_TRUE(parser.feed(chunk, events).ok());
+    EXPECT_THAT(parser.feed(chunk, events), IsOk());
     for (const auto& ev : events) {
       auto d = acc->on_event({}, ev.data);
       if (!d.ok()) return d.error();
@@ -178,7 +181,7 @@ TEST(SimConfig, ParsesEveryField) {
     "schedule": [{"call": 2, "fault": "none"}, {"call": 1, "fault": "rate_limited"}],
     "max_tracked_requests": 1000
   })");
-  ASSERT_TRUE(c.ok()) << c.error().to_string();
+  ASSERT_THAT(c, IsOk());
   EXPECT_EQ(c->seed, 42u);
   EXPECT_EQ(c->model, "sim-large");
   ASSERT_EQ(c->scenario.size(), 2u);
@@ -213,7 +216,7 @@ TEST(SimConfig, ParsesEveryField) {
 
 TEST(SimConfig, EmptyObjectGivesTheDefaults) {
   auto c = parse_sim_config("{}");
-  ASSERT_TRUE(c.ok()) << c.error().to_string();
+  ASSERT_THAT(c, IsOk());
   EXPECT_EQ(c->seed, 0u);
   EXPECT_TRUE(c->scenario.empty());
   EXPECT_EQ(c->after_last_turn, SimAfterLastTurn::kRepeatFinal);
@@ -289,9 +292,8 @@ TEST(SimConfig, EveryErrorNamesTheFieldAndWhatIsWrong) {
   };
   for (const Case& c : cases) {
     auto r = parse_sim_config(c.json);
-    ASSERT_FALSE(r.ok()) << c.json;
-    EXPECT_EQ(r.error().kind(), ErrorKind::kInvalidArgument);
-    EXPECT_TRUE(contains(r.error().message(), c.message)) << c.json << "\n  got: " << r.error().message();
+    ASSERT_THAT(r, StatusIs(ErrorKind::kInvalidArgument)) << c.json;
+    EXPECT_THAT(r.error().message(), HasSubstr(c.message)) << c.json << "\n  got: " << r.error().message();
   }
 }
 
@@ -300,17 +302,16 @@ TEST(SimConfig, CreateValidatesAConfigBuiltInCode) {
   c.faults.of(SimFault::kServerError) = 1.25;
   auto r = SimModel::create(c);
   ASSERT_FALSE(r.ok());
-  EXPECT_TRUE(contains(r.error().message(), "faults.server_error: probability must be in [0, 1], got 1.25"))
-      << r.error().message();
+  EXPECT_THAT(r.error().message(), HasSubstr("faults.server_error: probability must be in [0, 1], got 1.25"));
   c = SimConfig{};
   c.scenario.push_back({.tool_calls = {{.name = "x", .arguments_json = "{oops"}}});
   r = SimModel::create(c);
   ASSERT_FALSE(r.ok());
-  EXPECT_TRUE(contains(r.error().message(), "scenario[0].tool_calls[0]: arguments_json is not valid JSON"));
+  EXPECT_THAT(r.error().message(), HasSubstr("scenario[0].tool_calls[0]: arguments_json is not valid JSON"));
   c = SimConfig{};
   c.schedule = {{.call = 0, .fault = SimFault::kLoop}};
   EXPECT_FALSE(SimModel::create(c).ok());
-  EXPECT_TRUE(SimModel::create(SimConfig{}).ok());
+  EXPECT_THAT(SimModel::create(SimConfig{}), IsOk());
 }
 
 // ---- estimates ------------------------------------------------------------------------------
@@ -346,7 +347,7 @@ std::vector<std::string> agent_loop(SimRuntime& s, ChatModel& model, bool stream
   req.tools = {{.name = "search"}, {.name = "fetch"}};
   for (int i = 0; i < 6; ++i) {
     Call c = call_model(s, model, req);
-    EXPECT_TRUE(c.outcome.result.ok()) << c.outcome.result.error().to_string();
+    EXPECT_THAT(c.outcome.result, IsOk());
     if (!c.outcome.result.ok()) break;
     const ChatResponse& r = *c.outcome.result;
     req.messages.push_back(r.message);
@@ -391,7 +392,7 @@ TEST(SimScenario, ResponseCarriesUsageModelIdsAndFinishReason) {
   SimChatModel model(sim);
   ChatRequest req{.model = "asked", .messages = {Message::user("Hello")}};
   Call c = call_model(s, model, req);
-  ASSERT_TRUE(c.outcome.result.ok());
+  ASSERT_THAT(c.outcome.result, IsOk());
   EXPECT_EQ(c.outcome.result->model, "sim-reported");
   EXPECT_EQ(c.outcome.result->usage.input_tokens, 9);
   EXPECT_EQ(c.outcome.result->usage.output_tokens, 3);
@@ -401,13 +402,13 @@ TEST(SimScenario, ResponseCarriesUsageModelIdsAndFinishReason) {
   auto plain = make_sim("{}");
   SimChatModel plain_model(plain);
   Call d = call_model(s, plain_model, req);
-  ASSERT_TRUE(d.outcome.result.ok());
+  ASSERT_THAT(d.outcome.result, IsOk());
   EXPECT_EQ(d.outcome.result->model, "asked");
   EXPECT_EQ(d.outcome.result->message.text(), kDefaultSimAnswer);
   // max_output_tokens cuts the answer: finish reason length.
   req.max_output_tokens = 1;
   Call e = call_model(s, model, req);
-  ASSERT_TRUE(e.outcome.result.ok());
+  ASSERT_THAT(e.outcome.result, IsOk());
   EXPECT_EQ(e.outcome.result->message.text(), "Twel");
   EXPECT_EQ(e.outcome.result->finish_reason, FinishReason::kLength);
 }
@@ -433,14 +434,12 @@ TEST(SimScenario, PastTheLastTurn) {
   // error: a permanent 400 the caller sees as such.
   const char* config = R"({"after_last_turn": "error", "scenario": [{"answer": "only"}]})";
   Both b = run_both(config, req);
-  ASSERT_FALSE(b.in_process.outcome.result.ok());
-  EXPECT_EQ(b.in_process.outcome.result.error().kind(), ErrorKind::kPermanent);
+  ASSERT_THAT(b.in_process.outcome.result, StatusIs(ErrorKind::kPermanent));
   ASSERT_TRUE(b.in_process.outcome.failure.has_value());
   EXPECT_EQ(b.in_process.outcome.failure->status, 400);
   EXPECT_EQ(b.in_process.outcome.failure->error_code, "sim_scenario_exhausted");
   EXPECT_EQ(b.counters.scenario_exhausted, 1u);
-  ASSERT_FALSE(b.from_bytes.ok());
-  EXPECT_EQ(b.from_bytes.error().kind(), ErrorKind::kPermanent);
+  ASSERT_THAT(b.from_bytes, StatusIs(ErrorKind::kPermanent));
 }
 
 TEST(SimScenario, AnInjectedToolCallDoesNotUseUpATurn) {
@@ -528,7 +527,7 @@ TEST(SimDeterminism, ConcurrentCallersGetTheSameDecisionsAsASequentialRun) {
             std::string(to_string(p.fault)) + "@" + std::to_string(p.first_byte_delay.count());
       }
     });
-    ASSERT_TRUE(th.ok());
+    ASSERT_THAT(th, IsOk());
     threads.push_back(std::move(th).value());
   }
   for (auto& th : threads) th->join();
@@ -560,7 +559,7 @@ TEST(SimFaults, RateLimitedIs429WithRetryTime) {
     Both b = run_both(scheduled("rate_limited", R"({"retry_after_ms": 1500})"), weather_request(stream));
     ASSERT_FALSE(b.in_process.outcome.result.ok());
     const Error& e = b.in_process.outcome.result.error();
-    EXPECT_EQ(e.kind(), ErrorKind::kRateLimited) << e.to_string();
+    EXPECT_THAT(e, StatusIs(ErrorKind::kRateLimited));
     ASSERT_TRUE(e.retry_at().has_value());
     EXPECT_EQ(*e.retry_at(), b.in_process.now.monotonic + 1500ms);
     ASSERT_TRUE(b.in_process.outcome.failure.has_value());
@@ -580,9 +579,7 @@ TEST(SimFaults, RateLimitedIs429WithRetryTime) {
 void expect_transient_status(const char* fault, int status) {
   for (bool stream : {false, true}) {
     Both b = run_both(scheduled(fault), weather_request(stream));
-    ASSERT_FALSE(b.in_process.outcome.result.ok()) << fault;
-    EXPECT_EQ(b.in_process.outcome.result.error().kind(), ErrorKind::kTransient)
-        << b.in_process.outcome.result.error().to_string();
+    ASSERT_THAT(b.in_process.outcome.result, StatusIs(ErrorKind::kTransient)) << fault;
     ASSERT_TRUE(b.in_process.outcome.failure.has_value());
     EXPECT_EQ(b.in_process.outcome.failure->status, status);
     EXPECT_EQ(b.reply.status, status);
@@ -600,22 +597,18 @@ TEST(SimFaults, OverloadedIs529Transient) { expect_transient_status("overloaded"
 TEST(SimFaults, TimeoutHangsForHangMsThenTimesOut) {
   for (bool stream : {false, true}) {
     Both b = run_both(scheduled("timeout", R"({"hang_ms": 30000})"), weather_request(stream));
-    ASSERT_FALSE(b.in_process.outcome.result.ok());
-    EXPECT_EQ(b.in_process.outcome.result.error().kind(), ErrorKind::kTimeout);
-    EXPECT_TRUE(contains(b.in_process.outcome.result.error().message(), "hang_ms"));
+    ASSERT_THAT(b.in_process.outcome.result, StatusIs(ErrorKind::kTimeout, HasSubstr("hang_ms")));
     EXPECT_EQ(b.in_process.took, 30s);
     EXPECT_FALSE(b.in_process.outcome.failure.has_value());
     EXPECT_EQ(b.reply.end, SimReplyEnd::kHang);
     EXPECT_EQ(b.reply.hang, 30s);
     EXPECT_TRUE(b.reply.body.empty());
     EXPECT_TRUE(b.reply.chunks.empty());
-    ASSERT_FALSE(b.from_bytes.ok());
-    EXPECT_EQ(b.from_bytes.error().kind(), ErrorKind::kTimeout);
+    ASSERT_THAT(b.from_bytes, StatusIs(ErrorKind::kTimeout));
   }
   // The process deadline comes first: the sleep ends there.
   Both d = run_both(scheduled("timeout", R"({"hang_ms": 30000})"), weather_request(), 2s);
-  ASSERT_FALSE(d.in_process.outcome.result.ok());
-  EXPECT_EQ(d.in_process.outcome.result.error().kind(), ErrorKind::kDeadlineExceeded);
+  ASSERT_THAT(d.in_process.outcome.result, StatusIs(ErrorKind::kDeadlineExceeded));
   EXPECT_EQ(d.in_process.took, 2s);
 }
 
@@ -623,7 +616,7 @@ TEST(SimFaults, CutStreamIsATruncatedStream) {
   Both b = run_both(scheduled("cut_stream", R"({"after_chunks": 3})"), weather_request(true));
   ASSERT_FALSE(b.in_process.outcome.result.ok());
   const Error& e = b.in_process.outcome.result.error();
-  EXPECT_EQ(e.kind(), ErrorKind::kTransient);
+  EXPECT_THAT(e, StatusIs(ErrorKind::kTransient));
   EXPECT_TRUE(is_truncated_stream(e)) << e.to_string();
   EXPECT_EQ(b.reply.end, SimReplyEnd::kAbort);
   ASSERT_EQ(b.reply.chunks.size(), 3u);  // role + two pieces of text
@@ -639,7 +632,7 @@ TEST(SimFaults, CutStreamIsATruncatedStream) {
   EXPECT_EQ(f.reply.chunks.size(), 2u);  // floor(0.5 * 5): of role, 3 text pieces, finish
   // Not a stream: the fault does not apply and the call answers.
   Both n = run_both(scheduled("cut_stream"), weather_request(false));
-  ASSERT_TRUE(n.in_process.outcome.result.ok());
+  ASSERT_THAT(n.in_process.outcome.result, IsOk());
   EXPECT_EQ(n.counters.of(SimFault::kCutStream), 0u);
   EXPECT_EQ(n.counters.of(SimFault::kNone), 1u);
 }
@@ -649,7 +642,7 @@ TEST(SimFaults, MalformedJsonIsMalformed) {
     Both b = run_both(scheduled("malformed_json"), weather_request(stream));
     ASSERT_FALSE(b.in_process.outcome.result.ok());
     const Error& e = b.in_process.outcome.result.error();
-    EXPECT_EQ(e.kind(), ErrorKind::kTransient);
+    EXPECT_THAT(e, StatusIs(ErrorKind::kTransient));
     EXPECT_TRUE(is_malformed(e)) << e.to_string();
     EXPECT_EQ(b.reply.status, 200);
     ASSERT_FALSE(b.from_bytes.ok());
@@ -667,13 +660,13 @@ TEST(SimFaults, HallucinatedToolCallsAToolTheRequestLacks) {
     ChatRequest req = weather_request(stream);
     req.tools.push_back({.name = "sim_unknown_tool"});  // taken: the sim picks another name
     Both b = run_both(scheduled("hallucinated_tool"), req);
-    ASSERT_TRUE(b.in_process.outcome.result.ok()) << b.in_process.outcome.result.error().to_string();
+    ASSERT_THAT(b.in_process.outcome.result, IsOk());
     const ChatResponse& r = *b.in_process.outcome.result;
     EXPECT_EQ(r.finish_reason, FinishReason::kToolCalls);
     ASSERT_EQ(r.message.tool_calls.size(), 1u);
     EXPECT_EQ(r.message.tool_calls[0].name, "sim_unknown_tool_2");
     for (const ToolDefinition& t : req.tools) EXPECT_NE(t.name, r.message.tool_calls[0].name);
-    ASSERT_TRUE(b.from_bytes.ok());
+    ASSERT_THAT(b.from_bytes, IsOk());
     EXPECT_EQ(b.from_bytes->message.tool_calls, r.message.tool_calls);
     EXPECT_EQ(b.counters.of(SimFault::kHallucinatedTool), 1u);
   }
@@ -690,19 +683,19 @@ TEST(SimFaults, InvalidToolArgsBreakSyntaxOrSchemaAndSayWhich) {
   };
   for (bool stream : {false, true}) {
     Both syntax = run_both(config("syntax"), weather_request(stream));
-    ASSERT_TRUE(syntax.in_process.outcome.result.ok());
+    ASSERT_THAT(syntax.in_process.outcome.result, IsOk());
     const ToolCall& bad = syntax.in_process.outcome.result->message.tool_calls.at(0);
     EXPECT_EQ(bad.name, "get_weather");
     EXPECT_EQ(bad.arguments_json, R"({"location":"Paris")");
     EXPECT_FALSE(json::accept(bad.arguments_json));
-    ASSERT_TRUE(syntax.from_bytes.ok());
+    ASSERT_THAT(syntax.from_bytes, IsOk());
     EXPECT_EQ(syntax.from_bytes->message.tool_calls.at(0), bad);
 
     Both schema = run_both(config("schema"), weather_request(stream));
-    ASSERT_TRUE(schema.in_process.outcome.result.ok());
+    ASSERT_THAT(schema.in_process.outcome.result, IsOk());
     const ToolCall& wrong = schema.in_process.outcome.result->message.tool_calls.at(0);
     EXPECT_EQ(wrong.arguments_json, "{}");  // the required "location" left out
-    ASSERT_TRUE(schema.from_bytes.ok());
+    ASSERT_THAT(schema.from_bytes, IsOk());
     EXPECT_EQ(schema.from_bytes->message.tool_calls.at(0), wrong);
   }
   // The plan says which rule was broken.
@@ -727,33 +720,32 @@ TEST(SimFaults, InvalidToolArgsBreakSyntaxOrSchemaAndSayWhich) {
   ChatRequest bare{.model = "m", .messages = {Message::user("hi")}};
   p = make_sim(R"({"schedule": [{"call": 1, "fault": "invalid_tool_args"}]})")->decide(bare);
   EXPECT_EQ(p.fault, SimFault::kNone);
-  EXPECT_TRUE(contains(p.fault_detail, "does not apply"));
+  EXPECT_THAT(p.fault_detail, HasSubstr("does not apply"));
 }
 
 TEST(SimFaults, LoopRepeatsThePreviousToolCallsExactly) {
   for (bool stream : {false, true}) {
     Both b = run_both(scheduled("loop"), with_history(weather_request(stream)));
-    ASSERT_TRUE(b.in_process.outcome.result.ok()) << b.in_process.outcome.result.error().to_string();
+    ASSERT_THAT(b.in_process.outcome.result, IsOk());
     const ChatResponse& r = *b.in_process.outcome.result;
     ASSERT_EQ(r.message.tool_calls.size(), 1u);
     EXPECT_EQ(r.message.tool_calls[0].name, "get_time");
     EXPECT_EQ(r.message.tool_calls[0].arguments_json, R"({"tz":"CET"})");
     EXPECT_EQ(r.finish_reason, FinishReason::kToolCalls);
-    ASSERT_TRUE(b.from_bytes.ok());
+    ASSERT_THAT(b.from_bytes, IsOk());
     EXPECT_EQ(b.from_bytes->message.tool_calls, r.message.tool_calls);
     EXPECT_EQ(b.counters.of(SimFault::kLoop), 1u);
   }
   // Nothing to repeat: the call answers normally.
   Both none = run_both(scheduled("loop"), weather_request());
-  ASSERT_TRUE(none.in_process.outcome.result.ok());
+  ASSERT_THAT(none.in_process.outcome.result, IsOk());
   EXPECT_EQ(none.counters.of(SimFault::kLoop), 0u);
 }
 
 TEST(SimFaults, ContextOverflowInjectedOrByTheWindow) {
   for (bool stream : {false, true}) {
     Both b = run_both(scheduled("context_overflow"), weather_request(stream));
-    ASSERT_FALSE(b.in_process.outcome.result.ok());
-    EXPECT_EQ(b.in_process.outcome.result.error().kind(), ErrorKind::kContextOverflow);
+    ASSERT_THAT(b.in_process.outcome.result, StatusIs(ErrorKind::kContextOverflow));
     ASSERT_TRUE(b.in_process.outcome.failure.has_value());
     EXPECT_EQ(b.in_process.outcome.failure->status, 400);
     EXPECT_EQ(b.in_process.outcome.failure->error_code, "context_length_exceeded");
@@ -763,9 +755,8 @@ TEST(SimFaults, ContextOverflowInjectedOrByTheWindow) {
   // A prompt over the window overflows always, whatever the schedule says.
   ChatRequest big = weather_request(false, std::string(4000, 'x'));
   Both w = run_both(R"({"context_window_tokens": 1000, "schedule": [{"call": 1, "fault": "none"}]})", big);
-  ASSERT_FALSE(w.in_process.outcome.result.ok());
-  EXPECT_EQ(w.in_process.outcome.result.error().kind(), ErrorKind::kContextOverflow);
-  EXPECT_TRUE(contains(w.in_process.outcome.result.error().message(), "maximum context length is 1000 tokens"));
+  ASSERT_THAT(w.in_process.outcome.result,
+              StatusIs(ErrorKind::kContextOverflow, HasSubstr("maximum context length is 1000 tokens")));
   EXPECT_EQ(w.counters.of(SimFault::kContextOverflow), 1u);
   // The reserved output counts too.
   ChatRequest fits = weather_request();
@@ -788,9 +779,8 @@ TEST(SimSchedule, Call1Is429Call2Succeeds) {
   Call c2 = call_model(s, model, req);
   Call c3 = call_model(s, model, req);
   Call c4 = call_model(s, model, req);
-  ASSERT_FALSE(c1.outcome.result.ok());
-  EXPECT_EQ(c1.outcome.result.error().kind(), ErrorKind::kRateLimited);
-  ASSERT_TRUE(c2.outcome.result.ok());
+  ASSERT_THAT(c1.outcome.result, StatusIs(ErrorKind::kRateLimited));
+  ASSERT_THAT(c2.outcome.result, IsOk());
   EXPECT_EQ(c2.outcome.result->message.text(), "ok");
   ASSERT_FALSE(c3.outcome.result.ok());  // unscheduled: drawn (probability 1)
   EXPECT_EQ(c3.outcome.failure->status, 500);
@@ -809,10 +799,10 @@ TEST(SimLatency, FirstByteAndPerChunkDelaysOnTheVirtualClock) {
       R"({"scenario": [{"answer": "0123456789abcdef0123456789abcdef"}], "output": {"tokens_per_chunk": 2},
       "latency": {"first_byte": {"distribution": "fixed", "ms": 250}, "per_chunk": {"distribution": "fixed", "ms": 10}}})";
   Both plain = run_both(config, weather_request(false));
-  ASSERT_TRUE(plain.in_process.outcome.result.ok());
+  ASSERT_THAT(plain.in_process.outcome.result, IsOk());
   EXPECT_EQ(plain.in_process.took, 250ms);
   Both streamed = run_both(config, weather_request(true));
-  ASSERT_TRUE(streamed.in_process.outcome.result.ok());
+  ASSERT_THAT(streamed.in_process.outcome.result, IsOk());
   // role, 4 pieces of 8 bytes, finish, [DONE]: delays before chunks 1..5.
   ASSERT_EQ(streamed.reply.chunks.size(), 7u);
   EXPECT_EQ(streamed.in_process.took, 250ms + 5 * 10ms);
@@ -877,7 +867,7 @@ TEST(SimRequest, RoundTripOfTheCodecsOwnRequest) {
   for (bool max_completion : {false, true}) {
     auto codec = make_openai_codec({.use_max_completion_tokens = max_completion}).value();
     auto parsed = parse_openai_chat_request(codec->build_call(r).value().body);
-    ASSERT_TRUE(parsed.ok()) << parsed.error().to_string();
+    ASSERT_THAT(parsed, IsOk());
     EXPECT_EQ(parsed->model, r.model);
     EXPECT_EQ(parsed->messages, r.messages);
     EXPECT_EQ(parsed->max_output_tokens, 300);
@@ -909,7 +899,7 @@ TEST(SimRequest, AnSdkShapedBody) {
     "max_completion_tokens": 300, "temperature": 0.2, "top_p": 1, "n": 1, "user": "u1", "seed": 4,
     "response_format": {"type": "text"}, "metadata": {"k": "v"}
   })");
-  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  ASSERT_THAT(r, IsOk());
   EXPECT_EQ(r->model, "gpt-4o-mini");
   ASSERT_EQ(r->messages.size(), 4u);
   EXPECT_EQ(r->messages[0], Message::system("Be brief."));
@@ -971,9 +961,8 @@ TEST(SimRequest, ErrorsNameTheField) {
   };
   for (const Case& c : cases) {
     auto r = parse_openai_chat_request(c.body);
-    ASSERT_FALSE(r.ok()) << c.body;
-    EXPECT_EQ(r.error().kind(), ErrorKind::kInvalidArgument);
-    EXPECT_TRUE(contains(r.error().message(), c.message)) << c.body << "\n  got: " << r.error().message();
+    ASSERT_THAT(r, StatusIs(ErrorKind::kInvalidArgument)) << c.body;
+    EXPECT_THAT(r.error().message(), HasSubstr(c.message)) << c.body << "\n  got: " << r.error().message();
   }
 }
 
@@ -990,7 +979,7 @@ TEST(SimHttp, Routes) {
     EXPECT_EQ(r.status, 200) << target;
     EXPECT_EQ(find_header(r.headers, "content-type"), "application/json");
     auto parsed = codec->parse_response(r.body);
-    ASSERT_TRUE(parsed.ok()) << parsed.error().to_string();
+    ASSERT_THAT(parsed, IsOk());
     EXPECT_EQ(parsed->message.text(), "hi");
   }
   SimHttpReply models = sim->handle_http("GET", "/v1/models", "");
@@ -1007,14 +996,14 @@ TEST(SimHttp, Routes) {
 
   SimHttpReply missing = sim->handle_http("POST", "/v1/embeddings", body);
   EXPECT_EQ(missing.status, 404);
-  EXPECT_TRUE(contains(json::parse(missing.body)["error"]["message"].get<std::string>(), "/v1/embeddings"));
+  EXPECT_THAT(json::parse(missing.body)["error"]["message"].get<std::string>(), HasSubstr("/v1/embeddings"));
 
   SimHttpReply bad = sim->handle_http("POST", "/v1/chat/completions", R"({"model": "m", "messages": []})");
   EXPECT_EQ(bad.status, 400);
   ApiFailure f = codec->map_error(bad.status, bad.headers, bad.body, now);
-  EXPECT_EQ(f.error.kind(), ErrorKind::kPermanent);
+  EXPECT_THAT(f.error, StatusIs(ErrorKind::kPermanent));
   EXPECT_EQ(f.error_type, "invalid_request_error");
-  EXPECT_TRUE(contains(f.error.message(), "messages: required")) << f.error.message();
+  EXPECT_THAT(f.error.message(), HasSubstr("messages: required"));
 
   SimCounters c = sim->counters();
   EXPECT_EQ(c.calls, 3u);  // only the chat completions that parsed
@@ -1040,7 +1029,7 @@ TEST(SimHttp, StreamChunksAreOpenAiSseWithUsageLast) {
   EXPECT_EQ(last["usage"]["prompt_tokens"],
             sim_estimate_prompt_tokens(parse_openai_chat_request(codec->build_call(req).value().body).value()));
   Result<ChatResponse> got = read_reply(r, *codec, Now{});
-  ASSERT_TRUE(got.ok()) << got.error().to_string();
+  ASSERT_THAT(got, IsOk());
   ASSERT_EQ(got->message.tool_calls.size(), 1u);
   EXPECT_EQ(got->message.tool_calls[0].arguments_json, R"({"location":"Paris"})");
   EXPECT_EQ(got->message.tool_calls[0].id, "call_sim_0_0");

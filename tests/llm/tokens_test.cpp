@@ -3,6 +3,7 @@
 // differ), estimates against exact counts recorded from js-tiktoken (so node is not needed
 // here), message and request overheads, and the usage correction (converges, clamped,
 // bounded, thread-safe).
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -14,9 +15,13 @@
 #include "nines/core/environment.hpp"
 #include "nines/llm/errors.hpp"
 #include "nines/llm/tokens.hpp"
+#include "support/status_matchers.hpp"
 
 namespace nines::llm {
 namespace {
+using ::nines::test::IsOk;
+using ::nines::test::StatusIs;
+using ::testing::HasSubstr;
 
 // Exact counts by js-tiktoken 1.0.21 (bench/peers/tokens/node/count_tokens.mjs).
 constexpr const char* kEnglish =
@@ -234,14 +239,14 @@ TEST(TokenEstimator, OptionsAreValidated) {
     auto r = TokenEstimator::create(std::move(o));
     return r.ok() ? std::string() : r.error().to_string();
   };
-  EXPECT_NE(bad({.alpha_up = 0}).find("alpha_up"), std::string::npos);
-  EXPECT_NE(bad({.alpha_down = 1.5}).find("alpha_down"), std::string::npos);
-  EXPECT_NE(bad({.headroom = -0.1}).find("headroom"), std::string::npos);
-  EXPECT_NE(bad({.min_correction = 0}).find("min_correction"), std::string::npos);
-  EXPECT_NE(bad({.max_correction = 0.9}).find("max_correction"), std::string::npos);
-  EXPECT_NE(bad({.max_models = 0}).find("max_models"), std::string::npos);
-  EXPECT_NE(bad({.family_overrides = {{"", TokenizerFamily::kClaude}}}).find("family_overrides[0]"), std::string::npos);
-  EXPECT_TRUE(TokenEstimator::create().ok());
+  EXPECT_THAT(bad({.alpha_up = 0}), HasSubstr("alpha_up"));
+  EXPECT_THAT(bad({.alpha_down = 1.5}), HasSubstr("alpha_down"));
+  EXPECT_THAT(bad({.headroom = -0.1}), HasSubstr("headroom"));
+  EXPECT_THAT(bad({.min_correction = 0}), HasSubstr("min_correction"));
+  EXPECT_THAT(bad({.max_correction = 0.9}), HasSubstr("max_correction"));
+  EXPECT_THAT(bad({.max_models = 0}), HasSubstr("max_models"));
+  EXPECT_THAT(bad({.family_overrides = {{"", TokenizerFamily::kClaude}}}), HasSubstr("family_overrides[0]"));
+  EXPECT_THAT(TokenEstimator::create(), IsOk());
 }
 
 TEST(TokenEstimator, UnknownModelIsGenericAndOverridesWin) {
@@ -335,7 +340,7 @@ TEST(TokenEstimator, ConcurrentObserveAndEstimate) {
         sink += est->estimate_text(model, kEnglish);
       }
     });
-    ASSERT_TRUE(th.ok()) << th.error().to_string();
+    ASSERT_THAT(th, IsOk());
     threads.push_back(std::move(*th));
   }
   for (auto& th : threads) th->join();
@@ -356,8 +361,8 @@ TEST(OverflowCounts, ReadsWhatProvidersSayTheyCounted) {
     std::optional<OverflowCounts> expected;
   };
   const std::vector<Row> rows = {
-      {Provider::kAnthropic, testing::fixture("anthropic/error_prompt_too_long.json"), OverflowCounts{208473, 200000}},
-      {Provider::kOpenAi, testing::fixture("openai/error_context_length.json"), OverflowCounts{130412, 128000}},
+      {Provider::kAnthropic, test::fixture("anthropic/error_prompt_too_long.json"), OverflowCounts{208473, 200000}},
+      {Provider::kOpenAi, test::fixture("openai/error_context_length.json"), OverflowCounts{130412, 128000}},
       {Provider::kOpenAi,
        R"({"object":"error","message":"This model's maximum context length is 4096 tokens. However, you requested 5000 tokens (4000 in the messages, 1000 in the completion).","type":"BadRequestError","param":null,"code":400})",
        OverflowCounts{4000, 4096}},
@@ -371,7 +376,7 @@ TEST(OverflowCounts, ReadsWhatProvidersSayTheyCounted) {
   };
   for (const Row& r : rows) {
     ApiFailure f = map_api_error(r.provider, 400, {}, r.body, now);
-    ASSERT_EQ(f.error.kind(), ErrorKind::kContextOverflow) << r.body;
+    ASSERT_THAT(f.error, StatusIs(ErrorKind::kContextOverflow)) << r.body;
     auto c = overflow_counts(f.error.with_context("model m"));
     ASSERT_EQ(c.has_value(), r.expected.has_value()) << f.error.to_string();
     if (c) {

@@ -14,8 +14,8 @@
 namespace nines::net {
 namespace {
 
-using testing::pause_ms;
-using testing::TestServer;
+using test::pause_ms;
+using test::TestServer;
 
 struct Rig {
   Rig() : real(make_real_environment({.workers = 1, .seed = 9})), server(*real), sim(42) {

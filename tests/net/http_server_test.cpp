@@ -8,6 +8,7 @@
 //    processes: round trips, keep-alive, streaming to the SSE parser, abort, stop, and 1,000
 //    concurrent requests.
 #include <arpa/inet.h>
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <llhttp.h>
 #include <netinet/in.h>
@@ -25,13 +26,16 @@
 #include "nines/net/http_server.hpp"
 #include "nines/net/sse.hpp"
 #include "nines/runtime/runtime.hpp"
+#include "support/status_matchers.hpp"
 
 namespace nines::net {
 namespace {
+using ::nines::test::IsOk;
+using ::nines::test::StatusIs;
+using ::testing::HasSubstr;
+using ::testing::Not;
 
-using testing::pause_ms;
-
-bool contains(std::string_view s, std::string_view part) { return s.find(part) != std::string_view::npos; }
+using test::pause_ms;
 
 // ---------------------------------------------------------------- raw client and response parsing
 
@@ -227,21 +231,18 @@ TEST(HttpServer, CreateRejectsBadOptionsAndNamesThem) {
   SimEnvironment env(1);
   auto handler = [](HttpServerRequest&&, HttpResponder) {};
   auto r1 = HttpServer::create(env, {.max_connections = 0}, handler);
-  ASSERT_FALSE(r1.ok());
-  EXPECT_EQ(r1.error().kind(), ErrorKind::kInvalidArgument);
-  EXPECT_TRUE(contains(r1.error().message(), "max_connections")) << r1.error().message();
+  ASSERT_THAT(r1, StatusIs(ErrorKind::kInvalidArgument, HasSubstr("max_connections")));
   auto r2 = HttpServer::create(env, {.bind_address = "localhost"}, handler);
   ASSERT_FALSE(r2.ok());
-  EXPECT_TRUE(contains(r2.error().message(), "'localhost' is not a numeric")) << r2.error().message();
+  EXPECT_THAT(r2.error().message(), HasSubstr("'localhost' is not a numeric"));
   auto r3 = HttpServer::create(env, {.max_header_bytes = 1u << 20}, handler);
   ASSERT_FALSE(r3.ok());
-  EXPECT_TRUE(contains(r3.error().message(), "max_header_bytes")) << r3.error().message();
+  EXPECT_THAT(r3.error().message(), HasSubstr("max_header_bytes"));
   auto r4 = HttpServer::create(env, {.idle_timeout = Duration::zero()}, handler);
   ASSERT_FALSE(r4.ok());
-  EXPECT_TRUE(contains(r4.error().message(), "idle_timeout")) << r4.error().message();
+  EXPECT_THAT(r4.error().message(), HasSubstr("idle_timeout"));
   auto r5 = HttpServer::create(env, {}, nullptr);
-  ASSERT_FALSE(r5.ok());
-  EXPECT_EQ(r5.error().kind(), ErrorKind::kInvalidArgument);
+  ASSERT_THAT(r5, StatusIs(ErrorKind::kInvalidArgument));
 }
 
 TEST(HttpServer, BindFailureNamesAddressAndPort) {
@@ -251,13 +252,11 @@ TEST(HttpServer, BindFailureNamesAddressAndPort) {
   ASSERT_NE(first->port(), 0);
   EXPECT_EQ(first->base_url(), "http://127.0.0.1:" + std::to_string(first->port()));
   auto second = HttpServer::create(env, {.port = first->port()}, handler);
-  ASSERT_FALSE(second.ok());
-  EXPECT_EQ(second.error().kind(), ErrorKind::kAlreadyExists);
-  EXPECT_TRUE(contains(second.error().message(), "bind 127.0.0.1:" + std::to_string(first->port())))
-      << second.error().message();
+  ASSERT_THAT(second,
+              StatusIs(ErrorKind::kAlreadyExists, HasSubstr("bind 127.0.0.1:" + std::to_string(first->port()))));
   auto foreign = HttpServer::create(env, {.bind_address = "192.0.2.1"}, handler);  // TEST-NET-1, not ours
   ASSERT_FALSE(foreign.ok());
-  EXPECT_TRUE(contains(foreign.error().message(), "192.0.2.1:0")) << foreign.error().message();
+  EXPECT_THAT(foreign.error().message(), HasSubstr("192.0.2.1:0"));
 }
 
 TEST(HttpServer, ListensOnIpv6Loopback) {
@@ -408,7 +407,7 @@ TEST(HttpServer, ExpectContinueIsAnsweredBeforeTheBody) {
   rig.on_request = echo;
   RawClient c(rig.server->port());
   c.send("POST /e HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
-  ASSERT_TRUE(rig.drive_until([&] { return contains(c.received(), "\r\n\r\n"); }, {&c}));
+  ASSERT_TRUE(rig.drive_until([&] { return c.received().find("\r\n\r\n") != std::string::npos; }, {&c}));
   EXPECT_EQ(c.take(), "HTTP/1.1 100 Continue\r\n\r\n");
   EXPECT_TRUE(rig.seen.empty());
   c.send("hello");
@@ -428,10 +427,10 @@ TEST(HttpServer, HeadGetsHeadersWithoutBody) {
   rig.on_request = echo;
   RawClient c(rig.server->port());
   c.send("HEAD /h HTTP/1.1\r\n\r\n");
-  ASSERT_TRUE(rig.drive_until([&] { return contains(c.received(), "\r\n\r\n"); }, {&c}));
+  ASSERT_TRUE(rig.drive_until([&] { return c.received().find("\r\n\r\n") != std::string::npos; }, {&c}));
   rig.settle({&c});
   std::string got = c.take();
-  EXPECT_TRUE(contains(got, "Content-Length: 8\r\n")) << got;  // "HEAD /h "
+  EXPECT_THAT(got, HasSubstr("Content-Length: 8\r\n"));  // "HEAD /h "
   EXPECT_TRUE(got.ends_with("\r\n\r\n")) << got;
   // No stray body bytes: the next response starts cleanly.
   c.send("GET /g HTTP/1.1\r\n\r\n");
@@ -498,7 +497,7 @@ TEST(HttpServer, MalformedRequestGets400AndClose) {
     auto r = parse_responses(c.received());
     ASSERT_EQ(r.size(), 1u) << bad;
     EXPECT_EQ(r[0].status, 400) << bad;
-    EXPECT_TRUE(contains(r[0].body, "malformed request")) << r[0].body;
+    EXPECT_THAT(r[0].body, HasSubstr("malformed request"));
     EXPECT_EQ(r[0].headers.get("connection"), "close");
   }
   RawClient v(rig.server->port());
@@ -522,7 +521,7 @@ TEST(HttpServer, HeadLargerThanTheBoundGets431) {
   auto r = parse_responses(c.received());
   ASSERT_EQ(r.size(), 1u);
   EXPECT_EQ(r[0].status, 431);
-  EXPECT_TRUE(contains(r[0].body, "max_header_bytes")) << r[0].body;
+  EXPECT_THAT(r[0].body, HasSubstr("max_header_bytes"));
   // Just under the bound is fine.
   RawClient ok(rig.server->port());
   ok.send("GET / HTTP/1.1\r\nX-Big: " + std::string(900, 'a') + "\r\n\r\n");
@@ -542,7 +541,7 @@ TEST(HttpServer, BodyLargerThanTheBoundGets413WithoutReadingIt) {
     auto r = parse_responses(c.received());
     ASSERT_EQ(r.size(), 1u);
     EXPECT_EQ(r[0].status, 413);
-    EXPECT_TRUE(contains(r[0].body, "100000000 bytes")) << r[0].body;
+    EXPECT_THAT(r[0].body, HasSubstr("100000000 bytes"));
   }
   {
     // With Expect: 100-continue the client is told before it sends anything.
@@ -587,7 +586,7 @@ TEST(HttpServer, AmbiguousFramingGets400AndClose) {
     auto r = parse_responses(c.received());
     ASSERT_EQ(r.size(), 1u) << bad;
     EXPECT_EQ(r[0].status, 400) << bad;
-    EXPECT_TRUE(contains(r[0].body, "malformed request")) << r[0].body;
+    EXPECT_THAT(r[0].body, HasSubstr("malformed request"));
     EXPECT_EQ(r[0].headers.get("connection"), "close");
   }
   EXPECT_TRUE(rig.seen.empty());
@@ -611,7 +610,7 @@ TEST(HttpServer, ObsoleteLineFoldingAndBareLfGet400) {
     auto r = parse_responses(c.received());
     ASSERT_EQ(r.size(), 1u) << bad;
     EXPECT_EQ(r[0].status, 400) << bad;
-    EXPECT_TRUE(contains(r[0].body, why)) << r[0].body;
+    EXPECT_THAT(r[0].body, HasSubstr(why));
   }
   EXPECT_TRUE(rig.seen.empty());
 }
@@ -659,7 +658,7 @@ TEST(HttpServer, WhitespaceInAHeadCountsTowardsItsBound) {
   auto r = parse_responses(c.received());
   ASSERT_EQ(r.size(), 1u);
   EXPECT_EQ(r[0].status, 431);
-  EXPECT_TRUE(contains(r[0].body, "as received")) << r[0].body;
+  EXPECT_THAT(r[0].body, HasSubstr("as received"));
   EXPECT_TRUE(rig.seen.empty());
   EXPECT_EQ(rig.server->stats().rejected_too_large, 1u);
 }
@@ -712,7 +711,7 @@ TEST(HttpServer, SlowHeadGets408AtTheHeaderTimeout) {
     auto r = parse_responses(c->received());
     ASSERT_EQ(r.size(), 1u);
     EXPECT_EQ(r[0].status, 408);
-    EXPECT_TRUE(contains(r[0].body, "header_timeout")) << r[0].body;
+    EXPECT_THAT(r[0].body, HasSubstr("header_timeout"));
   }
   EXPECT_EQ(rig.server->stats().rejected_timeout, 2u);
   EXPECT_TRUE(rig.seen.empty());
@@ -762,7 +761,7 @@ TEST(HttpServer, StalledBodyGets408AtTheIoTimeout) {
   auto r = parse_responses(c.received());
   ASSERT_EQ(r.size(), 1u);
   EXPECT_EQ(r[0].status, 408);
-  EXPECT_TRUE(contains(r[0].body, "io_timeout")) << r[0].body;
+  EXPECT_THAT(r[0].body, HasSubstr("io_timeout"));
 }
 
 TEST(HttpServer, HandlerMayAnswerLaterFromATimer) {
@@ -798,9 +797,8 @@ TEST(HttpServer, ResponderMisuseIsAnErrorAndChangesNothing) {
   HttpResponder r = rig.parked[0].responder;
   EXPECT_TRUE(r.open());
   auto expect_invalid = [](const Status& s, std::string_view what) {
-    ASSERT_FALSE(s.ok()) << what;
-    EXPECT_EQ(s.error().kind(), ErrorKind::kInvalidArgument) << what;
-    EXPECT_TRUE(contains(s.error().message(), what)) << s.error().message();
+    ASSERT_THAT(s, StatusIs(ErrorKind::kInvalidArgument)) << what;
+    EXPECT_THAT(s.error().message(), HasSubstr(what));
   };
   expect_invalid(r.respond(99, {}, ""), "status 99");
   expect_invalid(r.respond(700, {}, ""), "status 700");
@@ -813,16 +811,16 @@ TEST(HttpServer, ResponderMisuseIsAnErrorAndChangesNothing) {
   rig.settle({&c});
   EXPECT_TRUE(c.received().empty());
   EXPECT_TRUE(r.open());
-  ASSERT_TRUE(r.respond(204, {}, "").ok());
+  ASSERT_THAT(r.respond(204, {}, ""), IsOk());
   EXPECT_FALSE(r.open());
   expect_invalid(r.respond(200, {}, "again"), "answered already");
-  ASSERT_TRUE(rig.drive_until([&] { return contains(c.received(), "\r\n\r\n"); }, {&c}));
+  ASSERT_TRUE(rig.drive_until([&] { return c.received().find("\r\n\r\n") != std::string::npos; }, {&c}));
   EXPECT_TRUE(c.received().starts_with("HTTP/1.1 204 No Content\r\n")) << c.received();
-  EXPECT_FALSE(contains(c.received(), "Content-Length")) << c.received();
+  EXPECT_THAT(c.received(), Not(HasSubstr("Content-Length")));
   // An empty responder.
   HttpResponder empty;
   EXPECT_FALSE(empty.open());
-  EXPECT_EQ(empty.respond(200, {}, "").error().kind(), ErrorKind::kCancelled);
+  EXPECT_THAT(empty.respond(200, {}, ""), StatusIs(ErrorKind::kCancelled));
 }
 
 TEST(HttpServer, ResponderUsedAfterTheClientWentAway) {
@@ -838,12 +836,10 @@ TEST(HttpServer, ResponderUsedAfterTheClientWentAway) {
   EXPECT_FALSE(r.open());
   EXPECT_EQ(r.buffered_bytes(), 0u);
   auto s = r.respond(200, {}, "too late");
-  ASSERT_FALSE(s.ok());
-  EXPECT_EQ(s.error().kind(), ErrorKind::kCancelled);
-  EXPECT_TRUE(contains(s.error().message(), "connection is closed")) << s.error().message();
-  EXPECT_EQ(r.start_stream(200, {}).error().kind(), ErrorKind::kCancelled);
-  EXPECT_EQ(r.write("x").error().kind(), ErrorKind::kCancelled);
-  EXPECT_EQ(r.end().error().kind(), ErrorKind::kCancelled);
+  ASSERT_THAT(s, StatusIs(ErrorKind::kCancelled, HasSubstr("connection is closed")));
+  EXPECT_THAT(r.start_stream(200, {}), StatusIs(ErrorKind::kCancelled));
+  EXPECT_THAT(r.write("x"), StatusIs(ErrorKind::kCancelled));
+  EXPECT_THAT(r.end(), StatusIs(ErrorKind::kCancelled));
   r.abort();  // a no-op
   EXPECT_EQ(rig.server->stats().connections_open, 0u);
   EXPECT_EQ(rig.server->stats().aborted, 0u);
@@ -905,13 +901,13 @@ TEST(HttpServer, StreamedChunksAndAbortOnTheWire) {
   c.send("GET /s HTTP/1.1\r\n\r\n");
   ASSERT_TRUE(rig.drive_until([&] { return rig.parked.size() == 1; }, {&c}));
   HttpResponder r = rig.parked[0].responder;
-  ASSERT_TRUE(r.start_stream(200, {{"Content-Type", "text/event-stream"}}).ok());
-  ASSERT_TRUE(r.write("data: one\n\n").ok());
-  ASSERT_TRUE(r.write("").ok());  // nothing: an empty chunk would end the body
-  ASSERT_TRUE(rig.drive_until([&] { return contains(c.received(), "data: one"); }, {&c}));
-  EXPECT_TRUE(contains(c.received(), "Transfer-Encoding: chunked\r\n"));
+  ASSERT_THAT(r.start_stream(200, {{"Content-Type", "text/event-stream"}}), IsOk());
+  ASSERT_THAT(r.write("data: one\n\n"), IsOk());
+  ASSERT_THAT(r.write(""), IsOk());  // nothing: an empty chunk would end the body
+  ASSERT_TRUE(rig.drive_until([&] { return c.received().find("data: one") != std::string::npos; }, {&c}));
+  EXPECT_THAT(c.received(), HasSubstr("Transfer-Encoding: chunked\r\n"));
   EXPECT_TRUE(c.received().ends_with("\r\n\r\nb\r\ndata: one\n\n\r\n")) << c.received();
-  ASSERT_TRUE(r.end().ok());
+  ASSERT_THAT(r.end(), IsOk());
   ASSERT_TRUE(rig.drive_until([&] { return c.received().ends_with("0\r\n\r\n"); }, {&c}));
   auto parsed = parse_responses(c.take());
   ASSERT_EQ(parsed.size(), 1u);
@@ -921,11 +917,11 @@ TEST(HttpServer, StreamedChunksAndAbortOnTheWire) {
   c.send("GET /cut HTTP/1.1\r\n\r\n");
   ASSERT_TRUE(rig.drive_until([&] { return rig.parked.size() == 2; }, {&c}));
   HttpResponder r2 = rig.parked[1].responder;
-  ASSERT_TRUE(r2.start_stream(200, {}).ok());
-  ASSERT_TRUE(r2.write("first").ok());
+  ASSERT_THAT(r2.start_stream(200, {}), IsOk());
+  ASSERT_THAT(r2.write("first"), IsOk());
   r2.abort();
   EXPECT_FALSE(r2.open());
-  EXPECT_EQ(r2.write("more").error().kind(), ErrorKind::kCancelled);
+  EXPECT_THAT(r2.write("more"), StatusIs(ErrorKind::kCancelled));
   ASSERT_TRUE(rig.drive_until([&] { return c.eof(); }, {&c}));
   auto cut = parse_responses(c.received());
   ASSERT_EQ(cut.size(), 1u);
@@ -940,13 +936,13 @@ TEST(HttpServer, StreamToHttp10ClientEndsByClosing) {
   c.send("GET /s HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
   ASSERT_TRUE(rig.drive_until([&] { return rig.parked.size() == 1; }, {&c}));
   HttpResponder r = rig.parked[0].responder;
-  ASSERT_TRUE(r.start_stream(200, {}).ok());
-  ASSERT_TRUE(r.write("raw ").ok());
-  ASSERT_TRUE(r.write("bytes").ok());
-  ASSERT_TRUE(r.end().ok());
+  ASSERT_THAT(r.start_stream(200, {}), IsOk());
+  ASSERT_THAT(r.write("raw "), IsOk());
+  ASSERT_THAT(r.write("bytes"), IsOk());
+  ASSERT_THAT(r.end(), IsOk());
   ASSERT_TRUE(rig.drive_until([&] { return c.eof(); }, {&c}));
-  EXPECT_TRUE(contains(c.received(), "Connection: close\r\n"));
-  EXPECT_FALSE(contains(c.received(), "chunked"));
+  EXPECT_THAT(c.received(), HasSubstr("Connection: close\r\n"));
+  EXPECT_THAT(c.received(), Not(HasSubstr("chunked")));
   EXPECT_TRUE(c.received().ends_with("\r\n\r\nraw bytes")) << c.received();
 }
 
@@ -956,7 +952,7 @@ TEST(HttpServer, SlowReaderIsCutAtMaxOutputBytes) {
   c.send("GET /firehose HTTP/1.1\r\n\r\n");
   ASSERT_TRUE(rig.drive_until([&] { return rig.parked.size() == 1; }));
   HttpResponder r = rig.parked[0].responder;
-  ASSERT_TRUE(r.start_stream(200, {}).ok());
+  ASSERT_THAT(r.start_stream(200, {}), IsOk());
   std::string chunk(64u << 10, 'z');
   Status last = ok_status();
   int writes = 0;
@@ -967,9 +963,8 @@ TEST(HttpServer, SlowReaderIsCutAtMaxOutputBytes) {
       EXPECT_LE(r.buffered_bytes(), (256u << 10));
     }
   }
-  ASSERT_FALSE(last.ok()) << "never hit max_output_bytes after " << writes << " writes";
-  EXPECT_EQ(last.error().kind(), ErrorKind::kCancelled);
-  EXPECT_TRUE(contains(last.error().message(), "max_output_bytes")) << last.error().message();
+  ASSERT_THAT(last, StatusIs(ErrorKind::kCancelled)) << "never hit max_output_bytes after " << writes << " writes";
+  EXPECT_THAT(last.error().message(), HasSubstr("max_output_bytes"));
   EXPECT_FALSE(r.open());
   EXPECT_EQ(rig.server->stats().closed_slow_reader, 1u);
   EXPECT_EQ(rig.server->stats().connections_open, 0u);
@@ -981,7 +976,7 @@ TEST(HttpServer, UnreadResponseIsDroppedAtTheIoTimeout) {
   c.send("GET /big HTTP/1.1\r\n\r\n");
   ASSERT_TRUE(rig.drive_until([&] { return rig.parked.size() == 1; }));
   HttpResponder r = rig.parked[0].responder;
-  ASSERT_TRUE(r.respond(200, {}, std::string(32u << 20, 'b')).ok());  // a whole response: any size
+  ASSERT_THAT(r.respond(200, {}, std::string(32u << 20, 'b')), IsOk());  // a whole response: any size
   EXPECT_GT(r.buffered_bytes(), 0u);
   EXPECT_FALSE(r.open());  // answered; only the writing is left
   rig.settle();
@@ -999,14 +994,13 @@ TEST(HttpServer, StopClosesConnectionsWithResponsesInFlight) {
   a.send("GET /a HTTP/1.1\r\n\r\n");
   b.send("GET /b HTTP/1.1\r\n\r\n");
   ASSERT_TRUE(rig.drive_until([&] { return rig.parked.size() == 2; }, {&a, &b}));
-  ASSERT_TRUE(rig.parked[1].responder.start_stream(200, {}).ok());
+  ASSERT_THAT(rig.parked[1].responder.start_stream(200, {}), IsOk());
   rig.server->stop();
   ASSERT_TRUE(rig.drive_until([&] { return a.eof() && b.eof(); }, {&a, &b}));
   for (auto& p : rig.parked) {
     EXPECT_FALSE(p.responder.open());
     auto s = p.responder.respond(200, {}, "x");
-    EXPECT_EQ(s.error().kind(), ErrorKind::kCancelled);
-    EXPECT_TRUE(contains(s.error().message(), "server stopped")) << s.error().message();
+    EXPECT_THAT(s, StatusIs(ErrorKind::kCancelled, HasSubstr("server stopped")));
   }
   EXPECT_EQ(rig.server->stats().connections_open, 0u);
   EXPECT_EQ(rig.env.pending_watches(), 0u);
@@ -1016,7 +1010,7 @@ TEST(HttpServer, StopFromInsideTheHandler) {
   SimRig rig;
   rig.on_request = [&](HttpServerRequest&, HttpResponder& r) {
     rig.server->stop();
-    EXPECT_EQ(r.respond(200, {}, "x").error().kind(), ErrorKind::kCancelled);
+    EXPECT_THAT(r.respond(200, {}, "x"), StatusIs(ErrorKind::kCancelled));
   };
   RawClient c(rig.server->port());
   c.send("GET / HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\n");
@@ -1094,7 +1088,7 @@ TEST(HttpServerWithClient, RoundTripsAndKeepAlive) {
   });
   rig.run([&](Context& ctx) -> Task<> {
     auto r = co_await rig.client->request(ctx, get(rig.url("/hello?x=1")));
-    EXPECT_TRUE(r.ok()) << r.error().to_string();
+    EXPECT_THAT(r, IsOk());
     if (!r.ok()) co_return;
     EXPECT_EQ(r->status, 200);
     EXPECT_EQ(r->body, "GET /hello?x=1 ");
@@ -1104,7 +1098,7 @@ TEST(HttpServerWithClient, RoundTripsAndKeepAlive) {
     post.body = std::string(200'000, 'p');
     post.headers.add("X-Custom", "42");
     auto r2 = co_await rig.client->request(ctx, std::move(post));
-    EXPECT_TRUE(r2.ok());
+    EXPECT_THAT(r2, IsOk());
     if (!r2.ok()) co_return;
     EXPECT_EQ(r2->body, "POST /echo " + std::string(200'000, 'p'));
     EXPECT_EQ(r2->headers.get("x-got-custom"), "42");
@@ -1114,7 +1108,7 @@ TEST(HttpServerWithClient, RoundTripsAndKeepAlive) {
     put.body = "expecting";
     put.headers.add("Expect", "100-continue");
     auto r3 = co_await rig.client->request(ctx, std::move(put));
-    EXPECT_TRUE(r3.ok());
+    EXPECT_THAT(r3, IsOk());
     if (r3.ok()) {
       EXPECT_EQ(r3->body, "PUT /put expecting");
     }
@@ -1142,7 +1136,7 @@ TEST(HttpServerWithClient, StreamReadByTheSseParserWhileTheServerWrites) {
   });
   rig.run([&](Context& ctx) -> Task<> {
     auto s = co_await rig.client->stream(ctx, get(rig.url("/v1/chat/completions")));
-    EXPECT_TRUE(s.ok()) << s.error().to_string();
+    EXPECT_THAT(s, IsOk());
     if (!s.ok()) co_return;
     EXPECT_EQ(s->status(), 200);
     EXPECT_EQ(s->headers().get("content-type"), "text/event-stream");
@@ -1152,20 +1146,20 @@ TEST(HttpServerWithClient, StreamReadByTheSseParserWhileTheServerWrites) {
       auto chunk = co_await s->next(ctx);
       EXPECT_TRUE(chunk.ok() && *chunk);
       if (!chunk.ok() || !*chunk) co_return;
-      EXPECT_TRUE(parser.feed(**chunk, events).ok());
+      EXPECT_THAT(parser.feed(**chunk, events), IsOk());
     }
     EXPECT_EQ(events[0].data, "one");
     // Written from this worker thread, not the loop.
     HttpResponder r = slot.at(0);
-    EXPECT_TRUE(r.write("event: delta\ndata: two\n").ok());
-    EXPECT_TRUE(r.write("data: three\n\n").ok());
-    EXPECT_TRUE(r.write("data: [DONE]\n\n").ok());
-    EXPECT_TRUE(r.end().ok());
+    EXPECT_THAT(r.write("event: delta\ndata: two\n"), IsOk());
+    EXPECT_THAT(r.write("data: three\n\n"), IsOk());
+    EXPECT_THAT(r.write("data: [DONE]\n\n"), IsOk());
+    EXPECT_THAT(r.end(), IsOk());
     for (;;) {
       auto chunk = co_await s->next(ctx);
-      EXPECT_TRUE(chunk.ok());
+      EXPECT_THAT(chunk, IsOk());
       if (!chunk.ok() || !*chunk) break;
-      EXPECT_TRUE(parser.feed(**chunk, events).ok());
+      EXPECT_THAT(parser.feed(**chunk, events), IsOk());
     }
     EXPECT_EQ(events.size(), 3u);
     if (events.size() == 3) {
@@ -1189,7 +1183,7 @@ TEST(HttpServerWithClient, AbortMidStreamIsACutResponse) {
   });
   rig.run([&](Context& ctx) -> Task<> {
     auto s = co_await rig.client->stream(ctx, get(rig.url("/cut")));
-    EXPECT_TRUE(s.ok());
+    EXPECT_THAT(s, IsOk());
     if (!s.ok()) co_return;
     auto first = co_await s->next(ctx);
     EXPECT_TRUE(first.ok() && *first && **first == "data: partial\n\n");
@@ -1197,12 +1191,12 @@ TEST(HttpServerWithClient, AbortMidStreamIsACutResponse) {
     auto second = co_await s->next(ctx);
     EXPECT_FALSE(second.ok());
     if (!second.ok()) {
-      EXPECT_EQ(second.error().kind(), ErrorKind::kTransient) << second.error().to_string();
+      EXPECT_THAT(second, StatusIs(ErrorKind::kTransient));
     }
     auto dropped = co_await rig.client->request(ctx, get(rig.url("/drop")));
     EXPECT_FALSE(dropped.ok());
     if (!dropped.ok()) {
-      EXPECT_EQ(dropped.error().kind(), ErrorKind::kTransient) << dropped.error().to_string();
+      EXPECT_THAT(dropped, StatusIs(ErrorKind::kTransient));
     }
   });
   EXPECT_EQ(rig.server->stats().aborted, 2u);
@@ -1229,7 +1223,7 @@ TEST(HttpServerWithClient, StopWithRequestsInFlight) {
   for (std::size_t i = 0; i < 3; ++i) {
     HttpResponder r = slot.at(i);
     EXPECT_FALSE(r.open());
-    EXPECT_EQ(r.respond(200, {}, "late").error().kind(), ErrorKind::kCancelled);
+    EXPECT_THAT(r.respond(200, {}, "late"), StatusIs(ErrorKind::kCancelled));
   }
   EXPECT_EQ(rig.server->stats().connections_open, 0u);
 }

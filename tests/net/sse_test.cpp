@@ -1,16 +1,21 @@
 // The server-sent events parser: the WHATWG rules, and every way a stream can be split into
 // chunks gives the same events.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "nines/net/sse.hpp"
+#include "support/status_matchers.hpp"
 
 namespace nines::net {
 namespace {
+using ::nines::test::IsOk;
+using ::nines::test::StatusIs;
+using ::testing::HasSubstr;
 
 std::vector<SseEvent> parse_whole(std::string_view stream, SseParserOptions o = {}) {
   SseParser p(o);
   std::vector<SseEvent> out;
-  EXPECT_TRUE(p.feed(stream, out).ok());
+  EXPECT_THAT(p.feed(stream, out), IsOk());
   return out;
 }
 
@@ -19,10 +24,10 @@ std::vector<SseEvent> parse_split(std::string_view stream, const std::vector<std
   std::vector<SseEvent> out;
   std::size_t at = 0;
   for (std::size_t c : cuts) {
-    EXPECT_TRUE(p.feed(stream.substr(at, c - at), out).ok());
+    EXPECT_THAT(p.feed(stream.substr(at, c - at), out), IsOk());
     at = c;
   }
-  EXPECT_TRUE(p.feed(stream.substr(at), out).ok());
+  EXPECT_THAT(p.feed(stream.substr(at), out), IsOk());
   return out;
 }
 
@@ -38,7 +43,7 @@ TEST(Sse, DataLinesAreJoinedWithNewlines) {
 TEST(Sse, EventTypeIdAndRetry) {
   SseParser p;
   std::vector<SseEvent> out;
-  ASSERT_TRUE(p.feed("event: delta\nid: 7\nretry: 1500\ndata: x\n\ndata: y\n\n", out).ok());
+  ASSERT_THAT(p.feed("event: delta\nid: 7\nretry: 1500\ndata: x\n\ndata: y\n\n", out), IsOk());
   EXPECT_EQ(out, (std::vector<SseEvent>{ev("x", "delta", "7"), ev("y", "message", "7")}));
   EXPECT_EQ(p.last_event_id(), "7");
   EXPECT_EQ(p.retry_ms(), 1500u);
@@ -47,7 +52,7 @@ TEST(Sse, EventTypeIdAndRetry) {
 TEST(Sse, RetryWithNonDigitsIsIgnored) {
   SseParser p;
   std::vector<SseEvent> out;
-  ASSERT_TRUE(p.feed("retry: 10s\nretry: -1\nretry:\ndata: x\n\n", out).ok());
+  ASSERT_THAT(p.feed("retry: 10s\nretry: -1\nretry:\ndata: x\n\n", out), IsOk());
   EXPECT_FALSE(p.retry_ms().has_value());
 }
 
@@ -57,7 +62,7 @@ TEST(Sse, IdWithNulIsIgnoredAndEmptyIdResets) {
   std::string s = "id: 1\ndata: a\n\nid: x";
   s += '\0';
   s += "y\ndata: b\n\nid\ndata: c\n\n";
-  ASSERT_TRUE(p.feed(s, out).ok());
+  ASSERT_THAT(p.feed(s, out), IsOk());
   EXPECT_EQ(out, (std::vector<SseEvent>{ev("a", "message", "1"), ev("b", "message", "1"), ev("c", "message", "")}));
 }
 
@@ -105,10 +110,10 @@ TEST(Sse, LeadingBomIsDroppedOnce) {
 TEST(Sse, UnfinishedEventAtEndIsDropped) {
   SseParser p;
   std::vector<SseEvent> out;
-  ASSERT_TRUE(p.feed("data: done\n\ndata: partial\n", out).ok());
+  ASSERT_THAT(p.feed("data: done\n\ndata: partial\n", out), IsOk());
   EXPECT_EQ(out.size(), 1u);
   EXPECT_TRUE(p.finish());
-  ASSERT_TRUE(p.feed("data: next stream\n\n", out).ok());
+  ASSERT_THAT(p.feed("data: next stream\n\n", out), IsOk());
   EXPECT_EQ(out.back().data, "next stream");
   EXPECT_FALSE(p.finish());
 }
@@ -116,12 +121,10 @@ TEST(Sse, UnfinishedEventAtEndIsDropped) {
 TEST(Sse, EventLargerThanTheBoundIsAnError) {
   SseParser p({.max_event_bytes = 64});
   std::vector<SseEvent> out;
-  ASSERT_TRUE(p.feed("data: small\n\n", out).ok());
+  ASSERT_THAT(p.feed("data: small\n\n", out), IsOk());
   std::string big = "data: " + std::string(40, 'x') + "\ndata: " + std::string(40, 'y') + "\n\n";
   Status s = p.feed(big, out);
-  ASSERT_FALSE(s.ok());
-  EXPECT_EQ(s.error().kind(), ErrorKind::kPermanent);
-  EXPECT_NE(s.error().message().find("max_event_bytes"), std::string::npos);
+  ASSERT_THAT(s, StatusIs(ErrorKind::kPermanent, HasSubstr("max_event_bytes")));
   EXPECT_FALSE(p.feed("data: more\n\n", out).ok());
   // A line that never ends is bounded too.
   SseParser q({.max_event_bytes = 64});

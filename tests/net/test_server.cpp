@@ -15,7 +15,7 @@
 #include <optional>
 #include <stdexcept>
 
-namespace nines::net::testing {
+namespace nines::net::test {
 
 namespace {
 
@@ -261,4 +261,4 @@ int closed_port() {
 
 void pause_ms(int ms) { ::poll(nullptr, 0, ms); }
 
-}  // namespace nines::net::testing
+}  // namespace nines::net::test

@@ -24,7 +24,7 @@
 
 #include "nines/core/environment.hpp"
 
-namespace nines::net::testing {
+namespace nines::net::test {
 
 // A scripted response for one path.
 struct CannedResponse {
@@ -104,4 +104,4 @@ int closed_port();
 // Sleeps the calling (test) thread for about `ms` without a clock (poll with a timeout).
 void pause_ms(int ms);
 
-}  // namespace nines::net::testing
+}  // namespace nines::net::test

@@ -2,6 +2,7 @@
 // 1,000 seeds, determinism per seed, overflow safety, and validation messages.
 #include "nines/resilience/backoff.hpp"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -12,9 +13,13 @@
 #include <vector>
 
 #include "nines/core/environment.hpp"
+#include "support/status_matchers.hpp"
 
 namespace nines {
 namespace {
+using ::nines::test::IsOk;
+using ::nines::test::StatusIs;
+using ::testing::HasSubstr;
 
 std::vector<Duration> sequence(const Backoff& b, int n, Environment& env) {
   std::vector<Duration> out;
@@ -51,7 +56,7 @@ TEST(Backoff, ExactSequencesForConstantAndExponential) {
   for (const auto& c : cases) {
     SimEnvironment env(1);
     std::uint64_t before = SimEnvironment(1).random_u64();
-    ASSERT_TRUE(c.backoff.validate().ok()) << c.name;
+    ASSERT_THAT(c.backoff.validate(), IsOk()) << c.name;
     EXPECT_EQ(sequence(c.backoff, static_cast<int>(c.expected.size()), env), c.expected) << c.name;
     // The deterministic kinds draw no randomness: the generator is where it started.
     EXPECT_EQ(env.random_u64(), before) << c.name;
@@ -132,7 +137,7 @@ TEST(Backoff, JitteredDelaysStayWithinTheirBoundsOverAThousandSeeds) {
   constexpr int kSeeds = 1000;
   constexpr int kAttempts = 12;
   for (const auto& c : cases) {
-    ASSERT_TRUE(c.backoff.validate().ok()) << c.name;
+    ASSERT_THAT(c.backoff.validate(), IsOk()) << c.name;
     // Per attempt: the smallest and largest delay seen and their sum, to check the spread.
     std::vector<Duration> seen_min(kAttempts + 1, Duration::max()), seen_max(kAttempts + 1, Duration::min());
     for (std::uint64_t seed = 1; seed <= kSeeds; ++seed) {
@@ -212,12 +217,11 @@ TEST(Backoff, ValidateNamesTheField) {
   };
   for (const auto& c : cases) {
     Status s = c.backoff.validate();
-    ASSERT_FALSE(s.ok()) << c.name;
-    EXPECT_EQ(s.error().kind(), ErrorKind::kInvalidArgument) << c.name;
-    EXPECT_NE(s.error().message().find(c.message_part), std::string::npos) << c.name << ": " << s.error().message();
+    ASSERT_THAT(s, StatusIs(ErrorKind::kInvalidArgument)) << c.name;
+    EXPECT_THAT(s.error().message(), HasSubstr(c.message_part)) << c.name << ": " << s.error().message();
   }
   // The defaults and every factory with sane values are valid; decorrelated ignores the multiplier.
-  EXPECT_TRUE(Backoff{}.validate().ok());
+  EXPECT_THAT(Backoff{}.validate(), IsOk());
   EXPECT_TRUE((Backoff{.kind = Backoff::Kind::kDecorrelatedJitter, .multiplier = 0.1}.validate().ok()));
 }
 

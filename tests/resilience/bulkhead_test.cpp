@@ -3,6 +3,7 @@
 // scheduler (run under TSan by the test command).
 #include "nines/resilience/bulkhead.hpp"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -13,17 +14,21 @@
 
 #include "nines/runtime/runtime.hpp"
 #include "runtime/test_util.hpp"
+#include "support/status_matchers.hpp"
 
 namespace nines {
 namespace {
-using testing::Log;
-using testing::SimRuntime;
+using ::nines::test::IsOk;
+using ::nines::test::StatusIs;
+using test::Log;
+using test::SimRuntime;
+using ::testing::HasSubstr;
 
 struct Go {};
 
 std::shared_ptr<Bulkhead> make(Environment& env, BulkheadOptions o) {
   auto r = Bulkhead::create("test", env, o);
-  EXPECT_TRUE(r.ok()) << (r.ok() ? "" : r.error().to_string());
+  EXPECT_THAT(r, IsOk());
   return std::move(r).value();
 }
 
@@ -43,22 +48,16 @@ std::string describe(const Result<BulkheadSlot>& r) {
 TEST(Bulkhead, CreateValidatesOptionsNamingTheField) {
   SimEnvironment env(1);
   auto empty = Bulkhead::create("", env, {});
-  ASSERT_FALSE(empty.ok());
-  EXPECT_EQ(empty.error().kind(), ErrorKind::kInvalidArgument);
-  EXPECT_NE(empty.error().message().find("name"), std::string::npos);
+  ASSERT_THAT(empty, StatusIs(ErrorKind::kInvalidArgument, HasSubstr("name")));
 
   auto zero = Bulkhead::create("b", env, {.max_concurrent = 0});
-  ASSERT_FALSE(zero.ok());
-  EXPECT_EQ(zero.error().kind(), ErrorKind::kInvalidArgument);
-  EXPECT_NE(zero.error().message().find("max_concurrent"), std::string::npos) << zero.error().message();
+  ASSERT_THAT(zero, StatusIs(ErrorKind::kInvalidArgument, HasSubstr("max_concurrent")));
 
   auto negative = Bulkhead::create("b", env, {.queue_timeout = -1ms});
-  ASSERT_FALSE(negative.ok());
-  EXPECT_EQ(negative.error().kind(), ErrorKind::kInvalidArgument);
-  EXPECT_NE(negative.error().message().find("queue_timeout"), std::string::npos) << negative.error().message();
+  ASSERT_THAT(negative, StatusIs(ErrorKind::kInvalidArgument, HasSubstr("queue_timeout")));
 
   auto fine = Bulkhead::create("b", env, {.max_concurrent = 1, .max_queue = 0, .queue_timeout = kInfinite});
-  ASSERT_TRUE(fine.ok());
+  ASSERT_THAT(fine, IsOk());
   EXPECT_EQ((*fine)->name(), "b");
 }
 
@@ -71,7 +70,7 @@ TEST(Bulkhead, LimitIsExactAndRejectionWithoutQueueIsImmediate) {
       auto slot = co_await bh->acquire(ctx);
       if (!slot.ok()) {
         log.add(std::to_string(i) + " rejected at " + std::to_string(ms(s)) + ": " + slot.error().message());
-        EXPECT_EQ(slot.error().kind(), ErrorKind::kBulkheadFull);
+        EXPECT_THAT(slot, StatusIs(ErrorKind::kBulkheadFull));
         co_return;
       }
       log.add(std::to_string(i) + " ran");
@@ -130,7 +129,7 @@ TEST(Bulkhead, QueueIsFifoAndEachReleaseHandsTheSlotToTheOldestWaiter) {
   Log log;
   Pid holder = s.spawn([&](Context& ctx) -> Task<> {
     auto slot = co_await bh->acquire(ctx);
-    EXPECT_TRUE(slot.ok());
+    EXPECT_THAT(slot, IsOk());
     (void)co_await ctx.receive();  // Go: release
   });
   s.rt->run_until_idle();
@@ -146,7 +145,7 @@ TEST(Bulkhead, QueueIsFifoAndEachReleaseHandsTheSlotToTheOldestWaiter) {
   EXPECT_EQ(bh->in_flight(), 1u);
   // A newcomer while others wait is queued behind them, even right after a release.
   s.rt->advance(5ms);
-  ASSERT_TRUE(s.rt->send(holder, Go{}).ok());
+  ASSERT_THAT(s.rt->send(holder, Go{}), IsOk());
   s.rt->advance(1s);
   EXPECT_EQ(log.get(),
             (std::vector<std::string>{"0 slot at 5", "1 slot at 15", "2 slot at 25", "3 slot at 35", "4 slot at 45"}));
@@ -220,10 +219,10 @@ TEST(Bulkhead, QueueTimeoutIsExactOnTheVirtualClock) {
   EXPECT_EQ(c.queued, 0u);
   EXPECT_EQ(c.in_flight, 1u);
   // The holder's release finds nobody waiting: the slot goes back to the pool.
-  ASSERT_TRUE(s.rt->send(holder, Go{}).ok());
+  ASSERT_THAT(s.rt->send(holder, Go{}), IsOk());
   s.rt->run_until_idle();
   EXPECT_EQ(bh->in_flight(), 0u);
-  EXPECT_TRUE(bh->try_acquire().ok());
+  EXPECT_THAT(bh->try_acquire(), IsOk());
   EXPECT_EQ(bh->in_flight(), 0u);  // the temporary slot is released at once
 }
 
@@ -231,7 +230,7 @@ TEST(Bulkhead, ZeroQueueTimeoutNeverWaits) {
   Sim s;
   auto bh = make(s.env, {.max_concurrent = 1, .max_queue = 5, .queue_timeout = Duration::zero()});
   auto held = bh->try_acquire();
-  ASSERT_TRUE(held.ok());
+  ASSERT_THAT(held, IsOk());
   Log log;
   s.spawn([&](Context& ctx) -> Task<> {
     auto slot = co_await bh->acquire(ctx);
@@ -245,7 +244,7 @@ TEST(Bulkhead, DeadlineBoundsTheQueueWaitAndIsReportedAsSuch) {
   Sim s;
   auto bh = make(s.env, {.max_concurrent = 1, .max_queue = 5, .queue_timeout = 10s});
   auto held = bh->try_acquire();
-  ASSERT_TRUE(held.ok());
+  ASSERT_THAT(held, IsOk());
   Log log;
   s.spawn([&](Context& ctx) -> Task<> {
     auto scope = ctx.with_timeout(30ms);
@@ -314,7 +313,7 @@ TEST(Bulkhead, TimeoutRacingAHandOffNeverLosesOrDuplicatesASlot) {
     // The pool is whole again: exactly one slot.
     auto a = bh->try_acquire();
     auto b = bh->try_acquire();
-    EXPECT_TRUE(a.ok());
+    EXPECT_THAT(a, IsOk());
     EXPECT_FALSE(b.ok());
   }
   // Both interleavings were exercised.
@@ -348,7 +347,7 @@ TEST(Bulkhead, AKilledWaiterLeavesTheQueueOrPassesOnItsSlot) {
     // dies in the queue, dies holding a handed slot it never took, or takes it and dies
     // holding it. Every way, the next waiter gets the slot and nothing leaks.
     s.rt->send_exit(victim, ExitReason::kill());
-    ASSERT_TRUE(s.rt->send(holder, Go{}).ok());
+    ASSERT_THAT(s.rt->send(holder, Go{}), IsOk());
     s.rt->run_until_idle();
     auto logged = log.get();
     ASSERT_FALSE(logged.empty()) << "seed " << seed;
@@ -405,7 +404,7 @@ TEST(Bulkhead, CallRunsTheFunctionHoldingASlotAndReleasesItEveryWay) {
 
     // While the slot is held, a nested call is rejected with the bulkhead's error.
     auto held = bh->try_acquire();
-    EXPECT_TRUE(held.ok());
+    EXPECT_THAT(held, IsOk());
     Result<int> full = co_await bh->call<int>(ctx, with_ctx);
     log.add(full.ok() ? "?" : std::string(to_string(full.error().kind())));
     held.value().release();
@@ -533,7 +532,7 @@ TEST(BulkheadStress, TenThousandConcurrentCallsOnTwoWorkers) {
         other.fetch_add(1);
       }
     });
-    ASSERT_TRUE(pid.ok());
+    ASSERT_THAT(pid, IsOk());
     watches.push_back(rt->watch_exit(*pid));
   }
   // noproc: the process had already finished when it was watched (the counts below check it).
@@ -592,7 +591,7 @@ TEST(BulkheadStress, TenThousandQueuedCallsAllRunOnTwoWorkers) {
       current.fetch_sub(1);
       ran.fetch_add(1);
     });
-    ASSERT_TRUE(pid.ok());
+    ASSERT_THAT(pid, IsOk());
     watches.push_back(rt->watch_exit(*pid));
   }
   // noproc: the process had already finished when it was watched (the counts below check it).

@@ -3,6 +3,7 @@
 // as [Bn] below), on the virtual clock, plus concurrency on the real scheduler.
 #include "nines/resilience/circuit_breaker.hpp"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -16,11 +17,15 @@
 
 #include "nines/core/check.hpp"
 #include "runtime/test_util.hpp"
+#include "support/status_matchers.hpp"
 
 namespace nines {
 namespace {
+using ::nines::test::IsOk;
+using ::nines::test::StatusIs;
+using ::testing::HasSubstr;
 
-using testing::SimRuntime;
+using test::SimRuntime;
 
 constexpr Duration kFast = std::chrono::milliseconds(10);
 
@@ -72,7 +77,7 @@ class CircuitBreakerTest : public ::testing::Test {
  protected:
   std::shared_ptr<CircuitBreaker> make(const CircuitBreakerOptions& o, std::string name = "openai/gpt-4o") {
     auto r = CircuitBreaker::create(std::move(name), env_, o);
-    EXPECT_TRUE(r.ok()) << (r.ok() ? "" : r.error().to_string());
+    EXPECT_THAT(r, IsOk());
     return std::move(r).value();
   }
   void advance(Duration d) { env_.set_now(env_.now() + d); }
@@ -102,10 +107,8 @@ TEST_F(CircuitBreakerTest, OpenRejectsAtOnceNamingTheBreakerAndWhenItMayClose) {
   advance(std::chrono::milliseconds(2500));
   for (int i = 0; i < 5; ++i) {
     auto p = b->try_acquire();
-    ASSERT_FALSE(p.ok());
-    EXPECT_EQ(p.error().kind(), ErrorKind::kCircuitOpen);
-    EXPECT_NE(p.error().message().find("'openai/gpt-4o'"), std::string::npos) << p.error().message();
-    EXPECT_NE(p.error().message().find("7.500 s"), std::string::npos) << p.error().message();
+    ASSERT_THAT(p, StatusIs(ErrorKind::kCircuitOpen, HasSubstr("'openai/gpt-4o'")));
+    EXPECT_THAT(p.error().message(), HasSubstr("7.500 s"));
     ASSERT_TRUE(p.error().retry_at().has_value());
     EXPECT_EQ(*p.error().retry_at(), until);
   }
@@ -146,10 +149,8 @@ TEST_F(CircuitBreakerTest, IsolatedRejectsAtOnceAndCounts) {
   EXPECT_EQ(b->state(), BreakerState::kForcedOpen);
   for (int i = 0; i < 3; ++i) {
     auto p = b->try_acquire();
-    ASSERT_FALSE(p.ok());
-    EXPECT_EQ(p.error().kind(), ErrorKind::kCircuitOpen);
-    EXPECT_NE(p.error().message().find("isolated"), std::string::npos);
-    EXPECT_NE(p.error().message().find("'openai/gpt-4o'"), std::string::npos);
+    ASSERT_THAT(p, StatusIs(ErrorKind::kCircuitOpen, HasSubstr("isolated")));
+    EXPECT_THAT(p.error().message(), HasSubstr("'openai/gpt-4o'"));
   }
   BreakerCounters c = b->counters();
   EXPECT_EQ(c.rejections, 3u);
@@ -175,7 +176,7 @@ TEST_F(CircuitBreakerTest, OpenMovesToHalfOpenOnTheFirstRequestAfterTheOpenDurat
   EXPECT_EQ(b->state(), BreakerState::kOpen);
   ASSERT_EQ(rec.events.size(), 1u);
   auto p = b->try_acquire();
-  ASSERT_TRUE(p.ok());
+  ASSERT_THAT(p, IsOk());
   EXPECT_TRUE(p->trial());
   EXPECT_EQ(b->state(), BreakerState::kHalfOpen);
   ASSERT_EQ(rec.events.size(), 2u);
@@ -199,14 +200,12 @@ TEST_F(CircuitBreakerTest, HalfOpenAdmitsExactlyTheConfiguredTrials) {
   std::vector<CircuitBreaker::Permit> trials;
   for (int i = 0; i < 3; ++i) {
     auto p = b->try_acquire();
-    ASSERT_TRUE(p.ok());
+    ASSERT_THAT(p, IsOk());
     EXPECT_TRUE(p->trial());
     trials.push_back(std::move(*p));
   }
   auto extra = b->try_acquire();
-  ASSERT_FALSE(extra.ok());
-  EXPECT_EQ(extra.error().kind(), ErrorKind::kCircuitOpen);
-  EXPECT_NE(extra.error().message().find("half-open"), std::string::npos) << extra.error().message();
+  ASSERT_THAT(extra, StatusIs(ErrorKind::kCircuitOpen, HasSubstr("half-open")));
   // A reported trial does not free a slot: the 3 trials are the 3 calls it judges.
   trials[0].success(kFast);
   EXPECT_FALSE(b->try_acquire().ok());
@@ -219,7 +218,7 @@ TEST_F(CircuitBreakerTest, HalfOpenAdmitsExactlyTheConfiguredTrials) {
   EXPECT_EQ(c.rejected_half_open, 3u);
   EXPECT_EQ(c.rejections, 3u);
   auto after = b->try_acquire();
-  ASSERT_TRUE(after.ok());
+  ASSERT_THAT(after, IsOk());
   EXPECT_FALSE(after->trial());
 }
 
@@ -637,19 +636,19 @@ TEST_F(CircuitBreakerTest, IgnoredTrialReleasesItsSlot) {
   advance(std::chrono::seconds(10));
   {
     auto p = b->try_acquire();
-    ASSERT_TRUE(p.ok());
+    ASSERT_THAT(p, IsOk());
     EXPECT_FALSE(b->try_acquire().ok());
     p->ignore();
   }
   {
     auto p = b->try_acquire();  // the slot is free again
-    ASSERT_TRUE(p.ok());
+    ASSERT_THAT(p, IsOk());
     EXPECT_TRUE(p->trial());
     p->failure(permanent_error(), kFast);  // ignored kind: releases it too
   }
   {
     auto p = b->try_acquire();
-    ASSERT_TRUE(p.ok());
+    ASSERT_THAT(p, IsOk());
     // dropped without a report: counts as ignored, releases the slot
   }
   EXPECT_EQ(b->state(), BreakerState::kHalfOpen);
@@ -735,7 +734,7 @@ TEST_F(CircuitBreakerTest, DisabledPassesEverythingAndRecordsNothing) {
   BreakerCounters before = b->counters();
   for (int i = 0; i < 100; ++i) ASSERT_TRUE(fail(*b));
   auto p = b->try_acquire();
-  ASSERT_TRUE(p.ok());
+  ASSERT_THAT(p, IsOk());
   EXPECT_TRUE(p->reported());  // inert
   p->failure(transient_error(), kFast);
   EXPECT_EQ(b->state(), BreakerState::kDisabled);
@@ -920,15 +919,14 @@ TEST_F(CircuitBreakerTest, CreateRefusesBadOptionsNamingTheField) {
     CircuitBreakerOptions o;
     c.mutate(o);
     auto r = CircuitBreaker::create("p", env_, o);
-    ASSERT_FALSE(r.ok()) << c.field;
-    EXPECT_EQ(r.error().kind(), ErrorKind::kInvalidArgument);
-    EXPECT_NE(r.error().message().find(c.field), std::string::npos) << r.error().message();
-    EXPECT_NE(r.error().message().find("'p'"), std::string::npos) << r.error().message();
+    ASSERT_THAT(r, StatusIs(ErrorKind::kInvalidArgument)) << c.field;
+    EXPECT_THAT(r.error().message(), HasSubstr(c.field));
+    EXPECT_THAT(r.error().message(), HasSubstr("'p'"));
   }
   auto unnamed = CircuitBreaker::create("", env_, CircuitBreakerOptions{});
   ASSERT_FALSE(unnamed.ok());
-  EXPECT_NE(unnamed.error().message().find("name"), std::string::npos);
-  EXPECT_TRUE(CircuitBreaker::create("p", env_, CircuitBreakerOptions{}).ok());
+  EXPECT_THAT(unnamed.error().message(), HasSubstr("name"));
+  EXPECT_THAT(CircuitBreaker::create("p", env_, CircuitBreakerOptions{}), IsOk());
 }
 
 TEST_F(CircuitBreakerTest, DefaultsAreDocumented) {
@@ -975,23 +973,20 @@ TEST(CircuitBreakerRegistry, OneBreakerPerKeyCreatedOnFirstUse) {
 TEST(CircuitBreakerRegistry, PerKeyOptionsApplyAtCreation) {
   SimEnvironment env(1);
   auto reg = CircuitBreakerRegistry::create(env, streak_options(5)).value();
-  ASSERT_TRUE(reg->configure("anthropic/claude", streak_options(1)).ok());
+  ASSERT_THAT(reg->configure("anthropic/claude", streak_options(1)), IsOk());
   auto bad = reg->configure("x", rate_options(10, 20, 0.5));
-  ASSERT_FALSE(bad.ok());
-  EXPECT_EQ(bad.error().kind(), ErrorKind::kInvalidArgument);
-  EXPECT_NE(bad.error().message().find("minimum_calls"), std::string::npos);
-  EXPECT_NE(bad.error().message().find("'x'"), std::string::npos);
+  ASSERT_THAT(bad, StatusIs(ErrorKind::kInvalidArgument, HasSubstr("minimum_calls")));
+  EXPECT_THAT(bad.error().message(), HasSubstr("'x'"));
   auto c = reg->get("anthropic/claude");
   EXPECT_EQ(c->options().consecutive_failures, 1u);
   EXPECT_EQ(reg->get("openai/gpt-4o")->options().consecutive_failures, 5u);
   auto late = reg->configure("anthropic/claude", streak_options(3));
-  ASSERT_FALSE(late.ok());
-  EXPECT_EQ(late.error().kind(), ErrorKind::kAlreadyExists);
+  ASSERT_THAT(late, StatusIs(ErrorKind::kAlreadyExists));
   CircuitBreakerOptions invalid_defaults;
   invalid_defaults.half_open_trials = 0;
   auto r = CircuitBreakerRegistry::create(env, invalid_defaults);
   ASSERT_FALSE(r.ok());
-  EXPECT_NE(r.error().message().find("half_open_trials"), std::string::npos);
+  EXPECT_THAT(r.error().message(), HasSubstr("half_open_trials"));
 }
 
 TEST(CircuitBreakerRegistry, SubscribersSeeTransitionsOfEveryBreaker) {
@@ -1162,7 +1157,7 @@ TEST(CircuitBreakerConcurrency, TenThousandCallsThroughCallCountExactly) {
       } else if (r.error().kind() == ErrorKind::kTimeout) {
         ran_failed.fetch_add(1);
       } else {
-        EXPECT_EQ(r.error().kind(), ErrorKind::kCircuitOpen);
+        EXPECT_THAT(r, StatusIs(ErrorKind::kCircuitOpen));
         refused.fetch_add(1);
       }
     };

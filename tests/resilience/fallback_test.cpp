@@ -1,11 +1,15 @@
 #include "nines/resilience/fallback.hpp"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "runtime/test_util.hpp"
+#include "support/status_matchers.hpp"
 
 namespace nines {
 namespace {
+using ::nines::test::IsOk;
+using ::nines::test::StatusIs;
 
 using Alt = Fallback<std::string>::Alternative;
 
@@ -25,7 +29,7 @@ Alt slow(Duration d, std::string text) {
 }
 
 FallbackOutcome<std::string> run_chain(const Fallback<std::string>& chain, Duration deadline = kInfinite) {
-  testing::SimRuntime s;
+  test::SimRuntime s;
   std::optional<FallbackOutcome<std::string>> out;
   s.spawn([&](Context& ctx) -> Task<> {
     auto scope = ctx.with_timeout(deadline);
@@ -50,13 +54,13 @@ TEST(Fallback, RecordsWhyEachAlternativeWasSkipped) {
       .add("anthropic", fail(ErrorKind::kRateLimited, "429"))
       .add("local", answer("small model"));
   auto out = run_chain(chain);
-  ASSERT_TRUE(out.result.ok());
+  ASSERT_THAT(out.result, IsOk());
   EXPECT_EQ(*out.result, "small model");
   EXPECT_EQ(out.served_by, "local");
   EXPECT_TRUE(out.degraded());
   ASSERT_EQ(out.skipped.size(), 2u);
   EXPECT_EQ(out.skipped[0].alternative, "openai");
-  EXPECT_EQ(out.skipped[0].error.kind(), ErrorKind::kCircuitOpen);
+  EXPECT_THAT(out.skipped[0].error, StatusIs(ErrorKind::kCircuitOpen));
   EXPECT_EQ(out.skipped[1].alternative, "anthropic");
   EXPECT_EQ(out.skipped[1].error.message(), "429");
 }
@@ -65,8 +69,7 @@ TEST(Fallback, AllFailingGivesTheLastErrorListingEveryone) {
   Fallback<std::string> chain;
   chain.add("a", fail(ErrorKind::kTransient, "503")).add("b", fail(ErrorKind::kTimeout, "slow"));
   auto out = run_chain(chain);
-  ASSERT_FALSE(out.result.ok());
-  EXPECT_EQ(out.result.error().kind(), ErrorKind::kTimeout);
+  ASSERT_THAT(out.result, StatusIs(ErrorKind::kTimeout));
   EXPECT_EQ(out.result.error().message(), "fallback chain failed: [a: transient: 503] [b: timeout: slow]");
   EXPECT_TRUE(out.served_by.empty());
 }
@@ -75,8 +78,7 @@ TEST(Fallback, DeadlineEndsTheChainAtOnce) {
   Fallback<std::string> chain;
   chain.add("slow primary", slow(10s, "late")).add("fallback", answer("never asked"));
   auto out = run_chain(chain, 2s);
-  ASSERT_FALSE(out.result.ok());
-  EXPECT_EQ(out.result.error().kind(), ErrorKind::kDeadlineExceeded);
+  ASSERT_THAT(out.result, StatusIs(ErrorKind::kDeadlineExceeded));
   ASSERT_EQ(out.skipped.size(), 1u);  // the fallback was not tried: no time left
 }
 
@@ -85,14 +87,13 @@ TEST(Fallback, CustomPredicateStopsOnPermanentErrors) {
   chain.add("a", fail(ErrorKind::kPermanent, "bad request")).add("b", answer("b"));
   chain.moves_on([](const Error& e) { return e.kind() != ErrorKind::kPermanent; });
   auto out = run_chain(chain);
-  ASSERT_FALSE(out.result.ok());
-  EXPECT_EQ(out.result.error().kind(), ErrorKind::kPermanent);
+  ASSERT_THAT(out.result, StatusIs(ErrorKind::kPermanent));
 }
 
 TEST(Fallback, EmptyChainIsAnInvalidArgument) {
   Fallback<std::string> chain;
   auto out = run_chain(chain);
-  EXPECT_EQ(out.result.error().kind(), ErrorKind::kInvalidArgument);
+  EXPECT_THAT(out.result, StatusIs(ErrorKind::kInvalidArgument));
 }
 
 }  // namespace

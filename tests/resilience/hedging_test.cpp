@@ -3,6 +3,7 @@
 // (2 workers) whose counts are exact.
 #include "nines/resilience/hedging.hpp"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -16,11 +17,15 @@
 
 #include "nines/runtime/runtime.hpp"
 #include "runtime/test_util.hpp"
+#include "support/status_matchers.hpp"
 
 namespace nines {
 namespace {
+using ::nines::test::IsOk;
+using ::nines::test::StatusIs;
+using ::testing::HasSubstr;
 
-using testing::SimRuntime;
+using test::SimRuntime;
 
 constexpr std::uint64_t kSeeds[] = {1, 2, 3, 17, 4242};
 
@@ -253,7 +258,7 @@ TEST(HedgingPolicy, NotRetryableFailureEndsTheRunAndCancelsTheOthers) {
     };
     CallRecord r = run_call(policy, script, seed);
     ASSERT_FALSE(r.result->ok());
-    EXPECT_EQ(r.result->error().kind(), ErrorKind::kPermanent);
+    EXPECT_THAT(*r.result, StatusIs(ErrorKind::kPermanent));
     EXPECT_EQ(r.result->error().message(), "bad request");
     EXPECT_EQ(r.ended_at, 1500ms);
     EXPECT_EQ(starts_of(r), std::vector<Duration>({0ms, 1s}));  // no third attempt
@@ -269,7 +274,7 @@ TEST(HedgingPolicy, AllAttemptsFailReturnsTheLastErrorWithTheCount) {
     Script script = [](int n) { return Step{err(ErrorKind::kTransient, "fail " + std::to_string(n)), 100ms}; };
     CallRecord r = run_call(policy, script, seed);
     ASSERT_FALSE(r.result->ok());
-    EXPECT_EQ(r.result->error().kind(), ErrorKind::kTransient);
+    EXPECT_THAT(*r.result, StatusIs(ErrorKind::kTransient));
     EXPECT_EQ(r.result->error().message(), "hedging: all 3 attempts failed: fail 3");
     EXPECT_EQ(starts_of(r), std::vector<Duration>({0ms, 100ms, 200ms}));
     EXPECT_EQ(r.ended_at, 300ms);
@@ -310,7 +315,7 @@ TEST(HedgingPolicy, DeadlineCancelsEverythingAndLeavesNoProcess) {
       auto policy = make_policy({.max_attempts = 3, .delay = 1s});
       CallRecord r = run_call(policy, succeed_after({10s, 10s, 10s}), seed, c.deadline);
       ASSERT_FALSE(r.result->ok());
-      EXPECT_EQ(r.result->error().kind(), ErrorKind::kDeadlineExceeded) << r.result->error().to_string();
+      EXPECT_THAT(*r.result, StatusIs(ErrorKind::kDeadlineExceeded));
       EXPECT_EQ(r.ended_at, c.deadline);
       EXPECT_EQ(starts_of(r), c.starts);
       for (const auto& a : r.attempts) {
@@ -336,7 +341,7 @@ TEST(HedgingPolicy, PassedDeadlineStartsNothing) {
   });
   s.rt->run_until_idle();
   ASSERT_TRUE(rec->result.has_value());
-  EXPECT_EQ(rec->result->error().kind(), ErrorKind::kDeadlineExceeded);
+  EXPECT_THAT(*rec->result, StatusIs(ErrorKind::kDeadlineExceeded));
   EXPECT_TRUE(rec->attempts.empty());
   EXPECT_EQ(policy.stats().attempts, 0u);
   EXPECT_EQ(s.rt->process_count(), 0u);
@@ -457,7 +462,7 @@ TEST(HedgingPolicy, RepliesOfOtherRunsAreIgnoredAndLosersRepliesRemoved) {
       foreign.run = 0;
       foreign.value = std::make_shared<Result<int>>(999);
       Result<void> sent = ctx.try_send(ctx.self(), std::move(foreign));
-      EXPECT_TRUE(sent.ok());
+      EXPECT_THAT(sent, IsOk());
       for (int round = 1; round <= 2; ++round) {
         auto attempt = [round](Context&) -> Task<Result<int>> { co_return 100 * round; };
         std::function<Task<Result<int>>(Context&)> fn = attempt;
@@ -502,16 +507,15 @@ TEST(HedgingPolicy, ValidatesOptions) {
   };
   for (const auto& b : bad) {
     auto p = HedgingPolicy::create(b.options);
-    ASSERT_FALSE(p.ok()) << b.field;
-    EXPECT_EQ(p.error().kind(), ErrorKind::kInvalidArgument);
-    EXPECT_NE(p.error().message().find(b.field), std::string::npos) << p.error().message();
+    ASSERT_THAT(p, StatusIs(ErrorKind::kInvalidArgument)) << b.field;
+    EXPECT_THAT(p.error().message(), HasSubstr(b.field));
   }
   auto d = HedgingPolicy::create({});
-  ASSERT_TRUE(d.ok());
+  ASSERT_THAT(d, IsOk());
   EXPECT_EQ(d->options().max_attempts, 2);
   EXPECT_EQ(d->options().delay, 1s);
-  EXPECT_TRUE(HedgingPolicy::create({.max_attempts = 1}).ok());
-  EXPECT_TRUE(HedgingPolicy::create({.max_attempts = 16, .delay = 0ms}).ok());
+  EXPECT_THAT(HedgingPolicy::create({.max_attempts = 1}), IsOk());
+  EXPECT_THAT(HedgingPolicy::create({.max_attempts = 16, .delay = 0ms}), IsOk());
 }
 
 TEST(HedgingPolicy, SingleAttemptNeverHedges) {
@@ -589,7 +593,7 @@ TEST(HedgingPolicy, SharedPolicyOnTheRealScheduler) {
         if (ctx.runtime().alive(p)) left_alive.fetch_add(1);
       }
     });
-    ASSERT_TRUE(w.ok());
+    ASSERT_THAT(w, IsOk());
     watches.push_back(w->exit);
   }
   for (auto& w : watches) EXPECT_TRUE(w->wait().is_normal());

@@ -1,6 +1,7 @@
 // The pipeline: policies composed in the documented order, on the virtual clock.
 #include "nines/resilience/pipeline.hpp"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -8,15 +9,19 @@
 #include <vector>
 
 #include "runtime/test_util.hpp"
+#include "support/status_matchers.hpp"
 
 namespace nines {
 namespace {
+using ::nines::test::IsOk;
+using ::nines::test::IsOkAndHolds;
+using ::nines::test::StatusIs;
 
 using Call = Pipeline::Call<int>;
 
 struct Harness {
-  testing::SimRuntime s;
-  testing::Log log;
+  test::SimRuntime s;
+  test::Log log;
   int calls = 0;
 
   // A call that fails with the given kinds in turn, then answers 42.
@@ -59,10 +64,9 @@ TEST(Pipeline, RetriesTransientFailuresThroughEveryPolicy) {
   auto limiter = RateLimiter::create("rl", h.s.env, {.capacity = 10, .refill_units = 10}).value();
   auto p =
       Pipeline::Builder().retry(retry3()).circuit_breaker(breaker).bulkhead(bulkhead).rate_limiter(limiter).build();
-  ASSERT_TRUE(p.ok());
+  ASSERT_THAT(p, IsOk());
   auto [r, took] = h.run(*p, h.script({ErrorKind::kTransient, ErrorKind::kTimeout}));
-  ASSERT_TRUE(r.ok()) << r.error().to_string();
-  EXPECT_EQ(*r, 42);
+  ASSERT_THAT(r, IsOkAndHolds(42));
   EXPECT_EQ(h.calls, 3);
   EXPECT_EQ(took, 200ms);  // two backoffs of 100 ms
   EXPECT_EQ(breaker->counters().failures, 2u);
@@ -76,7 +80,7 @@ TEST(Pipeline, PermanentFailureIsNeitherRetriedNorCountedByTheBreaker) {
   auto breaker = CircuitBreaker::create("b", h.s.env, {.minimum_calls = 1}).value();
   auto p = Pipeline::Builder().retry(retry3()).circuit_breaker(breaker).build().value();
   auto [r, took] = h.run(p, h.script({ErrorKind::kPermanent}));
-  EXPECT_EQ(r.error().kind(), ErrorKind::kPermanent);
+  EXPECT_THAT(r, StatusIs(ErrorKind::kPermanent));
   EXPECT_EQ(h.calls, 1);
   EXPECT_EQ(breaker->counters().failures, 0u);
   EXPECT_EQ(breaker->state(), BreakerState::kClosed);
@@ -89,7 +93,7 @@ TEST(Pipeline, OpenBreakerRefusesBeforeBulkheadAndLimiter) {
   breaker->isolate();
   auto p = Pipeline::Builder().retry(retry3()).circuit_breaker(breaker).rate_limiter(limiter).build().value();
   auto [r, took] = h.run(p, h.script({}));
-  EXPECT_EQ(r.error().kind(), ErrorKind::kCircuitOpen);
+  EXPECT_THAT(r, StatusIs(ErrorKind::kCircuitOpen));
   EXPECT_EQ(h.calls, 0);
   EXPECT_EQ(limiter->counters().acquired, 0u);  // no token spent on a refused call
 }
@@ -98,8 +102,7 @@ TEST(Pipeline, AttemptTimeoutIsARetryableTimeout) {
   Harness h;
   auto p = Pipeline::Builder().retry(retry3(50ms)).attempt_timeout(500ms).build().value();
   auto [r, took] = h.run(p, h.script({}, 2s));  // every attempt takes 2 s
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().kind(), ErrorKind::kTimeout);
+  ASSERT_THAT(r, StatusIs(ErrorKind::kTimeout));
   EXPECT_EQ(h.calls, 3);
   EXPECT_EQ(took, 3 * 500ms + 2 * 50ms);
 }
@@ -116,8 +119,8 @@ TEST(Pipeline, AShorterDeadlineInsideTheCallIsNotMistakenForTheAttemptTimeout) {
   };
   auto [r, took] = h.run(p, inner);
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().kind(), ErrorKind::kDeadlineExceeded);  // not "attempt timed out after 10000 ms"
-  EXPECT_EQ(h.calls, 1);                                      // and not retried
+  EXPECT_THAT(r, StatusIs(ErrorKind::kDeadlineExceeded));  // not "attempt timed out after 10000 ms"
+  EXPECT_EQ(h.calls, 1);                                   // and not retried
   EXPECT_EQ(took, 100ms);
 }
 
@@ -125,7 +128,7 @@ TEST(Pipeline, CallerDeadlineEndsEverythingWithoutRetry) {
   Harness h;
   auto p = Pipeline::Builder().retry(retry3()).attempt_timeout(5s).build().value();
   auto [r, took] = h.run(p, h.script({}, 10s), 1s);
-  EXPECT_EQ(r.error().kind(), ErrorKind::kDeadlineExceeded);
+  EXPECT_THAT(r, StatusIs(ErrorKind::kDeadlineExceeded));
   EXPECT_EQ(h.calls, 1);
   EXPECT_EQ(took, 1s);
 }
@@ -137,10 +140,10 @@ TEST(Pipeline, RateLimitedAttemptWaitsForItsRetryTime) {
       RateLimiter::create("rl", h.s.env,
                           {.capacity = 1, .refill_units = 1, .refill_period = 1s, .mode = RateLimitMode::kReject})
           .value();
-  ASSERT_TRUE(limiter->try_acquire(1).ok());  // empty it
+  ASSERT_THAT(limiter->try_acquire(1), IsOk());  // empty it
   auto p = Pipeline::Builder().retry(retry3(10ms)).rate_limiter(limiter).build().value();
   auto [r, took] = h.run(p, h.script({}));
-  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  ASSERT_THAT(r, IsOk());
   EXPECT_EQ(took, 1s);  // the refill time, not the 10 ms backoff
 }
 
@@ -158,17 +161,16 @@ TEST(Pipeline, BreakerOpensAfterRepeatedFailuresAcrossCalls) {
   EXPECT_EQ(breaker->state(), BreakerState::kOpen);
   int before = h.calls;
   auto [r, took] = h.run(p, h.script({}));
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().kind(), ErrorKind::kCircuitOpen);
+  ASSERT_THAT(r, StatusIs(ErrorKind::kCircuitOpen));
   EXPECT_EQ(h.calls, before);
 }
 
 TEST(Pipeline, BuildRejectsBadOptions) {
-  EXPECT_EQ(Pipeline::Builder().attempt_timeout(Duration::zero()).build().error().kind(), ErrorKind::kInvalidArgument);
-  testing::SimRuntime s;
+  EXPECT_THAT(Pipeline::Builder().attempt_timeout(Duration::zero()).build(), StatusIs(ErrorKind::kInvalidArgument));
+  test::SimRuntime s;
   auto limiter = RateLimiter::create("rl", s.env, {}).value();
   EXPECT_FALSE(Pipeline::Builder().rate_limiter(limiter, 0).build().ok());
-  EXPECT_TRUE(Pipeline::Builder().build().ok());  // nothing: a pass-through
+  EXPECT_THAT(Pipeline::Builder().build(), IsOk());  // nothing: a pass-through
 }
 
 TEST(Pipeline, AFailedAttemptFreesItsHalfOpenTrialBeforeTheBackoff) {
@@ -183,12 +185,12 @@ TEST(Pipeline, AFailedAttemptFreesItsHalfOpenTrialBeforeTheBackoff) {
   auto limiter =
       RateLimiter::create("rl", h.s.env, {.capacity = 1, .refill_units = 1, .refill_period = 10s, .max_wait = 1ms})
           .value();
-  ASSERT_TRUE(limiter->try_acquire(1).ok());
+  ASSERT_THAT(limiter->try_acquire(1), IsOk());
   // Open the breaker and let the open duration pass: the next attempt gets the one
   // half-open trial permit.
   {
     auto permit = breaker->try_acquire();
-    ASSERT_TRUE(permit.ok());
+    ASSERT_THAT(permit, IsOk());
     permit->failure(Error(ErrorKind::kTransient, "down"), 1ms);
   }
   ASSERT_EQ(breaker->state(), BreakerState::kOpen);
@@ -201,7 +203,7 @@ TEST(Pipeline, AFailedAttemptFreesItsHalfOpenTrialBeforeTheBackoff) {
   EXPECT_EQ(limiter->counters().rejected_max_wait, 1u);
   // The trial slot is free again during the wait: someone else may probe.
   auto probe = breaker->try_acquire();
-  ASSERT_TRUE(probe.ok()) << probe.error().to_string();
+  ASSERT_THAT(probe, IsOk());
   EXPECT_TRUE(probe->trial());
   probe->success(1ms);
   EXPECT_EQ(breaker->state(), BreakerState::kClosed);
@@ -237,7 +239,7 @@ TEST(PipelineProperty, NoCallOutlivesItsDeadline) {
   std::vector<std::string> violations;
   int finished_total = 0;
   for (std::uint64_t seed = 1; seed <= kSeeds; ++seed) {
-    testing::SimRuntime s(seed);
+    test::SimRuntime s(seed);
     Environment& env = s.env;
     auto between = [&env](Duration lo, Duration hi) {
       return lo +

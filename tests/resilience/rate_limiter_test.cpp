@@ -4,6 +4,7 @@
 // test command).
 #include "nines/resilience/rate_limiter.hpp"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -14,11 +15,15 @@
 
 #include "nines/runtime/runtime.hpp"
 #include "runtime/test_util.hpp"
+#include "support/status_matchers.hpp"
 
 namespace nines {
 namespace {
-using testing::Log;
-using testing::SimRuntime;
+using ::nines::test::IsOk;
+using ::nines::test::StatusIs;
+using test::Log;
+using test::SimRuntime;
+using ::testing::HasSubstr;
 
 // A deterministic runtime that remembers when the test started.
 struct Sim : SimRuntime {
@@ -30,7 +35,7 @@ std::int64_t ms(const Sim& s) { return to_millis(s.env.now() - s.t0); }
 
 std::shared_ptr<RateLimiter> make(Environment& env, RateLimiterOptions o) {
   auto r = RateLimiter::create("test", env, o);
-  EXPECT_TRUE(r.ok()) << (r.ok() ? "" : r.error().to_string());
+  EXPECT_THAT(r, IsOk());
   return std::move(r).value();
 }
 
@@ -59,21 +64,20 @@ TEST(RateLimiter, CreateValidatesOptionsNamingTheField) {
   cases.push_back({{.max_waiters = (std::size_t{1} << 20) + 1}, "max_waiters"});
   for (const auto& c : cases) {
     auto r = RateLimiter::create("rl", env, c.options);
-    ASSERT_FALSE(r.ok()) << c.field;
-    EXPECT_EQ(r.error().kind(), ErrorKind::kInvalidArgument);
-    EXPECT_NE(r.error().message().find(c.field), std::string::npos) << r.error().message();
-    EXPECT_NE(r.error().message().find("'rl'"), std::string::npos) << r.error().message();
+    ASSERT_THAT(r, StatusIs(ErrorKind::kInvalidArgument)) << c.field;
+    EXPECT_THAT(r.error().message(), HasSubstr(c.field));
+    EXPECT_THAT(r.error().message(), HasSubstr("'rl'"));
   }
   EXPECT_FALSE(RateLimiter::create("", env, {}).ok());
   // max_waiters does not matter when never waiting.
-  EXPECT_TRUE(RateLimiter::create("rl", env, {.mode = RateLimitMode::kReject, .max_waiters = 0}).ok());
+  EXPECT_THAT(RateLimiter::create("rl", env, {.mode = RateLimitMode::kReject, .max_waiters = 0}), IsOk());
 }
 
 TEST(RateLimiter, RefillIsExactOverVirtualTime) {
   SimEnvironment env(1);
   auto rl = make(env, {.capacity = 10, .refill_units = 10, .refill_period = 1s});
   EXPECT_EQ(rl->available(), 10);
-  ASSERT_TRUE(rl->try_acquire(10).ok());
+  ASSERT_THAT(rl->try_acquire(10), IsOk());
   EXPECT_EQ(rl->available(), 0);
   TimePoint t0 = env.now();
   env.set_now(t0 + 99ms);
@@ -87,7 +91,7 @@ TEST(RateLimiter, RefillIsExactOverVirtualTime) {
   env.set_now(t0 + 1h);
   EXPECT_EQ(rl->available(), 10);  // never beyond capacity
   // Reading does not disturb: refill continues from where it was.
-  ASSERT_TRUE(rl->try_acquire(3).ok());
+  ASSERT_THAT(rl->try_acquire(3), IsOk());
   env.set_now(t0 + 1h + 250ms);
   EXPECT_EQ(rl->available(), 9);  // 7 + 2.5
   env.set_now(t0 + 1h + 300ms);
@@ -118,11 +122,10 @@ TEST(RateLimiter, RefillRatesThatDoNotDivideTimeRoundWaitsUpToTheNanosecond) {
   EXPECT_EQ(rl->available_at(1), t0 + 142857143ns);
   env.set_now(t0 + 142857142ns);
   auto early = rl->try_acquire(1);
-  ASSERT_FALSE(early.ok());
-  EXPECT_EQ(early.error().kind(), ErrorKind::kRateLimited);
+  ASSERT_THAT(early, StatusIs(ErrorKind::kRateLimited));
   EXPECT_EQ(early.error().retry_at(), t0 + 142857143ns);
   env.set_now(t0 + 142857143ns);
-  EXPECT_TRUE(rl->try_acquire(1).ok());
+  EXPECT_THAT(rl->try_acquire(1), IsOk());
   // Seven units per second exactly, over a long stretch: no drift.
   int taken = 1;
   for (int step = 1; step <= 7000; ++step) {
@@ -166,8 +169,7 @@ TEST(RateLimiter, TooLargeARequestIsInvalidArgument) {
   Sim s;
   auto rl = make(s.env, {.capacity = 100, .refill_units = 100, .refill_period = 1min});
   auto r = rl->try_acquire(101);
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().kind(), ErrorKind::kInvalidArgument);
+  ASSERT_THAT(r, StatusIs(ErrorKind::kInvalidArgument));
   EXPECT_EQ(r.error().message(),
             "rate limiter 'test': 101 units requested, more than the capacity 100 (it could never succeed)");
   Log log;
@@ -327,7 +329,7 @@ TEST(RateLimiter, MaxWaitersBoundsTheSleepers) {
       Status r = co_await rl->acquire(ctx);
       log.add(std::to_string(i) + " " + (r.ok() ? "ok" : r.error().message()) + " at " + std::to_string(ms(s)));
       if (!r.ok()) {
-        EXPECT_EQ(r.error().kind(), ErrorKind::kRateLimited);
+        EXPECT_THAT(r, StatusIs(ErrorKind::kRateLimited));
         EXPECT_EQ(r.error().retry_at(), ctx.now() + 3s);
       }
     });
@@ -418,7 +420,7 @@ TEST(RateLimiterStress, ConcurrentAcquiresOnTwoWorkersAreExact) {
       Status w = co_await wait->acquire(ctx);
       (w.ok() ? ok_wait : other).fetch_add(1);
     });
-    ASSERT_TRUE(pid.ok());
+    ASSERT_THAT(pid, IsOk());
     watches.push_back(rt->watch_exit(*pid));
   }
   for (auto& w : watches) {

@@ -3,6 +3,7 @@
 // concurrency test of the budget on the real scheduler (2 workers), whose counts are exact.
 #include "nines/resilience/retry.hpp"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -17,11 +18,15 @@
 #include "nines/resilience/retry_budget.hpp"
 #include "nines/runtime/runtime.hpp"
 #include "runtime/test_util.hpp"
+#include "support/status_matchers.hpp"
 
 namespace nines {
 namespace {
+using ::nines::test::IsOk;
+using ::nines::test::StatusIs;
+using ::testing::HasSubstr;
 
-using testing::SimRuntime;
+using test::SimRuntime;
 
 Error err(ErrorKind kind, std::string message = "boom") { return Error(kind, std::move(message)); }
 Error transient(std::string message = "boom") { return err(ErrorKind::kTransient, std::move(message)); }
@@ -310,9 +315,9 @@ TEST(RetryPolicy, RateLimitedRetryTimeIsHonouredOrRefusedAtOnce) {
       // Failed at once with that error: its kind and retry time kept.
       ASSERT_FALSE(rec.result->ok()) << c.name;
       EXPECT_EQ(rec.ended_at, 0ns) << c.name;
-      EXPECT_EQ(rec.result->error().kind(), c.kind) << c.name;
+      EXPECT_THAT(*rec.result, StatusIs(c.kind)) << c.name;
       EXPECT_EQ(rec.result->error().retry_at(), sent->retry_at()) << c.name;
-      EXPECT_NE(rec.result->error().message().find("max_retry_after"), std::string::npos) << c.name;
+      EXPECT_THAT(rec.result->error().message(), HasSubstr("max_retry_after")) << c.name;
       EXPECT_EQ(policy.stats().rejected(RetryRejection::kRetryAfterTooLong), 1u) << c.name;
     } else {
       EXPECT_TRUE(rec.result->ok()) << c.name;
@@ -364,7 +369,7 @@ TEST(RetryPolicy, MaxAttemptsEndsWithTheLastErrorKindKept) {
     EXPECT_EQ(rec.starts.size(), static_cast<std::size_t>(max));
     EXPECT_EQ(rec.ended_at, (max - 1) * 10ms);
     const Error& e = rec.result->error();
-    EXPECT_EQ(e.kind(), ErrorKind::kTransient);
+    EXPECT_THAT(e, StatusIs(ErrorKind::kTransient));
     std::string plural = max == 1 ? " attempt" : " attempts";
     EXPECT_EQ(e.message(), "retry: gave up after " + std::to_string(max) + plural + ": fail " + std::to_string(max));
     EXPECT_EQ(policy.stats().rejected(RetryRejection::kAttemptsExhausted), 1u);
@@ -394,8 +399,8 @@ TEST(RetryPolicy, MaxTotalTimeBoundsWhenTheLastAttemptMayStart) {
     CallRecord rec = run_call(policy, always_fail(transient(), c.takes));
     EXPECT_EQ(rec.starts, c.starts) << c.name;
     ASSERT_FALSE(rec.result->ok()) << c.name;
-    EXPECT_EQ(rec.result->error().kind(), ErrorKind::kTransient) << c.name;
-    EXPECT_NE(rec.result->error().message().find("max_total_time"), std::string::npos) << c.name;
+    EXPECT_THAT(*rec.result, StatusIs(ErrorKind::kTransient)) << c.name;
+    EXPECT_THAT(rec.result->error().message(), HasSubstr("max_total_time")) << c.name;
     EXPECT_EQ(rec.ended_at, c.starts.back() + c.takes) << c.name;  // gave up at once, no sleep
     EXPECT_EQ(policy.stats().rejected(RetryRejection::kTotalTimeExhausted), 1u) << c.name;
   }
@@ -428,8 +433,8 @@ TEST(RetryPolicy, NeverWaitsPastTheProcessDeadline) {
     EXPECT_EQ(rec.starts, c.starts) << c.name;
     EXPECT_EQ(rec.ended_at, c.ended_at) << c.name;
     ASSERT_FALSE(rec.result->ok()) << c.name;
-    EXPECT_EQ(rec.result->error().kind(), ErrorKind::kDeadlineExceeded) << c.name;
-    EXPECT_NE(rec.result->error().message().find(c.message_part), std::string::npos)
+    EXPECT_THAT(*rec.result, StatusIs(ErrorKind::kDeadlineExceeded)) << c.name;
+    EXPECT_THAT(rec.result->error().message(), HasSubstr(c.message_part))
         << c.name << ": " << rec.result->error().message();
     EXPECT_LE(rec.ended_at, c.deadline) << c.name;
   }
@@ -453,7 +458,7 @@ TEST(RetryPolicy, RetryTimePastTheDeadlineFailsAtOnce) {
       5s);
   EXPECT_EQ(rec.starts, millis({0}));
   EXPECT_EQ(rec.ended_at, 0ns);
-  EXPECT_EQ(rec.result->error().kind(), ErrorKind::kDeadlineExceeded);
+  EXPECT_THAT(*rec.result, StatusIs(ErrorKind::kDeadlineExceeded));
 }
 
 // Property: random backoffs, deadlines, attempt durations and failures; no attempt starts at or
@@ -514,7 +519,7 @@ TEST(RetryBudget, CapLimitsSavedRetriesExactly) {
   s.spawn([&](Context& ctx) -> Task<> {
     for (int i = 0; i < 100; ++i) {
       auto r = co_await ok_policy.run(ctx, []() -> Task<Result<int>> { co_return 1; });
-      EXPECT_TRUE(r.ok());
+      EXPECT_THAT(r, IsOk());
     }
     EXPECT_DOUBLE_EQ(budget->tokens(), 3.0);
     for (int i = 0; i < 10; ++i) {
@@ -674,11 +679,10 @@ TEST(RetryBudget, CreateValidatesEveryField) {
   };
   for (const auto& c : cases) {
     auto b = RetryBudget::create(env, c.options);
-    ASSERT_FALSE(b.ok()) << c.name;
-    EXPECT_EQ(b.error().kind(), ErrorKind::kInvalidArgument) << c.name;
+    ASSERT_THAT(b, StatusIs(ErrorKind::kInvalidArgument)) << c.name;
     EXPECT_EQ(b.error().message().rfind(c.field, 0), 0u) << c.name << ": " << b.error().message();
   }
-  EXPECT_TRUE(RetryBudget::create(env, {}).ok());
+  EXPECT_THAT(RetryBudget::create(env, {}), IsOk());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -740,12 +744,11 @@ TEST(RetryPolicy, CreateValidatesOptionsNamingTheField) {
   };
   for (const auto& c : cases) {
     auto p = RetryPolicy::create(c.options);
-    ASSERT_FALSE(p.ok()) << c.name;
-    EXPECT_EQ(p.error().kind(), ErrorKind::kInvalidArgument) << c.name;
+    ASSERT_THAT(p, StatusIs(ErrorKind::kInvalidArgument)) << c.name;
     EXPECT_EQ(p.error().message().rfind(c.message, 0), 0u) << c.name << ": " << p.error().message();
   }
   auto p = RetryPolicy::create({});
-  ASSERT_TRUE(p.ok());
+  ASSERT_THAT(p, IsOk());
   EXPECT_EQ(p->options().max_attempts, 3);
   EXPECT_EQ(p->options().backoff.kind, Backoff::Kind::kFullJitter);
 }

@@ -11,7 +11,7 @@
 namespace nines {
 namespace {
 
-using testing::SimRuntime;
+using test::SimRuntime;
 using namespace std::chrono_literals;
 
 // How long a sleep(10 ms) takes on the virtual clock.

@@ -1,5 +1,6 @@
 // The runtime's default reports (docs/logging.md): process_crashed, child_restarted,
 // supervisor_gave_up, child_start_failed, as the SimEnvironment captures them.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <stdexcept>
@@ -7,11 +8,13 @@
 
 #include "nines/runtime/supervisor.hpp"
 #include "runtime/test_util.hpp"
+#include "support/status_matchers.hpp"
 
 namespace nines {
 namespace {
+using ::nines::test::IsOk;
 
-using testing::SimRuntime;
+using test::SimRuntime;
 using namespace std::chrono_literals;
 
 struct Crash {};
@@ -95,7 +98,7 @@ TEST(ProcessCrashed, AKillAndALinkedCrashAreReportedWithTheirSender) {
     co_await crash_on_demand(ctx);
   });
   w.rt().run_until_idle();
-  ASSERT_TRUE(w.rt().send(first, Crash{}).ok());
+  ASSERT_THAT(w.rt().send(first, Crash{}), IsOk());
   w.rt().run_until_idle();
   auto lines = w.logs().records("process_crashed");
   ASSERT_EQ(lines.size(), 2u) << w.logs().dump();
@@ -131,7 +134,7 @@ TEST(Supervisor, ARestartIsReportedWithTheReasonAndTheRestartCount) {
   start_supervisor(w.rt(), spec).value();
   w.rt().run_until_idle();
   for (int i = 1; i <= 2; ++i) {
-    ASSERT_TRUE(w.rt().send(*w.rt().whereis("cart"), Crash{}).ok());
+    ASSERT_THAT(w.rt().send(*w.rt().whereis("cart"), Crash{}), IsOk());
     w.rt().run_until_idle();
   }
   EXPECT_EQ(w.logs().count("process_crashed"), 2u) << w.logs().dump();
@@ -156,7 +159,7 @@ TEST(Supervisor, ExceedingTheIntensityIsReportedOnce) {
   Pid sup = start_supervisor(w.rt(), spec).value();
   w.rt().run_until_idle();
   for (int i = 0; i < 3; ++i) {
-    ASSERT_TRUE(w.rt().send(*w.rt().whereis("w"), Crash{}).ok());
+    ASSERT_THAT(w.rt().send(*w.rt().whereis("w"), Crash{}), IsOk());
     w.rt().run_until_idle();
   }
   EXPECT_FALSE(w.rt().alive(sup));

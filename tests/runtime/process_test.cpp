@@ -3,17 +3,22 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <stdexcept>
 
 #include "nines/core/check.hpp"
 #include "runtime/test_util.hpp"
+#include "support/status_matchers.hpp"
 
 namespace nines {
 namespace {
-using testing::Log;
-using testing::SimRuntime;
+using ::nines::test::IsOk;
+using ::nines::test::StatusIs;
+using test::Log;
+using test::SimRuntime;
+using ::testing::HasSubstr;
 
 struct Crash {};
 struct Stop {};
@@ -162,8 +167,8 @@ TEST(Process, CallToDeadOrDyingProcessFailsWithNoProc) {
   s.rt->run_until_idle();
   auto l = log.get();
   ASSERT_EQ(l.size(), 2u);
-  EXPECT_NE(l[0].find("noproc"), std::string::npos);
-  EXPECT_NE(l[0].find("died while serving"), std::string::npos);
+  EXPECT_THAT(l[0], HasSubstr("noproc"));
+  EXPECT_THAT(l[0], HasSubstr("died while serving"));
   EXPECT_EQ(l[1], "noproc");
 }
 
@@ -213,10 +218,10 @@ TEST(Process, SelectiveReceiveLeavesOthersInOrder) {
     log.add(*m->get<std::string>());
     for (int i = 0; i < 3; ++i) log.add(std::to_string(*(co_await ctx.receive()).get<int>()));
   });
-  ASSERT_TRUE(s.rt->send(p, 1).ok());
-  ASSERT_TRUE(s.rt->send(p, 2).ok());
-  ASSERT_TRUE(s.rt->send(p, std::string("s")).ok());
-  ASSERT_TRUE(s.rt->send(p, 3).ok());
+  ASSERT_THAT(s.rt->send(p, 1), IsOk());
+  ASSERT_THAT(s.rt->send(p, 2), IsOk());
+  ASSERT_THAT(s.rt->send(p, std::string("s")), IsOk());
+  ASSERT_THAT(s.rt->send(p, 3), IsOk());
   s.rt->run_until_idle();
   EXPECT_EQ(log.get(), (std::vector<std::string>{"s", "1", "2", "3"}));
 }
@@ -241,7 +246,7 @@ TEST(Process, ExceptionOrFailedCheckCrashesOnlyThatProcess) {
   EXPECT_EQ(w1->reason().type, "std::invalid_argument");
   EXPECT_EQ(w1->reason().detail, "bad input");
   EXPECT_EQ(w2->reason().type, "nines::CheckFailure");
-  EXPECT_NE(w2->reason().detail.find("1 == 2"), std::string::npos);
+  EXPECT_THAT(w2->reason().detail, HasSubstr("1 == 2"));
   EXPECT_TRUE(s.rt->alive(bystander));
 }
 
@@ -269,7 +274,7 @@ TEST_P(LinkTest, ExitPropagatesAlongLinksAsOtpSays) {
   });
   auto wb = s.rt->watch_exit(b);
   s.rt->run_until_idle();
-  ASSERT_TRUE(s.rt->send(a, 0).ok());
+  ASSERT_THAT(s.rt->send(a, 0), IsOk());
   s.rt->run_until_idle();
   EXPECT_EQ(wb->done(), c.linked_dies);
   if (c.linked_dies) {
@@ -348,7 +353,7 @@ TEST(Process, UnlinkStopsPropagation) {
     throw std::runtime_error("x");
   });
   s.rt->run_until_idle();
-  ASSERT_TRUE(s.rt->send(a, 0).ok());
+  ASSERT_THAT(s.rt->send(a, 0), IsOk());
   s.rt->run_until_idle();
   EXPECT_FALSE(s.rt->alive(a));
   EXPECT_TRUE(s.rt->alive(b));
@@ -386,13 +391,12 @@ TEST(Process, NamedRegistration) {
   SimRuntime s;
   Pid a = s.spawn(idle_worker(), {.name = "db"});
   auto dup = s.rt->spawn(idle_worker(), {.name = "db"});
-  ASSERT_FALSE(dup.ok());
-  EXPECT_EQ(dup.error().kind(), ErrorKind::kAlreadyExists);
+  ASSERT_THAT(dup, StatusIs(ErrorKind::kAlreadyExists));
   EXPECT_EQ(s.rt->whereis("db"), a);
-  ASSERT_TRUE(s.rt->send(a, Crash{}).ok());
+  ASSERT_THAT(s.rt->send(a, Crash{}), IsOk());
   s.rt->run_until_idle();
   EXPECT_FALSE(s.rt->whereis("db").has_value());
-  EXPECT_TRUE(s.rt->spawn(idle_worker(), {.name = "db"}).ok());
+  EXPECT_THAT(s.rt->spawn(idle_worker(), {.name = "db"}), IsOk());
 }
 
 // ---- mailbox overflow policies
@@ -401,13 +405,12 @@ TEST(Mailbox, RejectFailsTheSender) {
   SimRuntime s;
   Pid p = s.spawn(idle_worker(), {.mailbox_capacity = 2, .overflow = OverflowPolicy::kReject});
   // Not run yet: the mailbox fills.
-  EXPECT_TRUE(s.rt->send(p, 1).ok());
-  EXPECT_TRUE(s.rt->send(p, 2).ok());
+  EXPECT_THAT(s.rt->send(p, 1), IsOk());
+  EXPECT_THAT(s.rt->send(p, 2), IsOk());
   auto r = s.rt->send(p, 3);
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().kind(), ErrorKind::kMailboxFull);
+  ASSERT_THAT(r, StatusIs(ErrorKind::kMailboxFull));
   s.rt->run_until_idle();
-  EXPECT_TRUE(s.rt->send(p, 4).ok());
+  EXPECT_THAT(s.rt->send(p, 4), IsOk());
 }
 
 TEST(Mailbox, DropOldestKeepsTheNewest) {
@@ -419,9 +422,9 @@ TEST(Mailbox, DropOldestKeepsTheNewest) {
         for (;;) log.add(std::to_string(*(co_await ctx.receive()).get<int>()));
       },
       {.mailbox_capacity = 3, .overflow = OverflowPolicy::kDropOldest});
-  for (int i = 1; i <= 6; ++i) ASSERT_TRUE(s.rt->send(p, i).ok());
+  for (int i = 1; i <= 6; ++i) ASSERT_THAT(s.rt->send(p, i), IsOk());
   s.rt->run_until_idle();
-  ASSERT_TRUE(s.rt->send(p, std::string("go")).ok());  // drops 4, keeps 5 6 go
+  ASSERT_THAT(s.rt->send(p, std::string("go")), IsOk());  // drops 4, keeps 5 6 go
   s.rt->run_until_idle();
   EXPECT_EQ(log.get(), (std::vector<std::string>{"5", "6"}));
 }
@@ -452,8 +455,8 @@ TEST(Mailbox, SuspendSenderSuspendsOnlyTheSender) {
   EXPECT_EQ(log.get(), (std::vector<std::string>{"sent 0", "sent 1", "bystander runs", "got 0", "sent 2", "got 1",
                                                  "sent 3", "got 2", "sent 4", "got 3", "got 4"}));
   // From outside there is no process to suspend: a full mailbox is an error.
-  for (int i = 0; i < 2; ++i) ASSERT_TRUE(s.rt->send(slow, i).ok());
-  EXPECT_EQ(s.rt->send(slow, 9).error().kind(), ErrorKind::kMailboxFull);
+  for (int i = 0; i < 2; ++i) ASSERT_THAT(s.rt->send(slow, i), IsOk());
+  EXPECT_THAT(s.rt->send(slow, 9), StatusIs(ErrorKind::kMailboxFull));
 }
 
 TEST(Mailbox, BlockedSenderIsReleasedWhenTargetDies) {
@@ -520,8 +523,7 @@ TEST(OutsideWork, CompletionWakesTheProcessOnce) {
 TEST(Runtime, RejectsBadOptions) {
   SimEnvironment env(1);
   auto r = Runtime::create(env, {.workers = 4});
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().kind(), ErrorKind::kInvalidArgument);
+  ASSERT_THAT(r, StatusIs(ErrorKind::kInvalidArgument));
   EXPECT_FALSE(Runtime::create(env, {.default_mailbox_capacity = 0}).ok());
 }
 
@@ -558,7 +560,7 @@ struct NamedRequest {
 // g++ 12 copies an aggregate temporary written inside a co_await expression bitwise (see
 // task.hpp). The documented pattern, naming it first, must carry it intact through a call.
 TEST(Process, NamedAggregateRequestSurvivesCallUnderGcc12) {
-  testing::SimRuntime s;
+  test::SimRuntime s;
   std::string seen;
   Pid server = s.spawn([&](Context& ctx) -> Task<> {
     Message m = co_await ctx.receive();
@@ -628,8 +630,8 @@ namespace {
 
 // A deadline set in a process bounds every wait nested inside it, and scopes only shorten it.
 TEST(Deadline, PropagatesIntoNestedWaitsAndOnlyShortens) {
-  testing::SimRuntime s;
-  testing::Log log;
+  test::SimRuntime s;
+  test::Log log;
   int requests_seen = 0;
   Pid slow = s.spawn([&](Context& ctx) -> Task<> {
     for (;;) {
@@ -674,8 +676,8 @@ TEST(Deadline, PropagatesIntoNestedWaitsAndOnlyShortens) {
 }
 
 TEST(Deadline, BoundsASuspendedSend) {
-  testing::SimRuntime s;
-  testing::Log log;
+  test::SimRuntime s;
+  test::Log log;
   Pid full = s.spawn([](Context& ctx) -> Task<> { co_await ctx.sleep(1h); },
                      {.mailbox_capacity = 1, .overflow = OverflowPolicy::kSuspendSender});
   s.spawn([&, full](Context& ctx) -> Task<> {
@@ -699,15 +701,15 @@ namespace {
 // A poll (receive_for(0)) sees a queued message even when the process has used up its
 // reductions in this slice (found by the hedging policy's tests).
 TEST(Process, PollSeesQueuedMessageWhateverTheReductions) {
-  testing::SimRuntime s(1, {.reductions = 2});
-  testing::Log log;
+  test::SimRuntime s(1, {.reductions = 2});
+  test::Log log;
   Pid p = s.spawn([&](Context& ctx) -> Task<> {
     for (int i = 0; i < 5; ++i) {
       auto m = co_await ctx.receive_for(Duration::zero());
       log.add(m ? std::to_string(*m->get<int>()) : "none");
     }
   });
-  for (int i = 0; i < 5; ++i) ASSERT_TRUE(s.rt->send(p, i).ok());
+  for (int i = 0; i < 5; ++i) ASSERT_THAT(s.rt->send(p, i), IsOk());
   s.rt->run_until_idle();
   EXPECT_EQ(log.get(), (std::vector<std::string>{"0", "1", "2", "3", "4"}));
 }
@@ -724,7 +726,7 @@ Task<Result<int>> two_levels(int i) { co_return co_await completes_at_once(i); }
 // A loop awaiting tasks that finish without suspending must not grow the stack: at -O0 (the
 // sanitizer builds) symmetric transfer is not a tail call (found by the resilience bench).
 TEST(Task, LoopOverTasksThatCompleteAtOnceDoesNotGrowTheStack) {
-  testing::SimRuntime s;
+  test::SimRuntime s;
   long long sum = 0;
   s.spawn([&](Context&) -> Task<> {
     for (int i = 0; i < 300'000; ++i) sum += *(co_await two_levels(1));

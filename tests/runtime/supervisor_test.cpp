@@ -2,6 +2,7 @@
 // moved only by run_until_idle/advance) and checks the supervision events and a log of worker
 // starts and stops against OTP's documented semantics (shared/reference/otp-supervision.md)
 // and the contract in supervisor.hpp.
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -19,12 +20,16 @@
 
 #include "nines/runtime/supervisor.hpp"
 #include "runtime/test_util.hpp"
+#include "support/status_matchers.hpp"
 
 namespace nines {
 namespace {
+using ::nines::test::IsOk;
+using ::nines::test::StatusIs;
+using ::testing::HasSubstr;
 
-using testing::Log;
-using testing::SimRuntime;
+using test::Log;
+using test::SimRuntime;
 using Type = SupervisionEventType;
 
 // ---------------------------------------------------------------- test workers
@@ -68,12 +73,6 @@ std::string describe(const SupervisionEvent& e) {
   }
   return "?";
 }
-
-template <class T>
-std::string error_kind(const Result<T>& r) {
-  return r.ok() ? "ok" : std::string(to_string(r.error().kind()));
-}
-std::string kind(ErrorKind k) { return std::string(to_string(k)); }
 
 using Lines = std::vector<std::string>;
 
@@ -154,7 +153,7 @@ class World {
   // Starts a root supervisor and runs until idle.
   Pid start(const SupervisorSpec& spec) {
     auto r = start_supervisor(rt(), spec);
-    EXPECT_TRUE(r.ok()) << r.error().to_string();
+    EXPECT_THAT(r, IsOk());
     rt().run_until_idle();
     return r.ok() ? *r : Pid{};
   }
@@ -166,7 +165,7 @@ class World {
     for (int i = 0; i < 100 && !r.ok() && r.error().kind() == ErrorKind::kMailboxFull; ++i) {
       r = rt().send_any(pids.at(id), msg);
     }
-    ASSERT_TRUE(r.ok()) << id;
+    ASSERT_THAT(r, IsOk()) << id;
     rt().run_until_idle();
   }
   void crash(const std::string& id) { send(id, Crash{}); }
@@ -768,7 +767,7 @@ TEST(SupervisorStart, ChildrenStartInOrderBeforeStartReturns) {
   World w;
   auto r =
       start_supervisor(w.rt(), make_spec("s", Strategy::kOneForOne, {w.worker("a"), w.worker("b"), w.worker("c")}));
-  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  ASSERT_THAT(r, IsOk());
   // Synchronous: every start function ran, in order, before start_supervisor returned.
   EXPECT_EQ(w.log.get(), (Lines{"start a", "start b", "start c"}));
   EXPECT_EQ(w.lines(), (Lines{"started a", "started b", "started c", "sup_started"}));
@@ -796,10 +795,9 @@ TEST_P(SupervisorStartFailure, FailsNamingTheChildAndLeavesNothingRunning) {
   };
   auto r = start_supervisor(w.rt(),
                             make_spec("s", Strategy::kOneForOne, {w.worker("a"), w.worker("b"), bad, w.worker("d")}));
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(error_kind(r), kind(ErrorKind::kStartFailed));
-  EXPECT_NE(r.error().message().find("'c'"), std::string::npos) << r.error().message();
-  EXPECT_NE(r.error().message().find("no database"), std::string::npos) << r.error().message();
+  ASSERT_THAT(r, StatusIs(ErrorKind::kStartFailed));
+  EXPECT_THAT(r.error().message(), HasSubstr("'c'"));
+  EXPECT_THAT(r.error().message(), HasSubstr("no database"));
   EXPECT_EQ(w.log.get(), (Lines{"start a", "start b", "start c"}));  // d is never tried
   // Every reported start has its reported exit (the event stream stays balanced for metrics).
   EXPECT_EQ(w.lines(),
@@ -822,10 +820,9 @@ TEST(SupervisorStartFailureNested, GrandchildFailureFailsTheWholeTree) {
   bad.start = [](StartContext&) -> Result<Pid> { return Error(ErrorKind::kTransient, "nope"); };
   SupervisorSpec mid = make_spec("mid", Strategy::kOneForOne, {w.worker("m1"), bad});
   auto r = start_supervisor(w.rt(), make_spec("root", Strategy::kOneForOne, {w.worker("x"), w.supervisor("mid", mid)}));
-  ASSERT_FALSE(r.ok());
-  EXPECT_EQ(error_kind(r), kind(ErrorKind::kStartFailed));
-  EXPECT_NE(r.error().message().find("'mid'"), std::string::npos) << r.error().message();
-  EXPECT_NE(r.error().message().find("'bad'"), std::string::npos) << r.error().message();
+  ASSERT_THAT(r, StatusIs(ErrorKind::kStartFailed));
+  EXPECT_THAT(r.error().message(), HasSubstr("'mid'"));
+  EXPECT_THAT(r.error().message(), HasSubstr("'bad'"));
   w.rt().run_until_idle();
   EXPECT_EQ(w.rt().process_count(), 0u);
   EXPECT_EQ(w.rt().whereis("mid"), std::nullopt);
@@ -852,7 +849,7 @@ TEST(SupervisorStart, LinkedSupervisorStopsWithItsParent) {
   Pid sup;
   Pid parent = w.sim.spawn([&](Context& ctx) -> Task<> {
     auto r = start_supervisor_link(ctx, spec);
-    EXPECT_TRUE(r.ok());
+    EXPECT_THAT(r, IsOk());
     if (r.ok()) sup = *r;
     Message m = co_await ctx.receive();
     if (m.is<Crash>()) throw std::runtime_error("parent died");
@@ -860,7 +857,7 @@ TEST(SupervisorStart, LinkedSupervisorStopsWithItsParent) {
   w.rt().run_until_idle();
   ASSERT_TRUE(sup.valid());
   std::size_t from = w.mark();
-  ASSERT_TRUE(w.rt().send(parent, Crash{}).ok());
+  ASSERT_THAT(w.rt().send(parent, Crash{}), IsOk());
   w.rt().run_until_idle();
   EXPECT_EQ(w.lines(from), (Lines{"exited b shutdown by_sup", "exited a shutdown by_sup", "stopped crash"}));
   EXPECT_EQ(w.rt().process_count(), 0u);
@@ -870,7 +867,7 @@ TEST(SupervisorStart, TakenNameIsAlreadyExists) {
   World w;
   w.start(make_spec("s", Strategy::kOneForOne, {w.worker("a")}));
   auto r = start_supervisor(w.rt(), make_spec("s", Strategy::kOneForOne, {w.worker("b")}));
-  EXPECT_EQ(error_kind(r), kind(ErrorKind::kAlreadyExists));
+  EXPECT_THAT(r, StatusIs(ErrorKind::kAlreadyExists));
   w.rt().run_until_idle();
   EXPECT_EQ(w.rt().process_count(), 2u);
 }
@@ -889,9 +886,9 @@ TEST_P(SupervisorInvalidSpec, IsRejectedBeforeAnythingStarts) {
   SupervisorSpec spec = make_spec("v", Strategy::kOneForOne, {w.worker("a"), w.worker("b")});
   c.spoil(spec);
   auto r = start_supervisor(w.rt(), spec);
-  EXPECT_EQ(error_kind(r), kind(ErrorKind::kInvalidArgument));
+  EXPECT_THAT(r, StatusIs(ErrorKind::kInvalidArgument));
   if (!r.ok()) {
-    EXPECT_NE(r.error().message().find(c.says), std::string::npos) << r.error().message();
+    EXPECT_THAT(r.error().message(), HasSubstr(c.says));
   }
   EXPECT_EQ(w.log.get(), Lines{});
   EXPECT_EQ(w.lines(), Lines{});
@@ -974,7 +971,7 @@ TEST_P(SupervisorAutoShutdown, FiresOnlyWhenSignificantChildrenExitByThemselves)
       case Act::kTerminate:
         w.drive([&](Context& ctx) -> Task<> {
           auto r = co_await terminate_child(ctx, sup, step.child);
-          EXPECT_TRUE(r.ok()) << r.error().to_string();
+          EXPECT_THAT(r, IsOk());
         });
         break;
     }
@@ -1055,7 +1052,7 @@ TEST(SupervisorDynamic, StartCrashRestartTerminateCount) {
   w.drive([&](Context& ctx) -> Task<> {
     for (int n = 1; n <= 3; ++n) {
       auto r = co_await start_dynamic_child(ctx, sup, n);
-      EXPECT_TRUE(r.ok()) << r.error().to_string();
+      EXPECT_THAT(r, IsOk());
     }
   });
   EXPECT_EQ(w.lines(from), (Lines{"started w", "started w", "started w"}));
@@ -1073,21 +1070,21 @@ TEST(SupervisorDynamic, StartCrashRestartTerminateCount) {
   from = w.mark();
   w.drive([&](Context& ctx) -> Task<> {
     auto t = co_await terminate_child(ctx, sup, w.pids.at("w1"));
-    EXPECT_TRUE(t.ok());
+    EXPECT_THAT(t, IsOk());
     auto again = co_await terminate_child(ctx, sup, w.pids.at("w1"));
-    EXPECT_EQ(error_kind(again), kind(ErrorKind::kNotFound));
+    EXPECT_THAT(again, StatusIs(ErrorKind::kNotFound));
     auto by_id = co_await terminate_child(ctx, sup, std::string("w"));
-    EXPECT_EQ(error_kind(by_id), kind(ErrorKind::kNotFound));  // dynamic children have no id of their own
+    EXPECT_THAT(by_id, StatusIs(ErrorKind::kNotFound));  // dynamic children have no id of their own
 
     auto which = co_await which_children(ctx, sup);
-    EXPECT_TRUE(which.ok());
+    EXPECT_THAT(which, IsOk());
     if (which.ok()) {
       std::vector<Pid> running;
       for (auto& ch : *which) running.push_back(ch.pid);
       EXPECT_EQ(running, (std::vector<Pid>{w.pids.at("w2"), w.pids.at("w3")}));
     }
     auto counts = co_await count_children(ctx, sup);
-    EXPECT_TRUE(counts.ok());
+    EXPECT_THAT(counts, IsOk());
     if (counts.ok()) {
       EXPECT_EQ(counts->active, 2u);
       EXPECT_EQ(counts->workers, 2u);
@@ -1095,7 +1092,7 @@ TEST(SupervisorDynamic, StartCrashRestartTerminateCount) {
       EXPECT_EQ(counts->restarts, 1u);
     }
     auto wrong = co_await start_child(ctx, sup, w.worker("static"));
-    EXPECT_EQ(error_kind(wrong), kind(ErrorKind::kInvalidArgument));
+    EXPECT_THAT(wrong, StatusIs(ErrorKind::kInvalidArgument));
   });
   EXPECT_EQ(w.lines(from), Lines{"exited w shutdown by_sup"});  // terminated: not restarted
   EXPECT_FALSE(w.rt().alive(w.pids.at("w1")));
@@ -1120,7 +1117,7 @@ TEST(SupervisorDynamic, TransientInstanceExitingNormallyIsForgotten) {
   EXPECT_EQ(w.lines(from), (Lines{"exited w normal", "exited w crash", "restarted w"}));
   w.drive([&](Context& ctx) -> Task<> {
     auto counts = co_await count_children(ctx, sup);
-    EXPECT_TRUE(counts.ok());
+    EXPECT_THAT(counts, IsOk());
     if (counts.ok()) {
       EXPECT_EQ(counts->active, 1u);
       EXPECT_EQ(counts->workers, 1u);
@@ -1286,7 +1283,7 @@ TEST(SupervisorBackoff, TerminateChildCancelsAPendingRestart) {
   Pid old = w.pids.at("w");
   w.drive([&](Context& ctx) -> Task<> {
     auto r = co_await terminate_child(ctx, sup, std::string("w"));
-    EXPECT_TRUE(r.ok());
+    EXPECT_THAT(r, IsOk());
   });
   w.rt().advance(2s);
   EXPECT_EQ(w.pids.at("w"), old);
@@ -1302,7 +1299,7 @@ TEST(SupervisorBackoff, RestartChildDuringTheDelayStartsItOnce) {
   w.crash("w");
   w.drive([&](Context& ctx) -> Task<> {
     auto r = co_await restart_child(ctx, sup, "w");
-    EXPECT_TRUE(r.ok());
+    EXPECT_THAT(r, IsOk());
   });
   Pid now_running = w.pids.at("w");
   EXPECT_TRUE(w.rt().alive(now_running));
@@ -1343,24 +1340,24 @@ TEST(SupervisorControl, StartChildAddsAChildAtTheEnd) {
   std::size_t from = w.mark();
   w.drive([&](Context& ctx) -> Task<> {
     auto c = co_await start_child(ctx, sup, w.worker("c"));
-    EXPECT_TRUE(c.ok());
+    EXPECT_THAT(c, IsOk());
     if (c.ok()) {
       EXPECT_EQ(*c, w.pids.at("c"));
     }
     auto dup = co_await start_child(ctx, sup, w.worker("c"));
-    EXPECT_EQ(error_kind(dup), kind(ErrorKind::kAlreadyExists));
+    EXPECT_THAT(dup, StatusIs(ErrorKind::kAlreadyExists));
     auto dup_static = co_await start_child(ctx, sup, w.worker("a"));
-    EXPECT_EQ(error_kind(dup_static), kind(ErrorKind::kAlreadyExists));
+    EXPECT_THAT(dup_static, StatusIs(ErrorKind::kAlreadyExists));
     auto invalid = co_await start_child(ctx, sup, w.worker(""));
-    EXPECT_EQ(error_kind(invalid), kind(ErrorKind::kInvalidArgument));
+    EXPECT_THAT(invalid, StatusIs(ErrorKind::kInvalidArgument));
     ChildSpec bad = w.worker("d");
     bad.start = [](StartContext&) -> Result<Pid> { return Error(ErrorKind::kTransient, "nope"); };
     auto failed = co_await start_child(ctx, sup, bad);
-    EXPECT_EQ(error_kind(failed), kind(ErrorKind::kStartFailed));
+    EXPECT_THAT(failed, StatusIs(ErrorKind::kStartFailed));
     auto retry = co_await start_child(ctx, sup, w.worker("d"));  // the failed spec was not kept
-    EXPECT_TRUE(retry.ok());
+    EXPECT_THAT(retry, IsOk());
     auto dyn = co_await start_dynamic_child(ctx, sup, 1);
-    EXPECT_EQ(error_kind(dyn), kind(ErrorKind::kInvalidArgument));
+    EXPECT_THAT(dyn, StatusIs(ErrorKind::kInvalidArgument));
   });
   EXPECT_EQ(w.lines(from), (Lines{"started c", "start_failed d", "started d"}));
   // The added children are ordinary members: rest_for_one after b restarts b, c and d.
@@ -1379,14 +1376,14 @@ TEST(SupervisorControl, TerminateRestartDeleteChild) {
     auto del_running = co_await delete_child(ctx, sup, "b");
     EXPECT_FALSE(del_running.ok());  // OTP: {error, running}
     auto t = co_await terminate_child(ctx, sup, std::string("b"));
-    EXPECT_TRUE(t.ok());
+    EXPECT_THAT(t, IsOk());
     auto t_again = co_await terminate_child(ctx, sup, std::string("b"));  // already stopped: fine
-    EXPECT_TRUE(t_again.ok());
+    EXPECT_THAT(t_again, IsOk());
     auto t_missing = co_await terminate_child(ctx, sup, std::string("nope"));
-    EXPECT_EQ(error_kind(t_missing), kind(ErrorKind::kNotFound));
+    EXPECT_THAT(t_missing, StatusIs(ErrorKind::kNotFound));
 
     auto which = co_await which_children(ctx, sup);
-    EXPECT_TRUE(which.ok());
+    EXPECT_THAT(which, IsOk());
     if (which.ok()) {
       EXPECT_EQ(which->size(), 3u);  // the spec stays
       if (which->size() == 3u) {
@@ -1401,22 +1398,22 @@ TEST(SupervisorControl, TerminateRestartDeleteChild) {
     }
 
     auto r = co_await restart_child(ctx, sup, "b");
-    EXPECT_TRUE(r.ok());
+    EXPECT_THAT(r, IsOk());
     if (r.ok()) {
       EXPECT_NE(*r, b0);
     }
     auto r_running = co_await restart_child(ctx, sup, "b");
-    EXPECT_EQ(error_kind(r_running), kind(ErrorKind::kAlreadyExists));
+    EXPECT_THAT(r_running, StatusIs(ErrorKind::kAlreadyExists));
     auto r_missing = co_await restart_child(ctx, sup, "nope");
-    EXPECT_EQ(error_kind(r_missing), kind(ErrorKind::kNotFound));
+    EXPECT_THAT(r_missing, StatusIs(ErrorKind::kNotFound));
 
     (void)co_await terminate_child(ctx, sup, std::string("b"));
     auto del = co_await delete_child(ctx, sup, "b");
-    EXPECT_TRUE(del.ok());
+    EXPECT_THAT(del, IsOk());
     auto del_again = co_await delete_child(ctx, sup, "b");
-    EXPECT_EQ(error_kind(del_again), kind(ErrorKind::kNotFound));
+    EXPECT_THAT(del_again, StatusIs(ErrorKind::kNotFound));
     auto r_deleted = co_await restart_child(ctx, sup, "b");
-    EXPECT_EQ(error_kind(r_deleted), kind(ErrorKind::kNotFound));
+    EXPECT_THAT(r_deleted, StatusIs(ErrorKind::kNotFound));
     auto after = co_await which_children(ctx, sup);
     if (after.ok()) {
       std::vector<std::string> ids;
@@ -1435,9 +1432,9 @@ TEST(SupervisorControl, TerminatingATemporaryChildForgetsIt) {
   Pid sup = w.start(make_spec("s", Strategy::kOneForOne, {w.worker("a"), w.worker("t", RestartType::kTemporary)}));
   w.drive([&](Context& ctx) -> Task<> {
     auto t = co_await terminate_child(ctx, sup, std::string("t"));
-    EXPECT_TRUE(t.ok());
+    EXPECT_THAT(t, IsOk());
     auto r = co_await restart_child(ctx, sup, "t");
-    EXPECT_EQ(error_kind(r), kind(ErrorKind::kNotFound));
+    EXPECT_THAT(r, StatusIs(ErrorKind::kNotFound));
   });
 }
 

@@ -9,7 +9,7 @@
 #include "nines/core/environment.hpp"
 #include "nines/runtime/runtime.hpp"
 
-namespace nines::testing {
+namespace nines::test {
 
 struct SimRuntime {
   explicit SimRuntime(std::uint64_t seed = 1, RuntimeOptions options = {}) : env(seed) {
@@ -43,4 +43,4 @@ class Log {
   std::vector<std::string> v_;
 };
 
-}  // namespace nines::testing
+}  // namespace nines::test

@@ -1,5 +1,6 @@
 // The Store contract, run unchanged against every backend: memory, SQLite (a temporary
 // file) and PostgreSQL (a real server the test starts itself; see store_backends.hpp).
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -10,13 +11,18 @@
 #include "nines/core/environment.hpp"
 #include "nines/store/group_commit.hpp"
 #include "nines/store/store.hpp"
-#include "numbered.hpp"
 #include "store/store_backends.hpp"
+#include "support/numbered.hpp"
+#include "support/status_matchers.hpp"
 
 namespace nines {
 namespace {
+using ::nines::test::IsOk;
+using ::nines::test::IsOkAndHolds;
+using ::nines::test::StatusIs;
+using ::testing::HasSubstr;
 
-using testing::numbered;
+using test::numbered;
 
 // A string literal with its embedded NUL bytes ("s" is taken by chrono in namespace nines).
 template <std::size_t N>
@@ -26,24 +32,20 @@ std::string bytes(const char (&literal)[N]) {
 
 TimePoint at(std::int64_t s) { return TimePoint(std::chrono::seconds(s)); }
 
-bool contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
 class StoreConformance : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    if (GetParam() == "postgres" && testing::postgres_skipped()) GTEST_SKIP() << "NINES_SKIP_POSTGRES=1";
-    harness_ = testing::make_harness(GetParam());
+    if (GetParam() == "postgres" && test::postgres_skipped()) GTEST_SKIP() << "NINES_SKIP_POSTGRES=1";
+    harness_ = test::make_harness(GetParam());
     ASSERT_NE(harness_, nullptr);
     auto s = harness_->open();
-    ASSERT_TRUE(s.ok()) << GetParam() << " store did not open: " << s.error().to_string();
+    ASSERT_THAT(s, IsOk()) << GetParam() << " store did not open: " << s.error().to_string();
     store_ = std::move(*s);
   }
 
   void commit_ok(const WriteBatch& b) {
     auto s = store_->commit(b);
-    ASSERT_TRUE(s.ok()) << s.error().to_string();
+    ASSERT_THAT(s, IsOk());
   }
 
   void create(const std::string& id, const std::string& input = "in", TimePoint now = at(1)) {
@@ -54,26 +56,25 @@ class StoreConformance : public ::testing::TestWithParam<std::string> {
 
   WorkflowRecord workflow(const std::string& id) {
     auto w = store_->get_workflow(id);
-    EXPECT_TRUE(w.ok()) << w.error().to_string();
+    EXPECT_THAT(w, IsOk());
     return w.ok() ? *w : WorkflowRecord{};
   }
 
   void reopen() {
     store_.reset();
     auto s = harness_->open();
-    ASSERT_TRUE(s.ok()) << s.error().to_string();
+    ASSERT_THAT(s, IsOk());
     store_ = std::move(*s);
   }
 
-  std::unique_ptr<testing::StoreHarness> harness_;
+  std::unique_ptr<test::StoreHarness> harness_;
   std::unique_ptr<Store> store_;
 };
 
 TEST_P(StoreConformance, OpensAtTheCurrentSchemaVersion) {
   EXPECT_EQ(store_->backend(), GetParam());
   auto v = store_->schema_version();
-  ASSERT_TRUE(v.ok()) << v.error().to_string();
-  EXPECT_EQ(*v, kStoreSchemaVersion);
+  ASSERT_THAT(v, IsOkAndHolds(kStoreSchemaVersion));
 }
 
 TEST_P(StoreConformance, CreatesAWorkflowAndReadsItBack) {
@@ -102,9 +103,7 @@ TEST_P(StoreConformance, CreatingAnExistingWorkflowKeepsTheFirst) {
 
 TEST_P(StoreConformance, MissingWorkflowIsNotFound) {
   auto w = store_->get_workflow("nope");
-  ASSERT_FALSE(w.ok());
-  EXPECT_EQ(w.error().kind(), ErrorKind::kNotFound);
-  EXPECT_TRUE(contains(w.error().message(), "'nope'")) << w.error().message();
+  ASSERT_THAT(w, StatusIs(ErrorKind::kNotFound, HasSubstr("'nope'")));
 }
 
 TEST_P(StoreConformance, StatusAndAttemptChangesBumpTheVersion) {
@@ -128,10 +127,8 @@ TEST_P(StoreConformance, AFailedBatchAppliesNothing) {
       .put_step("exists", 0, "s", StepStatus::kOk, "r", at(1))
       .set_workflow_status("missing", WorkflowStatus::kFailed, "e", at(1));
   auto s = store_->commit(b);
-  ASSERT_FALSE(s.ok());
-  EXPECT_EQ(s.error().kind(), ErrorKind::kNotFound);
-  EXPECT_TRUE(contains(s.error().message(), "'missing'")) << s.error().message();
-  EXPECT_EQ(store_->get_workflow("new").error().kind(), ErrorKind::kNotFound);
+  ASSERT_THAT(s, StatusIs(ErrorKind::kNotFound, HasSubstr("'missing'")));
+  EXPECT_THAT(store_->get_workflow("new"), StatusIs(ErrorKind::kNotFound));
   EXPECT_TRUE(store_->load_steps("exists")->empty());
   // The store still works after the rollback.
   create("after");
@@ -142,13 +139,11 @@ TEST_P(StoreConformance, InvalidBatchIsRejectedNamingTheOperation) {
   WriteBatch b;
   b.create_workflow("ok", "k", "", at(1)).create_workflow("", "k", "", at(1));
   auto s = store_->commit(b);
-  ASSERT_FALSE(s.ok());
-  EXPECT_EQ(s.error().kind(), ErrorKind::kInvalidArgument);
-  EXPECT_TRUE(contains(s.error().message(), "operation 1")) << s.error().message();
+  ASSERT_THAT(s, StatusIs(ErrorKind::kInvalidArgument, HasSubstr("operation 1")));
   EXPECT_FALSE(store_->get_workflow("ok").ok());
 }
 
-TEST_P(StoreConformance, EmptyBatchCommits) { EXPECT_TRUE(store_->commit(WriteBatch{}).ok()); }
+TEST_P(StoreConformance, EmptyBatchCommits) { EXPECT_THAT(store_->commit(WriteBatch{}), IsOk()); }
 
 TEST_P(StoreConformance, StepsComeBackInSeqOrderAndPutReplaces) {
   WriteBatch b;
@@ -159,7 +154,7 @@ TEST_P(StoreConformance, StepsComeBackInSeqOrderAndPutReplaces) {
   b.put_step("wf", 2, "s2", StepStatus::kError, bytes("boom\0"), at(9));
   commit_ok(b);
   auto steps = store_->load_steps("wf");
-  ASSERT_TRUE(steps.ok()) << steps.error().to_string();
+  ASSERT_THAT(steps, IsOk());
   ASSERT_EQ(steps->size(), 4u);
   for (std::int64_t i = 0; i < 4; ++i) EXPECT_EQ((*steps)[static_cast<std::size_t>(i)].seq, i);
   EXPECT_EQ((*steps)[0].name, "s0");
@@ -174,9 +169,7 @@ TEST_P(StoreConformance, StepOfAMissingWorkflowIsNotFound) {
   WriteBatch b;
   b.put_step("ghost", 0, "s", StepStatus::kOk, "", at(1));
   auto s = store_->commit(b);
-  ASSERT_FALSE(s.ok());
-  EXPECT_EQ(s.error().kind(), ErrorKind::kNotFound);
-  EXPECT_TRUE(contains(s.error().message(), "'ghost'")) << s.error().message();
+  ASSERT_THAT(s, StatusIs(ErrorKind::kNotFound, HasSubstr("'ghost'")));
 }
 
 TEST_P(StoreConformance, EffectJournalRecordsIntentThenOutcome) {
@@ -190,7 +183,7 @@ TEST_P(StoreConformance, EffectJournalRecordsIntentThenOutcome) {
                             .recorded_at = at(2)});
   commit_ok(intent);
   auto effects = store_->load_effects("wf");
-  ASSERT_TRUE(effects.ok()) << effects.error().to_string();
+  ASSERT_THAT(effects, IsOk());
   ASSERT_EQ(effects->size(), 1u);
   const EffectRecord& e = effects->front();
   EXPECT_EQ(e.idempotency_key, "wf/1/e1");
@@ -225,9 +218,7 @@ TEST_P(StoreConformance, EffectOutcomeNeedsAnIntent) {
   WriteBatch b;
   b.put_effect_outcome("wf", "never", EffectState::kDone, bytes("x"), at(1));
   auto s = store_->commit(b);
-  ASSERT_FALSE(s.ok());
-  EXPECT_EQ(s.error().kind(), ErrorKind::kNotFound);
-  EXPECT_TRUE(contains(s.error().message(), "effect 'never' of workflow 'wf'")) << s.error().message();
+  ASSERT_THAT(s, StatusIs(ErrorKind::kNotFound, HasSubstr("effect 'never' of workflow 'wf'")));
 }
 
 TEST_P(StoreConformance, PendingEffectsSpanWorkflowsInKeyOrderAndAreBounded) {
@@ -241,7 +232,7 @@ TEST_P(StoreConformance, PendingEffectsSpanWorkflowsInKeyOrderAndAreBounded) {
   b.put_effect_outcome("a", "1", EffectState::kNeedsAttention, std::nullopt, at(2));
   commit_ok(b);
   auto pending = store_->load_pending_effects(3);
-  ASSERT_TRUE(pending.ok()) << pending.error().to_string();
+  ASSERT_THAT(pending, IsOk());
   ASSERT_EQ(pending->size(), 3u);
   EXPECT_EQ((*pending)[0].workflow_id + (*pending)[0].effect_id, "a2");
   EXPECT_EQ((*pending)[1].workflow_id + (*pending)[1].effect_id, "b1");
@@ -264,7 +255,7 @@ TEST_P(StoreConformance, ListsWorkflowsByStatusInPages) {
   std::string after;
   for (;;) {
     auto page = store_->list_workflows(WorkflowStatus::kRunning, after, 2);
-    ASSERT_TRUE(page.ok()) << page.error().to_string();
+    ASSERT_THAT(page, IsOk());
     ASSERT_LE(page->size(), 2u);
     if (page->empty()) break;
     for (auto& w : *page) seen.push_back(w.id);
@@ -307,7 +298,7 @@ TEST_P(StoreConformance, HistoryLoadsNewestSummaryAndTail) {
   commit_ok(b);
 
   auto all = store_->load_history("task", 100);
-  ASSERT_TRUE(all.ok()) << all.error().to_string();
+  ASSERT_THAT(all, IsOk());
   EXPECT_FALSE(all->summary.has_value());
   EXPECT_EQ(all->tail.size(), 10u);
   EXPECT_FALSE(all->more);
@@ -316,7 +307,7 @@ TEST_P(StoreConformance, HistoryLoadsNewestSummaryAndTail) {
   s.put_summary("task", 3, "sum<=3").put_summary("task", 6, "sum<=6");
   commit_ok(s);
   auto view = store_->load_history("task", 100);
-  ASSERT_TRUE(view.ok());
+  ASSERT_THAT(view, IsOk());
   ASSERT_TRUE(view->summary.has_value());
   EXPECT_EQ(view->summary->covers_through_seq, 6);
   EXPECT_EQ(view->summary->summary, "sum<=6");
@@ -333,7 +324,7 @@ TEST_P(StoreConformance, HistoryLoadsNewestSummaryAndTail) {
   dup.append_history("task", 5, "changed?");
   commit_ok(dup);
   auto full = store_->read_history("task", 0, 100);
-  ASSERT_TRUE(full.ok());
+  ASSERT_THAT(full, IsOk());
   ASSERT_EQ(full->size(), 10u);
   EXPECT_EQ((*full)[4].message, "m5");
   auto page = store_->read_history("task", 4, 3);
@@ -358,7 +349,7 @@ TEST_P(StoreConformance, DeleteWorkflowTakesItsStepsAndEffects) {
   WriteBatch del;
   del.delete_workflow("a").delete_workflow("never-existed");
   commit_ok(del);
-  EXPECT_EQ(store_->get_workflow("a").error().kind(), ErrorKind::kNotFound);
+  EXPECT_THAT(store_->get_workflow("a"), StatusIs(ErrorKind::kNotFound));
   EXPECT_TRUE(store_->load_steps("a")->empty());
   EXPECT_TRUE(store_->load_effects("a")->empty());
   EXPECT_EQ(store_->load_steps("b")->size(), 1u);
@@ -381,20 +372,18 @@ TEST_P(StoreConformance, PruneDeletesOnlyOldFinishedWorkflowsOldestFirst) {
   commit_ok(b);
 
   auto n = store_->prune_finished(at(50), 2);
-  ASSERT_TRUE(n.ok()) << n.error().to_string();
-  EXPECT_EQ(*n, 2u);
+  ASSERT_THAT(n, IsOkAndHolds(2u));
   EXPECT_FALSE(store_->get_workflow("failed-older").ok());
   EXPECT_FALSE(store_->get_workflow("done-old").ok());
-  EXPECT_TRUE(store_->get_workflow("cancelled-old").ok());
+  EXPECT_THAT(store_->get_workflow("cancelled-old"), IsOk());
   EXPECT_TRUE(store_->load_steps("done-old")->empty());
   EXPECT_TRUE(store_->load_effects("done-old")->empty());
 
   n = store_->prune_finished(at(50), 10);
-  ASSERT_TRUE(n.ok());
-  EXPECT_EQ(*n, 1u);
+  ASSERT_THAT(n, IsOkAndHolds(1u));
   EXPECT_FALSE(store_->get_workflow("cancelled-old").ok());
   for (std::string kept : {"attention-old", "running", "done-new"}) {
-    EXPECT_TRUE(store_->get_workflow(kept).ok()) << kept;
+    EXPECT_THAT(store_->get_workflow(kept), IsOk()) << kept;
     EXPECT_EQ(store_->load_steps(kept)->size(), 1u) << kept;
   }
   EXPECT_EQ(*store_->prune_finished(at(50), 10), 0u);
@@ -407,15 +396,14 @@ TEST_P(StoreConformance, CorruptStepIsAnErrorNamingWorkflowAndStep) {
   commit_ok(b);
   harness_->corrupt_step(*store_, "wf-7", 3);
   auto steps = store_->load_steps("wf-7");
-  ASSERT_FALSE(steps.ok());
-  EXPECT_EQ(steps.error().kind(), ErrorKind::kPermanent);
+  ASSERT_THAT(steps, StatusIs(ErrorKind::kPermanent));
   const std::string& m = steps.error().message();
-  EXPECT_TRUE(contains(m, "corrupt record")) << m;
-  EXPECT_TRUE(contains(m, "step 3")) << m;
-  EXPECT_TRUE(contains(m, "'send_email'")) << m;
-  EXPECT_TRUE(contains(m, "workflow 'wf-7'")) << m;
+  EXPECT_THAT(m, HasSubstr("corrupt record"));
+  EXPECT_THAT(m, HasSubstr("step 3"));
+  EXPECT_THAT(m, HasSubstr("'send_email'"));
+  EXPECT_THAT(m, HasSubstr("workflow 'wf-7'"));
   // Other records are unaffected.
-  EXPECT_TRUE(store_->get_workflow("wf-7").ok());
+  EXPECT_THAT(store_->get_workflow("wf-7"), IsOk());
 }
 
 TEST_P(StoreConformance, CorruptWorkflowEffectAndHistoryAreErrorsNamingThem) {
@@ -430,16 +418,16 @@ TEST_P(StoreConformance, CorruptWorkflowEffectAndHistoryAreErrorsNamingThem) {
 
   auto w = store_->get_workflow("wf");
   ASSERT_FALSE(w.ok());
-  EXPECT_TRUE(contains(w.error().message(), "corrupt record: workflow 'wf'")) << w.error().message();
+  EXPECT_THAT(w.error().message(), HasSubstr("corrupt record: workflow 'wf'"));
   auto listed = store_->list_workflows(WorkflowStatus::kCompleted, "", 10);
   ASSERT_FALSE(listed.ok());
   auto e = store_->load_effects("wf");
   ASSERT_FALSE(e.ok());
-  EXPECT_TRUE(contains(e.error().message(), "effect 'charge' of workflow 'wf'")) << e.error().message();
+  EXPECT_THAT(e.error().message(), HasSubstr("effect 'charge' of workflow 'wf'"));
   EXPECT_FALSE(store_->load_pending_effects(10).ok());
   auto h = store_->read_history("t", 0, 10);
   ASSERT_FALSE(h.ok());
-  EXPECT_TRUE(contains(h.error().message(), "history message 1 of task 't'")) << h.error().message();
+  EXPECT_THAT(h.error().message(), HasSubstr("history message 1 of task 't'"));
   EXPECT_FALSE(store_->load_history("t", 10).ok());
 }
 
@@ -474,12 +462,11 @@ TEST_P(StoreConformance, NewerSchemaIsRefusedNamingBothVersions) {
   harness_->set_schema_version(kStoreSchemaVersion + 5);
   store_.reset();
   auto s = harness_->open();
-  ASSERT_FALSE(s.ok());
-  EXPECT_EQ(s.error().kind(), ErrorKind::kPermanent);
+  ASSERT_THAT(s, StatusIs(ErrorKind::kPermanent));
   const std::string& m = s.error().message();
-  EXPECT_TRUE(contains(m, "schema version " + std::to_string(kStoreSchemaVersion + 5))) << m;
-  const std::string version = std::to_string(kStoreSchemaVersion);  // an lvalue: see numbered.hpp
-  EXPECT_TRUE(contains(m, "(" + version + ")")) << m;
+  EXPECT_THAT(m, HasSubstr("schema version " + std::to_string(kStoreSchemaVersion + 5)));
+  const std::string version = std::to_string(kStoreSchemaVersion);  // an lvalue: see support/numbered.hpp
+  EXPECT_THAT(m, HasSubstr("(" + version + ")"));
   // Refusing changed nothing: an older binary's version number is still there.
   harness_->set_schema_version(kStoreSchemaVersion);
   reopen();
@@ -504,16 +491,16 @@ TEST_P(StoreConformance, GroupCommitFromManyThreads) {
         if (!committer.commit(b).ok()) ++failures;
       }
     });
-    ASSERT_TRUE(th.ok());
+    ASSERT_THAT(th, IsOk());
     threads.push_back(std::move(*th));
   }
   for (auto& th : threads) th->join();
   EXPECT_EQ(failures.load(), 0);
   auto hist = store_->read_history("shared", 0, 100000);
-  ASSERT_TRUE(hist.ok());
+  ASSERT_THAT(hist, IsOk());
   EXPECT_EQ(hist->size(), static_cast<std::size_t>(kThreads * kBatches));
   auto running = store_->list_workflows(WorkflowStatus::kRunning, "", 100000);
-  ASSERT_TRUE(running.ok());
+  ASSERT_THAT(running, IsOk());
   EXPECT_EQ(running->size(), static_cast<std::size_t>(kThreads * kBatches));
   for (const auto& w : *running) {
     auto steps = store_->load_steps(w.id);

@@ -3,6 +3,7 @@
 // does not fail its neighbours, and groups respect their bounds.
 #include "nines/store/group_commit.hpp"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -16,12 +17,15 @@
 
 #include "nines/core/environment.hpp"
 #include "nines/store/memory_store.hpp"
-#include "numbered.hpp"
+#include "support/numbered.hpp"
+#include "support/status_matchers.hpp"
 
 namespace nines {
 namespace {
+using ::nines::test::IsOk;
+using ::nines::test::StatusIs;
 
-using testing::numbered;
+using test::numbered;
 
 TimePoint at(std::int64_t s) { return TimePoint(std::chrono::seconds(s)); }
 
@@ -129,7 +133,7 @@ WriteBatch batch_for(const std::string& id) {
 
 TEST_F(GroupCommitTest, EmptyBatchReturnsAtOnce) {
   GroupCommitter c(gated);
-  EXPECT_TRUE(c.commit(WriteBatch{}).ok());
+  EXPECT_THAT(c.commit(WriteBatch{}), IsOk());
   EXPECT_EQ(gated.commits(), 0u);
 }
 
@@ -148,8 +152,8 @@ TEST_F(GroupCommitTest, QueuedCallersShareOneBackendCommit) {
   gated.open_gate();
   for (auto& t : lt) t->join();
   for (auto& t : ft) t->join();
-  ASSERT_TRUE(leader_status[0].ok());
-  for (auto& s : statuses) EXPECT_TRUE(s.ok());
+  ASSERT_THAT(leader_status[0], IsOk());
+  for (auto& s : statuses) EXPECT_THAT(s, IsOk());
   EXPECT_EQ(gated.commits(), 2u);  // the leader alone, then the ten followers together
   EXPECT_EQ(gated.ops(), 22u);     // every operation applied exactly once
   EXPECT_EQ(c.stats().largest_group, 10u);
@@ -174,7 +178,7 @@ TEST_F(GroupCommitTest, AFailedGroupFailsEveryCallerAndAppliesNone) {
   gated.open_gate();
   for (auto& t : lt) t->join();
   for (auto& t : ft) t->join();
-  EXPECT_TRUE(leader_status[0].ok());
+  EXPECT_THAT(leader_status[0], IsOk());
   for (std::size_t i = 0; i < followers.size(); ++i) {
     ASSERT_FALSE(statuses[i].ok()) << i;
     EXPECT_EQ(statuses[i].error().message(), "fsync failed (injected)");
@@ -199,13 +203,12 @@ TEST_F(GroupCommitTest, ABadBatchFailsAloneNotItsGroup) {
   gated.open_gate();
   for (auto& t : lt) t->join();
   for (auto& t : ft) t->join();
-  EXPECT_TRUE(leader_status[0].ok());
-  EXPECT_TRUE(statuses[0].ok());
-  ASSERT_FALSE(statuses[1].ok());
-  EXPECT_EQ(statuses[1].error().kind(), ErrorKind::kNotFound);
-  EXPECT_TRUE(statuses[2].ok());
-  EXPECT_TRUE(mem->get_workflow("a").ok());
-  EXPECT_TRUE(mem->get_workflow("c").ok());
+  EXPECT_THAT(leader_status[0], IsOk());
+  EXPECT_THAT(statuses[0], IsOk());
+  ASSERT_THAT(statuses[1], StatusIs(ErrorKind::kNotFound));
+  EXPECT_THAT(statuses[2], IsOk());
+  EXPECT_THAT(mem->get_workflow("a"), IsOk());
+  EXPECT_THAT(mem->get_workflow("c"), IsOk());
 }
 
 TEST_F(GroupCommitTest, AThrowingStoreReleasesTheFollowersAndRethrowsInTheLeader) {
@@ -236,14 +239,13 @@ TEST_F(GroupCommitTest, AThrowingStoreReleasesTheFollowersAndRethrowsInTheLeader
   gated.open_gate();
   for (auto& t : lt) t->join();
   for (auto& t : ft) t->join();
-  EXPECT_TRUE(leader_status[0].ok());
+  EXPECT_THAT(leader_status[0], IsOk());
   EXPECT_EQ(threw.load(), 1);
   for (auto& s : statuses) {
-    ASSERT_FALSE(s.ok());
-    EXPECT_EQ(s.error().kind(), ErrorKind::kInternal);
+    ASSERT_THAT(s, StatusIs(ErrorKind::kInternal));
   }
   // The committer still works.
-  EXPECT_TRUE(c.commit(batch_for("after")).ok());
+  EXPECT_THAT(c.commit(batch_for("after")), IsOk());
   EXPECT_EQ(c.waiting(), 0u);
 }
 
@@ -261,7 +263,7 @@ TEST_F(GroupCommitTest, GroupsRespectTheirBounds) {
   gated.open_gate();
   for (auto& t : lt) t->join();
   for (auto& t : ft) t->join();
-  for (auto& s : statuses) EXPECT_TRUE(s.ok());
+  for (auto& s : statuses) EXPECT_THAT(s, IsOk());
   EXPECT_LE(c.stats().largest_group, 3u);
   EXPECT_EQ(gated.commits(), 1u + 3u);  // 8 followers in groups of at most 3
 }
@@ -284,7 +286,7 @@ TEST_F(GroupCommitTest, ByteBoundKeepsLargeBatchesApart) {
   gated.open_gate();
   for (auto& t : lt) t->join();
   for (auto& t : ft) t->join();
-  for (auto& s : statuses) EXPECT_TRUE(s.ok());
+  for (auto& s : statuses) EXPECT_THAT(s, IsOk());
   EXPECT_EQ(c.stats().largest_group, 1u);
   EXPECT_EQ(gated.commits(), 4u);
 }

@@ -2,6 +2,7 @@
 // a full disk (max_size_bytes) and batched durability.
 #include "nines/store/sqlite_store.hpp"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 
@@ -10,15 +11,19 @@
 
 #include "store/sqlite_internal.hpp"
 #include "store/store_backends.hpp"
+#include "support/status_matchers.hpp"
 
 namespace nines {
 namespace {
+using ::nines::test::IsOk;
+using ::nines::test::StatusIs;
+using ::testing::HasSubstr;
 
 TimePoint at(std::int64_t s) { return TimePoint(std::chrono::seconds(s)); }
 
 class SqliteStoreTest : public ::testing::Test {
  protected:
-  void TearDown() override { testing::remove_tree(dir_); }
+  void TearDown() override { test::remove_tree(dir_); }
 
   // Runs a query on a separate connection; returns the first column of the first row.
   std::string query(const std::string& sql) {
@@ -34,13 +39,13 @@ class SqliteStoreTest : public ::testing::Test {
     return out;
   }
 
-  std::string dir_ = testing::make_temp_dir("nines-sqlite-test");
+  std::string dir_ = test::make_temp_dir("nines-sqlite-test");
   std::string path_ = dir_ + "/store.db";
 };
 
 TEST_F(SqliteStoreTest, FreshFileIsWalAtTheCurrentVersionWithItsIndexes) {
   auto s = open_sqlite_store(path_);
-  ASSERT_TRUE(s.ok()) << s.error().to_string();
+  ASSERT_THAT(s, IsOk());
   EXPECT_EQ(query("PRAGMA journal_mode"), "wal");
   EXPECT_EQ(query("SELECT value FROM nines_meta WHERE key = 'schema_version'"), std::to_string(kStoreSchemaVersion));
   EXPECT_EQ(query("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name IN"
@@ -51,15 +56,15 @@ TEST_F(SqliteStoreTest, FreshFileIsWalAtTheCurrentVersionWithItsIndexes) {
 TEST_F(SqliteStoreTest, MigratesAVersionOneStoreKeepingItsData) {
   {
     auto v1 = internal::open_sqlite_store_at_version(path_, {}, 1);
-    ASSERT_TRUE(v1.ok()) << v1.error().to_string();
+    ASSERT_THAT(v1, IsOk());
     WriteBatch b;
     b.create_workflow("old", "k", "data", at(1)).put_step("old", 0, "s", StepStatus::kOk, "r", at(1));
-    ASSERT_TRUE((*v1)->commit(b).ok());
+    ASSERT_THAT((*v1)->commit(b), IsOk());
     EXPECT_EQ(*(*v1)->schema_version(), 1);
   }
   EXPECT_EQ(query("SELECT count(*) FROM sqlite_master WHERE name = 'effects_pending'"), "0");
   auto s = open_sqlite_store(path_);
-  ASSERT_TRUE(s.ok()) << s.error().to_string();
+  ASSERT_THAT(s, IsOk());
   EXPECT_EQ(*(*s)->schema_version(), kStoreSchemaVersion);
   EXPECT_EQ(query("SELECT count(*) FROM sqlite_master WHERE name = 'effects_pending'"), "1");
   EXPECT_EQ((*s)->get_workflow("old")->input, "data");
@@ -74,59 +79,54 @@ TEST_F(SqliteStoreTest, RefusesADatabaseThatIsNotANinesStore) {
     sqlite3_close(db);
   }
   auto s = open_sqlite_store(path_);
-  ASSERT_FALSE(s.ok());
-  EXPECT_EQ(s.error().kind(), ErrorKind::kPermanent);
-  EXPECT_NE(s.error().message().find("not a nines store"), std::string::npos) << s.error().message();
+  ASSERT_THAT(s, StatusIs(ErrorKind::kPermanent, HasSubstr("not a nines store")));
 }
 
 TEST_F(SqliteStoreTest, RefusesAFileThatIsNotADatabase) {
   std::ofstream(path_) << std::string(8192, 'g');
   auto s = open_sqlite_store(path_);
-  ASSERT_FALSE(s.ok());
-  EXPECT_EQ(s.error().kind(), ErrorKind::kPermanent) << s.error().to_string();
+  ASSERT_THAT(s, StatusIs(ErrorKind::kPermanent));
 }
 
 TEST_F(SqliteStoreTest, UnopenablePathIsAnError) {
   auto s = open_sqlite_store(dir_ + "/no/such/dir/store.db");
   ASSERT_FALSE(s.ok());
-  EXPECT_NE(s.error().message().find("no/such/dir"), std::string::npos) << s.error().message();
+  EXPECT_THAT(s.error().message(), HasSubstr("no/such/dir"));
 }
 
 TEST_F(SqliteStoreTest, DiskFullFailsTheCommitAndAppliesNothing) {
   auto s = open_sqlite_store(path_, {.max_size_bytes = 256 * 1024});
-  ASSERT_TRUE(s.ok()) << s.error().to_string();
+  ASSERT_THAT(s, IsOk());
   Store& store = **s;
   WriteBatch small;
   small.create_workflow("wf", "k", "", at(1)).put_step("wf", 0, "s", StepStatus::kOk, "r", at(1));
-  ASSERT_TRUE(store.commit(small).ok());
+  ASSERT_THAT(store.commit(small), IsOk());
 
   WriteBatch big;
   big.put_step("wf", 1, "s", StepStatus::kOk, "r", at(2));
   for (int i = 0; i < 8; ++i) big.append_history("t", i, std::string(64 * 1024, 'x'));
   auto c = store.commit(big);
-  ASSERT_FALSE(c.ok());
-  EXPECT_EQ(c.error().kind(), ErrorKind::kTransient);
-  EXPECT_NE(c.error().message().find("disk full"), std::string::npos) << c.error().message();
+  ASSERT_THAT(c, StatusIs(ErrorKind::kTransient, HasSubstr("disk full")));
   EXPECT_EQ(store.load_steps("wf")->size(), 1u);
   EXPECT_TRUE(store.read_history("t", 0, 100)->empty());
 
   WriteBatch next;
   next.put_step("wf", 1, "s", StepStatus::kOk, "r", at(3));
-  ASSERT_TRUE(store.commit(next).ok());
+  ASSERT_THAT(store.commit(next), IsOk());
   EXPECT_EQ(store.load_steps("wf")->size(), 2u);
 }
 
 TEST_F(SqliteStoreTest, BatchedDurabilityCommitsAndReopens) {
   {
     auto s = open_sqlite_store(path_, {.durability = Durability::kBatched});
-    ASSERT_TRUE(s.ok()) << s.error().to_string();
+    ASSERT_THAT(s, IsOk());
     WriteBatch b;
     b.create_workflow("wf", "k", "", at(1));
-    ASSERT_TRUE((*s)->commit(b).ok());
+    ASSERT_THAT((*s)->commit(b), IsOk());
   }
   auto s = open_sqlite_store(path_);
-  ASSERT_TRUE(s.ok());
-  EXPECT_TRUE((*s)->get_workflow("wf").ok());
+  ASSERT_THAT(s, IsOk());
+  EXPECT_THAT((*s)->get_workflow("wf"), IsOk());
 }
 
 TEST_F(SqliteStoreTest, TwoConnectionsToOneFileSeeEachOthersCommits) {
@@ -135,7 +135,7 @@ TEST_F(SqliteStoreTest, TwoConnectionsToOneFileSeeEachOthersCommits) {
   ASSERT_TRUE(a.ok() && b.ok());
   WriteBatch w;
   w.create_workflow("wf", "k", "x", at(1));
-  ASSERT_TRUE((*a)->commit(w).ok());
+  ASSERT_THAT((*a)->commit(w), IsOk());
   EXPECT_EQ((*b)->get_workflow("wf")->input, "x");
 }
 

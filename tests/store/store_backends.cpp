@@ -15,9 +15,9 @@
 #include "nines/store/memory_store.hpp"
 #include "nines/store/postgres_store.hpp"
 #include "nines/store/sqlite_store.hpp"
-#include "numbered.hpp"
+#include "support/numbered.hpp"
 
-namespace nines::testing {
+namespace nines::test {
 namespace {
 
 // Debian 12's server binaries; NINES_PG_BIN overrides (another version or a broken path, to
@@ -282,4 +282,4 @@ std::unique_ptr<StoreHarness> make_harness(const std::string& backend) {
   return nullptr;
 }
 
-}  // namespace nines::testing
+}  // namespace nines::test

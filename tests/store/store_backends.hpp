@@ -10,7 +10,7 @@
 
 #include "nines/store/store.hpp"
 
-namespace nines::testing {
+namespace nines::test {
 
 class StoreHarness {
  public:
@@ -44,4 +44,4 @@ bool postgres_skipped();
 std::string make_temp_dir(const std::string& prefix);
 void remove_tree(const std::string& dir);
 
-}  // namespace nines::testing
+}  // namespace nines::test

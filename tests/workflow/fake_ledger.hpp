@@ -8,7 +8,7 @@
 #include <optional>
 #include <string>
 
-namespace nines::testing {
+namespace nines::test {
 
 class FakeLedger {
  public:
@@ -56,4 +56,4 @@ class FakeLedger {
   std::map<std::string, int> applied_;
 };
 
-}  // namespace nines::testing
+}  // namespace nines::test

@@ -26,15 +26,15 @@
 #include <tuple>
 #include <vector>
 
-#include "numbered.hpp"
+#include "support/numbered.hpp"
 #include "workflow/fake_ledger.hpp"
 #include "workflow/world.hpp"
 
 namespace nines {
 namespace {
 
-using testing::FakeLedger;
-using testing::World;
+using test::FakeLedger;
+using test::World;
 
 struct Op {
   char type;        // 'S' step, 'R' read-only, 'I' idempotent, 'C' checkable, 'U' unsafe effect
@@ -78,7 +78,7 @@ std::map<std::size_t, std::string> keys_of(Store& store, const std::string& id) 
 std::string expected_result(const std::vector<Op>& ops, std::map<std::size_t, std::string>& keys) {
   std::string out;
   for (std::size_t i = 0; i < ops.size(); ++i) {
-    out += ops[i].type == 'S' ? testing::numbered("s", i + 1) : "applied:" + keys[i];
+    out += ops[i].type == 'S' ? test::numbered("s", i + 1) : "applied:" + keys[i];
     out += ";";
   }
   return out;
@@ -227,7 +227,7 @@ std::vector<std::string> run_seed(std::uint64_t seed, Tally& tally, const FaultO
     std::size_t step_records = 0;
     for (const StepRecord& s : steps) {
       ++step_records;
-      if (s.status != StepStatus::kOk || s.result != testing::numbered("s", s.seq)) {
+      if (s.status != StepStatus::kOk || s.result != test::numbered("s", s.seq)) {
         fail(id + " step " + std::to_string(s.seq) + " recorded '" + s.result + "'");
       }
     }

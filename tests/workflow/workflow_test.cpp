@@ -3,6 +3,7 @@
 // and group commit with the committer thread on the real scheduler.
 #include "nines/workflow/workflow.hpp"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -12,14 +13,19 @@
 
 #include "nines/store/memory_store.hpp"
 #include "runtime/test_util.hpp"
+#include "support/status_matchers.hpp"
 #include "workflow/fake_ledger.hpp"
 #include "workflow/world.hpp"
 
 namespace nines {
 namespace {
+using ::nines::test::IsOk;
+using ::nines::test::IsOkAndHolds;
+using ::nines::test::StatusIs;
+using ::testing::HasSubstr;
 
-using testing::FakeLedger;
-using testing::World;
+using test::FakeLedger;
+using test::World;
 
 TEST(Workflow, StepsAreRecordedAndAFinishedWorkflowReturnsItsResultWithoutRunning) {
   World w;
@@ -78,7 +84,7 @@ TEST(Workflow, AResumedWorkflowReplaysCompletedStepsAndRunsTheRest) {
   });
   auto first = w.run("k", "w");
   ASSERT_TRUE(first && !first->ok());
-  EXPECT_EQ(first->error().kind(), ErrorKind::kTransient);
+  EXPECT_THAT(*first, StatusIs(ErrorKind::kTransient));
   EXPECT_EQ(w.record("w").status, WorkflowStatus::kRunning);  // transient: resumable
   fail_b = false;
   auto second = w.run("k", "w");
@@ -158,7 +164,7 @@ TEST_P(InterruptedEffect, IsResolvedByItsDeclaredNature) {
   });
   auto first = w.run("pay", "order-1");
   ASSERT_TRUE(first && !first->ok());
-  EXPECT_EQ(first->error().kind(), ErrorKind::kTransient);
+  EXPECT_THAT(*first, StatusIs(ErrorKind::kTransient));
   fail_outcome_commit = false;
   w.restart();
   auto second = w.run("pay", "order-1");
@@ -183,14 +189,13 @@ TEST_P(InterruptedEffect, IsResolvedByItsDeclaredNature) {
       break;
     case EffectNature::kUnsafe: {
       ASSERT_FALSE(second->ok());
-      EXPECT_EQ(second->error().kind(), ErrorKind::kPermanent);
-      EXPECT_NE(second->error().message().find("needs attention"), std::string::npos) << second->error().message();
+      EXPECT_THAT(*second, StatusIs(ErrorKind::kPermanent, HasSubstr("needs attention")));
       EXPECT_EQ(effect_runs, 1);  // never run again automatically
       EXPECT_EQ(ledger.applied(key), 1);
       WorkflowRecord rec = w.record("order-1");
       EXPECT_EQ(rec.status, WorkflowStatus::kNeedsAttention);
-      EXPECT_NE(rec.result.find("card=4242 amount=10"), std::string::npos) << rec.result;  // the evidence
-      EXPECT_NE(rec.result.find(key), std::string::npos);
+      EXPECT_THAT(rec.result, HasSubstr("card=4242 amount=10"));  // the evidence
+      EXPECT_THAT(rec.result, HasSubstr(key));
       auto effects = w.store->load_effects("order-1").value();
       ASSERT_EQ(effects.size(), 1u);
       EXPECT_EQ(effects[0].state, EffectState::kNeedsAttention);
@@ -198,8 +203,8 @@ TEST_P(InterruptedEffect, IsResolvedByItsDeclaredNature) {
       auto third = w.run("pay", "order-1");
       ASSERT_TRUE(third && !third->ok());
       EXPECT_EQ(effect_runs, 1);
-      ASSERT_TRUE(
-          w.engine->resolve_effect("order-1", effects[0].effect_id, {.applied = true, .outcome = "ok-by-hand"}).ok());
+      ASSERT_THAT(w.engine->resolve_effect("order-1", effects[0].effect_id, {.applied = true, .outcome = "ok-by-hand"}),
+                  IsOk());
       auto fourth = w.run("pay", "order-1");
       ASSERT_TRUE(fourth && fourth->ok()) << fourth->error().to_string();
       EXPECT_EQ(**fourth, "ok-by-hand");
@@ -234,21 +239,21 @@ TEST(Workflow, AnOperatorMayClearAnUnsafeEffectToRunOnce) {
   });
   auto first = w.run("mail", "m");
   ASSERT_TRUE(first && !first->ok());
-  EXPECT_EQ(first->error().kind(), ErrorKind::kTimeout);
+  EXPECT_THAT(*first, StatusIs(ErrorKind::kTimeout));
   interrupt = false;
   auto second = w.run("mail", "m");
   ASSERT_TRUE(second && !second->ok());
   EXPECT_EQ(w.record("m").status, WorkflowStatus::kNeedsAttention);
   auto effects = w.store->load_effects("m").value();
   ASSERT_EQ(effects.size(), 1u);
-  ASSERT_TRUE(w.engine->resolve_effect("m", effects[0].effect_id, {.applied = false}).ok());
+  ASSERT_THAT(w.engine->resolve_effect("m", effects[0].effect_id, {.applied = false}), IsOk());
   auto third = w.run("mail", "m");
   ASSERT_TRUE(third && third->ok()) << third->error().to_string();
   EXPECT_EQ(runs, 2);
   EXPECT_EQ(ledger.applied(w.store->load_effects("m").value().at(0).idempotency_key), 1);
   // Resolving what is not waiting for an operator is refused.
-  EXPECT_EQ(w.engine->resolve_effect("m", effects[0].effect_id, {.applied = true}).error().kind(),
-            ErrorKind::kInvalidArgument);
+  EXPECT_THAT(w.engine->resolve_effect("m", effects[0].effect_id, {.applied = true}),
+              StatusIs(ErrorKind::kInvalidArgument));
 }
 
 TEST(Workflow, APermanentStepErrorIsRecordedAndFailsTheWorkflow) {
@@ -267,7 +272,7 @@ TEST(Workflow, APermanentStepErrorIsRecordedAndFailsTheWorkflow) {
   EXPECT_EQ(w.record("w").status, WorkflowStatus::kFailed);
   auto second = w.run("k", "w");
   ASSERT_TRUE(second && !second->ok());
-  EXPECT_EQ(second->error().kind(), ErrorKind::kPermanent);
+  EXPECT_THAT(*second, StatusIs(ErrorKind::kPermanent));
   EXPECT_EQ(second->error().message(), "the order has no lines");
   EXPECT_EQ(runs, 1);
 }
@@ -287,9 +292,8 @@ TEST(Workflow, ChangedCodeIsAClearErrorNotADifferentResult) {
   stop_after_first = false;
   auto r = w.run("k", "w");
   ASSERT_TRUE(r && !r->ok());
-  EXPECT_EQ(r->error().kind(), ErrorKind::kInvalidArgument);
-  EXPECT_NE(r->error().message().find("recorded as step 'load'"), std::string::npos) << r->error().message();
-  EXPECT_NE(r->error().message().find("workflow 'w' step 1"), std::string::npos) << r->error().message();
+  EXPECT_THAT(*r, StatusIs(ErrorKind::kInvalidArgument, HasSubstr("recorded as step 'load'")));
+  EXPECT_THAT(r->error().message(), HasSubstr("workflow 'w' step 1"));
   EXPECT_EQ(w.record("w").status, WorkflowStatus::kRunning);  // left for a fixed deployment
   changed = false;                                            // the fix (a rollback) resumes it
   auto fixed = w.run("k", "w");
@@ -319,7 +323,7 @@ TEST(Workflow, AClearedUnsafeEffectInterruptedAgainStopsAgain) {
   EXPECT_EQ(w.record("m").status, WorkflowStatus::kNeedsAttention);
   const std::string effect_id = w.store->load_effects("m").value().at(0).effect_id;
   // The operator (wrongly, as it happens) says it was not applied; the re-run is interrupted too.
-  ASSERT_TRUE(w.engine->resolve_effect("m", effect_id, {.applied = false}).ok());
+  ASSERT_THAT(w.engine->resolve_effect("m", effect_id, {.applied = false}), IsOk());
   w.restart();
   ASSERT_FALSE(w.run("mail", "m")->ok());
   EXPECT_EQ(runs, 2);
@@ -327,7 +331,7 @@ TEST(Workflow, AClearedUnsafeEffectInterruptedAgainStopsAgain) {
   w.restart();
   auto again = w.run("mail", "m");
   ASSERT_TRUE(again && !again->ok());
-  EXPECT_NE(again->error().message().find("needs attention"), std::string::npos) << again->error().message();
+  EXPECT_THAT(again->error().message(), HasSubstr("needs attention"));
   EXPECT_EQ(runs, 2);  // not a third time
   EXPECT_EQ(w.record("m").status, WorkflowStatus::kNeedsAttention);
 }
@@ -355,7 +359,7 @@ TEST(Workflow, ARenamedEffectIsACodeChangeNotANewEffect) {
   stop = false;
   auto r = w.run("k", "w");
   ASSERT_TRUE(r && !r->ok());
-  EXPECT_NE(r->error().message().find("recorded as effect"), std::string::npos) << r->error().message();
+  EXPECT_THAT(r->error().message(), HasSubstr("recorded as effect"));
   EXPECT_EQ(runs, 1);
   EXPECT_EQ(w.record("w").status, WorkflowStatus::kRunning);
   EXPECT_EQ(ledger.all_applied().size(), 1u);
@@ -386,7 +390,7 @@ TEST(Workflow, NeedsAttentionWinsOverCodeThatIgnoresIt) {
   const int after_first = after;
   auto r = w.run("k", "w");
   ASSERT_TRUE(r && !r->ok());
-  EXPECT_NE(r->error().message().find("needs attention"), std::string::npos);
+  EXPECT_THAT(r->error().message(), HasSubstr("needs attention"));
   EXPECT_EQ(after, after_first);  // the step after it did not run
   EXPECT_EQ(w.record("w").status, WorkflowStatus::kNeedsAttention);
 }
@@ -410,7 +414,7 @@ TEST(Workflow, ACheckableEffectWithoutCheckStopsForTheOperator) {
   auto r = w.run("k", "w");
   ASSERT_TRUE(r && !r->ok());
   EXPECT_EQ(w.record("w").status, WorkflowStatus::kNeedsAttention);
-  EXPECT_NE(w.record("w").result.find("no check function"), std::string::npos) << w.record("w").result;
+  EXPECT_THAT(w.record("w").result, HasSubstr("no check function"));
 }
 
 TEST(Workflow, StoppingForAnOperatorIsLogged) {
@@ -440,7 +444,7 @@ TEST(Workflow, StoppingForAnOperatorIsLogged) {
   EXPECT_EQ(lines[0].field("attempt"), "2");
   EXPECT_EQ(lines[0].field("effect"), w.store->load_effects("m").value().at(0).effect_id);
   EXPECT_EQ(lines[0].field("nature"), "unsafe");
-  EXPECT_NE(lines[0].field("why").value_or("").find("whether it was applied is unknown"), std::string::npos);
+  EXPECT_THAT(lines[0].field("why").value_or(""), HasSubstr("whether it was applied is unknown"));
   EXPECT_FALSE(logs.contains("hunter2")) << logs.dump();  // the arguments are not logged
 }
 
@@ -483,26 +487,23 @@ TEST(Workflow, ACorruptStepRecordIsAnErrorNamingWorkflowAndStep) {
   stop = false;
   auto r = w.run("k", "w");
   ASSERT_TRUE(r && !r->ok());
-  EXPECT_EQ(r->error().kind(), ErrorKind::kPermanent);
-  EXPECT_NE(r->error().message().find("step 1"), std::string::npos) << r->error().message();
-  EXPECT_NE(r->error().message().find("'w'"), std::string::npos) << r->error().message();
+  EXPECT_THAT(*r, StatusIs(ErrorKind::kPermanent, HasSubstr("step 1")));
+  EXPECT_THAT(r->error().message(), HasSubstr("'w'"));
   EXPECT_EQ(w.record("w").status, WorkflowStatus::kRunning);  // the data is bad, not the workflow
 }
 
 TEST(Workflow, BadCallsAreRefusedClearly) {
   World w;
   w.add_kind("k", [](WorkflowContext&) -> Task<Result<std::string>> { co_return std::string("x"); });
-  EXPECT_EQ(w.engine->register_kind("k", [](WorkflowContext&) -> Task<Result<std::string>> { co_return std::string(); })
-                .error()
-                .kind(),
-            ErrorKind::kAlreadyExists);
-  EXPECT_EQ(w.run("nope", "w")->error().kind(), ErrorKind::kNotFound);
-  EXPECT_EQ(w.run("k", "")->error().kind(), ErrorKind::kInvalidArgument);
+  EXPECT_THAT(
+      w.engine->register_kind("k", [](WorkflowContext&) -> Task<Result<std::string>> { co_return std::string(); }),
+      StatusIs(ErrorKind::kAlreadyExists));
+  EXPECT_THAT(*w.run("nope", "w"), StatusIs(ErrorKind::kNotFound));
+  EXPECT_THAT(*w.run("k", ""), StatusIs(ErrorKind::kInvalidArgument));
   w.add_kind("other", [](WorkflowContext&) -> Task<Result<std::string>> { co_return std::string("y"); });
   ASSERT_TRUE(w.run("k", "w")->ok());
   auto wrong = w.run("other", "w");
-  EXPECT_EQ(wrong->error().kind(), ErrorKind::kInvalidArgument);
-  EXPECT_NE(wrong->error().message().find("exists with kind 'k'"), std::string::npos);
+  EXPECT_THAT(*wrong, StatusIs(ErrorKind::kInvalidArgument, HasSubstr("exists with kind 'k'")));
 }
 
 TEST(Workflow, TheSameIdRunsAtMostOnceAtATime) {
@@ -523,7 +524,7 @@ TEST(Workflow, TheSameIdRunsAtMostOnceAtATime) {
   ASSERT_TRUE(a && b);
   EXPECT_TRUE(a->ok() != b->ok());
   const Result<std::string>& refused = a->ok() ? *b : *a;
-  EXPECT_EQ(refused.error().kind(), ErrorKind::kAlreadyExists);
+  EXPECT_THAT(refused, StatusIs(ErrorKind::kAlreadyExists));
 }
 
 TEST(Workflow, MaxStepsBoundsALoopingWorkflow) {
@@ -539,7 +540,7 @@ TEST(Workflow, MaxStepsBoundsALoopingWorkflow) {
   });
   auto r = w.run("loop", "w");
   ASSERT_TRUE(r && !r->ok());
-  EXPECT_EQ(r->error().kind(), ErrorKind::kBudgetExceeded);
+  EXPECT_THAT(*r, StatusIs(ErrorKind::kBudgetExceeded));
   EXPECT_EQ(w.store->load_steps("w").value().size(), 10u);
 }
 
@@ -588,8 +589,7 @@ TEST(Workflow, AFullDiskFailsTheRunCleanlyAndTheWorkflowResumesLater) {
   w.store->set_capacity_bytes(2500);  // room for the workflow and about two steps
   auto first = w.run("k", "w");
   ASSERT_TRUE(first && !first->ok());
-  EXPECT_EQ(first->error().kind(), ErrorKind::kTransient);
-  EXPECT_NE(first->error().message().find("disk full"), std::string::npos) << first->error().message();
+  EXPECT_THAT(*first, StatusIs(ErrorKind::kTransient, HasSubstr("disk full")));
   const std::size_t kept = w.store->load_steps("w").value().size();
   EXPECT_GE(kept, 1u);
   EXPECT_LT(kept, 4u);
@@ -731,12 +731,11 @@ TEST(Workflow, RetentionPrunesOldFinishedWorkflowsAndKeepsTheRest) {
   stop = false;
   ASSERT_TRUE(w.run("k", "new")->ok());
   auto pruned = w.engine->prune_finished(std::chrono::hours(24));
-  ASSERT_TRUE(pruned.ok()) << pruned.error().to_string();
-  EXPECT_EQ(*pruned, 1u);
-  EXPECT_EQ(w.store->get_workflow("old").error().kind(), ErrorKind::kNotFound);
+  ASSERT_THAT(pruned, IsOkAndHolds(1u));
+  EXPECT_THAT(w.store->get_workflow("old"), StatusIs(ErrorKind::kNotFound));
   EXPECT_TRUE(w.store->load_steps("old").value().empty());
-  EXPECT_TRUE(w.store->get_workflow("running").ok());
-  EXPECT_TRUE(w.store->get_workflow("new").ok());
+  EXPECT_THAT(w.store->get_workflow("running"), IsOk());
+  EXPECT_THAT(w.store->get_workflow("new"), IsOk());
 }
 
 // Group commit on the real scheduler: 256 workflows of 8 steps at once through the committer
@@ -748,23 +747,22 @@ TEST(WorkflowGroupCommit, ConcurrentWorkflowsShareCommits) {
   auto env = make_real_environment({.workers = 2, .seed = 3});
   auto rt = Runtime::create(*env).value();
   auto memory = make_memory_store().value();
-  testing::ForwardingStore store_impl(*memory, /*fast=*/false);
+  test::ForwardingStore store_impl(*memory, /*fast=*/false);
   Store* store = &store_impl;
   auto engine = WorkflowEngine::create(*env, *store).value();
-  ASSERT_TRUE(engine
-                  ->register_kind("steps",
-                                  [](WorkflowContext& wf) -> Task<Result<std::string>> {
-                                    std::int64_t sum = 0;
-                                    for (int i = 0; i < kSteps; ++i) {
-                                      auto r = co_await wf.step<std::int64_t>(
-                                          "s" + std::to_string(i),
-                                          [i](Context&) -> Task<Result<std::int64_t>> { co_return i; });
-                                      if (!r.ok()) co_return r.error();
-                                      sum += *r;
-                                    }
-                                    co_return std::to_string(sum);
-                                  })
-                  .ok());
+  ASSERT_THAT(engine->register_kind("steps",
+                                    [](WorkflowContext& wf) -> Task<Result<std::string>> {
+                                      std::int64_t sum = 0;
+                                      for (int i = 0; i < kSteps; ++i) {
+                                        auto r = co_await wf.step<std::int64_t>(
+                                            "s" + std::to_string(i),
+                                            [i](Context&) -> Task<Result<std::int64_t>> { co_return i; });
+                                        if (!r.ok()) co_return r.error();
+                                        sum += *r;
+                                      }
+                                      co_return std::to_string(sum);
+                                    }),
+              IsOk());
   std::atomic<int> ok{0};
   std::vector<std::shared_ptr<ExitWatch>> watches;
   for (int i = 0; i < kWorkflows; ++i) {
@@ -793,19 +791,18 @@ TEST(WorkflowGroupCommit, ALoneWorkflowCommitsInlineOnlyOnAFastStore) {
     auto env = make_real_environment({.workers = 2, .seed = 4});
     auto rt = Runtime::create(*env).value();
     auto memory = make_memory_store().value();
-    testing::ForwardingStore store(*memory, fast);
+    test::ForwardingStore store(*memory, fast);
     auto engine = WorkflowEngine::create(*env, store).value();
-    ASSERT_TRUE(engine
-                    ->register_kind("k",
-                                    [](WorkflowContext& wf) -> Task<Result<std::string>> {
-                                      for (int i = 0; i < 20; ++i) {
-                                        auto r = co_await wf.step<int>(
-                                            "s", [i](Context&) -> Task<Result<int>> { co_return i; });
-                                        if (!r.ok()) co_return r.error();
-                                      }
-                                      co_return std::string("ok");
-                                    })
-                    .ok());
+    ASSERT_THAT(engine->register_kind("k",
+                                      [](WorkflowContext& wf) -> Task<Result<std::string>> {
+                                        for (int i = 0; i < 20; ++i) {
+                                          auto r = co_await wf.step<int>(
+                                              "s", [i](Context&) -> Task<Result<int>> { co_return i; });
+                                          if (!r.ok()) co_return r.error();
+                                        }
+                                        co_return std::string("ok");
+                                      }),
+                IsOk());
     std::optional<Result<std::string>> out;
     auto w = rt->spawn_watched([&](Context& ctx) -> Task<> {
                  out.emplace(co_await engine->run(ctx, "k", "w", ""));

@@ -15,7 +15,7 @@
 #include "nines/workflow/workflow.hpp"
 #include "runtime/test_util.hpp"
 
-namespace nines::testing {
+namespace nines::test {
 
 // A store that forwards to another and says whether its commits are fast as told: the
 // memory store's commits are fast (the engine may run them inline), which hides the
@@ -102,4 +102,4 @@ struct World {
   std::map<std::string, WorkflowEngine::Body> kinds;
 };
 
-}  // namespace nines::testing
+}  // namespace nines::test

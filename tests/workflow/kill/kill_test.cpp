@@ -32,7 +32,7 @@
 #include <vector>
 
 #include "nines/store/sqlite_store.hpp"
-#include "numbered.hpp"
+#include "support/numbered.hpp"
 #include "workflow/kill/plan.hpp"
 
 extern char** environ;
@@ -185,7 +185,7 @@ TEST(KillTest, TwoHundredKillsLoseNoStepAndApplyNoEffectTwice) {
     const std::vector<StepRecord> steps = store->load_steps(id).value();
     for (const StepRecord& s : steps) {
       EXPECT_EQ(s.status, StepStatus::kOk) << id << " step " << s.seq;
-      EXPECT_EQ(s.result, testing::numbered("s", s.seq)) << id << " step " << s.seq;
+      EXPECT_EQ(s.result, test::numbered("s", s.seq)) << id << " step " << s.seq;
     }
     int attention_effects = 0;
     std::map<int, std::string> keys;  // 0-based step -> the key its intent was recorded with

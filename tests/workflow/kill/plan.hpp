@@ -36,7 +36,7 @@ inline std::string expected_result(int workflow, const std::map<int, std::string
   for (int s = 0; s < kSteps; ++s) {
     if (op_type(workflow, s) == 'S') {
       // Appended, not += "s" + std::to_string(...): g++ 12.2 at -O3 reports a false -Wrestrict
-      // on that (tests/numbered.hpp says more).
+      // on that (tests/support/numbered.hpp says more).
       out += 's';
       out += std::to_string(s + 1);
     } else {

@@ -21,7 +21,7 @@
 #include "nines/runtime/runtime.hpp"
 #include "nines/store/sqlite_store.hpp"
 #include "nines/workflow/workflow.hpp"
-#include "numbered.hpp"
+#include "support/numbered.hpp"
 #include "workflow/kill/plan.hpp"
 
 using namespace nines;
@@ -82,7 +82,7 @@ Task<Result<std::string>> workflow_body(WorkflowContext& wf) {
     const char type = killtest::op_type(number, s);
     Result<std::string> r = std::string();
     if (type == 'S') {
-      auto fn = [s](Context&) -> Task<Result<std::string>> { co_return nines::testing::numbered("s", s + 1); };
+      auto fn = [s](Context&) -> Task<Result<std::string>> { co_return nines::test::numbered("s", s + 1); };
       r = co_await wf.step<std::string>("S", std::move(fn));
     } else {
       EffectOptions o;

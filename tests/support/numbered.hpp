@@ -11,7 +11,7 @@
 #include <string>
 #include <string_view>
 
-namespace nines::testing {
+namespace nines::test {
 
 inline std::string numbered(std::string_view prefix, std::int64_t n) {
   std::string s(prefix);
@@ -19,4 +19,4 @@ inline std::string numbered(std::string_view prefix, std::int64_t n) {
   return s;
 }
 
-}  // namespace nines::testing
+}  // namespace nines::test
