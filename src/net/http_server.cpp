@@ -90,7 +90,7 @@ enum class Phase : std::uint8_t {
 // (a request without one passes through it at once), responding, then idle for the next one
 // or closed; the server's own error answer (reject) comes before the handler has the request,
 // never during its response; anything but closed may close.
-bool legal_phase_move(Phase from, Phase to) {
+[[maybe_unused]] bool legal_phase_move(Phase from, Phase to) {
   switch (to) {
     case Phase::kIdle: return from == Phase::kResponding;
     case Phase::kHead: return from == Phase::kIdle;
