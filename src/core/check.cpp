@@ -1,9 +1,7 @@
 // The bodies of NINES_CHECK and NINES_BUG (nines/core/check.hpp).
 #include "nines/core/check.hpp"
 
-#include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <cstdio>
 #include <mutex>
 #include <string>
@@ -17,33 +15,30 @@ namespace {
 
 std::atomic<std::uint64_t> g_internal_bugs{0};
 
-// Without a logger, NINES_BUG writes to stderr: at most kBurst lines at once, then one per
-// second (a bug met in a loop must not flood the log); dropped lines are counted and named by
-// the next line written. Wall time is fine here: it paces a diagnostic, it decides nothing.
+// Without a logger, NINES_BUG writes to stderr: the first kFirst lines, then only the lines whose
+// number is a power of two (a bug met in a loop must not flood the log, yet keeps showing up as it
+// grows); dropped lines are counted and named by the next line written. Pacing by count, not by
+// time, keeps this file off the clock (the Environment seam) and makes it deterministic.
 class StderrPacer {
  public:
   // True if a line may be written now; *dropped gets the lines dropped since the last one.
   bool admit(std::uint64_t* dropped) {
     std::lock_guard<std::mutex> lock(mu_);
-    auto now = std::chrono::steady_clock::now();
-    double elapsed_s = std::chrono::duration<double>(now - last_).count();
-    last_ = now;
-    tokens_ = std::min(kBurst, tokens_ + elapsed_s);
-    if (tokens_ < 1) {
+    std::uint64_t n = ++seen_;
+    bool write = n <= kFirst || (n & (n - 1)) == 0;
+    if (!write) {
       ++dropped_;
       return false;
     }
-    tokens_ -= 1;
     *dropped = dropped_;
     dropped_ = 0;
     return true;
   }
 
  private:
-  static constexpr double kBurst = 10;
+  static constexpr std::uint64_t kFirst = 10;
   std::mutex mu_;
-  double tokens_ = kBurst;
-  std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
+  std::uint64_t seen_ = 0;
   std::uint64_t dropped_ = 0;
 };
 
