@@ -27,6 +27,11 @@ packages=(
   libsqlite3-dev # the embedded store backend (src/store/sqlite_store.cpp, SQLite C API)
   libpq-dev      # the PostgreSQL store backend (src/store/postgres_store.cpp, libpq)
   nlohmann-json3-dev  # JSON of the model APIs (src/llm: request bodies, responses, stream events)
+  libvalijson-dev  # the agent layer checks a model's tool-call arguments against the tool's JSON Schema (draft 7)
+                   # before anything runs (src/agent/validation.cpp); header-only. Its Debian package depends on
+                   # the dev packages of every JSON library it has an adapter for (Qt5, Poco, jsoncpp, ...):
+                   # about 90 packages on a bare machine, none of them linked. No other draft-7 validator for
+                   # C++ is in Debian, and writing one is what the issue asks us not to do.
   libcli11-dev   # the `nines` command's parser: subcommands, per-command help, validated numbers; header-only
   libcurl4-openssl-dev  # the net layer's HTTP(S) client (src/net/http_client.cpp: libcurl multi + OpenSSL)
   node-llhttp    # the net layer's HTTP server parses requests with llhttp, the parser Node.js uses today (the nodejs
