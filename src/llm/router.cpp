@@ -130,6 +130,7 @@ struct Router::Impl {
     bool delivered = false;            // text reached the sink since the last (re)start
     bool auth = false;                 // the last attempt's failure was an auth failure
     std::optional<Error> local_limit;  // the last attempt was refused by a local limiter
+    std::size_t attempts = 0;          // model calls made (every route, every retry)
   };
 
   Environment& env;
@@ -187,6 +188,7 @@ struct Router::Impl {
     const std::uint64_t units = static_cast<std::uint64_t>(std::max<std::int64_t>(1, estimate + reserve_for(r, req)));
     const TimePoint caller_deadline = ctx.deadline();
     auto attempt = [&r, &req, &call, units, this](Context& c) -> Task<Result<ChatResponse>> {
+      ++call.attempts;
       if (call.delivered) {
         call.delivered = false;
         if (call.hooks->on_restart) call.hooks->on_restart();
@@ -333,6 +335,7 @@ struct Router::Impl {
           out.compacted = compacted.has_value() || route_compacted;
           out.degraded = i != 0 || out.compacted;
           out.fallbacks = std::move(fallbacks);
+          out.attempts = call.attempts;
           co_return out;
         }
         Error e = with_route(call.local_limit ? *call.local_limit : result.error(), r.options.name);

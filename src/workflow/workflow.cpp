@@ -29,6 +29,8 @@ struct WorkflowRun {
   // The records and the code disagree (changed code, a malformed record): the run ends with
   // this error and the workflow is left as it is, for a fixed deployment to resume.
   std::optional<Error> stopped;
+  // WorkflowContext::stage(): committed with the next record.
+  WriteBatch staged;
 };
 
 }  // namespace internal
@@ -329,6 +331,7 @@ Task<WorkflowOutcome> WorkflowEngine::run_impl(Context& ctx, std::string kind, s
   } else {
     co_return interrupted(std::move(r).error());  // stays running: resumable
   }
+  b.append(run.staged);
   Status s = co_await commit(ctx, std::move(b));
   if (!s.ok())
     co_return interrupted(std::move(s).error().with_context("workflow " + quoted(id) + ": recording its end"));
@@ -519,9 +522,106 @@ Task<Status> WorkflowContext::record_step(std::int64_t seq, std::string name, co
   }
   WriteBatch b;
   b.put_step(id_, seq, name, result.ok() ? StepStatus::kOk : StepStatus::kError, value, engine_.store_now());
-  Status s = co_await engine_.commit(ctx_, std::move(b));
+  Status s = co_await commit_record(std::move(b));
   if (!s.ok()) co_return std::move(s).error().with_context(step_context(seq, name) + ": recording its result");
   co_return ok_status();
+}
+
+Task<Status> WorkflowContext::commit_record(WriteBatch batch) {
+  if (!run_.staged.empty()) {
+    batch.append(run_.staged);
+    run_.staged.clear();  // on a failed commit the run ends: the next run stages them again
+  }
+  co_return co_await engine_.commit(ctx_, std::move(batch));
+}
+
+void WorkflowContext::stage(WriteBatch batch) { run_.staged.append(batch); }
+
+namespace {
+// A child of WorkflowContext::effects reports its effect's result.
+struct ConcurrentEffectDone {
+  std::uint64_t token = 0;
+  std::size_t index = 0;
+  Result<std::string> result = Error(ErrorKind::kInternal, "unset");
+};
+}  // namespace
+
+Task<std::vector<Result<std::string>>> WorkflowContext::effects(std::vector<EffectOptions> options,
+                                                                ConcurrentEffectFn fn, std::size_t max_concurrent) {
+  NINES_CHECK_MSG(max_concurrent >= 1, "WorkflowContext::effects: max_concurrent must be >= 1");
+  NINES_CHECK_MSG(static_cast<bool>(fn), "WorkflowContext::effects: no function");
+  const std::size_t n = options.size();
+  std::vector<std::optional<Result<std::string>>> results(n);
+  std::vector<EffectPlan> plans(n);
+  std::vector<Pid> running(n);  // the child of each effect still running (Pid{} otherwise)
+  auto shared_fn = std::make_shared<ConcurrentEffectFn>(std::move(fn));
+  const std::uint64_t token = engine_.env().random_u64() | 1;  // tells this call's reports from others'
+  const Pid self = ctx_.self();
+  std::size_t in_flight = 0;
+
+  // Takes one report; false when the deadline passed first.
+  auto receive_one = [&]() -> Task<bool> {
+    std::optional<Message> m = co_await ctx_.receive_if([token](const Message& msg) {
+      const auto* d = msg.get<ConcurrentEffectDone>();
+      return d != nullptr && d->token == token;
+    });
+    if (!m) co_return false;
+    ConcurrentEffectDone* d = m->get<ConcurrentEffectDone>();
+    NINES_CHECK(d != nullptr && d->index < n && running[d->index] != Pid{});
+    running[d->index] = Pid{};
+    --in_flight;
+    results[d->index] = co_await finish_effect(plans[d->index], std::move(d->result));
+    co_return true;
+  };
+
+  bool timed_out = false;
+  for (std::size_t i = 0; i < n && !timed_out; ++i) {
+    while (in_flight >= max_concurrent && !timed_out) timed_out = !co_await receive_one();
+    if (timed_out) break;
+    if (std::optional<Error> e = ended()) {  // a sibling's outcome is unknown: start nothing more
+      results[i] = std::move(*e);
+      continue;
+    }
+    plans[i] = co_await plan_effect(options[i]);
+    if (plans[i].done) {
+      results[i] = std::move(*plans[i].done);
+      continue;
+    }
+    Behavior child = [shared_fn, i, key = plans[i].idempotency_key, self, token](Context& c) -> Task<> {
+      Result<std::string> r = co_await (*shared_fn)(i, c, key);
+      ConcurrentEffectDone done{.token = token, .index = i, .result = std::move(r)};
+      (void)co_await c.send(self, std::move(done));  // the parent gone: nothing to report to
+    };
+    Result<Pid> pid = ctx_.spawn_link(std::move(child));
+    if (!pid.ok()) {
+      // Not started, so not applied; but its intent is recorded, so it is "unknown" to the journal.
+      results[i] =
+          co_await finish_effect(plans[i], std::move(pid).error().with_context("starting the effect's process"));
+      continue;
+    }
+    running[i] = *pid;
+    ++in_flight;
+  }
+  while (in_flight > 0 && !timed_out) timed_out = !co_await receive_one();
+  if (timed_out) {
+    Error e(ErrorKind::kDeadlineExceeded,
+            "workflow " + quoted(id_) + ": the deadline passed while concurrent effects were running");
+    for (std::size_t i = 0; i < n; ++i) {
+      if (running[i] != Pid{}) {
+        ctx_.unlink(running[i]);
+        ctx_.kill_on_purpose(running[i]);
+      }
+      if (!results[i]) results[i] = e;
+    }
+    stop_run(e);
+  }
+  std::vector<Result<std::string>> out;
+  out.reserve(n);
+  for (auto& r : results) {
+    NINES_DCHECK(r.has_value());
+    out.push_back(r ? std::move(*r) : Result<std::string>(Error(ErrorKind::kInternal, "effect without a result")));
+  }
+  co_return out;
 }
 
 // ---- effects ----
@@ -536,7 +636,7 @@ Task<Error> WorkflowContext::to_needs_attention(const EffectRecord& rec, std::st
     b.put_effect_outcome(id_, rec.effect_id, EffectState::kNeedsAttention, std::nullopt, engine_.store_now());
   }
   b.set_workflow_status(id_, WorkflowStatus::kNeedsAttention, evidence, engine_.store_now());
-  Status s = co_await engine_.commit(ctx_, std::move(b));
+  Status s = co_await commit_record(std::move(b));
   if (!s.ok()) co_return std::move(s).error().with_context("workflow " + quoted(id_) + ": recording needs_attention");
   engine_.impl_->needs_attention.fetch_add(1, std::memory_order_relaxed);
   // Not the arguments nor the idempotency key (they are in the record, for the operator who
@@ -605,7 +705,7 @@ Task<> WorkflowContext::record_intent(EffectPlan& plan, const EffectOptions& opt
   intent.recorded_at = engine_.store_now();
   WriteBatch b;
   b.put_effect_intent(std::move(intent));
-  Status s = co_await engine_.commit(ctx_, std::move(b));
+  Status s = co_await commit_record(std::move(b));
   if (!s.ok()) {
     plan.done.emplace(stop_run(std::move(s).error().with_context(where + ": recording its intent")));
   } else {
@@ -639,7 +739,7 @@ Task<> WorkflowContext::replay_effect(EffectPlan& plan, const EffectRecord& rec,
         // if this run is interrupted too, the next one applies the nature rule again.
         WriteBatch b;
         b.put_effect_outcome(id_, plan.effect_id, EffectState::kIntent, std::nullopt, engine_.store_now());
-        Status s = co_await engine_.commit(ctx_, std::move(b));
+        Status s = co_await commit_record(std::move(b));
         if (!s.ok()) {
           plan.done.emplace(std::move(s).error().with_context(where + ": clearing it to run"));
         } else {
@@ -693,7 +793,7 @@ Task<> WorkflowContext::resume_interrupted(EffectPlan& plan, const EffectRecord&
       if (*applied) {
         WriteBatch b;
         b.put_effect_outcome(id_, plan.effect_id, EffectState::kDone, **applied, engine_.store_now());
-        Status s = co_await engine_.commit(ctx_, std::move(b));
+        Status s = co_await commit_record(std::move(b));
         if (!s.ok()) {
           plan.done.emplace(std::move(s).error().with_context(where + ": recording its checked outcome"));
         } else {
@@ -739,7 +839,7 @@ Task<Result<std::string>> WorkflowContext::finish_effect(const EffectPlan& plan,
   } else {
     b.put_effect_outcome(id_, plan.effect_id, EffectState::kFailed, encode_error(result.error()), engine_.store_now());
   }
-  Status s = co_await engine_.commit(ctx_, std::move(b));
+  Status s = co_await commit_record(std::move(b));
   if (!s.ok()) co_return stop_run(std::move(s).error().with_context(where + ": recording its outcome"));
   co_return result;
 }

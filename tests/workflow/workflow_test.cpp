@@ -819,3 +819,141 @@ TEST(WorkflowGroupCommit, ALoneWorkflowCommitsInlineOnlyOnAFastStore) {
 
 }  // namespace
 }  // namespace nines
+
+namespace nines {
+namespace {
+using ::nines::test::IsOk;
+using ::nines::test::StatusIs;
+using test::FakeLedger;
+using test::World;
+
+// Three effects of one turn at once: each applied once, in flight together (the virtual
+// clock shows they overlapped), results in the order given; a restart while all three are
+// in flight resumes each by its nature and applies none twice.
+TEST(WorkflowConcurrentEffects, RunTogetherEachAppliedOnceAcrossACrash) {
+  World w;
+  auto ledger = std::make_shared<FakeLedger>();
+  auto started = std::make_shared<int>(0);
+  w.add_kind("fan", [ledger, started](WorkflowContext& wf) -> Task<Result<std::string>> {
+    std::vector<EffectOptions> opts;
+    for (int i = 0; i < 3; ++i) {
+      opts.push_back({.name = "charge" + std::to_string(i), .nature = EffectNature::kIdempotent, .arguments = ""});
+    }
+    auto fn = [ledger, started](std::size_t i, Context& c, const std::string& key) -> Task<Result<std::string>> {
+      ++*started;
+      auto slept = co_await c.sleep(std::chrono::seconds(static_cast<int>(i) + 1));
+      if (!slept.ok()) co_return slept.error();
+      co_return ledger->apply_idempotent(key);
+    };
+    auto results = co_await wf.effects(std::move(opts), fn, 3);
+    std::string out;
+    for (auto& r : results) {
+      if (!r.ok()) co_return r.error();
+      out += r->substr(r->size() - 7) + ";";
+    }
+    co_return out;
+  });
+  // 2.5 s in: effects 0 and 1 are applied and recorded, effect 2 is in flight. Crash.
+  auto first = w.run("fan", "f", "", std::chrono::milliseconds(2500));
+  EXPECT_FALSE(first.has_value());
+  EXPECT_EQ(*started, 3);
+  w.restart();
+  auto second = w.run("fan", "f");
+  ASSERT_TRUE(second.has_value());
+  ASSERT_THAT(*second, IsOk());
+  EXPECT_EQ(**second, "charge0;charge1;charge2;");
+  EXPECT_EQ(*started, 4);  // only effect 2 ran again (with its key)
+  auto applied = ledger->all_applied();
+  ASSERT_EQ(applied.size(), 3u);
+  for (const auto& [key, times] : applied) EXPECT_EQ(times, 1) << key;
+  EXPECT_EQ(w.engine->stats().effects_replayed, 2u);
+}
+
+// At most max_concurrent run at once: with a limit of 1 the three take 1 + 2 + 3 seconds.
+TEST(WorkflowConcurrentEffects, BoundedByMaxConcurrent) {
+  World w;
+  auto peak = std::make_shared<int>(0);
+  auto now_running = std::make_shared<int>(0);
+  w.add_kind("fan", [peak, now_running](WorkflowContext& wf) -> Task<Result<std::string>> {
+    std::vector<EffectOptions> opts(4);
+    for (int i = 0; i < 4; ++i) opts[i] = {.name = "e" + std::to_string(i), .nature = EffectNature::kReadOnly};
+    auto fn = [peak, now_running](std::size_t, Context& c, const std::string&) -> Task<Result<std::string>> {
+      *peak = std::max(*peak, ++*now_running);
+      auto slept = co_await c.sleep(std::chrono::seconds(1));
+      --*now_running;
+      if (!slept.ok()) co_return slept.error();
+      co_return std::string("ok");
+    };
+    auto results = co_await wf.effects(std::move(opts), fn, 2);
+    for (auto& r : results)
+      if (!r.ok()) co_return r.error();
+    co_return std::string("done");
+  });
+  auto r = w.run("fan", "f");
+  ASSERT_TRUE(r.has_value());
+  EXPECT_THAT(*r, IsOk());
+  EXPECT_EQ(*peak, 2);
+}
+
+// An unsafe effect of unknown outcome ends the run: the siblings already running still get
+// their outcomes recorded, the ones not started do not start.
+TEST(WorkflowConcurrentEffects, AnUnknownOutcomeStopsStartingMore) {
+  World w;
+  auto ran = std::make_shared<std::vector<int>>();
+  w.add_kind("fan", [ran](WorkflowContext& wf) -> Task<Result<std::string>> {
+    std::vector<EffectOptions> opts(3);
+    for (int i = 0; i < 3; ++i) opts[i] = {.name = "e" + std::to_string(i), .nature = EffectNature::kUnsafe};
+    auto fn = [ran](std::size_t i, Context& c, const std::string&) -> Task<Result<std::string>> {
+      ran->push_back(static_cast<int>(i));
+      if (i == 0) co_return Error(ErrorKind::kTimeout, "no answer");
+      auto slept = co_await c.sleep(std::chrono::seconds(1));
+      if (!slept.ok()) co_return slept.error();
+      co_return std::string("ok");
+    };
+    auto results = co_await wf.effects(std::move(opts), fn, 2);
+    for (auto& r : results)
+      if (!r.ok()) co_return r.error();
+    co_return std::string("done");
+  });
+  auto r = w.run("fan", "f");
+  ASSERT_TRUE(r.has_value());
+  EXPECT_THAT(*r, StatusIs(ErrorKind::kTimeout, "outcome unknown"));
+  EXPECT_EQ(*ran, (std::vector<int>{0, 1}));  // e2 never started
+  auto effects = w.store->load_effects("f").value();
+  ASSERT_EQ(effects.size(), 2u);
+  EXPECT_EQ(effects[0].state, EffectState::kIntent);  // e0: unknown
+  EXPECT_EQ(effects[1].state, EffectState::kDone);    // e1: finished and recorded
+}
+
+// Staged writes commit with the next record, atomically: a run that ends before it drops them.
+TEST(WorkflowStage, StagedWritesCommitWithTheNextRecordOnly) {
+  World w;
+  auto fail = std::make_shared<bool>(true);
+  w.add_kind("st", [fail](WorkflowContext& wf) -> Task<Result<std::string>> {
+    WriteBatch b;
+    b.append_history("hist-" + wf.id(), 0, R"({"v":1,"role":"user"})");
+    wf.stage(std::move(b));
+    // Named first (g++ 12: a capturing lambda temporary inside co_await is destroyed twice).
+    auto fn = [fail](Context&) -> Task<Result<int>> {
+      if (*fail) co_return Error(ErrorKind::kTransient, "not yet");
+      co_return 1;
+    };
+    auto r = co_await wf.step<int>("s", std::move(fn));
+    if (!r.ok()) co_return r.error();
+    co_return std::string("ok");
+  });
+  auto first = w.run("st", "a");
+  ASSERT_TRUE(first.has_value());
+  EXPECT_THAT(*first, StatusIs(ErrorKind::kTransient));
+  EXPECT_TRUE(w.store->read_history("hist-a", 0, 10).value().empty());  // no record, no history
+  *fail = false;
+  auto second = w.run("st", "a");
+  ASSERT_TRUE(second.has_value());
+  EXPECT_THAT(*second, IsOk());
+  auto hist = w.store->read_history("hist-a", 0, 10).value();
+  ASSERT_EQ(hist.size(), 1u);
+  EXPECT_EQ(hist[0].seq, 0);
+}
+
+}  // namespace
+}  // namespace nines

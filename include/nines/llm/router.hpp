@@ -194,6 +194,7 @@ struct RoutedResponse {
   bool degraded = false;                // not the primary, or the prompt was compacted
   bool compacted = false;               // the compactor changed the prompt
   std::vector<RouteFailure> fallbacks;  // the routes left before, in order
+  std::size_t attempts = 0;             // model calls this answer took: 1, plus each retry on any route
 };
 
 // Counters of one route (a snapshot; each field read atomically on its own).

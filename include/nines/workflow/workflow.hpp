@@ -106,6 +106,7 @@
 #include <string_view>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "nines/core/environment.hpp"
 #include "nines/core/result.hpp"
@@ -247,6 +248,30 @@ class WorkflowContext {
     co_return co_await finish_effect(plan, std::move(r));
   }
 
+  // Effects n, n+1, ... (one per options[i]) run at once: each in a process of its own, linked
+  // to this one, at most max_concurrent (>= 1) at a time. Each is journaled exactly as
+  // effect() journals one (its intent durable before it starts, its outcome after), and they
+  // take their step numbers in the order given, so a restart finds each at the same step and
+  // resolves an interrupted one by its nature. fn(i, ctx, key) runs in the child, with the
+  // child's Context, and must return Task<Result<std::string>>; it is copied into each child
+  // and must not refer to the caller's frame (a killed workflow process leaves its children to
+  // the link's kill signal, a moment later). Results come back in the order given. When one
+  // effect's outcome is unknown (a non-permanent error) the run ends as with effect(): the
+  // effects not yet started are not started (their result is that error), and those running
+  // finish, with their outcomes recorded. The caller's deadline passing ends the run too: the
+  // children still running are killed (their outcome unknown). Co_await at once.
+  using ConcurrentEffectFn = std::function<Task<Result<std::string>>(std::size_t i, Context&, const std::string& key)>;
+  Task<std::vector<Result<std::string>>> effects(std::vector<EffectOptions> options, ConcurrentEffectFn fn,
+                                                 std::size_t max_concurrent = 8);
+
+  // Writes committed with the next record this run commits (a step's result, an effect's
+  // intent or outcome, an operator stop, or the workflow's end), in the same atomic batch: data
+  // that must become durable exactly when that record does (the agent layer's conversation
+  // history, written once per step and never ahead of the step that made it). Dropped if the
+  // run ends before another record is committed: the next run replays the same steps, and
+  // the code stages them again.
+  void stage(WriteBatch batch);
+
  private:
   friend class WorkflowEngine;
   friend struct internal::WorkflowRun;
@@ -289,6 +314,8 @@ class WorkflowContext {
   Task<> resume_interrupted(EffectPlan& plan, const EffectRecord& rec, const EffectOptions& options,
                             const std::string& where);
   Task<Result<std::string>> finish_effect(const EffectPlan& plan, Result<std::string> result);
+  // Commits a batch of this run's records with the staged writes (stage()).
+  Task<Status> commit_record(WriteBatch batch);
   std::string step_context(std::int64_t seq, const std::string& name) const;
 
   WorkflowEngine& engine_;
