@@ -247,13 +247,13 @@ class TaskRun {
   const AgentOptions& agent_;
   std::optional<llm::Conversation> conv_;
   std::shared_ptr<const llm::ContextManager> context_;
-  std::int64_t hist_ = 0;             // history messages the code has made so far
-  std::int64_t started_ns_ = 0;       // the task's first start (unix ns)
-  std::int64_t pending_bytes_ = 0;    // bytes added to the history since the last model call
+  std::int64_t hist_ = 0;           // history messages the code has made so far
+  std::int64_t started_ns_ = 0;     // the task's first start (unix ns)
+  std::int64_t pending_bytes_ = 0;  // bytes added to the history since the last model call
   std::int64_t last_input_tokens_ = 0;
   double max_in_price_ = 0, max_out_price_ = 0;
   int invalid_calls_ = 0;
-  std::map<std::string, int> identical_;          // call_key -> times called
+  std::map<std::string, int> identical_;           // call_key -> times called
   std::map<std::string, std::string> last_error_;  // call_key -> its last error, the turn before
   std::set<std::string> seen_results_;
   int turns_without_progress_ = 0;
@@ -322,8 +322,9 @@ std::optional<std::string> TaskRun::budget_refusal() {
       (static_cast<double>(est_in) * max_in_price_ + static_cast<double>(est_out) * max_out_price_) / 1e6;
   if (b.max_cost_usd > 0 && out_.cost_usd + est_cost > b.max_cost_usd) {
     char buf[160];
-    std::snprintf(buf, sizeof buf, "max_cost_usd: $%.6f spent and the next call may cost up to $%.6f, the limit is $%.6f",
-                  out_.cost_usd, est_cost, b.max_cost_usd);
+    std::snprintf(buf, sizeof buf,
+                  "max_cost_usd: $%.6f spent and the next call may cost up to $%.6f, the limit is $%.6f", out_.cost_usd,
+                  est_cost, b.max_cost_usd);
     return std::string(buf);
   }
   if (b.max_wall_time != kInfinite && b.max_wall_time > Duration::zero()) {
@@ -357,9 +358,9 @@ Task<Result<TurnRecord>> TaskRun::model_turn() {
   auto fn = [this](Context& c) -> Task<Result<std::string>> {
     std::vector<Message> live_tail;
     if (!agent_.system_prompt.empty()) live_tail.push_back(Message::system(agent_.system_prompt));
-    const llm::PromptBudget budget{.model = agent_.model,
-                                   .budget_tokens = std::max<std::int64_t>(1, agent_.context_window_tokens -
-                                                                                  agent_.max_output_tokens)};
+    const llm::PromptBudget budget{
+        .model = agent_.model,
+        .budget_tokens = std::max<std::int64_t>(1, agent_.context_window_tokens - agent_.max_output_tokens)};
     Result<llm::Prepared> prepared = co_await context_->prepare(c, *conv_, live_tail, budget);
     if (!prepared.ok()) co_return std::move(prepared).error();
     llm::ChatRequest req{.model = agent_.model,
@@ -425,11 +426,11 @@ Task<Result<std::string>> TaskRun::final_answer(const std::string& why) {
   auto fn = [this, why](Context& c) -> Task<Result<std::string>> {
     std::vector<Message> live_tail;
     if (!agent_.system_prompt.empty()) live_tail.push_back(Message::system(agent_.system_prompt));
-    live_tail.push_back(Message::user("Stop calling tools (" + why +
-                                      "). Give your best final answer now from what you have found."));
-    const llm::PromptBudget budget{.model = agent_.model,
-                                   .budget_tokens = std::max<std::int64_t>(1, agent_.context_window_tokens -
-                                                                                  agent_.max_output_tokens)};
+    live_tail.push_back(
+        Message::user("Stop calling tools (" + why + "). Give your best final answer now from what you have found."));
+    const llm::PromptBudget budget{
+        .model = agent_.model,
+        .budget_tokens = std::max<std::int64_t>(1, agent_.context_window_tokens - agent_.max_output_tokens)};
     Result<llm::Prepared> prepared = co_await context_->prepare(c, *conv_, live_tail, budget);
     if (!prepared.ok()) co_return std::move(prepared).error();
     llm::ChatRequest req{.model = agent_.model,
@@ -534,8 +535,8 @@ Task<Result<std::string>> TaskRun::run() {
       std::vector<Message> not_run;
       for (std::size_t i = 0; i < calls.size(); ++i) {
         not_run.push_back(Message::tool_result(
-            calls[i].id, refused[i] ? *refused[i] : tool_error_json("loop_detected", calls[i].name, "not run: " + *loop),
-            true));
+            calls[i].id,
+            refused[i] ? *refused[i] : tool_error_json("loop_detected", calls[i].name, "not run: " + *loop), true));
       }
       Status appended = co_await append(std::move(not_run));
       if (!appended.ok()) co_return std::move(appended).error();
@@ -554,14 +555,13 @@ Task<Result<std::string>> TaskRun::run() {
     for (std::size_t i : valid) {
       std::shared_ptr<Tool> tool = impl_.tools->find(calls[i].name);
       NINES_CHECK(tool != nullptr);
-      EffectOptions eo{.name = "tool:" + calls[i].name, .nature = tool->spec().nature,
-                       .arguments = calls[i].arguments_json};
+      EffectOptions eo{
+          .name = "tool:" + calls[i].name, .nature = tool->spec().nature, .arguments = calls[i].arguments_json};
       if (tool->spec().nature == EffectNature::kCheckable) {
-        eo.check = [tool, task = wf_.id(), call = calls[i]](Context& c,
-                                                            const std::string& key)
-            -> Task<Result<std::optional<std::string>>> {
-          ToolInvocation inv{.task_id = task, .call_id = call.id, .arguments_json = call.arguments_json,
-                             .idempotency_key = key};
+        eo.check = [tool, task = wf_.id(), call = calls[i]](
+                       Context& c, const std::string& key) -> Task<Result<std::optional<std::string>>> {
+          ToolInvocation inv{
+              .task_id = task, .call_id = call.id, .arguments_json = call.arguments_json, .idempotency_key = key};
           Result<std::optional<std::string>> r = co_await tool->check(c, inv);
           if (!r.ok() || !*r) co_return r;
           ToolOutcome o{.ok = true, .text = **r, .served_by = tool->spec().name};
@@ -578,8 +578,8 @@ Task<Result<std::string>> TaskRun::run() {
                                                        std::size_t i, Context& c,
                                                        const std::string& key) -> Task<Result<std::string>> {
       const llm::ToolCall& call = to_run[i];
-      ToolInvocation inv{.task_id = task, .call_id = call.id, .arguments_json = call.arguments_json,
-                         .idempotency_key = key};
+      ToolInvocation inv{
+          .task_id = task, .call_id = call.id, .arguments_json = call.arguments_json, .idempotency_key = key};
       ToolRun r = co_await registry->invoke(c, call.name, std::move(inv));
       ToolOutcome o{.served_by = r.served_by, .degraded = r.degraded, .attempts = r.attempts};
       if (r.result.ok()) {
@@ -637,8 +637,8 @@ Task<Result<std::string>> TaskRun::run() {
         auto last = last_error_.find(key);
         if (last != last_error_.end() && last->second == o.message) repeated_error = true;
         errors_now[key] = o.message;
-        messages.push_back(Message::tool_result(
-            calls[i].id, tool_error_json(o.error_kind, calls[i].name, o.message), true));
+        messages.push_back(
+            Message::tool_result(calls[i].id, tool_error_json(o.error_kind, calls[i].name, o.message), true));
       }
     }
     last_error_ = std::move(errors_now);
@@ -686,7 +686,8 @@ Agents::~Agents() = default;
 Result<std::unique_ptr<Agents>> Agents::create(Environment& env, WorkflowEngine& engine,
                                                std::shared_ptr<ToolRegistry> tools, AgentsOptions options) {
   if (!tools) return Error(ErrorKind::kInvalidArgument, "agents: no tool registry");
-  if (options.restart_intensity < 1) return Error(ErrorKind::kInvalidArgument, "agents: restart_intensity must be >= 1");
+  if (options.restart_intensity < 1)
+    return Error(ErrorKind::kInvalidArgument, "agents: restart_intensity must be >= 1");
   auto impl = std::make_shared<Impl>(env, engine, std::move(tools), options);
   return std::unique_ptr<Agents>(new Agents(std::move(impl)));
 }
@@ -776,8 +777,8 @@ Result<Pid> Agents::start_supervisor(Context& ctx) {
   ChildSpec tmpl;
   tmpl.id = "task";
   tmpl.restart = RestartType::kTransient;
-  tmpl.backoff = BackoffOptions{.min_delay = impl_->options.restart_min_delay,
-                                .max_delay = impl_->options.restart_max_delay};
+  tmpl.backoff =
+      BackoffOptions{.min_delay = impl_->options.restart_min_delay, .max_delay = impl_->options.restart_max_delay};
   tmpl.start = [weak](StartContext& sc) -> Result<Pid> {
     const TaskStart* arg = std::any_cast<TaskStart>(&sc.arg());
     if (arg == nullptr) return Error(ErrorKind::kInvalidArgument, "agents: a task process needs a TaskStart");

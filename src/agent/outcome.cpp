@@ -59,18 +59,16 @@ std::string encode_outcome(const TaskOutcome& o) {
 
 Result<TaskOutcome> decode_outcome(std::string_view text) {
   nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
-  auto bad = [&](const std::string& what) {
-    return Error(ErrorKind::kInvalidArgument, "task outcome JSON: " + what);
-  };
+  auto bad = [&](const std::string& what) { return Error(ErrorKind::kInvalidArgument, "task outcome JSON: " + what); };
   if (j.is_discarded() || !j.is_object()) return bad("not a JSON object");
   if (j.value("v", 0) != 1) return bad("unknown version");
   TaskOutcome o;
   try {
     const std::string status = j.at("status").get<std::string>();
     bool known = false;
-    for (TaskStatus s : {TaskStatus::kSucceeded, TaskStatus::kFailed, TaskStatus::kBudgetExceeded,
-                         TaskStatus::kLoopDetected, TaskStatus::kNeedsAttention, TaskStatus::kCancelled,
-                         TaskStatus::kInterrupted}) {
+    for (TaskStatus s :
+         {TaskStatus::kSucceeded, TaskStatus::kFailed, TaskStatus::kBudgetExceeded, TaskStatus::kLoopDetected,
+          TaskStatus::kNeedsAttention, TaskStatus::kCancelled, TaskStatus::kInterrupted}) {
       if (to_string(s) == status) {
         o.status = s;
         known = true;

@@ -76,10 +76,9 @@ Result<std::shared_ptr<ToolRegistry>> ToolRegistry::create(Environment& env, std
     if (!policy.ok()) return std::move(policy).error().with_context(at);
     b.retry(std::move(*policy)).circuit_breaker(e->breaker).attempt_timeout(spec.timeout);
     if (spec.max_concurrent > 0) {
-      auto bulkhead = Bulkhead::create("tool:" + spec.name, env,
-                                       {.max_concurrent = spec.max_concurrent,
-                                        .max_queue = spec.max_concurrent * 4,
-                                        .queue_timeout = kInfinite});
+      auto bulkhead = Bulkhead::create(
+          "tool:" + spec.name, env,
+          {.max_concurrent = spec.max_concurrent, .max_queue = spec.max_concurrent * 4, .queue_timeout = kInfinite});
       if (!bulkhead.ok()) return std::move(bulkhead).error().with_context(at);
       b.bulkhead(*bulkhead);
     }

@@ -78,6 +78,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <ostream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -103,10 +104,10 @@ struct Price {
 
 // 0 (or kInfinite) = no limit.
 struct Budget {
-  std::int64_t max_steps = 50;        // model turns
-  std::int64_t max_model_calls = 0;   // requests sent to models (retries and fallbacks count)
-  std::int64_t max_tokens = 0;        // input + output, as reported
-  double max_cost_usd = 0;            // by the agent's price table
+  std::int64_t max_steps = 50;         // model turns
+  std::int64_t max_model_calls = 0;    // requests sent to models (retries and fallbacks count)
+  std::int64_t max_tokens = 0;         // input + output, as reported
+  double max_cost_usd = 0;             // by the agent's price table
   Duration max_wall_time = kInfinite;  // from the task's first start, across restarts
 };
 
@@ -151,22 +152,23 @@ enum class TaskStatus : std::uint8_t {
   kInterrupted,  // the run stopped before an end and the task is left to resume (run() only)
 };
 std::string_view to_string(TaskStatus status);
+inline void PrintTo(TaskStatus status, std::ostream* os) { *os << to_string(status); }  // gtest
 
 struct TaskOutcome {
   TaskStatus status = TaskStatus::kInterrupted;
-  std::string answer;  // the final answer (succeeded; loop_detected with final_answer)
-  std::string reason;  // why it ended when not succeeded: the guard, the error
+  std::string answer;            // the final answer (succeeded; loop_detected with final_answer)
+  std::string reason;            // why it ended when not succeeded: the guard, the error
   std::int64_t steps = 0;        // model turns
   std::int64_t model_calls = 0;  // requests sent to models
   std::int64_t tool_calls = 0;   // tool calls that ran (or were replayed)
   std::int64_t input_tokens = 0;
   std::int64_t output_tokens = 0;
   double cost_usd = 0;
-  std::vector<std::string> models;  // routes that served, in first-use order
-  bool degraded = false;            // a fallback model or a fallback tool served
-  std::int64_t retries = 0;         // model calls beyond one per turn (retries and fallbacks)
-  std::int64_t fallbacks = 0;       // model routes left for the next one
-  std::int64_t restarts = 0;        // runs after the first (resumes)
+  std::vector<std::string> models;                  // routes that served, in first-use order
+  bool degraded = false;                            // a fallback model or a fallback tool served
+  std::int64_t retries = 0;                         // model calls beyond one per turn (retries and fallbacks)
+  std::int64_t fallbacks = 0;                       // model routes left for the next one
+  std::int64_t restarts = 0;                        // runs after the first (resumes)
   std::map<std::string, std::int64_t> tool_errors;  // by kind: unknown_tool, invalid_json,
                                                     // schema_violation, transient, timeout, ...
   Duration wall_time{0};                            // from the first start to the end
