@@ -235,6 +235,33 @@ TEST(HttpTool, IdempotencyKeyGoesOutWithEveryMethod) {
   for (const auto& s : seen) EXPECT_EQ(header_of(s.head, "Idempotency-Key"), "key-" + s.method) << s.method;
 }
 
+// One tool shared by many processes at once: each call gets its own arguments and key.
+TEST(HttpTool, ManyProcessesShareOneTool) {
+  Fixture f;
+  auto tool = f.make({.method = HttpMethod::kPost, .url_template = f.url("/echo/{id}")});
+  constexpr int kCalls = 16;
+  std::vector<std::optional<Result<std::string>>> out(kCalls);
+  std::vector<std::shared_ptr<ExitWatch>> watches;
+  for (int i = 0; i < kCalls; ++i) {
+    auto w = f.rt->spawn_watched([&, i](Context& ctx) -> Task<> {
+      auto scope = ctx.with_timeout(std::chrono::seconds(20));
+      const std::string id = std::to_string(i);
+      Result<std::string> r = co_await tool->call(ctx, invocation(R"({"id":")" + id + R"("})", "key-" + id));
+      out[i].emplace(std::move(r));
+    });
+    ASSERT_THAT(w, IsOk());
+    watches.push_back(w->exit);
+  }
+  for (auto& w : watches) EXPECT_TRUE(w->wait().is_normal());
+  for (int i = 0; i < kCalls; ++i) {
+    ASSERT_TRUE(out[i].has_value()) << i;
+    EXPECT_THAT(*out[i], IsOkAndHolds("POST " + std::string(R"({"id":")") + std::to_string(i) + R"("})")) << i;
+  }
+  auto seen = f.server.requests();
+  ASSERT_EQ(seen.size(), static_cast<std::size_t>(kCalls));
+  for (const auto& s : seen) EXPECT_EQ("/echo/" + header_of(s.head, "Idempotency-Key").substr(4), s.path);
+}
+
 // --- statuses ----------------------------------------------------------------------------
 
 TEST(HttpTool, NotFoundIsPermanentNamingTheStatusAndBody) {
