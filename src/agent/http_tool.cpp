@@ -351,7 +351,7 @@ class HttpTool final : public Tool {
   static std::vector<std::string> secrets_of(const net::HttpHeaders& headers) {
     std::vector<std::string> out;
     for (const auto& f : headers.fields()) {
-      if (internal::iequals(f.name, "content-type")) continue;
+      if (internal::iequals(f.name, "content-type") || internal::iequals(f.name, "idempotency-key")) continue;
       if (f.value.size() >= kMinRedactedBytes) out.push_back(f.value);
       // Each word too: a server may echo the token of "Bearer <token>" without the scheme.
       std::string_view rest = f.value;
