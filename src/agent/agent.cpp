@@ -606,7 +606,13 @@ Task<Result<std::string>> TaskRun::run() {
       co_return encode_tool_outcome(o);
     };
     std::vector<Result<std::string>> results;
-    if (!effects.empty()) {
+    if (impl_.options.unjournaled_tools_for_testing) {
+      // The broken variant the simulation must catch: no journal, so a resume runs them again.
+      for (std::size_t i = 0; i < to_run.size(); ++i) {
+        Task<Result<std::string>> t = run_tool(i, wf_.ctx(), wf_.id() + "/unjournaled/" + std::to_string(i));
+        results.push_back(co_await std::move(t));
+      }
+    } else if (!effects.empty()) {
       results = co_await wf_.effects(std::move(effects), std::move(run_tool),
                                      std::max<std::size_t>(1, agent_.max_parallel_tools));
     }

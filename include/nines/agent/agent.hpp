@@ -207,6 +207,10 @@ struct AgentsOptions {
   Duration restart_period = std::chrono::seconds(10);
   Duration restart_min_delay = std::chrono::milliseconds(200);
   Duration restart_max_delay = std::chrono::seconds(30);
+  // Testing only: tool calls run without the effect journal (no intent, no outcome recorded,
+  // run again on every resume). The whole-system simulation sets it to prove that it catches
+  // effects applied twice. Never set it otherwise.
+  bool unjournaled_tools_for_testing = false;
 };
 
 class Agents {
