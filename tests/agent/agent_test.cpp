@@ -14,11 +14,11 @@
 namespace nines::agent {
 namespace {
 
+using test::AgentWorld;
+using test::IsOk;
 using ::testing::Contains;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-using test::AgentWorld;
-using test::IsOk;
 
 using namespace std::chrono_literals;
 

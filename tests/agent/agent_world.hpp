@@ -76,47 +76,46 @@ struct AgentWorld {
                         co_return "record for " + inv.arguments_json;
                       })
                       .value());
-    out.push_back(agent::make_native_tool(
-                      {.name = "charge",
-                       .description = "Charges an amount once per reference",
-                       .parameters_schema_json = kChargeSchema,
-                       .nature = EffectNature::kIdempotent},
-                      [tw](Context& c, const agent::ToolInvocation& inv) -> Task<Result<std::string>> {
-                        ++tw->calls["charge"];
-                        tw->log.push_back("charge(" + inv.arguments_json + ")");
-                        AliveGuard g(&tw->alive, "charge");
-                        auto s = co_await c.sleep(std::chrono::milliseconds(500));
-                        if (!s.ok()) co_return s.error();
-                        co_return tw->ledger.apply_idempotent(inv.idempotency_key);
-                      })
-                      .value());
-    out.push_back(agent::make_native_tool(
-                      {.name = "charge_unsafe",
-                       .description = "Charges an amount (no idempotency)",
-                       .parameters_schema_json = kChargeSchema,
-                       .nature = EffectNature::kUnsafe},
-                      [tw](Context& c, const agent::ToolInvocation& inv) -> Task<Result<std::string>> {
-                        ++tw->calls["charge_unsafe"];
-                        AliveGuard g(&tw->alive, "charge_unsafe");
-                        auto s = co_await c.sleep(std::chrono::milliseconds(500));
-                        if (!s.ok()) co_return s.error();
-                        co_return tw->ledger.apply_unsafe(inv.task_id + "/" + inv.call_id);
-                      })
-                      .value());
-    out.push_back(agent::make_native_tool(
-                      {.name = "slow",
-                       .description = "Never answers",
-                       .parameters_schema_json = R"({"type":"object"})",
-                       .nature = EffectNature::kReadOnly,
-                       .timeout = std::chrono::seconds(1),
-                       .retry = RetryOptions{.max_attempts = 1}},
-                      [tw](Context& c, const agent::ToolInvocation&) -> Task<Result<std::string>> {
-                        ++tw->calls["slow"];
-                        AliveGuard g(&tw->alive, "slow");
-                        auto s = co_await c.sleep(std::chrono::hours(1));
-                        if (!s.ok()) co_return s.error();
-                        co_return std::string("late");
-                      })
+    out.push_back(
+        agent::make_native_tool({.name = "charge",
+                                 .description = "Charges an amount once per reference",
+                                 .parameters_schema_json = kChargeSchema,
+                                 .nature = EffectNature::kIdempotent},
+                                [tw](Context& c, const agent::ToolInvocation& inv) -> Task<Result<std::string>> {
+                                  ++tw->calls["charge"];
+                                  tw->log.push_back("charge(" + inv.arguments_json + ")");
+                                  AliveGuard g(&tw->alive, "charge");
+                                  auto s = co_await c.sleep(std::chrono::milliseconds(500));
+                                  if (!s.ok()) co_return s.error();
+                                  co_return tw->ledger.apply_idempotent(inv.idempotency_key);
+                                })
+            .value());
+    out.push_back(
+        agent::make_native_tool({.name = "charge_unsafe",
+                                 .description = "Charges an amount (no idempotency)",
+                                 .parameters_schema_json = kChargeSchema,
+                                 .nature = EffectNature::kUnsafe},
+                                [tw](Context& c, const agent::ToolInvocation& inv) -> Task<Result<std::string>> {
+                                  ++tw->calls["charge_unsafe"];
+                                  AliveGuard g(&tw->alive, "charge_unsafe");
+                                  auto s = co_await c.sleep(std::chrono::milliseconds(500));
+                                  if (!s.ok()) co_return s.error();
+                                  co_return tw->ledger.apply_unsafe(inv.task_id + "/" + inv.call_id);
+                                })
+            .value());
+    out.push_back(agent::make_native_tool({.name = "slow",
+                                           .description = "Never answers",
+                                           .parameters_schema_json = R"({"type":"object"})",
+                                           .nature = EffectNature::kReadOnly,
+                                           .timeout = std::chrono::seconds(1),
+                                           .retry = RetryOptions{.max_attempts = 1}},
+                                          [tw](Context& c, const agent::ToolInvocation&) -> Task<Result<std::string>> {
+                                            ++tw->calls["slow"];
+                                            AliveGuard g(&tw->alive, "slow");
+                                            auto s = co_await c.sleep(std::chrono::hours(1));
+                                            if (!s.ok()) co_return s.error();
+                                            co_return std::string("late");
+                                          })
                       .value());
     out.push_back(agent::make_native_tool(
                       {.name = "flaky",
@@ -201,7 +200,8 @@ struct AgentWorld {
   std::vector<std::shared_ptr<agent::Tool>> extra_tools;
   std::vector<Route> routes;
   std::vector<std::shared_ptr<llm::SimModel>> models;
-  agent::AgentOptions agent_options{.name = "helper", .system_prompt = "You are a careful assistant.",
+  agent::AgentOptions agent_options{.name = "helper",
+                                    .system_prompt = "You are a careful assistant.",
                                     .tools = {"lookup", "charge", "charge_unsafe", "slow", "flaky"}};
   std::vector<agent::AgentEvent> events;
 
