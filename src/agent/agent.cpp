@@ -37,6 +37,11 @@ bool valid_name(std::string_view n) {
   });
 }
 
+// Wakes a task waiting for an approval decision (the decision itself is in the store).
+struct ApprovalPoke {
+  std::string task_id;
+};
+
 // What one model turn recorded (the step's result): where its message is, what it cost.
 struct TurnRecord {
   std::int64_t seq = 0;  // history seq of the assistant message
@@ -165,9 +170,10 @@ struct Agents::Impl : std::enable_shared_from_this<Agents::Impl> {
   AgentsOptions options;
 
   mutable std::mutex mu;
+  std::mutex signal_mu;  // one signal writer at a time
   std::map<std::string, std::shared_ptr<const AgentOptions>, std::less<>> agents;
   std::vector<AgentObserver> observers;
-  std::map<std::string, Pid, std::less<>> running;  // task id -> its process (start())
+  std::map<std::string, Pid, std::less<>> running;  // task id -> the process running it now
   Runtime* runtime = nullptr;
   Pid supervisor;
 
@@ -191,12 +197,50 @@ struct Agents::Impl : std::enable_shared_from_this<Agents::Impl> {
 
   std::string signals_id(std::string_view task_id) const { return std::string(task_id) + std::string(kSignalsSuffix); }
 
-  Result<bool> cancel_requested(std::string_view task_id) const {
-    Result<std::vector<HistoryRecord>> r = engine.store().read_history(signals_id(task_id), 0, 64);
+  // The task's signal log (cancel, approve, deny), oldest first.
+  Result<std::vector<json>> signals(std::string_view task_id) const {
+    Result<std::vector<HistoryRecord>> r = engine.store().read_history(signals_id(task_id), 0, 4096);
     if (!r.ok()) return std::move(r).error();
+    std::vector<json> out;
     for (const HistoryRecord& h : *r) {
       json j = json::parse(h.message, nullptr, false);
-      if (!j.is_discarded() && j.is_object() && j.value("signal", "") == "cancel") return true;
+      if (!j.is_discarded() && j.is_object()) out.push_back(std::move(j));
+    }
+    return out;
+  }
+
+  // Appends a signal durably (one writer at a time in this process: the next free seq).
+  Status add_signal(std::string_view task_id, const json& signal) {
+    std::lock_guard lock(signal_mu);
+    Result<std::vector<HistoryRecord>> r = engine.store().read_history(signals_id(task_id), 0, 4096);
+    if (!r.ok()) return std::move(r).error();
+    if (r->size() >= 4096)
+      return Error(ErrorKind::kBudgetExceeded, "task '" + std::string(task_id) + "': too many signals");
+    WriteBatch b;
+    b.append_history(signals_id(task_id), static_cast<std::int64_t>(r->size()), dump(signal));
+    return engine.store().commit(b);
+  }
+
+  // A decision recorded for the call: "approved", "denied: <reason>", or nullopt.
+  Result<std::optional<std::string>> decision(std::string_view task_id, std::string_view call_id) const {
+    Result<std::vector<json>> sigs = signals(task_id);
+    if (!sigs.ok()) return std::move(sigs).error();
+    for (const json& j : *sigs) {
+      if (j.value("call_id", "") != call_id) continue;
+      const std::string kind = j.value("signal", "");
+      if (kind == "approve") return std::optional<std::string>("approved");
+      if (kind == "deny") return std::optional<std::string>("denied: " + j.value("reason", ""));
+    }
+    return std::optional<std::string>();
+  }
+
+  Status decide(std::string_view task_id, std::string_view call_id, bool approved, std::string_view reason);
+
+  Result<bool> cancel_requested(std::string_view task_id) const {
+    Result<std::vector<json>> sigs = signals(task_id);
+    if (!sigs.ok()) return std::move(sigs).error();
+    for (const json& j : *sigs) {
+      if (j.value("signal", "") == "cancel") return true;
     }
     return false;
   }
@@ -240,6 +284,12 @@ class TaskRun {
   std::optional<std::string> budget_refusal();
   Task<Result<TurnRecord>> model_turn();
   Task<Result<std::string>> final_answer(const std::string& why);
+  bool is_sleep(const llm::ToolCall& call) const { return agent_.sleep_tool && call.name == "sleep"; }
+  std::optional<ArgumentProblem> check_sleep(const llm::ToolCall& call) const;
+  // The built-in sleep: the wake-up time is recorded, then slept to (what is left of it).
+  Task<Result<std::string>> sleep_call(const llm::ToolCall& call, const std::string& where);
+  // A step recorded only when decided: "approved" or "denied: <reason>".
+  Task<Result<std::string>> wait_for_approval(const llm::ToolCall& call, const std::string& where);
   void account(const TurnRecord& t);
 
   Agents::Impl& impl_;
@@ -368,6 +418,14 @@ Task<Result<TurnRecord>> TaskRun::model_turn() {
                          .tools = impl_.tools->definitions(agent_.tools),
                          .max_output_tokens = agent_.max_output_tokens};
     if (agent_.tools.empty()) req.tools.clear();
+    if (agent_.sleep_tool) {
+      req.tools.push_back({.name = "sleep",
+                           .description = "Pauses this task for the given number of seconds (it resumes on its own, "
+                                          "also after a restart).",
+                           .parameters_schema_json =
+                               R"({"type":"object","properties":{"seconds":{"type":"number","exclusiveMinimum":0}},)"
+                               R"("required":["seconds"]})"});
+    }
     llm::Router::StreamHooks hooks;
     hooks.compactor = [this, live_tail](Context& cc, const llm::ChatRequest& r, std::int64_t budget_tokens,
                                         bool) -> Task<Result<llm::ChatRequest>> {
@@ -443,6 +501,80 @@ Task<Result<std::string>> TaskRun::final_answer(const std::string& why) {
   co_return co_await wf_.step<std::string>("final answer", std::move(fn));
 }
 
+std::optional<ArgumentProblem> TaskRun::check_sleep(const llm::ToolCall& call) const {
+  json j = json::parse(call.arguments_json, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) {
+    return ArgumentProblem{.kind = ArgumentProblemKind::kNotJson,
+                           .message = "arguments must be a JSON object like {\"seconds\": 60}"};
+  }
+  const double max_s = std::chrono::duration<double>(agent_.max_sleep).count();
+  auto it = j.find("seconds");
+  if (it == j.end() || !it->is_number() || it->get<double>() <= 0 || it->get<double>() > max_s) {
+    return ArgumentProblem{
+        .kind = ArgumentProblemKind::kSchemaViolation,
+        .path = "/seconds",
+        .rule = it == j.end() ? "required" : "maximum",
+        .message = "seconds must be a number in (0, " + std::to_string(static_cast<long long>(max_s)) + "]"};
+  }
+  return std::nullopt;
+}
+
+Task<Result<std::string>> TaskRun::sleep_call(const llm::ToolCall& call, const std::string& where) {
+  const double seconds = json::parse(call.arguments_json).at("seconds").get<double>();
+  auto until_fn = [seconds](Context& c) -> Task<Result<std::int64_t>> {
+    co_return c.env().unix_time_ns() + static_cast<std::int64_t>(seconds * 1e9);
+  };
+  Result<std::int64_t> until = co_await wf_.step<std::int64_t>("sleep until " + where, std::move(until_fn));
+  if (!until.ok()) co_return std::move(until).error();
+  emit(AgentEvent::Type::kSleep, "sleep", std::to_string(*until));
+  const std::int64_t wake = *until;
+  auto sleep_fn = [wake](Context& c) -> Task<Result<std::string>> {
+    const std::int64_t left = wake - c.env().unix_time_ns();
+    if (left > 0) {
+      auto slept = co_await c.sleep(Duration(left));
+      if (!slept.ok()) co_return slept.error();
+    }
+    co_return std::string("slept until unix time ") + std::to_string(wake / 1'000'000'000) + " s";
+  };
+  co_return co_await wf_.step<std::string>("sleep " + where, std::move(sleep_fn));
+}
+
+Task<Result<std::string>> TaskRun::wait_for_approval(const llm::ToolCall& call, const std::string& where) {
+  Agents::Impl* impl = &impl_;
+  const TaskRun* self = this;
+  auto wait_fn = [impl, self, call](Context& c) -> Task<Result<std::string>> {
+    const std::string task = self->wf_.id();
+    bool announced = false;
+    for (;;) {
+      Result<std::optional<std::string>> d = impl->decision(task, call.id);
+      if (!d.ok()) co_return std::move(d).error();
+      if (*d) co_return **d;
+      Result<bool> cancelled = impl->cancel_requested(task);
+      if (!cancelled.ok()) co_return std::move(cancelled).error();
+      if (*cancelled)
+        co_return Error(ErrorKind::kCancelled, "task '" + task + "' cancelled while waiting for approval");
+      if (!announced) {
+        self->emit(AgentEvent::Type::kApprovalWait, call.name, call.id);
+        announced = true;
+      }
+      // Woken by approve()/deny() here, or looks again after approval_poll (a decision made
+      // by another process on the same store).
+      // Named first (g++ 12: a capturing lambda temporary inside co_await is destroyed twice).
+      std::function<bool(const nines::Message&)> is_poke = [task](const nines::Message& m) {
+        const auto* poke = m.get<ApprovalPoke>();
+        return poke != nullptr && poke->task_id == task;
+      };
+      (void)co_await c.receive_if(std::move(is_poke), self->agent_.approval_poll);
+      if (c.deadline() <= c.now()) {
+        co_return Error(ErrorKind::kDeadlineExceeded, "task '" + task + "': the deadline passed waiting for approval");
+      }
+    }
+  };
+  Result<std::string> decided = co_await wf_.step<std::string>("approval " + where, std::move(wait_fn));
+  if (decided.ok()) emit(AgentEvent::Type::kApprovalDecided, call.name, *decided);
+  co_return decided;
+}
+
 Task<Result<std::string>> TaskRun::run() {
   // The context manager: the agent's, or one that only fits.
   context_ = agent_.context;
@@ -510,7 +642,8 @@ Task<Result<std::string>> TaskRun::run() {
     std::vector<std::size_t> valid;
     std::optional<std::string> loop;
     for (std::size_t i = 0; i < calls.size(); ++i) {
-      std::optional<ArgumentProblem> p = impl_.tools->check_call(calls[i], agent_.tools);
+      std::optional<ArgumentProblem> p =
+          is_sleep(calls[i]) ? check_sleep(calls[i]) : impl_.tools->check_call(calls[i], agent_.tools);
       if (p) {
         ++invalid_calls_;
         ++out_.tool_errors[std::string(to_string(p->kind))];
@@ -549,10 +682,35 @@ Task<Result<std::string>> TaskRun::run() {
       co_return finish(TaskStatus::kLoopDetected, *loop, answer.ok() ? *answer : std::string());
     }
 
-    // 7. The valid calls, at once, each an effect.
+    // 7. Durable waits first (an approval, a sleep), in the order of the calls; then the calls
+    // that may run, at once, each an effect.
+    std::map<std::size_t, ToolOutcome> done;  // call index -> its outcome (sleeps, denials)
+    std::vector<std::size_t> runnable;
+    for (std::size_t i : valid) {
+      const std::string where = std::to_string(out_.steps) + "/" + std::to_string(i);
+      if (is_sleep(calls[i])) {
+        Result<std::string> slept = co_await sleep_call(calls[i], where);
+        if (!slept.ok()) co_return std::move(slept).error();
+        done[i] = ToolOutcome{.ok = true, .text = *slept, .served_by = "sleep"};
+        continue;
+      }
+      if (impl_.tools->find(calls[i].name)->spec().requires_approval) {
+        Result<std::string> decided = co_await wait_for_approval(calls[i], where);
+        if (!decided.ok()) {
+          Result<bool> cancelled_now = impl_.cancel_requested(wf_.id());
+          if (cancelled_now.ok() && *cancelled_now) co_return finish(TaskStatus::kCancelled, "cancelled on request");
+          co_return std::move(decided).error();
+        }
+        if (*decided != "approved") {
+          done[i] = ToolOutcome{.ok = false, .error_kind = "denied", .message = "an operator " + *decided};
+          continue;
+        }
+      }
+      runnable.push_back(i);
+    }
     std::vector<EffectOptions> effects;
     std::vector<llm::ToolCall> to_run;
-    for (std::size_t i : valid) {
+    for (std::size_t i : runnable) {
       std::shared_ptr<Tool> tool = impl_.tools->find(calls[i].name);
       NINES_CHECK(tool != nullptr);
       EffectOptions eo{
@@ -626,12 +784,14 @@ Task<Result<std::string>> TaskRun::run() {
     bool progress = false;
     bool repeated_error = false;
     std::map<std::string, std::string> errors_now;
-    for (std::size_t i = 0, v = 0; i < calls.size(); ++i) {
+    for (std::size_t k = 0; k < runnable.size(); ++k) done[runnable[k]] = decode_tool_outcome(*results[k]);
+    for (std::size_t i = 0; i < calls.size(); ++i) {
       if (refused[i]) {
         messages.push_back(Message::tool_result(calls[i].id, *refused[i], true));
         continue;
       }
-      ToolOutcome o = decode_tool_outcome(*results[v++]);
+      NINES_CHECK(done.contains(i));
+      ToolOutcome o = std::move(done[i]);
       out_.degraded = out_.degraded || o.degraded;
       const std::string key = call_key(calls[i]);
       if (o.ok) {
@@ -681,8 +841,49 @@ struct TaskStart {
 }  // namespace
 
 Task<Result<std::string>> Agents::Impl::body(WorkflowContext& wf, std::shared_ptr<const AgentOptions> agent) {
+  // Where the task runs now: cancel() kills it there, approve() and deny() wake it.
+  struct Running {
+    Impl& impl;
+    std::string id;
+    Pid self;
+    Running(Impl& i, std::string task, Context& ctx) : impl(i), id(std::move(task)), self(ctx.self()) {
+      std::lock_guard lock(impl.mu);
+      impl.running[id] = self;
+      impl.runtime = &ctx.runtime();
+    }
+    ~Running() {
+      std::lock_guard lock(impl.mu);
+      auto it = impl.running.find(id);
+      if (it != impl.running.end() && it->second == self) impl.running.erase(it);
+    }
+  } here(*this, wf.id(), wf.ctx());
   TaskRun run(*this, wf, *agent);
   co_return co_await run.run();
+}
+
+Status Agents::Impl::decide(std::string_view task_id, std::string_view call_id, bool approved,
+                            std::string_view reason) {
+  if (call_id.empty()) return Error(ErrorKind::kInvalidArgument, "an approval decision needs the call id");
+  Result<WorkflowRecord> w = engine.store().get_workflow(task_id);
+  if (!w.ok()) return std::move(w).error();
+  Result<std::optional<std::string>> already = decision(task_id, call_id);
+  if (!already.ok()) return std::move(already).error();
+  if (*already) {
+    return Error(ErrorKind::kAlreadyExists, "call '" + std::string(call_id) + "' of task '" + std::string(task_id) +
+                                                "' was decided already (" + **already + ")");
+  }
+  json signal = {{"signal", approved ? "approve" : "deny"}, {"call_id", call_id}, {"at_ns", env.unix_time_ns()}};
+  if (!approved) signal["reason"] = reason;
+  if (Status s = add_signal(task_id, signal); !s.ok()) return s;
+  Pid pid;
+  Runtime* rt = nullptr;
+  {
+    std::lock_guard lock(mu);
+    if (auto it = running.find(task_id); it != running.end()) pid = it->second;
+    rt = runtime;
+  }
+  if (pid != Pid{} && rt != nullptr) (void)rt->send(pid, ApprovalPoke{std::string(task_id)});
+  return ok_status();
 }
 
 // ---- Agents --------------------------------------------------------------------------------
@@ -708,11 +909,11 @@ Status Agents::add_agent(AgentOptions o) {
   for (const std::string& t : o.tools) {
     std::shared_ptr<Tool> tool = impl_->tools->find(t);
     if (!tool) return bad("tool '" + t + "' is not in the registry");
-    if (tool->spec().requires_approval) {
-      return bad("tool '" + t + "' requires approval, which is not supported yet (durable approval waits are planned)");
-    }
   }
   if (o.max_parallel_tools < 1) return bad("max_parallel_tools must be >= 1");
+  if (o.sleep_tool && impl_->tools->contains("sleep")) return bad("sleep_tool: a registered tool is named 'sleep'");
+  if (o.max_sleep <= Duration::zero()) return bad("max_sleep must be > 0");
+  if (o.approval_poll <= Duration::zero()) return bad("approval_poll must be > 0");
   if (o.max_invalid_tool_calls < 0) return bad("max_invalid_tool_calls must be >= 0");
   if (o.max_output_tokens <= 0) return bad("max_output_tokens must be > 0");
   if (o.context_window_tokens == 0) o.context_window_tokens = 128000;
@@ -793,17 +994,8 @@ Result<Pid> Agents::start_supervisor(Context& ctx) {
     Behavior behavior = [weak, start](Context& c) -> Task<> {
       std::shared_ptr<Impl> impl = weak.lock();
       if (!impl) co_return;
-      {
-        std::lock_guard lock(impl->mu);
-        impl->running[start.task_id] = c.self();
-      }
       Agents view(impl);
       TaskOutcome out = co_await view.run(c, start.agent, start.task_id, start.input);
-      {
-        std::lock_guard lock(impl->mu);
-        auto it = impl->running.find(start.task_id);
-        if (it != impl->running.end() && it->second == c.self()) impl->running.erase(it);
-      }
       // An interrupted run crashes the process: the supervisor restarts it (with backoff) and
       // the task resumes where its records end.
       if (out.status == TaskStatus::kInterrupted) c.exit(ExitReason::crash("nines::agent::Interrupted", out.reason));
@@ -854,12 +1046,10 @@ Status Agents::cancel(std::string_view task_id) {
   if (!w.ok()) return std::move(w).error();
   if (is_finished(w->status)) return ok_status();
   // The request is durable before the process is stopped: whatever runs the task next sees it.
-  Result<std::vector<HistoryRecord>> signals = store.read_history(impl_->signals_id(task_id), 0, 1024);
-  if (!signals.ok()) return std::move(signals).error();
-  WriteBatch b;
-  b.append_history(impl_->signals_id(task_id), static_cast<std::int64_t>(signals->size()),
-                   dump(json{{"signal", "cancel"}, {"at_ns", impl_->env.unix_time_ns()}}));
-  if (Status s = store.commit(b); !s.ok()) return s;
+  if (Status s = impl_->add_signal(task_id, json{{"signal", "cancel"}, {"at_ns", impl_->env.unix_time_ns()}});
+      !s.ok()) {
+    return s;
+  }
   Pid pid;
   Runtime* rt = nullptr;
   {
@@ -870,6 +1060,85 @@ Status Agents::cancel(std::string_view task_id) {
   // Killed, its supervisor restarts it, and the new run ends as cancelled.
   if (pid != Pid{} && rt != nullptr) rt->send_exit(pid, ExitReason::kill());
   return ok_status();
+}
+
+Status Agents::fork(std::string_view from_task_id, std::string new_task_id, const ForkOptions& options) {
+  Store& store = impl_->engine.store();
+  Result<WorkflowRecord> from = store.get_workflow(from_task_id);
+  if (!from.ok()) return std::move(from).error().with_context("fork");
+  if (from->kind.rfind(kKindPrefix, 0) != 0) {
+    return Error(ErrorKind::kInvalidArgument, "fork: '" + std::string(from_task_id) + "' is not an agent task");
+  }
+  if (new_task_id.empty()) return Error(ErrorKind::kInvalidArgument, "fork: the new task needs an id");
+  if (store.get_workflow(new_task_id).ok()) {
+    return Error(ErrorKind::kAlreadyExists, "fork: a task '" + new_task_id + "' exists already");
+  }
+  if (options.at_turn < 0) return Error(ErrorKind::kInvalidArgument, "fork: at_turn must be >= 0");
+  Result<std::vector<StepRecord>> steps = store.load_steps(from_task_id);
+  if (!steps.ok()) return std::move(steps).error();
+  Result<std::vector<EffectRecord>> effects = store.load_effects(from_task_id);
+  if (!effects.ok()) return std::move(effects).error();
+  // The fork point: the step of model turn `at_turn` (and the history before its message).
+  std::int64_t cut_seq = -1;
+  std::int64_t hist_cut = 1;  // the user's message
+  const std::string turn_name = "model " + std::to_string(options.at_turn);
+  for (const StepRecord& st : *steps) {
+    if (st.name == "start" && options.at_turn == 0) cut_seq = st.seq + 1;
+    if (st.name == turn_name && options.at_turn > 0) {
+      Result<TurnRecord> t = decode_turn(st.result);
+      if (!t.ok()) return std::move(t).error().with_context("fork");
+      cut_seq = st.seq;
+      hist_cut = t->seq;
+    }
+  }
+  if (cut_seq < 0) {
+    return Error(ErrorKind::kNotFound, "fork: task '" + std::string(from_task_id) + "' has not recorded turn " +
+                                           std::to_string(options.at_turn));
+  }
+  Result<std::vector<HistoryRecord>> history = store.read_history(from_task_id, 0, static_cast<std::size_t>(hist_cut));
+  if (!history.ok()) return std::move(history).error();
+  if (options.edit && (options.edit->first < 0 || options.edit->first >= hist_cut)) {
+    return Error(ErrorKind::kInvalidArgument, "fork: the edited message " + std::to_string(options.edit->first) +
+                                                  " is not in the copied history [0, " + std::to_string(hist_cut) +
+                                                  ")");
+  }
+  const TimePoint now = impl_->engine.store_now();
+  WriteBatch b;
+  b.create_workflow(new_task_id, from->kind, options.input.value_or(from->input), now);
+  for (const StepRecord& st : *steps) {
+    if (st.seq >= cut_seq) continue;
+    // The new task's wall time starts now.
+    std::string result = st.name == "start" ? std::to_string(impl_->env.unix_time_ns()) : st.result;
+    b.put_step(new_task_id, st.seq, st.name, st.status, std::move(result), now);
+  }
+  for (const EffectRecord& e : *effects) {
+    const std::int64_t seq = std::strtoll(e.effect_id.c_str(), nullptr, 10);
+    if (seq >= cut_seq) continue;
+    // Copied with their keys and outcomes: replayed by the new task, never applied again.
+    b.put_effect_intent({.workflow_id = new_task_id,
+                         .effect_id = e.effect_id,
+                         .idempotency_key = e.idempotency_key,
+                         .nature = e.nature,
+                         .arguments = e.arguments,
+                         .recorded_at = e.intent_at});
+    if (e.state != EffectState::kIntent) b.put_effect_outcome(new_task_id, e.effect_id, e.state, e.outcome, now);
+  }
+  for (const HistoryRecord& h : *history) {
+    if (h.seq >= hist_cut) continue;
+    std::string message = h.message;
+    if (h.seq == 0 && options.input) message = llm::encode_message(Message::user(*options.input));
+    if (options.edit && options.edit->first == h.seq) message = llm::encode_message(options.edit->second);
+    b.append_history(new_task_id, h.seq, std::move(message));
+  }
+  return store.commit(b);
+}
+
+Status Agents::approve(std::string_view task_id, std::string_view call_id) {
+  return impl_->decide(task_id, call_id, true, {});
+}
+
+Status Agents::deny(std::string_view task_id, std::string_view call_id, std::string_view reason) {
+  return impl_->decide(task_id, call_id, false, reason);
 }
 
 Result<TaskOutcome> Agents::outcome(std::string_view task_id) const {

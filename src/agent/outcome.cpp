@@ -31,6 +31,9 @@ std::string_view to_string(AgentEvent::Type type) {
     case AgentEvent::Type::kRetry: return "retry";
     case AgentEvent::Type::kFallback: return "fallback";
     case AgentEvent::Type::kGuard: return "guard";
+    case AgentEvent::Type::kApprovalWait: return "approval_wait";
+    case AgentEvent::Type::kApprovalDecided: return "approval_decided";
+    case AgentEvent::Type::kSleep: return "sleep";
     case AgentEvent::Type::kTaskFinished: return "task_finished";
   }
   return "unknown";

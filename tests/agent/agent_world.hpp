@@ -128,6 +128,17 @@ struct AgentWorld {
                         co_return Error(ErrorKind::kTransient, "backend 503");
                       })
                       .value());
+    out.push_back(
+        agent::make_native_tool({.name = "refund",
+                                 .description = "Refunds an amount (an operator approves each refund)",
+                                 .parameters_schema_json = kChargeSchema,
+                                 .nature = EffectNature::kIdempotent,
+                                 .requires_approval = true},
+                                [tw](Context&, const agent::ToolInvocation& inv) -> Task<Result<std::string>> {
+                                  ++tw->calls["refund"];
+                                  co_return tw->ledger.apply_idempotent(inv.idempotency_key);
+                                })
+            .value());
     for (auto& t : extra_tools) out.push_back(t);
     return out;
   }
@@ -202,7 +213,7 @@ struct AgentWorld {
   std::vector<std::shared_ptr<llm::SimModel>> models;
   agent::AgentOptions agent_options{.name = "helper",
                                     .system_prompt = "You are a careful assistant.",
-                                    .tools = {"lookup", "charge", "charge_unsafe", "slow", "flaky"}};
+                                    .tools = {"lookup", "charge", "charge_unsafe", "slow", "flaky", "refund"}};
   std::vector<agent::AgentEvent> events;
 
   // Destroyed bottom-up: processes (sim) first, the store last.

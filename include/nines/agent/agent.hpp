@@ -63,9 +63,16 @@
 //
 // Observers get AgentEvents as they happen (from the task's process: keep them short).
 //
-// Not done yet (planned in the agents issue): durable approval waits (ToolSpec::
-// requires_approval is refused by add_agent for now), durable sleep, fork from a step,
-// always-on agents with recycling, multi-agent delegation.
+// Durable waits: a call of a tool with ToolSpec::requires_approval waits (a step that is
+// recorded only when decided) until approve() or deny() is called, across restarts; a denied
+// call is not run and the model is told why. With AgentOptions::sleep_tool the model may make
+// the task sleep durably.
+//
+// Fork: fork() copies an old task's records up to a model turn into a new task, optionally
+// with another input or an edited message, and the new task runs from there.
+//
+// Not done yet (planned in the agents issue): always-on agents with recycling, multi-agent
+// delegation.
 //
 // Ownership: Agents borrows the Environment and the WorkflowEngine (they must outlive it and
 // every task process it started) and shares the registry and each agent's router.
@@ -81,6 +88,7 @@
 #include <ostream>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "nines/agent/registry.hpp"
@@ -140,6 +148,25 @@ struct AgentOptions {
   // a summarizer (fit only: shorten tool outputs, drop the oldest turns).
   std::shared_ptr<const llm::ContextManager> context;
   std::string model;  // ChatRequest::model (routes usually set their own); also picks the tokenizer
+  // Gives the model a built-in `sleep` tool ({"seconds": N}, 0 < N <= max_sleep): the task
+  // sleeps durably (the wake-up time is recorded first; a restart sleeps only what is left).
+  bool sleep_tool = false;
+  Duration max_sleep = std::chrono::hours(24);
+  // How often a task waiting for an approval looks at the store for a decision made elsewhere
+  // (approve() on this Agents also wakes it at once).
+  Duration approval_poll = std::chrono::seconds(1);
+};
+
+// A new task from a recorded point of an old one (Agents::fork).
+struct ForkOptions {
+  // The new task copies the old one's turns before this model turn (their model answers and
+  // tool results, replayed, never run again) and runs from it: 0 runs every turn anew.
+  std::int64_t at_turn = 0;
+  // A new user message (the task's input) in place of the old one.
+  std::optional<std::string> input;
+  // Another copied history message in place of the old one: its history position and the
+  // new message (e.g. a tool result edited for a what-if). Must be before the fork point.
+  std::optional<std::pair<std::int64_t, llm::Message>> edit;
 };
 
 enum class TaskStatus : std::uint8_t {
@@ -180,16 +207,19 @@ Result<TaskOutcome> decode_outcome(std::string_view json);
 
 struct AgentEvent {
   enum class Type : std::uint8_t {
-    kTaskStarted,   // a run of the task began (detail: "attempt N")
-    kStepStarted,   // a model turn begins
-    kStepFinished,  // the model answered (detail: the route, tokens)
-    kToolCall,      // a tool call starts (tool, detail: call id)
-    kToolResult,    // it ended (tool, detail: "ok" or the error kind)
-    kInvalidCall,   // a tool call was refused before running (detail: the problem kind)
-    kRetry,         // the model answer took more than one call (detail: how many)
-    kFallback,      // a model route was left (detail: route and reason)
-    kGuard,         // a guard stopped the task (detail: which)
-    kTaskFinished,  // the task ended (detail: the status)
+    kTaskStarted,      // a run of the task began (detail: "attempt N")
+    kStepStarted,      // a model turn begins
+    kStepFinished,     // the model answered (detail: the route, tokens)
+    kToolCall,         // a tool call starts (tool, detail: call id)
+    kToolResult,       // it ended (tool, detail: "ok" or the error kind)
+    kInvalidCall,      // a tool call was refused before running (detail: the problem kind)
+    kRetry,            // the model answer took more than one call (detail: how many)
+    kFallback,         // a model route was left (detail: route and reason)
+    kGuard,            // a guard stopped the task (detail: which)
+    kApprovalWait,     // a call waits for approve() or deny() (tool, detail: the call id)
+    kApprovalDecided,  // ... and got its decision (tool, detail: "approved" or "denied: why")
+    kSleep,            // the task sleeps (detail: until when, unix ns)
+    kTaskFinished,     // the task ended (detail: the status)
   };
   Type type = Type::kTaskStarted;
   std::string task_id;
@@ -247,9 +277,22 @@ class Agents {
   // ok (nothing changes) for a task already finished.
   Status cancel(std::string_view task_id);
 
-  // The recorded outcome of a finished task; kNotFound if unknown, kUnavailable-like
-  // kTransient "still running" otherwise.
+  // The recorded outcome of a finished task; kNotFound if unknown, kTransient "still running"
+  // otherwise.
   Result<TaskOutcome> outcome(std::string_view task_id) const;
+
+  // An operator's decision on a tool call that requires approval (the call id is the model's,
+  // in the kApprovalWait event). Recorded durably first, so a task waiting now, later, or
+  // after a restart gets it. kNotFound for an unknown task; kAlreadyExists if that call was
+  // decided already; kInvalidArgument for an empty call id.
+  Status approve(std::string_view task_id, std::string_view call_id);
+  Status deny(std::string_view task_id, std::string_view call_id, std::string_view reason);
+
+  // A new task `new_task_id` (of the same agent) from a recorded point of `from_task_id`
+  // (ForkOptions); the old task is untouched. Run it as any task (run(), start()).
+  // kNotFound for an unknown task or a turn it has not recorded; kAlreadyExists for a taken
+  // id; kInvalidArgument for an edit outside the copied history. Not inside a process.
+  Status fork(std::string_view from_task_id, std::string new_task_id, const ForkOptions& options);
 
   struct Impl;  // internal (src/agent/agent.cpp)
 
