@@ -37,11 +37,14 @@
 //     step starts).
 //   - recursionLimit 50 per invoke (the default 25 would stop a task that needs 21 steps after
 //     two hallucinated tool calls).
-// Each task is thread_id task-<k>. Resuming is LangGraph's documented way: getState() of the
-// thread on the same checkpointer; if the thread has a checkpoint with steps still to run,
-// invoke(null, {configurable: {thread_id}}) continues from the last saved checkpoint (the step
-// that was running at the kill runs again); if its checkpoint has no next step, the task had
-// finished and only its result is read; without a checkpoint it starts from the user message.
+// Each task is thread_id task-<k>. Resuming is LangGraph's documented way: if the thread has a
+// checkpoint on the same checkpointer (getState() shows messages), invoke(null, {configurable:
+// {thread_id}}) continues from the last saved checkpoint: the writes of nodes that finished in
+// the step that was running at the kill (pending writes) are kept, the nodes that had not
+// finished run again; on a thread that had already finished it runs nothing and returns the
+// final state. Without a checkpoint the task starts from the user message. (getState().next
+// cannot tell "finished" from "to resume": it is [] for a thread killed after the tools node
+// saved its pending writes but before the step's checkpoint, which invoke(null) completes.)
 // A task ends ok when the final message is the scenario's answer with no tool calls; it ends
 // failed when invoke() throws (a model call that failed 7 times, the recursion limit) or the
 // answer is not the scenario's.
@@ -150,12 +153,11 @@ async function runTask(task) {
     const state = await agent.getState(config);
     let result;
     if ((state.values?.messages?.length ?? 0) > 0) {
-      if (state.next.length === 0) {
-        result = state.values; // finished before the kill, not yet recorded
-      } else {
-        resumed++;
-        result = await agent.invoke(null, config);
-      }
+      // Not state.next: it is [] both for a finished thread and for one killed after a step's
+      // node wrote its results (pending writes) but before the step's checkpoint, which
+      // invoke(null) still has to take further. invoke(null) does the right thing for both.
+      if (state.next.length > 0 || state.tasks.length > 0) resumed++;
+      result = await agent.invoke(null, config);
     } else {
       result = await agent.invoke({ messages: [new HumanMessage(fill(spec.user_message, { task }))] }, config);
     }
