@@ -12,8 +12,8 @@
 //   --tasks N   tasks task-0 .. task-(N-1); --concurrency C of them in flight at once
 //               (default 20: C async runners on the one JS thread pull from the list)
 //
-// stdout, one line each: "worker start pid=<pid> todo=<n> resume=<m>", "done task-<k> ok" or
-// "done task-<k> failed <reason>", and at the end "summary {json}" with the worker's CPU time
+// stdout, one line each: "worker start pid=<pid> todo=<n>", "resume task-<k>" (a thread that
+// was in flight at the kill), "done task-<k> ok" or "done task-<k> failed <reason>", and at the end "summary {json}" with the worker's CPU time
 // (process.cpuUsage() from before the first task to after the last, user + system), wall time,
 // tool calls made, and tasks ended ok/failed in this run. Exit 0 once every task has ended
 // (ok or failed); a kill -9 ends it at any point, and the next start picks up from the files.
@@ -156,7 +156,10 @@ async function runTask(task) {
       // Not state.next: it is [] both for a finished thread and for one killed after a step's
       // node wrote its results (pending writes) but before the step's checkpoint, which
       // invoke(null) still has to take further. invoke(null) does the right thing for both.
-      if (state.next.length > 0 || state.tasks.length > 0) resumed++;
+      if (state.next.length > 0 || state.tasks.length > 0) {
+        resumed++;
+        process.stdout.write(`resume ${task}\n`);
+      }
       result = await agent.invoke(null, config);
     } else {
       result = await agent.invoke({ messages: [new HumanMessage(fill(spec.user_message, { task }))] }, config);
