@@ -11,8 +11,9 @@
 //       it behaves as Stripe's API does: the first request with a key is applied and its answer
 //       stored; a later request with the same key and the same body gets the stored answer again
 //       (header Idempotent-Replayed: true) and applies nothing; the same key with another body is
-//       a 400 (idempotency_key_reused); a request whose key is still being processed is a 409
-//       (idempotency_key_in_use). Keys are kept for the server's life (Stripe: 24 hours).
+//       a 400 (idempotency_key_reused). A charge is applied as soon as its request is read, so
+//       a key is never "in progress" (Stripe's 409): a retry of a held request (below) gets the
+//       stored answer. Keys are kept for the server's life (Stripe: 24 hours).
 //       Without the header every request is applied. A body without a string "reference" is a
 //       400 and applies nothing.
 //   GET /charges/<reference>   {"reference", "applied": n}: lets a worker check whether its
@@ -48,7 +49,7 @@ function parseArgs(argv) {
 
 const opts = parseArgs(process.argv.slice(2));
 let counts = new Map();     // reference -> times applied
-let keys = new Map();       // idempotency key -> {body, status, reply} (reply null while in flight)
+let keys = new Map();       // idempotency key -> {body, status, reply}
 let stats = { requests: 0, applied: 0, replayed: 0, held: 0 };
 let nextId = 1;
 
@@ -79,10 +80,6 @@ function handleCharge(req, res, raw) {
       if (seen.body !== raw) {
         return send(res, 400, { error: { type: 'idempotency_error', code: 'idempotency_key_reused',
           message: `Keys for idempotent requests can only be used with the same parameters they were first used with (key ${key})` } });
-      }
-      if (seen.reply === null) {
-        return send(res, 409, { error: { type: 'idempotency_error', code: 'idempotency_key_in_use',
-          message: `There is currently another in-progress request using this Idempotent Key (key ${key})` } });
       }
       stats.replayed++;
       return send(res, seen.status, seen.reply, { 'idempotent-replayed': 'true' });
