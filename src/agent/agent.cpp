@@ -93,10 +93,17 @@ struct ToolOutcome {
   std::string served_by;
   bool degraded = false;
   std::int64_t attempts = 0;
+  ToolSpend spend;  // a sub-agent's spend, counted into the task's
 };
 
 std::string encode_tool_outcome(const ToolOutcome& o) {
   json j = {{"ok", o.ok}, {"by", o.served_by}, {"degraded", o.degraded}, {"attempts", o.attempts}};
+  if (o.spend.model_calls > 0 || o.spend.cost_usd > 0 || o.spend.input_tokens > 0 || o.spend.output_tokens > 0) {
+    j["spend"] = {{"cost", o.spend.cost_usd},
+                  {"in", o.spend.input_tokens},
+                  {"out", o.spend.output_tokens},
+                  {"calls", o.spend.model_calls}};
+  }
   if (o.ok) {
     j["text"] = o.text;
   } else {
@@ -122,6 +129,12 @@ ToolOutcome decode_tool_outcome(std::string_view text) {
   o.served_by = j.value("by", "");
   o.degraded = j.value("degraded", false);
   o.attempts = j.value("attempts", std::int64_t{0});
+  if (auto sp = j.find("spend"); sp != j.end() && sp->is_object()) {
+    o.spend.cost_usd = sp->value("cost", 0.0);
+    o.spend.input_tokens = sp->value("in", std::int64_t{0});
+    o.spend.output_tokens = sp->value("out", std::int64_t{0});
+    o.spend.model_calls = sp->value("calls", std::int64_t{0});
+  }
   return o;
 }
 
@@ -282,6 +295,8 @@ class TaskRun {
   std::string finish(TaskStatus status, std::string reason, std::string answer = {});
   // A budget that the next call would cross, if any.
   std::optional<std::string> budget_refusal();
+  // What is left of each budget now (for a tool that starts a sub-task).
+  BudgetLeft budget_left() const;
   Task<Result<TurnRecord>> model_turn();
   Task<Result<std::string>> final_answer(const std::string& why);
   bool is_sleep(const llm::ToolCall& call) const { return agent_.sleep_tool && call.name == "sleep"; }
@@ -385,6 +400,20 @@ std::optional<std::string> TaskRun::budget_refusal() {
     }
   }
   return std::nullopt;
+}
+
+BudgetLeft TaskRun::budget_left() const {
+  const Budget& b = agent_.budget;
+  BudgetLeft left;
+  if (b.max_cost_usd > 0) left.cost_usd = std::max(0.0, b.max_cost_usd - out_.cost_usd);
+  if (b.max_tokens > 0) left.tokens = std::max<std::int64_t>(0, b.max_tokens - out_.input_tokens - out_.output_tokens);
+  if (b.max_model_calls > 0) left.model_calls = std::max<std::int64_t>(0, b.max_model_calls - out_.model_calls);
+  if (b.max_steps > 0) left.steps = std::max<std::int64_t>(0, b.max_steps - out_.steps);
+  if (b.max_wall_time != kInfinite && b.max_wall_time > Duration::zero()) {
+    const std::int64_t elapsed = wf_.ctx().env().unix_time_ns() - started_ns_;
+    left.wall_time = std::max(Duration::zero(), b.max_wall_time - Duration(elapsed));
+  }
+  return left;
 }
 
 void TaskRun::account(const TurnRecord& t) {
@@ -732,14 +761,20 @@ Task<Result<std::string>> TaskRun::run() {
       emit(AgentEvent::Type::kToolCall, calls[i].name, calls[i].id);
     }
     std::shared_ptr<ToolRegistry> registry = impl_.tools;
-    WorkflowContext::ConcurrentEffectFn run_tool = [registry, task = wf_.id(), to_run](
+    const BudgetLeft left = budget_left();
+    WorkflowContext::ConcurrentEffectFn run_tool = [registry, task = wf_.id(), to_run, left](
                                                        std::size_t i, Context& c,
                                                        const std::string& key) -> Task<Result<std::string>> {
       const llm::ToolCall& call = to_run[i];
-      ToolInvocation inv{
-          .task_id = task, .call_id = call.id, .arguments_json = call.arguments_json, .idempotency_key = key};
+      auto spend = std::make_shared<ToolSpend>();
+      ToolInvocation inv{.task_id = task,
+                         .call_id = call.id,
+                         .arguments_json = call.arguments_json,
+                         .idempotency_key = key,
+                         .budget_left = left,
+                         .spend = spend.get()};
       ToolRun r = co_await registry->invoke(c, call.name, std::move(inv));
-      ToolOutcome o{.served_by = r.served_by, .degraded = r.degraded, .attempts = r.attempts};
+      ToolOutcome o{.served_by = r.served_by, .degraded = r.degraded, .attempts = r.attempts, .spend = *spend};
       if (r.result.ok()) {
         o.ok = true;
         o.text = std::move(*r.result);
@@ -793,6 +828,10 @@ Task<Result<std::string>> TaskRun::run() {
       NINES_CHECK(done.contains(i));
       ToolOutcome o = std::move(done[i]);
       out_.degraded = out_.degraded || o.degraded;
+      out_.cost_usd += o.spend.cost_usd;
+      out_.input_tokens += o.spend.input_tokens;
+      out_.output_tokens += o.spend.output_tokens;
+      out_.model_calls += o.spend.model_calls;
       const std::string key = call_key(calls[i]);
       if (o.ok) {
         emit(AgentEvent::Type::kToolResult, calls[i].name, "ok");
