@@ -89,8 +89,8 @@ struct Args {
 
 Args parse(int argc, char** argv) {
   Args a;
-  std::map<std::string, std::string*> s = {{"--spec", &a.spec}, {"--sim", &a.sim}, {"--ledger", &a.ledger},
-                                           {"--db", &a.db}, {"--progress", &a.progress}};
+  std::map<std::string, std::string*> s = {
+      {"--spec", &a.spec}, {"--sim", &a.sim}, {"--ledger", &a.ledger}, {"--db", &a.db}, {"--progress", &a.progress}};
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string k = argv[i];
     if (auto it = s.find(k); it != s.end()) {
@@ -187,18 +187,19 @@ int main(int argc, char** argv) {
   for (const json& t : spec.at("tools")) {
     const std::string name = t.at("name").get<std::string>();
     const std::string key = t.at("key").get<std::string>();
-    const std::string schema =
-        json{{"type", "object"},
-             {"properties", {{key, {{"type", "string"}}}}},
-             {"required", {key}},
-             {"additionalProperties", false}}
-            .dump();
+    const std::string schema = json{
+        {"type", "object"},
+        {"properties", {{key, {{"type", "string"}}}}},
+        {"required", {key}},
+        {"additionalProperties",
+         false}}.dump();
     names.push_back(name);
     if (name == "charge") {
-      agent::ToolSpec http_spec{.name = "charge_http",
-                                .description = "POST /charges",
-                                .parameters_schema_json = R"({"type":"object","properties":{"reference":{"type":"string"}}})",
-                                .nature = EffectNature::kIdempotent};
+      agent::ToolSpec http_spec{
+          .name = "charge_http",
+          .description = "POST /charges",
+          .parameters_schema_json = R"({"type":"object","properties":{"reference":{"type":"string"}}})",
+          .nature = EffectNature::kIdempotent};
       auto post = must(agent::make_http_tool(http_spec,
                                              {.method = agent::HttpMethod::kPost,
                                               .url_template = args.ledger + "/charges",
@@ -211,49 +212,47 @@ int main(int argc, char** argv) {
                              .description = t.at("description").get<std::string>(),
                              .parameters_schema_json = schema,
                              .nature = EffectNature::kIdempotent};
-      tools.push_back(must(
-          agent::make_native_tool(
-              charge,
-              [post, key, reference_t, result_t, &tool_calls](
-                  Context& ctx, const agent::ToolInvocation& inv) -> Task<Result<std::string>> {
-                tool_calls.fetch_add(1);
-                json a = json::parse(inv.arguments_json);
-                const std::string reference =
-                    fill(reference_t, {{"task", inv.task_id}, {"reference", a.at(key).get<std::string>()}});
-                agent::ToolInvocation inner = inv;
-                inner.arguments_json = json{{"reference", reference}}.dump();
-                Result<std::string> r = co_await post->call(ctx, inner);
-                if (!r.ok()) co_return r.error();
-                json body = json::parse(*r, nullptr, false);
-                std::string id = body.is_object() ? body.value("id", std::string("?")) : std::string("?");
-                co_return fill(result_t, {{"reference", reference}, {"charge_id", id}});
-              }),
-          "charge"));
+      tools.push_back(must(agent::make_native_tool(
+                               charge,
+                               [post, key, reference_t, result_t, &tool_calls](
+                                   Context& ctx, const agent::ToolInvocation& inv) -> Task<Result<std::string>> {
+                                 tool_calls.fetch_add(1);
+                                 json a = json::parse(inv.arguments_json);
+                                 const std::string reference = fill(
+                                     reference_t, {{"task", inv.task_id}, {"reference", a.at(key).get<std::string>()}});
+                                 agent::ToolInvocation inner = inv;
+                                 inner.arguments_json = json{{"reference", reference}}.dump();
+                                 Result<std::string> r = co_await post->call(ctx, inner);
+                                 if (!r.ok()) co_return r.error();
+                                 json body = json::parse(*r, nullptr, false);
+                                 std::string id =
+                                     body.is_object() ? body.value("id", std::string("?")) : std::string("?");
+                                 co_return fill(result_t, {{"reference", reference}, {"charge_id", id}});
+                               }),
+                           "charge"));
     } else {
       const std::string lookup_t = spec.at("lookup_result").get<std::string>();
       agent::ToolSpec lookup{.name = name,
                              .description = t.at("description").get<std::string>(),
                              .parameters_schema_json = schema,
                              .nature = EffectNature::kReadOnly};
-      tools.push_back(must(agent::make_native_tool(lookup,
-                                                   [name, key, lookup_t, &tool_calls](
-                                                       Context&, const agent::ToolInvocation& inv)
-                                                       -> Task<Result<std::string>> {
-                                                     tool_calls.fetch_add(1);
-                                                     json a = json::parse(inv.arguments_json);
-                                                     co_return fill(lookup_t, {{"tool", name},
-                                                                               {"key", a.at(key).get<std::string>()},
-                                                                               {"task", inv.task_id}});
-                                                   }),
-                           "lookup"));
+      tools.push_back(must(
+          agent::make_native_tool(lookup,
+                                  [name, key, lookup_t, &tool_calls](
+                                      Context&, const agent::ToolInvocation& inv) -> Task<Result<std::string>> {
+                                    tool_calls.fetch_add(1);
+                                    json a = json::parse(inv.arguments_json);
+                                    co_return fill(
+                                        lookup_t,
+                                        {{"tool", name}, {"key", a.at(key).get<std::string>()}, {"task", inv.task_id}});
+                                  }),
+          "lookup"));
     }
   }
   auto registry = must(agent::ToolRegistry::create(*env, tools), "tool registry");
   auto agents = must(agent::Agents::create(*env, *engine, registry), "agents");
-  agent::AgentOptions orders{.name = "orders",
-                             .router = router,
-                             .system_prompt = spec.at("system_prompt").get<std::string>(),
-                             .tools = names};
+  agent::AgentOptions orders{
+      .name = "orders", .router = router, .system_prompt = spec.at("system_prompt").get<std::string>(), .tools = names};
   orders.max_invalid_tool_calls = 20;
   orders.budget.max_steps = 50;
   if (Status s = agents->add_agent(orders); !s.ok()) die("add_agent: " + s.error().to_string());
