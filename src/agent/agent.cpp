@@ -27,6 +27,7 @@ using nlohmann::json;
 constexpr std::string_view kKindPrefix = "agent:";
 constexpr std::string_view kSignalsSuffix = "#signals";
 constexpr std::size_t kMaxToolResultBytes = std::size_t{1} << 20;  // what one tool result may put in the history
+constexpr std::int64_t kStoreCancelCheckTurns = 8;  // how often a running task reads cancels from the store
 
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
@@ -187,6 +188,7 @@ struct Agents::Impl : std::enable_shared_from_this<Agents::Impl> {
   std::map<std::string, std::shared_ptr<const AgentOptions>, std::less<>> agents;
   std::vector<AgentObserver> observers;
   std::map<std::string, Pid, std::less<>> running;  // task id -> the process running it now
+  std::set<std::string, std::less<>> cancelled;     // tasks cancel() was called for, here
   Runtime* runtime = nullptr;
   Pid supervisor;
 
@@ -248,6 +250,11 @@ struct Agents::Impl : std::enable_shared_from_this<Agents::Impl> {
   }
 
   Status decide(std::string_view task_id, std::string_view call_id, bool approved, std::string_view reason);
+
+  bool cancelled_here(std::string_view task_id) const {
+    std::lock_guard lock(mu);
+    return cancelled.find(task_id) != cancelled.end();
+  }
 
   Result<bool> cancel_requested(std::string_view task_id) const {
     Result<std::vector<json>> sigs = signals(task_id);
@@ -322,6 +329,7 @@ class TaskRun {
   std::map<std::string, std::string> last_error_;  // call_key -> its last error, the turn before
   std::set<std::string> seen_results_;
   int turns_without_progress_ = 0;
+  std::int64_t turns_this_run_ = 0;  // loop iterations of this run (replayed ones included)
   TaskOutcome out_;
 };
 
@@ -636,9 +644,15 @@ Task<Result<std::string>> TaskRun::run() {
 
   for (;;) {
     // 1. Guards before the call.
-    Result<bool> cancelled = impl_.cancel_requested(wf_.id());
-    if (!cancelled.ok()) co_return std::move(cancelled).error();
-    if (*cancelled) co_return finish(TaskStatus::kCancelled, "cancelled on request");
+    // A cancel made here is known at once; one made elsewhere on the store (another process)
+    // is read from the store on the first turn of a run and every kStoreCancelCheckTurns.
+    bool cancelled = impl_.cancelled_here(wf_.id());
+    if (!cancelled && turns_this_run_++ % kStoreCancelCheckTurns == 0) {
+      Result<bool> in_store = impl_.cancel_requested(wf_.id());
+      if (!in_store.ok()) co_return std::move(in_store).error();
+      cancelled = *in_store;
+    }
+    if (cancelled) co_return finish(TaskStatus::kCancelled, "cancelled on request");
     if (std::optional<std::string> over = budget_refusal()) co_return finish(TaskStatus::kBudgetExceeded, *over);
 
     // 2-3. The model's turn.
@@ -1093,6 +1107,7 @@ Status Agents::cancel(std::string_view task_id) {
   Runtime* rt = nullptr;
   {
     std::lock_guard lock(impl_->mu);
+    impl_->cancelled.emplace(task_id);
     if (auto it = impl_->running.find(task_id); it != impl_->running.end()) pid = it->second;
     rt = impl_->runtime;
   }

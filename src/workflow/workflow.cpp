@@ -705,6 +705,12 @@ Task<> WorkflowContext::record_intent(EffectPlan& plan, const EffectOptions& opt
   intent.nature = options.nature;
   intent.arguments = options.arguments;
   intent.recorded_at = engine_.store_now();
+  if (options.nature == EffectNature::kReadOnly) {
+    // Committed with the outcome (finish_effect): an interrupted read-only effect runs again.
+    plan.deferred_intent = std::move(intent);
+    engine_.impl_->effects_executed.fetch_add(1, std::memory_order_relaxed);
+    co_return;
+  }
   WriteBatch b;
   b.put_effect_intent(std::move(intent));
   Status s = co_await commit_record(std::move(b));
@@ -827,6 +833,7 @@ Task<Result<std::string>> WorkflowContext::finish_effect(const EffectPlan& plan,
     co_return stop_run(std::move(result).error().with_context(where + ": outcome unknown"));
   }
   WriteBatch b;
+  if (plan.deferred_intent) b.put_effect_intent(*plan.deferred_intent);
   if (result.ok() && result->size() > engine_.options().max_record_bytes) {
     // Applied, but its outcome cannot be kept: recorded as done (never run again) without
     // it, and the run fails for good (a replay could not give the same answer).

@@ -45,7 +45,9 @@
 //
 // Effects (the journal). effect() commits the intent (effect id, idempotency key derived
 // from the workflow id and the step, the arguments, the nature) durably before the effect
-// function runs, and the outcome after. An effect found on resume with an intent and no
+// function runs, and the outcome after. A kReadOnly effect's intent is committed with its
+// outcome instead (one commit, not two): one interrupted is run again whatever its intent
+// says, so an intent ahead of it would tell nothing. An effect found on resume with an intent and no
 // outcome was interrupted: its outcome is unknown, and its declared nature decides:
 //  - kReadOnly, kIdempotent: run again, with the same idempotency key (which the effect
 //    passes on, e.g. as an Idempotency-Key header, so the target applies it once);
@@ -281,6 +283,8 @@ class WorkflowContext {
     std::string effect_id;
     std::string idempotency_key;
     std::optional<Result<std::string>> done;  // the effect's result without running it
+    // kReadOnly: the intent, committed with the outcome rather than before the effect runs.
+    std::optional<EffectIntent> deferred_intent;
   };
 
   WorkflowContext(WorkflowEngine& engine, internal::WorkflowRun& run, Context& ctx, std::string id, std::string kind,
