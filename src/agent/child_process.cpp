@@ -183,6 +183,8 @@ Task<Result<std::shared_ptr<ChildProcess>>> ChildProcess::spawn(Context& ctx, co
   child->stderr_fd_ = err[0];
   child->max_line_bytes_ = std::max<std::size_t>(options.max_line_bytes, 1);
   child->stderr_ring_bytes_ = std::max<std::size_t>(options.stderr_ring_bytes, 1);
+  child->chunk_ = std::make_unique<char[]>(kReadChunk);
+  child->err_chunk_ = std::make_unique<char[]>(kReadChunk);
   child->pidfd_ = pidfd_open(pid);
   int report_fd = report[0];
   if (child->pidfd_ < 0) {
@@ -363,8 +365,8 @@ Task<Result<std::optional<std::string>>> ChildProcess::read_line(Context& ctx) {
       out_buf_.clear();
       co_return std::optional<std::string>(std::move(line));
     }
-    char buf[kReadChunk];
-    ssize_t n = ::read(stdout_fd_, buf, sizeof buf);
+    char* buf = chunk_.get();
+    ssize_t n = ::read(stdout_fd_, buf, kReadChunk);
     if (n > 0) {
       out_buf_.append(buf, static_cast<std::size_t>(n));
       continue;
@@ -393,8 +395,8 @@ Task<std::optional<std::string>> ChildProcess::read_stderr_line(Context& ctx) {
       co_return line;
     }
     if (err_eof_) co_return std::nullopt;
-    char buf[kReadChunk];
-    ssize_t n = ::read(stderr_fd_, buf, sizeof buf);
+    char* buf = err_chunk_.get();
+    ssize_t n = ::read(stderr_fd_, buf, kReadChunk);
     if (n > 0) {
       append_stderr(std::string_view(buf, static_cast<std::size_t>(n)));
       err_buf_.append(buf, static_cast<std::size_t>(n));

@@ -126,8 +126,10 @@ class ChildProcess {
   int stderr_fd_ = -1;
   std::size_t max_line_bytes_ = 0;
   std::size_t stderr_ring_bytes_ = 0;
-  std::string out_buf_;  // stdout bytes after the last complete line
-  std::string err_buf_;  // stderr bytes after the last complete line
+  std::unique_ptr<char[]> chunk_;      // read buffer of read_line
+  std::unique_ptr<char[]> err_chunk_;  // read buffer of read_stderr_line
+  std::string out_buf_;                // stdout bytes after the last complete line
+  std::string err_buf_;                // stderr bytes after the last complete line
   bool out_eof_ = false;
   bool err_eof_ = false;
 

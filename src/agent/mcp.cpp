@@ -28,6 +28,8 @@ constexpr std::string_view kKnownVersions[] = {"2024-11-05", "2025-03-26", "2025
 constexpr Duration kReapTimeout = std::chrono::seconds(10);
 // How long a child that closed its stdout may take to exit by itself before it is killed.
 constexpr Duration kExitGrace = std::chrono::seconds(2);
+// How long the stderr reader may take to log what a dead child left in the pipe.
+constexpr Duration kStderrDrain = std::chrono::seconds(1);
 // A caller waits this much longer than its call's deadline, so the owner's answer comes first.
 constexpr Duration kReplyGrace = std::chrono::seconds(2);
 
@@ -147,6 +149,7 @@ class Owner {
   std::string who() const { return "mcp server '" + o_.name + "'"; }
 
   Task<Result<std::vector<McpToolInfo>>> start_child(Context& ctx, bool list);
+  Task<Result<std::vector<McpToolInfo>>> start_child_inner(Context& ctx, bool list);
   Task<Result<json>> request(Context& ctx, const std::string& method, json params, TimePoint deadline);
   Task<Status> send_line(Context& ctx, const json& message);
   // Answers a request from the server; ignores a notification.
@@ -184,6 +187,8 @@ class Owner {
   Duration previous_delay_{};
   std::string protocol_version_;
   std::string last_failure_;
+  std::string last_stderr_;  // the last stderr line of the last child discarded
+  bool starting_ = false;    // initialize not answered yet
 };
 
 Task<Status> Owner::send_line(Context& ctx, const json& message) {
@@ -217,10 +222,15 @@ Task<Result<json>> Owner::request(Context& ctx, const std::string& method, json 
     auto pred = [gen](const Message& m) {
       if (const auto* l = m.get<OutLine>()) return l->gen == gen;
       if (const auto* e = m.get<OutEnd>()) return e->gen == gen;
-      return m.is<StopRequest>();
+      return m.is<StopRequest>() || m.is<StatusRequest>();
     };
     std::optional<Message> m = co_await ctx.receive_if(pred, deadline - now);
     if (!m) continue;
+    if (m->is<StatusRequest>()) {
+      McpServerStatus s = status();
+      ctx.reply(*m, std::move(s));
+      continue;
+    }
     if (m->is<StopRequest>()) {
       stop_request_ = std::move(*m);
       co_return Error(ErrorKind::kCancelled, "stopped while waiting for the answer to " + method);
@@ -247,6 +257,13 @@ Task<Result<json>> Owner::request(Context& ctx, const std::string& method, json 
 }
 
 Task<Result<std::vector<McpToolInfo>>> Owner::start_child(Context& ctx, bool list) {
+  starting_ = true;
+  auto r = co_await start_child_inner(ctx, list);
+  starting_ = false;
+  co_return r;
+}
+
+Task<Result<std::vector<McpToolInfo>>> Owner::start_child_inner(Context& ctx, bool list) {
   ++gen_;
   failure_.reset();
   failure_is_eof_ = false;
@@ -507,8 +524,8 @@ Task<> Owner::expire(Context& ctx) {
 
 Task<Error> Owner::fail_start(Context& ctx, Error e) {
   std::string msg = who() + ": " + e.message();
-  std::string line = child_ ? child_->last_stderr_line() : std::string();
   co_await discard_child(ctx);
+  const std::string& line = last_stderr_;
   if (!line.empty()) msg += " (its last stderr line: " + quote_text(line) + ")";
   co_return Error(e.kind() == ErrorKind::kCancelled ? ErrorKind::kCancelled : ErrorKind::kStartFailed, msg);
 }
@@ -518,17 +535,23 @@ Task<> Owner::discard_child(Context& ctx) {
     ctx.unlink(reader_);
     ctx.kill_on_purpose(reader_);
   }
-  if (err_reader_.valid()) {
-    ctx.unlink(err_reader_);
-    ctx.kill_on_purpose(err_reader_);
-  }
   reader_ = Pid{};
-  err_reader_ = Pid{};
   if (child_) {
     child_->kill();
     auto e = co_await child_->wait_exit(ctx, kReapTimeout);
     (void)e;  // not reaped in time: the destructor of the last holder reaps it
   }
+  if (err_reader_.valid()) {
+    // The group is dead, so stderr reaches EOF: let its reader log the last lines first.
+    MonitorRef mon = ctx.monitor(err_reader_);
+    if (!co_await ctx.wait_down(mon, kStderrDrain)) {
+      ctx.demonitor(mon);
+      ctx.unlink(err_reader_);
+      ctx.kill_on_purpose(err_reader_);
+    }
+  }
+  err_reader_ = Pid{};
+  if (child_) last_stderr_ = child_->last_stderr_line();
   child_.reset();
 }
 
@@ -543,9 +566,9 @@ Task<> Owner::fail_child(Context& ctx) {
   } else {
     what = why + " (and was killed)";
   }
-  const std::string stderr_line = child_ ? child_->last_stderr_line() : std::string();
   const TimePoint started = child_started_;
   co_await discard_child(ctx);
+  const std::string stderr_line = last_stderr_;
   if (ctx.now() - started >= o_.restart_backoff.cap) attempt_ = 0;
 
   std::string message = who() + " " + what + " while the call was in flight";
@@ -614,7 +637,7 @@ Task<bool> Owner::restart(Context& ctx) {
 
 McpServerStatus Owner::status() const {
   McpServerStatus s;
-  s.up = child_ != nullptr && !failure_;
+  s.up = child_ != nullptr && !failure_ && !starting_;
   s.child_pid = child_ ? child_->pid() : 0;
   s.restarts = restarts_;
   s.in_flight = calls_in_flight_;

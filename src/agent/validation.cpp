@@ -120,8 +120,8 @@ Result<std::shared_ptr<const ArgumentSchema>> ArgumentSchema::compile(std::strin
     return Error(ErrorKind::kInvalidArgument, "tool schema: not valid JSON: " + cut(schema_json, 80));
   }
   if (!impl->document.is_object()) {
-    return Error(ErrorKind::kInvalidArgument, "tool schema: must be a JSON object, got " +
-                                                  std::string(impl->document.type_name()));
+    return Error(ErrorKind::kInvalidArgument,
+                 "tool schema: must be a JSON object, got " + std::string(impl->document.type_name()));
   }
   try {
     valijson::SchemaParser parser(valijson::SchemaParser::kDraft7);
@@ -129,7 +129,8 @@ Result<std::shared_ptr<const ArgumentSchema>> ArgumentSchema::compile(std::strin
     // No fetch function: a remote $ref is an error, never a download.
     parser.populateSchema(adapter, impl->schema);
   } catch (const std::exception& e) {
-    return Error(ErrorKind::kInvalidArgument, std::string("tool schema: not a valid JSON Schema (draft 7): ") + e.what());
+    return Error(ErrorKind::kInvalidArgument,
+                 std::string("tool schema: not a valid JSON Schema (draft 7): ") + e.what());
   }
   return std::shared_ptr<const ArgumentSchema>(new ArgumentSchema(std::move(impl)));
 }

@@ -69,6 +69,27 @@ std::vector<std::string> children_of_this_process() {
   return out;
 }
 
+// The processes of process group `pgid` that are not zombies, from /proc.
+std::vector<std::string> live_in_group(int pgid) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator("/proc", ec)) {
+    std::string name = entry.path().filename().string();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream in(entry.path() / "stat");
+    std::string stat;
+    std::getline(in, stat);
+    std::size_t close = stat.rfind(')');
+    if (close == std::string::npos) continue;
+    std::istringstream rest(stat.substr(close + 1));
+    char state = '?';
+    long ppid = 0, pgrp = 0;
+    rest >> state >> ppid >> pgrp;
+    if (pgrp == pgid && state != 'Z') out.push_back(name + " state " + state);
+  }
+  return out;
+}
+
 bool mcp_skipped() {
   const char* v = std::getenv("NINES_SKIP_MCP");
   return v && std::string(v) == "1";
@@ -418,6 +439,45 @@ TEST_F(McpTest, AServerExitingDuringStartFailsWithItsStatusAndStderr) {
   });
 }
 
+TEST_F(McpTest, TheChildRunsInItsOwnGroupWithItsLimits) {
+  run([&](Context& ctx) -> Task<> {
+    // Not an MCP server: it reports its limits and group on stderr and exits, so the start fails
+    // and says what it printed last.
+    McpServerOptions o{.name = "limits",
+                       .command = {"sh", "-c",
+                                   "g=member; [ \"$(cut -d' ' -f5 /proc/$$/stat)\" = \"$$\" ] && g=leader; "
+                                   "echo \"limits $(ulimit -n) $(ulimit -v) $(ulimit -t) $g\" >&2"},
+                       .limits = {.cpu_seconds = 100, .address_space_bytes = std::uint64_t{2} << 30, .open_files = 77}};
+    auto server = co_await McpServer::start(ctx, std::move(o));
+    EXPECT_THAT(server, StatusIs(ErrorKind::kStartFailed, "its last stderr line: 'limits 77 2097152 100 leader'"));
+  });
+  // The stderr reader logged it line by line.
+  bool logged = false;
+  for (const auto& r : logs->records("mcp_server_stderr")) {
+    logged = logged || (r.message == "limits 77 2097152 100 leader" && r.field("server") == "limits");
+  }
+  EXPECT_TRUE(logged) << logs->dump();
+}
+
+TEST_F(McpTest, StoppingKillsTheWholeProcessGroup) {
+  REQUIRE_MCP_SERVERS();
+  run([&](Context& ctx) -> Task<> {
+    // The server leaves a grandchild in its group: it must die with it.
+    McpServerOptions o{.name = "family", .command = {"sh", "-c", "sleep 3600 & exec node \"$0\"", fake_js()}};
+    auto server = co_await McpServer::start(ctx, std::move(o));
+    EXPECT_THAT(server, IsOk());
+    if (!server.ok()) co_return;
+    auto s = co_await (*server)->status(ctx);
+    EXPECT_THAT(s, IsOk());
+    if (!s.ok()) co_return;
+    EXPECT_THAT(live_in_group(s->child_pid), SizeIs(2));  // node and sleep
+    auto r = co_await (*server)->call(ctx, "echo", R"({"text":"hi"})", "k");
+    EXPECT_THAT(r, IsOk());
+    co_await (*server)->stop(ctx);
+    EXPECT_THAT(live_in_group(s->child_pid), SizeIs(0));
+  });
+}
+
 // ---- misbehaviour, with the fake server ----
 
 TEST_F(McpTest, ToolListPagesAreFollowed) {
@@ -447,8 +507,12 @@ TEST_F(McpTest, ServerRequestsAreAnsweredAndToolErrorsArePermanent) {
     }
     auto failed = co_await (*server)->call(ctx, "fail", "{}", "k2");
     EXPECT_THAT(failed, StatusIs(ErrorKind::kPermanent, "the fake tool failed on purpose"));
-    co_await (*server)->stop(ctx);
+    co_await (*server)->stop(ctx);  // waits for the stderr reader to log the last lines
   });
+  std::vector<std::string> lines;
+  for (const auto& r : logs->records("mcp_server_stderr")) lines.push_back(r.message);
+  EXPECT_THAT(lines, Contains("got initialize"));
+  EXPECT_THAT(lines, Contains("got notifications/initialized"));
 }
 
 TEST_F(McpTest, ATimedOutCallIsCancelledOnTheServer) {
