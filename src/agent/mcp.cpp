@@ -771,6 +771,9 @@ Task<Result<std::shared_ptr<McpServer>>> McpServer::start(Context& ctx, McpServe
       ctx.kill_on_purpose(owner_pid);
       (void)co_await ctx.wait_down(mon, kReapTimeout);
     }
+    if (!m && ctx.now() >= ctx.deadline()) {
+      co_return Error(ErrorKind::kDeadlineExceeded, "mcp server '" + options.name + "': the caller's deadline passed");
+    }
     std::string why =
         m ? "its owner process exited: " + m->get<Down>()->reason.to_string() : "no outcome within " + millis(bound);
     co_return Error(ErrorKind::kStartFailed, "mcp server '" + options.name + "': " + why);
@@ -786,7 +789,13 @@ Task<Result<std::shared_ptr<McpServer>>> McpServer::start(Context& ctx, McpServe
   co_return server;
 }
 
-McpServer::~McpServer() { (void)rt_.send(owner_, StopRequest{}); }
+McpServer::~McpServer() {
+  // A full mailbox would lose the stop: then a shutdown signal ends the owner, and the child is
+  // killed and reaped as its frame unwinds.
+  if (Status s = rt_.send(owner_, StopRequest{}); !s.ok() && s.error().kind() == ErrorKind::kMailboxFull) {
+    rt_.send_exit(owner_, ExitReason::shutdown("mcp server handle dropped"));
+  }
+}
 
 std::vector<std::shared_ptr<Tool>> McpServer::tools() {
   std::vector<std::shared_ptr<Tool>> out;
@@ -805,6 +814,11 @@ std::vector<std::shared_ptr<Tool>> McpServer::tools() {
       spec.nature = EffectNature::kUnsafe;
     }
     spec.timeout = options_.call_timeout;
+    if (std::any_of(out.begin(), out.end(), [&](const auto& t) { return t->spec().name == spec.name; })) {
+      NINES_LOG(rt_.env().logger(), LogLevel::kWarning, "mcp_tool_skipped",
+                "two tools have the same name once sanitized", {"server", options_.name}, {"tool", info.name});
+      continue;
+    }
     if (Status s = validate_tool_spec(spec); !s.ok()) {
       NINES_LOG(rt_.env().logger(), LogLevel::kWarning, "mcp_tool_skipped", s.error().message(),
                 {"server", options_.name}, {"tool", info.name});

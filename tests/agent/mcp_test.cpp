@@ -616,6 +616,20 @@ TEST_F(McpTest, AServerExitingMidCallFailsItWithItsExitStatus) {
   });
 }
 
+TEST_F(McpTest, ABrokenPipeFailsStartWithoutEndingThisProgram) {
+  run([&](Context& ctx) -> Task<> {
+    // Reads initialize, closes its stdin, answers: the notification after it meets a pipe
+    // nobody reads (EPIPE; SIGPIPE must not end this program).
+    McpServerOptions o{.name = "deaf",
+                       .command = {"sh", "-c",
+                                   "read line; exec 0<&-; echo '{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":"
+                                   "{\"protocolVersion\":\"2025-06-18\",\"capabilities\":{}}}'; sleep 3600"}};
+    auto server = co_await McpServer::start(ctx, std::move(o));
+    EXPECT_THAT(server, StatusIs(ErrorKind::kStartFailed, "broken pipe"));
+    EXPECT_THAT(children_of_this_process(), SizeIs(0));
+  });
+}
+
 TEST_F(McpTest, AHungServerIsDetectedByPingAndRestarted) {
   REQUIRE_MCP_SERVERS();
   run([&](Context& ctx) -> Task<> {

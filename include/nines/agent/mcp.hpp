@@ -56,6 +56,9 @@
 // the same and waits for it. Destroy the handles (and the tools) before the Runtime; destroying
 // the Runtime kills the owner, and the child is killed and reaped as its frame unwinds.
 //
+// Environment: a RealEnvironment (the child runs in real time; under a SimEnvironment its
+// timeouts would be counted in virtual time). Linux >= 5.3 (pidfd_open).
+//
 // Thread-safety: McpServer and its tools may be used from any number of processes at once.
 #pragma once
 
@@ -157,8 +160,9 @@ class McpServer : public std::enable_shared_from_this<McpServer> {
   Pid owner() const { return owner_; }
   const std::vector<McpToolInfo>& listed_tools() const { return listed_; }
 
-  // One Tool per listed tool whose spec is valid (validate_tool_spec; the others are logged as
-  // event "mcp_tool_skipped" and left out). Each holds a reference to this server.
+  // One Tool per listed tool whose spec is valid (validate_tool_spec) and whose sanitized name
+  // is not taken by an earlier one; the others are logged as event "mcp_tool_skipped" and left
+  // out. Each holds a reference to this server.
   std::vector<std::shared_ptr<Tool>> tools();
 
   // One tools/call: `tool` is the server's name for it. timeout <= 0: call_timeout.
