@@ -178,8 +178,7 @@ class Owner {
   std::size_t calls_in_flight_ = 0;
   std::int64_t next_id_ = 1;
   bool ping_out_ = false;
-  std::optional<std::string> failure_;  // why the child failed; handled by the main loop
-  bool failure_is_eof_ = false;
+  std::optional<std::string> failure_;   // why the child failed; handled by the main loop
   std::optional<Message> stop_request_;  // a stop that came during a start
   std::vector<json> cancelled_;          // notifications/cancelled to send (callers that exited)
   std::uint64_t restarts_ = 0;
@@ -192,6 +191,7 @@ class Owner {
 };
 
 Task<Status> Owner::send_line(Context& ctx, const json& message) {
+  if (failure_) co_return Error(ErrorKind::kTransient, *failure_);  // the child is being replaced
   std::string line = message.dump(-1, ' ', false, json::error_handler_t::replace);
   line += '\n';
   Status s = co_await child_->write_all(ctx, line, o_.write_timeout);
@@ -266,7 +266,6 @@ Task<Result<std::vector<McpToolInfo>>> Owner::start_child(Context& ctx, bool lis
 Task<Result<std::vector<McpToolInfo>>> Owner::start_child_inner(Context& ctx, bool list) {
   ++gen_;
   failure_.reset();
-  failure_is_eof_ = false;
   ping_out_ = false;
   ChildOptions co{.argv = o_.command,
                   .env = o_.env,

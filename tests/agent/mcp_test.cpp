@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <future>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -476,6 +477,35 @@ TEST_F(McpTest, StoppingKillsTheWholeProcessGroup) {
     co_await (*server)->stop(ctx);
     EXPECT_THAT(live_in_group(s->child_pid), SizeIs(0));
   });
+}
+
+TEST_F(McpTest, AKilledOwnerLeavesNoChild) {
+  REQUIRE_MCP_SERVERS();
+  run([&](Context& ctx) -> Task<> {
+    McpServerOptions o = fake();
+    auto server = co_await McpServer::start(ctx, std::move(o));
+    EXPECT_THAT(server, IsOk());
+    if (!server.ok()) co_return;
+    MonitorRef mon = ctx.monitor((*server)->owner());
+    ctx.kill_on_purpose((*server)->owner());
+    EXPECT_TRUE((co_await ctx.wait_down(mon, std::chrono::seconds(10))).has_value());
+    auto r = co_await (*server)->call(ctx, "echo", R"({"text":"x"})", "k");
+    EXPECT_THAT(r, StatusIs(ErrorKind::kTransient, "the server is stopped"));
+  });
+  // TearDown: once the runtime is gone (every frame that held the child unwound), no child.
+}
+
+TEST_F(McpTest, DestroyingTheRuntimeWithALiveServerLeavesNoChild) {
+  REQUIRE_MCP_SERVERS();
+  auto started = std::make_shared<std::promise<bool>>();
+  auto w = rt->spawn_watched([started, this](Context& ctx) -> Task<> {
+               McpServerOptions o = fake();
+               auto server = co_await McpServer::start(ctx, std::move(o));
+               started->set_value(server.ok());
+               (void)co_await ctx.receive();  // holds the server until the runtime goes
+             }).value();
+  EXPECT_TRUE(started->get_future().get());
+  // TearDown destroys the runtime with the owner and the handle's process alive.
 }
 
 // ---- misbehaviour, with the fake server ----
