@@ -8,6 +8,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/syscall.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -471,10 +472,24 @@ TEST_F(McpTest, StoppingKillsTheWholeProcessGroup) {
     auto s = co_await (*server)->status(ctx);
     EXPECT_THAT(s, IsOk());
     if (!s.ok()) co_return;
-    EXPECT_THAT(live_in_group(s->child_pid), SizeIs(2));  // node and sleep
+    std::vector<std::string> members = live_in_group(s->child_pid);
+    EXPECT_THAT(members, SizeIs(2));  // node and sleep
+    // The grandchild is not ours to reap: its exit is awaited through a pidfd of its own.
+    std::vector<int> pidfds;
+    for (const std::string& m : members) {
+      int pid = std::stoi(m);
+      if (pid != s->child_pid) pidfds.push_back(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+    }
     auto r = co_await (*server)->call(ctx, "echo", R"({"text":"hi"})", "k");
     EXPECT_THAT(r, IsOk());
     co_await (*server)->stop(ctx);
+    for (int fd : pidfds) {
+      EXPECT_GE(fd, 0);
+      if (fd < 0) continue;
+      auto gone = co_await ctx.wait_fd(fd, kFdReadable, std::chrono::seconds(10));
+      EXPECT_THAT(gone, IsOk());
+      ::close(fd);
+    }
     EXPECT_THAT(live_in_group(s->child_pid), SizeIs(0));
   });
 }
