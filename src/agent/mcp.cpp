@@ -33,6 +33,8 @@ constexpr Duration kStderrDrain = std::chrono::seconds(1);
 // A caller waits this much longer than its call's deadline, so the owner's answer comes first.
 constexpr Duration kReplyGrace = std::chrono::seconds(2);
 
+constexpr std::string_view kClosedStdout = "closed its stdout";
+
 // ---- messages to the owner ----
 
 struct CallRequest {
@@ -287,7 +289,7 @@ Task<Result<std::vector<McpToolInfo>>> Owner::start_child_inner(Context& ctx, bo
     for (;;) {
       auto line = co_await child->read_line(c);
       if (!line.ok() || !*line) {
-        OutEnd end{gen, line.ok() ? std::string("closed its stdout") : line.error().message()};
+        OutEnd end{gen, line.ok() ? std::string(kClosedStdout) : line.error().message()};
         (void)co_await c.send(self, std::move(end));
         co_return;
       }
@@ -523,6 +525,11 @@ Task<> Owner::expire(Context& ctx) {
 
 Task<Error> Owner::fail_start(Context& ctx, Error e) {
   std::string msg = who() + ": " + e.message();
+  if (child_ && e.message() == kClosedStdout) {
+    // Most likely it exited: its status says more than the closed pipe.
+    auto exited = co_await child_->wait_exit(ctx, kExitGrace);
+    if (exited.ok()) msg = who() + " " + exited->to_string() + " during start-up";
+  }
   co_await discard_child(ctx);
   const std::string& line = last_stderr_;
   if (!line.empty()) msg += " (its last stderr line: " + quote_text(line) + ")";
@@ -558,7 +565,7 @@ Task<> Owner::fail_child(Context& ctx) {
   const std::string why = *failure_;
   failure_.reset();
   std::string what;
-  if (why == "closed its stdout" && child_) {
+  if (why == kClosedStdout && child_) {
     // Most likely it exited: give it a moment to, for its real exit status.
     auto e = co_await child_->wait_exit(ctx, kExitGrace);
     what = e.ok() ? e->to_string() : why + " (and was killed)";

@@ -436,7 +436,9 @@ TEST_F(McpTest, AServerExitingDuringStartFailsWithItsStatusAndStderr) {
   run([&](Context& ctx) -> Task<> {
     McpServerOptions o{.name = "crashy", .command = {"sh", "-c", "echo boom: no config >&2; exit 7"}};
     auto server = co_await McpServer::start(ctx, std::move(o));
-    EXPECT_THAT(server, StatusIs(ErrorKind::kStartFailed, "mcp server 'crashy'"));
+    EXPECT_THAT(server, StatusIs(ErrorKind::kStartFailed,
+                                 "mcp server 'crashy' exited with status 7 during start-up "
+                                 "(its last stderr line: 'boom: no config')"));
     EXPECT_THAT(children_of_this_process(), SizeIs(0));
   });
 }
