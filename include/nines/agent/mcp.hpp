@@ -21,6 +21,11 @@
 // the server are answered (ping with an empty result, anything else with error -32601); its
 // notifications are ignored.
 //
+// Isolation: the child is spawned without a shell (fork + execve), in a process group of its
+// own, with its resource limits (McpLimits) set before the exec, every other descriptor closed,
+// signals reset, and PR_SET_PDEATHSIG so that it dies with this program. Its exit is awaited on
+// a pidfd (Context::wait_fd) and reaped with waitid(P_PIDFD); killing it kills its whole group.
+//
 // Design: one nines process, the owner, owns the child and multiplexes every call on it, as an
 // Erlang port owner does; a tool's call() is a Context::call to the owner, so calls from any
 // number of tasks share one child (at most max_in_flight at once). Two linked helper processes
@@ -44,7 +49,9 @@
 //   kPermanent: the tool said isError=true (the message is its text) or the server answered
 //     with a JSON-RPC error; kInvalidArgument for error -32602 (invalid params) or arguments that
 //     are not a JSON object;
-//   kBulkheadFull: max_in_flight calls are in flight already.
+//   kBulkheadFull: max_in_flight calls are in flight already;
+//   kCancelled: the server was stopped while the call was in flight; kDeadlineExceeded: the
+//     calling process's deadline passed first (the server gets `notifications/cancelled`).
 // A caller killed while its call is in flight makes the owner send `notifications/cancelled`.
 // start() fails with kStartFailed (the command cannot be run, the server exits, answers garbage,
 // an unknown protocol version or nothing within initialize_timeout: the child is killed and
