@@ -348,14 +348,14 @@ Task<Result<std::optional<std::string>>> ChildProcess::read_line(Context& ctx) {
   std::size_t scanned = 0;
   for (;;) {
     std::size_t nl = out_buf_.find('\n', scanned);
-    if (nl != std::string::npos) {
+    if (nl != std::string::npos && nl <= max_line_bytes_) {
       std::string line = out_buf_.substr(0, nl);
       out_buf_.erase(0, nl + 1);
       if (!line.empty() && line.back() == '\r') line.pop_back();
       co_return std::optional<std::string>(std::move(line));
     }
     scanned = out_buf_.size();
-    if (out_buf_.size() > max_line_bytes_) {
+    if (nl != std::string::npos || out_buf_.size() > max_line_bytes_) {
       co_return Error(ErrorKind::kTransient, "child process '" + name_ + "' wrote a line longer than " +
                                                  std::to_string(max_line_bytes_) + " bytes on stdout");
     }

@@ -641,6 +641,9 @@ TEST_F(McpTest, ALineLongerThanTheBoundFailsTheServer) {
     if (!server.ok()) co_return;
     auto r = co_await (*server)->call(ctx, "long_line", R"({"bytes":100000})", "k1");
     EXPECT_THAT(r, StatusIs(ErrorKind::kTransient, "longer than 4096 bytes"));
+    // One that arrives whole, newline included, in a single read is refused too.
+    auto small = co_await (*server)->call(ctx, "long_line", R"({"bytes":5000})", "k3");
+    EXPECT_THAT(small, StatusIs(ErrorKind::kTransient, "longer than 4096 bytes"));
     auto next = co_await (*server)->call(ctx, "echo", R"({"text":"fine"})", "k2");
     EXPECT_THAT(next, IsOk());
     co_await (*server)->stop(ctx);
