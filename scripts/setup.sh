@@ -135,6 +135,8 @@ else
     echo "setup: scripts/setup.sh with the npm registry reachable to install it." >&2
   fi
 fi
+# The same for bench/peers/agents (LangGraph.js's ReAct agent, plus @langchain/openai), warn-only.
+(cd "$repo/bench/peers/agents/node" && { [[ -d node_modules/@langchain/openai && -f node_modules/better-sqlite3/build/Release/better_sqlite3.node ]] || npm_config_nodedir="${npm_config_nodedir:-$([[ -f /usr/include/node/node.h ]] && echo /usr)}" npm ci --no-audit --no-fund --prefer-offline; }) || echo "setup: WARNING: 'npm ci' in bench/peers/agents/node failed; only bench/peers/agents/run needs it" >&2
 
 # npm packages: @dwmkerr/mock-llm, a real OpenAI-compatible server nobody here wrote, which the
 # llm integration tests (tests/llm/mock_llm_test.cpp) start on loopback with the rules in

@@ -51,6 +51,11 @@
 #include "nines/net/sse.hpp"
 #endif
 #if NINES_HAS_LLM
+#include "nines/agent/agent.hpp"
+#include "nines/agent/http_tool.hpp"
+#include "nines/agent/registry.hpp"
+#include "nines/agent/tool.hpp"
+#include "nines/agent/validation.hpp"
 #include "nines/llm/anthropic.hpp"
 #include "nines/llm/client.hpp"
 #include "nines/llm/codec.hpp"

@@ -561,10 +561,12 @@ Task<std::vector<Result<std::string>>> WorkflowContext::effects(std::vector<Effe
 
   // Takes one report; false when the deadline passed first.
   auto receive_one = [&]() -> Task<bool> {
-    std::optional<Message> m = co_await ctx_.receive_if([token](const Message& msg) {
+    // Named first (g++ 12: a capturing lambda temporary inside co_await is destroyed twice).
+    std::function<bool(const Message&)> is_report = [token](const Message& msg) {
       const auto* d = msg.get<ConcurrentEffectDone>();
       return d != nullptr && d->token == token;
-    });
+    };
+    std::optional<Message> m = co_await ctx_.receive_if(std::move(is_report));
     if (!m) co_return false;
     ConcurrentEffectDone* d = m->get<ConcurrentEffectDone>();
     NINES_CHECK(d != nullptr && d->index < n && running[d->index] != Pid{});

@@ -10,9 +10,9 @@
 namespace nines::agent {
 namespace {
 
-using ::testing::HasSubstr;
 using test::IsOk;
 using test::StatusIs;
+using ::testing::HasSubstr;
 
 constexpr const char* kOrderSchema = R"({
   "type": "object",

@@ -38,6 +38,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -81,6 +82,26 @@ struct ToolSpec {
   bool requires_approval = false;
 };
 
+// What is left of the calling task's budget when a tool is called (a delegating tool gives it
+// to the sub-task it starts). Negative / kInfinite: no limit.
+struct BudgetLeft {
+  double cost_usd = -1;
+  std::int64_t tokens = -1;
+  std::int64_t model_calls = -1;
+  std::int64_t steps = -1;
+  Duration wall_time = kInfinite;
+};
+
+// What a tool spent on models (a delegating tool: its sub-task's spend), reported through
+// ToolInvocation::spend and added to the calling task's outcome and budget. It is journaled with
+// the call's outcome, so a replay counts it again without running the tool.
+struct ToolSpend {
+  double cost_usd = 0;
+  std::int64_t input_tokens = 0;
+  std::int64_t output_tokens = 0;
+  std::int64_t model_calls = 0;
+};
+
 // One call of a tool, as the tool sees it.
 struct ToolInvocation {
   std::string task_id;
@@ -89,6 +110,9 @@ struct ToolInvocation {
   // The effect journal's key for this call: the same on every attempt and after a restart.
   // Pass it on (an Idempotency-Key header, MCP's _meta) so the target can apply it once.
   std::string idempotency_key;
+  BudgetLeft budget_left;
+  // Set by the agent layer: a tool that spends on models (a sub-agent) adds what it spent here.
+  ToolSpend* spend = nullptr;
 };
 
 class Tool {
