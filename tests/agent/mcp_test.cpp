@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "nines/agent/mcp.hpp"
+#include "nines/agent/registry.hpp"
 #include "nines/runtime/runtime.hpp"
 #include "support/status_matchers.hpp"
 
@@ -386,6 +387,67 @@ TEST_F(McpTest, FilesystemLargeResultIsCutWithAMarker) {
       EXPECT_THAT(*r, EndsWith("[... cut: " + std::to_string(3'000'000 - (1 << 20)) + " more bytes]"));
     }
     co_await (*server)->stop(ctx);
+  });
+  fs::remove_all(dir);
+}
+
+TEST_F(McpTest, TheRegistryValidatesAndRetriesAReadOnlyCallThroughARestart) {
+  REQUIRE_MCP_SERVERS();
+  fs::path dir = fs::temp_directory_path() / ("nines_mcp_reg_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  run([&](Context& ctx) -> Task<> {
+    McpServerOptions e = everything();
+    e.restart_backoff = Backoff::constant(std::chrono::milliseconds(50));
+    auto ev = co_await McpServer::start(ctx, std::move(e));
+    McpServerOptions f{.name = "fs", .command = {"node", filesystem_js(), dir.string()}, .tool_prefix = "fs_"};
+    auto fsrv = co_await McpServer::start(ctx, std::move(f));
+    EXPECT_TRUE(ev.ok() && fsrv.ok());
+    if (!ev.ok() || !fsrv.ok()) co_return;
+    // Every tool of both servers passes the registry's checks (names, draft-7 schemas).
+    std::vector<std::shared_ptr<Tool>> all = (*ev)->tools();
+    for (auto& t : (*fsrv)->tools()) all.push_back(t);
+    EXPECT_EQ(all.size(), (*ev)->listed_tools().size() + (*fsrv)->listed_tools().size());
+    auto registry = ToolRegistry::create(ctx.env(), all);
+    EXPECT_THAT(registry, IsOk());
+    if (!registry.ok()) co_return;
+    // The server's schema is checked before anything runs.
+    llm::ToolCall bad{.id = "c1", .name = "get-sum", .arguments_json = R"({"a":"two","b":2})"};
+    std::optional<ArgumentProblem> problem = (*registry)->check_call(bad);
+    EXPECT_TRUE(problem.has_value());
+    if (problem) {
+      EXPECT_EQ(problem->kind, ArgumentProblemKind::kSchemaViolation);
+    }
+    // A read-only call whose server is killed under it is retried by the registry (kTransient)
+    // and answered by the restarted child.
+    std::shared_ptr<McpServer> srv = *ev;
+    std::shared_ptr<ToolRegistry> reg = *registry;
+    auto run_out = std::make_shared<std::optional<ToolRun>>();
+    Behavior caller = [reg, run_out](Context& c) -> Task<> {
+      ToolInvocation inv{
+          .task_id = "t", .call_id = "c2", .arguments_json = R"({"duration":1,"steps":1})", .idempotency_key = "t/c2"};
+      ToolRun r = co_await reg->invoke(c, "trigger-long-running-operation", std::move(inv));
+      run_out->emplace(std::move(r));
+    };
+    auto pid = ctx.spawn(std::move(caller));
+    EXPECT_THAT(pid, IsOk());
+    if (!pid.ok()) co_return;
+    MonitorRef mon = ctx.monitor(*pid);
+    auto s = co_await until_in_flight(ctx, *srv, 1);
+    EXPECT_THAT(s, IsOk());
+    if (!s.ok()) co_return;
+    EXPECT_EQ(::kill(s->child_pid, SIGKILL), 0);
+    (void)co_await ctx.wait_down(mon, std::chrono::seconds(60));
+    EXPECT_TRUE(run_out->has_value());
+    if (run_out->has_value()) {
+      const ToolRun& r = **run_out;
+      EXPECT_THAT(r.result, IsOk());
+      if (r.result.ok()) {
+        EXPECT_THAT(*r.result, HasSubstr("Long running operation completed"));
+      }
+      EXPECT_EQ(r.attempts, 2);
+    }
+    co_await (*ev)->stop(ctx);
+    co_await (*fsrv)->stop(ctx);
   });
   fs::remove_all(dir);
 }
