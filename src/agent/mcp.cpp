@@ -190,6 +190,8 @@ class Owner {
   std::string last_failure_;
   std::string last_stderr_;  // the last stderr line of the last child discarded
   bool starting_ = false;    // initialize not answered yet
+  // The child closed its stdout or stdin: it most likely exited, and its exit status says more.
+  bool pipe_closed_ = false;
 };
 
 Task<Status> Owner::send_line(Context& ctx, const json& message) {
@@ -197,7 +199,10 @@ Task<Status> Owner::send_line(Context& ctx, const json& message) {
   std::string line = message.dump(-1, ' ', false, json::error_handler_t::replace);
   line += '\n';
   Status s = co_await child_->write_all(ctx, line, o_.write_timeout);
-  if (!s.ok() && !failure_) failure_ = s.error().message();
+  if (!s.ok()) {
+    if (s.error().kind() == ErrorKind::kTransient) pipe_closed_ = true;  // broken, not stuck
+    if (!failure_) failure_ = s.error().message();
+  }
   co_return s;
 }
 
@@ -237,7 +242,10 @@ Task<Result<json>> Owner::request(Context& ctx, const std::string& method, json 
       stop_request_ = std::move(*m);
       co_return Error(ErrorKind::kCancelled, "stopped while waiting for the answer to " + method);
     }
-    if (const auto* e = m->get<OutEnd>()) co_return Error(ErrorKind::kTransient, e->why);
+    if (const auto* e = m->get<OutEnd>()) {
+      if (e->why == kClosedStdout) pipe_closed_ = true;
+      co_return Error(ErrorKind::kTransient, e->why);
+    }
     const std::string& line = m->get<OutLine>()->line;
     json j = json::parse(line, nullptr, false);
     if (j.is_discarded() || !j.is_object()) {
@@ -268,6 +276,7 @@ Task<Result<std::vector<McpToolInfo>>> Owner::start_child(Context& ctx, bool lis
 Task<Result<std::vector<McpToolInfo>>> Owner::start_child_inner(Context& ctx, bool list) {
   ++gen_;
   failure_.reset();
+  pipe_closed_ = false;
   ping_out_ = false;
   ChildOptions co{.argv = o_.command,
                   .env = o_.env,
@@ -525,7 +534,7 @@ Task<> Owner::expire(Context& ctx) {
 
 Task<Error> Owner::fail_start(Context& ctx, Error e) {
   std::string msg = who() + ": " + e.message();
-  if (child_ && e.message() == kClosedStdout) {
+  if (child_ && pipe_closed_) {
     // Most likely it exited: its status says more than the closed pipe.
     auto exited = co_await child_->wait_exit(ctx, kExitGrace);
     if (exited.ok()) msg = who() + " " + exited->to_string() + " during start-up";
@@ -565,7 +574,7 @@ Task<> Owner::fail_child(Context& ctx) {
   const std::string why = *failure_;
   failure_.reset();
   std::string what;
-  if (why == kClosedStdout && child_) {
+  if (pipe_closed_ && child_) {
     // Most likely it exited: give it a moment to, for its real exit status.
     auto e = co_await child_->wait_exit(ctx, kExitGrace);
     what = e.ok() ? e->to_string() : why + " (and was killed)";
@@ -699,7 +708,10 @@ Task<> Owner::run(Context& ctx) {
       } else if (const auto* l = m->get<OutLine>()) {
         if (l->gen == gen_) co_await on_line(ctx, l->line);
       } else if (const auto* e = m->get<OutEnd>()) {
-        if (e->gen == gen_ && !failure_) failure_ = e->why;
+        if (e->gen == gen_ && !failure_) {
+          failure_ = e->why;
+          pipe_closed_ = e->why == kClosedStdout;
+        }
       } else if (const auto* d = m->get<Down>()) {
         on_down(ctx, *d);
       } else if (m->is<StatusRequest>()) {

@@ -424,7 +424,7 @@ TEST_F(McpTest, TheRegistryValidatesAndRetriesAReadOnlyCallThroughARestart) {
     auto run_out = std::make_shared<std::optional<ToolRun>>();
     Behavior caller = [reg, run_out](Context& c) -> Task<> {
       ToolInvocation inv{
-          .task_id = "t", .call_id = "c2", .arguments_json = R"({"duration":1,"steps":1})", .idempotency_key = "t/c2"};
+          .task_id = "t", .call_id = "c2", .arguments_json = R"({"duration":3,"steps":1})", .idempotency_key = "t/c2"};
       ToolRun r = co_await reg->invoke(c, "trigger-long-running-operation", std::move(inv));
       run_out->emplace(std::move(r));
     };
