@@ -153,6 +153,23 @@ else
   echo "setup: scripts/setup.sh with the npm registry reachable to install it." >&2
 fi
 
+# npm packages: the MCP reference servers @modelcontextprotocol/server-everything and
+# server-filesystem, real MCP tool servers nobody here wrote, which the agent layer's MCP tests
+# (tests/agent/mcp_test.cpp) run as child processes over stdio. Pinned in tests/agent/mcp_servers/
+# package.json and lock file. If the install fails, those tests fail with a message saying why,
+# unless NINES_SKIP_MCP=1.
+npm_dir="$repo/tests/agent/mcp_servers"
+if [[ -f "$npm_dir/node_modules/@modelcontextprotocol/server-everything/dist/index.js" &&
+      -f "$npm_dir/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js" ]]; then
+  echo "setup: npm packages for tests/agent/mcp_servers present"
+elif (cd "$npm_dir" && npm ci --no-audit --no-fund --prefer-offline); then
+  echo "setup: npm packages for tests/agent/mcp_servers installed"
+else
+  echo "setup: WARNING: 'npm ci' in $npm_dir failed, so the MCP servers are not installed and the" >&2
+  echo "setup: MCP integration tests will fail (NINES_SKIP_MCP=1 skips them); rerun" >&2
+  echo "setup: scripts/setup.sh with the npm registry reachable to install it." >&2
+fi
+
 # npm packages: js-tiktoken (pure JS BPE tokenizer shipping OpenAI's o200k_base and
 # cl100k_base ranks), the exact counts bench/peers/tokens/run calibrates nines' token
 # estimator (llm/tokens.hpp) against. Pinned in bench/peers/tokens/node/package.json and
