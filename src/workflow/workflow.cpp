@@ -834,6 +834,18 @@ Task<Result<std::string>> WorkflowContext::finish_effect(const EffectPlan& plan,
   }
   WriteBatch b;
   if (plan.deferred_intent) b.put_effect_intent(*plan.deferred_intent);
+  if (plan.deferred_intent && !(result.ok() && result->size() > engine_.options().max_record_bytes)) {
+    // Read-only: its record need not be durable before the code goes on (lost in a crash, it
+    // runs again), so it is staged and commits with the next record (stage()).
+    if (result.ok()) {
+      b.put_effect_outcome(id_, plan.effect_id, EffectState::kDone, *result, engine_.store_now());
+    } else {
+      b.put_effect_outcome(id_, plan.effect_id, EffectState::kFailed, encode_error(result.error()),
+                           engine_.store_now());
+    }
+    stage(std::move(b));
+    co_return result;
+  }
   if (result.ok() && result->size() > engine_.options().max_record_bytes) {
     // Applied, but its outcome cannot be kept: recorded as done (never run again) without
     // it, and the run fails for good (a replay could not give the same answer).

@@ -45,9 +45,10 @@
 //
 // Effects (the journal). effect() commits the intent (effect id, idempotency key derived
 // from the workflow id and the step, the arguments, the nature) durably before the effect
-// function runs, and the outcome after. A kReadOnly effect's intent is committed with its
-// outcome instead (one commit, not two): one interrupted is run again whatever its intent
-// says, so an intent ahead of it would tell nothing. An effect found on resume with an intent and no
+// function runs, and the outcome after. A kReadOnly effect is recorded after it ran, intent
+// and outcome together, and not committed at once but with the run's next record (stage()):
+// a read-only effect whose record a crash lost simply runs again, so nothing is gained by
+// committing ahead of the code that follows. An effect found on resume with an intent and no
 // outcome was interrupted: its outcome is unknown, and its declared nature decides:
 //  - kReadOnly, kIdempotent: run again, with the same idempotency key (which the effect
 //    passes on, e.g. as an Idempotency-Key header, so the target applies it once);
