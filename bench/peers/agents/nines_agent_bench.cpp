@@ -170,7 +170,13 @@ int main(int argc, char** argv) {
 
   auto env = make_real_environment({.workers = 2});
   auto rt = must(Runtime::create(*env), "runtime");
-  auto store = must(open_sqlite_store(args.db), "sqlite store");
+  // NINES_AGENT_BENCH_DURABILITY=batched: LangGraph's durability (its SqliteSaver does not
+  // fsync); the default is nines' own, a synced commit per record.
+  SqliteStoreOptions store_options;
+  if (const char* d = std::getenv("NINES_AGENT_BENCH_DURABILITY"); d != nullptr && std::string(d) == "batched") {
+    store_options.durability = Durability::kBatched;
+  }
+  auto store = must(open_sqlite_store(args.db, store_options), "sqlite store");
   auto engine = must(WorkflowEngine::create(*env, *store), "workflow engine");
   std::shared_ptr<net::HttpClient> http = must(net::HttpClient::create(*env), "http client");
 
