@@ -76,22 +76,22 @@ int main() {
                     })
                     .value();
   // An HTTP tool: POST to the payment server. Idempotent: the server dedupes by Idempotency-Key.
-  auto charge = agent::make_http_tool(
-                    {.name = "charge",
-                     .description = "Charges an order",
-                     .parameters_schema_json = R"({"type":"object","required":["order","cents"],
+  auto charge = agent::make_http_tool({.name = "charge",
+                                       .description = "Charges an order",
+                                       .parameters_schema_json = R"({"type":"object","required":["order","cents"],
                         "properties":{"order":{"type":"string"},"cents":{"type":"integer","minimum":1}}})",
-                     .nature = nines::EffectNature::kIdempotent},
-                    {.method = agent::HttpMethod::kPost,
-                     .url_template = server->base_url() + "/charges",
-                     .body_template = R"({{"order": {order}, "amount_cents": {cents}}})"},
-                    http)
+                                       .nature = nines::EffectNature::kIdempotent},
+                                      {.method = agent::HttpMethod::kPost,
+                                       .url_template = server->base_url() + "/charges",
+                                       .body_template = R"({{"order": {order}, "amount_cents": {cents}}})"},
+                                      http)
                     .value();
   auto tools = agent::ToolRegistry::create(*env, {lookup, charge}).value();
 
-  llm::ModelRouteOptions model{.name = "sim",
-                               .model = "sim-1",
-                               .client = std::make_shared<llm::SimChatModel>(llm::SimModel::from_json(kScript).value())};
+  llm::ModelRouteOptions model{
+      .name = "sim",
+      .model = "sim-1",
+      .client = std::make_shared<llm::SimChatModel>(llm::SimModel::from_json(kScript).value())};
   model.retry.backoff = nines::Backoff::full_jitter(10ms, 100ms);  // quick, for the example
   std::shared_ptr<llm::Router> router = llm::Router::create(*env, {.name = "chain", .chain = {model}}).value();
 
@@ -116,9 +116,8 @@ int main() {
   });
   task.value().exit->wait();
   std::printf("%s: %s\n  steps %lld, model calls %lld, tool calls %lld, tool errors %zu kinds\n",
-              std::string(agent::to_string(out.status)).c_str(), out.answer.c_str(),
-              static_cast<long long>(out.steps), static_cast<long long>(out.model_calls),
-              static_cast<long long>(out.tool_calls), out.tool_errors.size());
+              std::string(agent::to_string(out.status)).c_str(), out.answer.c_str(), static_cast<long long>(out.steps),
+              static_cast<long long>(out.model_calls), static_cast<long long>(out.tool_calls), out.tool_errors.size());
   server->stop();
   std::lock_guard lock(payments.mu);
   return out.status == agent::TaskStatus::kSucceeded && payments.charges.size() == 1 ? 0 : 1;

@@ -53,6 +53,7 @@
 #if NINES_HAS_LLM
 #include "nines/agent/agent.hpp"
 #include "nines/agent/http_tool.hpp"
+#include "nines/agent/mcp.hpp"
 #include "nines/agent/registry.hpp"
 #include "nines/agent/tool.hpp"
 #include "nines/agent/validation.hpp"
