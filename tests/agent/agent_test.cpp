@@ -535,6 +535,57 @@ TEST(Agent, ForkRunsAWhatIfFromARecordedTurnAndLeavesTheOldTaskAlone) {
   EXPECT_THAT(w.agents->fork("nope", "f", {}), test::StatusIs(ErrorKind::kNotFound));
 }
 
+// The provider says the prompt does not fit: the router compacts it through the agent's context
+// manager (summarizing into a checkpoint) and the task goes on.
+TEST(Agent, ContextOverflowIsCompactedAndTheTaskGoesOn) {
+  AgentWorld w;
+  std::string scenario = R"({"seed": 23, "context_window_tokens": 3000, "scenario": [)";
+  for (int i = 0; i < 8; ++i) {
+    scenario += R"({"tool_calls": [{"name": "big", "arguments": {"n": )" + std::to_string(i) + R"(}}]},)";
+  }
+  scenario += R"({"answer": "read them all"}]})";
+  w.add_route("sim/primary", scenario);
+  w.extra_tools.push_back(make_native_tool({.name = "big",
+                                            .description = "Returns a long text",
+                                            .parameters_schema_json = R"({"type":"object"})",
+                                            .nature = EffectNature::kReadOnly},
+                                           [](Context&, const ToolInvocation& inv) -> Task<Result<std::string>> {
+                                             std::string text;  // ~2,400 bytes of ordinary words
+                                             for (int i = 0; text.size() < 2400; ++i) {
+                                               text += "record " + std::to_string(i * 7919 % 1000) + " of " +
+                                                       inv.arguments_json + " is fine; ";
+                                             }
+                                             co_return text;
+                                           })
+                              .value());
+  w.agent_options.tools.push_back("big");
+  w.agent_options.loop.max_turns_without_progress = 0;
+  // The agent's own budget is large (it does not fit the prompt ahead): the router's window
+  // check (or the provider's refusal, when the estimate is low) is what makes it compact.
+  w.route_window = 3000;
+  w.agent_options.context_window_tokens = 200000;
+  w.agent_options.max_output_tokens = 256;
+  auto summarizer = std::make_shared<llm::SimChatModel>(
+      llm::SimModel::from_json(R"({"scenario": [{"answer": "The tool returned long texts."}]})").value());
+  w.agent_options.context = std::shared_ptr<const llm::ContextManager>(
+      llm::ContextManager::create({.summarizer_model = "sim-summary"}, nullptr, summarizer).value());
+  // The sim picks its scenario turn by counting the assistant messages in the prompt, so once
+  // old turns are folded into a summary it replays earlier turns: the task cannot reach the
+  // scripted answer, and it runs until its step budget. What matters here: it goes on past the
+  // point where the prompt stopped fitting (about turn 4), with each prompt compacted.
+  w.agent_options.loop.max_identical_calls = 0;
+  w.agent_options.budget.max_steps = 12;
+  w.start();
+  auto out = w.run("ctx", "read everything");
+  ASSERT_TRUE(out.has_value());
+  EXPECT_EQ(out->status, TaskStatus::kBudgetExceeded) << out->reason;
+  EXPECT_EQ(out->steps, 12);
+  EXPECT_GT(w.router->counters(0).compactions + w.router->counters(0).left[0], 0u);
+  // The summary checkpoint is in the store, and the history is whole (summaries delete nothing).
+  EXPECT_TRUE(w.store->load_history("ctx", 1000).value().summary.has_value());
+  EXPECT_EQ(history_size(w, "ctx"), 1u + 12u * 2u);
+}
+
 TEST(Agent, AddAgentChecksItsOptions) {
   AgentWorld w;
   w.add_route("sim/primary", kTwoLookupsThenAnswer);

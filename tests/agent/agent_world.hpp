@@ -158,7 +158,7 @@ struct AgentWorld {
       llm::ModelRouteOptions r{.name = routes[i].name,
                                .model = "sim-" + routes[i].name,
                                .client = std::make_shared<llm::SimChatModel>(models[i]),
-                               .context_window_tokens = 128000,
+                               .context_window_tokens = route_window,
                                .max_output_tokens = 1024};
       r.retry.max_attempts = 3;
       r.retry.backoff = Backoff::full_jitter(std::chrono::milliseconds(100), std::chrono::seconds(2));
@@ -208,6 +208,7 @@ struct AgentWorld {
   std::unique_ptr<MemoryStore> store;
   std::shared_ptr<ToolWorld> tools_world = std::make_shared<ToolWorld>();
   Duration lookup_delay = std::chrono::milliseconds(0);
+  std::int64_t route_window = 128000;  // every route's context window (ModelRouteOptions)
   std::vector<std::shared_ptr<agent::Tool>> extra_tools;
   std::vector<Route> routes;
   std::vector<std::shared_ptr<llm::SimModel>> models;
