@@ -816,8 +816,9 @@ Task<Result<std::string>> TaskRun::run() {
     if (impl_.options.unjournaled_tools_for_testing) {
       // The broken variant the simulation must catch: no journal, so a resume runs them again.
       for (std::size_t i = 0; i < to_run.size(); ++i) {
-        Task<Result<std::string>> t = run_tool(
-            i, wf_.ctx(), wf_.id() + "/unjournaled/" + std::to_string(wf_.attempt()) + "/" + std::to_string(i));
+        // Named: the task refers to the key until it is awaited.
+        const std::string key = wf_.id() + "/unjournaled/" + std::to_string(wf_.attempt()) + "/" + std::to_string(i);
+        Task<Result<std::string>> t = run_tool(i, wf_.ctx(), key);
         results.push_back(co_await std::move(t));
       }
     } else if (!effects.empty()) {
