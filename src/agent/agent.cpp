@@ -763,7 +763,14 @@ Task<Result<std::string>> TaskRun::run() {
                        Context& c, const std::string& key) -> Task<Result<std::optional<std::string>>> {
           ToolInvocation inv{
               .task_id = task, .call_id = call.id, .arguments_json = call.arguments_json, .idempotency_key = key};
+          // Bounded as a call of the tool is: a target that never answers the question is asked
+          // again on the next run (kTimeout is not final), it does not hang the task.
+          const TimePoint outer = c.deadline();
+          auto bounded = c.with_timeout(tool->spec().timeout);
           Result<std::optional<std::string>> r = co_await tool->check(c, inv);
+          if (!r.ok() && r.error().kind() == ErrorKind::kDeadlineExceeded && c.now() < outer) {
+            r = Error(ErrorKind::kTimeout, "tool '" + tool->spec().name + "': check timed out");
+          }
           if (!r.ok() || !*r) co_return r;
           ToolOutcome o{.ok = true, .text = **r, .served_by = tool->spec().name};
           co_return std::optional<std::string>(encode_tool_outcome(o));
