@@ -1,0 +1,355 @@
+// kill -9 of the whole program at every effect boundary of an agent's tool call, for each
+// effect nature, on the deterministic runtime (AgentWorld: virtual time, a memory store whose
+// crash() keeps only what was committed; restart() destroys every process mid-await).
+//
+// The tools here model a remote call in phases with fixed virtual latencies, so the crash
+// lands exactly where the test says (and each test asserts it did, from the phase the tool
+// reached):
+//   intent journaled -> [before_send] -> the request reaches the target -> [sent] -> the target
+//   applies it -> [applied] -> the answer arrives -> outcome journaled -> [journaled] -> next turn
+// The target (a FakeLedger with requests in transit) lives outside the crash. A request that
+// was sent when the caller died is either dropped by the target or applied by it afterwards.
+// After the restart the task is run again and the test checks the outcome and the ledger:
+// read-only and idempotent calls run again with the same key (applied once), checkable ones
+// are asked with check() and not run again if applied, unsafe ones go to needs_attention and
+// are never run twice.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <map>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "agent/agent_world.hpp"
+#include "nines/agent/agent.hpp"
+#include "support/status_matchers.hpp"
+
+namespace nines::agent {
+namespace {
+
+using test::AgentWorld;
+using test::FakeLedger;
+using test::IsOk;
+using ::testing::Each;
+using ::testing::HasSubstr;
+
+using namespace std::chrono_literals;
+
+// The remote system: requests received, those in transit inside it (received, not yet
+// applied), what it applied, the checks it answered.
+struct Target {
+  FakeLedger ledger;
+  std::map<std::string, int> received;  // by key
+  std::vector<std::string> in_transit;  // keys received and not applied yet
+  int checks = 0;
+
+  bool take(const std::string& key) {
+    auto it = std::find(in_transit.begin(), in_transit.end(), key);
+    if (it == in_transit.end()) return false;
+    in_transit.erase(it);
+    return true;
+  }
+};
+
+// What one tool's calls did, as the test sees it.
+struct Probe {
+  std::string phase;              // the last phase reached
+  int calls = 0;                  // call() attempts that started
+  std::vector<std::string> keys;  // the idempotency key of each
+};
+
+struct Phases {
+  Duration before_send = 100ms;  // from the start of call() to the request reaching the target
+  Duration in_target = 100ms;    // from there to the target applying it
+  Duration answer = 100ms;       // from there to the answer arriving
+};
+
+// A tool of `nature` called `name` whose calls go through the phases above. Writes (idempotent,
+// checkable, unsafe) charge the ledger: by key for idempotent calls, every time for the others
+// (only the journal's check keeps a checkable one from applying twice). Read-only calls apply
+// nothing.
+std::shared_ptr<Tool> phased_tool(std::string name, EffectNature nature, Phases ph, std::shared_ptr<Target> target,
+                                  std::shared_ptr<Probe> probe) {
+  ToolSpec spec{.name = name,
+                .description = "a remote call in phases",
+                .parameters_schema_json = test::kChargeSchema,
+                .nature = nature,
+                .timeout = 1h,
+                .retry = RetryOptions{.max_attempts = 1}};
+  NativeToolFn fn = [nature, ph, target, probe](Context& c, const ToolInvocation& inv) -> Task<Result<std::string>> {
+    ++probe->calls;
+    probe->keys.push_back(inv.idempotency_key);
+    probe->phase = "before_send";
+    if (auto s = co_await c.sleep(ph.before_send); !s.ok()) co_return s.error();
+    ++target->received[inv.idempotency_key];
+    target->in_transit.push_back(inv.idempotency_key);
+    probe->phase = "sent";
+    if (auto s = co_await c.sleep(ph.in_target); !s.ok()) co_return s.error();
+    if (!target->take(inv.idempotency_key)) co_return Error(ErrorKind::kTransient, "the target lost the request");
+    std::string result = "read " + inv.arguments_json;
+    if (nature == EffectNature::kIdempotent) result = target->ledger.apply_idempotent(inv.idempotency_key);
+    if (nature == EffectNature::kCheckable || nature == EffectNature::kUnsafe) {
+      result = target->ledger.apply_unsafe(inv.idempotency_key);
+    }
+    probe->phase = "applied";
+    if (auto s = co_await c.sleep(ph.answer); !s.ok()) co_return s.error();
+    probe->phase = "answered";
+    co_return result;
+  };
+  NativeCheckFn check;
+  if (nature == EffectNature::kCheckable) {
+    check = [target](Context&, const ToolInvocation& inv) -> Task<Result<std::optional<std::string>>> {
+      ++target->checks;
+      co_return target->ledger.check(inv.idempotency_key);
+    };
+  }
+  return make_native_tool(std::move(spec), std::move(fn), std::move(check)).value();
+}
+
+// A model that takes 1 s per answer: the first turn's tool calls start at t = 1 s.
+std::string scenario(const std::string& calls_json) {
+  return R"({"seed": 21, "latency": {"first_byte": {"distribution": "fixed", "ms": 1000}},
+    "scenario": [{"tool_calls": )" +
+         calls_json + R"(}, {"answer": "done"}]})";
+}
+
+std::string call(const std::string& tool, const std::string& reference) {
+  return R"({"name": ")" + tool + R"(", "arguments": {"reference": ")" + reference + R"(", "amount": 3}})";
+}
+
+enum class Boundary {
+  kBeforeSend,        // the intent is journaled; the request has not left
+  kSentDropped,       // the target got it; the crash loses it there (never applied)
+  kSentAppliedLater,  // the target got it and applies it after the caller died
+  kAppliedNoAnswer,   // applied; the answer had not arrived
+  kJournaled,         // the outcome is journaled; the next model call is in flight
+};
+
+std::string boundary_name(Boundary b) {
+  switch (b) {
+    case Boundary::kBeforeSend: return "BeforeSend";
+    case Boundary::kSentDropped: return "SentDropped";
+    case Boundary::kSentAppliedLater: return "SentAppliedLater";
+    case Boundary::kAppliedNoAnswer: return "AppliedNoAnswer";
+    case Boundary::kJournaled: return "Journaled";
+  }
+  return "?";
+}
+
+std::string nature_name(EffectNature n) {
+  switch (n) {
+    case EffectNature::kReadOnly: return "ReadOnly";
+    case EffectNature::kIdempotent: return "Idempotent";
+    case EffectNature::kCheckable: return "Checkable";
+    case EffectNature::kUnsafe: return "Unsafe";
+  }
+  return "?";
+}
+
+class CrashAtBoundary : public ::testing::TestWithParam<std::tuple<EffectNature, Boundary>> {};
+
+TEST_P(CrashAtBoundary, ResumesByTheToolsNature) {
+  const auto [nature, boundary] = GetParam();
+  auto target = std::make_shared<Target>();
+  auto probe = std::make_shared<Probe>();
+  AgentWorld w;
+  w.extra_tools.push_back(phased_tool("op", nature, {}, target, probe));
+  w.agent_options.tools = {"op"};
+  w.add_route("sim/primary", scenario("[" + call("op", "r1") + "]"));
+  w.start();
+
+  // The call starts at 1 s; its phases end at 1.1, 1.2 and 1.3 s; the next model answer at 2.3 s.
+  const std::map<Boundary, std::pair<Duration, std::string>> at = {
+      {Boundary::kBeforeSend, {1050ms, "before_send"}}, {Boundary::kSentDropped, {1150ms, "sent"}},
+      {Boundary::kSentAppliedLater, {1150ms, "sent"}},  {Boundary::kAppliedNoAnswer, {1250ms, "applied"}},
+      {Boundary::kJournaled, {1800ms, "answered"}},
+  };
+  auto first = w.run("t", "pay r1", at.at(boundary).first);
+  ASSERT_FALSE(first.has_value()) << "the task ended before the crash";
+  ASSERT_EQ(probe->phase, at.at(boundary).second) << "the crash missed its boundary";
+  auto effects = w.store->load_effects("t").value();
+  ASSERT_EQ(effects.size(), 1u);
+  EXPECT_EQ(effects[0].outcome.has_value(), boundary == Boundary::kJournaled);
+  const std::string key = effects[0].idempotency_key;
+
+  w.restart();  // kill -9: every process is gone, the store keeps what was committed
+  if (boundary == Boundary::kSentDropped) target->in_transit.clear();
+  if (boundary == Boundary::kSentAppliedLater) {
+    ASSERT_TRUE(target->take(key));
+    if (nature == EffectNature::kIdempotent) target->ledger.apply_idempotent(key);
+    if (nature == EffectNature::kCheckable || nature == EffectNature::kUnsafe) target->ledger.apply_unsafe(key);
+  }
+  auto second = w.run("t", "pay r1");
+  ASSERT_TRUE(second.has_value());
+  EXPECT_THAT(probe->keys, Each(key)) << "a resumed call must use the key of its intent";
+
+  const bool applied_before_crash = boundary == Boundary::kSentAppliedLater || boundary == Boundary::kAppliedNoAnswer ||
+                                    boundary == Boundary::kJournaled;
+  if (boundary == Boundary::kJournaled) {
+    // Nothing to resolve: the result is replayed, the tool is not called again.
+    EXPECT_EQ(second->status, TaskStatus::kSucceeded) << second->reason;
+    EXPECT_EQ(probe->calls, 1);
+    EXPECT_EQ(target->checks, 0);
+    // The model turn in flight at the crash is made again; the recorded one is not.
+    EXPECT_EQ(w.model_calls(), 3u);
+    if (nature != EffectNature::kReadOnly) {
+      EXPECT_EQ(target->ledger.applied(key), 1);
+    }
+    return;
+  }
+  EXPECT_EQ(w.model_calls(), nature == EffectNature::kUnsafe ? 1u : 2u) << "a recorded model turn was paid again";
+  switch (nature) {
+    case EffectNature::kReadOnly:
+      // Run again (nothing to protect).
+      EXPECT_EQ(second->status, TaskStatus::kSucceeded) << second->reason;
+      EXPECT_EQ(probe->calls, 2);
+      break;
+    case EffectNature::kIdempotent:
+      // Run again with the same key; the target applies it once.
+      EXPECT_EQ(second->status, TaskStatus::kSucceeded) << second->reason;
+      EXPECT_EQ(probe->calls, 2);
+      EXPECT_EQ(target->ledger.applied(key), 1);
+      EXPECT_EQ(target->checks, 0);
+      break;
+    case EffectNature::kCheckable:
+      // Asked first; run again only if the target says it was not applied.
+      EXPECT_EQ(second->status, TaskStatus::kSucceeded) << second->reason;
+      EXPECT_EQ(target->checks, 1);
+      EXPECT_EQ(probe->calls, applied_before_crash ? 1 : 2);
+      EXPECT_EQ(target->ledger.applied(key), 1);
+      break;
+    case EffectNature::kUnsafe:
+      // Never run twice: an operator decides.
+      EXPECT_EQ(second->status, TaskStatus::kNeedsAttention) << second->reason;
+      EXPECT_THAT(second->reason, HasSubstr("op"));
+      EXPECT_EQ(probe->calls, 1);
+      EXPECT_EQ(target->ledger.applied(key), applied_before_crash ? 1 : 0);
+      break;
+  }
+  // (A needs_attention outcome carries the status and the reason only.)
+  if (nature != EffectNature::kUnsafe) {
+    EXPECT_EQ(second->restarts, 1);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AgentCrash, CrashAtBoundary,
+                         ::testing::Combine(::testing::Values(EffectNature::kReadOnly, EffectNature::kIdempotent,
+                                                              EffectNature::kCheckable, EffectNature::kUnsafe),
+                                            ::testing::Values(Boundary::kBeforeSend, Boundary::kSentDropped,
+                                                              Boundary::kSentAppliedLater, Boundary::kAppliedNoAnswer,
+                                                              Boundary::kJournaled)),
+                         [](const ::testing::TestParamInfo<std::tuple<EffectNature, Boundary>>& p) {
+                           return nature_name(std::get<0>(p.param)) + "_" + boundary_name(std::get<1>(p.param));
+                         });
+
+// Several tool calls of one model turn in flight at the crash, each at another boundary: each
+// sibling is resolved by its own record and nature, and each charge is applied exactly once.
+TEST(AgentCrash, SiblingCallsInFlightAreEachAppliedExactlyOnce) {
+  auto target = std::make_shared<Target>();
+  std::map<std::string, std::shared_ptr<Probe>> probes;
+  AgentWorld w;
+  auto add = [&](const std::string& name, EffectNature nature, Phases ph) {
+    probes[name] = std::make_shared<Probe>();
+    w.extra_tools.push_back(phased_tool(name, nature, ph, target, probes[name]));
+  };
+  // All start at 1 s; at the crash (1.2 s): a applied without its answer, b not sent yet,
+  // c sent (the target applies it after the crash), d journaled.
+  add("a", EffectNature::kIdempotent, {.before_send = 10ms, .in_target = 10ms, .answer = 500ms});
+  add("b", EffectNature::kIdempotent, {.before_send = 500ms});
+  add("c", EffectNature::kCheckable, {.before_send = 10ms, .in_target = 500ms});
+  add("d", EffectNature::kIdempotent, {.before_send = 10ms, .in_target = 10ms, .answer = 10ms});
+  w.agent_options.tools = {"a", "b", "c", "d"};
+  w.agent_options.max_parallel_tools = 4;
+  w.add_route("sim/primary", scenario("[" + call("a", "r1") + "," + call("b", "r2") + "," + call("c", "r3") + "," +
+                                      call("d", "r4") + "]"));
+  w.start();
+  auto first = w.run("sib", "pay all four", 1200ms);
+  ASSERT_FALSE(first.has_value());
+  ASSERT_EQ(probes["a"]->phase, "applied");
+  ASSERT_EQ(probes["b"]->phase, "before_send");
+  ASSERT_EQ(probes["c"]->phase, "sent");
+  ASSERT_EQ(probes["d"]->phase, "answered");
+  auto effects = w.store->load_effects("sib").value();
+  ASSERT_EQ(effects.size(), 4u);  // every intent is journaled before its call starts
+  std::map<std::string, std::string> key;
+  for (const EffectRecord& e : effects) {
+    key[e.effect_id.substr(e.effect_id.rfind(':') + 1)] = e.idempotency_key;
+    EXPECT_EQ(e.outcome.has_value(), e.effect_id.ends_with(":d")) << e.effect_id;
+  }
+
+  w.restart();
+  ASSERT_TRUE(target->take(key["c"]));
+  target->ledger.apply_unsafe(key["c"]);  // the target finishes what it had received
+  auto second = w.run("sib", "pay all four");
+  ASSERT_TRUE(second.has_value());
+  EXPECT_EQ(second->status, TaskStatus::kSucceeded) << second->reason;
+  EXPECT_EQ(second->tool_calls, 4);
+  for (const std::string name : {"a", "b", "c", "d"}) {
+    SCOPED_TRACE(name);
+    EXPECT_EQ(target->ledger.applied(key[name]), 1);
+    EXPECT_THAT(probes[name]->keys, Each(key[name]));
+  }
+  EXPECT_EQ(probes["a"]->calls, 2);  // idempotent: run again with its key
+  EXPECT_EQ(probes["b"]->calls, 2);
+  EXPECT_EQ(probes["c"]->calls, 1);  // checkable: asked, found applied, not run again
+  EXPECT_EQ(target->checks, 1);
+  EXPECT_EQ(probes["d"]->calls, 1);  // journaled: replayed
+  EXPECT_EQ(w.model_calls(), 2u);
+}
+
+// The same with an unsafe sibling interrupted after it applied: the task waits for an operator
+// without running it again; the operator says it was applied; the task then finishes, and
+// every charge, the unsafe one included, was applied exactly once.
+TEST(AgentCrash, UnsafeSiblingWaitsForTheOperatorAndNothingRunsTwice) {
+  auto target = std::make_shared<Target>();
+  std::map<std::string, std::shared_ptr<Probe>> probes;
+  AgentWorld w;
+  auto add = [&](const std::string& name, EffectNature nature, Phases ph) {
+    probes[name] = std::make_shared<Probe>();
+    w.extra_tools.push_back(phased_tool(name, nature, ph, target, probes[name]));
+  };
+  add("a", EffectNature::kIdempotent, {.before_send = 10ms, .in_target = 10ms, .answer = 500ms});
+  add("u", EffectNature::kUnsafe, {.before_send = 10ms, .in_target = 10ms, .answer = 500ms});
+  add("c", EffectNature::kCheckable, {.before_send = 500ms});
+  w.agent_options.tools = {"a", "u", "c"};
+  w.agent_options.max_parallel_tools = 4;
+  w.add_route("sim/primary", scenario("[" + call("a", "r1") + "," + call("u", "r2") + "," + call("c", "r3") + "]"));
+  w.start();
+  auto first = w.run("uns", "pay", 1200ms);
+  ASSERT_FALSE(first.has_value());
+  ASSERT_EQ(probes["u"]->phase, "applied");
+  std::map<std::string, std::string> key, effect_id;
+  const std::vector<EffectRecord> recorded = w.store->load_effects("uns").value();
+  for (const EffectRecord& e : recorded) {
+    const std::string name = e.effect_id.substr(e.effect_id.rfind(':') + 1);
+    key[name] = e.idempotency_key;
+    effect_id[name] = e.effect_id;
+  }
+  ASSERT_EQ(key.size(), 3u);
+
+  w.restart();
+  auto second = w.run("uns", "pay");
+  ASSERT_TRUE(second.has_value());
+  EXPECT_EQ(second->status, TaskStatus::kNeedsAttention) << second->reason;
+  EXPECT_EQ(probes["u"]->calls, 1);
+  for (const std::string name : {"a", "u", "c"}) EXPECT_LE(target->ledger.applied(key[name]), 1) << name;
+
+  // The operator looked at the ledger: it was applied.
+  ASSERT_THAT(w.engine->resolve_effect("uns", effect_id["u"], {.applied = true, .outcome = "applied by hand"}), IsOk());
+  auto third = w.run("uns", "pay");
+  ASSERT_TRUE(third.has_value());
+  EXPECT_EQ(third->status, TaskStatus::kSucceeded) << third->reason;
+  EXPECT_EQ(probes["u"]->calls, 1);
+  for (const std::string name : {"a", "u", "c"}) EXPECT_EQ(target->ledger.applied(key[name]), 1) << name;
+  auto history = w.store->read_history("uns", 0, 100).value();
+  bool operator_outcome_seen = false;
+  for (const HistoryRecord& h : history)
+    operator_outcome_seen |= h.message.find("applied by hand") != std::string::npos;
+  EXPECT_TRUE(operator_outcome_seen) << "the model is given the operator's outcome";
+}
+
+}  // namespace
+}  // namespace nines::agent
