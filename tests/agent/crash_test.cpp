@@ -24,7 +24,11 @@
 #include <vector>
 
 #include "agent/agent_world.hpp"
+#include "agent/kill/http_ledger.hpp"
+#include "net/test_server.hpp"
 #include "nines/agent/agent.hpp"
+#include "nines/agent/http_tool.hpp"
+#include "nines/net/http_client.hpp"
 #include "support/status_matchers.hpp"
 
 namespace nines::agent {
@@ -350,6 +354,248 @@ TEST(AgentCrash, UnsafeSiblingWaitsForTheOperatorAndNothingRunsTwice) {
     operator_outcome_seen |= h.message.find("applied by hand") != std::string::npos;
   EXPECT_TRUE(operator_outcome_seen) << "the model is given the operator's outcome";
 }
+
+// ---- HTTP tools (make_http_tool) against a loopback ledger, on the real environment ------
+//
+// The sim runtime can drive the HTTP client (tests/net/http_fault_test.cpp polls it while a
+// real server thread answers), but then the moment a request is in flight depends on real
+// time, and AgentWorld's restart destroys the environment the client lives on. So these run on
+// the real environment with a memory store, and a crash is the destruction of the runtime
+// (every process unwinds mid-await, as with kill -9) and of everything built on it, then
+// MemoryStore::crash(). The boundaries are made exact by the ledger (http_ledger.hpp), which
+// parks a request before or after applying it until the test has crashed the caller; "before
+// the request is sent" is a call queued in the tool's bulkhead (max_concurrent = 1) behind a
+// parked call of the same tool. The "journaled" boundary is a crash while the next model call
+// hangs (a scheduled sim timeout), after the test saw the outcome in the store.
+
+class HttpCrashWorld {
+ public:
+  HttpCrashWorld(EffectNature nature, std::string model_config) : nature_(nature) {
+    ledger_thread_ = env_->start_thread("ledger", [this] { ledger.serve(); }).value();
+    model_ = llm::SimModel::from_json(model_config).value();
+    start();
+  }
+  ~HttpCrashWorld() {
+    crash();
+    ledger.stop();
+    ledger_thread_->join();
+  }
+
+  // Builds the program on the store (kept across crashes).
+  void start() {
+    engine_ = WorkflowEngine::create(*env_, *store).value();
+    net::HttpClientOptions o;
+    o.proxy = "";
+    o.timeouts.total = std::chrono::seconds(30);
+    http_ = std::shared_ptr<net::HttpClient>(net::HttpClient::create(*env_, std::move(o)).value());
+    ToolSpec spec{.name = "op",
+                  .description = "a remote call",
+                  .parameters_schema_json = test::kChargeSchema,
+                  .nature = nature_,
+                  .timeout = std::chrono::seconds(30),
+                  .max_concurrent = 1};
+    HttpToolOptions h{.method = HttpMethod::kPost};
+    switch (nature_) {
+      case EffectNature::kReadOnly:
+        h.method = HttpMethod::kGet;
+        h.url_template = ledger.url("/lookup/{reference}");
+        break;
+      case EffectNature::kIdempotent: h.url_template = ledger.url("/charge/idem"); break;
+      case EffectNature::kCheckable:
+        h.url_template = ledger.url("/charge/unsafe");
+        h.check_url_template = ledger.url("/charge/check");
+        break;
+      case EffectNature::kUnsafe: h.url_template = ledger.url("/charge/unsafe"); break;
+    }
+    auto tool = make_http_tool(spec, h, http_).value();
+    tools_ = ToolRegistry::create(*env_, {tool}).value();
+    llm::ModelRouteOptions r{
+        .name = "sim/primary", .model = "sim", .client = std::make_shared<llm::SimChatModel>(model_)};
+    r.retry.max_attempts = 1;
+    llm::RouterOptions ro{.name = "chain"};
+    ro.chain.push_back(std::move(r));
+    router_ = std::shared_ptr<llm::Router>(llm::Router::create(*env_, std::move(ro)).value());
+    agents_ = Agents::create(*env_, *engine_, tools_).value();
+    ASSERT_THAT(agents_->add_agent({.name = "payer", .router = router_, .tools = {"op"}, .max_parallel_tools = 4}),
+                IsOk());
+    rt_ = Runtime::create(*env_).value();
+  }
+
+  // kill -9: every process and everything built on the runtime is gone; the store keeps what
+  // was committed; the ledger (another system) keeps going.
+  void crash() {
+    rt_.reset();
+    agents_.reset();
+    router_.reset();
+    tools_.reset();
+    http_.reset();
+    engine_.reset();
+    store->crash();
+  }
+
+  // Starts the task in a process and returns at once.
+  void spawn(const std::string& id) {
+    rt_->spawn([this, id](Context& ctx) -> Task<> {
+         TaskOutcome out = co_await agents_->run(ctx, "payer", id, "pay");
+         ended_.store(true);
+       })
+        .value();
+  }
+  bool ended() const { return ended_.load(); }
+
+  // Runs the task in a process to its end (or its run's end).
+  TaskOutcome run(const std::string& id) {
+    auto out = std::make_shared<TaskOutcome>();
+    auto w = rt_->spawn_watched([this, id, out](Context& ctx) -> Task<> {
+                  auto scope = ctx.with_timeout(std::chrono::seconds(60));
+                  *out = co_await agents_->run(ctx, "payer", id, "pay");
+                })
+                 .value();
+    w.exit->wait();
+    return *out;
+  }
+
+  // Polls (5 ms apart, at most 20 s) until `cond` holds.
+  static bool wait_until(const std::function<bool()>& cond) {
+    for (int i = 0; i < 4000; ++i) {
+      if (cond()) return true;
+      net::test::pause_ms(5);
+    }
+    return cond();
+  }
+
+  std::vector<EffectRecord> effects(const std::string& id) const {
+    std::vector<EffectRecord> e = store->load_effects(id).value();
+    std::sort(e.begin(), e.end(), [](const auto& a, const auto& b) { return a.effect_id < b.effect_id; });
+    return e;
+  }
+
+  std::uint64_t model_calls() const { return model_->counters().calls; }
+
+ private:
+  std::unique_ptr<Environment> env_ = make_real_environment({.workers = 2, .seed = 31});
+  EffectNature nature_;
+  std::unique_ptr<Thread> ledger_thread_;
+  std::shared_ptr<llm::SimModel> model_;
+  std::atomic<bool> ended_{false};
+  std::unique_ptr<WorkflowEngine> engine_;
+  std::shared_ptr<net::HttpClient> http_;
+  std::shared_ptr<ToolRegistry> tools_;
+  std::shared_ptr<llm::Router> router_;
+  std::unique_ptr<Agents> agents_;
+  std::unique_ptr<Runtime> rt_;
+
+ public:
+  test::HttpLedger ledger;
+  std::unique_ptr<MemoryStore> store = make_memory_store().value();
+};
+
+class HttpCrashAtBoundary : public ::testing::TestWithParam<std::tuple<EffectNature, Boundary>> {};
+
+TEST_P(HttpCrashAtBoundary, ResumesByTheToolsNature) {
+  const auto [nature, boundary] = GetParam();
+  using Hold = test::HttpLedger::Hold;
+  // Turn 0 calls op once (twice for kBeforeSend: the second waits in the bulkhead); for
+  // kJournaled the second model call hangs, so the crash lands after the outcome's record.
+  std::string calls = "[" + call("op", "r0") + (boundary == Boundary::kBeforeSend ? "," + call("op", "r1") : "") + "]";
+  std::string config = R"({"seed": 5, "scenario": [{"tool_calls": )" + calls + R"(}, {"answer": "done"}])";
+  if (boundary == Boundary::kJournaled) {
+    config += R"(, "schedule": [{"call": 2, "fault": "timeout"}], "faults": {"timeout": {"probability": 0,
+                "hang_ms": 600000}})";
+  }
+  HttpCrashWorld w(nature, config + "}");
+  auto parked = std::make_shared<std::atomic<int>>(0);
+  const Hold where = boundary == Boundary::kAppliedNoAnswer ? Hold::kAfterApply : Hold::kBeforeApply;
+  if (boundary != Boundary::kJournaled) {
+    w.ledger.set_hold([parked, where](const std::string&, const std::string&, const std::string&) {
+      return parked->fetch_add(1) == 0 ? where : Hold::kNone;  // the first request only
+    });
+  }
+  w.spawn("t");
+  const std::size_t calls_made = boundary == Boundary::kBeforeSend ? 2 : 1;
+  ASSERT_TRUE(HttpCrashWorld::wait_until([&] {
+    if (boundary == Boundary::kJournaled) {
+      auto e = w.effects("t");
+      return e.size() == 1 && e[0].outcome.has_value() && w.model_calls() == 2;
+    }
+    return w.ledger.held() == 1 && w.effects("t").size() == calls_made;
+  })) << "the crash point was not reached";
+  ASSERT_FALSE(w.ended());
+  const std::vector<EffectRecord> effects = w.effects("t");
+  std::string key = effects.back().idempotency_key;  // the call under test
+  std::string sibling;                               // kBeforeSend: the parked call ahead of it
+  if (boundary == Boundary::kBeforeSend) {
+    // The two calls start at once; whichever came second waits in the bulkhead.
+    sibling = effects.front().idempotency_key;
+    if (w.ledger.counts(key).requests != 0) std::swap(key, sibling);
+    ASSERT_EQ(w.ledger.counts(key).requests, 0) << "the queued call reached the target";
+    ASSERT_EQ(w.ledger.counts(sibling).requests, 1);
+  }
+
+  w.crash();
+  w.ledger.set_hold(nullptr);
+  w.ledger.release(/*apply=*/boundary == Boundary::kSentAppliedLater);
+  w.start();
+  TaskOutcome out = w.run("t");
+
+  const test::HttpLedger::Counts got = w.ledger.counts(key);
+  const bool applied_before = boundary == Boundary::kSentAppliedLater || boundary == Boundary::kAppliedNoAnswer ||
+                              boundary == Boundary::kJournaled;
+  const int sent_before = boundary == Boundary::kBeforeSend ? 0 : 1;
+  if (boundary == Boundary::kJournaled) {
+    EXPECT_EQ(out.status, TaskStatus::kSucceeded) << out.reason;
+    EXPECT_EQ(got.requests, 1);  // replayed from the journal
+    EXPECT_EQ(got.applied, 1);
+    EXPECT_EQ(w.ledger.checks(key), 0);
+    return;
+  }
+  switch (nature) {
+    case EffectNature::kReadOnly:
+      EXPECT_EQ(out.status, TaskStatus::kSucceeded) << out.reason;
+      EXPECT_EQ(got.requests, sent_before + 1);  // run again
+      break;
+    case EffectNature::kIdempotent:
+      EXPECT_EQ(out.status, TaskStatus::kSucceeded) << out.reason;
+      EXPECT_EQ(got.requests, sent_before + 1);  // sent again with its key...
+      EXPECT_EQ(got.applied, 1);                 // ...and applied once
+      EXPECT_EQ(w.ledger.checks(key), 0);
+      break;
+    case EffectNature::kCheckable:
+      EXPECT_EQ(out.status, TaskStatus::kSucceeded) << out.reason;
+      EXPECT_EQ(w.ledger.checks(key), 1);
+      EXPECT_EQ(got.requests, sent_before + (applied_before ? 0 : 1));
+      EXPECT_EQ(got.applied, 1);
+      break;
+    case EffectNature::kUnsafe:
+      EXPECT_EQ(out.status, TaskStatus::kNeedsAttention) << out.reason;
+      EXPECT_EQ(got.requests, sent_before);  // never sent again
+      EXPECT_EQ(got.applied, applied_before ? 1 : 0);
+      break;
+  }
+  if (boundary == Boundary::kBeforeSend && nature != EffectNature::kUnsafe) {
+    // The parked sibling was dropped by the target: resolved by the same rules, applied once.
+    const test::HttpLedger::Counts first = w.ledger.counts(sibling);
+    EXPECT_EQ(first.requests, 2);
+    if (nature != EffectNature::kReadOnly) {
+      EXPECT_EQ(first.applied, 1);
+    }
+  }
+  for (const auto& [k, c] : w.ledger.all()) {
+    if (nature != EffectNature::kReadOnly) {
+      EXPECT_LE(c.applied, 1) << k;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AgentHttpCrash, HttpCrashAtBoundary,
+                         ::testing::Combine(::testing::Values(EffectNature::kReadOnly, EffectNature::kIdempotent,
+                                                              EffectNature::kCheckable, EffectNature::kUnsafe),
+                                            ::testing::Values(Boundary::kBeforeSend, Boundary::kSentDropped,
+                                                              Boundary::kSentAppliedLater, Boundary::kAppliedNoAnswer,
+                                                              Boundary::kJournaled)),
+                         [](const ::testing::TestParamInfo<std::tuple<EffectNature, Boundary>>& p) {
+                           return nature_name(std::get<0>(p.param)) + "_" + boundary_name(std::get<1>(p.param));
+                         });
 
 }  // namespace
 }  // namespace nines::agent

@@ -5,7 +5,8 @@
 //   POST /charge/idem     applies once per key (a repeated key is not applied again)  -> 200 "applied:<key>"
 //   POST /charge/unsafe   applies every time, whatever the key                       -> 200 "applied:<key>"
 //   GET  /charge/check    200 "applied:<key>" if the key was applied, 404 if not
-//   GET  /lookup/<id>     200 "record <id>" (read-only; each request counts as run under its key)
+//   GET  /lookup/<id>     200 "record <id>" (read-only; each answered request counts as an
+//                         application under its key)
 //   GET  /stats           "<key> <requests> <applications>" lines, then "END"
 //   POST /quit            ends serve()
 // Hold points make a crash test's boundary exact: a rule picks requests that are parked
@@ -96,6 +97,12 @@ class HttpLedger {
     auto it = ledger_.find(key);
     return it == ledger_.end() ? Counts{} : it->second;
   }
+  // GET /charge/check requests for `key`.
+  int checks(const std::string& key) const {
+    std::lock_guard l(mu_);
+    auto it = checks_.find(key);
+    return it == checks_.end() ? 0 : it->second;
+  }
   std::map<std::string, Counts> all() const {
     std::lock_guard l(mu_);
     return ledger_;
@@ -179,6 +186,10 @@ class HttpLedger {
   // Under mu_.
   std::string apply_locked(const std::string& path, const std::string& key) {
     Counts& k = ledger_[key];
+    if (path.rfind("/lookup/", 0) == 0) {  // a read: counted as run, every time
+      ++k.applied;
+      return "record " + path.substr(8);
+    }
     if (path == "/charge/unsafe" || k.applied == 0) ++k.applied;
     return "applied:" + key;
   }
@@ -196,7 +207,9 @@ class HttpLedger {
       const std::string method = head.substr(0, sp1), path = head.substr(sp1 + 1, sp2 - sp1 - 1);
       const std::string key = header(head, "Idempotency-Key");
       std::lock_guard l(mu_);
-      if (method == "POST" && (path == "/charge/idem" || path == "/charge/unsafe")) {
+      const bool charge = method == "POST" && (path == "/charge/idem" || path == "/charge/unsafe");
+      const bool lookup = method == "GET" && path.rfind("/lookup/", 0) == 0;
+      if (charge || lookup) {
         ++ledger_[key].requests;
         const Hold h = hold_ ? hold_(method, path, key) : Hold::kNone;
         if (h == Hold::kAfterApply) apply_locked(path, key);
@@ -207,13 +220,9 @@ class HttpLedger {
         }
         c.out += reply(200, apply_locked(path, key));
       } else if (method == "GET" && path == "/charge/check") {
+        ++checks_[key];
         auto it = ledger_.find(key);
         c.out += it != ledger_.end() && it->second.applied > 0 ? reply(200, "applied:" + key) : reply(404, "no");
-      } else if (method == "GET" && path.rfind("/lookup/", 0) == 0) {
-        Counts& k = ledger_[key];  // a read: every request counts as "applied" (it ran)
-        ++k.requests;
-        ++k.applied;
-        c.out += reply(200, "record " + path.substr(8));
       } else if (method == "GET" && path == "/stats") {
         std::string out;
         for (const auto& [k, n] : ledger_)
@@ -238,6 +247,7 @@ class HttpLedger {
   HoldRule hold_;
   std::vector<Parked> parked_;
   std::map<std::string, Counts> ledger_;
+  std::map<std::string, int> checks_;
 };
 
 }  // namespace nines::test
