@@ -72,6 +72,17 @@ class HttpLedger {
   int port() const { return port_; }
   std::string url(const std::string& path) const { return "http://127.0.0.1:" + std::to_string(port_) + path; }
 
+  // Every n-th request to /charge/idem or /lookup/ (n > 0; 0: none) is answered 503 without
+  // being applied: a flaky target for the retry policies of idempotent and read-only tools.
+  void set_fail_every(int n) {
+    std::lock_guard l(mu_);
+    fail_every_ = n;
+  }
+  int failed() const {
+    std::lock_guard l(mu_);
+    return failed_;
+  }
+
   void set_hold(HoldRule rule) {
     std::lock_guard l(mu_);
     hold_ = std::move(rule);
@@ -164,7 +175,10 @@ class HttpLedger {
   }
 
   static std::string reply(int status, const std::string& body) {
-    const char* reason = status == 200 ? "OK" : status == 404 ? "Not Found" : "Bad Request";
+    const char* reason = status == 200   ? "OK"
+                         : status == 404 ? "Not Found"
+                         : status == 503 ? "Service Unavailable"
+                                         : "Bad Request";
     return "HTTP/1.1 " + std::to_string(status) + " " + reason + "\r\nContent-Length: " + std::to_string(body.size()) +
            "\r\nContent-Type: text/plain\r\n\r\n" + body;
   }
@@ -209,7 +223,11 @@ class HttpLedger {
       std::lock_guard l(mu_);
       const bool charge = method == "POST" && (path == "/charge/idem" || path == "/charge/unsafe");
       const bool lookup = method == "GET" && path.rfind("/lookup/", 0) == 0;
-      if (charge || lookup) {
+      const bool flaky = path == "/charge/idem" || lookup;
+      if (flaky && fail_every_ > 0 && ++flaky_seen_ % fail_every_ == 0) {
+        ++failed_;
+        c.out += reply(503, "try again");
+      } else if (charge || lookup) {
         ++ledger_[key].requests;
         const Hold h = hold_ ? hold_(method, path, key) : Hold::kNone;
         if (h == Hold::kAfterApply) apply_locked(path, key);
@@ -248,6 +266,9 @@ class HttpLedger {
   std::vector<Parked> parked_;
   std::map<std::string, Counts> ledger_;
   std::map<std::string, int> checks_;
+  int fail_every_ = 0;
+  long flaky_seen_ = 0;
+  int failed_ = 0;
 };
 
 }  // namespace nines::test
