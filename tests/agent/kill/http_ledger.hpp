@@ -7,7 +7,8 @@
 //   GET  /charge/check    200 "applied:<key>" if the key was applied, 404 if not
 //   GET  /lookup/<id>     200 "record <id>" (read-only; each answered request counts as an
 //                         application under its key)
-//   GET  /stats           "<key> <requests> <applications>" lines, then "END"
+//   GET  /stats           "<key> <requests> <applications> <checks>" lines, then "END"
+//   GET  /failed          how many requests were answered 503 (set_fail_every)
 //   POST /quit            ends serve()
 // Hold points make a crash test's boundary exact: a rule picks requests that are parked
 // before they are applied (the request has arrived, nothing is applied) or after (applied, the
@@ -242,10 +243,19 @@ class HttpLedger {
         auto it = ledger_.find(key);
         c.out += it != ledger_.end() && it->second.applied > 0 ? reply(200, "applied:" + key) : reply(404, "no");
       } else if (method == "GET" && path == "/stats") {
+        std::map<std::string, std::string> lines;
+        for (const auto& [k, n] : ledger_) {
+          lines[k] = std::to_string(n.requests) + " " + std::to_string(n.applied);
+        }
+        for (const auto& [k, n] : checks_) lines.try_emplace(k, "0 0");
         std::string out;
-        for (const auto& [k, n] : ledger_)
-          out += k + " " + std::to_string(n.requests) + " " + std::to_string(n.applied) + "\n";
+        for (const auto& [k, line] : lines) {
+          auto ch = checks_.find(k);
+          out += k + " " + line + " " + std::to_string(ch == checks_.end() ? 0 : ch->second) + "\n";
+        }
         c.out += reply(200, out + "END\n");
+      } else if (method == "GET" && path == "/failed") {
+        c.out += reply(200, std::to_string(failed_));
       } else if (path == "/quit") {
         c.out += reply(200, "bye");
         stop_.store(true);
@@ -270,5 +280,42 @@ class HttpLedger {
   long flaky_seen_ = 0;
   int failed_ = 0;
 };
+
+// One blocking request to a ledger on loopback `port` from a plain thread (not a process): the
+// response body, or "" if it could not be sent.
+inline std::string ledger_request(int port, const std::string& method, const std::string& path) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<std::uint16_t>(port));
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    return "";
+  }
+  const std::string req = method + " " + path + " HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n";
+  if (::write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) {
+    ::close(fd);
+    return "";
+  }
+  std::string out;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n <= 0) break;
+    out.append(buf, static_cast<std::size_t>(n));
+    const std::size_t head = out.find("\r\n\r\n");
+    if (head == std::string::npos) continue;
+    const std::size_t cl = out.find("Content-Length: ");
+    if (cl == std::string::npos) break;
+    const std::size_t len = std::stoul(out.substr(cl + 16));
+    if (out.size() >= head + 4 + len) {
+      out = out.substr(head + 4, len);
+      break;
+    }
+  }
+  ::close(fd);
+  return out;
+}
 
 }  // namespace nines::test

@@ -54,7 +54,11 @@ int main(int argc, char** argv) {
   // Seeded per run: the faults differ from run to run, and still follow the request.
   auto model = must(llm::SimModel::from_json(program::sim_config(env->random_u64() % 1000, 0.05, 2)), "sim model");
   auto router = must(program::router(*env, model), "router");
-  auto agents = must(agent::Agents::create(*env, *engine, registry), "agents");
+  // NINES_AGENT_KILL_UNJOURNALED=1: the broken variant without the effect journal, to see the
+  // test catch charges applied twice (not registered; run by hand).
+  agent::AgentsOptions agents_options;
+  agents_options.unjournaled_tools_for_testing = std::getenv("NINES_AGENT_KILL_UNJOURNALED") != nullptr;
+  auto agents = must(agent::Agents::create(*env, *engine, registry, agents_options), "agents");
   if (Status s = agents->add_agent(program::agent_options(router)); !s.ok()) {
     std::fprintf(stderr, "add_agent: %s\n", s.error().to_string().c_str());
     return 1;
