@@ -1,8 +1,13 @@
 // kill -9 of the whole program at every effect boundary of an agent's tool call, for each
-// effect nature, on the deterministic runtime (AgentWorld: virtual time, a memory store whose
-// crash() keeps only what was committed; restart() destroys every process mid-await).
+// effect nature and each kind of tool:
+//  - native tools (make_native_tool) on the deterministic runtime (AgentWorld: virtual time, a
+//    memory store whose crash() keeps only what was committed; restart() destroys every
+//    process mid-await): CrashAtBoundary, and several calls of one turn in flight
+//    (SiblingCallsInFlight..., UnsafeSibling...);
+//  - HTTP tools (make_http_tool) against a loopback ledger on the real environment
+//    (HttpCrashAtBoundary; why not the sim runtime: see HttpCrashWorld).
 //
-// The tools here model a remote call in phases with fixed virtual latencies, so the crash
+// The native tools here model a remote call in phases with fixed virtual latencies, so the crash
 // lands exactly where the test says (and each test asserts it did, from the phase the tool
 // reached):
 //   intent journaled -> [before_send] -> the request reaches the target -> [sent] -> the target
