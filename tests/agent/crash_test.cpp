@@ -74,6 +74,7 @@ struct Phases {
   Duration before_send = 100ms;  // from the start of call() to the request reaching the target
   Duration in_target = 100ms;    // from there to the target applying it
   Duration answer = 100ms;       // from there to the answer arriving
+  Duration check = 0ms;          // how long the target takes to answer a check
 };
 
 // A tool of `nature` called `name` whose calls go through the phases above. Writes (idempotent,
@@ -110,8 +111,11 @@ std::shared_ptr<Tool> phased_tool(std::string name, EffectNature nature, Phases 
   };
   NativeCheckFn check;
   if (nature == EffectNature::kCheckable) {
-    check = [target](Context&, const ToolInvocation& inv) -> Task<Result<std::optional<std::string>>> {
+    check = [target, ph](Context& c, const ToolInvocation& inv) -> Task<Result<std::optional<std::string>>> {
       ++target->checks;
+      if (ph.check > Duration::zero()) {
+        if (auto slept = co_await c.sleep(ph.check); !slept.ok()) co_return slept.error();
+      }
       co_return target->ledger.check(inv.idempotency_key);
     };
   }
@@ -358,6 +362,133 @@ TEST(AgentCrash, UnsafeSiblingWaitsForTheOperatorAndNothingRunsTwice) {
   for (const HistoryRecord& h : history)
     operator_outcome_seen |= h.message.find("applied by hand") != std::string::npos;
   EXPECT_TRUE(operator_outcome_seen) << "the model is given the operator's outcome";
+}
+
+// Crashes in a row: the resumed work is interrupted again at the same kind of boundary, and
+// is resolved again by the same rules, with the key of the first intent.
+TEST(AgentCrash, CrashDuringTheCheckOfAResumedCallAsksAgain) {
+  auto target = std::make_shared<Target>();
+  auto probe = std::make_shared<Probe>();
+  AgentWorld w;
+  w.extra_tools.push_back(phased_tool("op", EffectNature::kCheckable, {.check = 300ms}, target, probe));
+  w.agent_options.tools = {"op"};
+  w.add_route("sim/primary", scenario("[" + call("op", "r1") + "]"));
+  w.start();
+  ASSERT_FALSE(w.run("t", "pay", 1150ms).has_value());  // sent, not applied
+  ASSERT_EQ(probe->phase, "sent");
+  const std::string key = w.store->load_effects("t").value().at(0).idempotency_key;
+  w.restart();
+  target->in_transit.clear();                          // the target lost it
+  ASSERT_FALSE(w.run("t", "pay", 100ms).has_value());  // the check is in flight
+  EXPECT_EQ(target->checks, 1);
+  EXPECT_EQ(probe->calls, 1);
+  w.restart();
+  ASSERT_FALSE(w.run("t", "pay", 350ms).has_value());  // asked again (300 ms), run again: in before_send
+  EXPECT_EQ(target->checks, 2);
+  EXPECT_EQ(probe->calls, 2);
+  EXPECT_EQ(probe->phase, "before_send");
+  w.restart();
+  auto out = w.run("t", "pay");
+  ASSERT_TRUE(out.has_value());
+  EXPECT_EQ(out->status, TaskStatus::kSucceeded) << out->reason;
+  EXPECT_EQ(target->checks, 3);
+  EXPECT_EQ(probe->calls, 3);
+  EXPECT_EQ(target->ledger.applied(key), 1);
+  EXPECT_THAT(probe->keys, Each(key));
+  EXPECT_EQ(out->restarts, 3);
+  EXPECT_EQ(w.model_calls(), 2u);
+}
+
+TEST(AgentCrash, IdempotentCallCrashedTwiceIsAppliedOnceWithItsFirstKey) {
+  auto target = std::make_shared<Target>();
+  auto probe = std::make_shared<Probe>();
+  AgentWorld w;
+  w.extra_tools.push_back(phased_tool("op", EffectNature::kIdempotent, {}, target, probe));
+  w.agent_options.tools = {"op"};
+  w.add_route("sim/primary", scenario("[" + call("op", "r1") + "]"));
+  w.start();
+  ASSERT_FALSE(w.run("t", "pay", 1250ms).has_value());  // applied, no answer
+  ASSERT_EQ(probe->phase, "applied");
+  w.restart();
+  ASSERT_FALSE(w.run("t", "pay", 250ms).has_value());  // applied again (deduplicated), no answer
+  ASSERT_EQ(probe->phase, "applied");
+  w.restart();
+  auto out = w.run("t", "pay");
+  ASSERT_TRUE(out.has_value());
+  EXPECT_EQ(out->status, TaskStatus::kSucceeded) << out->reason;
+  ASSERT_EQ(probe->keys.size(), 3u);
+  EXPECT_THAT(probe->keys, Each(probe->keys[0]));
+  EXPECT_EQ(target->received[probe->keys[0]], 3);
+  EXPECT_EQ(target->ledger.applied(probe->keys[0]), 1);
+}
+
+// An unsafe call interrupted before it was sent: needs_attention; the operator says it was
+// not applied; it runs once more, with its key. Interrupted again, it stops for the operator
+// again and is not run a third time.
+TEST(AgentCrash, UnsafeCallResolvedAsNotAppliedRunsOnceMoreAndNeverAThirdTime) {
+  auto target = std::make_shared<Target>();
+  auto probe = std::make_shared<Probe>();
+  AgentWorld w;
+  w.extra_tools.push_back(phased_tool("op", EffectNature::kUnsafe, {}, target, probe));
+  w.agent_options.tools = {"op"};
+  w.add_route("sim/primary", scenario("[" + call("op", "r1") + "]"));
+  w.start();
+  ASSERT_FALSE(w.run("t", "pay", 1050ms).has_value());  // before it was sent
+  const EffectRecord e = w.store->load_effects("t").value().at(0);
+  w.restart();
+  auto second = w.run("t", "pay");
+  ASSERT_TRUE(second.has_value());
+  ASSERT_EQ(second->status, TaskStatus::kNeedsAttention) << second->reason;
+  EXPECT_EQ(probe->calls, 1);
+  EXPECT_EQ(target->ledger.applied(e.idempotency_key), 0);
+
+  ASSERT_THAT(w.engine->resolve_effect("t", e.effect_id, {.applied = false}), IsOk());
+  ASSERT_FALSE(w.run("t", "pay", 250ms).has_value());  // run once more: applied, no answer yet
+  EXPECT_EQ(probe->calls, 2);
+  EXPECT_EQ(probe->phase, "applied");
+  w.restart();
+  auto third = w.run("t", "pay");
+  ASSERT_TRUE(third.has_value());
+  EXPECT_EQ(third->status, TaskStatus::kNeedsAttention) << third->reason;
+  EXPECT_EQ(probe->calls, 2);  // not a third time
+  EXPECT_EQ(target->ledger.applied(e.idempotency_key), 1);
+  EXPECT_THAT(probe->keys, Each(e.idempotency_key));
+
+  ASSERT_THAT(w.engine->resolve_effect("t", e.effect_id, {.applied = true, .outcome = "applied:" + e.idempotency_key}),
+              IsOk());
+  auto fourth = w.run("t", "pay");
+  ASSERT_TRUE(fourth.has_value());
+  EXPECT_EQ(fourth->status, TaskStatus::kSucceeded) << fourth->reason;
+  EXPECT_EQ(probe->calls, 2);
+  EXPECT_EQ(target->ledger.applied(e.idempotency_key), 1);
+}
+
+// The run after a tool call's outcome was journaled is interrupted (the model is down past
+// its retries) rather than killed: the tool results staged for the next record are dropped
+// with the run, and the next run stages them again from the journal: each message is stored
+// once and the tool is not run again.
+TEST(AgentCrash, InterruptedRunAfterAJournaledCallStoresEachMessageOnce) {
+  auto target = std::make_shared<Target>();
+  auto probe = std::make_shared<Probe>();
+  AgentWorld w;
+  w.extra_tools.push_back(phased_tool("op", EffectNature::kIdempotent, {}, target, probe));
+  w.agent_options.tools = {"op"};
+  w.add_route("sim/primary", R"({"seed": 4, "schedule": [{"call": 2, "fault": "unavailable"},
+    {"call": 3, "fault": "unavailable"}, {"call": 4, "fault": "unavailable"}],
+    "scenario": [{"tool_calls": [)" +
+                                 call("op", "r1") + R"(]}, {"answer": "done"}]})");
+  w.start();
+  auto first = w.run("t", "pay");
+  ASSERT_TRUE(first.has_value());
+  ASSERT_EQ(first->status, TaskStatus::kInterrupted) << first->reason;
+  EXPECT_EQ(probe->calls, 1);
+  auto second = w.run("t", "pay");
+  ASSERT_TRUE(second.has_value());
+  EXPECT_EQ(second->status, TaskStatus::kSucceeded) << second->reason;
+  EXPECT_EQ(probe->calls, 1);
+  // user, assistant (the call), the tool's result, assistant (the answer)
+  EXPECT_EQ(w.store->read_history("t", 0, 100).value().size(), 4u);
+  EXPECT_EQ(target->ledger.applied(probe->keys.at(0)), 1);
 }
 
 // ---- HTTP tools (make_http_tool) against a loopback ledger, on the real environment ------
