@@ -35,6 +35,16 @@ void close_fd(int& fd) {
   fd = -1;
 }
 
+// Closes the descriptor it holds when it goes: also when the coroutine frame holding it is
+// destroyed at a suspension point (its process killed, or the runtime stopped).
+struct OwnedFd {
+  int fd = -1;
+  explicit OwnedFd(int f) : fd(f) {}
+  OwnedFd(const OwnedFd&) = delete;
+  OwnedFd& operator=(const OwnedFd&) = delete;
+  ~OwnedFd() { close_fd(fd); }
+};
+
 int pidfd_open(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
 
 bool set_nonblocking(int fd) {
@@ -186,7 +196,8 @@ Task<Result<std::shared_ptr<ChildProcess>>> ChildProcess::spawn(Context& ctx, co
   child->chunk_ = std::make_unique<char[]>(kReadChunk);
   child->err_chunk_ = std::make_unique<char[]>(kReadChunk);
   child->pidfd_ = pidfd_open(pid);
-  int report_fd = report[0];
+  OwnedFd report_owned(std::exchange(report[0], -1));
+  const int report_fd = report_owned.fd;
   if (child->pidfd_ < 0) {
     int e = errno;
     ::kill(pid, SIGKILL);
@@ -194,14 +205,12 @@ Task<Result<std::shared_ptr<ChildProcess>>> ChildProcess::spawn(Context& ctx, co
     while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
     child->exit_ = ChildExit{};
-    ::close(report_fd);
     co_return Error(ErrorKind::kStartFailed, who + ": pidfd_open: " + errno_text(e) + " (Linux >= 5.3 is needed)");
   }
   // From here on the destructor kills and reaps whatever happens.
   if (!set_nonblocking(child->stdin_fd_) || !set_nonblocking(child->stdout_fd_) ||
       !set_nonblocking(child->stderr_fd_) || !set_nonblocking(report_fd)) {
     int e = errno;
-    ::close(report_fd);
     co_return Error(ErrorKind::kStartFailed, who + ": fcntl(O_NONBLOCK): " + errno_text(e));
   }
 
@@ -220,11 +229,9 @@ Task<Result<std::shared_ptr<ChildProcess>>> ChildProcess::spawn(Context& ctx, co
     if (errno != EAGAIN) break;
     auto ready = co_await ctx.wait_fd(report_fd, kFdReadable, std::chrono::seconds(30));
     if (!ready.ok()) {
-      ::close(report_fd);
       co_return Error(ErrorKind::kStartFailed, who + ": the exec did not happen: " + ready.error().message());
     }
   }
-  ::close(report_fd);
   if (got == sizeof failure) {
     const char* stage = failure.stage == 1 ? "chdir to '" : failure.stage == 2 ? "setrlimit" : "exec of '";
     std::string what = stage;

@@ -72,7 +72,14 @@ RuntimeCore::RuntimeCore(Environment& env_, const RuntimeOptions& options_) : en
   for (auto& s : shards_) s.map.reserve(4096);
 }
 
-RuntimeCore::~RuntimeCore() { stop(); }
+RuntimeCore::~RuntimeCore() {
+  stop();
+  // A wake that looked its process up just before stop() marked it dead may have queued it
+  // after stop() drained the queue; its thread held this core (weak_ptr::lock) meanwhile.
+  if (scheduler_) {
+    for (Process* p : scheduler_->drain_queued()) p->release();
+  }
+}
 
 Result<void> RuntimeCore::start() {
   if (env.deterministic()) {
@@ -105,6 +112,20 @@ void RuntimeCore::stop() {
     for (auto& [id, p] : s.map) all.push_back(p);
     s.map.clear();
   }
+  // First, before any coroutine unwinds: every process is marked dead, so nothing can queue
+  // it any more (a send from an unwinding destructor, or a wake from the environment's loop
+  // thread, e.g. an fd that turned readable as the workers exited, gets kNoProc instead of
+  // queueing the process on the stopped scheduler, where it would never be released and its
+  // behavior's resources, an OS child among them, would leak); and every pending timer and fd
+  // watch is withdrawn from the environment, as finalize does via clear_wait: an unwinding
+  // coroutine may close an fd another process waits on, and the loop thread must be done with
+  // it (cancel_watch synchronizes with the loop) before it is closed and its number reused.
+  for (Process* p : all) {
+    if (p->wait_timer != 0) env.cancel_timer(std::exchange(p->wait_timer, 0));
+    if (p->wait_watch != 0) env.cancel_watch(std::exchange(p->wait_watch, 0));
+    std::lock_guard lock(p->mu);
+    p->dead = true;
+  }
   for (Process* p : all) {
     if (p->root) {
       auto r = std::exchange(p->root, {});
@@ -113,12 +134,13 @@ void RuntimeCore::stop() {
     std::vector<std::shared_ptr<ExitWatchImpl>> watches;
     {
       std::lock_guard lock(p->mu);
-      p->dead = true;
       if (p->waiters) watches.swap(p->waiters->exit_watches);
     }
     for (auto& w : watches) w->set(ExitReason::shutdown("runtime stopped"));
   }
   for (Process* p : all) clear_last_target(p);
+  // Whatever was queued while they were still alive.
+  for (Process* p : scheduler_->drain_queued()) p->release();
   for (Process* p : all) p->release();
   live_.store(0);
 }

@@ -502,6 +502,29 @@ TEST(OutsideWork, WaitFdWakesOnPipeAndTimesOut) {
   close(fds[1]);
 }
 
+// A runtime destroyed while a process waits on an fd withdraws the watch (and its timer) from
+// the environment before unwinding the process: the fd may be closed by that unwinding, and
+// the environment's loop must not touch it afterwards (fd reuse).
+TEST(OutsideWork, DestroyingTheRuntimeWithdrawsAPendingFdWatch) {
+  SimRuntime s;
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  bool waiting = false;
+  s.spawn([&](Context& ctx) -> Task<> {
+    waiting = true;
+    (void)co_await ctx.wait_fd(fds[0], kFdReadable, 10s);
+  });
+  s.rt->run_until_idle();
+  ASSERT_TRUE(waiting);
+  EXPECT_EQ(s.env.pending_watches(), 1u);
+  EXPECT_NE(s.env.next_timer_deadline(), TimePoint::max());
+  s.rt.reset();
+  EXPECT_EQ(s.env.pending_watches(), 0u);
+  EXPECT_EQ(s.env.next_timer_deadline(), TimePoint::max());
+  close(fds[0]);
+  close(fds[1]);
+}
+
 TEST(OutsideWork, CompletionWakesTheProcessOnce) {
   SimRuntime s;
   Log log;
