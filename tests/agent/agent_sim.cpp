@@ -50,6 +50,7 @@ struct AgentDef {
   agent::Budget budget;
   double price_in = 0, price_out = 0;  // per Mtok, both routes
   std::int64_t max_output_tokens = 256;
+  int max_invalid_tool_calls = 5;  // 0: the first invalid call fails the task
 };
 
 std::vector<AgentDef> agent_defs() {
@@ -71,9 +72,10 @@ std::vector<AgentDef> agent_defs() {
   d.push_back({.name = "researcher",
                .tools = {"lookup", "charge"},
                .scenario = research,
-               .budget = {.max_steps = 20, .max_tokens = 6000, .max_cost_usd = 2.0},
+               .budget = {.max_steps = 20, .max_tokens = 6000, .max_cost_usd = 1.5},
                .price_in = 1000,
-               .price_out = 2000});
+               .price_out = 2000,
+               .max_invalid_tool_calls = 0});
   d.push_back({.name = "looper",
                .tools = {"lookup", "reserve"},
                .scenario = R"([
@@ -204,7 +206,7 @@ class Sim {
 };
 
 void Sim::plan() {
-  const std::size_t n = 3 + rng_.below(2);
+  const std::size_t n = 2 + rng_.below(3);
   for (std::size_t i = 0; i < n; ++i) {
     TaskPlan t;
     t.id = "t" + std::to_string(i);
@@ -297,6 +299,7 @@ bool Sim::build(std::size_t round) {
                            .system_prompt = "You are the " + defs_[a].name + ".",
                            .tools = defs_[a].tools,
                            .budget = defs_[a].budget,
+                           .max_invalid_tool_calls = defs_[a].max_invalid_tool_calls,
                            .max_output_tokens = defs_[a].max_output_tokens};
     if (defs_[a].price_in > 0 || defs_[a].price_out > 0) {
       for (const char* route : {"sim/primary", "sim/backup"}) {
@@ -437,7 +440,7 @@ Task<> Sim::driver(Context& ctx, std::size_t round) {
       if (all_finished()) break;
       // Tasks nobody runs any more (a resumed run that crashed, a supervised process that
       // was refused): a keeper each, once the others had their time.
-      if (!rescued && now > 10min) {
+      if (!rescued && now > 2min) {
         rescued = true;
         for (std::size_t i = 0; i < tasks_.size(); ++i) {
           if (!finished(i)) {

@@ -8,7 +8,7 @@
 // One seed: a deterministic runtime (SimRuntime), a memory store, a workflow engine, three
 // agents (shopper, researcher, looper) on in-process sim models with seeded faults (rate
 // limits, 5xx, malformed JSON, hallucinated tools, invalid arguments, loops, hangs) behind a
-// two-route router, and the simulated tools of sim_tools.hpp over a simulated ledger. 3 to 6
+// two-route router, and the simulated tools of sim_tools.hpp over a simulated ledger. 2 to 4
 // tasks run at once, each supervised (Agents::start) or in a runner process (Agents::run);
 // at seeded moments the simulation kills a task's process, kills the task supervisor, cancels
 // a task, or crashes the whole program (every process destroyed, MemoryStore::crash(), all
