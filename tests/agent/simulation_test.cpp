@@ -135,16 +135,8 @@ TEST(AgentSimulation, TheSameSeedGivesTheSameTrace) {
 }
 
 // The checker is not vacuous: with tool calls outside the journal (a resume runs them again)
-// it reports effects applied twice within the default seeds (seed 1 already, once the bug
-// below is fixed).
-// DISABLED: the unjournaled path of src/agent/agent.cpp (TaskRun::run, step 7) passes the key
-// as a temporary string to run_tool, a coroutine lambda taking `const std::string& key`: the
-// Task is created in one statement and awaited in the next, so the coroutine (started lazily)
-// reads a destroyed string: ASan stack-use-after-scope at agent.cpp:582 on the first tool call,
-// seed 1. Fix: name the key (`const std::string key = ...; run_tool(i, wf_.ctx(), key)`).
-// Replay: nines_agent_test --gtest_also_run_disabled_tests --gtest_filter='*TheCheckerCatches*'
-// or: nines sim agents --seed 1 --unjournaled --trace
-TEST(AgentSimulation, DISABLED_TheCheckerCatchesToolCallsOutsideTheJournal) {
+// it reports effects applied twice within the default seeds (seed 1 already).
+TEST(AgentSimulation, TheCheckerCatchesToolCallsOutsideTheJournal) {
   const Seeds s = seeds(300);
   int caught = 0;
   std::uint64_t first_caught = 0;
