@@ -3,6 +3,7 @@
 //   nines demo runtime [--workers N] [--shards N] [--seconds S] [--threads N]
 //   nines demo models [--agents N] [--calls N]
 //   nines sim-server [--config FILE] [--port N] [--bind ADDR]
+//   nines sim agents --seed N [--seeds K] [--trace] [--faults SPEC] [--unjournaled]
 //   nines --version, nines --help, nines COMMAND --help
 //
 // Each command is one add_* function below: it declares the command and its options, bound to
@@ -26,6 +27,7 @@
 #include "demo_models.hpp"
 #include "demo_runtime.hpp"
 #include "nines/version.hpp"
+#include "sim_agents_cmd.hpp"
 #include "sim_server_cmd.hpp"
 
 namespace {
@@ -159,6 +161,21 @@ void add_sim_server(CLI::App& app, Action& action) {
   cmd->callback([o, &action] { action = [o] { return nines::cli::run_sim_server(*o); }; });
 }
 
+void add_sim_agents(CLI::App& sim, Action& action) {
+  auto o = std::make_shared<nines::cli::SimAgentsCmdOptions>();
+  CLI::App* cmd = sim.add_subcommand("agents", "the deterministic simulation of agent tasks under crashes, by seed");
+  cmd->footer(
+      "Several agent tasks on the sim model with seeded model, tool and crash faults; prints the\n"
+      "invariant verdicts (and the trace with --trace). Exits 0 when every invariant held.");
+  add_count(*cmd, "--seed", o->seed, 0, UINT64_MAX / 2, "the (first) seed");
+  add_count(*cmd, "--seeds", o->seeds, 1, 1'000'000, "how many seeds from --seed");
+  cmd->add_flag("--trace", o->trace, "print each seed's trace: events with their virtual times");
+  cmd->add_option("--faults", o->faults, "engine fault points, e.g. store_commit_fail=0.05,timer_late=0.1")
+      ->type_name("SPEC");
+  cmd->add_flag("--unjournaled", o->unjournaled, "the broken variant: tool calls outside the effect journal");
+  cmd->callback([o, &action] { action = [o] { return nines::cli::run_sim_agents(*o); }; });
+}
+
 // ---- errors ----------------------------------------------------------------------------------
 
 // The command the error is about: the deepest one on the line.
@@ -220,6 +237,7 @@ int main(int argc, char** argv) {
   add_demo_runtime(demo, action);
   add_demo_models(demo, action);
   add_sim_server(app, action);
+  add_sim_agents(add_group(app, "sim", "deterministic simulations, by seed", "simulation", action), action);
   app.footer("Run 'nines COMMAND --help' for a command's options.");
 
   try {
