@@ -87,7 +87,7 @@ struct MultiWorld {
       delegates.push_back(make_delegate_tool(*workers, {.tool_name = "ask_" + name,
                                                         .description = "Gives a task to " + name,
                                                         .agent = name,
-                                                        .timeout = 2h,
+                                                        .timeout = delegate_timeout,
                                                         .prices = prices})
                               .value());
     }
@@ -141,6 +141,7 @@ struct MultiWorld {
   std::map<std::string, std::shared_ptr<llm::SimModel>> models;
   std::map<std::string, Price> prices;
   Duration lookup_delay = 1s;
+  Duration delegate_timeout = 2h;
   std::shared_ptr<int> lookup_calls = std::make_shared<int>(0);
   AgentsOptions group_options;
   std::vector<AgentEvent> events;
@@ -251,6 +252,31 @@ TEST(MultiAgent, KillNineWhileAChildRunsResumesThatChildNotASecondOne) {
   EXPECT_EQ(w.models["research"]->counters().calls, 2u);
   EXPECT_EQ(w.workflows("agent:math").size(), 1u);
   EXPECT_EQ(*w.lookup_calls, 2);  // the interrupted read-only lookup ran again
+}
+
+// An attempt of the call that times out stops the child's run (not the task); the tool's retry
+// resumes the same child where its records end.
+TEST(MultiAgent, AnAttemptTimeoutResumesTheSameChildOnRetry) {
+  MultiWorld w;
+  w.defs["coordinator"] = {.scenario = R"({"seed": 1, "scenario": [
+      {"tool_calls": [{"name": "ask_research", "arguments": {"task": "Look at three items"}}]},
+      {"answer": "seen"}]})",
+                           .coordinator = true};
+  w.defs["research"] = {.scenario = long_research(3)};
+  w.lookup_delay = 3s;
+  w.delegate_timeout = 5s;
+  w.start();
+  auto out = w.run("coordinator", "job");
+  ASSERT_TRUE(out.has_value());
+  EXPECT_EQ(out->status, TaskStatus::kSucceeded) << out->reason;
+  auto research = w.workflows("agent:research");
+  ASSERT_EQ(research.size(), 1u);
+  auto r_out = w.workers->outcome(research[0].id);
+  ASSERT_THAT(r_out, IsOk());
+  EXPECT_EQ(r_out->status, TaskStatus::kSucceeded);
+  EXPECT_EQ(r_out->answer, "all items seen");
+  EXPECT_GE(r_out->restarts, 1);                          // resumed after a timed-out attempt
+  EXPECT_EQ(w.models["research"]->counters().calls, 4u);  // each turn asked once
 }
 
 TEST(MultiAgent, ChildIsStoppedWhenTheParentsBudgetIsSpent) {
