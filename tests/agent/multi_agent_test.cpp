@@ -318,6 +318,41 @@ TEST(MultiAgent, ChildIsStoppedWhenTheParentsBudgetIsSpent) {
   EXPECT_TRUE(told);
 }
 
+// The same with a cost budget (the child's cost counted live from its events and the price
+// table) and with the parent's wall time.
+TEST(MultiAgent, ChildIsStoppedAtTheParentsCostAndWallTimeLeft) {
+  for (const char* which : {"cost", "wall"}) {
+    SCOPED_TRACE(which);
+    MultiWorld w;
+    Budget parent = std::string(which) == "cost" ? Budget{.max_cost_usd = 0.003} : Budget{.max_wall_time = 25s};
+    w.defs["coordinator"] = {.scenario = R"({"seed": 1, "scenario": [
+        {"tool_calls": [{"name": "ask_research", "arguments": {"task": "Look at every item"}}]},
+        {"answer": "never"}]})",
+                             .coordinator = true,
+                             .budget = parent};
+    w.defs["research"] = {.scenario = long_research(40)};
+    w.prices["sim/coordinator"] = {.input_per_mtok = 1, .output_per_mtok = 1};
+    w.prices["sim/research"] = {.input_per_mtok = 1, .output_per_mtok = 1};
+    w.lookup_delay = 10s;
+    w.start();
+    auto out = w.run("coordinator", "job", 2h);
+    ASSERT_TRUE(out.has_value());
+    EXPECT_EQ(out->status, TaskStatus::kBudgetExceeded) << out->reason;
+    EXPECT_EQ(out->tool_errors["budget_exceeded"], 1);
+    auto research = w.workflows("agent:research");
+    ASSERT_EQ(research.size(), 1u);
+    auto r_out = w.workers->outcome(research[0].id);
+    ASSERT_THAT(r_out, IsOk());
+    EXPECT_EQ(r_out->status, TaskStatus::kCancelled);
+    EXPECT_LT(w.models["research"]->counters().calls, 40u);
+    if (std::string(which) == "cost") {
+      EXPECT_GE(out->cost_usd, 0.003);
+    } else {
+      EXPECT_LE(*w.lookup_calls, 3);  // 25 s of the parent's wall time: 10 s lookups
+    }
+  }
+}
+
 TEST(MultiAgent, NoChildIsStartedWhenTheParentHasNothingLeft) {
   MultiWorld w;
   w.defs["research"] = {.scenario = kResearch};

@@ -21,6 +21,13 @@
 // finds the same child: a finished child returns its recorded outcome, an unfinished one is
 // resumed where its records end; no second child is started.
 //
+// Where the child runs: in a process linked to the call's, so in the calling group's process tree
+// (the coordinator's task supervisor restarts it with the parent); the sub-agent's Agents only
+// supplies the agent, its observers and the workflow kind. Its own group's supervisor is not
+// needed, and a crash storm there does not stop delegated sub-tasks. Cancelling the child
+// directly (Agents::cancel on the sub-agents' Agents) also kills the call, which is retried and
+// then reports the child as cancelled.
+//
 // Budget: the child runs under its own agent's Budget and, on top of it, under what is left of
 // the parent's (ToolInvocation::budget_left: cost, tokens, model calls, wall time):
 //  - a call when the parent has nothing left (and no child exists yet) is refused with
