@@ -52,6 +52,8 @@
 #endif
 #if NINES_HAS_LLM
 #include "nines/agent/agent.hpp"
+#include "nines/agent/always_on.hpp"
+#include "nines/agent/delegate.hpp"
 #include "nines/agent/http_tool.hpp"
 #include "nines/agent/mcp.hpp"
 #include "nines/agent/registry.hpp"

@@ -507,7 +507,7 @@ TEST(AgentCrash, InterruptedRunAfterAJournaledCallStoresEachMessageOnce) {
 // process does not crash). HTTP tools bound their own requests by spec.timeout; native ones
 // do not. Disabled until the lead decides (bound check() by spec.timeout in the agent layer,
 // or document that a check must bound itself).
-TEST(AgentCrash, DISABLED_CheckThatNeverAnswersIsBoundedByTheToolsTimeout) {
+TEST(AgentCrash, CheckThatNeverAnswersIsBoundedByTheToolsTimeout) {
   auto target = std::make_shared<Target>();
   auto probe = std::make_shared<Probe>();
   AgentWorld w;

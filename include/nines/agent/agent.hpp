@@ -71,8 +71,8 @@
 // Fork: fork() copies an old task's records up to a model turn into a new task, optionally
 // with another input or an edited message, and the new task runs from there.
 //
-// Not done yet (planned in the agents issue): always-on agents with recycling, multi-agent
-// delegation.
+// Multi-agent delegation (a sub-agent as a tool) is agent/delegate.hpp; always-on agents with
+// recycling are agent/always_on.hpp.
 //
 // Ownership: Agents borrows the Environment and the WorkflowEngine (they must outlive it and
 // every task process it started) and shares the registry and each agent's router.

@@ -49,7 +49,7 @@
 // Errors of make_delegate_tool: kInvalidArgument for a bad spec (validate_tool_spec), an
 // empty agent, or a timeout <= 0.
 //
-// Not done (hooks needed in agent.cpp, see the report): a per-task budget cap for Agents::run
+// Not done (hooks needed in agent.cpp): a per-task budget cap for Agents::run
 // (checked before each model call), a live spend query, and cancelling the child when the
 // parent is cancelled (today the child is left as it is: its process dies with the parent's).
 //
