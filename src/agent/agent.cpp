@@ -304,6 +304,9 @@ class TaskRun {
   std::optional<std::string> budget_refusal();
   // What is left of each budget now (for a tool that starts a sub-task).
   BudgetLeft budget_left() const;
+  // Accounts the model turns recorded in the store beyond those this run replayed (a task ended
+  // before its replay reached them: its outcome still counts their spend).
+  void account_recorded_turns();
   Task<Result<TurnRecord>> model_turn();
   Task<Result<std::string>> final_answer(const std::string& why);
   bool is_sleep(const llm::ToolCall& call) const { return agent_.sleep_tool && call.name == "sleep"; }
@@ -422,6 +425,20 @@ BudgetLeft TaskRun::budget_left() const {
     left.wall_time = std::max(Duration::zero(), b.max_wall_time - Duration(elapsed));
   }
   return left;
+}
+
+void TaskRun::account_recorded_turns() {
+  Result<std::vector<StepRecord>> steps = impl_.engine.store().load_steps(wf_.id());
+  if (!steps.ok()) return;  // the outcome then counts what was replayed only
+  for (std::int64_t n = out_.steps;; ++n) {
+    const std::string name = "model " + std::to_string(n);
+    auto it = std::find_if(steps->begin(), steps->end(),
+                           [&](const StepRecord& st) { return st.name == name && st.status == StepStatus::kOk; });
+    if (it == steps->end()) return;
+    Result<TurnRecord> t = decode_turn(it->result);
+    if (!t.ok()) return;
+    account(*t);
+  }
 }
 
 void TaskRun::account(const TurnRecord& t) {
@@ -652,7 +669,10 @@ Task<Result<std::string>> TaskRun::run() {
       if (!in_store.ok()) co_return std::move(in_store).error();
       cancelled = *in_store;
     }
-    if (cancelled) co_return finish(TaskStatus::kCancelled, "cancelled on request");
+    if (cancelled) {
+      account_recorded_turns();  // a cancel seen before the replay still counts what was spent
+      co_return finish(TaskStatus::kCancelled, "cancelled on request");
+    }
     if (std::optional<std::string> over = budget_refusal()) co_return finish(TaskStatus::kBudgetExceeded, *over);
 
     // 2-3. The model's turn.

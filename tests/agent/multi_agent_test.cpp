@@ -299,8 +299,8 @@ TEST(MultiAgent, ChildIsStoppedWhenTheParentsBudgetIsSpent) {
   auto r_out = w.workers->outcome(research[0].id);
   ASSERT_THAT(r_out, IsOk());
   EXPECT_EQ(r_out->status, TaskStatus::kCancelled);
-  // Stopped early, not at its own end (its model turns in the store: the outcome of a task
-  // cancelled on a resumed run does not count them, see DISABLED_CancelledTaskOutcomeCountsItsRecordedTurns).
+  // Stopped early, not at its own end (CancelledTaskOutcomeCountsItsRecordedTurns checks that the
+  // outcome of a task cancelled on a resumed run still counts its recorded turns).
   const auto steps = w.store->load_steps(research[0].id).value();
   std::size_t turns = 0;
   for (const auto& s : steps) turns += s.name.rfind("model", 0) == 0 ? 1 : 0;
@@ -402,10 +402,10 @@ TEST(MultiAgent, ChildFailureIsAToolErrorNamingItsStatus) {
   EXPECT_TRUE(told);
 }
 
-// BUG (agent.cpp, TaskRun::run): a task whose cancel is seen on a resumed run ends at the first
-// guard, before its recorded turns are replayed, so its outcome says steps 0, tokens 0, cost 0
-// although it spent them (and a parent charged from the outcome is not charged for them).
-TEST(MultiAgent, DISABLED_CancelledTaskOutcomeCountsItsRecordedTurns) {
+// A task whose cancel is seen on a resumed run ends at the first guard, before its recorded
+// turns are replayed: its outcome still counts them (TaskRun::account_recorded_turns), so a
+// parent charged from the outcome is charged for them.
+TEST(MultiAgent, CancelledTaskOutcomeCountsItsRecordedTurns) {
   MultiWorld w;
   w.defs["research"] = {.scenario = long_research(10)};
   w.lookup_delay = 10s;
