@@ -5,7 +5,6 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
-#include <cmath>
 #include <optional>
 #include <set>
 #include <string>
@@ -153,56 +152,6 @@ std::string_view utf8_prefix(std::string_view s, std::size_t n) {
   std::size_t back = 0;
   while (end > 0 && back < 4 && (static_cast<unsigned char>(s[end]) & 0xC0) == 0x80) --end, ++back;
   return s.substr(0, end);
-}
-
-// --- retry time --------------------------------------------------------------------------
-
-std::optional<double> parse_decimal(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-  if (s.empty() || s.size() > 32) return std::nullopt;
-  double whole = 0, scale = 1;
-  bool dot = false, digits = false;
-  for (char c : s) {
-    if (c == '.' && !dot) {
-      dot = true;
-    } else if (c >= '0' && c <= '9') {
-      digits = true;
-      if (dot) {
-        scale /= 10;
-        whole += (c - '0') * scale;
-      } else {
-        whole = whole * 10 + (c - '0');
-      }
-    } else {
-      return std::nullopt;
-    }
-  }
-  if (!digits) return std::nullopt;
-  return whole;
-}
-
-std::optional<Duration> ns_duration(double ns) {
-  if (!std::isfinite(ns) || ns < 0 || ns > 3.2e17) return std::nullopt;  // > 10 years: absurd
-  return Duration(static_cast<std::int64_t>(ns));
-}
-
-// retry-after-ms (milliseconds), then Retry-After (seconds or an HTTP date).
-std::optional<TimePoint> retry_at_from(const net::HttpHeaders& headers, TimePoint now, std::int64_t unix_ns) {
-  if (auto v = headers.get("retry-after-ms")) {
-    if (auto ms = parse_decimal(*v)) {
-      if (auto d = ns_duration(*ms * 1e6)) return add_saturating(now, *d);
-    }
-  }
-  if (auto v = headers.get("retry-after")) {
-    if (auto secs = parse_decimal(*v)) {
-      if (auto d = ns_duration(*secs * 1e9)) return add_saturating(now, *d);
-    } else if (auto date = llm::parse_http_date(*v)) {
-      const double delta_ns = static_cast<double>(*date) * 1e9 - static_cast<double>(unix_ns);
-      if (auto d = ns_duration(std::max(0.0, delta_ns))) return add_saturating(now, *d);
-    }
-  }
-  return std::nullopt;
 }
 
 // --- the tool ----------------------------------------------------------------------------
@@ -422,7 +371,9 @@ class HttpTool final : public Tool {
       const ErrorKind kind = status == 429 ? ErrorKind::kRateLimited : ErrorKind::kTransient;
       Error e(kind, m + tail);
       if (status == 429 || status == 503) {
-        if (auto at = retry_at_from(got.headers, ctx.now(), ctx.env().unix_time_ns())) {
+        llm::Headers headers;
+        for (const net::HttpHeaders::Field& f : got.headers.fields()) headers.push_back({f.name, f.value});
+        if (auto at = llm::retry_after_from_headers(headers, {ctx.now(), ctx.env().unix_time_ns()})) {
           e = std::move(e).with_retry_at(*at);
         }
       }

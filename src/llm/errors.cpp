@@ -484,10 +484,7 @@ std::optional<std::int64_t> parse_rfc3339(std::string_view text) {
   return (unix_seconds(*y, *mo, *d, h, mi, s) - offset_s) * 1'000'000'000 + frac_ns;
 }
 
-namespace {
-
-// retry-after-ms, then retry-after: the explicit "come back then" any status may carry.
-std::optional<TimePoint> retry_after(const Headers& headers, const Now& now) {
+std::optional<TimePoint> retry_after_from_headers(const Headers& headers, const Now& now) {
   if (auto v = find_header(headers, "retry-after-ms")) {
     if (auto ms = parse_decimal(*v)) {
       if (auto d = ns_duration(*ms * 1e6)) return add_saturating(now.monotonic, *d);
@@ -503,10 +500,8 @@ std::optional<TimePoint> retry_after(const Headers& headers, const Now& now) {
   return std::nullopt;
 }
 
-}  // namespace
-
 std::optional<TimePoint> retry_time_from_headers(const Headers& headers, const Now& now) {
-  if (auto at = retry_after(headers, now)) return at;
+  if (auto at = retry_after_from_headers(headers, now)) return at;
   // The providers' own reset headers: a limit at 0 remaining is the one that was hit.
   struct Reset {
     TimePoint at;
@@ -611,8 +606,8 @@ ApiFailure map_api_error(Provider provider, int status, const Headers& headers, 
   Error error(kind, std::move(m));
   if (kind == ErrorKind::kRateLimited || kind == ErrorKind::kTransient) {
     // Reset headers come with every OpenAI response; only a 429 is about them.
-    std::optional<TimePoint> at =
-        kind == ErrorKind::kRateLimited ? retry_time_from_headers(headers, now) : retry_after(headers, now);
+    std::optional<TimePoint> at = kind == ErrorKind::kRateLimited ? retry_time_from_headers(headers, now)
+                                                                  : retry_after_from_headers(headers, now);
     if (!at && kind == ErrorKind::kRateLimited) {
       if (auto d = delay_from_message(b.message)) at = add_saturating(now.monotonic, *d);
     }

@@ -70,6 +70,11 @@ std::optional<std::int64_t> parse_http_date(std::string_view text);
 // RFC 3339 date-time ("2024-05-01T12:00:30Z", "...30.25+02:00"): Unix nanoseconds.
 std::optional<std::int64_t> parse_rfc3339(std::string_view text);
 
+// The explicit "come back then" any response may carry: retry-after-ms (milliseconds), then
+// Retry-After (seconds, or an HTTP date), as a time on now.monotonic's clock; nullopt if
+// neither is there or parses. (Also used by the agent layer's HTTP tools.)
+std::optional<TimePoint> retry_after_from_headers(const Headers& headers, const Now& now);
+
 // The retry time a 429 response's headers give (rules above), if any.
 std::optional<TimePoint> retry_time_from_headers(const Headers& headers, const Now& now);
 
