@@ -11,6 +11,12 @@
 //   turn 3: the final answer "done"
 // so a finished task has 6 effects and 11 history messages (the user's, 4 of the model's,
 // 6 tool results).
+//
+// Shape::kShort (the soak's: 10,000 of them in the test command) keeps one call of each nature
+// in fewer turns:
+//   turn 0: lookup(order-1), charge(a, 5), charge_checked(b, 7)
+//   turn 1: charge_unsafe(d, 2)
+//   turn 2: the final answer "done"
 #pragma once
 
 #include <memory>
@@ -28,6 +34,9 @@ inline constexpr const char* kAgent = "payer";
 inline constexpr int kEffectsPerTask = 6;
 inline constexpr int kHistoryPerTask = 11;
 inline constexpr int kChargesPerTask = 4;
+inline constexpr int kShortChargesPerTask = 3;
+
+enum class Shape { kFull, kShort };
 
 inline constexpr const char* kChargeSchema =
     R"({"type":"object","properties":{"reference":{"type":"string"},"amount":{"type":"integer","minimum":1}},
@@ -36,8 +45,22 @@ inline constexpr const char* kLookupSchema =
     R"({"type":"object","properties":{"id":{"type":"string"}},"required":["id"]})";
 
 // `model_faults`: each of rate_limited, server_error and unavailable gets this probability.
-inline std::string sim_config(std::uint64_t seed, double model_faults, int latency_ms) {
+inline std::string sim_config(std::uint64_t seed, double model_faults, int latency_ms, Shape shape = Shape::kFull) {
   const std::string p = std::to_string(model_faults);
+  const std::string scenario = shape == Shape::kFull ? R"(
+      {"tool_calls": [{"name": "lookup", "arguments": {"id": "order-1"}},
+                      {"name": "charge", "arguments": {"reference": "a", "amount": 5}}]},
+      {"tool_calls": [{"name": "charge_checked", "arguments": {"reference": "b", "amount": 7}},
+                      {"name": "charge", "arguments": {"reference": "c", "amount": 1}},
+                      {"name": "lookup", "arguments": {"id": "cust-2"}}]},
+      {"tool_calls": [{"name": "charge_unsafe", "arguments": {"reference": "d", "amount": 2}}]},
+      {"answer": "done"})"
+                                                     : R"(
+      {"tool_calls": [{"name": "lookup", "arguments": {"id": "order-1"}},
+                      {"name": "charge", "arguments": {"reference": "a", "amount": 5}},
+                      {"name": "charge_checked", "arguments": {"reference": "b", "amount": 7}}]},
+      {"tool_calls": [{"name": "charge_unsafe", "arguments": {"reference": "d", "amount": 2}}]},
+      {"answer": "done"})";
   return R"({"seed": )" + std::to_string(seed) + R"(,
     "latency": {"first_byte": {"distribution": "fixed", "ms": )" +
          std::to_string(latency_ms) + R"(}},
@@ -45,14 +68,8 @@ inline std::string sim_config(std::uint64_t seed, double model_faults, int laten
          p + R"(, "retry_after_ms": 5},
                "server_error": {"probability": )" +
          p + R"(}, "unavailable": {"probability": )" + p + R"(}},
-    "scenario": [
-      {"tool_calls": [{"name": "lookup", "arguments": {"id": "order-1"}},
-                      {"name": "charge", "arguments": {"reference": "a", "amount": 5}}]},
-      {"tool_calls": [{"name": "charge_checked", "arguments": {"reference": "b", "amount": 7}},
-                      {"name": "charge", "arguments": {"reference": "c", "amount": 1}},
-                      {"name": "lookup", "arguments": {"id": "cust-2"}}]},
-      {"tool_calls": [{"name": "charge_unsafe", "arguments": {"reference": "d", "amount": 2}}]},
-      {"answer": "done"}]})";
+    "scenario": [)" +
+         scenario + "]}";
 }
 
 // The four HTTP tools against the ledger at `base` ("http://127.0.0.1:PORT").
