@@ -45,9 +45,9 @@ namespace nines::agent::internal {
 struct ChildLimits {
   // RLIMIT_CPU: CPU seconds over the child's life (SIGXCPU, then SIGKILL). 0: no limit.
   std::uint64_t cpu_seconds = 0;
-  // RLIMIT_AS: address space. Default 8 GiB (Node.js reserves several GiB of address space
-  // up front; 4 GiB is about the least it starts with). 0: no limit.
-  std::uint64_t address_space_bytes = std::uint64_t{8} << 30;
+  // RLIMIT_AS: address space. Default 64 GiB (Node.js reserves several GiB up front and about
+  // 10 GiB per WebAssembly instance: see McpLimits). 0: no limit.
+  std::uint64_t address_space_bytes = std::uint64_t{64} << 30;
   // RLIMIT_NOFILE: open files. Default 1024. 0: inherited.
   std::uint64_t open_files = 1024;
 };

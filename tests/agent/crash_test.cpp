@@ -5,7 +5,10 @@
 //    process mid-await): CrashAtBoundary, and several calls of one turn in flight
 //    (SiblingCallsInFlight..., UnsafeSibling...);
 //  - HTTP tools (make_http_tool) against a loopback ledger on the real environment
-//    (HttpCrashAtBoundary; why not the sim runtime: see HttpCrashWorld).
+//    (HttpCrashAtBoundary; why not the sim runtime: see HttpCrashWorld);
+//  - MCP tools (McpServer, a real child process: tests/agent/fake_mcp_server.mjs --ledger, whose
+//    tools call the same ledger with the call's _meta idempotency key) in the same world
+//    (McpCrashAtBoundary; read-only, idempotent and unsafe: MCP has no check).
 //
 // The native tools here model a remote call in phases with fixed virtual latencies, so the crash
 // lands exactly where the test says (and each test asserts it did, from the phase the tool
@@ -22,6 +25,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <string>
@@ -30,9 +35,11 @@
 
 #include "agent/agent_world.hpp"
 #include "agent/kill/http_ledger.hpp"
+#include "agent/proc_children.hpp"
 #include "net/test_server.hpp"
 #include "nines/agent/agent.hpp"
 #include "nines/agent/http_tool.hpp"
+#include "nines/agent/mcp.hpp"
 #include "nines/net/http_client.hpp"
 #include "support/status_matchers.hpp"
 
@@ -554,9 +561,35 @@ TEST(AgentCrash, CheckThatNeverAnswersIsBoundedByTheToolsTimeout) {
 // parked call of the same tool. The "journaled" boundary is a crash while the next model call
 // hangs (a scheduled sim timeout), after the test saw the outcome in the store.
 
+// The same, for a tool of an MCP server: the crash kills the task's process first (as kill -9
+// would: nothing is committed after it), then drops the server's handle (its owner kills the
+// child's group; a handle must not outlive its Runtime), then the rest. The server's tool
+// ("lookup", "charge_idem" or "charge_unsafe", by nature) is called "op" and limited to one
+// call at a time by RenamedTool.
+enum class RemoteKind { kHttp, kMcp };
+
+class RenamedTool : public Tool {
+ public:
+  RenamedTool(std::shared_ptr<Tool> inner, ToolSpec spec) : inner_(std::move(inner)), spec_(std::move(spec)) {}
+  const ToolSpec& spec() const override { return spec_; }
+  Task<Result<std::string>> call(Context& ctx, const ToolInvocation& invocation) override {
+    return inner_->call(ctx, invocation);
+  }
+
+ private:
+  std::shared_ptr<Tool> inner_;
+  ToolSpec spec_;
+};
+
+bool mcp_skipped() {
+  const char* v = std::getenv("NINES_SKIP_MCP");
+  return v != nullptr && std::string(v) == "1";
+}
+
 class HttpCrashWorld {
  public:
-  HttpCrashWorld(EffectNature nature, std::string model_config) : nature_(nature) {
+  HttpCrashWorld(EffectNature nature, std::string model_config, RemoteKind kind = RemoteKind::kHttp)
+      : nature_(nature), kind_(kind) {
     ledger_thread_ = env_->start_thread("ledger", [this] { ledger.serve(); }).value();
     model_ = llm::SimModel::from_json(model_config).value();
     start();
@@ -569,6 +602,7 @@ class HttpCrashWorld {
 
   // Builds the program on the store (kept across crashes).
   void start() {
+    rt_ = Runtime::create(*env_).value();
     engine_ = WorkflowEngine::create(*env_, *store).value();
     net::HttpClientOptions o;
     o.proxy = "";
@@ -593,7 +627,8 @@ class HttpCrashWorld {
         break;
       case EffectNature::kUnsafe: h.url_template = ledger.url("/charge/unsafe"); break;
     }
-    auto tool = make_http_tool(spec, h, http_).value();
+    std::shared_ptr<Tool> tool = kind_ == RemoteKind::kHttp ? make_http_tool(spec, h, http_).value() : mcp_tool(spec);
+    ASSERT_NE(tool, nullptr);
     tools_ = ToolRegistry::create(*env_, {tool}).value();
     llm::ModelRouteOptions r{
         .name = "sim/primary", .model = "sim", .client = std::make_shared<llm::SimChatModel>(model_)};
@@ -604,16 +639,55 @@ class HttpCrashWorld {
     agents_ = Agents::create(*env_, *engine_, tools_).value();
     ASSERT_THAT(agents_->add_agent({.name = "payer", .router = router_, .tools = {"op"}, .max_parallel_tools = 4}),
                 IsOk());
-    rt_ = Runtime::create(*env_).value();
+  }
+
+  // Starts the fake MCP server on the ledger and returns its tool of this nature, as "op".
+  std::shared_ptr<Tool> mcp_tool(ToolSpec spec) {
+    auto server = std::make_shared<Result<std::shared_ptr<McpServer>>>(Error(ErrorKind::kInternal, "not started"));
+    const std::string js = (std::filesystem::path(NINES_AGENT_TEST_DIR) / "fake_mcp_server.mjs").string();
+    auto w = rt_->spawn_watched([server, js, url = ledger.url("")](Context& ctx) -> Task<> {
+                  McpServerOptions o{.name = "ledger", .command = {"node", js, "--ledger", url}};
+                  o.call_timeout = std::chrono::seconds(30);
+                  *server = co_await McpServer::start(ctx, std::move(o));
+                })
+                 .value();
+    w.exit->wait();
+    if (!server->ok()) {
+      ADD_FAILURE() << "the fake MCP server did not start: " << server->error().to_string();
+      return nullptr;
+    }
+    mcp_ = **server;
+    const std::string wanted = nature_ == EffectNature::kReadOnly     ? "lookup"
+                               : nature_ == EffectNature::kIdempotent ? "charge_idem"
+                                                                      : "charge_unsafe";
+    for (const std::shared_ptr<Tool>& t : mcp_->tools()) {
+      if (t->spec().name != wanted) continue;
+      EXPECT_EQ(t->spec().nature, nature_) << "the nature from the server's annotations";
+      spec.parameters_schema_json = t->spec().parameters_schema_json;
+      return std::make_shared<RenamedTool>(t, std::move(spec));
+    }
+    ADD_FAILURE() << "the fake MCP server does not list " << wanted;
+    return nullptr;
   }
 
   // kill -9: every process and everything built on the runtime is gone; the store keeps what
   // was committed; the ledger (another system) keeps going.
   void crash() {
+    if (kind_ == RemoteKind::kMcp) {
+      if (task_.exit != nullptr && rt_ != nullptr) {
+        rt_->send_exit(task_.pid, ExitReason::kill());
+        task_.exit->wait();
+      }
+      agents_.reset();
+      tools_.reset();
+      mcp_.reset();
+    }
+    task_ = {};
     rt_.reset();
     agents_.reset();
     router_.reset();
     tools_.reset();
+    mcp_.reset();
     http_.reset();
     engine_.reset();
     store->crash();
@@ -621,11 +695,11 @@ class HttpCrashWorld {
 
   // Starts the task in a process and returns at once.
   void spawn(const std::string& id) {
-    rt_->spawn([this, id](Context& ctx) -> Task<> {
-         TaskOutcome out = co_await agents_->run(ctx, "payer", id, "pay");
-         ended_.store(true);
-       })
-        .value();
+    task_ = rt_->spawn_watched([this, id](Context& ctx) -> Task<> {
+                 TaskOutcome out = co_await agents_->run(ctx, "payer", id, "pay");
+                 ended_.store(true);
+               })
+                .value();
   }
   bool ended() const { return ended_.load(); }
 
@@ -661,6 +735,9 @@ class HttpCrashWorld {
  private:
   std::unique_ptr<Environment> env_ = make_real_environment({.workers = 2, .seed = 31});
   EffectNature nature_;
+  RemoteKind kind_;
+  Runtime::Watched task_;
+  std::shared_ptr<McpServer> mcp_;
   std::unique_ptr<Thread> ledger_thread_;
   std::shared_ptr<llm::SimModel> model_;
   std::atomic<bool> ended_{false};
@@ -704,8 +781,7 @@ void check_read_only(HttpCrashWorld& w, Boundary boundary) {
   }
 }
 
-TEST_P(HttpCrashAtBoundary, ResumesByTheToolsNature) {
-  const auto [nature, boundary] = GetParam();
+void crash_at_boundary(RemoteKind kind, EffectNature nature, Boundary boundary) {
   using Hold = test::HttpLedger::Hold;
   // Turn 0 calls op once (twice for kBeforeSend: the second waits in the bulkhead); for
   // kJournaled the second model call hangs, so the crash lands after the outcome's record.
@@ -715,7 +791,8 @@ TEST_P(HttpCrashAtBoundary, ResumesByTheToolsNature) {
     config += R"(, "schedule": [{"call": 2, "fault": "timeout"}], "faults": {"timeout": {"probability": 0,
                 "hang_ms": 600000}})";
   }
-  HttpCrashWorld w(nature, config + "}");
+  HttpCrashWorld w(nature, config + "}", kind);
+  if (::testing::Test::HasFatalFailure()) return;
   auto parked = std::make_shared<std::atomic<int>>(0);
   const Hold where = boundary == Boundary::kAppliedNoAnswer ? Hold::kAfterApply : Hold::kBeforeApply;
   if (boundary != Boundary::kJournaled) {
@@ -802,6 +879,11 @@ TEST_P(HttpCrashAtBoundary, ResumesByTheToolsNature) {
   }
 }
 
+TEST_P(HttpCrashAtBoundary, ResumesByTheToolsNature) {
+  const auto [nature, boundary] = GetParam();
+  crash_at_boundary(RemoteKind::kHttp, nature, boundary);
+}
+
 INSTANTIATE_TEST_SUITE_P(AgentHttpCrash, HttpCrashAtBoundary,
                          ::testing::Combine(::testing::Values(EffectNature::kReadOnly, EffectNature::kIdempotent,
                                                               EffectNature::kCheckable, EffectNature::kUnsafe),
@@ -811,6 +893,24 @@ INSTANTIATE_TEST_SUITE_P(AgentHttpCrash, HttpCrashAtBoundary,
                          [](const ::testing::TestParamInfo<std::tuple<EffectNature, Boundary>>& p) {
                            return nature_name(std::get<0>(p.param)) + "_" + boundary_name(std::get<1>(p.param));
                          });
+
+class McpCrashAtBoundary : public ::testing::TestWithParam<std::tuple<EffectNature, Boundary>> {};
+
+TEST_P(McpCrashAtBoundary, ResumesByTheToolsNature) {
+  if (mcp_skipped()) GTEST_SKIP() << "NINES_SKIP_MCP=1";
+  const auto [nature, boundary] = GetParam();
+  crash_at_boundary(RemoteKind::kMcp, nature, boundary);
+  EXPECT_THAT(test::children_of_this_process(), ::testing::IsEmpty()) << "an MCP server's process is left";
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AgentMcpCrash, McpCrashAtBoundary,
+    ::testing::Combine(::testing::Values(EffectNature::kReadOnly, EffectNature::kIdempotent, EffectNature::kUnsafe),
+                       ::testing::Values(Boundary::kBeforeSend, Boundary::kSentDropped, Boundary::kSentAppliedLater,
+                                         Boundary::kAppliedNoAnswer, Boundary::kJournaled)),
+    [](const ::testing::TestParamInfo<std::tuple<EffectNature, Boundary>>& p) {
+      return nature_name(std::get<0>(p.param)) + "_" + boundary_name(std::get<1>(p.param));
+    });
 
 }  // namespace
 }  // namespace nines::agent

@@ -1,9 +1,17 @@
 // A tiny, deliberately misbehaving MCP server over stdio for tests/agent/mcp_test.cpp: the
 // failures the real reference servers never show on demand. No dependencies (node only).
 //
-//   node fake_mcp_server.mjs [--version V] [--pages N]
-//     --version V: answer initialize with protocol version V (default: the client's)
-//     --pages N:   list the tools over N tools/list pages (nextCursor), default 1
+//   node fake_mcp_server.mjs [--version V] [--pages N] [--ledger URL]
+//     --version V:  answer initialize with protocol version V (default: the client's)
+//     --pages N:    list the tools over N tools/list pages (nextCursor), default 1
+//     --ledger URL: also list three tools that call the HTTP ledger at URL
+//                   (tests/agent/kill/http_ledger.hpp), passing the call's
+//                   _meta["nines/idempotencyKey"] as the Idempotency-Key header, for the crash
+//                   tests (tests/agent/crash_test.cpp):
+//       lookup {reference}              readOnlyHint    GET  URL/lookup/<reference>
+//       charge_idem {reference, amount} idempotentHint  POST URL/charge/idem
+//       charge_unsafe {reference, amount}               POST URL/charge/unsafe
+//     each answers with the ledger's body, or isError with its status.
 //
 // Tools (by name):
 //   echo {text}         -> text
@@ -27,6 +35,7 @@ const opt = (name, dflt) => {
 };
 const forcedVersion = opt('--version', null);
 const pages = Number(opt('--pages', '1'));
+const ledger = opt('--ledger', null);
 
 const toolNames = ['echo', 'sleep', 'cancels', 'freeze', 'garbage', 'long_line', 'exit', 'ask_client', 'fail'];
 const tools = toolNames.map((name) => ({
@@ -35,6 +44,34 @@ const tools = toolNames.map((name) => ({
   inputSchema: { type: 'object', properties: {} },
   annotations: name === 'echo' ? { readOnlyHint: true } : {},
 }));
+const chargeSchema = {
+  type: 'object',
+  properties: { reference: { type: 'string' }, amount: { type: 'integer', minimum: 1 } },
+  required: ['reference', 'amount'],
+};
+if (ledger !== null) {
+  tools.push(
+    { name: 'lookup', description: 'Looks up a record', inputSchema: chargeSchema, annotations: { readOnlyHint: true } },
+    { name: 'charge_idem', description: 'Charges once per key', inputSchema: chargeSchema,
+      annotations: { idempotentHint: true } },
+    { name: 'charge_unsafe', description: 'Charges every time', inputSchema: chargeSchema, annotations: {} });
+}
+
+async function ledgerCall(id, name, a, key) {
+  const [method, path] = name === 'lookup' ? ['GET', `/lookup/${encodeURIComponent(String(a.reference))}`]
+                       : name === 'charge_idem' ? ['POST', '/charge/idem'] : ['POST', '/charge/unsafe'];
+  try {
+    const r = await fetch(ledger + path, {
+      method,
+      headers: { 'Idempotency-Key': key },
+      body: method === 'POST' ? JSON.stringify(a) : undefined,
+    });
+    const text = await r.text();
+    return result(id, r.ok ? text : `ledger answered ${r.status}: ${text}`, !r.ok);
+  } catch (e) {
+    return result(id, `ledger unreachable: ${e.message}`, true);
+  }
+}
 
 let frozen = false;
 const cancels = [];
@@ -53,7 +90,10 @@ const askClient = (method) =>
     send({ jsonrpc: '2.0', id, method, params: {} });
   });
 
-async function onCall(id, name, a) {
+async function onCall(id, name, a, meta) {
+  if (ledger !== null && ['lookup', 'charge_idem', 'charge_unsafe'].includes(name)) {
+    return ledgerCall(id, name, a, String(meta?.['nines/idempotencyKey'] ?? ''));
+  }
   switch (name) {
     case 'echo': return result(id, String(a.text ?? ''));
     case 'sleep': return;
@@ -114,7 +154,7 @@ rl.on('line', (line) => {
       return send({ jsonrpc: '2.0', id: m.id, result: res });
     }
     case 'tools/call':
-      return onCall(m.id, m.params.name, m.params.arguments ?? {});
+      return onCall(m.id, m.params.name, m.params.arguments ?? {}, m.params._meta);
     case 'ping':
       return send({ jsonrpc: '2.0', id: m.id, result: {} });
     case 'notifications/cancelled':

@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "agent/proc_children.hpp"
 #include "nines/agent/mcp.hpp"
 #include "nines/agent/registry.hpp"
 #include "nines/runtime/runtime.hpp"
@@ -49,28 +50,7 @@ std::string everything_js() { return (module_dir() / "server-everything/dist/ind
 std::string filesystem_js() { return (module_dir() / "server-filesystem/dist/index.js").string(); }
 std::string fake_js() { return (fs::path(NINES_AGENT_TEST_DIR) / "fake_mcp_server.mjs").string(); }
 
-// The processes whose parent is this one (zombies included), from /proc.
-std::vector<std::string> children_of_this_process() {
-  std::vector<std::string> out;
-  const pid_t self = ::getpid();
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator("/proc", ec)) {
-    std::string name = entry.path().filename().string();
-    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream in(entry.path() / "stat");
-    std::string stat;
-    std::getline(in, stat);
-    // pid (comm) state ppid ...: comm may hold spaces, so parse after the last ')'.
-    std::size_t close = stat.rfind(')');
-    if (close == std::string::npos) continue;
-    std::istringstream rest(stat.substr(close + 1));
-    char state = '?';
-    long ppid = 0;
-    rest >> state >> ppid;
-    if (ppid == self) out.push_back(name + " " + stat.substr(0, close + 1) + " state " + state);
-  }
-  return out;
-}
+using test::children_of_this_process;
 
 // The processes of process group `pgid` that are not zombies, from /proc.
 std::vector<std::string> live_in_group(int pgid) {

@@ -90,9 +90,11 @@ namespace nines::agent {
 struct McpLimits {
   // RLIMIT_CPU: CPU seconds over one child's life. Default 0: no limit (a server lives long).
   std::uint64_t cpu_seconds = 0;
-  // RLIMIT_AS: address space. Default 8 GiB (Node.js needs about 4 GiB of address space).
-  // 0: no limit.
-  std::uint64_t address_space_bytes = std::uint64_t{8} << 30;
+  // RLIMIT_AS: address space. Default 64 GiB. Not a memory bound for Node.js servers: V8
+  // reserves about 10 GiB of address space per WebAssembly instance, and Node's fetch (undici)
+  // instantiates one, so under 8 GiB a server dies at its first HTTP request ("Cannot allocate
+  // Wasm memory"; tests/agent/crash_test.cpp's MCP tools do such requests). 0: no limit.
+  std::uint64_t address_space_bytes = std::uint64_t{64} << 30;
   // RLIMIT_NOFILE. Default 1024. 0: inherited.
   std::uint64_t open_files = 1024;
 };
