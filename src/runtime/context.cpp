@@ -368,8 +368,11 @@ void Context::reply_any(const Message& request, std::any value) {
 
 TimerRef Context::send_after_any(Pid to, Duration delay, std::any value) {
   Pid from = p_->pid;
-  TimerId id = p_->rt->add_timer(
-      delay, [to, from, value = std::move(value)](RuntimeCore& rt) { rt.deliver(to, make_message(from, value)); });
+  TimerId id = p_->rt->add_timer(delay, [to, from, value = std::move(value)](RuntimeCore& rt) {
+    Envelope* e = make_message(from, value);
+    e->own_timer = to == from;  // a process's own schedule is never dropped (Envelope::own_timer)
+    rt.deliver(to, e);
+  });
   return TimerRef{id};
 }
 

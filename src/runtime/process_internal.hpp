@@ -50,6 +50,10 @@ struct Envelope {
   Envelope* next = nullptr;
   SignalKind kind = SignalKind::kMessage;
   bool system = false;  // an Exit/Down message in a mailbox: never dropped, not counted
+  // A timer a process set for itself (send_after to self): its own schedule (a supervisor's
+  // delayed restart), so it is delivered, and counted, even over capacity or when the
+  // kMailboxFull fault point fires; never the one dropped by kDropOldest either.
+  bool own_timer = false;
   Pid from;
   std::uint64_t ref = 0;
   std::any payload;

@@ -239,9 +239,12 @@ Delivery RuntimeCore::deliver_to(Process* t, Envelope* e, Pid blocked_sender) {
     }
     if (e->is_user()) {
       // The fault point stands for a full mailbox; a suspended sender is woken by a receive,
-      // so it fires for kSuspendSender only when there is a message to receive.
-      if (t->user_count >= t->capacity || ((t->user_count > 0 || t->overflow != OverflowPolicy::kSuspendSender) &&
-                                           env.fault(FaultPoint::kMailboxFull))) {
+      // so it fires for kSuspendSender only when there is a message to receive. A process's own
+      // timer is delivered whatever the fill (Envelope::own_timer).
+      const bool full =
+          t->user_count >= t->capacity ||
+          ((t->user_count > 0 || t->overflow != OverflowPolicy::kSuspendSender) && env.fault(FaultPoint::kMailboxFull));
+      if (!e->own_timer && full) {
         switch (t->overflow) {
           case OverflowPolicy::kReject: delete e; return Delivery::kFull;
           case OverflowPolicy::kSuspendSender:
@@ -254,7 +257,7 @@ Delivery RuntimeCore::deliver_to(Process* t, Envelope* e, Pid blocked_sender) {
             for (EnvelopeQueue* q : {&t->mailbox, &t->inbox}) {
               Envelope* prev = nullptr;
               for (Envelope* x = q->head; x; prev = x, x = x->next) {
-                if (x->is_user() && !x->system) {
+                if (x->is_user() && !x->system && !x->own_timer) {
                   q->unlink(prev, x);
                   dropped = x;
                   break;
@@ -262,10 +265,9 @@ Delivery RuntimeCore::deliver_to(Process* t, Envelope* e, Pid blocked_sender) {
               }
               if (dropped) break;
             }
-            // None found when they are all in the batch drain() holds: counted, not droppable
-            // (the mailbox is over capacity until that batch lands).
+            // None found when they are all in the batch drain() holds or are the process's own
+            // timers: counted, not droppable (the mailbox is over capacity until they land).
             if (dropped) --t->user_count;
-            NINES_DCHECK(dropped != nullptr || t->draining);
             break;
           }
         }

@@ -82,6 +82,49 @@ TEST(RuntimeFaultPoints, AFullMailboxRejectsASend) {
   EXPECT_EQ(got, (std::vector<int>{1, 3}));
 }
 
+// A process's own timer (send_after to itself) is its schedule: delivered over capacity and
+// through the fault point, never dropped; a timer sent to another process is an ordinary send.
+TEST(RuntimeFaultPoints, AProcesssOwnTimerIsDeliveredThroughAFullMailbox) {
+  SimRuntime sim;
+  std::vector<int> got;
+  bool go = false;
+  Pid other;
+  Pid target = sim.spawn(
+      [&](Context& ctx) -> Task<> {
+        ctx.send_after(ctx.self(), 5ms, Ping{100});  // its own
+        ctx.send_after(other, 5ms, Ping{200});       // to a full mailbox: dropped
+        while (!go) (void)co_await ctx.sleep(1ms);
+        for (;;) {
+          auto m = co_await ctx.receive_for(0ms);
+          if (!m) break;
+          got.push_back(m->get<Ping>()->n);
+        }
+      },
+      SpawnOptions{.mailbox_capacity = 1, .overflow = OverflowPolicy::kReject});
+  std::vector<int> other_got;
+  other = sim.spawn(
+      [&](Context& ctx) -> Task<> {
+        while (!go) (void)co_await ctx.sleep(1ms);
+        for (;;) {
+          auto m = co_await ctx.receive_for(0ms);
+          if (!m) break;
+          other_got.push_back(m->get<Ping>()->n);
+        }
+      },
+      SpawnOptions{.mailbox_capacity = 1, .overflow = OverflowPolicy::kReject});
+  sim.rt->run_until_idle();
+  ASSERT_TRUE(sim.rt->send(target, Ping{1}).ok());
+  ASSERT_TRUE(sim.rt->send(other, Ping{2}).ok());
+  EXPECT_FALSE(sim.rt->send(target, Ping{3}).ok()) << "full";
+  sim.env.set_faults(FaultOptions{}.set(FaultPoint::kMailboxFull, 1.0));
+  sim.rt->advance(5ms);  // the timers fire: both mailboxes full, the fault point on
+  sim.env.set_faults({});
+  go = true;
+  sim.rt->advance(10ms);
+  EXPECT_EQ(got, (std::vector<int>{1, 100}));
+  EXPECT_EQ(other_got, (std::vector<int>{2}));
+}
+
 TEST(RuntimeFaultPoints, AFullMailboxThatDropsOldestDropsOne) {
   SimRuntime sim;
   std::vector<int> got;

@@ -1240,6 +1240,24 @@ TEST(SupervisorBackoff, DelaysGrowByTheMultiplierWithinBounds) {
   EXPECT_EQ(w.count(Type::kIntensityExceeded), 0);
 }
 
+// The delayed restart is a timer the supervisor set for itself: a full mailbox when it fires
+// (here the fault point, on for every send) does not lose it.
+TEST(SupervisorBackoff, ADelayedRestartSurvivesAFullMailbox) {
+  World w;
+  start_backoff_sup(w);
+  Pid old = w.pids.at("w");
+  w.crash("w");
+  const SupervisionEvent* delayed = w.last(Type::kRestartDelayed);
+  ASSERT_NE(delayed, nullptr);
+  const Duration d = delayed->delay;
+  w.sim.env.set_faults(FaultOptions{}.set(FaultPoint::kMailboxFull, 1.0));
+  w.rt().advance(d);
+  w.sim.env.set_faults({});
+  EXPECT_NE(w.pids.at("w"), old) << "the restart was lost";
+  EXPECT_TRUE(w.rt().alive(w.pids.at("w")));
+  EXPECT_EQ(w.count(Type::kChildRestarted), 1);
+}
+
 TEST(SupervisorBackoff, WithoutJitterDelaysAreExact) {
   World w;
   ChildSpec c = w.worker("w");

@@ -257,7 +257,11 @@ class Context {
   void reply_any(const Message& request, std::any value);
 
   // ---- time ----
-  // Sends `value` to `to` (from this process) after `delay`.
+  // Sends `value` to `to` (from this process) after `delay`. A timer sent to this process
+  // itself is delivered even when its mailbox is full (over capacity; never dropped by
+  // kDropOldest): a process's own schedule is not lost to a burst of other messages. Sent to
+  // another process, it is an ordinary send (the target's overflow policy applies; a full
+  // kReject or kSuspendSender mailbox drops it).
   template <class T>
   TimerRef send_after(Pid to, Duration delay, T&& value) {
     return send_after_any(to, delay, std::any(std::forward<T>(value)));
