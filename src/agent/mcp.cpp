@@ -4,12 +4,20 @@
 
 #include <nlohmann/json.hpp>
 
+#include <dirent.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
 #include <map>
 #include <optional>
 #include <utility>
 
 #include "agent/child_process.hpp"
+#include "nines/core/check.hpp"
 #include "nines/core/log.hpp"
 #include "nines/runtime/runtime.hpp"
 
@@ -130,6 +138,49 @@ std::string sanitize_tool_name(const std::string& prefix, const std::string& nam
 
 // ---- the owner ----
 
+// The resident memory of the processes of group `pgid`, from /proc/<pid>/stat (pgrp is field 5,
+// rss field 24, in pages). 0 if none is found.
+std::uint64_t group_resident_bytes(int pgid) {
+  static const std::uint64_t page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+  std::uint64_t total = 0;
+  DIR* proc = ::opendir("/proc");
+  if (proc == nullptr) return 0;
+  while (const dirent* e = ::readdir(proc)) {
+    if (e->d_name[0] < '0' || e->d_name[0] > '9') continue;
+    char path[300];
+    std::snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+    std::FILE* f = std::fopen(path, "re");
+    if (f == nullptr) continue;  // gone meanwhile
+    char buf[1024];
+    const std::size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+    std::fclose(f);
+    buf[n] = '\0';
+    // After the last ')' (the command may hold anything): state ppid pgrp ... rss is the 22nd
+    // field from there.
+    const char* p = std::strrchr(buf, ')');
+    if (p == nullptr) continue;
+    long long fields[22] = {};
+    int got = 0;
+    for (++p; got < 22 && *p != '\0';) {
+      while (*p == ' ') ++p;
+      if (got == 0) {  // the state letter
+        while (*p != ' ' && *p != '\0') ++p;
+        ++got;
+        continue;
+      }
+      char* end = nullptr;
+      fields[got++] = std::strtoll(p, &end, 10);
+      if (end == p) break;
+      p = end;
+    }
+    if (got == 22 && fields[2] == pgid && fields[21] > 0) total += static_cast<std::uint64_t>(fields[21]) * page;
+  }
+  ::closedir(proc);
+  return total;
+}
+
+std::string mib(std::uint64_t bytes) { return std::to_string(bytes >> 20) + " MiB"; }
+
 class Owner {
  public:
   Owner(McpServerOptions options, Pid starter) : o_(std::move(options)), starter_(starter) {}
@@ -163,6 +214,10 @@ class Owner {
   Task<> expire(Context& ctx);
   Task<> fail_child(Context& ctx);
   Task<bool> restart(Context& ctx);
+  // The resident-memory watchdog (McpLimits::max_resident_bytes).
+  bool watching() const { return o_.limits.max_resident_bytes > 0 && child_ != nullptr && !starting_; }
+  void check_resident(Context& ctx);
+  Task<bool> recycle(Context& ctx);
   Task<> discard_child(Context& ctx);
   // Kills and reaps the child that failed to start; the error for start(), with its last stderr line.
   Task<Error> fail_start(Context& ctx, Error e);
@@ -192,6 +247,10 @@ class Owner {
   bool starting_ = false;    // initialize not answered yet
   // The child closed its stdout or stdin: it most likely exited, and its exit status says more.
   bool pipe_closed_ = false;
+  TimePoint next_resident_check_ = TimePoint::max();
+  std::uint64_t resident_bytes_ = 0;
+  std::uint64_t recycles_ = 0;
+  std::optional<std::string> recycle_;  // over the limit: why; new calls wait, then recycle()
 };
 
 Task<Status> Owner::send_line(Context& ctx, const json& message) {
@@ -290,6 +349,8 @@ Task<Result<std::vector<McpToolInfo>>> Owner::start_child_inner(Context& ctx, bo
   if (!spawned.ok()) co_return Error(ErrorKind::kStartFailed, who() + ": " + spawned.error().message());
   child_ = std::move(spawned).value();
   child_started_ = ctx.now();
+  next_resident_check_ = add_saturating(ctx.now(), o_.limits.resident_check_interval);
+  recycle_.reset();
 
   const Pid self = ctx.self();
   const std::uint64_t gen = gen_;
@@ -650,6 +711,46 @@ Task<bool> Owner::restart(Context& ctx) {
   }
 }
 
+void Owner::check_resident(Context& ctx) {
+  next_resident_check_ = add_saturating(ctx.now(), o_.limits.resident_check_interval);
+  resident_bytes_ = group_resident_bytes(child_->pid());
+  if (recycle_ || resident_bytes_ <= o_.limits.max_resident_bytes) return;
+  recycle_ = "used " + mib(resident_bytes_) + " of resident memory, over its limit of " +
+             mib(o_.limits.max_resident_bytes) + " (max_resident_bytes): recycled";
+  NINES_LOG(ctx.env().logger(), LogLevel::kWarning, "mcp_server_over_memory", *recycle_, {"server", o_.name},
+            {"resident_bytes", resident_bytes_}, {"in_flight", static_cast<std::uint64_t>(calls_in_flight_)});
+}
+
+Task<bool> Owner::recycle(Context& ctx) {
+  NINES_DCHECK(recycle_.has_value() && calls_in_flight_ == 0);
+  last_failure_ = who() + " " + *recycle_;
+  recycle_.reset();
+  for (auto& [id, p] : pending_) {
+    if (p.monitored) ctx.demonitor(p.monitor);
+  }
+  pending_.clear();  // a ping at most
+  ping_out_ = false;
+  co_await discard_child(ctx);
+  ++recycles_;
+  attempt_ = 0;
+  auto started = co_await start_child(ctx, false);
+  if (stop_request_) {
+    Message m = std::move(*stop_request_);
+    stop_request_.reset();
+    co_await stop(ctx, m);
+    co_return false;
+  }
+  if (started.ok()) {
+    ++restarts_;
+    NINES_LOG(ctx.env().logger(), LogLevel::kNotice, "mcp_server_recycled", last_failure_, {"server", o_.name});
+    co_return true;
+  }
+  last_failure_ = started.error().message();
+  NINES_LOG(ctx.env().logger(), LogLevel::kWarning, "mcp_server_restart_failed", last_failure_, {"server", o_.name},
+            {"attempt", static_cast<std::int64_t>(attempt_)});
+  co_return co_await restart(ctx);
+}
+
 McpServerStatus Owner::status() const {
   McpServerStatus s;
   s.up = child_ != nullptr && !failure_ && !starting_;
@@ -658,6 +759,8 @@ McpServerStatus Owner::status() const {
   s.in_flight = calls_in_flight_;
   s.protocol_version = protocol_version_;
   s.last_failure = last_failure_;
+  s.recycles = recycles_;
+  s.resident_bytes = resident_bytes_;
   return s;
 }
 
@@ -672,6 +775,7 @@ Task<> Owner::stop(Context& ctx, const Message& m) {
 }
 
 Task<> Owner::run(Context& ctx) {
+  const std::function<bool(const Message&)> not_a_call = [](const Message& x) { return !x.is<CallRequest>(); };
   auto started = co_await start_child(ctx, true);
   if (!started.ok()) {
     co_await discard_child(ctx);  // reaped before start() hears of it
@@ -697,11 +801,22 @@ Task<> Owner::run(Context& ctx) {
       if (!co_await restart(ctx)) co_return;
       continue;
     }
+    if (recycle_ && calls_in_flight_ == 0) {
+      if (!co_await recycle(ctx)) co_return;
+      continue;
+    }
     TimePoint next = TimePoint::max();
     for (auto& [id, p] : pending_) next = std::min(next, p.deadline);
+    if (watching() && !recycle_) next = std::min(next, next_resident_check_);
     TimePoint now = ctx.now();
     std::optional<Message> m;
-    if (next > now) m = co_await ctx.receive_for(next == TimePoint::max() ? kInfinite : next - now);
+    const Duration wait = next == TimePoint::max() ? kInfinite : next - now;
+    if (next > now && recycle_) {
+      // Draining for a recycle: calls wait in the mailbox (within their deadlines) for the new child.
+      m = co_await ctx.receive_if(not_a_call, wait);
+    } else if (next > now) {
+      m = co_await ctx.receive_for(wait);
+    }
     if (m) {
       if (m->is<CallRequest>()) {
         co_await on_call(ctx, std::move(*m));
@@ -723,6 +838,7 @@ Task<> Owner::run(Context& ctx) {
       }
     }
     co_await expire(ctx);
+    if (watching() && !recycle_ && !failure_ && ctx.now() >= next_resident_check_) check_resident(ctx);
   }
 }
 
@@ -758,6 +874,9 @@ Status validate_options(const McpServerOptions& o) {
   if (o.max_result_bytes == 0) return bad("max_result_bytes must be > 0");
   if (o.max_line_bytes == 0) return bad("max_line_bytes must be > 0");
   if (o.max_list_pages == 0) return bad("max_list_pages must be > 0");
+  if (o.limits.max_resident_bytes > 0 && o.limits.resident_check_interval <= Duration::zero()) {
+    return bad("limits.resident_check_interval must be > 0 when limits.max_resident_bytes is set");
+  }
   if (Status s = o.restart_backoff.validate(); !s.ok()) return bad(s.error().message());
   return ok_status();
 }

@@ -25,6 +25,8 @@
 //   ask_client          -> sends the client a ping and a roots/list request, answers with what
 //                          came back ("ping:ok roots/list:-32601")
 //   fail                -> a result with isError=true
+//   grow {mb, hold_ms}  -> keeps `mb` MiB more of touched memory for good (a leak), answers
+//                          "grew" after hold_ms
 // Every received line is also written to stderr, as "got <method or id>".
 import readline from 'node:readline';
 
@@ -37,7 +39,8 @@ const forcedVersion = opt('--version', null);
 const pages = Number(opt('--pages', '1'));
 const ledger = opt('--ledger', null);
 
-const toolNames = ['echo', 'sleep', 'cancels', 'freeze', 'garbage', 'long_line', 'exit', 'ask_client', 'fail'];
+const toolNames = ['echo', 'sleep', 'cancels', 'freeze', 'garbage', 'long_line', 'exit', 'ask_client', 'fail', 'grow'];
+const leaked = [];
 const tools = toolNames.map((name) => ({
   name,
   description: `fake ${name}`,
@@ -112,6 +115,9 @@ async function onCall(id, name, a, meta) {
       return result(id, `ping:${show(ping)} roots/list:${show(roots)}`);
     }
     case 'fail': return result(id, 'the fake tool failed on purpose', true);
+    case 'grow':
+      leaked.push(Buffer.alloc(Number(a.mb ?? 1) << 20, 1));
+      return setTimeout(() => result(id, 'grew'), Number(a.hold_ms ?? 0));
     default: send({ jsonrpc: '2.0', id, error: { code: -32602, message: `unknown tool ${name}` } });
   }
 }

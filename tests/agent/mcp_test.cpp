@@ -594,8 +594,8 @@ TEST_F(McpTest, ToolListPagesAreFollowed) {
     auto server = co_await McpServer::start(ctx, std::move(o));
     EXPECT_THAT(server, IsOk());
     if (!server.ok()) co_return;
-    EXPECT_THAT((*server)->listed_tools(), SizeIs(9));
-    EXPECT_THAT((*server)->tools(), SizeIs(9));
+    EXPECT_THAT((*server)->listed_tools(), SizeIs(10));  // 4 + 4 + 2 over three pages
+    EXPECT_THAT((*server)->tools(), SizeIs(10));
     co_await (*server)->stop(ctx);
   });
 }
@@ -760,6 +760,54 @@ TEST_F(McpTest, AHungServerIsDetectedByPingAndRestarted) {
     }
     co_await (*server)->stop(ctx);
   });
+}
+
+TEST_F(McpTest, AServerOverItsMemoryLimitIsRecycledBetweenCalls) {
+  REQUIRE_MCP_SERVERS();
+  run([&](Context& ctx) -> Task<> {
+    McpServerOptions o = fake();
+    o.limits.max_resident_bytes = std::uint64_t{160} << 20;
+    o.limits.resident_check_interval = std::chrono::milliseconds(50);
+    auto server = co_await McpServer::start(ctx, std::move(o));
+    EXPECT_THAT(server, IsOk());
+    if (!server.ok()) co_return;
+    std::shared_ptr<McpServer> srv = *server;
+    auto first = co_await srv->status(ctx);
+    EXPECT_THAT(first, IsOk());
+    const int first_pid = first.ok() ? first->child_pid : 0;
+    // Leaks 256 MiB and answers 800 ms later: over the limit with the call in flight, which
+    // finishes on the old child; a call made meanwhile waits and is served by the new one.
+    auto grown = std::make_shared<std::optional<Result<std::string>>>();
+    Behavior leaker = [srv, grown](Context& c) -> Task<> {
+      auto r = co_await srv->call(c, "grow", R"({"mb":256,"hold_ms":800})", "k1", std::chrono::seconds(20));
+      grown->emplace(std::move(r));
+    };
+    auto pid = ctx.spawn(std::move(leaker));
+    EXPECT_THAT(pid, IsOk());
+    if (!pid.ok()) co_return;
+    MonitorRef mon = ctx.monitor(*pid);
+    co_await ctx.sleep(std::chrono::milliseconds(400));
+    auto waited = co_await srv->call(ctx, "echo", R"({"text":"after"})", "k2", std::chrono::seconds(20));
+    EXPECT_THAT(waited, IsOk());
+    (void)co_await ctx.wait_down(mon, std::chrono::seconds(10));
+    EXPECT_TRUE(grown->has_value());
+    if (grown->has_value()) {
+      EXPECT_THAT(**grown, IsOk()) << "the call in flight was not cut by the recycle";
+    }
+    auto after = co_await srv->status(ctx);
+    EXPECT_THAT(after, IsOk());
+    if (after.ok()) {
+      EXPECT_EQ(after->recycles, 1u);
+      EXPECT_EQ(after->restarts, 1u);
+      EXPECT_NE(after->child_pid, first_pid);
+      EXPECT_THAT(after->last_failure, HasSubstr("over its limit of 160 MiB (max_resident_bytes): recycled"));
+      EXPECT_LT(after->resident_bytes, std::uint64_t{160} << 20);
+    }
+    co_await srv->stop(ctx);
+  });
+  bool logged = false;
+  for (const auto& r : logs->records("mcp_server_recycled")) logged = logged || r.field("server") == "fake";
+  EXPECT_TRUE(logged) << logs->dump();
 }
 
 TEST_F(McpTest, StopFailsCallsInFlightAndLaterCallsAreTransient) {

@@ -22,7 +22,8 @@
 // notifications are ignored.
 //
 // Isolation: the child is spawned without a shell (fork + execve), in a process group of its
-// own, with its resource limits (McpLimits) set before the exec, every other descriptor closed,
+// own, with its resource limits (McpLimits: rlimits, and a resident-memory watchdog that
+// recycles a leaking server between calls) set before the exec, every other descriptor closed,
 // signals reset, and PR_SET_PDEATHSIG so that it dies with this program. Its exit is awaited on
 // a pidfd (Context::wait_fd) and reaped with waitid(P_PIDFD); killing it kills its whole group.
 //
@@ -97,6 +98,13 @@ struct McpLimits {
   std::uint64_t address_space_bytes = std::uint64_t{64} << 30;
   // RLIMIT_NOFILE. Default 1024. 0: inherited.
   std::uint64_t open_files = 1024;
+  // Not an rlimit: a watchdog. Every resident_check_interval the owner sums the resident memory
+  // of the child's process group (from /proc); above max_resident_bytes the server is recycled:
+  // new calls wait (within their timeouts), the calls in flight finish (or time out), then the
+  // child's group is killed and a new child started at once (initialize again). Logged as
+  // "mcp_server_recycled", counted in McpServerStatus::recycles. 0: no watchdog.
+  std::uint64_t max_resident_bytes = std::uint64_t{2} << 30;
+  Duration resident_check_interval = std::chrono::seconds(5);
 };
 
 struct McpServerOptions {
@@ -151,8 +159,10 @@ struct McpServerStatus {
   int child_pid = 0;           // 0 when none
   std::uint64_t restarts = 0;  // children started after the first
   std::size_t in_flight = 0;
-  std::string protocol_version;  // what the server answered to initialize
-  std::string last_failure;      // why the last child failed; empty if none did
+  std::string protocol_version;      // what the server answered to initialize
+  std::string last_failure;          // why the last child failed or was recycled; empty if none was
+  std::uint64_t recycles = 0;        // children replaced by the resident-memory watchdog (in restarts too)
+  std::uint64_t resident_bytes = 0;  // the child's group at the last check; 0 before the first
 };
 
 class McpServer : public std::enable_shared_from_this<McpServer> {
