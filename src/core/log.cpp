@@ -658,13 +658,27 @@ struct Logger::Impl {
     global.tokens = limit.global_burst;
   }
 
-  Bucket& bucket_for(std::string_view event, TimePoint now) {
-    if (auto it = buckets.find(event); it != buckets.end()) return it->second;
+  // The bucket key: the event, then '\n' and "field=value" when a source field is there.
+  std::string bucket_key(std::string_view event, std::span<const LogField> fields) const {
+    std::string key(event);
+    for (const std::string& name : limit.source_fields) {
+      for (const LogField& f : fields) {
+        if (f.type() == LogField::Type::kString && f.key() == name) {
+          key.append("\n").append(name).append("=").append(f.string_value());
+          return key;
+        }
+      }
+    }
+    return key;
+  }
+
+  Bucket& bucket_for(const std::string& key, TimePoint now) {
+    if (auto it = buckets.find(key); it != buckets.end()) return it->second;
     if (buckets.size() >= limit.max_events) return other;
     Bucket b;
     b.tokens = limit.burst;
     b.refilled = now;
-    return buckets.emplace(std::string(event), b).first->second;
+    return buckets.emplace(key, b).first->second;
   }
 
   void write(LogLevel level, std::string_view event, std::string_view message, std::span<const LogField> fields,
@@ -673,10 +687,17 @@ struct Logger::Impl {
     sink->write(r);
   }
 
-  // One log_suppressed line for `b` (named `event`), and its count cleared.
-  void report(std::string_view event, Bucket& b, TimePoint now, std::int64_t unix_ns) {
-    const LogField fields[] = {{"event", event}, {"dropped", b.dropped}};
-    write(b.worst, "log_suppressed", "lines dropped by the log rate limit", fields, unix_ns);
+  // One log_suppressed line for `b` (keyed `key`: bucket_key), and its count cleared.
+  void report(std::string_view key, Bucket& b, TimePoint now, std::int64_t unix_ns) {
+    const std::size_t nl = key.find('\n');
+    const std::string_view event = key.substr(0, nl);
+    if (nl == std::string_view::npos) {
+      const LogField fields[] = {{"event", event}, {"dropped", b.dropped}};
+      write(b.worst, "log_suppressed", "lines dropped by the log rate limit", fields, unix_ns);
+    } else {
+      const LogField fields[] = {{"event", event}, {"source", key.substr(nl + 1)}, {"dropped", b.dropped}};
+      write(b.worst, "log_suppressed", "lines dropped by the log rate limit", fields, unix_ns);
+    }
     b.dropped = 0;
     b.worst = LogLevel::kDebug;
     b.dropping_since = now;
@@ -761,7 +782,7 @@ void Logger::log_fields(LogLevel level, std::string_view event, std::string_view
   std::lock_guard lock(impl_->mu);
   if (!impl_->sink) return;
   Impl& m = *impl_;
-  Bucket& b = m.bucket_for(event, now);
+  Bucket& b = m.bucket_for(m.bucket_key(event, safe), now);
   const bool event_ok = b.has_token(now, m.limit.burst, m.limit.per_second);
   const bool global_ok = m.global.has_token(now, m.limit.global_burst, m.limit.global_per_second);
   if (!event_ok || !global_ok) {

@@ -303,6 +303,37 @@ TEST(Logger, RateLimitsPerEventAndReportsTheDroppedOnTheVirtualClock) {
   EXPECT_EQ(logger.suppressed(), 121u);
 }
 
+TEST(Logger, OneSourcesStormDoesNotDrownAnothersLinesOfTheSameEvent) {
+  SimEnvironment env(1);
+  auto capture = std::make_shared<CaptureSink>();
+  Logger logger(env, LogLevel::kDebug, capture,
+                {.burst = 20, .per_second = 10, .global_burst = 1000, .global_per_second = 1000});
+  for (int i = 0; i < 100; ++i) {
+    logger.log(LogLevel::kNotice, "child_restarted", "", {{"supervisor", "workers"}, {"child", "w"}});
+  }
+  for (int i = 0; i < 3; ++i) {
+    logger.log(LogLevel::kNotice, "child_restarted", "", {{"supervisor", "db"}, {"child", "conn"}});
+  }
+  auto lines = capture->records("child_restarted");
+  ASSERT_EQ(lines.size(), 23u);  // workers' burst, and every one of db's
+  EXPECT_EQ(lines.back().field("supervisor"), "db");
+  logger.flush_suppressed();
+  auto s = capture->records("log_suppressed");
+  ASSERT_EQ(s.size(), 1u) << capture->dump();
+  EXPECT_EQ(s[0].field("event"), "child_restarted");
+  EXPECT_EQ(s[0].field("source"), "supervisor=workers");
+  EXPECT_EQ(s[0].field("dropped"), "80");
+
+  // Without source fields, the event alone is the key: db's lines are dropped too.
+  auto plain = std::make_shared<CaptureSink>();
+  Logger by_event(
+      env, LogLevel::kDebug, plain,
+      {.burst = 20, .per_second = 10, .global_burst = 1000, .global_per_second = 1000, .source_fields = {}});
+  for (int i = 0; i < 100; ++i) by_event.log(LogLevel::kNotice, "child_restarted", "", {{"supervisor", "workers"}});
+  for (int i = 0; i < 3; ++i) by_event.log(LogLevel::kNotice, "child_restarted", "", {{"supervisor", "db"}});
+  EXPECT_EQ(plain->count("child_restarted"), 20u);
+}
+
 TEST(Logger, AGlobalCapHoldsAcrossEventsAndTheBucketTableIsBounded) {
   SimEnvironment env(1);
   auto capture = std::make_shared<CaptureSink>();

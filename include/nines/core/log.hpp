@@ -195,13 +195,17 @@ class CaptureSink final : public LogSink {
 // `log_suppressed` line (fields: event, dropped), and so is any line that passes while
 // another event's bucket has refilled; Logger::flush_suppressed() reports the rest. At most
 // `max_events` event names have a bucket of their own; further names share one (reported as
-// event "*"). burst == 0 turns that limit off.
+// event "*"). burst == 0 turns that limit off. A record with a string field named in
+// `source_fields` (the first found) is limited per event *and* that field's value, so that in a
+// storm one supervisor's child_restarted lines are not drowned by another's; the report then
+// carries `source` ("supervisor=pool") too. The buckets still number at most max_events.
 struct LogRateLimit {
   double burst = 20;
   double per_second = 10;
   double global_burst = 200;
   double global_per_second = 100;
   std::size_t max_events = 256;
+  std::vector<std::string> source_fields = {"supervisor", "server"};
 
   static LogRateLimit unlimited() { return {.burst = 0, .per_second = 0, .global_burst = 0, .global_per_second = 0}; }
 };
