@@ -109,10 +109,10 @@ Tally run_seeds(const FaultOptions& faults, std::uint64_t count) {
 
 // 700 seeds here and 300 with fault points below: 1,000 in the default test run, in the time
 // budget of the debug (ASan) build. NINES_AGENT_SIM_SEEDS=10000 runs that many in each. The
-// ThreadSanitizer build (the same single-threaded simulation, ~5x slower) runs 150 and 50: the
+// ThreadSanitizer build (the same single-threaded simulation, ~5x slower) runs 60 and 20: the
 // seeds are the ASan build's job, TSan's is the code's threads.
 #if defined(__SANITIZE_THREAD__)
-constexpr std::uint64_t kChaosSeeds = 150, kFaultSeeds = 50;
+constexpr std::uint64_t kChaosSeeds = 60, kFaultSeeds = 20;
 #else
 constexpr std::uint64_t kChaosSeeds = 700, kFaultSeeds = 300;
 #endif
