@@ -1061,7 +1061,40 @@ Task<TaskOutcome> Agents::run(Context& ctx, std::string agent, std::string task_
   co_return out;
 }
 
+ChildSpec Agents::supervisor_child(std::string id) {
+  std::weak_ptr<Impl> weak = impl_;
+  ChildSpec child = ChildSpec::supervisor(std::move(id), task_supervisor_spec());
+  StartFn start = std::move(child.start);
+  child.start = [weak, start = std::move(start)](StartContext& sc) -> Result<Pid> {
+    Result<Pid> sup = start(sc);
+    if (!sup.ok()) return sup;
+    if (std::shared_ptr<Impl> impl = weak.lock()) {
+      std::lock_guard lock(impl->mu);
+      impl->supervisor = *sup;
+      impl->runtime = &sc.runtime();
+    }
+    return sup;
+  };
+  return child;
+}
+
 Result<Pid> Agents::start_supervisor(Context& ctx) {
+  SupervisorSpec spec = task_supervisor_spec();
+  {
+    std::lock_guard lock(impl_->mu);
+    if (impl_->supervisor != Pid{} && impl_->runtime != nullptr && impl_->runtime->alive(impl_->supervisor)) {
+      return Error(ErrorKind::kAlreadyExists, "agents: the task supervisor runs already");
+    }
+  }
+  Result<Pid> sup = start_supervisor_link(ctx, spec);
+  if (!sup.ok()) return sup;
+  std::lock_guard lock(impl_->mu);
+  impl_->supervisor = *sup;
+  impl_->runtime = &ctx.runtime();
+  return sup;
+}
+
+SupervisorSpec Agents::task_supervisor_spec() const {
   std::weak_ptr<Impl> weak = impl_;
   ChildSpec tmpl;
   tmpl.id = "task";
@@ -1088,16 +1121,7 @@ Result<Pid> Agents::start_supervisor(Context& ctx) {
                       .intensity = impl_->options.restart_intensity,
                       .period = impl_->options.restart_period};
   spec.children.push_back(std::move(tmpl));
-  {
-    std::lock_guard lock(impl_->mu);
-    if (impl_->supervisor != Pid{}) return Error(ErrorKind::kAlreadyExists, "agents: the task supervisor runs already");
-  }
-  Result<Pid> sup = start_supervisor_link(ctx, spec);
-  if (!sup.ok()) return sup;
-  std::lock_guard lock(impl_->mu);
-  impl_->supervisor = *sup;
-  impl_->runtime = &ctx.runtime();
-  return sup;
+  return spec;
 }
 
 Task<Result<Pid>> Agents::start(Context& ctx, std::string agent, std::string task_id, std::string input) {

@@ -98,6 +98,7 @@
 #include "nines/llm/context.hpp"
 #include "nines/llm/router.hpp"
 #include "nines/runtime/process.hpp"
+#include "nines/runtime/supervisor.hpp"
 #include "nines/runtime/task.hpp"
 #include "nines/workflow/workflow.hpp"
 
@@ -264,8 +265,20 @@ class Agents {
   // task already running here) come back as kFailed with the reason, and change nothing.
   Task<TaskOutcome> run(Context& ctx, std::string agent, std::string task_id, std::string input);
 
-  // Starts the supervisor of task processes, linked to the caller. Once.
+  // Starts the supervisor of task processes, linked to the caller. kAlreadyExists while one
+  // (started here or by supervisor_child) is alive; once it is gone, a new one may be started.
   Result<Pid> start_supervisor(Context& ctx);
+  // The same supervisor as a child of a supervision tree of your own: a kSupervisor ChildSpec
+  // (restart permanent) whose every start, the parent's restarts included, starts a new task
+  // supervisor and makes it the one start() uses. Groups of agents, each its own Agents, go
+  // under one root this way (a crash storm in one group escalates to the root only past the
+  // group's intensity):
+  //   SupervisorSpec root{.name = "agents", .strategy = Strategy::kOneForOne};
+  //   root.children = {workers->supervisor_child("workers"), coordinators->supervisor_child("coordinators")};
+  //   start_supervisor(rt, root);
+  // Tasks running under a supervisor that died were killed with it: they resume when started
+  // again (start(), or WorkflowEngine::resume_all after a restart of the program).
+  ChildSpec supervisor_child(std::string id);
   // Starts the task in a process of its own under that supervisor: a crash (an interrupted
   // run, a killed process) restarts it with backoff and resumes it. Returns its pid.
   Task<Result<Pid>> start(Context& ctx, std::string agent, std::string task_id, std::string input);
@@ -298,6 +311,8 @@ class Agents {
 
  private:
   explicit Agents(std::shared_ptr<Impl> impl);
+  // The simple_one_for_one supervisor of the task processes.
+  SupervisorSpec task_supervisor_spec() const;
   std::shared_ptr<Impl> impl_;
 };
 
