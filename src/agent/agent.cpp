@@ -1061,6 +1061,78 @@ Task<TaskOutcome> Agents::run(Context& ctx, std::string agent, std::string task_
   co_return out;
 }
 
+namespace {
+
+// AgentsOptions::resume_on_start: starts, under `sup`, every task of impl's agents the store
+// has as running and no process here runs; pages through the running workflows. A task whose
+// process is still here may be dying with the old supervisor: it is started once that process
+// is down, if it goes down within kDyingGrace; otherwise it runs elsewhere and is left alone.
+constexpr Duration kDyingGrace = std::chrono::seconds(1);
+
+void spawn_resumer(Runtime& rt, const std::weak_ptr<Agents::Impl>& weak, Pid sup) {
+  Behavior resumer = [weak, sup](Context& ctx) -> Task<> {
+    std::string after;
+    std::size_t started = 0;
+    for (;;) {
+      std::vector<TaskStart> page;
+      std::vector<std::pair<TaskStart, Pid>> busy;  // run by a process here (maybe dying)
+      bool more = false;
+      {
+        std::shared_ptr<Agents::Impl> impl = weak.lock();
+        if (!impl) co_return;
+        Result<std::vector<WorkflowRecord>> listed =
+            impl->engine.store().list_workflows(WorkflowStatus::kRunning, after, 256);
+        if (!listed.ok()) {
+          NINES_LOG(ctx.env().logger(), LogLevel::kError, "agent_resume_failed",
+                    "could not list the tasks to resume: " + listed.error().to_string());
+          co_return;
+        }
+        more = listed->size() == 256;
+        std::lock_guard lock(impl->mu);
+        for (WorkflowRecord& w : *listed) {
+          after = w.id;
+          if (w.kind.rfind(kKindPrefix, 0) != 0) continue;
+          std::string agent = w.kind.substr(kKindPrefix.size());
+          if (impl->agents.find(agent) == impl->agents.end()) continue;
+          auto here = impl->running.find(w.id);
+          const Pid runner = here == impl->running.end() ? Pid{} : here->second;
+          TaskStart t{.agent = std::move(agent), .task_id = std::move(w.id), .input = std::move(w.input)};
+          if (runner == Pid{}) {
+            page.push_back(std::move(t));
+          } else {
+            busy.emplace_back(std::move(t), runner);
+          }
+        }
+      }
+      const TimePoint grace_end = add_saturating(ctx.now(), kDyingGrace);
+      for (auto& [t, runner] : busy) {
+        MonitorRef mon = ctx.monitor(runner);
+        const TimePoint now = ctx.now();
+        std::optional<Down> down = co_await ctx.wait_down(mon, now < grace_end ? grace_end - now : Duration::zero());
+        if (!down) {
+          ctx.demonitor(mon);
+          continue;
+        }
+        page.push_back(std::move(t));
+      }
+      for (TaskStart& t : page) {
+        std::any arg = std::move(t);
+        Result<Pid> pid = co_await start_dynamic_child(ctx, sup, std::move(arg));
+        if (!pid.ok()) co_return;  // the supervisor is gone; the next one resumes them
+        ++started;
+      }
+      if (!more) break;
+    }
+    if (started > 0) {
+      NINES_LOG(ctx.env().logger(), LogLevel::kNotice, "agent_tasks_resumed", "resumed the tasks left running",
+                {"tasks", static_cast<std::uint64_t>(started)});
+    }
+  };
+  (void)rt.spawn(std::move(resumer));  // a spawn refused (runtime stopping) resumes nothing
+}
+
+}  // namespace
+
 ChildSpec Agents::supervisor_child(std::string id) {
   std::weak_ptr<Impl> weak = impl_;
   ChildSpec child = ChildSpec::supervisor(std::move(id), task_supervisor_spec());
@@ -1069,9 +1141,12 @@ ChildSpec Agents::supervisor_child(std::string id) {
     Result<Pid> sup = start(sc);
     if (!sup.ok()) return sup;
     if (std::shared_ptr<Impl> impl = weak.lock()) {
-      std::lock_guard lock(impl->mu);
-      impl->supervisor = *sup;
-      impl->runtime = &sc.runtime();
+      {
+        std::lock_guard lock(impl->mu);
+        impl->supervisor = *sup;
+        impl->runtime = &sc.runtime();
+      }
+      if (impl->options.resume_on_start) spawn_resumer(sc.runtime(), weak, *sup);
     }
     return sup;
   };
@@ -1088,9 +1163,12 @@ Result<Pid> Agents::start_supervisor(Context& ctx) {
   }
   Result<Pid> sup = start_supervisor_link(ctx, spec);
   if (!sup.ok()) return sup;
-  std::lock_guard lock(impl_->mu);
-  impl_->supervisor = *sup;
-  impl_->runtime = &ctx.runtime();
+  {
+    std::lock_guard lock(impl_->mu);
+    impl_->supervisor = *sup;
+    impl_->runtime = &ctx.runtime();
+  }
+  if (impl_->options.resume_on_start) spawn_resumer(ctx.runtime(), impl_, *sup);
   return sup;
 }
 

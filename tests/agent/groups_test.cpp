@@ -32,7 +32,8 @@ using namespace std::chrono_literals;
 // One group: an Agents with agent "slow-<name>", whose task calls `wait` (10 s) once, then
 // answers. (An agent's name is unique per engine: its workflow kind is agent:<name>.)
 struct Group {
-  Group(SimRuntime& sim, WorkflowEngine& engine, const std::string& name) : agent("slow-" + name) {
+  Group(SimRuntime& sim, WorkflowEngine& engine, const std::string& name, AgentsOptions options = {})
+      : agent("slow-" + name) {
     auto wait = make_native_tool({.name = "wait",
                                   .description = "Waits ten seconds",
                                   .parameters_schema_json = R"({"type":"object"})",
@@ -51,7 +52,7 @@ struct Group {
     ro.chain.push_back(llm::ModelRouteOptions{
         .name = "sim/" + name, .model = "sim", .client = std::make_shared<llm::SimChatModel>(model)});
     auto router = std::shared_ptr<llm::Router>(llm::Router::create(sim.env, ro).value());
-    agents = Agents::create(sim.env, engine, ToolRegistry::create(sim.env, {wait}).value()).value();
+    agents = Agents::create(sim.env, engine, ToolRegistry::create(sim.env, {wait}).value(), options).value();
     EXPECT_THAT(agents->add_agent({.name = agent, .router = router, .tools = {"wait"}}), IsOk());
   }
   std::string agent;
@@ -60,17 +61,18 @@ struct Group {
 };
 
 struct GroupsWorld {
-  GroupsWorld() {
+  explicit GroupsWorld(AgentsOptions a_options = {}) {
     store = make_memory_store().value();
     engine = WorkflowEngine::create(sim.env, *store).value();
-    a = std::make_unique<Group>(sim, *engine, "a");
+    a = std::make_unique<Group>(sim, *engine, "a", a_options);
     b = std::make_unique<Group>(sim, *engine, "b");
   }
   ~GroupsWorld() { sim.rt.reset(); }  // the processes go first: they use the groups
   // Starts task `id` of `g` under its current supervisor (in a process of the test's).
   Result<Pid> start(Group& g, const std::string& id) {
     auto out = std::make_shared<std::optional<Result<Pid>>>();
-    sim.spawn([&g, id, out](Context& ctx) -> Task<> { out->emplace(co_await g.agents->start(ctx, g.agent, id, "go")); });
+    sim.spawn(
+        [&g, id, out](Context& ctx) -> Task<> { out->emplace(co_await g.agents->start(ctx, g.agent, id, "go")); });
     sim.rt->run_until_idle();
     if (!out->has_value()) return Error(ErrorKind::kInternal, "start did not return");
     return **out;
@@ -124,6 +126,26 @@ TEST(AgentGroups, EachGroupUnderOneRootIsRestartedAloneAndResumesItsTasks) {
   EXPECT_EQ(b1->status, TaskStatus::kSucceeded) << b1->reason;
   EXPECT_EQ(b1->restarts, 0) << "group b did not notice";
   EXPECT_TRUE(w.sim.rt->alive(root_pid));
+}
+
+TEST(AgentGroups, WithResumeOnStartARestartedGroupResumesItsTasksByItself) {
+  GroupsWorld w({.resume_on_start = true});
+  SupervisorSpec root{.name = "agents", .strategy = Strategy::kOneForOne, .intensity = 3, .period = 60s};
+  root.children = {w.a->agents->supervisor_child("group-a")};
+  Pid root_pid = start_supervisor(*w.sim.rt, root).value();
+  ASSERT_THAT(w.start(*w.a, "a1"), IsOk());
+  ASSERT_THAT(w.start(*w.a, "a2"), IsOk());
+  w.sim.rt->advance(1s);
+  std::vector<ChildInfo> kids = w.children(root_pid);
+  ASSERT_EQ(kids.size(), 1u);
+  w.sim.rt->send_exit(kids[0].pid, ExitReason::kill());
+  w.sim.rt->advance(1min);  // nobody starts them: the new supervisor's resumer does
+  for (const char* id : {"a1", "a2"}) {
+    Result<TaskOutcome> out = w.a->agents->outcome(id);
+    ASSERT_THAT(out, IsOk()) << id;
+    EXPECT_EQ(out->status, TaskStatus::kSucceeded) << id << ": " << out->reason;
+    EXPECT_EQ(out->restarts, 1) << id;
+  }
 }
 
 TEST(AgentGroups, StartSupervisorIsRefusedWhileOneRunsAndAllowedOnceItIsGone) {

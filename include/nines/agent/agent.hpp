@@ -238,6 +238,12 @@ struct AgentsOptions {
   Duration restart_period = std::chrono::seconds(10);
   Duration restart_min_delay = std::chrono::milliseconds(200);
   Duration restart_max_delay = std::chrono::seconds(30);
+  // Every time a task supervisor starts (start_supervisor, supervisor_child and each restart of
+  // it by its parent), a resumer process starts, under it, every task of this Agents' agents
+  // that the store has as running and that no process here runs (the tasks that died with the
+  // previous supervisor, or with the program), then exits. Off by default: with it, do not also
+  // resume these tasks with WorkflowEngine::resume_all.
+  bool resume_on_start = false;
   // Testing only: tool calls run without the effect journal (no intent, no outcome recorded,
   // run again on every resume). The whole-system simulation sets it to prove that it catches
   // effects applied twice. Never set it otherwise.
