@@ -1,15 +1,14 @@
-// A multi-agent tree with an MCP tool server (docs/agents.md): a "coordinator" agent delegates to a
-// "researcher" agent (make_delegate_tool) whose tools come from a real MCP server (npm
-// @modelcontextprotocol/server-filesystem, a child process) reading a folder of notes; the
-// coordinator then saves a report with a native tool. Each agent is its own group (an Agents, with
-// its own task supervisor under one root supervisor), both on one workflow engine. The models are
-// `sim`, scripted, and fail on purpose: the coordinator's first call gets a 503 (the router
-// retries it) and the researcher once calls a tool that does not exist (the agent tells it).
+// A multi-agent tree with an MCP tool server (docs/agents.md): a coordinator agent delegates to a
+// researcher agent whose tools come from an MCP server (npm server-filesystem, a child process)
+// reading a folder of notes, then saves a report; both on scripted `sim` models that fail on purpose.
 //
-// Usage: nines_example_agent_tree <dir holding node_modules/@modelcontextprotocol, or the
-// server's dist/index.js>. Exits 0 when both tasks succeeded, the researcher's answer came back to
-// the coordinator, the report was saved once and the MCP child is gone; 77 when node or the
-// server is missing (or NINES_SKIP_MCP=1); 1 otherwise.
+// Each agent is a group of its own (an Agents: its own task supervisor, both under one root) on one
+// workflow engine. The coordinator's first model call gets a 503 (the router retries it); the
+// researcher once calls a tool that does not exist (the agent tells the model, which goes on).
+// Usage: nines_example_agent_tree <dir holding node_modules/@modelcontextprotocol | the server's
+// dist/index.js>. Exits 0 when both tasks succeeded, the researcher's answer reached the
+// coordinator, the report was saved once and the MCP child is gone; 77 (skipped) without node or
+// the server, or with NINES_SKIP_MCP=1; 1 otherwise.
 #include <signal.h>
 
 #include <unistd.h>
@@ -95,25 +94,25 @@ void print_outcome(const std::string& task, const agent::TaskOutcome& o) {
   for (const auto& [kind, n] : o.tool_errors) std::printf("  tool errors: %s x%lld\n", kind.c_str(), (long long)n);
 }
 
-// The server's entry point from argv[1], or "" with why not.
-std::string find_server(int argc, char** argv, std::string& why) {
-  const char* skip = std::getenv("NINES_SKIP_MCP");
-  if (skip != nullptr && std::string(skip) == "1") return why = "NINES_SKIP_MCP=1", "";
-  if (argc < 2) return why = "usage: nines_example_agent_tree <dir with node_modules | server index.js>", "";
-  fs::path js = argv[1];
+// Why the example cannot run here (it is then skipped), or "" with `js` set to the server's entry.
+std::string skip_reason(int argc, char** argv, fs::path& js) {
+  if (const char* skip = std::getenv("NINES_SKIP_MCP"); skip != nullptr && std::string(skip) == "1") {
+    return "NINES_SKIP_MCP=1";
+  }
+  if (argc < 2) return "usage: nines_example_agent_tree <dir holding node_modules | the server's index.js>";
+  js = argv[1];
   if (fs::is_directory(js)) js /= "node_modules/@modelcontextprotocol/server-filesystem/dist/index.js";
-  if (!fs::is_regular_file(js)) return why = js.string() + " not found (npm ci in tests/agent/mcp_servers)", "";
-  std::string path = std::getenv("PATH") ? std::getenv("PATH") : "";
-  std::stringstream dirs(path);
-  for (std::string d; std::getline(dirs, d, ':');)
-    if (!d.empty() && ::access((fs::path(d) / "node").c_str(), X_OK) == 0) return js.string();
-  return why = "node is not in PATH", "";
+  if (!fs::is_regular_file(js)) return js.string() + " not found (run npm ci in tests/agent/mcp_servers)";
+  std::stringstream path(std::getenv("PATH") != nullptr ? std::getenv("PATH") : "");
+  for (std::string dir; std::getline(path, dir, ':');) {
+    if (!dir.empty() && ::access((fs::path(dir) / "node").c_str(), X_OK) == 0) return "";
+  }
+  return "node is not in PATH";
 }
 
 int main(int argc, char** argv) {
-  std::string why;
-  const std::string server_js = find_server(argc, argv, why);
-  if (server_js.empty()) {
+  fs::path server_js;
+  if (std::string why = skip_reason(argc, argv, server_js); !why.empty()) {
     std::printf("skipped: %s\n", why.c_str());
     return 77;
   }
@@ -138,7 +137,7 @@ int main(int argc, char** argv) {
   auto main_process = rt->spawn_watched([&](nines::Context& ctx) -> nines::Task<> {
     auto deadline = ctx.with_timeout(45s);
     // The MCP server: a child process whose tools/list becomes agent tools (read_text_file, ...).
-    agent::McpServerOptions fs_options{.name = "fs", .command = {"node", server_js, dir}};
+    agent::McpServerOptions fs_options{.name = "fs", .command = {"node", server_js.string(), dir}};
     auto fs_server = co_await agent::McpServer::start(ctx, std::move(fs_options));
     if (!fs_server.ok()) {
       std::printf("mcp: %s\n", fs_server.error().to_string().c_str());
