@@ -196,12 +196,6 @@ int main(int argc, char** argv) {
     const std::string job_id = "report-1";
     if ((co_await coordinators->start(ctx, "coordinator", job_id, "Write a report on last night's outage.")).ok()) {
       nines::Result<agent::TaskOutcome> done = co_await coordinators->wait(ctx, job_id);
-      // start() returns once the task's process is spawned, before its workflow is recorded:
-      // until then wait() answers not_found. Ask again (a few times) in that case.
-      for (int i = 0; i < 50 && !done.ok() && done.error().kind() == nines::ErrorKind::kNotFound; ++i) {
-        (void)co_await ctx.sleep(20ms);
-        done = co_await coordinators->wait(ctx, job_id);
-      }
       if (done.ok()) job = *done;
       if (auto child = researchers->outcome(trace.researcher_task); child.ok()) research = *child;
     }

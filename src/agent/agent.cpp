@@ -1186,6 +1186,18 @@ SupervisorSpec Agents::task_supervisor_spec() const {
     Behavior behavior = [weak, start](Context& c) -> Task<> {
       std::shared_ptr<Impl> impl = weak.lock();
       if (!impl) co_return;
+      // start() registered this process as the task's runner (so that wait() knows the task
+      // before its workflow exists); the registration goes with the process, however it ends.
+      struct Registered {
+        Impl& impl;
+        std::string id;
+        Pid self;
+        ~Registered() {
+          std::lock_guard lock(impl.mu);
+          auto it = impl.running.find(id);
+          if (it != impl.running.end() && it->second == self) impl.running.erase(it);
+        }
+      } registered{*impl, start.task_id, c.self()};
       Agents view(impl);
       TaskOutcome out = co_await view.run(c, start.agent, start.task_id, start.input);
       // An interrupted run crashes the process: the supervisor restarts it (with backoff) and
@@ -1210,14 +1222,28 @@ Task<Result<Pid>> Agents::start(Context& ctx, std::string agent, std::string tas
   }
   if (sup == Pid{}) co_return Error(ErrorKind::kInvalidArgument, "agents: start_supervisor() first");
   if (!impl_->agent(agent)) co_return Error(ErrorKind::kNotFound, "no agent named '" + agent + "'");
+  const std::string id = task_id;
   std::any arg = TaskStart{.agent = std::move(agent), .task_id = std::move(task_id), .input = std::move(input)};
-  co_return co_await start_dynamic_child(ctx, sup, std::move(arg));
+  Result<Pid> pid = co_await start_dynamic_child(ctx, sup, std::move(arg));
+  if (pid.ok()) {
+    // Known as running from now on, before its process has created the workflow: wait() and
+    // cancel() find it (the process removes the entry when it ends).
+    std::lock_guard lock(impl_->mu);
+    impl_->running.try_emplace(id, *pid);
+  }
+  co_return pid;
 }
 
 Task<Result<TaskOutcome>> Agents::wait(Context& ctx, std::string task_id, Duration poll) {
   for (;;) {
     Result<TaskOutcome> o = outcome(task_id);
-    if (o.ok() || o.error().kind() != ErrorKind::kTransient) co_return o;
+    bool pending = !o.ok() && o.error().kind() == ErrorKind::kTransient;
+    if (!o.ok() && o.error().kind() == ErrorKind::kNotFound) {
+      // Started (start()) but its process has not created the workflow yet.
+      std::lock_guard lock(impl_->mu);
+      pending = impl_->running.contains(task_id);
+    }
+    if (!pending) co_return o;
     auto slept = co_await ctx.sleep(poll);
     if (!slept.ok()) co_return slept.error();
   }

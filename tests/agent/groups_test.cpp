@@ -61,7 +61,7 @@ struct Group {
 };
 
 struct GroupsWorld {
-  explicit GroupsWorld(AgentsOptions a_options = {}) {
+  explicit GroupsWorld(AgentsOptions a_options = {}, std::uint64_t s = 7) : seed(s) {
     store = make_memory_store().value();
     engine = WorkflowEngine::create(sim.env, *store).value();
     a = std::make_unique<Group>(sim, *engine, "a", a_options);
@@ -87,7 +87,8 @@ struct GroupsWorld {
     return *out;
   }
 
-  SimRuntime sim{7};
+  std::uint64_t seed;
+  SimRuntime sim{seed};
   std::unique_ptr<MemoryStore> store;
   std::unique_ptr<WorkflowEngine> engine;
   std::unique_ptr<Group> a, b;
@@ -146,6 +147,34 @@ TEST(AgentGroups, WithResumeOnStartARestartedGroupResumesItsTasksByItself) {
     EXPECT_EQ(out->status, TaskStatus::kSucceeded) << id << ": " << out->reason;
     EXPECT_EQ(out->restarts, 1) << id;
   }
+}
+
+// start() returns when the task's process is spawned, maybe before it has created its
+// workflow: a wait() at once must wait for it, not answer not_found (seen in the example).
+TEST(AgentGroups, WaitRightAfterStartWaitsForTheTask) {
+  int not_found = 0;
+  for (std::uint64_t seed = 1; seed <= 20; ++seed) {
+    GroupsWorld w({}, seed);
+    auto waited = std::make_shared<std::optional<Result<TaskOutcome>>>();
+    Agents* agents = w.a->agents.get();
+    const std::string agent = w.a->agent;
+    w.sim.spawn([agents, agent, waited](Context& ctx) -> Task<> {
+      Result<Pid> sup = agents->start_supervisor(ctx);
+      if (!sup.ok()) co_return;
+      Result<Pid> started = co_await agents->start(ctx, agent, "t", "go");
+      if (!started.ok()) co_return;
+      waited->emplace(co_await agents->wait(ctx, "t"));
+    });
+    w.sim.rt->advance(1min);
+    ASSERT_TRUE(waited->has_value()) << "seed " << seed;
+    if (!waited->value().ok()) {
+      ++not_found;
+      ADD_FAILURE() << "seed " << seed << ": " << waited->value().error().to_string();
+      continue;
+    }
+    EXPECT_EQ(waited->value()->status, TaskStatus::kSucceeded) << "seed " << seed;
+  }
+  EXPECT_EQ(not_found, 0);
 }
 
 TEST(AgentGroups, StartSupervisorIsRefusedWhileOneRunsAndAllowedOnceItIsGone) {

@@ -288,7 +288,9 @@ class Agents {
   // Starts the task in a process of its own under that supervisor: a crash (an interrupted
   // run, a killed process) restarts it with backoff and resumes it. Returns its pid.
   Task<Result<Pid>> start(Context& ctx, std::string agent, std::string task_id, std::string input);
-  // Waits until the task has an outcome (polling the store every `poll`), or the deadline.
+  // Waits until the task has an outcome (polling the store every `poll`), or the deadline. A
+  // task start()ed here is waited for even before its process has created its workflow;
+  // otherwise an unknown task is kNotFound at once.
   Task<Result<TaskOutcome>> wait(Context& ctx, std::string task_id, Duration poll = std::chrono::milliseconds(100));
 
   // Records a cancel request durably and kills the task's process if it runs here; the task
