@@ -18,6 +18,12 @@
 //   // stop the tree: children stop in reverse order
 //   rt->send_exit(sup, ExitReason::shutdown());
 //
+// Only its parent's exit signals stop a supervisor, as in OTP: a `shutdown` from another
+// process (ctx.send_exit) reaches it as a message and is ignored. A root (start_supervisor)
+// has no parent process: stop it from outside, Runtime::send_exit (from Pid{}), also from
+// inside a process (ctx.runtime().send_exit(sup, ExitReason::shutdown())); a linked one
+// (start_supervisor_link) stops with the process it is linked to.
+//
 // A supervisor is a process that traps exits and links to its children. Its start is
 // synchronous: start_supervisor() returns after every child started, in order, or returns
 // kStartFailed naming the first child that failed (the children already started are killed,
