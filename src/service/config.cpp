@@ -1377,7 +1377,7 @@ static ConfigResult parse_impl(std::string_view text, std::string_view name, con
   ServiceConfig config;
   try {
     parser.document(docs[0], config);
-    if (parser.errors().empty()) parser.references(config);
+    parser.references(config);
   } catch (const YAML::Exception& e) {
     return whole_file(std::string("invalid YAML: ") + e.msg);
   }

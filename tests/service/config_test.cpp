@@ -335,21 +335,25 @@ agents:
   a1: {models: [m2], max_output_tokens: 0}
 logging: {level: loud}
 )");
-  EXPECT_EQ(r.errors.size(), 3u) << r.error_text();
   EXPECT_FALSE(r.config.has_value());
-  ASSERT_GE(r.errors.size(), 3u);
-  EXPECT_EQ(r.errors[0].line, 2);
-  EXPECT_EQ(r.errors[1].line, 4);
-  EXPECT_EQ(r.errors[2].line, 5);
-  EXPECT_EQ(r.errors[2].path, "logging.level");
+  EXPECT_THAT(error_lines(r),
+              ElementsAre("nines.yaml:2:18: models.m1.provider: expected one of openai, anthropic, sim, got 'simm' (did "
+                          "you mean 'sim'?)",
+                          "nines.yaml:4:17: agents.a1.models[0]: unknown model 'm2' (did you mean 'm1'?)",
+                          "nines.yaml:4:41: agents.a1.max_output_tokens: must be from 1 to 9223372036854775807, got '0'",
+                          "nines.yaml:5:18: logging.level: expected one of debug, info, notice, warning, error, "
+                          "critical, off, got 'loud'"));
 }
 
-TEST(ServiceConfig, ReferencesAreCheckedOnlyOnceTheRestIsValid) {
-  // An unknown model name is reported; so is a type error elsewhere; the reference check runs
-  // after the structure is valid (so a broken section does not cascade into false references).
-  ConfigResult r = parse("models:\n  m1: {provider: sim}\nagents:\n  a1: {models: [m1], max_parallel_tools: x}\n");
+TEST(ServiceConfig, ReferenceAndTypeErrorsTogether) {
+  // A model whose own keys are wrong still counts as defined: no false "unknown model".
+  ConfigResult r = parse(
+      "models:\n  m1: {provider: simm}\nagents:\n  a1: {models: [m1, m2], max_parallel_tools: x}\n");
   EXPECT_THAT(error_lines(r),
-              ElementsAre("nines.yaml:4:42: agents.a1.max_parallel_tools: expected a whole number, got 'x'"));
+              ElementsAre("nines.yaml:2:18: models.m1.provider: expected one of openai, anthropic, sim, got 'simm' (did "
+                          "you mean 'sim'?)",
+                          "nines.yaml:4:21: agents.a1.models[1]: unknown model 'm2' (did you mean 'm1'?)",
+                          "nines.yaml:4:46: agents.a1.max_parallel_tools: expected a whole number, got 'x'"));
 }
 
 TEST(ServiceConfig, Interpolation) {
