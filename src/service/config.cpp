@@ -537,6 +537,7 @@ class Parser {
 };
 
 const std::vector<std::string> kNatureNames = {"read_only", "idempotent", "checkable", "unsafe"};
+const std::vector<std::string> kMethodNames = {"GET", "POST", "PUT", "PATCH", "DELETE"};
 
 void Parser::backoff(const YAML::Node& n, const std::string& path, Backoff& b) {
   std::map<std::string, YAML::Node> f;
@@ -852,7 +853,7 @@ void Parser::tool(const std::string& name, const YAML::Node& n, const std::strin
   }
   if (f.count("method")) {
     std::size_t k = 0;
-    if (choice(f["method"], p("method"), {"GET", "POST", "PUT", "PATCH", "DELETE"}, k))
+    if (choice(f["method"], p("method"), kMethodNames, k))
       t.http.method = static_cast<agent::HttpMethod>(k);
   }
   if (!f.count("url")) {
@@ -1419,6 +1420,14 @@ std::string ConfigResult::error_text() const {
   return out;
 }
 
+RetryOptions default_model_retry() {
+  RetryOptions r;
+  r.max_attempts = 3;
+  r.backoff = Backoff::full_jitter(std::chrono::milliseconds(250), std::chrono::seconds(8));
+  r.max_retry_after = std::chrono::seconds(60);
+  return r;
+}
+
 std::string_view to_string(Provider provider) {
   switch (provider) {
     case Provider::kOpenAi: return "openai";
@@ -1549,7 +1558,7 @@ std::string debug_string(const ServiceConfig& c) {
   for (const ToolConfig& t : c.tools) {
     o << "  " << t.spec.name << ": {type: " << (t.kind == ToolConfig::Kind::kNative ? "native" : "http");
     if (t.kind == ToolConfig::Kind::kHttp) {
-      o << ", method: " << agent::to_string(t.http.method) << ", url: " << t.http.url_template
+      o << ", method: " << kMethodNames[static_cast<std::size_t>(t.http.method)] << ", url: " << t.http.url_template
         << ", nature: " << kNatureNames[static_cast<std::size_t>(t.spec.nature)]
         << ", timeout: " << dur(t.spec.timeout) << ", fallback: " << t.spec.fallback
         << ", requires_approval: " << (t.spec.requires_approval ? "true" : "false");

@@ -92,6 +92,9 @@ TEST(ServiceConfig, DefaultsEqualTheOptionStructsDefaults) {
   EXPECT_EQ(m.retry.backoff.base, route.retry.backoff.base);
   EXPECT_EQ(m.retry.backoff.cap, route.retry.backoff.cap);
   EXPECT_EQ(m.retry.max_retry_after, route.retry.max_retry_after);
+  EXPECT_EQ(m.retry.max_total_time, route.retry.max_total_time);
+  EXPECT_EQ(m.retry.backoff.kind, route.retry.backoff.kind);
+  EXPECT_EQ(m.retry.backoff.multiplier, route.retry.backoff.multiplier);
   EXPECT_EQ(m.breaker.has_value(), route.breaker.has_value());
   EXPECT_FALSE(m.http_timeouts.has_value());
   EXPECT_EQ(m.max_response_bytes, llm::OpenAiOptions{}.max_response_bytes);

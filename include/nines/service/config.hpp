@@ -87,6 +87,11 @@ struct StoreConfig {
 enum class Provider : std::uint8_t { kOpenAi, kAnthropic, kSim };
 std::string_view to_string(Provider provider);
 
+// llm::ModelRouteOptions::default_retry()'s values (3 attempts, full jitter 250 ms .. 8 s, server
+// retry times up to 60 s), repeated here so that the config needs only the llm layer's headers
+// and parsers (the config fuzz target links no router); a test checks that they are equal.
+RetryOptions default_model_retry();
+
 // One model: a route of an agent's chain (llm::ModelRouteOptions) and the client behind it.
 struct ModelConfig {
   std::string name;  // the key under models:; the route's name
@@ -108,7 +113,7 @@ struct ModelConfig {
   Duration max_limiter_wait = std::chrono::seconds(30);
   Duration attempt_timeout = kInfinite;
   std::optional<net::HttpTimeouts> http_timeouts;  // nullopt: the HttpClient's defaults
-  RetryOptions retry = llm::ModelRouteOptions::default_retry();
+  RetryOptions retry = default_model_retry();  // equal to llm::ModelRouteOptions::default_retry()
   std::optional<CircuitBreakerOptions> breaker;  // nullopt: CircuitBreakerOptions{}
   std::optional<llm::SimConfig> sim;             // provider sim: its config (docs/sim.md)
 };
