@@ -212,10 +212,10 @@ class Parser {
         return false;
       }
       std::string name = raw.substr(i + 2, end - i - 2);
-      bool name_ok = !name.empty() && !(name[0] >= '0' && name[0] <= '9') &&
-                     std::all_of(name.begin(), name.end(), [](char c) {
-                       return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
-                     });
+      bool name_ok =
+          !name.empty() && !(name[0] >= '0' && name[0] <= '9') && std::all_of(name.begin(), name.end(), [](char c) {
+            return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+          });
       if (!name_ok) {
         error(n, path, "invalid variable name in " + shown("${" + name + "}") + ": use [A-Za-z_][A-Za-z0-9_]*");
         ok = false;
@@ -302,9 +302,10 @@ class Parser {
   bool whole(const YAML::Node& n, const std::string& path, T& out, std::int64_t lo,
              std::int64_t hi = std::numeric_limits<std::int64_t>::max()) {
     std::int64_t v = 0;
-    if (!integer(n, path, v, lo, std::min<std::int64_t>(hi, static_cast<std::int64_t>(std::min<std::uint64_t>(
-                                                                 std::numeric_limits<T>::max(),
-                                                                 std::numeric_limits<std::int64_t>::max())))))
+    if (!integer(
+            n, path, v, lo,
+            std::min<std::int64_t>(hi, static_cast<std::int64_t>(std::min<std::uint64_t>(
+                                           std::numeric_limits<T>::max(), std::numeric_limits<std::int64_t>::max())))))
       return false;
     out = static_cast<T>(v);
     return true;
@@ -533,7 +534,6 @@ class Parser {
   std::map<std::string, Loc> agent_locs_;
   Loc models_loc_, agents_loc_;
   bool saw_models_ = false, saw_agents_ = false;
-
 };
 
 const std::vector<std::string> kNatureNames = {"read_only", "idempotent", "checkable", "unsafe"};
@@ -659,8 +659,8 @@ void Parser::store(const YAML::Node& n, const std::string& path, StoreConfig& s)
     if (g.count("max_size")) size(g["max_size"], join_path(sp, "max_size"), s.sqlite.max_size_bytes);
     if (g.count("cache")) size(g["cache"], join_path(sp, "cache"), s.sqlite.cache_bytes);
     if (g.count("wal_autocheckpoint_pages"))
-      whole(g["wal_autocheckpoint_pages"], join_path(sp, "wal_autocheckpoint_pages"),
-            s.sqlite.wal_autocheckpoint_pages, 1, 1 << 30);
+      whole(g["wal_autocheckpoint_pages"], join_path(sp, "wal_autocheckpoint_pages"), s.sqlite.wal_autocheckpoint_pages,
+            1, 1 << 30);
   }
   if (f.count("postgres")) {
     const std::string pp = join_path(path, "postgres");
@@ -753,8 +753,8 @@ void Parser::model(const std::string& name, const YAML::Node& n, const std::stri
   if (f.count("limits")) {
     std::map<std::string, YAML::Node> g;
     const std::string lp = p("limits");
-    if (fields(f["limits"], lp, {"requests_per_minute", "tokens_per_minute", "max_concurrent_calls", "max_limiter_wait"},
-               g)) {
+    if (fields(f["limits"], lp,
+               {"requests_per_minute", "tokens_per_minute", "max_concurrent_calls", "max_limiter_wait"}, g)) {
       if (g.count("requests_per_minute"))
         whole(g["requests_per_minute"], join_path(lp, "requests_per_minute"), m.requests_per_minute, 0);
       if (g.count("tokens_per_minute"))
@@ -853,8 +853,7 @@ void Parser::tool(const std::string& name, const YAML::Node& n, const std::strin
   }
   if (f.count("method")) {
     std::size_t k = 0;
-    if (choice(f["method"], p("method"), kMethodNames, k))
-      t.http.method = static_cast<agent::HttpMethod>(k);
+    if (choice(f["method"], p("method"), kMethodNames, k)) t.http.method = static_cast<agent::HttpMethod>(k);
   }
   if (!f.count("url")) {
     error(n, p("url"), "required key 'url' is missing");
@@ -924,10 +923,8 @@ void Parser::mcp(const std::string& name, const YAML::Node& n, const std::string
       if (g.count("cpu_seconds")) whole(g["cpu_seconds"], join_path(lp, "cpu_seconds"), o.limits.cpu_seconds, 0);
       if (g.count("address_space"))
         size(g["address_space"], join_path(lp, "address_space"), o.limits.address_space_bytes);
-      if (g.count("open_files"))
-        whole(g["open_files"], join_path(lp, "open_files"), o.limits.open_files, 0, 1 << 20);
-      if (g.count("max_resident"))
-        size(g["max_resident"], join_path(lp, "max_resident"), o.limits.max_resident_bytes);
+      if (g.count("open_files")) whole(g["open_files"], join_path(lp, "open_files"), o.limits.open_files, 0, 1 << 20);
+      if (g.count("max_resident")) size(g["max_resident"], join_path(lp, "max_resident"), o.limits.max_resident_bytes);
       if (g.count("resident_check_interval"))
         duration(g["resident_check_interval"], join_path(lp, "resident_check_interval"),
                  o.limits.resident_check_interval);
@@ -1029,8 +1026,7 @@ void Parser::agent(const std::string& name, const YAML::Node& n, const std::stri
           if (l.count("max_turns_without_progress"))
             whole(l["max_turns_without_progress"], join_path(lp, "max_turns_without_progress"),
                   o.loop.max_turns_without_progress, 0, 1'000'000);
-          if (l.count("final_answer"))
-            boolean(l["final_answer"], join_path(lp, "final_answer"), o.loop.final_answer);
+          if (l.count("final_answer")) boolean(l["final_answer"], join_path(lp, "final_answer"), o.loop.final_answer);
         }
       }
       if (g.count("max_invalid_tool_calls"))
@@ -1193,9 +1189,8 @@ void Parser::logging(const YAML::Node& n, const std::string& path, LoggingConfig
   std::map<std::string, YAML::Node> f;
   if (!fields(n, path, {"level", "format"}, f)) return;
   std::size_t k = 0;
-  if (f.count("level") &&
-      choice(f["level"], join_path(path, "level"), {"debug", "info", "notice", "warning", "error", "critical", "off"},
-             k))
+  if (f.count("level") && choice(f["level"], join_path(path, "level"),
+                                 {"debug", "info", "notice", "warning", "error", "critical", "off"}, k))
     l.level = static_cast<LogLevel>(k);
   if (f.count("format") && choice(f["format"], join_path(path, "format"), {"human", "json"}, k))
     l.format = static_cast<LogFormat>(k);
@@ -1266,8 +1261,10 @@ void Parser::document(const YAML::Node& root, ServiceConfig& c) {
   if (f.count("logging")) logging(f["logging"], "logging", c.logging);
   if (!saw_models_) error(root, "models", "required key 'models' is missing (at least one model)");
   if (!saw_agents_) error(root, "agents", "required key 'agents' is missing (at least one agent)");
-  if (saw_models_ && c.models.empty() && errors_.empty()) error(models_loc_, "models", "must define at least one model");
-  if (saw_agents_ && c.agents.empty() && errors_.empty()) error(agents_loc_, "agents", "must define at least one agent");
+  if (saw_models_ && c.models.empty() && errors_.empty())
+    error(models_loc_, "models", "must define at least one model");
+  if (saw_agents_ && c.agents.empty() && errors_.empty())
+    error(agents_loc_, "agents", "must define at least one agent");
 }
 
 std::vector<std::string> names_of(const auto& items, auto name) {
@@ -1460,8 +1457,12 @@ Result<Duration> parse_duration(std::string_view text) {
     std::string_view name;
     std::int64_t ns;
   };
-  static constexpr Unit kUnits[] = {{"ns", 1},           {"us", 1'000},          {"ms", 1'000'000},
-                                    {"s", 1'000'000'000}, {"m", 60'000'000'000}, {"h", 3'600'000'000'000}};
+  static constexpr Unit kUnits[] = {{"ns", 1},
+                                    {"us", 1'000},
+                                    {"ms", 1'000'000},
+                                    {"s", 1'000'000'000},
+                                    {"m", 60'000'000'000},
+                                    {"h", 3'600'000'000'000}};
   long double total = 0;
   std::size_t i = 0;
   while (i < text.size()) {
@@ -1492,8 +1493,8 @@ Result<std::uint64_t> parse_size(std::string_view text) {
   if (ec != std::errc() || ptr != text.data() + i) return bad();
   std::string_view unit = text.substr(i);
   static const std::pair<std::string_view, std::uint64_t> kUnits[] = {
-      {"", 1},          {"B", 1},          {"KiB", 1ull << 10}, {"MiB", 1ull << 20}, {"GiB", 1ull << 30},
-      {"TiB", 1ull << 40}, {"KB", 1'000}, {"kB", 1'000},       {"MB", 1'000'000},    {"GB", 1'000'000'000}};
+      {"", 1},       {"B", 1},      {"KiB", 1ull << 10}, {"MiB", 1ull << 20},  {"GiB", 1ull << 30}, {"TiB", 1ull << 40},
+      {"KB", 1'000}, {"kB", 1'000}, {"MB", 1'000'000},   {"GB", 1'000'000'000}};
   for (const auto& [name, mult] : kUnits) {
     if (name != unit) continue;
     if (v > std::numeric_limits<std::uint64_t>::max() / mult) return bad();
@@ -1515,8 +1516,8 @@ std::string dur(Duration d) {
 void dump_retry(std::ostringstream& o, const char* indent, const RetryOptions& r) {
   o << indent << "retry: {max_attempts: " << r.max_attempts << ", max_total_time: " << dur(r.max_total_time)
     << ", max_retry_after: " << dur(r.max_retry_after) << ", backoff: {kind: " << static_cast<int>(r.backoff.kind)
-    << ", base: " << dur(r.backoff.base) << ", cap: " << dur(r.backoff.cap)
-    << ", multiplier: " << r.backoff.multiplier << "}}\n";
+    << ", base: " << dur(r.backoff.base) << ", cap: " << dur(r.backoff.cap) << ", multiplier: " << r.backoff.multiplier
+    << "}}\n";
 }
 
 void dump_breaker(std::ostringstream& o, const char* indent, const std::optional<CircuitBreakerOptions>& b) {
@@ -1559,8 +1560,8 @@ std::string debug_string(const ServiceConfig& c) {
     o << "  " << t.spec.name << ": {type: " << (t.kind == ToolConfig::Kind::kNative ? "native" : "http");
     if (t.kind == ToolConfig::Kind::kHttp) {
       o << ", method: " << kMethodNames[static_cast<std::size_t>(t.http.method)] << ", url: " << t.http.url_template
-        << ", nature: " << kNatureNames[static_cast<std::size_t>(t.spec.nature)]
-        << ", timeout: " << dur(t.spec.timeout) << ", fallback: " << t.spec.fallback
+        << ", nature: " << kNatureNames[static_cast<std::size_t>(t.spec.nature)] << ", timeout: " << dur(t.spec.timeout)
+        << ", fallback: " << t.spec.fallback
         << ", requires_approval: " << (t.spec.requires_approval ? "true" : "false");
       for (const auto& [k, v] : t.headers) o << ", header " << k << ": " << v;
     }

@@ -18,10 +18,10 @@
 namespace nines::service {
 namespace {
 
+using test::IsOkAndHolds;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::Not;
-using test::IsOkAndHolds;
 
 constexpr const char* kSecretValue = "sk-VERY-SECRET-0123456789abcdef";
 
@@ -222,7 +222,8 @@ lgging:
                           "'system_prompt'?)",
                           "nines.yaml:9:1: lgging: unknown key 'lgging' (did you mean 'logging'?)"));
   // Nothing close: no suggestion.
-  EXPECT_THAT(error_lines(parse(kMinimal + "zzzzzz: 1\n")), ElementsAre("nines.yaml:7:1: zzzzzz: unknown key 'zzzzzz'"));
+  EXPECT_THAT(error_lines(parse(kMinimal + "zzzzzz: 1\n")),
+              ElementsAre("nines.yaml:7:1: zzzzzz: unknown key 'zzzzzz'"));
 }
 
 TEST(ServiceConfig, UnknownToolReferenceWithDidYouMean) {
@@ -339,24 +340,25 @@ agents:
 logging: {level: loud}
 )");
   EXPECT_FALSE(r.config.has_value());
-  EXPECT_THAT(error_lines(r),
-              ElementsAre("nines.yaml:2:18: models.m1.provider: expected one of openai, anthropic, sim, got 'simm' (did "
-                          "you mean 'sim'?)",
-                          "nines.yaml:4:17: agents.a1.models[0]: unknown model 'm2' (did you mean 'm1'?)",
-                          "nines.yaml:4:41: agents.a1.max_output_tokens: must be from 1 to 9223372036854775807, got '0'",
-                          "nines.yaml:5:18: logging.level: expected one of debug, info, notice, warning, error, "
-                          "critical, off, got 'loud'"));
+  EXPECT_THAT(
+      error_lines(r),
+      ElementsAre("nines.yaml:2:18: models.m1.provider: expected one of openai, anthropic, sim, got 'simm' (did "
+                  "you mean 'sim'?)",
+                  "nines.yaml:4:17: agents.a1.models[0]: unknown model 'm2' (did you mean 'm1'?)",
+                  "nines.yaml:4:41: agents.a1.max_output_tokens: must be from 1 to 9223372036854775807, got '0'",
+                  "nines.yaml:5:18: logging.level: expected one of debug, info, notice, warning, error, "
+                  "critical, off, got 'loud'"));
 }
 
 TEST(ServiceConfig, ReferenceAndTypeErrorsTogether) {
   // A model whose own keys are wrong still counts as defined: no false "unknown model".
-  ConfigResult r = parse(
-      "models:\n  m1: {provider: simm}\nagents:\n  a1: {models: [m1, m2], max_parallel_tools: x}\n");
-  EXPECT_THAT(error_lines(r),
-              ElementsAre("nines.yaml:2:18: models.m1.provider: expected one of openai, anthropic, sim, got 'simm' (did "
-                          "you mean 'sim'?)",
-                          "nines.yaml:4:21: agents.a1.models[1]: unknown model 'm2' (did you mean 'm1'?)",
-                          "nines.yaml:4:46: agents.a1.max_parallel_tools: expected a whole number, got 'x'"));
+  ConfigResult r = parse("models:\n  m1: {provider: simm}\nagents:\n  a1: {models: [m1, m2], max_parallel_tools: x}\n");
+  EXPECT_THAT(
+      error_lines(r),
+      ElementsAre("nines.yaml:2:18: models.m1.provider: expected one of openai, anthropic, sim, got 'simm' (did "
+                  "you mean 'sim'?)",
+                  "nines.yaml:4:21: agents.a1.models[1]: unknown model 'm2' (did you mean 'm1'?)",
+                  "nines.yaml:4:46: agents.a1.max_parallel_tools: expected a whole number, got 'x'"));
 }
 
 TEST(ServiceConfig, Interpolation) {
@@ -458,9 +460,11 @@ server:
   m1:
     provider: openai
     api_kee: )" + literal + R"(
-    api_key: {value: )" + literal + R"(}
+    api_key: {value: )" + literal +
+                           R"(}
     context_window_tokens: ${OPENAI_KEY}
-    max_output_tokens: ")" + literal + R"("
+    max_output_tokens: ")" +
+                           literal + R"("
     base_url: ${OPENAI_KEY}
 agents:
   a1: {models: [m1], mode: "${OPENAI_KEY}"}
@@ -502,7 +506,8 @@ agents:
   EXPECT_EQ(r.errors[0].path, "models.m1.sim");
   EXPECT_EQ(r.errors[0].line, 5);
   EXPECT_THAT(r.errors[0].message, HasSubstr("probability"));
-  EXPECT_EQ(r.errors[1].to_string(), "nines.yaml:8:10: models.m2.sim: only a model with provider: sim has a sim config");
+  EXPECT_EQ(r.errors[1].to_string(),
+            "nines.yaml:8:10: models.m2.sim: only a model with provider: sim has a sim config");
 }
 
 TEST(ServiceConfig, HttpToolChecks) {
@@ -512,12 +517,13 @@ TEST(ServiceConfig, HttpToolChecks) {
   t3: {type: native, timeout: 5s}
   bad name: {type: native}
 )");
-  EXPECT_THAT(error_lines(r),
-              ElementsAre("nines.yaml:8:25: tools.t1.url: expected an http:// or https:// URL template, got 'ftp://x'",
-                          "nines.yaml:8:55: tools.t1.body: a GET tool has no body",
-                          "nines.yaml:9:47: tools.t2.check_url: a checkable tool needs check_url",
-                          "nines.yaml:10:31: tools.t3.timeout: a native tool takes only 'type' (its spec is in its code)",
-                          "nines.yaml:11:3: tools.bad name: invalid name 'bad name': use 1 to 64 of [a-zA-Z0-9_-]"));
+  EXPECT_THAT(
+      error_lines(r),
+      ElementsAre("nines.yaml:8:25: tools.t1.url: expected an http:// or https:// URL template, got 'ftp://x'",
+                  "nines.yaml:8:55: tools.t1.body: a GET tool has no body",
+                  "nines.yaml:9:47: tools.t2.check_url: a checkable tool needs check_url",
+                  "nines.yaml:10:31: tools.t3.timeout: a native tool takes only 'type' (its spec is in its code)",
+                  "nines.yaml:11:3: tools.bad name: invalid name 'bad name': use 1 to 64 of [a-zA-Z0-9_-]"));
 }
 
 TEST(ServiceConfig, FullMappingOntoTheOptionStructs) {

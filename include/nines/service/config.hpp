@@ -98,9 +98,9 @@ struct ModelConfig {
   Provider provider = Provider::kSim;
   // Empty: the provider's default (OpenAiOptions / AnthropicOptions). Unused by sim.
   std::string base_url;
-  std::string model;            // ModelRouteOptions::model
-  std::string api_key_env;      // the variable api_key was read from; empty: none
-  Secret api_key;               // empty: none (local servers, sim)
+  std::string model;                                    // ModelRouteOptions::model
+  std::string api_key_env;                              // the variable api_key was read from; empty: none
+  Secret api_key;                                       // empty: none (local servers, sim)
   std::vector<std::pair<std::string, Secret>> headers;  // the client's extra_headers
   std::size_t max_response_bytes = std::size_t{16} << 20;
   std::string anthropic_version = "2023-06-01";
@@ -113,9 +113,9 @@ struct ModelConfig {
   Duration max_limiter_wait = std::chrono::seconds(30);
   Duration attempt_timeout = kInfinite;
   std::optional<net::HttpTimeouts> http_timeouts;  // nullopt: the HttpClient's defaults
-  RetryOptions retry = default_model_retry();  // equal to llm::ModelRouteOptions::default_retry()
-  std::optional<CircuitBreakerOptions> breaker;  // nullopt: CircuitBreakerOptions{}
-  std::optional<llm::SimConfig> sim;             // provider sim: its config (docs/sim.md)
+  RetryOptions retry = default_model_retry();      // equal to llm::ModelRouteOptions::default_retry()
+  std::optional<CircuitBreakerOptions> breaker;    // nullopt: CircuitBreakerOptions{}
+  std::optional<llm::SimConfig> sim;               // provider sim: its config (docs/sim.md)
 };
 
 // ---- tools -------------------------------------------------------------------------------------
@@ -211,8 +211,8 @@ std::string debug_string(const ServiceConfig& config);
 
 struct ConfigError {
   std::string file;
-  int line = 0;    // 1-based; 0: the file as a whole
-  int column = 0;  // 1-based
+  int line = 0;      // 1-based; 0: the file as a whole
+  int column = 0;    // 1-based
   std::string path;  // the key's path, e.g. "agents.support.tools[2]"; empty: the document
   std::string message;
   // "file:line:column: path: message" (parts that are unknown are left out).
