@@ -673,5 +673,19 @@ TEST(ServiceConfig, AliasBombIsBounded) {
   EXPECT_THAT(r.error_text(), HasSubstr("too large"));
 }
 
+TEST(ServiceConfig, SelfReferentialAliasIsAnError) {
+  ConfigResult r = parse("models:\n  m: {provider: sim, sim: &b {scenario: [*b]}}\nagents:\n  a: {models: [m]}\n");
+  EXPECT_FALSE(r.ok());
+  EXPECT_THAT(r.error_text(), HasSubstr("nested too deeply"));
+}
+
+TEST(ServiceConfig, NulByteAndDeepNestingAreErrors) {
+  EXPECT_THAT(error_lines(parse(std::string("models: {}\0", 12))),
+              ElementsAre("nines.yaml: the file holds a NUL byte: not a YAML text"));
+  ConfigResult deep = parse("a: " + std::string(5000, '[') + std::string(5000, ']') + "\n");
+  EXPECT_FALSE(deep.ok());
+  EXPECT_THAT(deep.error_text(), HasSubstr("invalid YAML"));
+}
+
 }  // namespace
 }  // namespace nines::service
