@@ -688,6 +688,8 @@ void Parser::store(const YAML::Node& n, const std::string& path, StoreConfig& s)
   }
 }
 
+std::string dump(const nlohmann::json& j) { return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace); }
+
 bool http_url(const std::string& s) {
   return (s.rfind("http://", 0) == 0 && s.size() > 7) || (s.rfind("https://", 0) == 0 && s.size() > 8);
 }
@@ -792,7 +794,7 @@ void Parser::model(const std::string& name, const YAML::Node& n, const std::stri
       nlohmann::json j;
       if (to_json(f["sim"], p("sim"), j)) {
         if (j.is_null()) j = nlohmann::json::object();
-        Result<llm::SimConfig> sc = llm::parse_sim_config(j.dump());
+        Result<llm::SimConfig> sc = llm::parse_sim_config(dump(j));
         if (sc.ok()) {
           m.sim = std::move(*sc);
         } else {
@@ -837,7 +839,7 @@ void Parser::tool(const std::string& name, const YAML::Node& n, const std::strin
         if (j.is_discarded() || !j.is_object()) {
           error(pn, p("parameters"), "expected a JSON Schema object (a mapping, or JSON text)");
         } else {
-          t.spec.parameters_schema_json = j.dump();
+          t.spec.parameters_schema_json = dump(j);
         }
       }
     } else {
@@ -846,7 +848,7 @@ void Parser::tool(const std::string& name, const YAML::Node& n, const std::strin
         if (!j.is_object()) {
           error(pn, p("parameters"), "expected a JSON Schema object (a mapping, or JSON text)");
         } else {
-          t.spec.parameters_schema_json = j.dump();
+          t.spec.parameters_schema_json = dump(j);
         }
       }
     }
@@ -1339,6 +1341,41 @@ void Parser::references(ServiceConfig& c) {
   }
 }
 
+// The offset of the first byte that is not part of well-formed UTF-8 (no overlongs, no
+// surrogates, at most U+10FFFF), or npos. YAML text is Unicode, and JSON (the sim config, tool
+// schemas) cannot hold anything else.
+std::size_t invalid_utf8_at(std::string_view s) {
+  std::size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    std::size_t n = 0;
+    unsigned char lo = 0x80, hi = 0xBF;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if (c >= 0xC2 && c <= 0xDF) {
+      n = 1;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      n = 2;
+      if (c == 0xE0) lo = 0xA0;
+      if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      n = 3;
+      if (c == 0xF0) lo = 0x90;
+      if (c == 0xF4) hi = 0x8F;
+    } else {
+      return i;
+    }
+    for (std::size_t k = 1; k <= n; ++k) {
+      if (i + k >= s.size()) return i;
+      const auto d = static_cast<unsigned char>(s[i + k]);
+      if (d < (k == 1 ? lo : 0x80) || d > (k == 1 ? hi : 0xBF)) return i;
+    }
+    i += n + 1;
+  }
+  return std::string_view::npos;
+}
+
 bool error_before(const ConfigError& a, const ConfigError& b) {
   return std::tie(a.line, a.column) < std::tie(b.line, b.column);
 }
@@ -1356,6 +1393,14 @@ static ConfigResult parse_impl(std::string_view text, std::string_view name, con
     return whole_file("the file is larger than " + std::to_string(kMaxConfigBytes) + " bytes");
   }
   if (text.find('\0') != std::string_view::npos) return whole_file("the file holds a NUL byte: not a YAML text");
+  if (std::size_t bad = invalid_utf8_at(text); bad != std::string_view::npos) {
+    std::size_t line_start = bad == 0 ? std::string_view::npos : text.rfind('\n', bad - 1);
+    line_start = line_start == std::string_view::npos ? 0 : line_start + 1;
+    const auto line = 1 + std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(bad), '\n');
+    result.errors.push_back(ConfigError{std::string(name), static_cast<int>(line),
+                                        static_cast<int>(bad - line_start + 1), "", "the file is not valid UTF-8"});
+    return result;
+  }
   std::vector<YAML::Node> docs;
   try {
     docs = YAML::LoadAll(std::string(text));
@@ -1378,6 +1423,8 @@ static ConfigResult parse_impl(std::string_view text, std::string_view name, con
     parser.references(config);
   } catch (const YAML::Exception& e) {
     return whole_file(std::string("invalid YAML: ") + e.msg);
+  } catch (const std::exception& e) {  // should not happen (log-and-count tier): never a partial config
+    return whole_file(std::string("internal error while loading: ") + e.what());
   }
   parser.scrub(parser.errors());
   result.errors = std::move(parser.errors());

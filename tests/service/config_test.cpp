@@ -679,9 +679,13 @@ TEST(ServiceConfig, SelfReferentialAliasIsAnError) {
   EXPECT_THAT(r.error_text(), HasSubstr("nested too deeply"));
 }
 
-TEST(ServiceConfig, NulByteAndDeepNestingAreErrors) {
+TEST(ServiceConfig, NulBytesInvalidUtf8AndDeepNestingAreErrors) {
   EXPECT_THAT(error_lines(parse(std::string("models: {}\0", 12))),
               ElementsAre("nines.yaml: the file holds a NUL byte: not a YAML text"));
+  EXPECT_THAT(error_lines(parse("models: {}\nagents: {a: \"caf\xc3\xa9 \xff\"}\n")),
+              ElementsAre("nines.yaml:2:20: the file is not valid UTF-8"));
+  EXPECT_THAT(error_lines(parse("x: \xe2\x82")), ElementsAre("nines.yaml:1:4: the file is not valid UTF-8"));
+  EXPECT_THAT(error_lines(parse("x: \xed\xa0\x80\n")), ElementsAre("nines.yaml:1:4: the file is not valid UTF-8"));
   ConfigResult deep = parse("a: " + std::string(5000, '[') + std::string(5000, ']') + "\n");
   EXPECT_FALSE(deep.ok());
   EXPECT_THAT(deep.error_text(), HasSubstr("invalid YAML"));
