@@ -3,6 +3,7 @@
 // only, never in a public header.
 #include "nines/service/config.hpp"
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -1376,6 +1377,37 @@ std::size_t invalid_utf8_at(std::string_view s) {
   return std::string_view::npos;
 }
 
+// Counts a stream's documents and remembers where each begins (its first event). yaml-cpp 0.7's
+// LoadAll loops forever, allocating, on some invalid text (",\n{": the parser reports an empty
+// document without consuming the token, again and again; jbeder/yaml-cpp#1040, fixed upstream in
+// PR #1319): so the documents are counted here, at most three, and a document that begins where
+// the one before began is that error.
+class DocumentCounter final : public YAML::EventHandler {
+ public:
+  std::vector<YAML::Mark> starts;  // each document's first node
+  void OnDocumentStart(const YAML::Mark&) override { first_ = true; }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark& m, YAML::anchor_t) override { note(m); }
+  void OnAlias(const YAML::Mark& m, YAML::anchor_t) override { note(m); }
+  void OnScalar(const YAML::Mark& m, const std::string&, YAML::anchor_t, const std::string&) override { note(m); }
+  void OnSequenceStart(const YAML::Mark& m, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {
+    note(m);
+  }
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark& m, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {
+    note(m);
+  }
+  void OnMapEnd() override {}
+
+ private:
+  void note(const YAML::Mark& m) {
+    if (!first_) return;
+    first_ = false;
+    starts.push_back(m);
+  }
+  bool first_ = false;
+};
+
 bool error_before(const ConfigError& a, const ConfigError& b) {
   return std::tie(a.line, a.column) < std::tie(b.line, b.column);
 }
@@ -1401,9 +1433,26 @@ static ConfigResult parse_impl(std::string_view text, std::string_view name, con
                                         static_cast<int>(bad - line_start + 1), "", "the file is not valid UTF-8"});
     return result;
   }
-  std::vector<YAML::Node> docs;
+  YAML::Node root;
   try {
-    docs = YAML::LoadAll(std::string(text));
+    const std::string owned(text);
+    std::istringstream stream(owned);
+    YAML::Parser yaml(stream);
+    DocumentCounter counter;
+    while (counter.starts.size() < 3 && yaml.HandleNextDocument(counter)) {
+      const std::size_t n = counter.starts.size();
+      if (n >= 2 && counter.starts[n - 1].pos == counter.starts[n - 2].pos) {
+        const YAML::Mark& m = counter.starts[n - 1];
+        result.errors.push_back(ConfigError{std::string(name), m.line + 1, m.column + 1, "",
+                                            "invalid YAML: unexpected text (not a value, key or list item)"});
+        return result;
+      }
+    }
+    if (counter.starts.size() > 1) {
+      return whole_file("the file holds " + std::string(counter.starts.size() > 2 ? "3 or more" : "2") +
+                        " YAML documents, not one");
+    }
+    root = YAML::Load(owned);
   } catch (const YAML::Exception& e) {
     ConfigError err{std::string(name), 0, 0, "", "invalid YAML: " + e.msg};
     if (!e.mark.is_null()) {
@@ -1415,11 +1464,10 @@ static ConfigResult parse_impl(std::string_view text, std::string_view name, con
   } catch (const std::exception& e) {
     return whole_file(std::string("invalid YAML: ") + e.what());
   }
-  if (docs.empty() || (docs.size() == 1 && docs[0].IsNull())) return whole_file("the file is empty");
-  if (docs.size() > 1) return whole_file("the file holds " + std::to_string(docs.size()) + " YAML documents, not one");
+  if (!root.IsDefined() || root.IsNull()) return whole_file("the file is empty");
   ServiceConfig config;
   try {
-    parser.document(docs[0], config);
+    parser.document(root, config);
     parser.references(config);
   } catch (const YAML::Exception& e) {
     return whole_file(std::string("invalid YAML: ") + e.msg);

@@ -177,6 +177,11 @@ TEST(ServiceConfig, EmptyAndMalformedFilesAreErrors) {
               ElementsAre("nines.yaml:1:1: expected a mapping at the top (store:, models:, ...), got a list"));
   EXPECT_THAT(error_lines(parse(kMinimal + "---\nx: 1\n")),
               ElementsAre("nines.yaml: the file holds 2 YAML documents, not one"));
+  // yaml-cpp 0.7's LoadAll never returns on these (jbeder/yaml-cpp#1040): found by the fuzzer.
+  EXPECT_THAT(error_lines(parse(",\n{")),
+              ElementsAre("nines.yaml:1:1: invalid YAML: unexpected text (not a value, key or list item)"));
+  EXPECT_THAT(error_lines(parse(",......_bytea]\nmodels: {m: {pr")),
+              ElementsAre("nines.yaml:1:1: invalid YAML: unexpected text (not a value, key or list item)"));
 }
 
 TEST(ServiceConfig, HalfWrittenFileIsNeverAPartialConfig) {
