@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (the llm parsers, the sim's request parser, the SSE parser, the HTTP server's request
-# parser) with clang-14 (ASan + UBSan) in build/fuzz and runs each
+# parser, the service config loader) with clang-14 (ASan + UBSan) in build/fuzz and runs each
 # for N seconds (default 10), seeded from the test fixtures. Not part of scripts/test.sh.
 #   bash scripts/fuzz.sh          # 10 s per target
 #   bash scripts/fuzz.sh 600      # longer runs; see docs/llm.md
@@ -17,7 +17,7 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER
   -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DNINES_SANITIZE=address,undefined -DNINES_LLM_FUZZ=ON -DNINES_BUILD_TESTS=OFF -DNINES_BUILD_BENCH=OFF >/dev/null
 cmake --build "$build" -j2 --target nines_llm_response_fuzz nines_llm_stream_fuzz nines_llm_sim_request_fuzz nines_net_sse_fuzz \
-  nines_net_http_request_fuzz
+  nines_net_http_request_fuzz nines_service_config_fuzz
 
 # Seeds: byte 0 picks the provider (0 OpenAI, 1 Anthropic); then a body, or one event per line.
 seed() {  # seed <target> <provider byte> <name> <content>
@@ -55,9 +55,15 @@ seed http_request 05 smuggle $'POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-
 seed http_request 02 upgrade $'GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x05hello'
 seed http_request 13 fold $'GET / HTTP/1.1\r\nX: a\r\n b\r\nConnection: close\r\n\r\n'
 
+# The service config loader: the sample config, and small broken ones.
+mkdir -p "$build/corpus/config"
+cp config/nines.yaml "$build/corpus/config/seed-sample"
+printf '%s' $'models:\n  m: {provider: sim}\nagents:\n  a: {models: [m], tools: [x]}\n' >"$build/corpus/config/seed-min"
+printf '%s' $'a: &a [1, 2]\nb: [*a, *a]\nmodels: {m: {provider: openai, api_key: "${KEY}"}}\n' >"$build/corpus/config/seed-alias"
+
 mkdir -p "$build/findings"
 status=0
-for target in llm/response llm/stream llm/sim_request net/sse net/http_request; do
+for target in llm/response llm/stream llm/sim_request net/sse net/http_request service/config; do
   layer="${target%%/*}"; target="${target#*/}"
   echo "fuzz: nines_${layer}_${target}_fuzz for ${seconds}s"
   log="$build/findings/$target.log"

@@ -32,6 +32,7 @@ packages=(
                    # the dev packages of every JSON library it has an adapter for (Qt5, Poco, jsoncpp, ...):
                    # about 90 packages on a bare machine, none of them linked. No other draft-7 validator for
                    # C++ is in Debian, and writing one is what the issue asks us not to do.
+  libyaml-cpp-dev  # the service's config file (src/service/config.cpp: YAML with line:column marks for every error)
   libcli11-dev   # the `nines` command's parser: subcommands, per-command help, validated numbers; header-only
   libcurl4-openssl-dev  # the net layer's HTTP(S) client (src/net/http_client.cpp: libcurl multi + OpenSSL)
   node-llhttp    # the net layer's HTTP server parses requests with llhttp, the parser Node.js uses today (the nodejs

@@ -73,4 +73,5 @@
 #include "nines/llm/sim_server.hpp"
 #include "nines/llm/tokens.hpp"
 #include "nines/llm/wire.hpp"
+#include "nines/service/config.hpp"
 #endif

@@ -76,6 +76,18 @@ check port_range 2 "--port: expected a whole number from 0 to 65535" -- sim-serv
 check config_missing 2 "--config" "/nonexistent/sim.json" -- sim-server --config /nonexistent/sim.json
 check unknown_top_option 2 "unknown option '--bogus'" -- --bogus
 
+# `nines check`: the sample config is valid (0), a broken one lists every error (1), a missing file is 2.
+sample="$(cd "$(dirname "$0")/../.." && pwd)/config/nines.yaml"
+bad_config=$(mktemp --suffix=.yaml)
+printf 'models:\n  m1: {provider: sim, contxt: 1}\nagents:\n  a1: {models: [m2]}\n' >"$bad_config"
+check check_sample 0 "nines.yaml: ok (2 models, 2 tools, 2 agents)" -- check "$sample"
+check check_invalid 1 "$bad_config:2:23: models.m1.contxt: unknown key 'contxt'" \
+  "$bad_config:4:17: agents.a1.models[0]: unknown model 'm2' (did you mean 'm1'?)" -- check "$bad_config"
+check check_unreadable 2 "/nonexistent/nines.yaml: cannot read the file" -- check /nonexistent/nines.yaml
+check check_usage 2 "FILE is required" -- check
+check help_check 0 "Usage: nines check" "Exit status: 0 valid; 1 invalid; 2" -- check --help
+rm -f "$bad_config"
+
 # A small demo run: the storm makes one shard escalate; everything must come back.
 check demo_recovers 0 "OK: every crash was recovered" "exceeded its restart intensity" \
   -- demo runtime --workers 20000 --shards 10 --seconds 2
