@@ -159,7 +159,8 @@ int main(int argc, char** argv) {
     // Group 2, the coordinators: the researcher as a tool, and a native tool with an effect.
     auto ask = agent::make_delegate_tool(*researchers, {.tool_name = "ask_researcher",
                                                         .description = "Gives a research task to the researcher",
-                                                        .agent = "researcher"})
+                                                        .agent = "researcher",
+                                                        .prices = kPrices})
                    .value();
     auto save = agent::make_native_tool(
                     {.name = "save_report",

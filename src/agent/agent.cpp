@@ -188,16 +188,7 @@ struct Agents::Impl : std::enable_shared_from_this<Agents::Impl> {
   std::map<std::string, std::shared_ptr<const AgentOptions>, std::less<>> agents;
   std::vector<AgentObserver> observers;
   std::map<std::string, Pid, std::less<>> running;  // task id -> the process running it now
-  std::map<std::string, Budget, std::less<>> caps;  // task id -> RunOptions::cap of the run starting it
-  // Agents::cancel's cascade: a durable cancel signal for every running workflow whose id is a
-  // sub-task id of `task_id` (delegate_child_id: "<task>.<agent>.<16 hex>", nested or not).
-  Status cancel_descendants(std::string_view task_id);
-  Budget cap_for(std::string_view task_id) {
-    std::lock_guard lock(mu);
-    auto it = caps.find(task_id);
-    return it == caps.end() ? Budget{.max_steps = 0} : it->second;
-  }
-  std::set<std::string, std::less<>> cancelled;  // tasks cancel() was called for, here
+  std::set<std::string, std::less<>> cancelled;     // tasks cancel() was called for, here
   Runtime* runtime = nullptr;
   Pid supervisor;
 
@@ -333,8 +324,6 @@ class TaskRun {
   std::shared_ptr<const llm::ContextManager> context_;
   std::int64_t hist_ = 0;           // history messages the code has made so far
   std::int64_t started_ns_ = 0;     // the task's first start (unix ns)
-  Budget budget_;                   // the agent's, capped by the task's recorded cap
-  Budget cap_{.max_steps = 0};      // the task's recorded cap (none: all 0)
   std::int64_t pending_bytes_ = 0;  // bytes added to the history since the last model call
   std::int64_t last_input_tokens_ = 0;
   double max_in_price_ = 0, max_out_price_ = 0;
@@ -386,86 +375,15 @@ std::string TaskRun::finish(TaskStatus status, std::string reason, std::string a
   return encode_outcome(out_);
 }
 
-namespace {
-
-// " (this task's cap)" when the limit that binds came from RunOptions::cap.
-std::string capped(bool from_cap) { return from_cap ? " (this task's cap)" : ""; }
-
-// Each limit the smaller of the two; 0 (or kInfinite, <= 0 for time) is none.
-Budget min_budget(const Budget& a, const Budget& b) {
-  auto least = [](auto x, auto y) {
-    if (x <= 0) return y;
-    if (y <= 0) return x;
-    return std::min(x, y);
-  };
-  auto time = [](Duration x, Duration y) {
-    const bool nx = x == kInfinite || x <= Duration::zero(), ny = y == kInfinite || y <= Duration::zero();
-    if (nx) return ny ? kInfinite : y;
-    if (ny) return x;
-    return std::min(x, y);
-  };
-  return Budget{.max_steps = least(a.max_steps, b.max_steps),
-                .max_model_calls = least(a.max_model_calls, b.max_model_calls),
-                .max_tokens = least(a.max_tokens, b.max_tokens),
-                .max_cost_usd = least(a.max_cost_usd, b.max_cost_usd),
-                .max_wall_time = time(a.max_wall_time, b.max_wall_time)};
-}
-
-bool has_cap(const Budget& c) {
-  return c.max_steps > 0 || c.max_model_calls > 0 || c.max_tokens > 0 || c.max_cost_usd > 0 ||
-         (c.max_wall_time != kInfinite && c.max_wall_time > Duration::zero());
-}
-
-// The "start" record: the start time (unix ns) alone, or, for a capped task,
-// {"at_ns":N,"cap":{"max_steps":..,"max_model_calls":..,"max_tokens":..,"max_cost_usd":..,"max_wall_ns":..}}.
-std::string encode_start(std::int64_t at_ns, const Budget& cap) {
-  if (!has_cap(cap)) return std::to_string(at_ns);
-  json j = {{"at_ns", at_ns},
-            {"cap",
-             {{"max_steps", cap.max_steps},
-              {"max_model_calls", cap.max_model_calls},
-              {"max_tokens", cap.max_tokens},
-              {"max_cost_usd", cap.max_cost_usd},
-              {"max_wall_ns", cap.max_wall_time == kInfinite ? std::int64_t{0} : cap.max_wall_time.count()}}}};
-  return j.dump();
-}
-
-Result<std::pair<std::int64_t, Budget>> decode_start(const std::string& text) {
-  Budget cap{.max_steps = 0};
-  if (!text.empty() && text[0] != '{') {
-    char* end = nullptr;
-    const long long at = std::strtoll(text.c_str(), &end, 10);
-    if (end == text.c_str() || *end != '\0') {
-      return Error(ErrorKind::kPermanent, "the task's start record is corrupt: '" + text + "'");
-    }
-    return std::make_pair(static_cast<std::int64_t>(at), cap);
-  }
-  json j = json::parse(text, nullptr, false);
-  if (j.is_discarded() || !j.is_object() || !j.contains("at_ns") || !j["at_ns"].is_number_integer() ||
-      !j.contains("cap") || !j["cap"].is_object()) {
-    return Error(ErrorKind::kPermanent, "the task's start record is corrupt: '" + text + "'");
-  }
-  const json& c = j["cap"];
-  cap.max_steps = c.value("max_steps", std::int64_t{0});
-  cap.max_model_calls = c.value("max_model_calls", std::int64_t{0});
-  cap.max_tokens = c.value("max_tokens", std::int64_t{0});
-  cap.max_cost_usd = c.value("max_cost_usd", 0.0);
-  const std::int64_t wall = c.value("max_wall_ns", std::int64_t{0});
-  cap.max_wall_time = wall > 0 ? Duration(wall) : kInfinite;
-  return std::make_pair(j["at_ns"].get<std::int64_t>(), cap);
-}
-
-}  // namespace
-
 std::optional<std::string> TaskRun::budget_refusal() {
-  const Budget& b = budget_;
+  const Budget& b = agent_.budget;
   if (b.max_steps > 0 && out_.steps >= b.max_steps) {
     return "max_steps: " + std::to_string(out_.steps) + " model turns made, the limit is " +
-           std::to_string(b.max_steps) + capped(cap_.max_steps == b.max_steps);
+           std::to_string(b.max_steps);
   }
   if (b.max_model_calls > 0 && out_.model_calls + 1 > b.max_model_calls) {
     return "max_model_calls: " + std::to_string(out_.model_calls) + " made, the limit is " +
-           std::to_string(b.max_model_calls) + capped(cap_.max_model_calls == b.max_model_calls);
+           std::to_string(b.max_model_calls);
   }
   // The next call's estimate: the last prompt plus what was added since (about 3 bytes a
   // token), plus the whole output it may produce.
@@ -474,8 +392,7 @@ std::optional<std::string> TaskRun::budget_refusal() {
   const std::int64_t spent = out_.input_tokens + out_.output_tokens;
   if (b.max_tokens > 0 && spent + est_in + est_out > b.max_tokens) {
     return "max_tokens: " + std::to_string(spent) + " spent and the next call may take about " +
-           std::to_string(est_in + est_out) + ", the limit is " + std::to_string(b.max_tokens) +
-           capped(cap_.max_tokens == b.max_tokens);
+           std::to_string(est_in + est_out) + ", the limit is " + std::to_string(b.max_tokens);
   }
   const double est_cost =
       (static_cast<double>(est_in) * max_in_price_ + static_cast<double>(est_out) * max_out_price_) / 1e6;
@@ -484,21 +401,20 @@ std::optional<std::string> TaskRun::budget_refusal() {
     std::snprintf(buf, sizeof buf,
                   "max_cost_usd: $%.6f spent and the next call may cost up to $%.6f, the limit is $%.6f", out_.cost_usd,
                   est_cost, b.max_cost_usd);
-    return std::string(buf) + capped(cap_.max_cost_usd == b.max_cost_usd);
+    return std::string(buf);
   }
   if (b.max_wall_time != kInfinite && b.max_wall_time > Duration::zero()) {
     const std::int64_t elapsed = wf_.ctx().env().unix_time_ns() - started_ns_;
     if (elapsed >= b.max_wall_time.count()) {
       return "max_wall_time: " + std::to_string(elapsed / 1'000'000) + " ms since the task started, the limit is " +
-             std::to_string(b.max_wall_time.count() / 1'000'000) + " ms" +
-             capped(cap_.max_wall_time == b.max_wall_time);
+             std::to_string(b.max_wall_time.count() / 1'000'000) + " ms";
     }
   }
   return std::nullopt;
 }
 
 BudgetLeft TaskRun::budget_left() const {
-  const Budget& b = budget_;
+  const Budget& b = agent_.budget;
   BudgetLeft left;
   if (b.max_cost_usd > 0) left.cost_usd = std::max(0.0, b.max_cost_usd - out_.cost_usd);
   if (b.max_tokens > 0) left.tokens = std::max<std::int64_t>(0, b.max_tokens - out_.input_tokens - out_.output_tokens);
@@ -601,8 +517,8 @@ Task<Result<TurnRecord>> TaskRun::model_turn() {
   };
   // The wall-time budget also bounds the call in flight.
   Duration left = kInfinite;
-  if (budget_.max_wall_time != kInfinite && budget_.max_wall_time > Duration::zero()) {
-    const std::int64_t left_ns = started_ns_ + budget_.max_wall_time.count() - wf_.ctx().env().unix_time_ns();
+  if (agent_.budget.max_wall_time != kInfinite && agent_.budget.max_wall_time > Duration::zero()) {
+    const std::int64_t left_ns = started_ns_ + agent_.budget.max_wall_time.count() - wf_.ctx().env().unix_time_ns();
     left = Duration(std::max<std::int64_t>(0, left_ns));
   }
   auto wall = wf_.ctx().with_timeout(left);
@@ -731,19 +647,10 @@ Task<Result<std::string>> TaskRun::run() {
   if (!conv.ok()) co_return std::move(conv).error();
   conv_.emplace(std::move(*conv));
 
-  // The first record: the start time and the cap this run was given (a replay reads both
-  // back: the recorded cap wins over whatever this run was given).
-  const Budget requested = impl_.cap_for(wf_.id());
-  auto start_fn = [requested](Context& c) -> Task<Result<std::string>> {
-    co_return encode_start(c.env().unix_time_ns(), requested);
-  };
-  Result<std::string> started = co_await wf_.step<std::string>("start", std::move(start_fn));
+  auto start_fn = [](Context& c) -> Task<Result<std::int64_t>> { co_return c.env().unix_time_ns(); };
+  Result<std::int64_t> started = co_await wf_.step<std::int64_t>("start", std::move(start_fn));
   if (!started.ok()) co_return std::move(started).error();
-  Result<std::pair<std::int64_t, Budget>> start = decode_start(*started);
-  if (!start.ok()) co_return std::move(start).error();
-  started_ns_ = start->first;
-  cap_ = start->second;
-  budget_ = min_budget(agent_.budget, cap_);
+  started_ns_ = *started;
   emit(AgentEvent::Type::kTaskStarted, {}, "attempt " + std::to_string(wf_.attempt()));
   {
     std::vector<Message> first;
@@ -1010,7 +917,6 @@ struct TaskStart {
   std::string agent;
   std::string task_id;
   std::string input;
-  RunOptions options;
 };
 
 }  // namespace
@@ -1130,32 +1036,11 @@ void Agents::add_observer(AgentObserver observer) {
 }
 
 Task<TaskOutcome> Agents::run(Context& ctx, std::string agent, std::string task_id, std::string input) {
-  co_return co_await run(ctx, std::move(agent), std::move(task_id), std::move(input), RunOptions{});
-}
-
-Task<TaskOutcome> Agents::run(Context& ctx, std::string agent, std::string task_id, std::string input,
-                              RunOptions options) {
   TaskOutcome out;
   if (!impl_->agent(agent)) {
     out.status = TaskStatus::kFailed;
     out.reason = "no agent named '" + agent + "'";
     co_return out;
-  }
-  // The cap reaches the task's body (Impl::caps, read by its first record) while this run lasts.
-  struct CapScope {
-    Impl& impl;
-    std::string id;
-    bool set = false;
-    ~CapScope() {
-      if (!set) return;
-      std::lock_guard lock(impl.mu);
-      impl.caps.erase(id);
-    }
-  } cap_scope{*impl_, task_id};
-  if (has_cap(options.cap)) {
-    std::lock_guard lock(impl_->mu);
-    impl_->caps[task_id] = options.cap;
-    cap_scope.set = true;
   }
   WorkflowOutcome w = co_await impl_->engine.run_outcome(ctx, std::string(kKindPrefix) + agent, task_id, input);
   switch (w.end) {
@@ -1314,7 +1199,7 @@ SupervisorSpec Agents::task_supervisor_spec() const {
         }
       } registered{*impl, start.task_id, c.self()};
       Agents view(impl);
-      TaskOutcome out = co_await view.run(c, start.agent, start.task_id, start.input, start.options);
+      TaskOutcome out = co_await view.run(c, start.agent, start.task_id, start.input);
       // An interrupted run crashes the process: the supervisor restarts it (with backoff) and
       // the task resumes where its records end.
       if (out.status == TaskStatus::kInterrupted) c.exit(ExitReason::crash("nines::agent::Interrupted", out.reason));
@@ -1330,11 +1215,6 @@ SupervisorSpec Agents::task_supervisor_spec() const {
 }
 
 Task<Result<Pid>> Agents::start(Context& ctx, std::string agent, std::string task_id, std::string input) {
-  co_return co_await start(ctx, std::move(agent), std::move(task_id), std::move(input), RunOptions{});
-}
-
-Task<Result<Pid>> Agents::start(Context& ctx, std::string agent, std::string task_id, std::string input,
-                                RunOptions options) {
   Pid sup;
   {
     std::lock_guard lock(impl_->mu);
@@ -1343,8 +1223,7 @@ Task<Result<Pid>> Agents::start(Context& ctx, std::string agent, std::string tas
   if (sup == Pid{}) co_return Error(ErrorKind::kInvalidArgument, "agents: start_supervisor() first");
   if (!impl_->agent(agent)) co_return Error(ErrorKind::kNotFound, "no agent named '" + agent + "'");
   const std::string id = task_id;
-  std::any arg = TaskStart{
-      .agent = std::move(agent), .task_id = std::move(task_id), .input = std::move(input), .options = options};
+  std::any arg = TaskStart{.agent = std::move(agent), .task_id = std::move(task_id), .input = std::move(input)};
   Result<Pid> pid = co_await start_dynamic_child(ctx, sup, std::move(arg));
   if (pid.ok()) {
     // Known as running from now on, before its process has created the workflow: wait() and
@@ -1388,52 +1267,9 @@ Status Agents::cancel(std::string_view task_id) {
     if (auto it = impl_->running.find(task_id); it != impl_->running.end()) pid = it->second;
     rt = impl_->runtime;
   }
-  // Its unfinished sub-tasks (delegate.hpp: "<task>.<agent>.<16 hex>", and theirs) are
-  // cancelled too, durably: their processes die with the parent's (linked to its tool call),
-  // and whatever runs them next ends them as cancelled without a model call.
-  if (Status s = impl_->cancel_descendants(task_id); !s.ok()) return s;
   // Killed, its supervisor restarts it, and the new run ends as cancelled.
   if (pid != Pid{} && rt != nullptr) rt->send_exit(pid, ExitReason::kill());
   return ok_status();
-}
-
-namespace {
-
-// "<agent>.<16 hex>" at the start of `rest`, then its end or a '.': a delegated sub-task's id
-// after its parent's "<task>." (delegate_child_id).
-bool is_sub_task_suffix(std::string_view rest) {
-  const std::size_t dot = rest.find('.');
-  if (dot == 0 || dot == std::string_view::npos || rest.size() < dot + 17) return false;
-  for (std::size_t i = dot + 1; i < dot + 17; ++i) {
-    const char c = rest[i];
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
-  }
-  return rest.size() == dot + 17 || rest[dot + 17] == '.';
-}
-
-}  // namespace
-
-Status Agents::Impl::cancel_descendants(std::string_view task_id) {
-  const std::string prefix = std::string(task_id) + ".";
-  std::string after = prefix;
-  for (;;) {
-    Result<std::vector<WorkflowRecord>> page = engine.store().list_workflows(WorkflowStatus::kRunning, after, 256);
-    if (!page.ok()) return std::move(page).error().with_context("cancel: listing the sub-tasks");
-    for (const WorkflowRecord& w : *page) {
-      if (w.id.rfind(prefix, 0) != 0) return ok_status();  // past the prefix (ids ascend)
-      after = w.id;
-      if (w.kind.rfind(kKindPrefix, 0) != 0 || !is_sub_task_suffix(std::string_view(w.id).substr(prefix.size()))) {
-        continue;
-      }
-      if (Status st = add_signal(w.id, json{{"signal", "cancel"}, {"at_ns", env.unix_time_ns()}, {"by", task_id}});
-          !st.ok()) {
-        return st;
-      }
-      std::lock_guard lock(mu);
-      cancelled.emplace(w.id);
-    }
-    if (page->size() < 256) return ok_status();
-  }
 }
 
 Status Agents::fork(std::string_view from_task_id, std::string new_task_id, const ForkOptions& options) {
@@ -1481,13 +1317,8 @@ Status Agents::fork(std::string_view from_task_id, std::string new_task_id, cons
   b.create_workflow(new_task_id, from->kind, options.input.value_or(from->input), now);
   for (const StepRecord& st : *steps) {
     if (st.seq >= cut_seq) continue;
-    // The new task's wall time starts now; it keeps the old one's cap.
-    std::string result = st.result;
-    if (st.name == "start") {
-      Result<std::pair<std::int64_t, Budget>> start = decode_start(st.result);
-      if (!start.ok()) return std::move(start).error().with_context("fork");
-      result = encode_start(impl_->env.unix_time_ns(), start->second);
-    }
+    // The new task's wall time starts now.
+    std::string result = st.name == "start" ? std::to_string(impl_->env.unix_time_ns()) : st.result;
     b.put_step(new_task_id, st.seq, st.name, st.status, std::move(result), now);
   }
   for (const EffectRecord& e : *effects) {

@@ -84,13 +84,11 @@ struct MultiWorld {
       a.loop.max_turns_without_progress = 0;
       a.max_output_tokens = def.max_output_tokens;
       ASSERT_THAT(workers->add_agent(a), IsOk());
-      delegates.push_back(make_delegate_tool(*workers,
-                                             {
-                                                 .tool_name = "ask_" + name,
-                                                 .description = "Gives a task to " + name,
-                                                 .agent = name,
-                                                 .timeout = delegate_timeout,
-                                             })
+      delegates.push_back(make_delegate_tool(*workers, {.tool_name = "ask_" + name,
+                                                        .description = "Gives a task to " + name,
+                                                        .agent = name,
+                                                        .timeout = delegate_timeout,
+                                                        .prices = prices})
                               .value());
     }
     coordinators =
@@ -300,32 +298,28 @@ TEST(MultiAgent, ChildIsStoppedWhenTheParentsBudgetIsSpent) {
   ASSERT_EQ(research.size(), 1u);
   auto r_out = w.workers->outcome(research[0].id);
   ASSERT_THAT(r_out, IsOk());
-  // The child stopped itself at its cap (the parent's tokens left when it started).
-  EXPECT_EQ(r_out->status, TaskStatus::kBudgetExceeded);
-  EXPECT_THAT(r_out->reason, HasSubstr("max_tokens"));
-  EXPECT_THAT(r_out->reason, HasSubstr("(this task's cap)"));
-  // Stopped early, not at its own end.
+  EXPECT_EQ(r_out->status, TaskStatus::kCancelled);
+  // Stopped early, not at its own end (CancelledTaskOutcomeCountsItsRecordedTurns checks that the
+  // outcome of a task cancelled on a resumed run still counts its recorded turns).
   const auto steps = w.store->load_steps(research[0].id).value();
   std::size_t turns = 0;
   for (const auto& s : steps) turns += s.name.rfind("model", 0) == 0 ? 1 : 0;
   EXPECT_GE(turns, 2u);
   EXPECT_LT(turns, 40u);
   EXPECT_EQ(w.models["research"]->counters().calls, turns);
-  // The parent was charged for the child's turns, and the two together stayed within the
-  // parent's budget (checked before each call with the estimate: no call in flight crossed it).
-  EXPECT_GT(out->input_tokens + out->output_tokens, r_out->input_tokens + r_out->output_tokens);
-  EXPECT_LE(out->input_tokens + out->output_tokens, 3000);
+  // The parent was charged for the child's turns: its tokens are over its budget.
+  EXPECT_GE(out->input_tokens + out->output_tokens, 3000);
   EXPECT_EQ(out->tool_errors["budget_exceeded"], 1);
   bool told = false;
   const auto history = w.store->read_history("job", 0, 100).value();
   for (const auto& h : history) {
-    if (h.message.find("ended budget_exceeded") != std::string::npos) told = true;
+    if (h.message.find("stopped at the parent's budget left") != std::string::npos) told = true;
   }
   EXPECT_TRUE(told);
 }
 
-// The same with a cost budget (the child's cap, priced by its own table) and with the parent's
-// wall time (the child is in a 10 s tool call when it runs out: cancelled by the parent's call).
+// The same with a cost budget (the child's cost counted live from its events and the price
+// table) and with the parent's wall time.
 TEST(MultiAgent, ChildIsStoppedAtTheParentsCostAndWallTimeLeft) {
   for (const char* which : {"cost", "wall"}) {
     SCOPED_TRACE(which);
@@ -349,80 +343,13 @@ TEST(MultiAgent, ChildIsStoppedAtTheParentsCostAndWallTimeLeft) {
     ASSERT_EQ(research.size(), 1u);
     auto r_out = w.workers->outcome(research[0].id);
     ASSERT_THAT(r_out, IsOk());
+    EXPECT_EQ(r_out->status, TaskStatus::kCancelled);
     EXPECT_LT(w.models["research"]->counters().calls, 40u);
     if (std::string(which) == "cost") {
-      EXPECT_EQ(r_out->status, TaskStatus::kBudgetExceeded) << r_out->reason;
-      EXPECT_THAT(r_out->reason, HasSubstr("max_cost_usd"));
-      EXPECT_GT(out->cost_usd, 0.002);
-      EXPECT_LE(out->cost_usd, 0.003);
+      EXPECT_GE(out->cost_usd, 0.003);
     } else {
-      EXPECT_EQ(r_out->status, TaskStatus::kCancelled) << r_out->reason;
       EXPECT_LE(*w.lookup_calls, 3);  // 25 s of the parent's wall time: 10 s lookups
     }
-  }
-}
-
-// The cap is recorded with the child's first record: a child resumed after a kill -9 by its
-// own group, with no cap given, still stops at the parent's budget left.
-TEST(MultiAgent, AChildKeepsItsRecordedCapAcrossAKill) {
-  MultiWorld w;
-  w.defs["coordinator"] = {.scenario = R"({"seed": 1, "scenario": [
-      {"tool_calls": [{"name": "ask_research", "arguments": {"task": "Look at every item"}}]},
-      {"answer": "never"}]})",
-                           .coordinator = true,
-                           .budget = {.max_tokens = 3000}};
-  w.defs["research"] = {.scenario = long_research(40)};
-  w.lookup_delay = 10s;
-  w.start();
-  ASSERT_FALSE(w.run("coordinator", "job", 25s).has_value());  // the child is in its third turn
-  auto research = w.workflows("agent:research");
-  ASSERT_EQ(research.size(), 1u);
-  const std::string child = research[0].id;
-  w.restart();  // kill -9 of the program
-  auto out = w.run("research", child, 2h);
-  ASSERT_TRUE(out.has_value());
-  EXPECT_EQ(out->status, TaskStatus::kBudgetExceeded) << out->reason;
-  EXPECT_THAT(out->reason, HasSubstr("(this task's cap)"));
-  EXPECT_LT(w.models["research"]->counters().calls, 40u);
-  EXPECT_LE(out->input_tokens + out->output_tokens, 3000);
-}
-
-// Cancelling the parent cancels its unfinished child, whether the child is in a tool call or a
-// model call at the time: the child's next run ends it as cancelled without another model call.
-TEST(MultiAgent, CancellingTheParentCancelsItsChildren) {
-  for (const bool in_tool : {true, false}) {
-    SCOPED_TRACE(in_tool ? "the child in a tool call" : "the child in a model call");
-    MultiWorld w;
-    w.defs["coordinator"] = {.scenario = R"({"seed": 1, "scenario": [
-        {"tool_calls": [{"name": "ask_research", "arguments": {"task": "Look at every item"}}]},
-        {"answer": "never"}]})",
-                             .coordinator = true};
-    std::string research = long_research(40);
-    if (!in_tool) {  // 5 s per model call, no time in the tool
-      research.replace(0, std::string(R"({"seed": 4,)").size(),
-                       R"({"seed": 4, "latency": {"first_byte": {"distribution": "fixed", "ms": 5000}},)");
-    }
-    w.defs["research"] = {.scenario = research};
-    w.lookup_delay = in_tool ? 10s : 0s;
-    w.start();
-    ASSERT_FALSE(w.run("coordinator", "job", 12s).has_value());
-    auto children = w.workflows("agent:research");
-    ASSERT_EQ(children.size(), 1u);
-    const std::string child = children[0].id;
-    const std::uint64_t calls = w.models["research"]->counters().calls;
-    ASSERT_GE(calls, 2u);
-    ASSERT_THAT(w.coordinators->cancel("job"), IsOk());
-    w.sim->rt->advance(1min);
-    EXPECT_EQ(w.models["research"]->counters().calls, calls) << "the child went on after the cancel";
-
-    auto parent = w.run("coordinator", "job");
-    ASSERT_TRUE(parent.has_value());
-    EXPECT_EQ(parent->status, TaskStatus::kCancelled) << parent->reason;
-    w.restart();  // and after a restart of the program, resuming it does not run it on
-    auto out = w.run("research", child);
-    ASSERT_TRUE(out.has_value());
-    EXPECT_EQ(out->status, TaskStatus::kCancelled) << out->reason;
-    EXPECT_EQ(w.models["research"]->counters().calls, calls);
   }
 }
 

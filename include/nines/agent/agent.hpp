@@ -250,15 +250,6 @@ struct AgentsOptions {
   bool unjournaled_tools_for_testing = false;
 };
 
-// Per-task options of Agents::run and Agents::start.
-struct RunOptions {
-  // A budget on top of the agent's: each limit of the task is the smaller of the two (0 or
-  // kInfinite: none). Recorded with the task's first record, so a resumed task keeps the cap it
-  // started with, whatever a later run passes. A delegating tool gives its sub-task what is left
-  // of the parent's budget this way.
-  Budget cap{.max_steps = 0};
-};
-
 class Agents {
  public:
   static Result<std::unique_ptr<Agents>> create(Environment& env, WorkflowEngine& engine,
@@ -279,7 +270,6 @@ class Agents {
   // recorded outcome. kNotFound-like refusals (unknown agent, a task id of another agent, a
   // task already running here) come back as kFailed with the reason, and change nothing.
   Task<TaskOutcome> run(Context& ctx, std::string agent, std::string task_id, std::string input);
-  Task<TaskOutcome> run(Context& ctx, std::string agent, std::string task_id, std::string input, RunOptions options);
 
   // Starts the supervisor of task processes, linked to the caller. kAlreadyExists while one
   // (started here or by supervisor_child) is alive; once it is gone, a new one may be started.
@@ -298,17 +288,14 @@ class Agents {
   // Starts the task in a process of its own under that supervisor: a crash (an interrupted
   // run, a killed process) restarts it with backoff and resumes it. Returns its pid.
   Task<Result<Pid>> start(Context& ctx, std::string agent, std::string task_id, std::string input);
-  Task<Result<Pid>> start(Context& ctx, std::string agent, std::string task_id, std::string input, RunOptions options);
   // Waits until the task has an outcome (polling the store every `poll`), or the deadline. A
   // task start()ed here is waited for even before its process has created its workflow;
   // otherwise an unknown task is kNotFound at once.
   Task<Result<TaskOutcome>> wait(Context& ctx, std::string task_id, Duration poll = std::chrono::milliseconds(100));
 
   // Records a cancel request durably and kills the task's process if it runs here; the task
-  // then ends as cancelled (at once when it is run or resumed). Its unfinished sub-tasks
-  // (delegate.hpp), and theirs, get the same request: their processes die with the parent's
-  // call, and the next run of each (a resume) ends it as cancelled without a model call.
-  // kNotFound for an unknown task; ok (nothing changes) for a task already finished.
+  // then ends as cancelled (at once when it is run or resumed). kNotFound for an unknown task;
+  // ok (nothing changes) for a task already finished.
   Status cancel(std::string_view task_id);
 
   // The recorded outcome of a finished task; kNotFound if unknown, kTransient "still running"

@@ -28,17 +28,16 @@
 // directly (Agents::cancel on the sub-agents' Agents) also kills the call, which is retried and
 // then reports the child as cancelled.
 //
-// Budget: the child runs under its own agent's Budget capped by what is left of the parent's
-// (ToolInvocation::budget_left: cost, tokens, model calls, wall time), given to it as
-// RunOptions::cap and recorded with its first record:
+// Budget: the child runs under its own agent's Budget and, on top of it, under what is left of
+// the parent's (ToolInvocation::budget_left: cost, tokens, model calls, wall time):
 //  - a call when the parent has nothing left (and no child exists yet) is refused with
 //    kBudgetExceeded, starting nothing;
-//  - the child checks its cap as it checks its own budget, before each model call with the
-//    estimate, and ends as budget_exceeded ("(this task's cap)") with at most the call in flight
-//    of overrun; a child resumed after a crash or kill -9 keeps the cap it started with;
-//  - the parent's wall time also bounds the wait: when it runs out while the child is busy (in
-//    a long tool call of its own), the child is cancelled and the call fails with
-//    kBudgetExceeded.
+//  - while the child runs, its spend is counted from its events (tokens and model calls from
+//    kStepFinished/kRetry; cost with DelegateOptions::prices, by route); when it reaches the
+//    parent's budget left (or the parent's wall time runs out), the child is cancelled
+//    (Agents::cancel) and the call fails with kBudgetExceeded. Like the agents' own budgets it
+//    may overrun by the model call in flight. (Agents::run takes no per-task budget: with such
+//    a hook the cap would be checked before each call, with an estimate, in the child itself.)
 // The child's spend (its outcome's cost, tokens and model calls) is reported through
 // ToolInvocation::spend, so the parent's outcome and budget count it.
 //
@@ -50,10 +49,12 @@
 // Errors of make_delegate_tool: kInvalidArgument for a bad spec (validate_tool_spec), an
 // empty agent, or a timeout <= 0.
 //
-// Cancelling the parent (Agents::cancel) cancels its unfinished children too (see agent.hpp).
+// Not done (hooks needed in agent.cpp): a per-task budget cap for Agents::run
+// (checked before each model call), a live spend query, and cancelling the child when the
+// parent is cancelled (today the child is left as it is: its process dies with the parent's).
 //
 // Ownership: the tool borrows `agents` (it must outlive the tool and every process that calls
-// it). Thread-safety: call() may run in any number of processes.
+// it) and adds one observer to it. Thread-safety: call() may run in any number of processes.
 #pragma once
 
 #include <map>
@@ -78,6 +79,9 @@ struct DelegateOptions {
   std::string input_field = "task";
   // Bounds each attempt of a call (the whole sub-task, or what is left of it on a retry).
   Duration timeout = std::chrono::hours(1);
+  // The sub-agent's price table (by route), to count its cost while it runs (the outcome's cost
+  // is exact regardless). Empty: the child's cost is checked against the parent's only at its end.
+  std::map<std::string, Price> prices;
 };
 
 // The id of the child task of the call with this key: "<parent>.<agent>.<16 hex digits>".
