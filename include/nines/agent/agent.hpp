@@ -120,6 +120,22 @@ struct Budget {
   Duration max_wall_time = kInfinite;  // from the task's first start, across restarts
 };
 
+// Options of one task (Agents::run, Agents::start).
+struct RunOptions {
+  // A per-task cap on top of the agent's Budget: the task's effective budget is the
+  // element-wise min of the two (a 0 / kInfinite field of either is no limit there; note that a
+  // default Budget caps max_steps at 50: set it to 0 for no cap on steps). Durable: recorded in
+  // the task's first record ("start"), so a resumed run (after a crash, a kill -9, by the
+  // supervisor, resume_on_start or resume_all) keeps the recorded cap; a cap passed to a later
+  // run of a task already started is ignored (the recorded one wins, none recorded: none).
+  // Checked as the agent's budget is (before each model call with the estimate, settled
+  // after); a task stopped by it ends budget_exceeded with a reason naming "the task's cap".
+  std::optional<Budget> cap;
+  // The task that delegated this one (agent/delegate.hpp), or empty. Recorded durably in the
+  // parent's signal log before the task starts, so that cancelling the parent cancels it too.
+  std::string parent_task_id;
+};
+
 struct LoopOptions {
   // The same tool with the same arguments (byte for byte, after JSON normalisation) this many
   // times in one task. 0: off.
@@ -270,6 +286,8 @@ class Agents {
   // recorded outcome. kNotFound-like refusals (unknown agent, a task id of another agent, a
   // task already running here) come back as kFailed with the reason, and change nothing.
   Task<TaskOutcome> run(Context& ctx, std::string agent, std::string task_id, std::string input);
+  // The same with RunOptions (a per-task budget cap, the delegating parent).
+  Task<TaskOutcome> run(Context& ctx, std::string agent, std::string task_id, std::string input, RunOptions options);
 
   // Starts the supervisor of task processes, linked to the caller. kAlreadyExists while one
   // (started here or by supervisor_child) is alive; once it is gone, a new one may be started.
@@ -288,6 +306,9 @@ class Agents {
   // Starts the task in a process of its own under that supervisor: a crash (an interrupted
   // run, a killed process) restarts it with backoff and resumes it. Returns its pid.
   Task<Result<Pid>> start(Context& ctx, std::string agent, std::string task_id, std::string input);
+  // The same with RunOptions; every restart of the process runs the task with them (the cap
+  // recorded at the first start wins in any case).
+  Task<Result<Pid>> start(Context& ctx, std::string agent, std::string task_id, std::string input, RunOptions options);
   // Waits until the task has an outcome (polling the store every `poll`), or the deadline. A
   // task start()ed here is waited for even before its process has created its workflow;
   // otherwise an unknown task is kNotFound at once.
@@ -295,7 +316,10 @@ class Agents {
 
   // Records a cancel request durably and kills the task's process if it runs here; the task
   // then ends as cancelled (at once when it is run or resumed). kNotFound for an unknown task;
-  // ok (nothing changes) for a task already finished.
+  // ok (nothing changes) for a task already finished. Cascades: every unfinished task it
+  // delegated (RunOptions::parent_task_id, recursively) gets a durable cancel request too and is
+  // killed if it runs here; when the parent's run ends as cancelled it runs each such child to
+  // its cancelled end, so no child is left running in the store.
   Status cancel(std::string_view task_id);
 
   // The recorded outcome of a finished task; kNotFound if unknown, kTransient "still running"
