@@ -28,6 +28,7 @@ namespace {
 using test::IsOk;
 using test::SimRuntime;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 using namespace std::chrono_literals;
 
@@ -279,7 +280,25 @@ TEST(MultiAgent, AnAttemptTimeoutResumesTheSameChildOnRetry) {
   EXPECT_EQ(w.models["research"]->counters().calls, 4u);  // each turn asked once
 }
 
-TEST(MultiAgent, ChildIsStoppedWhenTheParentsBudgetIsSpent) {
+bool history_has(MultiWorld& w, const std::string& task, const std::string& what) {
+  const auto history = w.store->read_history(task, 0, 1000).value();
+  for (const auto& h : history) {
+    if (h.message.find(what) != std::string::npos) return true;
+  }
+  return false;
+}
+
+std::size_t model_turns(MultiWorld& w, const std::string& task) {
+  std::size_t turns = 0;
+  const auto steps = w.store->load_steps(task).value();
+  for (const auto& s : steps) turns += s.name.rfind("model", 0) == 0 ? 1 : 0;
+  return turns;
+}
+
+// The child runs under the parent's budget left as its per-task cap (RunOptions::cap): it stops
+// itself before a model call that could cross it, so the parent is not overrun by more than the
+// call in flight.
+TEST(MultiAgent, ChildStopsItselfAtTheParentsBudgetLeft) {
   MultiWorld w;
   w.defs["coordinator"] = {.scenario = R"({"seed": 1, "scenario": [
       {"tool_calls": [{"name": "ask_research", "arguments": {"task": "Look at every item"}}]},
@@ -298,29 +317,23 @@ TEST(MultiAgent, ChildIsStoppedWhenTheParentsBudgetIsSpent) {
   ASSERT_EQ(research.size(), 1u);
   auto r_out = w.workers->outcome(research[0].id);
   ASSERT_THAT(r_out, IsOk());
-  EXPECT_EQ(r_out->status, TaskStatus::kCancelled);
-  // Stopped early, not at its own end (CancelledTaskOutcomeCountsItsRecordedTurns checks that the
-  // outcome of a task cancelled on a resumed run still counts its recorded turns).
-  const auto steps = w.store->load_steps(research[0].id).value();
-  std::size_t turns = 0;
-  for (const auto& s : steps) turns += s.name.rfind("model", 0) == 0 ? 1 : 0;
+  EXPECT_EQ(r_out->status, TaskStatus::kBudgetExceeded);
+  EXPECT_THAT(r_out->reason, HasSubstr("max_tokens (the task's cap)"));
+  const std::size_t turns = model_turns(w, research[0].id);
   EXPECT_GE(turns, 2u);
   EXPECT_LT(turns, 40u);
   EXPECT_EQ(w.models["research"]->counters().calls, turns);
-  // The parent was charged for the child's turns: its tokens are over its budget.
-  EXPECT_GE(out->input_tokens + out->output_tokens, 3000);
+  // The parent was charged for the child's turns, and the whole stays within its budget plus
+  // at most one call in flight (max_output_tokens 256 and its prompt).
+  EXPECT_EQ(out->model_calls, 1 + static_cast<std::int64_t>(turns));
+  EXPECT_LE(out->input_tokens + out->output_tokens, 3000 + 256 + 1000);
+  EXPECT_LE(r_out->input_tokens + r_out->output_tokens, 3000);
   EXPECT_EQ(out->tool_errors["budget_exceeded"], 1);
-  bool told = false;
-  const auto history = w.store->read_history("job", 0, 100).value();
-  for (const auto& h : history) {
-    if (h.message.find("stopped at the parent's budget left") != std::string::npos) told = true;
-  }
-  EXPECT_TRUE(told);
+  EXPECT_TRUE(history_has(w, "job", "ended budget_exceeded: max_tokens (the task's cap)"));
 }
 
-// The same with a cost budget (the child's cost counted live from its events and the price
-// table) and with the parent's wall time.
-TEST(MultiAgent, ChildIsStoppedAtTheParentsCostAndWallTimeLeft) {
+// The same with a cost budget and with the parent's wall time.
+TEST(MultiAgent, ChildStopsItselfAtTheParentsCostAndWallTimeLeft) {
   for (const char* which : {"cost", "wall"}) {
     SCOPED_TRACE(which);
     MultiWorld w;
@@ -343,14 +356,94 @@ TEST(MultiAgent, ChildIsStoppedAtTheParentsCostAndWallTimeLeft) {
     ASSERT_EQ(research.size(), 1u);
     auto r_out = w.workers->outcome(research[0].id);
     ASSERT_THAT(r_out, IsOk());
-    EXPECT_EQ(r_out->status, TaskStatus::kCancelled);
+    EXPECT_EQ(r_out->status, TaskStatus::kBudgetExceeded);
     EXPECT_LT(w.models["research"]->counters().calls, 40u);
     if (std::string(which) == "cost") {
-      EXPECT_GE(out->cost_usd, 0.003);
+      EXPECT_THAT(r_out->reason, HasSubstr("max_cost_usd (the task's cap)"));
+      EXPECT_LE(out->cost_usd, 0.003 + 0.0013);  // at most the call in flight over
     } else {
+      EXPECT_THAT(r_out->reason, HasSubstr("max_wall_time (the task's cap)"));
       EXPECT_LE(*w.lookup_calls, 3);  // 25 s of the parent's wall time: 10 s lookups
     }
   }
+}
+
+// A kill -9 while the child runs: the resumed child keeps the cap recorded at its first start,
+// even when its resumer passes none (here: the sub-agents' run() called directly, no cap).
+TEST(MultiAgent, AResumedChildKeepsItsRecordedCap) {
+  MultiWorld w;
+  w.defs["coordinator"] = {.scenario = R"({"seed": 1, "scenario": [
+      {"tool_calls": [{"name": "ask_research", "arguments": {"task": "Look at every item"}}]},
+      {"answer": "never"}]})",
+                           .coordinator = true,
+                           .budget = {.max_tokens = 3000}};
+  w.defs["research"] = {.scenario = long_research(40)};
+  w.lookup_delay = 10s;
+  w.start();
+  EXPECT_FALSE(w.run("coordinator", "job", 25s).has_value());  // the child is in its third lookup
+  auto research = w.workflows("agent:research");
+  ASSERT_EQ(research.size(), 1u);
+  const std::string child = research[0].id;
+  bool recorded = false;
+  const auto steps = w.store->load_steps(child).value();
+  for (const auto& st : steps) {
+    if (st.name == "start") recorded = st.result.find("\"cap\"") != std::string::npos;
+  }
+  EXPECT_TRUE(recorded);
+
+  w.restart();  // kill -9
+  auto out = std::make_shared<std::optional<TaskOutcome>>();
+  Agents* workers = w.workers.get();
+  w.sim->spawn([workers, out, child](Context& ctx) -> Task<> {
+    RunOptions none;  // a named argument: GCC 12 mishandles temporaries in co_await
+    out->emplace(co_await workers->run(ctx, "research", child, "please help", none));
+  });
+  w.sim->rt->advance(2h);
+  ASSERT_TRUE(out->has_value());
+  EXPECT_EQ((*out)->status, TaskStatus::kBudgetExceeded) << (*out)->reason;
+  EXPECT_THAT((*out)->reason, HasSubstr("max_tokens (the task's cap)"));
+  EXPECT_GE((*out)->restarts, 1);
+  EXPECT_LE((*out)->input_tokens + (*out)->output_tokens, 3000);
+  EXPECT_LT(model_turns(w, child), 40u);
+}
+
+// Agents::run with RunOptions::cap: the effective budget is the min of the agent's and the cap,
+// and the cap recorded at the first start wins over one given to a later run.
+TEST(MultiAgent, RunCapIsTheMinOfTheAgentBudgetAndTheRecordedCapWins) {
+  MultiWorld w;
+  w.defs["research"] = {.scenario = long_research(20), .budget = {.max_steps = 10}};
+  w.lookup_delay = 10s;
+  w.start();
+  auto run_with = [&](const std::string& id, std::optional<Budget> cap, Duration time) {
+    auto out = std::make_shared<std::optional<TaskOutcome>>();
+    Agents* workers = w.workers.get();
+    w.sim->spawn([workers, out, id, cap](Context& ctx) -> Task<> {
+      RunOptions options{.cap = cap};  // a named argument: GCC 12 mishandles temporaries in co_await
+      out->emplace(co_await workers->run(ctx, "research", id, "please help", options));
+    });
+    w.sim->rt->advance(time);
+    return *out;
+  };
+  // A cap over the agent's limit changes nothing; under it, it stops the task and is named.
+  auto loose = run_with("loose", Budget{.max_steps = 50}, 2h);
+  ASSERT_TRUE(loose.has_value());
+  EXPECT_EQ(loose->status, TaskStatus::kBudgetExceeded);
+  EXPECT_EQ(loose->steps, 10);
+  EXPECT_THAT(loose->reason, Not(HasSubstr("cap")));
+  auto tight = run_with("tight", Budget{.max_steps = 3}, 2h);
+  ASSERT_TRUE(tight.has_value());
+  EXPECT_EQ(tight->status, TaskStatus::kBudgetExceeded);
+  EXPECT_EQ(tight->steps, 3);
+  EXPECT_THAT(tight->reason, HasSubstr("max_steps (the task's cap)"));
+
+  // Started with a cap of 3 steps, killed after 2, resumed with another cap: the recorded wins.
+  EXPECT_FALSE(run_with("resumed", Budget{.max_steps = 3}, 15s).has_value());
+  w.restart();
+  auto resumed = run_with("resumed", Budget{.max_steps = 0, .max_model_calls = 100}, 2h);
+  ASSERT_TRUE(resumed.has_value());
+  EXPECT_EQ(resumed->status, TaskStatus::kBudgetExceeded);
+  EXPECT_EQ(resumed->steps, 3);
+  EXPECT_THAT(resumed->reason, HasSubstr("max_steps (the task's cap)"));
 }
 
 TEST(MultiAgent, NoChildIsStartedWhenTheParentHasNothingLeft) {
