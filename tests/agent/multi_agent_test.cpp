@@ -512,6 +512,95 @@ TEST(MultiAgent, CancelledTaskOutcomeCountsItsRecordedTurns) {
   EXPECT_GT(out->input_tokens, 0);
 }
 
+// Cancelling a parent cancels, durably, the child it delegated: whether the child is in a model
+// call or a tool call, its outcome becomes cancelled, nothing of it keeps running, and a resume
+// of the engine after a kill -9 does not start it again.
+TEST(MultiAgent, CancellingAParentCancelsItsChildMidModelCallAndMidToolCall) {
+  for (const char* where : {"model", "tool"}) {
+    SCOPED_TRACE(where);
+    const bool mid_model = std::string(where) == "model";
+    MultiWorld w;
+    w.defs["coordinator"] = {.scenario = R"({"seed": 1, "scenario": [
+        {"tool_calls": [{"name": "ask_research", "arguments": {"task": "Look at every item"}}]},
+        {"answer": "never"}]})",
+                             .coordinator = true};
+    // Mid model call: each answer of the researcher takes 20 s; mid tool call: each lookup does.
+    w.defs["research"] = {.scenario = mid_model ? R"({"seed": 4, "latency": {"first_byte": {"ms": 20000}},
+        "scenario": [{"tool_calls": [{"name": "lookup", "arguments": {"id": "a"}}]}, {"answer": "done"}]})"
+                                                : long_research(5)};
+    w.lookup_delay = mid_model ? 0s : 20s;
+    w.start();
+    Agents* coordinators = w.coordinators.get();
+    w.sim->spawn([coordinators](Context& ctx) -> Task<> {
+      if (!coordinators->start_supervisor(ctx).ok()) co_return;
+      (void)co_await coordinators->start(ctx, "coordinator", "job", "please help");
+      (void)co_await ctx.sleep(10h);  // keeps the supervisor (linked to it) alive
+    });
+    w.sim->rt->advance(mid_model ? 10s : 5s);  // the child is in its first model call / lookup
+    auto research = w.workflows("agent:research");
+    ASSERT_EQ(research.size(), 1u);
+    const std::string child = research[0].id;
+    ASSERT_EQ(research[0].status, WorkflowStatus::kRunning);
+    const auto calls_before = w.models["research"]->counters().calls;
+    const int lookups_before = *w.lookup_calls;
+    EXPECT_EQ(mid_model ? calls_before : static_cast<std::uint64_t>(lookups_before), 1u);
+
+    ASSERT_THAT(w.coordinators->cancel("job"), IsOk());
+    w.sim->rt->advance(1h);
+    auto job = w.coordinators->outcome("job");
+    ASSERT_THAT(job, IsOk());
+    EXPECT_EQ(job->status, TaskStatus::kCancelled);
+    auto c_out = w.workers->outcome(child);
+    ASSERT_THAT(c_out, IsOk());
+    EXPECT_EQ(c_out->status, TaskStatus::kCancelled) << c_out->reason;
+    // Nothing of the child ran on: no model call or lookup after the cancel (the interrupted
+    // one is not retried).
+    EXPECT_EQ(w.models["research"]->counters().calls, calls_before);
+    EXPECT_EQ(*w.lookup_calls, lookups_before);
+
+    // A kill -9 and a resume of every running workflow: the child is finished, not restarted.
+    w.restart();
+    auto resumed = std::make_shared<std::optional<Result<std::size_t>>>();
+    WorkflowEngine* engine = w.engine.get();
+    w.sim->spawn(
+        [engine, resumed](Context& ctx) -> Task<> { resumed->emplace(co_await engine->resume_all_and_wait(ctx)); });
+    w.sim->rt->advance(1h);
+    ASSERT_TRUE(resumed->has_value());
+    ASSERT_THAT(**resumed, IsOk());
+    EXPECT_EQ(***resumed, 0u);
+    EXPECT_EQ(w.models["research"]->counters().calls, calls_before);
+    EXPECT_EQ(*w.lookup_calls, lookups_before);
+    EXPECT_EQ(w.workers->outcome(child)->status, TaskStatus::kCancelled);
+  }
+}
+
+// A cancel of the parent when nothing runs it (after a kill -9): the child gets its own durable
+// cancel request at once, so a resume of the child alone ends it as cancelled.
+TEST(MultiAgent, CancelOfAParentThatIsNotRunningReachesItsChild) {
+  MultiWorld w;
+  w.defs["coordinator"] = {.scenario = R"({"seed": 1, "scenario": [
+      {"tool_calls": [{"name": "ask_research", "arguments": {"task": "Look at every item"}}]},
+      {"answer": "never"}]})",
+                           .coordinator = true};
+  w.defs["research"] = {.scenario = long_research(5)};
+  w.lookup_delay = 20s;
+  w.start();
+  EXPECT_FALSE(w.run("coordinator", "job", 5s).has_value());
+  auto research = w.workflows("agent:research");
+  ASSERT_EQ(research.size(), 1u);
+  const std::string child = research[0].id;
+  w.restart();  // kill -9: neither runs now
+  ASSERT_THAT(w.coordinators->cancel("job"), IsOk());
+  const int lookups = *w.lookup_calls;
+  auto out = w.run("research", child);  // the child resumed alone
+  ASSERT_TRUE(out.has_value());
+  EXPECT_EQ(out->status, TaskStatus::kCancelled);
+  EXPECT_EQ(*w.lookup_calls, lookups);
+  auto job = w.run("coordinator", "job");
+  ASSERT_TRUE(job.has_value());
+  EXPECT_EQ(job->status, TaskStatus::kCancelled);
+}
+
 // Groups under their own supervisors: a crash storm in one group's task supervisor (its
 // intensity exceeded) stops that group only; the other group's task runs on to its end.
 TEST(MultiAgent, ACrashStormInOneGroupDoesNotStopAnother) {
