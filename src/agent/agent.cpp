@@ -133,6 +133,33 @@ Result<StartRecord> decode_start(std::string_view text) {
   return r;
 }
 
+// Adds the spend of the model turns recorded for the task (steps "model 0", "model 1", ...) to
+// `out`: the counts of an outcome not built by a run (needs_attention). Best effort: a store
+// error leaves them as they are.
+void count_recorded_turns(Store& store, std::string_view task_id, TaskOutcome& out) {
+  Result<std::vector<StepRecord>> steps = store.load_steps(task_id);
+  if (!steps.ok()) return;
+  for (std::int64_t n = 0;; ++n) {
+    const std::string name = "model " + std::to_string(n);
+    auto it = std::find_if(steps->begin(), steps->end(),
+                           [&](const StepRecord& st) { return st.name == name && st.status == StepStatus::kOk; });
+    if (it == steps->end()) return;
+    Result<TurnRecord> t = decode_turn(it->result);
+    if (!t.ok()) return;
+    ++out.steps;
+    out.model_calls += t->attempts;
+    out.retries += std::max<std::int64_t>(0, t->attempts - 1);
+    out.fallbacks += static_cast<std::int64_t>(t->left.size());
+    out.input_tokens += t->input_tokens;
+    out.output_tokens += t->output_tokens;
+    out.cost_usd += t->cost_usd;
+    out.degraded = out.degraded || t->degraded;
+    if (!t->route.empty() && std::find(out.models.begin(), out.models.end(), t->route) == out.models.end()) {
+      out.models.push_back(t->route);
+    }
+  }
+}
+
 // A tool call's outcome as the journal keeps it: the text for the model, or the error it saw.
 struct ToolOutcome {
   bool ok = false;
@@ -1217,6 +1244,7 @@ Task<TaskOutcome> Agents::run(Context& ctx, std::string agent, std::string task_
     case RunEnd::kInterrupted: out.status = TaskStatus::kInterrupted; break;
   }
   out.reason = w.result.ok() ? *w.result : w.result.error().to_string();
+  if (out.status == TaskStatus::kNeedsAttention) count_recorded_turns(impl_->engine.store(), task_id, out);
   co_return out;
 }
 
@@ -1575,6 +1603,7 @@ Result<TaskOutcome> Agents::outcome(std::string_view task_id) const {
       TaskOutcome o;
       o.status = TaskStatus::kNeedsAttention;
       o.reason = w->result;
+      count_recorded_turns(impl_->engine.store(), task_id, o);
       return o;
     }
     case WorkflowStatus::kFailed:
