@@ -303,15 +303,26 @@ struct Agents::Impl : std::enable_shared_from_this<Agents::Impl> {
   }
 
   // Appends a signal durably (one writer at a time in this process: the next free seq).
+  // Another Agents on the same store (a delegated child's group recording the child in its
+  // parent's log) may take the same seq at the same time: the store keeps the first write of a
+  // seq, so the signal is read back and written again at the next seq if it was not kept.
   Status add_signal(std::string_view task_id, const json& signal) {
     std::lock_guard lock(signal_mu);
-    Result<std::vector<HistoryRecord>> r = engine.store().read_history(signals_id(task_id), 0, 4096);
-    if (!r.ok()) return std::move(r).error();
-    if (r->size() >= 4096)
-      return Error(ErrorKind::kBudgetExceeded, "task '" + std::string(task_id) + "': too many signals");
-    WriteBatch b;
-    b.append_history(signals_id(task_id), static_cast<std::int64_t>(r->size()), dump(signal));
-    return engine.store().commit(b);
+    const std::string text = dump(signal);
+    for (int attempt = 0; attempt < 8; ++attempt) {
+      Result<std::vector<HistoryRecord>> r = engine.store().read_history(signals_id(task_id), 0, 4096);
+      if (!r.ok()) return std::move(r).error();
+      if (r->size() >= 4096)
+        return Error(ErrorKind::kBudgetExceeded, "task '" + std::string(task_id) + "': too many signals");
+      const auto seq = static_cast<std::int64_t>(r->size());
+      WriteBatch b;
+      b.append_history(signals_id(task_id), seq, text);
+      if (Status s = engine.store().commit(b); !s.ok()) return s;
+      Result<std::vector<HistoryRecord>> back = engine.store().read_history(signals_id(task_id), seq, 1);
+      if (!back.ok()) return std::move(back).error();
+      if (!back->empty() && back->front().message == text) return ok_status();
+    }
+    return Error(ErrorKind::kTransient, "task '" + std::string(task_id) + "': a signal lost 8 races for its place");
   }
 
   // A decision recorded for the call: "approved", "denied: <reason>", or nullopt.

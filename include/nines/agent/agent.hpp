@@ -42,6 +42,9 @@
 // Budgets are checked before each model call with an estimate (the prompt's tokens plus
 // max_output_tokens, priced at the most expensive route of the chain) and settled with the
 // usage the model reported, so a budget is overrun by at most the one call in flight.
+// RunOptions::cap caps one task's budget (the min of the two), recorded durably in its first
+// record (a resumed task keeps the recorded cap); the delegate tool caps a child with what is
+// left of its parent's budget.
 //
 // Outcomes (TaskOutcome::status): succeeded (a final answer), failed (a permanent error, the
 // model kept calling tools badly, or a tool refused for good with nothing else to do),
@@ -58,8 +61,9 @@
 //
 // Cancellation: cancel(task_id) records the request durably and kills the task's process
 // (with it, its tool processes: a model call or tool call in flight is abandoned); the task is
-// run again, sees the request and ends as cancelled. An effect interrupted by it stays in the
-// journal as an intent without an outcome (the evidence of what may have been applied).
+// run again, sees the request and ends as cancelled. It cascades to the tasks it delegated
+// (RunOptions::parent_task_id): they get durable cancel requests and end as cancelled too. An effect interrupted by it
+// stays in the journal as an intent without an outcome (the evidence of what may have been applied).
 //
 // Observers get AgentEvents as they happen (from the task's process: keep them short).
 //
