@@ -85,6 +85,81 @@ Result<TurnRecord> decode_turn(std::string_view text) {
   return t;
 }
 
+// The "start" step: the first start's time (unix ns) and the task's cap (RunOptions::cap).
+// Without a cap it is the plain integer (as before caps existed).
+struct StartRecord {
+  std::int64_t at_ns = 0;
+  std::optional<Budget> cap;
+};
+
+std::string encode_start(std::int64_t at_ns, const std::optional<Budget>& cap) {
+  if (!cap) return std::to_string(at_ns);
+  return dump(
+      json{{"at_ns", at_ns},
+           {"cap",
+            {{"max_steps", cap->max_steps},
+             {"max_model_calls", cap->max_model_calls},
+             {"max_tokens", cap->max_tokens},
+             {"max_cost_usd", cap->max_cost_usd},
+             {"max_wall_time_ns", cap->max_wall_time == kInfinite ? std::int64_t{0} : cap->max_wall_time.count()}}}});
+}
+
+Result<StartRecord> decode_start(std::string_view text) {
+  StartRecord r;
+  if (text.empty() || text.front() != '{') {
+    Result<std::int64_t> at = Codec<std::int64_t>::decode(text);
+    if (!at.ok()) return std::move(at).error().with_context("agent start record");
+    r.at_ns = *at;
+    return r;
+  }
+  json j = json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return Error(ErrorKind::kPermanent, "agent start record: not a JSON object");
+  try {
+    r.at_ns = j.at("at_ns").get<std::int64_t>();
+    if (j.contains("cap")) {
+      const json& c = j.at("cap");
+      Budget b;
+      b.max_steps = c.value("max_steps", std::int64_t{0});
+      b.max_model_calls = c.value("max_model_calls", std::int64_t{0});
+      b.max_tokens = c.value("max_tokens", std::int64_t{0});
+      b.max_cost_usd = c.value("max_cost_usd", 0.0);
+      const std::int64_t wall = c.value("max_wall_time_ns", std::int64_t{0});
+      b.max_wall_time = wall > 0 ? Duration(wall) : kInfinite;
+      r.cap = b;
+    }
+  } catch (const json::exception& e) {
+    return Error(ErrorKind::kPermanent, std::string("agent start record: ") + e.what());
+  }
+  return r;
+}
+
+// Adds the spend of the model turns recorded for the task (steps "model 0", "model 1", ...) to
+// `out`: the counts of an outcome not built by a run (needs_attention). Best effort: a store
+// error leaves them as they are.
+void count_recorded_turns(Store& store, std::string_view task_id, TaskOutcome& out) {
+  Result<std::vector<StepRecord>> steps = store.load_steps(task_id);
+  if (!steps.ok()) return;
+  for (std::int64_t n = 0;; ++n) {
+    const std::string name = "model " + std::to_string(n);
+    auto it = std::find_if(steps->begin(), steps->end(),
+                           [&](const StepRecord& st) { return st.name == name && st.status == StepStatus::kOk; });
+    if (it == steps->end()) return;
+    Result<TurnRecord> t = decode_turn(it->result);
+    if (!t.ok()) return;
+    ++out.steps;
+    out.model_calls += t->attempts;
+    out.retries += std::max<std::int64_t>(0, t->attempts - 1);
+    out.fallbacks += static_cast<std::int64_t>(t->left.size());
+    out.input_tokens += t->input_tokens;
+    out.output_tokens += t->output_tokens;
+    out.cost_usd += t->cost_usd;
+    out.degraded = out.degraded || t->degraded;
+    if (!t->route.empty() && std::find(out.models.begin(), out.models.end(), t->route) == out.models.end()) {
+      out.models.push_back(t->route);
+    }
+  }
+}
+
 // A tool call's outcome as the journal keeps it: the text for the model, or the error it saw.
 struct ToolOutcome {
   bool ok = false;
@@ -189,6 +264,9 @@ struct Agents::Impl : std::enable_shared_from_this<Agents::Impl> {
   std::vector<AgentObserver> observers;
   std::map<std::string, Pid, std::less<>> running;  // task id -> the process running it now
   std::set<std::string, std::less<>> cancelled;     // tasks cancel() was called for, here
+  // RunOptions::cap given to run() for a task, until its body has read it (the body records it
+  // in the "start" step the first time; a recorded cap wins over it).
+  std::map<std::string, std::optional<Budget>, std::less<>> pending_caps;
   Runtime* runtime = nullptr;
   Pid supervisor;
 
@@ -225,15 +303,26 @@ struct Agents::Impl : std::enable_shared_from_this<Agents::Impl> {
   }
 
   // Appends a signal durably (one writer at a time in this process: the next free seq).
+  // Another Agents on the same store (a delegated child's group recording the child in its
+  // parent's log) may take the same seq at the same time: the store keeps the first write of a
+  // seq, so the signal is read back and written again at the next seq if it was not kept.
   Status add_signal(std::string_view task_id, const json& signal) {
     std::lock_guard lock(signal_mu);
-    Result<std::vector<HistoryRecord>> r = engine.store().read_history(signals_id(task_id), 0, 4096);
-    if (!r.ok()) return std::move(r).error();
-    if (r->size() >= 4096)
-      return Error(ErrorKind::kBudgetExceeded, "task '" + std::string(task_id) + "': too many signals");
-    WriteBatch b;
-    b.append_history(signals_id(task_id), static_cast<std::int64_t>(r->size()), dump(signal));
-    return engine.store().commit(b);
+    const std::string text = dump(signal);
+    for (int attempt = 0; attempt < 8; ++attempt) {
+      Result<std::vector<HistoryRecord>> r = engine.store().read_history(signals_id(task_id), 0, 4096);
+      if (!r.ok()) return std::move(r).error();
+      if (r->size() >= 4096)
+        return Error(ErrorKind::kBudgetExceeded, "task '" + std::string(task_id) + "': too many signals");
+      const auto seq = static_cast<std::int64_t>(r->size());
+      WriteBatch b;
+      b.append_history(signals_id(task_id), seq, text);
+      if (Status s = engine.store().commit(b); !s.ok()) return s;
+      Result<std::vector<HistoryRecord>> back = engine.store().read_history(signals_id(task_id), seq, 1);
+      if (!back.ok()) return std::move(back).error();
+      if (!back->empty() && back->front().message == text) return ok_status();
+    }
+    return Error(ErrorKind::kTransient, "task '" + std::string(task_id) + "': a signal lost 8 races for its place");
   }
 
   // A decision recorded for the call: "approved", "denied: <reason>", or nullopt.
@@ -265,6 +354,34 @@ struct Agents::Impl : std::enable_shared_from_this<Agents::Impl> {
     return false;
   }
 
+  // The tasks this one delegated (RunOptions::parent_task_id), as its signal log records them.
+  Result<std::vector<std::string>> children(std::string_view task_id) const {
+    Result<std::vector<json>> sigs = signals(task_id);
+    if (!sigs.ok()) return std::move(sigs).error();
+    std::vector<std::string> out;
+    for (const json& j : *sigs) {
+      if (j.value("signal", "") != "child") continue;
+      std::string c = j.value("task_id", "");
+      if (!c.empty() && std::find(out.begin(), out.end(), c) == out.end()) out.push_back(std::move(c));
+    }
+    return out;
+  }
+
+  // Records `child` as delegated by `parent` (once).
+  Status add_child(std::string_view parent, std::string_view child) {
+    Result<std::vector<std::string>> known = children(parent);
+    if (!known.ok()) return std::move(known).error();
+    if (std::find(known->begin(), known->end(), child) != known->end()) return ok_status();
+    return add_signal(parent, json{{"signal", "child"}, {"task_id", child}, {"at_ns", env.unix_time_ns()}});
+  }
+
+  // Cancel requests for the unfinished tasks `task_id` delegated, recursively (bounded depth);
+  // kills those running here.
+  void cancel_children(std::string_view task_id, int depth = 0);
+
+  // Runs the unfinished children of a task that ends cancelled to their (cancelled) end.
+  Task<> finish_children(Context& ctx, std::string task_id);
+
   Task<Result<std::string>> body(WorkflowContext& wf, std::shared_ptr<const AgentOptions> agent);
 };
 
@@ -275,7 +392,8 @@ namespace {
 // The state of one run of one task: the conversation, what was spent, what the guards track.
 class TaskRun {
  public:
-  TaskRun(Agents::Impl& impl, WorkflowContext& wf, const AgentOptions& agent) : impl_(impl), wf_(wf), agent_(agent) {
+  TaskRun(Agents::Impl& impl, WorkflowContext& wf, const AgentOptions& agent, std::optional<Budget> cap)
+      : impl_(impl), wf_(wf), agent_(agent), cap_(std::move(cap)), budget_(agent.budget) {
     out_.restarts = wf.attempt() - 1;
     // The most expensive route prices the estimate of a call not yet made.
     for (const auto& [route, price] : agent.prices) {
@@ -316,10 +434,17 @@ class TaskRun {
   // A step recorded only when decided: "approved" or "denied: <reason>".
   Task<Result<std::string>> wait_for_approval(const llm::ToolCall& call, const std::string& where);
   void account(const TurnRecord& t);
+  // The effective budget: the agent's, capped by cap_ (recorded in the "start" step).
+  void apply_cap();
+  // " (the task's cap)" when the limit `field` of budget_ comes from the cap.
+  const char* cap_tag(int field) const { return capped_[field] ? " (the task's cap)" : ""; }
 
   Agents::Impl& impl_;
   WorkflowContext& wf_;
   const AgentOptions& agent_;
+  std::optional<Budget> cap_;  // given to run(); replaced by the recorded one
+  Budget budget_;
+  bool capped_[5] = {false, false, false, false, false};  // steps, calls, tokens, cost, wall
   std::optional<llm::Conversation> conv_;
   std::shared_ptr<const llm::ContextManager> context_;
   std::int64_t hist_ = 0;           // history messages the code has made so far
@@ -376,14 +501,14 @@ std::string TaskRun::finish(TaskStatus status, std::string reason, std::string a
 }
 
 std::optional<std::string> TaskRun::budget_refusal() {
-  const Budget& b = agent_.budget;
+  const Budget& b = budget_;
   if (b.max_steps > 0 && out_.steps >= b.max_steps) {
-    return "max_steps: " + std::to_string(out_.steps) + " model turns made, the limit is " +
-           std::to_string(b.max_steps);
+    return std::string("max_steps") + cap_tag(0) + ": " + std::to_string(out_.steps) +
+           " model turns made, the limit is " + std::to_string(b.max_steps);
   }
   if (b.max_model_calls > 0 && out_.model_calls + 1 > b.max_model_calls) {
-    return "max_model_calls: " + std::to_string(out_.model_calls) + " made, the limit is " +
-           std::to_string(b.max_model_calls);
+    return std::string("max_model_calls") + cap_tag(1) + ": " + std::to_string(out_.model_calls) +
+           " made, the limit is " + std::to_string(b.max_model_calls);
   }
   // The next call's estimate: the last prompt plus what was added since (about 3 bytes a
   // token), plus the whole output it may produce.
@@ -391,30 +516,31 @@ std::optional<std::string> TaskRun::budget_refusal() {
   const std::int64_t est_out = agent_.max_output_tokens;
   const std::int64_t spent = out_.input_tokens + out_.output_tokens;
   if (b.max_tokens > 0 && spent + est_in + est_out > b.max_tokens) {
-    return "max_tokens: " + std::to_string(spent) + " spent and the next call may take about " +
-           std::to_string(est_in + est_out) + ", the limit is " + std::to_string(b.max_tokens);
+    return std::string("max_tokens") + cap_tag(2) + ": " + std::to_string(spent) +
+           " spent and the next call may take about " + std::to_string(est_in + est_out) + ", the limit is " +
+           std::to_string(b.max_tokens);
   }
   const double est_cost =
       (static_cast<double>(est_in) * max_in_price_ + static_cast<double>(est_out) * max_out_price_) / 1e6;
   if (b.max_cost_usd > 0 && out_.cost_usd + est_cost > b.max_cost_usd) {
     char buf[160];
     std::snprintf(buf, sizeof buf,
-                  "max_cost_usd: $%.6f spent and the next call may cost up to $%.6f, the limit is $%.6f", out_.cost_usd,
-                  est_cost, b.max_cost_usd);
+                  "max_cost_usd%s: $%.6f spent and the next call may cost up to $%.6f, the limit is $%.6f", cap_tag(3),
+                  out_.cost_usd, est_cost, b.max_cost_usd);
     return std::string(buf);
   }
   if (b.max_wall_time != kInfinite && b.max_wall_time > Duration::zero()) {
     const std::int64_t elapsed = wf_.ctx().env().unix_time_ns() - started_ns_;
     if (elapsed >= b.max_wall_time.count()) {
-      return "max_wall_time: " + std::to_string(elapsed / 1'000'000) + " ms since the task started, the limit is " +
-             std::to_string(b.max_wall_time.count() / 1'000'000) + " ms";
+      return std::string("max_wall_time") + cap_tag(4) + ": " + std::to_string(elapsed / 1'000'000) +
+             " ms since the task started, the limit is " + std::to_string(b.max_wall_time.count() / 1'000'000) + " ms";
     }
   }
   return std::nullopt;
 }
 
 BudgetLeft TaskRun::budget_left() const {
-  const Budget& b = agent_.budget;
+  const Budget& b = budget_;
   BudgetLeft left;
   if (b.max_cost_usd > 0) left.cost_usd = std::max(0.0, b.max_cost_usd - out_.cost_usd);
   if (b.max_tokens > 0) left.tokens = std::max<std::int64_t>(0, b.max_tokens - out_.input_tokens - out_.output_tokens);
@@ -438,6 +564,28 @@ void TaskRun::account_recorded_turns() {
     Result<TurnRecord> t = decode_turn(it->result);
     if (!t.ok()) return;
     account(*t);
+  }
+}
+
+void TaskRun::apply_cap() {
+  budget_ = agent_.budget;
+  if (!cap_) return;
+  const Budget& c = *cap_;
+  auto lim = [](auto& mine, auto cap, bool& capped) {
+    if (cap > 0 && (mine <= 0 || cap < mine)) {
+      mine = cap;
+      capped = true;
+    }
+  };
+  lim(budget_.max_steps, c.max_steps, capped_[0]);
+  lim(budget_.max_model_calls, c.max_model_calls, capped_[1]);
+  lim(budget_.max_tokens, c.max_tokens, capped_[2]);
+  lim(budget_.max_cost_usd, c.max_cost_usd, capped_[3]);
+  if (c.max_wall_time != kInfinite && c.max_wall_time > Duration::zero() &&
+      (budget_.max_wall_time == kInfinite || budget_.max_wall_time <= Duration::zero() ||
+       c.max_wall_time < budget_.max_wall_time)) {
+    budget_.max_wall_time = c.max_wall_time;
+    capped_[4] = true;
   }
 }
 
@@ -517,8 +665,8 @@ Task<Result<TurnRecord>> TaskRun::model_turn() {
   };
   // The wall-time budget also bounds the call in flight.
   Duration left = kInfinite;
-  if (agent_.budget.max_wall_time != kInfinite && agent_.budget.max_wall_time > Duration::zero()) {
-    const std::int64_t left_ns = started_ns_ + agent_.budget.max_wall_time.count() - wf_.ctx().env().unix_time_ns();
+  if (budget_.max_wall_time != kInfinite && budget_.max_wall_time > Duration::zero()) {
+    const std::int64_t left_ns = started_ns_ + budget_.max_wall_time.count() - wf_.ctx().env().unix_time_ns();
     left = Duration(std::max<std::int64_t>(0, left_ns));
   }
   auto wall = wf_.ctx().with_timeout(left);
@@ -647,10 +795,21 @@ Task<Result<std::string>> TaskRun::run() {
   if (!conv.ok()) co_return std::move(conv).error();
   conv_.emplace(std::move(*conv));
 
-  auto start_fn = [](Context& c) -> Task<Result<std::int64_t>> { co_return c.env().unix_time_ns(); };
-  Result<std::int64_t> started = co_await wf_.step<std::int64_t>("start", std::move(start_fn));
+  // The first start's time and the task's cap (RunOptions::cap): recorded once, so every
+  // resumed run has the same ones. A plain integer (no cap) is the old format too.
+  std::optional<Budget> given = cap_;
+  auto start_fn = [given](Context& c) -> Task<Result<std::string>> {
+    const std::int64_t now = c.env().unix_time_ns();
+    if (!given) co_return std::to_string(now);
+    co_return encode_start(now, given);
+  };
+  Result<std::string> started = co_await wf_.step<std::string>("start", std::move(start_fn));
   if (!started.ok()) co_return std::move(started).error();
-  started_ns_ = *started;
+  Result<StartRecord> start_rec = decode_start(*started);
+  if (!start_rec.ok()) co_return std::move(start_rec).error().with_context("task '" + wf_.id() + "'");
+  started_ns_ = start_rec->at_ns;
+  cap_ = start_rec->cap;
+  apply_cap();
   emit(AgentEvent::Type::kTaskStarted, {}, "attempt " + std::to_string(wf_.attempt()));
   {
     std::vector<Message> first;
@@ -671,6 +830,7 @@ Task<Result<std::string>> TaskRun::run() {
     }
     if (cancelled) {
       account_recorded_turns();  // a cancel seen before the replay still counts what was spent
+      co_await impl_.finish_children(wf_.ctx(), wf_.id());
       co_return finish(TaskStatus::kCancelled, "cancelled on request");
     }
     if (std::optional<std::string> over = budget_refusal()) co_return finish(TaskStatus::kBudgetExceeded, *over);
@@ -761,7 +921,10 @@ Task<Result<std::string>> TaskRun::run() {
         Result<std::string> decided = co_await wait_for_approval(calls[i], where);
         if (!decided.ok()) {
           Result<bool> cancelled_now = impl_.cancel_requested(wf_.id());
-          if (cancelled_now.ok() && *cancelled_now) co_return finish(TaskStatus::kCancelled, "cancelled on request");
+          if (cancelled_now.ok() && *cancelled_now) {
+            co_await impl_.finish_children(wf_.ctx(), wf_.id());
+            co_return finish(TaskStatus::kCancelled, "cancelled on request");
+          }
           co_return std::move(decided).error();
         }
         if (*decided != "approved") {
@@ -917,6 +1080,7 @@ struct TaskStart {
   std::string agent;
   std::string task_id;
   std::string input;
+  RunOptions options;
 };
 
 }  // namespace
@@ -938,7 +1102,12 @@ Task<Result<std::string>> Agents::Impl::body(WorkflowContext& wf, std::shared_pt
       if (it != impl.running.end() && it->second == self) impl.running.erase(it);
     }
   } here(*this, wf.id(), wf.ctx());
-  TaskRun run(*this, wf, *agent);
+  std::optional<Budget> cap;
+  {
+    std::lock_guard lock(mu);
+    if (auto it = pending_caps.find(wf.id()); it != pending_caps.end()) cap = it->second;
+  }
+  TaskRun run(*this, wf, *agent, std::move(cap));
   co_return co_await run.run();
 }
 
@@ -1036,11 +1205,39 @@ void Agents::add_observer(AgentObserver observer) {
 }
 
 Task<TaskOutcome> Agents::run(Context& ctx, std::string agent, std::string task_id, std::string input) {
+  // Not a coroutine: the callee's frame takes the arguments.
+  return run(ctx, std::move(agent), std::move(task_id), std::move(input), RunOptions{});
+}
+
+Task<TaskOutcome> Agents::run(Context& ctx, std::string agent, std::string task_id, std::string input,
+                              RunOptions options) {
   TaskOutcome out;
   if (!impl_->agent(agent)) {
     out.status = TaskStatus::kFailed;
     out.reason = "no agent named '" + agent + "'";
     co_return out;
+  }
+  if (!options.parent_task_id.empty()) {
+    // Known to the parent before it exists: cancelling the parent finds it.
+    if (Status s = impl_->add_child(options.parent_task_id, task_id); !s.ok()) {
+      out.status = TaskStatus::kInterrupted;
+      out.reason = "recording the child of '" + options.parent_task_id + "': " + s.error().to_string();
+      co_return out;
+    }
+  }
+  struct PendingCap {
+    Impl& impl;
+    std::string id;
+    bool set = false;
+    ~PendingCap() {
+      if (!set) return;
+      std::lock_guard lock(impl.mu);
+      impl.pending_caps.erase(id);
+    }
+  } pending{*impl_, task_id};
+  if (options.cap) {
+    std::lock_guard lock(impl_->mu);
+    pending.set = impl_->pending_caps.try_emplace(task_id, options.cap).second;
   }
   WorkflowOutcome w = co_await impl_->engine.run_outcome(ctx, std::string(kKindPrefix) + agent, task_id, input);
   switch (w.end) {
@@ -1058,6 +1255,7 @@ Task<TaskOutcome> Agents::run(Context& ctx, std::string agent, std::string task_
     case RunEnd::kInterrupted: out.status = TaskStatus::kInterrupted; break;
   }
   out.reason = w.result.ok() ? *w.result : w.result.error().to_string();
+  if (out.status == TaskStatus::kNeedsAttention) count_recorded_turns(impl_->engine.store(), task_id, out);
   co_return out;
 }
 
@@ -1199,7 +1397,7 @@ SupervisorSpec Agents::task_supervisor_spec() const {
         }
       } registered{*impl, start.task_id, c.self()};
       Agents view(impl);
-      TaskOutcome out = co_await view.run(c, start.agent, start.task_id, start.input);
+      TaskOutcome out = co_await view.run(c, start.agent, start.task_id, start.input, start.options);
       // An interrupted run crashes the process: the supervisor restarts it (with backoff) and
       // the task resumes where its records end.
       if (out.status == TaskStatus::kInterrupted) c.exit(ExitReason::crash("nines::agent::Interrupted", out.reason));
@@ -1215,6 +1413,12 @@ SupervisorSpec Agents::task_supervisor_spec() const {
 }
 
 Task<Result<Pid>> Agents::start(Context& ctx, std::string agent, std::string task_id, std::string input) {
+  // Not a coroutine: the callee's frame takes the arguments.
+  return start(ctx, std::move(agent), std::move(task_id), std::move(input), RunOptions{});
+}
+
+Task<Result<Pid>> Agents::start(Context& ctx, std::string agent, std::string task_id, std::string input,
+                                RunOptions options) {
   Pid sup;
   {
     std::lock_guard lock(impl_->mu);
@@ -1223,7 +1427,10 @@ Task<Result<Pid>> Agents::start(Context& ctx, std::string agent, std::string tas
   if (sup == Pid{}) co_return Error(ErrorKind::kInvalidArgument, "agents: start_supervisor() first");
   if (!impl_->agent(agent)) co_return Error(ErrorKind::kNotFound, "no agent named '" + agent + "'");
   const std::string id = task_id;
-  std::any arg = TaskStart{.agent = std::move(agent), .task_id = std::move(task_id), .input = std::move(input)};
+  std::any arg = TaskStart{.agent = std::move(agent),
+                           .task_id = std::move(task_id),
+                           .input = std::move(input),
+                           .options = std::move(options)};
   Result<Pid> pid = co_await start_dynamic_child(ctx, sup, std::move(arg));
   if (pid.ok()) {
     // Known as running from now on, before its process has created the workflow: wait() and
@@ -1269,7 +1476,48 @@ Status Agents::cancel(std::string_view task_id) {
   }
   // Killed, its supervisor restarts it, and the new run ends as cancelled.
   if (pid != Pid{} && rt != nullptr) rt->send_exit(pid, ExitReason::kill());
+  impl_->cancel_children(task_id);
   return ok_status();
+}
+
+void Agents::Impl::cancel_children(std::string_view task_id, int depth) {
+  if (depth > 16) return;  // bounded: delegation trees are shallow
+  Result<std::vector<std::string>> kids = children(task_id);
+  if (!kids.ok()) return;  // the parent's run cascades when it ends cancelled
+  for (const std::string& child : *kids) {
+    Result<WorkflowRecord> w = engine.store().get_workflow(child);
+    if (w.ok() && is_finished(w->status)) continue;
+    Result<bool> already = cancel_requested(child);
+    if (!already.ok() || !*already) {
+      (void)add_signal(child, json{{"signal", "cancel"}, {"at_ns", env.unix_time_ns()}, {"by", task_id}});
+    }
+    Pid pid;
+    Runtime* rt = nullptr;
+    {
+      std::lock_guard lock(mu);
+      cancelled.emplace(child);
+      if (auto it = running.find(child); it != running.end()) pid = it->second;
+      rt = runtime;
+    }
+    if (pid != Pid{} && rt != nullptr) rt->send_exit(pid, ExitReason::kill());
+    cancel_children(child, depth + 1);
+  }
+}
+
+Task<> Agents::Impl::finish_children(Context& ctx, std::string task_id) {
+  Result<std::vector<std::string>> kids = children(task_id);
+  if (!kids.ok()) co_return;
+  for (const std::string& child : *kids) {
+    Result<WorkflowRecord> w = engine.store().get_workflow(child);
+    if (!w.ok() || is_finished(w->status)) continue;  // not started yet (it never will be), or done
+    Result<bool> asked = cancel_requested(child);
+    if (asked.ok() && !*asked) {
+      (void)add_signal(child, json{{"signal", "cancel"}, {"at_ns", env.unix_time_ns()}, {"by", task_id}});
+    }
+    // The child's kind is registered on the engine (by its own Agents): its run sees the cancel
+    // request first thing, cascades to its own children, and ends cancelled.
+    (void)co_await engine.run_outcome(ctx, w->kind, child, w->input);
+  }
 }
 
 Status Agents::fork(std::string_view from_task_id, std::string new_task_id, const ForkOptions& options) {
@@ -1317,8 +1565,12 @@ Status Agents::fork(std::string_view from_task_id, std::string new_task_id, cons
   b.create_workflow(new_task_id, from->kind, options.input.value_or(from->input), now);
   for (const StepRecord& st : *steps) {
     if (st.seq >= cut_seq) continue;
-    // The new task's wall time starts now.
-    std::string result = st.name == "start" ? std::to_string(impl_->env.unix_time_ns()) : st.result;
+    // The new task's wall time starts now; it keeps the old task's cap.
+    std::string result = st.result;
+    if (st.name == "start") {
+      Result<StartRecord> old_start = decode_start(st.result);
+      result = encode_start(impl_->env.unix_time_ns(), old_start.ok() ? old_start->cap : std::nullopt);
+    }
     b.put_step(new_task_id, st.seq, st.name, st.status, std::move(result), now);
   }
   for (const EffectRecord& e : *effects) {
@@ -1362,6 +1614,7 @@ Result<TaskOutcome> Agents::outcome(std::string_view task_id) const {
       TaskOutcome o;
       o.status = TaskStatus::kNeedsAttention;
       o.reason = w->result;
+      count_recorded_turns(impl_->engine.store(), task_id, o);
       return o;
     }
     case WorkflowStatus::kFailed:

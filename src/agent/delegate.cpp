@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
-#include <mutex>
 #include <optional>
 #include <utility>
 
@@ -54,86 +53,22 @@ Spent spent_of(const TaskOutcome& o) {
   return {.cost_usd = o.cost_usd, .tokens = o.input_tokens + o.output_tokens, .model_calls = o.model_calls};
 }
 
-// Messages to the call's process.
+// The child's end, to the call's process.
 struct ChildDone {
   std::string child_id;
   TaskOutcome outcome;
 };
-struct OverBudget {
-  std::string child_id;
-  std::string why;
-};
 
-// The children running now under a call of this tool, watched through the sub-agents'
-// events (which come from the child's process, maybe on another thread).
-struct Watches {
-  struct Watch {
-    Cap cap;
-    Spent spent;
-    bool notified = false;
-    Pid caller;
-    Runtime* runtime = nullptr;
-  };
-  std::mutex mu;
-  std::map<std::string, Watch, std::less<>> by_child;
-  std::map<std::string, Price> prices;
-
-  void on_event(const AgentEvent& e) {
-    Pid to;
-    Runtime* rt = nullptr;
-    std::string why;
-    {
-      std::lock_guard lock(mu);
-      auto it = by_child.find(e.task_id);
-      if (it == by_child.end()) return;
-      Watch& w = it->second;
-      switch (e.type) {
-        case AgentEvent::Type::kTaskStarted: w.spent = {}; break;  // a run replays its turns again
-        case AgentEvent::Type::kStepFinished: {
-          // "<route> in=<n> out=<m>"
-          const std::size_t in_at = e.detail.rfind(" in=");
-          const std::size_t out_at = e.detail.rfind(" out=");
-          if (in_at == std::string::npos || out_at == std::string::npos || out_at < in_at) break;
-          const std::string route = e.detail.substr(0, in_at);
-          const std::int64_t in = std::strtoll(e.detail.c_str() + in_at + 4, nullptr, 10);
-          const std::int64_t out = std::strtoll(e.detail.c_str() + out_at + 5, nullptr, 10);
-          w.spent.tokens += in + out;
-          w.spent.model_calls += 1;
-          if (auto p = prices.find(route); p != prices.end()) {
-            w.spent.cost_usd += (static_cast<double>(in) * p->second.input_per_mtok +
-                                 static_cast<double>(out) * p->second.output_per_mtok) /
-                                1e6;
-          }
-          break;
-        }
-        case AgentEvent::Type::kRetry: {  // "<n> calls": the turn took n - 1 more
-          const std::int64_t n = std::strtoll(e.detail.c_str(), nullptr, 10);
-          if (n > 1) w.spent.model_calls += n - 1;
-          break;
-        }
-        default: return;
-      }
-      if (w.notified) return;
-      std::optional<std::string> over = reached(w.cap, w.spent);
-      if (!over) return;
-      w.notified = true;
-      to = w.caller;
-      rt = w.runtime;
-      why = std::move(*over);
-    }
-    if (rt != nullptr) (void)rt->send(to, OverBudget{e.task_id, std::move(why)});
-  }
-};
-
-// Removes the call's watch when its frame goes (a return, a killed process).
-struct WatchGuard {
-  std::shared_ptr<Watches> watches;
-  std::string child;
-  ~WatchGuard() {
-    std::lock_guard lock(watches->mu);
-    watches->by_child.erase(child);
-  }
-};
+// The parent's budget left as the child's per-task cap (RunOptions::cap): 0 is no limit there.
+Budget cap_budget(const BudgetLeft& left) {
+  Budget b;
+  b.max_steps = 0;
+  b.max_model_calls = left.model_calls > 0 ? left.model_calls : 0;
+  b.max_tokens = left.tokens > 0 ? left.tokens : 0;
+  b.max_cost_usd = left.cost_usd > 0 ? left.cost_usd : 0;
+  b.max_wall_time = left.wall_time > Duration::zero() ? left.wall_time : kInfinite;
+  return b;
+}
 
 std::uint64_t fnv1a(std::string_view s) {
   std::uint64_t h = 14695981039346656037ull;
@@ -146,8 +81,8 @@ std::uint64_t fnv1a(std::string_view s) {
 
 class DelegateTool final : public Tool {
  public:
-  DelegateTool(Agents& agents, DelegateOptions options, ToolSpec spec, std::shared_ptr<Watches> watches)
-      : agents_(agents), options_(std::move(options)), spec_(std::move(spec)), watches_(std::move(watches)) {}
+  DelegateTool(Agents& agents, DelegateOptions options, ToolSpec spec)
+      : agents_(agents), options_(std::move(options)), spec_(std::move(spec)) {}
 
   const ToolSpec& spec() const override { return spec_; }
 
@@ -177,17 +112,14 @@ class DelegateTool final : public Tool {
       }
     }
 
-    {
-      std::lock_guard lock(watches_->mu);
-      watches_->by_child[child] = Watches::Watch{.cap = cap, .caller = ctx.self(), .runtime = &ctx.runtime()};
-    }
-    WatchGuard guard{watches_, child};
-
     Agents* agents = &agents_;
     const std::string agent = options_.agent;
     const Pid caller = ctx.self();
-    Behavior body = [agents, agent, child, input, caller](Context& c) -> Task<> {
-      TaskOutcome out = co_await agents->run(c, agent, child, input);
+    // The child checks the cap itself, before each model call (a resumed child keeps the cap
+    // recorded at its first start), and is recorded as the parent's child (a cancel cascades).
+    RunOptions run_options{.cap = cap_budget(inv.budget_left), .parent_task_id = inv.task_id};
+    Behavior body = [agents, agent, child, input, caller, run_options](Context& c) -> Task<> {
+      TaskOutcome out = co_await agents->run(c, agent, child, input, run_options);
       (void)c.try_send(caller, ChildDone{child, std::move(out)});
     };
     // Linked: when the parent's call dies (its task killed, its attempt timed out), so does
@@ -198,52 +130,23 @@ class DelegateTool final : public Tool {
 
     std::function<bool(const Message&)> mine = [child, ref](const Message& m) {
       if (const auto* d = m.get<ChildDone>()) return d->child_id == child;
-      if (const auto* o = m.get<OverBudget>()) return o->child_id == child;
       if (const auto* dn = m.get<Down>()) return dn->ref == ref;
       return false;
     };
-    const Duration wall = inv.budget_left.wall_time;
-    const bool wall_limited = wall != kInfinite && wall > Duration::zero();
-    std::optional<Message> m = co_await ctx.receive_if(std::move(mine), wall_limited ? wall : kInfinite);
-
+    std::optional<Message> m = co_await ctx.receive_if(std::move(mine), kInfinite);
     if (m) {
       if (auto* done = m->get<ChildDone>()) {
         ctx.demonitor(ref);
         co_return finish(inv, child, done->outcome, cap, std::nullopt);
       }
-      if (const auto* dn = m->get<Down>()) {
-        co_return Error(ErrorKind::kTransient, "tool '" + spec_.name + "': the process of sub-task '" + child +
-                                                   "' exited (" + dn->reason.to_string() + "); it resumes on retry");
-      }
+      const auto* dn = m->get<Down>();
+      co_return Error(ErrorKind::kTransient, "tool '" + spec_.name + "': the process of sub-task '" + child +
+                                                 "' exited (" + dn->reason.to_string() + "); it resumes on retry");
     }
-    if (!m && ctx.now() >= ctx.deadline()) {
-      // This attempt's time is up: stop the child's run (not the task) so a retry can resume it.
-      ctx.unlink(*pid);
-      ctx.kill_on_purpose(*pid);
-      co_return Error(ErrorKind::kTimeout, "tool '" + spec_.name + "': sub-task '" + child + "' still running");
-    }
-    // Over the parent's budget (or its wall time): cancel the child, then see it end.
-    std::string why = m ? m->get<OverBudget>()->why : std::string("wall time: the parent's ran out");
-    // What the child spent so far, as its events said: the outcome of a task cancelled on a
-    // resumed run reports no spend for its recorded turns (agent.cpp checks the cancel before
-    // replaying them; see the report), and the parent must still be charged for them.
-    Spent seen;
-    {
-      std::lock_guard lock(watches_->mu);
-      if (auto it = watches_->by_child.find(child); it != watches_->by_child.end()) seen = it->second.spent;
-    }
+    // This attempt's time is up: stop the child's run (not the task) so a retry can resume it.
     ctx.unlink(*pid);
-    Status cancelled = agents_.cancel(child);
-    if (!cancelled.ok()) co_return std::move(cancelled).error().with_context("tool '" + spec_.name + "'");
-    (void)co_await ctx.wait_down(ref);
-    TaskOutcome out = co_await agents_.run(ctx, options_.agent, child, input);
-    if (out.status == TaskStatus::kCancelled && out.input_tokens + out.output_tokens < seen.tokens) {
-      out.cost_usd = std::max(out.cost_usd, seen.cost_usd);
-      out.input_tokens = seen.tokens;  // the split is not in the events
-      out.output_tokens = 0;
-      out.model_calls = std::max(out.model_calls, seen.model_calls);
-    }
-    co_return finish(inv, child, out, cap, why);
+    ctx.kill_on_purpose(*pid);
+    co_return Error(ErrorKind::kTimeout, "tool '" + spec_.name + "': sub-task '" + child + "' still running");
   }
 
  private:
@@ -264,7 +167,7 @@ class DelegateTool final : public Tool {
       case TaskStatus::kBudgetExceeded:
         return Error(ErrorKind::kBudgetExceeded, who + " ended budget_exceeded: " + out.reason);
       case TaskStatus::kCancelled: {
-        // Cancelled by this tool for the parent's budget (now, or before a restart: its spend says so).
+        // Cancelled for the parent's budget by an older version of this tool (its spend says so).
         if (!stopped_why) stopped_why = reached(cap, spent_of(out));
         if (stopped_why) {
           return Error(ErrorKind::kBudgetExceeded,
@@ -280,7 +183,6 @@ class DelegateTool final : public Tool {
   Agents& agents_;
   DelegateOptions options_;
   ToolSpec spec_;
-  std::shared_ptr<Watches> watches_;
 };
 
 }  // namespace
@@ -304,10 +206,7 @@ Result<std::shared_ptr<Tool>> make_delegate_tool(Agents& agents, DelegateOptions
                 .nature = EffectNature::kIdempotent,
                 .timeout = options.timeout};
   if (Status s = validate_tool_spec(spec); !s.ok()) return std::move(s).error().with_context("delegate tool");
-  auto watches = std::make_shared<Watches>();
-  watches->prices = options.prices;
-  agents.add_observer([watches](const AgentEvent& e) { watches->on_event(e); });
-  return std::shared_ptr<Tool>(std::make_shared<DelegateTool>(agents, std::move(options), std::move(spec), watches));
+  return std::shared_ptr<Tool>(std::make_shared<DelegateTool>(agents, std::move(options), std::move(spec)));
 }
 
 }  // namespace nines::agent

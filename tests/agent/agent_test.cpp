@@ -361,6 +361,19 @@ TEST(Agent, UnsafeToolInterruptedGoesToNeedsAttention) {
   EXPECT_EQ(second->status, TaskStatus::kNeedsAttention);
   EXPECT_THAT(second->reason, HasSubstr("charge_unsafe"));
   EXPECT_EQ(w.tools_world->calls["charge_unsafe"], 1);
+  // The outcome counts the recorded model turn (as a cancelled one does), from run() and outcome().
+  EXPECT_EQ(second->steps, 1);
+  EXPECT_EQ(second->model_calls, 1);
+  EXPECT_GT(second->input_tokens, 0);
+  EXPECT_GT(second->output_tokens, 0);
+  EXPECT_EQ(second->models, std::vector<std::string>{"sim/primary"});
+  auto recorded = w.agents->outcome("unsafe");
+  ASSERT_THAT(recorded, IsOk());
+  EXPECT_EQ(recorded->status, TaskStatus::kNeedsAttention);
+  EXPECT_EQ(recorded->steps, 1);
+  EXPECT_EQ(recorded->model_calls, 1);
+  EXPECT_EQ(recorded->input_tokens, second->input_tokens);
+  EXPECT_EQ(recorded->output_tokens, second->output_tokens);
 }
 
 // The task's process crashes (is killed) mid-task under the task supervisor: it is restarted

@@ -28,6 +28,7 @@ namespace {
 using test::IsOk;
 using test::SimRuntime;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 using namespace std::chrono_literals;
 
@@ -279,7 +280,25 @@ TEST(MultiAgent, AnAttemptTimeoutResumesTheSameChildOnRetry) {
   EXPECT_EQ(w.models["research"]->counters().calls, 4u);  // each turn asked once
 }
 
-TEST(MultiAgent, ChildIsStoppedWhenTheParentsBudgetIsSpent) {
+bool history_has(MultiWorld& w, const std::string& task, const std::string& what) {
+  const auto history = w.store->read_history(task, 0, 1000).value();
+  for (const auto& h : history) {
+    if (h.message.find(what) != std::string::npos) return true;
+  }
+  return false;
+}
+
+std::size_t model_turns(MultiWorld& w, const std::string& task) {
+  std::size_t turns = 0;
+  const auto steps = w.store->load_steps(task).value();
+  for (const auto& s : steps) turns += s.name.rfind("model", 0) == 0 ? 1 : 0;
+  return turns;
+}
+
+// The child runs under the parent's budget left as its per-task cap (RunOptions::cap): it stops
+// itself before a model call that could cross it, so the parent is not overrun by more than the
+// call in flight.
+TEST(MultiAgent, ChildStopsItselfAtTheParentsBudgetLeft) {
   MultiWorld w;
   w.defs["coordinator"] = {.scenario = R"({"seed": 1, "scenario": [
       {"tool_calls": [{"name": "ask_research", "arguments": {"task": "Look at every item"}}]},
@@ -298,29 +317,23 @@ TEST(MultiAgent, ChildIsStoppedWhenTheParentsBudgetIsSpent) {
   ASSERT_EQ(research.size(), 1u);
   auto r_out = w.workers->outcome(research[0].id);
   ASSERT_THAT(r_out, IsOk());
-  EXPECT_EQ(r_out->status, TaskStatus::kCancelled);
-  // Stopped early, not at its own end (CancelledTaskOutcomeCountsItsRecordedTurns checks that the
-  // outcome of a task cancelled on a resumed run still counts its recorded turns).
-  const auto steps = w.store->load_steps(research[0].id).value();
-  std::size_t turns = 0;
-  for (const auto& s : steps) turns += s.name.rfind("model", 0) == 0 ? 1 : 0;
+  EXPECT_EQ(r_out->status, TaskStatus::kBudgetExceeded);
+  EXPECT_THAT(r_out->reason, HasSubstr("max_tokens (the task's cap)"));
+  const std::size_t turns = model_turns(w, research[0].id);
   EXPECT_GE(turns, 2u);
   EXPECT_LT(turns, 40u);
   EXPECT_EQ(w.models["research"]->counters().calls, turns);
-  // The parent was charged for the child's turns: its tokens are over its budget.
-  EXPECT_GE(out->input_tokens + out->output_tokens, 3000);
+  // The parent was charged for the child's turns, and the whole stays within its budget plus
+  // at most one call in flight (max_output_tokens 256 and its prompt).
+  EXPECT_EQ(out->model_calls, 1 + static_cast<std::int64_t>(turns));
+  EXPECT_LE(out->input_tokens + out->output_tokens, 3000 + 256 + 1000);
+  EXPECT_LE(r_out->input_tokens + r_out->output_tokens, 3000);
   EXPECT_EQ(out->tool_errors["budget_exceeded"], 1);
-  bool told = false;
-  const auto history = w.store->read_history("job", 0, 100).value();
-  for (const auto& h : history) {
-    if (h.message.find("stopped at the parent's budget left") != std::string::npos) told = true;
-  }
-  EXPECT_TRUE(told);
+  EXPECT_TRUE(history_has(w, "job", "ended budget_exceeded: max_tokens (the task's cap)"));
 }
 
-// The same with a cost budget (the child's cost counted live from its events and the price
-// table) and with the parent's wall time.
-TEST(MultiAgent, ChildIsStoppedAtTheParentsCostAndWallTimeLeft) {
+// The same with a cost budget and with the parent's wall time.
+TEST(MultiAgent, ChildStopsItselfAtTheParentsCostAndWallTimeLeft) {
   for (const char* which : {"cost", "wall"}) {
     SCOPED_TRACE(which);
     MultiWorld w;
@@ -343,14 +356,94 @@ TEST(MultiAgent, ChildIsStoppedAtTheParentsCostAndWallTimeLeft) {
     ASSERT_EQ(research.size(), 1u);
     auto r_out = w.workers->outcome(research[0].id);
     ASSERT_THAT(r_out, IsOk());
-    EXPECT_EQ(r_out->status, TaskStatus::kCancelled);
+    EXPECT_EQ(r_out->status, TaskStatus::kBudgetExceeded);
     EXPECT_LT(w.models["research"]->counters().calls, 40u);
     if (std::string(which) == "cost") {
-      EXPECT_GE(out->cost_usd, 0.003);
+      EXPECT_THAT(r_out->reason, HasSubstr("max_cost_usd (the task's cap)"));
+      EXPECT_LE(out->cost_usd, 0.003 + 0.0013);  // at most the call in flight over
     } else {
+      EXPECT_THAT(r_out->reason, HasSubstr("max_wall_time (the task's cap)"));
       EXPECT_LE(*w.lookup_calls, 3);  // 25 s of the parent's wall time: 10 s lookups
     }
   }
+}
+
+// A kill -9 while the child runs: the resumed child keeps the cap recorded at its first start,
+// even when its resumer passes none (here: the sub-agents' run() called directly, no cap).
+TEST(MultiAgent, AResumedChildKeepsItsRecordedCap) {
+  MultiWorld w;
+  w.defs["coordinator"] = {.scenario = R"({"seed": 1, "scenario": [
+      {"tool_calls": [{"name": "ask_research", "arguments": {"task": "Look at every item"}}]},
+      {"answer": "never"}]})",
+                           .coordinator = true,
+                           .budget = {.max_tokens = 3000}};
+  w.defs["research"] = {.scenario = long_research(40)};
+  w.lookup_delay = 10s;
+  w.start();
+  EXPECT_FALSE(w.run("coordinator", "job", 25s).has_value());  // the child is in its third lookup
+  auto research = w.workflows("agent:research");
+  ASSERT_EQ(research.size(), 1u);
+  const std::string child = research[0].id;
+  bool recorded = false;
+  const auto steps = w.store->load_steps(child).value();
+  for (const auto& st : steps) {
+    if (st.name == "start") recorded = st.result.find("\"cap\"") != std::string::npos;
+  }
+  EXPECT_TRUE(recorded);
+
+  w.restart();  // kill -9
+  auto out = std::make_shared<std::optional<TaskOutcome>>();
+  Agents* workers = w.workers.get();
+  w.sim->spawn([workers, out, child](Context& ctx) -> Task<> {
+    RunOptions none;  // a named argument: GCC 12 mishandles temporaries in co_await
+    out->emplace(co_await workers->run(ctx, "research", child, "please help", none));
+  });
+  w.sim->rt->advance(2h);
+  ASSERT_TRUE(out->has_value());
+  EXPECT_EQ((*out)->status, TaskStatus::kBudgetExceeded) << (*out)->reason;
+  EXPECT_THAT((*out)->reason, HasSubstr("max_tokens (the task's cap)"));
+  EXPECT_GE((*out)->restarts, 1);
+  EXPECT_LE((*out)->input_tokens + (*out)->output_tokens, 3000);
+  EXPECT_LT(model_turns(w, child), 40u);
+}
+
+// Agents::run with RunOptions::cap: the effective budget is the min of the agent's and the cap,
+// and the cap recorded at the first start wins over one given to a later run.
+TEST(MultiAgent, RunCapIsTheMinOfTheAgentBudgetAndTheRecordedCapWins) {
+  MultiWorld w;
+  w.defs["research"] = {.scenario = long_research(20), .budget = {.max_steps = 10}};
+  w.lookup_delay = 10s;
+  w.start();
+  auto run_with = [&](const std::string& id, std::optional<Budget> cap, Duration time) {
+    auto out = std::make_shared<std::optional<TaskOutcome>>();
+    Agents* workers = w.workers.get();
+    w.sim->spawn([workers, out, id, cap](Context& ctx) -> Task<> {
+      RunOptions options{.cap = cap};  // a named argument: GCC 12 mishandles temporaries in co_await
+      out->emplace(co_await workers->run(ctx, "research", id, "please help", options));
+    });
+    w.sim->rt->advance(time);
+    return *out;
+  };
+  // A cap over the agent's limit changes nothing; under it, it stops the task and is named.
+  auto loose = run_with("loose", Budget{.max_steps = 50}, 2h);
+  ASSERT_TRUE(loose.has_value());
+  EXPECT_EQ(loose->status, TaskStatus::kBudgetExceeded);
+  EXPECT_EQ(loose->steps, 10);
+  EXPECT_THAT(loose->reason, Not(HasSubstr("cap")));
+  auto tight = run_with("tight", Budget{.max_steps = 3}, 2h);
+  ASSERT_TRUE(tight.has_value());
+  EXPECT_EQ(tight->status, TaskStatus::kBudgetExceeded);
+  EXPECT_EQ(tight->steps, 3);
+  EXPECT_THAT(tight->reason, HasSubstr("max_steps (the task's cap)"));
+
+  // Started with a cap of 3 steps, killed after 2, resumed with another cap: the recorded wins.
+  EXPECT_FALSE(run_with("resumed", Budget{.max_steps = 3}, 15s).has_value());
+  w.restart();
+  auto resumed = run_with("resumed", Budget{.max_steps = 0, .max_model_calls = 100}, 2h);
+  ASSERT_TRUE(resumed.has_value());
+  EXPECT_EQ(resumed->status, TaskStatus::kBudgetExceeded);
+  EXPECT_EQ(resumed->steps, 3);
+  EXPECT_THAT(resumed->reason, HasSubstr("max_steps (the task's cap)"));
 }
 
 TEST(MultiAgent, NoChildIsStartedWhenTheParentHasNothingLeft) {
@@ -417,6 +510,95 @@ TEST(MultiAgent, CancelledTaskOutcomeCountsItsRecordedTurns) {
   EXPECT_EQ(out->status, TaskStatus::kCancelled);
   EXPECT_GE(out->steps, 2);
   EXPECT_GT(out->input_tokens, 0);
+}
+
+// Cancelling a parent cancels, durably, the child it delegated: whether the child is in a model
+// call or a tool call, its outcome becomes cancelled, nothing of it keeps running, and a resume
+// of the engine after a kill -9 does not start it again.
+TEST(MultiAgent, CancellingAParentCancelsItsChildMidModelCallAndMidToolCall) {
+  for (const char* where : {"model", "tool"}) {
+    SCOPED_TRACE(where);
+    const bool mid_model = std::string(where) == "model";
+    MultiWorld w;
+    w.defs["coordinator"] = {.scenario = R"({"seed": 1, "scenario": [
+        {"tool_calls": [{"name": "ask_research", "arguments": {"task": "Look at every item"}}]},
+        {"answer": "never"}]})",
+                             .coordinator = true};
+    // Mid model call: each answer of the researcher takes 20 s; mid tool call: each lookup does.
+    w.defs["research"] = {.scenario = mid_model ? R"({"seed": 4, "latency": {"first_byte": {"ms": 20000}},
+        "scenario": [{"tool_calls": [{"name": "lookup", "arguments": {"id": "a"}}]}, {"answer": "done"}]})"
+                                                : long_research(5)};
+    w.lookup_delay = mid_model ? 0s : 20s;
+    w.start();
+    Agents* coordinators = w.coordinators.get();
+    w.sim->spawn([coordinators](Context& ctx) -> Task<> {
+      if (!coordinators->start_supervisor(ctx).ok()) co_return;
+      (void)co_await coordinators->start(ctx, "coordinator", "job", "please help");
+      (void)co_await ctx.sleep(10h);  // keeps the supervisor (linked to it) alive
+    });
+    w.sim->rt->advance(mid_model ? 10s : 5s);  // the child is in its first model call / lookup
+    auto research = w.workflows("agent:research");
+    ASSERT_EQ(research.size(), 1u);
+    const std::string child = research[0].id;
+    ASSERT_EQ(research[0].status, WorkflowStatus::kRunning);
+    const auto calls_before = w.models["research"]->counters().calls;
+    const int lookups_before = *w.lookup_calls;
+    EXPECT_EQ(mid_model ? calls_before : static_cast<std::uint64_t>(lookups_before), 1u);
+
+    ASSERT_THAT(w.coordinators->cancel("job"), IsOk());
+    w.sim->rt->advance(1h);
+    auto job = w.coordinators->outcome("job");
+    ASSERT_THAT(job, IsOk());
+    EXPECT_EQ(job->status, TaskStatus::kCancelled);
+    auto c_out = w.workers->outcome(child);
+    ASSERT_THAT(c_out, IsOk());
+    EXPECT_EQ(c_out->status, TaskStatus::kCancelled) << c_out->reason;
+    // Nothing of the child ran on: no model call or lookup after the cancel (the interrupted
+    // one is not retried).
+    EXPECT_EQ(w.models["research"]->counters().calls, calls_before);
+    EXPECT_EQ(*w.lookup_calls, lookups_before);
+
+    // A kill -9 and a resume of every running workflow: the child is finished, not restarted.
+    w.restart();
+    auto resumed = std::make_shared<std::optional<Result<std::size_t>>>();
+    WorkflowEngine* engine = w.engine.get();
+    w.sim->spawn(
+        [engine, resumed](Context& ctx) -> Task<> { resumed->emplace(co_await engine->resume_all_and_wait(ctx)); });
+    w.sim->rt->advance(1h);
+    ASSERT_TRUE(resumed->has_value());
+    ASSERT_THAT(**resumed, IsOk());
+    EXPECT_EQ(***resumed, 0u);
+    EXPECT_EQ(w.models["research"]->counters().calls, calls_before);
+    EXPECT_EQ(*w.lookup_calls, lookups_before);
+    EXPECT_EQ(w.workers->outcome(child)->status, TaskStatus::kCancelled);
+  }
+}
+
+// A cancel of the parent when nothing runs it (after a kill -9): the child gets its own durable
+// cancel request at once, so a resume of the child alone ends it as cancelled.
+TEST(MultiAgent, CancelOfAParentThatIsNotRunningReachesItsChild) {
+  MultiWorld w;
+  w.defs["coordinator"] = {.scenario = R"({"seed": 1, "scenario": [
+      {"tool_calls": [{"name": "ask_research", "arguments": {"task": "Look at every item"}}]},
+      {"answer": "never"}]})",
+                           .coordinator = true};
+  w.defs["research"] = {.scenario = long_research(5)};
+  w.lookup_delay = 20s;
+  w.start();
+  EXPECT_FALSE(w.run("coordinator", "job", 5s).has_value());
+  auto research = w.workflows("agent:research");
+  ASSERT_EQ(research.size(), 1u);
+  const std::string child = research[0].id;
+  w.restart();  // kill -9: neither runs now
+  ASSERT_THAT(w.coordinators->cancel("job"), IsOk());
+  const int lookups = *w.lookup_calls;
+  auto out = w.run("research", child);  // the child resumed alone
+  ASSERT_TRUE(out.has_value());
+  EXPECT_EQ(out->status, TaskStatus::kCancelled);
+  EXPECT_EQ(*w.lookup_calls, lookups);
+  auto job = w.run("coordinator", "job");
+  ASSERT_TRUE(job.has_value());
+  EXPECT_EQ(job->status, TaskStatus::kCancelled);
 }
 
 // Groups under their own supervisors: a crash storm in one group's task supervisor (its

@@ -42,6 +42,9 @@
 // Budgets are checked before each model call with an estimate (the prompt's tokens plus
 // max_output_tokens, priced at the most expensive route of the chain) and settled with the
 // usage the model reported, so a budget is overrun by at most the one call in flight.
+// RunOptions::cap caps one task's budget (the min of the two), recorded durably in its first
+// record (a resumed task keeps the recorded cap); the delegate tool caps a child with what is
+// left of its parent's budget.
 //
 // Outcomes (TaskOutcome::status): succeeded (a final answer), failed (a permanent error, the
 // model kept calling tools badly, or a tool refused for good with nothing else to do),
@@ -58,8 +61,9 @@
 //
 // Cancellation: cancel(task_id) records the request durably and kills the task's process
 // (with it, its tool processes: a model call or tool call in flight is abandoned); the task is
-// run again, sees the request and ends as cancelled. An effect interrupted by it stays in the
-// journal as an intent without an outcome (the evidence of what may have been applied).
+// run again, sees the request and ends as cancelled. It cascades to the tasks it delegated
+// (RunOptions::parent_task_id): they get durable cancel requests and end as cancelled too. An effect interrupted by it
+// stays in the journal as an intent without an outcome (the evidence of what may have been applied).
 //
 // Observers get AgentEvents as they happen (from the task's process: keep them short).
 //
@@ -118,6 +122,22 @@ struct Budget {
   std::int64_t max_tokens = 0;         // input + output, as reported
   double max_cost_usd = 0;             // by the agent's price table
   Duration max_wall_time = kInfinite;  // from the task's first start, across restarts
+};
+
+// Options of one task (Agents::run, Agents::start).
+struct RunOptions {
+  // A per-task cap on top of the agent's Budget: the task's effective budget is the
+  // element-wise min of the two (a 0 / kInfinite field of either is no limit there; note that a
+  // default Budget caps max_steps at 50: set it to 0 for no cap on steps). Durable: recorded in
+  // the task's first record ("start"), so a resumed run (after a crash, a kill -9, by the
+  // supervisor, resume_on_start or resume_all) keeps the recorded cap; a cap passed to a later
+  // run of a task already started is ignored (the recorded one wins, none recorded: none).
+  // Checked as the agent's budget is (before each model call with the estimate, settled
+  // after); a task stopped by it ends budget_exceeded with a reason naming "the task's cap".
+  std::optional<Budget> cap;
+  // The task that delegated this one (agent/delegate.hpp), or empty. Recorded durably in the
+  // parent's signal log before the task starts, so that cancelling the parent cancels it too.
+  std::string parent_task_id;
 };
 
 struct LoopOptions {
@@ -270,6 +290,8 @@ class Agents {
   // recorded outcome. kNotFound-like refusals (unknown agent, a task id of another agent, a
   // task already running here) come back as kFailed with the reason, and change nothing.
   Task<TaskOutcome> run(Context& ctx, std::string agent, std::string task_id, std::string input);
+  // The same with RunOptions (a per-task budget cap, the delegating parent).
+  Task<TaskOutcome> run(Context& ctx, std::string agent, std::string task_id, std::string input, RunOptions options);
 
   // Starts the supervisor of task processes, linked to the caller. kAlreadyExists while one
   // (started here or by supervisor_child) is alive; once it is gone, a new one may be started.
@@ -288,6 +310,9 @@ class Agents {
   // Starts the task in a process of its own under that supervisor: a crash (an interrupted
   // run, a killed process) restarts it with backoff and resumes it. Returns its pid.
   Task<Result<Pid>> start(Context& ctx, std::string agent, std::string task_id, std::string input);
+  // The same with RunOptions; every restart of the process runs the task with them (the cap
+  // recorded at the first start wins in any case).
+  Task<Result<Pid>> start(Context& ctx, std::string agent, std::string task_id, std::string input, RunOptions options);
   // Waits until the task has an outcome (polling the store every `poll`), or the deadline. A
   // task start()ed here is waited for even before its process has created its workflow;
   // otherwise an unknown task is kNotFound at once.
@@ -295,7 +320,10 @@ class Agents {
 
   // Records a cancel request durably and kills the task's process if it runs here; the task
   // then ends as cancelled (at once when it is run or resumed). kNotFound for an unknown task;
-  // ok (nothing changes) for a task already finished.
+  // ok (nothing changes) for a task already finished. Cascades: every unfinished task it
+  // delegated (RunOptions::parent_task_id, recursively) gets a durable cancel request too and is
+  // killed if it runs here; when the parent's run ends as cancelled it runs each such child to
+  // its cancelled end, so no child is left running in the store.
   Status cancel(std::string_view task_id);
 
   // The recorded outcome of a finished task; kNotFound if unknown, kTransient "still running"

@@ -29,32 +29,34 @@
 // then reports the child as cancelled.
 //
 // Budget: the child runs under its own agent's Budget and, on top of it, under what is left of
-// the parent's (ToolInvocation::budget_left: cost, tokens, model calls, wall time):
+// the parent's (ToolInvocation::budget_left: cost, tokens, model calls, wall time) as its
+// per-task cap (RunOptions::cap):
 //  - a call when the parent has nothing left (and no child exists yet) is refused with
 //    kBudgetExceeded, starting nothing;
-//  - while the child runs, its spend is counted from its events (tokens and model calls from
-//    kStepFinished/kRetry; cost with DelegateOptions::prices, by route); when it reaches the
-//    parent's budget left (or the parent's wall time runs out), the child is cancelled
-//    (Agents::cancel) and the call fails with kBudgetExceeded. Like the agents' own budgets it
-//    may overrun by the model call in flight. (Agents::run takes no per-task budget: with such
-//    a hook the cap would be checked before each call, with an estimate, in the child itself.)
+//  - the child checks the cap itself, before each model call with its estimate, like its own
+//    budget: it stops before a call that could cross it (overrun: at most the call in flight)
+//    and ends budget_exceeded with a reason naming "the task's cap";
+//  - the cap is recorded in the child's first record: a child resumed after a crash or a kill -9
+//    (by this tool's retry, a resumed parent, resume_all) keeps it.
 // The child's spend (its outcome's cost, tokens and model calls) is reported through
 // ToolInvocation::spend, so the parent's outcome and budget count it.
 //
+// Cancel: the child is started with RunOptions::parent_task_id, so it is recorded in the
+// parent's signal log; Agents::cancel of the parent cancels it durably (agent.hpp, cancel()).
+//
 // Results: the child's answer when it succeeded; otherwise a tool error whose message names the
-// child, its status and reason: kBudgetExceeded (budget_exceeded, or stopped by the parent's
-// budget), kPermanent (failed, loop_detected, cancelled, needs_attention), kTransient (its run
-// was interrupted: retried by the tool's retry policy, which resumes it).
+// child, its status and reason: kBudgetExceeded (budget_exceeded: its own budget or the cap),
+// kPermanent (failed, loop_detected, cancelled, needs_attention), kTransient (its run was
+// interrupted: retried by the tool's retry policy, which resumes it).
 //
 // Errors of make_delegate_tool: kInvalidArgument for a bad spec (validate_tool_spec), an
 // empty agent, or a timeout <= 0.
 //
-// Not done (hooks needed in agent.cpp): a per-task budget cap for Agents::run
-// (checked before each model call), a live spend query, and cancelling the child when the
-// parent is cancelled (today the child is left as it is: its process dies with the parent's).
+// Not done: a live spend query (the parent sees the child's spend when the call ends).
+// DelegateOptions::prices is no longer used (the child prices its own calls).
 //
 // Ownership: the tool borrows `agents` (it must outlive the tool and every process that calls
-// it) and adds one observer to it. Thread-safety: call() may run in any number of processes.
+// it). Thread-safety: call() may run in any number of processes.
 #pragma once
 
 #include <map>
@@ -79,8 +81,8 @@ struct DelegateOptions {
   std::string input_field = "task";
   // Bounds each attempt of a call (the whole sub-task, or what is left of it on a retry).
   Duration timeout = std::chrono::hours(1);
-  // The sub-agent's price table (by route), to count its cost while it runs (the outcome's cost
-  // is exact regardless). Empty: the child's cost is checked against the parent's only at its end.
+  // Unused (kept for source compatibility): the child prices its calls with its agent's table
+  // and checks the parent's cost left itself (its per-task cap).
   std::map<std::string, Price> prices;
 };
 
