@@ -2,7 +2,7 @@
 //   nines demo                                  lists the demos
 //   nines demo runtime [--workers N] [--shards N] [--seconds S] [--threads N]
 //   nines demo models [--agents N] [--calls N]
-//   nines sim-server [--config FILE] [--port N] [--bind ADDR]
+//   nines sim-server [--config FILE] [--port N] [--bind ADDR] [--fault-key request|position]
 //   nines sim agents --seed N [--seeds K] [--trace] [--faults SPEC] [--unjournaled]
 //   nines check FILE [--print]
 //   nines --version, nines --help, nines COMMAND --help
@@ -160,6 +160,9 @@ void add_sim_server(CLI::App& app, Action& action) {
       ->check(CLI::Validator(CLI::ExistingFile).description(""));  // not "FILE:FILE" in the help
   add_count(*cmd, "--port", o->port, 0, 65'535, "0: any free port, printed once listening");
   cmd->add_option("--bind", o->bind_address, "the address to listen on")->type_name("ADDR")->capture_default_str();
+  cmd->add_option("--fault-key", o->fault_key,
+                  "what keys the fault draws: request (its bytes; the default) or position (task input and turn)")
+      ->check(CLI::IsMember({"request", "position"}));
   cmd->callback([o, &action] { action = [o] { return nines::cli::run_sim_server(*o); }; });
 }
 

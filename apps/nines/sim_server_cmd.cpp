@@ -1,7 +1,7 @@
-// `nines sim-server [--config FILE] [--port N] [--bind ADDR]`: serves the simulated model
-// `sim` (docs/sim.md) as an OpenAI-compatible API until SIGINT or SIGTERM. Prints
-// "sim server listening on http://ADDR:PORT/v1" once it listens, then one line of counters
-// when it stops. Without --config: the default scenario, no faults.
+// `nines sim-server [--config FILE] [--port N] [--bind ADDR] [--fault-key request|position]`: serves the simulated
+// model `sim` (docs/sim.md) as an OpenAI-compatible API until SIGINT or SIGTERM. Prints "sim server listening on
+// http://ADDR:PORT/v1" once it listens, then one line of counters when it stops. Without --config: the default
+// scenario, no faults.
 #include "sim_server_cmd.hpp"
 
 #include <signal.h>
@@ -31,7 +31,14 @@ int run_sim_server(const SimServerCmdOptions& o) {
   llm::SimServerOptions options;
   options.port = o.port;
   options.bind_address = o.bind_address;
-  auto sim = llm::SimModel::from_json(config);
+  auto parsed = llm::parse_sim_config(config);
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "nines sim-server: %s\n", parsed.error().message().c_str());
+    return 2;
+  }
+  if (o.fault_key == "position") parsed->fault_key = llm::SimFaultKey::kPosition;
+  if (o.fault_key == "request") parsed->fault_key = llm::SimFaultKey::kRequest;
+  auto sim = llm::SimModel::create(std::move(parsed).value());
   if (!sim.ok()) {
     std::fprintf(stderr, "nines sim-server: %s\n", sim.error().message().c_str());
     return 2;

@@ -10,6 +10,7 @@ struct SimServerCmdOptions {
   std::string config_path;                 // the sim's JSON config (docs/sim.md); empty: no faults
   std::uint16_t port = 0;                  // 0: any free port, printed once listening
   std::string bind_address = "127.0.0.1";  // llm::SimServerOptions' default: loopback
+  std::string fault_key;                   // "request" | "position": overrides the config's fault_key
 };
 
 // Serves until SIGINT or SIGTERM. Exit status: 0 after the signal, 2 for a config that cannot be

@@ -109,6 +109,22 @@ std::uint64_t fingerprint_of(const ChatRequest& r) {
   return f.done();
 }
 
+// The request's logical position in its task: the first user message (the task's input) and
+// how many assistant messages and tool results it already holds. Nothing a client chooses
+// about the encoding (tool schemas, error texts, ids, max_tokens) enters it, so two clients
+// sending the same conversation get the same draws at the same point.
+std::uint64_t position_of(const ChatRequest& r) {
+  Fingerprint f;
+  auto user =
+      std::find_if(r.messages.begin(), r.messages.end(), [](const Message& m) { return m.role == Role::kUser; });
+  f.text(user != r.messages.end() ? user->text() : std::string());
+  f.u64(static_cast<std::uint64_t>(std::count_if(r.messages.begin(), r.messages.end(),
+                                                 [](const Message& m) { return m.role == Role::kAssistant; })));
+  f.u64(static_cast<std::uint64_t>(
+      std::count_if(r.messages.begin(), r.messages.end(), [](const Message& m) { return m.role == Role::kTool; })));
+  return f.done();
+}
+
 std::uint64_t draw_key(std::uint64_t seed, std::uint64_t fingerprint, std::uint64_t occurrence) {
   std::uint64_t x = seed;
   x = nines::internal::splitmix64(x) ^ fingerprint;
@@ -796,7 +812,7 @@ SimCounters SimModel::counters() const {
 SimPlan SimModel::decide(const ChatRequest& request) {
   SimPlan p;
   p.call = calls_.fetch_add(1, std::memory_order_relaxed) + 1;
-  p.fingerprint = fingerprint_of(request);
+  p.fingerprint = config_.fault_key == SimFaultKey::kPosition ? position_of(request) : fingerprint_of(request);
   p.occurrence = occurrence_of(p.fingerprint);
   p.turn = scenario_turn(request);
   p.prompt_tokens = sim_estimate_prompt_tokens(request);

@@ -313,7 +313,7 @@ Result<SimConfig> parse_sim_config(std::string_view json) {
   if (!doc->is_object()) return config_error("", "the config must be a JSON object, got " + shown(*doc));
   Fields top(*doc, "");
   NINES_SIM_TRY_STATUS(top.only({"seed", "model", "scenario", "after_last_turn", "context_window_tokens", "output",
-                                 "latency", "faults", "schedule", "max_tracked_requests"}));
+                                 "latency", "faults", "schedule", "max_tracked_requests", "fault_key"}));
   SimConfig c;
   if (const Json* seed = top.get("seed")) {
     if (!seed->is_number_unsigned() && !(seed->is_number_integer() && seed->get<std::int64_t>() >= 0)) {
@@ -332,6 +332,8 @@ Result<SimConfig> parse_sim_config(std::string_view json) {
   }
   NINES_SIM_TRY(after, top.choice("after_last_turn", {"repeat_final", "repeat_last", "error"}, 0));
   c.after_last_turn = static_cast<SimAfterLastTurn>(after);
+  NINES_SIM_TRY(key, top.choice("fault_key", {"request", "position"}, 0));
+  c.fault_key = static_cast<SimFaultKey>(key);
   NINES_SIM_TRY(window, top.integer("context_window_tokens", 1, kMaxWindowTokens, c.context_window_tokens));
   c.context_window_tokens = window;
   NINES_SIM_TRY(tracked, top.integer("max_tracked_requests", 1, static_cast<std::int64_t>(kMaxTrackedRequests),

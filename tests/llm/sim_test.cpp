@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -550,6 +551,72 @@ TEST(SimDeterminism, TheOccurrenceTableIsBoundedAndForgetsTheOldest) {
     (void)sim->decide(weather_request(false, "filler " + std::to_string(i)));
     if (HasFailure()) break;
   }
+}
+
+// fault_key "position": two clients serializing the same conversation differently (other tool
+// schemas and descriptions, another system prompt, other tool-call ids and error texts,
+// max_tokens) get the same faults and delays at the same point of the same task, retries included.
+constexpr const char* kPositionKeyed = R"({"seed": 9, "fault_key": "position",
+  "latency": {"first_byte": {"distribution": "uniform", "min_ms": 20, "max_ms": 80}},
+  "faults": {"server_error": {"probability": 0.3}, "malformed_json": {"probability": 0.2}}})";
+
+// A task's request after `turns` tool rounds, in one of two encodings.
+ChatRequest task_request(const std::string& task, int turns, bool other_encoding) {
+  ChatRequest r = weather_request(false, "Process order " + task);
+  if (other_encoding) {
+    r.model = "another-model";
+    r.messages[0] = Message::system("Another system prompt.");
+    r.tools[0].description = "Weather now, as another client describes it";
+    r.tools[0].parameters_schema_json = R"({"type":"object","properties":{"location":{"type":"string"}}})";
+    r.max_output_tokens = 512;
+  }
+  for (int t = 0; t < turns; ++t) {
+    const std::string id = (other_encoding ? "call_other_" : "call_sim_") + std::to_string(t);
+    r.messages.push_back(Message::assistant("", {{.id = id, .name = "get_time", .arguments_json = "{}"}}));
+    r.messages.push_back(Message::tool_result(id, other_encoding ? "noon, as text" : R"({"time":"12:00"})"));
+  }
+  return r;
+}
+
+TEST(SimDeterminism, PositionKeyGivesTheSameFaultsToDifferentlySerializedRequests) {
+  auto a = make_sim(kPositionKeyed), b = make_sim(kPositionKeyed);
+  EXPECT_EQ(a->config().fault_key, SimFaultKey::kPosition);
+  std::vector<std::string> ta, tb;
+  std::set<std::uint64_t> keys;
+  for (int task = 0; task < 10; ++task) {
+    for (int turn = 0; turn < 5; ++turn) {
+      ChatRequest ra = task_request("task-" + std::to_string(task), turn, false);
+      ChatRequest rb = task_request("task-" + std::to_string(task), turn, true);
+      for (int attempt = 0; attempt < 3; ++attempt) {  // retries of one position draw anew, alike
+        SimPlan pa = a->decide(ra), pb = b->decide(rb);
+        EXPECT_EQ(pa.occurrence, static_cast<std::uint64_t>(attempt));
+        EXPECT_EQ(pa.fingerprint, pb.fingerprint);
+        keys.insert(pa.fingerprint);
+        ta.push_back(std::string(to_string(pa.fault)) + "@" + std::to_string(pa.first_byte_delay.count()));
+        tb.push_back(std::string(to_string(pb.fault)) + "@" + std::to_string(pb.first_byte_delay.count()));
+      }
+    }
+  }
+  EXPECT_EQ(ta, tb);
+  EXPECT_EQ(keys.size(), 50u);  // each (task, turn) its own position
+  EXPECT_EQ(a->counters().faults, b->counters().faults);
+  EXPECT_NE(a->counters().of(SimFault::kServerError), 0u);
+  EXPECT_NE(a->counters().of(SimFault::kNone), 0u);
+}
+
+TEST(SimDeterminism, RequestKeyIsTheDefaultAndTellsEncodingsApart) {
+  auto sim = make_sim(R"({"seed": 9})");
+  EXPECT_EQ(sim->config().fault_key, SimFaultKey::kRequest);
+  EXPECT_NE(sim->decide(task_request("task-1", 2, false)).fingerprint,
+            sim->decide(task_request("task-1", 2, true)).fingerprint);
+  auto pos = make_sim(kPositionKeyed);
+  // Another task, or another point of the same task, is another position.
+  EXPECT_NE(pos->decide(task_request("task-1", 2, false)).fingerprint,
+            pos->decide(task_request("task-2", 2, false)).fingerprint);
+  EXPECT_NE(pos->decide(task_request("task-1", 2, false)).fingerprint,
+            pos->decide(task_request("task-1", 3, false)).fingerprint);
+  // An unknown value is refused, naming the field.
+  EXPECT_THAT(parse_sim_config(R"({"fault_key": "bytes"})"), StatusIs(ErrorKind::kInvalidArgument, "fault_key"));
 }
 
 // ---- faults, one by one: through SimChatModel and as bytes through the codec --------------------

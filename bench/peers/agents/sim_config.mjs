@@ -7,7 +7,9 @@
 //   faults  the benchmark's model: first-byte latency uniform 20..80 ms, and per call, drawn
 //           with SEED: server_error 10% (500) + unavailable 10% (503) = 20% transient errors,
 //           malformed_json 5% (a 200 whose body is cut in half), hallucinated_tool 2% (a call
-//           to sim_unknown_tool); a call gets at most one fault
+//           to sim_unknown_tool); a call gets at most one fault; the draws are keyed by the
+//           request's logical position (fault_key "position", docs/sim.md), so both sides get
+//           the same faults at the same point of the same task, retries included
 //   clean   no latency and no faults: the framework-overhead run (steps_per_cpu_s)
 import fs from 'node:fs';
 
@@ -25,6 +27,11 @@ const config = {
     { answer: spec.answer },
   ],
   after_last_turn: 'repeat_final',
+  // Faults drawn by the request's logical position (the task's user message, the assistant
+  // turns and tool results so far, and how often that position was asked), not by its bytes:
+  // the two sides serialize the same conversation differently, and with the default
+  // ("request") they would not get the same fault at the same point of the same task.
+  fault_key: 'position',
 };
 if (profile === 'faults') {
   config.latency = { first_byte: { distribution: 'uniform', min_ms: 20, max_ms: 80 } };

@@ -22,7 +22,8 @@
 //
 // Determinism: the scenario turn of a request is the number of assistant messages already
 // in it (see SimModel::decide), and faults are drawn from a PRNG keyed by (seed, a
-// fingerprint of the request, how many times that fingerprint was seen before), so the same
+// fingerprint of the request (or, with fault_key kPosition, of its logical position: first
+// user message, assistant turns, tool results), how many times that key was seen before), so the same
 // sequence of requests gets the same faults whatever the thread interleaving, and an
 // identical retry draws again (it may succeed). Only the `schedule` counts calls globally.
 //
@@ -112,6 +113,17 @@ enum class SimArgsBreak : std::uint8_t {
   kEither,  // drawn per call (default)
 };
 
+// What keys the draws (fault, latency, ...) of a call, with the number of earlier calls that
+// had the same key (so a retry draws anew).
+enum class SimFaultKey : std::uint8_t {
+  kRequest,   // a fingerprint of the whole request: model, messages, tools, max_tokens, stream
+              // (default): byte-level differences give other draws
+  kPosition,  // the request's logical position in its task: the first user message's text
+              // and the numbers of assistant messages and tool results so far. Two clients
+              // that serialize the same conversation differently (tool schemas, error texts,
+              // ids) get the same draws at the same point of the same task.
+};
+
 struct SimFaults {
   // By SimFault; probability[kNone] is unused. Each call gets at most one fault, so the
   // probabilities add up to at most 1.
@@ -137,6 +149,7 @@ struct SimConfig {
   // Empty: one turn answering kDefaultSimAnswer.
   std::vector<SimTurn> scenario;
   SimAfterLastTurn after_last_turn = SimAfterLastTurn::kRepeatFinal;
+  SimFaultKey fault_key = SimFaultKey::kRequest;  // config "fault_key": "request" | "position"
   // A prompt estimate (sim_estimate_prompt_tokens) plus the request's max_output_tokens above
   // this is a context overflow, always.
   std::int64_t context_window_tokens = 128'000;
@@ -179,8 +192,8 @@ enum class SimOutcome : std::uint8_t {
 
 struct SimPlan {
   std::uint64_t call = 0;         // 1-based call number on the SimModel
-  std::uint64_t fingerprint = 0;  // of the request
-  std::uint64_t occurrence = 0;   // times this fingerprint was seen before
+  std::uint64_t fingerprint = 0;  // the draw key: of the request, or of its position (fault_key)
+  std::uint64_t occurrence = 0;   // times this key was seen before
   std::size_t turn = 0;           // scenario turn (may be past the end)
   std::int64_t prompt_tokens = 0;
   SimFault fault = SimFault::kNone;
