@@ -52,26 +52,7 @@ std::string fake_js() { return (fs::path(NINES_AGENT_TEST_DIR) / "fake_mcp_serve
 
 using test::children_of_this_process;
 
-// The processes of process group `pgid` that are not zombies, from /proc.
-std::vector<std::string> live_in_group(int pgid) {
-  std::vector<std::string> out;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator("/proc", ec)) {
-    std::string name = entry.path().filename().string();
-    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream in(entry.path() / "stat");
-    std::string stat;
-    std::getline(in, stat);
-    std::size_t close = stat.rfind(')');
-    if (close == std::string::npos) continue;
-    std::istringstream rest(stat.substr(close + 1));
-    char state = '?';
-    long ppid = 0, pgrp = 0;
-    rest >> state >> ppid >> pgrp;
-    if (pgrp == pgid && state != 'Z') out.push_back(name + " state " + state);
-  }
-  return out;
-}
+using test::live_in_group;
 
 bool mcp_skipped() {
   const char* v = std::getenv("NINES_SKIP_MCP");
