@@ -308,6 +308,23 @@ json task_json(Service::Impl& s, const WorkflowRecord& w) {
          {"updated_at", format_unix_ns(w.updated_at.time_since_epoch().count())},
          {"attempt", w.attempt}};
   if (outcome) j["outcome"] = outcome_json(*outcome);
+  if (w.status == WorkflowStatus::kNeedsAttention) {
+    // What the operator decides on (POST /v1/tasks/{id}/resolve): the effects of unknown outcome.
+    json pending = json::array();
+    Result<std::vector<EffectRecord>> effects = s.store->load_effects(w.id);
+    if (effects.ok()) {
+      for (const EffectRecord& e : *effects) {
+        if (e.state != EffectState::kNeedsAttention) continue;
+        json arguments = json::parse(e.arguments, nullptr, false);
+        pending.push_back({{"effect_id", e.effect_id},
+                           {"nature", to_string(e.nature)},
+                           {"arguments", arguments.is_discarded() ? json(e.arguments) : arguments},
+                           {"idempotency_key", e.idempotency_key},
+                           {"since", format_unix_ns(e.intent_at.time_since_epoch().count())}});
+      }
+    }
+    j["pending_effects"] = std::move(pending);
+  }
   return j;
 }
 
