@@ -1,6 +1,7 @@
 // `nines serve`: the service in the foreground. The main thread loads the config, starts the
 // service and then only waits for signals (blocked in every thread, read with sigtimedwait):
-// SIGTERM and SIGINT shut down gracefully (server.shutdown_grace), SIGHUP asks for a reload.
+// SIGTERM and SIGINT shut down gracefully (server.shutdown_grace), SIGHUP reloads the config;
+// every second it also reloads the file if it changed (modification time, size or inode).
 #include "serve_cmd.hpp"
 
 #include <signal.h>
@@ -49,7 +50,12 @@ int run_serve(const ServeCmdOptions& o) {
     siginfo_t info{};
     timespec wait{.tv_sec = 1, .tv_nsec = 0};
     const int sig = sigtimedwait(&set, &info, &wait);
-    if (sig < 0) continue;  // EAGAIN (the second passed) or EINTR
+    if (sig < 0) {
+      // EAGAIN (a second passed) or EINTR: apply the file if it changed (an invalid one is
+      // rejected and logged by reload; the running config stays).
+      (void)(*svc)->reload_if_changed();
+      continue;
+    }
     if (sig == SIGHUP) {
       Status s = (*svc)->reload();
       if (!s.ok()) {

@@ -285,6 +285,13 @@ struct Agents::Impl : std::enable_shared_from_this<Agents::Impl> {
     for (const auto& o : obs) o(ev);
   }
 
+  Status register_agent_kind(const std::shared_ptr<const AgentOptions>& agent);
+
+  std::shared_ptr<ToolRegistry> tools_now() const {
+    std::lock_guard lock(mu);
+    return tools;
+  }
+
   std::shared_ptr<const AgentOptions> agent(std::string_view name) const {
     std::lock_guard lock(mu);
     auto it = agents.find(name);
@@ -395,14 +402,11 @@ namespace {
 // The state of one run of one task: the conversation, what was spent, what the guards track.
 class TaskRun {
  public:
-  TaskRun(Agents::Impl& impl, WorkflowContext& wf, const AgentOptions& agent, std::optional<Budget> cap)
-      : impl_(impl), wf_(wf), agent_(agent), cap_(std::move(cap)), budget_(agent.budget) {
+  TaskRun(Agents::Impl& impl, WorkflowContext& wf, std::shared_ptr<const AgentOptions> agent, std::optional<Budget> cap)
+      : impl_(impl), wf_(wf), agent_(std::move(agent)), cap_(std::move(cap)), budget_(agent_->budget) {
     out_.restarts = wf.attempt() - 1;
-    // The most expensive route prices the estimate of a call not yet made.
-    for (const auto& [route, price] : agent.prices) {
-      max_in_price_ = std::max(max_in_price_, price.input_per_mtok);
-      max_out_price_ = std::max(max_out_price_, price.output_per_mtok);
-    }
+    adopt_prices();
+    tools_ = impl_.tools_now();
   }
 
   Task<Result<std::string>> run();
@@ -415,7 +419,7 @@ class TaskRun {
   void emit(AgentEvent::Type type, std::string tool = {}, std::string detail = {}) const {
     impl_.emit(AgentEvent{.type = type,
                           .task_id = wf_.id(),
-                          .agent = agent_.name,
+                          .agent = agent_->name,
                           .step = out_.steps,
                           .tool = std::move(tool),
                           .detail = std::move(detail)});
@@ -430,7 +434,7 @@ class TaskRun {
   void account_recorded_turns();
   Task<Result<TurnRecord>> model_turn();
   Task<Result<std::string>> final_answer(const std::string& why);
-  bool is_sleep(const llm::ToolCall& call) const { return agent_.sleep_tool && call.name == "sleep"; }
+  bool is_sleep(const llm::ToolCall& call) const { return agent_->sleep_tool && call.name == "sleep"; }
   std::optional<ArgumentProblem> check_sleep(const llm::ToolCall& call) const;
   // The built-in sleep: the wake-up time is recorded, then slept to (what is left of it).
   Task<Result<std::string>> sleep_call(const llm::ToolCall& call, const std::string& where);
@@ -439,12 +443,32 @@ class TaskRun {
   void account(const TurnRecord& t);
   // The effective budget: the agent's, capped by cap_ (recorded in the "start" step).
   void apply_cap();
+  // The most expensive route prices the estimate of a call not yet made.
+  void adopt_prices() {
+    max_in_price_ = 0;
+    max_out_price_ = 0;
+    for (const auto& [route, price] : agent_->prices) {
+      max_in_price_ = std::max(max_in_price_, price.input_per_mtok);
+      max_out_price_ = std::max(max_out_price_, price.output_per_mtok);
+    }
+  }
+  // Before each model turn: the agent's options as they are now (Agents::update_agent) and the
+  // tool registry (Agents::set_tools). A removed agent's task keeps the options it had.
+  void refresh() {
+    if (std::shared_ptr<const AgentOptions> now = impl_.agent(agent_->name); now && now != agent_) {
+      agent_ = std::move(now);
+      adopt_prices();
+      apply_cap();
+    }
+    tools_ = impl_.tools_now();
+  }
   // " (the task's cap)" when the limit `field` of budget_ comes from the cap.
   const char* cap_tag(int field) const { return capped_[field] ? " (the task's cap)" : ""; }
 
   Agents::Impl& impl_;
   WorkflowContext& wf_;
-  const AgentOptions& agent_;
+  std::shared_ptr<const AgentOptions> agent_;
+  std::shared_ptr<ToolRegistry> tools_;
   std::optional<Budget> cap_;  // given to run(); replaced by the recorded one
   Budget budget_;
   bool capped_[5] = {false, false, false, false, false};  // steps, calls, tokens, cost, wall
@@ -516,7 +540,7 @@ std::optional<std::string> TaskRun::budget_refusal() {
   // The next call's estimate: the last prompt plus what was added since (about 3 bytes a
   // token), plus the whole output it may produce.
   const std::int64_t est_in = last_input_tokens_ + pending_bytes_ / 3 + 16;
-  const std::int64_t est_out = agent_.max_output_tokens;
+  const std::int64_t est_out = agent_->max_output_tokens;
   const std::int64_t spent = out_.input_tokens + out_.output_tokens;
   if (b.max_tokens > 0 && spent + est_in + est_out > b.max_tokens) {
     return std::string("max_tokens") + cap_tag(2) + ": " + std::to_string(spent) +
@@ -571,7 +595,7 @@ void TaskRun::account_recorded_turns() {
 }
 
 void TaskRun::apply_cap() {
-  budget_ = agent_.budget;
+  budget_ = agent_->budget;
   if (!cap_) return;
   const Budget& c = *cap_;
   auto lim = [](auto& mine, auto cap, bool& capped) {
@@ -612,18 +636,18 @@ Task<Result<TurnRecord>> TaskRun::model_turn() {
   const std::string name = "model " + std::to_string(out_.steps);
   auto fn = [this](Context& c) -> Task<Result<std::string>> {
     std::vector<Message> live_tail;
-    if (!agent_.system_prompt.empty()) live_tail.push_back(Message::system(agent_.system_prompt));
+    if (!agent_->system_prompt.empty()) live_tail.push_back(Message::system(agent_->system_prompt));
     const llm::PromptBudget budget{
-        .model = agent_.model,
-        .budget_tokens = std::max<std::int64_t>(1, agent_.context_window_tokens - agent_.max_output_tokens)};
+        .model = agent_->model,
+        .budget_tokens = std::max<std::int64_t>(1, agent_->context_window_tokens - agent_->max_output_tokens)};
     Result<llm::Prepared> prepared = co_await context_->prepare(c, *conv_, live_tail, budget);
     if (!prepared.ok()) co_return std::move(prepared).error();
-    llm::ChatRequest req{.model = agent_.model,
+    llm::ChatRequest req{.model = agent_->model,
                          .messages = std::move(prepared->fit.messages),
-                         .tools = impl_.tools->definitions(agent_.tools),
-                         .max_output_tokens = agent_.max_output_tokens};
-    if (agent_.tools.empty()) req.tools.clear();
-    if (agent_.sleep_tool) {
+                         .tools = tools_->definitions(agent_->tools),
+                         .max_output_tokens = agent_->max_output_tokens};
+    if (agent_->tools.empty()) req.tools.clear();
+    if (agent_->sleep_tool) {
       req.tools.push_back({.name = "sleep",
                            .description = "Pauses this task for the given number of seconds (it resumes on its own, "
                                           "also after a restart).",
@@ -634,14 +658,14 @@ Task<Result<TurnRecord>> TaskRun::model_turn() {
     llm::Router::StreamHooks hooks;
     hooks.compactor = [this, live_tail](Context& cc, const llm::ChatRequest& r, std::int64_t budget_tokens,
                                         bool) -> Task<Result<llm::ChatRequest>> {
-      const llm::PromptBudget b{.model = agent_.model, .budget_tokens = budget_tokens};
+      const llm::PromptBudget b{.model = agent_->model, .budget_tokens = budget_tokens};
       Result<llm::Prepared> p = co_await context_->compact(cc, *conv_, live_tail, b);
       if (!p.ok()) co_return std::move(p).error();
       llm::ChatRequest smaller = r;
       smaller.messages = std::move(p->fit.messages);
       co_return smaller;
     };
-    Result<llm::RoutedResponse> routed = co_await agent_.router->route(c, req, hooks);
+    Result<llm::RoutedResponse> routed = co_await agent_->router->route(c, req, hooks);
     if (!routed.ok()) co_return std::move(routed).error();
     TurnRecord t;
     t.seq = hist_;
@@ -653,7 +677,7 @@ Task<Result<TurnRecord>> TaskRun::model_turn() {
     for (const llm::RouteFailure& f : routed->fallbacks) {
       t.left.push_back(f.route + ": " + std::string(llm::to_string(f.reason)));
     }
-    if (auto price = agent_.prices.find(t.route); price != agent_.prices.end()) {
+    if (auto price = agent_->prices.find(t.route); price != agent_->prices.end()) {
       t.cost_usd = (static_cast<double>(t.input_tokens) * price->second.input_per_mtok +
                     static_cast<double>(t.output_tokens) * price->second.output_per_mtok) /
                    1e6;
@@ -688,18 +712,18 @@ Task<Result<TurnRecord>> TaskRun::model_turn() {
 Task<Result<std::string>> TaskRun::final_answer(const std::string& why) {
   auto fn = [this, why](Context& c) -> Task<Result<std::string>> {
     std::vector<Message> live_tail;
-    if (!agent_.system_prompt.empty()) live_tail.push_back(Message::system(agent_.system_prompt));
+    if (!agent_->system_prompt.empty()) live_tail.push_back(Message::system(agent_->system_prompt));
     live_tail.push_back(
         Message::user("Stop calling tools (" + why + "). Give your best final answer now from what you have found."));
     const llm::PromptBudget budget{
-        .model = agent_.model,
-        .budget_tokens = std::max<std::int64_t>(1, agent_.context_window_tokens - agent_.max_output_tokens)};
+        .model = agent_->model,
+        .budget_tokens = std::max<std::int64_t>(1, agent_->context_window_tokens - agent_->max_output_tokens)};
     Result<llm::Prepared> prepared = co_await context_->prepare(c, *conv_, live_tail, budget);
     if (!prepared.ok()) co_return std::move(prepared).error();
-    llm::ChatRequest req{.model = agent_.model,
+    llm::ChatRequest req{.model = agent_->model,
                          .messages = std::move(prepared->fit.messages),
-                         .max_output_tokens = agent_.max_output_tokens};
-    Result<llm::RoutedResponse> routed = co_await agent_.router->route(c, req);
+                         .max_output_tokens = agent_->max_output_tokens};
+    Result<llm::RoutedResponse> routed = co_await agent_->router->route(c, req);
     if (!routed.ok()) co_return std::move(routed).error();
     co_return routed->response.message.text();
   };
@@ -712,7 +736,7 @@ std::optional<ArgumentProblem> TaskRun::check_sleep(const llm::ToolCall& call) c
     return ArgumentProblem{.kind = ArgumentProblemKind::kNotJson,
                            .message = "arguments must be a JSON object like {\"seconds\": 60}"};
   }
-  const double max_s = std::chrono::duration<double>(agent_.max_sleep).count();
+  const double max_s = std::chrono::duration<double>(agent_->max_sleep).count();
   auto it = j.find("seconds");
   if (it == j.end() || !it->is_number() || it->get<double>() <= 0 || it->get<double>() > max_s) {
     return ArgumentProblem{
@@ -769,7 +793,7 @@ Task<Result<std::string>> TaskRun::wait_for_approval(const llm::ToolCall& call, 
         const auto* poke = m.get<ApprovalPoke>();
         return poke != nullptr && poke->task_id == task;
       };
-      (void)co_await c.receive_if(std::move(is_poke), self->agent_.approval_poll);
+      (void)co_await c.receive_if(std::move(is_poke), self->agent_->approval_poll);
       if (c.deadline() <= c.now()) {
         co_return Error(ErrorKind::kDeadlineExceeded, "task '" + task + "': the deadline passed waiting for approval");
       }
@@ -782,7 +806,7 @@ Task<Result<std::string>> TaskRun::wait_for_approval(const llm::ToolCall& call, 
 
 Task<Result<std::string>> TaskRun::run() {
   // The context manager: the agent's, or one that only fits.
-  context_ = agent_.context;
+  context_ = agent_->context;
   if (!context_) {
     auto cm = llm::ContextManager::create({}, nullptr, nullptr);
     if (!cm.ok()) co_return std::move(cm).error();
@@ -822,6 +846,7 @@ Task<Result<std::string>> TaskRun::run() {
   }
 
   for (;;) {
+    refresh();
     // 1. Guards before the call.
     // A cancel made here is known at once; one made elsewhere on the store (another process)
     // is read from the store on the first turn of a run and every kStoreCancelCheckTurns.
@@ -875,7 +900,7 @@ Task<Result<std::string>> TaskRun::run() {
     std::optional<std::string> loop;
     for (std::size_t i = 0; i < calls.size(); ++i) {
       std::optional<ArgumentProblem> p =
-          is_sleep(calls[i]) ? check_sleep(calls[i]) : impl_.tools->check_call(calls[i], agent_.tools);
+          is_sleep(calls[i]) ? check_sleep(calls[i]) : tools_->check_call(calls[i], agent_->tools);
       if (p) {
         ++invalid_calls_;
         ++out_.tool_errors[std::string(to_string(p->kind))];
@@ -885,15 +910,15 @@ Task<Result<std::string>> TaskRun::run() {
       }
       const std::string key = call_key(calls[i]);
       const int times = ++identical_[key];
-      if (agent_.loop.max_identical_calls > 0 && times >= agent_.loop.max_identical_calls && !loop) {
+      if (agent_->loop.max_identical_calls > 0 && times >= agent_->loop.max_identical_calls && !loop) {
         loop = "tool '" + calls[i].name + "' called " + std::to_string(times) + " times with the same arguments";
       }
       valid.push_back(i);
     }
-    if (invalid_calls_ > agent_.max_invalid_tool_calls) {
+    if (invalid_calls_ > agent_->max_invalid_tool_calls) {
       co_return finish(TaskStatus::kFailed, "the model made " + std::to_string(invalid_calls_) +
                                                 " invalid tool calls (the limit is " +
-                                                std::to_string(agent_.max_invalid_tool_calls) + ")");
+                                                std::to_string(agent_->max_invalid_tool_calls) + ")");
     }
     if (loop) {
       // Every call of the turn gets its result (providers refuse a prompt with unanswered calls).
@@ -905,7 +930,7 @@ Task<Result<std::string>> TaskRun::run() {
       }
       Status appended = co_await append(std::move(not_run));
       if (!appended.ok()) co_return std::move(appended).error();
-      if (!agent_.loop.final_answer) co_return finish(TaskStatus::kLoopDetected, *loop);
+      if (!agent_->loop.final_answer) co_return finish(TaskStatus::kLoopDetected, *loop);
       Result<std::string> answer = co_await final_answer(*loop);
       if (!answer.ok() && answer.error().kind() != ErrorKind::kPermanent &&
           answer.error().kind() != ErrorKind::kInvalidArgument) {
@@ -926,7 +951,7 @@ Task<Result<std::string>> TaskRun::run() {
         done[i] = ToolOutcome{.ok = true, .text = *slept, .served_by = "sleep"};
         continue;
       }
-      if (impl_.tools->find(calls[i].name)->spec().requires_approval) {
+      if (tools_->find(calls[i].name)->spec().requires_approval) {
         Result<std::string> decided = co_await wait_for_approval(calls[i], where);
         if (!decided.ok()) {
           Result<bool> cancelled_now = impl_.cancel_requested(wf_.id());
@@ -946,7 +971,7 @@ Task<Result<std::string>> TaskRun::run() {
     std::vector<EffectOptions> effects;
     std::vector<llm::ToolCall> to_run;
     for (std::size_t i : runnable) {
-      std::shared_ptr<Tool> tool = impl_.tools->find(calls[i].name);
+      std::shared_ptr<Tool> tool = tools_->find(calls[i].name);
       NINES_CHECK(tool != nullptr);
       EffectOptions eo{
           .name = "tool:" + calls[i].name, .nature = tool->spec().nature, .arguments = calls[i].arguments_json};
@@ -973,7 +998,7 @@ Task<Result<std::string>> TaskRun::run() {
       ++out_.tool_calls;
       emit(AgentEvent::Type::kToolCall, calls[i].name, calls[i].id);
     }
-    std::shared_ptr<ToolRegistry> registry = impl_.tools;
+    std::shared_ptr<ToolRegistry> registry = tools_;
     const BudgetLeft left = budget_left();
     WorkflowContext::ConcurrentEffectFn run_tool = [registry, task = wf_.id(), to_run, left](
                                                        std::size_t i, Context& c,
@@ -1022,7 +1047,7 @@ Task<Result<std::string>> TaskRun::run() {
       }
     } else if (!effects.empty()) {
       results = co_await wf_.effects(std::move(effects), std::move(run_tool),
-                                     std::max<std::size_t>(1, agent_.max_parallel_tools));
+                                     std::max<std::size_t>(1, agent_->max_parallel_tools));
     }
     for (const Result<std::string>& r : results) {
       if (!r.ok()) co_return r.error();  // the run stopped (unknown outcome, needs_attention, a store error)
@@ -1066,14 +1091,14 @@ Task<Result<std::string>> TaskRun::run() {
     if (!s.ok()) co_return std::move(s).error();
     turns_without_progress_ = progress ? 0 : turns_without_progress_ + 1;
     std::optional<std::string> stuck;
-    if (agent_.loop.stop_on_repeated_error && repeated_error) {
+    if (agent_->loop.stop_on_repeated_error && repeated_error) {
       stuck = "the same tool call failed with the same error twice in a row";
-    } else if (agent_.loop.max_turns_without_progress > 0 &&
-               turns_without_progress_ >= agent_.loop.max_turns_without_progress) {
+    } else if (agent_->loop.max_turns_without_progress > 0 &&
+               turns_without_progress_ >= agent_->loop.max_turns_without_progress) {
       stuck = std::to_string(turns_without_progress_) + " model turns without a new tool result";
     }
     if (stuck) {
-      if (!agent_.loop.final_answer) co_return finish(TaskStatus::kLoopDetected, *stuck);
+      if (!agent_->loop.final_answer) co_return finish(TaskStatus::kLoopDetected, *stuck);
       Result<std::string> answer = co_await final_answer(*stuck);
       if (!answer.ok() && answer.error().kind() != ErrorKind::kPermanent &&
           answer.error().kind() != ErrorKind::kInvalidArgument) {
@@ -1116,7 +1141,7 @@ Task<Result<std::string>> Agents::Impl::body(WorkflowContext& wf, std::shared_pt
     std::lock_guard lock(mu);
     if (auto it = pending_caps.find(wf.id()); it != pending_caps.end()) cap = it->second;
   }
-  TaskRun run(*this, wf, *agent, std::move(cap));
+  TaskRun run(*this, wf, std::move(agent), std::move(cap));
   co_return co_await run.run();
 }
 
@@ -1159,18 +1184,21 @@ Result<std::unique_ptr<Agents>> Agents::create(Environment& env, WorkflowEngine&
   return std::unique_ptr<Agents>(new Agents(std::move(impl)));
 }
 
-Status Agents::add_agent(AgentOptions o) {
+namespace {
+
+// add_agent's checks (with the registry the agent's tools must be in); fills defaults.
+Status validate_agent(AgentOptions& o, const ToolRegistry& tools) {
   auto bad = [&](const std::string& what) {
     return Error(ErrorKind::kInvalidArgument, "agent '" + o.name.substr(0, 64) + "': " + what);
   };
   if (!valid_name(o.name)) return bad("name must be 1 to 64 letters, digits, '_' or '-'");
   if (!o.router) return bad("no router (model chain)");
   for (const std::string& t : o.tools) {
-    std::shared_ptr<Tool> tool = impl_->tools->find(t);
+    std::shared_ptr<Tool> tool = tools.find(t);
     if (!tool) return bad("tool '" + t + "' is not in the registry");
   }
   if (o.max_parallel_tools < 1) return bad("max_parallel_tools must be >= 1");
-  if (o.sleep_tool && impl_->tools->contains("sleep")) return bad("sleep_tool: a registered tool is named 'sleep'");
+  if (o.sleep_tool && tools.contains("sleep")) return bad("sleep_tool: a registered tool is named 'sleep'");
   if (o.max_sleep <= Duration::zero()) return bad("max_sleep must be > 0");
   if (o.approval_poll <= Duration::zero()) return bad("approval_poll must be > 0");
   if (o.max_invalid_tool_calls < 0) return bad("max_invalid_tool_calls must be >= 0");
@@ -1188,6 +1216,26 @@ Status Agents::add_agent(AgentOptions o) {
       return bad("the price of '" + route + "' is negative");
     }
   }
+  return ok_status();
+}
+
+}  // namespace
+
+Status Agents::Impl::register_agent_kind(const std::shared_ptr<const AgentOptions>& agent) {
+  std::weak_ptr<Impl> weak = weak_from_this();
+  return engine.register_kind(std::string(kKindPrefix) + agent->name,
+                              [weak, agent](WorkflowContext& wf) -> Task<Result<std::string>> {
+                                std::shared_ptr<Impl> impl = weak.lock();
+                                if (!impl) co_return Error(ErrorKind::kCancelled, "agents are gone");
+                                // The options as they are now (update_agent); the registered
+                                // ones if the agent was removed.
+                                std::shared_ptr<const AgentOptions> now = impl->agent(agent->name);
+                                co_return co_await impl->body(wf, now ? now : agent);
+                              });
+}
+
+Status Agents::add_agent(AgentOptions o) {
+  if (Status v = validate_agent(o, *impl_->tools_now()); !v.ok()) return v;
   auto agent = std::make_shared<const AgentOptions>(std::move(o));
   {
     std::lock_guard lock(impl_->mu);
@@ -1195,16 +1243,32 @@ Status Agents::add_agent(AgentOptions o) {
       return Error(ErrorKind::kAlreadyExists, "agent '" + agent->name + "' is registered already");
     }
   }
-  std::weak_ptr<Impl> weak = impl_;
-  Status s = impl_->engine.register_kind(std::string(kKindPrefix) + agent->name,
-                                         [weak, agent](WorkflowContext& wf) -> Task<Result<std::string>> {
-                                           std::shared_ptr<Impl> impl = weak.lock();
-                                           if (!impl) co_return Error(ErrorKind::kCancelled, "agents are gone");
-                                           co_return co_await impl->body(wf, agent);
-                                         });
+  Status s = impl_->register_agent_kind(agent);
   if (!s.ok()) return s;
   std::lock_guard lock(impl_->mu);
   impl_->agents.emplace(agent->name, agent);
+  return ok_status();
+}
+
+Status Agents::reconfigure(std::shared_ptr<ToolRegistry> tools, std::vector<AgentOptions> agents) {
+  std::shared_ptr<ToolRegistry> registry = tools ? std::move(tools) : impl_->tools_now();
+  std::map<std::string, std::shared_ptr<const AgentOptions>, std::less<>> next;
+  for (AgentOptions& o : agents) {
+    if (Status v = validate_agent(o, *registry); !v.ok()) return v;
+    if (next.contains(o.name)) return Error(ErrorKind::kInvalidArgument, "agent '" + o.name + "' is given twice");
+    std::string name = o.name;
+    next.emplace(std::move(name), std::make_shared<const AgentOptions>(std::move(o)));
+  }
+  // New agents' workflow kinds (an agent removed and added again keeps its registration: its body
+  // looks the options up by name).
+  for (const auto& [name, agent] : next) {
+    if (impl_->agent(name)) continue;
+    Status s = impl_->register_agent_kind(agent);
+    if (!s.ok() && s.error().kind() != ErrorKind::kAlreadyExists) return s;
+  }
+  std::lock_guard lock(impl_->mu);
+  impl_->tools = std::move(registry);
+  impl_->agents = std::move(next);
   return ok_status();
 }
 

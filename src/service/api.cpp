@@ -223,8 +223,7 @@ json outcome_json(const agent::TaskOutcome& o) {
 }
 
 // The API status of a task's record ("running", or the outcome's status).
-std::string api_status(const WorkflowRecord& w, std::optional<agent::TaskOutcome>* outcome_out,
-                       agent::Agents* agents) {
+std::string api_status(const WorkflowRecord& w, std::optional<agent::TaskOutcome>* outcome_out, agent::Agents* agents) {
   if (w.status == WorkflowStatus::kRunning) return "running";
   std::optional<agent::TaskOutcome> outcome;
   if (agents != nullptr) {
@@ -282,7 +281,6 @@ std::optional<Route> match(std::string_view path) {
   return std::nullopt;
 }
 
-
 // ---- the routes' work (in the request's process) ------------------------------------------------
 
 std::string new_task_id(Environment& env) {
@@ -333,14 +331,14 @@ std::optional<WorkflowRecord> find_task(Service::Impl& s, const std::string& id,
   Result<WorkflowRecord> w = s.store->get_workflow(id);
   if (!w.ok()) {
     if (w.error().kind() == ErrorKind::kNotFound) {
-      respond_error(r, 404, "no task '" + id + "'");
+      respond_error(r, 404, "task '" + id + "' not found");
     } else {
       respond_error(r, 503, "the store cannot be read: " + std::string(to_string(w.error().kind())));
     }
     return std::nullopt;
   }
   if (agent_of(*w).empty()) {
-    respond_error(r, 404, "no task '" + id + "'");
+    respond_error(r, 404, "task '" + id + "' not found");
     return std::nullopt;
   }
   return std::move(*w);
@@ -373,7 +371,8 @@ std::optional<BodyError> parse_budget(const json& j, agent::Budget& b) {
         b.max_cost_usd = v.get<double>();
       } else {
         const double secs = v.get<double>();
-        b.max_wall_time = secs > 0 ? std::chrono::duration_cast<Duration>(std::chrono::duration<double>(secs)) : kInfinite;
+        b.max_wall_time =
+            secs > 0 ? std::chrono::duration_cast<Duration>(std::chrono::duration<double>(secs)) : kInfinite;
       }
     } else {
       return BodyError{"unknown field '" + field +
@@ -407,9 +406,10 @@ Task<> post_task(Service::Impl& s, Context& ctx, const net::HttpServerRequest& r
     respond_error(r, 400, e->message, e->field);
     co_return;
   }
-  if (s.agent_runtime(agent) == nullptr) {
+  std::shared_ptr<const internal::Generation> gen = s.current();
+  if (!gen->agents.contains(agent)) {
     std::string names;
-    for (const auto& [name, a] : s.agents) names += (names.empty() ? "" : ", ") + name;
+    for (const auto& [name, a] : gen->agents) names += (names.empty() ? "" : ", ") + name;
     respond_error(r, 400, "field 'agent': unknown agent '" + agent + "' (agents: " + names + ")", "agent");
     co_return;
   }
@@ -604,8 +604,9 @@ Task<> task_action(Service::Impl& s, Context& ctx, const net::HttpServerRequest&
   }
   if (route.action == "approve" || route.action == "deny") {
     const bool deny = route.action == "deny";
-    if (auto e = parse_body(req.body, deny ? std::set<std::string>{"call_id", "reason"} : std::set<std::string>{"call_id"},
-                            body, false)) {
+    if (auto e =
+            parse_body(req.body, deny ? std::set<std::string>{"call_id", "reason"} : std::set<std::string>{"call_id"},
+                       body, false)) {
       respond_error(r, 400, e->message, e->field);
       co_return;
     }
@@ -621,7 +622,8 @@ Task<> task_action(Service::Impl& s, Context& ctx, const net::HttpServerRequest&
     Status d = deny ? group->deny(w->id, call_id, reason.empty() ? "denied by an operator" : reason)
                     : group->approve(w->id, call_id);
     if (!d.ok()) {
-      respond_error(r, status_of(d.error()), d.error().message(), d.error().kind() == ErrorKind::kInvalidArgument ? "call_id" : "");
+      respond_error(r, status_of(d.error()), d.error().message(),
+                    d.error().kind() == ErrorKind::kInvalidArgument ? "call_id" : "");
       co_return;
     }
     respond_task(s, w->id, r, 200);
@@ -650,9 +652,11 @@ Task<> task_action(Service::Impl& s, Context& ctx, const net::HttpServerRequest&
       respond_error(r, 409, "task '" + w->id + "' is " + std::string(to_string(w->status)) + ", not needs_attention");
       co_return;
     }
-    Status d = s.engine->resolve_effect(w->id, effect_id, EffectResolution{.applied = applied->get<bool>(), .outcome = outcome});
+    Status d = s.engine->resolve_effect(w->id, effect_id,
+                                        EffectResolution{.applied = applied->get<bool>(), .outcome = outcome});
     if (!d.ok()) {
-      respond_error(r, status_of(d.error()), d.error().message(), d.error().kind() == ErrorKind::kNotFound ? "effect_id" : "");
+      respond_error(r, status_of(d.error()), d.error().message(),
+                    d.error().kind() == ErrorKind::kNotFound ? "effect_id" : "");
       co_return;
     }
     Status launched = co_await s.launch(ctx, agent, w->id, w->input);
@@ -731,6 +735,7 @@ void get_events(Service::Impl& s, const net::HttpServerRequest& req, const Route
 }
 
 void get_readyz(Service::Impl& s, net::HttpResponder& r) {
+  std::shared_ptr<const internal::Generation> gen = s.current();
   json checks = json::object();
   bool ready = true;
   Result<int> version = s.store->schema_version();
@@ -743,7 +748,7 @@ void get_readyz(Service::Impl& s, net::HttpResponder& r) {
   checks["supervision"] = tree ? "ok" : "down";
   ready = ready && tree;
   json agents = json::object();
-  for (const auto& [name, a] : s.agents) {
+  for (const auto& [name, a] : gen->agents) {
     bool any_closed = false;
     for (std::size_t i = 0; i < a.router->size(); ++i) {
       std::shared_ptr<CircuitBreaker> b = a.router->breaker(i);
@@ -758,8 +763,9 @@ void get_readyz(Service::Impl& s, net::HttpResponder& r) {
 }
 
 void get_agents(Service::Impl& s, net::HttpResponder& r) {
+  std::shared_ptr<const internal::Generation> gen = s.current();
   json list = json::array();
-  for (const auto& [name, a] : s.agents) {
+  for (const auto& [name, a] : gen->agents) {
     list.push_back({{"name", name},
                     {"group", a.group},
                     {"mode", a.mode == AgentMode::kAlwaysOn ? "always_on" : "on_demand"},
@@ -778,10 +784,11 @@ void get_agents(Service::Impl& s, net::HttpResponder& r) {
 }
 
 void get_models(Service::Impl& s, net::HttpResponder& r) {
+  std::shared_ptr<const internal::Generation> gen = s.current();
   json list = json::array();
-  for (const ModelConfig& m : s.config.models) {
+  for (const ModelConfig& m : gen->config.models) {
     json routes = json::array();
-    for (const auto& [name, a] : s.agents) {
+    for (const auto& [name, a] : gen->agents) {
       for (std::size_t i = 0; i < a.router->size(); ++i) {
         if (a.router->route_name(i) != m.name) continue;
         llm::RouteCounters c = a.router->counters(i);
@@ -812,7 +819,9 @@ Task<> get_supervision(Service::Impl& s, Context& ctx, net::HttpResponder& r) {
   Result<std::vector<ChildInfo>> groups = co_await which_children(ctx, s.root);
   if (groups.ok()) {
     for (const ChildInfo& g : *groups) {
-      json group{{"id", g.id}, {"pid", g.pid.to_string()}, {"restarting", g.restarting},
+      json group{{"id", g.id},
+                 {"pid", g.pid.to_string()},
+                 {"restarting", g.restarting},
                  {"type", g.type == ChildType::kSupervisor ? "supervisor" : "worker"}};
       if (g.pid != Pid{}) {
         Result<std::vector<ChildInfo>> tasks = co_await which_children(ctx, g.pid);
@@ -840,7 +849,8 @@ Task<> serve_request(Service::Impl& s, Context& ctx, const net::HttpServerReques
     get_readyz(s, r);
   } else if (route.name == "/metrics") {
     std::string page = s.render_metrics();
-    (void)r.respond(200, net::HttpHeaders{{"Content-Type", "text/plain; version=0.0.4; charset=utf-8"}}, std::move(page));
+    (void)r.respond(200, net::HttpHeaders{{"Content-Type", "text/plain; version=0.0.4; charset=utf-8"}},
+                    std::move(page));
   } else if (route.name == "/v1/agents") {
     get_agents(s, r);
   } else if (route.name == "/v1/models") {
@@ -873,11 +883,13 @@ void Service::Impl::handle(net::HttpServerRequest&& request, net::HttpResponder 
   if (std::find(route->methods.begin(), route->methods.end(), request.method) == route->methods.end()) {
     std::string allow;
     for (const std::string& m : route->methods) allow += (allow.empty() ? "" : ", ") + m;
-    respond_error(responder, 405, "method " + request.method + " is not allowed on " + route->name + " (allowed: " +
-                                      allow + ")",
-                  "", net::HttpHeaders{{"Allow", allow}});
+    respond_error(responder, 405,
+                  "method " + request.method + " is not allowed on " + route->name + " (allowed: " + allow + ")", "",
+                  net::HttpHeaders{{"Allow", allow}});
     return;
   }
+  std::shared_ptr<const internal::Generation> now = current();
+  const ServiceConfig& config = now->config;
   Scope need = route->scope;
   if (route->name == "/v1/tasks" && request.method == "POST") need = Scope::kOperator;
   if (need != Scope::kNone && !config.server.tokens.empty()) {
@@ -905,7 +917,8 @@ void Service::Impl::handle(net::HttpServerRequest&& request, net::HttpResponder 
   }
   if (in_flight.fetch_add(1) >= config.server.max_concurrent_requests) {
     in_flight.fetch_sub(1);
-    respond_error(responder, 429, "too many requests in progress; try again", "", net::HttpHeaders{{"Retry-After", "1"}});
+    respond_error(responder, 429, "too many requests in progress; try again", "",
+                  net::HttpHeaders{{"Retry-After", "1"}});
     return;
   }
   // The work runs in a process of its own: the event loop never waits for the store.

@@ -37,7 +37,7 @@ std::string EventHub::frame(const Held& h) const {
 }
 
 void EventHub::publish(const agent::AgentEvent& event) {
-  json data{{"task_id", event.task_id}, {"agent", event.agent}, {"step", event.step},
+  json data{{"task_id", event.task_id}, {"agent", event.agent},   {"step", event.step},
             {"tool", event.tool},       {"detail", event.detail}, {"at", format_unix_ns(env_.unix_time_ns())}};
   Held h{.type = event_type_name(event.type), .data = data.dump(-1, ' ', false, json::error_handler_t::replace)};
   std::lock_guard lock(mu_);

@@ -87,8 +87,8 @@ class EventHub {
   std::map<std::string, TaskLog, std::less<>> tasks_;
 };
 
-// One agent as the service runs it.
-struct AgentRuntime {
+// One agent as a config generation has it (immutable).
+struct AgentView {
   std::string name;
   std::string group;
   AgentMode mode = AgentMode::kOnDemand;
@@ -96,12 +96,29 @@ struct AgentRuntime {
   std::vector<std::string> models;  // the chain's model names (config)
   std::vector<std::string> tools;   // every tool it may call (config tools and its MCP servers')
   agent::Budget budget;
-  std::unique_ptr<agent::AlwaysOnAgent> always_on;  // kAlwaysOn
+};
+
+// What a config file made: replaced whole by a reload (Service::reload), read by requests
+// through Impl::current() (a request keeps the generation it started with).
+struct Generation {
+  ServiceConfig config;
+  std::map<std::string, std::shared_ptr<llm::ChatModel>> clients;  // by model name
+  std::shared_ptr<agent::ToolRegistry> tools;
+  std::map<std::string, AgentView> agents;
 };
 
 struct GroupRuntime {
   std::string name;
   std::unique_ptr<agent::Agents> agents;
+};
+
+// The config file as last seen (reload_if_changed).
+struct FileStamp {
+  bool exists = false;
+  std::int64_t mtime_ns = 0;
+  std::int64_t size = 0;
+  std::uint64_t inode = 0;
+  bool operator==(const FileStamp&) const = default;
 };
 
 }  // namespace nines::service::internal
@@ -114,18 +131,31 @@ struct Service::Impl : std::enable_shared_from_this<Service::Impl> {
   Runtime& rt;
   Environment& env;
   ServiceOptions options;
-  ServiceConfig config;
 
+  // Fixed for the service's life: the store, the engine, the HTTP client, the MCP servers and
+  // their tools, the groups (each an agent::Agents and its task supervisor), the always-on
+  // workers, the event hub and the HTTP server.
   std::unique_ptr<Store> store;
   std::unique_ptr<WorkflowEngine> engine;
   std::shared_ptr<net::HttpClient> http;
-  std::map<std::string, std::shared_ptr<llm::ChatModel>> clients;  // by model name
   std::vector<std::shared_ptr<agent::McpServer>> mcp;
-  std::shared_ptr<agent::ToolRegistry> tools;
+  std::map<std::string, std::vector<std::shared_ptr<agent::Tool>>> mcp_tools;  // by server
   std::map<std::string, internal::GroupRuntime> groups;
-  std::map<std::string, internal::AgentRuntime> agents;
+  std::map<std::string, std::unique_ptr<agent::AlwaysOnAgent>> always_on;  // by agent
   std::unique_ptr<internal::EventHub> events;
   std::unique_ptr<net::HttpServer> server;
+
+  // The config generation (see Generation).
+  mutable std::mutex gen_mu;
+  std::shared_ptr<const internal::Generation> gen;
+  std::shared_ptr<const internal::Generation> current() const {
+    std::lock_guard lock(gen_mu);
+    return gen;
+  }
+  std::mutex reload_mu;  // one reload at a time
+  internal::FileStamp stamp;
+  std::atomic<std::uint64_t> reloads_ok{0};
+  std::atomic<std::uint64_t> reloads_rejected{0};
 
   Pid owner;  // the service's process: owns the root supervisor and the MCP servers
   Pid root;   // the root supervisor ("nines")
@@ -137,8 +167,16 @@ struct Service::Impl : std::enable_shared_from_this<Service::Impl> {
   std::mutex submit_mu;  // one submission's check-and-record at a time
   std::mutex shutdown_mu;
 
+  // Makes a generation from a config: the model clients, the tool registry (native and HTTP
+  // tools anew, the MCP servers' tools as they are), a router per agent. kInvalidArgument naming
+  // the config key when something cannot be built.
+  Result<std::shared_ptr<internal::Generation>> make_generation(
+      ServiceConfig config, std::map<std::string, agent::AgentOptions>* agent_options);
+
   // Builds the tools, agents and supervision tree inside the service's process.
-  Task<Status> build(Context& ctx);
+  Task<Status> build(Context& ctx, ServiceConfig config);
+  // Service::reload.
+  Status reload_now();
 
   // The /metrics page.
   std::string render_metrics();
@@ -148,7 +186,6 @@ struct Service::Impl : std::enable_shared_from_this<Service::Impl> {
 
   // Helpers used by both.
   agent::Agents* agents_of(std::string_view agent_name);
-  const internal::AgentRuntime* agent_runtime(std::string_view agent_name) const;
   // Starts a recorded task under its agent's group (or queues it to its always-on worker).
   Task<Status> launch(Context& ctx, std::string agent, std::string task_id, std::string input);
 };

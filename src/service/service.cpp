@@ -2,6 +2,7 @@
 #include "nines/service/service.hpp"
 
 #include <arpa/inet.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -54,8 +55,8 @@ Result<std::shared_ptr<llm::ChatModel>> make_client(const ModelConfig& m, net::H
       o.max_response_bytes = m.max_response_bytes;
       Result<std::unique_ptr<llm::Codec>> codec = llm::make_openai_codec(std::move(o));
       if (!codec.ok()) return std::move(codec).error().with_context("model '" + m.name + "'");
-      return std::shared_ptr<llm::ChatModel>(
-          std::make_shared<llm::ModelClient>(std::move(*codec), http, llm::ModelClientOptions{.timeouts = m.http_timeouts}));
+      return std::shared_ptr<llm::ChatModel>(std::make_shared<llm::ModelClient>(
+          std::move(*codec), http, llm::ModelClientOptions{.timeouts = m.http_timeouts}));
     }
     case Provider::kAnthropic: {
       llm::AnthropicOptions o;
@@ -67,8 +68,8 @@ Result<std::shared_ptr<llm::ChatModel>> make_client(const ModelConfig& m, net::H
       o.max_response_bytes = m.max_response_bytes;
       Result<std::unique_ptr<llm::Codec>> codec = llm::make_anthropic_codec(std::move(o));
       if (!codec.ok()) return std::move(codec).error().with_context("model '" + m.name + "'");
-      return std::shared_ptr<llm::ChatModel>(
-          std::make_shared<llm::ModelClient>(std::move(*codec), http, llm::ModelClientOptions{.timeouts = m.http_timeouts}));
+      return std::shared_ptr<llm::ChatModel>(std::make_shared<llm::ModelClient>(
+          std::move(*codec), http, llm::ModelClientOptions{.timeouts = m.http_timeouts}));
     }
   }
   return Error(ErrorKind::kInternal, "unknown provider");
@@ -90,20 +91,109 @@ Result<std::unique_ptr<Store>> open_store(const StoreConfig& s) {
   return open_postgres_store(s.postgres_url.reveal(), o);
 }
 
+internal::FileStamp file_stamp(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return {};
+  return {.exists = true,
+          .mtime_ns = static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec,
+          .size = static_cast<std::int64_t>(st.st_size),
+          .inode = static_cast<std::uint64_t>(st.st_ino)};
+}
+
 // Everything built inside the service's process (MCP servers need one), then the process waits
 // for the stop message.
 struct StopService {};
 
 }  // namespace
 
+Result<std::shared_ptr<internal::Generation>> Service::Impl::make_generation(
+    ServiceConfig config, std::map<std::string, agent::AgentOptions>* agent_options) {
+  auto g = std::make_shared<internal::Generation>();
+  for (const ModelConfig& m : config.models) {
+    Result<std::shared_ptr<llm::ChatModel>> c = make_client(m, *http);
+    if (!c.ok()) return std::move(c).error();
+    g->clients.emplace(m.name, std::move(*c));
+  }
+  // Tools: native (by name), HTTP, then every MCP server's (the running servers' own).
+  std::vector<std::shared_ptr<agent::Tool>> all;
+  for (const ToolConfig& t : config.tools) {
+    if (t.kind == ToolConfig::Kind::kNative) {
+      auto it = std::find_if(options.native_tools.begin(), options.native_tools.end(),
+                             [&](const auto& tool) { return tool && tool->spec().name == t.spec.name; });
+      if (it == options.native_tools.end()) {
+        return Error(ErrorKind::kInvalidArgument,
+                     "tools." + t.spec.name + ": no native tool of that name is built into this program");
+      }
+      all.push_back(*it);
+      continue;
+    }
+    agent::HttpToolOptions o = t.http;
+    for (const auto& [name, value] : t.headers) o.headers.add(name, value.reveal());
+    Result<std::shared_ptr<agent::Tool>> tool = agent::make_http_tool(t.spec, std::move(o), http);
+    if (!tool.ok()) return std::move(tool).error().with_context("tools." + t.spec.name);
+    all.push_back(std::move(*tool));
+  }
+  for (const auto& [mcp_name, tools] : mcp_tools) all.insert(all.end(), tools.begin(), tools.end());
+  Result<std::shared_ptr<agent::ToolRegistry>> registry = agent::ToolRegistry::create(env, std::move(all));
+  if (!registry.ok()) return std::move(registry).error().with_context("tools");
+  g->tools = std::move(*registry);
+
+  for (const GroupConfig& group : config.groups) {
+    for (const std::string& name : group.agents) {
+      const AgentConfig* a = config.find_agent(name);
+      NINES_CHECK(a != nullptr);
+      agent::AgentOptions opts = a->options;
+      llm::RouterOptions ro{.name = name};
+      for (const std::string& model_name : a->models) {
+        const ModelConfig* m = config.find_model(model_name);
+        NINES_CHECK(m != nullptr);
+        ro.chain.push_back({.name = m->name,
+                            .model = m->model,
+                            .client = g->clients.at(m->name),
+                            .context_window_tokens = m->context_window_tokens,
+                            .max_output_tokens = m->max_output_tokens,
+                            .retry = m->retry,
+                            .breaker = m->breaker,
+                            .requests_per_minute = m->requests_per_minute,
+                            .tokens_per_minute = m->tokens_per_minute,
+                            .max_limiter_wait = m->max_limiter_wait,
+                            .max_concurrent_calls = m->max_concurrent_calls,
+                            .attempt_timeout = m->attempt_timeout});
+        opts.prices[m->name] = m->price;
+      }
+      Result<std::unique_ptr<llm::Router>> router = llm::Router::create(env, std::move(ro));
+      if (!router.ok()) return std::move(router).error().with_context("agents." + name);
+      opts.router = std::move(*router);
+      for (const std::string& mcp_name : a->mcp_servers) {
+        auto it = mcp_tools.find(mcp_name);
+        if (it == mcp_tools.end()) continue;
+        for (const auto& tool : it->second) {
+          const std::string& t = tool->spec().name;
+          if (std::find(opts.tools.begin(), opts.tools.end(), t) == opts.tools.end()) opts.tools.push_back(t);
+        }
+      }
+      g->agents.emplace(name, internal::AgentView{.name = name,
+                                                  .group = group.name,
+                                                  .mode = a->mode,
+                                                  .router = opts.router,
+                                                  .models = a->models,
+                                                  .tools = opts.tools,
+                                                  .budget = opts.budget});
+      if (agent_options != nullptr) agent_options->emplace(name, std::move(opts));
+    }
+  }
+  g->config = std::move(config);
+  return g;
+}
+
 Result<std::unique_ptr<Service>> Service::start(Runtime& rt, ServiceOptions options) {
   auto impl = std::make_shared<Impl>(rt, std::move(options));
   Environment& env = impl->env;
 
+  impl->stamp = file_stamp(impl->options.config_path);
   ConfigResult loaded = load_config(impl->options.config_path, impl->options.sources);
   if (!loaded.ok()) return Error(ErrorKind::kInvalidArgument, loaded.error_text());
-  impl->config = std::move(*loaded.config);
-  ServiceConfig& config = impl->config;
+  ServiceConfig config = std::move(*loaded.config);
   if (impl->options.port) config.server.port = *impl->options.port;
   if (!is_loopback(config.server.address) && config.server.tokens.empty()) {
     return Error(ErrorKind::kInvalidArgument, "server.address '" + config.server.address +
@@ -121,12 +211,6 @@ Result<std::unique_ptr<Service>> Service::start(Runtime& rt, ServiceOptions opti
   if (!http.ok()) return std::move(http).error().with_context("http client");
   impl->http = std::move(*http);
 
-  for (const ModelConfig& m : config.models) {
-    Result<std::shared_ptr<llm::ChatModel>> c = make_client(m, *impl->http);
-    if (!c.ok()) return std::move(c).error();
-    impl->clients.emplace(m.name, std::move(*c));
-  }
-
   char boot[16];
   std::snprintf(boot, sizeof boot, "%08x", static_cast<unsigned>(env.random_u64()));
   impl->events = std::make_unique<internal::EventHub>(env, boot);
@@ -135,11 +219,12 @@ Result<std::unique_ptr<Service>> Service::start(Runtime& rt, ServiceOptions opti
   auto ready = std::make_shared<std::promise<Status>>();
   std::future<Status> ready_future = ready->get_future();
   std::weak_ptr<Impl> weak = impl;
+  auto first = std::make_shared<ServiceConfig>(std::move(config));
   Result<Pid> owner = rt.spawn(
-      [weak, ready](Context& ctx) -> Task<> {
+      [weak, ready, first](Context& ctx) -> Task<> {
         std::shared_ptr<Impl> self = weak.lock();
         if (!self) co_return;
-        Status built = co_await self->build(ctx);
+        Status built = co_await self->build(ctx, std::move(*first));
         const bool ok = built.ok();
         ready->set_value(std::move(built));
         if (!ok) {
@@ -167,10 +252,11 @@ Result<std::unique_ptr<Service>> Service::start(Runtime& rt, ServiceOptions opti
   if (Status s = ready_future.get(); !s.ok()) return s.error();
 
   // The HTTP API.
+  const ServerConfig& sc = impl->current()->config.server;
   net::HttpServerOptions so;
-  so.bind_address = config.server.address;
-  so.port = config.server.port;
-  so.max_body_bytes = config.server.max_body_bytes;
+  so.bind_address = sc.address;
+  so.port = sc.port;
+  so.max_body_bytes = sc.max_body_bytes;
   Result<std::unique_ptr<net::HttpServer>> server =
       net::HttpServer::create(env, so, [weak](net::HttpServerRequest&& request, net::HttpResponder responder) {
         std::shared_ptr<Impl> self = weak.lock();
@@ -184,112 +270,58 @@ Result<std::unique_ptr<Service>> Service::start(Runtime& rt, ServiceOptions opti
   }
   impl->server = std::move(*server);
   NINES_LOG(env.logger(), LogLevel::kNotice, "service_started", "nines serve: listening",
-            {"url", impl->server->base_url()}, {"agents", impl->agents.size()}, {"store", impl->store->backend()});
+            {"url", impl->server->base_url()}, {"agents", impl->current()->agents.size()},
+            {"store", impl->store->backend()});
   return std::unique_ptr<Service>(new Service(impl));
 }
 
-Task<Status> Service::Impl::build(Context& ctx) {
-  // Tools: native (by name), HTTP, then every MCP server's.
-  std::vector<std::shared_ptr<agent::Tool>> all;
-  for (const ToolConfig& t : config.tools) {
-    if (t.kind == ToolConfig::Kind::kNative) {
-      auto it = std::find_if(options.native_tools.begin(), options.native_tools.end(),
-                             [&](const auto& tool) { return tool && tool->spec().name == t.spec.name; });
-      if (it == options.native_tools.end()) {
-        co_return Error(ErrorKind::kInvalidArgument,
-                        "tools." + t.spec.name + ": no native tool of that name is built into this program");
-      }
-      all.push_back(*it);
-      continue;
-    }
-    agent::HttpToolOptions o = t.http;
-    for (const auto& [name, value] : t.headers) o.headers.add(name, value.reveal());
-    Result<std::shared_ptr<agent::Tool>> tool = agent::make_http_tool(t.spec, std::move(o), http);
-    if (!tool.ok()) co_return std::move(tool).error().with_context("tools." + t.spec.name);
-    all.push_back(std::move(*tool));
-  }
-  std::map<std::string, std::vector<std::string>> mcp_tools;  // server -> tool names
+Task<Status> Service::Impl::build(Context& ctx, ServiceConfig config) {
   for (const McpServerConfig& m : config.mcp_servers) {
     agent::McpServerOptions o = m.options;
     for (const auto& [name, value] : m.env) o.env.emplace_back(name, value.reveal());
     Result<std::shared_ptr<agent::McpServer>> started = co_await agent::McpServer::start(ctx, std::move(o));
     if (!started.ok()) co_return std::move(started).error().with_context("mcp_servers." + m.options.name);
-    for (std::shared_ptr<agent::Tool>& tool : (*started)->tools()) {
-      mcp_tools[m.options.name].push_back(tool->spec().name);
-      all.push_back(std::move(tool));
-    }
+    mcp_tools[m.options.name] = (*started)->tools();
     mcp.push_back(std::move(*started));
   }
-  Result<std::shared_ptr<agent::ToolRegistry>> registry = agent::ToolRegistry::create(env, std::move(all));
-  if (!registry.ok()) co_return std::move(registry).error().with_context("tools");
-  tools = std::move(*registry);
+  std::map<std::string, agent::AgentOptions> agent_options;
+  Result<std::shared_ptr<internal::Generation>> g = make_generation(std::move(config), &agent_options);
+  if (!g.ok()) co_return std::move(g).error();
+  const ServiceConfig& cfg = (*g)->config;
 
   // Groups and their agents.
-  SupervisorSpec root_spec{.name = "nines", .strategy = Strategy::kOneForOne, .intensity = 10,
-                           .period = std::chrono::seconds(60)};
-  for (const GroupConfig& g : config.groups) {
-    agent::AgentsOptions ao = g.options;
+  SupervisorSpec root_spec{
+      .name = "nines", .strategy = Strategy::kOneForOne, .intensity = 10, .period = std::chrono::seconds(60)};
+  for (const GroupConfig& group_config : cfg.groups) {
+    agent::AgentsOptions ao = group_config.options;
     ao.resume_on_start = true;
-    Result<std::unique_ptr<agent::Agents>> created = agent::Agents::create(env, *engine, tools, ao);
-    if (!created.ok()) co_return std::move(created).error().with_context("supervision.groups." + g.name);
-    internal::GroupRuntime group{.name = g.name, .agents = std::move(*created)};
+    Result<std::unique_ptr<agent::Agents>> created = agent::Agents::create(env, *engine, (*g)->tools, ao);
+    if (!created.ok()) co_return std::move(created).error().with_context("supervision.groups." + group_config.name);
+    internal::GroupRuntime group{.name = group_config.name, .agents = std::move(*created)};
     std::weak_ptr<Impl> weak = weak_from_this();
     group.agents->add_observer([weak](const agent::AgentEvent& event) {
       if (std::shared_ptr<Impl> self = weak.lock()) self->events->publish(event);
     });
-    for (const std::string& name : g.agents) {
-      const AgentConfig* a = config.find_agent(name);
-      NINES_CHECK(a != nullptr);
-      agent::AgentOptions opts = a->options;
-      llm::RouterOptions ro{.name = name};
-      for (const std::string& model_name : a->models) {
-        const ModelConfig* m = config.find_model(model_name);
-        NINES_CHECK(m != nullptr);
-        ro.chain.push_back({.name = m->name,
-                            .model = m->model,
-                            .client = clients.at(m->name),
-                            .context_window_tokens = m->context_window_tokens,
-                            .max_output_tokens = m->max_output_tokens,
-                            .retry = m->retry,
-                            .breaker = m->breaker,
-                            .requests_per_minute = m->requests_per_minute,
-                            .tokens_per_minute = m->tokens_per_minute,
-                            .max_limiter_wait = m->max_limiter_wait,
-                            .max_concurrent_calls = m->max_concurrent_calls,
-                            .attempt_timeout = m->attempt_timeout});
-        opts.prices[m->name] = m->price;
-      }
-      Result<std::unique_ptr<llm::Router>> router = llm::Router::create(env, std::move(ro));
-      if (!router.ok()) co_return std::move(router).error().with_context("agents." + name);
-      opts.router = std::move(*router);
-      for (const std::string& mcp_name : a->mcp_servers) {
-        for (const std::string& tool : mcp_tools[mcp_name]) {
-          if (std::find(opts.tools.begin(), opts.tools.end(), tool) == opts.tools.end()) opts.tools.push_back(tool);
-        }
-      }
-      internal::AgentRuntime rt_agent{.name = name,
-                                      .group = g.name,
-                                      .mode = a->mode,
-                                      .router = opts.router,
-                                      .models = a->models,
-                                      .tools = opts.tools,
-                                      .budget = opts.budget};
-      if (Status s = group.agents->add_agent(std::move(opts)); !s.ok()) {
+    for (const std::string& name : group_config.agents) {
+      if (Status s = group.agents->add_agent(std::move(agent_options.at(name))); !s.ok()) {
         co_return std::move(s).error().with_context("agents." + name);
       }
-      agents.emplace(name, std::move(rt_agent));
     }
-    root_spec.children.push_back(group.agents->supervisor_child("group:" + g.name));
-    groups.emplace(g.name, std::move(group));
+    root_spec.children.push_back(group.agents->supervisor_child("group:" + group_config.name));
+    groups.emplace(group_config.name, std::move(group));
+  }
+  {
+    std::lock_guard lock(gen_mu);
+    gen = *g;
   }
   Result<Pid> sup = start_supervisor_link(ctx, root_spec);
   if (!sup.ok()) co_return std::move(sup).error().with_context("supervision tree");
   root = *sup;
 
   // Always-on agents: a worker each (under a supervisor of its own, linked to this process).
-  for (const AgentConfig& a : config.agents) {
+  for (const AgentConfig& a : cfg.agents) {
     if (a.mode != AgentMode::kAlwaysOn) continue;
-    internal::AgentRuntime& ar = agents.at(a.options.name);
+    const internal::AgentView& view = (*g)->agents.at(a.options.name);
     agent::AlwaysOnOptions o = a.always_on;
     o.agent = a.options.name;
     o.name = "always_on:" + a.options.name;
@@ -299,11 +331,11 @@ Task<Status> Service::Impl::build(Context& ctx) {
                               .limit = w.limit});
     }
     Result<std::unique_ptr<agent::AlwaysOnAgent>> worker =
-        agent::AlwaysOnAgent::create(*groups.at(ar.group).agents, std::move(o));
+        agent::AlwaysOnAgent::create(*groups.at(view.group).agents, std::move(o));
     if (!worker.ok()) co_return std::move(worker).error().with_context("agents." + a.options.name);
     Result<Pid> started = (*worker)->start(ctx);
     if (!started.ok()) co_return std::move(started).error().with_context("agents." + a.options.name);
-    ar.always_on = std::move(*worker);
+    always_on.emplace(a.options.name, std::move(*worker));
   }
 
   // The ticker: keep-alive comments on the event streams, expiry of held events.
@@ -322,30 +354,131 @@ Task<Status> Service::Impl::build(Context& ctx) {
 }
 
 agent::Agents* Service::Impl::agents_of(std::string_view agent_name) {
-  auto it = agents.find(std::string(agent_name));
-  if (it == agents.end()) return nullptr;
+  std::shared_ptr<const internal::Generation> g = current();
+  auto it = g->agents.find(std::string(agent_name));
+  if (it == g->agents.end()) return nullptr;
   return groups.at(it->second.group).agents.get();
 }
 
-const internal::AgentRuntime* Service::Impl::agent_runtime(std::string_view agent_name) const {
-  auto it = agents.find(std::string(agent_name));
-  return it == agents.end() ? nullptr : &it->second;
-}
-
 Task<Status> Service::Impl::launch(Context& ctx, std::string agent, std::string task_id, std::string input) {
-  auto it = agents.find(agent);
-  if (it == agents.end()) co_return Error(ErrorKind::kNotFound, "no agent named '" + agent + "'");
-  if (it->second.always_on) {
-    Status s = it->second.always_on->submit(task_id, std::move(input));
+  std::shared_ptr<const internal::Generation> g = current();
+  auto it = g->agents.find(agent);
+  if (it == g->agents.end()) co_return Error(ErrorKind::kNotFound, "no agent named '" + agent + "'");
+  if (auto worker = always_on.find(agent); worker != always_on.end()) {
     // A full queue leaves the task recorded as running: the group's resumer runs it at the
     // next start; until then it waits (docs/service.md).
-    co_return s;
+    co_return worker->second->submit(task_id, std::move(input));
   }
   agent::Agents& group = *groups.at(it->second.group).agents;
   if (group.running_here(task_id)) co_return ok_status();
   Result<Pid> pid = co_await group.start(ctx, std::move(agent), std::move(task_id), std::move(input));
   if (!pid.ok()) co_return std::move(pid).error();
   co_return ok_status();
+}
+
+// ---- hot reload --------------------------------------------------------------------------------
+
+namespace {
+
+// What a reload cannot change while running (the reason, or empty).
+std::string unchangeable(const ServiceConfig& now, const ServiceConfig& next) {
+  auto part = [](const ServiceConfig& c, int which) {
+    ServiceConfig only;
+    only.models.clear();
+    switch (which) {
+      case 0: only.store = c.store; break;
+      case 1: only.mcp_servers = c.mcp_servers; break;
+      default: break;
+    }
+    return debug_string(only);
+  };
+  if (part(now, 0) != part(next, 0)) return "store";
+  if (part(now, 1) != part(next, 1)) return "mcp_servers";
+  if (now.server.address != next.server.address || now.server.port != next.server.port ||
+      now.server.max_body_bytes != next.server.max_body_bytes) {
+    return "server.address, server.port or server.max_body_bytes";
+  }
+  // Groups: the same groups with the same settings; agents may be added to or removed from a
+  // group, not moved to another; an agent's mode and always-on settings stay.
+  if (now.groups.size() != next.groups.size()) return "supervision.groups (a group added or removed)";
+  for (const GroupConfig& g : next.groups) {
+    auto it =
+        std::find_if(now.groups.begin(), now.groups.end(), [&](const GroupConfig& o) { return o.name == g.name; });
+    if (it == now.groups.end()) return "supervision.groups." + g.name + " (a new group)";
+    const agent::AgentsOptions &a = it->options, &b = g.options;
+    if (a.restart_intensity != b.restart_intensity || a.restart_period != b.restart_period ||
+        a.restart_min_delay != b.restart_min_delay || a.restart_max_delay != b.restart_max_delay) {
+      return "supervision.groups." + g.name + " (restart settings)";
+    }
+    for (const std::string& agent : g.agents) {
+      for (const GroupConfig& other : now.groups) {
+        if (other.name != g.name && std::find(other.agents.begin(), other.agents.end(), agent) != other.agents.end()) {
+          return "agents." + agent + " (moved to another group)";
+        }
+      }
+    }
+  }
+  for (const AgentConfig& a : next.agents) {
+    const AgentConfig* old = now.find_agent(a.options.name);
+    const bool was_always_on = old != nullptr && old->mode == AgentMode::kAlwaysOn;
+    if ((a.mode == AgentMode::kAlwaysOn) != was_always_on && (old != nullptr || a.mode == AgentMode::kAlwaysOn)) {
+      return "agents." + a.options.name + ".mode (always_on agents are fixed at start)";
+    }
+  }
+  for (const AgentConfig& a : now.agents) {
+    if (a.mode == AgentMode::kAlwaysOn && next.find_agent(a.options.name) == nullptr) {
+      return "agents." + a.options.name + " (an always_on agent cannot be removed)";
+    }
+  }
+  return {};
+}
+
+}  // namespace
+
+Status Service::Impl::reload_now() {
+  std::lock_guard lock(reload_mu);
+  auto rejected = [this](Error e) {
+    reloads_rejected.fetch_add(1);
+    NINES_LOG(env.logger(), LogLevel::kError, "config_reload_rejected",
+              "the new config was rejected; the running config is kept", {"file", options.config_path},
+              {"error", e.message()});
+    return e;
+  };
+  if (stopped.load()) return rejected(Error(ErrorKind::kCancelled, "the service is stopping"));
+  stamp = file_stamp(options.config_path);
+  ConfigResult loaded = load_config(options.config_path, options.sources);
+  if (!loaded.ok()) return rejected(Error(ErrorKind::kInvalidArgument, loaded.error_text()));
+  ServiceConfig next = std::move(*loaded.config);
+  std::shared_ptr<const internal::Generation> now = current();
+  if (options.port) next.server.port = *options.port;
+  if (std::string what = unchangeable(now->config, next); !what.empty()) {
+    return rejected(Error(ErrorKind::kInvalidArgument,
+                          options.config_path + ": " + what + " changed: restart the service to apply that"));
+  }
+  std::map<std::string, agent::AgentOptions> agent_options;
+  Result<std::shared_ptr<internal::Generation>> g = make_generation(std::move(next), &agent_options);
+  if (!g.ok()) return rejected(std::move(g).error());
+  // Each group gets its agents' new options (and the new registry) at once.
+  for (const GroupConfig& group : (*g)->config.groups) {
+    std::vector<agent::AgentOptions> list;
+    for (const std::string& name : group.agents) list.push_back(std::move(agent_options.at(name)));
+    Status s = groups.at(group.name).agents->reconfigure((*g)->tools, std::move(list));
+    if (!s.ok()) {
+      // Checked above as far as the config can be: a group already switched keeps its new
+      // agents (logged), the others and the service's view stay on the old generation.
+      return rejected(std::move(s).error().with_context("supervision.groups." + group.name));
+    }
+  }
+  env.logger().set_level((*g)->config.logging.level);
+  const std::size_t agents_now = (*g)->agents.size();
+  {
+    std::lock_guard glock(gen_mu);
+    gen = *g;
+  }
+  reloads_ok.fetch_add(1);
+  NINES_LOG(env.logger(), LogLevel::kNotice, "config_reloaded", "the new config is applied",
+            {"file", options.config_path}, {"agents", agents_now});
+  return ok_status();
 }
 
 std::string Service::Impl::render_metrics() {
@@ -362,11 +495,23 @@ Service::~Service() { shutdown(Duration::zero()); }
 
 std::uint16_t Service::port() const { return impl_->server ? impl_->server->port() : 0; }
 std::string Service::base_url() const { return impl_->server ? impl_->server->base_url() : std::string(); }
-const ServiceConfig& Service::config() const { return impl_->config; }
+ServiceConfig Service::config() const { return impl_->current()->config; }
 
-Status Service::reload() {
-  return Error(ErrorKind::kInvalidArgument, "hot reload is not built yet: restart the service to apply a new config");
+Status Service::reload() { return impl_->reload_now(); }
+
+Result<bool> Service::reload_if_changed() {
+  internal::FileStamp seen = file_stamp(impl_->options.config_path);
+  {
+    std::lock_guard lock(impl_->reload_mu);
+    if (seen == impl_->stamp) return false;
+  }
+  Status s = impl_->reload_now();
+  if (!s.ok()) return std::move(s).error();
+  return true;
 }
+
+std::uint64_t Service::reloads() const { return impl_->reloads_ok.load(); }
+std::uint64_t Service::reloads_rejected() const { return impl_->reloads_rejected.load(); }
 
 std::size_t Service::shutdown(Duration grace) {
   Impl& s = *impl_;
@@ -396,8 +541,7 @@ std::size_t Service::shutdown(Duration grace) {
     (void)s.rt.send(s.owner, StopService{});
     watch->wait();
   }
-  NINES_LOG(s.env.logger(), LogLevel::kNotice, "service_stopped", "nines serve: stopped",
-            {"tasks_left_running", left});
+  NINES_LOG(s.env.logger(), LogLevel::kNotice, "service_stopped", "nines serve: stopped", {"tasks_left_running", left});
   return left;
 }
 

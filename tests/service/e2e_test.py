@@ -608,6 +608,79 @@ def test_readiness_with_every_breaker_open():
         e.close()
 
 
+def test_hot_reload_valid_invalid_half_written_deleted():
+    turns = """
+        - tool_calls: [{name: charge, arguments: {account: a, cents: 1}}]
+        - tool_calls: [{name: charge, arguments: {account: b, cents: 2}}]
+        - answer: old answer"""
+    e = Env(latency_ms=600, turns=turns)
+    cfg = os.path.join(e.dir, "nines.yaml")
+    try:
+        s = e.service()
+
+        def reloads(kind):
+            return sum(1 for l in s.stderr_lines if f'"event":"{kind}"' in l)
+
+        def wait_log(kind, n, timeout=10):
+            deadline = time.time() + timeout
+            while time.time() < deadline:
+                if reloads(kind) >= n:
+                    return
+                time.sleep(0.05)
+            raise Failure(f"no {kind} #{n} in the log:\n{s.log()}")
+
+        # A task in flight when the config changes switches at its next model turn.
+        st, _, running = s.request("POST", "/v1/tasks", {"agent": "support", "input": "in flight"})
+        check(st == 201, f"POST: {st}")
+        time.sleep(0.3)
+        new_turns = turns.replace("old answer", "new answer")
+        with open(cfg, "w") as f:
+            f.write(config_text(e.ledger.port, latency_ms=100, turns=new_turns).replace(
+                "  other:\n", "  added:\n    models: [sim-a]\n    system_prompt: Added by a reload.\n  other:\n"))
+        wait_log("config_reloaded", 1)
+        t = s.wait_task(running["id"])
+        check(t["status"] == "succeeded" and t["outcome"]["answer"] == "new answer",
+              f"the running task finishes on the new config: {t}")
+        st, _, t2 = s.request("POST", "/v1/tasks", {"agent": "added", "input": "hi"})
+        check(st == 201, f"an agent added by the reload takes tasks: {st} {t2}")
+        check(s.wait_task(t2["id"])["status"] == "succeeded", "the added agent's task")
+        agents = sorted(a["name"] for a in s.request("GET", "/v1/agents")[2]["agents"])
+        check(agents == ["added", "other", "support"], f"agents after the reload: {agents}")
+
+        good = open(cfg).read()
+        # Invalid: rejected whole, the old config keeps running.
+        with open(cfg, "w") as f:
+            f.write(good.replace("  added:\n    models: [sim-a]", "  added:\n    models: [sim-nope]"))
+        wait_log("config_reload_rejected", 1)
+        check(any("sim-nope" in l for l in s.stderr_lines), "the rejection names the error")
+        # Half-written: rejected too.
+        with open(cfg, "w") as f:
+            f.write(good[: len(good) // 2 - 7])
+        wait_log("config_reload_rejected", 2)
+        # Deleted: rejected.
+        os.remove(cfg)
+        wait_log("config_reload_rejected", 3)
+        st, _, t3 = s.request("POST", "/v1/tasks", {"agent": "added", "input": "still here"})
+        check(st == 201 and s.wait_task(t3["id"])["outcome"]["answer"] == "new answer",
+              f"the last good config still runs: {st} {t3}")
+        # A change only a restart can make: rejected with the reason.
+        with open(cfg, "w") as f:
+            f.write(good.replace("path: nines.db", "path: other.db"))
+        wait_log("config_reload_rejected", 4)
+        check(any("store changed" in l for l in s.stderr_lines), f"store change reason:\n{s.log()}")
+        # Removed agent: new tasks refused; SIGHUP reloads without a file change too.
+        with open(cfg, "w") as f:
+            f.write(good.replace("  added:\n    models: [sim-a]\n    system_prompt: Added by a reload.\n", ""))
+        wait_log("config_reloaded", 2)
+        st, _, b = s.request("POST", "/v1/tasks", {"agent": "added", "input": "gone"})
+        check(st == 400 and b["error"]["field"] == "agent", f"a removed agent: {st} {b}")
+        s.proc.send_signal(signal.SIGHUP)
+        wait_log("config_reloaded", 3)
+        check(s.request("GET", "/readyz")[0] == 200, "ready after the reloads")
+    finally:
+        e.close()
+
+
 TESTS = [name for name in list(globals()) if name.startswith("test_")]
 
 

@@ -282,6 +282,17 @@ class Agents {
   // name, no router, a tool not in the registry, a tool that requires approval (not yet
   // supported), bad numbers; kAlreadyExists for a name taken. Before running tasks.
   Status add_agent(AgentOptions options);
+  // Hot reload: the registry (null: keep the current one) and the complete new set of agents, all
+  // at once; each is checked as add_agent checks it against the new registry, and on any error
+  // nothing changes. Agents not in the set are removed (new run()/start()/submit() of them are
+  // refused; a task of theirs running now finishes its run on its old options, and one left in
+  // the store resumes only once the agent is added again); new ones are added. A running task
+  // switches at its next model turn: the new prompt, model chain (router), tools, budget (with
+  // its cap on top), guards and prices apply from that turn on; a model or tool call in flight
+  // finishes on the old ones. Tool calls made from then on go through the new registry (its
+  // bulkheads and breakers start fresh).
+  Status reconfigure(std::shared_ptr<ToolRegistry> tools, std::vector<AgentOptions> agents);
+
   // Called for every event of every task, in the task's process.
   void add_observer(AgentObserver observer);
 

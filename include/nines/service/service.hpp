@@ -27,8 +27,8 @@
 // stopped and the store closed. Tasks still running are killed: their committed records are
 // safe and the next start resumes them.
 //
-// Not built yet (issue 13): hot reload (reload() refuses), `nines run`, /v1/supervision's MTBF
-// and MTTR, PostgreSQL leases for several nodes.
+// Not built yet (issue 13): `nines run`, /v1/supervision's MTBF and MTTR, PostgreSQL leases for
+// several nodes.
 //
 // Ownership: the Service borrows the Runtime (it must outlive the Service) and owns everything
 // else it built. Thread-safety: start() and shutdown() are called from a thread that is not one
@@ -71,14 +71,23 @@ class Service {
 
   std::uint16_t port() const;
   std::string base_url() const;
-  const ServiceConfig& config() const;
+  // The config running now (a copy: a reload replaces it).
+  ServiceConfig config() const;
 
   // See the file comment. Idempotent. Returns the number of tasks that were still running when
   // the grace period ended (killed; resumed at the next start).
   std::size_t shutdown(Duration grace);
 
-  // Hot reload is not built yet: kInvalidArgument, the running config is kept.
+  // Hot reload: reads the config file again and applies it whole, or rejects it whole (the
+  // running config is kept; the error is logged as config_reload_rejected and counted). See
+  // docs/service.md "Hot reload" for what a reload changes and when a running task sees it.
+  // kInvalidArgument: the file is invalid, unreadable, or changes what only a restart can.
   Status reload();
+  // reload() when the file changed since the last load (modification time, size or inode; a
+  // deleted file counts as changed, and is rejected). Returns whether a reload was applied.
+  Result<bool> reload_if_changed();
+  std::uint64_t reloads() const;           // applied
+  std::uint64_t reloads_rejected() const;  // rejected
 
   struct Impl;
 
