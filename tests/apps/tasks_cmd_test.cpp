@@ -651,6 +651,8 @@ TEST_F(TasksStore, ListFiltersByStatusAndAgentAndLimits) {
   EXPECT_THAT(r.err, HasSubstr("--all"));
   o.all = true;
   EXPECT_THAT(ids(run(o).out), ElementsAre("t-2", "t-3", "t-1", "t-5", "t-6"));
+  o.cursor = "c1";  // the service's cursors mean nothing here
+  EXPECT_EQ(run(o).rc, kTasksUsageError);
 }
 
 TEST_F(TasksStore, ShowsATaskAsTheApiDoes) {
