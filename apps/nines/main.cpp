@@ -18,6 +18,7 @@
 #include <charconv>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <string>
@@ -213,15 +214,22 @@ void add_tasks(CLI::App& app, Action& action) {
                     "no service: read the store itself: sqlite:PATH, PATH.db or postgres://... "
                     "(list, show and resolve only)")
         ->type_name("STORE");
-    cmd->add_option("--url", o->url, "the service's base URL")
-        ->type_name("URL")
-        ->envname("NINES_URL")
-        ->capture_default_str();
-    cmd->add_option("--token", o->token, "bearer token for a service with auth tokens (never printed)")
-        ->type_name("TOKEN")
-        ->envname("NINES_TOKEN");
+    // NINES_URL and NINES_TOKEN are read in the callback, not with CLI11's envname: CLI11 applies
+    // an envname to the commands not given too, and these all share one options struct.
+    CLI::Option* url = cmd->add_option("--url", o->url, "the service's base URL (default: $NINES_URL, else this)")
+                           ->type_name("URL")
+                           ->capture_default_str();
+    CLI::Option* token =
+        cmd->add_option("--token", o->token, "bearer token (default: $NINES_TOKEN); never printed")->type_name("TOKEN");
     cmd->add_flag("--json", o->json, "print the service's JSON as it is");
-    cmd->callback([o, name, &action] {
+    cmd->callback([o, name, cmd, url, token, &action] {
+      if (name == "resolve" && cmd->get_option("--applied")->count() + cmd->get_option("--not-applied")->count() != 1) {
+        throw CLI::ParseError("one of --applied and --not-applied is required", kUsageError);
+      }
+      const char* env_url = std::getenv("NINES_URL");
+      if (url->count() == 0 && env_url != nullptr && *env_url != '\0') o->url = env_url;
+      const char* env_token = std::getenv("NINES_TOKEN");
+      if (token->count() == 0 && env_token != nullptr) o->token = env_token;
       o->command = name;
       action = [o] { return nines::cli::run_tasks(*o); };
     });
@@ -271,13 +279,6 @@ void add_tasks(CLI::App& app, Action& action) {
   applied->excludes(not_applied);
   resolve->add_option("--outcome", o->outcome, "with --applied: what the tool returned, given to the model")
       ->type_name("TEXT");
-  resolve->callback([o, &action, applied, not_applied] {
-    if (applied->count() + not_applied->count() != 1) {
-      throw CLI::ParseError("one of --applied and --not-applied is required", kUsageError);
-    }
-    o->command = "resolve";
-    action = [o] { return nines::cli::run_tasks(*o); };
-  });
 
   CLI::App* fork = command("fork", "a new task from model turn N of this one, started at once");
   task_id(fork);

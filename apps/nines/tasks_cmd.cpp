@@ -820,8 +820,10 @@ std::string usage_problem(const TasksCmdOptions& o) {
   if ((o.command == "approve" || o.command == "deny") && o.call_id.empty()) return "CALL_ID is required";
   if (o.command == "resolve" && o.effect_id.empty()) return "EFFECT_ID is required";
   if (o.command == "resolve" && !o.applied) return "one of --applied and --not-applied is required";
+  if (o.command == "resolve" && !*o.applied && !o.outcome.empty()) return "--outcome goes with --applied only";
   if (o.limit > 500) return "--limit: expected a whole number from 1 to 500";
-  if (!o.store.empty() && !o.cursor.empty()) return "--cursor: the service's cursors do not apply to --store (use --all)";
+  if (!o.store.empty() && !o.cursor.empty())
+    return "--cursor: the service's cursors do not apply to --store (use --all)";
   return "";
 }
 

@@ -443,6 +443,11 @@ TEST(TasksResolve, WithoutADecisionIsAUsageError) {
   Ran r = run(o);
   EXPECT_EQ(r.rc, kTasksUsageError);
   EXPECT_THAT(r.err, HasSubstr("--applied"));
+  o.applied = false;
+  o.outcome = "charged";  // an outcome of an effect that did not happen
+  r = run(o);
+  EXPECT_EQ(r.rc, kTasksUsageError);
+  EXPECT_THAT(r.err, HasSubstr("--outcome goes with --applied"));
 }
 
 TEST(TasksFork, PostsTheTurnTheInputAndTheNewId) {
