@@ -468,7 +468,11 @@ Task<int> http_events(Context& ctx, const Service& s) {
             if (!o.json) s.r.note("(no more events held for now; --follow waits for new ones)");
             co_return kTasksOk;
           }
-          if (!o.follow) co_return s.unreachable(piece.error());
+          if (!o.follow) {
+            co_return s.r.fail(kTasksUnreachable, "the event stream from " + net::redact_url(s.base) +
+                                                      " broke: " + piece.error().message() +
+                                                      " (--follow opens it again after a break)");
+          }
           trouble = piece.error().message();
           break;
         }

@@ -43,6 +43,7 @@ struct Canned {
   std::string body;                 // JSON
   std::vector<std::string> events;  // non-empty: a text/event-stream with these chunks
   bool end_stream = true;           // false: the stream stays open after the chunks
+  bool cut_stream = false;          // the connection closes after the chunks, mid-stream
 };
 
 std::string error_body(const std::string& code, const std::string& message) {
@@ -88,7 +89,11 @@ class FakeApi {
     }
     (void)out.start_stream(c.status, {{"Content-Type", "text/event-stream"}});
     for (const std::string& chunk : c.events) (void)out.write(chunk);
-    if (c.end_stream) (void)out.end();
+    if (c.cut_stream) {
+      out.abort();
+    } else if (c.end_stream) {
+      (void)out.end();
+    }
   }
 
   Answer answer_;
@@ -557,6 +562,25 @@ TEST(TasksEvents, FollowReconnectsAfterTheLastEventItSaw) {
             "step 2 tool_result ledger_charge ok\n"
             "step 3 task_finished succeeded\n");
   EXPECT_THAT(r.err, HasSubstr("reconnecting after event 5f2c.2"));
+}
+
+TEST(TasksEvents, WithoutFollowACutStreamIsExit3AfterTheEventsBeforeIt) {
+  FakeApi api = always({.events = {kEvents[0]}, .cut_stream = true});
+  Ran r = run(options(api, "events", "t-1"));
+  EXPECT_EQ(r.rc, kTasksUnreachable);
+  EXPECT_EQ(r.out, "step 0 task_started attempt 1\n");
+  EXPECT_THAT(r.err, StartsWith("nines tasks events: the event stream from " + api.url() + " broke: "));
+}
+
+TEST(TasksEvents, FollowGivesUpAfterMaxReconnectsWithoutAnEvent) {
+  FakeApi api = always({.events = {": keep-alive\n\n"}});  // every stream ends at once, with no event
+  TasksCmdOptions o = options(api, "events", "t-1");
+  o.follow = true;
+  o.max_reconnects = 1;
+  Ran r = run(o);
+  EXPECT_EQ(r.rc, kTasksUnreachable);
+  EXPECT_EQ(api.requests().size(), 2u);
+  EXPECT_THAT(r.err, HasSubstr("1 reconnects failed; giving up"));
 }
 
 TEST(TasksEvents, AnUnknownTaskIsExit4) {
