@@ -242,7 +242,10 @@ bool loopback_url(std::string_view url) {
   std::string_view host = scheme == std::string_view::npos ? url : url.substr(scheme + 3);
   if (std::size_t at = host.find_first_of("/?#"); at != std::string_view::npos) host = host.substr(0, at);
   if (std::size_t at = host.rfind('@'); at != std::string_view::npos) host = host.substr(at + 1);
-  return host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]");
+  if (std::size_t colon = host.rfind(':'); colon != std::string_view::npos && !host.ends_with(']')) {
+    host = host.substr(0, colon);  // the port
+  }
+  return host.starts_with("127.") || host == "localhost" || host == "[::1]";
 }
 
 // The service, as this command talks to it.
