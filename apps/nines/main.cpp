@@ -6,6 +6,7 @@
 //   nines sim agents --seed N [--seeds K] [--trace] [--faults SPEC] [--unjournaled]
 //   nines check FILE [--print]
 //   nines serve [-c FILE] [--port N]
+//   nines tasks list|show|events|cancel|approve|deny|resolve|fork ... [--url URL] [--token T] [--store S] [--json]
 //   nines --version, nines --help, nines COMMAND --help
 //
 // Each command is one add_* function below: it declares the command and its options, bound to
@@ -18,6 +19,7 @@
 #include <charconv>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <string>
@@ -33,6 +35,7 @@
 #include "serve_cmd.hpp"
 #include "sim_agents_cmd.hpp"
 #include "sim_server_cmd.hpp"
+#include "tasks_cmd.hpp"
 
 namespace {
 
@@ -214,6 +217,100 @@ void add_sim_agents(CLI::App& sim, Action& action) {
   cmd->callback([o, &action] { action = [o] { return nines::cli::run_sim_agents(*o); }; });
 }
 
+// `nines tasks COMMAND`: each command is a subcommand of the group, all bound to one options
+// struct (only the command given parses into it).
+void add_tasks(CLI::App& app, Action& action) {
+  auto o = std::make_shared<nines::cli::TasksCmdOptions>();
+  CLI::App& tasks =
+      add_group(app, "tasks", "a running service's tasks: list, show, follow, cancel, decide", "task command", action);
+  const std::string exit_status =
+      "Exit status: 0 ok; 1 the service answered an error; 2 a usage error; 3 the service (or\n"
+      "--store) cannot be reached; 4 not found. The reference: docs/cli.md.";
+  auto command = [&](const std::string& name, const std::string& description) {
+    CLI::App* cmd = tasks.add_subcommand(name, description);
+    cmd->footer(exit_status);
+    // On every command, so that the others can say they need a service.
+    cmd->add_option("--store", o->store,
+                    "no service: read the store itself: sqlite:PATH, PATH.db or postgres://... "
+                    "(list, show and resolve only)")
+        ->type_name("STORE");
+    // NINES_URL and NINES_TOKEN are read in the callback, not with CLI11's envname: CLI11 applies
+    // an envname to the commands not given too, and these all share one options struct.
+    CLI::Option* url = cmd->add_option("--url", o->url, "the service's base URL (default: $NINES_URL, else this)")
+                           ->type_name("URL")
+                           ->capture_default_str();
+    CLI::Option* token =
+        cmd->add_option("--token", o->token, "bearer token (default: $NINES_TOKEN); never printed")->type_name("TOKEN");
+    cmd->add_flag("--json", o->json, "print the service's JSON as it is");
+    cmd->callback([o, name, cmd, url, token, &action] {
+      if (name == "resolve" && cmd->get_option("--applied")->count() + cmd->get_option("--not-applied")->count() != 1) {
+        throw CLI::ParseError("one of --applied and --not-applied is required", kUsageError);
+      }
+      const char* env_url = std::getenv("NINES_URL");
+      if (url->count() == 0 && env_url != nullptr && *env_url != '\0') o->url = env_url;
+      const char* env_token = std::getenv("NINES_TOKEN");
+      if (token->count() == 0 && env_token != nullptr) o->token = env_token;
+      o->command = name;
+      action = [o] { return nines::cli::run_tasks(*o); };
+    });
+    return cmd;
+  };
+  auto task_id = [&](CLI::App* cmd) {
+    cmd->add_option("ID", o->task_id, "the task's id")->required()->type_name("ID");
+  };
+
+  CLI::App* list = command("list", "the tasks, as a table: id, agent, status, steps, cost, updated");
+  list->add_option("--status", o->status, "only tasks in this status (finished: every ended one)")
+      ->check(CLI::IsMember({"running", "needs_attention", "succeeded", "failed", "budget_exceeded", "loop_detected",
+                             "cancelled", "finished"}));
+  list->add_option("--agent", o->agent, "only this agent's tasks")->type_name("NAME");
+  list->add_option("--limit", o->limit, "tasks per page, 1..500 (default: the service's, 50; 500 with --all)")
+      ->type_name("N")
+      ->check(whole_number(1, 500));
+  list->add_option("--cursor", o->cursor, "start at this page (a previous answer's next_cursor)")->type_name("CURSOR");
+  list->add_flag("--all", o->all, "every page, not only the first");
+
+  CLI::App* show = command("show", "one task: its fields and outcome (needs_attention: what it waits for)");
+  task_id(show);
+
+  CLI::App* events = command("events", "the task's events, one a line; stops after task_finished");
+  task_id(events);
+  events->add_flag("--follow,-f", o->follow, "wait for new events until the task finishes (else: the held ones)");
+  events->add_option("--last-event-id", o->last_event_id, "resume after this event id")->type_name("ID");
+
+  task_id(command("cancel", "cancel the task (and the tasks it delegated)"));
+
+  CLI::App* approve = command("approve", "approve a tool call that waits for approval");
+  task_id(approve);
+  approve->add_option("CALL_ID", o->call_id, "the call's id (the approval_wait event names it)")->required();
+
+  CLI::App* deny = command("deny", "deny a tool call that waits for approval (the model is told)");
+  task_id(deny);
+  deny->add_option("CALL_ID", o->call_id, "the call's id (the approval_wait event names it)")->required();
+  deny->add_option("--reason", o->reason, "why, for the model")->type_name("TEXT");
+
+  CLI::App* resolve = command("resolve", "decide an effect of unknown outcome of a task in needs_attention");
+  task_id(resolve);
+  resolve->add_option("EFFECT_ID", o->effect_id, "the effect ('nines tasks show ID' names it)")->required();
+  CLI::Option* applied = resolve->add_flag_callback(
+      "--applied", [o] { o->applied = true; }, "the effect did happen");
+  CLI::Option* not_applied = resolve->add_flag_callback(
+      "--not-applied", [o] { o->applied = false; }, "it did not: it runs again");
+  applied->excludes(not_applied);
+  resolve->add_option("--outcome", o->outcome, "with --applied: what the tool returned, given to the model")
+      ->type_name("TEXT");
+
+  CLI::App* fork = command("fork", "a new task from model turn N of this one, started at once");
+  task_id(fork);
+  fork->add_option("--at-turn", o->at_turn, "the model turn to start from (default 0: every turn anew)")
+      ->type_name("N")
+      ->check(whole_number(0, 1'000'000));
+  fork->add_option("--input", o->input, "a new user message in place of the old one")->type_name("TEXT");
+  fork->add_option("--id", o->new_id, "the new task's id (default: a new one)")->type_name("NEW");
+  // Set last: a subcommand takes its parent's footer when it is added.
+  tasks.footer("Run 'nines tasks NAME --help' for a command's options.\n" + exit_status);
+}
+
 // ---- errors ----------------------------------------------------------------------------------
 
 // The command the error is about: the deepest one on the line.
@@ -278,6 +375,7 @@ int main(int argc, char** argv) {
   add_sim_agents(add_group(app, "sim", "deterministic simulations, by seed", "simulation", action), action);
   add_check(app, action);
   add_serve(app, action);
+  add_tasks(app, action);
   app.footer("Run 'nines COMMAND --help' for a command's options.");
 
   try {
