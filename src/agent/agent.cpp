@@ -1724,7 +1724,8 @@ Result<TaskOutcome> Agents::outcome(std::string_view task_id) const {
     case WorkflowStatus::kNeedsAttention: {
       TaskOutcome o;
       o.status = TaskStatus::kNeedsAttention;
-      o.reason = w->result;
+      std::optional<Error> e = decode_error(w->result);
+      o.reason = e ? e->message() : w->result;
       count_recorded_turns(impl_->engine.store(), task_id, o);
       return o;
     }
@@ -1732,7 +1733,9 @@ Result<TaskOutcome> Agents::outcome(std::string_view task_id) const {
     case WorkflowStatus::kCancelled: {
       TaskOutcome o;
       o.status = w->status == WorkflowStatus::kFailed ? TaskStatus::kFailed : TaskStatus::kCancelled;
-      o.reason = w->result;
+      // The recorded error (encode_error's form): its message, not the encoding.
+      std::optional<Error> e = decode_error(w->result);
+      o.reason = e ? e->message() : w->result;
       return o;
     }
   }
