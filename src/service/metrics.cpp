@@ -132,12 +132,7 @@ void add_sample(prometheus::MetricFamily& f, const LabelList& labels, double val
   f.metric.push_back(std::move(m));
 }
 
-// The supervisor label: its name; the runtime's "supervisor <pid>" of an unnamed one is one
-// label for all of them (metrics.hpp).
-std::string supervisor_label(const std::string& name) {
-  if (name.empty() || name.rfind("supervisor <", 0) == 0) return "unnamed";
-  return clip(name);
-}
+bool unnamed(const std::string& name) { return name.empty() || name.rfind("supervisor <", 0) == 0; }
 
 std::string_view exit_label(const SupervisionEvent& e) {
   if (e.by_supervisor) return "by_supervisor";
@@ -303,6 +298,11 @@ struct ServiceMetrics::Impl {
   std::mutex sup_mu;
   std::map<std::string, SupStats> sups;
   std::map<std::pair<std::uint64_t, std::string>, Pending> pending;
+  // Child ids by running child pid (from its parent's start and restart events), to label an
+  // unnamed supervisor with the id its parent gave it; and when each supervisor process was
+  // first seen.
+  std::unordered_map<std::uint64_t, std::string> child_ids;
+  std::unordered_map<std::uint64_t, TimePoint> sup_first_seen;
   Runtime* runtime = nullptr;
   SupervisionEvents::SubscriptionId subscription = 0;
 
@@ -339,6 +339,7 @@ struct ServiceMetrics::Impl {
   // ---- hooks ----
   void on_agent_event(const agent::AgentEvent& e);
   void on_supervision_event(const SupervisionEvent& e);
+  std::string supervisor_label(const SupervisionEvent& e) const;
   void close_down(SupStats& s, std::size_t n, TimePoint at);
   std::string render();
   void collect_routers(std::vector<prometheus::MetricFamily>& out);
@@ -416,12 +417,34 @@ void ServiceMetrics::Impl::close_down(SupStats& s, std::size_t n, TimePoint at) 
   if (s.down == 0) s.down_total += at - s.down_since;
 }
 
+// Its name; for an unnamed supervisor (the runtime labels it "supervisor <pid>") the child id
+// its parent started it under, else "unnamed" (metrics.hpp). Under sup_mu.
+std::string ServiceMetrics::Impl::supervisor_label(const SupervisionEvent& e) const {
+  if (!unnamed(e.supervisor_name)) return clip(e.supervisor_name);
+  if (auto it = child_ids.find(e.supervisor.id); it != child_ids.end()) return clip(it->second);
+  return "unnamed";
+}
+
 void ServiceMetrics::Impl::on_supervision_event(const SupervisionEvent& e) {
-  const std::string label = supervisor_label(e.supervisor_name);
   std::lock_guard lock(sup_mu);
+  using E = SupervisionEventType;
+  if (e.type == E::kChildStarted || e.type == E::kChildRestarted) {
+    if (child_ids.size() < kMaxChildKeys || child_ids.contains(e.child.id)) child_ids[e.child.id] = e.child_id;
+  } else if (e.type == E::kChildExited) {
+    child_ids.erase(e.child.id);
+  }
+  TimePoint first_seen = e.at;
+  if (sup_first_seen.size() < kMaxChildKeys || sup_first_seen.contains(e.supervisor.id)) {
+    first_seen = sup_first_seen.try_emplace(e.supervisor.id, e.at).first->second;
+  }
+  const std::string label = supervisor_label(e);
+  // An unnamed supervisor starts (itself and its static children) before its parent's event
+  // gives its pid a child id: its figures begin at its first other event, from when it was
+  // first seen.
+  if (label == "unnamed" && (e.type == E::kSupervisorStarted || e.type == E::kChildStarted)) return;
   auto [sit, fresh] = sups.try_emplace(label);
   SupStats& s = sit->second;
-  if (fresh) s.first_seen = e.at;
+  if (fresh) s.first_seen = first_seen;
   const auto key = std::make_pair(e.supervisor.id, e.child_id);
   switch (e.type) {
     case SupervisionEventType::kChildExited: {
@@ -473,6 +496,7 @@ void ServiceMetrics::Impl::on_supervision_event(const SupervisionEvent& e) {
         close_down(sups[it->second.label], it->second.failures.size(), e.at);
         it = pending.erase(it);
       }
+      sup_first_seen.erase(e.supervisor.id);
       break;
     }
     default: break;

@@ -427,6 +427,34 @@ TEST(ServiceMetrics, RealSupervisorRestartingACrashingChild) {
   EXPECT_THAT(value(page, "nines_processes_alive"), Optional(Eq(2)));  // the supervisor and its child
 }
 
+// An unnamed supervisor (as the agent layer's task supervisor is) takes the child id its
+// parent started it under: per-agent-group figures with Agents::supervisor_child("support").
+TEST(ServiceMetrics, UnnamedSupervisorTakesItsParentsChildId) {
+  test::SimRuntime s;
+  ServiceMetrics m(s.env);
+  m.attach_runtime(*s.rt);
+  ChildSpec child = ChildSpec::worker("task", [](Context& ctx) -> Task<> {
+    auto slept = co_await ctx.sleep(10s);
+    (void)slept;
+    throw std::runtime_error("task crashed");
+  });
+  child.backoff = BackoffOptions{.min_delay = 1s, .max_delay = 1s, .multiplier = 1.0, .jitter = 0.0};
+  SupervisorSpec inner{.name = "", .intensity = 100, .period = 1s};
+  inner.children.push_back(std::move(child));
+  SupervisorSpec root{.name = "agents"};
+  root.children.push_back(ChildSpec::supervisor("support", inner));
+  ASSERT_THAT(start_supervisor(*s.rt, root), IsOk());
+  s.rt->advance(30s);  // crashes at 10 and 21, restarts at 11 and 22
+
+  const std::string page = m.render();
+  const Labels l = {{"supervisor", "support"}};
+  EXPECT_THAT(value(page, "nines_child_failures_total", l), Optional(Eq(2)));
+  EXPECT_THAT(value(page, "nines_supervisor_mttr_seconds", l), Optional(DoubleNear(1, 1e-6)));
+  EXPECT_THAT(value(page, "nines_supervisor_availability_ratio", l), Optional(DoubleNear(1 - 2.0 / 30, 1e-6)));
+  EXPECT_EQ(value(page, "nines_supervisor_availability_ratio", {{"supervisor", "unnamed"}}), std::nullopt);
+  EXPECT_THAT(value(page, "nines_supervisor_availability_ratio", {{"supervisor", "agents"}}), Optional(Eq(1)));
+}
+
 // ---- the store ----
 TEST(ServiceMetrics, MeteredStoreDelegatesAndTimesCommits) {
   SimEnvironment env(1);

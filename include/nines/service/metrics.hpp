@@ -43,9 +43,11 @@
 //                             gen_ai_token_type}
 // error.type is the nines ErrorKind name (core/result.hpp: "rate_limited", "timeout", ...).
 //
-// Supervision figures, per supervisor (the label is the supervisor's name; an unnamed
-// supervisor, labelled "supervisor <pid>" by the runtime, is counted as "unnamed" so that its
-// restarts do not make new series), from the supervision events seen since attach_runtime():
+// Supervision figures, per supervisor, from the supervision events seen since attach_runtime().
+// The label is the supervisor's name; an unnamed one (the runtime calls it "supervisor <pid>",
+// a new label at each restart) takes the child id its parent started it under (the agent
+// layer's task supervisor under Agents::supervisor_child("support") is "support"), or, with no
+// parent seen, "unnamed" (one label for all of them).
 //  - a failure is a child's exit the supervisor did not cause (not by_supervisor) with an
 //    abnormal reason (not normal, not shutdown): a crash, a kill, noproc;
 //  - a recovery is the restart (kChildRestarted) of the child that failed (the same
