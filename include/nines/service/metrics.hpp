@@ -75,12 +75,15 @@
 // Errors: render() never fails: a collector whose source fails (the store unreachable) leaves
 // its families out and counts nines_scrape_errors_total{collector}.
 //
-// Ownership: ServiceMetrics borrows the Environment (it must outlive it), the Runtime given to
+// Ownership: ServiceMetrics borrows the Environment (it must outlive it and every metered model
+// and store), the Runtime given to
 // attach_runtime and the Store given to attach_store (each must outlive it, or be detached
 // first: detach_runtime(), detach_store()); it shares the routers given to add_router. The
 // metered model and store (and observer()) keep the metrics' state alive on their own: they
 // may outlive the ServiceMetrics object (their figures are then just not rendered).
-// Thread-safety: every member may be called from any thread or process at once.
+// Thread-safety: every member may be called from any thread or process at once. render() calls
+// the attached store (count_workflows, list_workflows): call it from a process or thread that may
+// block on the store, not from the HTTP server's loop-thread handler.
 #pragma once
 
 #include <cstddef>
