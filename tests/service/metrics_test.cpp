@@ -608,6 +608,58 @@ TEST(ServiceMetrics, ServiceHooksAndProcessFigures) {
   EXPECT_THAT(value(m.render(), "nines_ready"), Optional(Eq(0)));
 }
 
+// Hooks from several processes on two worker threads while pages render: nothing is lost (the
+// sanitizer presets check the locking).
+TEST(ServiceMetrics, HooksFromManyProcessesWhileRendering) {
+  auto env = make_real_environment({.workers = 2});
+  auto rt = Runtime::create(*env, {.workers = 2});
+  ASSERT_THAT(rt, IsOk());
+  ServiceMetrics m(*env);
+  m.attach_runtime(**rt);
+  constexpr int kProcesses = 4;
+  constexpr int kEvents = 500;
+  std::vector<std::shared_ptr<ExitWatch>> watches;
+  for (int p = 0; p < kProcesses; ++p) {
+    auto w = (*rt)->spawn_watched([&m, p](Context& ctx) -> Task<> {
+      using T = agent::AgentEvent::Type;
+      const std::string task = "t" + std::to_string(p);
+      for (int i = 0; i < kEvents; ++i) {
+        m.on_agent_event(event(T::kStepStarted, task));
+        m.on_agent_event(event(T::kStepFinished, task));
+        m.on_agent_event(event(T::kToolCall, task, "tool" + std::to_string(i % 7)));
+        m.on_task_finished("support", {.status = agent::TaskStatus::kSucceeded, .wall_time = 1s});
+        m.on_http_request("/v1/tasks", "GET", 200, 1ms);
+        if (i % 50 == 0) (void)co_await ctx.sleep(1ms);
+      }
+    });
+    ASSERT_THAT(w, IsOk());
+    watches.push_back(w->exit);
+  }
+  auto renderer = (*rt)->spawn_watched([&m](Context& ctx) -> Task<> {
+    for (int i = 0; i < 20; ++i) {
+      std::string page = m.render();
+      EXPECT_NE(page.find("# TYPE"), std::string::npos);
+      (void)co_await ctx.sleep(1ms);
+    }
+  });
+  ASSERT_THAT(renderer, IsOk());
+  for (auto& w : watches) EXPECT_TRUE(w->wait().is_normal());
+  EXPECT_TRUE(renderer->exit->wait().is_normal());
+  const std::string page = m.render();
+  const double n = kProcesses * kEvents;
+  EXPECT_THAT(value(page, "nines_agent_steps_total", {{"agent", "support"}}), Optional(Eq(n)));
+  EXPECT_THAT(value(page, "nines_agent_step_duration_seconds_count", {{"agent", "support"}}), Optional(Eq(n)));
+  EXPECT_THAT(value(page, "nines_tasks_total", {{"agent", "support"}, {"outcome", "succeeded"}}), Optional(Eq(n)));
+  EXPECT_THAT(value(page, "nines_http_requests_total", {{"route", "/v1/tasks"}, {"method", "GET"}, {"code", "200"}}),
+              Optional(Eq(n)));
+  double tool_calls = 0;
+  for (const Sample& s : parse(page)) {
+    if (s.name == "nines_agent_tool_calls_total") tool_calls += s.value;
+  }
+  EXPECT_EQ(tool_calls, n);
+  m.detach_runtime();
+}
+
 // Every family, populated; written to $NINES_METRICS_PAGE for `promtool check metrics`
 // (service_metrics_promtool). Also checks here that every sample line belongs to a family
 // with HELP and TYPE and that counters end in _total.
