@@ -55,7 +55,32 @@ const std::vector<double> kRecoveryBuckets = {0.001, 0.005, 0.01, 0.05, 0.1, 0.2
 // Whole tasks.
 const std::vector<double> kTaskBuckets = {0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 14400};
 
-std::string clip(std::string_view v) { return std::string(v.substr(0, kMaxLabelBytes)); }
+// A label value Prometheus accepts: valid UTF-8 (each byte of an invalid sequence becomes '?'),
+// at most kMaxLabelBytes bytes, never cut inside a character.
+std::string clip(std::string_view v) {
+  std::string out;
+  out.reserve(std::min(v.size(), kMaxLabelBytes));
+  for (std::size_t i = 0; i < v.size();) {
+    const auto c = static_cast<unsigned char>(v[i]);
+    std::size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+    bool valid = n > 0 && i + n <= v.size();
+    for (std::size_t k = 1; valid && k < n; ++k) valid = (static_cast<unsigned char>(v[i + k]) >> 6) == 0x2;
+    if (valid && n > 1) {  // no overlong forms, no surrogates, nothing above U+10FFFF (as Go's utf8)
+      const auto c1 = static_cast<unsigned char>(v[i + 1]);
+      valid = !(n == 2 && c < 0xC2) && !(c == 0xE0 && c1 < 0xA0) && !(c == 0xED && c1 >= 0xA0) &&
+              !(c == 0xF0 && c1 < 0x90) && !(c == 0xF4 && c1 >= 0x90) && c <= 0xF4;
+    }
+    if (!valid) n = 1;
+    if (out.size() + n > kMaxLabelBytes) break;
+    if (valid) {
+      out.append(v.substr(i, n));
+    } else {
+      out.push_back('?');
+    }
+    i += n;
+  }
+  return out;
+}
 
 // One family of prometheus-cpp metrics with fixed label names; at() finds or adds the series for
 // the label values (in the order of the names). An empty value leaves its label out. Past
@@ -70,7 +95,7 @@ class Series {
     NINES_DCHECK(values.size() == names_.size());
     std::string key;
     for (std::string_view v : values) {
-      key.append(v.substr(0, kMaxLabelBytes));
+      key.append(clip(v));
       key.push_back('\x1f');
     }
     std::lock_guard lock(mu_);

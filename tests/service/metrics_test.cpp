@@ -183,6 +183,21 @@ TEST(ServiceMetrics, LabelValuesAreBoundedPerFamily) {
   EXPECT_THAT(value(page, "nines_agent_tool_calls_total", {{"agent", "_other"}, {"tool", "_other"}}), Optional(Eq(5)));
 }
 
+TEST(ServiceMetrics, LabelValuesAreValidUtf8CutAtACharacter) {
+  SimEnvironment env(1);
+  ServiceMetrics m(env);
+  using T = agent::AgentEvent::Type;
+  std::string long_name(127, 'a');
+  long_name += "\xC3\xA9";  // é across the 128-byte limit: cut before it
+  m.on_agent_event(event(T::kToolCall, "t", long_name));
+  m.on_agent_event(event(T::kToolCall, "t", "bad\xFF\xC0\x80name\xE2\x82"));
+  const std::string page = m.render();
+  EXPECT_THAT(value(page, "nines_agent_tool_calls_total", {{"agent", "support"}, {"tool", std::string(127, 'a')}}),
+              Optional(Eq(1)));
+  EXPECT_THAT(value(page, "nines_agent_tool_calls_total", {{"agent", "support"}, {"tool", "bad???name??"}}),
+              Optional(Eq(1)));
+}
+
 // ---- models ----
 struct ModelHarness {
   test::SimRuntime s;
