@@ -5,6 +5,7 @@
 //   nines sim-server [--config FILE] [--port N] [--bind ADDR] [--fault-key request|position]
 //   nines sim agents --seed N [--seeds K] [--trace] [--faults SPEC] [--unjournaled]
 //   nines check FILE [--print]
+//   nines serve [-c FILE] [--port N]
 //   nines --version, nines --help, nines COMMAND --help
 //
 // Each command is one add_* function below: it declares the command and its options, bound to
@@ -29,6 +30,7 @@
 #include "demo_models.hpp"
 #include "demo_runtime.hpp"
 #include "nines/version.hpp"
+#include "serve_cmd.hpp"
 #include "sim_agents_cmd.hpp"
 #include "sim_server_cmd.hpp"
 
@@ -179,6 +181,24 @@ void add_check(CLI::App& app, Action& action) {
   cmd->callback([o, &action] { action = [o] { return nines::cli::run_check(*o); }; });
 }
 
+void add_serve(CLI::App& app, Action& action) {
+  auto o = std::make_shared<nines::cli::ServeCmdOptions>();
+  CLI::App* cmd = app.add_subcommand("serve", "run the agents of a config file as a service with an HTTP API");
+  cmd->footer(
+      "Runs until SIGTERM or SIGINT, then stops gracefully: readiness goes false, running tasks stop at\n"
+      "their next checkpoint (server.shutdown_grace), and the next start resumes them. The API:\n"
+      "docs/api.md; the config: docs/service.md.\n"
+      "Exit status: 0 after a graceful stop; 1 an invalid config or a failed start; 2 the config cannot\n"
+      "be read, or a usage error.");
+  cmd->add_option("-c,--config", o->config, "the config file (default nines.yaml)")->type_name("FILE");
+  cmd->add_option_function<std::uint64_t>(
+         "--port", [o](std::uint64_t p) { o->port = static_cast<std::uint16_t>(p); },
+         "listen on this port instead of server.port (0: any free port)")
+      ->type_name("N")
+      ->check(whole_number(0, 65535));
+  cmd->callback([o, &action] { action = [o] { return nines::cli::run_serve(*o); }; });
+}
+
 void add_sim_agents(CLI::App& sim, Action& action) {
   auto o = std::make_shared<nines::cli::SimAgentsCmdOptions>();
   CLI::App* cmd = sim.add_subcommand("agents", "the deterministic simulation of agent tasks under crashes, by seed");
@@ -257,6 +277,7 @@ int main(int argc, char** argv) {
   add_sim_server(app, action);
   add_sim_agents(add_group(app, "sim", "deterministic simulations, by seed", "simulation", action), action);
   add_check(app, action);
+  add_serve(app, action);
   app.footer("Run 'nines COMMAND --help' for a command's options.");
 
   try {

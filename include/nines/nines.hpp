@@ -74,4 +74,5 @@
 #include "nines/llm/tokens.hpp"
 #include "nines/llm/wire.hpp"
 #include "nines/service/config.hpp"
+#include "nines/service/service.hpp"
 #endif

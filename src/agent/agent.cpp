@@ -269,6 +269,9 @@ struct Agents::Impl : std::enable_shared_from_this<Agents::Impl> {
   std::map<std::string, std::optional<Budget>, std::less<>> pending_caps;
   Runtime* runtime = nullptr;
   Pid supervisor;
+  // drain(): every task stops at its next checkpoint (before its next model turn), its process
+  // exits normally (not restarted), and start() refuses new tasks.
+  std::atomic<bool> draining{false};
 
   Impl(Environment& e, WorkflowEngine& w, std::shared_ptr<ToolRegistry> t, AgentsOptions o)
       : env(e), engine(w), tools(std::move(t)), options(o) {}
@@ -827,6 +830,12 @@ Task<Result<std::string>> TaskRun::run() {
       Result<bool> in_store = impl_.cancel_requested(wf_.id());
       if (!in_store.ok()) co_return std::move(in_store).error();
       cancelled = *in_store;
+    }
+    if (!cancelled && impl_.draining.load(std::memory_order_acquire)) {
+      // Every turn before this one is recorded: the next run (after the service's restart)
+      // resumes here.
+      co_return Error(ErrorKind::kTransient,
+                      "task '" + wf_.id() + "' stopped at a checkpoint: the agents are draining");
     }
     if (cancelled) {
       account_recorded_turns();  // a cancel seen before the replay still counts what was spent
@@ -1400,7 +1409,11 @@ SupervisorSpec Agents::task_supervisor_spec() const {
       TaskOutcome out = co_await view.run(c, start.agent, start.task_id, start.input, start.options);
       // An interrupted run crashes the process: the supervisor restarts it (with backoff) and
       // the task resumes where its records end.
-      if (out.status == TaskStatus::kInterrupted) c.exit(ExitReason::crash("nines::agent::Interrupted", out.reason));
+      // While draining, an interrupted run (stopped at its checkpoint) exits normally instead:
+      // the task stays running in the store for the next start of the program.
+      if (out.status == TaskStatus::kInterrupted && !impl->draining.load(std::memory_order_acquire)) {
+        c.exit(ExitReason::crash("nines::agent::Interrupted", out.reason));
+      }
     };
     return sc.spawn_link(std::move(behavior));
   };
@@ -1425,6 +1438,9 @@ Task<Result<Pid>> Agents::start(Context& ctx, std::string agent, std::string tas
     sup = impl_->supervisor;
   }
   if (sup == Pid{}) co_return Error(ErrorKind::kInvalidArgument, "agents: start_supervisor() first");
+  if (impl_->draining.load(std::memory_order_acquire)) {
+    co_return Error(ErrorKind::kCancelled, "agents: draining, no new task processes");
+  }
   if (!impl_->agent(agent)) co_return Error(ErrorKind::kNotFound, "no agent named '" + agent + "'");
   const std::string id = task_id;
   std::any arg = TaskStart{.agent = std::move(agent),
@@ -1518,6 +1534,37 @@ Task<> Agents::Impl::finish_children(Context& ctx, std::string task_id) {
     // request first thing, cascades to its own children, and ends cancelled.
     (void)co_await engine.run_outcome(ctx, w->kind, child, w->input);
   }
+}
+
+void Agents::drain() { impl_->draining.store(true, std::memory_order_release); }
+
+std::size_t Agents::running_count() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->running.size();
+}
+
+bool Agents::running_here(std::string_view task_id) const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->running.find(task_id) != impl_->running.end();
+}
+
+Status Agents::submit(std::string_view agent, std::string task_id, std::string input, RunOptions options) {
+  if (!impl_->agent(std::string(agent)))
+    return Error(ErrorKind::kNotFound, "no agent named '" + std::string(agent) + "'");
+  if (task_id.empty()) return Error(ErrorKind::kInvalidArgument, "submit: the task needs an id");
+  if (!options.parent_task_id.empty()) {
+    return Error(ErrorKind::kInvalidArgument, "submit: a delegated task (parent_task_id) is started with start()");
+  }
+  Store& store = impl_->engine.store();
+  if (store.get_workflow(task_id).ok()) {
+    return Error(ErrorKind::kAlreadyExists, "submit: a task '" + task_id + "' exists already");
+  }
+  const TimePoint now = impl_->engine.store_now();
+  WriteBatch b;
+  b.create_workflow(task_id, std::string(kKindPrefix) + std::string(agent), std::move(input), now);
+  // The first step of every run is "start" (seq 1): recorded here, replayed by the run.
+  b.put_step(task_id, 1, "start", StepStatus::kOk, encode_start(impl_->env.unix_time_ns(), options.cap), now);
+  return store.commit(b);
 }
 
 Status Agents::fork(std::string_view from_task_id, std::string new_task_id, const ForkOptions& options) {

@@ -1120,12 +1120,16 @@ bool loopback(const std::string& a) {
 
 void Parser::server(const YAML::Node& n, const std::string& path, ServerConfig& s) {
   std::map<std::string, YAML::Node> f;
-  if (!fields(n, path, {"address", "port", "max_body_bytes", "auth"}, f)) return;
+  if (!fields(n, path, {"address", "port", "max_body_bytes", "max_concurrent_requests", "shutdown_grace", "auth"}, f))
+    return;
   auto p = [&](const char* k) { return join_path(path, k); };
   if (f.count("address") && string(f["address"], p("address"), s.address) && s.address.empty())
     error(f["address"], p("address"), "must not be empty");
   if (f.count("port")) whole(f["port"], p("port"), s.port, 0, 65535);
   if (f.count("max_body_bytes")) size(f["max_body_bytes"], p("max_body_bytes"), s.max_body_bytes, 1);
+  if (f.count("max_concurrent_requests"))
+    whole(f["max_concurrent_requests"], p("max_concurrent_requests"), s.max_concurrent_requests, 1, 1'000'000);
+  if (f.count("shutdown_grace")) duration(f["shutdown_grace"], p("shutdown_grace"), s.shutdown_grace);
   if (f.count("auth")) {
     std::map<std::string, YAML::Node> g;
     const std::string ap = p("auth");
@@ -1688,7 +1692,10 @@ std::string debug_string(const ServiceConfig& c) {
       << ", restart_period: " << dur(g.options.restart_period) << "}\n";
   }
   o << "server: {address: " << c.server.address << ", port: " << c.server.port
-    << ", max_body_bytes: " << c.server.max_body_bytes << ", tokens: [";
+    << ", max_body_bytes: " << c.server.max_body_bytes
+    << ", max_concurrent_requests: " << c.server.max_concurrent_requests
+    << ", shutdown_grace_ms: " << std::chrono::duration_cast<std::chrono::milliseconds>(c.server.shutdown_grace).count()
+    << ", tokens: [";
   for (std::size_t i = 0; i < c.server.tokens.size(); ++i)
     o << (i ? ", " : "") << c.server.tokens[i].source << " " << c.server.tokens[i].token;
   o << "]}\nlogging: {level: " << to_string(c.logging.level)

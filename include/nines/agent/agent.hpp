@@ -293,6 +293,27 @@ class Agents {
   // The same with RunOptions (a per-task budget cap, the delegating parent).
   Task<TaskOutcome> run(Context& ctx, std::string agent, std::string task_id, std::string input, RunOptions options);
 
+  // Records a new task durably without running it: its workflow (kind "agent:<agent>", the
+  // input) and its first record (the start time, from which wall time counts, and
+  // options.cap), in one commit. Then run it with start() or run(), or let a resumer
+  // (AgentsOptions::resume_on_start, WorkflowEngine::resume_all) pick it up: a service answers
+  // a submission once it is recorded this way, so a crash right after loses nothing.
+  // kNotFound: no such agent; kInvalidArgument: an empty task id, or options.parent_task_id
+  // set (delegation goes through start()/run()); kAlreadyExists: a task (of any agent) has
+  // the id. Not inside a process (a blocking store commit).
+  Status submit(std::string_view agent, std::string task_id, std::string input, RunOptions options = {});
+
+  // Graceful stop: from now on every task of this Agents stops at its next checkpoint (before
+  // its next model turn: everything before is recorded), its process exits normally (it is
+  // not restarted; the task stays running in the store and resumes at the next start of the
+  // program), and start() refuses new tasks. A task waiting (approval, sleep) or in a model or
+  // tool call stops when that ends; kill what is left after a grace period (its committed
+  // records are safe in any case). Irreversible.
+  void drain();
+  // Tasks run by a process of this Agents now (started with start(), or run() in progress).
+  std::size_t running_count() const;
+  bool running_here(std::string_view task_id) const;
+
   // Starts the supervisor of task processes, linked to the caller. kAlreadyExists while one
   // (started here or by supervisor_child) is alive; once it is gone, a new one may be started.
   Result<Pid> start_supervisor(Context& ctx);

@@ -181,6 +181,9 @@ struct ServerConfig {
   std::string address = "127.0.0.1";  // loopback by default; any other needs a token
   std::uint16_t port = 8080;
   std::size_t max_body_bytes = std::size_t{1} << 20;
+  std::size_t max_concurrent_requests = 256;  // in progress at once; beyond: 429 with Retry-After
+  // SIGTERM: how long running tasks get to reach a checkpoint before they are killed.
+  Duration shutdown_grace = std::chrono::seconds(30);
   std::vector<AuthToken> tokens;
 };
 
