@@ -22,6 +22,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <shared_mutex>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -359,10 +360,13 @@ struct ServiceMetrics::Impl {
   std::mutex routers_mu;
   std::map<std::string, std::shared_ptr<llm::Router>, std::less<>> routers;
 
-  std::mutex store_mu;  // attach/detach vs. a scrape
+  // attach/detach (exclusive) vs. the store's users (shared: scrapes, finished tasks); the
+  // Store itself is thread-safe.
+  std::shared_mutex store_mu;
 
   // ---- hooks ----
   void on_agent_event(const agent::AgentEvent& e);
+  std::optional<double> task_age_seconds(const std::string& task_id);
   void on_supervision_event(const SupervisionEvent& e);
   std::string supervisor_label(const SupervisionEvent& e) const;
   void close_down(SupStats& s, std::size_t n, TimePoint at);
@@ -426,13 +430,27 @@ void ServiceMetrics::Impl::on_agent_event(const agent::AgentEvent& e) {
       approvals.at({a, e.detail.rfind("approved", 0) == 0 ? "approved" : "denied"}).Increment();
       break;
     }
-    case Type::kTaskFinished: {
-      std::lock_guard lock(steps_mu);
-      step_started.erase(e.task_id);
+    case Type::kTaskFinished: {  // detail: the status
+      {
+        std::lock_guard lock(steps_mu);
+        step_started.erase(e.task_id);
+      }
+      tasks.at({a, e.detail.empty() ? "unknown" : e.detail}).Increment();
+      if (std::optional<double> age = task_age_seconds(e.task_id)) task_duration.at({a}).Observe(*age);
       break;
     }
     case Type::kSleep: break;
   }
+}
+
+// Wall time since the task was created (the workflow record's created_at, a unix-time
+// TimePoint as the workflow engine writes it), when a store is attached and has the task.
+std::optional<double> ServiceMetrics::Impl::task_age_seconds(const std::string& task_id) {
+  std::shared_lock lock(store_mu);
+  if (store == nullptr) return std::nullopt;
+  Result<WorkflowRecord> w = store->get_workflow(task_id);
+  if (!w.ok()) return std::nullopt;
+  return std::max(0.0, static_cast<double>(env.unix_time_ns() - w->created_at.time_since_epoch().count()) / 1e9);
 }
 
 void ServiceMetrics::Impl::close_down(SupStats& s, std::size_t n, TimePoint at) {
@@ -626,7 +644,7 @@ void ServiceMetrics::Impl::collect_supervision(std::vector<prometheus::MetricFam
 }
 
 void ServiceMetrics::Impl::collect_store(std::vector<prometheus::MetricFamily>& out) {
-  std::lock_guard lock(store_mu);
+  std::shared_lock lock(store_mu);
   if (store == nullptr) return;
   using prometheus::MetricType;
   Result<WorkflowCounts> counts = store->count_workflows();
@@ -896,12 +914,12 @@ std::unique_ptr<Store> ServiceMetrics::meter_store(std::unique_ptr<Store> inner)
 }
 
 void ServiceMetrics::attach_store(Store& store) {
-  std::lock_guard lock(impl_->store_mu);
+  std::unique_lock lock(impl_->store_mu);
   impl_->store = &store;
 }
 
 void ServiceMetrics::detach_store() {
-  std::lock_guard lock(impl_->store_mu);
+  std::unique_lock lock(impl_->store_mu);
   impl_->store = nullptr;
 }
 

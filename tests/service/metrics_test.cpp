@@ -151,8 +151,31 @@ TEST(ServiceMetrics, AgentEventsCountStepsToolsRetriesFallbacksAndGuards) {
   EXPECT_THAT(value(page, "nines_agent_approval_waits_total", a), Optional(Eq(1)));
   EXPECT_THAT(value(page, "nines_agent_approvals_total", {{"agent", "support"}, {"decision", "denied"}}),
               Optional(Eq(1)));
-  // Tasks are counted by on_task_finished, not by the kTaskFinished event.
-  EXPECT_FALSE(has_family(page, "nines_tasks_total"));
+  EXPECT_THAT(value(page, "nines_tasks_total", {{"agent", "support"}, {"outcome", "budget_exceeded"}}),
+              Optional(Eq(1)));
+  // No store attached: the task's age is unknown, no duration is observed.
+  EXPECT_FALSE(has_family(page, "nines_task_duration_seconds"));
+}
+
+TEST(ServiceMetrics, FinishedTaskEventTakesItsDurationFromTheStore) {
+  SimEnvironment env(1);
+  ServiceMetrics m(env);
+  auto store = make_memory_store();
+  ASSERT_THAT(store, IsOk());
+  m.attach_store(**store);
+  WriteBatch b;
+  b.create_workflow("t1", "agent:support", "hi", TimePoint(Duration(env.unix_time_ns())));
+  ASSERT_THAT((*store)->commit(b), IsOk());
+  env.set_now(env.now() + 42s);
+  m.on_agent_event(event(agent::AgentEvent::Type::kTaskFinished, "t1", {}, "needs_attention"));
+  m.on_agent_event(event(agent::AgentEvent::Type::kTaskFinished, "unknown-task", {}, "succeeded"));
+  const std::string page = m.render();
+  EXPECT_THAT(value(page, "nines_tasks_total", {{"agent", "support"}, {"outcome", "needs_attention"}}),
+              Optional(Eq(1)));
+  EXPECT_THAT(value(page, "nines_tasks_total", {{"agent", "support"}, {"outcome", "succeeded"}}), Optional(Eq(1)));
+  EXPECT_THAT(value(page, "nines_task_duration_seconds_count", {{"agent", "support"}}), Optional(Eq(1)));
+  EXPECT_THAT(value(page, "nines_task_duration_seconds_sum", {{"agent", "support"}}), Optional(DoubleNear(42, 1e-6)));
+  m.detach_store();
 }
 
 TEST(ServiceMetrics, FinishedTasksByOutcomeWithLatency) {

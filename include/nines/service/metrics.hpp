@@ -127,14 +127,17 @@ class ServiceMetrics {
   // One agent event (agent.hpp): steps (nines_agent_steps_total, and the step latency from its
   // kStepStarted to its kStepFinished), task runs and resumes, tool calls and results by tool
   // and result kind, invalid tool calls by kind, retries (the calls of a turn beyond its first),
-  // fallbacks by route and reason, guard stops, approval waits. kTaskFinished is not counted
-  // here: tasks are counted by on_task_finished, which has the outcome.
+  // fallbacks by route and reason, guard stops, approval waits, and ended tasks (kTaskFinished):
+  // nines_tasks_total{agent, outcome} (outcome needs_attention counts manual interventions) and
+  // nines_task_duration_seconds{agent}, the time since the task's workflow was created (read
+  // from the attached store; not observed without one).
   void on_agent_event(const agent::AgentEvent& event);
   // An observer for Agents::add_observer that calls on_agent_event (it keeps the state alive).
   agent::AgentObserver observer();
-  // A task ended: nines_tasks_total{agent, outcome} (outcome needs_attention counts manual
-  // interventions) and nines_task_duration_seconds{agent} (outcome.wall_time). Call it once per
-  // task end (not for kInterrupted runs, which are counted as nines_tasks_interrupted_total).
+  // For tasks run without the observer (Agents::run in a program that holds the outcome): the
+  // same nines_tasks_total and nines_task_duration_seconds (outcome.wall_time), and
+  // nines_tasks_interrupted_total for a kInterrupted run. A task seen by the observer is counted
+  // there: calling this for it too counts it twice.
   void on_task_finished(std::string_view agent, const agent::TaskOutcome& outcome);
 
   // ---- models ----
