@@ -114,7 +114,7 @@ class ServiceMetrics {
   static constexpr std::string_view kContentType = "text/plain; version=0.0.4; charset=utf-8";
 
   explicit ServiceMetrics(Environment& env);
-  // Unsubscribes from the attached runtime's events.
+  // Unsubscribes from the attached runtime's events, detaches the store, lets go of the routers.
   ~ServiceMetrics();
   ServiceMetrics(const ServiceMetrics&) = delete;
   ServiceMetrics& operator=(const ServiceMetrics&) = delete;
