@@ -44,13 +44,22 @@ std::string_view code_of(int status) {
 
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
-void respond_json(net::HttpResponder& r, int status, const json& body, net::HttpHeaders headers = {}) {
+// The request's responder and the status it answered (for the request metrics).
+struct Reply {
+  net::HttpResponder responder;
+  int status = 0;
+  Status respond(int code, net::HttpHeaders headers, std::string body) {
+    status = code;
+    return responder.respond(code, std::move(headers), std::move(body));
+  }
+};
+
+void respond_json(Reply& r, int status, const json& body, net::HttpHeaders headers = {}) {
   headers.set("Content-Type", "application/json");
   (void)r.respond(status, std::move(headers), dump(body) + "\n");
 }
 
-void respond_error(net::HttpResponder& r, int status, std::string message, std::string field = {},
-                   net::HttpHeaders headers = {}) {
+void respond_error(Reply& r, int status, std::string message, std::string field = {}, net::HttpHeaders headers = {}) {
   json e{{"code", code_of(status)}, {"message", std::move(message)}};
   if (!field.empty()) e["field"] = std::move(field);
   respond_json(r, status, json{{"error", std::move(e)}}, std::move(headers));
@@ -327,7 +336,7 @@ json task_json(Service::Impl& s, const WorkflowRecord& w) {
 }
 
 // The task's record when it is an agent task; a 404 (or 5xx) answered otherwise.
-std::optional<WorkflowRecord> find_task(Service::Impl& s, const std::string& id, net::HttpResponder& r) {
+std::optional<WorkflowRecord> find_task(Service::Impl& s, const std::string& id, Reply& r) {
   Result<WorkflowRecord> w = s.store->get_workflow(id);
   if (!w.ok()) {
     if (w.error().kind() == ErrorKind::kNotFound) {
@@ -344,8 +353,7 @@ std::optional<WorkflowRecord> find_task(Service::Impl& s, const std::string& id,
   return std::move(*w);
 }
 
-void respond_task(Service::Impl& s, const std::string& id, net::HttpResponder& r, int status,
-                  net::HttpHeaders headers = {}) {
+void respond_task(Service::Impl& s, const std::string& id, Reply& r, int status, net::HttpHeaders headers = {}) {
   std::optional<WorkflowRecord> w = find_task(s, id, r);
   if (!w) return;
   respond_json(r, status, task_json(s, *w), std::move(headers));
@@ -383,7 +391,7 @@ std::optional<BodyError> parse_budget(const json& j, agent::Budget& b) {
   return std::nullopt;
 }
 
-Task<> post_task(Service::Impl& s, Context& ctx, const net::HttpServerRequest& req, net::HttpResponder& r) {
+Task<> post_task(Service::Impl& s, Context& ctx, const net::HttpServerRequest& req, Reply& r) {
   if (s.draining.load()) {
     respond_error(r, 503, "the service is shutting down: no new tasks", "", net::HttpHeaders{{"Retry-After", "5"}});
     co_return;
@@ -477,7 +485,7 @@ Task<> post_task(Service::Impl& s, Context& ctx, const net::HttpServerRequest& r
 constexpr WorkflowStatus kGroups[] = {WorkflowStatus::kRunning, WorkflowStatus::kNeedsAttention,
                                       WorkflowStatus::kCompleted, WorkflowStatus::kFailed, WorkflowStatus::kCancelled};
 
-void list_tasks(Service::Impl& s, const net::HttpServerRequest& req, net::HttpResponder& r) {
+void list_tasks(Service::Impl& s, const net::HttpServerRequest& req, Reply& r) {
   std::map<std::string, std::string> q = parse_query(req.query());
   for (const auto& [k, v] : q) {
     if (k != "status" && k != "agent" && k != "limit" && k != "cursor") {
@@ -572,8 +580,7 @@ void list_tasks(Service::Impl& s, const net::HttpServerRequest& req, net::HttpRe
   respond_json(r, 200, out);
 }
 
-Task<> task_action(Service::Impl& s, Context& ctx, const net::HttpServerRequest& req, const Route& route,
-                   net::HttpResponder& r) {
+Task<> task_action(Service::Impl& s, Context& ctx, const net::HttpServerRequest& req, const Route& route, Reply& r) {
   std::optional<WorkflowRecord> w = find_task(s, route.task_id, r);
   if (!w) co_return;
   const std::string agent = agent_of(*w);
@@ -719,7 +726,7 @@ Task<> task_action(Service::Impl& s, Context& ctx, const net::HttpServerRequest&
   respond_error(r, 404, "no route");
 }
 
-void get_events(Service::Impl& s, const net::HttpServerRequest& req, const Route& route, net::HttpResponder& r) {
+void get_events(Service::Impl& s, const net::HttpServerRequest& req, const Route& route, Reply& r) {
   std::optional<WorkflowRecord> w = find_task(s, route.task_id, r);
   if (!w) return;
   std::map<std::string, std::string> q = parse_query(req.query());
@@ -731,10 +738,11 @@ void get_events(Service::Impl& s, const net::HttpServerRequest& req, const Route
   }
   std::optional<std::string> finished;
   if (w->status != WorkflowStatus::kRunning) finished = api_status(*w, nullptr, s.agents_of(agent_of(*w)));
-  s.events->subscribe(w->id, last, r, finished);
+  r.status = 200;
+  s.events->subscribe(w->id, last, r.responder, finished);
 }
 
-void get_readyz(Service::Impl& s, net::HttpResponder& r) {
+void get_readyz(Service::Impl& s, Reply& r) {
   std::shared_ptr<const internal::Generation> gen = s.current();
   json checks = json::object();
   bool ready = true;
@@ -759,10 +767,11 @@ void get_readyz(Service::Impl& s, net::HttpResponder& r) {
     ready = ready && any_closed;
   }
   checks["agents"] = std::move(agents);
+  s.metrics->set_ready(ready);
   respond_json(r, ready ? 200 : 503, json{{"ready", ready}, {"checks", std::move(checks)}});
 }
 
-void get_agents(Service::Impl& s, net::HttpResponder& r) {
+void get_agents(Service::Impl& s, Reply& r) {
   std::shared_ptr<const internal::Generation> gen = s.current();
   json list = json::array();
   for (const auto& [name, a] : gen->agents) {
@@ -783,7 +792,7 @@ void get_agents(Service::Impl& s, net::HttpResponder& r) {
   respond_json(r, 200, json{{"agents", std::move(list)}});
 }
 
-void get_models(Service::Impl& s, net::HttpResponder& r) {
+void get_models(Service::Impl& s, Reply& r) {
   std::shared_ptr<const internal::Generation> gen = s.current();
   json list = json::array();
   for (const ModelConfig& m : gen->config.models) {
@@ -813,8 +822,22 @@ void get_models(Service::Impl& s, net::HttpResponder& r) {
   respond_json(r, 200, json{{"models", std::move(list)}});
 }
 
-Task<> get_supervision(Service::Impl& s, Context& ctx, net::HttpResponder& r) {
+Task<> get_supervision(Service::Impl& s, Context& ctx, Reply& r) {
+  std::map<std::string, json> figures;
+  for (const ServiceMetrics::SupervisorFigures& f : s.metrics->supervisors()) {
+    figures[f.supervisor] = json{{"failures", f.failures},
+                                 {"restarts", f.recoveries},
+                                 {"mtbf_s", f.mtbf_seconds ? json(*f.mtbf_seconds) : json(nullptr)},
+                                 {"mttr_s", f.mttr_seconds ? json(*f.mttr_seconds) : json(nullptr)},
+                                 {"availability", f.availability},
+                                 {"children_down", f.children_down}};
+  }
+  auto with_figures = [&figures](json& node, const std::string& label) {
+    auto it = figures.find(label);
+    node["figures"] = it != figures.end() ? it->second : json(nullptr);
+  };
   json root{{"name", "nines"}, {"pid", s.root.to_string()}, {"alive", s.rt.alive(s.root)}};
+  with_figures(root, "nines");
   json children = json::array();
   Result<std::vector<ChildInfo>> groups = co_await which_children(ctx, s.root);
   if (groups.ok()) {
@@ -823,6 +846,7 @@ Task<> get_supervision(Service::Impl& s, Context& ctx, net::HttpResponder& r) {
                  {"pid", g.pid.to_string()},
                  {"restarting", g.restarting},
                  {"type", g.type == ChildType::kSupervisor ? "supervisor" : "worker"}};
+      with_figures(group, g.id);
       if (g.pid != Pid{}) {
         Result<std::vector<ChildInfo>> tasks = co_await which_children(ctx, g.pid);
         if (tasks.ok()) {
@@ -841,8 +865,7 @@ Task<> get_supervision(Service::Impl& s, Context& ctx, net::HttpResponder& r) {
   respond_json(r, 200, json{{"root", std::move(root)}});
 }
 
-Task<> serve_request(Service::Impl& s, Context& ctx, const net::HttpServerRequest& req, const Route& route,
-                     net::HttpResponder& r) {
+Task<> serve_request(Service::Impl& s, Context& ctx, const net::HttpServerRequest& req, const Route& route, Reply& r) {
   if (route.name == "/healthz") {
     respond_json(r, 200, json{{"status", "ok"}});
   } else if (route.name == "/readyz") {
@@ -875,17 +898,26 @@ Task<> serve_request(Service::Impl& s, Context& ctx, const net::HttpServerReques
 }  // namespace
 
 void Service::Impl::handle(net::HttpServerRequest&& request, net::HttpResponder responder) {
+  const TimePoint started = env.now();
+  Reply reply{std::move(responder)};
+  // Answered here, on the loop thread: counted at once (the route's name or "unmatched": the
+  // label values stay bounded whatever paths clients send).
+  auto answered = [&](const std::string& route_name) {
+    metrics->on_http_request(route_name, request.method, reply.status, env.now() - started);
+  };
   std::optional<Route> route = match(request.path());
   if (!route) {
-    respond_error(responder, 404, "no route " + std::string(request.path()));
+    respond_error(reply, 404, "no route " + std::string(request.path()));
+    answered("unmatched");
     return;
   }
   if (std::find(route->methods.begin(), route->methods.end(), request.method) == route->methods.end()) {
     std::string allow;
     for (const std::string& m : route->methods) allow += (allow.empty() ? "" : ", ") + m;
-    respond_error(responder, 405,
+    respond_error(reply, 405,
                   "method " + request.method + " is not allowed on " + route->name + " (allowed: " + allow + ")", "",
                   net::HttpHeaders{{"Allow", allow}});
+    answered(route->name);
     return;
   }
   std::shared_ptr<const internal::Generation> now = current();
@@ -906,37 +938,44 @@ void Service::Impl::handle(net::HttpServerRequest&& request, net::HttpResponder 
       if (constant_time_equal(token, t.token.reveal()) && !token.empty()) found = &t;
     }
     if (found == nullptr) {
-      respond_error(responder, 401, "a bearer token is required (Authorization: Bearer <token>)", "",
+      respond_error(reply, 401, "a bearer token is required (Authorization: Bearer <token>)", "",
                     net::HttpHeaders{{"WWW-Authenticate", "Bearer"}});
+      answered(route->name);
       return;
     }
     if (need == Scope::kOperator && found->scope != TokenScope::kOperator) {
-      respond_error(responder, 403, "this token may only read (its scope is read)");
+      respond_error(reply, 403, "this token may only read (its scope is read)");
+      answered(route->name);
       return;
     }
   }
   if (in_flight.fetch_add(1) >= config.server.max_concurrent_requests) {
     in_flight.fetch_sub(1);
-    respond_error(responder, 429, "too many requests in progress; try again", "",
-                  net::HttpHeaders{{"Retry-After", "1"}});
+    respond_error(reply, 429, "too many requests in progress; try again", "", net::HttpHeaders{{"Retry-After", "1"}});
+    answered(route->name);
     return;
   }
   // The work runs in a process of its own: the event loop never waits for the store.
   std::weak_ptr<Impl> weak = weak_from_this();
   auto req = std::make_shared<net::HttpServerRequest>(std::move(request));
   auto route_ptr = std::make_shared<Route>(std::move(*route));
-  Result<Pid> spawned = rt.spawn([weak, req, route_ptr, responder](Context& ctx) mutable -> Task<> {
+  auto reply_ptr = std::make_shared<Reply>(reply);
+  Result<Pid> spawned = rt.spawn([weak, req, route_ptr, reply_ptr, started](Context& ctx) -> Task<> {
     std::shared_ptr<Impl> self = weak.lock();
     if (!self) co_return;
     struct InFlight {
       std::atomic<std::size_t>& n;
       ~InFlight() { n.fetch_sub(1); }
     } counted{self->in_flight};
-    co_await serve_request(*self, ctx, *req, *route_ptr, responder);
+    co_await serve_request(*self, ctx, *req, *route_ptr, *reply_ptr);
+    // 0: the process ended without an answer (it should not): counted as a 500.
+    self->metrics->on_http_request(route_ptr->name, req->method, reply_ptr->status == 0 ? 500 : reply_ptr->status,
+                                   self->env.now() - started);
   });
   if (!spawned.ok()) {
     in_flight.fetch_sub(1);
-    respond_error(responder, 503, "the service cannot take requests now");
+    respond_error(reply, 503, "the service cannot take requests now");
+    metrics->on_http_request(route_ptr->name, req->method, reply.status, env.now() - started);
   }
 }
 

@@ -643,6 +643,26 @@ void ServiceMetrics::Impl::collect_supervision(std::vector<prometheus::MetricFam
   }
 }
 
+std::vector<ServiceMetrics::SupervisorFigures> ServiceMetrics::supervisors() const {
+  std::vector<SupervisorFigures> out;
+  Impl& m = *impl_;
+  const TimePoint now = m.env.now();
+  std::lock_guard lock(m.sup_mu);
+  for (const auto& [label, s] : m.sups) {
+    SupervisorFigures f{.supervisor = label, .failures = s.failures, .recoveries = s.recoveries};
+    if (s.failures >= 2)
+      f.mtbf_seconds = seconds(s.last_failure - s.first_failure) / static_cast<double>(s.failures - 1);
+    if (s.recoveries >= 1) f.mttr_seconds = seconds(s.recovery_sum) / static_cast<double>(s.recoveries);
+    const Duration observed = now - s.first_seen;
+    const Duration downtime = s.down_total + (s.down > 0 ? now - s.down_since : Duration::zero());
+    f.availability =
+        std::clamp(observed > Duration::zero() ? 1.0 - seconds(downtime) / seconds(observed) : 1.0, 0.0, 1.0);
+    f.children_down = s.down;
+    out.push_back(std::move(f));
+  }
+  return out;
+}
+
 void ServiceMetrics::Impl::collect_store(std::vector<prometheus::MetricFamily>& out) {
   std::shared_lock lock(store_mu);
   if (store == nullptr) return;

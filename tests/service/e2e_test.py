@@ -22,6 +22,7 @@ import threading
 import time
 import traceback
 import urllib.error
+import urllib.parse
 import urllib.request
 
 NINES = None  # the binary, from argv
@@ -248,6 +249,26 @@ class Env:
 # ---- tests ------------------------------------------------------------------------------------
 
 
+def metric(page, name, **labels):
+    """The value of the sample `name{labels...}` (labels given must match; others may exist)."""
+    for line in page.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        m = re.match(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?\s+(\S+)$', line)
+        if not m or m.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            return float(m.group(3))
+    return None
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_routes_and_bad_input():
     e = Env()
     try:
@@ -331,6 +352,23 @@ def test_routes_and_bad_input():
               models["models"][0]["routes"][0]["breaker"] == "closed", f"models: {models}")
         st, _, sup = s.request("GET", "/v1/supervision")
         check(st == 200 and sup["root"]["alive"] and len(sup["root"]["children"]) == 1, f"supervision: {sup}")
+
+        # The metrics page: the figures of what happened above, in a format promtool accepts.
+        st, h, page = s.request("GET", "/metrics")
+        check(st == 200 and h.get("Content-Type", "").startswith("text/plain; version=0.0.4"), f"metrics: {st} {h}")
+        check(metric(page, "nines_tasks_total", agent="support", outcome="succeeded") == 1, "tasks_total support")
+        check(metric(page, "nines_tasks_total", agent="other", outcome="succeeded") == 1, "tasks_total other")
+        check(metric(page, "nines_workflows", status="completed") == 2, "workflows completed")
+        check(metric(page, "nines_http_requests_total", route="/v1/tasks", method="POST", code="400") >= 8,
+              "400s counted")
+        check(metric(page, "nines_http_requests_total", route="unmatched", method="GET", code="404") == 1,
+              "unmatched route counted once")
+        check(metric(page, "gen_ai_client_token_usage_count", gen_ai_request_model="sim-1",
+                     gen_ai_token_type="input") >= 3, "token usage histogram")
+        check(metric(page, "process_resident_memory_bytes") > 0, "resident memory")
+        if shutil.which("promtool"):
+            lint = subprocess.run(["promtool", "check", "metrics"], input=page, capture_output=True, text=True)
+            check(lint.returncode == 0, f"promtool check metrics: {lint.stdout}{lint.stderr}")
     finally:
         e.close()
 
@@ -677,7 +715,55 @@ def test_hot_reload_valid_invalid_half_written_deleted():
         s.proc.send_signal(signal.SIGHUP)
         wait_log("config_reloaded", 3)
         check(s.request("GET", "/readyz")[0] == 200, "ready after the reloads")
+        page = s.request("GET", "/metrics")[2]
+        check(metric(page, "nines_config_reloads_total", result="ok") == 4, "reloads ok (the start and 3)")
+        check(metric(page, "nines_config_reloads_total", result="rejected") == 4, "reloads rejected")
     finally:
+        e.close()
+
+
+def test_a_real_prometheus_scrapes_the_service():
+    if not shutil.which("prometheus"):
+        print("  (skipped: prometheus is not installed)")
+        return
+    e = Env()
+    prom = None
+    try:
+        s = e.service()
+        for i in range(3):
+            st, _, t = s.request("POST", "/v1/tasks", {"agent": "support", "input": f"scrape {i}"})
+            s.wait_task(t["id"])
+        target = s.url.split("//", 1)[1]
+        web = free_port()
+        with open(os.path.join(e.dir, "prometheus.yml"), "w") as f:
+            f.write(f"global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n"
+                    f"rule_files: [{os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'deploy', 'prometheus', 'alerts.yml')}]\n"
+                    f"scrape_configs:\n  - job_name: nines\n    static_configs: [{{targets: ['{target}']}}]\n")
+        prom = subprocess.Popen(["prometheus", "--config.file=" + os.path.join(e.dir, "prometheus.yml"),
+                                 "--storage.tsdb.path=" + os.path.join(e.dir, "prom-data"),
+                                 "--web.listen-address=127.0.0.1:%d" % web, "--log.level=warn"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        query = urllib.parse.quote('sum(nines_tasks_total{outcome="succeeded"})')
+        value = None
+        deadline = time.time() + 40
+        while time.time() < deadline and value is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{web}/api/v1/query?query={query}", timeout=2) as r:
+                    data = json.loads(r.read())
+                    if data["data"]["result"]:
+                        value = float(data["data"]["result"][0]["value"][1])
+            except Exception:  # noqa: BLE001 - not up yet
+                pass
+            if value is None:
+                time.sleep(0.5)
+        check(value == 3, f"prometheus's query API: {value}")
+        with urllib.request.urlopen(f"http://127.0.0.1:{web}/api/v1/targets", timeout=5) as r:
+            targets = json.loads(r.read())["data"]["activeTargets"]
+        check(targets and targets[0]["health"] == "up", f"targets: {targets}")
+    finally:
+        if prom:
+            prom.terminate()
+            prom.wait(10)
         e.close()
 
 

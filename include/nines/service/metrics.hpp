@@ -88,8 +88,10 @@
 
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "nines/agent/agent.hpp"
 #include "nines/core/environment.hpp"
@@ -190,6 +192,20 @@ class ServiceMetrics {
   // A process's mailbox depth as it last reported it (Context::mailbox_size()):
   // nines_mailbox_depth{process}. For long-lived named processes only.
   void set_mailbox_depth(std::string_view process, std::size_t depth);
+
+  // The supervision figures of each supervisor seen since attach_runtime() (the label, as on the
+  // page), for the API's /v1/supervision. MTBF and MTTR are absent until there are enough
+  // failures and recoveries (see the header comment).
+  struct SupervisorFigures {
+    std::string supervisor;
+    std::uint64_t failures = 0;
+    std::uint64_t recoveries = 0;
+    std::optional<double> mtbf_seconds;
+    std::optional<double> mttr_seconds;
+    double availability = 1;
+    std::size_t children_down = 0;
+  };
+  std::vector<SupervisorFigures> supervisors() const;
 
   struct Impl;  // internal (src/service/metrics.cpp)
 
