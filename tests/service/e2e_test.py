@@ -767,6 +767,41 @@ def test_a_real_prometheus_scrapes_the_service():
         e.close()
 
 
+def test_repeated_kill9_at_random_moments():
+    """Ten kill -9 at random moments while 30 tasks of three tool calls each run: every task
+    ends succeeded, every charge is applied once."""
+    import random
+    turns = """
+        - tool_calls: [{name: charge, arguments: {account: a, cents: 1}}]
+        - tool_calls: [{name: charge, arguments: {account: b, cents: 2}}, {name: charge, arguments: {account: c, cents: 3}}]
+        - answer: done"""
+    e = Env(latency_ms=250, turns=turns)
+    rng = random.Random(int(os.environ.get("E2E_SEED", "7")))
+    try:
+        s = e.service()
+        ids = []
+        for i in range(30):
+            st, _, t = s.request("POST", "/v1/tasks", {"agent": "support", "input": f"task {i}"},
+                                 {"Idempotency-Key": f"kill-{i}"})
+            check(st in (200, 201), f"POST {i}: {st}")
+            ids.append(t["id"])
+        for k in range(10):
+            time.sleep(rng.uniform(0.1, 0.4))
+            s.kill9()
+            s = e.service()
+        resumed = 0
+        for task_id in ids:
+            t = s.wait_task(task_id, timeout=120)
+            check(t["status"] == "succeeded", f"{task_id}: {t}")
+            resumed += t["outcome"]["restarts"] >= 1
+        check(resumed >= 5, f"only {resumed} tasks were cut by a kill and resumed: the kills came too late")
+        charged = e.ledger.tasks_charged()
+        check(all(charged.get(i) == 3 for i in ids), f"each task charges three accounts once: {charged}")
+        check(max(e.ledger.applied.values()) == 1, "an effect applied twice")
+    finally:
+        e.close()
+
+
 TESTS = [name for name in list(globals()) if name.startswith("test_")]
 
 
