@@ -71,7 +71,8 @@ std::optional<RequestError> parse_budget(const json& j, agent::Budget& b) {
         b.max_cost_usd = v.get<double>();
       } else {
         const double secs = v.get<double>();
-        b.max_wall_time = secs > 0 ? std::chrono::duration_cast<Duration>(std::chrono::duration<double>(secs)) : kInfinite;
+        b.max_wall_time =
+            secs > 0 ? std::chrono::duration_cast<Duration>(std::chrono::duration<double>(secs)) : kInfinite;
       }
     } else {
       return bad("unknown field '" + field +
@@ -184,8 +185,8 @@ Parsed<ListQuery> parse_list_query(std::string_view query) {
   ListQuery out;
   if (auto it = q.find("limit"); it != q.end()) {
     const std::string& l = it->second;
-    const bool digits = !l.empty() && l.size() <= 4 &&
-                        std::all_of(l.begin(), l.end(), [](char c) { return c >= '0' && c <= '9'; });
+    const bool digits =
+        !l.empty() && l.size() <= 4 && std::all_of(l.begin(), l.end(), [](char c) { return c >= '0' && c <= '9'; });
     const std::size_t n = digits ? std::stoul(l) : 0;
     if (n < 1 || n > kMaxListLimit) return bad("query 'limit': a whole number from 1 to 500", "limit");
     out.limit = n;
@@ -240,8 +241,9 @@ Parsed<ActionRequest> parse_action(std::string_view action, std::string_view bod
   }
   if (action == "approve" || action == "deny") {
     const bool deny = action == "deny";
-    if (auto e = parse_body(body_text, deny ? std::set<std::string>{"call_id", "reason"} : std::set<std::string>{"call_id"},
-                            body, false)) {
+    if (auto e =
+            parse_body(body_text, deny ? std::set<std::string>{"call_id", "reason"} : std::set<std::string>{"call_id"},
+                       body, false)) {
       return *e;
     }
     if (auto e = get_string(body, "call_id", out.call_id, true)) return *e;
@@ -333,8 +335,7 @@ std::string key_task_id(std::string_view key) {
 std::string percent_decode(std::string_view s) {
   std::string out;
   for (std::size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '%' && i + 2 < s.size() && hex_value(s[i + 1]) >= 0 &&
-        hex_value(s[i + 2]) >= 0) {
+    if (s[i] == '%' && i + 2 < s.size() && hex_value(s[i + 1]) >= 0 && hex_value(s[i + 2]) >= 0) {
       out.push_back(static_cast<char>(hex_value(s[i + 1]) * 16 + hex_value(s[i + 2])));
       i += 2;
     } else if (s[i] == '+') {

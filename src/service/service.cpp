@@ -100,6 +100,82 @@ internal::FileStamp file_stamp(const std::string& path) {
           .inode = static_cast<std::uint64_t>(st.st_ino)};
 }
 
+// The trace id of a task in the logs: 32 hex digits derived from its id (FNV-1a, 128 bits), so
+// every line of one task, across restarts of the service, carries the same one.
+std::string trace_id_of(std::string_view task_id) {
+  __extension__ typedef unsigned __int128 u128;
+  u128 h = (static_cast<u128>(0x6c62272e07bb0142ULL) << 64) | 0x62b821756295c58dULL;
+  const u128 prime = (static_cast<u128>(0x0000000001000000ULL) << 64) | 0x000000000000013BULL;
+  for (unsigned char c : task_id) {
+    h ^= c;
+    h *= prime;
+  }
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%016llx%016llx", static_cast<unsigned long long>(h >> 64),
+                static_cast<unsigned long long>(h));
+  return buf;
+}
+
+// A task's events as log lines (JSON lines with task, agent, step and trace ids): its start and
+// end at info, what went wrong at notice or warning, the steps themselves at debug.
+void log_task_event(Logger& logger, const agent::AgentEvent& e) {
+  using Type = agent::AgentEvent::Type;
+  LogLevel level = LogLevel::kDebug;
+  std::string_view event;
+  switch (e.type) {
+    case Type::kTaskStarted:
+      level = LogLevel::kInfo;
+      event = "task_started";
+      break;
+    case Type::kTaskFinished:
+      level = LogLevel::kInfo;
+      event = "task_finished";
+      break;
+    case Type::kStepStarted: event = "step_started"; break;
+    case Type::kStepFinished: event = "step_finished"; break;
+    case Type::kToolCall: event = "tool_call"; break;
+    case Type::kToolResult:
+      level = e.detail == "ok" ? LogLevel::kDebug : LogLevel::kWarning;
+      event = e.detail == "ok" ? "tool_result" : "tool_error";
+      break;
+    case Type::kInvalidCall:
+      level = LogLevel::kWarning;
+      event = "invalid_tool_call";
+      break;
+    case Type::kRetry:
+      level = LogLevel::kInfo;
+      event = "model_retry";
+      break;
+    case Type::kFallback:
+      level = LogLevel::kNotice;
+      event = "model_fallback";
+      break;
+    case Type::kGuard:
+      level = LogLevel::kWarning;
+      event = "guard_stopped_task";
+      break;
+    case Type::kApprovalWait:
+      level = LogLevel::kNotice;
+      event = "approval_wait";
+      break;
+    case Type::kApprovalDecided:
+      level = LogLevel::kInfo;
+      event = "approval_decided";
+      break;
+    case Type::kSleep:
+      level = LogLevel::kInfo;
+      event = "task_sleeps";
+      break;
+  }
+  if (!logger.enabled(level)) return;
+  logger.log(level, event, e.detail,
+             {{"task", e.task_id},
+              {"agent", e.agent},
+              {"step", e.step},
+              {"tool", e.tool},
+              {"trace_id", trace_id_of(e.task_id)}});
+}
+
 // Everything built inside the service's process (MCP servers need one), then the process waits
 // for the stop message.
 struct StopService {};
@@ -307,6 +383,9 @@ Task<Status> Service::Impl::build(Context& ctx, ServiceConfig config) {
       if (std::shared_ptr<Impl> self = weak.lock()) self->events->publish(event);
     });
     group.agents->add_observer(metrics->observer());
+    group.agents->add_observer([weak](const agent::AgentEvent& event) {
+      if (std::shared_ptr<Impl> self = weak.lock()) log_task_event(self->env.logger(), event);
+    });
     for (const std::string& name : group_config.agents) {
       if (Status s = group.agents->add_agent(std::move(agent_options.at(name))); !s.ok()) {
         co_return std::move(s).error().with_context("agents." + name);

@@ -288,6 +288,12 @@ def test_routes_and_bad_input():
         check(o["answer"] == "charged" and o["steps"] == 2 and o["tool_calls"] == 1 and o["cost_usd"] > 0,
               f"outcome fields: {o}")
         check(e.ledger.tasks_charged() == {t["id"]: 1}, f"ledger: {e.ledger.tasks_charged()}")
+        # Its log lines: JSON, with the task, agent, step and trace ids.
+        lines = [json.loads(l) for l in s.stderr_lines if l.startswith("{")]
+        mine = [l for l in lines if l.get("task") == t["id"]]
+        check([l["event"] for l in mine] == ["task_started", "task_finished"], f"task log lines: {mine}")
+        check(mine[-1]["msg"] == "succeeded" and mine[-1]["agent"] == "support" and mine[-1]["step"] == 2 and
+              len(mine[-1]["trace_id"]) == 32 and mine[0]["trace_id"] == mine[-1]["trace_id"], f"fields: {mine[-1]}")
 
         # A second task, then the list with pagination.
         st, _, t2 = s.request("POST", "/v1/tasks", {"agent": "other", "input": "hello", "id": "my-task.1"})
