@@ -808,6 +808,80 @@ def test_repeated_kill9_at_random_moments():
         e.close()
 
 
+class Postgres:
+    """A throwaway PostgreSQL server on a Unix socket in a temporary directory (as `nobody` when
+    we are root: postgres refuses to run as root)."""
+
+    def __init__(self):
+        self.bin = os.environ.get("NINES_PG_BIN", "/usr/lib/postgresql/15/bin")
+        self.dir = tempfile.mkdtemp(prefix="nines-e2e-pg-")
+        if os.geteuid() == 0:
+            os.chown(self.dir, 65534, 65534)
+        self.run("initdb", "-D", self.dir + "/data", "-U", "nines", "-A", "trust", "-E", "UTF8", "--no-sync")
+        self.start()
+        self.url = f"host={self.dir} user=nines dbname=postgres"
+
+    def run(self, tool, *args):
+        cmd = [self.bin + "/" + tool, *args]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "nobody", "--"] + cmd
+        subprocess.run(cmd, cwd=self.dir, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+
+    def start(self):
+        self.run("pg_ctl", "-D", self.dir + "/data", "-l", self.dir + "/server.log", "-w", "-t", "60", "-o",
+                 f"-k {self.dir} -c listen_addresses=''", "start")
+
+    def stop(self):
+        self.run("pg_ctl", "-D", self.dir + "/data", "-m", "fast", "-w", "stop")
+
+    def close(self):
+        try:
+            self.run("pg_ctl", "-D", self.dir + "/data", "-m", "immediate", "-w", "stop")
+        except Exception:  # noqa: BLE001 - stopped already
+            pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def test_probes_while_the_store_is_down_on_postgres():
+    if not os.path.exists(os.environ.get("NINES_PG_BIN", "/usr/lib/postgresql/15/bin") + "/initdb"):
+        print("  (skipped: postgresql is not installed)")
+        return
+    pg = Postgres()
+    e = Env()
+    try:
+        cfg = os.path.join(e.dir, "nines.yaml")
+        text = open(cfg).read().replace("sqlite: {path: nines.db, durability: synced}",
+                                        f"postgres: {{url: '{pg.url}', connect_timeout: 2s}}")
+        with open(cfg, "w") as f:
+            f.write(text)
+        s = e.service()
+        st, _, t = s.request("POST", "/v1/tasks", {"agent": "support", "input": "on postgres"})
+        check(st == 201 and s.wait_task(t["id"])["status"] == "succeeded", f"a task on postgres: {st} {t}")
+        check(s.request("GET", "/readyz")[0] == 200, "ready on postgres")
+
+        pg.stop()
+        st, _, body = s.request("GET", "/readyz")
+        check(st == 503 and body["checks"]["store"].startswith("unreachable"), f"readyz with the store down: {st} {body}")
+        check(s.request("GET", "/healthz")[0] == 200, "liveness must not depend on the store")
+        st, _, body = s.request("POST", "/v1/tasks", {"agent": "support", "input": "while down"})
+        check(st == 503 and body["error"]["code"] == "unavailable", f"a submission while the store is down: {st} {body}")
+        st, _, body = s.request("GET", "/v1/tasks/" + t["id"])
+        check(st == 503, f"a read while the store is down: {st} {body}")
+
+        pg.start()
+        deadline = time.time() + 30
+        while time.time() < deadline and s.request("GET", "/readyz")[0] != 200:
+            time.sleep(0.2)
+        check(s.request("GET", "/readyz")[0] == 200, "ready again once the store is back")
+        st, _, t2 = s.request("POST", "/v1/tasks", {"agent": "support", "input": "after"})
+        check(st == 201 and s.wait_task(t2["id"])["status"] == "succeeded", f"a task after the outage: {st} {t2}")
+        listed = [x["input"] for x in s.request("GET", "/v1/tasks")[2]["tasks"]]
+        check(sorted(listed) == ["after", "on postgres"], f"nothing from the failed submission: {listed}")
+    finally:
+        e.close()
+        pg.close()
+
+
 TESTS = [name for name in list(globals()) if name.startswith("test_")]
 
 
