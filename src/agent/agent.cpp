@@ -272,6 +272,10 @@ struct Agents::Impl : std::enable_shared_from_this<Agents::Impl> {
   // drain(): every task stops at its next checkpoint (before its next model turn), its process
   // exits normally (not restarted), and start() refuses new tasks.
   std::atomic<bool> draining{false};
+  // Runs of this Agents that ran a task's code (body), and those that ended it (TaskRun::finish:
+  // the status and steps): Agents::run emits kTaskFinished from them after the commit.
+  std::set<std::string, std::less<>> ran_bodies;
+  std::map<std::string, std::pair<std::string, std::int64_t>, std::less<>> finished_runs;
 
   Impl(Environment& e, WorkflowEngine& w, std::shared_ptr<ToolRegistry> t, AgentsOptions o)
       : env(e), engine(w), tools(std::move(t)), options(o) {}
@@ -477,6 +481,7 @@ class TaskRun {
   std::int64_t hist_ = 0;           // history messages the code has made so far
   std::int64_t started_ns_ = 0;     // the task's first start (unix ns)
   std::int64_t pending_bytes_ = 0;  // bytes added to the history since the last model call
+  Duration turn_upstream_{0};       // the live turn's time inside the model client (one call), else 0
   std::int64_t last_input_tokens_ = 0;
   double max_in_price_ = 0, max_out_price_ = 0;
   int invalid_calls_ = 0;
@@ -523,7 +528,12 @@ std::string TaskRun::finish(TaskStatus status, std::string reason, std::string a
   if (status == TaskStatus::kBudgetExceeded || status == TaskStatus::kLoopDetected) {
     emit(AgentEvent::Type::kGuard, {}, std::string(to_string(status)) + ": " + out_.reason);
   }
-  emit(AgentEvent::Type::kTaskFinished, {}, std::string(to_string(status)));
+  // kTaskFinished is emitted by Agents::run once the outcome is committed (a client that sees
+  // the event and then reads the task finds it ended).
+  {
+    std::lock_guard lock(impl_.mu);
+    impl_.finished_runs[wf_.id()] = {std::string(to_string(status)), out_.steps};
+  }
   return encode_outcome(out_);
 }
 
@@ -667,6 +677,7 @@ Task<Result<TurnRecord>> TaskRun::model_turn() {
     };
     Result<llm::RoutedResponse> routed = co_await agent_->router->route(c, req, hooks);
     if (!routed.ok()) co_return std::move(routed).error();
+    turn_upstream_ = routed->attempts == 1 && routed->fallbacks.empty() ? routed->upstream : Duration::zero();
     TurnRecord t;
     t.seq = hist_;
     t.input_tokens = routed->response.usage.input_tokens;
@@ -871,6 +882,8 @@ Task<Result<std::string>> TaskRun::run() {
 
     // 2-3. The model's turn.
     emit(AgentEvent::Type::kStepStarted);
+    const TimePoint turn_started = wf_.ctx().now();
+    turn_upstream_ = Duration::zero();
     Result<TurnRecord> turn = co_await model_turn();
     if (!turn.ok()) {
       const ErrorKind k = turn.error().kind();
@@ -885,8 +898,19 @@ Task<Result<std::string>> TaskRun::run() {
     account(*turn);
     if (turn->attempts > 1) emit(AgentEvent::Type::kRetry, {}, std::to_string(turn->attempts) + " calls");
     for (const std::string& left : turn->left) emit(AgentEvent::Type::kFallback, {}, left);
-    emit(AgentEvent::Type::kStepFinished, {},
-         turn->route + " in=" + std::to_string(turn->input_tokens) + " out=" + std::to_string(turn->output_tokens));
+    {
+      AgentEvent finished{.type = AgentEvent::Type::kStepFinished,
+                          .task_id = wf_.id(),
+                          .agent = agent_->name,
+                          .step = out_.steps,
+                          .detail = turn->route + " in=" + std::to_string(turn->input_tokens) +
+                                    " out=" + std::to_string(turn->output_tokens)};
+      if (turn_upstream_ > Duration::zero()) {  // live, one call
+        finished.duration = wf_.ctx().now() - turn_started;
+        finished.upstream = turn_upstream_;
+      }
+      impl_.emit(std::move(finished));
+    }
     Result<Message> reply = message_at(turn->seq);
     if (!reply.ok()) co_return std::move(reply).error();
 
@@ -1136,6 +1160,10 @@ Task<Result<std::string>> Agents::Impl::body(WorkflowContext& wf, std::shared_pt
       if (it != impl.running.end() && it->second == self) impl.running.erase(it);
     }
   } here(*this, wf.id(), wf.ctx());
+  {
+    std::lock_guard lock(mu);
+    ran_bodies.insert(wf.id());
+  }
   std::optional<Budget> cap;
   {
     std::lock_guard lock(mu);
@@ -1313,13 +1341,26 @@ Task<TaskOutcome> Agents::run(Context& ctx, std::string agent, std::string task_
     pending.set = impl_->pending_caps.try_emplace(task_id, options.cap).second;
   }
   WorkflowOutcome w = co_await impl_->engine.run_outcome(ctx, std::string(kKindPrefix) + agent, task_id, input);
+  bool ran = false;
+  std::optional<std::pair<std::string, std::int64_t>> finished;
+  {
+    std::lock_guard lock(impl_->mu);
+    ran = impl_->ran_bodies.erase(task_id) > 0;
+    if (auto it = impl_->finished_runs.find(task_id); it != impl_->finished_runs.end()) {
+      finished = std::move(it->second);
+      impl_->finished_runs.erase(it);
+    }
+  }
   switch (w.end) {
     case RunEnd::kCompleted: {
       Result<TaskOutcome> o = decode_outcome(*w.result);
-      if (o.ok()) co_return std::move(*o);
-      out.status = TaskStatus::kFailed;
-      out.reason = o.error().to_string();
-      co_return out;
+      if (o.ok()) {
+        out = std::move(*o);
+      } else {
+        out.status = TaskStatus::kFailed;
+        out.reason = o.error().to_string();
+      }
+      break;
     }
     case RunEnd::kNeedsAttention: out.status = TaskStatus::kNeedsAttention; break;
     case RunEnd::kCancelled: out.status = TaskStatus::kCancelled; break;
@@ -1327,8 +1368,19 @@ Task<TaskOutcome> Agents::run(Context& ctx, std::string agent, std::string task_
     case RunEnd::kRefused: out.status = TaskStatus::kFailed; break;
     case RunEnd::kInterrupted: out.status = TaskStatus::kInterrupted; break;
   }
-  out.reason = w.result.ok() ? *w.result : w.result.error().to_string();
-  if (out.status == TaskStatus::kNeedsAttention) count_recorded_turns(impl_->engine.store(), task_id, out);
+  if (w.end != RunEnd::kCompleted) {
+    out.reason = w.result.ok() ? *w.result : w.result.error().to_string();
+    if (out.status == TaskStatus::kNeedsAttention) count_recorded_turns(impl_->engine.store(), task_id, out);
+  }
+  // The task's end, now that it is committed: once, by the run that ran its code to that end
+  // (a run that only read a recorded outcome emits nothing).
+  if (ran && w.end != RunEnd::kInterrupted && w.end != RunEnd::kRefused) {
+    impl_->emit(AgentEvent{.type = AgentEvent::Type::kTaskFinished,
+                           .task_id = task_id,
+                           .agent = agent,
+                           .step = finished ? finished->second : out.steps,
+                           .detail = finished ? finished->first : std::string(to_string(out.status))});
+  }
   co_return out;
 }
 

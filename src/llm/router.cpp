@@ -131,6 +131,7 @@ struct Router::Impl {
     bool auth = false;                 // the last attempt's failure was an auth failure
     std::optional<Error> local_limit;  // the last attempt was refused by a local limiter
     std::size_t attempts = 0;          // model calls made (every route, every retry)
+    Duration upstream{0};              // time inside the clients' complete()
   };
 
   Environment& env;
@@ -201,7 +202,9 @@ struct Router::Impl {
           call.hooks->on_text(text);
         };
       }
+      const TimePoint sent = c.now();
       ChatOutcome out = co_await r.options.client->complete(c, req, std::move(sink));
+      call.upstream += c.now() - sent;
       call.auth = !out.result.ok() && out.failure && out.failure->auth;
       if (out.result.ok()) {
         const std::int64_t input = out.result->usage.input_tokens;
@@ -336,6 +339,7 @@ struct Router::Impl {
           out.degraded = i != 0 || out.compacted;
           out.fallbacks = std::move(fallbacks);
           out.attempts = call.attempts;
+          out.upstream = call.upstream;
           co_return out;
         }
         Error e = with_route(call.local_limit ? *call.local_limit : result.error(), r.options.name);

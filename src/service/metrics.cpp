@@ -403,6 +403,11 @@ void ServiceMetrics::Impl::on_agent_event(const agent::AgentEvent& e) {
         }
       }
       if (started) step_duration.at({a}).Observe(seconds(env.now() - *started));
+      // A live turn of one call: what nines added to it (AgentEvent::duration - upstream).
+      if (e.duration > Duration::zero() && e.duration >= e.upstream) {
+        const std::string_view route = std::string_view(e.detail).substr(0, e.detail.find(' '));
+        overhead.at({route}).Observe(seconds(e.duration - e.upstream));
+      }
       break;
     }
     case Type::kToolCall: tool_calls.at({a, e.tool}).Increment(); break;

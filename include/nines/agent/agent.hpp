@@ -240,7 +240,7 @@ struct AgentEvent {
     kApprovalWait,     // a call waits for approve() or deny() (tool, detail: the call id)
     kApprovalDecided,  // ... and got its decision (tool, detail: "approved" or "denied: why")
     kSleep,            // the task sleeps (detail: until when, unix ns)
-    kTaskFinished,     // the task ended (detail: the status)
+    kTaskFinished,     // the task ended, its outcome committed (detail: the status; needs_attention too)
   };
   Type type = Type::kTaskStarted;
   std::string task_id;
@@ -248,6 +248,12 @@ struct AgentEvent {
   std::int64_t step = 0;
   std::string tool;
   std::string detail;
+  // kStepFinished of a turn answered live by one model call (no retry, no fallback; not a
+  // replay): the turn's time from kStepStarted to its record committed, and the part of it
+  // spent inside the model client. The difference is what nines adds to the call (prompt
+  // building, context fitting, routing, the record's commit). Zero otherwise.
+  Duration duration{0};
+  Duration upstream{0};
 };
 std::string_view to_string(AgentEvent::Type type);
 using AgentObserver = std::function<void(const AgentEvent&)>;

@@ -195,6 +195,7 @@ struct RoutedResponse {
   bool compacted = false;               // the compactor changed the prompt
   std::vector<RouteFailure> fallbacks;  // the routes left before, in order
   std::size_t attempts = 0;             // model calls this answer took: 1, plus each retry on any route
+  Duration upstream{0};                 // time inside the routes' clients (every attempt's complete())
 };
 
 // Counters of one route (a snapshot; each field read atomically on its own).
