@@ -276,6 +276,9 @@ struct Agents::Impl : std::enable_shared_from_this<Agents::Impl> {
   // the status and steps): Agents::run emits kTaskFinished from them after the commit.
   std::set<std::string, std::less<>> ran_bodies;
   std::map<std::string, std::pair<std::string, std::int64_t>, std::less<>> finished_runs;
+  // submit(): its check that the id is free and its commit are one step for concurrent
+  // submits here (the store has no create-if-absent-else-fail).
+  std::mutex submit_mu;
 
   Impl(Environment& e, WorkflowEngine& w, std::shared_ptr<ToolRegistry> t, AgentsOptions o)
       : env(e), engine(w), tools(std::move(t)), options(o) {}
@@ -1672,6 +1675,7 @@ Status Agents::submit(std::string_view agent, std::string task_id, std::string i
     return Error(ErrorKind::kInvalidArgument, "submit: a delegated task (parent_task_id) is started with start()");
   }
   Store& store = impl_->engine.store();
+  std::lock_guard submitting(impl_->submit_mu);
   if (store.get_workflow(task_id).ok()) {
     return Error(ErrorKind::kAlreadyExists, "submit: a task '" + task_id + "' exists already");
   }

@@ -321,7 +321,9 @@ class Agents {
   Status submit(std::string_view agent, std::string task_id, std::string input, RunOptions options = {});
 
   // Graceful stop: from now on every task of this Agents stops at its next checkpoint (before
-  // its next model turn: everything before is recorded), its process exits normally (it is
+  // its next model turn: every model turn and journaled tool call before is recorded; a
+  // read-only tool call of the last turn, whose result is recorded with the next turn's
+  // record, runs again on resume, as after a crash), its process exits normally (it is
   // not restarted; the task stays running in the store and resumes at the next start of the
   // program), and start() refuses new tasks. A task waiting (approval, sleep) or in a model or
   // tool call stops when that ends; kill what is left after a grace period (its committed
