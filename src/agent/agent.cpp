@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <deque>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -272,10 +273,17 @@ struct Agents::Impl : std::enable_shared_from_this<Agents::Impl> {
   // drain(): every task stops at its next checkpoint (before its next model turn), its process
   // exits normally (not restarted), and start() refuses new tasks.
   std::atomic<bool> draining{false};
-  // Runs of this Agents that ran a task's code (body), and those that ended it (TaskRun::finish:
-  // the status and steps): Agents::run emits kTaskFinished from them after the commit.
-  std::set<std::string, std::less<>> ran_bodies;
-  std::map<std::string, std::pair<std::string, std::int64_t>, std::less<>> finished_runs;
+  // What a run() in progress learns from the task's code: whether it ran (body) and how it ended
+  // (TaskRun::finish: the status and steps); run() emits kTaskFinished from it after the commit.
+  // Registered by run() for its duration (gone with its frame, also when its process is
+  // killed); a body run without it (WorkflowEngine::resume_all) emits kTaskFinished itself.
+  struct RunFlags {
+    bool ran = false;
+    std::optional<std::pair<std::string, std::int64_t>> finished;
+  };
+  std::map<std::string, RunFlags*, std::less<>> run_flags;
+  // Task processes started by start() that ended before start() could register them (bounded).
+  std::deque<Pid> ended_before_registered;
   // submit(): its check that the id is free and its commit are one step for concurrent
   // submits here (the store has no create-if-absent-else-fail).
   std::mutex submit_mu;
@@ -532,11 +540,16 @@ std::string TaskRun::finish(TaskStatus status, std::string reason, std::string a
     emit(AgentEvent::Type::kGuard, {}, std::string(to_string(status)) + ": " + out_.reason);
   }
   // kTaskFinished is emitted by Agents::run once the outcome is committed (a client that sees
-  // the event and then reads the task finds it ended).
+  // the event and then reads the task finds it ended); without a run() around this body, here.
+  bool deferred = false;
   {
     std::lock_guard lock(impl_.mu);
-    impl_.finished_runs[wf_.id()] = {std::string(to_string(status)), out_.steps};
+    if (auto it = impl_.run_flags.find(wf_.id()); it != impl_.run_flags.end()) {
+      it->second->finished.emplace(std::string(to_string(status)), out_.steps);
+      deferred = true;
+    }
   }
+  if (!deferred) emit(AgentEvent::Type::kTaskFinished, {}, std::string(to_string(status)));
   return encode_outcome(out_);
 }
 
@@ -1142,6 +1155,7 @@ struct TaskStart {
   std::string task_id;
   std::string input;
   RunOptions options;
+  bool by_start = false;  // start() registers the process in `running` once it has its pid
 };
 
 }  // namespace
@@ -1165,7 +1179,7 @@ Task<Result<std::string>> Agents::Impl::body(WorkflowContext& wf, std::shared_pt
   } here(*this, wf.id(), wf.ctx());
   {
     std::lock_guard lock(mu);
-    ran_bodies.insert(wf.id());
+    if (auto it = run_flags.find(wf.id()); it != run_flags.end()) it->second->ran = true;
   }
   std::optional<Budget> cap;
   {
@@ -1343,16 +1357,30 @@ Task<TaskOutcome> Agents::run(Context& ctx, std::string agent, std::string task_
     std::lock_guard lock(impl_->mu);
     pending.set = impl_->pending_caps.try_emplace(task_id, options.cap).second;
   }
+  struct Flags {
+    Impl& impl;
+    std::string id;
+    Impl::RunFlags flags;
+    bool registered = false;
+    Flags(Impl& i, std::string t) : impl(i), id(std::move(t)) {
+      std::lock_guard lock(impl.mu);
+      registered = impl.run_flags.try_emplace(id, &flags).second;
+    }
+    ~Flags() {
+      if (!registered) return;
+      std::lock_guard lock(impl.mu);
+      impl.run_flags.erase(id);
+    }
+    Flags(const Flags&) = delete;
+    Flags& operator=(const Flags&) = delete;
+  } flags(*impl_, task_id);
   WorkflowOutcome w = co_await impl_->engine.run_outcome(ctx, std::string(kKindPrefix) + agent, task_id, input);
   bool ran = false;
   std::optional<std::pair<std::string, std::int64_t>> finished;
   {
     std::lock_guard lock(impl_->mu);
-    ran = impl_->ran_bodies.erase(task_id) > 0;
-    if (auto it = impl_->finished_runs.find(task_id); it != impl_->finished_runs.end()) {
-      finished = std::move(it->second);
-      impl_->finished_runs.erase(it);
-    }
+    ran = flags.registered && flags.flags.ran;
+    finished = flags.flags.finished;
   }
   switch (w.end) {
     case RunEnd::kCompleted: {
@@ -1518,12 +1546,19 @@ SupervisorSpec Agents::task_supervisor_spec() const {
         Impl& impl;
         std::string id;
         Pid self;
+        bool by_start;
         ~Registered() {
           std::lock_guard lock(impl.mu);
           auto it = impl.running.find(id);
-          if (it != impl.running.end() && it->second == self) impl.running.erase(it);
+          if (it != impl.running.end() && it->second == self) {
+            impl.running.erase(it);
+          } else if (by_start) {
+            // Ended before start() registered it (a quick task): start() must not register it.
+            impl.ended_before_registered.push_back(self);
+            if (impl.ended_before_registered.size() > 1024) impl.ended_before_registered.pop_front();
+          }
         }
-      } registered{*impl, start.task_id, c.self()};
+      } registered{*impl, start.task_id, c.self(), start.by_start};
       Agents view(impl);
       TaskOutcome out = co_await view.run(c, start.agent, start.task_id, start.input, start.options);
       // An interrupted run crashes the process: the supervisor restarts it (with backoff) and
@@ -1565,13 +1600,20 @@ Task<Result<Pid>> Agents::start(Context& ctx, std::string agent, std::string tas
   std::any arg = TaskStart{.agent = std::move(agent),
                            .task_id = std::move(task_id),
                            .input = std::move(input),
-                           .options = std::move(options)};
+                           .options = std::move(options),
+                           .by_start = true};
   Result<Pid> pid = co_await start_dynamic_child(ctx, sup, std::move(arg));
   if (pid.ok()) {
     // Known as running from now on, before its process has created the workflow: wait() and
-    // cancel() find it (the process removes the entry when it ends).
+    // cancel() find it (the process removes the entry when it ends) -- unless it has ended
+    // already, which its process recorded.
     std::lock_guard lock(impl_->mu);
-    impl_->running.try_emplace(id, *pid);
+    auto& ended = impl_->ended_before_registered;
+    if (auto it = std::find(ended.begin(), ended.end(), *pid); it != ended.end()) {
+      ended.erase(it);
+    } else {
+      impl_->running.try_emplace(id, *pid);
+    }
   }
   co_return pid;
 }
