@@ -8,7 +8,27 @@
 #include <utility>
 #include <vector>
 
-namespace nines::cli::api {
+namespace nines::cli {
+
+// Declared in tasks_cmd.hpp; here because every command that talks to the service uses them.
+TasksIo TasksIo::standard() {
+  return TasksIo{.out =
+                     [](std::string_view s) {
+                       std::fwrite(s.data(), 1, s.size(), stdout);
+                       std::fflush(stdout);
+                     },
+                 .err =
+                     [](std::string_view s) {
+                       std::fwrite(s.data(), 1, s.size(), stderr);
+                       std::fflush(stderr);
+                     }};
+}
+
+TasksIo TasksIo::to_strings(std::string& out, std::string& err) {
+  return TasksIo{.out = [&out](std::string_view s) { out += s; }, .err = [&err](std::string_view s) { err += s; }};
+}
+
+namespace api {
 
 using namespace std::chrono_literals;
 
@@ -313,4 +333,5 @@ Task<int> stream_events(Context& ctx, const Api& api, const std::string& task_id
   }
 }
 
-}  // namespace nines::cli::api
+}  // namespace api
+}  // namespace nines::cli

@@ -84,6 +84,21 @@ CLI::Validator positive_seconds(double max) {
       "");
 }
 
+// A number >= 0, fractions allowed (an amount of money).
+CLI::Validator non_negative_number() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        double v = 0;
+        const char* end = text.data() + text.size();
+        auto [ptr, ec] = std::from_chars(text.data(), end, v);
+        if (text.empty() || ec != std::errc() || ptr != end || !(v >= 0 && v <= 1e12)) {
+          return "expected a number from 0 to 1e12, got '" + text + "'";
+        }
+        return {};
+      },
+      "");
+}
+
 // `--flag N`: a count in [lo, hi]; the help line shows the range and the default.
 template <class T>
 void add_count(CLI::App& cmd, const std::string& flag, T& value, std::uint64_t lo, std::uint64_t hi,
@@ -337,7 +352,7 @@ void add_run(CLI::App& app, Action& action) {
       ->type_name("KEY");
   cmd->add_option("--max-cost-usd", o->max_cost_usd, "cap on the task's cost, in US dollars (on top of the agent's)")
       ->type_name("USD")
-      ->check(CLI::NonNegativeNumber.description(""));
+      ->check(non_negative_number());
   cmd->add_option("--max-steps", o->max_steps, "cap on the task's steps (on top of the agent's)")
       ->type_name("N")
       ->check(whole_number(0, 1'000'000));

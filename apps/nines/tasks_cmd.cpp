@@ -539,23 +539,6 @@ std::string usage_problem(const TasksCmdOptions& o) {
 
 }  // namespace
 
-TasksIo TasksIo::standard() {
-  return TasksIo{.out =
-                     [](std::string_view s) {
-                       std::fwrite(s.data(), 1, s.size(), stdout);
-                       std::fflush(stdout);
-                     },
-                 .err =
-                     [](std::string_view s) {
-                       std::fwrite(s.data(), 1, s.size(), stderr);
-                       std::fflush(stderr);
-                     }};
-}
-
-TasksIo TasksIo::to_strings(std::string& out, std::string& err) {
-  return TasksIo{.out = [&out](std::string_view s) { out += s; }, .err = [&err](std::string_view s) { err += s; }};
-}
-
 int run_tasks(const TasksCmdOptions& o, const TasksIo& io) {
   const Reporter r(io, "nines tasks " + o.command);
   if (std::string problem = usage_problem(o); !problem.empty()) return r.fail(kTasksUsageError, problem);
