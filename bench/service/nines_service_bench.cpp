@@ -14,16 +14,20 @@
 //   post_p50_us, post_p99_us (201s only), rejected (non-201 answers and failed requests),
 //   drain_s (from the end of the window until no task runs), completed_per_s (accepted /
 //   (SECONDS + drain_s): what the service sustains when it also runs them), cpu_us_per_task
-//   (service CPU from the window's start to the end of the drain / accepted).
+//   (service CPU from the window's start to the end of the drain / accepted), tasks_with_warm_up
+//   (accepted + CLIENTS: every task this run submitted, for per-task counts taken from outside).
 // latency: TASKS times, one at a time: POST a task, open GET /v1/tasks/{id}/events (SSE; the
 //   service replays what it holds, so a task that finished before the stream opened still sends
-//   its task_finished), read until task_finished. Times post_us (send to 201) and finish_us (send
-//   to the task_finished event), then reads the task (untimed) for its outcome.wall_time_s (the
-//   agent's own run, from its start record to its outcome). Metrics (bench
-//   "service_latency_LABEL"): post_p50_us, post_p99_us, finish_p50_us, finish_p99_us,
-//   run_p50_us, run_p99_us (outcome.wall_time_s), failed (tasks not succeeded or requests that
-//   failed), cpu_us_per_task (service CPU over the whole loop / TASKS; includes serving the
-//   event stream and the GET).
+//   its task_finished), read until task_finished, then GET /v1/tasks/{id} back to back until it
+//   is no longer running (the service sends task_finished before the outcome's record is
+//   committed, so the first GET can still say running). Times post_us (send to 201), finish_us
+//   (send to the task_finished event) and recorded_us (send to the GET that shows the outcome:
+//   the task is durably done), and takes the outcome's wall_time_s (the agent's own run, from
+//   its start to its outcome, before the outcome's commit). Metrics (bench
+//   "service_latency_LABEL"): post_, finish_, recorded_ and run_ p50_us / p99_us, failed (tasks
+//   that did not succeed, streams without task_finished), event_before_record (tasks whose
+//   first GET after task_finished still said running), cpu_us_per_task (service CPU over the
+//   whole loop / TASKS; includes serving the event stream and the GETs).
 // One JSON line per metric: {"bench","system":"nines","metric","value","unit"}. Exit 1 if a
 // request fails in a way that makes the numbers meaningless (the service unreachable).
 #include <unistd.h>
@@ -195,12 +199,14 @@ int submit(const Bench& b, long pid, double seconds, int clients) {
   nines::bench::emit(bench.c_str(), "drain_s", drain_s, "s");
   nines::bench::emit(bench.c_str(), "completed_per_s", accepted / (window_s + drain_s), "tasks/s");
   nines::bench::emit(bench.c_str(), "cpu_us_per_task", accepted > 0 ? cpu / accepted * 1e6 : 0, "us");
+  nines::bench::emit(bench.c_str(), "tasks_with_warm_up", accepted + clients, "count");
   return 0;
 }
 
 int latency(const Bench& b, long pid, int tasks) {
-  std::vector<double> post_us, finish_us, run_us;
+  std::vector<double> post_us, finish_us, recorded_us, run_us;
   long failed = 0;
+  long event_first = 0;  // tasks still "running" on the first GET after their task_finished event
   bool unreachable = false;
   const double cpu0 = cpu_seconds(pid);
   b.run([&](Context& ctx) -> Task<> {
@@ -240,15 +246,23 @@ int latency(const Bench& b, long pid, int tasks) {
         ++failed;
         continue;
       }
-      post_us.push_back(us(posted - start));
-      finish_us.push_back(us(done - start));
-      net::HttpRequest show = b.get("/v1/tasks/" + id);
-      Result<net::HttpResponse> t = co_await b.http.request(ctx, std::move(show));
-      json task = t.ok() ? json::parse(t->body, nullptr, false) : json();
+      // The outcome's record: read until it is no longer running (the event can come first).
+      json task;
+      for (int read = 0; read < 10'000; ++read) {
+        net::HttpRequest show = b.get("/v1/tasks/" + id);
+        Result<net::HttpResponse> t = co_await b.http.request(ctx, std::move(show));
+        task = t.ok() ? json::parse(t->body, nullptr, false) : json();
+        if (!task.is_object() || task["status"] != "running") break;
+        if (read == 0) ++event_first;
+      }
+      const TimePoint recorded = ctx.now();
       if (!task.is_object() || task["status"] != "succeeded" || !task["outcome"]["wall_time_s"].is_number()) {
         ++failed;
         continue;
       }
+      post_us.push_back(us(posted - start));
+      finish_us.push_back(us(done - start));
+      recorded_us.push_back(us(recorded - start));
       run_us.push_back(task["outcome"]["wall_time_s"].get<double>() * 1e6);
     }
   });
@@ -260,8 +274,10 @@ int latency(const Bench& b, long pid, int tasks) {
   const std::string bench = "service_latency_" + b.label;
   emit_percentiles(bench, "post", post_us);
   emit_percentiles(bench, "finish", finish_us);
+  emit_percentiles(bench, "recorded", recorded_us);
   emit_percentiles(bench, "run", run_us);
   nines::bench::emit(bench.c_str(), "failed", static_cast<double>(failed), "count");
+  nines::bench::emit(bench.c_str(), "event_before_record", static_cast<double>(event_first), "count");
   nines::bench::emit(bench.c_str(), "cpu_us_per_task", cpu / tasks * 1e6, "us");
   return 0;
 }
