@@ -69,6 +69,7 @@ if(NINES_WITH_NET)
 endif()
 if(NINES_WITH_LLM)
   list(APPEND pc_requires yaml-cpp)  # the service layer's config
+  list(APPEND pc_requires prometheus-cpp-core)  # the service layer's /metrics page
 endif()
 list(JOIN pc_requires " " pc_requires)
 set(pc_extra_libs "-pthread")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (the llm parsers, the sim's request parser, the SSE parser, the HTTP server's request
-# parser, the service config loader) with clang-14 (ASan + UBSan) in build/fuzz and runs each
+# parser, the service config loader, the service API's request parsing) with clang-14 (ASan + UBSan) in build/fuzz and runs each
 # for N seconds (default 10), seeded from the test fixtures. Not part of scripts/test.sh.
 #   bash scripts/fuzz.sh          # 10 s per target
 #   bash scripts/fuzz.sh 600      # longer runs; see docs/llm.md
@@ -17,7 +17,7 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER
   -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DNINES_SANITIZE=address,undefined -DNINES_LLM_FUZZ=ON -DNINES_BUILD_TESTS=OFF -DNINES_BUILD_BENCH=OFF >/dev/null
 cmake --build "$build" -j2 --target nines_llm_response_fuzz nines_llm_stream_fuzz nines_llm_sim_request_fuzz nines_net_sse_fuzz \
-  nines_net_http_request_fuzz nines_service_config_fuzz
+  nines_net_http_request_fuzz nines_service_config_fuzz nines_service_request_fuzz
 
 # Seeds: byte 0 picks the provider (0 OpenAI, 1 Anthropic); then a body, or one event per line.
 seed() {  # seed <target> <provider byte> <name> <content>
@@ -61,9 +61,18 @@ cp config/nines.yaml "$build/corpus/config/seed-sample"
 printf '%s' $'models:\n  m: {provider: sim}\nagents:\n  a: {models: [m], tools: [x]}\n' >"$build/corpus/config/seed-min"
 printf '%s' $'a: &a [1, 2]\nb: [*a, *a]\nmodels: {m: {provider: openai, api_key: "${KEY}"}}\n' >"$build/corpus/config/seed-alias"
 
+# The API's request parsing: byte 0 picks the parser (0 route, 1 submit, 2 list query, 3 action,
+# 4 auth, 5 query); then path or key, a second part, and the body, separated by newlines.
+seed request 00 route $'/v1/tasks/t-1%2Fx/cancel'
+seed request 01 submit $'order-42\n\n{"agent":"support","input":"hi","budget":{"max_steps":3,"max_cost_usd":0.5}}'
+seed request 02 list $'status=succeeded&agent=a&limit=10&cursor=300a742d31'
+seed request 03 resolve $'xxxx\n\n{"effect_id":"3","applied":true,"outcome":"{}"}'
+seed request 04 auth $'Bearer abc\nabc'
+seed request 05 query $'a=%41&b=+x&&=&c\n5f2c.7'
+
 mkdir -p "$build/findings"
 status=0
-for target in llm/response llm/stream llm/sim_request net/sse net/http_request service/config; do
+for target in llm/response llm/stream llm/sim_request net/sse net/http_request service/config service/request; do
   layer="${target%%/*}"; target="${target#*/}"
   echo "fuzz: nines_${layer}_${target}_fuzz for ${seconds}s"
   log="$build/findings/$target.log"

@@ -34,6 +34,8 @@ packages=(
                    # C++ is in Debian, and writing one is what the issue asks us not to do.
   libyaml-cpp-dev  # the service's config file (src/service/config.cpp: YAML with line:column marks for every error)
   libcli11-dev   # the `nines` command's parser: subcommands, per-command help, validated numbers; header-only
+  prometheus-cpp-dev  # the service's /metrics page (src/service/metrics.cpp): prometheus-cpp's core library (registry,
+                      # text serializer); not its civetweb server: the service's own HTTP server serves the page
   libcurl4-openssl-dev  # the net layer's HTTP(S) client (src/net/http_client.cpp: libcurl multi + OpenSSL)
   node-llhttp    # the net layer's HTTP server parses requests with llhttp, the parser Node.js uses today (the nodejs
                  # http-parser it replaced is archived upstream, with no more fixes). Debian ships llhttp only as C
@@ -48,6 +50,7 @@ if [[ $mode == all ]]; then
     libgmock-dev   # test doubles (GoogleMock)
     pkgconf        # the install test builds a program with `pkg-config --cflags --libs nines`
     postgresql     # the server the store tests start in a temporary directory (initdb, pg_ctl)
+    prometheus     # promtool checks the metrics page and alert rules; the integration test scrapes with a real server
     openssl        # the TLS server (openssl s_server) and certificate the net tests make for HTTPS
     clang-format-14  # the formatter: scripts/check_format.sh (in the test command) against .clang-format
     clang-14       # libFuzzer targets of the llm parsers (scripts/fuzz.sh); the build itself uses g++

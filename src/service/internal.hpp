@@ -24,6 +24,7 @@
 #include "nines/net/http_server.hpp"
 #include "nines/runtime/runtime.hpp"
 #include "nines/service/config.hpp"
+#include "nines/service/metrics.hpp"
 #include "nines/service/service.hpp"
 #include "nines/store/store.hpp"
 #include "nines/workflow/workflow.hpp"
@@ -135,8 +136,10 @@ struct Service::Impl : std::enable_shared_from_this<Service::Impl> {
   // Fixed for the service's life: the store, the engine, the HTTP client, the MCP servers and
   // their tools, the groups (each an agent::Agents and its task supervisor), the always-on
   // workers, the event hub and the HTTP server.
-  std::unique_ptr<Store> store;
+  std::unique_ptr<Store> store;  // metered (ServiceMetrics::meter_store)
   std::unique_ptr<WorkflowEngine> engine;
+  // Declared after the store: destroyed before it (it reads the store at scrape time).
+  std::unique_ptr<ServiceMetrics> metrics;
   std::shared_ptr<net::HttpClient> http;
   std::vector<std::shared_ptr<agent::McpServer>> mcp;
   std::map<std::string, std::vector<std::shared_ptr<agent::Tool>>> mcp_tools;  // by server

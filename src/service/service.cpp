@@ -100,6 +100,82 @@ internal::FileStamp file_stamp(const std::string& path) {
           .inode = static_cast<std::uint64_t>(st.st_ino)};
 }
 
+// The trace id of a task in the logs: 32 hex digits derived from its id (FNV-1a, 128 bits), so
+// every line of one task, across restarts of the service, carries the same one.
+std::string trace_id_of(std::string_view task_id) {
+  __extension__ typedef unsigned __int128 u128;
+  u128 h = (static_cast<u128>(0x6c62272e07bb0142ULL) << 64) | 0x62b821756295c58dULL;
+  const u128 prime = (static_cast<u128>(0x0000000001000000ULL) << 64) | 0x000000000000013BULL;
+  for (unsigned char c : task_id) {
+    h ^= c;
+    h *= prime;
+  }
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%016llx%016llx", static_cast<unsigned long long>(h >> 64),
+                static_cast<unsigned long long>(h));
+  return buf;
+}
+
+// A task's events as log lines (JSON lines with task, agent, step and trace ids): its start and
+// end at info, what went wrong at notice or warning, the steps themselves at debug.
+void log_task_event(Logger& logger, const agent::AgentEvent& e) {
+  using Type = agent::AgentEvent::Type;
+  LogLevel level = LogLevel::kDebug;
+  std::string_view event;
+  switch (e.type) {
+    case Type::kTaskStarted:
+      level = LogLevel::kInfo;
+      event = "task_started";
+      break;
+    case Type::kTaskFinished:
+      level = LogLevel::kInfo;
+      event = "task_finished";
+      break;
+    case Type::kStepStarted: event = "step_started"; break;
+    case Type::kStepFinished: event = "step_finished"; break;
+    case Type::kToolCall: event = "tool_call"; break;
+    case Type::kToolResult:
+      level = e.detail == "ok" ? LogLevel::kDebug : LogLevel::kWarning;
+      event = e.detail == "ok" ? "tool_result" : "tool_error";
+      break;
+    case Type::kInvalidCall:
+      level = LogLevel::kWarning;
+      event = "invalid_tool_call";
+      break;
+    case Type::kRetry:
+      level = LogLevel::kInfo;
+      event = "model_retry";
+      break;
+    case Type::kFallback:
+      level = LogLevel::kNotice;
+      event = "model_fallback";
+      break;
+    case Type::kGuard:
+      level = LogLevel::kWarning;
+      event = "guard_stopped_task";
+      break;
+    case Type::kApprovalWait:
+      level = LogLevel::kNotice;
+      event = "approval_wait";
+      break;
+    case Type::kApprovalDecided:
+      level = LogLevel::kInfo;
+      event = "approval_decided";
+      break;
+    case Type::kSleep:
+      level = LogLevel::kInfo;
+      event = "task_sleeps";
+      break;
+  }
+  if (!logger.enabled(level)) return;
+  logger.log(level, event, e.detail,
+             {{"task", e.task_id},
+              {"agent", e.agent},
+              {"step", e.step},
+              {"tool", e.tool},
+              {"trace_id", trace_id_of(e.task_id)}});
+}
+
 // Everything built inside the service's process (MCP servers need one), then the process waits
 // for the stop message.
 struct StopService {};
@@ -112,7 +188,8 @@ Result<std::shared_ptr<internal::Generation>> Service::Impl::make_generation(
   for (const ModelConfig& m : config.models) {
     Result<std::shared_ptr<llm::ChatModel>> c = make_client(m, *http);
     if (!c.ok()) return std::move(c).error();
-    g->clients.emplace(m.name, std::move(*c));
+    g->clients.emplace(
+        m.name, metrics->meter_model(std::move(*c), {std::string(to_string(m.provider)), m.name, m.model}, m.price));
   }
   // Tools: native (by name), HTTP, then every MCP server's (the running servers' own).
   std::vector<std::shared_ptr<agent::Tool>> all;
@@ -201,9 +278,12 @@ Result<std::unique_ptr<Service>> Service::start(Runtime& rt, ServiceOptions opti
   }
   env.logger().set_level(config.logging.level);
 
+  impl->metrics = std::make_unique<ServiceMetrics>(env);
   Result<std::unique_ptr<Store>> store = open_store(config.store);
   if (!store.ok()) return std::move(store).error().with_context("store");
-  impl->store = std::move(*store);
+  impl->store = impl->metrics->meter_store(std::move(*store));
+  impl->metrics->attach_store(*impl->store);
+  impl->metrics->attach_runtime(rt);
   Result<std::unique_ptr<WorkflowEngine>> engine = WorkflowEngine::create(env, *impl->store);
   if (!engine.ok()) return std::move(engine).error();
   impl->engine = std::move(*engine);
@@ -302,6 +382,10 @@ Task<Status> Service::Impl::build(Context& ctx, ServiceConfig config) {
     group.agents->add_observer([weak](const agent::AgentEvent& event) {
       if (std::shared_ptr<Impl> self = weak.lock()) self->events->publish(event);
     });
+    group.agents->add_observer(metrics->observer());
+    group.agents->add_observer([weak](const agent::AgentEvent& event) {
+      if (std::shared_ptr<Impl> self = weak.lock()) log_task_event(self->env.logger(), event);
+    });
     for (const std::string& name : group_config.agents) {
       if (Status s = group.agents->add_agent(std::move(agent_options.at(name))); !s.ok()) {
         co_return std::move(s).error().with_context("agents." + name);
@@ -314,6 +398,8 @@ Task<Status> Service::Impl::build(Context& ctx, ServiceConfig config) {
     std::lock_guard lock(gen_mu);
     gen = *g;
   }
+  for (const auto& [name, view] : (*g)->agents) metrics->add_router(name, view.router);
+  metrics->on_config_reload(true);
   Result<Pid> sup = start_supervisor_link(ctx, root_spec);
   if (!sup.ok()) co_return std::move(sup).error().with_context("supervision tree");
   root = *sup;
@@ -439,6 +525,7 @@ Status Service::Impl::reload_now() {
   std::lock_guard lock(reload_mu);
   auto rejected = [this](Error e) {
     reloads_rejected.fetch_add(1);
+    metrics->on_config_reload(false);
     NINES_LOG(env.logger(), LogLevel::kError, "config_reload_rejected",
               "the new config was rejected; the running config is kept", {"file", options.config_path},
               {"error", e.message()});
@@ -475,17 +562,18 @@ Status Service::Impl::reload_now() {
     std::lock_guard glock(gen_mu);
     gen = *g;
   }
+  for (const auto& [name, view] : now->agents) {
+    if (!(*g)->agents.contains(name)) metrics->remove_router(name);
+  }
+  for (const auto& [name, view] : (*g)->agents) metrics->add_router(name, view.router);
+  metrics->on_config_reload(true);
   reloads_ok.fetch_add(1);
   NINES_LOG(env.logger(), LogLevel::kNotice, "config_reloaded", "the new config is applied",
             {"file", options.config_path}, {"agents", agents_now});
   return ok_status();
 }
 
-std::string Service::Impl::render_metrics() {
-  // Interim page until the metrics registry is wired (docs/metrics.md).
-  std::string page = "# HELP nines_up Whether the service is serving.\n# TYPE nines_up gauge\nnines_up 1\n";
-  return page;
-}
+std::string Service::Impl::render_metrics() { return metrics->render(); }
 
 // ---- lifecycle ---------------------------------------------------------------------------------
 
@@ -518,6 +606,7 @@ std::size_t Service::shutdown(Duration grace) {
   std::lock_guard lock(s.shutdown_mu);
   if (s.stopped.exchange(true)) return 0;
   s.draining.store(true);
+  if (s.metrics) s.metrics->set_ready(false);
   for (auto& [name, g] : s.groups) g.agents->drain();
   // Wait for the tasks to reach their checkpoints, on the environment's clock.
   const TimePoint until = s.env.now() + std::max(grace, Duration::zero());

@@ -22,6 +22,7 @@ import threading
 import time
 import traceback
 import urllib.error
+import urllib.parse
 import urllib.request
 
 NINES = None  # the binary, from argv
@@ -248,6 +249,26 @@ class Env:
 # ---- tests ------------------------------------------------------------------------------------
 
 
+def metric(page, name, **labels):
+    """The value of the sample `name{labels...}` (labels given must match; others may exist)."""
+    for line in page.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        m = re.match(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?\s+(\S+)$', line)
+        if not m or m.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            return float(m.group(3))
+    return None
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_routes_and_bad_input():
     e = Env()
     try:
@@ -267,6 +288,12 @@ def test_routes_and_bad_input():
         check(o["answer"] == "charged" and o["steps"] == 2 and o["tool_calls"] == 1 and o["cost_usd"] > 0,
               f"outcome fields: {o}")
         check(e.ledger.tasks_charged() == {t["id"]: 1}, f"ledger: {e.ledger.tasks_charged()}")
+        # Its log lines: JSON, with the task, agent, step and trace ids.
+        lines = [json.loads(l) for l in s.stderr_lines if l.startswith("{")]
+        mine = [l for l in lines if l.get("task") == t["id"]]
+        check([l["event"] for l in mine] == ["task_started", "task_finished"], f"task log lines: {mine}")
+        check(mine[-1]["msg"] == "succeeded" and mine[-1]["agent"] == "support" and mine[-1]["step"] == 2 and
+              len(mine[-1]["trace_id"]) == 32 and mine[0]["trace_id"] == mine[-1]["trace_id"], f"fields: {mine[-1]}")
 
         # A second task, then the list with pagination.
         st, _, t2 = s.request("POST", "/v1/tasks", {"agent": "other", "input": "hello", "id": "my-task.1"})
@@ -331,6 +358,23 @@ def test_routes_and_bad_input():
               models["models"][0]["routes"][0]["breaker"] == "closed", f"models: {models}")
         st, _, sup = s.request("GET", "/v1/supervision")
         check(st == 200 and sup["root"]["alive"] and len(sup["root"]["children"]) == 1, f"supervision: {sup}")
+
+        # The metrics page: the figures of what happened above, in a format promtool accepts.
+        st, h, page = s.request("GET", "/metrics")
+        check(st == 200 and h.get("Content-Type", "").startswith("text/plain; version=0.0.4"), f"metrics: {st} {h}")
+        check(metric(page, "nines_tasks_total", agent="support", outcome="succeeded") == 1, "tasks_total support")
+        check(metric(page, "nines_tasks_total", agent="other", outcome="succeeded") == 1, "tasks_total other")
+        check(metric(page, "nines_workflows", status="completed") == 2, "workflows completed")
+        check(metric(page, "nines_http_requests_total", route="/v1/tasks", method="POST", code="400") >= 8,
+              "400s counted")
+        check(metric(page, "nines_http_requests_total", route="unmatched", method="GET", code="404") == 1,
+              "unmatched route counted once")
+        check(metric(page, "gen_ai_client_token_usage_count", gen_ai_request_model="sim-1",
+                     gen_ai_token_type="input") >= 3, "token usage histogram")
+        check(metric(page, "process_resident_memory_bytes") > 0, "resident memory")
+        if shutil.which("promtool"):
+            lint = subprocess.run(["promtool", "check", "metrics"], input=page, capture_output=True, text=True)
+            check(lint.returncode == 0, f"promtool check metrics: {lint.stdout}{lint.stderr}")
     finally:
         e.close()
 
@@ -677,8 +721,165 @@ def test_hot_reload_valid_invalid_half_written_deleted():
         s.proc.send_signal(signal.SIGHUP)
         wait_log("config_reloaded", 3)
         check(s.request("GET", "/readyz")[0] == 200, "ready after the reloads")
+        page = s.request("GET", "/metrics")[2]
+        check(metric(page, "nines_config_reloads_total", result="ok") == 4, "reloads ok (the start and 3)")
+        check(metric(page, "nines_config_reloads_total", result="rejected") == 4, "reloads rejected")
     finally:
         e.close()
+
+
+def test_a_real_prometheus_scrapes_the_service():
+    if not shutil.which("prometheus"):
+        print("  (skipped: prometheus is not installed)")
+        return
+    e = Env()
+    prom = None
+    try:
+        s = e.service()
+        for i in range(3):
+            st, _, t = s.request("POST", "/v1/tasks", {"agent": "support", "input": f"scrape {i}"})
+            s.wait_task(t["id"])
+        target = s.url.split("//", 1)[1]
+        web = free_port()
+        with open(os.path.join(e.dir, "prometheus.yml"), "w") as f:
+            f.write(f"global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n"
+                    f"rule_files: [{os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..', 'deploy', 'prometheus', 'alerts.yml')}]\n"
+                    f"scrape_configs:\n  - job_name: nines\n    static_configs: [{{targets: ['{target}']}}]\n")
+        prom = subprocess.Popen(["prometheus", "--config.file=" + os.path.join(e.dir, "prometheus.yml"),
+                                 "--storage.tsdb.path=" + os.path.join(e.dir, "prom-data"),
+                                 "--web.listen-address=127.0.0.1:%d" % web, "--log.level=warn"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        query = urllib.parse.quote('sum(nines_tasks_total{outcome="succeeded"})')
+        value = None
+        deadline = time.time() + 40
+        while time.time() < deadline and value is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{web}/api/v1/query?query={query}", timeout=2) as r:
+                    data = json.loads(r.read())
+                    if data["data"]["result"]:
+                        value = float(data["data"]["result"][0]["value"][1])
+            except Exception:  # noqa: BLE001 - not up yet
+                pass
+            if value is None:
+                time.sleep(0.5)
+        check(value == 3, f"prometheus's query API: {value}")
+        with urllib.request.urlopen(f"http://127.0.0.1:{web}/api/v1/targets", timeout=5) as r:
+            targets = json.loads(r.read())["data"]["activeTargets"]
+        check(targets and targets[0]["health"] == "up", f"targets: {targets}")
+    finally:
+        if prom:
+            prom.terminate()
+            prom.wait(10)
+        e.close()
+
+
+def test_repeated_kill9_at_random_moments():
+    """Ten kill -9 at random moments while 30 tasks of three tool calls each run: every task
+    ends succeeded, every charge is applied once."""
+    import random
+    turns = """
+        - tool_calls: [{name: charge, arguments: {account: a, cents: 1}}]
+        - tool_calls: [{name: charge, arguments: {account: b, cents: 2}}, {name: charge, arguments: {account: c, cents: 3}}]
+        - answer: done"""
+    e = Env(latency_ms=250, turns=turns)
+    rng = random.Random(int(os.environ.get("E2E_SEED", "7")))
+    try:
+        s = e.service()
+        ids = []
+        for i in range(30):
+            st, _, t = s.request("POST", "/v1/tasks", {"agent": "support", "input": f"task {i}"},
+                                 {"Idempotency-Key": f"kill-{i}"})
+            check(st in (200, 201), f"POST {i}: {st}")
+            ids.append(t["id"])
+        for k in range(10):
+            time.sleep(rng.uniform(0.1, 0.4))
+            s.kill9()
+            s = e.service()
+        resumed = 0
+        for task_id in ids:
+            t = s.wait_task(task_id, timeout=120)
+            check(t["status"] == "succeeded", f"{task_id}: {t}")
+            resumed += t["outcome"]["restarts"] >= 1
+        check(resumed >= 5, f"only {resumed} tasks were cut by a kill and resumed: the kills came too late")
+        charged = e.ledger.tasks_charged()
+        check(all(charged.get(i) == 3 for i in ids), f"each task charges three accounts once: {charged}")
+        check(max(e.ledger.applied.values()) == 1, "an effect applied twice")
+    finally:
+        e.close()
+
+
+class Postgres:
+    """A throwaway PostgreSQL server on a Unix socket in a temporary directory (as `nobody` when
+    we are root: postgres refuses to run as root)."""
+
+    def __init__(self):
+        self.bin = os.environ.get("NINES_PG_BIN", "/usr/lib/postgresql/15/bin")
+        self.dir = tempfile.mkdtemp(prefix="nines-e2e-pg-")
+        if os.geteuid() == 0:
+            os.chown(self.dir, 65534, 65534)
+        self.run("initdb", "-D", self.dir + "/data", "-U", "nines", "-A", "trust", "-E", "UTF8", "--no-sync")
+        self.start()
+        self.url = f"host={self.dir} user=nines dbname=postgres"
+
+    def run(self, tool, *args):
+        cmd = [self.bin + "/" + tool, *args]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "nobody", "--"] + cmd
+        subprocess.run(cmd, cwd=self.dir, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+
+    def start(self):
+        self.run("pg_ctl", "-D", self.dir + "/data", "-l", self.dir + "/server.log", "-w", "-t", "60", "-o",
+                 f"-k {self.dir} -c listen_addresses=''", "start")
+
+    def stop(self):
+        self.run("pg_ctl", "-D", self.dir + "/data", "-m", "fast", "-w", "stop")
+
+    def close(self):
+        try:
+            self.run("pg_ctl", "-D", self.dir + "/data", "-m", "immediate", "-w", "stop")
+        except Exception:  # noqa: BLE001 - stopped already
+            pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def test_probes_while_the_store_is_down_on_postgres():
+    if not os.path.exists(os.environ.get("NINES_PG_BIN", "/usr/lib/postgresql/15/bin") + "/initdb"):
+        print("  (skipped: postgresql is not installed)")
+        return
+    pg = Postgres()
+    e = Env()
+    try:
+        cfg = os.path.join(e.dir, "nines.yaml")
+        text = open(cfg).read().replace("sqlite: {path: nines.db, durability: synced}",
+                                        f"postgres: {{url: '{pg.url}', connect_timeout: 2s}}")
+        with open(cfg, "w") as f:
+            f.write(text)
+        s = e.service()
+        st, _, t = s.request("POST", "/v1/tasks", {"agent": "support", "input": "on postgres"})
+        check(st == 201 and s.wait_task(t["id"])["status"] == "succeeded", f"a task on postgres: {st} {t}")
+        check(s.request("GET", "/readyz")[0] == 200, "ready on postgres")
+
+        pg.stop()
+        st, _, body = s.request("GET", "/readyz")
+        check(st == 503 and body["checks"]["store"].startswith("unreachable"), f"readyz with the store down: {st} {body}")
+        check(s.request("GET", "/healthz")[0] == 200, "liveness must not depend on the store")
+        st, _, body = s.request("POST", "/v1/tasks", {"agent": "support", "input": "while down"})
+        check(st == 503 and body["error"]["code"] == "unavailable", f"a submission while the store is down: {st} {body}")
+        st, _, body = s.request("GET", "/v1/tasks/" + t["id"])
+        check(st == 503, f"a read while the store is down: {st} {body}")
+
+        pg.start()
+        deadline = time.time() + 30
+        while time.time() < deadline and s.request("GET", "/readyz")[0] != 200:
+            time.sleep(0.2)
+        check(s.request("GET", "/readyz")[0] == 200, "ready again once the store is back")
+        st, _, t2 = s.request("POST", "/v1/tasks", {"agent": "support", "input": "after"})
+        check(st == 201 and s.wait_task(t2["id"])["status"] == "succeeded", f"a task after the outage: {st} {t2}")
+        listed = [x["input"] for x in s.request("GET", "/v1/tasks")[2]["tasks"]]
+        check(sorted(listed) == ["after", "on postgres"], f"nothing from the failed submission: {listed}")
+    finally:
+        e.close()
+        pg.close()
 
 
 def test_nines_run_cli():
