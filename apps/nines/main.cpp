@@ -7,6 +7,7 @@
 //   nines check FILE [--print]
 //   nines serve [-c FILE] [--port N]
 //   nines tasks list|show|events|cancel|approve|deny|resolve|fork ... [--url URL] [--token T] [--store S] [--json]
+//   nines run AGENT INPUT [--id ID] [--idempotency-key K] [--max-cost-usd X] [--max-steps N] [--cancel-on-interrupt]
 //   nines --version, nines --help, nines COMMAND --help
 //
 // Each command is one add_* function below: it declares the command and its options, bound to
@@ -32,6 +33,7 @@
 #include "demo_models.hpp"
 #include "demo_runtime.hpp"
 #include "nines/version.hpp"
+#include "run_cmd.hpp"
 #include "serve_cmd.hpp"
 #include "sim_agents_cmd.hpp"
 #include "sim_server_cmd.hpp"
@@ -76,6 +78,21 @@ CLI::Validator positive_seconds(double max) {
         if (text.empty() || ec != std::errc() || ptr != end || !(v > 0 && v <= max)) {
           return "expected a number of seconds above 0 and at most " + std::to_string(static_cast<long>(max)) +
                  ", got '" + text + "'";
+        }
+        return {};
+      },
+      "");
+}
+
+// A number >= 0, fractions allowed (an amount of money).
+CLI::Validator non_negative_number() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        double v = 0;
+        const char* end = text.data() + text.size();
+        auto [ptr, ec] = std::from_chars(text.data(), end, v);
+        if (text.empty() || ec != std::errc() || ptr != end || !(v >= 0 && v <= 1e12)) {
+          return "expected a number from 0 to 1e12, got '" + text + "'";
         }
         return {};
       },
@@ -311,6 +328,45 @@ void add_tasks(CLI::App& app, Action& action) {
   tasks.footer("Run 'nines tasks NAME --help' for a command's options.\n" + exit_status);
 }
 
+// `nines run AGENT INPUT`: one task in the foreground, followed live (run_cmd.hpp).
+void add_run(CLI::App& app, Action& action) {
+  auto o = std::make_shared<nines::cli::RunCmdOptions>();
+  CLI::App* cmd = app.add_subcommand("run", "run one task on a running service, printing its events as they come");
+  cmd->footer(
+      "Submits the task (POST /v1/tasks), prints each event on one line until it finishes, then the\n"
+      "outcome. Ctrl-C stops following (the task keeps running; 'nines tasks events ID --follow'\n"
+      "follows it again); with --cancel-on-interrupt it cancels the task instead.\n"
+      "Exit status: 0 the task succeeded; 5 it ended otherwise (or needs attention); 1 the service\n"
+      "answered an error; 2 a usage error; 3 the service cannot be reached; 4 not found; 130\n"
+      "interrupted. The reference: docs/cli.md.");
+  cmd->add_option("AGENT", o->agent, "the agent (of the service's config)")->required()->type_name("AGENT");
+  cmd->add_option("INPUT", o->input, "the user's message")->required()->type_name("INPUT");
+  CLI::Option* url = cmd->add_option("--url", o->url, "the service's base URL (default: $NINES_URL, else this)")
+                         ->type_name("URL")
+                         ->capture_default_str();
+  CLI::Option* token =
+      cmd->add_option("--token", o->token, "bearer token (default: $NINES_TOKEN); never printed")->type_name("TOKEN");
+  cmd->add_flag("--json", o->json, "print only the final task object on stdout (the events go to stderr)");
+  cmd->add_option("--id", o->id, "the task's id (default: a new one)")->type_name("ID");
+  cmd->add_option("--idempotency-key", o->idempotency_key, "sent as Idempotency-Key: the same key runs nothing again")
+      ->type_name("KEY");
+  cmd->add_option("--max-cost-usd", o->max_cost_usd, "cap on the task's cost, in US dollars (on top of the agent's)")
+      ->type_name("USD")
+      ->check(non_negative_number());
+  cmd->add_option("--max-steps", o->max_steps, "cap on the task's steps (on top of the agent's)")
+      ->type_name("N")
+      ->check(whole_number(0, 1'000'000));
+  cmd->add_flag("--cancel-on-interrupt", o->cancel_on_interrupt,
+                "Ctrl-C cancels the task and waits for it to stop (instead of leaving it running)");
+  cmd->callback([o, url, token, &action] {
+    const char* env_url = std::getenv("NINES_URL");
+    if (url->count() == 0 && env_url != nullptr && *env_url != '\0') o->url = env_url;
+    const char* env_token = std::getenv("NINES_TOKEN");
+    if (token->count() == 0 && env_token != nullptr) o->token = env_token;
+    action = [o] { return nines::cli::run_run_interactive(*o); };
+  });
+}
+
 // ---- errors ----------------------------------------------------------------------------------
 
 // The command the error is about: the deepest one on the line.
@@ -376,6 +432,7 @@ int main(int argc, char** argv) {
   add_check(app, action);
   add_serve(app, action);
   add_tasks(app, action);
+  add_run(app, action);
   app.footer("Run 'nines COMMAND --help' for a command's options.");
 
   try {

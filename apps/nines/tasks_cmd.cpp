@@ -12,7 +12,6 @@
 
 #include <algorithm>
 #include <cctype>
-#include <cstdarg>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
@@ -23,6 +22,7 @@
 #include <utility>
 #include <vector>
 
+#include "api_client.hpp"
 #include "nines/agent/agent.hpp"
 #include "nines/core/environment.hpp"
 #include "nines/core/result.hpp"
@@ -40,84 +40,20 @@ namespace {
 
 using json = nlohmann::json;
 using namespace std::chrono_literals;
+using api::dump;
+using api::fmt;
+using api::integer_text;
+using api::member;
+using api::one_line;
+using api::pct;
+using api::render_task;
+using api::Reporter;
+using api::str;
 
 constexpr std::uint32_t kMaxPages = 100'000;  // list --all: a service that never ends its cursor chain
 constexpr std::uint32_t kAllPageSize = 500;   // list --all without --limit: the largest page the API gives
 
-// printf into a std::string.
-__attribute__((format(printf, 1, 2))) std::string fmt(const char* f, ...) {
-  va_list args;
-  va_start(args, f);
-  va_list copy;
-  va_copy(copy, args);
-  const int n = std::vsnprintf(nullptr, 0, f, copy);
-  va_end(copy);
-  std::string s(n > 0 ? static_cast<std::size_t>(n) : 0, '\0');
-  if (n > 0) std::vsnprintf(s.data(), s.size() + 1, f, args);
-  va_end(args);
-  return s;
-}
-
-// What every message of one command starts with, and where it goes.
-class Reporter {
- public:
-  Reporter(const TasksIo& io, const std::string& command) : io_(io), prefix_("nines tasks " + command + ": ") {}
-  void out(const std::string& line) const { io_.out(line); }
-  // "nines tasks show: <what>\n" on stderr; returns `code`.
-  int fail(int code, const std::string& what) const {
-    io_.err(prefix_ + what + "\n");
-    return code;
-  }
-  void note(const std::string& what) const { io_.err(what + "\n"); }
-
- private:
-  const TasksIo& io_;
-  std::string prefix_;
-};
-
-// ---- JSON fields, read without throwing ------------------------------------------------------
-
-std::string str(const json& j, const char* key, std::string fallback = "") {
-  if (!j.is_object()) return fallback;
-  auto it = j.find(key);
-  return it != j.end() && it->is_string() ? it->get<std::string>() : fallback;
-}
-
-std::optional<double> number(const json& j, const char* key) {
-  if (!j.is_object()) return std::nullopt;
-  auto it = j.find(key);
-  if (it == j.end() || !it->is_number()) return std::nullopt;
-  return it->get<double>();
-}
-
-std::string integer_text(const json& j, const char* key) {
-  auto it = j.is_object() ? j.find(key) : j.end();
-  if (it == j.end() || !it->is_number()) return "-";
-  if (it->is_number_integer()) return std::to_string(it->get<std::int64_t>());
-  return fmt("%g", it->get<double>());
-}
-
-const json& member(const json& j, const char* key) {
-  static const json kNull;
-  if (!j.is_object()) return kNull;
-  auto it = j.find(key);
-  return it == j.end() ? kNull : *it;
-}
-
-// A field's value as one line of text: strings as they are, the rest as compact JSON.
-std::string one_line(std::string text) {
-  for (char& c : text) {
-    if (c == '\n' || c == '\r' || c == '\t') c = ' ';
-  }
-  return text;
-}
-
 // ---- text for people -------------------------------------------------------------------------
-
-std::string cost_text(const json& outcome) {
-  std::optional<double> c = number(outcome, "cost_usd");
-  return c ? fmt("$%.4f", *c) : "-";
-}
 
 // One row per task: id, agent, status, steps, cost, updated.
 std::string render_table(const std::vector<json>& tasks) {
@@ -126,7 +62,7 @@ std::string render_table(const std::vector<json>& tasks) {
   for (const json& t : tasks) {
     const json& o = member(t, "outcome");
     rows.push_back({str(t, "id", "-"), str(t, "agent", "-"), str(t, "status", "-"), integer_text(o, "steps"),
-                    cost_text(o), str(t, "updated_at", "-")});
+                    api::cost_text(o), str(t, "updated_at", "-")});
   }
   std::vector<std::size_t> width(rows.front().size(), 0);
   for (const auto& r : rows) {
@@ -145,185 +81,14 @@ std::string render_table(const std::vector<json>& tasks) {
   return text;
 }
 
-void field(std::string& text, const char* name, const std::string& value) {
-  if (value.empty()) return;
-  text += fmt("%-12s%s\n", name, one_line(value).c_str());
-}
-
-// `show` (and the other commands that answer with the task): the fields, then the outcome.
-std::string render_task(const json& t) {
-  std::string text;
-  field(text, "id", str(t, "id", "-"));
-  field(text, "agent", str(t, "agent", "-"));
-  field(text, "status", str(t, "status", "-"));
-  field(text, "input", str(t, "input"));
-  field(text, "created", str(t, "created_at"));
-  field(text, "updated", str(t, "updated_at"));
-  if (member(t, "attempt").is_number()) field(text, "attempt", integer_text(t, "attempt"));
-  const json& o = member(t, "outcome");
-  if (!o.is_object()) return text;
-  field(text, "answer", str(o, "answer"));
-  const bool waits = str(t, "status") == "needs_attention" || str(o, "status") == "needs_attention";
-  field(text, waits ? "waits for" : "reason", str(o, "reason"));
-  if (member(o, "steps").is_number()) {
-    field(text, "steps",
-          fmt("%s (model calls %s, tool calls %s)", integer_text(o, "steps").c_str(),
-              integer_text(o, "model_calls").c_str(), integer_text(o, "tool_calls").c_str()));
-  }
-  if (member(o, "input_tokens").is_number()) {
-    field(text, "tokens",
-          fmt("%s in, %s out", integer_text(o, "input_tokens").c_str(), integer_text(o, "output_tokens").c_str()));
-  }
-  if (member(o, "cost_usd").is_number()) field(text, "cost", cost_text(o));
-  if (const json& m = member(o, "models"); m.is_array() && !m.empty()) {
-    std::string models;
-    for (const json& name : m)
-      models += (models.empty() ? "" : ", ") + (name.is_string() ? name.get<std::string>() : name.dump());
-    if (member(o, "degraded").is_boolean() && member(o, "degraded").get<bool>()) models += " (degraded)";
-    field(text, "models", models);
-  }
-  if (member(o, "retries").is_number()) {
-    field(text, "recovery",
-          fmt("retries %s, fallbacks %s, restarts %s", integer_text(o, "retries").c_str(),
-              integer_text(o, "fallbacks").c_str(), integer_text(o, "restarts").c_str()));
-  }
-  if (const json& e = member(o, "tool_errors"); e.is_object() && !e.empty()) {
-    std::string errors;
-    for (auto it = e.begin(); it != e.end(); ++it)
-      errors += (errors.empty() ? "" : ", ") + it.key() + " " + it.value().dump();
-    field(text, "tool errors", errors);
-  }
-  if (std::optional<double> w = number(o, "wall_time_s")) field(text, "wall time", fmt("%.3f s", *w));
-  return text;
-}
-
-// One event on one line: "step 2 tool_result ledger_charge ok".
-std::string render_event(const net::SseEvent& ev) {
-  const json data = json::parse(ev.data, nullptr, false);
-  std::string line;
-  if (member(data, "step").is_number()) line = "step " + integer_text(data, "step") + " ";
-  line += ev.type;
-  for (const char* key : {"tool", "detail"}) {
-    const std::string v = str(data, key);
-    if (!v.empty()) line += " " + one_line(v);
-  }
-  if (data.is_discarded()) line += " " + one_line(ev.data);
-  return line + "\n";
-}
-
-std::string event_json_line(const net::SseEvent& ev) {
-  json data = json::parse(ev.data, nullptr, false);
-  json line = {{"id", ev.id}, {"event", ev.type}, {"data", data.is_discarded() ? json(ev.data) : data}};
-  return line.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
-}
-
-std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n"; }
-
 // ---- HTTP ------------------------------------------------------------------------------------
 
-// Percent-encodes all but RFC 3986's unreserved characters (ids, cursors, query values).
-std::string pct(std::string_view s) {
-  static const char* kHex = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : s) {
-    if (std::isalnum(c) != 0 || c == '-' || c == '.' || c == '_' || c == '~') {
-      out += static_cast<char>(c);
-    } else {
-      out += '%';
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-    }
-  }
-  return out;
-}
-
-bool loopback_url(std::string_view url) {
-  const std::size_t scheme = url.find("://");
-  std::string_view host = scheme == std::string_view::npos ? url : url.substr(scheme + 3);
-  if (std::size_t at = host.find_first_of("/?#"); at != std::string_view::npos) host = host.substr(0, at);
-  if (std::size_t at = host.rfind('@'); at != std::string_view::npos) host = host.substr(at + 1);
-  if (std::size_t colon = host.rfind(':'); colon != std::string_view::npos && !host.ends_with(']')) {
-    host = host.substr(0, colon);  // the port
-  }
-  return host.starts_with("127.") || host == "localhost" || host == "[::1]";
-}
-
-// The service, as this command talks to it.
-struct Service {
-  net::HttpClient& http;
+// The service, as this command talks to it: the shared API client and the command's options.
+struct Service : api::Api {
   const TasksCmdOptions& o;
-  const Reporter& r;
-  std::string base;  // the URL without a trailing '/'
 
-  std::string task_path(const std::string& suffix = "") const { return "/v1/tasks/" + pct(o.task_id) + suffix; }
-
-  net::HttpRequest request(std::string method, const std::string& path_query, std::string body = "") const {
-    net::HttpRequest req;
-    req.method = std::move(method);
-    req.url = base + path_query;
-    req.headers.add("Accept", "application/json");
-    if (!o.token.empty()) req.headers.add("Authorization", "Bearer " + o.token);
-    if (!body.empty()) req.headers.add("Content-Type", "application/json");
-    req.body = std::move(body);
-    req.timeouts = net::HttpTimeouts{.connect = 5s, .first_byte = 30s, .idle = 30s, .total = 30s};
-    return req;
-  }
-
-  // Exit 3: the request did not get an answer.
-  int unreachable(const Error& e) const {
-    const bool timeout = e.kind() == ErrorKind::kTimeout || e.kind() == ErrorKind::kDeadlineExceeded;
-    return r.fail(kTasksUnreachable,
-                  std::string(timeout ? "no answer from the service at " : "cannot reach the service at ") +
-                      net::redact_url(base) + " (" + e.message() +
-                      "); is it running? Start it with 'nines serve -c FILE', or point --url (or NINES_URL) at it");
-  }
-
-  // Exit 1 or 4: the service answered with an error status.
-  int answered_error(const net::HttpResponse& resp, const std::string& what) const {
-    const json body = json::parse(resp.body, nullptr, false);
-    const json& error = member(body, "error");
-    std::string message = str(error, "message");
-    if (message.empty()) {
-      if (resp.status == 404) {
-        message = what + " not found";
-      } else {
-        message = "the service answered " + std::to_string(resp.status);
-        if (!resp.body.empty()) message += ": " + one_line(resp.body.substr(0, 200));
-      }
-    }
-    message += " (" + std::to_string(resp.status) + ")";
-    if (resp.status == 401) message += "; give a token with --token or NINES_TOKEN";
-    if (resp.status == 403) message += "; this needs an operator token";
-    return r.fail(resp.status == 404 ? kTasksNotFound : kTasksServiceError, message);
-  }
+  std::string task_path(const std::string& suffix = "") const { return api::task_path(o.task_id, suffix); }
 };
-
-// Sends one request and hands over a 2xx answer parsed as JSON. Otherwise the exit status.
-struct JsonAnswer {
-  int status = 0;
-  json body;
-};
-
-Task<Result<JsonAnswer>> exchange(Context& ctx, const Service& s, net::HttpRequest req, const std::string& what,
-                                  int& rc) {
-  Result<net::HttpResponse> resp = co_await s.http.request(ctx, std::move(req));
-  if (!resp.ok()) {
-    rc = s.unreachable(resp.error());
-    co_return resp.error();
-  }
-  if (resp->status < 200 || resp->status > 299) {
-    rc = s.answered_error(*resp, what);
-    co_return Error(ErrorKind::kPermanent, "error status");
-  }
-  JsonAnswer a{.status = resp->status, .body = json::parse(resp->body, nullptr, false)};
-  if (a.body.is_discarded()) {
-    rc = s.r.fail(kTasksServiceError, "the service's answer (" + std::to_string(resp->status) +
-                                          ") is not JSON: " + one_line(resp->body.substr(0, 200)));
-    co_return Error(ErrorKind::kPermanent, "not JSON");
-  }
-  rc = kTasksOk;
-  co_return a;
-}
 
 std::string task_what(const TasksCmdOptions& o) { return "task '" + o.task_id + "'"; }
 
@@ -344,7 +109,7 @@ Task<int> http_list(Context& ctx, const Service& s) {
     add("cursor", cursor);
     int rc = kTasksOk;
     net::HttpRequest req = s.request("GET", "/v1/tasks" + query);  // named: g++ 12 and temporaries in co_await
-    Result<JsonAnswer> a = co_await exchange(ctx, s, std::move(req), "the task list", rc);
+    Result<api::JsonAnswer> a = co_await api::exchange(ctx, s, std::move(req), "the task list", rc);
     if (!a.ok()) co_return rc;
     const json& list = member(a->body, "tasks");
     if (!list.is_array()) co_return s.r.fail(kTasksServiceError, "the service's answer has no \"tasks\" list");
@@ -401,7 +166,7 @@ Task<int> http_task_call(Context& ctx, const Service& s) {
   }
   int rc = kTasksOk;
   const std::string what = task_what(o);
-  Result<JsonAnswer> a = co_await exchange(ctx, s, std::move(req), what, rc);
+  Result<api::JsonAnswer> a = co_await api::exchange(ctx, s, std::move(req), what, rc);
   if (!a.ok()) co_return rc;
   if (o.json) {
     s.r.out(dump(a->body));
@@ -435,82 +200,20 @@ Task<int> http_task_call(Context& ctx, const Service& s) {
 // events: the stream, printed as it comes; with --follow opened again after a break.
 Task<int> http_events(Context& ctx, const Service& s) {
   const TasksCmdOptions& o = s.o;
-  net::SseParser parser;
-  std::string last_id = o.last_event_id;
-  std::uint32_t reconnects = 0;
-  bool connected_once = false;
-  for (;;) {
-    net::HttpRequest req = s.request("GET", s.task_path("/events"));
-    req.headers.set("Accept", "text/event-stream");
-    if (!last_id.empty()) req.headers.add("Last-Event-ID", last_id);
-    const Duration quiet = std::chrono::milliseconds(std::max<std::uint32_t>(o.quiet_ms, 1));
-    // Followed: no total timeout; the service sends a keep-alive every 15 s, so 60 s of
-    // silence is a dead connection. Not followed: silence means every held event is in.
-    req.timeouts = o.follow ? net::HttpTimeouts{.connect = 5s, .first_byte = 30s, .idle = 60s, .total = kInfinite}
-                            : net::HttpTimeouts{.connect = 5s, .first_byte = 30s, .idle = quiet, .total = 30s};
-    std::string trouble;  // why a followed stream is opened again
-    Result<net::HttpStream> stream = co_await s.http.stream(ctx, std::move(req));
-    if (!stream.ok()) {
-      if (!o.follow || !connected_once) co_return s.unreachable(stream.error());
-      trouble = stream.error().message();
-    } else if (stream->status() != 200) {
-      // The error body of a non-200 stream: read it whole (bounded by the client).
-      net::HttpResponse resp{.status = stream->status(), .headers = stream->headers(), .body = ""};
-      for (;;) {
-        Result<std::optional<std::string>> piece = co_await stream->next(ctx);
-        if (!piece.ok() || !piece->has_value()) break;
-        resp.body += **piece;
-      }
-      co_return s.answered_error(resp, task_what(o));
-    } else {
-      connected_once = true;
-      for (;;) {
-        Result<std::optional<std::string>> piece = co_await stream->next(ctx);
-        if (!piece.ok()) {
-          if (!o.follow && piece.error().kind() == ErrorKind::kTimeout) {
-            if (!o.json) s.r.note("(no more events held for now; --follow waits for new ones)");
-            co_return kTasksOk;
-          }
-          if (!o.follow) {
-            co_return s.r.fail(kTasksUnreachable, "the event stream from " + net::redact_url(s.base) +
-                                                      " broke: " + piece.error().message() +
-                                                      " (--follow opens it again after a break)");
-          }
-          trouble = piece.error().message();
-          break;
-        }
-        if (!piece->has_value()) {
-          parser.finish();
-          if (!o.follow) co_return kTasksOk;
-          trouble = "the stream ended before task_finished";
-          break;
-        }
-        std::vector<net::SseEvent> events;
-        if (Status st = parser.feed(**piece, events); !st.ok()) {
-          co_return s.r.fail(kTasksServiceError, "the event stream: " + st.error().message());
-        }
-        for (const net::SseEvent& ev : events) {
-          s.r.out(o.json ? event_json_line(ev) : render_event(ev));
-          reconnects = 0;
-          if (ev.type == "task_finished") co_return kTasksOk;
-        }
-        if (!parser.last_event_id().empty()) last_id = parser.last_event_id();
-      }
-    }
-    if (++reconnects > o.max_reconnects) {
-      co_return s.r.fail(kTasksUnreachable, "the event stream from " + net::redact_url(s.base) + " broke (" + trouble +
-                                                "), " + std::to_string(o.max_reconnects) +
-                                                " reconnects failed; giving up");
-    }
-    s.r.note("(" + trouble + "; reconnecting" + (last_id.empty() ? "" : " after event " + last_id) + ")");
-    (void)co_await ctx.sleep(1s);
-  }
+  const api::StreamOptions options{.follow = o.follow,
+                                   .last_event_id = o.last_event_id,
+                                   .quiet_ms = o.quiet_ms,
+                                   .max_reconnects = o.max_reconnects,
+                                   .note_when_caught_up = !o.json};
+  co_return co_await api::stream_events(ctx, s, o.task_id, options, [&s, &o](const net::SseEvent& ev) {
+    s.r.out(o.json ? api::event_json_line(ev) : api::render_event(ev));
+  });
 }
 
 Task<> run_http_process(Context& ctx, net::HttpClient& http, const TasksCmdOptions& o, const Reporter& r, int& rc) {
   std::string base = o.url;
   while (base.ends_with('/')) base.pop_back();
-  Service s{.http = http, .o = o, .r = r, .base = base};
+  const Service s{{.http = http, .r = r, .base = base, .token = o.token}, o};
   if (o.command == "list") {
     rc = co_await http_list(ctx, s);
   } else if (o.command == "events") {
@@ -528,7 +231,7 @@ int run_http(const TasksCmdOptions& o, const Reporter& r) {
   auto rt = Runtime::create(*env, {.workers = 1});
   if (!rt.ok()) return r.fail(kTasksServiceError, rt.error().to_string());
   net::HttpClientOptions options;
-  if (loopback_url(o.url)) options.proxy = "";  // a proxy from the environment is no way to loopback
+  if (api::loopback_url(o.url)) options.proxy = "";  // a proxy from the environment is no way to loopback
   auto http = net::HttpClient::create(*env, std::move(options));
   if (!http.ok()) return r.fail(kTasksServiceError, http.error().to_string());
   int rc = kTasksServiceError;
@@ -836,25 +539,8 @@ std::string usage_problem(const TasksCmdOptions& o) {
 
 }  // namespace
 
-TasksIo TasksIo::standard() {
-  return TasksIo{.out =
-                     [](std::string_view s) {
-                       std::fwrite(s.data(), 1, s.size(), stdout);
-                       std::fflush(stdout);
-                     },
-                 .err =
-                     [](std::string_view s) {
-                       std::fwrite(s.data(), 1, s.size(), stderr);
-                       std::fflush(stderr);
-                     }};
-}
-
-TasksIo TasksIo::to_strings(std::string& out, std::string& err) {
-  return TasksIo{.out = [&out](std::string_view s) { out += s; }, .err = [&err](std::string_view s) { err += s; }};
-}
-
 int run_tasks(const TasksCmdOptions& o, const TasksIo& io) {
-  const Reporter r(io, o.command);
+  const Reporter r(io, "nines tasks " + o.command);
   if (std::string problem = usage_problem(o); !problem.empty()) return r.fail(kTasksUsageError, problem);
   return o.store.empty() ? run_http(o, r) : run_store(o, r);
 }

@@ -882,6 +882,36 @@ def test_probes_while_the_store_is_down_on_postgres():
         pg.close()
 
 
+def test_nines_run_cli():
+    """`nines run` against the real service: live events and the outcome (exit 0), a capped budget
+    (exit 5, --json), and Ctrl-C (SIGINT) leaving the task running (exit 130)."""
+    e = Env(latency_ms=300)
+    try:
+        s = e.service()
+        env = dict(os.environ, NINES_URL=s.url)
+        p = subprocess.run([NINES, "run", "support", "charge acct-1", "--id", "run-1", "--max-steps", "10"],
+                           env=env, capture_output=True, text=True, timeout=60)
+        check(p.returncode == 0, f"nines run: exit {p.returncode}\n{p.stdout}\n{p.stderr}")
+        for text in ("task run-1 submitted", "tool_call charge", "tool_result charge", "task_finished succeeded",
+                     "answer      charged"):
+            check(text in p.stdout, f"nines run: no {text!r} in:\n{p.stdout}")
+        check(e.ledger.tasks_charged() == {"run-1": 1}, f"ledger: {e.ledger.applied}")
+        p = subprocess.run([NINES, "run", "support", "capped", "--max-steps", "1", "--json"], env=env,
+                           capture_output=True, text=True, timeout=60)
+        check(p.returncode == 5 and json.loads(p.stdout)["status"] == "budget_exceeded",
+              f"a capped run: exit {p.returncode}\n{p.stdout}\n{p.stderr}")
+        proc = subprocess.Popen([NINES, "run", "support", "interrupted", "--id", "run-3"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = proc.stdout.readline()  # "task run-3 submitted": it follows now
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        check(proc.returncode == 130 and "nines tasks events run-3 --follow" in err,
+              f"SIGINT: exit {proc.returncode}\n{first}{out}\n{err}")
+        check(s.wait_task("run-3")["status"] == "succeeded", "the interrupted run's task went on")
+    finally:
+        e.close()
+
+
 TESTS = [name for name in list(globals()) if name.startswith("test_")]
 
 
