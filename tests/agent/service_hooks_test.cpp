@@ -79,8 +79,8 @@ class ScriptedModel final : public llm::ChatModel {
 // model, tools "lookup" (read-only) and "charge" (idempotent: journaled before it runs)), on a store that outlives
 // restart() (kill -9 of the program).
 struct World {
-  explicit World(std::vector<Turn> script, AgentsOptions options = {})
-      : model(std::make_shared<ScriptedModel>(std::move(script))) {
+  explicit World(std::vector<Turn> script, AgentsOptions options = {}, std::uint64_t first_seed = 11)
+      : seed(first_seed), model(std::make_shared<ScriptedModel>(std::move(script))) {
     store = make_memory_store().value();
     boot(options);
   }
@@ -406,6 +406,23 @@ TEST(AgentServiceHooks, RunningHereAndRunningCountFollowTheTasks) {
   EXPECT_EQ(w.agents->running_count(), 0u);
   EXPECT_FALSE(w.agents->running_here("a"));
   EXPECT_FALSE(w.agents->running_here("b"));
+}
+
+TEST(AgentServiceHooks, AQuickTaskEndedBeforeStartReturnsIsNotLeftRunning) {
+  // With an instant model a task process may end before start() has its pid back (the seed
+  // decides the order); start() must not register it then, or it counts as running for good
+  // (a graceful stop would wait its whole grace period for it).
+  for (std::uint64_t seed = 1; seed <= 200; ++seed) {
+    World w({Turn{.takes = Duration::zero(), .answer = "quick"}}, {}, seed);
+    w.start_supervisor();
+    ASSERT_THAT(w.start("q"), IsOk());
+    w.sim->rt->advance(1s);
+    Result<TaskOutcome> o = w.agents->outcome("q");
+    ASSERT_THAT(o, IsOk()) << "seed " << seed;
+    EXPECT_EQ(o->status, TaskStatus::kSucceeded) << "seed " << seed;
+    EXPECT_EQ(w.agents->running_count(), 0u) << "seed " << seed;
+    EXPECT_FALSE(w.agents->running_here("q")) << "seed " << seed;
+  }
 }
 
 }  // namespace

@@ -912,6 +912,36 @@ def test_nines_run_cli():
         e.close()
 
 
+def test_sigterm_after_quick_tasks_stops_at_once():
+    """Tasks that end within microseconds leave nothing counted as running: SIGTERM stops the
+    service at once, not after the grace period."""
+    e = Env(turns="\n        - answer: quick")
+    try:
+        s = e.service()
+        ids = []
+        lock = threading.Lock()
+
+        def submit(n):
+            for i in range(n):
+                task_id = s.request("POST", "/v1/tasks", {"agent": "other", "input": f"q{i}"})[2]["id"]
+                with lock:
+                    ids.append(task_id)
+
+        threads = [threading.Thread(target=submit, args=(25,)) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for task_id in ids:
+            check(s.wait_task(task_id)["status"] == "succeeded", f"{task_id}")
+        t0 = time.time()
+        check(s.terminate() == 0, "exit status")
+        check(time.time() - t0 < 5, f"SIGTERM took {time.time() - t0:.1f}s with no task running")
+        check(any("stopped (0 tasks left running" in l for l in s.stderr_lines), f"report:\n{s.log()}")
+    finally:
+        e.close()
+
+
 TESTS = [name for name in list(globals()) if name.startswith("test_")]
 
 
