@@ -27,8 +27,8 @@
 // stopped and the store closed. Tasks still running are killed: their committed records are
 // safe and the next start resumes them.
 //
-// Not built yet (issue 13): `nines run`, /v1/supervision's MTBF and MTTR, PostgreSQL leases for
-// several nodes.
+// Not built yet: several service nodes on one PostgreSQL store (task leases with fencing): two
+// services on one store would both resume the same running tasks.
 //
 // Ownership: the Service borrows the Runtime (it must outlive the Service) and owns everything
 // else it built. Thread-safety: start() and shutdown() are called from a thread that is not one
