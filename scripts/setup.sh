@@ -95,7 +95,28 @@ else
 fi
 
 if [[ $mode == demo ]]; then
-  exit 0  # the demo needs no npm package
+  # The demo's agent reads a file through a real MCP tool server from npm
+  # (@modelcontextprotocol/server-filesystem, pinned in tests/agent/mcp_servers): node and npm
+  # from Debian when there is no node at all, then `npm ci` there. Warn-only: without them the
+  # demo runs without its MCP tool and says so.
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    want=()
+    command -v node >/dev/null || want+=(nodejs)
+    command -v npm >/dev/null || want+=(npm)
+    sudo=""
+    [[ $(id -u) -ne 0 ]] && sudo="sudo"
+    $sudo apt-get install -y -qq --no-install-recommends "${want[@]}" ||
+      echo "setup: WARNING: could not install ${want[*]}: the demo runs without its MCP tool server" >&2
+  fi
+  npm_dir="$repo/tests/agent/mcp_servers"
+  if [[ -f "$npm_dir/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js" ]]; then
+    echo "setup: the demo's MCP tool server is present"
+  elif command -v npm >/dev/null && (cd "$npm_dir" && npm ci --no-audit --no-fund --prefer-offline); then
+    echo "setup: the demo's MCP tool server installed"
+  else
+    echo "setup: WARNING: 'npm ci' in $npm_dir failed: the demo runs without its MCP tool server" >&2
+  fi
+  exit 0
 fi
 
 # npm packages: cockatiel (the Node resilience library), the peer that

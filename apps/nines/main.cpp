@@ -32,6 +32,7 @@
 #include "check_cmd.hpp"
 #include "demo_models.hpp"
 #include "demo_runtime.hpp"
+#include "demo_service.hpp"
 #include "nines/version.hpp"
 #include "run_cmd.hpp"
 #include "serve_cmd.hpp"
@@ -168,6 +169,26 @@ void add_demo_models(CLI::App& demo, Action& action) {
   add_count(*cmd, "--agents", o->agents, 1, 100'000, "agent processes, each making calls one after another");
   add_count(*cmd, "--calls", o->calls_per_agent, 1, 1'000'000, "calls per agent");
   cmd->callback([o, &action] { action = [o] { return nines::cli::run_models_demo(*o); }; });
+}
+
+void add_demo_service(CLI::App& demo, Action& action) {
+  auto o = std::make_shared<nines::cli::DemoServiceOptions>();
+  CLI::App* cmd =
+      demo.add_subcommand("service", "nines serve under chaos, driven through its HTTP API (the main demo)");
+  cmd->footer(
+      "Starts nines serve on a demo config (embedded SQLite, a faulty sim model with an outage and a\n"
+      "fallback, an MCP tool server from npm when node has it, a ledger tool), submits tasks through the\n"
+      "API, kills the MCP server and then the service (kill -9) once, restarts it, and reports outcomes,\n"
+      "recovery, retries, fallbacks and duplicate effects. With OPENAI_API_KEY or NINES_MODEL_BASE_URL set,\n"
+      "the primary model is that API's (NINES_MODEL, default gpt-4o-mini).\n"
+      "Exit status: 0 when every task reached an outcome and no effect was applied twice; 1 otherwise.");
+  add_count(*cmd, "--tasks", o->tasks, 1, 100'000, "tasks to submit");
+  add_count(*cmd, "--concurrency", o->concurrency, 1, 10'000, "tasks submitted and not yet ended, at most");
+  add_count(*cmd, "--seed", o->seed, 0, UINT64_MAX, "the sim models' seed");
+  cmd->add_flag_callback(
+      "--no-kill", [o] { o->kill = false; }, "no kill -9 of the service, no MCP server kill");
+  cmd->add_flag("--keep", o->keep, "keep the work directory (config, store, the service's log)");
+  cmd->callback([o, &action] { action = [o] { return nines::cli::run_demo_service(*o); }; });
 }
 
 void add_sim_server(CLI::App& app, Action& action) {
@@ -427,6 +448,7 @@ int main(int argc, char** argv) {
   CLI::App& demo = add_group(app, "demo", "live demonstrations, on this machine only", "demo", action);
   add_demo_runtime(demo, action);
   add_demo_models(demo, action);
+  add_demo_service(demo, action);
   add_sim_server(app, action);
   add_sim_agents(add_group(app, "sim", "deterministic simulations, by seed", "simulation", action), action);
   add_check(app, action);
