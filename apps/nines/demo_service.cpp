@@ -111,7 +111,8 @@ std::string config_text(const Setup& s) {
   const bool mcp = !s.mcp_script.empty();
   // The scenario: read the order (MCP), charge it (HTTP), answer.
   std::string scenario;
-  if (mcp) scenario += "        - tool_calls: [{name: fs_read_text_file, arguments: {path: " + s.dir + "/files/order.txt}}]\n";
+  if (mcp)
+    scenario += "        - tool_calls: [{name: fs_read_text_file, arguments: {path: " + s.dir + "/files/order.txt}}]\n";
   scenario += "        - tool_calls: [{name: ledger_charge, arguments: {account: acct-7, cents: 1250}}]\n";
   scenario += "        - answer: Charged 12.50 for order 42.\n";
   // A provider outage: a run of calls forced unavailable, long enough to open the breaker.
@@ -137,8 +138,7 @@ std::string config_text(const Setup& s) {
       << "    sim:\n      seed: " << s.seed << "\n      fault_key: position\n"
       << "      latency: {first_byte: {distribution: lognormal, median_ms: 150, sigma: 0.5, max_ms: 2000}}\n"
       << "      scenario:\n"
-      << scenario
-      << "      faults:\n"
+      << scenario << "      faults:\n"
       << "        rate_limited: {probability: 0.05, retry_after_ms: 200}\n"
       << "        server_error: {probability: 0.03}\n"
       << "        unavailable: {probability: 0.02}\n"
@@ -155,7 +155,8 @@ std::string config_text(const Setup& s) {
     << "      scenario:\n"
     << scenario;
   c << "tools:\n  ledger_charge:\n    type: http\n    description: Charge an account on the ledger.\n"
-    << "    parameters:\n      type: object\n      properties: {account: {type: string}, cents: {type: integer, minimum: 1}}\n"
+    << "    parameters:\n      type: object\n      properties: {account: {type: string}, cents: {type: integer, "
+       "minimum: 1}}\n"
     << "      required: [account, cents]\n"
     << "    method: POST\n    url: http://127.0.0.1:" << s.ledger_port << "/charge/{account}\n"
     << "    nature: idempotent\n    timeout: 5s\n";
@@ -349,8 +350,8 @@ struct Driver {
     service = *started;
     std::printf("nines serve is up at %s (pid %d); submitting %u tasks, %u at a time\n\n", service.url.c_str(),
                 service.pid, o.tasks, o.concurrency);
-    std::uint32_t next = 0;   // tasks submitted (their keys demo-0 .. demo-next-1)
-    std::string event;        // what the chaos did since the last line
+    std::uint32_t next = 0;  // tasks submitted (their keys demo-0 .. demo-next-1)
+    std::string event;       // what the chaos did since the last line
     bool mcp_killed = !o.kill, service_killed = !o.kill;
     double recovery_s = -1;
     Tally last;
@@ -470,9 +471,10 @@ int run_demo_service(const DemoServiceOptions& o) {
   Setup s{.dir = tmpl, .seed = o.seed, .tasks = o.tasks};
   std::filesystem::create_directories(s.dir + "/files", ec);
   std::ofstream(s.dir + "/files/order.txt") << "order 42: 1 x nines t-shirt, 12.50 USD, account acct-7\n";
-  const std::string script = std::filesystem::absolute(
-                                 "tests/agent/mcp_servers/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js", ec)
-                                 .string();
+  const std::string script =
+      std::filesystem::absolute(
+          "tests/agent/mcp_servers/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js", ec)
+          .string();
   if (!find_on_path("node").empty() && std::filesystem::exists(script, ec)) {
     s.mcp_script = script;
   } else {
@@ -488,10 +490,9 @@ int run_demo_service(const DemoServiceOptions& o) {
   auto rt = Runtime::create(*env, {.workers = 2});
   if (!rt.ok()) return 1;
   Ledger ledger;
-  auto server = net::HttpServer::create(*env, {.bind_address = "127.0.0.1", .port = 0},
-                                        [&ledger](net::HttpServerRequest&& req, net::HttpResponder r) {
-                                          ledger.handle(std::move(req), std::move(r));
-                                        });
+  auto server = net::HttpServer::create(
+      *env, {.bind_address = "127.0.0.1", .port = 0},
+      [&ledger](net::HttpServerRequest&& req, net::HttpResponder r) { ledger.handle(std::move(req), std::move(r)); });
   if (!server.ok()) {
     std::fprintf(stderr, "nines demo service: the ledger: %s\n", server.error().to_string().c_str());
     return 1;
@@ -503,8 +504,9 @@ int run_demo_service(const DemoServiceOptions& o) {
   ho.proxy = "";  // loopback only
   auto http = net::HttpClient::create(*env, std::move(ho));
   if (!http.ok()) return 1;
-  std::printf("nines demo service: %u tasks through nines serve, with a flaky model, an outage, a tool server crash%s\n",
-              o.tasks, o.kill ? " and a kill -9" : "");
+  std::printf(
+      "nines demo service: %u tasks through nines serve, with a flaky model, an outage, a tool server crash%s\n",
+      o.tasks, o.kill ? " and a kill -9" : "");
   std::printf("work directory: %s (config nines.yaml, store nines.db, service log serve.log)\n\n", s.dir.c_str());
   Driver d{.o = o, .http = **http, .ledger = ledger, .config = config, .log = s.dir + "/serve.log"};
   auto w = (*rt)->spawn_watched([&d](Context& ctx) { return d.run(ctx); });

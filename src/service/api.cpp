@@ -466,8 +466,16 @@ void get_models(Service::Impl& s, Reply& r) {
           if (c.left[k] > 0) left[std::string(llm::to_string(static_cast<llm::FallbackReason>(k)))] = c.left[k];
         }
         std::shared_ptr<CircuitBreaker> b = a.router->breaker(i);
+        json since = nullptr;
+        {
+          std::lock_guard lock(s.degraded_mu);
+          if (auto it = s.degraded_since.find(name + "/" + m.name); it != s.degraded_since.end()) {
+            since = format_unix_ns(it->second);
+          }
+        }
         routes.push_back({{"agent", name},
                           {"breaker", to_string(b->state())},
+                          {"degraded_since", std::move(since)},
                           {"calls", c.calls},
                           {"served", c.served},
                           {"left", std::move(left)}});
@@ -477,6 +485,10 @@ void get_models(Service::Impl& s, Reply& r) {
                     {"provider", to_string(m.provider)},
                     {"model", m.model},
                     {"context_window_tokens", m.context_window_tokens},
+                    {"limits",
+                     {{"requests_per_minute", m.requests_per_minute},
+                      {"tokens_per_minute", m.tokens_per_minute},
+                      {"max_concurrent_calls", m.max_concurrent_calls}}},
                     {"routes", std::move(routes)}});
   }
   respond_json(r, 200, json{{"models", std::move(list)}});

@@ -164,6 +164,11 @@ struct Service::Impl : std::enable_shared_from_this<Service::Impl> {
   Pid root;   // the root supervisor ("nines")
   Pid ticker;
 
+  // When each route's breaker left closed ("<agent>/<route>" -> unix ns), for /v1/models'
+  // degraded_since; erased when it closes again. Fed by the breakers' transitions.
+  mutable std::mutex degraded_mu;
+  std::map<std::string, std::int64_t> degraded_since;
+
   std::atomic<bool> draining{false};
   std::atomic<bool> stopped{false};
   std::atomic<std::size_t> in_flight{0};

@@ -241,6 +241,21 @@ Result<std::shared_ptr<internal::Generation>> Service::Impl::make_generation(
       Result<std::unique_ptr<llm::Router>> router = llm::Router::create(env, std::move(ro));
       if (!router.ok()) return std::move(router).error().with_context("agents." + name);
       opts.router = std::move(*router);
+      // degraded_since: the breakers' transitions (the subscriptions go with the router).
+      for (std::size_t i = 0; i < opts.router->size(); ++i) {
+        std::weak_ptr<Impl> weak = weak_from_this();
+        const std::string key = name + "/" + opts.router->route_name(i);
+        opts.router->breaker(i)->subscribe([weak, key](const BreakerTransition& t) {
+          std::shared_ptr<Impl> self = weak.lock();
+          if (!self) return;
+          std::lock_guard lock(self->degraded_mu);
+          if (t.to == BreakerState::kClosed) {
+            self->degraded_since.erase(key);
+          } else {
+            self->degraded_since.try_emplace(key, t.unix_time_ns);
+          }
+        });
+      }
       for (const std::string& mcp_name : a->mcp_servers) {
         auto it = mcp_tools.find(mcp_name);
         if (it == mcp_tools.end()) continue;
@@ -566,6 +581,10 @@ Status Service::Impl::reload_now() {
     if (!(*g)->agents.contains(name)) metrics->remove_router(name);
   }
   for (const auto& [name, view] : (*g)->agents) metrics->add_router(name, view.router);
+  {
+    std::lock_guard dlock(degraded_mu);
+    degraded_since.clear();  // new routers: their breakers start closed
+  }
   metrics->on_config_reload(true);
   reloads_ok.fetch_add(1);
   NINES_LOG(env.logger(), LogLevel::kNotice, "config_reloaded", "the new config is applied",

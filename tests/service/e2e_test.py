@@ -647,7 +647,8 @@ def test_readiness_with_every_breaker_open():
         check("breaker" in body["checks"]["agents"]["other"], f"checks: {body}")
         check(s.request("GET", "/healthz")[0] == 200, "liveness must not depend on the models")
         st, _, models = s.request("GET", "/v1/models")
-        check(any(r["breaker"] == "open" for r in models["models"][0]["routes"]), f"models: {models}")
+        check(any(r["breaker"] == "open" and r["degraded_since"] for r in models["models"][0]["routes"]),
+              f"models: {models}")
     finally:
         e.close()
 
