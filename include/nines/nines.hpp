@@ -74,5 +74,6 @@
 #include "nines/llm/tokens.hpp"
 #include "nines/llm/wire.hpp"
 #include "nines/service/config.hpp"
+#include "nines/service/metrics.hpp"
 #include "nines/service/service.hpp"
 #endif
