@@ -168,7 +168,11 @@ std::string config_text(const Setup& s) {
     << "    system_prompt: You settle orders. Read the order, charge it once, confirm.\n"
     << "    tools: [ledger_charge]\n";
   if (mcp) c << "    mcp_servers: [fs]\n";
+  // A model that repeats a call (the sim's loop fault repeats the last tool calls) is stopped
+  // by the loop guard before the repeat runs: the same charge is never asked of the ledger twice
+  // by the model either, so a duplicate in the report can only be the runtime's.
   c << "    guards:\n      budget: {max_steps: 12, max_cost_usd: 0.5}\n"
+    << "      loop: {max_identical_calls: 2}\n"
     << "server:\n  address: 127.0.0.1\n  port: 0\n  shutdown_grace: 10s\n"
     << "logging: {level: info}\n";
   return c.str();
@@ -384,8 +388,7 @@ struct Driver {
         ::kill(service.pid, SIGKILL);
         ::waitpid(service.pid, nullptr, 0);
         const TimePoint down = ctx.now();
-        std::printf("[%5.1fs] kill -9 nines serve (pid %d) with %zu tasks running; starting it again\n", secs(),
-                    service.pid, running);
+        std::printf("[%5.1fs] kill -9 nines serve (pid %d); starting it again\n", secs(), service.pid);
         Result<Child> again = co_await start_service(ctx, config, log);
         if (!again.ok()) {
           std::printf("demo: %s\n", again.error().message().c_str());
