@@ -264,24 +264,8 @@ std::string rfc3339(TimePoint t) {
   return fmt("%s.%03lldZ", buf, static_cast<long long>(ms));
 }
 
-json outcome_json(const agent::TaskOutcome& o) {
-  return {{"status", std::string(agent::to_string(o.status))},
-          {"answer", o.answer},
-          {"reason", o.reason},
-          {"steps", o.steps},
-          {"model_calls", o.model_calls},
-          {"tool_calls", o.tool_calls},
-          {"input_tokens", o.input_tokens},
-          {"output_tokens", o.output_tokens},
-          {"cost_usd", o.cost_usd},
-          {"models", o.models},
-          {"degraded", o.degraded},
-          {"retries", o.retries},
-          {"fallbacks", o.fallbacks},
-          {"restarts", o.restarts},
-          {"tool_errors", o.tool_errors},
-          {"wall_time_s", to_seconds(o.wall_time)}};
-}
+// The API's form of an outcome (agent::outcome_api_json).
+json outcome_json(const agent::TaskOutcome& o) { return json::parse(agent::outcome_api_json(o)); }
 
 // The record as the API's task object. The task's status: the workflow's, except completed,
 // which is the recorded outcome's. Outcomes of failed, cancelled and needs_attention

@@ -85,26 +85,8 @@ int status_of(const Error& e) {
 
 // ---- the task object ---------------------------------------------------------------------------
 
-json outcome_json(const agent::TaskOutcome& o) {
-  json errors = json::object();
-  for (const auto& [kind, n] : o.tool_errors) errors[kind] = n;
-  return json{{"status", agent::to_string(o.status)},
-              {"answer", o.answer},
-              {"reason", o.reason},
-              {"steps", o.steps},
-              {"model_calls", o.model_calls},
-              {"tool_calls", o.tool_calls},
-              {"input_tokens", o.input_tokens},
-              {"output_tokens", o.output_tokens},
-              {"cost_usd", o.cost_usd},
-              {"models", o.models},
-              {"degraded", o.degraded},
-              {"retries", o.retries},
-              {"fallbacks", o.fallbacks},
-              {"restarts", o.restarts},
-              {"tool_errors", std::move(errors)},
-              {"wall_time_s", std::chrono::duration<double>(o.wall_time).count()}};
-}
+// The API's form of an outcome (agent::outcome_api_json).
+json outcome_json(const agent::TaskOutcome& o) { return json::parse(agent::outcome_api_json(o)); }
 
 // The API status of a task's record ("running", or the outcome's status).
 std::string api_status(const WorkflowRecord& w, std::optional<agent::TaskOutcome>* outcome_out, agent::Agents* agents) {

@@ -224,6 +224,9 @@ struct TaskOutcome {
 
 // JSON text of an outcome (the workflow's result), and back. kInvalidArgument if malformed.
 std::string encode_outcome(const TaskOutcome& outcome);
+// The outcome as the service's API shows it (docs/api.md "The task object"): the same fields,
+// wall time as `wall_time_s` (seconds), no format version. JSON text.
+std::string outcome_api_json(const TaskOutcome& outcome);
 Result<TaskOutcome> decode_outcome(std::string_view json);
 
 struct AgentEvent {
