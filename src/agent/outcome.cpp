@@ -39,44 +39,39 @@ std::string_view to_string(AgentEvent::Type type) {
   return "unknown";
 }
 
+namespace {
+
+// The fields both forms share (the stored one adds a version and wall_ns, the API's wall_time_s).
+nlohmann::json outcome_fields(const TaskOutcome& o) {
+  return {{"status", std::string(to_string(o.status))},
+          {"answer", o.answer},
+          {"reason", o.reason},
+          {"steps", o.steps},
+          {"model_calls", o.model_calls},
+          {"tool_calls", o.tool_calls},
+          {"input_tokens", o.input_tokens},
+          {"output_tokens", o.output_tokens},
+          {"cost_usd", o.cost_usd},
+          {"models", o.models},
+          {"degraded", o.degraded},
+          {"retries", o.retries},
+          {"fallbacks", o.fallbacks},
+          {"restarts", o.restarts},
+          {"tool_errors", o.tool_errors}};
+}
+
+}  // namespace
+
 std::string outcome_api_json(const TaskOutcome& o) {
-  nlohmann::json j = {{"status", std::string(to_string(o.status))},
-                      {"answer", o.answer},
-                      {"reason", o.reason},
-                      {"steps", o.steps},
-                      {"model_calls", o.model_calls},
-                      {"tool_calls", o.tool_calls},
-                      {"input_tokens", o.input_tokens},
-                      {"output_tokens", o.output_tokens},
-                      {"cost_usd", o.cost_usd},
-                      {"models", o.models},
-                      {"degraded", o.degraded},
-                      {"retries", o.retries},
-                      {"fallbacks", o.fallbacks},
-                      {"restarts", o.restarts},
-                      {"tool_errors", o.tool_errors},
-                      {"wall_time_s", std::chrono::duration<double>(o.wall_time).count()}};
+  nlohmann::json j = outcome_fields(o);
+  j["wall_time_s"] = std::chrono::duration<double>(o.wall_time).count();
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 std::string encode_outcome(const TaskOutcome& o) {
-  nlohmann::json j = {{"v", 1},
-                      {"status", std::string(to_string(o.status))},
-                      {"answer", o.answer},
-                      {"reason", o.reason},
-                      {"steps", o.steps},
-                      {"model_calls", o.model_calls},
-                      {"tool_calls", o.tool_calls},
-                      {"input_tokens", o.input_tokens},
-                      {"output_tokens", o.output_tokens},
-                      {"cost_usd", o.cost_usd},
-                      {"models", o.models},
-                      {"degraded", o.degraded},
-                      {"retries", o.retries},
-                      {"fallbacks", o.fallbacks},
-                      {"restarts", o.restarts},
-                      {"tool_errors", o.tool_errors},
-                      {"wall_ns", o.wall_time.count()}};
+  nlohmann::json j = outcome_fields(o);
+  j["v"] = 1;
+  j["wall_ns"] = o.wall_time.count();
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 

@@ -319,18 +319,20 @@ bool valid_task_id(std::string_view id) {
   });
 }
 
-std::string key_task_id(std::string_view key) {
+std::string fnv1a_128_hex(std::string_view text) {
   u128 h = (static_cast<u128>(0x6c62272e07bb0142ULL) << 64) | 0x62b821756295c58dULL;
   const u128 prime = (static_cast<u128>(0x0000000001000000ULL) << 64) | 0x000000000000013BULL;
-  for (unsigned char c : key) {
+  for (unsigned char c : text) {
     h ^= c;
     h *= prime;
   }
   char buf[40];
-  std::snprintf(buf, sizeof buf, "k-%016llx%016llx", static_cast<unsigned long long>(h >> 64),
+  std::snprintf(buf, sizeof buf, "%016llx%016llx", static_cast<unsigned long long>(h >> 64),
                 static_cast<unsigned long long>(h));
   return buf;
 }
+
+std::string key_task_id(std::string_view key) { return "k-" + fnv1a_128_hex(key); }
 
 std::string percent_decode(std::string_view s) {
   std::string out;

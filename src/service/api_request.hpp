@@ -88,7 +88,9 @@ bool constant_time_equal(std::string_view a, std::string_view b);
 
 // Task ids: 1 to 128 of [A-Za-z0-9._:-].
 bool valid_task_id(std::string_view id);
-// The task id of an Idempotency-Key: "k-" + 32 hex digits (FNV-1a, 128 bits).
+// FNV-1a, 128 bits, as 32 hex digits (ids derived from text: not a cryptographic hash).
+std::string fnv1a_128_hex(std::string_view text);
+// The task id of an Idempotency-Key: "k-" + fnv1a_128_hex(key).
 std::string key_task_id(std::string_view key);
 
 // "a=1&b=x%20y" -> {a: 1, b: "x y"} (a repeated key: the last value).

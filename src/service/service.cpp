@@ -10,6 +10,7 @@
 #include <set>
 #include <utility>
 
+#include "api_request.hpp"
 #include "internal.hpp"
 #include "nines/agent/http_tool.hpp"
 #include "nines/core/check.hpp"
@@ -102,19 +103,7 @@ internal::FileStamp file_stamp(const std::string& path) {
 
 // The trace id of a task in the logs: 32 hex digits derived from its id (FNV-1a, 128 bits), so
 // every line of one task, across restarts of the service, carries the same one.
-std::string trace_id_of(std::string_view task_id) {
-  __extension__ typedef unsigned __int128 u128;
-  u128 h = (static_cast<u128>(0x6c62272e07bb0142ULL) << 64) | 0x62b821756295c58dULL;
-  const u128 prime = (static_cast<u128>(0x0000000001000000ULL) << 64) | 0x000000000000013BULL;
-  for (unsigned char c : task_id) {
-    h ^= c;
-    h *= prime;
-  }
-  char buf[40];
-  std::snprintf(buf, sizeof buf, "%016llx%016llx", static_cast<unsigned long long>(h >> 64),
-                static_cast<unsigned long long>(h));
-  return buf;
-}
+std::string trace_id_of(std::string_view task_id) { return internal::fnv1a_128_hex(task_id); }
 
 // A task's events as log lines (JSON lines with task, agent, step and trace ids): its start and
 // end at info, what went wrong at notice or warning, the steps themselves at debug.
