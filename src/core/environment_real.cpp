@@ -12,6 +12,7 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -135,21 +136,21 @@ class RealEnvironment final : public Environment {
   }
 
   Result<WatchId> watch_fd(int fd, unsigned events, std::function<void(unsigned)> fn) override {
-    if (fd < 0) return Error(ErrorKind::kInvalidArgument, "watch_fd: negative fd " + std::to_string(fd));
-    if ((events & (kFdReadable | kFdWritable)) == 0) {
-      return Error(ErrorKind::kInvalidArgument, "watch_fd: no readable/writable event requested");
-    }
+    return add_watch(fd, events, std::move(fn), /*rearmable=*/false);
+  }
+
+  Result<WatchId> watch_fd_rearmable(int fd, unsigned events, std::function<void(unsigned)> fn) override {
+    return add_watch(fd, events, std::move(fn), /*rearmable=*/true);
+  }
+
+  bool rearm_watch(WatchId id, unsigned events) override {
     std::lock_guard lock(mu_);
-    WatchId id = next_id_++;
+    auto it = watches_.find(id);
+    if (it == watches_.end() || !it->second.keep) return false;
     epoll_event ev{};
-    ev.events =
-        EPOLLONESHOT | ((events & kFdReadable) ? EPOLLIN | EPOLLRDHUP : 0u) | ((events & kFdWritable) ? EPOLLOUT : 0u);
+    ev.events = epoll_bits(events);
     ev.data.u64 = id;
-    if (epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev) != 0) {
-      return Error(ErrorKind::kInvalidArgument, "watch_fd(" + std::to_string(fd) + "): " + std::strerror(errno));
-    }
-    watches_.emplace(id, Watch{fd, std::move(fn)});
-    return id;
+    return epoll_ctl(epfd_, EPOLL_CTL_MOD, it->second.fd, &ev) == 0;
   }
 
   Logger& logger() override { return logger_; }
@@ -166,10 +167,45 @@ class RealEnvironment final : public Environment {
  private:
   static constexpr std::uint64_t kWakeTag = ~0ULL;
 
+  // A re-armable watch's callback is shared with the loop's list of callbacks to run, so a
+  // cancel from another thread meanwhile does not destroy it while it runs.
   struct Watch {
     int fd;
-    std::function<void(unsigned)> fn;
+    std::function<void(unsigned)> fn;                     // one-shot
+    std::shared_ptr<std::function<void(unsigned)>> keep;  // re-armable
   };
+
+  // Every watch is EPOLLONESHOT: disabled by the kernel when it fires. A one-shot watch is
+  // then deleted; a re-armable one stays until rearm_watch (EPOLL_CTL_MOD) or cancel_watch.
+  static std::uint32_t epoll_bits(unsigned events) {
+    return EPOLLONESHOT | ((events & kFdReadable) ? EPOLLIN | EPOLLRDHUP : 0u) |
+           ((events & kFdWritable) ? EPOLLOUT : 0u);
+  }
+
+  Result<WatchId> add_watch(int fd, unsigned events, std::function<void(unsigned)> fn, bool rearmable) {
+    const char* what = rearmable ? "watch_fd_rearmable" : "watch_fd";
+    if (fd < 0) return Error(ErrorKind::kInvalidArgument, std::string(what) + ": negative fd " + std::to_string(fd));
+    if ((events & (kFdReadable | kFdWritable)) == 0) {
+      return Error(ErrorKind::kInvalidArgument, std::string(what) + ": no readable/writable event requested");
+    }
+    Watch w{fd, {}, {}};
+    if (rearmable) {
+      w.keep = std::make_shared<std::function<void(unsigned)>>(std::move(fn));
+    } else {
+      w.fn = std::move(fn);
+    }
+    std::lock_guard lock(mu_);
+    WatchId id = next_id_++;
+    epoll_event ev{};
+    ev.events = epoll_bits(events);
+    ev.data.u64 = id;
+    if (epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev) != 0) {
+      return Error(ErrorKind::kInvalidArgument,
+                   std::string(what) + "(" + std::to_string(fd) + "): " + std::strerror(errno));
+    }
+    watches_.emplace(id, std::move(w));
+    return id;
+  }
 
   void add_internal(int fd, std::uint64_t tag) {
     epoll_event ev{};
@@ -200,6 +236,7 @@ class RealEnvironment final : public Environment {
     epoll_event events[64];
     std::vector<std::function<void()>> due;
     std::vector<std::pair<std::function<void(unsigned)>, unsigned>> ready;
+    std::vector<std::pair<std::shared_ptr<std::function<void(unsigned)>>, unsigned>> ready_rearmable;
     while (!stop_.load()) {
       timespec timeout{};
       timespec* wait = nullptr;  // none: no timer, wait for fds or a wake-up
@@ -233,9 +270,13 @@ class RealEnvironment final : public Environment {
           if (events[i].events & (EPOLLIN | EPOLLRDHUP)) bits |= kFdReadable;
           if (events[i].events & EPOLLOUT) bits |= kFdWritable;
           if (events[i].events & (EPOLLERR | EPOLLHUP)) bits |= kFdError;
-          epoll_ctl(epfd_, EPOLL_CTL_DEL, it->second.fd, nullptr);
-          ready.emplace_back(std::move(it->second.fn), bits);
-          watches_.erase(it);
+          if (it->second.keep) {
+            ready_rearmable.emplace_back(it->second.keep, bits);
+          } else {
+            epoll_ctl(epfd_, EPOLL_CTL_DEL, it->second.fd, nullptr);
+            ready.emplace_back(std::move(it->second.fn), bits);
+            watches_.erase(it);
+          }
         }
       }
       {
@@ -250,6 +291,8 @@ class RealEnvironment final : public Environment {
       }
       for (auto& [fn, bits] : ready) fn(bits);
       ready.clear();
+      for (auto& [fn, bits] : ready_rearmable) (*fn)(bits);
+      ready_rearmable.clear();
       for (auto& fn : due) fn();
       due.clear();
     }

@@ -36,6 +36,8 @@ struct SimEnvironment::State {
     int fd;
     unsigned events;
     std::function<void(unsigned)> fn;
+    bool rearmable = false;
+    bool armed = true;
   };
   std::vector<Watch> watches;
 };
@@ -83,6 +85,23 @@ Result<WatchId> SimEnvironment::watch_fd(int fd, unsigned events, std::function<
   return id;
 }
 
+Result<WatchId> SimEnvironment::watch_fd_rearmable(int fd, unsigned events, std::function<void(unsigned)> fn) {
+  auto id = watch_fd(fd, events, std::move(fn));
+  if (id.ok()) state_->watches.back().rearmable = true;
+  return id;
+}
+
+bool SimEnvironment::rearm_watch(WatchId id, unsigned events) {
+  for (auto& x : state_->watches) {
+    if (x.id == id && x.rearmable) {
+      x.events = events;
+      x.armed = true;
+      return true;
+    }
+  }
+  return false;
+}
+
 bool SimEnvironment::cancel_watch(WatchId id) {
   auto& w = state_->watches;
   for (auto it = w.begin(); it != w.end(); ++it) {
@@ -118,32 +137,51 @@ std::size_t SimEnvironment::fire_due_timers() {
 
 std::size_t SimEnvironment::poll_fds() {
   auto& w = state_->watches;
-  if (w.empty()) return 0;
+  std::vector<std::size_t> polled;  // indexes of the armed watches
   std::vector<pollfd> fds;
-  fds.reserve(w.size());
-  for (auto& x : w) {
+  for (std::size_t i = 0; i < w.size(); ++i) {
+    if (!w[i].armed) continue;
     short ev = 0;
-    if (x.events & kFdReadable) ev |= POLLIN;
-    if (x.events & kFdWritable) ev |= POLLOUT;
-    fds.push_back({x.fd, ev, 0});
+    if (w[i].events & kFdReadable) ev |= POLLIN;
+    if (w[i].events & kFdWritable) ev |= POLLOUT;
+    fds.push_back({w[i].fd, ev, 0});
+    polled.push_back(i);
   }
-  if (::poll(fds.data(), fds.size(), 0) <= 0) return 0;
+  if (fds.empty() || ::poll(fds.data(), fds.size(), 0) <= 0) return 0;
+  // One-shot callbacks are moved out before any runs; a re-armable one (disarmed, kept) is
+  // looked up by id when its turn comes, so a callback that cancels a later watch keeps it
+  // from running.
   std::vector<std::pair<std::function<void(unsigned)>, unsigned>> ready;
+  std::vector<std::pair<WatchId, unsigned>> ready_rearmable;
+  std::vector<bool> fired(w.size(), false);
+  for (std::size_t k = 0; k < fds.size(); ++k) {
+    unsigned bits = 0;
+    if (fds[k].revents & POLLIN) bits |= kFdReadable;
+    if (fds[k].revents & POLLOUT) bits |= kFdWritable;
+    if (fds[k].revents & (POLLERR | POLLHUP | POLLNVAL)) bits |= kFdError;
+    if (bits == 0) continue;
+    State::Watch& x = w[polled[k]];
+    if (x.rearmable) {
+      x.armed = false;
+      ready_rearmable.emplace_back(x.id, bits);
+    } else {
+      ready.emplace_back(std::move(x.fn), bits);
+      fired[polled[k]] = true;
+    }
+  }
   std::vector<State::Watch> keep;
   for (std::size_t i = 0; i < w.size(); ++i) {
-    unsigned bits = 0;
-    if (fds[i].revents & POLLIN) bits |= kFdReadable;
-    if (fds[i].revents & POLLOUT) bits |= kFdWritable;
-    if (fds[i].revents & (POLLERR | POLLHUP | POLLNVAL)) bits |= kFdError;
-    if (bits != 0) {
-      ready.emplace_back(std::move(w[i].fn), bits);
-    } else {
-      keep.push_back(std::move(w[i]));
-    }
+    if (!fired[i]) keep.push_back(std::move(w[i]));
   }
   w = std::move(keep);
   for (auto& [fn, bits] : ready) fn(bits);
-  return ready.size();
+  for (auto [id, bits] : ready_rearmable) {
+    auto it = std::find_if(w.begin(), w.end(), [id = id](const State::Watch& x) { return x.id == id; });
+    if (it == w.end()) continue;
+    auto fn = it->fn;  // a copy: the callback may cancel its own watch
+    fn(bits);
+  }
+  return ready.size() + ready_rearmable.size();
 }
 
 std::size_t SimEnvironment::pending_watches() const { return state_->watches.size(); }

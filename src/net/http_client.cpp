@@ -1,15 +1,23 @@
 // The HTTP client: libcurl's multi interface on the environment's event loop.
 //
-// Threads. Every curl call (easy setup, add/remove, socket_action, pause, cleanup) runs on
-// the loop thread, inside Environment callbacks: work from processes is posted to it through
-// a queue drained by a zero-delay env timer. curl's socket callback becomes env.watch_fd
-// (one-shot watches, re-armed after each readiness while curl still wants the socket), its
-// timer callback becomes env.add_timer. A Transfer's fields shared with the requesting
-// process are under Transfer::mu; the rest is loop-thread only.
+// Threads. Every curl call (easy setup, add/remove, socket_action, pause, cleanup) runs while
+// one thread holds the core (HttpCore::busy_), on whichever thread needs it: an entry point
+// queues its operation and, if nobody holds the core, takes it and runs every queued
+// operation (flat combining; HttpCore::run). So a process's worker thread usually starts its
+// request itself (it is on the wire before the process waits, with no hand-off to another
+// thread), the loop thread reads responses when a socket is ready and runs the timers, and no
+// thread ever sleeps waiting for another to leave curl. A call therefore wakes one other
+// thread (the response wakes the process) instead of the loop as well. curl's socket
+// callback becomes env.watch_fd_rearmable (one registration per connection socket, re-armed
+// after each event and kept between requests), its timer callback becomes env.add_timer, except that "time out
+// now" (curl asks for it after every new transfer) runs at once, before the core is
+// released. Processes whose transfers finished are woken after the core is released (the
+// woken process may call in at once). A Transfer's fields shared with the requesting process
+// are under Transfer::mu; the rest belong to the core's holder.
 //
-// Stale callbacks. The real environment moves a ready watch's or due timer's callback out
-// of its tables before running it, so a cancel from an earlier callback of the same loop
-// iteration can come too late; each callback carries a generation and checks it.
+// Stale callbacks. The real environment takes a ready watch's or due timer's callback for
+// running before it runs it, so a cancel from another thread or from an earlier callback of
+// the same loop iteration can come too late; each callback carries a generation and checks it.
 //
 // Ownership. HttpCore holds the active transfers (shared_ptr); a requesting coroutine holds
 // its transfer too, and a guard in its frame posts a cancel when the frame goes away before
@@ -17,18 +25,20 @@
 #include "nines/net/http_client.hpp"
 
 #include <curl/curl.h>
+#include <sched.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <any>
 #include <atomic>
-#include <condition_variable>
 #include <cstring>
-#include <deque>
 #include <functional>
+#include <limits>
 #include <mutex>
 #include <unordered_map>
 
 #include "net/http_util.hpp"
+#include "runtime/spin_lock.hpp"
 
 namespace nines::net {
 
@@ -59,6 +69,22 @@ namespace internal {
 
 enum class WakeOn : std::uint8_t { kFinished, kHeaders, kData };
 
+class HttpCore;
+
+// One curl multi handle and its connection pool. curl looks for a free connection to reuse by
+// walking every connection it holds to the host (url.c ConnectionExists, O(open connections)
+// per request: about 20 us a request at 1,000 connections, measured); a client therefore
+// spreads its transfers over pools of at most kTransfersPerShard each.
+struct CurlShard {
+  HttpCore* core = nullptr;
+  CURLM* multi = nullptr;
+  std::size_t transfers = 0;  // added and not yet removed
+  TimerId timer = 0;          // curl's timeout, on the environment
+  std::uint64_t timer_gen = 0;
+  bool due_now = false;  // curl asked for a zero timeout: run it before the core is released
+  bool touched = false;  // in HttpCore::touched_
+};
+
 struct Transfer {
   // Set by the requesting process before the hand-over, read-only afterwards.
   std::string method;
@@ -71,8 +97,9 @@ struct Transfer {
   TimePoint started{};
   TimePoint deadline = TimePoint::max();
 
-  // Loop thread only.
-  HttpCore* core = nullptr;  // set when the loop starts the transfer
+  // The core's holder's (see HttpCore::run).
+  HttpCore* core = nullptr;    // set when the transfer starts
+  CurlShard* shard = nullptr;  // the multi handle it was added to
   CURL* easy = nullptr;
   curl_slist* headers_list = nullptr;
   char error_buffer[CURL_ERROR_SIZE] = {};
@@ -140,7 +167,10 @@ class HttpCore : public std::enable_shared_from_this<HttpCore> {
  public:
   HttpCore(Environment& env, HttpClientOptions options) : env_(env), options_(std::move(options)) {}
   ~HttpCore() {
-    if (multi_ != nullptr) curl_multi_cleanup(multi_);
+    for (CURL* e : idle_easy_) curl_easy_cleanup(e);
+    for (auto& sh : shards_) {
+      if (sh->multi != nullptr) curl_multi_cleanup(sh->multi);
+    }
   }
 
   Status init();
@@ -154,37 +184,91 @@ class HttpCore : public std::enable_shared_from_this<HttpCore> {
   // Builds a transfer for `req` on the calling (process) thread: validation and the
   // in-flight bound. Nothing is handed to curl yet.
   Result<std::shared_ptr<Transfer>> prepare(Context& ctx, HttpRequest& req, bool streaming);
-  // Hands `t` to the loop thread, which adds it to the multi handle.
+  // Adds `t` to the multi handle and lets curl send it, on the calling thread.
   void submit(const std::shared_ptr<Transfer>& t);
-  // Cancels `t` (from any thread) if it has not finished; frees it on the loop thread.
+  // Cancels `t` (from any thread) if it has not finished, and frees its curl handle.
   void cancel(const std::shared_ptr<Transfer>& t);
   // Resumes a paused stream whose reader made room (any thread).
   void resume(const std::shared_ptr<Transfer>& t);
 
  private:
+  // A socket curl asked to watch: one re-armable watch (env.watch_fd_rearmable) for as long
+  // as the socket is open, armed again after each event while curl still wants it (one
+  // epoll_ctl per event, not the two of a new one-shot watch). A connection's socket keeps
+  // its watch, disarmed, between its requests (parked: curl asked to remove it, want == 0):
+  // the next request on it re-arms it. Only sockets curl closes through closesocket_cb are
+  // parked (connection sockets); others (the resolver's) are unwatched at once.
   struct Socket {
-    unsigned want = 0;
+    CurlShard* shard = nullptr;
+    unsigned want = 0;     // what curl wants; 0: parked
+    unsigned watched = 0;  // what the watch was last armed for
     WatchId watch = 0;
     std::uint64_t gen = 0;
+    bool armed = false;       // armed and its event not yet handled
+    bool connection = false;  // opened for a connection: its close reaches closesocket_cb
+    bool stalled = false;     // its readiness is held back (fault point http_stall)
   };
 
-  // Runs fn on the loop thread. False if the client is closed (fn is dropped).
-  bool post(std::function<void()> fn);
-  void drain_posted();
+  // An operation on curl's state: what an entry point asks for. Whichever thread holds the
+  // core runs it (see run()).
+  struct Op {
+    enum class Kind : std::uint8_t { kSubmit, kCancel, kResume, kSocketReady, kStallEnd, kCurlTimer, kTransferTimer };
+    Kind kind;
+    std::shared_ptr<Transfer> t;  // kSubmit, kCancel, kResume
+    Transfer* raw = nullptr;      // kTransferTimer (may be freed by then: looked up first)
+    CurlShard* shard = nullptr;   // kCurlTimer
+    curl_socket_t s = -1;         // kSocketReady, kStallEnd
+    std::uint64_t gen = 0;        // kSocketReady, kStallEnd, kCurlTimer, kTransferTimer
+    unsigned bits = 0;            // kSocketReady, kStallEnd
+  };
 
-  // ---- loop thread ----
+  // Queues op and, unless another thread holds the core, takes it and runs every queued op
+  // (flat combining): no thread ever waits for the core (shutdown excepted), and a request is
+  // started by the process's own thread when nobody else is in curl. On the way out: curl's
+  // "time out now" runs, finished transfers are collected, the core is released, then the
+  // waiting processes are woken. (Watches are one-shot until re-armed, so a socket whose
+  // event waits in the queue does not wake the loop again meanwhile.)
+  void run(Op op);
+  void execute(Op& op);
+  // Takes the core, waiting for its holder (shutdown).
+  void acquire_blocking();
+  // Runs the queued ops (the core held).
+  void drain_ops();
+  // Releases the core and wakes the processes whose transfers finished.
+  void release();
+
+  // ---- the core held ----
+  void start_cancel(Transfer* t);
+  void start_resume(Transfer* t);
+  // Queues c to be completed when the core is released.
+  void wake(Completion c) { wake_.push_back(std::move(c)); }
+  // The shard for a new transfer: the first with room, or a new one.
+  CurlShard* pick_shard();
+  Result<CurlShard*> new_shard();
+  // Marks sh as used by the current op: settle() looks at it before the core is released.
+  void touch(CurlShard* sh) {
+    if (!std::exchange(sh->touched, true)) touched_.push_back(sh);
+  }
+  // For each touched shard: finished transfers collected, and curl's timeout run while curl
+  // asks for it to run now.
+  void settle();
+  // The client's options (the same for every request) on a new easy handle.
+  void set_client_options(CURL* e);
   void start_transfer(const std::shared_ptr<Transfer>& t);
   void finish(Transfer* t, std::optional<Error> error);
-  void check_done();
+  void check_done(CurlShard* sh);
   void arm_transfer_timer(Transfer* t);
   void on_transfer_timer(Transfer* t, std::uint64_t gen);
-  void watch_socket(curl_socket_t s, Socket& st);
+  // Arms st's watch for st.want (a new watch the first time).
+  void arm_socket(curl_socket_t s, Socket& st);
   // may_stall: false once the fault point http_stall held this readiness back.
-  void on_socket_ready(curl_socket_t s, std::uint64_t gen, unsigned bits, bool may_stall = true);
-  void on_curl_timer(std::uint64_t gen);
+  void on_socket_ready(curl_socket_t s, std::uint64_t gen, unsigned bits, bool may_stall);
+  void on_curl_timer(CurlShard* sh, std::uint64_t gen);
   Error map_curl_error(Transfer* t, CURLcode code) const;
 
   static int socket_cb(CURL* easy, curl_socket_t s, int what, void* userp, void* socketp);
+  static int sockopt_cb(void* clientp, curl_socket_t s, curlsocktype purpose);
+  static int closesocket_cb(void* clientp, curl_socket_t s);
   static int timer_cb(CURLM* multi, long timeout_ms, void* userp);
   static size_t write_cb(char* data, size_t size, size_t n, void* userp);
   static size_t header_cb(char* data, size_t size, size_t n, void* userp);
@@ -194,18 +278,28 @@ class HttpCore : public std::enable_shared_from_this<HttpCore> {
   std::atomic<std::size_t> in_flight_{0};
   std::atomic<std::size_t> connections_{0};
 
-  std::mutex post_mu_;
-  std::vector<std::function<void()>> posted_;
-  bool drain_scheduled_ = false;
+  // The core: held by one thread at a time (see run()).
+  std::atomic<bool> busy_{false};
+  std::atomic<bool> has_ops_{false};
+  ::nines::internal::SpinLock ops_mu_;  // a push or a swap: never held long
+  std::vector<Op> ops_;
+  // The core held.
   bool closed_ = false;
-
-  // Loop thread only.
-  CURLM* multi_ = nullptr;
+  // Transfers per shard: kTransfersPerShard, or unbounded (one shard) when max_connections or
+  // max_host_connections is set, so that curl enforces them over every connection.
+  std::size_t shard_capacity_ = 0;
+  std::vector<std::unique_ptr<CurlShard>> shards_;  // never shrinks while the client is open
+  std::vector<CurlShard*> touched_;
   std::unordered_map<Transfer*, std::shared_ptr<Transfer>> active_;
   std::unordered_map<curl_socket_t, Socket> sockets_;
   std::uint64_t next_gen_ = 1;
-  TimerId curl_timer_ = 0;
-  std::uint64_t curl_timer_gen_ = 0;
+  std::vector<Completion> wake_;
+  // Easy handles of finished transfers, for the next ones (curl_easy_init allocates and fills
+  // about 20 KiB per handle, and the client's options cost allocations to set); at most
+  // kMaxIdleEasy.
+  std::vector<CURL*> idle_easy_;
+  static constexpr std::size_t kMaxIdleEasy = 64;
+  static constexpr std::size_t kTransfersPerShard = 64;
 };
 
 namespace {
@@ -227,94 +321,163 @@ Status HttpCore::init() {
   if (g_curl_init_result != CURLE_OK) {
     return Error(ErrorKind::kInternal, std::string("curl_global_init: ") + curl_easy_strerror(g_curl_init_result));
   }
-  multi_ = curl_multi_init();
-  if (multi_ == nullptr) return Error(ErrorKind::kInternal, "curl_multi_init failed");
-  curl_multi_setopt(multi_, CURLMOPT_SOCKETFUNCTION, &HttpCore::socket_cb);
-  curl_multi_setopt(multi_, CURLMOPT_SOCKETDATA, this);
-  curl_multi_setopt(multi_, CURLMOPT_TIMERFUNCTION, &HttpCore::timer_cb);
-  curl_multi_setopt(multi_, CURLMOPT_TIMERDATA, this);
-  if (options_.max_connections != 0) {
-    curl_multi_setopt(multi_, CURLMOPT_MAX_TOTAL_CONNECTIONS, static_cast<long>(options_.max_connections));
-    // The cache must hold the connections that may be open, or finished ones are closed
-    // instead of kept for reuse.
-    curl_multi_setopt(multi_, CURLMOPT_MAXCONNECTS, static_cast<long>(options_.max_connections));
-  }
-  if (options_.max_host_connections != 0) {
-    curl_multi_setopt(multi_, CURLMOPT_MAX_HOST_CONNECTIONS, static_cast<long>(options_.max_host_connections));
-  }
+  bool limited = options_.max_connections != 0 || options_.max_host_connections != 0;
+  shard_capacity_ = limited ? std::numeric_limits<std::size_t>::max() : kTransfersPerShard;
+  auto first = new_shard();
+  if (!first.ok()) return std::move(first).error();
   return ok_status();
 }
 
-// ---------------------------------------------------------------- posting to the loop
-
-bool HttpCore::post(std::function<void()> fn) {
-  bool schedule = false;
-  {
-    std::lock_guard lock(post_mu_);
-    if (closed_) return false;
-    posted_.push_back(std::move(fn));
-    schedule = !std::exchange(drain_scheduled_, true);
+Result<CurlShard*> HttpCore::new_shard() {
+  auto sh = std::make_unique<CurlShard>();
+  sh->core = this;
+  CURLM* m = curl_multi_init();
+  if (m == nullptr) return Error(ErrorKind::kInternal, "curl_multi_init failed");
+  sh->multi = m;
+  curl_multi_setopt(m, CURLMOPT_SOCKETFUNCTION, &HttpCore::socket_cb);
+  curl_multi_setopt(m, CURLMOPT_SOCKETDATA, sh.get());
+  curl_multi_setopt(m, CURLMOPT_TIMERFUNCTION, &HttpCore::timer_cb);
+  curl_multi_setopt(m, CURLMOPT_TIMERDATA, sh.get());
+  if (options_.max_connections != 0) {
+    curl_multi_setopt(m, CURLMOPT_MAX_TOTAL_CONNECTIONS, static_cast<long>(options_.max_connections));
+    // The cache must hold the connections that may be open, or finished ones are closed
+    // instead of kept for reuse.
+    curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, static_cast<long>(options_.max_connections));
+  } else if (shard_capacity_ != std::numeric_limits<std::size_t>::max()) {
+    curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, static_cast<long>(shard_capacity_));
   }
-  if (schedule) {
-    std::weak_ptr<HttpCore> weak = weak_from_this();
-    env_.add_timer(env_.now(), [weak] {
-      if (auto core = weak.lock()) core->drain_posted();
-    });
+  if (options_.max_host_connections != 0) {
+    curl_multi_setopt(m, CURLMOPT_MAX_HOST_CONNECTIONS, static_cast<long>(options_.max_host_connections));
   }
-  return true;
+  shards_.push_back(std::move(sh));
+  return shards_.back().get();
 }
 
-void HttpCore::drain_posted() {
-  std::vector<std::function<void()>> batch;
-  {
-    std::lock_guard lock(post_mu_);
-    batch.swap(posted_);
-    drain_scheduled_ = false;
+CurlShard* HttpCore::pick_shard() {
+  // First fit: a transfer that just finished left its connection idle in its shard, and the
+  // next request (often the same process's) lands in the first shard with room: usually
+  // that one, so the connection is reused.
+  for (auto& sh : shards_) {
+    if (sh->transfers < shard_capacity_) return sh.get();
   }
-  for (auto& fn : batch) fn();
+  auto sh = new_shard();
+  if (sh.ok()) return *sh;
+  // No new multi handle: the least loaded existing one takes it (curl queues beyond its limits).
+  return std::min_element(shards_.begin(), shards_.end(),
+                          [](const auto& a, const auto& b) { return a->transfers < b->transfers; })
+      ->get();
+}
+
+// ---------------------------------------------------------------- locking
+
+void HttpCore::run(Op op) {
+  {
+    std::lock_guard lock(ops_mu_);
+    ops_.push_back(std::move(op));
+    has_ops_.store(true, std::memory_order_seq_cst);
+  }
+  // A holder releases the core and then looks for ops again: one queued after its last look
+  // is seen by it or by this thread's exchange (both sequentially consistent), never lost.
+  while (has_ops_.load(std::memory_order_seq_cst)) {
+    if (busy_.exchange(true, std::memory_order_seq_cst)) return;  // the holder runs it
+    drain_ops();
+    release();
+  }
+}
+
+void HttpCore::acquire_blocking() {
+  for (int spins = 0; busy_.exchange(true, std::memory_order_seq_cst); ++spins) {
+    if (spins < 256) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    } else {
+      sched_yield();
+    }
+  }
+}
+
+void HttpCore::drain_ops() {
+  std::vector<Op> batch;
+  for (;;) {
+    {
+      std::lock_guard lock(ops_mu_);
+      if (ops_.empty()) break;
+      batch.swap(ops_);
+      has_ops_.store(false, std::memory_order_seq_cst);
+    }
+    for (Op& op : batch) execute(op);
+    batch.clear();
+  }
+  settle();
+}
+
+void HttpCore::release() {
+  std::vector<Completion> wake;
+  wake.swap(wake_);
+  busy_.store(false, std::memory_order_seq_cst);
+  for (auto& c : wake) c.complete(std::any{});
+}
+
+void HttpCore::execute(Op& op) {
+  switch (op.kind) {
+    case Op::Kind::kSubmit: start_transfer(op.t); break;
+    case Op::Kind::kCancel: start_cancel(op.t.get()); break;
+    case Op::Kind::kResume: start_resume(op.t.get()); break;
+    case Op::Kind::kSocketReady: on_socket_ready(op.s, op.gen, op.bits, /*may_stall=*/true); break;
+    case Op::Kind::kStallEnd: on_socket_ready(op.s, op.gen, op.bits, /*may_stall=*/false); break;
+    case Op::Kind::kCurlTimer: on_curl_timer(op.shard, op.gen); break;
+    case Op::Kind::kTransferTimer: on_transfer_timer(op.raw, op.gen); break;
+  }
+}
+
+// Runs curl's timeout when it asked for it to run now (after a transfer was added, or to go
+// on with one) rather than through a timer on the loop thread. Bounded; beyond, the timer.
+void HttpCore::settle() {
+  while (!touched_.empty()) {
+    CurlShard* sh = touched_.back();
+    touched_.pop_back();
+    sh->touched = false;
+    for (int i = 0;; ++i) {
+      check_done(sh);  // removing a finished transfer may ask for a timeout too
+      if (!sh->due_now || sh->multi == nullptr) break;
+      sh->due_now = false;
+      if (i == 8) {
+        std::uint64_t gen = ++sh->timer_gen;
+        std::weak_ptr<HttpCore> weak = weak_from_this();
+        sh->timer = env_.add_timer(env_.now(), [weak, sh, gen] {
+          if (auto c = weak.lock()) c->run({.kind = Op::Kind::kCurlTimer, .shard = sh, .gen = gen});
+        });
+        break;
+      }
+      int running = 0;
+      curl_multi_socket_action(sh->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    }
+  }
 }
 
 void HttpCore::shutdown() {
-  auto work = [this] {
-    for (auto& [raw, t] : std::unordered_map<Transfer*, std::shared_ptr<Transfer>>(active_)) {
-      finish(raw, Error(ErrorKind::kCancelled, t->what + ": the HTTP client was closed"));
-    }
-    // Closes the cached connections (curl reports their sockets removed) first.
-    curl_multi_cleanup(std::exchange(multi_, nullptr));
-    for (auto& [s, st] : sockets_) {
-      if (st.watch != 0) env_.cancel_watch(st.watch);
-    }
-    sockets_.clear();
-    if (curl_timer_ != 0) env_.cancel_timer(std::exchange(curl_timer_, 0));
-    ++curl_timer_gen_;
-  };
-  if (env_.deterministic()) {
-    // One thread: the caller is the loop.
-    {
-      std::lock_guard lock(post_mu_);
-      closed_ = true;
-    }
-    drain_posted();  // pending cancels and starts (starts of a closed client finish at once)
-    work();
-    return;
+  acquire_blocking();
+  closed_ = true;
+  drain_ops();  // starts finish at once as cancelled (closed_), cancels and timers find nothing
+  for (auto& [raw, t] : std::unordered_map<Transfer*, std::shared_ptr<Transfer>>(active_)) {
+    finish(raw, Error(ErrorKind::kCancelled, t->what + ": the HTTP client was closed"));
   }
-  std::mutex done_mu;
-  std::condition_variable done_cv;
-  bool done = false;
-  bool posted = post([&] {
-    {
-      std::lock_guard lock(post_mu_);
-      closed_ = true;
-    }
-    drain_posted();
-    work();
-    std::lock_guard lock(done_mu);
-    done = true;
-    done_cv.notify_one();
-  });
-  if (!posted) return;
-  std::unique_lock lock(done_mu);
-  done_cv.wait(lock, [&] { return done; });
+  for (CURL* e : idle_easy_) curl_easy_cleanup(e);
+  idle_easy_.clear();
+  for (auto& sh : shards_) {
+    // Closes the cached connections (curl reports their sockets closed) first.
+    if (sh->multi != nullptr) curl_multi_cleanup(std::exchange(sh->multi, nullptr));
+    if (sh->timer != 0) env_.cancel_timer(std::exchange(sh->timer, 0));
+    ++sh->timer_gen;
+    sh->due_now = false;
+  }
+  for (auto& [s, st] : sockets_) {
+    if (st.watch != 0) env_.cancel_watch(st.watch);
+  }
+  sockets_.clear();
+  release();
+  // Ops queued from now on find the client closed; whoever queues one runs it.
 }
 
 // ---------------------------------------------------------------- process side
@@ -364,67 +527,54 @@ Result<std::shared_ptr<Transfer>> HttpCore::prepare(Context& ctx, HttpRequest& r
   return t;
 }
 
-void HttpCore::submit(const std::shared_ptr<Transfer>& t) {
-  std::weak_ptr<HttpCore> weak = weak_from_this();
-  bool ok = post([weak, t] {
-    if (auto core = weak.lock()) core->start_transfer(t);
-  });
-  if (!ok) {
-    in_flight_.fetch_sub(1);
-    std::optional<Completion> c;
-    {
-      std::lock_guard lock(t->mu);
-      t->finished = true;
-      t->error = Error(ErrorKind::kCancelled, t->what + ": the HTTP client was closed");
-      c = t->take_waiter_if_ready_locked();
-    }
-    if (c) c->complete(std::any{});
-  }
-}
+void HttpCore::submit(const std::shared_ptr<Transfer>& t) { run({.kind = Op::Kind::kSubmit, .t = t}); }
 
 void HttpCore::cancel(const std::shared_ptr<Transfer>& t) {
   {
     std::lock_guard lock(t->mu);
     if (t->finished) return;
   }
-  std::weak_ptr<HttpCore> weak = weak_from_this();
-  post([weak, t] {
-    auto core = weak.lock();
-    if (core && core->active_.count(t.get()) != 0) {
-      core->finish(t.get(), Error(ErrorKind::kCancelled, t->what + ": cancelled"));
-    }
-  });
+  run({.kind = Op::Kind::kCancel, .t = t});
 }
 
-void HttpCore::resume(const std::shared_ptr<Transfer>& t) {
-  std::weak_ptr<HttpCore> weak = weak_from_this();
-  post([weak, t] {
-    auto core = weak.lock();
-    if (!core || core->active_.count(t.get()) == 0) return;
-    {
-      std::lock_guard lock(t->mu);
-      t->paused = false;
-      t->resume_pending = false;
-    }
-    t->last_activity = core->env_.now();  // the pause was the reader's, not the server's
-    curl_easy_pause(t->easy, CURLPAUSE_CONT);
-    // While paused the timer may have been re-armed for the total timeout only: the idle
-    // timeout applies again from now.
-    if (core->active_.count(t.get()) != 0) core->arm_transfer_timer(t.get());
-    core->check_done();
-  });
+void HttpCore::resume(const std::shared_ptr<Transfer>& t) { run({.kind = Op::Kind::kResume, .t = t}); }
+
+void HttpCore::start_cancel(Transfer* t) {
+  if (active_.count(t) != 0) finish(t, Error(ErrorKind::kCancelled, t->what + ": cancelled"));
 }
 
-// ---------------------------------------------------------------- loop thread
+void HttpCore::start_resume(Transfer* tp) {
+  if (active_.count(tp) == 0) return;
+  Transfer* t = tp;
+  {
+    std::lock_guard lock(t->mu);
+    t->paused = false;
+    t->resume_pending = false;
+  }
+  t->last_activity = env_.now();  // the pause was the reader's, not the server's
+  if (t->shard != nullptr) touch(t->shard);
+  curl_easy_pause(t->easy, CURLPAUSE_CONT);
+  // While paused the timer may have been re-armed for the total timeout only: the idle
+  // timeout applies again from now.
+  if (active_.count(t) != 0) arm_transfer_timer(t);
+}
+
+// ---------------------------------------------------------------- the core held
 
 void HttpCore::start_transfer(const std::shared_ptr<Transfer>& t) {
   Transfer* raw = t.get();
-  if (multi_ == nullptr) {  // closed meanwhile
+  if (closed_) {
     active_.emplace(raw, t);
     finish(raw, Error(ErrorKind::kCancelled, t->what + ": the HTTP client was closed"));
     return;
   }
-  CURL* e = curl_easy_init();
+  CURL* e = nullptr;
+  if (!idle_easy_.empty()) {
+    e = idle_easy_.back();
+    idle_easy_.pop_back();
+  } else if ((e = curl_easy_init()) != nullptr) {
+    set_client_options(e);
+  }
   if (e == nullptr) {
     active_.emplace(raw, t);
     finish(raw, Error(ErrorKind::kInternal, t->what + ": curl_easy_init failed"));
@@ -433,19 +583,56 @@ void HttpCore::start_transfer(const std::shared_ptr<Transfer>& t) {
   raw->easy = e;
   raw->core = this;
   for (const auto& line : raw->header_lines) raw->headers_list = curl_slist_append(raw->headers_list, line.c_str());
+  // This request's options; every one a previous request on this handle may have set is set
+  // again (the client's own were set when the handle was made: set_client_options).
   curl_easy_setopt(e, CURLOPT_URL, raw->url.c_str());
   curl_easy_setopt(e, CURLOPT_PRIVATE, raw);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, raw->error_buffer);
-  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  CurlShard* sh = pick_shard();
+  curl_easy_setopt(e, CURLOPT_SOCKOPTDATA, sh);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, sh);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, raw->headers_list);
-  curl_easy_setopt(e, CURLOPT_USERAGENT, options_.user_agent.c_str());
-  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &HttpCore::write_cb);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, raw);
-  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &HttpCore::header_cb);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, raw);
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, to_curl_ms(raw->timeouts.connect));
+  const std::string& m = raw->method;
+  curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, static_cast<const char*>(nullptr));
+  if (m == "HEAD") {
+    curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+  } else if (!raw->request_body.empty() || m == "POST" || m == "PUT" || m == "PATCH") {
+    curl_easy_setopt(e, CURLOPT_NOBODY, 0L);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, raw->request_body.data());
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(raw->request_body.size()));
+    if (m != "POST") curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, m.c_str());
+  } else {
+    curl_easy_setopt(e, CURLOPT_NOBODY, 0L);
+    curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+    if (m != "GET") curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, m.c_str());
+  }
+  active_.emplace(raw, t);
+  raw->last_activity = env_.now();
+  CURLMcode rc = curl_multi_add_handle(sh->multi, e);
+  if (rc == CURLM_OK) {
+    raw->shard = sh;
+    ++sh->transfers;
+    touch(sh);
+  }
+  if (rc != CURLM_OK) {
+    finish(raw, Error(ErrorKind::kInternal, raw->what + ": curl_multi_add_handle: " + curl_multi_strerror(rc)));
+    return;
+  }
+  arm_transfer_timer(raw);
+}
+
+void HttpCore::set_client_options(CURL* e) {
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_SOCKOPTFUNCTION, &HttpCore::sockopt_cb);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, &HttpCore::closesocket_cb);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_USERAGENT, options_.user_agent.c_str());
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &HttpCore::write_cb);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &HttpCore::header_cb);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, options_.verify_tls ? 1L : 0L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, options_.verify_tls ? 2L : 0L);
   if (!options_.ca_file.empty()) curl_easy_setopt(e, CURLOPT_CAINFO, options_.ca_file.c_str());
@@ -454,24 +641,6 @@ void HttpCore::start_transfer(const std::shared_ptr<Transfer>& t) {
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
     curl_easy_setopt(e, CURLOPT_MAXREDIRS, 5L);
   }
-  const std::string& m = raw->method;
-  if (m == "HEAD") {
-    curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
-  } else if (!raw->request_body.empty() || m == "POST" || m == "PUT" || m == "PATCH") {
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, raw->request_body.data());
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(raw->request_body.size()));
-    if (m != "POST") curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, m.c_str());
-  } else if (m != "GET") {
-    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, m.c_str());
-  }
-  active_.emplace(raw, t);
-  raw->last_activity = env_.now();
-  CURLMcode rc = curl_multi_add_handle(multi_, e);
-  if (rc != CURLM_OK) {
-    finish(raw, Error(ErrorKind::kInternal, raw->what + ": curl_multi_add_handle: " + curl_multi_strerror(rc)));
-    return;
-  }
-  arm_transfer_timer(raw);
 }
 
 void HttpCore::finish(Transfer* t, std::optional<Error> error) {
@@ -484,8 +653,24 @@ void HttpCore::finish(Transfer* t, std::optional<Error> error) {
     if (curl_easy_getinfo(t->easy, CURLINFO_NUM_CONNECTS, &connects) == CURLE_OK && connects > 0) {
       connections_.fetch_add(static_cast<std::size_t>(connects));
     }
-    if (multi_ != nullptr) curl_multi_remove_handle(multi_, t->easy);
-    curl_easy_cleanup(std::exchange(t->easy, nullptr));
+    CURL* e = std::exchange(t->easy, nullptr);
+    CurlShard* sh = std::exchange(t->shard, nullptr);
+    bool added = sh != nullptr && sh->multi != nullptr && curl_multi_remove_handle(sh->multi, e) == CURLM_OK;
+    if (sh != nullptr) {
+      --sh->transfers;
+      touch(sh);
+    }
+    if (added && idle_easy_.size() < kMaxIdleEasy) {
+      // Kept with the client's options (libcurl's way to reuse a handle for the next
+      // transfer): the next request sets its own (start_transfer). No cookie engine or
+      // authentication is ever turned on, so nothing of this request carries over.
+      curl_easy_setopt(e, CURLOPT_HTTPHEADER, static_cast<curl_slist*>(nullptr));
+      curl_easy_setopt(e, CURLOPT_POSTFIELDS, static_cast<const char*>(nullptr));
+      curl_easy_setopt(e, CURLOPT_ERRORBUFFER, static_cast<char*>(nullptr));
+      idle_easy_.push_back(e);
+    } else {
+      curl_easy_cleanup(e);
+    }
   }
   if (t->headers_list != nullptr) curl_slist_free_all(std::exchange(t->headers_list, nullptr));
   if (t->timer != 0) env_.cancel_timer(std::exchange(t->timer, 0));
@@ -498,7 +683,7 @@ void HttpCore::finish(Transfer* t, std::optional<Error> error) {
     t->error = std::move(error);
     c = t->take_waiter_if_ready_locked();
   }
-  if (c) c->complete(std::any{});
+  if (c) wake(std::move(*c));
 }
 
 Error HttpCore::map_curl_error(Transfer* t, CURLcode code) const {
@@ -525,10 +710,10 @@ Error HttpCore::map_curl_error(Transfer* t, CURLcode code) const {
   }
 }
 
-void HttpCore::check_done() {
-  if (multi_ == nullptr) return;
+void HttpCore::check_done(CurlShard* sh) {
+  if (sh->multi == nullptr) return;
   int left = 0;
-  while (CURLMsg* msg = curl_multi_info_read(multi_, &left)) {
+  while (CURLMsg* msg = curl_multi_info_read(sh->multi, &left)) {
     if (msg->msg != CURLMSG_DONE) continue;
     char* priv = nullptr;
     curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
@@ -571,7 +756,7 @@ void HttpCore::arm_transfer_timer(Transfer* t) {
   t->timer_at = at;
   std::weak_ptr<HttpCore> weak = weak_from_this();
   t->timer = env_.add_timer(at, [weak, t, gen] {
-    if (auto core = weak.lock()) core->on_transfer_timer(t, gen);
+    if (auto core = weak.lock()) core->run({.kind = Op::Kind::kTransferTimer, .raw = t, .gen = gen});
   });
 }
 
@@ -604,78 +789,135 @@ void HttpCore::on_transfer_timer(Transfer* t, std::uint64_t gen) {
 }
 
 int HttpCore::socket_cb(CURL* /*easy*/, curl_socket_t s, int what, void* userp, void* /*socketp*/) {
-  auto* core = static_cast<HttpCore*>(userp);
+  auto* sh = static_cast<CurlShard*>(userp);
+  HttpCore* core = sh->core;
   if (what == CURL_POLL_REMOVE) {
     auto it = core->sockets_.find(s);
-    if (it != core->sockets_.end()) {
-      if (it->second.watch != 0) core->env_.cancel_watch(it->second.watch);
-      core->sockets_.erase(it);
+    if (it == core->sockets_.end()) return 0;
+    if (it->second.connection) {
+      it->second.want = 0;  // parked (see Socket); an event still armed is ignored
+      it->second.stalled = false;
+      return 0;
     }
+    if (it->second.watch != 0) core->env_.cancel_watch(it->second.watch);
+    core->sockets_.erase(it);
     return 0;
   }
   Socket& st = core->sockets_[s];
+  st.shard = sh;
   unsigned want = what == CURL_POLL_IN ? kFdReadable : what == CURL_POLL_OUT ? kFdWritable : kFdReadable | kFdWritable;
-  if (st.watch != 0 && st.want == want) return 0;
+  if (st.stalled) {
+    // A stalled socket (fault point http_stall) is not armed until the stall ends, and gets
+    // its events then; new events end the stall.
+    if (st.want == want) return 0;
+    st.stalled = false;
+  }
   st.want = want;
-  if (st.watch != 0) core->env_.cancel_watch(std::exchange(st.watch, 0));
-  core->watch_socket(s, st);
+  core->arm_socket(s, st);
   return 0;
 }
 
-void HttpCore::watch_socket(curl_socket_t s, Socket& st) {
+int HttpCore::sockopt_cb(void* clientp, curl_socket_t s, curlsocktype purpose) {
+  if (purpose == CURLSOCKTYPE_IPCXN) {
+    auto* sh = static_cast<CurlShard*>(clientp);
+    Socket& st = sh->core->sockets_[s];
+    st.connection = true;
+    st.shard = sh;
+  }
+  return CURL_SOCKOPT_OK;
+}
+
+int HttpCore::closesocket_cb(void* clientp, curl_socket_t s) {
+  HttpCore* core = static_cast<CurlShard*>(clientp)->core;
+  auto it = core->sockets_.find(s);
+  if (it != core->sockets_.end()) {
+    if (it->second.watch != 0) core->env_.cancel_watch(it->second.watch);
+    core->sockets_.erase(it);
+  }
+  return ::close(s);
+}
+
+void HttpCore::arm_socket(curl_socket_t s, Socket& st) {
+  if (st.watch != 0) {
+    if (st.armed && st.watched == st.want) return;
+    st.watched = st.want;
+    st.armed = env_.rearm_watch(st.watch, st.want);
+    if (st.armed) return;
+    env_.cancel_watch(std::exchange(st.watch, 0));  // gone: cannot happen for an open socket
+  }
+  // A new watch, with a generation of its own: a callback of an earlier one finds it stale.
   std::uint64_t gen = next_gen_++;
   st.gen = gen;
+  st.watched = st.want;
   std::weak_ptr<HttpCore> weak = weak_from_this();
-  auto w = env_.watch_fd(s, st.want, [weak, s, gen](unsigned bits) {
-    if (auto core = weak.lock()) core->on_socket_ready(s, gen, bits);
+  auto w = env_.watch_fd_rearmable(s, st.want, [weak, s, gen](unsigned bits) {
+    if (auto core = weak.lock()) core->run({.kind = Op::Kind::kSocketReady, .s = s, .gen = gen, .bits = bits});
   });
   // A failed watch leaves the socket to curl's own timeouts and ours; it cannot happen for
   // a valid open socket.
   st.watch = w.ok() ? *w : 0;
+  st.armed = w.ok();
 }
 
 void HttpCore::on_socket_ready(curl_socket_t s, std::uint64_t gen, unsigned bits, bool may_stall) {
   auto it = sockets_.find(s);
-  if (it == sockets_.end() || it->second.gen != gen || multi_ == nullptr) return;
-  it->second.watch = 0;
-  if (may_stall && env_.fault(FaultPoint::kHttpStall)) {
-    // The bytes wait in the socket: curl hears of them only after the stall (a watch that
-    // curl asks for meanwhile takes over; this one then finds its generation stale).
+  if (it == sockets_.end() || it->second.gen != gen || it->second.shard == nullptr ||
+      it->second.shard->multi == nullptr) {
+    return;
+  }
+  Socket& st = it->second;
+  if (may_stall) st.armed = false;  // the event disarmed it
+  if (st.want == 0) return;         // parked: the next request re-arms it
+  if (!may_stall) {
+    if (!st.stalled) return;  // curl changed or dropped the socket meanwhile
+    st.stalled = false;
+  } else if (env_.fault(FaultPoint::kHttpStall)) {
+    // The bytes wait in the socket: curl hears of them only after the stall, and the
+    // socket is not armed meanwhile (new events asked for meanwhile end the stall).
+    st.stalled = true;
     std::weak_ptr<HttpCore> weak = weak_from_this();
     env_.add_timer(add_saturating(env_.now(), env_.fault_delay(FaultPoint::kHttpStall)), [weak, s, gen, bits] {
-      if (auto core = weak.lock()) core->on_socket_ready(s, gen, bits, false);
+      if (auto core = weak.lock()) core->run({.kind = Op::Kind::kStallEnd, .s = s, .gen = gen, .bits = bits});
     });
     return;
   }
   int action = ((bits & kFdReadable) ? CURL_CSELECT_IN : 0) | ((bits & kFdWritable) ? CURL_CSELECT_OUT : 0) |
                ((bits & kFdError) ? CURL_CSELECT_ERR : 0);
   int running = 0;
-  curl_multi_socket_action(multi_, s, action, &running);
-  // One-shot watches: watch again unless curl changed or removed the socket meanwhile.
+  CurlShard* sh = st.shard;
+  touch(sh);
+  curl_multi_socket_action(sh->multi, s, action, &running);
+  // Armed again if curl still wants the socket (curl may have closed it meanwhile).
   it = sockets_.find(s);
-  if (it != sockets_.end() && it->second.gen == gen && it->second.watch == 0) watch_socket(s, it->second);
-  check_done();
+  if (it != sockets_.end() && it->second.gen == gen && it->second.want != 0 && !it->second.stalled) {
+    arm_socket(s, it->second);
+  }
 }
 
 int HttpCore::timer_cb(CURLM* /*multi*/, long timeout_ms, void* userp) {
-  auto* core = static_cast<HttpCore*>(userp);
-  if (core->curl_timer_ != 0) core->env_.cancel_timer(std::exchange(core->curl_timer_, 0));
-  std::uint64_t gen = ++core->curl_timer_gen_;
-  if (timeout_ms < 0) return 0;
+  auto* sh = static_cast<CurlShard*>(userp);
+  HttpCore* core = sh->core;
+  if (sh->timer != 0) core->env_.cancel_timer(std::exchange(sh->timer, 0));
+  std::uint64_t gen = ++sh->timer_gen;
+  sh->due_now = timeout_ms == 0;  // run before the core is released (settle)
+  if (sh->due_now) core->touch(sh);
+  if (timeout_ms <= 0) return 0;
   std::weak_ptr<HttpCore> weak = core->weak_from_this();
-  core->curl_timer_ =
-      core->env_.add_timer(add_saturating(core->env_.now(), std::chrono::milliseconds(timeout_ms)), [weak, gen] {
-        if (auto c = weak.lock()) c->on_curl_timer(gen);
+  sh->timer =
+      core->env_.add_timer(add_saturating(core->env_.now(), std::chrono::milliseconds(timeout_ms)), [weak, sh, gen] {
+        if (auto c = weak.lock()) {
+          c->run({.kind = Op::Kind::kCurlTimer, .shard = sh, .gen = gen});
+        }
       });
   return 0;
 }
 
-void HttpCore::on_curl_timer(std::uint64_t gen) {
-  if (gen != curl_timer_gen_ || multi_ == nullptr) return;
-  curl_timer_ = 0;
+void HttpCore::on_curl_timer(CurlShard* sh, std::uint64_t gen) {
+  if (gen != sh->timer_gen || sh->multi == nullptr) return;
+  sh->timer = 0;
+  touch(sh);
   int running = 0;
-  curl_multi_socket_action(multi_, CURL_SOCKET_TIMEOUT, 0, &running);
-  check_done();
+  curl_multi_socket_action(sh->multi, CURL_SOCKET_TIMEOUT, 0, &running);
 }
 
 size_t HttpCore::header_cb(char* data, size_t size, size_t n, void* userp) {
@@ -722,7 +964,7 @@ size_t HttpCore::header_cb(char* data, size_t size, size_t n, void* userp) {
   }
   // The idle timeout starts with the first byte and may be shorter than the first-byte one.
   if (first) core->arm_transfer_timer(t);
-  if (c) c->complete(std::any{});
+  if (c) core->wake(std::move(*c));
   return len;
 }
 
@@ -756,7 +998,7 @@ size_t HttpCore::write_cb(char* data, size_t size, size_t n, void* userp) {
   }
   t->body_bytes += len;
   t->last_activity = core->env_.now();
-  if (c) c->complete(std::any{});
+  if (c) core->wake(std::move(*c));
   return len;
 }
 

@@ -1,7 +1,12 @@
 #include "runtime/scheduler.hpp"
 
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
+#include <climits>
 
 #include "nines/core/check.hpp"
 #include "runtime/process_internal.hpp"
@@ -22,6 +27,17 @@ struct Worker {
 };
 
 thread_local Worker* tls_worker = nullptr;
+
+// Idle workers park on a futex: one system call to wake one, none to go back to work. (Not
+// std::atomic::wait: libstdc++ 12 yields the CPU four times before it sleeps, four more
+// system calls per park.)
+void futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t seen) {
+  static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t));
+  syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAIT_PRIVATE, seen, nullptr, nullptr, 0);
+}
+void futex_wake(std::atomic<std::uint32_t>& word, int n) {
+  syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAKE_PRIVATE, n, nullptr, nullptr, 0);
+}
 
 class ThreadedScheduler final : public Scheduler {
  public:
@@ -49,12 +65,9 @@ class ThreadedScheduler final : public Scheduler {
   }
 
   void stop() override {
-    {
-      std::lock_guard lock(idle_mu_);
-      stop_.store(true);
-      ++epoch_;
-    }
-    idle_cv_.notify_all();
+    stop_.store(true);
+    epoch_.fetch_add(1, std::memory_order_seq_cst);
+    futex_wake(epoch_, INT_MAX);
     for (auto& w : workers_) {
       if (w->thread) {
         w->thread->join();
@@ -116,11 +129,10 @@ class ThreadedScheduler final : public Scheduler {
     // One wake in flight is enough: the woken worker looks for all queued work. Without this
     // a producer pays a futex call per push while the sleeper is still waking up.
     if (waking_.exchange(true, std::memory_order_acq_rel)) return;
-    {
-      std::lock_guard lock(idle_mu_);
-      ++epoch_;
-    }
-    idle_cv_.notify_one();
+    // A futex on the epoch: one system call to wake a sleeper, and no mutex for the sleeper
+    // and the waker to hand back and forth.
+    epoch_.fetch_add(1, std::memory_order_seq_cst);
+    futex_wake(epoch_, 1);
   }
 
   Process* pop_local(Worker* w) {
@@ -191,21 +203,21 @@ class ThreadedScheduler final : public Scheduler {
         p = find_work(w);
       }
       if (p == nullptr) {
-        std::unique_lock lock(idle_mu_);
-        std::uint64_t seen = epoch_;
+        // The epoch is read before this worker counts as a sleeper: a wake after that point
+        // changes it, and the wait below returns at once.
+        std::uint32_t seen = epoch_.load(std::memory_order_seq_cst);
         sleepers_.fetch_add(1, std::memory_order_seq_cst);
-        lock.unlock();
         // Re-arm wakes before the last look. The exchange reads the flag written by any
         // producer that skipped its wake because one was in flight, so that producer's push
         // is visible to the find_work below: no push is left with every worker asleep.
         waking_.exchange(false, std::memory_order_acq_rel);
         p = find_work(w);
-        lock.lock();
         if (p == nullptr) {
-          idle_cv_.wait(lock, [&] { return epoch_ != seen || stop_.load(); });
+          // The kernel compares the epoch with `seen` before it sleeps: a wake in between
+          // is not lost. Spurious returns (EINTR) look again.
+          while (epoch_.load(std::memory_order_seq_cst) == seen && !stop_.load()) futex_wait(epoch_, seen);
         }
         sleepers_.fetch_sub(1, std::memory_order_seq_cst);
-        lock.unlock();
         if (p == nullptr) {
           // Woken: let the next push wake another sleeper while this one looks for work.
           waking_.exchange(false, std::memory_order_acq_rel);
@@ -222,9 +234,7 @@ class ThreadedScheduler final : public Scheduler {
   std::vector<std::unique_ptr<Worker>> workers_;
   std::mutex global_mu_;
   std::deque<Process*> global_;
-  std::mutex idle_mu_;
-  std::condition_variable idle_cv_;
-  std::uint64_t epoch_ = 0;
+  std::atomic<std::uint32_t> epoch_{0};  // changed by every wake: idle workers wait on it
   std::atomic<int> sleepers_{0};
   std::atomic<bool> waking_{false};
   std::atomic<bool> stop_{false};

@@ -2,12 +2,11 @@
 //  - ThreadedScheduler: N workers on environment threads, each with a private LIFO slot (a
 //    process woken by the running one runs next on the same worker: ping-pong stays on one
 //    core), a local FIFO that idle workers steal from, and a global queue for wakeups from
-//    outside the workers. Idle workers sleep on a condition variable.
+//    outside the workers. Idle workers sleep on a futex (an epoch word every wake changes).
 //  - DeterministicScheduler: one run set on the caller's thread; the next process is drawn
 //    with the environment's seeded generator, so a seed fixes the interleaving.
 #pragma once
 
-#include <condition_variable>
 #include <cstddef>
 #include <deque>
 #include <memory>

@@ -22,19 +22,40 @@
 //   added_p50_us, added_p99_us     per call: e2e minus the server's own time for that call (the
 //                                  x-sim-server-us header: from its handler being called to its
 //                                  response head being sent, injected delay included)
+// Per call in the window, what the calls cost this process (so the figures explain
+// themselves):
+//   wakeups_per_call     voluntary context switches (a thread went to sleep: each sleep is
+//                        followed by a wake-up), getrusage
+//   involuntary_switches_per_call  preemptions, getrusage
+//   syscalls_per_call    system calls of all threads (per-thread perf counters on the
+//                        raw_syscalls:sys_enter tracepoint, opened at the window's start;
+//                        omitted when tracefs or perf_event_open is not available)
+//   allocs_per_call      allocations: operator new (replaced in this program) plus libcurl's
+//                        malloc/calloc/realloc/strdup (curl_global_init_mem)
+//   curl_allocs_per_call the part of allocs_per_call that is libcurl's
+//   minor_faults_per_call  page faults that found the page in memory, getrusage
 // NINES_LLM_BENCH_TRANSPORT_ONLY=1: the same calls with the HttpClient alone (a prebuilt
 // request body, no router, codec or policies; metrics suffixed _http_only), to tell the
 // transport's share of the cost from the model path's. NINES_BENCH_TAG=x suffixes every
 // metric name with _x.
 // Exit status 1 if any call failed or the server could not be reached.
+#include <curl/curl.h>
+#include <dirent.h>
+#include <linux/perf_event.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <fstream>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <string>
 #include <vector>
@@ -51,7 +72,115 @@
 using namespace nines;
 using namespace std::chrono_literals;
 
+// ---- allocation counting: operator new (this program) and libcurl's allocator
+std::atomic<std::uint64_t> g_allocs{0};
+std::atomic<std::uint64_t> g_curl_allocs{0};  // the part of g_allocs that is libcurl's
+
 namespace {
+
+void* curl_malloc_counted(size_t n) {
+  g_allocs.fetch_add(1, std::memory_order_relaxed);
+  g_curl_allocs.fetch_add(1, std::memory_order_relaxed);
+  return std::malloc(n);
+}
+void curl_free_counted(void* p) { std::free(p); }
+void* curl_realloc_counted(void* p, size_t n) {
+  g_allocs.fetch_add(1, std::memory_order_relaxed);
+  g_curl_allocs.fetch_add(1, std::memory_order_relaxed);
+  return std::realloc(p, n);
+}
+char* curl_strdup_counted(const char* s) {
+  g_allocs.fetch_add(1, std::memory_order_relaxed);
+  g_curl_allocs.fetch_add(1, std::memory_order_relaxed);
+  return strdup(s);
+}
+void* curl_calloc_counted(size_t n, size_t size) {
+  g_allocs.fetch_add(1, std::memory_order_relaxed);
+  g_curl_allocs.fetch_add(1, std::memory_order_relaxed);
+  return std::calloc(n, size);
+}
+
+}  // namespace
+
+// GCC sees free() meet operator new's pointer; they are the pair defined here.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+void* operator new(std::size_t n) {
+  g_allocs.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t n) { return operator new(n); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+#pragma GCC diagnostic pop
+
+namespace {
+
+// System calls of every thread of this process from now on: a perf counter per thread on the
+// raw_syscalls:sys_enter tracepoint. Threads started later are not counted (the runtime's and
+// the environment's threads all exist before the window).
+class SyscallCounter {
+ public:
+  SyscallCounter() {
+    std::ifstream id_file("/sys/kernel/tracing/events/raw_syscalls/sys_enter/id");
+    std::uint64_t id = 0;
+    if (!(id_file >> id)) return;
+    DIR* d = opendir("/proc/self/task");
+    if (d == nullptr) return;
+    while (dirent* e = readdir(d)) {
+      if (e->d_name[0] == '.') continue;
+      perf_event_attr attr{};
+      attr.type = PERF_TYPE_TRACEPOINT;
+      attr.size = sizeof attr;
+      attr.config = id;
+      attr.exclude_hv = 1;
+      int fd = static_cast<int>(syscall(SYS_perf_event_open, &attr, std::atoi(e->d_name), -1, -1, 0));
+      if (fd < 0) {
+        ok_ = false;
+        break;
+      }
+      fds_.push_back(fd);
+    }
+    closedir(d);
+    ok_ = ok_ && !fds_.empty();
+  }
+  ~SyscallCounter() {
+    for (int fd : fds_) close(fd);
+  }
+  // Total so far; -1 if unavailable.
+  double read() const {
+    if (!ok_) return -1;
+    std::uint64_t total = 0;
+    for (int fd : fds_) {
+      std::uint64_t v = 0;
+      if (::read(fd, &v, sizeof v) != sizeof v) return -1;
+      total += v;
+    }
+    return static_cast<double>(total);
+  }
+
+ private:
+  bool ok_ = true;
+  std::vector<int> fds_;
+};
+
+// What the window cost: context switches, page faults, allocations, system calls.
+struct CostSample {
+  double voluntary = 0, involuntary = 0, minor_faults = 0, allocs = 0, curl_allocs = 0, syscalls = -1;
+  static CostSample take(const SyscallCounter* sys) {
+    rusage u{};
+    getrusage(RUSAGE_SELF, &u);
+    return {static_cast<double>(u.ru_nvcsw),
+            static_cast<double>(u.ru_nivcsw),
+            static_cast<double>(u.ru_minflt),
+            static_cast<double>(g_allocs.load(std::memory_order_relaxed)),
+            static_cast<double>(g_curl_allocs.load(std::memory_order_relaxed)),
+            sys != nullptr ? sys->read() : -1};
+  }
+};
 
 double cpu_seconds() {
   rusage u{};
@@ -192,6 +321,11 @@ int main(int argc, char** argv) {
                             (transport != nullptr && std::string(transport) == "1" ? "_http_only" : "") +
                             (tag != nullptr && *tag != '\0' ? std::string("_") + tag : "");
 
+  if (curl_global_init_mem(CURL_GLOBAL_DEFAULT, curl_malloc_counted, curl_free_counted, curl_realloc_counted,
+                           curl_strdup_counted, curl_calloc_counted) != CURLE_OK) {
+    std::fprintf(stderr, "nines: curl_global_init_mem failed\n");
+    return 1;
+  }
   auto env = make_real_environment({.workers = workers, .seed = 1});
   auto rt = Runtime::create(*env).value();
   net::HttpClientOptions http_options;
@@ -234,9 +368,13 @@ int main(int argc, char** argv) {
   b.window_end = b.window_start + seconds(measure_s);
   // The window's two ends: reset the server's stats and read the CPU clock.
   double cpu0 = 0, cpu1 = 0;
+  CostSample cost0, cost1;
+  std::unique_ptr<SyscallCounter> syscalls;
   std::string stats;
   auto sampler = rt->spawn_watched([&](Context& ctx) -> Task<> {
                      (void)co_await ctx.sleep(b.window_start - ctx.now());
+                     syscalls = std::make_unique<SyscallCounter>();
+                     cost0 = CostSample::take(syscalls.get());
                      cpu0 = cpu_seconds();
                      net::HttpRequest reset;
                      reset.method = "POST";
@@ -244,6 +382,7 @@ int main(int argc, char** argv) {
                      (void)co_await http->request(ctx, std::move(reset));
                      (void)co_await ctx.sleep(b.window_end - ctx.now());
                      cpu1 = cpu_seconds();
+                     cost1 = CostSample::take(syscalls.get());
                    }).value();
   b.run(concurrency);
   sampler.exit->wait();
@@ -269,6 +408,16 @@ int main(int argc, char** argv) {
   emit("server_p99_us", server_p99, "us");
   emit("added_p50_us", percentile_of_sorted(b.added_us, 50), "us");
   emit("added_p99_us", percentile_of_sorted(b.added_us, 99), "us");
+  if (ok > 0) {
+    emit("wakeups_per_call", (cost1.voluntary - cost0.voluntary) / ok, "per call");
+    emit("involuntary_switches_per_call", (cost1.involuntary - cost0.involuntary) / ok, "per call");
+    if (cost0.syscalls >= 0 && cost1.syscalls >= 0) {
+      emit("syscalls_per_call", (cost1.syscalls - cost0.syscalls) / ok, "per call");
+    }
+    emit("allocs_per_call", (cost1.allocs - cost0.allocs) / ok, "per call");
+    emit("curl_allocs_per_call", (cost1.curl_allocs - cost0.curl_allocs) / ok, "per call");
+    emit("minor_faults_per_call", (cost1.minor_faults - cost0.minor_faults) / ok, "per call");
+  }
   if (b.failed > 0) {
     emit("failed_calls", static_cast<double>(b.failed), "calls");
     return 1;

@@ -89,7 +89,19 @@ class Environment {
   // (kFdReadable and/or kFdWritable) or has an error. Fails with kInvalidArgument for a bad
   // fd or events == 0.
   virtual Result<WatchId> watch_fd(int fd, unsigned events, std::function<void(unsigned)> fn) = 0;
-  // True if the watch was removed before its callback ran.
+  // Re-armable readiness watch: like watch_fd, fn(ready_bits) runs once when fd is ready,
+  // but the watch stays registered, disarmed, until rearm_watch arms it again (from any
+  // thread; the events may change). For a socket watched again after every event (the HTTP
+  // client's connections), one system call per event instead of the two a new one-shot
+  // watch costs; and unlike a level-triggered watch it never fires again while the work its
+  // callback queued is still waiting. Removed by cancel_watch. Errors as watch_fd.
+  virtual Result<WatchId> watch_fd_rearmable(int fd, unsigned events, std::function<void(unsigned)> fn) = 0;
+  // Arms a re-armable watch for `events` (kFdReadable and/or kFdWritable). Arming one that is
+  // armed changes its events. False if the watch is gone (or was a one-shot watch).
+  virtual bool rearm_watch(WatchId id, unsigned events) = 0;
+  // True if the watch was removed before its callback ran (a re-armable watch: if it was
+  // still registered; a callback already taken for running by the loop thread may still run
+  // once, so fn must check whether it is still wanted).
   virtual bool cancel_watch(WatchId id) = 0;
 
   // The logger every layer reports through (core/log.hpp): crashes, supervisor give-ups,
@@ -148,6 +160,8 @@ class SimEnvironment final : public Environment {
   TimerId add_timer(TimePoint deadline, std::function<void()> fn) override;
   bool cancel_timer(TimerId id) override;
   Result<WatchId> watch_fd(int fd, unsigned events, std::function<void(unsigned)> fn) override;
+  Result<WatchId> watch_fd_rearmable(int fd, unsigned events, std::function<void(unsigned)> fn) override;
+  bool rearm_watch(WatchId id, unsigned events) override;
   bool cancel_watch(WatchId id) override;
 
   // Deadline of the earliest pending timer, or TimePoint::max() if none.
