@@ -1,14 +1,24 @@
 // The HTTP client against a local HTTP/1.1 server (tests/net/test_server.hpp) on loopback,
 // on the real environment and scheduler (2 workers), plus one run on the sim environment.
+#include <arpa/inet.h>
+#include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <unordered_map>
 
 #include <atomic>
 #include <functional>
@@ -443,6 +453,171 @@ TEST(HttpClient, AThousandConcurrentRequestsFromAThousandProcesses) {
   EXPECT_EQ(f.client->in_flight(), 0u);
   EXPECT_LE(f.server.connections_accepted(), 64u);
   EXPECT_EQ(f.server.requests_seen(), static_cast<std::size_t>(kProcesses));
+}
+
+// A server in a child process (forked before this test starts any thread of its own; the
+// child starts none) that holds every request until `expected` have arrived, tells the parent
+// on a pipe, then answers them all when the parent says so: the way to have exactly that many
+// requests in flight at once. One thread and epoll, so it is cheap at 10,000 connections.
+class HoldingServer {
+ public:
+  explicit HoldingServer(std::size_t expected) {
+    int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int one = 1;
+    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(lfd, 65535) != 0) std::abort();
+    socklen_t len = sizeof a;
+    getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    int up[2], down[2];
+    if (pipe2(up, O_CLOEXEC) != 0 || pipe2(down, O_CLOEXEC) != 0) std::abort();
+    pid_ = fork();
+    if (pid_ == 0) {
+      ::close(up[0]);
+      ::close(down[1]);
+      serve(lfd, expected, up[1], down[0]);
+      _exit(0);
+    }
+    ::close(lfd);
+    ::close(up[1]);
+    ::close(down[0]);
+    from_child_ = up[0];
+    to_child_ = down[1];
+  }
+  ~HoldingServer() {
+    ::close(to_child_);  // EOF: the child exits
+    ::close(from_child_);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+  }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_) + "/held"; }
+  // Waits until the child holds `expected` requests (false after timeout_ms).
+  bool wait_all_held(int timeout_ms) {
+    pollfd p{from_child_, POLLIN, 0};
+    char c = 0;
+    return ::poll(&p, 1, timeout_ms) == 1 && ::read(from_child_, &c, 1) == 1 && c == 'H';
+  }
+  void answer_all() { [[maybe_unused]] auto n = ::write(to_child_, "A", 1); }
+
+ private:
+  static void serve(int lfd, std::size_t expected, int up, int down) {
+    int ep = epoll_create1(0);
+    auto add = [&](int fd) {
+      epoll_event ev{};
+      ev.events = EPOLLIN;
+      ev.data.fd = fd;
+      epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+    };
+    add(lfd);
+    add(down);
+    std::unordered_map<int, std::string> conns;  // fd -> request bytes so far
+    std::vector<int> held;
+    bool answering = false;
+    const std::string reply = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    auto answer = [&](int fd) { [[maybe_unused]] auto n = ::send(fd, reply.data(), reply.size(), MSG_NOSIGNAL); };
+    std::vector<epoll_event> events(1024);
+    for (;;) {
+      int n = epoll_wait(ep, events.data(), static_cast<int>(events.size()), -1);
+      for (int i = 0; i < n; ++i) {
+        int fd = events[i].data.fd;
+        if (fd == lfd) {
+          for (int c; (c = ::accept4(lfd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0;) {
+            conns[c];
+            add(c);
+          }
+        } else if (fd == down) {
+          char c;
+          if (::read(down, &c, 1) != 1) return;  // the parent is done
+          answering = true;
+          for (int h : held) answer(h);
+          held.clear();
+        } else {
+          char buf[4096];
+          ssize_t r = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+          if (r <= 0) {
+            if (r < 0 && errno == EAGAIN) continue;
+            epoll_ctl(ep, EPOLL_CTL_DEL, fd, nullptr);
+            ::close(fd);
+            conns.erase(fd);
+            continue;
+          }
+          std::string& req = conns[fd];
+          req.append(buf, static_cast<std::size_t>(r));
+          if (req.find("\r\n\r\n") == std::string::npos) continue;
+          req.clear();
+          if (answering) {
+            answer(fd);
+          } else {
+            held.push_back(fd);
+            if (held.size() == expected) [[maybe_unused]]
+              auto w = ::write(up, "H", 1);
+          }
+        }
+      }
+    }
+  }
+
+  int port_ = 0;
+  pid_t pid_ = -1;
+  int from_child_ = -1, to_child_ = -1;
+};
+
+std::size_t resident_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  std::size_t size = 0, resident = 0;
+  statm >> size >> resident;
+  return resident * static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+}
+
+// Ten thousand requests in flight at once on one event loop (each from a process of its own,
+// each on a connection of its own: HTTP/1.1), then all answered. Prints the resident memory
+// each call in flight costs (the target: at most 20 KiB, measured in release builds
+// by bench/peers/llm_client, which sanitizer builds inflate).
+TEST(HttpClient, TenThousandRequestsInFlightOnOneLoop) {
+  constexpr std::size_t kCalls = 10'000;
+  // The descriptors: one connection each here and in the server, plus some.
+  rlimit lim{};
+  getrlimit(RLIMIT_NOFILE, &lim);
+  const rlim_t need = kCalls + 512;
+  if (lim.rlim_max < need) lim.rlim_max = need;  // root may raise the hard limit
+  lim.rlim_cur = lim.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur < need) {
+    GTEST_SKIP() << "cannot raise RLIMIT_NOFILE to " << need;
+  }
+  HoldingServer server(kCalls);  // before any thread of this test
+  auto env = make_real_environment({.workers = 2, .seed = 5});
+  auto rt = Runtime::create(*env).value();
+  auto client = HttpClient::create(*env, {.max_in_flight = kCalls, .proxy = ""}).value();
+  const std::size_t rss_before = resident_bytes();
+  std::atomic<std::size_t> ok{0};
+  std::vector<std::shared_ptr<ExitWatch>> watches;
+  watches.reserve(kCalls);
+  for (std::size_t i = 0; i < kCalls; ++i) {
+    watches.push_back(rt->spawn_watched([&](Context& ctx) -> Task<> {
+                          HttpRequest req;
+                          req.url = server.url();
+                          auto r = co_await client->request(ctx, std::move(req));
+                          if (r.ok() && r->status == 200 && r->body == "ok") ++ok;
+                        })
+                          .value()
+                          .exit);
+  }
+  ASSERT_TRUE(server.wait_all_held(120'000)) << "the server did not get " << kCalls << " requests";
+  EXPECT_EQ(client->in_flight(), kCalls);
+  const std::size_t rss_held = resident_bytes();
+  std::printf(
+      "10,000 requests in flight: resident memory %.1f MiB more than before, %.1f KiB per call in flight "
+      "(this build; sanitizers inflate it)\n",
+      static_cast<double>(rss_held - rss_before) / (1 << 20),
+      static_cast<double>(rss_held - rss_before) / 1024.0 / kCalls);
+  server.answer_all();
+  for (auto& w : watches) EXPECT_TRUE(w->wait().is_normal());
+  EXPECT_EQ(ok.load(), kCalls);
+  EXPECT_EQ(client->in_flight(), 0u);
+  client.reset();
 }
 
 // TLS through libcurl-openssl, against `openssl s_server` with a self-signed certificate for

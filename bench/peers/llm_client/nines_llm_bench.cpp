@@ -34,6 +34,8 @@
 //                        malloc/calloc/realloc/strdup (curl_global_init_mem)
 //   curl_allocs_per_call the part of allocs_per_call that is libcurl's
 //   minor_faults_per_call  page faults that found the page in memory, getrusage
+//   rss_per_call_in_flight_kib  resident memory at the window's start minus before the
+//                        calls began, divided by CONCURRENCY (every call in flight then)
 // NINES_LLM_BENCH_TRANSPORT_ONLY=1: the same calls with the HttpClient alone (a prebuilt
 // request body, no router, codec or policies; metrics suffixed _http_only), to tell the
 // transport's share of the cost from the model path's. NINES_BENCH_TAG=x suffixes every
@@ -181,6 +183,18 @@ struct CostSample {
             sys != nullptr ? sys->read() : -1};
   }
 };
+
+#include <malloc.h>
+std::size_t heap_in_use() {
+  struct mallinfo2 m = mallinfo2();
+  return m.uordblks + m.hblkhd;
+}
+std::size_t resident_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  std::size_t size = 0, resident = 0;
+  statm >> size >> resident;
+  return resident * static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+}
 
 double cpu_seconds() {
   rusage u{};
@@ -368,11 +382,17 @@ int main(int argc, char** argv) {
   b.window_end = b.window_start + seconds(measure_s);
   // The window's two ends: reset the server's stats and read the CPU clock.
   double cpu0 = 0, cpu1 = 0;
+  const std::size_t rss_before = resident_bytes();
+  const std::size_t heap_before = heap_in_use();
+  std::size_t heap_window = 0;
+  std::size_t rss_window = 0;
   CostSample cost0, cost1;
   std::unique_ptr<SyscallCounter> syscalls;
   std::string stats;
   auto sampler = rt->spawn_watched([&](Context& ctx) -> Task<> {
                      (void)co_await ctx.sleep(b.window_start - ctx.now());
+                     rss_window = resident_bytes();
+                     heap_window = heap_in_use();
                      syscalls = std::make_unique<SyscallCounter>();
                      cost0 = CostSample::take(syscalls.get());
                      cpu0 = cpu_seconds();
@@ -418,6 +438,10 @@ int main(int argc, char** argv) {
     emit("curl_allocs_per_call", (cost1.curl_allocs - cost0.curl_allocs) / ok, "per call");
     emit("minor_faults_per_call", (cost1.minor_faults - cost0.minor_faults) / ok, "per call");
   }
+  emit("heap_per_call_in_flight_kib",
+       (static_cast<double>(heap_window) - static_cast<double>(heap_before)) / 1024.0 / concurrency, "KiB");
+  emit("rss_per_call_in_flight_kib",
+       (static_cast<double>(rss_window) - static_cast<double>(rss_before)) / 1024.0 / concurrency, "KiB");
   if (b.failed > 0) {
     emit("failed_calls", static_cast<double>(b.failed), "calls");
     return 1;
