@@ -283,6 +283,7 @@ class HttpCore : public std::enable_shared_from_this<HttpCore> {
   std::atomic<bool> has_ops_{false};
   ::nines::internal::SpinLock ops_mu_;  // a push or a swap: never held long
   std::vector<Op> ops_;
+  std::vector<Op> batch_;  // the core held: the ops being run
   // The core held.
   bool closed_ = false;
   // Transfers per shard: kTransfersPerShard, or unbounded (one shard) when max_connections or
@@ -398,16 +399,15 @@ void HttpCore::acquire_blocking() {
 }
 
 void HttpCore::drain_ops() {
-  std::vector<Op> batch;
   for (;;) {
     {
       std::lock_guard lock(ops_mu_);
       if (ops_.empty()) break;
-      batch.swap(ops_);
+      batch_.swap(ops_);  // the queue gets the batch's (cleared) storage: no allocation per op
       has_ops_.store(false, std::memory_order_seq_cst);
     }
-    for (Op& op : batch) execute(op);
-    batch.clear();
+    for (Op& op : batch_) execute(op);
+    batch_.clear();
   }
   settle();
 }
