@@ -387,15 +387,8 @@ void HttpCore::run(Op op) {
 }
 
 void HttpCore::acquire_blocking() {
-  for (int spins = 0; busy_.exchange(true, std::memory_order_seq_cst); ++spins) {
-    if (spins < 256) {
-#if defined(__x86_64__) || defined(__i386__)
-      __builtin_ia32_pause();
-#endif
-    } else {
-      sched_yield();
-    }
-  }
+  // Shutdown only: the holder is inside curl for microseconds.
+  while (busy_.exchange(true, std::memory_order_seq_cst)) sched_yield();
 }
 
 void HttpCore::drain_ops() {
