@@ -36,6 +36,7 @@
 //   minor_faults_per_call  page faults that found the page in memory, getrusage
 //   rss_per_call_in_flight_kib  resident memory at the window's start minus before the
 //                        calls began, divided by CONCURRENCY (every call in flight then)
+//   heap_per_call_in_flight_kib  the same for heap bytes allocated (mallinfo2)
 // NINES_LLM_BENCH_TRANSPORT_ONLY=1: the same calls with the HttpClient alone (a prebuilt
 // request body, no router, codec or policies; metrics suffixed _http_only), to tell the
 // transport's share of the cost from the model path's. NINES_BENCH_TAG=x suffixes every
@@ -44,6 +45,7 @@
 #include <curl/curl.h>
 #include <dirent.h>
 #include <linux/perf_event.h>
+#include <malloc.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -184,7 +186,7 @@ struct CostSample {
   }
 };
 
-#include <malloc.h>
+// Heap bytes allocated (every arena, mmapped chunks included).
 std::size_t heap_in_use() {
   struct mallinfo2 m = mallinfo2();
   return m.uordblks + m.hblkhd;
