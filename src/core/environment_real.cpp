@@ -1,8 +1,10 @@
 // The production environment. This file is the only place in nines allowed to read real
 // clocks, use std::random_device and start std::threads (see scripts/check_env_seam.sh).
+#include <linux/futex.h>
 #include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -17,6 +19,7 @@
 #include <random>
 #include <thread>
 #include <unordered_map>
+#include <vector>
 
 #include "core/xoshiro.hpp"
 #include "nines/core/environment.hpp"
@@ -61,8 +64,8 @@ class RealEnvironment final : public Environment {
 
   ~RealEnvironment() override {
     stop_.store(true);
-    std::uint64_t one = 1;
-    [[maybe_unused]] auto n = ::write(wakefd_, &one, sizeof one);
+    interrupt_poll();
+    wake_monitor();
     loop_.join();
     ::close(epfd_);
     ::close(wakefd_);
@@ -155,6 +158,41 @@ class RealEnvironment final : public Environment {
 
   Logger& logger() override { return logger_; }
 
+  std::uint64_t attach_pollers(std::function<void()> on_unpolled) override {
+    std::uint64_t id;
+    {
+      std::lock_guard lock(hooks_mu_);
+      id = next_hook_++;
+      hooks_.emplace_back(id, std::move(on_unpolled));
+    }
+    attached_.fetch_add(1, std::memory_order_seq_cst);
+    interrupt_poll();  // the loop thread leaves its wait and turns monitor
+    return id;
+  }
+
+  void detach_pollers(std::uint64_t id) override {
+    {
+      std::lock_guard lock(hooks_mu_);  // held while the hooks run: none runs after this
+      auto it = std::find_if(hooks_.begin(), hooks_.end(), [id](const auto& h) { return h.first == id; });
+      if (it == hooks_.end()) return;
+      hooks_.erase(it);
+    }
+    attached_.fetch_sub(1, std::memory_order_seq_cst);
+    wake_monitor();  // back to waiting in epoll itself if it was the last
+  }
+
+  bool poll_events(bool block, const std::function<bool()>& may_block) override {
+    if (!try_hold()) return false;
+    poll_once(block && (!may_block || may_block()));
+    release_hold();
+    return true;
+  }
+
+  void interrupt_poll() override {
+    std::uint64_t one = 1;
+    [[maybe_unused]] auto n = ::write(wakefd_, &one, sizeof one);
+  }
+
   bool cancel_watch(WatchId id) override {
     std::lock_guard lock(mu_);
     auto it = watches_.find(id);
@@ -232,71 +270,135 @@ class RealEnvironment final : public Environment {
     return epoll_wait(epfd_, events, max, ms);
   }
 
-  void run_loop() {
-    epoll_event events[64];
-    std::vector<std::function<void()>> due;
-    std::vector<std::pair<std::function<void(unsigned)>, unsigned>> ready;
-    std::vector<std::pair<std::shared_ptr<std::function<void(unsigned)>>, unsigned>> ready_rearmable;
-    while (!stop_.load()) {
-      timespec timeout{};
-      timespec* wait = nullptr;  // none: no timer, wait for fds or a wake-up
-      {
-        std::lock_guard lock(mu_);
-        armed_ = timers_.empty() ? TimePoint::max() : timers_.begin()->first.first;
-        if (armed_ != TimePoint::max()) {
-          const TimePoint t = now();
-          const std::int64_t ns = armed_ <= t ? 0 : (armed_ - t).count();  // no overflow for a deadline long past
-          timeout.tv_sec = ns / 1'000'000'000;
-          timeout.tv_nsec = ns % 1'000'000'000;
-          wait = &timeout;
-        }
+  // The loop is run by whoever holds it (held_): the loop thread, or a thread in
+  // poll_events. Everything below up to release_hold is the holder's alone.
+  bool try_hold() { return !held_.load(std::memory_order_relaxed) && !held_.exchange(true, std::memory_order_acquire); }
+  void release_hold() { held_.store(false, std::memory_order_release); }
+
+  // One turn: waits (if `block`: until an fd is ready, the earliest timer is due or
+  // interrupt_poll) for events, then runs the callbacks of the ready fds and the due timers.
+  void poll_once(bool block) {
+    polls_.fetch_add(1, std::memory_order_relaxed);
+    timespec timeout{};  // zero: do not wait
+    timespec* wait = &timeout;
+    if (block) {
+      std::lock_guard lock(mu_);
+      armed_ = timers_.empty() ? TimePoint::max() : timers_.begin()->first.first;
+      if (armed_ == TimePoint::max()) {
+        wait = nullptr;  // no timer: wait for fds or a wake-up
+      } else {
+        const TimePoint t = now();
+        const std::int64_t ns = armed_ <= t ? 0 : (armed_ - t).count();  // no overflow for a deadline long past
+        timeout.tv_sec = ns / 1'000'000'000;
+        timeout.tv_nsec = ns % 1'000'000'000;
       }
-      int n = wait_events(events, 64, wait);
-      {
+    }
+    if (block) waiting_.store(true, std::memory_order_relaxed);
+    int n = wait_events(events_, kMaxEvents, wait);
+    if (block) {
+      waiting_.store(false, std::memory_order_relaxed);
+      std::lock_guard lock(mu_);
+      armed_ = TimePoint::min();  // running: timers added now are seen before the next wait
+    }
+    if (n < 0) return;  // EINTR
+    for (int i = 0; i < n; ++i) {
+      std::uint64_t tag = events_[i].data.u64;
+      if (tag == kWakeTag) {
+        std::uint64_t v;
+        [[maybe_unused]] auto r = ::read(wakefd_, &v, sizeof v);
+      } else {
         std::lock_guard lock(mu_);
-        armed_ = TimePoint::min();  // running: timers added now are seen before the next wait
-      }
-      if (n < 0) continue;  // EINTR
-      for (int i = 0; i < n; ++i) {
-        std::uint64_t tag = events[i].data.u64;
-        if (tag == kWakeTag) {
-          std::uint64_t v;
-          [[maybe_unused]] auto r = ::read(wakefd_, &v, sizeof v);
+        auto it = watches_.find(tag);
+        if (it == watches_.end()) continue;
+        unsigned bits = 0;
+        if (events_[i].events & (EPOLLIN | EPOLLRDHUP)) bits |= kFdReadable;
+        if (events_[i].events & EPOLLOUT) bits |= kFdWritable;
+        if (events_[i].events & (EPOLLERR | EPOLLHUP)) bits |= kFdError;
+        if (it->second.keep) {
+          ready_rearmable_.emplace_back(it->second.keep, bits);
         } else {
-          std::lock_guard lock(mu_);
-          auto it = watches_.find(tag);
-          if (it == watches_.end()) continue;
-          unsigned bits = 0;
-          if (events[i].events & (EPOLLIN | EPOLLRDHUP)) bits |= kFdReadable;
-          if (events[i].events & EPOLLOUT) bits |= kFdWritable;
-          if (events[i].events & (EPOLLERR | EPOLLHUP)) bits |= kFdError;
-          if (it->second.keep) {
-            ready_rearmable.emplace_back(it->second.keep, bits);
-          } else {
-            epoll_ctl(epfd_, EPOLL_CTL_DEL, it->second.fd, nullptr);
-            ready.emplace_back(std::move(it->second.fn), bits);
-            watches_.erase(it);
-          }
+          epoll_ctl(epfd_, EPOLL_CTL_DEL, it->second.fd, nullptr);
+          ready_.emplace_back(std::move(it->second.fn), bits);
+          watches_.erase(it);
         }
       }
-      {
-        std::lock_guard lock(mu_);
-        TimePoint t = now();
-        while (!timers_.empty() && timers_.begin()->first.first <= t) {
-          auto it = timers_.begin();
-          timer_index_.erase(it->first.second);
-          due.push_back(std::move(it->second));
-          timers_.erase(it);
-        }
+    }
+    {
+      std::lock_guard lock(mu_);
+      TimePoint t = now();
+      while (!timers_.empty() && timers_.begin()->first.first <= t) {
+        auto it = timers_.begin();
+        timer_index_.erase(it->first.second);
+        due_.push_back(std::move(it->second));
+        timers_.erase(it);
       }
-      for (auto& [fn, bits] : ready) fn(bits);
-      ready.clear();
-      for (auto& [fn, bits] : ready_rearmable) (*fn)(bits);
-      ready_rearmable.clear();
-      for (auto& fn : due) fn();
-      due.clear();
+    }
+    for (auto& [fn, bits] : ready_) fn(bits);
+    ready_.clear();
+    for (auto& [fn, bits] : ready_rearmable_) (*fn)(bits);
+    ready_rearmable_.clear();
+    for (auto& fn : due_) fn();
+    due_.clear();
+  }
+
+  void wake_monitor() {
+    monitor_word_.fetch_add(1, std::memory_order_seq_cst);
+    syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&monitor_word_), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+  }
+
+  // With no pollers attached the loop thread runs the loop itself, waiting in epoll. With
+  // pollers it is a monitor (Go's sysmon): it wakes every period and, if nobody started a
+  // poll since and nobody holds the loop (every poller busy running processes, or all asleep
+  // after a race with the monitor's own poll), polls without waiting and asks the pollers to
+  // take the loop back (on_unpolled). The period starts at kMonitorMin and doubles up to
+  // kMonitorMax while the monitor finds the loop polled (so a steadily polled loop costs it
+  // few wake-ups); it is kMonitorIdle while a poller waits in epoll (the events wake that
+  // one), and drops back to kMonitorMin when the monitor had to poll. So an event waits at
+  // most about kMonitorIdle for its callback when every poller got stuck in a run at once,
+  // kMonitorMin while they stay stuck; otherwise it is the next poller's.
+  void run_loop() {
+    std::chrono::nanoseconds period = kMonitorMin;
+    while (!stop_.load()) {
+      const std::uint32_t word = monitor_word_.load(std::memory_order_seq_cst);
+      if (attached_.load(std::memory_order_seq_cst) == 0) {
+        if (try_hold()) {
+          poll_once(/*block=*/true);
+          release_hold();
+        } else {
+          monitor_wait(word, std::chrono::milliseconds(1));  // a poller still finishing its turn
+        }
+        continue;
+      }
+      const std::uint64_t seen = polls_.load(std::memory_order_relaxed);
+      monitor_wait(word, period);
+      if (stop_.load() || attached_.load(std::memory_order_seq_cst) == 0) continue;
+      if (waiting_.load(std::memory_order_relaxed)) {
+        period = kMonitorIdle;  // a poller waits for events: they wake it, nothing to watch
+        continue;
+      }
+      if (polls_.load(std::memory_order_relaxed) != seen || held_.load(std::memory_order_relaxed) || !try_hold()) {
+        period = std::clamp<std::chrono::nanoseconds>(period * 2, kMonitorMin, kMonitorMax);
+        continue;
+      }
+      period = kMonitorMin;
+      poll_once(/*block=*/false);
+      release_hold();
+      std::lock_guard lock(hooks_mu_);
+      for (auto& [id, fn] : hooks_) fn();
     }
   }
+
+  void monitor_wait(std::uint32_t word, std::chrono::nanoseconds period) {
+    timespec ts{};
+    ts.tv_sec = static_cast<time_t>(period.count() / 1'000'000'000);
+    ts.tv_nsec = static_cast<long>(period.count() % 1'000'000'000);
+    syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&monitor_word_), FUTEX_WAIT_PRIVATE, word, &ts, nullptr, 0);
+  }
+
+  static constexpr int kMaxEvents = 64;
+  static constexpr std::chrono::milliseconds kMonitorMin{10};
+  static constexpr std::chrono::milliseconds kMonitorMax{100};
+  static constexpr std::chrono::milliseconds kMonitorIdle{1000};
 
   Logger logger_;  // first: the loop thread may log until it is joined
   unsigned workers_;
@@ -304,7 +406,21 @@ class RealEnvironment final : public Environment {
   std::atomic<std::uint64_t> thread_counter_{0};
   int epfd_ = -1, wakefd_ = -1;
   std::atomic<bool> stop_{false};
-  bool use_pwait2_ = true;  // the loop thread's alone
+  // The loop's holder (try_hold) alone:
+  std::atomic<bool> held_{false};
+  bool use_pwait2_ = true;
+  epoll_event events_[kMaxEvents];
+  std::vector<std::function<void()>> due_;
+  std::vector<std::pair<std::function<void(unsigned)>, unsigned>> ready_;
+  std::vector<std::pair<std::shared_ptr<std::function<void(unsigned)>>, unsigned>> ready_rearmable_;
+  std::atomic<std::uint64_t> polls_{0};  // turns started, by anyone
+  std::atomic<bool> waiting_{false};     // the holder waits in epoll
+  // Pollers (attach_pollers) and the loop thread's monitor wait.
+  std::atomic<int> attached_{0};
+  std::atomic<std::uint32_t> monitor_word_{0};
+  std::mutex hooks_mu_;
+  std::uint64_t next_hook_ = 1;
+  std::vector<std::pair<std::uint64_t, std::function<void()>>> hooks_;
   std::mutex mu_;
   TimerId next_id_ = 1;
   TimePoint armed_ = TimePoint::min();  // what the loop waits for; min(): it is not waiting

@@ -79,8 +79,12 @@ struct CurlShard {
   HttpCore* core = nullptr;
   CURLM* multi = nullptr;
   std::size_t transfers = 0;  // added and not yet removed
-  TimerId timer = 0;          // curl's timeout, on the environment
+  // curl's timeout, on the environment: armed for timer_at, wanted for want_at (max: none).
+  // Lazily re-armed: see HttpCore::arm_curl_timer.
+  TimerId timer = 0;
   std::uint64_t timer_gen = 0;
+  TimePoint timer_at = TimePoint::max();
+  TimePoint want_at = TimePoint::max();
   bool due_now = false;  // curl asked for a zero timeout: run it before the core is released
   bool touched = false;  // in HttpCore::touched_
 };
@@ -264,6 +268,7 @@ class HttpCore : public std::enable_shared_from_this<HttpCore> {
   // may_stall: false once the fault point http_stall held this readiness back.
   void on_socket_ready(curl_socket_t s, std::uint64_t gen, unsigned bits, bool may_stall);
   void on_curl_timer(CurlShard* sh, std::uint64_t gen);
+  void arm_curl_timer(CurlShard* sh, TimePoint at);
   Error map_curl_error(Transfer* t, CURLcode code) const;
 
   static int socket_cb(CURL* easy, curl_socket_t s, int what, void* userp, void* socketp);
@@ -436,11 +441,7 @@ void HttpCore::settle() {
       if (!sh->due_now || sh->multi == nullptr) break;
       sh->due_now = false;
       if (i == 8) {
-        std::uint64_t gen = ++sh->timer_gen;
-        std::weak_ptr<HttpCore> weak = weak_from_this();
-        sh->timer = env_.add_timer(env_.now(), [weak, sh, gen] {
-          if (auto c = weak.lock()) c->run({.kind = Op::Kind::kCurlTimer, .shard = sh, .gen = gen});
-        });
+        arm_curl_timer(sh, env_.now());
         break;
       }
       int running = 0;
@@ -463,6 +464,7 @@ void HttpCore::shutdown() {
     if (sh->multi != nullptr) curl_multi_cleanup(std::exchange(sh->multi, nullptr));
     if (sh->timer != 0) env_.cancel_timer(std::exchange(sh->timer, 0));
     ++sh->timer_gen;
+    sh->timer_at = sh->want_at = TimePoint::max();
     sh->due_now = false;
   }
   for (auto& [s, st] : sockets_) {
@@ -890,24 +892,44 @@ void HttpCore::on_socket_ready(curl_socket_t s, std::uint64_t gen, unsigned bits
 int HttpCore::timer_cb(CURLM* /*multi*/, long timeout_ms, void* userp) {
   auto* sh = static_cast<CurlShard*>(userp);
   HttpCore* core = sh->core;
-  if (sh->timer != 0) core->env_.cancel_timer(std::exchange(sh->timer, 0));
-  std::uint64_t gen = ++sh->timer_gen;
   sh->due_now = timeout_ms == 0;  // run before the core is released (settle)
   if (sh->due_now) core->touch(sh);
-  if (timeout_ms <= 0) return 0;
-  std::weak_ptr<HttpCore> weak = core->weak_from_this();
-  sh->timer =
-      core->env_.add_timer(add_saturating(core->env_.now(), std::chrono::milliseconds(timeout_ms)), [weak, sh, gen] {
-        if (auto c = weak.lock()) {
-          c->run({.kind = Op::Kind::kCurlTimer, .shard = sh, .gen = gen});
-        }
-      });
+  if (timeout_ms <= 0) {
+    sh->want_at = TimePoint::max();  // an armed timer stays; it finds nothing wanted
+    return 0;
+  }
+  core->arm_curl_timer(sh, add_saturating(core->env_.now(), std::chrono::milliseconds(timeout_ms)));
   return 0;
+}
+
+// curl moves its timeout with every transfer added or finished, mostly later (the earliest
+// deadline among a shard's transfers). A timer armed for an earlier moment is kept: when it
+// fires it re-arms for what curl wants then (on_curl_timer). Only an earlier timeout replaces
+// it, so most moves cost no timer at all (they cost two environment timer operations each).
+void HttpCore::arm_curl_timer(CurlShard* sh, TimePoint at) {
+  sh->want_at = at;
+  if (sh->timer != 0) {
+    if (sh->timer_at <= at) return;
+    env_.cancel_timer(std::exchange(sh->timer, 0));
+  }
+  std::uint64_t gen = ++sh->timer_gen;
+  sh->timer_at = at;
+  std::weak_ptr<HttpCore> weak = weak_from_this();
+  sh->timer = env_.add_timer(at, [weak, sh, gen] {
+    if (auto c = weak.lock()) c->run({.kind = Op::Kind::kCurlTimer, .shard = sh, .gen = gen});
+  });
 }
 
 void HttpCore::on_curl_timer(CurlShard* sh, std::uint64_t gen) {
   if (gen != sh->timer_gen || sh->multi == nullptr) return;
   sh->timer = 0;
+  sh->timer_at = TimePoint::max();
+  const TimePoint want = std::exchange(sh->want_at, TimePoint::max());
+  if (want == TimePoint::max()) return;  // withdrawn since it was armed
+  if (want > env_.now()) {
+    arm_curl_timer(sh, want);  // moved later since it was armed
+    return;
+  }
   touch(sh);
   int running = 0;
   curl_multi_socket_action(sh->multi, CURL_SOCKET_TIMEOUT, 0, &running);

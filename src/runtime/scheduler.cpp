@@ -21,6 +21,7 @@ struct Worker {
   unsigned index = 0;
   Process* lifo = nullptr;  // touched only by this worker's thread
   unsigned lifo_streak = 0;
+  TimePoint last_poll{};  // this worker's last look at the event loop
   std::mutex mu;
   std::deque<Process*> local;
   std::unique_ptr<Thread> thread;
@@ -52,6 +53,9 @@ class ThreadedScheduler final : public Scheduler {
   ~ThreadedScheduler() override { stop(); }
 
   Result<void> start() override {
+    // The workers poll the event loop when idle (Environment::poll_events): the worker that
+    // waits for an event runs the process it wakes, with no hand-off.
+    if (core_.options.poll_in_workers) poller_id_ = core_.env.attach_pollers([this] { on_unpolled(); });
     for (auto& w : workers_) {
       Worker* wp = w.get();
       auto t = core_.env.start_thread("nines-worker-" + std::to_string(wp->index), [this, wp] { loop(wp); });
@@ -68,12 +72,14 @@ class ThreadedScheduler final : public Scheduler {
     stop_.store(true);
     epoch_.fetch_add(1, std::memory_order_seq_cst);
     futex_wake(epoch_, INT_MAX);
+    core_.env.interrupt_poll();  // a worker waiting in the loop: it holds the loop, so it sees this
     for (auto& w : workers_) {
       if (w->thread) {
         w->thread->join();
         w->thread.reset();
       }
     }
+    if (poller_id_ != 0) core_.env.detach_pollers(std::exchange(poller_id_, 0));
   }
 
   void push(Process* p) override {
@@ -117,6 +123,7 @@ class ThreadedScheduler final : public Scheduler {
   static constexpr unsigned kMaxLifoStreak = 32;
   static constexpr int kSpinsBeforeSleep = 64;
   static constexpr std::size_t kMaxSteal = 64;
+  static constexpr Duration kPollInterval = std::chrono::microseconds(200);
 
   static void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -130,7 +137,20 @@ class ThreadedScheduler final : public Scheduler {
     // a producer pays a futex call per push while the sleeper is still waking up.
     if (waking_.exchange(true, std::memory_order_acq_rel)) return;
     // A futex on the epoch: one system call to wake a sleeper, and no mutex for the sleeper
-    // and the waker to hand back and forth.
+    // and the waker to hand back and forth. A worker asleep on the futex is woken rather than
+    // the one waiting in the event loop, which goes on waiting for events.
+    epoch_.fetch_add(1, std::memory_order_seq_cst);
+    if (futex_sleepers_.load(std::memory_order_seq_cst) > 0) {
+      futex_wake(epoch_, 1);
+    } else if (polling_.load(std::memory_order_seq_cst)) {
+      core_.env.interrupt_poll();
+    }
+  }
+
+  // The environment's monitor found nobody polling for a while: if a worker sleeps on the
+  // futex while none waits in the loop, wake it; idle, it takes the loop.
+  void on_unpolled() {
+    if (futex_sleepers_.load(std::memory_order_seq_cst) == 0 || polling_.load(std::memory_order_seq_cst)) return;
     epoch_.fetch_add(1, std::memory_order_seq_cst);
     futex_wake(epoch_, 1);
   }
@@ -213,9 +233,24 @@ class ThreadedScheduler final : public Scheduler {
         waking_.exchange(false, std::memory_order_acq_rel);
         p = find_work(w);
         if (p == nullptr) {
-          // The kernel compares the epoch with `seen` before it sleeps: a wake in between
-          // is not lost. Spurious returns (EINTR) look again.
-          while (epoch_.load(std::memory_order_seq_cst) == seen && !stop_.load()) futex_wait(epoch_, seen);
+          // Wait in the event loop if nobody else does: events run their callbacks here, and
+          // the processes they wake land in this worker's LIFO slot. polling_ is set before
+          // the last look at the epoch, and a producer bumps the epoch before it reads
+          // polling_: either this worker sees the push or the producer interrupts the wait.
+          const bool polled = poller_id_ != 0 && core_.env.poll_events(true, [&] {
+            polling_.store(true, std::memory_order_seq_cst);
+            return epoch_.load(std::memory_order_seq_cst) == seen && !stop_.load();
+          });
+          polling_.store(false, std::memory_order_seq_cst);
+          if (!polled) {
+            // Another thread has the loop: sleep on the futex. The kernel compares the epoch
+            // with `seen` before it sleeps: a wake in between is not lost. Spurious returns
+            // (EINTR) look again.
+            futex_sleepers_.fetch_add(1, std::memory_order_seq_cst);
+            while (epoch_.load(std::memory_order_seq_cst) == seen && !stop_.load()) futex_wait(epoch_, seen);
+            futex_sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+          }
+          w->last_poll = core_.env.now();
         }
         sleepers_.fetch_sub(1, std::memory_order_seq_cst);
         if (p == nullptr) {
@@ -226,6 +261,13 @@ class ThreadedScheduler final : public Scheduler {
       }
       core_.run(p);
       p->release();  // the queue's reference
+      // Busy workers look at the event loop between runs (without waiting) so events are
+      // not left for the monitor while nobody is idle: at most every kPollInterval each.
+      const TimePoint t = core_.env.now();
+      if (poller_id_ != 0 && t - w->last_poll >= kPollInterval) {
+        w->last_poll = t;
+        core_.env.poll_events(false, {});
+      }
     }
     tls_worker = nullptr;
   }
@@ -235,7 +277,10 @@ class ThreadedScheduler final : public Scheduler {
   std::mutex global_mu_;
   std::deque<Process*> global_;
   std::atomic<std::uint32_t> epoch_{0};  // changed by every wake: idle workers wait on it
-  std::atomic<int> sleepers_{0};
+  std::atomic<int> sleepers_{0};         // idle workers, in the loop's wait or on the futex
+  std::atomic<int> futex_sleepers_{0};   // of which asleep on the futex
+  std::atomic<bool> polling_{false};     // a worker is in (or entering) the loop's wait
+  std::uint64_t poller_id_ = 0;          // Environment::attach_pollers
   std::atomic<bool> waking_{false};
   std::atomic<bool> stop_{false};
 };

@@ -1,16 +1,20 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cmath>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -323,6 +327,87 @@ TEST(RealEnvironment, ATimerDueLongAgoFiresAtOnce) {
 // (ENOSYS) or a container's seccomp profile refuses it, the loop spun on the error for ever
 // and no timer or watch ever fired. The child makes epoll_pwait2 fail with ENOSYS, then needs
 // one timer to fire.
+// The netpoller seam (Environment::poll_events): a thread that polls runs the callbacks of
+// what is due itself, a waiting poll is interrupted, and with pollers attached but none
+// polling the loop thread's monitor still runs timers and asks the pollers back.
+thread_local bool tl_polling_thread = false;
+
+TEST(RealEnvironment, APollingThreadRunsTheCallbacksItself) {
+  auto env = make_real_environment({.workers = 1, .seed = 9});
+  const std::uint64_t id = env->attach_pollers([] {});
+  ASSERT_NE(id, 0u);
+  tl_polling_thread = true;
+  // The monitor could take a turn between add_timer and poll_events only after a stall of
+  // its whole period; a few tries make that moot.
+  bool here = false;
+  for (int attempt = 0; attempt < 5 && !here; ++attempt) {
+    std::atomic<int> where{0};
+    env->add_timer(env->now(), [&] { where.store(tl_polling_thread ? 1 : 2); });
+    for (int i = 0; i < 1000 && where.load() == 0; ++i) env->poll_events(false, {});
+    here = where.load() == 1;
+    while (where.load() == 0) env->poll_events(true, {});
+  }
+  tl_polling_thread = false;
+  EXPECT_TRUE(here);
+  // may_block says no: the poll does not wait even with nothing due.
+  int asked = 0;
+  EXPECT_TRUE(env->poll_events(true, [&] {
+    ++asked;
+    return false;
+  }));
+  EXPECT_EQ(asked, 1);
+  env->detach_pollers(id);
+}
+
+TEST(RealEnvironment, InterruptPollEndsAWaitingPoll) {
+  auto env = make_real_environment({.workers = 1, .seed = 9});
+  const std::uint64_t id = env->attach_pollers([] {});
+  std::atomic<bool> done{false};
+  auto t = env->start_thread("poller", [&] {
+    // No timer, no fd: only an interrupt (or the monitor's turn) ends the wait.
+    while (!env->poll_events(true, {})) {
+    }
+    done.store(true);
+  });
+  ASSERT_THAT(t, IsOk());
+  while (!done.load()) {
+    env->interrupt_poll();
+    sched_yield();
+  }
+  (*t)->join();
+  env->detach_pollers(id);
+}
+
+TEST(RealEnvironment, WithPollersAttachedButIdleTheMonitorRunsTimers) {
+  auto env = make_real_environment({.workers = 1, .seed = 9});
+  std::atomic<int> unpolled{0};
+  const std::uint64_t id = env->attach_pollers([&] { unpolled.fetch_add(1); });
+  std::mutex mu;
+  std::condition_variable cv;
+  int fired = 0;
+  auto fire = [&] {
+    std::lock_guard l(mu);
+    ++fired;
+    cv.notify_all();
+  };
+  // Nobody calls poll_events: the monitor notices and polls (its period: 10 ms to 1 s).
+  env->add_timer(env->now() + 1ms, fire);
+  {
+    std::unique_lock l(mu);
+    ASSERT_TRUE(cv.wait_for(l, 30s, [&] { return fired == 1; }));
+  }
+  EXPECT_GE(unpolled.load(), 1);
+  // Detached: the loop thread waits in epoll itself again.
+  env->detach_pollers(id);
+  const int calls = unpolled.load();
+  env->add_timer(env->now() + 1ms, fire);
+  {
+    std::unique_lock l(mu);
+    ASSERT_TRUE(cv.wait_for(l, 30s, [&] { return fired == 2; }));
+  }
+  EXPECT_EQ(unpolled.load(), calls);
+}
+
 TEST(RealEnvironment, TimersFireWhereEpollPwait2IsMissing) {
   int fds[2];
   ASSERT_EQ(pipe(fds), 0);

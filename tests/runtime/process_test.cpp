@@ -6,6 +6,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <stdexcept>
 
 #include "nines/core/check.hpp"
@@ -643,6 +644,50 @@ TEST(OutsideWork, ChildOsProcessExitWakesTheProcessOnRealScheduler) {
   EXPECT_TRUE(waiter.exit->wait().is_normal());
   EXPECT_EQ(error, "");
   EXPECT_EQ(exit_code, 3);
+}
+
+// Timers, fd readiness and messages wake processes whether idle workers wait in the event
+// loop themselves (RuntimeOptions::poll_in_workers, the default) or the loop thread hands
+// every event over; with one worker (which then is the only poller) and with two.
+TEST(OutsideWork, WakesArriveWithAndWithoutWorkersPolling) {
+  for (bool poll : {true, false}) {
+    for (unsigned workers : {1u, 2u}) {
+      SCOPED_TRACE("poll_in_workers=" + std::to_string(poll) + " workers=" + std::to_string(workers));
+      auto env = make_real_environment({.workers = workers, .seed = 11});
+      auto rt = Runtime::create(*env, {.poll_in_workers = poll}).value();
+      int fds[2];
+      ASSERT_EQ(pipe(fds), 0);
+      std::string error;
+      std::atomic<int> rounds{0};
+      auto reader = rt->spawn_watched([&](Context& ctx) -> Task<> {
+                        for (int i = 0; i < 50; ++i) {
+                          auto r = co_await ctx.wait_fd(fds[0], kFdReadable, 30s);
+                          if (!r.ok()) {
+                            error = r.error().to_string();
+                            co_return;
+                          }
+                          char c;
+                          if (read(fds[0], &c, 1) != 1) error = "read failed";
+                          rounds.fetch_add(1);
+                        }
+                      }).value();
+      auto writer = rt->spawn_watched([&](Context& ctx) -> Task<> {
+                        for (int i = 0; i < 50; ++i) {
+                          co_await ctx.sleep(1ms);
+                          if (write(fds[1], "x", 1) != 1) error = "write failed";
+                          // Wait for the reader to take it, so every byte is its own wake-up.
+                          while (rounds.load() <= i) co_await ctx.sleep(100us);
+                        }
+                      }).value();
+      EXPECT_TRUE(reader.exit->wait().is_normal());
+      EXPECT_TRUE(writer.exit->wait().is_normal());
+      EXPECT_EQ(error, "");
+      EXPECT_EQ(rounds.load(), 50);
+      rt.reset();
+      close(fds[0]);
+      close(fds[1]);
+    }
+  }
 }
 
 }  // namespace

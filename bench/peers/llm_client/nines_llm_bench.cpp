@@ -343,7 +343,9 @@ int main(int argc, char** argv) {
     return 1;
   }
   auto env = make_real_environment({.workers = workers, .seed = 1});
-  auto rt = Runtime::create(*env).value();
+  // NINES_BENCH_NO_WORKER_POLL=1: the loop thread alone runs event callbacks
+  // (RuntimeOptions::poll_in_workers = false), for a before/after comparison in one build.
+  auto rt = Runtime::create(*env, {.poll_in_workers = std::getenv("NINES_BENCH_NO_WORKER_POLL") == nullptr}).value();
   net::HttpClientOptions http_options;
   http_options.proxy = "";
   http_options.max_in_flight = static_cast<std::size_t>(concurrency) * 2 + 16;

@@ -23,8 +23,8 @@
 //   // Runtime::create(sim) drives all of this itself (Runtime::advance).
 //
 // Thread-safety: every member of Environment may be called from any thread. Event-loop
-// callbacks run on the loop thread (real) or inside the driving call (sim); they must be
-// short and must not block.
+// callbacks run one at a time, on the loop thread or on a thread that called poll_events
+// (real), or inside the driving call (sim); they must be short and must not block.
 #pragma once
 
 #include <cstdint>
@@ -103,6 +103,30 @@ class Environment {
   // still registered; a callback already taken for running by the loop thread may still run
   // once, so fn must check whether it is still wanted).
   virtual bool cancel_watch(WatchId id) = 0;
+
+  // The event loop run by other threads (a netpoller, as Go's and Tokio's idle workers
+  // are): an idle runtime worker waits for events itself and runs the process an event woke,
+  // with no hand-off to another thread (one thread wake-up per event instead of two). Only
+  // the real environment does this; the sim's defaults do nothing.
+  //
+  // attach_pollers: from now on threads are expected to call poll_events; the loop thread
+  // stops waiting in epoll itself and only watches that somebody polls: when nobody has for
+  // 10 ms (every poller busy), it polls without waiting and then calls on_unpolled (the
+  // runtime wakes a sleeping worker there to take the loop over). Returns an id for
+  // detach_pollers (0: not supported). on_unpolled runs on the loop thread; after
+  // detach_pollers returns it never runs again.
+  virtual std::uint64_t attach_pollers(std::function<void()> /*on_unpolled*/) { return 0; }
+  virtual void detach_pollers(std::uint64_t /*id*/) {}
+  // If no other thread runs the loop now: takes it, polls the fds, runs the callbacks of
+  // what is ready and of the due timers, gives it back and returns true. It waits for an
+  // event (until an fd is ready, the earliest timer's deadline or interrupt_poll) only if
+  // `block` and may_block() (called while the loop is held, right before the wait; may be
+  // empty) says so. Returns false at once if another thread runs the loop. Never from inside
+  // an event-loop callback.
+  virtual bool poll_events(bool /*block*/, const std::function<bool()>& /*may_block*/) { return false; }
+  // Makes the poll_events that waits now return (or, if none waits, the next wait return at
+  // once).
+  virtual void interrupt_poll() {}
 
   // The logger every layer reports through (core/log.hpp): crashes, supervisor give-ups,
   // breaker transitions, model fallbacks, workflows stopped for an operator. It lives as long

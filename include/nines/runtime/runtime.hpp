@@ -48,6 +48,11 @@ struct RuntimeOptions {
   unsigned workers = 0;                            // 0: environment default (one per core)
   std::size_t default_mailbox_capacity = 1 << 16;  // messages per mailbox unless spawned with another
   unsigned reductions = 256;                       // receives a process may complete before it yields its worker
+  // Real environment: an idle worker waits in the environment's event loop itself and runs
+  // the process an event woke, with no hand-off (Environment::poll_events; one thread wake-up
+  // per event instead of two). false: the loop thread alone runs event callbacks, so they
+  // never wait behind a long process run (at the cost of that hand-off).
+  bool poll_in_workers = true;
 };
 
 // Outcome of a process, watched from outside the runtime (tests, the CLI).
