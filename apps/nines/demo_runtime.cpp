@@ -296,6 +296,13 @@ int run_runtime_demo(const RuntimeDemoOptions& o) {
   auto checker =
       rt.spawn_watched([&](Context& ctx) { return count_alive(ctx, *root_pid, shape.total, alive); }).value();
   checker.exit->wait();
+  {
+    // Notes of what happened after the reporter's last line (on a slow machine the storm's
+    // escalation can land after the chaos ended).
+    std::lock_guard l(s.print_mu);
+    for (auto& n : s.notes) std::printf("        >> %s\n", n.c_str());
+    s.notes.clear();
+  }
 
   const bool ok = print_summary(*env, rt, s, shape, alive, t_start, log);
   std::printf("%s\n",
