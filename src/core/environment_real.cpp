@@ -1,10 +1,8 @@
 // The production environment. This file is the only place in nines allowed to read real
 // clocks, use std::random_device and start std::threads (see scripts/check_env_seam.sh).
-#include <linux/futex.h>
 #include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,6 +19,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/futex.hpp"
 #include "core/xoshiro.hpp"
 #include "nines/core/environment.hpp"
 
@@ -343,7 +342,7 @@ class RealEnvironment final : public Environment {
 
   void wake_monitor() {
     monitor_word_.fetch_add(1, std::memory_order_seq_cst);
-    syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&monitor_word_), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+    internal::futex_wake(monitor_word_, 1);
   }
 
   // With no pollers attached the loop thread runs the loop itself, waiting in epoll. With
@@ -392,7 +391,7 @@ class RealEnvironment final : public Environment {
     timespec ts{};
     ts.tv_sec = static_cast<time_t>(period.count() / 1'000'000'000);
     ts.tv_nsec = static_cast<long>(period.count() % 1'000'000'000);
-    syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&monitor_word_), FUTEX_WAIT_PRIVATE, word, &ts, nullptr, 0);
+    internal::futex_wait(monitor_word_, word, &ts);
   }
 
   static constexpr int kMaxEvents = 64;

@@ -1,13 +1,10 @@
 #include "runtime/scheduler.hpp"
 
-#include <linux/futex.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <atomic>
 #include <climits>
 
+#include "core/futex.hpp"
 #include "nines/core/check.hpp"
 #include "runtime/process_internal.hpp"
 
@@ -28,17 +25,6 @@ struct Worker {
 };
 
 thread_local Worker* tls_worker = nullptr;
-
-// Idle workers park on a futex: one system call to wake one, none to go back to work. (Not
-// std::atomic::wait: libstdc++ 12 yields the CPU four times before it sleeps, four more
-// system calls per park.)
-void futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t seen) {
-  static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t));
-  syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAIT_PRIVATE, seen, nullptr, nullptr, 0);
-}
-void futex_wake(std::atomic<std::uint32_t>& word, int n) {
-  syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAKE_PRIVATE, n, nullptr, nullptr, 0);
-}
 
 class ThreadedScheduler final : public Scheduler {
  public:

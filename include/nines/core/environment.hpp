@@ -111,10 +111,9 @@ class Environment {
   //
   // attach_pollers: from now on threads are expected to call poll_events; the loop thread
   // stops waiting in epoll itself and only watches that somebody polls: when nobody has for
-  // 10 ms (every poller busy), it polls without waiting and then calls on_unpolled (the
-  // runtime wakes a sleeping worker there to take the loop over). Returns an id for
-  // detach_pollers (0: not supported). on_unpolled runs on the loop thread; after
-  // detach_pollers returns it never runs again.
+  // 10-100 ms (every poller busy; 1 s while one waits in epoll), it polls without waiting and then calls on_unpolled
+  // (the runtime wakes a sleeping worker there to take the loop over). Returns an id for detach_pollers (0: not
+  // supported). on_unpolled runs on the loop thread; after detach_pollers returns it never runs again.
   virtual std::uint64_t attach_pollers(std::function<void()> /*on_unpolled*/) { return 0; }
   virtual void detach_pollers(std::uint64_t /*id*/) {}
   // If no other thread runs the loop now: takes it, polls the fds, runs the callbacks of
