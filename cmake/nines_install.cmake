@@ -68,6 +68,7 @@ if(NINES_WITH_NET)
   list(APPEND pc_requires libcurl)
 endif()
 if(NINES_WITH_LLM)
+  list(APPEND pc_requires simdjson)  # the llm layer's response parsing
   list(APPEND pc_requires yaml-cpp)  # the service layer's config
   list(APPEND pc_requires prometheus-cpp-core)  # the service layer's /metrics page
 endif()

@@ -27,6 +27,8 @@ packages=(
   libsqlite3-dev # the embedded store backend (src/store/sqlite_store.cpp, SQLite C API)
   libpq-dev      # the PostgreSQL store backend (src/store/postgres_store.cpp, libpq)
   nlohmann-json3-dev  # JSON of the model APIs (src/llm: request bodies, responses, stream events)
+  libsimdjson-dev  # the model's answers are parsed with simdjson's DOM on the hot path (src/llm/simdjson_util.hpp:
+                   # ~10% of a call's CPU with nlohmann's DOM at 1,000 calls in flight; bench/README.md)
   libvalijson-dev  # the agent layer checks a model's tool-call arguments against the tool's JSON Schema (draft 7)
                    # before anything runs (src/agent/validation.cpp); header-only. Its Debian package depends on
                    # the dev packages of every JSON library it has an adapter for (Qt5, Poco, jsoncpp, ...):

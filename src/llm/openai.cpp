@@ -9,11 +9,13 @@
 
 #include "llm/codec_common.hpp"
 #include "llm/json_util.hpp"
+#include "llm/simdjson_util.hpp"
 
 namespace nines::llm {
 
 using internal::CodecCounters;
 using internal::count;
+using internal::Element;
 using internal::invalid_argument;
 using internal::Json;
 using internal::member;
@@ -36,39 +38,73 @@ bool text_only(const Message& m) {
                      [](const ContentPart& p) { return p.type == ContentPart::Type::kText; });
 }
 
-Json content_json(const Message& m, std::string_view prefix = {}) {
-  if (text_only(m)) return std::string(prefix) + m.text();
-  Json parts = Json::array();
-  if (!prefix.empty()) parts.push_back({{"type", "text"}, {"text", prefix}});
-  for (const ContentPart& p : m.content) {
-    if (p.type == ContentPart::Type::kText) {
-      parts.push_back({{"type", "text"}, {"text", p.text}});
+// A message's "content": a string when it is text only (prefix + text), else an array of parts.
+void write_content(std::string& out, const Message& m, std::string_view prefix = {}) {
+  using internal::append_json_string;
+  if (text_only(m)) {
+    if (prefix.empty() && m.content.size() == 1) {
+      append_json_string(out, m.content.front().text);
     } else {
-      parts.push_back({{"type", "image_url"}, {"image_url", {{"url", p.image_url}}}});
+      append_json_string(out, std::string(prefix) + m.text());
+    }
+    return;
+  }
+  out += '[';
+  bool first = true;
+  if (!prefix.empty()) {
+    out += R"({"type":"text","text":)";
+    append_json_string(out, prefix);
+    out += '}';
+    first = false;
+  }
+  for (const ContentPart& p : m.content) {
+    if (!first) out += ',';
+    first = false;
+    if (p.type == ContentPart::Type::kText) {
+      out += R"({"type":"text","text":)";
+      append_json_string(out, p.text);
+      out += '}';
+    } else {
+      out += R"({"type":"image_url","image_url":{"url":)";
+      append_json_string(out, p.image_url);
+      out += "}}";
     }
   }
-  return parts;
+  out += ']';
 }
 
-Result<Json> message_json(const Message& m, std::size_t index) {
-  Json j = {{"role", to_string(m.role)}};
+// Message `index` of a request as the API's JSON object, appended to `out`.
+Status write_message(std::string& out, const Message& m, std::size_t index) {
+  using internal::append_json_string;
+  out += R"({"role":)";
+  append_json_string(out, to_string(m.role));
   switch (m.role) {
     case Role::kSystem:
-    case Role::kUser: j["content"] = content_json(m); break;
+    case Role::kUser:
+      out += R"(,"content":)";
+      write_content(out, m);
+      break;
     case Role::kAssistant: {
-      const std::string text = m.text();
-      if (m.tool_calls.empty() || !text.empty()) {
-        j["content"] = content_json(m);
+      out += R"(,"content":)";
+      if (m.tool_calls.empty() || !m.text().empty()) {
+        write_content(out, m);
       } else {
-        j["content"] = nullptr;
+        out += "null";
       }
       if (!m.tool_calls.empty()) {
-        Json calls = Json::array();
-        for (const ToolCall& c : m.tool_calls) {
-          calls.push_back(
-              {{"id", c.id}, {"type", "function"}, {"function", {{"name", c.name}, {"arguments", c.arguments_json}}}});
+        out += R"(,"tool_calls":[)";
+        for (std::size_t i = 0; i < m.tool_calls.size(); ++i) {
+          const ToolCall& c = m.tool_calls[i];
+          if (i > 0) out += ',';
+          out += R"({"id":)";
+          append_json_string(out, c.id);
+          out += R"(,"type":"function","function":{"name":)";
+          append_json_string(out, c.name);
+          out += R"(,"arguments":)";
+          append_json_string(out, c.arguments_json);
+          out += "}}";
         }
-        j["tool_calls"] = std::move(calls);
+        out += ']';
       }
       break;
     }
@@ -76,39 +112,14 @@ Result<Json> message_json(const Message& m, std::size_t index) {
       if (m.tool_call_id.empty()) {
         return invalid_argument("message " + std::to_string(index) + ": a tool result without tool_call_id");
       }
-      j["tool_call_id"] = m.tool_call_id;
-      j["content"] = content_json(m, m.is_error ? "[tool error] " : "");
+      out += R"(,"tool_call_id":)";
+      append_json_string(out, m.tool_call_id);
+      out += R"(,"content":)";
+      write_content(out, m, m.is_error ? "[tool error] " : "");
       break;
   }
-  return j;
-}
-
-// A tool call from a non-streaming message.
-ToolCall tool_call_from(const Json& c, std::size_t index) {
-  ToolCall call;
-  call.id = std::string(str(member(c, "id")));
-  if (call.id.empty()) call.id = "call_" + std::to_string(index);
-  const Json* fn = member(c, "function");
-  call.name = std::string(str(member(fn, "name")));
-  const Json* args = member(fn, "arguments");
-  if (args && args->is_string()) {
-    call.arguments_json = args->get<std::string>();
-  } else if (args && args->is_object()) {  // some servers send the object itself
-    call.arguments_json = internal::dump_json(*args);
-  }
-  if (call.arguments_json.empty()) call.arguments_json = "{}";
-  return call;
-}
-
-// Text of a "content" that is a string, null, or an array of text parts.
-std::string text_of(const Json* content) {
-  if (!content) return {};
-  if (content->is_string()) return content->get<std::string>();
-  std::string out;
-  if (content->is_array()) {
-    for (const Json& part : *content) out += str(member(part, "text"));
-  }
-  return out;
+  out += '}';
+  return ok_status();
 }
 
 bool is_error_object(const Json& doc) {
@@ -239,85 +250,159 @@ class OpenAiCodec final : public internal::CodecBase<OpenAiOptions, OpenAiStream
  public:
   using CodecBase::CodecBase;
 
+  // The body is written directly (no document first): it is built once per call.
   Result<HttpCall> build_call(const ChatRequest& request) const override {
+    using internal::append_json_number;
+    using internal::append_json_string;
     if (request.model.empty()) return invalid_argument("openai: the request names no model");
     if (request.messages.empty()) return invalid_argument("openai: the request has no messages");
-    Json body = {{"model", request.model}};
-    Json messages = Json::array();
+    std::string body;
+    body.reserve(256);
+    body += R"({"model":)";
+    append_json_string(body, request.model);
+    body += R"(,"messages":[)";
     for (std::size_t i = 0; i < request.messages.size(); ++i) {
-      Result<Json> m = message_json(request.messages[i], i);
-      if (!m.ok()) return std::move(m).error();
-      messages.push_back(std::move(*m));
+      if (i > 0) body += ',';
+      if (Status s = write_message(body, request.messages[i], i); !s.ok()) return std::move(s).error();
     }
-    body["messages"] = std::move(messages);
+    body += ']';
     if (!request.tools.empty()) {
-      Json tools = Json::array();
-      for (const ToolDefinition& t : request.tools) {
-        std::optional<Json> schema = internal::parse_json(t.parameters_schema_json);
+      body += R"(,"tools":[)";
+      for (std::size_t i = 0; i < request.tools.size(); ++i) {
+        const ToolDefinition& t = request.tools[i];
         if (t.name.empty()) return invalid_argument("openai: a tool has no name");
-        if (!schema || !schema->is_object()) {
+        std::optional<std::string> schema;
+        internal::with_parsed_json(t.parameters_schema_json, [&](Element e) {
+          if (e.is_object()) schema = internal::minified(e);
+        });
+        if (!schema) {
           return invalid_argument("openai: tool '" + t.name + "': parameters_schema_json is not a JSON object");
         }
-        Json fn = {{"name", t.name}, {"parameters", std::move(*schema)}};
-        if (!t.description.empty()) fn["description"] = t.description;
-        tools.push_back({{"type", "function"}, {"function", std::move(fn)}});
+        if (i > 0) body += ',';
+        body += R"({"type":"function","function":{"name":)";
+        append_json_string(body, t.name);
+        if (!t.description.empty()) {
+          body += R"(,"description":)";
+          append_json_string(body, t.description);
+        }
+        body += R"(,"parameters":)";
+        body += *schema;
+        body += "}}";
       }
-      body["tools"] = std::move(tools);
+      body += ']';
     }
     if (request.max_output_tokens) {
-      body[options_.use_max_completion_tokens ? "max_completion_tokens" : "max_tokens"] = *request.max_output_tokens;
+      body += options_.use_max_completion_tokens ? R"(,"max_completion_tokens":)" : R"(,"max_tokens":)";
+      append_json_number(body, static_cast<std::int64_t>(*request.max_output_tokens));
     }
-    if (request.temperature) body["temperature"] = *request.temperature;
+    if (request.temperature) {
+      body += R"(,"temperature":)";
+      append_json_number(body, static_cast<double>(*request.temperature));
+    }
     if (request.stream) {
-      body["stream"] = true;
-      if (options_.stream_include_usage) body["stream_options"] = {{"include_usage", true}};
+      body += R"(,"stream":true)";
+      if (options_.stream_include_usage) body += R"(,"stream_options":{"include_usage":true})";
     }
+    body += '}';
 
     HttpCall call{.url = options_.base_url + "/chat/completions", .stream = request.stream};
     call.headers.push_back({"content-type", "application/json"});
     call.headers.push_back({"accept", request.stream ? "text/event-stream" : "application/json"});
     if (!options_.api_key.empty()) call.headers.push_back({"authorization", "Bearer " + options_.api_key});
     call.headers.insert(call.headers.end(), options_.extra_headers.begin(), options_.extra_headers.end());
-    call.body = internal::dump_json(body);
+    call.body = std::move(body);
     return call;
   }
 
+  // simdjson's DOM (simdjson_util.hpp): a call's answer is parsed once per call, on the hot path.
   Result<ChatResponse> parse_response(std::string_view body) const override {
-    std::optional<Json> doc = internal::parse_json(body);
-    if (!doc || !doc->is_object()) return malformed("the response body is not a JSON object");
-    const Json* choices = member(*doc, "choices");
-    if (!choices && is_error_object(*doc)) {
-      return map_api_error(Provider::kOpenAi, 0, {}, body, Now{}, options_.api_key).error;
+    std::optional<Result<ChatResponse>> out;
+    bool error_object = false;
+    const bool parsed = internal::with_parsed_json(body, [&](Element doc) {
+      if (doc.type() != simdjson::dom::element_type::OBJECT) return;
+      out = read_response(doc, error_object);
+    });
+    if (!parsed || (!out && !error_object)) return malformed("the response body is not a JSON object");
+    if (error_object) return map_api_error(Provider::kOpenAi, 0, {}, body, Now{}, options_.api_key).error;
+    return std::move(*out);
+  }
+
+ private:
+  // A tool call from a non-streaming message.
+  static ToolCall tool_call_from(Element c, std::size_t index) {
+    ToolCall call;
+    call.id = std::string(internal::str(member(c, "id")));
+    if (call.id.empty()) call.id = "call_" + std::to_string(index);
+    const std::optional<Element> fn = member(c, "function");
+    call.name = std::string(internal::str(member(fn, "name")));
+    const std::optional<Element> args = member(fn, "arguments");
+    if (args && args->is_string()) {
+      call.arguments_json = std::string(internal::str(args));
+    } else if (args && args->is_object()) {  // some servers send the object itself
+      call.arguments_json = internal::minified(*args);
     }
-    if (!choices || !choices->is_array() || choices->empty()) return malformed("the response has no choices");
-    const Json& choice = (*choices)[0];
-    const Json* message = member(choice, "message");
+    if (call.arguments_json.empty()) call.arguments_json = "{}";
+    return call;
+  }
+
+  // Text of a "content" that is a string, null, or an array of text parts.
+  static std::string text_of(const std::optional<Element>& content) {
+    if (!content) return {};
+    if (content->is_string()) return std::string(internal::str(content));
+    std::string out;
+    simdjson::dom::array parts;
+    if (content->get(parts) == simdjson::SUCCESS) {
+      for (Element part : parts) out += internal::str(member(part, "text"));
+    }
+    return out;
+  }
+
+  static bool is_error_object(Element doc) {
+    const std::optional<Element> e = member(doc, "error");
+    return (e && (e->is_object() || e->is_string())) || internal::str(member(doc, "object")) == "error";
+  }
+
+  // The response from its parsed document (an object); sets error_object instead when the
+  // body is an API error object without choices.
+  Result<ChatResponse> read_response(Element doc, bool& error_object) const {
+    const std::optional<Element> choices = member(doc, "choices");
+    if (!choices && is_error_object(doc)) {
+      error_object = true;
+      return Error(ErrorKind::kInternal, "an error object");  // replaced by the caller
+    }
+    simdjson::dom::array choice_list;
+    if (!choices || choices->get(choice_list) != simdjson::SUCCESS || choice_list.size() == 0) {
+      return malformed("the response has no choices");
+    }
+    const Element choice = *choice_list.begin();
+    const std::optional<Element> message = member(choice, "message");
     if (!message || !message->is_object()) return malformed("choices[0] has no message object");
-    const Json* content = member(message, "content");
+    const std::optional<Element> content = member(message, "content");
     if (content && !content->is_string() && !content->is_null() && !content->is_array()) {
       return malformed("choices[0].message.content is not a string");
     }
 
     ChatResponse r;
-    r.id = std::string(str(member(*doc, "id")));
-    r.model = std::string(str(member(*doc, "model")));
+    r.id = std::string(internal::str(member(doc, "id")));
+    r.model = std::string(internal::str(member(doc, "model")));
     r.message.role = Role::kAssistant;
     std::string text = text_of(content);
-    if (text.empty()) text = std::string(str(member(message, "refusal")));
+    if (text.empty()) text = std::string(internal::str(member(message, "refusal")));
     if (!text.empty()) r.message.content.push_back(ContentPart::from_text(std::move(text)));
-    if (const Json* calls = member(message, "tool_calls"); calls && calls->is_array()) {
-      for (std::size_t i = 0; i < calls->size(); ++i) {
-        if (!(*calls)[i].is_object()) return malformed("a tool call is not an object");
-        r.message.tool_calls.push_back(tool_call_from((*calls)[i], i));
+    if (const std::optional<Element> calls = member(message, "tool_calls"); calls && calls->is_array()) {
+      std::size_t i = 0;
+      for (Element c : simdjson::dom::array(*calls)) {
+        if (!c.is_object()) return malformed("a tool call is not an object");
+        r.message.tool_calls.push_back(tool_call_from(c, i++));
       }
     } else if (calls && !calls->is_null()) {
       return malformed("choices[0].message.tool_calls is not an array");
     }
-    r.raw_finish_reason = std::string(str(member(choice, "finish_reason")));
+    r.raw_finish_reason = std::string(internal::str(member(choice, "finish_reason")));
     r.finish_reason = finish_from(r.raw_finish_reason);
-    const Json* usage = member(*doc, "usage");
-    r.usage.input_tokens = count(member(usage, "prompt_tokens"));
-    r.usage.output_tokens = count(member(usage, "completion_tokens"));
+    const std::optional<Element> usage = member(doc, "usage");
+    r.usage.input_tokens = internal::count(member(usage, "prompt_tokens"));
+    r.usage.output_tokens = internal::count(member(usage, "completion_tokens"));
     return r;
   }
 };

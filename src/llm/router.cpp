@@ -152,6 +152,14 @@ struct Router::Impl {
     if (!out.max_output_tokens) out.max_output_tokens = r.options.max_output_tokens;
     return out;
   }
+  // The same without a copy when route r changes nothing of `req` (the common case: one
+  // call, one route); else the copy is made in `storage`. The result lives as long as both.
+  const ChatRequest& request_for(const Route& r, const ChatRequest& req, std::optional<ChatRequest>& storage) const {
+    const bool same_model = r.options.model.empty() || r.options.model == req.model;
+    const bool same_max = req.max_output_tokens.has_value();  // else the route's is added
+    if (same_model && same_max) return req;
+    return storage.emplace(request_for(r, req));
+  }
 
   // Route i is left for `reason`; the model_fallback report names the route tried next.
   void leave(std::size_t i, FallbackReason reason, Error e, std::vector<RouteFailure>& fallbacks) {
@@ -296,7 +304,8 @@ struct Router::Impl {
       const ChatRequest& base = compacted ? *compacted : original;
       for (std::size_t i = 0; i < routes.size(); ++i) {
         Route& r = *routes[i];
-        ChatRequest req = request_for(r, base);
+        std::optional<ChatRequest> adjusted;
+        const ChatRequest& req = request_for(r, base, adjusted);
         const std::int64_t reserve = reserve_for(r, req);
         const std::int64_t window = r.options.context_window_tokens;
         if (window <= refused_window) {

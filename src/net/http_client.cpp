@@ -306,6 +306,9 @@ class HttpCore : public std::enable_shared_from_this<HttpCore> {
   std::vector<CURL*> idle_easy_;
   static constexpr std::size_t kMaxIdleEasy = 64;
   static constexpr std::size_t kTransfersPerShard = 64;
+  // CURLOPT_BUFFERSIZE's range in libcurl 7.88 (CURL_MIN_WRITE_SIZE .. CURL_MAX_READ_SIZE).
+  static constexpr std::size_t kMinReceiveBuffer = 1024;
+  static constexpr std::size_t kMaxReceiveBuffer = 512u << 10;
 };
 
 namespace {
@@ -326,6 +329,11 @@ Status HttpCore::init() {
   std::call_once(g_curl_init_once, [] { g_curl_init_result = curl_global_init(CURL_GLOBAL_DEFAULT); });
   if (g_curl_init_result != CURLE_OK) {
     return Error(ErrorKind::kInternal, std::string("curl_global_init: ") + curl_easy_strerror(g_curl_init_result));
+  }
+  if (options_.receive_buffer_bytes < kMinReceiveBuffer || options_.receive_buffer_bytes > kMaxReceiveBuffer) {
+    return Error(ErrorKind::kInvalidArgument,
+                 "HttpClientOptions::receive_buffer_bytes is " + std::to_string(options_.receive_buffer_bytes) +
+                     "; it must be " + std::to_string(kMinReceiveBuffer) + ".." + std::to_string(kMaxReceiveBuffer));
   }
   bool limited = options_.max_connections != 0 || options_.max_host_connections != 0;
   shard_capacity_ = limited ? std::numeric_limits<std::size_t>::max() : kTransfersPerShard;
@@ -621,6 +629,7 @@ void HttpCore::start_transfer(const std::shared_ptr<Transfer>& t) {
 
 void HttpCore::set_client_options(CURL* e) {
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_BUFFERSIZE, static_cast<long>(options_.receive_buffer_bytes));
   curl_easy_setopt(e, CURLOPT_SOCKOPTFUNCTION, &HttpCore::sockopt_cb);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, &HttpCore::closesocket_cb);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -735,7 +744,11 @@ void HttpCore::arm_transfer_timer(Transfer* t) {
     paused = t->paused;
   }
   if (!first_byte) {
-    at = std::min(at, add_saturating(t->started, t->timeouts.first_byte));
+    // Also by the earliest moment the idle timeout can be due once the first byte is in: the
+    // first byte then finds this timer early enough and arms nothing (one timer add per
+    // request instead of two). A timer that fires with nothing due re-arms.
+    at = std::min(
+        {at, add_saturating(t->started, t->timeouts.first_byte), add_saturating(t->started, t->timeouts.idle)});
   } else if (!paused) {
     at = std::min(at, add_saturating(t->last_activity, t->timeouts.idle));
   }

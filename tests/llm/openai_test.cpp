@@ -137,6 +137,65 @@ TEST(OpenAiRequest, InvalidUtf8IsReplacedNotThrown) {
   EXPECT_TRUE(json::accept(call->body));
 }
 
+// The body is written without a document (src/llm/simdjson_util.hpp): every string must come
+// back exactly as it went in, whatever it holds.
+TEST(OpenAiRequest, EveryStringComesBackExactly) {
+  const std::string tricky = std::string("quote \" backslash \\ slash / nl \n cr \r tab \t bs \b ff \f ") +
+                             std::string("ctl \x01\x1f del \x7f nul ") + std::string(1, '\0') +
+                             " utf8 \xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 </script>";
+  ChatRequest r{.model = "m\"x"};
+  r.messages.push_back(Message::system(tricky));
+  r.messages.push_back(
+      Message::assistant(tricky, {{.id = "id\n", .name = "t\"n", .arguments_json = R"({"a":"\u00e9"})"}}));
+  r.messages.push_back(Message::tool_result("id\n", tricky, /*is_error=*/true));
+  r.tools.push_back(
+      {.name = "t\"n",
+       .description = tricky,
+       .parameters_schema_json = "{ \"type\" : \"object\",\n \"properties\": {\"a\": {\"type\": \"string\"}} }"});
+  r.temperature = 0.1;
+  const std::string body = codec()->build_call(r).value().body;
+  json j = json::parse(body);
+  EXPECT_EQ(j["model"], "m\"x");
+  EXPECT_EQ(j["messages"][0]["content"], tricky);
+  EXPECT_EQ(j["messages"][1]["content"], tricky);
+  EXPECT_EQ(j["messages"][1]["tool_calls"][0]["id"], "id\n");
+  EXPECT_EQ(j["messages"][1]["tool_calls"][0]["function"]["name"], "t\"n");
+  EXPECT_EQ(j["messages"][1]["tool_calls"][0]["function"]["arguments"], R"({"a":"\u00e9"})");
+  EXPECT_EQ(j["messages"][2]["content"], "[tool error] " + tricky);
+  EXPECT_EQ(j["tools"][0]["function"]["description"], tricky);
+  EXPECT_EQ(j["tools"][0]["function"]["parameters"],
+            json::parse(R"({"type":"object","properties":{"a":{"type":"string"}}})"));
+  EXPECT_EQ(j["temperature"], 0.1);  // the shortest text that reads back as the same double
+  // The escapes nlohmann writes, byte for byte.
+  EXPECT_EQ(json(j["messages"][0]["content"]).dump(), json(tricky).dump());
+  EXPECT_THAT(body, HasSubstr(json(tricky).dump()));
+}
+
+TEST(OpenAiRequest, InvalidUtf8InAnyFieldIsReplaced) {
+  ChatRequest r{.model = "m"};
+  r.messages.push_back(
+      Message::user("a\xff"
+                    "b"));
+  r.messages.push_back(Message::assistant("", {{.id = "c\xfe", .name = "n", .arguments_json = "{\"x\":\"\xc3\"}"}}));
+  r.messages.push_back(Message::tool_result("c\xfe", "r\x80"));
+  const std::string body = codec()->build_call(r).value().body;
+  json j = json::parse(body);  // valid JSON, valid UTF-8
+  EXPECT_EQ(j["messages"][0]["content"],
+            "a\xef\xbf\xbd"
+            "b");
+  EXPECT_EQ(j["messages"][1]["tool_calls"][0]["id"], "c\xef\xbf\xbd");
+  EXPECT_EQ(j["messages"][2]["content"], "r\xef\xbf\xbd");
+}
+
+TEST(OpenAiRequest, ASchemaThatIsNotAnObjectOrNotUtf8IsRefused) {
+  auto c = codec();
+  for (const char* schema : {"[1,2]", "\"s\"", "{\"a\":\"\xff\"}", "{} {}", ""}) {
+    ChatRequest r{.model = "m", .messages = {Message::user("x")}};
+    r.tools.push_back({.name = "t", .parameters_schema_json = schema});
+    EXPECT_THAT(c->build_call(r), StatusIs(ErrorKind::kInvalidArgument, HasSubstr("parameters_schema_json"))) << schema;
+  }
+}
+
 // --- response --------------------------------------------------------------------------------
 
 TEST(OpenAiResponse, Text) {
@@ -197,6 +256,41 @@ TEST(OpenAiResponse, MalformedBodiesAreTransientAndCounted) {
     ASSERT_THAT(r, StatusIs(ErrorKind::kTransient)) << body;
     EXPECT_TRUE(is_malformed(r.error())) << body;
     EXPECT_EQ(c->malformed_count(), ++n);
+  }
+}
+
+// The response parser (simdjson's DOM): shapes servers send besides the usual one.
+TEST(OpenAiResponse, UnusualButValidShapes) {
+  auto c = codec();
+  // Arguments as an object (some servers), content as text parts, a count beyond int64 (read
+  // as 0), a float count with an integral value.
+  ChatResponse r = c->parse_response(R"({"id":"x","model":"m","choices":[{"index":0,"message":{"role":"assistant",
+      "content":[{"type":"text","text":"a"},{"type":"text","text":"b\u00e9"}],
+      "tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":{"k": [1, 2.5, "v"]}}},
+                    {"type":"function","function":{"name":"g"}}]},
+      "finish_reason":"tool_calls"}],"usage":{"prompt_tokens":1e30,"completion_tokens":7.0}})")
+                       .value();
+  EXPECT_EQ(r.message.text(), "ab\xc3\xa9");
+  ASSERT_EQ(r.message.tool_calls.size(), 2u);
+  EXPECT_EQ(r.message.tool_calls[0].arguments_json, R"({"k":[1,2.5,"v"]})");
+  EXPECT_EQ(r.message.tool_calls[1].id, "call_1");
+  EXPECT_EQ(r.message.tool_calls[1].arguments_json, "{}");
+  EXPECT_EQ(r.finish_reason, FinishReason::kToolCalls);
+  EXPECT_EQ(r.usage.input_tokens, 0);
+  EXPECT_EQ(r.usage.output_tokens, 7);
+  // A refusal instead of content.
+  ChatResponse refusal =
+      c->parse_response(R"({"choices":[{"message":{"content":null,"refusal":"no"},"finish_reason":"stop"}]})").value();
+  EXPECT_EQ(refusal.message.text(), "no");
+  // Too deep, invalid UTF-8 in a string, trailing garbage: malformed. So is an integer beyond
+  // 64 bits (simdjson refuses it; no model API sends one), where nlohmann read a double.
+  std::string deep =
+      R"({"choices":[{"message":{"content":"x"},"z":)" + std::string(300, '[') + std::string(300, ']') + "}]}";
+  for (const std::string& bad :
+       {deep, std::string("{\"choices\":[{\"message\":{\"content\":\"\xff\"}}]}"),
+        std::string(R"({"choices":[{"message":{"content":"x"}}]} x)"),
+        std::string(R"({"choices":[{"message":{"content":"x"}}],"n":99999999999999999999})")}) {
+    EXPECT_THAT(c->parse_response(bad), StatusIs(ErrorKind::kTransient)) << bad.substr(0, 60);
   }
 }
 

@@ -312,6 +312,29 @@ TEST(HttpClient, FirstByteTimeoutWhenTheServerNeverAnswers) {
   EXPECT_TRUE(eventually([&] { return f.server.connections_closed() == 1; }));
 }
 
+// The transfer's timer is first armed for the earlier of the first-byte and the idle timeout
+// (so the first byte finds it early enough and arms nothing): with an idle timeout shorter
+// than the wait for the first byte, that early firing must not end the request.
+TEST(HttpClient, AnIdleTimeoutShorterThanTheWaitForTheFirstByteDoesNotCutIt) {
+  Fixture f;
+  f.run([&](Context& ctx) -> Task<> {
+    HttpRequest req = get(f.server.url("/delay/400"));
+    req.timeouts = HttpTimeouts{.first_byte = std::chrono::seconds(5), .idle = std::chrono::milliseconds(100)};
+    auto r = co_await f.client->request(ctx, std::move(req));
+    EXPECT_THAT(r, IsOk());
+    if (r.ok()) {
+      EXPECT_EQ(r->body, "late");
+    }
+    // And the first-byte timeout still ends one that never answers, after the idle one passed.
+    HttpRequest never = get(f.server.url("/never"));
+    never.timeouts = HttpTimeouts{.first_byte = std::chrono::milliseconds(300), .idle = std::chrono::milliseconds(100)};
+    const TimePoint t0 = ctx.now();
+    auto n = co_await f.client->request(ctx, std::move(never));
+    EXPECT_THAT(n, StatusIs(ErrorKind::kTimeout, HasSubstr("first-byte timeout (300 ms)")));
+    EXPECT_GE(ctx.now() - t0, std::chrono::milliseconds(300));
+  });
+}
+
 TEST(HttpClient, IdleTimeoutWhenAStreamStalls) {
   Fixture f;
   f.run([&](Context& ctx) -> Task<> {
@@ -402,6 +425,24 @@ TEST(HttpClient, BodyLargerThanTheBoundIsAnError) {
     if (r.ok()) co_return;
     EXPECT_THAT(r, StatusIs(ErrorKind::kPermanent, HasSubstr("max_body_bytes")));
   });
+}
+
+TEST(HttpClient, ABodyManyTimesTheReceiveBufferArrivesWhole) {
+  Fixture f({.receive_buffer_bytes = 1024});
+  f.run([&](Context& ctx) -> Task<> {
+    auto r = co_await f.client->request(ctx, get(f.server.url("/big/100000")));
+    EXPECT_TRUE(r.ok() && r->body == std::string(100'000, 'x'));
+  });
+}
+
+TEST(HttpClient, AReceiveBufferOutsideLibcurlsRangeIsRefused) {
+  auto env = make_real_environment({.workers = 1, .seed = 1});
+  for (std::size_t bytes : {std::size_t{0}, std::size_t{1023}, std::size_t{(512u << 10) + 1}}) {
+    EXPECT_THAT(HttpClient::create(*env, {.receive_buffer_bytes = bytes}),
+                StatusIs(ErrorKind::kInvalidArgument, HasSubstr("receive_buffer_bytes")))
+        << bytes;
+  }
+  EXPECT_THAT(HttpClient::create(*env, {.receive_buffer_bytes = 512u << 10}), IsOk());
 }
 
 TEST(HttpClient, HeadersLargerThanTheBoundAreAnError) {

@@ -68,7 +68,7 @@ std::string find_header(const std::string& head, const std::string& name) {
 }  // namespace
 
 struct TestServer::Conn {
-  enum class Mode { kIdle, kNever, kSseGate, kStall, kTrickle, kCannedGate };
+  enum class Mode { kIdle, kNever, kSseGate, kStall, kTrickle, kCannedGate, kDelay };
   int fd = -1;
   std::vector<std::string> pending;  // canned chunks waiting for release()
   bool canned_end = true;
@@ -190,6 +190,9 @@ void TestServer::run() {
           }
         } else if (path == "/never") {
           c.mode = Conn::Mode::kNever;
+        } else if (path.starts_with("/delay/")) {  // "late", after that many milliseconds
+          c.mode = Conn::Mode::kDelay;
+          c.next_at = now + std::chrono::milliseconds(std::stoi(path.substr(7)));
         } else {
           c.out += response(404, "Not Found", "", "no such path");
         }
@@ -207,6 +210,10 @@ void TestServer::run() {
         } else {
           c.close_after = true;
         }
+        c.mode = Conn::Mode::kIdle;
+      }
+      if (!dead && c.mode == Conn::Mode::kDelay && now >= c.next_at) {
+        c.out += response(200, "OK", "", "late");
         c.mode = Conn::Mode::kIdle;
       }
       if (!dead && c.mode == Conn::Mode::kTrickle && now >= c.next_at) {

@@ -40,7 +40,8 @@
 // NINES_LLM_BENCH_TRANSPORT_ONLY=1: the same calls with the HttpClient alone (a prebuilt
 // request body, no router, codec or policies; metrics suffixed _http_only), to tell the
 // transport's share of the cost from the model path's. NINES_BENCH_TAG=x suffixes every
-// metric name with _x.
+// metric name with _x. NINES_BENCH_RECEIVE_BUFFER=N sets HttpClientOptions::receive_buffer_bytes
+// (for before/after comparisons of memory per call in one build).
 // Exit status 1 if any call failed or the server could not be reached.
 #include <curl/curl.h>
 #include <dirent.h>
@@ -349,6 +350,10 @@ int main(int argc, char** argv) {
   net::HttpClientOptions http_options;
   http_options.proxy = "";
   http_options.max_in_flight = static_cast<std::size_t>(concurrency) * 2 + 16;
+  // NINES_BENCH_RECEIVE_BUFFER=N: HttpClientOptions::receive_buffer_bytes (an A/B switch).
+  if (const char* rb = std::getenv("NINES_BENCH_RECEIVE_BUFFER")) {
+    http_options.receive_buffer_bytes = static_cast<std::size_t>(std::atol(rb));
+  }
   auto http = net::HttpClient::create(*env, std::move(http_options)).value();
   llm::ProviderConfig provider{
       .name = "sim", .api = llm::Provider::kOpenAi, .base_url = base_url, .api_key = "sk-bench-not-a-key"};

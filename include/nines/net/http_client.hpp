@@ -90,12 +90,17 @@ struct HttpClientOptions {
   std::size_t max_body_bytes = 64u << 20;      // per response body (also per stream); beyond: kPermanent
   std::size_t max_header_bytes = 64u << 10;    // all header lines of a response; beyond: kPermanent
   std::size_t stream_buffer_bytes = 1u << 20;  // a stream's unread bytes before the transfer pauses
-  std::size_t max_connections = 0;             // open connections in total; 0: no limit (queued beyond)
-  std::size_t max_host_connections = 0;        // per host; 0: no limit
-  std::optional<std::string> proxy;            // nullopt: from the environment variables; "": none
-  bool verify_tls = true;                      // verify the peer's certificate and host name
-  std::string ca_file;                         // PEM bundle; empty: the system's
-  bool follow_redirects = false;               // at most 5 when on
+  // libcurl's receive buffer (CURLOPT_BUFFERSIZE), allocated per request in flight: the most
+  // one read from a socket takes. 1 KiB..512 KiB (else create fails with kInvalidArgument).
+  // libcurl's own default is 16 KiB; a model's answer is rarely larger than 4 KiB, and at
+  // 10,000 calls in flight every KiB here is 10 MiB (bench/README.md, "memory per call").
+  std::size_t receive_buffer_bytes = 4u << 10;
+  std::size_t max_connections = 0;       // open connections in total; 0: no limit (queued beyond)
+  std::size_t max_host_connections = 0;  // per host; 0: no limit
+  std::optional<std::string> proxy;      // nullopt: from the environment variables; "": none
+  bool verify_tls = true;                // verify the peer's certificate and host name
+  std::string ca_file;                   // PEM bundle; empty: the system's
+  bool follow_redirects = false;         // at most 5 when on
   std::string user_agent = "nines/0.1";
 };
 
