@@ -11,7 +11,6 @@
 #include <chrono>
 #include <cstring>
 #include <limits>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -20,6 +19,7 @@
 #include <vector>
 
 #include "core/futex.hpp"
+#include "core/timer_heap.hpp"
 #include "core/xoshiro.hpp"
 #include "nines/core/environment.hpp"
 
@@ -113,9 +113,7 @@ class RealEnvironment final : public Environment {
     TimerId id;
     {
       std::lock_guard lock(mu_);
-      id = next_id_++;
-      timers_.emplace(std::make_pair(deadline, id), std::move(fn));
-      timer_index_.emplace(id, deadline);
+      id = timers_.add(deadline, std::move(fn));
       if (deadline < armed_) {
         armed_ = deadline;
         wake = true;
@@ -130,11 +128,7 @@ class RealEnvironment final : public Environment {
 
   bool cancel_timer(TimerId id) override {
     std::lock_guard lock(mu_);
-    auto it = timer_index_.find(id);
-    if (it == timer_index_.end()) return false;
-    timers_.erase(std::make_pair(it->second, id));
-    timer_index_.erase(it);
-    return true;
+    return timers_.cancel(id);
   }
 
   Result<WatchId> watch_fd(int fd, unsigned events, std::function<void(unsigned)> fn) override {
@@ -282,7 +276,7 @@ class RealEnvironment final : public Environment {
     timespec* wait = &timeout;
     if (block) {
       std::lock_guard lock(mu_);
-      armed_ = timers_.empty() ? TimePoint::max() : timers_.begin()->first.first;
+      armed_ = timers_.earliest();
       if (armed_ == TimePoint::max()) {
         wait = nullptr;  // no timer: wait for fds or a wake-up
       } else {
@@ -324,13 +318,7 @@ class RealEnvironment final : public Environment {
     }
     {
       std::lock_guard lock(mu_);
-      TimePoint t = now();
-      while (!timers_.empty() && timers_.begin()->first.first <= t) {
-        auto it = timers_.begin();
-        timer_index_.erase(it->first.second);
-        due_.push_back(std::move(it->second));
-        timers_.erase(it);
-      }
+      timers_.take_due(now(), due_);
     }
     for (auto& [fn, bits] : ready_) fn(bits);
     ready_.clear();
@@ -421,10 +409,9 @@ class RealEnvironment final : public Environment {
   std::uint64_t next_hook_ = 1;
   std::vector<std::pair<std::uint64_t, std::function<void()>>> hooks_;
   std::mutex mu_;
-  TimerId next_id_ = 1;
   TimePoint armed_ = TimePoint::min();  // what the loop waits for; min(): it is not waiting
-  std::map<std::pair<TimePoint, TimerId>, std::function<void()>> timers_;
-  std::unordered_map<TimerId, TimePoint> timer_index_;
+  WatchId next_id_ = 1;                 // watches
+  internal::TimerHeap timers_;
   std::unordered_map<WatchId, Watch> watches_;
   std::thread loop_;
 };
