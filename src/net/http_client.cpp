@@ -89,13 +89,42 @@ struct CurlShard {
   bool touched = false;  // in HttpCore::touched_
 };
 
+// A request's header lines as libcurl takes them (CURLOPT_HTTPHEADER), with the fields they
+// were made from. Requests of one client mostly send the same headers (a provider's
+// content-type, accept, authorization), so the core keeps the last list and the next request
+// with the same fields shares it instead of building its own (10 allocations a request).
+// Shared: curl reads the list for as long as the transfer runs (a retry on a fresh connection
+// builds the request again).
+struct CurlHeaders {
+  std::vector<HttpHeaders::Field> fields;
+  bool add_content_type = false;  // "Content-Type:" (no form content type for a body)
+  bool add_expect = false;        // "Expect:" (no 100-continue round trip)
+  curl_slist* list = nullptr;
+
+  CurlHeaders() = default;
+  CurlHeaders(const CurlHeaders&) = delete;
+  CurlHeaders& operator=(const CurlHeaders&) = delete;
+  ~CurlHeaders() {
+    if (list != nullptr) curl_slist_free_all(list);
+  }
+  bool same(const HttpHeaders& h, bool content_type, bool expect) const {
+    if (content_type != add_content_type || expect != add_expect || h.size() != fields.size()) return false;
+    for (std::size_t i = 0; i < fields.size(); ++i) {
+      if (fields[i].name != h.fields()[i].name || fields[i].value != h.fields()[i].value) return false;
+    }
+    return true;
+  }
+};
+
 struct Transfer {
   // Set by the requesting process before the hand-over, read-only afterwards.
   std::string method;
   std::string url;
   std::string what;  // "GET http://host/path" for errors
   std::string request_body;
-  std::vector<std::string> header_lines;
+  HttpHeaders request_headers;  // checked by prepare
+  bool add_content_type = false;
+  bool add_expect = false;
   bool streaming = false;
   HttpTimeouts timeouts;
   TimePoint started{};
@@ -105,7 +134,7 @@ struct Transfer {
   HttpCore* core = nullptr;    // set when the transfer starts
   CurlShard* shard = nullptr;  // the multi handle it was added to
   CURL* easy = nullptr;
-  curl_slist* headers_list = nullptr;
+  std::shared_ptr<const CurlHeaders> header_list;
   char error_buffer[CURL_ERROR_SIZE] = {};
   TimerId timer = 0;
   std::uint64_t timer_gen = 0;
@@ -131,7 +160,6 @@ struct Transfer {
 
   ~Transfer() {
     if (easy != nullptr) curl_easy_cleanup(easy);  // never added (the client closed first)
-    if (headers_list != nullptr) curl_slist_free_all(headers_list);
   }
 
   // Requires mu.
@@ -258,6 +286,7 @@ class HttpCore : public std::enable_shared_from_this<HttpCore> {
   void settle();
   // The client's options (the same for every request) on a new easy handle.
   void set_client_options(CURL* e);
+  static std::shared_ptr<const CurlHeaders> make_curl_headers(const Transfer& t);
   void start_transfer(const std::shared_ptr<Transfer>& t);
   void finish(Transfer* t, std::optional<Error> error);
   void check_done(CurlShard* sh);
@@ -304,6 +333,8 @@ class HttpCore : public std::enable_shared_from_this<HttpCore> {
   // about 20 KiB per handle, and the client's options cost allocations to set); at most
   // kMaxIdleEasy.
   std::vector<CURL*> idle_easy_;
+  // The header list of the last request started, for the next one with the same fields.
+  std::shared_ptr<const CurlHeaders> last_headers_;
   static constexpr std::size_t kMaxIdleEasy = 64;
   static constexpr std::size_t kTransfersPerShard = 64;
   // CURLOPT_BUFFERSIZE's range in libcurl 7.88 (CURL_MIN_WRITE_SIZE .. CURL_MAX_READ_SIZE).
@@ -506,12 +537,12 @@ Result<std::shared_ptr<Transfer>> HttpCore::prepare(Context& ctx, HttpRequest& r
     }
     has_content_type |= iequals(f.name, "content-type");
     has_expect |= iequals(f.name, "expect");
-    t->header_lines.push_back(f.value.empty() ? f.name + ";" : f.name + ": " + f.value);
   }
   // curl would add these on its own for a body: a form content type nobody asked for, and
   // Expect: 100-continue, which costs a round trip.
-  if (!has_content_type) t->header_lines.emplace_back("Content-Type:");
-  if (!has_expect) t->header_lines.emplace_back("Expect:");
+  t->add_content_type = !has_content_type;
+  t->add_expect = !has_expect;
+  t->request_headers = std::move(req.headers);
   t->request_body = std::move(req.body);
   t->streaming = streaming;
   t->timeouts = req.timeouts.value_or(options_.timeouts);
@@ -585,7 +616,10 @@ void HttpCore::start_transfer(const std::shared_ptr<Transfer>& t) {
   }
   raw->easy = e;
   raw->core = this;
-  for (const auto& line : raw->header_lines) raw->headers_list = curl_slist_append(raw->headers_list, line.c_str());
+  if (!last_headers_ || !last_headers_->same(raw->request_headers, raw->add_content_type, raw->add_expect)) {
+    last_headers_ = make_curl_headers(*raw);
+  }
+  raw->header_list = last_headers_;
   // This request's options; every one a previous request on this handle may have set is set
   // again (the client's own were set when the handle was made: set_client_options).
   curl_easy_setopt(e, CURLOPT_URL, raw->url.c_str());
@@ -594,7 +628,7 @@ void HttpCore::start_transfer(const std::shared_ptr<Transfer>& t) {
   CurlShard* sh = pick_shard();
   curl_easy_setopt(e, CURLOPT_SOCKOPTDATA, sh);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, sh);
-  curl_easy_setopt(e, CURLOPT_HTTPHEADER, raw->headers_list);
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, raw->header_list->list);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, raw);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, raw);
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, to_curl_ms(raw->timeouts.connect));
@@ -625,6 +659,20 @@ void HttpCore::start_transfer(const std::shared_ptr<Transfer>& t) {
     return;
   }
   arm_transfer_timer(raw);
+}
+
+std::shared_ptr<const CurlHeaders> HttpCore::make_curl_headers(const Transfer& t) {
+  auto h = std::make_shared<CurlHeaders>();
+  h->fields = t.request_headers.fields();
+  h->add_content_type = t.add_content_type;
+  h->add_expect = t.add_expect;
+  auto append = [&h](const std::string& line) {
+    if (curl_slist* longer = curl_slist_append(h->list, line.c_str())) h->list = longer;  // else out of memory
+  };
+  for (const auto& f : h->fields) append(f.value.empty() ? f.name + ";" : f.name + ": " + f.value);
+  if (h->add_content_type) append("Content-Type:");
+  if (h->add_expect) append("Expect:");
+  return h;
 }
 
 void HttpCore::set_client_options(CURL* e) {
@@ -676,7 +724,7 @@ void HttpCore::finish(Transfer* t, std::optional<Error> error) {
       curl_easy_cleanup(e);
     }
   }
-  if (t->headers_list != nullptr) curl_slist_free_all(std::exchange(t->headers_list, nullptr));
+  t->header_list.reset();
   if (t->timer != 0) env_.cancel_timer(std::exchange(t->timer, 0));
   t->timer_gen = 0;
   in_flight_.fetch_sub(1);

@@ -138,6 +138,23 @@ TEST(HttpClient, PostAndPutSendBodyAndHeaders) {
   });
 }
 
+// Requests with the same header fields share one header list (CurlHeaders); a request with
+// other fields, or with the same fields in a changed value, must send its own.
+TEST(HttpClient, EachRequestSendsItsOwnHeadersWhenTheyDiffer) {
+  Fixture f;
+  f.run([&](Context& ctx) -> Task<> {
+    for (const char* value : {"1", "1", "2", "", "2", "1"}) {
+      HttpRequest req = get(f.server.url("/echo"));
+      if (*value != '\0') req.headers.add("X-Custom", value);
+      auto r = co_await f.client->request(ctx, std::move(req));
+      EXPECT_THAT(r, IsOk());
+      if (r.ok()) {
+        EXPECT_EQ(r->headers.get("X-Got-Custom").value_or("?"), value) << value;
+      }
+    }
+  });
+}
+
 TEST(HttpClient, ErrorStatusesAreResponsesNotErrors) {
   Fixture f;
   f.run([&](Context& ctx) -> Task<> {
