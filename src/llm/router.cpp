@@ -7,6 +7,7 @@
 #include <set>
 #include <utility>
 
+#include "nines/core/check.hpp"
 #include "nines/llm/context.hpp"
 #include "nines/llm/errors.hpp"
 #include "nines/resilience/bulkhead.hpp"
@@ -286,14 +287,11 @@ struct Router::Impl {
     return e;
   }
 
-  // route() with the Impl held by the call's own frame (see the header: the Router may go).
-  static Task<Result<RoutedResponse>> route_holding(std::shared_ptr<Impl> self, Context& ctx, const ChatRequest& req,
-                                                    const StreamHooks& hooks) {
-    Result<RoutedResponse> r = co_await self->route(ctx, req, hooks);
-    co_return r;
-  }
-
-  Task<Result<RoutedResponse>> route(Context& ctx, const ChatRequest& original, const StreamHooks& hooks) {
+  // `self` is this Impl, held by the call's own frame (see the header: the Router may go
+  // while a call runs). A parameter rather than a wrapping coroutine: one frame less a call.
+  Task<Result<RoutedResponse>> route(std::shared_ptr<Impl> self, Context& ctx, const ChatRequest& original,
+                                     const StreamHooks& hooks) {
+    NINES_DCHECK(self.get() == this);
     Call call{.hooks = &hooks};
     const Compactor& compact = hooks.compactor ? hooks.compactor : compactor;
     std::vector<RouteFailure> fallbacks;
@@ -475,16 +473,16 @@ Router::~Router() = default;
 
 Task<Result<RoutedResponse>> Router::route(Context& ctx, const ChatRequest& req) {
   static const StreamHooks kNoHooks;
-  return Impl::route_holding(impl_, ctx, req, kNoHooks);
+  return impl_->route(impl_, ctx, req, kNoHooks);
 }
 
 Task<Result<RoutedResponse>> Router::route(Context& ctx, const ChatRequest& req, const StreamHooks& hooks) {
-  return Impl::route_holding(impl_, ctx, req, hooks);
+  return impl_->route(impl_, ctx, req, hooks);
 }
 
 Task<ChatOutcome> Router::complete(Context& ctx, const ChatRequest& req, TextSink on_text) {
   StreamHooks hooks{.on_text = std::move(on_text)};
-  Result<RoutedResponse> r = co_await Impl::route_holding(impl_, ctx, req, hooks);
+  Result<RoutedResponse> r = co_await impl_->route(impl_, ctx, req, hooks);
   if (!r.ok()) co_return ChatOutcome{std::move(r).error(), std::nullopt};
   co_return ChatOutcome{std::move(r->response), std::nullopt};
 }

@@ -120,7 +120,8 @@ struct Transfer {
   // Set by the requesting process before the hand-over, read-only afterwards.
   std::string method;
   std::string url;
-  std::string what;  // "GET http://host/path" for errors
+  // "GET http://host/path", for errors: made when one needs it (two allocations a request less).
+  std::string what() const { return method + " " + redact_url(url); }
   std::string request_body;
   HttpHeaders request_headers;  // checked by prepare
   bool add_content_type = false;
@@ -494,7 +495,7 @@ void HttpCore::shutdown() {
   closed_ = true;
   drain_ops();  // starts finish at once as cancelled (closed_), cancels and timers find nothing
   for (auto& [raw, t] : std::unordered_map<Transfer*, std::shared_ptr<Transfer>>(active_)) {
-    finish(raw, Error(ErrorKind::kCancelled, t->what + ": the HTTP client was closed"));
+    finish(raw, Error(ErrorKind::kCancelled, t->what() + ": the HTTP client was closed"));
   }
   for (CURL* e : idle_easy_) curl_easy_cleanup(e);
   idle_easy_.clear();
@@ -520,19 +521,18 @@ Result<std::shared_ptr<Transfer>> HttpCore::prepare(Context& ctx, HttpRequest& r
   auto t = std::make_shared<Transfer>();
   t->method = req.method;
   t->url = std::move(req.url);
-  t->what = req.method + " " + redact_url(t->url);
   if (!is_token(t->method)) {
     return Error(ErrorKind::kInvalidArgument, "HTTP request: bad method for " + redact_url(t->url));
   }
   std::string_view scheme = std::string_view(t->url).substr(0, t->url.find("://"));
   if (t->url.find("://") == std::string::npos || !(iequals(scheme, "http") || iequals(scheme, "https"))) {
-    return Error(ErrorKind::kInvalidArgument, t->what + ": only http:// and https:// URLs are supported");
+    return Error(ErrorKind::kInvalidArgument, t->what() + ": only http:// and https:// URLs are supported");
   }
   bool has_content_type = false, has_expect = false;
   for (const auto& f : req.headers.fields()) {
     if (!is_token(f.name) || f.value.find_first_of("\r\n") != std::string::npos) {
       // The value is not echoed: it may be a secret.
-      return Error(ErrorKind::kInvalidArgument, t->what + ": header '" + (is_token(f.name) ? f.name : "?") +
+      return Error(ErrorKind::kInvalidArgument, t->what() + ": header '" + (is_token(f.name) ? f.name : "?") +
                                                     "' has a malformed name or a CR/LF in its value");
     }
     has_content_type |= iequals(f.name, "content-type");
@@ -549,13 +549,13 @@ Result<std::shared_ptr<Transfer>> HttpCore::prepare(Context& ctx, HttpRequest& r
   t->started = ctx.now();
   t->deadline = ctx.deadline();
   if (t->started >= t->deadline) {
-    return Error(ErrorKind::kDeadlineExceeded, t->what + ": the process deadline passed before the request");
+    return Error(ErrorKind::kDeadlineExceeded, t->what() + ": the process deadline passed before the request");
   }
 
   std::size_t n = in_flight_.fetch_add(1) + 1;
   if (n > options_.max_in_flight) {
     in_flight_.fetch_sub(1);
-    return Error(ErrorKind::kBulkheadFull, t->what + ": " + std::to_string(options_.max_in_flight) +
+    return Error(ErrorKind::kBulkheadFull, t->what() + ": " + std::to_string(options_.max_in_flight) +
                                                " HTTP requests are already in flight (max_in_flight)");
   }
   return t;
@@ -574,7 +574,7 @@ void HttpCore::cancel(const std::shared_ptr<Transfer>& t) {
 void HttpCore::resume(const std::shared_ptr<Transfer>& t) { run({.kind = Op::Kind::kResume, .t = t}); }
 
 void HttpCore::start_cancel(Transfer* t) {
-  if (active_.count(t) != 0) finish(t, Error(ErrorKind::kCancelled, t->what + ": cancelled"));
+  if (active_.count(t) != 0) finish(t, Error(ErrorKind::kCancelled, t->what() + ": cancelled"));
 }
 
 void HttpCore::start_resume(Transfer* tp) {
@@ -599,7 +599,7 @@ void HttpCore::start_transfer(const std::shared_ptr<Transfer>& t) {
   Transfer* raw = t.get();
   if (closed_) {
     active_.emplace(raw, t);
-    finish(raw, Error(ErrorKind::kCancelled, t->what + ": the HTTP client was closed"));
+    finish(raw, Error(ErrorKind::kCancelled, t->what() + ": the HTTP client was closed"));
     return;
   }
   CURL* e = nullptr;
@@ -611,7 +611,7 @@ void HttpCore::start_transfer(const std::shared_ptr<Transfer>& t) {
   }
   if (e == nullptr) {
     active_.emplace(raw, t);
-    finish(raw, Error(ErrorKind::kInternal, t->what + ": curl_easy_init failed"));
+    finish(raw, Error(ErrorKind::kInternal, t->what() + ": curl_easy_init failed"));
     return;
   }
   raw->easy = e;
@@ -655,7 +655,7 @@ void HttpCore::start_transfer(const std::shared_ptr<Transfer>& t) {
     touch(sh);
   }
   if (rc != CURLM_OK) {
-    finish(raw, Error(ErrorKind::kInternal, raw->what + ": curl_multi_add_handle: " + curl_multi_strerror(rc)));
+    finish(raw, Error(ErrorKind::kInternal, raw->what() + ": curl_multi_add_handle: " + curl_multi_strerror(rc)));
     return;
   }
   arm_transfer_timer(raw);
@@ -742,11 +742,11 @@ Error HttpCore::map_curl_error(Transfer* t, CURLcode code) const {
   if (t->abort_error) return *t->abort_error;
   std::string detail = t->error_buffer[0] != '\0' ? std::string(t->error_buffer) : curl_easy_strerror(code);
   // curl's messages may repeat the URL; ours already names it without its query.
-  std::string msg = t->what + ": " + detail;
+  std::string msg = t->what() + ": " + detail;
   switch (code) {
     case CURLE_OPERATION_TIMEDOUT:
       // Only the connect timeout is left to curl; the others are ours (arm_transfer_timer).
-      return Error(ErrorKind::kTimeout, t->what + ": connect timeout (" + ms_text(t->timeouts.connect) + ")");
+      return Error(ErrorKind::kTimeout, t->what() + ": connect timeout (" + ms_text(t->timeouts.connect) + ")");
     case CURLE_URL_MALFORMAT:
     case CURLE_UNSUPPORTED_PROTOCOL:
     case CURLE_BAD_FUNCTION_ARGUMENT: return Error(ErrorKind::kInvalidArgument, msg);
@@ -830,14 +830,14 @@ void HttpCore::on_transfer_timer(Transfer* t, std::uint64_t gen) {
   Duration elapsed = now - t->started;
   if (now >= t->deadline) {
     finish(t, Error(ErrorKind::kDeadlineExceeded,
-                    t->what + ": the process deadline passed after " + ms_text(elapsed) + " in flight"));
+                    t->what() + ": the process deadline passed after " + ms_text(elapsed) + " in flight"));
   } else if (now >= add_saturating(t->started, t->timeouts.total)) {
-    finish(t, Error(ErrorKind::kTimeout, t->what + ": total timeout (" + ms_text(t->timeouts.total) + ")"));
+    finish(t, Error(ErrorKind::kTimeout, t->what() + ": total timeout (" + ms_text(t->timeouts.total) + ")"));
   } else if (!first_byte && now >= add_saturating(t->started, t->timeouts.first_byte)) {
     finish(t, Error(ErrorKind::kTimeout,
-                    t->what + ": first-byte timeout (" + ms_text(t->timeouts.first_byte) + "): no response yet"));
+                    t->what() + ": first-byte timeout (" + ms_text(t->timeouts.first_byte) + "): no response yet"));
   } else if (first_byte && !paused && now >= add_saturating(t->last_activity, t->timeouts.idle)) {
-    finish(t, Error(ErrorKind::kTimeout, t->what + ": idle timeout (" + ms_text(t->timeouts.idle) +
+    finish(t, Error(ErrorKind::kTimeout, t->what() + ": idle timeout (" + ms_text(t->timeouts.idle) +
                                              " without data) after " + std::to_string(t->body_bytes) + " body bytes"));
   } else {
     arm_transfer_timer(t);
@@ -1003,7 +1003,7 @@ size_t HttpCore::header_cb(char* data, size_t size, size_t n, void* userp) {
   t->header_bytes += len;
   if (t->header_bytes > core->options_.max_header_bytes) {
     t->abort_error =
-        Error(ErrorKind::kPermanent, t->what + ": response headers larger than " +
+        Error(ErrorKind::kPermanent, t->what() + ": response headers larger than " +
                                          std::to_string(core->options_.max_header_bytes) + " bytes (max_header_bytes)");
     return 0;
   }
@@ -1050,13 +1050,13 @@ size_t HttpCore::write_cb(char* data, size_t size, size_t n, void* userp) {
   std::size_t len = size * n;
   if (core->env_.fault(FaultPoint::kHttpReset)) {
     t->abort_error =
-        Error(ErrorKind::kTransient, t->what + ": connection reset after " + std::to_string(t->body_bytes) +
+        Error(ErrorKind::kTransient, t->what() + ": connection reset after " + std::to_string(t->body_bytes) +
                                          " body bytes (fault point http_reset)");
     return 0;
   }
   if (t->body_bytes + len > core->options_.max_body_bytes) {
     t->abort_error =
-        Error(ErrorKind::kPermanent, t->what + ": response body larger than " +
+        Error(ErrorKind::kPermanent, t->what() + ": response body larger than " +
                                          std::to_string(core->options_.max_body_bytes) + " bytes (max_body_bytes)");
     return 0;
   }
@@ -1102,9 +1102,9 @@ Result<std::any> name_wait_error(Result<std::any> r, const Transfer& t, TimePoin
   if (r.ok()) return r;
   if (r.error().kind() == ErrorKind::kDeadlineExceeded) {
     return Error(ErrorKind::kDeadlineExceeded,
-                 t.what + ": the process deadline passed after " + ms_text(now - t.started) + " in flight");
+                 t.what() + ": the process deadline passed after " + ms_text(now - t.started) + " in flight");
   }
-  return Error(r.error().kind(), t.what + ": " + r.error().message());
+  return Error(r.error().kind(), t.what() + ": " + r.error().message());
 }
 
 }  // namespace internal
