@@ -2,6 +2,7 @@
 #include "nines/llm/sim_server.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <mutex>
 #include <utility>
 #include <vector>
@@ -18,6 +19,7 @@ struct SimServer::State {
   std::vector<Duration> samples;  // a ring of the last max_samples latencies
   std::size_t next = 0;           // where the next sample goes once the ring is full
   std::uint64_t requests = 0;
+  std::atomic<std::uint64_t> in_flight{0};  // Playbacks alive (see SimServerStats::in_flight)
 
   State(Environment& e, std::shared_ptr<SimModel> s, std::size_t max) : env(e), sim(std::move(s)), max_samples(max) {}
 
@@ -29,6 +31,7 @@ struct SimServer::State {
       v = samples;
       s.requests = requests;
     }
+    s.in_flight = in_flight.load(std::memory_order_relaxed);
     if (v.empty()) return s;
     std::sort(v.begin(), v.end());
     // The method the benchmarks use for their own side (bench/peers/llm_client compares them).
@@ -85,6 +88,11 @@ struct Playback : std::enable_shared_from_this<Playback> {
   SimHttpReply reply;
   TimePoint start;
   std::size_t next_chunk = 0;
+
+  explicit Playback(StatePtr s) : state(std::move(s)) { state->in_flight.fetch_add(1, std::memory_order_relaxed); }
+  ~Playback() { state->in_flight.fetch_sub(1, std::memory_order_relaxed); }
+  Playback(const Playback&) = delete;
+  Playback& operator=(const Playback&) = delete;
 
   void after(Duration d, void (Playback::*step)()) {
     if (d <= Duration::zero()) {
@@ -164,9 +172,9 @@ struct Playback : std::enable_shared_from_this<Playback> {
 std::string stats_json(const SimServer::State& state) {
   SimServerStats s = state.stats();
   auto us = [](Duration d) { return std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(d).count()); };
-  std::string out = "{\"requests\": " + std::to_string(s.requests) + ", \"latency_p50_us\": " + us(s.latency_p50) +
-                    ", \"latency_p99_us\": " + us(s.latency_p99) + ", \"latency_max_us\": " + us(s.latency_max) +
-                    ", \"faults\": {";
+  std::string out = "{\"requests\": " + std::to_string(s.requests) + ", \"in_flight\": " + std::to_string(s.in_flight) +
+                    ", \"latency_p50_us\": " + us(s.latency_p50) + ", \"latency_p99_us\": " + us(s.latency_p99) +
+                    ", \"latency_max_us\": " + us(s.latency_max) + ", \"faults\": {";
   SimCounters c = state.sim->counters();
   for (std::size_t i = 0; i < kSimFaultCount; ++i) {
     if (i > 0) out += ", ";
@@ -203,8 +211,7 @@ Result<std::unique_ptr<SimServer>> SimServer::start(Environment& env, std::share
       }
       return;
     }
-    auto play = std::make_shared<Playback>();
-    play->state = state;
+    auto play = std::make_shared<Playback>(state);
     play->responder = std::move(responder);
     play->start = state->env.now();
     play->reply = state->sim->handle_http(req.method, req.target, req.body);

@@ -156,6 +156,20 @@ TEST(SimServer, TimeoutHangsUntilTheClientGivesUp) {
   EXPECT_GE(c.took, 300ms);
 }
 
+// A client that gave up (or was killed) leaves its request in flight at the server until the
+// reply's delay has passed: what bench/peers/agents reads right after a kill.
+TEST(SimServer, InFlightCountsRepliesNotYetPlayedEvenWhenTheClientLeft) {
+  net::HttpTimeouts t;
+  t.first_byte = 300ms;
+  Fixture f(config(R"("faults": {"timeout": {"hang_ms": 60000}}, )" + forced("timeout")), t);
+  EXPECT_EQ(f.server->stats().in_flight, 0u);
+  auto c = f.call(weather_request());
+  ASSERT_THAT(c.outcome.result, StatusIs(ErrorKind::kTimeout));
+  EXPECT_EQ(f.server->stats().in_flight, 1u);  // the server still plays its 60 s hang
+  f.server->reset_stats();
+  EXPECT_EQ(f.server->stats().in_flight, 1u);  // a gauge: a reset leaves it
+}
+
 TEST(SimServer, AHangEndsWithTheConnectionDroppedAfterHangMs) {
   Fixture f(config(R"("faults": {"timeout": {"hang_ms": 200}}, )" + forced("timeout")));
   auto c = f.call(weather_request());
@@ -260,6 +274,7 @@ TEST(SimServer, StatsAreServedAndReset) {
                .value();
   w.exit->wait();
   EXPECT_THAT(body, HasSubstr("\"requests\": 1"));
+  EXPECT_THAT(body, HasSubstr("\"in_flight\": 0"));  // the reply was played to its end
   EXPECT_THAT(body, HasSubstr("\"latency_p99_us\""));
   f.server->reset_stats();
   EXPECT_EQ(f.server->stats().requests, 0u);

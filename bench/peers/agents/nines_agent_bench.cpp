@@ -17,7 +17,8 @@
 // `charge`, an HTTP tool (make_http_tool) that POSTs {"reference": "<task>/<reference>"} to the
 // ledger with the effect journal's idempotency key as the Idempotency-Key header: declared
 // kIdempotent, so a charge interrupted by a kill is sent again with the same key and the ledger
-// applies it once.
+// applies it once. NINES_AGENT_BENCH_BACKOFF=langchain (a control for the model-call figure)
+// waits between attempts as LangChain does instead of the router's default.
 #include <nlohmann/json.hpp>
 
 #include <sys/resource.h>
@@ -25,6 +26,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -184,6 +186,13 @@ int main(int argc, char** argv) {
       must(llm::make_provider({.name = "sim", .api = llm::Provider::kOpenAi, .base_url = args.sim}, *http), "provider");
   llm::ModelRouteOptions route{.name = "sim", .model = "sim-1", .client = provider};
   route.retry.max_attempts = 7;
+  // NINES_AGENT_BENCH_BACKOFF=langchain: a control, not nines' default: LangChain's waits
+  // (p-retry: 1 s x 2^n x a random factor in [1, 2], i.e. equal jitter from 2 s), to measure how
+  // much of the model calls per task depends on the time a task spends waiting between attempts
+  // (a task waiting is not in a call, so a kill cuts no call of it).
+  if (const char* b = std::getenv("NINES_AGENT_BENCH_BACKOFF"); b != nullptr && std::string(b) == "langchain") {
+    route.retry.backoff = Backoff::equal_jitter(std::chrono::seconds(2), std::chrono::seconds(64));
+  }
   auto router = std::shared_ptr<llm::Router>(
       must(llm::Router::create(*env, {.name = "bench", .chain = {std::move(route)}}), "router"));
 

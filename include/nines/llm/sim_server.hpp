@@ -57,6 +57,11 @@ struct SimServerOptions {
 
 struct SimServerStats {
   std::uint64_t requests = 0;  // API requests (not /sim/*) since the last reset
+  // API requests being answered now: received, their reply not yet played to its end (a
+  // gauge: a reset leaves it). A request whose client went away (a killed worker) stays in
+  // flight until its reply's delay has passed, so right after a kill this counts the calls
+  // the kill cut.
+  std::uint64_t in_flight = 0;
   Duration latency_p50{0};
   Duration latency_p99{0};
   Duration latency_max{0};
