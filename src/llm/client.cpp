@@ -51,10 +51,10 @@ Task<Result<ChatResponse>> ModelClient::chat_stream(Context& ctx, const ChatRequ
 // The request is read before the first suspension (build_call runs here, not in the
 // coroutine), so the caller's ChatRequest only has to live until the call is awaited.
 Task<ChatOutcome> ModelClient::chat_detailed(Context& ctx, const ChatRequest& req) {
-  if (!req.stream) return run_call(ctx, codec_->build_call(req));
+  if (!req.stream) return start_call(ctx, codec_->build_call(req));
   ChatRequest copy = req;
   copy.stream = false;
-  return run_call(ctx, codec_->build_call(copy));
+  return start_call(ctx, codec_->build_call(copy));
 }
 
 Task<ChatOutcome> ModelClient::chat_stream_detailed(Context& ctx, const ChatRequest& req,
@@ -67,22 +67,31 @@ Task<ChatOutcome> ModelClient::chat_stream_detailed(Context& ctx, const ChatRequ
 
 Task<ChatOutcome> ModelClient::complete(Context& ctx, const ChatRequest& req, TextSink on_text) {
   if (req.stream) return run_stream(ctx, codec_->build_call(req), std::move(on_text));
-  return run_call(ctx, codec_->build_call(req));
+  return start_call(ctx, codec_->build_call(req));
 }
 
-Task<ChatOutcome> ModelClient::run_call(Context& ctx, Result<HttpCall> call) {
-  if (!call.ok()) co_return ChatOutcome{std::move(call).error(), std::nullopt};
-  net::HttpRequest hreq = to_http_request(std::move(call).value(), options_.timeouts);
-  Result<net::HttpResponse> resp = co_await http_.request(ctx, std::move(hreq));
-  if (!resp.ok()) co_return ChatOutcome{std::move(resp).error(), std::nullopt};
+Task<ChatOutcome> ModelClient::failed(Error e) { co_return ChatOutcome{std::move(e), std::nullopt}; }
+
+Task<ChatOutcome> ModelClient::start_call(Context& ctx, Result<HttpCall> call) {
+  if (!call.ok()) return failed(std::move(call).error());
+  return run_call(ctx, http_.request(ctx, to_http_request(std::move(call).value(), options_.timeouts)));
+}
+
+Task<ChatOutcome> ModelClient::run_call(Context& ctx, Task<Result<net::HttpResponse>> pending) {
+  Result<net::HttpResponse> resp = co_await std::move(pending);
+  co_return outcome_of(ctx, std::move(resp));
+}
+
+ChatOutcome ModelClient::outcome_of(Context& ctx, Result<net::HttpResponse>&& resp) const {
+  if (!resp.ok()) return ChatOutcome{std::move(resp).error(), std::nullopt};
   if (is_2xx(resp->status)) {
     Result<ChatResponse> parsed = codec_->parse_response(resp->body);
     if (parsed.ok()) parsed->headers = to_llm_headers(resp->headers);
-    co_return ChatOutcome{std::move(parsed), std::nullopt};
+    return ChatOutcome{std::move(parsed), std::nullopt};
   }
   ApiFailure f = codec_->map_error(resp->status, to_llm_headers(resp->headers), resp->body, now_of(ctx));
   Error e = f.error;
-  co_return ChatOutcome{std::move(e), std::move(f)};
+  return ChatOutcome{std::move(e), std::move(f)};
 }
 
 Task<ChatOutcome> ModelClient::run_stream(Context& ctx, Result<HttpCall> call,

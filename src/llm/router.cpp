@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <array>
 #include <iterator>
+#include <memory>
 #include <set>
 #include <utility>
 
@@ -154,12 +155,14 @@ struct Router::Impl {
     return out;
   }
   // The same without a copy when route r changes nothing of `req` (the common case: one
-  // call, one route); else the copy is made in `storage`. The result lives as long as both.
-  const ChatRequest& request_for(const Route& r, const ChatRequest& req, std::optional<ChatRequest>& storage) const {
+  // call, one route); else the copy is made in `storage` (on the heap: not in every call's
+  // coroutine frame). The result lives as long as both.
+  const ChatRequest& request_for(const Route& r, const ChatRequest& req, std::unique_ptr<ChatRequest>& storage) const {
     const bool same_model = r.options.model.empty() || r.options.model == req.model;
     const bool same_max = req.max_output_tokens.has_value();  // else the route's is added
     if (same_model && same_max) return req;
-    return storage.emplace(request_for(r, req));
+    storage = std::make_unique<ChatRequest>(request_for(r, req));
+    return *storage;
   }
 
   // Route i is left for `reason`; the model_fallback report names the route tried next.
@@ -187,16 +190,63 @@ struct Router::Impl {
                       std::span<const LogField>(fields, last ? std::size(fields) - 1 : std::size(fields)));
   }
 
-  // One call on one route through its pipeline. The request must outlive the task.
+  // An attempt's outcome, as the pipeline sees it: the route's token count corrected with the
+  // usage the provider reported, the sizer taught, the auth failure noted for the fallback.
+  // `sent`: when the attempt began (read here, after the await: an argument's order of
+  // evaluation is unspecified).
+  Result<ChatResponse> attempted(Route& r, const ChatRequest& req, Call& call, std::uint64_t units, ChatOutcome&& out,
+                                 Context& c, TimePoint sent) {
+    call.upstream += c.now() - sent;
+    call.auth = !out.result.ok() && out.failure && out.failure->auth;
+    if (out.result.ok()) {
+      const std::int64_t input = out.result->usage.input_tokens;
+      const std::int64_t output = out.result->usage.output_tokens;
+      if (r.tokens && (input > 0 || output > 0)) {
+        r.tokens->adjust(input + output - static_cast<std::int64_t>(units));
+      }
+      if (input > 0) sizer->observe(req.model, static_cast<std::int64_t>(units) - reserve_for(r, req), input);
+    }
+    return std::move(out.result);
+  }
+
+  // What a route's call needs kept in the awaiting frame (route() or call_compacted()) while
+  // the pipeline runs: call_route is not a coroutine.
+  struct RouteCallState {
+    std::array<std::uint64_t, 2> limiter_units{};  // RunLimits::units points here
+    std::optional<Error> refused;                  // RunLimits::refused
+    TimePoint caller_deadline{};
+  };
+
+  // The route's call ended with `result`: a local limiter's refusal is noted in `call` (see
+  // call_route).
+  static Result<ChatResponse>&& route_called(Result<ChatResponse>&& result, RouteCallState& st, Call& call,
+                                             Context& ctx) {
+    if (!result.ok() && st.refused) {
+      const ErrorKind kind = st.refused->kind();
+      if (kind == ErrorKind::kRateLimited) {
+        call.local_limit = std::move(*st.refused);
+      } else if (kind == ErrorKind::kInvalidArgument ||
+                 (kind == ErrorKind::kDeadlineExceeded && ctx.now() < st.caller_deadline)) {
+        call.local_limit = Error(ErrorKind::kRateLimited, st.refused->message());
+      }
+    }
+    return std::move(result);
+  }
+
+  // One call on one route through its pipeline: the pipeline's task, to be awaited at once
+  // and its result given to route_called. Not a coroutine (a frame less per call in flight):
+  // what must outlive it is in `st`, in the awaiting frame. The request must outlive the task.
+  // The attempt's own frame is kept small too: the work around its await is in attempted(),
+  // and the client's outcome is passed on straight from the co_await.
   Task<Result<ChatResponse>> call_route(Context& ctx, Route& r, const ChatRequest& req, std::int64_t estimate,
-                                        Call& call) {
+                                        Call& call, RouteCallState& st) {
     r.calls.fetch_add(1, std::memory_order_relaxed);
     // What an earlier route left here says nothing about this one: when no attempt runs (its
     // breaker refuses the call), neither may be read as this route's.
     call.auth = false;
     call.local_limit.reset();
     const std::uint64_t units = static_cast<std::uint64_t>(std::max<std::int64_t>(1, estimate + reserve_for(r, req)));
-    const TimePoint caller_deadline = ctx.deadline();
+    st.caller_deadline = ctx.deadline();
     auto attempt = [&r, &req, &call, units, this](Context& c) -> Task<Result<ChatResponse>> {
       ++call.attempts;
       if (call.delivered) {
@@ -212,18 +262,11 @@ struct Router::Impl {
         };
       }
       const TimePoint sent = c.now();
-      ChatOutcome out = co_await r.options.client->complete(c, req, std::move(sink));
-      call.upstream += c.now() - sent;
-      call.auth = !out.result.ok() && out.failure && out.failure->auth;
-      if (out.result.ok()) {
-        const std::int64_t input = out.result->usage.input_tokens;
-        const std::int64_t output = out.result->usage.output_tokens;
-        if (r.tokens && (input > 0 || output > 0)) {
-          r.tokens->adjust(input + output - static_cast<std::int64_t>(units));
-        }
-        if (input > 0) sizer->observe(req.model, static_cast<std::int64_t>(units) - reserve_for(r, req), input);
-      }
-      co_return std::move(out.result);
+      // A named task: the outcome is read in its frame (a co_await inside the co_return's
+      // expression would give this frame a slot for the returned Result too).
+      Task<ChatOutcome> completing = r.options.client->complete(c, req, std::move(sink));
+      ChatOutcome&& out = co_await completing;
+      co_return attempted(r, req, call, units, std::move(out), c, sent);
     };
     // The local limits are the pipeline's limiters (requests, then tokens: this call's
     // estimate), per attempt (each attempt is a request the provider counts), waiting inside
@@ -233,24 +276,13 @@ struct Router::Impl {
     // (kDeadlineExceeded while the caller's own deadline has not passed), or for ever
     // (kInvalidArgument: more tokens than tokens_per_minute). The route is then left with
     // kRateLimited: the provider was never asked, and the next route may have room.
-    std::array<std::uint64_t, 2> limiter_units{};
     std::size_t limiters = 0;
-    if (r.requests) limiter_units[limiters++] = 1;
-    if (r.tokens) limiter_units[limiters++] = units;
-    std::optional<Error> refused;
-    Result<ChatResponse> result = co_await r.pipeline->run<ChatResponse>(
+    if (r.requests) st.limiter_units[limiters++] = 1;
+    if (r.tokens) st.limiter_units[limiters++] = units;
+    st.refused.reset();
+    return r.pipeline->run<ChatResponse>(
         ctx, std::move(attempt),
-        RunLimits{.units = std::span<const std::uint64_t>(limiter_units.data(), limiters), .refused = &refused});
-    if (!result.ok() && refused) {
-      const ErrorKind kind = refused->kind();
-      if (kind == ErrorKind::kRateLimited) {
-        call.local_limit = std::move(*refused);
-      } else if (kind == ErrorKind::kInvalidArgument ||
-                 (kind == ErrorKind::kDeadlineExceeded && ctx.now() < caller_deadline)) {
-        call.local_limit = Error(ErrorKind::kRateLimited, refused->message());
-      }
-    }
-    co_return result;
+        RunLimits{.units = std::span<const std::uint64_t>(st.limiter_units.data(), limiters), .refused = &st.refused});
   }
 
   static bool stops_chain(ErrorKind k) {
@@ -287,104 +319,160 @@ struct Router::Impl {
     return e;
   }
 
+  // The window check of route i for `req`: its estimate, or nullopt after leaving the route
+  // (kWindowTooSmall) when the prompt cannot fit.
+  std::optional<std::int64_t> admit(std::size_t i, const ChatRequest& req, std::int64_t refused_window,
+                                    std::vector<RouteFailure>& fallbacks) {
+    const Route& r = *routes[i];
+    const std::int64_t reserve = reserve_for(r, req);
+    const std::int64_t window = r.options.context_window_tokens;
+    if (window <= refused_window) {
+      leave(i, FallbackReason::kWindowTooSmall,
+            Error(ErrorKind::kContextOverflow, "a route with a window of " + std::to_string(refused_window) +
+                                                   " tokens already refused the prompt; this one has " +
+                                                   std::to_string(window)),
+            fallbacks);
+      return std::nullopt;
+    }
+    const std::int64_t estimate = sizer->estimate(req);
+    if (estimate + reserve > window) {
+      leave(i, FallbackReason::kWindowTooSmall,
+            Error(ErrorKind::kContextOverflow, "the prompt needs about " + std::to_string(estimate) + " tokens plus " +
+                                                   std::to_string(reserve) + " reserved for output; the window is " +
+                                                   std::to_string(window)),
+            fallbacks);
+      return std::nullopt;
+    }
+    return estimate;
+  }
+
+  // Route r's provider counted more tokens than estimated (`overflow`, kContextOverflow): the
+  // request compacted for r and called once more (`compacted` set then); `overflow` again if
+  // the compaction failed. A coroutine of its own, so that its requests are in a frame only
+  // when this rare case happens (a frame is allocated per call: it is the memory of a call in
+  // flight).
+  Task<Result<ChatResponse>> call_compacted(Context& ctx, Route& r, const ChatRequest& req, const Compactor& compact,
+                                            Call& call, Result<ChatResponse> overflow, bool& compacted) {
+    Result<ChatRequest> smaller =
+        co_await compact(ctx, req, r.options.context_window_tokens - reserve_for(r, req), true);
+    if (!smaller.ok()) co_return std::move(overflow);
+    r.compactions.fetch_add(1, std::memory_order_relaxed);
+    const ChatRequest retry_req = request_for(r, *smaller);
+    const std::int64_t retry_estimate = sizer->estimate(retry_req);
+    compacted = true;
+    RouteCallState st;
+    co_return route_called(co_await call_route(ctx, r, retry_req, retry_estimate, call, st), st, call, ctx);
+  }
+
+  RoutedResponse served(std::size_t i, ChatResponse&& response, bool compacted, const Call& call,
+                        std::vector<RouteFailure>& fallbacks) {
+    Route& r = *routes[i];
+    r.served.fetch_add(1, std::memory_order_relaxed);
+    RoutedResponse out;
+    out.response = std::move(response);
+    out.served_by = r.options.name;
+    out.compacted = compacted;
+    out.degraded = i != 0 || compacted;
+    out.fallbacks = std::move(fallbacks);
+    out.attempts = call.attempts;
+    out.upstream = call.upstream;
+    return out;
+  }
+
+  // Route i failed with `error`: true when that ends the whole call (`error` is then the
+  // call's error), false after leaving the route for the next.
+  bool failed(std::size_t i, Error& error, const Call& call, std::int64_t& refused_window,
+              std::vector<RouteFailure>& fallbacks) {
+    Route& r = *routes[i];
+    error = with_route(call.local_limit ? *call.local_limit : error, r.options.name);
+    if (stops_chain(error.kind())) return true;
+    const FallbackReason reason = reason_for(error, call.auth);
+    if (reason == FallbackReason::kAuthFailure) r.breaker->isolate();
+    if (reason == FallbackReason::kContextOverflow) {
+      refused_window = std::max(refused_window, r.options.context_window_tokens);
+    }
+    leave(i, reason, std::move(error), fallbacks);
+    return false;
+  }
+
+  // Every route was skipped for size: the request compacted once for the largest usable
+  // window, as that route will see it (its model: the estimate's tokenizer family), into
+  // `out`; `out` stays empty when no route can take any prompt. Its own coroutine, like
+  // call_compacted.
+  Task<Status> compact_for_chain(Context& ctx, const ChatRequest& original, std::int64_t refused_window,
+                                 const Compactor& compact, std::unique_ptr<ChatRequest>& out) {
+    std::int64_t best_budget = 0;
+    const Route* best = nullptr;
+    for (const auto& r : routes) {
+      if (r->options.context_window_tokens <= refused_window) continue;
+      if (r->breaker->state() == BreakerState::kOpen || r->breaker->state() == BreakerState::kForcedOpen) continue;
+      const std::int64_t budget = r->options.context_window_tokens - reserve_for(*r, request_for(*r, original));
+      if (budget > best_budget) {
+        best_budget = budget;
+        best = r.get();
+      }
+    }
+    if (best == nullptr || best_budget <= 0) co_return Status();
+    const ChatRequest for_best = request_for(*best, original);
+    Result<ChatRequest> smaller = co_await compact(ctx, for_best, best_budget, false);
+    if (!smaller.ok()) co_return smaller.error().with_context("router '" + name + "': compacting the prompt");
+    out = std::make_unique<ChatRequest>(std::move(smaller).value());
+    co_return Status();
+  }
+
+  Error final_error(const std::vector<RouteFailure>& fallbacks) const {
+    const bool all_size = std::all_of(fallbacks.begin(), fallbacks.end(), [](const RouteFailure& f) {
+      return f.reason == FallbackReason::kWindowTooSmall || f.reason == FallbackReason::kContextOverflow;
+    });
+    const ErrorKind kind = fallbacks.empty() ? ErrorKind::kPermanent
+                                             : (all_size ? ErrorKind::kContextOverflow : fallbacks.back().error.kind());
+    return all_failed(fallbacks, kind);
+  }
+
   // `self` is this Impl, held by the call's own frame (see the header: the Router may go
   // while a call runs). A parameter rather than a wrapping coroutine: one frame less a call.
+  // The frame of this coroutine is memory every call in flight holds, so what only the rare
+  // paths need (compaction, the error texts) lives in the helpers above, not in it.
   Task<Result<RoutedResponse>> route(std::shared_ptr<Impl> self, Context& ctx, const ChatRequest& original,
                                      const StreamHooks& hooks) {
     NINES_DCHECK(self.get() == this);
     Call call{.hooks = &hooks};
     const Compactor& compact = hooks.compactor ? hooks.compactor : compactor;
     std::vector<RouteFailure> fallbacks;
-    std::optional<ChatRequest> compacted;  // the whole-chain compaction, once
-    std::int64_t refused_window = 0;       // a route with this window refused the prompt
+    std::unique_ptr<ChatRequest> compacted;  // the whole-chain compaction, once
+    std::int64_t refused_window = 0;         // a route with this window refused the prompt
+    RouteCallState st;
+    std::optional<Task<Result<ChatResponse>>> pending;
     for (int pass = 0; pass < 2; ++pass) {
       bool any_tried = false;
       const ChatRequest& base = compacted ? *compacted : original;
       for (std::size_t i = 0; i < routes.size(); ++i) {
         Route& r = *routes[i];
-        std::optional<ChatRequest> adjusted;
+        std::unique_ptr<ChatRequest> adjusted;
         const ChatRequest& req = request_for(r, base, adjusted);
-        const std::int64_t reserve = reserve_for(r, req);
-        const std::int64_t window = r.options.context_window_tokens;
-        if (window <= refused_window) {
-          leave(i, FallbackReason::kWindowTooSmall,
-                Error(ErrorKind::kContextOverflow, "a route with a window of " + std::to_string(refused_window) +
-                                                       " tokens already refused the prompt; this one has " +
-                                                       std::to_string(window)),
-                fallbacks);
-          continue;
-        }
-        std::int64_t estimate = sizer->estimate(req);
-        if (estimate + reserve > window) {
-          leave(i, FallbackReason::kWindowTooSmall,
-                Error(ErrorKind::kContextOverflow, "the prompt needs about " + std::to_string(estimate) +
-                                                       " tokens plus " + std::to_string(reserve) +
-                                                       " reserved for output; the window is " + std::to_string(window)),
-                fallbacks);
-          continue;
-        }
+        const std::optional<std::int64_t> estimate = admit(i, req, refused_window, fallbacks);
+        if (!estimate) continue;
         any_tried = true;
-        Result<ChatResponse> result = co_await call_route(ctx, r, req, estimate, call);
+        // The result is read where the pipeline's task left it (`pending` owns that frame until
+        // the next route's call), not copied into this frame.
+        Task<Result<ChatResponse>>& t = pending.emplace(call_route(ctx, r, req, *estimate, call, st));
+        Result<ChatResponse>&& result = route_called(co_await t, st, call, ctx);
         bool route_compacted = false;
         if (!result.ok() && result.error().kind() == ErrorKind::kContextOverflow && compact) {
-          // The provider counted more than we estimated: compact for this route and try once more.
-          Result<ChatRequest> smaller = co_await compact(ctx, req, window - reserve, true);
-          if (smaller.ok()) {
-            r.compactions.fetch_add(1, std::memory_order_relaxed);
-            ChatRequest retry_req = request_for(r, *smaller);
-            std::int64_t retry_estimate = sizer->estimate(retry_req);
-            route_compacted = true;
-            result = co_await call_route(ctx, r, retry_req, retry_estimate, call);
-          }
+          result = co_await call_compacted(ctx, r, req, compact, call, std::move(result), route_compacted);
         }
         if (result.ok()) {
-          r.served.fetch_add(1, std::memory_order_relaxed);
-          RoutedResponse out;
-          out.response = std::move(result).value();
-          out.served_by = r.options.name;
-          out.compacted = compacted.has_value() || route_compacted;
-          out.degraded = i != 0 || out.compacted;
-          out.fallbacks = std::move(fallbacks);
-          out.attempts = call.attempts;
-          out.upstream = call.upstream;
-          co_return out;
+          co_return served(i, std::move(result).value(), compacted != nullptr || route_compacted, call, fallbacks);
         }
-        Error e = with_route(call.local_limit ? *call.local_limit : result.error(), r.options.name);
-        if (stops_chain(e.kind())) co_return e;
-        const FallbackReason reason = reason_for(e, call.auth);
-        if (reason == FallbackReason::kAuthFailure) r.breaker->isolate();
-        if (reason == FallbackReason::kContextOverflow) refused_window = std::max(refused_window, window);
-        leave(i, reason, std::move(e), fallbacks);
+        Error e = std::move(result).error();
+        if (failed(i, e, call, refused_window, fallbacks)) co_return e;
       }
-      // Every route was skipped for size: compact once for the largest usable window.
       if (any_tried || compacted || !compact) break;
-      std::int64_t best_budget = 0;
-      const Route* best = nullptr;
-      for (const auto& r : routes) {
-        if (r->options.context_window_tokens <= refused_window) continue;
-        if (r->breaker->state() == BreakerState::kOpen || r->breaker->state() == BreakerState::kForcedOpen) continue;
-        const std::int64_t budget = r->options.context_window_tokens - reserve_for(*r, request_for(*r, original));
-        if (budget > best_budget) {
-          best_budget = budget;
-          best = r.get();
-        }
-      }
-      if (best == nullptr || best_budget <= 0) break;
-      // Compacted as that route will see it (its model: the estimate's tokenizer family).
-      const ChatRequest for_best = request_for(*best, original);
-      Result<ChatRequest> smaller = co_await compact(ctx, for_best, best_budget, false);
-      if (!smaller.ok()) {
-        Error e = smaller.error().with_context("router '" + name + "': compacting the prompt");
-        co_return e;
-      }
-      compacted = std::move(smaller).value();
+      Status s = co_await compact_for_chain(ctx, original, refused_window, compact, compacted);
+      if (!s.ok()) co_return s.error();
+      if (!compacted) break;
     }
-    bool all_size = std::all_of(fallbacks.begin(), fallbacks.end(), [](const RouteFailure& f) {
-      return f.reason == FallbackReason::kWindowTooSmall || f.reason == FallbackReason::kContextOverflow;
-    });
-    const ErrorKind kind = fallbacks.empty() ? ErrorKind::kPermanent
-                                             : (all_size ? ErrorKind::kContextOverflow : fallbacks.back().error.kind());
-    co_return all_failed(fallbacks, kind);
+    co_return final_error(fallbacks);
   }
 };
 

@@ -214,9 +214,20 @@ class HttpCore : public std::enable_shared_from_this<HttpCore> {
   std::size_t in_flight() const { return in_flight_.load(); }
   std::size_t connections_opened() const { return connections_.load(); }
 
-  // Builds a transfer for `req` on the calling (process) thread: validation and the
-  // in-flight bound. Nothing is handed to curl yet.
-  Result<std::shared_ptr<Transfer>> prepare(Context& ctx, HttpRequest& req, bool streaming);
+  // Builds a transfer for `req` (moved from): validation only, no clock, nothing counted, so
+  // it may run when the request's task is made rather than when it is awaited.
+  Result<std::shared_ptr<Transfer>> build(HttpRequest& req, bool streaming);
+  // On the requesting process's thread, when the request starts: its start time and
+  // deadline, and the in-flight bound. False with the reason in t.error (t is not shared
+  // yet: no lock). Nothing is handed to curl yet.
+  bool admit(Context& ctx, Transfer& t);
+  // Both (HttpClient::stream's way).
+  Result<std::shared_ptr<Transfer>> prepare(Context& ctx, HttpRequest& req, bool streaming) {
+    Result<std::shared_ptr<Transfer>> t = build(req, streaming);
+    if (!t.ok()) return t;
+    if (!admit(ctx, **t)) return std::move(*(*t)->error);
+    return t;
+  }
   // Adds `t` to the multi handle and lets curl send it, on the calling thread.
   void submit(const std::shared_ptr<Transfer>& t);
   // Cancels `t` (from any thread) if it has not finished, and frees its curl handle.
@@ -517,7 +528,7 @@ void HttpCore::shutdown() {
 
 // ---------------------------------------------------------------- process side
 
-Result<std::shared_ptr<Transfer>> HttpCore::prepare(Context& ctx, HttpRequest& req, bool streaming) {
+Result<std::shared_ptr<Transfer>> HttpCore::build(HttpRequest& req, bool streaming) {
   auto t = std::make_shared<Transfer>();
   t->method = req.method;
   t->url = std::move(req.url);
@@ -546,19 +557,24 @@ Result<std::shared_ptr<Transfer>> HttpCore::prepare(Context& ctx, HttpRequest& r
   t->request_body = std::move(req.body);
   t->streaming = streaming;
   t->timeouts = req.timeouts.value_or(options_.timeouts);
-  t->started = ctx.now();
-  t->deadline = ctx.deadline();
-  if (t->started >= t->deadline) {
-    return Error(ErrorKind::kDeadlineExceeded, t->what() + ": the process deadline passed before the request");
-  }
+  return t;
+}
 
+bool HttpCore::admit(Context& ctx, Transfer& t) {
+  t.started = ctx.now();
+  t.deadline = ctx.deadline();
+  if (t.started >= t.deadline) {
+    t.error = Error(ErrorKind::kDeadlineExceeded, t.what() + ": the process deadline passed before the request");
+    return false;
+  }
   std::size_t n = in_flight_.fetch_add(1) + 1;
   if (n > options_.max_in_flight) {
     in_flight_.fetch_sub(1);
-    return Error(ErrorKind::kBulkheadFull, t->what() + ": " + std::to_string(options_.max_in_flight) +
-                                               " HTTP requests are already in flight (max_in_flight)");
+    t.error = Error(ErrorKind::kBulkheadFull, t.what() + ": " + std::to_string(options_.max_in_flight) +
+                                                  " HTTP requests are already in flight (max_in_flight)");
+    return false;
   }
-  return t;
+  return true;
 }
 
 void HttpCore::submit(const std::shared_ptr<Transfer>& t) { run({.kind = Op::Kind::kSubmit, .t = t}); }
@@ -1130,24 +1146,44 @@ std::size_t HttpClient::in_flight() const { return core_->in_flight(); }
 std::size_t HttpClient::connections_opened() const { return core_->connections_opened(); }
 const HttpClientOptions& HttpClient::options() const { return core_->options(); }
 
-Task<Result<HttpResponse>> HttpClient::request(Context& ctx, HttpRequest req) {
-  std::shared_ptr<HttpCore> core = core_;
-  auto prepared = core->prepare(ctx, req, /*streaming=*/false);
-  if (!prepared.ok()) co_return std::move(prepared).error();
-  std::shared_ptr<Transfer> t = std::move(*prepared);
+namespace {
+
+Task<Result<HttpResponse>> failed_request(Error e) { co_return e; }
+
+// The whole response, once the transfer finished (the wait's result first; the clock is read
+// here, after the wait: an argument's order of evaluation is unspecified).
+Result<HttpResponse> response_of(Result<std::any>&& waited, Transfer& t, Context& ctx) {
+  if (!waited.ok()) return internal::name_wait_error(std::move(waited), t, ctx.now()).error();
+  std::lock_guard lock(t.mu);
+  if (t.error) return *t.error;
+  HttpResponse response;
+  response.status = t.status;
+  response.headers = std::move(t.headers);
+  response.body = std::move(t.body);
+  return response;
+}
+
+// A request from the moment it is awaited. Its frame is memory every request in flight
+// holds: the request itself is in the Transfer by then, and what is done before and after the
+// wait is in HttpCore::admit and response_of.
+Task<Result<HttpResponse>> run_request(Context& ctx, std::shared_ptr<HttpCore> core, std::shared_ptr<Transfer> t) {
+  if (!core->admit(ctx, *t)) co_return std::move(*t->error);
   TransferGuard guard(core, t);
   core->submit(t);
   std::function<void(Completion)> start = [t](Completion c) { t->wait_for(WakeOn::kFinished, std::move(c)); };
   Result<std::any> waited = co_await ctx.await_external(std::move(start));
-  waited = internal::name_wait_error(std::move(waited), *t, ctx.now());
-  if (!waited.ok()) co_return std::move(waited).error();
-  std::lock_guard lock(t->mu);
-  if (t->error) co_return *t->error;
-  HttpResponse response;
-  response.status = t->status;
-  response.headers = std::move(t->headers);
-  response.body = std::move(t->body);
-  co_return response;
+  co_return response_of(std::move(waited), *t, ctx);  // (no co_await in a co_return: no slot for its value)
+}
+
+}  // namespace
+
+// Not a coroutine: the request is checked and moved into its Transfer when the task is made
+// (an invalid one fails when awaited, as before); the clock, the deadline and the in-flight
+// bound are read when it is awaited (run_request).
+Task<Result<HttpResponse>> HttpClient::request(Context& ctx, HttpRequest req) {
+  Result<std::shared_ptr<Transfer>> t = core_->build(req, /*streaming=*/false);
+  if (!t.ok()) return failed_request(std::move(t).error());
+  return run_request(ctx, core_, std::move(t).value());
 }
 
 Task<Result<HttpStream>> HttpClient::stream(Context& ctx, HttpRequest req) {

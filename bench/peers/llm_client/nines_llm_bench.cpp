@@ -230,6 +230,17 @@ struct Bench {
   TimePoint window_start, window_end;
   std::atomic<std::int64_t> completed_in_window{0};
 
+  // The request of the transport-only mode: the body the openai codec would build.
+  net::HttpRequest raw_request() const {
+    net::HttpRequest hreq;
+    hreq.method = "POST";
+    hreq.url = base_url + "/chat/completions";
+    hreq.headers.add("Content-Type", "application/json");
+    hreq.body = R"({"model":"sim","messages":[{"role":"system","content":"You are a benchmark."},)"
+                R"({"role":"user","content":"Say hello in a short sentence."}],"max_tokens":64})";
+    return hreq;
+  }
+
   // `concurrency` processes make calls until window_end; returns when all ended.
   void run(int concurrency) {
     std::vector<std::shared_ptr<ExitWatch>> exits;
@@ -243,18 +254,16 @@ struct Bench {
         req.max_output_tokens = 64;
         req.stream = stream;
         llm::Router::StreamHooks hooks{.on_text = [](std::string_view) {}};
-        const std::string raw_body = R"({"model":"sim","messages":[{"role":"system","content":"You are a benchmark."},)"
-                                     R"({"role":"user","content":"Say hello in a short sentence."}],"max_tokens":64})";
+        // This frame is the caller's part of the memory of a call in flight (the c10000 row):
+        // it holds the caller's request and its own figures, and reads each response where
+        // the call's task left it (a named task, no copy here); the transport-only request is
+        // built by a function, not kept in the frame.
         for (TimePoint t0 = ctx.now(); t0 < window_end; t0 = ctx.now()) {
           std::optional<std::string> server_us;
           std::string failure;
           if (transport_only) {
-            net::HttpRequest hreq;
-            hreq.method = "POST";
-            hreq.url = base_url + "/chat/completions";
-            hreq.headers.add("Content-Type", "application/json");
-            hreq.body = raw_body;
-            Result<net::HttpResponse> r = co_await http.request(ctx, std::move(hreq));
+            Task<Result<net::HttpResponse>> requesting = http.request(ctx, raw_request());
+            Result<net::HttpResponse>&& r = co_await requesting;
             if (!r.ok()) {
               failure = r.error().to_string();
             } else if (r->status != 200) {
@@ -263,7 +272,8 @@ struct Bench {
               server_us = std::string(*h);
             }
           } else {
-            Result<llm::RoutedResponse> r = co_await router.route(ctx, req, hooks);
+            Task<Result<llm::RoutedResponse>> routing = router.route(ctx, req, hooks);
+            Result<llm::RoutedResponse>&& r = co_await routing;
             if (!r.ok()) {
               failure = r.error().to_string();
             } else if (r->response.message.text().empty()) {

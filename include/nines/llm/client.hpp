@@ -81,7 +81,13 @@ class ModelClient final : public ChatModel {
   Task<ChatOutcome> complete(Context& ctx, const ChatRequest& req, TextSink on_text) override;
 
  private:
-  Task<ChatOutcome> run_call(Context& ctx, Result<HttpCall> call);
+  // A non-streamed call: start_call (not a coroutine) makes the HTTP request's task, which
+  // holds the request; run_call awaits it and outcome_of maps the response. So the frame
+  // every call in flight holds has no copy of the request or of the mapping's locals.
+  Task<ChatOutcome> start_call(Context& ctx, Result<HttpCall> call);
+  Task<ChatOutcome> run_call(Context& ctx, Task<Result<net::HttpResponse>> pending);
+  ChatOutcome outcome_of(Context& ctx, Result<net::HttpResponse>&& resp) const;
+  static Task<ChatOutcome> failed(Error e);
   Task<ChatOutcome> run_stream(Context& ctx, Result<HttpCall> call, std::function<void(std::string_view)> on_text);
 
   std::unique_ptr<Codec> codec_;

@@ -86,6 +86,36 @@ struct PipelineParts {
 // from a shorter deadline inside the call, or one a server reported, is kept as it is.
 Error attempt_deadline_to_timeout(Error e, TimePoint caller_deadline, TimePoint attempt_deadline, TimePoint now,
                                   Duration attempt_timeout);
+
+// One attempt's admission by the policies: what a run holds while its call is in flight.
+struct AttemptGate {
+  std::optional<CircuitBreaker::Permit> permit;
+  BulkheadSlot slot;
+  TimePoint caller_deadline{};
+  TimePoint now{};  // read before the call when anything needs the time, else the epoch
+  TimePoint attempt_deadline{};
+  // Why the attempt cannot run; after a failed attempt, its error until the retry decides.
+  std::optional<Error> failure;
+  bool ends_run = false;  // a limiter refused and LimiterStep::refusal_ends_run
+
+  // After the call: tells the breaker (with the call's duration when `times_calls`); `error`
+  // null for a success.
+  void report(Context& ctx, bool times_calls, const Error* error);
+  // Lets go of the slot and the permit (an unreported permit counts as ignored).
+  void leave();
+};
+
+// Before an attempt: the deadline check (without a retry policy), the breaker's permit, a
+// bulkhead slot and the limiters, waiting where they must; gate.failure set when the attempt
+// cannot run (and, for a limiter's refusal that ends the run, the gate already left). A
+// coroutine of its own that ends before the call starts, so its frame is not held while the
+// call is in flight (it completes without suspending on the common path).
+Task<void> enter(Context& ctx, const PipelineParts& p, RunLimits limits, bool has_retry, bool times_calls,
+                 AttemptGate& gate);
+
+// After a failed attempt (its error in `failure`): the retry policy's decision and backoff.
+// True: wait done, attempt again (`failure` reset). False: the run ends with `failure`.
+Task<bool> back_off(Context& ctx, RetryCall& retry, std::optional<Error>& failure);
 }  // namespace internal
 
 class Pipeline {
@@ -139,7 +169,8 @@ class Pipeline {
   // Pipeline it came from (a process still suspended in a call when the program tears down
   // its pipelines is safe).
   //
-  // Cost: one coroutine frame (plus the call's own); no lock on the common path (a closed
+  // Cost: one coroutine frame held through the call (plus the call's own), and one per
+  // attempt for the admission that ends before the call; no lock on the common path (a closed
   // breaker, a free bulkhead slot, tokens in the bucket; see each policy), where the shared
   // writes are the task's reference count, the bulkhead's two compare-and-swaps and the
   // limiter's short critical section; one clock reading before the call when a limiter, an
@@ -165,6 +196,9 @@ class Pipeline {
  private:
   explicit Pipeline(std::shared_ptr<const internal::PipelineParts> parts) : parts_(std::move(parts)) {}
 
+  // The run's frame is memory every call in flight holds: admission (internal::enter) and the
+  // backoff (internal::back_off) are coroutines of their own, not held during the call, and
+  // the call's result is read in its own task's frame rather than copied into this one.
   template <class T, class F>
   static Task<Result<T>> run_impl(std::shared_ptr<const internal::PipelineParts> parts, Context& ctx, F call,
                                   RunLimits limits) {
@@ -172,99 +206,42 @@ class Pipeline {
     std::optional<internal::RetryCall> retry;
     if (p->retry) retry.emplace(internal::retry_core(*p->retry), ctx);
     const bool times_calls = p->breaker != nullptr && p->breaker->options().slow_call_rate_threshold.has_value();
+    internal::AttemptGate gate;
     for (;;) {
       if (retry) {
-        if (std::optional<Error> refused = retry->before_attempt(ctx)) co_return std::move(*refused);
+        gate.failure = retry->before_attempt(ctx);
+        if (gate.failure) co_return std::move(*gate.failure);
       }
-      // One clock reading serves the deadline check, the limiter and the attempt timeout.
-      const TimePoint caller_deadline = ctx.deadline();
-      const bool need_now =
-          !p->limiters.empty() || p->attempt_timeout != kInfinite || caller_deadline != TimePoint::max() || times_calls;
-      TimePoint now = need_now ? ctx.now() : TimePoint{};
-      std::optional<Result<T>> out;
-      if (!retry && now >= caller_deadline) {
-        out.emplace(Error(ErrorKind::kDeadlineExceeded, "pipeline: the deadline had passed before the call"));
-      }
-      std::optional<CircuitBreaker::Permit> permit;
-      if (!out && p->breaker) {
-        Result<CircuitBreaker::Permit> r = p->breaker->try_acquire();
-        if (r.ok()) {
-          permit.emplace(std::move(*r));
-        } else {
-          out.emplace(std::move(r).error());  // the unreported permit counts as ignored
-        }
-      }
-      BulkheadSlot slot;
-      if (!out && p->bulkhead) {
-        slot = p->bulkhead->try_enter();
-        if (!slot.held()) {
-          Result<BulkheadSlot> s = co_await p->bulkhead->acquire(ctx);
-          if (s.ok()) {
-            slot = std::move(*s);
-            if (need_now) now = ctx.now();  // it may have waited
-          } else {
-            out.emplace(std::move(s).error());
-          }
-        }
-      }
-      if (limits.refused) limits.refused->reset();
-      const bool limits_in_attempt = p->limiter_step.within_attempt_timeout;
-      TimePoint attempt_deadline = add_saturating(now, p->attempt_timeout);
-      if (!out && !p->limiters.empty()) {
-        DeadlineScope limiter_scope = ctx.with_deadline(limits_in_attempt ? attempt_deadline : TimePoint::max());
-        for (std::size_t i = 0; i < p->limiters.size(); ++i) {
-          const internal::PipelineLimiter& l = p->limiters[i];
-          const std::uint64_t units = i < limits.units.size() ? limits.units[i] : l.units;
-          if (l.limiter->try_take(units, now)) continue;
-          Status s = co_await l.limiter->acquire(ctx, units);
-          if (s.ok()) {
-            now = ctx.now();  // it may have waited
-            continue;
-          }
-          if (limits.refused) *limits.refused = s.error();
-          out.emplace(std::move(s).error());
-          break;
-        }
-        if (!limits_in_attempt) attempt_deadline = add_saturating(now, p->attempt_timeout);
-        if (out && p->limiter_step.refusal_ends_run) {
-          slot.release();
-          if (permit) permit->ignore();
-          co_return std::move(*out);
-        }
-      }
-      if (!out) {
+      co_await internal::enter(ctx, *p, limits, retry.has_value(), times_calls, gate);
+      if (gate.ends_run) co_return std::move(*gate.failure);
+      if (!gate.failure) {
+        std::optional<Task<Result<T>>> attempt;  // owns the call's frame, and so its result
+        Result<T>* result = nullptr;
         {
-          DeadlineScope scope = ctx.with_deadline(attempt_deadline);
-          out.emplace(co_await call(ctx));
+          DeadlineScope scope = ctx.with_deadline(gate.attempt_deadline);
+          Task<Result<T>>& pending = attempt.emplace(call(ctx));  // (g++ 12 copies `*attempt` in a co_await)
+          Result<T>&& r = co_await pending;
+          result = &r;
         }
-        if (!out->ok() && out->error().kind() == ErrorKind::kDeadlineExceeded) {
-          *out = internal::attempt_deadline_to_timeout(std::move(*out).error(), caller_deadline, attempt_deadline,
-                                                       ctx.now(), p->attempt_timeout);
+        if (!result->ok() && result->error().kind() == ErrorKind::kDeadlineExceeded) {
+          *result = internal::attempt_deadline_to_timeout(std::move(*result).error(), gate.caller_deadline,
+                                                          gate.attempt_deadline, ctx.now(), p->attempt_timeout);
         }
-        if (permit) {
-          const Duration elapsed = times_calls ? ctx.now() - now : Duration::zero();
-          if (out->ok()) {
-            permit->success(elapsed);
-          } else {
-            permit->failure(out->error(), elapsed);
-          }
+        gate.report(ctx, times_calls, result->ok() ? nullptr : &result->error());
+        // Done with the slot and the permit before any wait: a breaker's half-open trial slot
+        // must not be held through a backoff.
+        gate.leave();
+        if (!retry) co_return std::move(*result);
+        if (result->ok()) {
+          retry->on_success();
+          co_return std::move(*result);
         }
+        gate.failure = std::move(*result).error();
+      } else {
+        gate.leave();
+        if (!retry) co_return std::move(*gate.failure);
       }
-      // Done with the slot and the permit before any wait: a breaker's half-open trial slot
-      // must not be held through a backoff (an unreported permit counts as ignored).
-      slot.release();
-      if (permit) permit->ignore();
-      if (!retry) co_return std::move(*out);
-      if (out->ok()) {
-        retry->on_success();
-        co_return std::move(*out);
-      }
-      Duration delay{};
-      if (std::optional<Error> final_error = retry->on_failure(ctx, std::move(*out).error(), delay)) {
-        co_return std::move(*final_error);
-      }
-      Result<std::any> slept = co_await ctx.sleep(delay);
-      if (std::optional<Error> failed = retry->after_sleep(slept)) co_return std::move(*failed);
+      if (!co_await internal::back_off(ctx, *retry, gate.failure)) co_return std::move(*gate.failure);
     }
   }
 

@@ -16,6 +16,11 @@
 // the co_await expression: name the lambda first. Temporaries of class types that are not
 // aggregates or closures (std::string("x")) and trivially copyable ones (Ping{}, Pos{1, 2}) are
 // not affected. tests/runtime/process_test.cpp pins the named pattern down.
+//
+// `co_await task` yields an rvalue reference into the task's frame, valid until the end of the
+// full-expression that awaits it (the Task temporary owns the frame). Take the result by value:
+// `T x = co_await f();`. A reference bound to it (`auto&& x = co_await f();`,
+// `const T& x = co_await f();`, `for (auto& e : co_await f())`) dangles once the statement ends.
 #pragma once
 
 #include <coroutine>
@@ -109,7 +114,12 @@ class [[nodiscard]] Task {
 
   bool await_ready() const noexcept { return false; }
   bool await_suspend(std::coroutine_handle<> awaiter) { return internal::start_inline(h_, awaiter); }
-  T await_resume() {
+  // The result, as an rvalue reference into the finished task's frame (see the file comment):
+  // `T x = co_await f();`, `x = co_await f();` and `o.emplace(co_await f())` move it from there
+  // at once. Returning T by value would make g++ keep a second T in the awaiter's frame for
+  // every co_await written as an assignment or an argument, and a coroutine frame is memory a
+  // call in flight holds.
+  T&& await_resume() {
     if (h_.promise().exception) std::rethrow_exception(h_.promise().exception);
     return std::move(std::get<1>(h_.promise().value));
   }
