@@ -237,7 +237,7 @@ struct Router::Impl {
   // and its result given to route_called. Not a coroutine (a frame less per call in flight):
   // what must outlive it is in `st`, in the awaiting frame. The request must outlive the task.
   // The attempt's own frame is kept small too: the work around its await is in attempted(),
-  // and the client's outcome is passed on straight from the co_await.
+  // and the client's outcome is read in the client's frame (a named task), not copied.
   Task<Result<ChatResponse>> call_route(Context& ctx, Route& r, const ChatRequest& req, std::int64_t estimate,
                                         Call& call, RouteCallState& st) {
     r.calls.fetch_add(1, std::memory_order_relaxed);
