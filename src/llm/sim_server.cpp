@@ -121,11 +121,17 @@ struct Playback : std::enable_shared_from_this<Playback> {
     done();
   }
 
-  // The server's own time so far, for clients that measure their added latency.
+  // The server's own time so far, for clients that measure their added latency; and the two
+  // ends of it on the environment's clock (steady_clock on a real environment: the same clock
+  // as any other process on this machine), for clients that split theirs into the way to the
+  // server and the way back.
   net::HttpHeaders head() const {
     net::HttpHeaders h = to_net(reply.headers);
+    const TimePoint now = state->env.now();
     h.add("x-sim-server-us",
-          std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(state->env.now() - start).count()));
+          std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(now - start).count()));
+    h.add("x-sim-span-ns",
+          std::to_string(start.time_since_epoch().count()) + "-" + std::to_string(now.time_since_epoch().count()));
     return h;
   }
 

@@ -188,6 +188,19 @@ TEST(SimServer, LatencyIsAddedBeforeTheFirstByte) {
   ASSERT_TRUE(server_us.has_value());
   EXPECT_GE(std::stoll(std::string(*server_us)), 150000);
   EXPECT_LE(std::chrono::microseconds(std::stoll(std::string(*server_us))), c.took);
+  // ... and the two ends of it on the environment's clock, inside the call as the client saw it.
+  auto span = find_header(c.outcome.result->headers, "x-sim-span-ns");
+  ASSERT_TRUE(span.has_value());
+  const std::string text(*span);
+  const std::size_t dash = text.find('-');
+  ASSERT_NE(dash, std::string::npos) << text;
+  const TimePoint start{Duration(std::stoll(text.substr(0, dash)))};
+  const TimePoint head{Duration(std::stoll(text.substr(dash + 1)))};
+  EXPECT_GE(head - start, 150ms);
+  EXPECT_EQ(std::chrono::duration_cast<std::chrono::microseconds>(head - start).count(),
+            std::stoll(std::string(*server_us)));
+  EXPECT_GE(start, c.ended - c.took);
+  EXPECT_LE(head, c.ended);
 }
 
 TEST(SimServer, ACutStreamIsTruncatedNeverASuccess) {

@@ -22,6 +22,13 @@
 //   added_p50_us, added_p99_us     per call: e2e minus the server's own time for that call (the
 //                                  x-sim-server-us header: from its handler being called to its
 //                                  response head being sent, injected delay included)
+//   to_server_p50_us, to_server_p99_us      the added latency's two parts, per call, on the
+//   from_server_p50_us, from_server_p99_us  machine's monotonic clock (the server's
+//                                  x-sim-span-ns): from the call's start to the server's handler
+//                                  being called (the request built and sent, the server woken
+//                                  and parsing it), and from the server's response head to the
+//                                  caller running again (the reply written, this side woken,
+//                                  reading and parsing it, the caller resumed)
 // Per call in the window, what the calls cost this process (so the figures explain
 // themselves):
 //   wakeups_per_call     voluntary context switches (a thread went to sleep: each sleep is
@@ -41,7 +48,8 @@
 // request body, no router, codec or policies; metrics suffixed _http_only), to tell the
 // transport's share of the cost from the model path's. NINES_BENCH_TAG=x suffixes every
 // metric name with _x. NINES_BENCH_RECEIVE_BUFFER=N sets HttpClientOptions::receive_buffer_bytes
-// (for before/after comparisons of memory per call in one build).
+// (for before/after comparisons of memory per call in one build). NINES_BENCH_DIST=1 prints the
+// added latency's distribution (p10 to p99.9, with its two parts) to stderr.
 // Exit status 1 if any call failed or the server could not be reached.
 #include <curl/curl.h>
 #include <dirent.h>
@@ -54,6 +62,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <charconv>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -214,6 +223,46 @@ double stats_number(const nlohmann::json& stats, const char* name) {
   return it != stats.end() && it->is_number() ? it->get<double>() : -1;
 }
 
+// One call's figures, in microseconds.
+struct Sample {
+  double e2e_us = 0, added_us = 0, to_server_us = 0, from_server_us = 0;
+  bool has_span = false;  // to_server_us and from_server_us are set
+};
+
+// What the sim server says of a call: its own time (x-sim-server-us) and the two ends of it on
+// the monotonic clock ctx.now() reads too (x-sim-span-ns: "START-END").
+struct ServerTiming {
+  std::int64_t server_us = -1;  // -1: the header was missing or not a number
+  std::int64_t start_ns = 0, head_ns = 0;
+
+  static ServerTiming of(std::optional<std::string_view> server_us, std::optional<std::string_view> span) {
+    ServerTiming t;
+    auto number = [](std::string_view text, std::int64_t& out) {
+      auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
+      return ec == std::errc() && end == text.data() + text.size();
+    };
+    if (!server_us || !number(*server_us, t.server_us)) t.server_us = -1;
+    const std::size_t dash = span ? span->find('-') : std::string_view::npos;
+    if (dash == std::string_view::npos || !number(span->substr(0, dash), t.start_ns) ||
+        !number(span->substr(dash + 1), t.head_ns)) {
+      t.start_ns = t.head_ns = 0;
+    }
+    return t;
+  }
+
+  Sample sample(TimePoint t0, TimePoint t1) const {
+    Sample x;
+    x.e2e_us = static_cast<double>((t1 - t0).count()) / 1e3;
+    x.added_us = x.e2e_us - static_cast<double>(server_us);
+    x.has_span = head_ns > 0;
+    if (x.has_span) {
+      x.to_server_us = static_cast<double>(start_ns - t0.time_since_epoch().count()) / 1e3;
+      x.from_server_us = static_cast<double>(t1.time_since_epoch().count() - head_ns) / 1e3;
+    }
+    return x;
+  }
+};
+
 struct Bench {
   Environment& env;
   Runtime& rt;
@@ -225,7 +274,8 @@ struct Bench {
   std::atomic<std::int64_t> failed{0};
   std::mutex mu;
   std::vector<double> latencies_us;
-  std::vector<double> added_us;  // e2e minus the server's own time (its x-sim-server-us), per call
+  std::vector<double> added_us;                      // e2e minus the server's own time (its x-sim-server-us), per call
+  std::vector<double> to_server_us, from_server_us;  // its two parts (x-sim-span-ns), per call
 
   TimePoint window_start, window_end;
   std::atomic<std::int64_t> completed_in_window{0};
@@ -246,7 +296,7 @@ struct Bench {
     std::vector<std::shared_ptr<ExitWatch>> exits;
     for (int i = 0; i < concurrency; ++i) {
       auto w = rt.spawn_watched([this](Context& ctx) -> Task<> {
-        std::vector<double> mine, mine_added;
+        std::vector<Sample> mine;
         llm::ChatRequest req;
         req.model = "sim";
         req.messages = {llm::Message::system("You are a benchmark."),
@@ -257,9 +307,10 @@ struct Bench {
         // This frame is the caller's part of the memory of a call in flight (the c10000 row):
         // it holds the caller's request and its own figures, and reads each response where
         // the call's task left it (a named task, no copy here); the transport-only request is
-        // built by a function, not kept in the frame.
+        // built by a function, not kept in the frame; the server's timing headers are read
+        // into numbers at once.
         for (TimePoint t0 = ctx.now(); t0 < window_end; t0 = ctx.now()) {
-          std::optional<std::string> server_us;
+          ServerTiming timing;
           std::string failure;
           if (transport_only) {
             Task<Result<net::HttpResponse>> requesting = http.request(ctx, raw_request());
@@ -268,8 +319,8 @@ struct Bench {
               failure = r.error().to_string();
             } else if (r->status != 200) {
               failure = "status " + std::to_string(r->status);
-            } else if (auto h = r->headers.get("x-sim-server-us")) {
-              server_us = std::string(*h);
+            } else {
+              timing = ServerTiming::of(r->headers.get("x-sim-server-us"), r->headers.get("x-sim-span-ns"));
             }
           } else {
             Task<Result<llm::RoutedResponse>> routing = router.route(ctx, req, hooks);
@@ -278,12 +329,13 @@ struct Bench {
               failure = r.error().to_string();
             } else if (r->response.message.text().empty()) {
               failure = "empty answer";
-            } else if (auto h = llm::find_header(r->response.headers, "x-sim-server-us")) {
-              server_us = std::string(*h);
+            } else {
+              timing = ServerTiming::of(llm::find_header(r->response.headers, "x-sim-server-us"),
+                                        llm::find_header(r->response.headers, "x-sim-span-ns"));
             }
           }
           const TimePoint t1 = ctx.now();
-          if (!failure.empty() || !server_us) {
+          if (!failure.empty() || timing.server_us < 0) {
             if (failed.fetch_add(1) < 3) {
               std::fprintf(stderr, "nines: call failed: %s\n",
                            failure.empty() ? "a reply without x-sim-server-us" : failure.c_str());
@@ -292,13 +344,17 @@ struct Bench {
           }
           if (t1 >= window_start && t1 <= window_end) completed_in_window.fetch_add(1, std::memory_order_relaxed);
           if (t0 < window_start || t1 > window_end) continue;
-          const double e2e_us = static_cast<double>((t1 - t0).count()) / 1e3;
-          mine.push_back(e2e_us);
-          mine_added.push_back(e2e_us - std::strtod(server_us->c_str(), nullptr));
+          mine.push_back(timing.sample(t0, t1));
         }
         std::lock_guard lock(mu);
-        latencies_us.insert(latencies_us.end(), mine.begin(), mine.end());
-        added_us.insert(added_us.end(), mine_added.begin(), mine_added.end());
+        for (const Sample& x : mine) {
+          latencies_us.push_back(x.e2e_us);
+          added_us.push_back(x.added_us);
+          if (x.has_span) {
+            to_server_us.push_back(x.to_server_us);
+            from_server_us.push_back(x.from_server_us);
+          }
+        }
       });
       if (!w.ok()) {
         std::fprintf(stderr, "nines: spawn failed: %s\n", w.error().to_string().c_str());
@@ -429,6 +485,8 @@ int main(int argc, char** argv) {
   stats = b.admin(root, "GET", "/sim/stats");
   std::sort(b.latencies_us.begin(), b.latencies_us.end());
   std::sort(b.added_us.begin(), b.added_us.end());
+  std::sort(b.to_server_us.begin(), b.to_server_us.end());
+  std::sort(b.from_server_us.begin(), b.from_server_us.end());
   const double ok = static_cast<double>(b.completed_in_window.load());
   const nlohmann::json stats_json = nlohmann::json::parse(stats, nullptr, /*allow_exceptions=*/false);
   if (!stats_json.is_object()) {
@@ -447,6 +505,18 @@ int main(int argc, char** argv) {
   emit("server_p99_us", server_p99, "us");
   emit("added_p50_us", percentile_of_sorted(b.added_us, 50), "us");
   emit("added_p99_us", percentile_of_sorted(b.added_us, 99), "us");
+  if (std::getenv("NINES_BENCH_DIST") != nullptr) {  // the distributions, not just p50/p99
+    for (double p : {10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 97.0, 98.0, 99.0, 99.5, 99.9}) {
+      std::fprintf(stderr, "p%.1f to %.0f from %.0f added %.0f\n", p, percentile_of_sorted(b.to_server_us, p),
+                   percentile_of_sorted(b.from_server_us, p), percentile_of_sorted(b.added_us, p));
+    }
+  }
+  if (!b.to_server_us.empty()) {  // a sim server that sends x-sim-span-ns
+    emit("to_server_p50_us", percentile_of_sorted(b.to_server_us, 50), "us");
+    emit("to_server_p99_us", percentile_of_sorted(b.to_server_us, 99), "us");
+    emit("from_server_p50_us", percentile_of_sorted(b.from_server_us, 50), "us");
+    emit("from_server_p99_us", percentile_of_sorted(b.from_server_us, 99), "us");
+  }
   if (ok > 0) {
     emit("wakeups_per_call", (cost1.voluntary - cost0.voluntary) / ok, "per call");
     emit("involuntary_switches_per_call", (cost1.involuntary - cost0.involuntary) / ok, "per call");
