@@ -72,8 +72,9 @@ std::string_view header(std::string_view head, std::string_view name) {
     if (eol == std::string_view::npos) eol = head.size();
     std::string_view line = head.substr(at, eol - at);
     if (line.size() > name.size() + 1 && line[name.size()] == ':' &&
-        std::equal(name.begin(), name.end(), line.begin(),
-                   [](char a, char b) { return a == static_cast<char>(std::tolower(static_cast<unsigned char>(b))); })) {
+        std::equal(name.begin(), name.end(), line.begin(), [](char a, char b) {
+          return a == static_cast<char>(std::tolower(static_cast<unsigned char>(b)));
+        })) {
       std::string_view v = line.substr(name.size() + 1);
       while (!v.empty() && v.front() == ' ') v.remove_prefix(1);
       return v;
@@ -85,9 +86,9 @@ std::string_view header(std::string_view head, std::string_view name) {
 
 struct Conn {
   int fd = -1;
-  double t0 = 0;       // when the request was written
-  std::string in;      // what has been read of the current response
-  bool busy = false;   // a request is out
+  double t0 = 0;      // when the request was written
+  std::string in;     // what has been read of the current response
+  bool busy = false;  // a request is out
 };
 
 }  // namespace
@@ -111,9 +112,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   // The body nines_llm_bench's transport-only mode sends (what the OpenAI codec builds).
-  const std::string body =
-      R"({"model":"sim","messages":[{"role":"system","content":"You are a benchmark."},)"
-      R"({"role":"user","content":"Say hello in a short sentence."}],"max_tokens":64})";
+  const std::string body = R"({"model":"sim","messages":[{"role":"system","content":"You are a benchmark."},)"
+                           R"({"role":"user","content":"Say hello in a short sentence."}],"max_tokens":64})";
   const std::string request = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(port) +
                               "\r\nAuthorization: Bearer sk-bench-not-a-key\r\nContent-Type: application/json\r\n"
                               "Content-Length: " +
@@ -195,7 +195,8 @@ int main(int argc, char** argv) {
       const std::string_view span = header(head, "x-sim-span-ns");
       const std::string_view server_us = header(head, "x-sim-server-us");
       if (head.substr(0, 12) != "HTTP/1.1 200" || span.empty() || server_us.empty()) {
-        if (failed++ < 3) std::fprintf(stderr, "floor: a bad answer: %.*s\n", static_cast<int>(head.size()), head.data());
+        if (failed++ < 3)
+          std::fprintf(stderr, "floor: a bad answer: %.*s\n", static_cast<int>(head.size()), head.data());
       } else {
         if (t1 >= window_start && t1 <= window_end) ++completed;
         if (c.t0 >= window_start && t1 <= window_end) {
