@@ -127,6 +127,7 @@ struct Transfer {
   bool add_content_type = false;
   bool add_expect = false;
   bool streaming = false;
+  bool https = false;  // the URL's scheme
   HttpTimeouts timeouts;
   TimePoint started{};
   TimePoint deadline = TimePoint::max();
@@ -395,6 +396,9 @@ Result<CurlShard*> HttpCore::new_shard() {
   curl_multi_setopt(m, CURLMOPT_SOCKETDATA, sh.get());
   curl_multi_setopt(m, CURLMOPT_TIMERFUNCTION, &HttpCore::timer_cb);
   curl_multi_setopt(m, CURLMOPT_TIMERDATA, sh.get());
+  // HTTP/2 streams share a connection (libcurl's default, said here); this shard's transfers
+  // (at most 64) stay under the 100 concurrent streams libcurl allows a connection.
+  curl_multi_setopt(m, CURLMOPT_PIPELINING, options_.http2 ? CURLPIPE_MULTIPLEX : CURLPIPE_NOTHING);
   if (options_.max_connections != 0) {
     curl_multi_setopt(m, CURLMOPT_MAX_TOTAL_CONNECTIONS, static_cast<long>(options_.max_connections));
     // The cache must hold the connections that may be open, or finished ones are closed
@@ -539,6 +543,7 @@ Result<std::shared_ptr<Transfer>> HttpCore::build(HttpRequest& req, bool streami
   if (t->url.find("://") == std::string::npos || !(iequals(scheme, "http") || iequals(scheme, "https"))) {
     return Error(ErrorKind::kInvalidArgument, t->what() + ": only http:// and https:// URLs are supported");
   }
+  t->https = iequals(scheme, "https");
   bool has_content_type = false, has_expect = false;
   for (const auto& f : req.headers.fields()) {
     if (!is_token(f.name) || f.value.find_first_of("\r\n") != std::string::npos) {
@@ -648,6 +653,10 @@ void HttpCore::start_transfer(const std::shared_ptr<Transfer>& t) {
   curl_easy_setopt(e, CURLOPT_WRITEDATA, raw);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, raw);
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, to_curl_ms(raw->timeouts.connect));
+  // Wait for a connection being opened to learn (by ALPN) whether it can take this request as
+  // another HTTP/2 stream, rather than open one more: over TLS only, where ALPN answers with
+  // the handshake (HttpClientOptions::http2).
+  curl_easy_setopt(e, CURLOPT_PIPEWAIT, options_.http2 && raw->https ? 1L : 0L);
   const std::string& m = raw->method;
   curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, static_cast<const char*>(nullptr));
   if (m == "HEAD") {
@@ -693,6 +702,9 @@ std::shared_ptr<const CurlHeaders> HttpCore::make_curl_headers(const Transfer& t
 
 void HttpCore::set_client_options(CURL* e) {
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  // HTTP/2 over TLS when the server offers it (libcurl's own default, set here so that the
+  // option says what happens); HTTP/1.1 otherwise and on plaintext.
+  curl_easy_setopt(e, CURLOPT_HTTP_VERSION, options_.http2 ? CURL_HTTP_VERSION_2TLS : CURL_HTTP_VERSION_1_1);
   curl_easy_setopt(e, CURLOPT_BUFFERSIZE, static_cast<long>(options_.receive_buffer_bytes));
   curl_easy_setopt(e, CURLOPT_SOCKOPTFUNCTION, &HttpCore::sockopt_cb);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, &HttpCore::closesocket_cb);

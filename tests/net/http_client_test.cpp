@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <unordered_map>
 
 #include <atomic>
@@ -678,18 +679,25 @@ TEST(HttpClient, TenThousandRequestsInFlightOnOneLoop) {
   client.reset();
 }
 
-// TLS through libcurl-openssl, against `openssl s_server` with a self-signed certificate for
-// 127.0.0.1 made by the test.
-TEST(HttpClient, HttpsVerifiesThePeer) {
-  namespace fs = std::filesystem;
-  fs::path dir = fs::temp_directory_path() / ("nines-net-tls-" + std::to_string(::getpid()));
-  fs::create_directories(dir);
+// A self-signed certificate for 127.0.0.1 (cert.pem, key.pem in dir), made with openssl.
+std::pair<std::string, std::string> make_certificate(const std::filesystem::path& dir) {
+  std::filesystem::create_directories(dir);
   std::string cert = (dir / "cert.pem").string(), key = (dir / "key.pem").string();
   std::string gen =
       "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=127.0.0.1"
       " -addext subjectAltName=IP:127.0.0.1 -keyout " +
       key + " -out " + cert + " >/dev/null 2>&1";
-  ASSERT_EQ(std::system(gen.c_str()), 0) << "openssl could not make a certificate";
+  if (std::system(gen.c_str()) != 0) return {};
+  return {cert, key};
+}
+
+// TLS through libcurl-openssl, against `openssl s_server` with a self-signed certificate for
+// 127.0.0.1 made by the test.
+TEST(HttpClient, HttpsVerifiesThePeer) {
+  namespace fs = std::filesystem;
+  fs::path dir = fs::temp_directory_path() / ("nines-net-tls-" + std::to_string(::getpid()));
+  auto [cert, key] = make_certificate(dir);
+  ASSERT_FALSE(cert.empty()) << "openssl could not make a certificate";
   int port = test::closed_port();
   std::string accept = "127.0.0.1:" + std::to_string(port);
   std::vector<std::string> args = {"openssl", "s_server", "-quiet", "-www", "-accept",
@@ -734,6 +742,91 @@ TEST(HttpClient, HttpsVerifiesThePeer) {
   int status = 0;
   ::waitpid(server, &status, 0);
   fs::remove_all(dir);
+}
+
+// HTTP/2 through libcurl's nghttp2, against Node's http2 server over TLS (tests/net/h2_server.mjs:
+// HTTP/1.1 too, by ALPN) with a self-signed certificate made by the test: concurrent requests
+// to one host go as streams of one connection per multi handle (64 transfers each: 100 requests
+// take two); with http2 off, each opens a connection of its own. Fails when node is missing
+// (scripts/setup.sh installs it).
+TEST(HttpClient, Http2MultiplexesConcurrentRequestsOnOneTlsConnection) {
+  namespace fs = std::filesystem;
+  fs::path dir = fs::temp_directory_path() / ("nines-net-h2-" + std::to_string(::getpid()));
+  auto [cert, key] = make_certificate(dir);
+  ASSERT_FALSE(cert.empty()) << "openssl could not make a certificate";
+  const int port = test::closed_port();
+  std::vector<std::string> args = {"node", std::string(NINES_NET_TEST_DIR) + "/h2_server.mjs", cert, key,
+                                   std::to_string(port)};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t server = 0;
+  ASSERT_EQ(posix_spawnp(&server, "node", nullptr, nullptr, argv.data(), environ), 0) << "node could not start";
+  // Node takes a moment to listen: up to 30 s on a loaded machine.
+  const bool listening = eventually(
+      [&] {
+        int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_port = htons(static_cast<std::uint16_t>(port));
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+        ::close(fd);
+        return ok;
+      },
+      30000);
+
+  constexpr int kCalls = 100;
+  struct Burst {
+    std::vector<Result<HttpResponse>> results;
+    std::size_t connections = 0;
+  };
+  // kCalls requests at once, each answered after 300 ms: all in flight together.
+  auto burst = [&](bool http2) {
+    Fixture f({.http2 = http2, .ca_file = cert});
+    std::vector<std::optional<Result<HttpResponse>>> got(kCalls);
+    std::vector<std::shared_ptr<ExitWatch>> watches;
+    for (int i = 0; i < kCalls; ++i) {
+      watches.push_back(f.rt->spawn_watched([&, i](Context& ctx) -> Task<> {
+                              auto r = co_await f.client->request(
+                                  ctx, get("https://127.0.0.1:" + std::to_string(port) + "/?delay_ms=300"));
+                              got[static_cast<std::size_t>(i)].emplace(std::move(r));
+                            })
+                            .value()
+                            .exit);
+    }
+    for (auto& w : watches) EXPECT_TRUE(w->wait().is_normal());
+    Burst b;
+    for (auto& g : got) b.results.push_back(g ? std::move(*g) : Error(ErrorKind::kInternal, "no result"));
+    b.connections = f.client->connections_opened();
+    return b;
+  };
+  if (listening) {
+    Burst h2 = burst(true);
+    for (auto& r : h2.results) {
+      ASSERT_THAT(r, IsOk());
+      EXPECT_EQ(r->status, 200);
+      EXPECT_EQ(r->headers.get("x-http-version").value_or(""), "2.0");
+      EXPECT_EQ(r->body, "served over HTTP/2.0\n");
+    }
+    // The burst waited for each multi handle's first handshake, then shared that connection.
+    EXPECT_EQ(h2.connections, 2u);
+    std::set<std::string> seen;
+    for (auto& r : h2.results) seen.insert(std::string(r->headers.get("x-connection").value_or("")));
+    EXPECT_EQ(seen.size(), 2u);
+
+    Burst h1 = burst(false);
+    for (auto& r : h1.results) {
+      ASSERT_THAT(r, IsOk());
+      EXPECT_EQ(r->headers.get("x-http-version").value_or(""), "1.1");
+    }
+    EXPECT_EQ(h1.connections, static_cast<std::size_t>(kCalls));  // one each: HTTP/1.1 cannot share
+  }
+  ::kill(server, SIGTERM);
+  int status = 0;
+  ::waitpid(server, &status, 0);
+  fs::remove_all(dir);
+  ASSERT_TRUE(listening) << "the node http2 server did not listen on port " << port;
 }
 
 // The sim environment polls watched fds when driven, so the client works there too, with

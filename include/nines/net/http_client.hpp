@@ -102,8 +102,15 @@ struct HttpClientOptions {
   std::size_t max_host_connections = 0;  // per host; 0: no limit
   std::optional<std::string> proxy;      // nullopt: from the environment variables; "": none
   bool verify_tls = true;                // verify the peer's certificate and host name
-  std::string ca_file;                   // PEM bundle; empty: the system's
-  bool follow_redirects = false;         // at most 5 when on
+  // HTTP/2 over TLS where the server offers it (ALPN, as the model providers' APIs do):
+  // concurrent requests to one host are multiplexed as streams of one connection (per 64
+  // requests in flight, up to the server's limit of concurrent streams) instead of a TLS
+  // connection each, and a burst of https requests waits for the first connection's handshake
+  // to learn whether it can share it (libcurl's PIPEWAIT). Plaintext http:// stays HTTP/1.1.
+  // false: HTTP/1.1 everywhere.
+  bool http2 = true;
+  std::string ca_file;            // PEM bundle; empty: the system's
+  bool follow_redirects = false;  // at most 5 when on
   std::string user_agent = "nines/0.1";
 };
 
