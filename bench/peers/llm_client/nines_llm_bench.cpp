@@ -48,7 +48,9 @@
 // request body, no router, codec or policies; metrics suffixed _http_only), to tell the
 // transport's share of the cost from the model path's. NINES_BENCH_TAG=x suffixes every
 // metric name with _x. NINES_BENCH_RECEIVE_BUFFER=N sets HttpClientOptions::receive_buffer_bytes
-// (for before/after comparisons of memory per call in one build). NINES_BENCH_DIST=1 prints the
+// (for before/after comparisons of memory per call in one build). NINES_BENCH_CA_FILE=PEM trusts
+// that bundle (an https BASE_URL with its own certificate), NINES_BENCH_HTTP2=0 keeps HTTP/1.1
+// over TLS (HttpClientOptions::http2 = false). NINES_BENCH_DIST=1 prints the
 // added latency's distribution (p10 to p99.9, with its two parts) to stderr.
 // Exit status 1 if any call failed or the server could not be reached.
 #include <curl/curl.h>
@@ -420,6 +422,10 @@ int main(int argc, char** argv) {
   if (const char* rb = std::getenv("NINES_BENCH_RECEIVE_BUFFER")) {
     http_options.receive_buffer_bytes = static_cast<std::size_t>(std::atol(rb));
   }
+  // NINES_BENCH_CA_FILE=PEM: trust this bundle (a TLS server with its own certificate);
+  // NINES_BENCH_HTTP2=0: HTTP/1.1 over TLS too (HttpClientOptions::http2 = false).
+  if (const char* ca = std::getenv("NINES_BENCH_CA_FILE")) http_options.ca_file = ca;
+  if (const char* h2 = std::getenv("NINES_BENCH_HTTP2")) http_options.http2 = std::string(h2) != "0";
   auto http = net::HttpClient::create(*env, std::move(http_options)).value();
   llm::ProviderConfig provider{
       .name = "sim", .api = llm::Provider::kOpenAi, .base_url = base_url, .api_key = "sk-bench-not-a-key"};
